@@ -1,0 +1,247 @@
+//! The GPU context: one adapter, one device, the features we use and the adapter's real limits.
+
+use serde::Serialize;
+
+use crate::error::GpuError;
+
+/// How to pick an adapter. Every field can also come from the environment (see [`GpuOptions::from_env`]),
+/// so a driver problem can be side-stepped without a rebuild.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Comma list of backends: `vulkan`, `gl`, `metal`, `dx12`, `webgpu`. None = all of this platform's.
+    pub backends: Option<String>,
+    /// Substring of the adapter name to require (case-insensitive), e.g. `llvmpipe` or `nvidia`.
+    pub adapter: Option<String>,
+    /// Prefer a low-power adapter (default: high performance).
+    pub low_power: bool,
+    /// Do not use shader-f16 even where the adapter has it (`CREME_FORCE_F32=1`).
+    pub force_f32: bool,
+    /// Do not use subgroup operations (`CREME_NO_SUBGROUPS=1`).
+    pub no_subgroups: bool,
+}
+
+impl GpuOptions {
+    /// Options from `CREME_BACKEND`, `CREME_ADAPTER`, `CREME_LOW_POWER`, `CREME_FORCE_F32`,
+    /// `CREME_NO_SUBGROUPS`. In the browser there is no environment: the defaults apply.
+    pub fn from_env() -> Self {
+        let var = |k: &str| -> Option<String> {
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                std::env::var(k).ok().filter(|v| !v.is_empty())
+            }
+            #[cfg(target_arch = "wasm32")]
+            {
+                let _ = k;
+                None
+            }
+        };
+        let flag = |k: &str| var(k).map(|v| v != "0" && v.to_lowercase() != "false").unwrap_or(false);
+        GpuOptions {
+            backends: var("CREME_BACKEND"),
+            adapter: var("CREME_ADAPTER"),
+            low_power: flag("CREME_LOW_POWER"),
+            force_f32: flag("CREME_FORCE_F32"),
+            no_subgroups: flag("CREME_NO_SUBGROUPS"),
+        }
+    }
+}
+
+/// What `creme info` prints: the adapter, what it can do, and the limits we asked for.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub device_type: String,
+    pub backend: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamp_query: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+impl AdapterReport {
+    pub fn to_text(&self) -> String {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "adapter: {}\nbackend: {}\ndevice type: {}\ndriver: {} {}\nvendor/device: {:#06x}/{:#06x}\n\
+             features: shader-f16 {}, subgroups {} (size {}..{}), timestamp-query {}\n\
+             limits: max storage binding {} MiB, max buffer {} MiB, workgroups/dim {}, \
+             invocations/workgroup {}, workgroup storage {} KiB, storage buffers/stage {}",
+            self.name,
+            self.backend,
+            self.device_type,
+            self.driver,
+            self.driver_info,
+            self.vendor,
+            self.device,
+            yn(self.shader_f16),
+            yn(self.subgroups),
+            self.subgroup_min_size,
+            self.subgroup_max_size,
+            yn(self.timestamp_query),
+            self.max_storage_buffer_binding_size >> 20,
+            self.max_buffer_size >> 20,
+            self.max_compute_workgroups_per_dimension,
+            self.max_compute_invocations_per_workgroup,
+            self.max_compute_workgroup_storage_size >> 10,
+            self.max_storage_buffers_per_shader_stage,
+        )
+    }
+}
+
+/// A device with its queue, the features switched on, and the limits granted.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub report: AdapterReport,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub(crate) kernels: super::kernels::KernelRegistry,
+}
+
+fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
+    match &opts.backends {
+        Some(list) => wgpu::Backends::from_comma_list(list),
+        None => wgpu::Backends::PRIMARY | wgpu::Backends::SECONDARY,
+    }
+}
+
+/// Names of the adapters this platform exposes (for error messages and `creme info --all`).
+pub async fn list_adapters(opts: &GpuOptions) -> Vec<String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: backends_from(opts),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    instance
+        .enumerate_adapters(backends_from(opts))
+        .await
+        .into_iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        })
+        .collect()
+}
+
+impl Gpu {
+    /// Request an adapter and a device with the adapter's own limits (never the small defaults:
+    /// model tensors need the large storage bindings real adapters offer).
+    pub async fn new(opts: &GpuOptions) -> Result<Gpu, GpuError> {
+        let backends = backends_from(opts);
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapter = match &opts.adapter {
+            Some(want) => {
+                let want_lc = want.to_lowercase();
+                let all = instance.enumerate_adapters(backends).await;
+                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want_lc))
+                    .ok_or_else(|| GpuError::NoAdapter {
+                        detail: format!(
+                            "no adapter name contains '{want}' (backends {backends:?}); adapters found: [{}]",
+                            names.join(", ")
+                        ),
+                    })?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: if opts.low_power {
+                        wgpu::PowerPreference::LowPower
+                    } else {
+                        wgpu::PowerPreference::HighPerformance
+                    },
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                })
+                .await
+                .map_err(|e| GpuError::NoAdapter {
+                    detail: format!(
+                        "{e} (backends {backends:?}); on Linux without a GPU install Mesa's lavapipe: \
+                         apt-get install mesa-vulkan-drivers libvulkan1"
+                    ),
+                })?,
+        };
+
+        let info = adapter.get_info();
+        let adapter_features = adapter.features();
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        if !opts.force_f32 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if !opts.no_subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let features = adapter_features & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("creme"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::Device(format!("request_device on '{}': {e}", info.name)))?;
+        // A lost device must surface as an error on the next call, not as a hang.
+        device.set_device_lost_callback(|reason, msg| {
+            log_device_lost(&format!("{reason:?}: {msg}"));
+        });
+
+        let report = AdapterReport {
+            name: info.name.clone(),
+            vendor: info.vendor,
+            device: info.device,
+            device_type: format!("{:?}", info.device_type),
+            backend: format!("{:?}", info.backend),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_min_size: info.subgroup_min_size,
+            subgroup_max_size: info.subgroup_max_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        };
+        let kernels = super::kernels::KernelRegistry::new(&device);
+        Ok(Gpu { device, queue, report, limits, features, kernels })
+    }
+
+    /// Native callers that are not async: block on [`Gpu::new`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking(opts: &GpuOptions) -> Result<Gpu, GpuError> {
+        pollster::block_on(Self::new(opts))
+    }
+
+    /// Largest byte size one storage binding may have on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+}
+
+fn log_device_lost(msg: &str) {
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("creme: GPU device lost: {msg}");
+    #[cfg(target_arch = "wasm32")]
+    let _ = msg;
+}

@@ -1,0 +1,80 @@
+//! Kernel registry: each WGSL kernel is compiled into a pipeline once, on first use, and kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Every kernel the crate can run: a name, its WGSL source (from `shaders/`) and entry point.
+/// Sources that share helpers are assembled here so that each `.wgsl` file holds one family.
+pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
+    let src = match name {
+        "matmul_f32" => include_str!("../../../../shaders/matmul_f32.wgsl").to_string(),
+        _ => return None,
+    };
+    Some((src, "main"))
+}
+
+pub(crate) struct KernelRegistry {
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl KernelRegistry {
+    pub(crate) fn new(_device: &wgpu::Device) -> Self {
+        KernelRegistry { pipelines: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn get(&self, device: &wgpu::Device, name: &str) -> Arc<wgpu::ComputePipeline> {
+        let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.get(name) {
+            return p.clone();
+        }
+        let (src, entry) = kernel_source(name).unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(name),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        }));
+        map.insert(name.to_string(), pipeline.clone());
+        pipeline
+    }
+}
+
+impl super::Gpu {
+    /// Record one dispatch of kernel `name` with `buffers` bound at 0.. of group 0.
+    pub(crate) fn dispatch(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        name: &str,
+        buffers: &[wgpu::BindingResource<'_>],
+        groups: [u32; 3],
+    ) {
+        let pipeline = self.kernels.get(&self.device, name);
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .collect();
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(name), layout: &layout, entries: &entries });
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Split `total` workgroups into a 2-D grid within the per-dimension limit.
+    pub(crate) fn grid(&self, total: u32) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1);
+        if total <= max {
+            [total.max(1), 1, 1]
+        } else {
+            [max, total.div_ceil(max), 1]
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! GPU side: context (adapter, features, limits), buffers, the kernel registry and the ops
+//! that dispatch them. Every op has a CPU reference in [`crate::cpu`].
+
+mod buffers;
+mod context;
+pub(crate) mod kernels;
+pub mod ops;
+
+pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};

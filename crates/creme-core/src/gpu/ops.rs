@@ -1,0 +1,84 @@
+//! Ops: shape checks, then a dispatch of a registered kernel. `encode_*` records into an encoder
+//! (the model's forward batches many ops into one submission); the async helpers run one op
+//! end to end (tests, the browser demo).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::Gpu;
+use crate::error::GpuError;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulDims {
+    m: u32,
+    n: u32,
+    k: u32,
+    _pad: u32,
+}
+
+impl Gpu {
+    /// Record y[m, n] = x[m, k] · w[n, k]ᵀ for f32 buffers.
+    pub fn encode_matmul_f32(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        m: u32,
+        n: u32,
+        k: u32,
+    ) -> Result<(), GpuError> {
+        let need = |buf: &wgpu::Buffer, elems: u64, what: &str| -> Result<(), GpuError> {
+            if buf.size() < elems * 4 {
+                return Err(GpuError::Shape {
+                    op: "matmul_f32",
+                    detail: format!("{what} holds {} bytes, needs {}", buf.size(), elems * 4),
+                });
+            }
+            Ok(())
+        };
+        need(x, m as u64 * k as u64, "x")?;
+        need(w, n as u64 * k as u64, "w")?;
+        need(y, m as u64 * n as u64, "y")?;
+        let limit = self.max_binding_bytes();
+        for (name, b) in [("x", x), ("w", w), ("y", y)] {
+            if b.size() > limit {
+                return Err(GpuError::TooLarge { tensor: format!("matmul_f32.{name}"), bytes: b.size(), limit });
+            }
+        }
+        let dims = self.uniform("matmul dims", &MatmulDims { m, n, k, _pad: 0 });
+        let groups = [n.div_ceil(64), m.div_ceil(64), 1];
+        let maxg = self.limits.max_compute_workgroups_per_dimension;
+        if groups[0] > maxg || groups[1] > maxg {
+            return Err(GpuError::Shape { op: "matmul_f32", detail: format!("grid {groups:?} over {maxg} per dimension") });
+        }
+        self.dispatch(
+            enc,
+            "matmul_f32",
+            &[x.as_entire_binding(), w.as_entire_binding(), y.as_entire_binding(), dims.as_entire_binding()],
+            groups,
+        );
+        Ok(())
+    }
+
+    /// y = x · wᵀ on the GPU, from host slices to a host vector.
+    pub async fn matmul_f32(&self, x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
+        if x.len() != m * k || w.len() != n * k {
+            return Err(GpuError::Shape {
+                op: "matmul_f32",
+                detail: format!("x has {} elements (m*k = {}), w has {} (n*k = {})", x.len(), m * k, w.len(), n * k),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let xb = self.upload("x", x);
+        let wb = self.upload("w", w);
+        let yb = self.storage("y", (m * n * 4) as u64);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        self.encode_matmul_f32(&mut enc, &xb, &wb, &yb, m as u32, n as u32, k as u32)?;
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = scope.pop().await {
+            return Err(GpuError::Validation(e.to_string()));
+        }
+        self.read::<f32>(&yb, m * n).await
+    }
+}

@@ -1,0 +1,13 @@
+//! creme-core: run small code LLMs with WGSL kernels on wgpu (native and browser), trace where a
+//! perturbed prompt goes wrong, and edit one layer to fix it (CREME, arXiv 2507.16407).
+//!
+//! No files, sockets or processes here: bytes in, results out. The API is async so the same code
+//! runs in the browser; native callers use the `*_blocking` wrappers.
+
+pub mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod model;
+
+pub use error::{GpuError, ModelError};
+pub use gpu::{AdapterReport, Gpu, GpuOptions};

@@ -1,0 +1,11 @@
+//! Models: the GGUF reader, weight formats, configuration, tokenizer and the transformer.
+
+pub mod config;
+pub mod gguf;
+pub mod quant;
+pub mod tokenizer;
+
+pub use config::{ModelConfig, RopeStyle};
+pub use gguf::{GgufHeader, TensorInfo};
+pub use quant::GgmlType;
+pub use tokenizer::Tokenizer;

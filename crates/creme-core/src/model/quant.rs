@@ -1,0 +1,288 @@
+//! GGML weight formats: block layouts and the CPU dequantization reference for each.
+//! Layouts follow ggml's `ggml-common.h` (block_q4_0, block_q4_K, ...); every block begins or
+//! ends with little-endian f16 scales.
+
+use half::{bf16, f16};
+
+use crate::error::ModelError;
+
+/// The tensor types this crate reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl GgmlType {
+    /// From the GGUF tensor-info type id.
+    pub fn from_id(id: u32) -> Result<GgmlType, ModelError> {
+        Ok(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
+            8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
+            30 => GgmlType::BF16,
+            other => return Err(ModelError::UnsupportedType { id: other, name: ggml_type_name(other) }),
+        })
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q5_1 => 24,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q4K => 144,
+            GgmlType::Q5K => 176,
+            GgmlType::Q6K => 210,
+        }
+    }
+
+    /// Bytes of a row of `n` elements (n must be a multiple of the block size).
+    pub fn row_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.block_bytes()
+    }
+
+    pub fn name(self) -> &'static str {
+        ggml_type_name(self.id())
+    }
+}
+
+/// ggml's names for every type id (so an unsupported one is named in the error).
+pub fn ggml_type_name(id: u32) -> &'static str {
+    match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        30 => "BF16",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown",
+    }
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
+#[inline]
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+    } else {
+        (
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32,
+            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
+        )
+    }
+}
+
+/// Dequantize one block of `t` (bytes `b`) into `out` (block_elems values).
+fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
+    match t {
+        GgmlType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        GgmlType::F16 => out[0] = f16_at(b, 0),
+        GgmlType::BF16 => out[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        GgmlType::Q8_0 => {
+            let d = f16_at(b, 0);
+            for i in 0..32 {
+                out[i] = d * (b[2 + i] as i8) as f32;
+            }
+        }
+        GgmlType::Q4_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..16 {
+                let q = b[2 + j];
+                out[j] = d * ((q & 0xF) as i32 - 8) as f32;
+                out[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+            }
+        }
+        GgmlType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            for j in 0..16 {
+                let q = b[4 + j];
+                out[j] = d * (q & 0xF) as f32 + m;
+                out[j + 16] = d * (q >> 4) as f32 + m;
+            }
+        }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let d = f16_at(b, 0);
+            let (m, qh_at) = if t == GgmlType::Q5_1 { (f16_at(b, 2), 4) } else { (0.0, 2) };
+            let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
+            let qs = &b[qh_at + 4..qh_at + 20];
+            for j in 0..16 {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                let q0 = ((qs[j] & 0xF) as u32 | h0) as i32;
+                let q1 = ((qs[j] >> 4) as u32 | h1) as i32;
+                if t == GgmlType::Q5_0 {
+                    out[j] = d * (q0 - 16) as f32;
+                    out[j + 16] = d * (q1 - 16) as f32;
+                } else {
+                    out[j] = d * q0 as f32 + m;
+                    out[j + 16] = d * q1 as f32 + m;
+                }
+            }
+        }
+        GgmlType::Q4K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            let qs = &b[16..144];
+            for c in 0..4 {
+                let (sc1, m1) = scale_min_k4(2 * c, scales);
+                let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+                let q = &qs[32 * c..32 * c + 32];
+                for l in 0..32 {
+                    out[64 * c + l] = d * sc1 * (q[l] & 0xF) as f32 - dmin * m1;
+                    out[64 * c + 32 + l] = d * sc2 * (q[l] >> 4) as f32 - dmin * m2;
+                }
+            }
+        }
+        GgmlType::Q5K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            let qh = &b[16..48];
+            let qs = &b[48..176];
+            for c in 0..4 {
+                let (sc1, m1) = scale_min_k4(2 * c, scales);
+                let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
+                let q = &qs[32 * c..32 * c + 32];
+                let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
+                for l in 0..32 {
+                    let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+                    let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+                    out[64 * c + l] = d * sc1 * ((q[l] & 0xF) + h1) as f32 - dmin * m1;
+                    out[64 * c + 32 + l] = d * sc2 * ((q[l] >> 4) + h2) as f32 - dmin * m2;
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            let ql = &b[0..128];
+            let qh = &b[128..192];
+            let sc = &b[192..208];
+            let d = f16_at(b, 208);
+            for n in 0..2 {
+                let (ql, qh, sc, y) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..], &mut out[128 * n..]);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Dequantize `n` elements of type `t` from `bytes` (the CPU reference every GPU kernel is tested
+/// against). `n` must be a multiple of the block size and `bytes` must hold them.
+pub fn dequantize(t: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, ModelError> {
+    let be = t.block_elems();
+    if n % be != 0 {
+        return Err(ModelError::Format(format!("{} tensor of {n} elements is not a whole number of {be}-element blocks", t.name())));
+    }
+    let need = t.row_bytes(n);
+    if bytes.len() < need {
+        return Err(ModelError::Truncated { what: format!("{} data", t.name()), need: need as u64, have: bytes.len() as u64 });
+    }
+    let mut out = vec![0f32; n];
+    let bb = t.block_bytes();
+    for (i, chunk) in out.chunks_mut(be).enumerate() {
+        dequant_block(t, &bytes[i * bb..(i + 1) * bb], chunk);
+    }
+    Ok(out)
+}
+
+/// Quantize f32 values to Q8_0 (round to nearest, ggml's reference quantizer): used by tests and
+/// by `creme quantize`.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for blk in x.chunks(32) {
+        let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        for i in 0..32 {
+            let v = blk.get(i).copied().unwrap_or(0.0);
+            out.push((v * id).round() as i8 as u8);
+        }
+    }
+    out
+}

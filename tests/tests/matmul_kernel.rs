@@ -1,0 +1,59 @@
+//! Differential test of the tiled f32 matmul kernel against the CPU reference, over random shapes
+//! (odd sizes, 1-sized dimensions and sizes straddling the 64-wide tiles), on every native
+//! backend this machine has: Vulkan (lavapipe here) and GL (llvmpipe).
+
+use creme_core::cpu::{matmul_nt, max_rel_err, SplitMix64};
+use creme_tests::gpu_on;
+
+fn run_shapes(backend: &str) {
+    let gpu = match gpu_on(Some(backend)) {
+        Ok(g) => g,
+        Err(e) if backend == "gl" && std::env::var_os("CREME_REQUIRE_GL").is_none() => {
+            eprintln!("SKIP gl backend: {e}");
+            return;
+        }
+        Err(e) => panic!("no {backend} adapter: {e}"),
+    };
+    eprintln!("{backend}: {}", gpu.report.name);
+    let mut rng = SplitMix64(0xC0FFEE ^ backend.len() as u64);
+    let mut shapes = vec![(1, 1, 1), (1, 896, 896), (63, 65, 17), (64, 64, 64), (65, 129, 33), (3, 7, 1000), (200, 1, 5)];
+    for _ in 0..10 {
+        shapes.push((1 + rng.below(130) as usize, 1 + rng.below(260) as usize, 1 + rng.below(300) as usize));
+    }
+    for (m, n, k) in shapes {
+        let x = rng.vec_f32(m * k);
+        let w = rng.vec_f32(n * k);
+        let got = pollster::block_on(gpu.matmul_f32(&x, &w, m, n, k)).unwrap();
+        let want = matmul_nt(&x, &w, m, n, k);
+        let err = max_rel_err(&got, &want);
+        assert!(err < 2e-5, "{backend} m={m} n={n} k={k}: max rel err {err}");
+    }
+}
+
+#[test]
+fn matmul_f32_matches_cpu_on_vulkan() {
+    run_shapes("vulkan");
+}
+
+#[test]
+fn matmul_f32_matches_cpu_on_gl() {
+    run_shapes("gl");
+}
+
+#[test]
+fn matmul_rejects_bad_shapes() {
+    let gpu = gpu_on(None).unwrap();
+    let err = pollster::block_on(gpu.matmul_f32(&[1.0; 5], &[1.0; 6], 2, 3, 2)).unwrap_err();
+    assert!(err.to_string().contains("matmul_f32"), "{err}");
+}
+
+#[test]
+fn missing_adapter_is_a_clear_error() {
+    let mut o = creme_core::GpuOptions::from_env();
+    o.adapter = Some("no-such-adapter-xyz".into());
+    let err = match creme_core::Gpu::new_blocking(&o) {
+        Ok(_) => panic!("expected no adapter"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no GPU adapter") && err.contains("no-such-adapter-xyz"), "{err}");
+}
