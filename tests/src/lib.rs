@@ -59,3 +59,42 @@ pub fn read_header(path: &std::path::Path) -> creme_core::model::GgufHeader {
         }
     }
 }
+
+/// Random GGUF blocks of type `t` whose f16 scale fields hold small positive values (random bytes
+/// there could be NaN/Inf), so dequantized weights are finite.
+pub fn random_blocks(t: creme_core::model::GgmlType, nblocks: usize, rng: &mut creme_core::cpu::SplitMix64) -> Vec<u8> {
+    use creme_core::model::GgmlType as G;
+    let bb = t.block_bytes();
+    let mut out: Vec<u8> = (0..nblocks * bb).map(|_| rng.next_u64() as u8).collect();
+    let f16_fields: &[usize] = match t {
+        G::F32 => {
+            for (i, v) in out.chunks_mut(4).enumerate() {
+                v.copy_from_slice(&(((i * 7919) % 2001) as f32 / 1000.0 - 1.0).to_le_bytes());
+            }
+            return out;
+        }
+        G::F16 | G::BF16 => {
+            for v in out.chunks_mut(2) {
+                let x = (rng.next_f32()) as f32;
+                let bits = if t == G::F16 { half::f16::from_f32(x).to_bits() } else { half::bf16::from_f32(x).to_bits() };
+                v.copy_from_slice(&bits.to_le_bytes());
+            }
+            return out;
+        }
+        G::Q4_0 | G::Q5_0 | G::Q8_0 => &[0],
+        G::Q4_1 | G::Q5_1 | G::Q4K | G::Q5K => &[0, 2],
+        G::Q6K => &[208],
+    };
+    for b in 0..nblocks {
+        for &off in f16_fields {
+            let v = half::f16::from_f32(0.001 + (rng.next_u64() % 1000) as f32 * 0.00005);
+            out[b * bb + off..b * bb + off + 2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+pub const ALL_TYPES: [creme_core::model::GgmlType; 11] = {
+    use creme_core::model::GgmlType as G;
+    [G::F32, G::F16, G::BF16, G::Q4_0, G::Q4_1, G::Q5_0, G::Q5_1, G::Q8_0, G::Q4K, G::Q5K, G::Q6K]
+};

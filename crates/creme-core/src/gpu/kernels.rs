@@ -8,9 +8,45 @@ use std::sync::{Arc, Mutex};
 pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
     let src = match name {
         "matmul_f32" => include_str!("../../../../shaders/matmul_f32.wgsl").to_string(),
-        _ => return None,
+        _ => {
+            if let Some(format) = name.strip_prefix("matmul_q:") {
+                return quant_matmul_source(format).map(|s| (s, "main"));
+            }
+            let src = match name {
+                "rmsnorm" => include_str!("../../../../shaders/rmsnorm.wgsl"),
+                "rope" => include_str!("../../../../shaders/rope.wgsl"),
+                "attention" => include_str!("../../../../shaders/attention.wgsl"),
+                "silu_mul" | "add" | "copy_rows" | "argmax" => include_str!("../../../../shaders/elementwise.wgsl"),
+                _ => return None,
+            };
+            let entry: &'static str = match name {
+                "silu_mul" => "silu_mul",
+                "add" => "add",
+                "copy_rows" => "copy_rows",
+                "argmax" => "argmax",
+                _ => "main",
+            };
+            return Some((src.to_string(), entry));
+        }
     };
     Some((src, "main"))
+}
+
+/// The quantized matmul for one GGML format: the shared body plus that format's `dq32`.
+fn quant_matmul_source(format: &str) -> Option<String> {
+    let formats = include_str!("../../../../shaders/matmul_quant_formats.wgsl");
+    let section = |name: &str| -> Option<&str> {
+        let marker = format!("//@format {name}\n");
+        let start = formats.find(&marker)? + marker.len();
+        let end = formats[start..].find("//@format ").map(|e| start + e).unwrap_or(formats.len());
+        Some(&formats[start..end])
+    };
+    let mut src = include_str!("../../../../shaders/matmul_quant.wgsl").to_string();
+    if format.ends_with("_K") {
+        src.push_str(section("K_SCALES")?);
+    }
+    src.push_str(section(format)?);
+    Some(src)
 }
 
 pub(crate) struct KernelRegistry {

@@ -5,5 +5,7 @@ mod buffers;
 mod context;
 pub(crate) mod kernels;
 pub mod ops;
+mod weight;
 
+pub use weight::{GpuWeight, WeightChunk};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};

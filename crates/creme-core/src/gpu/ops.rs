@@ -82,3 +82,94 @@ impl Gpu {
         self.read::<f32>(&yb, m * n).await
     }
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct QuantMatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    ldy: u32,
+    y_off: u32,
+    has_bias: u32,
+    row_bytes: u32,
+    total_wg: u32,
+    w_byte_off: u32,
+    _p: [u32; 3],
+}
+
+const QMM_ROWS_PER_WG: u32 = 8;
+
+impl Gpu {
+    /// Record y[m, y_off + n] = x[m, k] · Wᵀ (+ bias) for a weight in any supported GGUF format,
+    /// one dispatch per row-chunk of the weight. `ldy` is y's row stride.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_matmul_quant(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        x: &wgpu::Buffer,
+        w: &super::GpuWeight,
+        bias: Option<&wgpu::Buffer>,
+        y: &wgpu::Buffer,
+        m: u32,
+        ldy: u32,
+        y_off: u32,
+    ) -> Result<(), GpuError> {
+        let k = w.cols as u32;
+        if x.size() < m as u64 * k as u64 * 4 || y.size() < ((m as u64 - 1) * ldy as u64 + y_off as u64 + w.rows as u64) * 4 {
+            return Err(GpuError::Shape {
+                op: "matmul_quant",
+                detail: format!("'{}' [{}x{}]: x {} bytes, y {} bytes for m={m}, ldy={ldy}", w.name, w.rows, w.cols, x.size(), y.size()),
+            });
+        }
+        if bias.is_some() && w.chunks.len() > 1 {
+            return Err(GpuError::Shape { op: "matmul_quant", detail: format!("'{}': a bias on a row-split weight", w.name) });
+        }
+        let kernel = format!("matmul_q:{}", w.dtype.name());
+        for c in &w.chunks {
+            let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
+            let params = self.uniform(
+                "qmm params",
+                &QuantMatmulParams {
+                    m,
+                    n: c.rows as u32,
+                    k,
+                    ldy,
+                    y_off: y_off + c.row0 as u32,
+                    has_bias: bias.is_some() as u32,
+                    row_bytes: w.row_bytes() as u32,
+                    total_wg: total,
+                    w_byte_off: 0,
+                    _p: [0; 3],
+                },
+            );
+            // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
+            let bias_binding = bias.unwrap_or(x).as_entire_binding();
+            self.dispatch(
+                enc,
+                &kernel,
+                &[x.as_entire_binding(), c.buffer.as_entire_binding(), bias_binding, y.as_entire_binding(), params.as_entire_binding()],
+                self.grid(total),
+            );
+        }
+        Ok(())
+    }
+
+    /// y = x · Wᵀ (+ bias) for a quantized weight, from host slices to a host vector.
+    pub async fn matmul_quant(&self, x: &[f32], w: &super::GpuWeight, bias: Option<&[f32]>, m: usize) -> Result<Vec<f32>, GpuError> {
+        if x.len() != m * w.cols {
+            return Err(GpuError::Shape { op: "matmul_quant", detail: format!("x has {} values, m*k = {}", x.len(), m * w.cols) });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let xb = self.upload("x", x);
+        let bb = bias.map(|b| self.upload("bias", b));
+        let yb = self.storage("y", (m * w.rows * 4) as u64);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        self.encode_matmul_quant(&mut enc, &xb, w, bb.as_ref(), &yb, m as u32, w.rows as u32, 0)?;
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = scope.pop().await {
+            return Err(GpuError::Validation(e.to_string()));
+        }
+        self.read::<f32>(&yb, m * w.rows).await
+    }
+}

@@ -1,0 +1,62 @@
+// Small element-wise kernels of the forward pass. Index = flattened 2-D workgroup id * 256 + lane.
+struct Params { n: u32, a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<storage, read> src0: array<f32>;
+@group(0) @binding(1) var<storage, read> src1: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+fn gid(wg: vec3<u32>, nw: vec3<u32>, lid: u32) -> u32 { return (wg.x + wg.y * nw.x) * 256u + lid; }
+
+// dst = silu(src0) * src1  (SwiGLU activation: gate, up)
+@compute @workgroup_size(256, 1, 1)
+fn silu_mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nw, lid);
+    if (i >= p.n) { return; }
+    let g = src0[i];
+    dst[i] = g / (1.0 + exp(-g)) * src1[i];
+}
+
+// dst = src0 + src1  (residual add)
+@compute @workgroup_size(256, 1, 1)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nw, lid);
+    if (i >= p.n) { return; }
+    dst[i] = src0[i] + src1[i];
+}
+
+// Copy p.n rows of width p.a from src0 (starting at row p.b) to dst (starting at row p.c).
+@compute @workgroup_size(256, 1, 1)
+fn copy_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nw, lid);
+    if (i >= p.n * p.a) { return; }
+    let r = i / p.a;
+    let j = i % p.a;
+    dst[(p.c + r) * p.a + j] = src0[(p.b + r) * p.a + j];
+}
+
+// Greedy pick: dst[row] = index of the first maximum of src0[row * p.a .. (row+1) * p.a], as f32 bits.
+var<workgroup> best_v: array<f32, 256>;
+var<workgroup> best_i: array<u32, 256>;
+@compute @workgroup_size(256, 1, 1)
+fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nw.x;
+    if (row >= p.n) { return; }
+    var bv = -3.4e38;
+    var bi = 0xFFFFFFFFu;
+    for (var j = lid; j < p.a; j += 256u) {
+        let v = src0[row * p.a + j];
+        if (v > bv) { bv = v; bi = j; }
+    }
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) {
+            let ov = best_v[lid + st];
+            let oi = best_i[lid + st];
+            if (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid])) { best_v[lid] = ov; best_i[lid] = oi; }
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { dst[row] = bitcast<f32>(best_i[0]); }
+}

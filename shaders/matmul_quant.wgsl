@@ -1,0 +1,92 @@
+// Quantized matmul: y[m, y_off + n] = sum_k x[m, k] * W[n, k] (+ bias[n]), W read straight from
+// GGUF blocks (no dequantized copy). One workgroup per output column n and per MT rows of x;
+// each thread dequantizes 32-weight pieces of the row into registers and reuses them for all MT
+// rows, then the workgroup reduces. Decode (m = 1) is the matvec case of the same kernel.
+// The per-format `dq32` is appended by the kernel registry from matmul_quant_formats.wgsl.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    ldy: u32,        // row stride of y
+    y_off: u32,      // first column of y written (row-split weights)
+    has_bias: u32,
+    row_bytes: u32,  // bytes per weight row
+    total_wg: u32,   // n * ceil(m / MT)
+    w_byte_off: u32, // where this weight starts in the buffer (bytes)
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+const WG: u32 = 64u;
+const MT: u32 = 8u;
+var<workgroup> red: array<f32, 512>; // [MT][WG]
+
+fn byte_at(off: u32) -> u32 {
+    return (w[off >> 2u] >> ((off & 3u) * 8u)) & 0xFFu;
+}
+fn u16_at(off: u32) -> u32 {
+    return byte_at(off) | (byte_at(off + 1u) << 8u);
+}
+fn f16_at(off: u32) -> f32 {
+    return unpack2x16float(u16_at(off)).x;
+}
+fn u32_at(off: u32) -> u32 {
+    return u16_at(off) | (u16_at(off + 2u) << 16u);
+}
+fn i8_of(b: u32) -> f32 {
+    return f32(bitcast<i32>(b << 24u) >> 24u);
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let wid = wg.x + wg.y * nw.x;
+    if (wid >= p.total_wg) {
+        return;
+    }
+    let col = wid % p.n;
+    let m0 = (wid / p.n) * MT;
+    let rb = p.w_byte_off + col * p.row_bytes;
+    var acc: array<f32, 8>;
+    for (var r = 0u; r < MT; r++) { acc[r] = 0.0; }
+    var wv: array<f32, 32>;
+    let nsub = p.k / 32u;
+    for (var s = tid; s < nsub; s += WG) {
+        dq32(rb, s, &wv);
+        for (var r = 0u; r < MT; r++) {
+            let row = m0 + r;
+            if (row < p.m) {
+                let xb = row * p.k + s * 32u;
+                var a = 0.0;
+                for (var i = 0u; i < 32u; i++) {
+                    a = fma(x[xb + i], wv[i], a);
+                }
+                acc[r] += a;
+            }
+        }
+    }
+    for (var r = 0u; r < MT; r++) { red[r * WG + tid] = acc[r]; }
+    workgroupBarrier();
+    for (var st = WG / 2u; st > 0u; st >>= 1u) {
+        if (tid < st) {
+            for (var r = 0u; r < MT; r++) { red[r * WG + tid] += red[r * WG + tid + st]; }
+        }
+        workgroupBarrier();
+    }
+    if (tid < MT) {
+        let row = m0 + tid;
+        if (row < p.m) {
+            var v = red[tid * WG];
+            if (p.has_bias == 1u) { v += bias[col]; }
+            y[row * p.ldy + p.y_off + col] = v;
+        }
+    }
+}
