@@ -90,3 +90,39 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         }
     }
 }
+
+// Row-per-thread variant: each invocation computes whole dot products for one weight row and MT
+// rows of x; no workgroup memory and no barriers. Faster where workgroups are expensive
+// (CPU adapters such as lavapipe/SwiftShader) and for small m.
+@compute @workgroup_size(64, 1, 1)
+fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+             @builtin(local_invocation_index) tid: u32) {
+    let gid = (wg.x + wg.y * nw.x) * 64u + tid;
+    if (gid >= p.total_wg) {
+        return;
+    }
+    let col = gid % p.n;
+    let m0 = (gid / p.n) * MT;
+    let rb = p.w_byte_off + col * p.row_bytes;
+    var acc: array<f32, 8>;
+    for (var r = 0u; r < MT; r++) { acc[r] = 0.0; }
+    var wv: array<f32, 32>;
+    let nsub = p.k / 32u;
+    let mrows = min(MT, p.m - m0);
+    for (var s = 0u; s < nsub; s++) {
+        dq32(rb, s, &wv);
+        for (var r = 0u; r < mrows; r++) {
+            let xb = (m0 + r) * p.k + s * 32u;
+            var a = 0.0;
+            for (var i = 0u; i < 32u; i++) {
+                a = fma(x[xb + i], wv[i], a);
+            }
+            acc[r] += a;
+        }
+    }
+    for (var r = 0u; r < mrows; r++) {
+        var v = acc[r];
+        if (p.has_bias == 1u) { v += bias[col]; }
+        y[(m0 + r) * p.ldy + p.y_off + col] = v;
+    }
+}

@@ -4,7 +4,11 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use creme_core::{cpu, Gpu, GpuOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use creme_core::model::Model;
+use creme_core::{cpu, generate, Gpu, GpuOptions};
 
 #[derive(Parser)]
 #[command(name = "creme", version, about = "CREME: trace and edit code LLMs on any GPU (wgpu)")]
@@ -59,6 +63,46 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// Generate a completion for a prompt (greedy unless --temperature > 0)
+    Generate {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// File holding the prompt text ('-' for stdin)
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
+        /// The prompt text itself
+        #[arg(long, conflicts_with = "prompt_file")]
+        prompt: Option<String>,
+        #[arg(long, default_value_t = 320)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Stop strings (repeatable); --humaneval-stops adds the HumanEval set
+        #[arg(long)]
+        stop: Vec<String>,
+        #[arg(long)]
+        humaneval_stops: bool,
+        /// Print tokens as they come (to stderr) and timing
+        #[arg(long)]
+        stream: bool,
+    },
+    /// Time the quantized matvec/matmul kernels (decode and prompt shapes) on this adapter
+    BenchKernels {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        /// Rows of x (1 = decode)
+        #[arg(long, default_value_t = 1)]
+        m: usize,
+    },
     /// Check the f32 matmul kernel against the CPU reference on random shapes
     CheckMatmul {
         #[command(flatten)]
@@ -87,6 +131,40 @@ fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
+        Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
+        Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream } => {
+            let prompt = match (prompt, prompt_file) {
+                (Some(p), _) => p,
+                (None, Some(f)) if f.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
+                (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| format!("reading {}: {e}", f.display()))?,
+                (None, None) => return Err("give --prompt-file FILE or --prompt TEXT".into()),
+            };
+            if humaneval_stops {
+                stop.extend(generate::humaneval_stops());
+            }
+            let opts = generate::GenerateOptions { max_new_tokens: max_tokens, temperature, top_p, seed, stop };
+            let gpu = Gpu::new_blocking(&gpu.options())?;
+            let model = load_model(&gpu, model.as_deref(), 0)?;
+            let ids = model.tokenizer.encode(&prompt)?;
+            if ids.is_empty() {
+                return Err("the prompt is empty".into());
+            }
+            let t0 = Instant::now();
+            let tok = &model.tokenizer;
+            let mut on_token = |_: usize, id: u32| {
+                if stream {
+                    eprint!("{}", tok.decode(&[id]).unwrap_or_default());
+                }
+            };
+            let out = pollster::block_on(generate::generate(&gpu, &model, &[ids.clone()], &opts, &mut on_token))?;
+            let c = &out[0];
+            if stream {
+                let s = t0.elapsed().as_secs_f64();
+                eprintln!("\n[{} prompt tokens, {} new tokens in {s:.2} s, {:.1} tok/s, finish {:?}]", ids.len(), c.tokens.len(), c.tokens.len() as f64 / s, c.finish);
+            }
+            print!("{}", c.text);
+            Ok(())
+        }
     }
 }
 
@@ -126,5 +204,77 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
         return Err(format!("matmul differs from the CPU reference: max rel err {worst:.2e}").into());
     }
     println!("matmul OK: {cases} random shapes, max rel err {worst:.2e}");
+    Ok(())
+}
+
+/// The model cache: `CREME_CACHE_DIR/models` (default ~/.cache/creme/models).
+fn model_dir() -> PathBuf {
+    let cache = std::env::var_os("CREME_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/creme"));
+    cache.join("models")
+}
+
+const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+/// Read a GGUF file and upload it. `max_positions` 0 = the model's context (capped by the kernels).
+fn load_model(gpu: &Gpu, path: Option<&Path>, max_positions: usize) -> Result<Model, Box<dyn std::error::Error>> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = model_dir().join(DEFAULT_MODEL);
+            if !p.exists() {
+                return Err(format!("{} is not in the cache: run scripts/fetch-models.sh (or pass --model FILE)", p.display()).into());
+            }
+            p
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let t0 = Instant::now();
+    let max = if max_positions == 0 { usize::MAX } else { max_positions };
+    let model = Model::from_gguf_bytes(gpu, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!(
+        "loaded {} ({}, {} layers, d_model {}) from {} in {:.2} s",
+        if model.cfg.name.is_empty() { "model" } else { &model.cfg.name },
+        model.cfg.arch,
+        model.cfg.n_layers,
+        model.cfg.d_model,
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(model)
+}
+
+fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
+    use creme_core::model::GgmlType as G;
+    let gpu = Gpu::new_blocking(opts)?;
+    println!("quantized matmul on {} ({}), m = {m}, weight 4864 x 896 and 896 x 4864", gpu.report.name, gpu.report.backend);
+    let mut rng = cpu::SplitMix64(1);
+    for t in [G::Q4K, G::Q6K, G::Q5_0, G::Q8_0, G::Q4_1, G::F32] {
+        for (rows, k) in [(4864usize, 896usize), (896, 4864)] {
+            if k % t.block_elems() != 0 {
+                continue;
+            }
+            let raw: Vec<u8> = (0..t.row_bytes(k) * rows).map(|_| (rng.next_u64() & 0x3f) as u8).collect();
+            let w = gpu.upload_weight("w", t, rows, k, &raw)?;
+            let x = gpu.upload("x", &rng.vec_f32(m * k));
+            let y = gpu.storage("y", (m * rows * 4) as u64);
+            let run = |n: usize| -> Res {
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                for _ in 0..n {
+                    gpu.encode_matmul_quant(&mut enc, &x, &w, None, &y, m as u32, rows as u32, 0)?;
+                }
+                gpu.queue.submit([enc.finish()]);
+                gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+                Ok(())
+            };
+            run(1)?;
+            let t0 = Instant::now();
+            run(reps)?;
+            let s = t0.elapsed().as_secs_f64() / reps as f64;
+            let bytes = (t.row_bytes(k) * rows) as f64;
+            println!("  {:5} {rows:5} x {k:5}: {:8.3} ms  {:7.2} GB/s of weights", t.name(), s * 1e3, bytes / s / 1e9);
+        }
+    }
     Ok(())
 }

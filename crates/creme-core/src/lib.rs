@@ -6,7 +6,9 @@
 
 pub mod cpu;
 pub mod error;
+pub mod generate;
 pub mod gpu;
+pub mod hooks;
 pub mod model;
 
 pub use error::{GpuError, ModelError};

@@ -18,6 +18,9 @@ pub struct GpuOptions {
     pub force_f32: bool,
     /// Do not use subgroup operations (`CREME_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
+    /// Quantized matmul kernel: `rows` (a thread per weight row) or `wg` (a workgroup per row);
+    /// default: rows on CPU adapters, wg elsewhere (`CREME_QMM`).
+    pub qmm: Option<String>,
 }
 
 impl GpuOptions {
@@ -42,6 +45,7 @@ impl GpuOptions {
             low_power: flag("CREME_LOW_POWER"),
             force_f32: flag("CREME_FORCE_F32"),
             no_subgroups: flag("CREME_NO_SUBGROUPS"),
+            qmm: var("CREME_QMM"),
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub(crate) kernels: super::kernels::KernelRegistry,
+    /// Quantized matmul flavour: one thread per weight row (true) or a workgroup per row.
+    pub qmm_row_per_thread: bool,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -224,7 +230,12 @@ impl Gpu {
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         };
         let kernels = super::kernels::KernelRegistry::new(&device);
-        Ok(Gpu { device, queue, report, limits, features, kernels })
+        let qmm_row_per_thread = match opts.qmm.as_deref() {
+            Some("wg") => false,
+            Some("rows") => true,
+            _ => info.device_type == wgpu::DeviceType::Cpu,
+        };
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].

@@ -12,17 +12,19 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             if let Some(format) = name.strip_prefix("matmul_q:") {
                 return quant_matmul_source(format).map(|s| (s, "main"));
             }
+            if let Some(format) = name.strip_prefix("matmul_q_rows:") {
+                return quant_matmul_source(format).map(|s| (s, "main_rows"));
+            }
             let src = match name {
                 "rmsnorm" => include_str!("../../../../shaders/rmsnorm.wgsl"),
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
-                "silu_mul" | "add" | "copy_rows" | "argmax" => include_str!("../../../../shaders/elementwise.wgsl"),
+                "silu_mul" | "add" | "argmax" => include_str!("../../../../shaders/elementwise.wgsl"),
                 _ => return None,
             };
             let entry: &'static str = match name {
                 "silu_mul" => "silu_mul",
                 "add" => "add",
-                "copy_rows" => "copy_rows",
                 "argmax" => "argmax",
                 _ => "main",
             };

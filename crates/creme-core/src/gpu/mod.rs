@@ -6,6 +6,7 @@ mod context;
 pub(crate) mod kernels;
 pub mod ops;
 mod weight;
+pub(crate) mod layers;
 
 pub use weight::{GpuWeight, WeightChunk};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};

@@ -125,9 +125,12 @@ impl Gpu {
         if bias.is_some() && w.chunks.len() > 1 {
             return Err(GpuError::Shape { op: "matmul_quant", detail: format!("'{}': a bias on a row-split weight", w.name) });
         }
-        let kernel = format!("matmul_q:{}", w.dtype.name());
+        // Row-per-thread kernel unless CREME_QMM=wg asks for the workgroup-reduction one.
+        let rows_kernel = self.qmm_row_per_thread;
+        let kernel = format!("{}:{}", if rows_kernel { "matmul_q_rows" } else { "matmul_q" }, w.dtype.name());
         for c in &w.chunks {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
+            let groups = if rows_kernel { total.div_ceil(64) } else { total };
             let params = self.uniform(
                 "qmm params",
                 &QuantMatmulParams {
@@ -149,7 +152,7 @@ impl Gpu {
                 enc,
                 &kernel,
                 &[x.as_entire_binding(), c.buffer.as_entire_binding(), bias_binding, y.as_entire_binding(), params.as_entire_binding()],
-                self.grid(total),
+                self.grid(groups),
             );
         }
         Ok(())

@@ -4,8 +4,10 @@ pub mod config;
 pub mod gguf;
 pub mod quant;
 pub mod tokenizer;
+pub mod transformer;
 
 pub use config::{ModelConfig, RopeStyle};
 pub use gguf::{GgufHeader, TensorInfo};
 pub use quant::GgmlType;
 pub use tokenizer::Tokenizer;
+pub use transformer::{ForwardOut, KvCache, Logits, Model, ModelLoader};

@@ -1,0 +1,157 @@
+//! Decoding: batched prompts (left-padded), greedy or temperature/top-p sampling with a seed,
+//! stop strings, a token limit, and a per-token callback for streaming.
+
+use crate::cpu::SplitMix64;
+use crate::error::ModelError;
+use crate::gpu::Gpu;
+use crate::hooks::Hooks;
+use crate::model::transformer::{Logits, Model};
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Generation of a sequence ends once its text contains one of these; the text is cut there.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+    }
+}
+
+/// The stop strings of the HumanEval protocol (see ../shared/oracle's README).
+pub fn humaneval_stops() -> Vec<String> {
+    ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert"].iter().map(|s| s.to_string()).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Finish {
+    Eos,
+    Stop,
+    Length,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Completion {
+    /// Generated token ids (eos excluded).
+    pub tokens: Vec<u32>,
+    /// Decoded text without special tokens, cut at the first stop string.
+    pub text: String,
+    pub finish: Finish,
+}
+
+/// Cut `text` at the earliest occurrence of any stop string.
+pub fn cut_at_stops(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Pick the next token from logits with temperature and nucleus (top-p) sampling.
+fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> u32 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, (((l - max) / temperature) as f64).exp())).collect();
+    let z: f64 = probs.iter().map(|p| p.1).sum();
+    probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    let mut keep = 0;
+    let mut acc = 0.0;
+    for p in &probs {
+        acc += p.1 / z;
+        keep += 1;
+        if acc >= top_p as f64 {
+            break;
+        }
+    }
+    let kept = &probs[..keep];
+    let total: f64 = kept.iter().map(|p| p.1).sum();
+    let mut r = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    for p in kept {
+        r -= p.1;
+        if r <= 0.0 {
+            return p.0;
+        }
+    }
+    kept.last().map(|p| p.0).unwrap_or(0)
+}
+
+/// Generate a completion for each prompt (token ids). `on_token(seq, id)` is called for every new
+/// token as it is decided.
+pub async fn generate(
+    gpu: &Gpu,
+    model: &Model,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Completion>, ModelError> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(ModelError::Format(format!("prompt #{i} is empty")));
+    }
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap();
+    let capacity = longest + opts.max_new_tokens;
+    if capacity > model.max_positions {
+        return Err(ModelError::Format(format!(
+            "prompt of {longest} tokens + {} new tokens is over the context of {} tokens",
+            opts.max_new_tokens, model.max_positions
+        )));
+    }
+    let cfg = &model.cfg;
+    let pad: Vec<u32> = prompts.iter().map(|p| (longest - p.len()) as u32).collect();
+    let batch: Vec<Vec<u32>> = prompts.iter().map(|p| std::iter::repeat(cfg.pad_id).take(longest - p.len()).chain(p.iter().cloned()).collect()).collect();
+    let mut cache = model.new_cache(gpu, pad, capacity)?;
+    let mut rng = SplitMix64(opts.seed);
+    let n = prompts.len();
+    let mut out: Vec<Completion> = (0..n).map(|_| Completion { tokens: Vec::new(), text: String::new(), finish: Finish::Length }).collect();
+    let mut done = vec![false; n];
+    let mut input = batch;
+    for _step in 0..opts.max_new_tokens {
+        let fwd = model.forward(gpu, &mut cache, &input, &Hooks::default(), Logits::Last)?;
+        let logits = fwd.logits.expect("asked for logits");
+        let next: Vec<u32> = if opts.temperature <= 0.0 {
+            let ids = gpu.storage("argmax", (n * 4) as u64);
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            gpu.encode_argmax(&mut enc, &logits, &ids, n as u32, cfg.vocab as u32);
+            gpu.queue.submit([enc.finish()]);
+            gpu.read::<u32>(&ids, n).await?
+        } else {
+            let all = gpu.read::<f32>(&logits, n * cfg.vocab).await?;
+            all.chunks(cfg.vocab).map(|row| sample(row, opts.temperature, opts.top_p, &mut rng)).collect()
+        };
+        for (i, &id) in next.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            if cfg.eos_ids.contains(&id) {
+                done[i] = true;
+                out[i].finish = Finish::Eos;
+                continue;
+            }
+            out[i].tokens.push(id);
+            on_token(i, id);
+            if !opts.stop.is_empty() {
+                let text = model.tokenizer.decode(&out[i].tokens)?;
+                if cut_at_stops(&text, &opts.stop).is_some() {
+                    done[i] = true;
+                    out[i].finish = Finish::Stop;
+                }
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        input = next.iter().enumerate().map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }]).collect();
+    }
+    for c in out.iter_mut() {
+        let text = model.tokenizer.decode(&c.tokens)?;
+        c.text = match cut_at_stops(&text, &opts.stop) {
+            Some(at) => text[..at].to_string(),
+            None => text,
+        };
+    }
+    Ok(out)
+}

@@ -1,0 +1,98 @@
+//! Encoders for the transformer's small kernels (norm, rope, attention, element-wise, argmax).
+//! Each records one dispatch into the caller's encoder; the forward pass chains them into a
+//! single submission.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::Gpu;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    _p: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    rows: u32,
+    heads: u32,
+    head_dim: u32,
+    style: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct AttentionParams {
+    pub batch: u32,
+    pub t: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub ctx: u32,
+    pub p0: u32,
+    pub scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct EwParams {
+    n: u32,
+    a: u32,
+    b: u32,
+    c: u32,
+}
+
+/// Longest context the attention kernel holds in workgroup memory.
+pub const MAX_ATTENTION_CONTEXT: usize = 4096;
+
+impl Gpu {
+    pub(crate) fn encode_rmsnorm(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, rows: u32, dim: u32, eps: f32) {
+        let p = self.uniform("rmsnorm", &NormParams { rows, dim, eps, _p: 0 });
+        self.dispatch(enc, "rmsnorm", &[x.as_entire_binding(), w.as_entire_binding(), y.as_entire_binding(), p.as_entire_binding()], self.grid(rows));
+    }
+
+    /// In-place rotary embedding of `rows` rows of `heads` heads; `interleaved` selects the pairing.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_rope(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, rows: u32, heads: u32, head_dim: u32, interleaved: bool) {
+        let p = self.uniform("rope", &RopeParams { rows, heads, head_dim, style: interleaved as u32 });
+        let n = rows * heads * head_dim / 2;
+        self.dispatch(enc, "rope", &[x.as_entire_binding(), pos.as_entire_binding(), table.as_entire_binding(), p.as_entire_binding()], self.grid(n.div_ceil(64)));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_attention(&self, enc: &mut wgpu::CommandEncoder, q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, pad: &wgpu::Buffer, out: &wgpu::Buffer, params: AttentionParams) {
+        let groups = params.batch * params.t * params.heads;
+        let p = self.uniform("attention", &params);
+        self.dispatch(
+            enc,
+            "attention",
+            &[q.as_entire_binding(), k.as_entire_binding(), v.as_entire_binding(), pad.as_entire_binding(), out.as_entire_binding(), p.as_entire_binding()],
+            self.grid(groups),
+        );
+    }
+
+    fn encode_ew(&self, enc: &mut wgpu::CommandEncoder, kernel: &str, a: &wgpu::Buffer, b: &wgpu::Buffer, dst: &wgpu::Buffer, p: EwParams, threads: u32) {
+        let pb = self.uniform(kernel, &p);
+        self.dispatch(enc, kernel, &[a.as_entire_binding(), b.as_entire_binding(), dst.as_entire_binding(), pb.as_entire_binding()], self.grid(threads.div_ceil(256)));
+    }
+
+    /// dst = silu(gate) * up over n values.
+    pub(crate) fn encode_silu_mul(&self, enc: &mut wgpu::CommandEncoder, gate: &wgpu::Buffer, up: &wgpu::Buffer, dst: &wgpu::Buffer, n: u32) {
+        self.encode_ew(enc, "silu_mul", gate, up, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
+    }
+
+    /// dst = a + b over n values (dst may not alias a or b).
+    pub(crate) fn encode_add(&self, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, dst: &wgpu::Buffer, n: u32) {
+        self.encode_ew(enc, "add", a, b, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
+    }
+
+    /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`.
+    pub(crate) fn encode_argmax(&self, enc: &mut wgpu::CommandEncoder, logits: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
+        let pb = self.uniform("argmax", &EwParams { n: rows, a: width, b: 0, c: 0 });
+        self.dispatch(enc, "argmax", &[logits.as_entire_binding(), logits.as_entire_binding(), dst.as_entire_binding(), pb.as_entire_binding()], self.grid(rows));
+    }
+}

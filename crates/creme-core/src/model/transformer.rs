@@ -1,0 +1,391 @@
+//! The transformer (qwen2 and llama families): weights on the GPU in their GGUF formats, and the
+//! one forward pass that generation, tracing and editing all call, with hooks.
+
+use std::collections::HashMap;
+
+use super::config::{ModelConfig, RopeStyle};
+use super::gguf::{GgufHeader, TensorInfo};
+use super::quant::{dequantize, GgmlType};
+use super::tokenizer::Tokenizer;
+use crate::error::{GpuError, ModelError};
+use crate::gpu::layers::{AttentionParams, MAX_ATTENTION_CONTEXT};
+use crate::gpu::{Gpu, GpuWeight};
+use crate::hooks::{Captured, Hooks, Site};
+
+struct Layer {
+    attn_norm: wgpu::Buffer,
+    q: GpuWeight,
+    k: GpuWeight,
+    v: GpuWeight,
+    o: GpuWeight,
+    q_bias: Option<wgpu::Buffer>,
+    k_bias: Option<wgpu::Buffer>,
+    v_bias: Option<wgpu::Buffer>,
+    ffn_norm: wgpu::Buffer,
+    gate: GpuWeight,
+    up: GpuWeight,
+    down: GpuWeight,
+}
+
+/// Token embedding rows, kept in their GGUF format on the CPU: a lookup dequantizes a few rows.
+struct Embedding {
+    dtype: GgmlType,
+    cols: usize,
+    rows: usize,
+    bytes: Vec<u8>,
+}
+
+impl Embedding {
+    fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
+        if id as usize >= self.rows {
+            return Err(ModelError::Format(format!("token id {id} is outside the vocabulary of {}", self.rows)));
+        }
+        let rb = self.dtype.row_bytes(self.cols);
+        dequantize(self.dtype, &self.bytes[id as usize * rb..(id as usize + 1) * rb], self.cols)
+    }
+}
+
+/// A loaded model: config, tokenizer, and weights on one GPU.
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub tokenizer: Tokenizer,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    out_norm: wgpu::Buffer,
+    head: GpuWeight,
+    /// cos/sin for every position < max_positions: [pos][head_dim/2][2].
+    rope_table: wgpu::Buffer,
+    pub max_positions: usize,
+}
+
+/// Builds a [`Model`] from a GGUF header and then the tensors' bytes, one tensor at a time (so a
+/// browser can stream the file and never hold all of it).
+pub struct ModelLoader {
+    header: GgufHeader,
+    cfg: ModelConfig,
+    tokenizer: Tokenizer,
+    weights: HashMap<String, GpuWeight>,
+    vectors: HashMap<String, wgpu::Buffer>,
+    embed: Option<Embedding>,
+    tied_head_bytes: bool,
+}
+
+fn is_vector(t: &TensorInfo) -> bool {
+    t.dims.len() == 1
+}
+
+impl ModelLoader {
+    pub fn new(header: GgufHeader) -> Result<ModelLoader, ModelError> {
+        let cfg = ModelConfig::from_gguf(&header)?;
+        let tokenizer = Tokenizer::from_gguf(&header)?;
+        let tied = header.tensor("output.weight").is_none();
+        Ok(ModelLoader { header, cfg, tokenizer, weights: HashMap::new(), vectors: HashMap::new(), embed: None, tied_head_bytes: tied })
+    }
+
+    pub fn header(&self) -> &GgufHeader {
+        &self.header
+    }
+
+    /// Tensors in file order (the order a stream delivers them).
+    pub fn tensors_in_file_order(&self) -> Vec<TensorInfo> {
+        let mut t = self.header.tensors.clone();
+        t.sort_by_key(|t| t.offset);
+        t
+    }
+
+    /// Take one tensor's bytes.
+    pub fn add_tensor(&mut self, gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<(), ModelError> {
+        let info = self.header.tensor(name).ok_or_else(|| ModelError::Format(format!("tensor '{name}' is not in the GGUF table")))?.clone();
+        if (bytes.len() as u64) < info.bytes() {
+            return Err(ModelError::Truncated { what: format!("tensor '{name}'"), need: info.bytes(), have: bytes.len() as u64 });
+        }
+        let bytes = &bytes[..info.bytes() as usize];
+        if name == "token_embd.weight" {
+            let (rows, cols) = info.rows_cols();
+            self.embed = Some(Embedding { dtype: info.dtype, cols: cols as usize, rows: rows as usize, bytes: bytes.to_vec() });
+            if self.tied_head_bytes {
+                let w = gpu.upload_weight("output.weight (tied)", info.dtype, rows as usize, cols as usize, bytes)?;
+                self.weights.insert("output.weight".into(), w);
+            }
+        } else if is_vector(&info) {
+            let v = dequantize(info.dtype, bytes, info.elems() as usize)?;
+            self.vectors.insert(name.to_string(), gpu.upload(name, &v));
+        } else {
+            let (rows, cols) = info.rows_cols();
+            let w = gpu.upload_weight(name, info.dtype, rows as usize, cols as usize, bytes)?;
+            self.weights.insert(name.to_string(), w);
+        }
+        Ok(())
+    }
+
+    /// Assemble the model once every tensor has arrived.
+    pub fn finish(mut self, gpu: &Gpu, max_positions: usize) -> Result<Model, ModelError> {
+        let cfg = self.cfg.clone();
+        let mut w = |name: String| self.weights.remove(&name).ok_or(ModelError::Missing(format!("tensor {name}")));
+        let mut layers_w = Vec::new();
+        for l in 0..cfg.n_layers {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            layers_w.push((w(p("attn_q.weight"))?, w(p("attn_k.weight"))?, w(p("attn_v.weight"))?, w(p("attn_output.weight"))?, w(p("ffn_gate.weight"))?, w(p("ffn_up.weight"))?, w(p("ffn_down.weight"))?));
+        }
+        let head = w("output.weight".into())?;
+        let mut v = |name: String| self.vectors.remove(&name).ok_or(ModelError::Missing(format!("tensor {name}")));
+        let mut layers = Vec::new();
+        for (l, (q, k, vw, o, gate, up, down)) in layers_w.into_iter().enumerate() {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            let (q_bias, k_bias, v_bias) = if cfg.qkv_bias {
+                (Some(v(p("attn_q.bias"))?), Some(v(p("attn_k.bias"))?), Some(v(p("attn_v.bias"))?))
+            } else {
+                (None, None, None)
+            };
+            layers.push(Layer { attn_norm: v(p("attn_norm.weight"))?, ffn_norm: v(p("ffn_norm.weight"))?, q, k, v: vw, o, q_bias, k_bias, v_bias, gate, up, down });
+        }
+        let out_norm = v("output_norm.weight".into())?;
+        let embed = self.embed.take().ok_or(ModelError::Missing("tensor token_embd.weight".into()))?;
+        let max_positions = max_positions.min(MAX_ATTENTION_CONTEXT);
+        let rope_table = gpu.upload("rope table", &rope_table(&cfg, max_positions));
+        Ok(Model { cfg, tokenizer: self.tokenizer, embed, layers, out_norm, head, rope_table, max_positions })
+    }
+}
+
+/// cos/sin of pos * inv_freq in f32 as HF computes them (inv_freq = 1 / base^(2i/d) in f32).
+fn rope_table(cfg: &ModelConfig, positions: usize) -> Vec<f32> {
+    let half = cfg.head_dim / 2;
+    let inv: Vec<f32> = (0..half).map(|i| (1.0 / (cfg.rope_base as f64).powf(2.0 * i as f64 / cfg.head_dim as f64)) as f32).collect();
+    let mut t = Vec::with_capacity(positions * half * 2);
+    for p in 0..positions {
+        for f in &inv {
+            let a = p as f32 * f;
+            t.push((a as f64).cos() as f32);
+            t.push((a as f64).sin() as f32);
+        }
+    }
+    t
+}
+
+/// Keys and values of every layer for a batch of sequences, left-padded to a common length.
+pub struct KvCache {
+    k: Vec<wgpu::Buffer>,
+    v: Vec<wgpu::Buffer>,
+    pub batch: usize,
+    pub capacity: usize,
+    /// Left-pad length of each sequence.
+    pub pad: Vec<u32>,
+    pad_buf: wgpu::Buffer,
+    /// Positions filled so far (same for every sequence).
+    pub len: usize,
+}
+
+/// Which logits a forward call computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// The last row of each sequence: [batch, vocab].
+    Last,
+    /// Every row: [batch * T, vocab].
+    All,
+}
+
+/// What a forward call returns: logits on the GPU (if asked) and captured activations.
+pub struct ForwardOut {
+    pub logits: Option<wgpu::Buffer>,
+    pub logit_rows: usize,
+    pub captured: Captured,
+}
+
+impl Model {
+    /// Load from a whole GGUF file in memory (native callers; the browser streams through
+    /// [`ModelLoader`]). Checks the file holds every tensor before uploading anything.
+    pub fn from_gguf_bytes(gpu: &Gpu, file: &[u8], max_positions: usize) -> Result<Model, ModelError> {
+        let header = GgufHeader::parse(file)?;
+        header.check_len(file.len() as u64)?;
+        let mut loader = ModelLoader::new(header)?;
+        for t in loader.tensors_in_file_order() {
+            let bytes = loader.header().tensor_bytes(file, &t)?;
+            loader.add_tensor(gpu, &t.name, bytes)?;
+        }
+        loader.finish(gpu, max_positions)
+    }
+
+    pub fn new_cache(&self, gpu: &Gpu, pad: Vec<u32>, capacity: usize) -> Result<KvCache, ModelError> {
+        if capacity > self.max_positions {
+            return Err(ModelError::Format(format!("context of {capacity} tokens is over this model's limit of {} here", self.max_positions)));
+        }
+        let kvw = self.cfg.n_kv_heads * self.cfg.head_dim;
+        let bytes = (pad.len() * capacity * kvw * 4) as u64;
+        if bytes > gpu.max_binding_bytes() {
+            return Err(GpuError::TooLarge { tensor: "kv cache".into(), bytes, limit: gpu.max_binding_bytes() }.into());
+        }
+        let n = self.cfg.n_layers;
+        Ok(KvCache {
+            k: (0..n).map(|_| gpu.storage("k cache", bytes)).collect(),
+            v: (0..n).map(|_| gpu.storage("v cache", bytes)).collect(),
+            batch: pad.len(),
+            capacity,
+            pad_buf: gpu.upload("pad", &pad),
+            pad,
+            len: 0,
+        })
+    }
+
+    /// Width of the activation at a hook site.
+    pub fn site_width(&self, site: Site) -> usize {
+        match site {
+            Site::MlpAct(_) => self.cfg.d_ff,
+            Site::ResidMid(_) | Site::ResidOut(_) => self.cfg.d_model,
+        }
+    }
+
+    /// Run `tokens` ([batch][T], the same T for every sequence) through the model, appending to the
+    /// cache. Hooks capture or overwrite activations; everything is recorded into one submission.
+    pub fn forward(&self, gpu: &Gpu, cache: &mut KvCache, tokens: &[Vec<u32>], hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
+        let cfg = &self.cfg;
+        let b = tokens.len();
+        let t = tokens.first().map(|r| r.len()).unwrap_or(0);
+        if b != cache.batch || t == 0 || tokens.iter().any(|r| r.len() != t) {
+            return Err(ModelError::Format(format!("forward: {b} sequences (cache holds {}), lengths must be equal and > 0", cache.batch)));
+        }
+        if cache.len + t > cache.capacity {
+            return Err(ModelError::Format(format!("forward: {} + {t} tokens overflow the cache of {}", cache.len, cache.capacity)));
+        }
+        let rows = b * t;
+        let (d, f, hd) = (cfg.d_model, cfg.d_ff, cfg.head_dim);
+        let (qw, kvw) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+
+        // Embedding lookup on the CPU (a few rows of the quantized table) and positions.
+        let mut x0 = Vec::with_capacity(rows * d);
+        let mut pos = Vec::with_capacity(rows);
+        for (bi, seq) in tokens.iter().enumerate() {
+            for (ti, &id) in seq.iter().enumerate() {
+                x0.extend(self.embed.row(id)?);
+                let j = cache.len + ti;
+                let p = cache.pad[bi] as usize;
+                // Pad rows get position 1, as HF's cumsum(mask) - 1 with masked_fill(1) does.
+                pos.push(if j >= p { (j - p) as u32 } else { 1 });
+            }
+        }
+        let x = gpu.upload("x", &x0);
+        let pos_buf = gpu.upload("pos", &pos);
+        let buf = |label: &str, n: usize| gpu.storage(label, (n * 4) as u64);
+        let (xn, q, k, v, att, tmp) = (buf("xn", rows * d), buf("q", rows * qw), buf("k", rows * kvw), buf("v", rows * kvw), buf("att", rows * qw), buf("tmp", rows * d));
+        let (g, u, act) = (buf("gate", rows * f), buf("up", rows * f), buf("act", rows * f));
+        let x2 = buf("x2", rows * d);
+
+        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        let mut captured = Captured::default();
+        let (r32, d32, f32_) = (rows as u32, d as u32, f as u32);
+        let interleaved = cfg.rope_style == RopeStyle::Interleaved;
+
+        // `cur` holds the residual stream; each block writes the sum into the other buffer.
+        let (mut cur, mut other) = (&x, &x2);
+        for (l, layer) in self.layers.iter().enumerate() {
+            gpu.encode_rmsnorm(&mut enc, cur, &layer.attn_norm, &xn, r32, d32, cfg.rms_eps);
+            gpu.encode_matmul_quant(&mut enc, &xn, &layer.q, layer.q_bias.as_ref(), &q, r32, qw as u32, 0)?;
+            gpu.encode_matmul_quant(&mut enc, &xn, &layer.k, layer.k_bias.as_ref(), &k, r32, kvw as u32, 0)?;
+            gpu.encode_matmul_quant(&mut enc, &xn, &layer.v, layer.v_bias.as_ref(), &v, r32, kvw as u32, 0)?;
+            gpu.encode_rope(&mut enc, &q, &pos_buf, &self.rope_table, r32, cfg.n_heads as u32, hd as u32, interleaved);
+            gpu.encode_rope(&mut enc, &k, &pos_buf, &self.rope_table, r32, cfg.n_kv_heads as u32, hd as u32, interleaved);
+            for bi in 0..b {
+                let src = (bi * t * kvw * 4) as u64;
+                let dst = ((bi * cache.capacity + cache.len) * kvw * 4) as u64;
+                let n = (t * kvw * 4) as u64;
+                enc.copy_buffer_to_buffer(&k, src, &cache.k[l], dst, n);
+                enc.copy_buffer_to_buffer(&v, src, &cache.v[l], dst, n);
+            }
+            gpu.encode_attention(
+                &mut enc,
+                &q,
+                &cache.k[l],
+                &cache.v[l],
+                &cache.pad_buf,
+                &att,
+                AttentionParams {
+                    batch: b as u32,
+                    t: t as u32,
+                    heads: cfg.n_heads as u32,
+                    kv_heads: cfg.n_kv_heads as u32,
+                    head_dim: hd as u32,
+                    ctx: cache.capacity as u32,
+                    p0: cache.len as u32,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                },
+            );
+            gpu.encode_matmul_quant(&mut enc, &att, &layer.o, None, &tmp, r32, d32, 0)?;
+            gpu.encode_add(&mut enc, cur, &tmp, other, r32 * d32);
+            std::mem::swap(&mut cur, &mut other);
+            self.hook(gpu, &mut enc, hooks, Site::ResidMid(l), cur, rows, &mut captured);
+
+            gpu.encode_rmsnorm(&mut enc, cur, &layer.ffn_norm, &xn, r32, d32, cfg.rms_eps);
+            gpu.encode_matmul_quant(&mut enc, &xn, &layer.gate, None, &g, r32, f32_, 0)?;
+            gpu.encode_matmul_quant(&mut enc, &xn, &layer.up, None, &u, r32, f32_, 0)?;
+            gpu.encode_silu_mul(&mut enc, &g, &u, &act, r32 * f32_);
+            self.hook(gpu, &mut enc, hooks, Site::MlpAct(l), &act, rows, &mut captured);
+            gpu.encode_matmul_quant(&mut enc, &act, &layer.down, None, &tmp, r32, d32, 0)?;
+            gpu.encode_add(&mut enc, cur, &tmp, other, r32 * d32);
+            std::mem::swap(&mut cur, &mut other);
+            self.hook(gpu, &mut enc, hooks, Site::ResidOut(l), cur, rows, &mut captured);
+        }
+
+        let (logits_buf, logit_rows) = match logits {
+            Logits::None => (None, 0),
+            Logits::Last | Logits::All => {
+                let (src, n) = if logits == Logits::All {
+                    (cur, rows)
+                } else {
+                    // Gather the last row of each sequence.
+                    for bi in 0..b {
+                        enc.copy_buffer_to_buffer(cur, (((bi + 1) * t - 1) * d * 4) as u64, other, (bi * d * 4) as u64, (d * 4) as u64);
+                    }
+                    (other, b)
+                };
+                let normed = buf("final norm", n * d);
+                gpu.encode_rmsnorm(&mut enc, src, &self.out_norm, &normed, n as u32, d32, cfg.rms_eps);
+                let lg = buf("logits", n * cfg.vocab);
+                gpu.encode_matmul_quant(&mut enc, &normed, &self.head, None, &lg, n as u32, cfg.vocab as u32, 0)?;
+                (Some(lg), n)
+            }
+        };
+        gpu.queue.submit([enc.finish()]);
+        if let Some(e) = pollster_free_pop(scope) {
+            return Err(GpuError::Validation(e).into());
+        }
+        cache.len += t;
+        Ok(ForwardOut { logits: logits_buf, logit_rows, captured })
+    }
+
+    /// Apply the patches for `site`, then capture it if asked.
+    #[allow(clippy::too_many_arguments)]
+    fn hook(&self, gpu: &Gpu, enc: &mut wgpu::CommandEncoder, hooks: &Hooks, site: Site, buf: &wgpu::Buffer, rows: usize, captured: &mut Captured) {
+        if !hooks.wants(site) {
+            return;
+        }
+        let width = self.site_width(site);
+        let rb = (width * 4) as u64;
+        for p in hooks.patches.iter().filter(|p| p.site == site) {
+            for (&s, &dr) in p.src_rows.iter().zip(&p.dst_rows) {
+                if (dr as usize) < rows {
+                    enc.copy_buffer_to_buffer(&p.values, s as u64 * rb, buf, dr as u64 * rb, rb);
+                }
+            }
+        }
+        if hooks.capture.contains(&site) {
+            let c = gpu.storage("captured", rows as u64 * rb);
+            enc.copy_buffer_to_buffer(buf, 0, &c, 0, rows as u64 * rb);
+            captured.items.push((site, c, rows, width));
+        }
+    }
+}
+
+/// Validation errors are reported asynchronously; on native the scope resolves at once after a
+/// submit, so block on it there. In the browser an invalid op surfaces at readback instead.
+fn pollster_free_pop(scope: wgpu::ErrorScopeGuard) -> Option<String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        pollster::block_on(scope.pop()).map(|e| e.to_string())
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(scope.pop());
+        None
+    }
+}

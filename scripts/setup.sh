@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh Debian 12 machine; skips what is already there.
+#   apt: Mesa lavapipe (Vulkan on the CPU) + EGL/GL (wgpu's GL backend), Debian's rustc-web with
+#        its std sources and lld-19 (the wasm32 build), Chromium (browser tests)
+#   cargo: wasm-bindgen-cli at exactly the version Cargo.toml pins
+#   pip: gguf (reference dequantization for the tests)
+#   npm: playwright-core (drives the system Chromium)
+#   models: Qwen2.5-Coder-0.5B-Instruct Q4_K_M and SmolLM2-135M-Instruct into the cache
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+pkgs=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1-mesa-dri rustc-web cargo-web rust-web-src lld-19 chromium)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+want=$(grep -E '^wasm-bindgen = "=' Cargo.toml | sed -E 's/.*"=([^"]+)".*/\1/')
+have=$( (wasm-bindgen --version || ~/.cargo/bin/wasm-bindgen --version) 2>/dev/null | awk '{print $2}' | head -1 || true)
+if [ "$have" != "$want" ]; then
+  echo "setup: cargo install wasm-bindgen-cli $want (a few minutes, once)"
+  # --locked first; the registry mirror may lack a locked dependency version, then resolve afresh.
+  cargo install -q wasm-bindgen-cli --version "$want" --locked 2>/dev/null || cargo install -q wasm-bindgen-cli --version "$want"
+fi
+
+python3 -m pip show gguf 2>/dev/null | grep -q '^Version: 0.19.0$' \
+  || python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore gguf==0.19.0
+
+if [ ! -d web/node_modules/playwright-core ]; then
+  (cd web && npm install --no-audit --no-fund --silent)
+fi
+
+scripts/fetch-models.sh all
+CACHE="${CREME_CACHE_DIR:-$HOME/.cache/creme}"
+[ -f "$CACHE/reference/dequant/qwen_blk.11.ffn_down.weight.f32" ] || python3 scripts/gguf_reference.py >/dev/null
+echo "setup: done"
