@@ -126,3 +126,63 @@ fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: 
         y[(m0 + r) * p.ldy + p.y_off + col] = v;
     }
 }
+
+// Tiled variant for prompts (m >= 16): a 64 x 64 tile of y per workgroup of 256 threads. For each
+// 32-wide slice of k, 64 threads dequantize one weight row's 32 values each into workgroup memory
+// (so each weight is dequantized once per 64 rows of x), all threads stage x, then each thread
+// accumulates a 4 x 4 block. Dispatch: (ceil(n / 64), ceil(m / 64)).
+var<workgroup> xs_t: array<f32, 2048>; // [64][32]
+var<workgroup> ws_t: array<f32, 2048>; // [64][32]
+
+@compute @workgroup_size(256, 1, 1)
+fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let lx = tid % 16u;
+    let ly = tid / 16u;
+    let row0 = wg.y * 64u;
+    let col0 = wg.x * 64u;
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+    var wv: array<f32, 32>;
+    let nsub = p.k / 32u;
+    for (var s = 0u; s < nsub; s++) {
+        if (tid < 64u) {
+            let col = col0 + tid;
+            if (col < p.n) {
+                dq32(p.w_byte_off + col * p.row_bytes, s, &wv);
+            } else {
+                for (var i = 0u; i < 32u; i++) { wv[i] = 0.0; }
+            }
+            for (var i = 0u; i < 32u; i++) { ws_t[tid * 32u + i] = wv[i]; }
+        }
+        for (var e = tid; e < 2048u; e += 256u) {
+            let r = row0 + e / 32u;
+            var v = 0.0;
+            if (r < p.m) { v = x[r * p.k + s * 32u + e % 32u]; }
+            xs_t[e] = v;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 32u; kk++) {
+            var a: array<f32, 4>;
+            var b: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs_t[(ly * 4u + i) * 32u + kk];
+                b[i] = ws_t[(lx * 4u + i) * 32u + kk];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + ly * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + lx * 4u + j;
+            if (r < p.m && c < p.n) {
+                var v = acc[i * 4u + j];
+                if (p.has_bias == 1u) { v += bias[c]; }
+                y[r * p.ldy + p.y_off + c] = v;
+            }
+        }
+    }
+}

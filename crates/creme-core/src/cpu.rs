@@ -42,3 +42,11 @@ impl SplitMix64 {
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f32::max)
 }
+
+/// Largest |a - b| divided by max(1, largest |b|): the error relative to the result's scale, for
+/// sums whose terms cancel (a small entry of a large-magnitude result carries the whole sum's
+/// rounding).
+pub fn max_scaled_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+}

@@ -18,8 +18,8 @@ pub struct GpuOptions {
     pub force_f32: bool,
     /// Do not use subgroup operations (`CREME_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
-    /// Quantized matmul kernel: `rows` (a thread per weight row) or `wg` (a workgroup per row);
-    /// default: rows on CPU adapters, wg elsewhere (`CREME_QMM`).
+    /// Quantized matmul kernel: `rows` (a thread per weight row) or `wg` (a workgroup per row),
+    /// for every m; default: tiled for m >= 16, else rows on CPU adapters and wg elsewhere (`CREME_QMM`).
     pub qmm: Option<String>,
 }
 
@@ -113,6 +113,8 @@ pub struct Gpu {
     pub(crate) kernels: super::kernels::KernelRegistry,
     /// Quantized matmul flavour: one thread per weight row (true) or a workgroup per row.
     pub qmm_row_per_thread: bool,
+    /// Use the tiled quantized matmul for prompts (m >= 16).
+    pub qmm_tiled: bool,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -235,7 +237,8 @@ impl Gpu {
             Some("rows") => true,
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread })
+        let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].

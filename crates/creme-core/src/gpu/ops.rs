@@ -99,6 +99,7 @@ struct QuantMatmulParams {
 }
 
 const QMM_ROWS_PER_WG: u32 = 8;
+const QMM_TILED_MIN_ROWS: u32 = 16;
 
 impl Gpu {
     /// Record y[m, y_off + n] = x[m, k] · Wᵀ (+ bias) for a weight in any supported GGUF format,
@@ -125,12 +126,23 @@ impl Gpu {
         if bias.is_some() && w.chunks.len() > 1 {
             return Err(GpuError::Shape { op: "matmul_quant", detail: format!("'{}': a bias on a row-split weight", w.name) });
         }
-        // Row-per-thread kernel unless CREME_QMM=wg asks for the workgroup-reduction one.
-        let rows_kernel = self.qmm_row_per_thread;
-        let kernel = format!("{}:{}", if rows_kernel { "matmul_q_rows" } else { "matmul_q" }, w.dtype.name());
+        // Prompts (m >= 16) take the tiled kernel; decode takes the row-per-thread kernel on CPU
+        // adapters and the workgroup-reduction one elsewhere (CREME_QMM overrides).
+        let flavour = if m >= QMM_TILED_MIN_ROWS && self.qmm_tiled {
+            "matmul_q_tiled"
+        } else if self.qmm_row_per_thread {
+            "matmul_q_rows"
+        } else {
+            "matmul_q"
+        };
+        let kernel = format!("{flavour}:{}", w.dtype.name());
         for c in &w.chunks {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
-            let groups = if rows_kernel { total.div_ceil(64) } else { total };
+            let groups = match flavour {
+                "matmul_q_rows" => self.grid(total.div_ceil(64)),
+                "matmul_q_tiled" => [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1],
+                _ => self.grid(total),
+            };
             let params = self.uniform(
                 "qmm params",
                 &QuantMatmulParams {
@@ -152,7 +164,7 @@ impl Gpu {
                 enc,
                 &kernel,
                 &[x.as_entire_binding(), c.buffer.as_entire_binding(), bias_binding, y.as_entire_binding(), params.as_entire_binding()],
-                self.grid(groups),
+                groups,
             );
         }
         Ok(())
