@@ -2,7 +2,9 @@
 
 pub mod config;
 pub mod gguf;
+pub mod gguf_write;
 pub mod quant;
+pub mod safetensors;
 pub mod tokenizer;
 pub mod transformer;
 

@@ -107,6 +107,11 @@ impl Tokenizer {
         self.special.contains(&id)
     }
 
+    /// The tokenizer as HF tokenizer.json text.
+    pub fn to_json(&self) -> Result<String, ModelError> {
+        self.inner.to_string(false).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

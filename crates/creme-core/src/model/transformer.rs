@@ -61,7 +61,8 @@ pub struct Model {
 /// Builds a [`Model`] from a GGUF header and then the tensors' bytes, one tensor at a time (so a
 /// browser can stream the file and never hold all of it).
 pub struct ModelLoader {
-    header: GgufHeader,
+    /// Expected tensors by GGUF name.
+    table: HashMap<String, TensorInfo>,
     cfg: ModelConfig,
     tokenizer: Tokenizer,
     weights: HashMap<String, GpuWeight>,
@@ -75,27 +76,27 @@ fn is_vector(t: &TensorInfo) -> bool {
 }
 
 impl ModelLoader {
-    pub fn new(header: GgufHeader) -> Result<ModelLoader, ModelError> {
-        let cfg = ModelConfig::from_gguf(&header)?;
-        let tokenizer = Tokenizer::from_gguf(&header)?;
-        let tied = header.tensor("output.weight").is_none();
-        Ok(ModelLoader { header, cfg, tokenizer, weights: HashMap::new(), vectors: HashMap::new(), embed: None, tied_head_bytes: tied })
+    /// A loader for a GGUF file whose header has been read.
+    pub fn new(header: &GgufHeader) -> Result<ModelLoader, ModelError> {
+        let cfg = ModelConfig::from_gguf(header)?;
+        let tokenizer = Tokenizer::from_gguf(header)?;
+        Ok(Self::from_parts(cfg, tokenizer, header.tensors.clone()))
     }
 
-    pub fn header(&self) -> &GgufHeader {
-        &self.header
+    /// A loader for any source: config, tokenizer and the tensor table under GGUF names.
+    pub fn from_parts(cfg: ModelConfig, tokenizer: Tokenizer, tensors: Vec<TensorInfo>) -> ModelLoader {
+        let tied = !tensors.iter().any(|t| t.name == "output.weight");
+        let table = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+        ModelLoader { table, cfg, tokenizer, weights: HashMap::new(), vectors: HashMap::new(), embed: None, tied_head_bytes: tied }
     }
 
-    /// Tensors in file order (the order a stream delivers them).
-    pub fn tensors_in_file_order(&self) -> Vec<TensorInfo> {
-        let mut t = self.header.tensors.clone();
-        t.sort_by_key(|t| t.offset);
-        t
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
-    /// Take one tensor's bytes.
+    /// Take one tensor's bytes (GGUF name and encoding).
     pub fn add_tensor(&mut self, gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<(), ModelError> {
-        let info = self.header.tensor(name).ok_or_else(|| ModelError::Format(format!("tensor '{name}' is not in the GGUF table")))?.clone();
+        let info = self.table.get(name).ok_or_else(|| ModelError::Format(format!("tensor '{name}' is not in the model's tensor table")))?.clone();
         if (bytes.len() as u64) < info.bytes() {
             return Err(ModelError::Truncated { what: format!("tensor '{name}'"), need: info.bytes(), have: bytes.len() as u64 });
         }
@@ -198,10 +199,9 @@ impl Model {
     pub fn from_gguf_bytes(gpu: &Gpu, file: &[u8], max_positions: usize) -> Result<Model, ModelError> {
         let header = GgufHeader::parse(file)?;
         header.check_len(file.len() as u64)?;
-        let mut loader = ModelLoader::new(header)?;
-        for t in loader.tensors_in_file_order() {
-            let bytes = loader.header().tensor_bytes(file, &t)?;
-            loader.add_tensor(gpu, &t.name, bytes)?;
+        let mut loader = ModelLoader::new(&header)?;
+        for t in &header.tensors {
+            loader.add_tensor(gpu, &t.name, header.tensor_bytes(file, t)?)?;
         }
         loader.finish(gpu, max_positions)
     }

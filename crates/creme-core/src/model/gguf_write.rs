@@ -1,0 +1,95 @@
+//! GGUF v3 writer: metadata and tensors (already in their GGML encoding) to bytes. Used by
+//! `creme quantize` and by tests that need small or deliberately broken model files.
+
+use super::gguf::Value;
+use super::quant::GgmlType;
+
+/// One tensor to write: GGUF dims (dims[0] contiguous) and its encoded bytes.
+pub struct TensorOut {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub dtype: GgmlType,
+    pub data: Vec<u8>,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn type_id(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::Str(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend(x.to_le_bytes()),
+        Value::I16(x) => out.extend(x.to_le_bytes()),
+        Value::U32(x) => out.extend(x.to_le_bytes()),
+        Value::I32(x) => out.extend(x.to_le_bytes()),
+        Value::F32(x) => out.extend(x.to_le_bytes()),
+        Value::Bool(x) => out.push(*x as u8),
+        Value::Str(s) => put_str(out, s),
+        Value::Array(a) => {
+            out.extend(a.first().map(type_id).unwrap_or(4).to_le_bytes());
+            out.extend((a.len() as u64).to_le_bytes());
+            for e in a {
+                put_value(out, e);
+            }
+        }
+        Value::U64(x) => out.extend(x.to_le_bytes()),
+        Value::I64(x) => out.extend(x.to_le_bytes()),
+        Value::F64(x) => out.extend(x.to_le_bytes()),
+    }
+}
+
+/// Serialize a GGUF v3 file with 32-byte alignment.
+pub fn write_gguf(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Vec<u8> {
+    const ALIGN: usize = 32;
+    let mut out = Vec::new();
+    out.extend(b"GGUF");
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut out, k);
+        out.extend(type_id(v).to_le_bytes());
+        put_value(&mut out, v);
+    }
+    let mut offset = 0usize;
+    let mut offsets = Vec::new();
+    for t in tensors {
+        put_str(&mut out, &t.name);
+        out.extend((t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(t.dtype.id().to_le_bytes());
+        out.extend((offset as u64).to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + t.data.len()).div_ceil(ALIGN) * ALIGN;
+    }
+    out.resize(out.len().div_ceil(ALIGN) * ALIGN, 0);
+    let data_start = out.len();
+    for (t, off) in tensors.iter().zip(offsets) {
+        out.resize(data_start + off, 0);
+        out.extend(&t.data);
+    }
+    out
+}
