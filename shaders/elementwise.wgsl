@@ -51,3 +51,35 @@ fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec
     }
     if (lid == 0u) { dst[row] = bitcast<f32>(best_i[0]); }
 }
+
+// Log-probability of a target token per row: dst[row] = log_softmax(src0[row, :])[target[row]],
+// targets passed as u32 bits in src1. One workgroup per row, rows of width p.a.
+var<workgroup> red_lp: array<f32, 256>;
+@compute @workgroup_size(256, 1, 1)
+fn row_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nw.x;
+    if (row >= p.n) { return; }
+    let base = row * p.a;
+    var m = -3.4e38;
+    for (var j = lid; j < p.a; j += 256u) { m = max(m, src0[base + j]); }
+    red_lp[lid] = m;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red_lp[lid] = max(red_lp[lid], red_lp[lid + st]); }
+        workgroupBarrier();
+    }
+    let mx = red_lp[0];
+    workgroupBarrier();
+    var s = 0.0;
+    for (var j = lid; j < p.a; j += 256u) { s += exp(src0[base + j] - mx); }
+    red_lp[lid] = s;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red_lp[lid] += red_lp[lid + st]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let tgt = bitcast<u32>(src1[row]);
+        dst[row] = src0[base + tgt] - mx - log(red_lp[0]);
+    }
+}

@@ -98,3 +98,112 @@ pub const ALL_TYPES: [creme_core::model::GgmlType; 11] = {
     use creme_core::model::GgmlType as G;
     [G::F32, G::F16, G::BF16, G::Q4_0, G::Q4_1, G::Q5_0, G::Q5_1, G::Q8_0, G::Q4K, G::Q5K, G::Q6K]
 };
+
+/// A tiny random qwen2-architecture model (2 layers, d_model 64, byte-level vocabulary of 257),
+/// written as GGUF or as HF tensors, for fast tests of the model code.
+pub mod tiny {
+    use creme_core::cpu::SplitMix64;
+    use creme_core::model::gguf::Value;
+    use creme_core::model::gguf_write::{write_gguf, TensorOut};
+    use creme_core::model::GgmlType;
+
+    pub const D: usize = 64;
+    pub const FF: usize = 96;
+    pub const HEADS: usize = 4;
+    pub const KV: usize = 2;
+    pub const HD: usize = D / HEADS;
+    pub const LAYERS: usize = 2;
+
+    /// GPT-2's byte -> printable-char map (byte-level BPE alphabet).
+    pub fn byte_chars() -> Vec<char> {
+        let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
+        let mut cs = bs.clone();
+        let mut n = 0;
+        for b in 0..256u32 {
+            if !bs.contains(&b) {
+                bs.push(b);
+                cs.push(256 + n);
+                n += 1;
+            }
+        }
+        let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
+        pairs.sort();
+        pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap()).collect()
+    }
+
+    /// (HF name, GGUF name, HF shape [out, in] or [n], values)
+    pub fn tiny_weights() -> Vec<(String, String, Vec<usize>, Vec<f32>)> {
+        let mut rng = SplitMix64(77);
+        let vocab = 257;
+        let mut w = Vec::new();
+        let mut add = |hf: String, gg: String, shape: Vec<usize>, scale: f32, offset: f32| {
+            let n = shape.iter().product();
+            let v = (0..n).map(|_| rng.next_f32() * scale + offset).collect();
+            w.push((hf, gg, shape, v));
+        };
+        add("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![vocab, D], 1.0, 0.0);
+        for l in 0..LAYERS {
+            let hf = |s: &str| format!("model.layers.{l}.{s}");
+            let gg = |s: &str| format!("blk.{l}.{s}");
+            add(hf("input_layernorm.weight"), gg("attn_norm.weight"), vec![D], 0.1, 1.0);
+            add(hf("self_attn.q_proj.weight"), gg("attn_q.weight"), vec![D, D], 0.2, 0.0);
+            add(hf("self_attn.k_proj.weight"), gg("attn_k.weight"), vec![KV * HD, D], 0.2, 0.0);
+            add(hf("self_attn.v_proj.weight"), gg("attn_v.weight"), vec![KV * HD, D], 0.2, 0.0);
+            add(hf("self_attn.q_proj.bias"), gg("attn_q.bias"), vec![D], 0.1, 0.0);
+            add(hf("self_attn.k_proj.bias"), gg("attn_k.bias"), vec![KV * HD], 0.1, 0.0);
+            add(hf("self_attn.v_proj.bias"), gg("attn_v.bias"), vec![KV * HD], 0.1, 0.0);
+            add(hf("self_attn.o_proj.weight"), gg("attn_output.weight"), vec![D, D], 0.2, 0.0);
+            add(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight"), vec![D], 0.1, 1.0);
+            add(hf("mlp.gate_proj.weight"), gg("ffn_gate.weight"), vec![FF, D], 0.2, 0.0);
+            add(hf("mlp.up_proj.weight"), gg("ffn_up.weight"), vec![FF, D], 0.2, 0.0);
+            add(hf("mlp.down_proj.weight"), gg("ffn_down.weight"), vec![D, FF], 0.2, 0.0);
+        }
+        add("model.norm.weight".into(), "output_norm.weight".into(), vec![D], 0.1, 1.0);
+        add("lm_head.weight".into(), "output.weight".into(), vec![vocab, D], 0.5, 0.0);
+        w
+    }
+
+    pub fn metadata(arch: &str) -> Vec<(String, Value)> {
+        let mut tokens: Vec<Value> = byte_chars().into_iter().map(|c| Value::Str(c.to_string())).collect();
+        tokens.push(Value::Str("<|endoftext|>".into()));
+        let mut types = vec![Value::I32(1); 256];
+        types.push(Value::I32(3));
+        let s = |v: &str| Value::Str(v.into());
+        vec![
+            ("general.architecture".into(), s(arch)),
+            ("general.name".into(), s("tiny")),
+            (format!("{arch}.block_count"), Value::U32(LAYERS as u32)),
+            (format!("{arch}.embedding_length"), Value::U32(D as u32)),
+            (format!("{arch}.feed_forward_length"), Value::U32(FF as u32)),
+            (format!("{arch}.attention.head_count"), Value::U32(HEADS as u32)),
+            (format!("{arch}.attention.head_count_kv"), Value::U32(KV as u32)),
+            (format!("{arch}.context_length"), Value::U32(256)),
+            (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
+            (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+            ("tokenizer.ggml.model".into(), s("gpt2")),
+            ("tokenizer.ggml.pre".into(), s("qwen2")),
+            ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+            ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(256)),
+        ]
+    }
+
+    pub fn tiny_gguf() -> Vec<u8> {
+        let tensors: Vec<TensorOut> = tiny_weights()
+            .into_iter()
+            .map(|(_, gg, shape, v)| TensorOut {
+                name: gg,
+                dims: shape.iter().rev().map(|&d| d as u64).collect(),
+                dtype: GgmlType::F32,
+                data: bytemuck_f32(&v),
+            })
+            .collect();
+        write_gguf(&metadata("qwen2"), &tensors)
+    }
+
+    pub fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+}

@@ -1,112 +1,12 @@
 //! Model files: a tiny random qwen2 model written as GGUF loads and runs, the same weights as an
 //! HF safetensors checkpoint give the same logits, and broken files give clear errors.
 
-use creme_core::cpu::SplitMix64;
 use creme_core::generate::{generate, GenerateOptions};
 use creme_core::hooks::Hooks;
-use creme_core::model::gguf::Value;
 use creme_core::model::gguf_write::{write_gguf, TensorOut};
 use creme_core::model::{GgmlType, Logits, Model};
+use creme_tests::tiny::{bytemuck_f32, metadata, tiny_gguf, tiny_weights, D, FF, HEADS, KV, LAYERS};
 use creme_tests::gpu_on;
-
-const D: usize = 64;
-const FF: usize = 96;
-const HEADS: usize = 4;
-const KV: usize = 2;
-const HD: usize = D / HEADS;
-const LAYERS: usize = 2;
-
-/// GPT-2's byte -> printable-char map (byte-level BPE alphabet).
-fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (33..=126).chain(161..=172).chain(174..=255).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
-    pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap()).collect()
-}
-
-/// (HF name, GGUF name, HF shape [out, in] or [n], values)
-fn tiny_weights() -> Vec<(String, String, Vec<usize>, Vec<f32>)> {
-    let mut rng = SplitMix64(77);
-    let vocab = 257;
-    let mut w = Vec::new();
-    let mut add = |hf: String, gg: String, shape: Vec<usize>, scale: f32, offset: f32| {
-        let n = shape.iter().product();
-        let v = (0..n).map(|_| rng.next_f32() * scale + offset).collect();
-        w.push((hf, gg, shape, v));
-    };
-    add("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![vocab, D], 1.0, 0.0);
-    for l in 0..LAYERS {
-        let hf = |s: &str| format!("model.layers.{l}.{s}");
-        let gg = |s: &str| format!("blk.{l}.{s}");
-        add(hf("input_layernorm.weight"), gg("attn_norm.weight"), vec![D], 0.1, 1.0);
-        add(hf("self_attn.q_proj.weight"), gg("attn_q.weight"), vec![D, D], 0.2, 0.0);
-        add(hf("self_attn.k_proj.weight"), gg("attn_k.weight"), vec![KV * HD, D], 0.2, 0.0);
-        add(hf("self_attn.v_proj.weight"), gg("attn_v.weight"), vec![KV * HD, D], 0.2, 0.0);
-        add(hf("self_attn.q_proj.bias"), gg("attn_q.bias"), vec![D], 0.1, 0.0);
-        add(hf("self_attn.k_proj.bias"), gg("attn_k.bias"), vec![KV * HD], 0.1, 0.0);
-        add(hf("self_attn.v_proj.bias"), gg("attn_v.bias"), vec![KV * HD], 0.1, 0.0);
-        add(hf("self_attn.o_proj.weight"), gg("attn_output.weight"), vec![D, D], 0.2, 0.0);
-        add(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight"), vec![D], 0.1, 1.0);
-        add(hf("mlp.gate_proj.weight"), gg("ffn_gate.weight"), vec![FF, D], 0.2, 0.0);
-        add(hf("mlp.up_proj.weight"), gg("ffn_up.weight"), vec![FF, D], 0.2, 0.0);
-        add(hf("mlp.down_proj.weight"), gg("ffn_down.weight"), vec![D, FF], 0.2, 0.0);
-    }
-    add("model.norm.weight".into(), "output_norm.weight".into(), vec![D], 0.1, 1.0);
-    add("lm_head.weight".into(), "output.weight".into(), vec![vocab, D], 0.5, 0.0);
-    w
-}
-
-fn metadata(arch: &str) -> Vec<(String, Value)> {
-    let mut tokens: Vec<Value> = byte_chars().into_iter().map(|c| Value::Str(c.to_string())).collect();
-    tokens.push(Value::Str("<|endoftext|>".into()));
-    let mut types = vec![Value::I32(1); 256];
-    types.push(Value::I32(3));
-    let s = |v: &str| Value::Str(v.into());
-    vec![
-        ("general.architecture".into(), s(arch)),
-        ("general.name".into(), s("tiny")),
-        (format!("{arch}.block_count"), Value::U32(LAYERS as u32)),
-        (format!("{arch}.embedding_length"), Value::U32(D as u32)),
-        (format!("{arch}.feed_forward_length"), Value::U32(FF as u32)),
-        (format!("{arch}.attention.head_count"), Value::U32(HEADS as u32)),
-        (format!("{arch}.attention.head_count_kv"), Value::U32(KV as u32)),
-        (format!("{arch}.context_length"), Value::U32(256)),
-        (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
-        (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
-        ("tokenizer.ggml.model".into(), s("gpt2")),
-        ("tokenizer.ggml.pre".into(), s("qwen2")),
-        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(256)),
-    ]
-}
-
-fn tiny_gguf() -> Vec<u8> {
-    let tensors: Vec<TensorOut> = tiny_weights()
-        .into_iter()
-        .map(|(_, gg, shape, v)| TensorOut {
-            name: gg,
-            dims: shape.iter().rev().map(|&d| d as u64).collect(),
-            dtype: GgmlType::F32,
-            data: bytemuck_f32(&v),
-        })
-        .collect();
-    write_gguf(&metadata("qwen2"), &tensors)
-}
-
-fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
 
 fn logits(model: &Model, gpu: &creme_core::Gpu, ids: &[u32]) -> Vec<f32> {
     let mut cache = model.new_cache(gpu, vec![0], ids.len()).unwrap();

@@ -10,6 +10,9 @@ pub mod generate;
 pub mod gpu;
 pub mod hooks;
 pub mod model;
+pub mod trace;
 
 pub use error::{GpuError, ModelError};
+/// The wgpu version this crate is built on (its buffers appear in the hook and trace APIs).
+pub use wgpu;
 pub use gpu::{AdapterReport, Gpu, GpuOptions};

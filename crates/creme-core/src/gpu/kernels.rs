@@ -22,13 +22,14 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 "rmsnorm" => include_str!("../../../../shaders/rmsnorm.wgsl"),
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
-                "silu_mul" | "add" | "argmax" => include_str!("../../../../shaders/elementwise.wgsl"),
+                "silu_mul" | "add" | "argmax" | "row_logprob" => include_str!("../../../../shaders/elementwise.wgsl"),
                 _ => return None,
             };
             let entry: &'static str = match name {
                 "silu_mul" => "silu_mul",
                 "add" => "add",
                 "argmax" => "argmax",
+                "row_logprob" => "row_logprob",
                 _ => "main",
             };
             return Some((src.to_string(), entry));

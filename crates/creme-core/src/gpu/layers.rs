@@ -90,6 +90,22 @@ impl Gpu {
         self.encode_ew(enc, "add", a, b, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
     }
 
+    /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.
+    pub(crate) fn encode_row_logprob(&self, enc: &mut wgpu::CommandEncoder, logits: &wgpu::Buffer, targets: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
+        let pb = self.uniform("row_logprob", &EwParams { n: rows, a: width, b: 0, c: 0 });
+        self.dispatch(enc, "row_logprob", &[logits.as_entire_binding(), targets.as_entire_binding(), dst.as_entire_binding(), pb.as_entire_binding()], self.grid(rows));
+    }
+
+    /// Log-probabilities of `targets` under `rows` rows of logits, read back.
+    pub async fn token_logprobs(&self, logits: &wgpu::Buffer, targets: &[u32], width: usize) -> Result<Vec<f32>, crate::error::GpuError> {
+        let tb = self.upload("targets", targets);
+        let out = self.storage("logprobs", (targets.len() * 4) as u64);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        self.encode_row_logprob(&mut enc, logits, &tb, &out, targets.len() as u32, width as u32);
+        self.queue.submit([enc.finish()]);
+        self.read::<f32>(&out, targets.len()).await
+    }
+
     /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`.
     pub(crate) fn encode_argmax(&self, enc: &mut wgpu::CommandEncoder, logits: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
         let pb = self.uniform("argmax", &EwParams { n: rows, a: width, b: 0, c: 0 });

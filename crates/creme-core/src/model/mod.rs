@@ -12,4 +12,4 @@ pub use config::{ModelConfig, RopeStyle};
 pub use gguf::{GgufHeader, TensorInfo};
 pub use quant::GgmlType;
 pub use tokenizer::Tokenizer;
-pub use transformer::{ForwardOut, KvCache, Logits, Model, ModelLoader};
+pub use transformer::{ForwardOut, Input, KvCache, Logits, Model, ModelLoader};

@@ -177,13 +177,23 @@ pub struct KvCache {
 }
 
 /// Which logits a forward call computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Logits {
     None,
     /// The last row of each sequence: [batch, vocab].
     Last,
     /// Every row: [batch * T, vocab].
     All,
+    /// The listed rows (b * T + t), in that order: [rows.len(), vocab].
+    Rows(Vec<usize>),
+}
+
+/// What enters the forward pass.
+pub enum Input<'a> {
+    /// Token ids, [batch][T].
+    Tokens(&'a [Vec<u32>]),
+    /// Residual streams [batch * T, d_model] on the GPU; sequence b enters at layer start[b].
+    Resume { x: &'a wgpu::Buffer, start: &'a [usize], t: usize },
 }
 
 /// What a forward call returns: logits on the GPU (if asked) and captured activations.
@@ -238,11 +248,35 @@ impl Model {
     /// Run `tokens` ([batch][T], the same T for every sequence) through the model, appending to the
     /// cache. Hooks capture or overwrite activations; everything is recorded into one submission.
     pub fn forward(&self, gpu: &Gpu, cache: &mut KvCache, tokens: &[Vec<u32>], hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
+        self.forward_ex(gpu, cache, Input::Tokens(tokens), hooks, logits)
+    }
+
+    /// The forward pass. With [`Input::Resume`], sequence b enters at layer `start[b]` with the
+    /// given residual stream (the output of layer start[b] - 1); layers below are not computed
+    /// for it (their cache rows are left as they are). Starts must be ascending, so at each layer
+    /// the active sequences are a prefix of the batch and kernels run on that prefix only.
+    pub fn forward_ex(&self, gpu: &Gpu, cache: &mut KvCache, input: Input<'_>, hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
         let cfg = &self.cfg;
-        let b = tokens.len();
-        let t = tokens.first().map(|r| r.len()).unwrap_or(0);
-        if b != cache.batch || t == 0 || tokens.iter().any(|r| r.len() != t) {
-            return Err(ModelError::Format(format!("forward: {b} sequences (cache holds {}), lengths must be equal and > 0", cache.batch)));
+        let (b, t) = match &input {
+            Input::Tokens(tokens) => {
+                let t = tokens.first().map(|r| r.len()).unwrap_or(0);
+                if tokens.iter().any(|r| r.len() != t) {
+                    return Err(ModelError::Format("forward: sequences must have equal lengths (left-pad them)".into()));
+                }
+                (tokens.len(), t)
+            }
+            Input::Resume { t, start, x } => {
+                if start.windows(2).any(|w| w[0] > w[1]) || start.iter().any(|&s| s > cfg.n_layers) {
+                    return Err(ModelError::Format(format!("forward: resume layers {start:?} must be ascending and <= {}", cfg.n_layers)));
+                }
+                if x.size() < (start.len() * t * cfg.d_model * 4) as u64 {
+                    return Err(ModelError::Format("forward: resume state is smaller than batch x T x d_model".into()));
+                }
+                (start.len(), *t)
+            }
+        };
+        if b != cache.batch || t == 0 {
+            return Err(ModelError::Format(format!("forward: {b} sequences of {t} tokens (cache holds {})", cache.batch)));
         }
         if cache.len + t > cache.capacity {
             return Err(ModelError::Format(format!("forward: {} + {t} tokens overflow the cache of {}", cache.len, cache.capacity)));
@@ -251,41 +285,61 @@ impl Model {
         let (d, f, hd) = (cfg.d_model, cfg.d_ff, cfg.head_dim);
         let (qw, kvw) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
 
-        // Embedding lookup on the CPU (a few rows of the quantized table) and positions.
-        let mut x0 = Vec::with_capacity(rows * d);
+        // Positions: pad rows get 1, as HF's cumsum(mask) - 1 with masked_fill(1) does.
         let mut pos = Vec::with_capacity(rows);
-        for (bi, seq) in tokens.iter().enumerate() {
-            for (ti, &id) in seq.iter().enumerate() {
-                x0.extend(self.embed.row(id)?);
-                let j = cache.len + ti;
-                let p = cache.pad[bi] as usize;
-                // Pad rows get position 1, as HF's cumsum(mask) - 1 with masked_fill(1) does.
+        for bi in 0..b {
+            for ti in 0..t {
+                let (j, p) = (cache.len + ti, cache.pad[bi] as usize);
                 pos.push(if j >= p { (j - p) as u32 } else { 1 });
             }
         }
-        let x = gpu.upload("x", &x0);
-        let pos_buf = gpu.upload("pos", &pos);
         let buf = |label: &str, n: usize| gpu.storage(label, (n * 4) as u64);
+        let x2 = buf("x2", rows * d);
+        let (x, start): (wgpu::Buffer, Vec<usize>) = match input {
+            // Embedding lookup on the CPU: a few rows of the quantized table.
+            Input::Tokens(tokens) => {
+                let mut x0 = Vec::with_capacity(rows * d);
+                for &id in tokens.iter().flatten() {
+                    x0.extend(self.embed.row(id)?);
+                }
+                (gpu.upload("x", &x0), vec![0; b])
+            }
+            Input::Resume { x, start, .. } => {
+                let own = buf("x", rows * d);
+                let mut enc = gpu.device.create_command_encoder(&Default::default());
+                enc.copy_buffer_to_buffer(x, 0, &own, 0, (rows * d * 4) as u64);
+                gpu.queue.submit([enc.finish()]);
+                (own, start.to_vec())
+            }
+        };
+        let pos_buf = gpu.upload("pos", &pos);
         let (xn, q, k, v, att, tmp) = (buf("xn", rows * d), buf("q", rows * qw), buf("k", rows * kvw), buf("v", rows * kvw), buf("att", rows * qw), buf("tmp", rows * d));
         let (g, u, act) = (buf("gate", rows * f), buf("up", rows * f), buf("act", rows * f));
-        let x2 = buf("x2", rows * d);
 
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         let mut captured = Captured::default();
-        let (r32, d32, f32_) = (rows as u32, d as u32, f as u32);
+        let (d32, f32_) = (d as u32, f as u32);
         let interleaved = cfg.rope_style == RopeStyle::Interleaved;
 
-        // `cur` holds the residual stream; each block writes the sum into the other buffer.
+        // `cur` holds the residual stream; each block writes the sum into the other buffer. Both
+        // start equal so that rows not yet active are carried through unchanged.
+        enc.copy_buffer_to_buffer(&x, 0, &x2, 0, (rows * d * 4) as u64);
         let (mut cur, mut other) = (&x, &x2);
         for (l, layer) in self.layers.iter().enumerate() {
+            let active = start.iter().filter(|&&s| s <= l).count();
+            if active == 0 {
+                continue;
+            }
+            let ar = active * t;
+            let r32 = ar as u32;
             gpu.encode_rmsnorm(&mut enc, cur, &layer.attn_norm, &xn, r32, d32, cfg.rms_eps);
             gpu.encode_matmul_quant(&mut enc, &xn, &layer.q, layer.q_bias.as_ref(), &q, r32, qw as u32, 0)?;
             gpu.encode_matmul_quant(&mut enc, &xn, &layer.k, layer.k_bias.as_ref(), &k, r32, kvw as u32, 0)?;
             gpu.encode_matmul_quant(&mut enc, &xn, &layer.v, layer.v_bias.as_ref(), &v, r32, kvw as u32, 0)?;
             gpu.encode_rope(&mut enc, &q, &pos_buf, &self.rope_table, r32, cfg.n_heads as u32, hd as u32, interleaved);
             gpu.encode_rope(&mut enc, &k, &pos_buf, &self.rope_table, r32, cfg.n_kv_heads as u32, hd as u32, interleaved);
-            for bi in 0..b {
+            for bi in 0..active {
                 let src = (bi * t * kvw * 4) as u64;
                 let dst = ((bi * cache.capacity + cache.len) * kvw * 4) as u64;
                 let n = (t * kvw * 4) as u64;
@@ -300,7 +354,7 @@ impl Model {
                 &cache.pad_buf,
                 &att,
                 AttentionParams {
-                    batch: b as u32,
+                    batch: active as u32,
                     t: t as u32,
                     heads: cfg.n_heads as u32,
                     kv_heads: cfg.n_kv_heads as u32,
@@ -313,44 +367,71 @@ impl Model {
             gpu.encode_matmul_quant(&mut enc, &att, &layer.o, None, &tmp, r32, d32, 0)?;
             gpu.encode_add(&mut enc, cur, &tmp, other, r32 * d32);
             std::mem::swap(&mut cur, &mut other);
-            self.hook(gpu, &mut enc, hooks, Site::ResidMid(l), cur, rows, &mut captured);
+            self.hook(gpu, &mut enc, hooks, Site::ResidMid(l), cur, ar, &mut captured);
 
             gpu.encode_rmsnorm(&mut enc, cur, &layer.ffn_norm, &xn, r32, d32, cfg.rms_eps);
             gpu.encode_matmul_quant(&mut enc, &xn, &layer.gate, None, &g, r32, f32_, 0)?;
             gpu.encode_matmul_quant(&mut enc, &xn, &layer.up, None, &u, r32, f32_, 0)?;
             gpu.encode_silu_mul(&mut enc, &g, &u, &act, r32 * f32_);
-            self.hook(gpu, &mut enc, hooks, Site::MlpAct(l), &act, rows, &mut captured);
+            self.hook(gpu, &mut enc, hooks, Site::MlpAct(l), &act, ar, &mut captured);
             gpu.encode_matmul_quant(&mut enc, &act, &layer.down, None, &tmp, r32, d32, 0)?;
             gpu.encode_add(&mut enc, cur, &tmp, other, r32 * d32);
             std::mem::swap(&mut cur, &mut other);
-            self.hook(gpu, &mut enc, hooks, Site::ResidOut(l), cur, rows, &mut captured);
+            self.hook(gpu, &mut enc, hooks, Site::ResidOut(l), cur, ar, &mut captured);
         }
 
-        let (logits_buf, logit_rows) = match logits {
-            Logits::None => (None, 0),
-            Logits::Last | Logits::All => {
-                let (src, n) = if logits == Logits::All {
-                    (cur, rows)
-                } else {
-                    // Gather the last row of each sequence.
-                    for bi in 0..b {
-                        enc.copy_buffer_to_buffer(cur, (((bi + 1) * t - 1) * d * 4) as u64, other, (bi * d * 4) as u64, (d * 4) as u64);
-                    }
-                    (other, b)
-                };
-                let normed = buf("final norm", n * d);
-                gpu.encode_rmsnorm(&mut enc, src, &self.out_norm, &normed, n as u32, d32, cfg.rms_eps);
-                let lg = buf("logits", n * cfg.vocab);
-                gpu.encode_matmul_quant(&mut enc, &normed, &self.head, None, &lg, n as u32, cfg.vocab as u32, 0)?;
-                (Some(lg), n)
-            }
+        let rows_wanted: Vec<usize> = match &logits {
+            Logits::None => Vec::new(),
+            Logits::Last => (0..b).map(|bi| (bi + 1) * t - 1).collect(),
+            Logits::All => (0..rows).collect(),
+            Logits::Rows(r) => r.clone(),
         };
+        if let Some(&bad) = rows_wanted.iter().find(|&&r| r >= rows) {
+            return Err(ModelError::Format(format!("forward: logits row {bad} of {rows}")));
+        }
+        if rows_wanted.is_empty() {
+            gpu.queue.submit([enc.finish()]);
+            if let Some(e) = pop_scope_native(scope) {
+                return Err(GpuError::Validation(e).into());
+            }
+            cache.len += t;
+            return Ok(ForwardOut { logits: None, logit_rows: 0, captured });
+        }
+        let n = rows_wanted.len();
+        if matches!(logits, Logits::All) {
+            return self.finish_logits(gpu, enc, scope, cache, t, cur, n, captured);
+        }
+        let gathered = buf("logit rows", n * d);
+        for (i, &r) in rows_wanted.iter().enumerate() {
+            enc.copy_buffer_to_buffer(cur, (r * d * 4) as u64, &gathered, (i * d * 4) as u64, (d * 4) as u64);
+        }
+        self.finish_logits(gpu, enc, scope, cache, t, &gathered, n, captured)
+    }
+
+    /// Final norm and output head over `n` rows of `src`, then submit.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_logits(
+        &self,
+        gpu: &Gpu,
+        mut enc: wgpu::CommandEncoder,
+        scope: wgpu::ErrorScopeGuard,
+        cache: &mut KvCache,
+        t: usize,
+        src: &wgpu::Buffer,
+        n: usize,
+        captured: Captured,
+    ) -> Result<ForwardOut, ModelError> {
+        let d = self.cfg.d_model;
+        let normed = gpu.storage("final norm", (n * d * 4) as u64);
+        gpu.encode_rmsnorm(&mut enc, src, &self.out_norm, &normed, n as u32, d as u32, self.cfg.rms_eps);
+        let lg = gpu.storage("logits", (n * self.cfg.vocab * 4) as u64);
+        gpu.encode_matmul_quant(&mut enc, &normed, &self.head, None, &lg, n as u32, self.cfg.vocab as u32, 0)?;
         gpu.queue.submit([enc.finish()]);
-        if let Some(e) = pollster_free_pop(scope) {
+        if let Some(e) = pop_scope_native(scope) {
             return Err(GpuError::Validation(e).into());
         }
         cache.len += t;
-        Ok(ForwardOut { logits: logits_buf, logit_rows, captured })
+        Ok(ForwardOut { logits: Some(lg), logit_rows: n, captured })
     }
 
     /// Apply the patches for `site`, then capture it if asked.
@@ -378,7 +459,7 @@ impl Model {
 
 /// Validation errors are reported asynchronously; on native the scope resolves at once after a
 /// submit, so block on it there. In the browser an invalid op surfaces at readback instead.
-fn pollster_free_pop(scope: wgpu::ErrorScopeGuard) -> Option<String> {
+fn pop_scope_native(scope: wgpu::ErrorScopeGuard) -> Option<String> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         pollster::block_on(scope.pop()).map(|e| e.to_string())

@@ -1,0 +1,243 @@
+//! Causal tracing (CREME step 1): which layer's residual stream carries the damage a perturbed
+//! prompt does? The clean and perturbed prompts are aligned at the end in one left-padded frame;
+//! a *probe* takes the perturbed run, replaces its residual stream after layer l at some prompt
+//! positions with the clean run's, and continues. A restoration metric scores each probe.
+//!
+//! Probes resume from the patched layer: the clean and perturbed states are captured once, and
+//! the patched runs compute only the layers above l, many probes in one batch.
+
+use serde::Serialize;
+
+use crate::error::ModelError;
+use crate::generate::{generate, GenerateOptions};
+use crate::gpu::Gpu;
+use crate::hooks::{Hooks, Site};
+use crate::model::transformer::{Input, Logits, Model};
+
+/// One patched run: after layer `layer`, rows `positions` (indices in the prompt frame, 0..P)
+/// of the perturbed run receive the clean run's states.
+#[derive(Clone, Debug, Serialize)]
+pub struct Probe {
+    pub layer: usize,
+    pub positions: Vec<usize>,
+}
+
+/// Which prompt positions a layer trace patches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum PatchPositions {
+    /// Every prompt position (the authors' trace).
+    AllPrompt,
+    /// Only positions whose aligned tokens differ between the two prompts.
+    Differing,
+}
+
+/// The clean/perturbed pair in one aligned frame, with the states captured once.
+pub struct TraceSetup {
+    pub clean: Vec<u32>,
+    pub pert: Vec<u32>,
+    /// The continuation both runs are scored on (the clean prompt's greedy completion).
+    pub target: Vec<u32>,
+    /// Prompt frame length: max(len clean, len pert); both are left-padded to it.
+    pub frame: usize,
+    /// Residual stream after each layer, [2 * (frame + target), d_model] (clean rows first).
+    states: Vec<wgpu::Buffer>,
+    /// L2 norm of h_clean - h_pert after each layer over the padded prompt.
+    pub distances: Vec<f64>,
+    /// Log-probability of the target after the clean and the perturbed prompt.
+    pub lp_clean: f64,
+    pub lp_pert: f64,
+}
+
+impl TraceSetup {
+    pub fn seq_len(&self) -> usize {
+        self.frame + self.target.len()
+    }
+    pub fn pad_clean(&self) -> usize {
+        self.frame - self.clean.len()
+    }
+    pub fn pad_pert(&self) -> usize {
+        self.frame - self.pert.len()
+    }
+    /// Frame positions where the aligned prompts hold different tokens (pads count as different).
+    pub fn differing_positions(&self) -> Vec<usize> {
+        (0..self.frame)
+            .filter(|&i| {
+                let c = i.checked_sub(self.pad_clean()).map(|j| self.clean[j]);
+                let p = i.checked_sub(self.pad_pert()).map(|j| self.pert[j]);
+                c != p
+            })
+            .collect()
+    }
+}
+
+/// The clean prompt's greedy continuation used as the target: `n` tokens, no stop strings, ends
+/// early only at an end-of-sequence token (as the authors' edit target).
+pub async fn greedy_target(gpu: &Gpu, model: &Model, clean: &[u32], n: usize) -> Result<Vec<u32>, ModelError> {
+    let opts = GenerateOptions { max_new_tokens: n, ..Default::default() };
+    Ok(generate(gpu, model, &[clean.to_vec()], &opts, &mut |_, _| {}).await?.remove(0).tokens)
+}
+
+fn sum(v: &[f32]) -> f64 {
+    v.iter().map(|&x| x as f64).sum()
+}
+
+/// Rows of sequence `b` (of length `s`) whose logits predict the target tokens.
+fn target_rows(b: usize, s: usize, frame: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|i| b * s + frame - 1 + i).collect()
+}
+
+/// Run clean and perturbed (+ target) once, capturing every layer's output.
+pub async fn prepare(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], target: &[u32]) -> Result<TraceSetup, ModelError> {
+    if clean.is_empty() || pert.is_empty() || target.is_empty() {
+        return Err(ModelError::Format("trace: clean prompt, perturbed prompt and target must be non-empty".into()));
+    }
+    let cfg = &model.cfg;
+    let frame = clean.len().max(pert.len());
+    let s = frame + target.len();
+    let seq = |p: &[u32]| -> Vec<u32> { std::iter::repeat(cfg.pad_id).take(frame - p.len()).chain(p.iter().cloned()).chain(target.iter().cloned()).collect() };
+    let batch = vec![seq(clean), seq(pert)];
+    let mut cache = model.new_cache(gpu, vec![(frame - clean.len()) as u32, (frame - pert.len()) as u32], s)?;
+    let hooks = Hooks::capture((0..cfg.n_layers).map(Site::ResidOut));
+    let mut rows = target_rows(0, s, frame, target.len());
+    rows.extend(target_rows(1, s, frame, target.len()));
+    let out = model.forward(gpu, &mut cache, &batch, &hooks, Logits::Rows(rows))?;
+    let mut targets = target.to_vec();
+    targets.extend_from_slice(target);
+    let lps = gpu.token_logprobs(out.logits.as_ref().unwrap(), &targets, cfg.vocab).await?;
+    let (lp_clean, lp_pert) = (sum(&lps[..target.len()]), sum(&lps[target.len()..]));
+    let d = cfg.d_model;
+    let mut states = Vec::new();
+    let mut distances = Vec::new();
+    for l in 0..cfg.n_layers {
+        let (buf, _, _) = out.captured.get(Site::ResidOut(l)).expect("captured");
+        let h: Vec<f32> = gpu.read(buf, 2 * s * d).await?;
+        let dist: f64 = (0..frame * d).map(|i| ((h[i] - h[s * d + i]) as f64).powi(2)).sum::<f64>().sqrt();
+        distances.push(dist);
+        let owned = gpu.storage("trace state", (2 * s * d * 4) as u64);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, 0, &owned, 0, (2 * s * d * 4) as u64);
+        gpu.queue.submit([enc.finish()]);
+        states.push(owned);
+    }
+    Ok(TraceSetup { clean: clean.to_vec(), pert: pert.to_vec(), target: target.to_vec(), frame, states, distances, lp_clean, lp_pert })
+}
+
+/// Log-probability of the target under each probe. Probes are sorted by layer and run in batches
+/// that fit the adapter's binding limit; each batch resumes every probe from its own layer.
+pub async fn probe_logprobs(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+    let cfg = &model.cfg;
+    let (s, d, frame, n) = (setup.seq_len(), cfg.d_model, setup.frame, setup.target.len());
+    if let Some(p) = probes.iter().find(|p| p.layer >= cfg.n_layers || p.positions.iter().any(|&i| i >= frame)) {
+        return Err(ModelError::Format(format!("probe at layer {} positions {:?} is outside {} layers x {frame} positions", p.layer, p.positions, cfg.n_layers)));
+    }
+    let mut order: Vec<usize> = (0..probes.len()).collect();
+    order.sort_by_key(|&i| probes[i].layer);
+    // A probe's largest buffers: its MLP activations (s x d_ff) and its target logits (n x vocab).
+    // Batch as many probes as keep every buffer under the binding limit.
+    let per_probe = ((s * cfg.d_ff).max(n * cfg.vocab) * 4) as u64;
+    let fit = ((gpu.max_binding_bytes() / per_probe.max(1)) as usize).clamp(1, 64);
+    let mut scores = vec![0f64; probes.len()];
+    let rb = (d * 4) as u64;
+    for group in order.chunks(fit) {
+        let g = group.len();
+        // Each probe's starting state: the perturbed run's stream after its layer, with the
+        // chosen prompt rows taken from the clean run.
+        let x = gpu.storage("probe states", (g * s * d * 4) as u64);
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for (slot, &pi) in group.iter().enumerate() {
+            let p = &probes[pi];
+            let st = &setup.states[p.layer];
+            enc.copy_buffer_to_buffer(st, (s * d * 4) as u64, &x, (slot * s * d * 4) as u64, (s as u64) * rb);
+            for &i in &p.positions {
+                enc.copy_buffer_to_buffer(st, i as u64 * rb, &x, (slot * s + i) as u64 * rb, rb);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+        let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
+        let mut cache = model.new_cache(gpu, vec![setup.pad_pert() as u32; g], s)?;
+        let rows: Vec<usize> = (0..g).flat_map(|slot| target_rows(slot, s, frame, n)).collect();
+        let out = model.forward_ex(gpu, &mut cache, Input::Resume { x: &x, start: &start, t: s }, &Hooks::default(), Logits::Rows(rows))?;
+        let targets: Vec<u32> = (0..g).flat_map(|_| setup.target.iter().cloned()).collect();
+        let lps = gpu.token_logprobs(out.logits.as_ref().unwrap(), &targets, cfg.vocab).await?;
+        for (slot, &pi) in group.iter().enumerate() {
+            scores[pi] = sum(&lps[slot * n..(slot + 1) * n]);
+        }
+    }
+    Ok(scores)
+}
+
+/// A restoration metric: how much of the clean behaviour each probe brings back (1 = all).
+/// `restoration_by_logprob` needs no code execution (works in the browser); the CLI adds a
+/// metric that generates from each probe and executes the tests.
+#[allow(async_fn_in_trait)]
+pub trait RestorationMetric {
+    fn name(&self) -> &'static str;
+    async fn restoration(&mut self, gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError>;
+}
+
+/// (lp_patched - lp_pert) / (lp_clean - lp_pert) of the clean greedy continuation.
+pub struct RestorationByLogprob;
+
+impl RestorationMetric for RestorationByLogprob {
+    fn name(&self) -> &'static str {
+        "logprob"
+    }
+    async fn restoration(&mut self, gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+        let lps = probe_logprobs(gpu, model, setup, probes).await?;
+        let gap = setup.lp_clean - setup.lp_pert;
+        Ok(lps.iter().map(|lp| if gap.abs() < 1e-9 { 0.0 } else { (lp - setup.lp_pert) / gap }).collect())
+    }
+}
+
+/// Result of a layer trace.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerTrace {
+    pub metric: String,
+    pub positions: PatchPositions,
+    pub patched_positions: Vec<usize>,
+    /// Restoration per layer (metric units).
+    pub scores: Vec<f64>,
+    pub distances: Vec<f64>,
+    pub key_layer: usize,
+}
+
+/// Best score wins; ties (within 1e-9) go to the largest distance (the authors' tie-break).
+pub fn choose_layer(scores: &[f64], distances: &[f64]) -> usize {
+    let best = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (0..scores.len())
+        .filter(|&l| scores[l] >= best - 1e-9)
+        .max_by(|&a, &b| distances[a].partial_cmp(&distances[b]).unwrap_or(std::cmp::Ordering::Equal))
+        .unwrap_or(0)
+}
+
+/// Trace every layer with one probe each and pick the key layer.
+pub async fn trace_layers<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M) -> Result<LayerTrace, ModelError> {
+    let positions = match which {
+        PatchPositions::AllPrompt => (0..setup.frame).collect(),
+        PatchPositions::Differing => setup.differing_positions(),
+    };
+    let probes: Vec<Probe> = (0..model.cfg.n_layers).map(|layer| Probe { layer, positions: positions.clone() }).collect();
+    let scores = metric.restoration(gpu, model, setup, &probes).await?;
+    let key_layer = choose_layer(&scores, &setup.distances);
+    Ok(LayerTrace { metric: metric.name().into(), positions: which, patched_positions: positions, scores, distances: setup.distances.clone(), key_layer })
+}
+
+/// Layer x position grid (ROME style): patch one prompt position at one layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct GridTrace {
+    pub metric: String,
+    pub positions: Vec<usize>,
+    /// scores[layer][i] for positions[i].
+    pub scores: Vec<Vec<f64>>,
+    /// The layer whose best cell is highest.
+    pub key_layer: usize,
+}
+
+pub async fn trace_grid<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &TraceSetup, positions: &[usize], metric: &mut M) -> Result<GridTrace, ModelError> {
+    let l = model.cfg.n_layers;
+    let probes: Vec<Probe> = (0..l).flat_map(|layer| positions.iter().map(move |&p| Probe { layer, positions: vec![p] })).collect();
+    let flat = metric.restoration(gpu, model, setup, &probes).await?;
+    let scores: Vec<Vec<f64>> = flat.chunks(positions.len().max(1)).map(|c| c.to_vec()).collect();
+    let best: Vec<f64> = scores.iter().map(|r| r.iter().cloned().fold(f64::NEG_INFINITY, f64::max)).collect();
+    Ok(GridTrace { metric: metric.name().into(), positions: positions.to_vec(), key_layer: choose_layer(&best, &setup.distances), scores })
+}
