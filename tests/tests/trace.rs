@@ -91,3 +91,22 @@ fn ties_go_to_the_largest_distance() {
     assert_eq!(choose_layer(&[0.5, 1.0, 1.0, 0.2], &[9.0, 1.0, 3.0, 100.0]), 2);
     assert_eq!(choose_layer(&[0.0, 0.0, 0.0], &[1.0, 5.0, 2.0]), 1);
 }
+
+#[test]
+fn generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_prompt() {
+    use creme_core::generate::{generate, GenerateOptions};
+    use creme_core::trace::generate_from_probes;
+    let gpu = gpu_on(None).unwrap();
+    let m = model(&gpu);
+    let clean = m.tokenizer.encode("Return the sum of a list.").unwrap();
+    let pert = m.tokenizer.encode("Retrun teh sum of a lits of numbers.").unwrap();
+    let target = m.tokenizer.encode("  return sum(xs)").unwrap();
+    let setup = pollster::block_on(prepare(&gpu, &m, &clean, &pert, &target)).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 10, ..Default::default() };
+    let plain = pollster::block_on(generate(&gpu, &m, &[pert.clone()], &opts, &mut |_, _| {})).unwrap();
+    let probes: Vec<Probe> = (0..LAYERS).map(|layer| Probe { layer, positions: vec![] }).collect();
+    let from_probes = pollster::block_on(generate_from_probes(&gpu, &m, &setup, &probes, &opts)).unwrap();
+    for (l, c) in from_probes.iter().enumerate() {
+        assert_eq!(c.tokens, plain[0].tokens, "probe at layer {l}");
+    }
+}

@@ -4,10 +4,14 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+mod common;
+mod sandbox;
+mod trace_cmd;
+
+use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::model::Model;
+use common::load_model;
 use creme_core::{cpu, generate, Gpu, GpuOptions};
 
 #[derive(Parser)]
@@ -103,6 +107,43 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         m: usize,
     },
+    /// Causal trace: which layer restores the clean behaviour when patched into the perturbed run
+    Trace {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// HumanEval task id, e.g. HumanEval/0
+        #[arg(long)]
+        task: Option<String>,
+        /// Perturbation type (A1..S2)
+        #[arg(long = "type")]
+        ptype: Option<String>,
+        /// Dataset directory (HumanEval.jsonl + perturbed/<TYPE>.jsonl)
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        /// Clean prompt file (instead of --task/--type)
+        #[arg(long)]
+        clean_file: Option<PathBuf>,
+        /// Perturbed prompt file
+        #[arg(long)]
+        pert_file: Option<PathBuf>,
+        /// Restoration metric: logprob (teacher-forced clean continuation) or pass (execute tests)
+        #[arg(long, default_value = "logprob")]
+        metric: String,
+        /// Also trace a layer x position grid (one position patched at a time)
+        #[arg(long)]
+        grid: bool,
+        /// Grid over every prompt position (default: differing positions and the last six)
+        #[arg(long)]
+        grid_all: bool,
+        /// Length of the clean greedy continuation scored by the logprob metric
+        #[arg(long, default_value_t = 32)]
+        target_tokens: usize,
+        /// Output directory (trace.json, trace.svg, grid.svg, report.html)
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check the f32 matmul kernel against the CPU reference on random shapes
     CheckMatmul {
         #[command(flatten)]
@@ -125,13 +166,17 @@ fn main() -> ExitCode {
     }
 }
 
-type Res = Result<(), Box<dyn std::error::Error>>;
+type Res = common::Res;
 
 fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
+        Cmd::Trace { gpu, model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, out } => {
+            let gpu = Gpu::new_blocking(&gpu.options())?;
+            trace_cmd::run(&gpu, trace_cmd::TraceArgs { model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, out })
+        }
         Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream } => {
             let prompt = match (prompt, prompt_file) {
                 (Some(p), _) => p,
@@ -205,44 +250,6 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
     }
     println!("matmul OK: {cases} random shapes, max rel err {worst:.2e}");
     Ok(())
-}
-
-/// The model cache: `CREME_CACHE_DIR/models` (default ~/.cache/creme/models).
-fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("CREME_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/creme"));
-    cache.join("models")
-}
-
-const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
-
-/// Read a GGUF file and upload it. `max_positions` 0 = the model's context (capped by the kernels).
-fn load_model(gpu: &Gpu, path: Option<&Path>, max_positions: usize) -> Result<Model, Box<dyn std::error::Error>> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = model_dir().join(DEFAULT_MODEL);
-            if !p.exists() {
-                return Err(format!("{} is not in the cache: run scripts/fetch-models.sh (or pass --model FILE)", p.display()).into());
-            }
-            p
-        }
-    };
-    let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let t0 = Instant::now();
-    let max = if max_positions == 0 { usize::MAX } else { max_positions };
-    let model = Model::from_gguf_bytes(gpu, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
-    eprintln!(
-        "loaded {} ({}, {} layers, d_model {}) from {} in {:.2} s",
-        if model.cfg.name.is_empty() { "model" } else { &model.cfg.name },
-        model.cfg.arch,
-        model.cfg.n_layers,
-        model.cfg.d_model,
-        path.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(model)
 }
 
 fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {

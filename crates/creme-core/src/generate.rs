@@ -5,7 +5,7 @@ use crate::cpu::SplitMix64;
 use crate::error::ModelError;
 use crate::gpu::Gpu;
 use crate::hooks::Hooks;
-use crate::model::transformer::{Logits, Model};
+use crate::model::transformer::{KvCache, Logits, Model};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -104,14 +104,26 @@ pub async fn generate(
     let pad: Vec<u32> = prompts.iter().map(|p| (longest - p.len()) as u32).collect();
     let batch: Vec<Vec<u32>> = prompts.iter().map(|p| std::iter::repeat(cfg.pad_id).take(longest - p.len()).chain(p.iter().cloned()).collect()).collect();
     let mut cache = model.new_cache(gpu, pad, capacity)?;
+    let fwd = model.forward(gpu, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
+    decode(gpu, model, &mut cache, fwd.logits.expect("asked for logits"), opts, on_token).await
+}
+
+/// Continue decoding from a filled cache whose last forward produced `logits` ([batch, vocab]):
+/// pick, feed back, repeat until every sequence has ended.
+pub async fn decode(
+    gpu: &Gpu,
+    model: &Model,
+    cache: &mut KvCache,
+    mut logits: wgpu::Buffer,
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Completion>, ModelError> {
+    let cfg = &model.cfg;
+    let n = cache.batch;
     let mut rng = SplitMix64(opts.seed);
-    let n = prompts.len();
     let mut out: Vec<Completion> = (0..n).map(|_| Completion { tokens: Vec::new(), text: String::new(), finish: Finish::Length }).collect();
     let mut done = vec![false; n];
-    let mut input = batch;
-    for _step in 0..opts.max_new_tokens {
-        let fwd = model.forward(gpu, &mut cache, &input, &Hooks::default(), Logits::Last)?;
-        let logits = fwd.logits.expect("asked for logits");
+    for step in 0..opts.max_new_tokens {
         let next: Vec<u32> = if opts.temperature <= 0.0 {
             let ids = gpu.storage("argmax", (n * 4) as u64);
             let mut enc = gpu.device.create_command_encoder(&Default::default());
@@ -141,10 +153,11 @@ pub async fn generate(
                 }
             }
         }
-        if done.iter().all(|&d| d) {
+        if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens || cache.len >= cache.capacity {
             break;
         }
-        input = next.iter().enumerate().map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }]).collect();
+        let input: Vec<Vec<u32>> = next.iter().enumerate().map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }]).collect();
+        logits = model.forward(gpu, cache, &input, &Hooks::default(), Logits::Last)?.logits.expect("asked for logits");
     }
     for c in out.iter_mut() {
         let text = model.tokenizer.decode(&c.tokens)?;

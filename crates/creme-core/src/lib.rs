@@ -5,11 +5,13 @@
 //! runs in the browser; native callers use the `*_blocking` wrappers.
 
 pub mod cpu;
+pub mod dataset;
 pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod hooks;
 pub mod model;
+pub mod report;
 pub mod trace;
 
 pub use error::{GpuError, ModelError};

@@ -9,10 +9,10 @@
 use serde::Serialize;
 
 use crate::error::ModelError;
-use crate::generate::{generate, GenerateOptions};
+use crate::generate::{decode, generate, Completion, GenerateOptions};
 use crate::gpu::Gpu;
 use crate::hooks::{Hooks, Site};
-use crate::model::transformer::{Input, Logits, Model};
+use crate::model::transformer::{Input, KvCache, Logits, Model};
 
 /// One patched run: after layer `layer`, rows `positions` (indices in the prompt frame, 0..P)
 /// of the perturbed run receive the clean run's states.
@@ -46,6 +46,8 @@ pub struct TraceSetup {
     /// Log-probability of the target after the clean and the perturbed prompt.
     pub lp_clean: f64,
     pub lp_pert: f64,
+    /// Keys/values of both runs (sequence 0 clean, 1 perturbed), for probes that generate.
+    cache: KvCache,
 }
 
 impl TraceSetup {
@@ -119,7 +121,7 @@ pub async fn prepare(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], targ
         gpu.queue.submit([enc.finish()]);
         states.push(owned);
     }
-    Ok(TraceSetup { clean: clean.to_vec(), pert: pert.to_vec(), target: target.to_vec(), frame, states, distances, lp_clean, lp_pert })
+    Ok(TraceSetup { clean: clean.to_vec(), pert: pert.to_vec(), target: target.to_vec(), frame, states, distances, lp_clean, lp_pert, cache })
 }
 
 /// Log-probability of the target under each probe. Probes are sorted by layer and run in batches
@@ -240,4 +242,47 @@ pub async fn trace_grid<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &
     let scores: Vec<Vec<f64>> = flat.chunks(positions.len().max(1)).map(|c| c.to_vec()).collect();
     let best: Vec<f64> = scores.iter().map(|r| r.iter().cloned().fold(f64::NEG_INFINITY, f64::max)).collect();
     Ok(GridTrace { metric: metric.name().into(), positions: positions.to_vec(), key_layer: choose_layer(&best, &setup.distances), scores })
+}
+
+/// Generate from each probe's patched prompt (the authors' pass-metric runs): only the prompt
+/// pass is patched; layers up to the probe's keep the perturbed run's keys and values; decoding
+/// then continues normally. Returns one completion per probe.
+pub async fn generate_from_probes(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe], opts: &GenerateOptions) -> Result<Vec<Completion>, ModelError> {
+    let cfg = &model.cfg;
+    let (s, d, frame) = (setup.seq_len(), cfg.d_model, setup.frame);
+    let capacity = frame + opts.max_new_tokens;
+    if capacity > model.max_positions {
+        return Err(ModelError::Format(format!("{frame} prompt tokens + {} new tokens exceed the context of {}", opts.max_new_tokens, model.max_positions)));
+    }
+    let mut order: Vec<usize> = (0..probes.len()).collect();
+    order.sort_by_key(|&i| probes[i].layer);
+    let kvw = cfg.n_kv_heads * cfg.head_dim;
+    let per_probe = ((frame * cfg.d_ff).max(capacity * kvw).max(cfg.vocab) * 4) as u64;
+    let fit = ((gpu.max_binding_bytes() / per_probe.max(1)) as usize).clamp(1, 32);
+    let mut out: Vec<Option<Completion>> = vec![None; probes.len()];
+    let rb = (d * 4) as u64;
+    for group in order.chunks(fit) {
+        let g = group.len();
+        let x = gpu.storage("probe states", (g * frame * d * 4) as u64);
+        let cache = model.new_cache(gpu, vec![setup.pad_pert() as u32; g], capacity)?;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        for (slot, &pi) in group.iter().enumerate() {
+            let p = &probes[pi];
+            let st = &setup.states[p.layer];
+            enc.copy_buffer_to_buffer(st, (s * d * 4) as u64, &x, (slot * frame * d * 4) as u64, (frame as u64) * rb);
+            for &i in &p.positions {
+                enc.copy_buffer_to_buffer(st, i as u64 * rb, &x, (slot * frame + i) as u64 * rb, rb);
+            }
+            cache.copy_from(&mut enc, &setup.cache, 1, slot, 0..p.layer + 1, 0..frame);
+        }
+        gpu.queue.submit([enc.finish()]);
+        let mut cache = cache;
+        let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
+        let fwd = model.forward_ex(gpu, &mut cache, Input::Resume { x: &x, start: &start, t: frame }, &Hooks::default(), Logits::Last)?;
+        let done = decode(gpu, model, &mut cache, fwd.logits.expect("asked for logits"), opts, &mut |_, _| {}).await?;
+        for (slot, c) in done.into_iter().enumerate() {
+            out[group[slot]] = Some(c);
+        }
+    }
+    Ok(out.into_iter().map(|c| c.expect("every probe generated")).collect())
 }

@@ -176,6 +176,24 @@ pub struct KvCache {
     pub len: usize,
 }
 
+impl KvCache {
+    /// Copy keys/values of `layers` at cache positions `positions` from `src`'s sequence
+    /// `src_slot` into this cache's sequence `dst_slot` (both caches of the same model).
+    pub fn copy_from(&self, enc: &mut wgpu::CommandEncoder, src: &KvCache, src_slot: usize, dst_slot: usize, layers: std::ops::Range<usize>, positions: std::ops::Range<usize>) {
+        let kvw = (self.k[0].size() as usize / 4) / (self.batch * self.capacity);
+        let n = (positions.len() * kvw * 4) as u64;
+        if n == 0 {
+            return;
+        }
+        for l in layers {
+            let so = ((src_slot * src.capacity + positions.start) * kvw * 4) as u64;
+            let dof = ((dst_slot * self.capacity + positions.start) * kvw * 4) as u64;
+            enc.copy_buffer_to_buffer(&src.k[l], so, &self.k[l], dof, n);
+            enc.copy_buffer_to_buffer(&src.v[l], so, &self.v[l], dof, n);
+        }
+    }
+}
+
 /// Which logits a forward call computes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Logits {

@@ -1,0 +1,184 @@
+//! Running untrusted generated code: one python3 process per program, in a fresh temp dir, with an
+//! empty environment, its own session (process group) killed on timeout, CPU/memory/file-size/
+//! process rlimits, and a new network namespace where the kernel permits one (else the result
+//! records that the network was not isolated).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub wall: Duration,
+    pub cpu_seconds: u64,
+    pub memory_bytes: u64,
+    pub file_bytes: u64,
+    pub processes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { wall: Duration::from_secs(10), cpu_seconds: 10, memory_bytes: 2 << 30, file_bytes: 16 << 20, processes: 64 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Timeout,
+    /// The sandbox itself could not run the program.
+    Error,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub verdict: Verdict,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub seconds: f64,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    pub network_isolated: bool,
+}
+
+fn tail(bytes: &[u8], n: usize) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let chars: Vec<char> = s.chars().collect();
+    chars[chars.len().saturating_sub(n)..].iter().collect()
+}
+
+/// Run `program` under python3 with the limits.
+pub fn run_python(program: &str, limits: &Limits) -> RunResult {
+    let t0 = Instant::now();
+    let err = |msg: String| RunResult { verdict: Verdict::Error, exit_code: None, signal: None, seconds: 0.0, stdout_tail: String::new(), stderr_tail: msg, network_isolated: false };
+    let dir = match tempdir() {
+        Ok(d) => d,
+        Err(e) => return err(format!("temp dir: {e}")),
+    };
+    if let Err(e) = std::fs::write(dir.join("program.py"), program) {
+        return err(format!("writing program: {e}"));
+    }
+    // Whether a new network namespace works here (root, or unprivileged user namespaces).
+    let netns = network_namespace_available();
+    let lim = limits.clone();
+    let mut cmd = Command::new(python3());
+    cmd.arg("-I").arg("program.py").current_dir(&dir).env_clear().env("PATH", "/usr/bin:/bin").env("HOME", &dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session: the whole process tree can be killed at once.
+            libc::setsid();
+            if netns {
+                libc::unshare(libc::CLONE_NEWNET);
+            }
+            let set = |res, v: u64| {
+                let r = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
+                libc::setrlimit(res, &r);
+            };
+            set(libc::RLIMIT_CPU, lim.cpu_seconds);
+            set(libc::RLIMIT_AS, lim.memory_bytes);
+            set(libc::RLIMIT_FSIZE, lim.file_bytes);
+            set(libc::RLIMIT_NPROC, lim.processes);
+            set(libc::RLIMIT_CORE, 0);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return err(format!("spawning python3: {e}")),
+    };
+    let pid = child.id() as i32;
+    let mut out = child.stdout.take().unwrap();
+    let mut errp = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.by_ref().take(1 << 20).read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = errp.by_ref().take(1 << 20).read_to_end(&mut b);
+        b
+    });
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if t0.elapsed() > limits.wall => {
+                timed_out = true;
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                break child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => break None,
+        }
+    };
+    // Kill anything the program left running in its session.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    use std::os::unix::process::ExitStatusExt;
+    let (code, signal) = status.map(|s| (s.code(), s.signal())).unwrap_or((None, None));
+    let verdict = if timed_out || signal == Some(libc::SIGXCPU) {
+        Verdict::Timeout
+    } else if code == Some(0) {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    };
+    RunResult { verdict, exit_code: code, signal, seconds: t0.elapsed().as_secs_f64(), stdout_tail: tail(&stdout, 2000), stderr_tail: tail(&stderr, 2000), network_isolated: netns }
+}
+
+fn python3() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() && std::env::var_os("CREME_PYTHON").is_none() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+fn tempdir() -> std::io::Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!("creme-sbx-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir(&d)?;
+    Ok(d)
+}
+
+/// Probe once whether unshare(CLONE_NEWNET) succeeds in a child.
+fn network_namespace_available() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let mut cmd = Command::new("/bin/true");
+        unsafe {
+            cmd.pre_exec(|| if libc::unshare(libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
+        }
+        cmd.status().map(|s| s.success()).unwrap_or(false)
+    })
+}
+
+/// Run many programs on `workers` threads; results in input order.
+pub fn run_many(programs: &[String], limits: &Limits, workers: usize) -> Vec<RunResult> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<RunResult>>> = Mutex::new(vec![None; programs.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= programs.len() {
+                    break;
+                }
+                let r = run_python(&programs[i], limits);
+                results.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    results.into_inner().unwrap().into_iter().map(|r| r.unwrap()).collect()
+}

@@ -1,0 +1,116 @@
+//! `creme trace`: locate the robustness-sensitive layer of one clean/perturbed prompt pair.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use creme_core::report;
+use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::Gpu;
+use serde_json::json;
+
+use crate::common::{self, Res};
+
+pub struct TraceArgs {
+    pub model: Option<PathBuf>,
+    pub task: Option<String>,
+    pub ptype: Option<String>,
+    pub dataset: Option<PathBuf>,
+    pub clean_file: Option<PathBuf>,
+    pub pert_file: Option<PathBuf>,
+    pub metric: String,
+    pub grid: bool,
+    pub grid_all: bool,
+    pub target_tokens: usize,
+    pub out: PathBuf,
+}
+
+/// The clean and perturbed prompt texts and a label, from a task or from two files.
+pub fn prompts(task: &Option<String>, ptype: &Option<String>, dataset: Option<&Path>, clean_file: &Option<PathBuf>, pert_file: &Option<PathBuf>) -> Res<(String, String, String)> {
+    match (task, ptype, clean_file, pert_file) {
+        (Some(t), Some(ty), None, None) => {
+            let (c, p) = common::task_pair(&common::dataset_dir(dataset)?, t, ty)?;
+            Ok((c.prompt, p.prompt, format!("{t} {ty}")))
+        }
+        (None, None, Some(c), Some(p)) => Ok((std::fs::read_to_string(c)?, std::fs::read_to_string(p)?, format!("{} vs {}", c.display(), p.display()))),
+        _ => Err("give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F".into()),
+    }
+}
+
+pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
+    if a.metric != "logprob" {
+        return Err(format!("metric '{}' is not available here yet (use --metric logprob)", a.metric).into());
+    }
+    let (clean_text, pert_text, label) = prompts(&a.task, &a.ptype, a.dataset.as_deref(), &a.clean_file, &a.pert_file)?;
+    let model = common::load_model(gpu, a.model.as_deref(), 0)?;
+    let tok = &model.tokenizer;
+    let (clean, pert) = (tok.encode(&clean_text)?, tok.encode(&pert_text)?);
+    std::fs::create_dir_all(&a.out)?;
+
+    let t0 = Instant::now();
+    let target = pollster::block_on(trace::greedy_target(gpu, &model, &clean, a.target_tokens))?;
+    let t_target = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let setup = pollster::block_on(trace::prepare(gpu, &model, &clean, &pert, &target))?;
+    let t_prepare = t1.elapsed().as_secs_f64();
+    let mut metric = RestorationByLogprob;
+    let t2 = Instant::now();
+    let all = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut metric))?;
+    let t_layers = t2.elapsed().as_secs_f64();
+    let diff = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::Differing, &mut metric))?;
+    eprintln!(
+        "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \
+         target {:.2} s, capture {:.2} s, layer trace {:.2} s",
+        setup.lp_clean, setup.lp_pert, all.key_layer, diff.key_layer, t_target, t_prepare, t_layers
+    );
+    let labels_of = |positions: &[usize]| -> Vec<String> {
+        positions
+            .iter()
+            .map(|&i| match i.checked_sub(setup.pad_pert()) {
+                Some(j) => tok.decode(&[pert[j]]).unwrap_or_default(),
+                None => "<pad>".into(),
+            })
+            .collect()
+    };
+    let mut grid_json = serde_json::Value::Null;
+    let mut sections = vec![
+        ("Prompts".to_string(), format!("<table><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre>{}</pre></td><td><pre>{}</pre></td></tr></table><p>Target (clean greedy continuation, {} tokens): <pre>{}</pre></p>",
+            report::escape(&clean_text), report::escape(&pert_text), target.len(), report::escape(&tok.decode(&target)?))),
+        ("Layer trace: every prompt position patched".to_string(), report::layer_curve_svg(&all, &format!("{label}: restoration by layer (all prompt positions)"))),
+        ("Layer trace: only differing positions patched".to_string(), report::layer_curve_svg(&diff, &format!("{label}: restoration by layer (differing positions)"))),
+    ];
+    std::fs::write(a.out.join("trace.svg"), report::layer_curve_svg(&all, &format!("{label}: restoration by layer")))?;
+    if a.grid {
+        let positions: Vec<usize> = if a.grid_all {
+            (0..setup.frame).collect()
+        } else {
+            let mut p = setup.differing_positions();
+            p.extend(setup.frame.saturating_sub(6)..setup.frame);
+            p.sort();
+            p.dedup();
+            p.truncate(64);
+            p
+        };
+        let t3 = Instant::now();
+        let grid = pollster::block_on(trace::trace_grid(gpu, &model, &setup, &positions, &mut metric))?;
+        eprintln!("grid: {} layers x {} positions in {:.2} s, key layer {}", grid.scores.len(), positions.len(), t3.elapsed().as_secs_f64(), grid.key_layer);
+        let svg = report::grid_heatmap_svg(&grid, &labels_of(&positions), &format!("{label}: restoration, one position patched at one layer"));
+        std::fs::write(a.out.join("grid.svg"), &svg)?;
+        sections.push(("Layer x position grid".to_string(), svg));
+        grid_json = serde_json::to_value(&grid)?;
+    }
+    let doc = json!({
+        "model": model.cfg.name, "pair": label, "metric": "logprob",
+        "settings": {"target_tokens": a.target_tokens, "positions": ["all", "differing"]},
+        "clean_tokens": clean.len(), "pert_tokens": pert.len(), "frame": setup.frame,
+        "target": tok.decode(&target)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
+        "all_positions": all, "differing_positions": diff, "grid": grid_json,
+        "key_layer": all.key_layer,
+        "timings_s": {"target": t_target, "capture": t_prepare, "layer_trace": t_layers},
+        "adapter": gpu.report.name,
+    });
+    let json_text = serde_json::to_string_pretty(&doc)?;
+    common::write(&a.out.join("trace.json"), &json_text)?;
+    common::write(&a.out.join("report.html"), &report::html_page(&format!("CREME trace — {label}"), &sections, &json_text))?;
+    println!("key layer {} (differing positions: {}); report: {}", all.key_layer, diff.key_layer, a.out.join("report.html").display());
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! SVG charts and self-contained HTML reports (pure string building, so the browser build can
+//! draw the same pictures).
+
+use crate::trace::{GridTrace, LayerTrace};
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Per-layer restoration (line) over the clean-vs-perturbed distance (bars), key layer marked.
+pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
+    let (w, h, ml, mr, mt, mb) = (720.0, 300.0, 56.0, 56.0, 34.0, 40.0);
+    let n = t.scores.len().max(1);
+    let pw = (w - ml - mr) / n as f64;
+    let smin = t.scores.iter().cloned().fold(0.0f64, f64::min);
+    let smax = t.scores.iter().cloned().fold(1.0f64, f64::max);
+    let dmax = t.distances.iter().cloned().fold(1e-12f64, f64::max);
+    let y_of = |v: f64| mt + (h - mt - mb) * (1.0 - (v - smin) / (smax - smin).max(1e-12));
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {w} {h}' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\
+         <rect width='100%' height='100%' fill='#fff'/><text x='{ml}' y='18' font-size='13' font-weight='bold'>{}</text>",
+        escape(title)
+    );
+    for (l, d) in t.distances.iter().enumerate() {
+        let bh = (h - mt - mb) * d / dmax;
+        let x = ml + l as f64 * pw;
+        let fill = if l == t.key_layer { "#f6c667" } else { "#dbe4f3" };
+        s += &format!("<rect x='{:.1}' y='{:.1}' width='{:.1}' height='{:.1}' fill='{fill}'><title>layer {l}: |h_clean - h_pert| = {d:.2}</title></rect>", x + 1.0, h - mb - bh, pw - 2.0, bh);
+    }
+    let zero = y_of(0.0);
+    s += &format!("<line x1='{ml}' x2='{}' y1='{zero:.1}' y2='{zero:.1}' stroke='#999' stroke-dasharray='3 3'/>", w - mr);
+    let pts: Vec<String> = t.scores.iter().enumerate().map(|(l, v)| format!("{:.1},{:.1}", ml + (l as f64 + 0.5) * pw, y_of(*v))).collect();
+    s += &format!("<polyline points='{}' fill='none' stroke='#2456c8' stroke-width='2'/>", pts.join(" "));
+    for (l, v) in t.scores.iter().enumerate() {
+        s += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='#2456c8'><title>layer {l}: restoration {v:.3}</title></circle>", ml + (l as f64 + 0.5) * pw, y_of(*v));
+        if l % 2 == 0 || n <= 16 {
+            s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{l}</text>", ml + (l as f64 + 0.5) * pw, h - mb + 14.0);
+        }
+    }
+    s += &format!(
+        "<text x='{:.1}' y='{}' text-anchor='middle'>layer (key layer {} highlighted)</text>\
+         <text x='12' y='{:.1}' transform='rotate(-90 12 {:.1})' text-anchor='middle' fill='#2456c8'>restoration ({})</text>\
+         <text x='{:.1}' y='{:.1}' transform='rotate(90 {:.1} {:.1})' text-anchor='middle' fill='#8a9bb8'>L2 distance clean vs perturbed</text>\
+         <text x='{}' y='{:.1}' text-anchor='end'>{smax:.2}</text><text x='{}' y='{:.1}' text-anchor='end'>{smin:.2}</text></svg>",
+        ml + (w - ml - mr) / 2.0,
+        h - 8.0,
+        t.key_layer,
+        h / 2.0,
+        h / 2.0,
+        t.metric,
+        w - 14.0,
+        h / 2.0,
+        w - 14.0,
+        h / 2.0,
+        ml - 4.0,
+        mt + 4.0,
+        ml - 4.0,
+        h - mb
+    );
+    s
+}
+
+/// Layer x position heatmap of a grid trace; `labels` are the token texts of the positions.
+pub fn grid_heatmap_svg(g: &GridTrace, labels: &[String], title: &str) -> String {
+    let rows = g.scores.len();
+    let cols = g.positions.len().max(1);
+    let (cw, ch, ml, mt) = (18.0f64, 14.0f64, 44.0f64, 34.0f64);
+    let w = ml + cw * cols as f64 + 20.0;
+    let h = mt + ch * rows as f64 + 90.0;
+    let vmax = g.scores.iter().flatten().cloned().fold(1e-9f64, f64::max);
+    let vmin = g.scores.iter().flatten().cloned().fold(0.0f64, f64::min);
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {w} {h}' width='{w}' height='{h}' font-family='sans-serif' font-size='10'>\
+         <rect width='100%' height='100%' fill='#fff'/><text x='{ml}' y='18' font-size='13' font-weight='bold'>{}</text>",
+        escape(title)
+    );
+    for (l, row) in g.scores.iter().enumerate() {
+        s += &format!("<text x='{}' y='{:.1}' text-anchor='end'>{l}</text>", ml - 4.0, mt + ch * (l as f64 + 0.8));
+        for (i, v) in row.iter().enumerate() {
+            let a = ((v - vmin) / (vmax - vmin).max(1e-12)).clamp(0.0, 1.0);
+            let (r, gg, b) = (255.0 - 220.0 * a, 255.0 - 170.0 * a, 255.0 - 40.0 * a);
+            let label = labels.get(i).map(|x| escape(x)).unwrap_or_default();
+            s += &format!(
+                "<rect x='{:.1}' y='{:.1}' width='{cw}' height='{ch}' fill='rgb({:.0},{:.0},{:.0})' data-layer='{l}' data-pos='{}'><title>layer {l}, position {} '{label}': {v:.3}</title></rect>",
+                ml + cw * i as f64,
+                mt + ch * l as f64,
+                r,
+                gg,
+                b,
+                g.positions[i],
+                g.positions[i]
+            );
+        }
+    }
+    for (i, lab) in labels.iter().enumerate().take(cols) {
+        let x = ml + cw * (i as f64 + 0.6);
+        let y = mt + ch * rows as f64 + 6.0;
+        s += &format!("<text x='{x:.1}' y='{y:.1}' transform='rotate(60 {x:.1} {y:.1})'>{}</text>", escape(&lab.replace('\n', "⏎")));
+    }
+    s += "</svg>";
+    s
+}
+
+/// A self-contained HTML page: a title, sections of (heading, html) and the raw JSON.
+pub fn html_page(title: &str, sections: &[(String, String)], json: &str) -> String {
+    let mut body = String::new();
+    for (h, content) in sections {
+        body += &format!("<section><h2>{}</h2>{content}</section>", escape(h));
+    }
+    format!(
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{t}</title><style>\
+         body{{font:14px/1.5 system-ui,sans-serif;max-width:1000px;margin:24px auto;padding:0 16px;color:#1b2430}}\
+         h1{{font-size:22px}} h2{{font-size:16px;color:#2456c8;margin-top:28px}} pre{{background:#f4f6fa;padding:10px;overflow:auto;border-radius:6px}}\
+         table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #e3e7ef;text-align:left;vertical-align:top}}\
+         .ok{{color:#15803d}} .bad{{color:#b91c1c}} details{{margin-top:24px}}</style></head><body><h1>{t}</h1>{body}\
+         <details><summary>raw JSON</summary><pre>{j}</pre></details></body></html>",
+        t = escape(title),
+        j = escape(json)
+    )
+}
