@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 mod common;
+mod pass_metric;
 mod sandbox;
 mod trace_cmd;
 
@@ -140,6 +141,9 @@ enum Cmd {
         /// Length of the clean greedy continuation scored by the logprob metric
         #[arg(long, default_value_t = 32)]
         target_tokens: usize,
+        /// Samples per patched run for the pass metric (1 = greedy; >1 samples at T=0.2, top-p 0.95)
+        #[arg(long, default_value_t = 1)]
+        samples: usize,
         /// Output directory (trace.json, trace.svg, grid.svg, report.html)
         #[arg(long)]
         out: PathBuf,
@@ -173,9 +177,9 @@ fn run(cli: Cli) -> Res {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
-        Cmd::Trace { gpu, model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, out } => {
+        Cmd::Trace { gpu, model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out } => {
             let gpu = Gpu::new_blocking(&gpu.options())?;
-            trace_cmd::run(&gpu, trace_cmd::TraceArgs { model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, out })
+            trace_cmd::run(&gpu, trace_cmd::TraceArgs { model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out })
         }
         Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream } => {
             let prompt = match (prompt, prompt_file) {

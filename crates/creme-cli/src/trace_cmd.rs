@@ -9,6 +9,7 @@ use creme_core::Gpu;
 use serde_json::json;
 
 use crate::common::{self, Res};
+use crate::pass_metric::{improvement, RestorationByPass};
 
 pub struct TraceArgs {
     pub model: Option<PathBuf>,
@@ -21,6 +22,7 @@ pub struct TraceArgs {
     pub grid: bool,
     pub grid_all: bool,
     pub target_tokens: usize,
+    pub samples: usize,
     pub out: PathBuf,
 }
 
@@ -37,8 +39,11 @@ pub fn prompts(task: &Option<String>, ptype: &Option<String>, dataset: Option<&P
 }
 
 pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
-    if a.metric != "logprob" {
-        return Err(format!("metric '{}' is not available here yet (use --metric logprob)", a.metric).into());
+    if a.metric != "logprob" && a.metric != "pass" {
+        return Err(format!("unknown metric '{}' (logprob or pass)", a.metric).into());
+    }
+    if a.metric == "pass" && a.task.is_none() {
+        return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
     }
     let (clean_text, pert_text, label) = prompts(&a.task, &a.ptype, a.dataset.as_deref(), &a.clean_file, &a.pert_file)?;
     let model = common::load_model(gpu, a.model.as_deref(), 0)?;
@@ -54,9 +59,29 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
     let t_prepare = t1.elapsed().as_secs_f64();
     let mut metric = RestorationByLogprob;
     let t2 = Instant::now();
-    let all = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut metric))?;
-    let t_layers = t2.elapsed().as_secs_f64();
+    let mut all = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut metric))?;
+    let mut t_layers = t2.elapsed().as_secs_f64();
     let diff = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::Differing, &mut metric))?;
+    let mut pass_json = serde_json::Value::Null;
+    if a.metric == "pass" {
+        let (clean_p, pert_p) = common::task_pair(&common::dataset_dir(a.dataset.as_deref())?, a.task.as_deref().unwrap(), a.ptype.as_deref().unwrap())?;
+        let mut pm = RestorationByPass { problem: &pert_p, samples: a.samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
+        let t4 = Instant::now();
+        let acc_orig = pollster::block_on(pm.pass_ratio(gpu, &model, &clean_text, &clean_p))?;
+        let acc_pert = pollster::block_on(pm.pass_ratio(gpu, &model, &pert_text, &pert_p))?;
+        let pass_trace = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut pm))?;
+        t_layers = t4.elapsed().as_secs_f64();
+        let ratios = pass_trace.scores.clone();
+        let improvements: Vec<f64> = ratios.iter().map(|&r| improvement(r, acc_orig, acc_pert)).collect();
+        // The authors' choice: best improvement; all zero -> best patched pass rate; ties -> distance.
+        let key = if improvements.iter().any(|&v| v > 0.0) { trace::choose_layer(&improvements, &setup.distances) } else { trace::choose_layer(&ratios, &setup.distances) };
+        eprintln!("pass metric: acc_orig {acc_orig:.2}, acc_pert {acc_pert:.2}, {} of {} patched runs pass, key layer {key}",
+            ratios.iter().filter(|&&r| r > 0.0).count(), ratios.len());
+        pass_json = json!({"acc_orig": acc_orig, "acc_pert": acc_pert, "pass_ratio": ratios, "improvement": improvements,
+                           "patched_runs_passing": ratios.iter().filter(|&&r| r > 0.0).count(), "key_layer": key, "samples": a.samples.max(1),
+                           "seconds": t_layers});
+        all = trace::LayerTrace { metric: "pass".into(), scores: improvements, key_layer: key, ..pass_trace };
+    }
     eprintln!(
         "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \
          target {:.2} s, capture {:.2} s, layer trace {:.2} s",
@@ -99,11 +124,11 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
         grid_json = serde_json::to_value(&grid)?;
     }
     let doc = json!({
-        "model": model.cfg.name, "pair": label, "metric": "logprob",
+        "model": model.cfg.name, "pair": label, "metric": a.metric,
         "settings": {"target_tokens": a.target_tokens, "positions": ["all", "differing"]},
         "clean_tokens": clean.len(), "pert_tokens": pert.len(), "frame": setup.frame,
         "target": tok.decode(&target)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
-        "all_positions": all, "differing_positions": diff, "grid": grid_json,
+        "all_positions": all, "differing_positions": diff, "grid": grid_json, "pass": pass_json,
         "key_layer": all.key_layer,
         "timings_s": {"target": t_target, "capture": t_prepare, "layer_trace": t_layers},
         "adapter": gpu.report.name,

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod dataset;
+pub mod edit;
 pub mod error;
 pub mod generate;
 pub mod gpu;

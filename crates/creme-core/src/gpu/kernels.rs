@@ -22,6 +22,7 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 "rmsnorm" => include_str!("../../../../shaders/rmsnorm.wgsl"),
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
+                "adam" => include_str!("../../../../shaders/adam.wgsl"),
                 "silu_mul" | "add" | "argmax" | "row_logprob" => include_str!("../../../../shaders/elementwise.wgsl"),
                 _ => return None,
             };

@@ -112,3 +112,27 @@ impl Gpu {
         self.dispatch(enc, "argmax", &[logits.as_entire_binding(), logits.as_entire_binding(), dst.as_entire_binding(), pb.as_entire_binding()], self.grid(rows));
     }
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct AdamParams {
+    pub n: u32,
+    pub _p0: u32,
+    pub lr: f32,
+    pub b1: f32,
+    pub b2: f32,
+    pub eps: f32,
+    /// Multiplies the raw gradient (e.g. the MSE's 2 / count).
+    pub scale: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+    pub _p1: [u32; 3],
+}
+
+impl Gpu {
+    /// One Adam update of `w` from `grad` with moment buffers `m`, `v`.
+    pub fn encode_adam(&self, enc: &mut wgpu::CommandEncoder, w: &wgpu::Buffer, grad: &wgpu::Buffer, m: &wgpu::Buffer, v: &wgpu::Buffer, p: AdamParams) {
+        let pb = self.uniform("adam", &p);
+        self.dispatch(enc, "adam", &[w.as_entire_binding(), grad.as_entire_binding(), m.as_entire_binding(), v.as_entire_binding(), pb.as_entire_binding()], self.grid(p.n.div_ceil(256)));
+    }
+}

@@ -25,6 +25,8 @@ struct Layer {
     gate: GpuWeight,
     up: GpuWeight,
     down: GpuWeight,
+    /// The file's W_down while an edited one is applied (so the edit can be reverted).
+    down_original: Option<GpuWeight>,
 }
 
 /// Token embedding rows, kept in their GGUF format on the CPU: a lookup dequantizes a few rows.
@@ -138,7 +140,7 @@ impl ModelLoader {
             } else {
                 (None, None, None)
             };
-            layers.push(Layer { attn_norm: v(p("attn_norm.weight"))?, ffn_norm: v(p("ffn_norm.weight"))?, q, k, v: vw, o, q_bias, k_bias, v_bias, gate, up, down });
+            layers.push(Layer { attn_norm: v(p("attn_norm.weight"))?, ffn_norm: v(p("ffn_norm.weight"))?, q, k, v: vw, o, q_bias, k_bias, v_bias, gate, up, down, down_original: None });
         }
         let out_norm = v("output_norm.weight".into())?;
         let embed = self.embed.take().ok_or(ModelError::Missing("tensor token_embd.weight".into()))?;
@@ -253,6 +255,48 @@ impl Model {
             pad,
             len: 0,
         })
+    }
+
+    /// W_down of layer `l` as f32 [d_model, d_ff] (dequantized from the GPU copy of the file's
+    /// blocks, or the applied edit).
+    pub async fn ffn_down_f32(&self, gpu: &Gpu, l: usize) -> Result<Vec<f32>, ModelError> {
+        let w = &self.layers.get(l).ok_or_else(|| ModelError::Format(format!("layer {l} of {}", self.cfg.n_layers)))?.down;
+        let mut out = Vec::with_capacity(w.rows * w.cols);
+        for c in &w.chunks {
+            let bytes: Vec<u8> = gpu.read(&c.buffer, c.rows * w.row_bytes()).await?;
+            out.extend(dequantize(w.dtype, &bytes, c.rows * w.cols)?);
+        }
+        Ok(out)
+    }
+
+    /// Replace W_down of layer `l` by an f32 matrix [d_model, d_ff] (an edit). The file's weight is
+    /// kept so that [`Model::revert_ffn_down`] restores it.
+    pub fn set_ffn_down(&mut self, gpu: &Gpu, l: usize, w: &[f32]) -> Result<(), ModelError> {
+        let (d, f) = (self.cfg.d_model, self.cfg.d_ff);
+        if w.len() != d * f {
+            return Err(ModelError::Format(format!("edited W_down has {} values, expected {d} x {f}", w.len())));
+        }
+        let layer = self.layers.get_mut(l).ok_or_else(|| ModelError::Format(format!("layer {l} of {}", self.cfg.n_layers)))?;
+        let new = gpu.upload_weight(&format!("blk.{l}.ffn_down.weight (edited)"), GgmlType::F32, d, f, bytemuck::cast_slice(w))?;
+        let old = std::mem::replace(&mut layer.down, new);
+        if layer.down_original.is_none() {
+            layer.down_original = Some(old);
+        }
+        Ok(())
+    }
+
+    /// Undo [`Model::set_ffn_down`] on layer `l` (no-op when it is not edited).
+    pub fn revert_ffn_down(&mut self, l: usize) {
+        if let Some(layer) = self.layers.get_mut(l) {
+            if let Some(orig) = layer.down_original.take() {
+                layer.down = orig;
+            }
+        }
+    }
+
+    /// Layers whose W_down is currently edited.
+    pub fn edited_layers(&self) -> Vec<usize> {
+        self.layers.iter().enumerate().filter(|(_, l)| l.down_original.is_some()).map(|(i, _)| i).collect()
     }
 
     /// Width of the activation at a hook site.

@@ -1,0 +1,71 @@
+//! The authors' restoration metric: generate from each patched probe and execute the task's tests
+//! in the sandbox; a probe's score is its pass ratio over n samples (greedy: n = 1).
+
+use creme_core::dataset::Problem;
+use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::model::Model;
+use creme_core::trace::{generate_from_probes, Probe, RestorationMetric, TraceSetup};
+use creme_core::{Gpu, ModelError};
+
+use crate::sandbox::{run_many, Limits, Verdict};
+
+pub struct RestorationByPass<'a> {
+    /// The perturbed task (its prompt is the one the programs start with).
+    pub problem: &'a Problem,
+    pub samples: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_new_tokens: usize,
+    pub workers: usize,
+}
+
+impl RestorationByPass<'_> {
+    fn opts(&self, sample: usize) -> GenerateOptions {
+        GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            temperature: if self.samples > 1 { self.temperature } else { 0.0 },
+            top_p: self.top_p,
+            seed: 1000 + sample as u64,
+            stop: humaneval_stops(),
+        }
+    }
+
+    /// Pass ratio of plain generations from `prompt` (to measure acc_orig and acc_pert).
+    pub async fn pass_ratio(&self, gpu: &Gpu, model: &Model, prompt_text: &str, problem: &Problem) -> Result<f64, ModelError> {
+        let ids = model.tokenizer.encode(prompt_text)?;
+        let mut programs = Vec::new();
+        for k in 0..self.samples {
+            let c = generate(gpu, model, &[ids.clone()], &self.opts(k), &mut |_, _| {}).await?;
+            programs.push(problem.program(prompt_text, &c[0].text));
+        }
+        let r = run_many(&programs, &Limits::default(), self.workers);
+        Ok(r.iter().filter(|r| r.verdict == Verdict::Pass).count() as f64 / self.samples as f64)
+    }
+}
+
+impl RestorationMetric for RestorationByPass<'_> {
+    fn name(&self) -> &'static str {
+        "pass"
+    }
+    async fn restoration(&mut self, gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+        let mut passes = vec![0usize; probes.len()];
+        for k in 0..self.samples {
+            let completions = generate_from_probes(gpu, model, setup, probes, &self.opts(k)).await?;
+            let programs: Vec<String> = completions.iter().map(|c| self.problem.program(&self.problem.prompt, &c.text)).collect();
+            for (i, r) in run_many(&programs, &Limits::default(), self.workers).iter().enumerate() {
+                passes[i] += (r.verdict == Verdict::Pass) as usize;
+            }
+        }
+        Ok(passes.iter().map(|&p| p as f64 / self.samples as f64).collect())
+    }
+}
+
+/// The authors' improvement per layer: max(0, (ratio - acc_pert) / (acc_orig - acc_pert)), and 0
+/// when acc_orig <= acc_pert.
+pub fn improvement(ratio: f64, acc_orig: f64, acc_pert: f64) -> f64 {
+    if acc_orig <= acc_pert {
+        0.0
+    } else {
+        ((ratio - acc_pert) / (acc_orig - acc_pert)).max(0.0)
+    }
+}

@@ -1,0 +1,83 @@
+//! The CREME edit on a tiny model: the gradient matches finite differences, the GPU Adam step
+//! matches a CPU Adam step, the captured-activation loss equals re-running the forward with the
+//! edited weights, and the ridge solver lowers the loss.
+
+use creme_core::edit::{capture, grad_cpu, loss_by_forward, loss_cpu, solve, EditSettings, Keep, Solver};
+use creme_core::model::Model;
+use creme_tests::gpu_on;
+use creme_tests::tiny::tiny_gguf;
+
+fn setup() -> (creme_core::Gpu, Model, Vec<u32>, Vec<u32>, Vec<u32>) {
+    let gpu = gpu_on(None).unwrap();
+    let m = Model::from_gguf_bytes(&gpu, &tiny_gguf(), 256).unwrap();
+    let clean = m.tokenizer.encode("Return the largest element of the list.").unwrap();
+    let pert = m.tokenizer.encode("Retrun teh largets elemnt of the lsit.").unwrap();
+    let target = m.tokenizer.encode("    return max(xs)\n").unwrap();
+    (gpu, m, clean, pert, target)
+}
+
+#[test]
+fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu() {
+    let (gpu, m, clean, pert, target) = setup();
+    let layer = 1;
+    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    let lambda = 0.1;
+    let g = grad_cpu(&data, &w0, lambda);
+    let mut rng = creme_core::cpu::SplitMix64(3);
+    for _ in 0..12 {
+        let i = rng.below(w0.len() as u64) as usize;
+        let h = 1e-2f32;
+        let (mut wp, mut wm) = (w0.clone(), w0.clone());
+        wp[i] += h;
+        wm[i] -= h;
+        let fd = (loss_cpu(&data, &wp, lambda).total - loss_cpu(&data, &wm, lambda).total) / (2.0 * h as f64);
+        assert!((fd - g[i] as f64).abs() <= 1e-3 * fd.abs().max(g[i].abs() as f64).max(1e-4), "w[{i}]: finite difference {fd} vs gradient {}", g[i]);
+    }
+    // One GPU Adam update (two evaluations, keep final) equals the CPU update w - lr * g/|g|.
+    let s = EditSettings { max_steps: 2, patience: 10, keep: Keep::Final, lr: 1e-3, ..Default::default() };
+    let r = pollster::block_on(solve(&gpu, &data, &w0, &s)).unwrap();
+    let cpu: Vec<f32> = w0.iter().zip(&g).map(|(w, g)| {
+        // First Adam step: m = (1-b1) g, v = (1-b2) g², bias-corrected -> g / (|g| + eps').
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        let (mh, vh) = ((1.0 - b1) * *g as f64 / (1.0 - b1), (1.0 - b2) * (*g as f64).powi(2) / (1.0 - b2));
+        (*w as f64 - 1e-3 * mh / (vh.sqrt() + eps)) as f32
+    }).collect();
+    let worst = r.w.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 2e-4, "GPU Adam step differs from the CPU one by {worst}");
+    assert_eq!(r.steps, 2);
+    assert!((r.losses[0].total - loss_cpu(&data, &w0, lambda).total).abs() < 1e-4 * r.losses[0].total.max(1e-6));
+}
+
+#[test]
+fn captured_activation_loss_equals_rerunning_the_forward() {
+    let (gpu, mut m, clean, pert, target) = setup();
+    let layer = 1;
+    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    for steps in 1..=5 {
+        let s = EditSettings { max_steps: steps, patience: 100, keep: Keep::Final, lr: 2e-3, ..Default::default() };
+        let r = pollster::block_on(solve(&gpu, &data, &w0, &s)).unwrap();
+        let fast = r.losses.last().unwrap().total;
+        let slow = pollster::block_on(loss_by_forward(&gpu, &mut m, &clean, &pert, &target, layer, &r.w, &data.h_orig, 0.1)).unwrap().total;
+        assert!((fast - slow).abs() <= 1e-3 * slow.max(1e-9), "after {} updates: captured {fast} vs forward {slow}", steps - 1);
+        if steps > 1 {
+            assert!(fast < r.losses[0].total, "Adam did not lower the loss");
+        }
+    }
+    assert!(m.edited_layers().is_empty(), "the forward check left an edit applied");
+}
+
+#[test]
+fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised() {
+    let (gpu, m, clean, pert, target) = setup();
+    let layer = 0;
+    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    let before = loss_cpu(&data, &w0, 0.1);
+    let strong = pollster::block_on(solve(&gpu, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 10.0 }, ..Default::default() })).unwrap();
+    let weak = pollster::block_on(solve(&gpu, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1e-6 }, ..Default::default() })).unwrap();
+    let (ls, lw) = (loss_cpu(&data, &strong.w, 0.1), loss_cpu(&data, &weak.w, 0.1));
+    assert!(ls.total < before.total && lw.total < ls.total, "before {} strong {} weak {}", before.total, ls.total, lw.total);
+    assert!(lw.pert < 1e-3 * before.pert.max(1e-9), "nearly unregularised ridge should interpolate: {} vs {}", lw.pert, before.pert);
+}
