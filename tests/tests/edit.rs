@@ -81,3 +81,41 @@ fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised() {
     assert!(ls.total < before.total && lw.total < ls.total, "before {} strong {} weak {}", before.total, ls.total, lw.total);
     assert!(lw.pert < 1e-3 * before.pert.max(1e-9), "nearly unregularised ridge should interpolate: {} vs {}", lw.pert, before.pert);
 }
+
+#[test]
+fn patch_round_trips_applies_and_reverts() {
+    use creme_core::edit::EditPatch;
+    use creme_core::hooks::Hooks;
+    use creme_core::model::Logits;
+    let (gpu, mut m, clean, pert, target) = setup();
+    let layer = 1;
+    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    let r = pollster::block_on(solve(&gpu, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1.0 }, ..Default::default() })).unwrap();
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("base_model_sha256".to_string(), "abc".to_string());
+    let patch = EditPatch { layer, rows: data.d, cols: data.f, w: r.w.clone(), metadata: meta };
+    let bytes = patch.to_safetensors().unwrap();
+    let back = EditPatch::from_safetensors(&bytes).unwrap();
+    assert_eq!((back.layer, back.rows, back.cols), (layer, data.d, data.f));
+    assert_eq!(back.w, r.w);
+    assert_eq!(back.metadata["gguf_name"], "blk.1.ffn_down.weight");
+    assert_eq!(back.metadata["base_model_sha256"], "abc");
+    // Any safetensors reader sees the HF name and shape.
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("model.layers.1.mlp.down_proj.weight").unwrap().shape(), &[data.d, data.f]);
+
+    let logits = |m: &Model| {
+        let mut c = m.new_cache(&gpu, vec![0], pert.len()).unwrap();
+        let out = m.forward(&gpu, &mut c, &[pert.clone()], &Hooks::default(), Logits::Last).unwrap();
+        pollster::block_on(gpu.read::<f32>(out.logits.as_ref().unwrap(), m.cfg.vocab)).unwrap()
+    };
+    let before = logits(&m);
+    back.apply(&gpu, &mut m).unwrap();
+    assert_eq!(m.edited_layers(), vec![layer]);
+    let edited = logits(&m);
+    assert_ne!(before, edited);
+    m.revert_ffn_down(layer);
+    assert_eq!(logits(&m), before);
+    assert!(EditPatch::from_safetensors(b"not a patch").is_err());
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 mod common;
+mod edit_cmd;
 mod pass_metric;
 mod sandbox;
 mod trace_cmd;
@@ -97,6 +98,9 @@ enum Cmd {
         /// Print tokens as they come (to stderr) and timing
         #[arg(long)]
         stream: bool,
+        /// Apply CREME patches (safetensors from `creme edit`) before generating
+        #[arg(long)]
+        patch: Vec<PathBuf>,
     },
     /// Time the quantized matvec/matmul kernels (decode and prompt shapes) on this adapter
     BenchKernels {
@@ -148,6 +152,53 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// CREME edit: trace (or --layer), edit that layer's W_down from one prompt pair, write a patch
+    Edit {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long = "type")]
+        ptype: Option<String>,
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+        #[arg(long)]
+        clean_file: Option<PathBuf>,
+        #[arg(long)]
+        pert_file: Option<PathBuf>,
+        /// Edit this layer without tracing (the paper's lightweight variant)
+        #[arg(long)]
+        layer: Option<usize>,
+        /// adam (the paper's) or ridge (closed form)
+        #[arg(long, default_value = "adam")]
+        solver: String,
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
+        /// Most optimizer evaluations
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Stop after this many evaluations without a new best loss
+        #[arg(long, default_value_t = 3)]
+        patience: usize,
+        #[arg(long, default_value_t = 0.1)]
+        lambda: f64,
+        /// Keep the final weights (the paper) or the best-scoring ones
+        #[arg(long, default_value = "final")]
+        keep: String,
+        /// Ridge weight on the change (ridge solver)
+        #[arg(long, default_value_t = 1.0)]
+        ridge: f64,
+        #[arg(long, default_value_t = 32)]
+        target_tokens: usize,
+        /// Where to write the patch (safetensors)
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write an HTML report (trace curve, loss curve, completions) into this directory
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Check the f32 matmul kernel against the CPU reference on random shapes
     CheckMatmul {
         #[command(flatten)]
@@ -177,11 +228,16 @@ fn run(cli: Cli) -> Res {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
+        Cmd::Edit { gpu, model, task, ptype, dataset, clean_file, pert_file, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report } => {
+            let settings = edit_cmd::settings(&solver, lr, steps, patience, lambda, &keep, ridge)?;
+            let gpu = Gpu::new_blocking(&gpu.options())?;
+            edit_cmd::run(&gpu, edit_cmd::EditArgs { model, task, ptype, dataset, clean_file, pert_file, layer, settings, target_tokens, out, report })
+        }
         Cmd::Trace { gpu, model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out } => {
             let gpu = Gpu::new_blocking(&gpu.options())?;
             trace_cmd::run(&gpu, trace_cmd::TraceArgs { model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out })
         }
-        Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream } => {
+        Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream, patch } => {
             let prompt = match (prompt, prompt_file) {
                 (Some(p), _) => p,
                 (None, Some(f)) if f.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
@@ -193,7 +249,13 @@ fn run(cli: Cli) -> Res {
             }
             let opts = generate::GenerateOptions { max_new_tokens: max_tokens, temperature, top_p, seed, stop };
             let gpu = Gpu::new_blocking(&gpu.options())?;
-            let model = load_model(&gpu, model.as_deref(), 0)?;
+            let mut model = load_model(&gpu, model.as_deref(), 0)?;
+            for p in &patch {
+                let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                let ep = creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+                ep.apply(&gpu, &mut model)?;
+                eprintln!("applied {} (layer {} W_down)", p.display(), ep.layer);
+            }
             let ids = model.tokenizer.encode(&prompt)?;
             if ids.is_empty() {
                 return Err("the prompt is empty".into());

@@ -118,3 +118,35 @@ pub fn html_page(title: &str, sections: &[(String, String)], json: &str) -> Stri
         j = escape(json)
     )
 }
+
+/// Loss per optimizer evaluation: total, perturbed part and lambda-weighted clean part (log scale).
+pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usize, title: &str) -> String {
+    let (w, h, ml, mr, mt, mb) = (720.0f64, 260.0f64, 64.0f64, 20.0f64, 34.0f64, 40.0f64);
+    let n = losses.len().max(2);
+    let vals: Vec<f64> = losses.iter().flat_map(|l| [l.total, l.pert, lambda * l.orig]).filter(|v| *v > 0.0).collect();
+    let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-12).log10().floor();
+    let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(1e-12).log10().ceil().max(lo + 1.0);
+    let x_of = |i: usize| ml + (w - ml - mr) * i as f64 / (n - 1) as f64;
+    let y_of = |v: f64| mt + (h - mt - mb) * (1.0 - (v.max(1e-12).log10() - lo) / (hi - lo));
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {w} {h}' width='{w}' height='{h}' font-family='sans-serif' font-size='11'><rect width='100%' height='100%' fill='#fff'/><text x='{ml}' y='18' font-size='13' font-weight='bold'>{}</text>", escape(title));
+    let mut e = lo as i32;
+    while e as f64 <= hi {
+        let y = y_of(10f64.powi(e));
+        s += &format!("<line x1='{ml}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#eee'/><text x='{}' y='{:.1}' text-anchor='end'>1e{e}</text>", w - mr, ml - 4.0, y + 4.0);
+        e += 1;
+    }
+    for (name, color, f) in [("total", "#2456c8", 0usize), ("MSE(h_pert, h_orig)", "#d9480f", 1), ("λ·MSE(h_orig', h_orig)", "#2b8a3e", 2)] {
+        let pts: Vec<String> = losses.iter().enumerate().map(|(i, l)| format!("{:.1},{:.1}", x_of(i), y_of([l.total, l.pert, lambda * l.orig][f]))).collect();
+        s += &format!("<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'/>", pts.join(" "));
+        s += &format!("<text x='{}' y='{}' fill='{color}'>{}</text>", w - mr - 170.0, mt + 14.0 * (f as f64 + 1.0), escape(name));
+    }
+    if kept < losses.len() {
+        let x = x_of(kept);
+        s += &format!("<line x1='{x:.1}' x2='{x:.1}' y1='{mt}' y2='{}' stroke='#f59f00' stroke-dasharray='4 3'/><text x='{:.1}' y='{}' fill='#b07000'>kept</text>", h - mb, x + 3.0, mt + 10.0);
+    }
+    for i in 0..losses.len() {
+        s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{i}</text>", x_of(i), h - mb + 14.0);
+    }
+    s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>optimizer evaluation</text></svg>", ml + (w - ml - mr) / 2.0, h - 8.0);
+    s
+}

@@ -1,0 +1,181 @@
+//! `creme edit`: trace (or take a fixed layer), edit W_down from one prompt pair, write the patch,
+//! and show what changed: completions and test results before and after, with an HTML report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use creme_core::dataset::Problem;
+use creme_core::edit::{self, EditPatch, EditSettings, Keep, Solver};
+use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::model::Model;
+use creme_core::report;
+use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::Gpu;
+use serde_json::json;
+use sha2::Digest;
+
+use crate::common::{self, Res};
+use crate::sandbox::{run_python, Limits, Verdict};
+
+pub struct EditArgs {
+    pub model: Option<PathBuf>,
+    pub task: Option<String>,
+    pub ptype: Option<String>,
+    pub dataset: Option<PathBuf>,
+    pub clean_file: Option<PathBuf>,
+    pub pert_file: Option<PathBuf>,
+    pub layer: Option<usize>,
+    pub settings: EditSettings,
+    pub target_tokens: usize,
+    pub out: PathBuf,
+    pub report: Option<PathBuf>,
+}
+
+fn sha256_file(path: &std::path::Path) -> Res<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+/// Greedy HumanEval completion of `prompt` and, when a problem is known, its test verdict.
+fn complete_and_test(gpu: &Gpu, model: &Model, prompt: &str, problem: Option<&Problem>) -> Res<(String, Option<Verdict>)> {
+    let ids = model.tokenizer.encode(prompt)?;
+    let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
+    let c = pollster::block_on(generate(gpu, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
+    let verdict = problem.map(|p| run_python(&p.program(prompt, &c.text), &Limits::default()).verdict);
+    Ok((c.text, verdict))
+}
+
+fn verdict_str(v: Option<Verdict>) -> &'static str {
+    match v {
+        Some(Verdict::Pass) => "PASS",
+        Some(Verdict::Fail) => "FAIL",
+        Some(Verdict::Timeout) => "TIMEOUT",
+        Some(Verdict::Error) => "ERROR",
+        None => "(no tests)",
+    }
+}
+
+pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
+    let (clean_text, pert_text, label) = crate::trace_cmd::prompts(&a.task, &a.ptype, a.dataset.as_deref(), &a.clean_file, &a.pert_file)?;
+    let problems = match (&a.task, &a.ptype) {
+        (Some(t), Some(ty)) => Some(common::task_pair(&common::dataset_dir(a.dataset.as_deref())?, t, ty)?),
+        _ => None,
+    };
+    let model_path = match &a.model {
+        Some(p) => p.clone(),
+        None => std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| common::cache_dir().join("models")).join(common::DEFAULT_MODEL),
+    };
+    let mut model = common::load_model(gpu, Some(&model_path), 0)?;
+    let (clean, pert) = (model.tokenizer.encode(&clean_text)?, model.tokenizer.encode(&pert_text)?);
+    let t_all = Instant::now();
+
+    // Before: both completions and their tests.
+    let (clean_before, clean_v0) = complete_and_test(gpu, &model, &clean_text, problems.as_ref().map(|p| &p.0))?;
+    let (pert_before, pert_v0) = complete_and_test(gpu, &model, &pert_text, problems.as_ref().map(|p| &p.1))?;
+    println!("== {label}\n-- clean prompt completion [{}]:\n{clean_before}\n-- perturbed prompt completion [{}]:\n{pert_before}", verdict_str(clean_v0), verdict_str(pert_v0));
+
+    // Target: the clean prompt's greedy continuation.
+    let target = pollster::block_on(trace::greedy_target(gpu, &model, &clean, a.target_tokens))?;
+
+    // Layer: fixed, or traced with the logprob metric.
+    let t_trace = Instant::now();
+    let (layer, layer_trace) = match a.layer {
+        Some(l) => (l, None),
+        None => {
+            let setup = pollster::block_on(trace::prepare(gpu, &model, &clean, &pert, &target))?;
+            let t = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
+            (t.key_layer, Some(t))
+        }
+    };
+    let trace_s = t_trace.elapsed().as_secs_f64();
+    if let Some(t) = &layer_trace {
+        let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
+        println!("-- causal trace (logprob restoration per layer, {trace_s:.1} s): [{}]\n   key layer {layer}", row.join(" "));
+    }
+
+    // Edit.
+    let t_cap = Instant::now();
+    let data = pollster::block_on(edit::capture(gpu, &model, &clean, &pert, &target, layer))?;
+    let w0 = pollster::block_on(model.ffn_down_f32(gpu, layer))?;
+    let capture_s = t_cap.elapsed().as_secs_f64();
+    let result = pollster::block_on(edit::solve(gpu, &data, &w0, &a.settings))?;
+    let curve: Vec<String> = result.losses.iter().map(|l| format!("{:.6}", l.total)).collect();
+    println!(
+        "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{capture_s:.2} s capture)",
+        a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds
+    );
+
+    let mut meta = BTreeMap::new();
+    meta.insert("base_model_sha256".to_string(), sha256_file(&model_path)?);
+    meta.insert("base_model".to_string(), model_path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
+    meta.insert("pair".to_string(), label.clone());
+    meta.insert("solver".to_string(), format!("{:?}", a.settings.solver));
+    meta.insert("settings".to_string(), serde_json::to_string(&a.settings)?);
+    meta.insert("loss_curve".to_string(), serde_json::to_string(&result.losses)?);
+    meta.insert("target_tokens".to_string(), target.len().to_string());
+    let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
+    let bytes = patch.to_safetensors()?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, &a.out)?;
+    println!("-- patch written: {} ({} KiB)", a.out.display(), bytes.len() / 1024);
+
+    // After.
+    patch.apply(gpu, &mut model)?;
+    let (pert_after, pert_v1) = complete_and_test(gpu, &model, &pert_text, problems.as_ref().map(|p| &p.1))?;
+    let (clean_after, clean_v1) = complete_and_test(gpu, &model, &clean_text, problems.as_ref().map(|p| &p.0))?;
+    model.revert_ffn_down(layer);
+    println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
+    println!("== total {:.1} s on {}", t_all.elapsed().as_secs_f64(), gpu.report.name);
+
+    if let Some(dir) = &a.report {
+        std::fs::create_dir_all(dir)?;
+        let doc = json!({
+            "pair": label, "layer": layer, "settings": a.settings, "edit": result, "trace": layer_trace,
+            "before": {"clean": {"completion": clean_before, "verdict": verdict_str(clean_v0)}, "pert": {"completion": pert_before, "verdict": verdict_str(pert_v0)}},
+            "after": {"clean": {"completion": clean_after, "verdict": verdict_str(clean_v1)}, "pert": {"completion": pert_after, "verdict": verdict_str(pert_v1)}},
+            "timings_s": {"trace": trace_s, "capture": capture_s, "edit": result.seconds, "total": t_all.elapsed().as_secs_f64()},
+            "adapter": gpu.report.name, "patch": a.out.display().to_string(),
+        });
+        let json_text = serde_json::to_string_pretty(&doc)?;
+        let cell = |text: &str, v: Option<Verdict>| format!("<td><b class='{}'>{}</b><pre>{}</pre></td>", if v == Some(Verdict::Pass) { "ok" } else { "bad" }, verdict_str(v), report::escape(text));
+        let mut sections = vec![(
+            "Prompts".to_string(),
+            format!("<table><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre>{}</pre></td><td><pre>{}</pre></td></tr></table>", report::escape(&clean_text), report::escape(&pert_text)),
+        )];
+        if let Some(t) = &layer_trace {
+            sections.push(("Causal trace".to_string(), report::layer_curve_svg(t, &format!("{label}: restoration by layer"))));
+        }
+        let lambda = a.settings.lambda;
+        sections.push(("Edit loss".to_string(), report::loss_curve_svg(&result.losses, lambda, result.kept_step, &format!("layer {layer} W_down, {:?}", a.settings.solver))));
+        sections.push((
+            "Completions before and after the edit".to_string(),
+            format!(
+                "<table><tr><th></th><th>before</th><th>after</th></tr><tr><th>perturbed</th>{}{}</tr><tr><th>clean</th>{}{}</tr></table>",
+                cell(&pert_before, pert_v0),
+                cell(&pert_after, pert_v1),
+                cell(&clean_before, clean_v0),
+                cell(&clean_after, clean_v1)
+            ),
+        ));
+        common::write(&dir.join("edit.json"), &json_text)?;
+        common::write(&dir.join("report.html"), &report::html_page(&format!("CREME edit — {label}"), &sections, &json_text))?;
+        println!("-- report: {}", dir.join("report.html").display());
+    }
+    Ok(())
+}
+
+pub fn settings(solver: &str, lr: f64, steps: usize, patience: usize, lambda: f64, keep: &str, ridge: f64) -> Res<EditSettings> {
+    let solver = match solver {
+        "adam" => Solver::Adam,
+        "ridge" => Solver::Ridge { ridge },
+        s => return Err(format!("unknown solver '{s}' (adam or ridge)").into()),
+    };
+    let keep = match keep {
+        "final" => Keep::Final,
+        "best" => Keep::Best,
+        k => return Err(format!("unknown --keep '{k}' (final or best)").into()),
+    };
+    Ok(EditSettings { solver, lambda, lr, max_steps: steps, patience, keep })
+}
