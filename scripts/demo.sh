@@ -12,12 +12,13 @@ creme="$CARGO_TARGET_DIR/release/creme"
 "$creme" info
 "$creme" check-matmul
 
-# The real code model on this adapter: greedy completion of HumanEval/2 (the CREME demo builds on this).
-data="${CREME_DATA_DIR:-$root/../shared}"
-prompt=$(mktemp)
-python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).readlines()[2])['prompt'], end='')" \
-  "$data/datasets/humaneval-nlpert/HumanEval.jsonl" > "$prompt"
-echo "--- HumanEval/2 prompt + Qwen2.5-Coder-0.5B greedy completion:"
-cat "$prompt"
-"$creme" generate --prompt-file "$prompt" --humaneval-stops --stream 2>&1
-rm -f "$prompt"
+# The CREME demo on the real code model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M): a HumanEval task
+# whose perturbed prompt (C3: keyboard typo + deleted character) breaks the model. Shows both
+# completions and their test results, traces the layer (logprob restoration), edits its W_down,
+# shows the completions after the edit, and writes a patch and an HTML report.
+# DEMO_TASK / DEMO_TYPE / DEMO_OUT override the defaults.
+out="${DEMO_OUT:-$root/creme-demo}"
+mkdir -p "$out"
+"$creme" edit --task "${DEMO_TASK:-HumanEval/0}" --type "${DEMO_TYPE:-C3}" \
+  --out "$out/patch.safetensors" --report "$out"
+echo "open $out/report.html"

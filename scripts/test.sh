@@ -20,8 +20,8 @@ step "native tests (lavapipe Vulkan + llvmpipe GL)"
 cargo test --workspace --exclude creme-web 2>&1 | grep -v "XDG_RUNTIME_DIR"
 test "${PIPESTATUS[0]}" = 0
 
-if [ "${CREME_SKIP_SLOW:-0}" != 1 ]; then
-  step "slow tests: the real Qwen model on lavapipe"
+if [ "${CREME_SLOW:-0}" = 1 ]; then
+  step "slow tests (CREME_SLOW=1): the real Qwen model on lavapipe, 24 HumanEval tasks"
   cargo test --workspace --exclude creme-web -- --ignored --test-threads=1 2>&1 | grep -v "XDG_RUNTIME_DIR"
   test "${PIPESTATUS[0]}" = 0
 fi
@@ -30,6 +30,7 @@ step "wasm32 build"
 scripts/build-web.sh >/dev/null
 
 step "browser tests (Chromium, WebGPU on SwiftShader)"
-(cd web && node tests/browser.mjs)
+cargo build -q -p creme-cli
+(cd web && CREME_BIN="$CARGO_TARGET_DIR/debug/creme" node tests/browser.mjs)
 
 step "all tests passed"

@@ -1,12 +1,16 @@
-// Browser test: serve web/, open it in Debian's Chromium (headless, WebGPU on SwiftShader) through
-// playwright-core, run the matmul kernel via creme-web and check it against the CPU reference.
-// A screenshot is saved to $ARTIFACTS (default test-artifacts/).
+// Browser tests: serve web/ (and the model cache under /models/), open pages in Debian's Chromium
+// (headless, WebGPU on SwiftShader) through playwright-core.
+//  1. GPU check page: the matmul kernel via creme-web equals the CPU reference.
+//  2. Generate page: SmolLM2-135M streamed by Range requests into WebGPU generates greedily the
+//     same tokens as the native `creme generate` run (CREME_BIN) on this machine.
+// Screenshots go to $ARTIFACTS (default test-artifacts/).
 import { chromium } from 'playwright-core';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
+import { serve, modelDir } from './serve.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const webRoot = path.resolve(here, '..');
@@ -39,6 +43,27 @@ try {
   check(r.cases.length === 6, `ran ${r.cases.length} matmul shapes`);
   for (const c of r.cases) check(c.err < 1e-4, `matmul m=${c.m} n=${c.n} k=${c.k}: max rel err ${c.err.toExponential(2)}`);
   check(r.ok, 'GPU result equals the CPU reference');
+
+  // 2. SmolLM2 in the page vs the native run.
+  const modelFile = 'smollm2-135m-instruct-q4_1.gguf';
+  const prompt = 'def is_palindrome(s: str) -> bool:\n    """Return True if s reads the same backwards."""\n';
+  const maxTokens = 16;
+  const bin = process.env.CREME_BIN;
+  if (!bin) throw new Error('CREME_BIN (the native creme binary) is not set');
+  const native = JSON.parse(execFileSync(bin, ['generate', '--model', path.join(modelDir(), modelFile), '--prompt', prompt,
+    '--max-tokens', String(maxTokens), '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const gp = await browser.newPage();
+  gp.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
+  const q = new URLSearchParams({ model: `/models/${modelFile}`, prompt, max: String(maxTokens), auto: '1' });
+  await gp.goto(`http://127.0.0.1:${port}/generate.html?${q}`);
+  await gp.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout: 600000 });
+  const g = await gp.evaluate(() => window.__creme);
+  await gp.screenshot({ path: path.join(artifacts, 'generate.png'), fullPage: true });
+  check(!g.error, `model page ran without error ${g.error ? '(' + g.error + ')' : ''}`);
+  check(g.config && g.config.n_layers === 30, `SmolLM2 streamed in by Range requests (${g.loadSeconds && g.loadSeconds.toFixed(1)} s)`);
+  check(JSON.stringify(g.tokens) === JSON.stringify(native.tokens), `browser greedy tokens equal the native run: ${JSON.stringify(g.tokens)} vs ${JSON.stringify(native.tokens)}`);
+  check(JSON.stringify(g.streamed) === JSON.stringify(g.tokens), 'every token was streamed to the page callback');
+  console.log(`browser generation: ${g.tokens && g.tokens.length} tokens in ${g.genSeconds && g.genSeconds.toFixed(1)} s: ${JSON.stringify(g.text)}`);
 } finally {
   await browser.close();
   server.close();

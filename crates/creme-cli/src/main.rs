@@ -101,6 +101,9 @@ enum Cmd {
         /// Apply CREME patches (safetensors from `creme edit`) before generating
         #[arg(long)]
         patch: Vec<PathBuf>,
+        /// Print JSON {tokens, text, finish} instead of the text
+        #[arg(long)]
+        json: bool,
     },
     /// Time the quantized matvec/matmul kernels (decode and prompt shapes) on this adapter
     BenchKernels {
@@ -237,7 +240,7 @@ fn run(cli: Cli) -> Res {
             let gpu = Gpu::new_blocking(&gpu.options())?;
             trace_cmd::run(&gpu, trace_cmd::TraceArgs { model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out })
         }
-        Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream, patch } => {
+        Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream, patch, json } => {
             let prompt = match (prompt, prompt_file) {
                 (Some(p), _) => p,
                 (None, Some(f)) if f.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
@@ -273,7 +276,11 @@ fn run(cli: Cli) -> Res {
                 let s = t0.elapsed().as_secs_f64();
                 eprintln!("\n[{} prompt tokens, {} new tokens in {s:.2} s, {:.1} tok/s, finish {:?}]", ids.len(), c.tokens.len(), c.tokens.len() as f64 / s, c.finish);
             }
-            print!("{}", c.text);
+            if json {
+                println!("{}", serde_json::to_string(c)?);
+            } else {
+                print!("{}", c.text);
+            }
             Ok(())
         }
     }

@@ -1,7 +1,13 @@
-//! creme-web: the browser facade over creme-core (wasm-bindgen). Errors reach JS as exceptions
-//! carrying creme-core's message; panics are printed to the console with a stack.
+//! creme-web: the browser facade over creme-core (wasm-bindgen). A `Session` owns one WebGPU
+//! device and at most one model, loaded from streamed pieces: the GGUF header first (a prefix
+//! of the file), then one tensor at a time, so the page never holds the whole file. Errors reach
+//! JS as exceptions carrying creme-core's message; panics print to the console with a stack.
 
-use creme_core::{cpu, Gpu, GpuOptions};
+use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::model::{GgufHeader, Model, ModelLoader};
+use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::{cpu, Gpu, GpuOptions, ModelError};
+use serde_json::json;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(start)]
@@ -13,10 +19,11 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
 
-/// One GPU device in the page, with everything loaded into it.
 #[wasm_bindgen]
 pub struct Session {
     gpu: Gpu,
+    loader: Option<ModelLoader>,
+    model: Option<Model>,
 }
 
 #[wasm_bindgen]
@@ -24,7 +31,7 @@ impl Session {
     /// Open WebGPU (navigator.gpu) with the adapter's own limits.
     pub async fn create() -> Result<Session, JsError> {
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_err)?;
-        Ok(Session { gpu })
+        Ok(Session { gpu, loader: None, model: None })
     }
 
     /// The adapter report (name, backend, features, limits) as JSON.
@@ -36,6 +43,100 @@ impl Session {
     /// y = x · wᵀ on the GPU (x: m×k, w: n×k, row-major).
     pub async fn matmul(&self, x: Vec<f32>, w: Vec<f32>, m: usize, n: usize, k: usize) -> Result<Vec<f32>, JsError> {
         self.gpu.matmul_f32(&x, &w, m, n, k).await.map_err(js_err)
+    }
+
+    /// Bytes of the file's start needed to read the GGUF header: 0 when `prefix` suffices, else
+    /// how many to fetch (call again with more).
+    #[wasm_bindgen(js_name = headerBytesNeeded)]
+    pub fn header_bytes_needed(prefix: &[u8]) -> Result<f64, JsError> {
+        match GgufHeader::parse(prefix) {
+            Ok(_) => Ok(0.0),
+            Err(ModelError::Truncated { need, .. }) => Ok(need.max(prefix.len() as u64 * 2) as f64),
+            Err(e) => Err(js_err(e)),
+        }
+    }
+
+    /// Start loading a model from its GGUF header. Returns JSON: config and the tensors in file
+    /// order with their absolute byte ranges [{name, start, end}], for HTTP Range requests.
+    #[wasm_bindgen(js_name = beginModel)]
+    pub fn begin_model(&mut self, prefix: &[u8], file_len: f64) -> Result<String, JsError> {
+        let header = GgufHeader::parse(prefix).map_err(js_err)?;
+        header.check_len(file_len as u64).map_err(js_err)?;
+        let loader = ModelLoader::new(&header).map_err(js_err)?;
+        let mut tensors = header.tensors.clone();
+        tensors.sort_by_key(|t| t.offset);
+        let list: Vec<_> = tensors
+            .iter()
+            .map(|t| {
+                let r = header.tensor_range(t);
+                json!({"name": t.name, "start": r.start, "end": r.end, "type": t.dtype.name()})
+            })
+            .collect();
+        let doc = json!({"config": loader.config(), "tensors": list});
+        self.model = None;
+        self.loader = Some(loader);
+        Ok(doc.to_string())
+    }
+
+    /// Upload one tensor's bytes (named as in the list from beginModel).
+    #[wasm_bindgen(js_name = addTensor)]
+    pub fn add_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
+        let loader = self.loader.as_mut().ok_or_else(|| JsError::new("addTensor before beginModel"))?;
+        loader.add_tensor(&self.gpu, name, bytes).map_err(js_err)
+    }
+
+    /// Finish loading; returns the model config as JSON.
+    #[wasm_bindgen(js_name = finishModel)]
+    pub fn finish_model(&mut self, max_positions: usize) -> Result<String, JsError> {
+        let loader = self.loader.take().ok_or_else(|| JsError::new("finishModel before beginModel"))?;
+        let model = loader.finish(&self.gpu, max_positions.max(64)).map_err(js_err)?;
+        let cfg = serde_json::to_string(&model.cfg).map_err(js_err)?;
+        self.model = Some(model);
+        Ok(cfg)
+    }
+
+    fn model(&self) -> Result<&Model, JsError> {
+        self.model.as_ref().ok_or_else(|| JsError::new("no model loaded"))
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
+        self.model()?.tokenizer.encode(text).map_err(js_err)
+    }
+
+    pub fn detokenize(&self, ids: Vec<u32>) -> Result<String, JsError> {
+        self.model()?.tokenizer.decode(&ids).map_err(js_err)
+    }
+
+    /// Generate from `prompt`; `on_token(id, text)` is called for each new token. Greedy when
+    /// temperature is 0. Returns JSON {tokens, text, finish}.
+    pub async fn generate(&self, prompt: String, max_tokens: usize, temperature: f32, seed: f64, humaneval: bool, on_token: Option<js_sys::Function>) -> Result<String, JsError> {
+        let model = self.model()?;
+        let ids = model.tokenizer.encode(&prompt).map_err(js_err)?;
+        let opts = GenerateOptions { max_new_tokens: max_tokens, temperature, top_p: 0.95, seed: seed as u64, stop: if humaneval { humaneval_stops() } else { Vec::new() } };
+        let tok = &model.tokenizer;
+        let mut cb = |_: usize, id: u32| {
+            if let Some(f) = &on_token {
+                let piece = tok.decode(&[id]).unwrap_or_default();
+                let _ = f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from(piece));
+            }
+        };
+        let out = generate(&self.gpu, model, &[ids], &opts, &mut cb).await.map_err(js_err)?;
+        serde_json::to_string(&out[0]).map_err(js_err)
+    }
+
+    /// Causal trace with the logprob metric (no code execution): JSON with per-layer restoration,
+    /// distances and the key layer, for every prompt position and for differing positions only.
+    #[wasm_bindgen(js_name = traceLogprob)]
+    pub async fn trace_logprob(&self, clean: String, pert: String, target_tokens: usize) -> Result<String, JsError> {
+        let model = self.model()?;
+        let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
+        let target = trace::greedy_target(&self.gpu, model, &c, target_tokens).await.map_err(js_err)?;
+        let setup = trace::prepare(&self.gpu, model, &c, &p, &target).await.map_err(js_err)?;
+        let all = trace::trace_layers(&self.gpu, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let diff = trace::trace_layers(&self.gpu, model, &setup, PatchPositions::Differing, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let doc = json!({"target": model.tokenizer.decode(&target).map_err(js_err)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
+                         "all_positions": all, "differing_positions": diff});
+        Ok(doc.to_string())
     }
 }
 
