@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use crate::error::ModelError;
+use crate::generate::left_pad;
 use crate::gpu::layers::AdamParams;
 use crate::gpu::Gpu;
 use crate::hooks::{Hooks, Site};
@@ -43,12 +44,10 @@ pub async fn capture(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], targ
     if target.is_empty() || clean.is_empty() || pert.is_empty() {
         return Err(ModelError::Format("edit: prompts and target must be non-empty".into()));
     }
-    let len = clean.len().max(pert.len()) + target.len();
-    let seq = |p: &[u32]| -> Vec<u32> { std::iter::repeat(cfg.pad_id).take(len - p.len() - target.len()).chain(p.iter().cloned()).chain(target.iter().cloned()).collect() };
-    let pads = vec![(len - clean.len() - target.len()) as u32, (len - pert.len() - target.len()) as u32];
+    let (batch, pads, len) = left_pad(cfg.pad_id, &[clean, pert], target);
     let mut cache = model.new_cache(gpu, pads, len)?;
     let hooks = Hooks::capture([Site::ResidMid(layer), Site::MlpAct(layer), Site::ResidOut(layer)]);
-    let out = model.forward(gpu, &mut cache, &[seq(clean), seq(pert)], &hooks, Logits::None)?;
+    let out = model.forward(gpu, &mut cache, &batch, &hooks, Logits::None)?;
     let (n, d, f) = (target.len(), cfg.d_model, cfg.d_ff);
     let mut sides = Vec::new();
     for (site, width) in [(Site::ResidMid(layer), d), (Site::MlpAct(layer), f), (Site::ResidOut(layer), d)] {
@@ -377,12 +376,9 @@ pub async fn loss_by_forward(gpu: &Gpu, model: &mut Model, clean: &[u32], pert: 
 /// Layer outputs at the target positions of orig = clean + target and pert = pert + target.
 async fn layer_outputs(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let (n, d) = (target.len(), model.cfg.d_model);
-    let len = clean.len().max(pert.len()) + target.len();
-    let cfg = &model.cfg;
-    let seq = |p: &[u32]| -> Vec<u32> { std::iter::repeat(cfg.pad_id).take(len - p.len() - target.len()).chain(p.iter().cloned()).chain(target.iter().cloned()).collect() };
-    let pads = vec![(len - clean.len() - target.len()) as u32, (len - pert.len() - target.len()) as u32];
+    let (batch, pads, len) = left_pad(model.cfg.pad_id, &[clean, pert], target);
     let mut cache = model.new_cache(gpu, pads, len)?;
-    let out = model.forward(gpu, &mut cache, &[seq(clean), seq(pert)], &Hooks::capture([Site::ResidOut(layer)]), Logits::None)?;
+    let out = model.forward(gpu, &mut cache, &batch, &Hooks::capture([Site::ResidOut(layer)]), Logits::None)?;
     let (buf, _, _) = out.captured.get(Site::ResidOut(layer)).expect("captured");
     let all: Vec<f32> = gpu.read(buf, 2 * len * d).await?;
     let side = |b: usize| all[(b * len + len - n) * d..(b + 1) * len * d].to_vec();

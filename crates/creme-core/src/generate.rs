@@ -45,6 +45,15 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+/// Left-pad prompts (each followed by `suffix`) to one length, aligned at the end: the batch,
+/// each sequence's pad length, and the common length.
+pub fn left_pad(pad_id: u32, prompts: &[&[u32]], suffix: &[u32]) -> (Vec<Vec<u32>>, Vec<u32>, usize) {
+    let frame = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let batch = prompts.iter().map(|p| std::iter::repeat(pad_id).take(frame - p.len()).chain(p.iter().cloned()).chain(suffix.iter().cloned()).collect()).collect();
+    let pads = prompts.iter().map(|p| (frame - p.len()) as u32).collect();
+    (batch, pads, frame + suffix.len())
+}
+
 /// Cut `text` at the earliest occurrence of any stop string.
 pub fn cut_at_stops(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
@@ -100,9 +109,8 @@ pub async fn generate(
             opts.max_new_tokens, model.max_positions
         )));
     }
-    let cfg = &model.cfg;
-    let pad: Vec<u32> = prompts.iter().map(|p| (longest - p.len()) as u32).collect();
-    let batch: Vec<Vec<u32>> = prompts.iter().map(|p| std::iter::repeat(cfg.pad_id).take(longest - p.len()).chain(p.iter().cloned()).collect()).collect();
+    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let (batch, pad, _) = left_pad(model.cfg.pad_id, &refs, &[]);
     let mut cache = model.new_cache(gpu, pad, capacity)?;
     let fwd = model.forward(gpu, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
     decode(gpu, model, &mut cache, fwd.logits.expect("asked for logits"), opts, on_token).await

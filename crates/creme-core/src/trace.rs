@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::error::ModelError;
-use crate::generate::{decode, generate, Completion, GenerateOptions};
+use crate::generate::{decode, generate, left_pad, Completion, GenerateOptions};
 use crate::gpu::Gpu;
 use crate::hooks::{Hooks, Site};
 use crate::model::transformer::{Input, KvCache, Logits, Model};
@@ -60,6 +60,21 @@ impl TraceSetup {
     pub fn pad_pert(&self) -> usize {
         self.frame - self.pert.len()
     }
+    /// Each probe's starting state, `rows` rows per probe (the frame, or frame + target): the
+    /// perturbed run's stream after the probe's layer, with the probe's positions taken from the
+    /// clean run.
+    fn write_probe_states<'p>(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, probes: impl Iterator<Item = &'p Probe>, rows: usize, d: usize) {
+        let rb = (d * 4) as u64;
+        let s = self.seq_len() as u64;
+        for (slot, p) in probes.enumerate() {
+            let st = &self.states[p.layer];
+            enc.copy_buffer_to_buffer(st, s * rb, x, (slot * rows) as u64 * rb, rows as u64 * rb);
+            for &i in &p.positions {
+                enc.copy_buffer_to_buffer(st, i as u64 * rb, x, (slot * rows + i) as u64 * rb, rb);
+            }
+        }
+    }
+
     /// Frame positions where the aligned prompts hold different tokens (pads count as different).
     pub fn differing_positions(&self) -> Vec<usize> {
         (0..self.frame)
@@ -94,11 +109,9 @@ pub async fn prepare(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], targ
         return Err(ModelError::Format("trace: clean prompt, perturbed prompt and target must be non-empty".into()));
     }
     let cfg = &model.cfg;
-    let frame = clean.len().max(pert.len());
-    let s = frame + target.len();
-    let seq = |p: &[u32]| -> Vec<u32> { std::iter::repeat(cfg.pad_id).take(frame - p.len()).chain(p.iter().cloned()).chain(target.iter().cloned()).collect() };
-    let batch = vec![seq(clean), seq(pert)];
-    let mut cache = model.new_cache(gpu, vec![(frame - clean.len()) as u32, (frame - pert.len()) as u32], s)?;
+    let (batch, pads, s) = left_pad(cfg.pad_id, &[clean, pert], target);
+    let frame = s - target.len();
+    let mut cache = model.new_cache(gpu, pads, s)?;
     let hooks = Hooks::capture((0..cfg.n_layers).map(Site::ResidOut));
     let mut rows = target_rows(0, s, frame, target.len());
     rows.extend(target_rows(1, s, frame, target.len()));
@@ -139,21 +152,11 @@ pub async fn probe_logprobs(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes
     let per_probe = ((s * cfg.d_ff).max(n * cfg.vocab) * 4) as u64;
     let fit = ((gpu.max_binding_bytes() / per_probe.max(1)) as usize).clamp(1, 64);
     let mut scores = vec![0f64; probes.len()];
-    let rb = (d * 4) as u64;
     for group in order.chunks(fit) {
         let g = group.len();
-        // Each probe's starting state: the perturbed run's stream after its layer, with the
-        // chosen prompt rows taken from the clean run.
         let x = gpu.storage("probe states", (g * s * d * 4) as u64);
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        for (slot, &pi) in group.iter().enumerate() {
-            let p = &probes[pi];
-            let st = &setup.states[p.layer];
-            enc.copy_buffer_to_buffer(st, (s * d * 4) as u64, &x, (slot * s * d * 4) as u64, (s as u64) * rb);
-            for &i in &p.positions {
-                enc.copy_buffer_to_buffer(st, i as u64 * rb, &x, (slot * s + i) as u64 * rb, rb);
-            }
-        }
+        setup.write_probe_states(&mut enc, &x, group.iter().map(|&pi| &probes[pi]), s, d);
         gpu.queue.submit([enc.finish()]);
         let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
         let mut cache = model.new_cache(gpu, vec![setup.pad_pert() as u32; g], s)?;
@@ -249,7 +252,7 @@ pub async fn trace_grid<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &
 /// then continues normally. Returns one completion per probe.
 pub async fn generate_from_probes(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe], opts: &GenerateOptions) -> Result<Vec<Completion>, ModelError> {
     let cfg = &model.cfg;
-    let (s, d, frame) = (setup.seq_len(), cfg.d_model, setup.frame);
+    let (d, frame) = (cfg.d_model, setup.frame);
     let capacity = frame + opts.max_new_tokens;
     if capacity > model.max_positions {
         return Err(ModelError::Format(format!("{frame} prompt tokens + {} new tokens exceed the context of {}", opts.max_new_tokens, model.max_positions)));
@@ -260,20 +263,14 @@ pub async fn generate_from_probes(gpu: &Gpu, model: &Model, setup: &TraceSetup, 
     let per_probe = ((frame * cfg.d_ff).max(capacity * kvw).max(cfg.vocab) * 4) as u64;
     let fit = ((gpu.max_binding_bytes() / per_probe.max(1)) as usize).clamp(1, 32);
     let mut out: Vec<Option<Completion>> = vec![None; probes.len()];
-    let rb = (d * 4) as u64;
     for group in order.chunks(fit) {
         let g = group.len();
         let x = gpu.storage("probe states", (g * frame * d * 4) as u64);
         let cache = model.new_cache(gpu, vec![setup.pad_pert() as u32; g], capacity)?;
         let mut enc = gpu.device.create_command_encoder(&Default::default());
+        setup.write_probe_states(&mut enc, &x, group.iter().map(|&pi| &probes[pi]), frame, d);
         for (slot, &pi) in group.iter().enumerate() {
-            let p = &probes[pi];
-            let st = &setup.states[p.layer];
-            enc.copy_buffer_to_buffer(st, (s * d * 4) as u64, &x, (slot * frame * d * 4) as u64, (frame as u64) * rb);
-            for &i in &p.positions {
-                enc.copy_buffer_to_buffer(st, i as u64 * rb, &x, (slot * frame + i) as u64 * rb, rb);
-            }
-            cache.copy_from(&mut enc, &setup.cache, 1, slot, 0..p.layer + 1, 0..frame);
+            cache.copy_from(&mut enc, &setup.cache, 1, slot, 0..probes[pi].layer + 1, 0..frame);
         }
         gpu.queue.submit([enc.finish()]);
         let mut cache = cache;
