@@ -16,7 +16,8 @@ step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
 step setup
 scripts/setup.sh
 
-step "native tests (lavapipe Vulkan + llvmpipe GL)"
+step "native build and tests (lavapipe Vulkan + llvmpipe GL)"
+cargo build --workspace --exclude creme-web
 cargo test --workspace --exclude creme-web 2>&1 | grep -v "XDG_RUNTIME_DIR"
 test "${PIPESTATUS[0]}" = 0
 
@@ -30,7 +31,6 @@ step "wasm32 build"
 scripts/build-web.sh >/dev/null
 
 step "browser tests (Chromium, WebGPU on SwiftShader)"
-cargo build -q -p creme-cli
 (cd web && CREME_BIN="$CARGO_TARGET_DIR/debug/creme" node tests/browser.mjs)
 
 step "all tests passed"

@@ -182,3 +182,51 @@ pub fn run_many(programs: &[String], limits: &Limits, workers: usize) -> Vec<Run
     });
     results.into_inner().unwrap().into_iter().map(|r| r.unwrap()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quick() -> Limits {
+        Limits { wall: Duration::from_secs(3), cpu_seconds: 3, ..Limits::default() }
+    }
+
+    #[test]
+    fn pass_fail_and_exception_are_told_apart() {
+        assert_eq!(run_python("assert 1 + 1 == 2\n", &quick()).verdict, Verdict::Pass);
+        let r = run_python("def f():\n    return 1\nassert f() == 2, 'wrong'\n", &quick());
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.stderr_tail.contains("AssertionError"), "{}", r.stderr_tail);
+    }
+
+    #[test]
+    fn an_infinite_loop_times_out_and_its_children_die() {
+        let r = run_python("import subprocess, time\nsubprocess.Popen(['sleep', '30'])\nwhile True: pass\n", &quick());
+        assert_eq!(r.verdict, Verdict::Timeout);
+        assert!(r.seconds < 10.0);
+    }
+
+    #[test]
+    fn the_parent_environment_is_not_visible() {
+        std::env::set_var("CREME_SECRET_FOR_TEST", "leak");
+        let r = run_python("import os\nassert 'CREME_SECRET_FOR_TEST' not in os.environ, dict(os.environ)\n", &quick());
+        assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+    }
+
+    #[test]
+    fn huge_allocations_and_files_are_stopped() {
+        let r = run_python("x = bytearray(8 * 1024 ** 3)\n", &quick());
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.stderr_tail.contains("MemoryError"), "{}", r.stderr_tail);
+        let r = run_python("open('big', 'wb').write(b'0' * (64 << 20))\n", &quick());
+        assert_ne!(r.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn many_programs_run_in_parallel_in_order() {
+        let programs: Vec<String> = (0..6).map(|i| format!("assert {i} % 2 == 0\n")).collect();
+        let r = run_many(&programs, &quick(), 3);
+        let v: Vec<bool> = r.iter().map(|r| r.verdict == Verdict::Pass).collect();
+        assert_eq!(v, vec![true, false, true, false, true, false]);
+    }
+}
