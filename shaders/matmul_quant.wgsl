@@ -44,6 +44,16 @@ fn u32_at(off: u32) -> u32 {
 fn i8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
+// Four bytes starting at any byte offset, little-endian (two word loads instead of four byte loads).
+fn bytes4(off: u32) -> u32 {
+    let i = off >> 2u;
+    let sh = (off & 3u) * 8u;
+    let lo = w[i];
+    if (sh == 0u) {
+        return lo;
+    }
+    return (lo >> sh) | (w[i + 1u] << (32u - sh));
+}
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
