@@ -30,6 +30,8 @@ pub struct EditArgs {
     pub target_tokens: usize,
     pub out: PathBuf,
     pub report: Option<PathBuf>,
+    /// Skip generating and testing before/after (just trace/edit and write the patch).
+    pub no_eval: bool,
 }
 
 fn sha256_file(path: &std::path::Path) -> Res<String> {
@@ -71,9 +73,14 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     let t_all = Instant::now();
 
     // Before: both completions and their tests.
-    let (clean_before, clean_v0) = complete_and_test(gpu, &model, &clean_text, problems.as_ref().map(|p| &p.0))?;
-    let (pert_before, pert_v0) = complete_and_test(gpu, &model, &pert_text, problems.as_ref().map(|p| &p.1))?;
-    println!("== {label}\n-- clean prompt completion [{}]:\n{clean_before}\n-- perturbed prompt completion [{}]:\n{pert_before}", verdict_str(clean_v0), verdict_str(pert_v0));
+    let skip = |_: &Model, _: &str, _: Option<&Problem>| -> Res<(String, Option<Verdict>)> { Ok((String::new(), None)) };
+    let eval: &dyn Fn(&Model, &str, Option<&Problem>) -> Res<(String, Option<Verdict>)> = if a.no_eval { &skip } else { &|m, p, pr| complete_and_test(gpu, m, p, pr) };
+    let (clean_before, clean_v0) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
+    let (pert_before, pert_v0) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
+    println!("== {label}");
+    if !a.no_eval {
+        println!("-- clean prompt completion [{}]:\n{clean_before}\n-- perturbed prompt completion [{}]:\n{pert_before}", verdict_str(clean_v0), verdict_str(pert_v0));
+    }
 
     // Target: the clean prompt's greedy continuation.
     let target = pollster::block_on(trace::greedy_target(gpu, &model, &clean, a.target_tokens))?;
@@ -123,10 +130,12 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
 
     // After.
     patch.apply(gpu, &mut model)?;
-    let (pert_after, pert_v1) = complete_and_test(gpu, &model, &pert_text, problems.as_ref().map(|p| &p.1))?;
-    let (clean_after, clean_v1) = complete_and_test(gpu, &model, &clean_text, problems.as_ref().map(|p| &p.0))?;
+    let (pert_after, pert_v1) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
+    let (clean_after, clean_v1) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
     model.revert_ffn_down(layer);
-    println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
+    if !a.no_eval {
+        println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
+    }
     println!("== total {:.1} s on {}", t_all.elapsed().as_secs_f64(), gpu.report.name);
 
     if let Some(dir) = &a.report {

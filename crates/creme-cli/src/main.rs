@@ -201,6 +201,9 @@ enum Cmd {
         /// Also write an HTML report (trace curve, loss curve, completions) into this directory
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Do not generate and test before/after the edit
+        #[arg(long)]
+        no_eval: bool,
     },
     /// Check the f32 matmul kernel against the CPU reference on random shapes
     CheckMatmul {
@@ -231,10 +234,10 @@ fn run(cli: Cli) -> Res {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
-        Cmd::Edit { gpu, model, task, ptype, dataset, clean_file, pert_file, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report } => {
+        Cmd::Edit { gpu, model, task, ptype, dataset, clean_file, pert_file, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report, no_eval } => {
             let settings = edit_cmd::settings(&solver, lr, steps, patience, lambda, &keep, ridge)?;
             let gpu = Gpu::new_blocking(&gpu.options())?;
-            edit_cmd::run(&gpu, edit_cmd::EditArgs { model, task, ptype, dataset, clean_file, pert_file, layer, settings, target_tokens, out, report })
+            edit_cmd::run(&gpu, edit_cmd::EditArgs { model, task, ptype, dataset, clean_file, pert_file, layer, settings, target_tokens, out, report, no_eval })
         }
         Cmd::Trace { gpu, model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out } => {
             let gpu = Gpu::new_blocking(&gpu.options())?;
