@@ -2,7 +2,8 @@
 """Run `creme edit` on the four C3 tasks of ../shared/oracle/.../creme_reference_C3.json at the
 reference's key layers, with both settings recorded there, and print steps and best loss next to
 the reference's (HF transformers, fp32, H100).  Usage: scripts/compare-c3-edits.py [--eval]
-(--eval also generates and tests before/after, slow on a CPU adapter)."""
+(--eval also generates and tests before/after, slow on a CPU adapter; --paper-only runs only
+the paper's settings; --tasks HumanEval/0,HumanEval/16 limits the tasks)."""
 import json, os, subprocess, sys, tempfile
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,8 +14,16 @@ creme = os.environ.get("CREME_BIN", os.path.join(cache, "target-native/release/c
 settings = [["--lr", "5e-4", "--steps", "20", "--patience", "3", "--keep", "final"],
             ["--lr", "1e-4", "--steps", "60", "--patience", "6", "--keep", "best"]]
 rows = []
-for run, args in zip(ref["runs"], settings):
+only = None
+if "--tasks" in sys.argv:
+    only = sys.argv[sys.argv.index("--tasks") + 1].split(",")
+pairs = list(zip(ref["runs"], settings))
+if "--paper-only" in sys.argv:
+    pairs = pairs[:1]
+for run, args in pairs:
     for r in run["results"]:
+        if only and r["task"] not in only:
+            continue
         out = tempfile.mkdtemp(prefix="creme-c3-")
         cmd = [creme, "edit", "--task", r["task"], "--type", r["type"], "--layer", str(r["key"]),
                "--out", os.path.join(out, "patch.safetensors"), "--report", out] + args
