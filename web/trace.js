@@ -9,6 +9,7 @@ const q = new URLSearchParams(location.search);
 $('url').value = q.get('model') || '/models/smollm2-135m-instruct-q4_1.gguf';
 $('clean').value = q.get('clean') || 'def add(a, b):\n    """Return the sum of a and b."""\n';
 $('pert').value = q.get('pert') || 'def add(a, b):\n    """Retrun teh sum of a adn b."""\n';
+if (q.get('n')) $('ntarget').value = q.get('n');
 const state = { done: false, error: null };
 window.__creme = state;
 let session;

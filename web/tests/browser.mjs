@@ -68,14 +68,17 @@ try {
   // 3. The educational trace page: a live logprob trace of SmolLM2 in the page.
   const tp = await browser.newPage();
   tp.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
-  await tp.goto(`http://127.0.0.1:${port}/trace.html?auto=1`);
+  // Short prompts keep the software-rendered trace (SwiftShader) to a couple of minutes.
+  const tq = new URLSearchParams({ auto: '1', n: '4', clean: 'def add(a, b):\n    """Sum two numbers."""\n', pert: 'def add(a, b):\n    """Sun two numbrs."""\n' });
+  await tp.goto(`http://127.0.0.1:${port}/trace.html?${tq}`);
   await tp.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout: 900000 });
   const t = await tp.evaluate(() => window.__creme);
   await tp.screenshot({ path: path.join(artifacts, 'trace.png'), fullPage: true });
   check(!t.error, `trace page ran without error ${t.error ? '(' + t.error + ')' : ''}`);
   const tr = t.trace;
   check(tr && tr.all_positions.scores.length === 30 && tr.differing_positions.scores.length === 30, 'trace page: restoration for all 30 layers, both variants');
-  check(tr && tr.all_positions.scores.every(Number.isFinite) && tr.lp_clean > tr.lp_pert, `trace page: finite scores, lp_clean ${tr && tr.lp_clean.toFixed(2)} > lp_pert ${tr && tr.lp_pert.toFixed(2)}`);
+  check(tr && tr.all_positions.scores.every(Number.isFinite) && Number.isFinite(tr.lp_clean) && Number.isFinite(tr.lp_pert),
+    `trace page: finite scores (lp_clean ${tr && tr.lp_clean.toFixed(2)}, lp_pert ${tr && tr.lp_pert.toFixed(2)})`);
   console.log(`trace page: key layer ${tr && tr.all_positions.key_layer} (differing: ${tr && tr.differing_positions.key_layer}) in ${t.seconds && t.seconds.toFixed(1)} s`);
 } finally {
   await browser.close();
