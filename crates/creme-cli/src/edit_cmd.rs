@@ -19,12 +19,7 @@ use crate::common::{self, Res};
 use crate::sandbox::{run_python, Limits, Verdict};
 
 pub struct EditArgs {
-    pub model: Option<PathBuf>,
-    pub task: Option<String>,
-    pub ptype: Option<String>,
-    pub dataset: Option<PathBuf>,
-    pub clean_file: Option<PathBuf>,
-    pub pert_file: Option<PathBuf>,
+    pub pair: crate::trace_cmd::PairArgs,
     pub layer: Option<usize>,
     pub settings: EditSettings,
     pub target_tokens: usize,
@@ -59,12 +54,9 @@ fn verdict_str(v: Option<Verdict>) -> &'static str {
 }
 
 pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
-    let (clean_text, pert_text, label) = crate::trace_cmd::prompts(&a.task, &a.ptype, a.dataset.as_deref(), &a.clean_file, &a.pert_file)?;
-    let problems = match (&a.task, &a.ptype) {
-        (Some(t), Some(ty)) => Some(common::task_pair(&common::dataset_dir(a.dataset.as_deref())?, t, ty)?),
-        _ => None,
-    };
-    let model_path = match &a.model {
+    let (clean_text, pert_text, label) = a.pair.prompts()?;
+    let problems = a.pair.problems()?;
+    let model_path = match &a.pair.model {
         Some(p) => p.clone(),
         None => std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| common::cache_dir().join("models")).join(common::DEFAULT_MODEL),
     };

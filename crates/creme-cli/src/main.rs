@@ -119,23 +119,8 @@ enum Cmd {
     Trace {
         #[command(flatten)]
         gpu: GpuFlags,
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// HumanEval task id, e.g. HumanEval/0
-        #[arg(long)]
-        task: Option<String>,
-        /// Perturbation type (A1..S2)
-        #[arg(long = "type")]
-        ptype: Option<String>,
-        /// Dataset directory (HumanEval.jsonl + perturbed/<TYPE>.jsonl)
-        #[arg(long)]
-        dataset: Option<PathBuf>,
-        /// Clean prompt file (instead of --task/--type)
-        #[arg(long)]
-        clean_file: Option<PathBuf>,
-        /// Perturbed prompt file
-        #[arg(long)]
-        pert_file: Option<PathBuf>,
+        #[command(flatten)]
+        pair: trace_cmd::PairArgs,
         /// Restoration metric: logprob (teacher-forced clean continuation) or pass (execute tests)
         #[arg(long, default_value = "logprob")]
         metric: String,
@@ -159,18 +144,8 @@ enum Cmd {
     Edit {
         #[command(flatten)]
         gpu: GpuFlags,
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        task: Option<String>,
-        #[arg(long = "type")]
-        ptype: Option<String>,
-        #[arg(long)]
-        dataset: Option<PathBuf>,
-        #[arg(long)]
-        clean_file: Option<PathBuf>,
-        #[arg(long)]
-        pert_file: Option<PathBuf>,
+        #[command(flatten)]
+        pair: trace_cmd::PairArgs,
         /// Edit this layer without tracing (the paper's lightweight variant)
         #[arg(long)]
         layer: Option<usize>,
@@ -234,14 +209,14 @@ fn run(cli: Cli) -> Res {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
-        Cmd::Edit { gpu, model, task, ptype, dataset, clean_file, pert_file, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report, no_eval } => {
+        Cmd::Edit { gpu, pair, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report, no_eval } => {
             let settings = edit_cmd::settings(&solver, lr, steps, patience, lambda, &keep, ridge)?;
             let gpu = Gpu::new_blocking(&gpu.options())?;
-            edit_cmd::run(&gpu, edit_cmd::EditArgs { model, task, ptype, dataset, clean_file, pert_file, layer, settings, target_tokens, out, report, no_eval })
+            edit_cmd::run(&gpu, edit_cmd::EditArgs { pair, layer, settings, target_tokens, out, report, no_eval })
         }
-        Cmd::Trace { gpu, model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out } => {
+        Cmd::Trace { gpu, pair, metric, grid, grid_all, target_tokens, samples, out } => {
             let gpu = Gpu::new_blocking(&gpu.options())?;
-            trace_cmd::run(&gpu, trace_cmd::TraceArgs { model, task, ptype, dataset, clean_file, pert_file, metric, grid, grid_all, target_tokens, samples, out })
+            trace_cmd::run(&gpu, trace_cmd::TraceArgs { pair, metric, grid, grid_all, target_tokens, samples, out })
         }
         Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream, patch, json } => {
             let prompt = match (prompt, prompt_file) {

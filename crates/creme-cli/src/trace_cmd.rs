@@ -1,6 +1,6 @@
 //! `creme trace`: locate the robustness-sensitive layer of one clean/perturbed prompt pair.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use creme_core::report;
@@ -11,13 +11,53 @@ use serde_json::json;
 use crate::common::{self, Res};
 use crate::pass_metric::{improvement, RestorationByPass};
 
-pub struct TraceArgs {
+/// The model and the clean/perturbed prompt pair, shared by `trace` and `edit`.
+#[derive(clap::Args, Clone)]
+pub struct PairArgs {
+    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+    #[arg(long)]
     pub model: Option<PathBuf>,
+    /// HumanEval task id, e.g. HumanEval/0
+    #[arg(long)]
     pub task: Option<String>,
+    /// Perturbation type (A1..S2)
+    #[arg(long = "type")]
     pub ptype: Option<String>,
+    /// Dataset directory (HumanEval.jsonl + perturbed/<TYPE>.jsonl)
+    #[arg(long)]
     pub dataset: Option<PathBuf>,
+    /// Clean prompt file (instead of --task/--type)
+    #[arg(long)]
     pub clean_file: Option<PathBuf>,
+    /// Perturbed prompt file
+    #[arg(long)]
     pub pert_file: Option<PathBuf>,
+}
+
+impl PairArgs {
+    /// The clean and perturbed prompt texts and a label, from a task or from two files.
+    pub fn prompts(&self) -> Res<(String, String, String)> {
+        match (&self.task, &self.ptype, &self.clean_file, &self.pert_file) {
+            (Some(t), Some(ty), None, None) => {
+                let (c, p) = common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?;
+                Ok((c.prompt, p.prompt, format!("{t} {ty}")))
+            }
+            (None, None, Some(c), Some(p)) => Ok((std::fs::read_to_string(c)?, std::fs::read_to_string(p)?, format!("{} vs {}", c.display(), p.display()))),
+            _ => Err("give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F".into()),
+        }
+    }
+
+    /// The clean and perturbed problems (with tests) when the pair is a task.
+    pub fn problems(&self) -> Res<Option<(creme_core::dataset::Problem, creme_core::dataset::Problem)>> {
+        match (&self.task, &self.ptype) {
+            (Some(t), Some(ty)) => Ok(Some(common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+pub struct TraceArgs {
+    pub pair: PairArgs,
     pub metric: String,
     pub grid: bool,
     pub grid_all: bool,
@@ -26,27 +66,15 @@ pub struct TraceArgs {
     pub out: PathBuf,
 }
 
-/// The clean and perturbed prompt texts and a label, from a task or from two files.
-pub fn prompts(task: &Option<String>, ptype: &Option<String>, dataset: Option<&Path>, clean_file: &Option<PathBuf>, pert_file: &Option<PathBuf>) -> Res<(String, String, String)> {
-    match (task, ptype, clean_file, pert_file) {
-        (Some(t), Some(ty), None, None) => {
-            let (c, p) = common::task_pair(&common::dataset_dir(dataset)?, t, ty)?;
-            Ok((c.prompt, p.prompt, format!("{t} {ty}")))
-        }
-        (None, None, Some(c), Some(p)) => Ok((std::fs::read_to_string(c)?, std::fs::read_to_string(p)?, format!("{} vs {}", c.display(), p.display()))),
-        _ => Err("give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F".into()),
-    }
-}
-
 pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
     if a.metric != "logprob" && a.metric != "pass" {
         return Err(format!("unknown metric '{}' (logprob or pass)", a.metric).into());
     }
-    if a.metric == "pass" && a.task.is_none() {
+    if a.metric == "pass" && a.pair.task.is_none() {
         return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
     }
-    let (clean_text, pert_text, label) = prompts(&a.task, &a.ptype, a.dataset.as_deref(), &a.clean_file, &a.pert_file)?;
-    let model = common::load_model(gpu, a.model.as_deref(), 0)?;
+    let (clean_text, pert_text, label) = a.pair.prompts()?;
+    let model = common::load_model(gpu, a.pair.model.as_deref(), 0)?;
     let tok = &model.tokenizer;
     let (clean, pert) = (tok.encode(&clean_text)?, tok.encode(&pert_text)?);
     std::fs::create_dir_all(&a.out)?;
@@ -64,7 +92,7 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
     let diff = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::Differing, &mut metric))?;
     let mut pass_json = serde_json::Value::Null;
     if a.metric == "pass" {
-        let (clean_p, pert_p) = common::task_pair(&common::dataset_dir(a.dataset.as_deref())?, a.task.as_deref().unwrap(), a.ptype.as_deref().unwrap())?;
+        let (clean_p, pert_p) = a.pair.problems()?.ok_or("--metric pass needs --task/--type")?;
         let mut pm = RestorationByPass { problem: &pert_p, samples: a.samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
         let t4 = Instant::now();
         let acc_orig = pollster::block_on(pm.pass_ratio(gpu, &model, &clean_text, &clean_p))?;
