@@ -115,9 +115,12 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     meta.insert("target_tokens".to_string(), target.len().to_string());
     let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
     let bytes = patch.to_safetensors()?;
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
     let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, &a.out)?;
+    std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).map_err(|e| format!("writing {}: {e}", a.out.display()))?;
     println!("-- patch written: {} ({} KiB)", a.out.display(), bytes.len() / 1024);
 
     // After.
