@@ -1,7 +1,7 @@
 // Load a GGUF model by Range requests and generate greedily, tokens streamed into the page.
 // Query parameters (used by the tests): model=URL, prompt=TEXT, max=N, auto=1.
 import init, { Session } from './pkg/creme_web.js';
-import { loadModel } from './model.js';
+import { loadModel, runPage } from './model.js';
 
 const $ = (id) => document.getElementById(id);
 const q = new URLSearchParams(location.search);
@@ -10,9 +10,8 @@ $('prompt').value = q.get('prompt') || 'def fibonacci(n):\n';
 if (q.get('max')) $('max').value = q.get('max');
 const state = { done: false, error: null };
 window.__creme = state;
-let session;
 
-async function load() {
+async function load(session) {
   $('status').textContent = 'loading…';
   const t0 = performance.now();
   const cfg = await loadModel(session, Session, $('url').value, (f, name) => { $('progress').value = f; $('status').textContent = `${(f * 100).toFixed(0)}% ${name}`; });
@@ -22,7 +21,7 @@ async function load() {
   $('go').disabled = false;
 }
 
-async function gen() {
+async function gen(session) {
   $('out').textContent = $('prompt').value;
   const t0 = performance.now();
   const pieces = [];
@@ -34,15 +33,4 @@ async function gen() {
   state.text = r.text;
 }
 
-async function main() {
-  try {
-    await init();
-    if (!navigator.gpu) throw new Error('This browser has no WebGPU (navigator.gpu is missing).');
-    session = await Session.create();
-    $('load').onclick = () => load().catch(fail);
-    $('go').onclick = () => gen().catch(fail);
-    if (q.get('auto')) { await load(); await gen(); state.done = true; }
-  } catch (e) { fail(e); }
-}
-function fail(e) { state.error = String(e && e.message || e); state.done = true; $('status').innerHTML = `<span class="bad">${state.error}</span>`; }
-main();
+runPage(init, Session, state, load, gen);

@@ -36,3 +36,20 @@ export async function loadModel(session, SessionClass, url, onProgress = () => {
   }
   return JSON.parse(session.finishModel(4096));
 }
+
+// The page skeleton both model pages share: open WebGPU through creme-web, wire the Load (#load)
+// and action (#go) buttons, run both at once with ?auto=1, and report errors in #status.
+// Results go to `state` (window.__creme), which the browser tests read.
+export async function runPage(init, SessionClass, state, load, act) {
+  const status = document.getElementById('status');
+  const fail = (e) => { state.error = String(e && e.message || e); state.done = true; status.innerHTML = `<span class="bad">${state.error}</span>`; };
+  try {
+    await init();
+    if (!navigator.gpu) throw new Error('This browser has no WebGPU (navigator.gpu is missing).');
+    const session = await SessionClass.create();
+    document.getElementById('load').onclick = () => load(session).catch(fail);
+    document.getElementById('go').onclick = () => act(session).catch(fail);
+    if (new URLSearchParams(location.search).get('auto')) { await load(session); await act(session); }
+  } catch (e) { fail(e); }
+  state.done = true;
+}

@@ -2,7 +2,7 @@
 // (every layer patched at every prompt position, and at the differing positions only) and draws
 // the restoration curve. Query parameters for tests: model=URL, auto=1.
 import init, { Session } from './pkg/creme_web.js';
-import { loadModel } from './model.js';
+import { loadModel, runPage } from './model.js';
 
 const $ = (id) => document.getElementById(id);
 const q = new URLSearchParams(location.search);
@@ -12,7 +12,6 @@ $('pert').value = q.get('pert') || 'def add(a, b):\n    """Retrun teh sum of a a
 if (q.get('n')) $('ntarget').value = q.get('n');
 const state = { done: false, error: null };
 window.__creme = state;
-let session;
 
 function chart(all, diff) {
   const W = 760, H = 280, ml = 48, mr = 16, mt = 16, mb = 36;
@@ -37,14 +36,14 @@ function chart(all, diff) {
   return s;
 }
 
-async function load() {
+async function load(session) {
   const cfg = await loadModel(session, Session, $('url').value, (f, name) => { $('progress').value = f; $('status').textContent = `${(f * 100).toFixed(0)}% ${name}`; });
   state.config = cfg;
   $('status').textContent = `${cfg.name || cfg.arch}: ${cfg.n_layers} layers, d_model ${cfg.d_model}`;
   $('go').disabled = false;
 }
 
-async function trace() {
+async function trace(session) {
   $('tstatus').textContent = 'tracing…';
   const t0 = performance.now();
   const r = JSON.parse(await session.traceLogprob($('clean').value, $('pert').value, Number($('ntarget').value)));
@@ -56,16 +55,4 @@ async function trace() {
     Key layer: <b>${r.all_positions.key_layer}</b> when every prompt position is patched, <b>${r.differing_positions.key_layer}</b> when only the differing positions are.`;
 }
 
-async function main() {
-  try {
-    await init();
-    if (!navigator.gpu) throw new Error('This browser has no WebGPU (navigator.gpu is missing).');
-    session = await Session.create();
-    $('load').onclick = () => load().catch(fail);
-    $('go').onclick = () => trace().catch(fail);
-    if (q.get('auto')) { await load(); await trace(); }
-  } catch (e) { fail(e); }
-  state.done = true;
-}
-function fail(e) { state.error = String(e && e.message || e); state.done = true; $('status').innerHTML = `<span class="bad">${state.error}</span>`; }
-main();
+runPage(init, Session, state, load, trace);
