@@ -72,20 +72,12 @@ pub fn read_problems(path: &Path) -> Res<Vec<Problem>> {
 
 /// The clean and perturbed problem of a task.
 pub fn task_pair(dir: &Path, task: &str, ptype: &str) -> Res<(Problem, Problem)> {
-    if !dataset::PERTURBATION_TYPES.contains(&ptype) {
-        return Err(format!("unknown perturbation type '{ptype}' (one of {})", dataset::PERTURBATION_TYPES.join(", ")).into());
+    let (clean, _) = problem_set(dir, "clean")?;
+    let c = dataset::find(&clean, task).ok_or_else(|| format!("task '{task}' is not in {}", dir.display()))?;
+    let (pert, ours) = problem_set(dir, ptype)?;
+    if ours {
+        eprintln!("{} has no perturbed/{ptype}.jsonl: {ptype} applied by creme's perturbator", dir.display());
     }
-    let clean = read_problems(&dir.join("HumanEval.jsonl"))?;
-    let c = dataset::find(&clean, task).ok_or_else(|| format!("task '{task}' is not in {}", dir.join("HumanEval.jsonl").display()))?;
-    let set = dir.join("perturbed").join(format!("{ptype}.jsonl"));
-    if !set.exists() {
-        // No released set here: perturb the clean prompt with the project's own perturbator.
-        let seed = task.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let prompt = creme_core::perturb::perturb(&c.prompt, ptype, seed)?;
-        eprintln!("{} is not there: {ptype} applied by creme's perturbator (seed {seed})", set.display());
-        return Ok((c.clone(), Problem { prompt, ..c.clone() }));
-    }
-    let pert = read_problems(&set)?;
     let p = dataset::find(&pert, task).ok_or_else(|| format!("task '{task}' is not in the {ptype} set"))?;
     Ok((c.clone(), p.clone()))
 }
@@ -96,4 +88,105 @@ pub fn write(path: &Path, text: &str) -> Res {
     std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// The model file: --model, else the cached default.
+pub fn model_path(flag: Option<&Path>) -> PathBuf {
+    match flag {
+        Some(p) => p.to_path_buf(),
+        None => std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models")).join(DEFAULT_MODEL),
+    }
+}
+
+/// Apply CREME patches (safetensors from `creme edit`) to a loaded model, in order.
+pub fn apply_patches(gpu: &Gpu, model: &mut Model, patches: &[PathBuf]) -> Res {
+    for p in patches {
+        let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        let ep = creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        ep.apply(gpu, model).map_err(|e| format!("{}: {e}", p.display()))?;
+        eprintln!("applied {} (layer {} W_down)", p.display(), ep.layer);
+    }
+    Ok(())
+}
+
+/// The clean problem file of a dataset directory: HumanEval.jsonl, else MBPP.jsonl / mbpp.jsonl.
+pub fn clean_file(dir: &Path) -> Res<PathBuf> {
+    ["HumanEval.jsonl", "MBPP.jsonl", "mbpp.jsonl"]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("{} holds no HumanEval.jsonl or MBPP.jsonl", dir.display()).into())
+}
+
+/// The problems of one set: `clean`, or a perturbation type (perturbed/<TYPE>.jsonl; where the
+/// directory lacks it, the clean prompts perturbed by creme's own perturbator, seeded by task
+/// number). The bool says whether creme's perturbator made the set.
+pub fn problem_set(dir: &Path, set: &str) -> Res<(Vec<Problem>, bool)> {
+    let clean = read_problems(&clean_file(dir)?)?;
+    if set == "clean" {
+        return Ok((clean, false));
+    }
+    if !dataset::PERTURBATION_TYPES.contains(&set) {
+        return Err(format!("unknown set '{set}' (clean or one of {})", dataset::PERTURBATION_TYPES.join(", ")).into());
+    }
+    let file = dir.join("perturbed").join(format!("{set}.jsonl"));
+    if file.exists() {
+        return Ok((read_problems(&file)?, false));
+    }
+    let mut out = Vec::with_capacity(clean.len());
+    for c in &clean {
+        let seed = c.task_id.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        out.push(Problem { prompt: creme_core::perturb::perturb(&c.prompt, set, seed)?, original_prompt: Some(c.prompt.clone()), ..c.clone() });
+    }
+    Ok((out, true))
+}
+
+/// An append-only JSONL log that survives being killed: each record is one write of one line,
+/// flushed; on reopening, a torn last line (no newline) is dropped and the finished records are
+/// returned so the run resumes after them.
+pub struct JsonlLog {
+    file: std::fs::File,
+}
+
+impl JsonlLog {
+    pub fn open(path: &Path) -> Res<(JsonlLog, Vec<serde_json::Value>)> {
+        use std::io::Write;
+        let mut records = Vec::new();
+        let mut keep = 0usize;
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.split_inclusive('\n') {
+                if !line.ends_with('\n') {
+                    break; // torn by a crash mid-write
+                }
+                match serde_json::from_str(line.trim_end()) {
+                    Ok(v) => records.push(v),
+                    Err(e) => return Err(format!("{}: a finished line does not parse ({e}); move the file away to start over", path.display()).into()),
+                }
+                keep += line.len();
+            }
+            if keep < text.len() {
+                eprintln!("{}: dropping a torn last line ({} bytes)", path.display(), text.len() - keep);
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(false).write(true).open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        file.set_len(keep as u64)?;
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        file.flush()?;
+        Ok((JsonlLog { file }, records))
+    }
+
+    pub fn append(&mut self, record: &serde_json::Value) -> Res {
+        use std::io::Write;
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Res<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }

@@ -13,7 +13,6 @@ use creme_core::report;
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::Gpu;
 use serde_json::json;
-use sha2::Digest;
 
 use crate::common::{self, Res};
 use crate::sandbox::{run_python, Limits, Verdict};
@@ -27,11 +26,6 @@ pub struct EditArgs {
     pub report: Option<PathBuf>,
     /// Skip generating and testing before/after (just trace/edit and write the patch).
     pub no_eval: bool,
-}
-
-fn sha256_file(path: &std::path::Path) -> Res<String> {
-    let bytes = std::fs::read(path)?;
-    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
 
 /// Greedy HumanEval completion of `prompt` and, when a problem is known, its test verdict.
@@ -56,10 +50,7 @@ fn verdict_str(v: Option<Verdict>) -> &'static str {
 pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let problems = a.pair.problems()?;
-    let model_path = match &a.pair.model {
-        Some(p) => p.clone(),
-        None => std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| common::cache_dir().join("models")).join(common::DEFAULT_MODEL),
-    };
+    let model_path = common::model_path(a.pair.model.as_deref());
     let mut model = common::load_model(gpu, Some(&model_path), 0)?;
     let (clean, pert) = (model.tokenizer.encode(&clean_text)?, model.tokenizer.encode(&pert_text)?);
     let t_all = Instant::now();
@@ -106,7 +97,7 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     );
 
     let mut meta = BTreeMap::new();
-    meta.insert("base_model_sha256".to_string(), sha256_file(&model_path)?);
+    meta.insert("base_model_sha256".to_string(), common::sha256_file(&model_path)?);
     meta.insert("base_model".to_string(), model_path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     meta.insert("pair".to_string(), label.clone());
     meta.insert("solver".to_string(), format!("{:?}", a.settings.solver));

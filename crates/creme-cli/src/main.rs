@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 mod common;
 mod edit_cmd;
+mod eval_cmd;
 mod pass_metric;
 mod sandbox;
 mod trace_cmd;
@@ -180,6 +181,13 @@ enum Cmd {
         #[arg(long)]
         no_eval: bool,
     },
+    /// Evaluate on HumanEval (clean and perturbed sets): generate, run the tests sandboxed, pass@k
+    Eval {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[command(flatten)]
+        args: eval_cmd::EvalArgs,
+    },
     /// Check the f32 matmul kernel against the CPU reference on random shapes
     CheckMatmul {
         #[command(flatten)]
@@ -208,6 +216,7 @@ fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
+        Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
         Cmd::Edit { gpu, pair, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report, no_eval } => {
             let settings = edit_cmd::settings(&solver, lr, steps, patience, lambda, &keep, ridge)?;
@@ -231,12 +240,7 @@ fn run(cli: Cli) -> Res {
             let opts = generate::GenerateOptions { max_new_tokens: max_tokens, temperature, top_p, seed, stop };
             let gpu = Gpu::new_blocking(&gpu.options())?;
             let mut model = load_model(&gpu, model.as_deref(), 0)?;
-            for p in &patch {
-                let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-                let ep = creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
-                ep.apply(&gpu, &mut model)?;
-                eprintln!("applied {} (layer {} W_down)", p.display(), ep.layer);
-            }
+            common::apply_patches(&gpu, &mut model, &patch)?;
             let ids = model.tokenizer.encode(&prompt)?;
             if ids.is_empty() {
                 return Err("the prompt is empty".into());

@@ -2,6 +2,12 @@
 //! empty environment, its own session (process group) killed on timeout, CPU/memory/file-size/
 //! process rlimits, and a new network namespace where the kernel permits one (else the result
 //! records that the network was not isolated).
+//!
+//! Run as root (CI), the program also drops to its own unprivileged uid (one per concurrent run,
+//! from `SANDBOX_UID_BASE`): there RLIMIT_NPROC binds (root ignores it), files outside the temp dir
+//! are not writable, other processes' /proc entries (the parent's environment) are not readable,
+//! and every process the program left behind, even one that escaped the session, is killed by
+//! signalling all processes of that uid.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -37,6 +43,8 @@ pub enum Verdict {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunResult {
     pub verdict: Verdict,
+    /// What went wrong, in a word: "", "timeout", "memory", "exception", "signal", "sandbox".
+    pub error_kind: String,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub seconds: f64,
@@ -54,13 +62,20 @@ fn tail(bytes: &[u8], n: usize) -> String {
 /// Run `program` under python3 with the limits.
 pub fn run_python(program: &str, limits: &Limits) -> RunResult {
     let t0 = Instant::now();
-    let err = |msg: String| RunResult { verdict: Verdict::Error, exit_code: None, signal: None, seconds: 0.0, stdout_tail: String::new(), stderr_tail: msg, network_isolated: false };
+    let err = |msg: String| RunResult { verdict: Verdict::Error, error_kind: "sandbox".into(), exit_code: None, signal: None, seconds: 0.0, stdout_tail: String::new(), stderr_tail: msg, network_isolated: false };
     let dir = match tempdir() {
         Ok(d) => d,
         Err(e) => return err(format!("temp dir: {e}")),
     };
     if let Err(e) = std::fs::write(dir.join("program.py"), program) {
         return err(format!("writing program: {e}"));
+    }
+    let uid = sandbox_uid();
+    if let Some(uid) = uid {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        if unsafe { libc::chown(c.as_ptr(), uid, uid) } != 0 {
+            return err(format!("chown of the sandbox dir to uid {uid}: {}", std::io::Error::last_os_error()));
+        }
     }
     // Whether a new network namespace works here (root, or unprivileged user namespaces).
     let netns = network_namespace_available();
@@ -83,6 +98,11 @@ pub fn run_python(program: &str, limits: &Limits) -> RunResult {
             set(libc::RLIMIT_FSIZE, lim.file_bytes);
             set(libc::RLIMIT_NPROC, lim.processes);
             set(libc::RLIMIT_CORE, 0);
+            if let Some(uid) = uid {
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -116,8 +136,11 @@ pub fn run_python(program: &str, limits: &Limits) -> RunResult {
             Err(_) => break None,
         }
     };
-    // Kill anything the program left running in its session.
+    // Kill anything the program left running in its session, and under its own uid anything at all.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
+    if let Some(uid) = uid {
+        kill_all_of_uid(uid);
+    }
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
@@ -130,7 +153,17 @@ pub fn run_python(program: &str, limits: &Limits) -> RunResult {
     } else {
         Verdict::Fail
     };
-    RunResult { verdict, exit_code: code, signal, seconds: t0.elapsed().as_secs_f64(), stdout_tail: tail(&stdout, 2000), stderr_tail: tail(&stderr, 2000), network_isolated: netns }
+    let stderr_tail = tail(&stderr, 2000);
+    let error_kind = match verdict {
+        Verdict::Pass => "",
+        Verdict::Timeout => "timeout",
+        _ if stderr_tail.contains("MemoryError") => "memory",
+        _ if signal.is_some() => "signal",
+        _ if stderr_tail.contains("AssertionError") => "assertion",
+        _ => "exception",
+    }
+    .to_string();
+    RunResult { verdict, error_kind, exit_code: code, signal, seconds: t0.elapsed().as_secs_f64(), stdout_tail: tail(&stdout, 2000), stderr_tail, network_isolated: netns }
 }
 
 fn python3() -> &'static str {
@@ -147,6 +180,36 @@ fn tempdir() -> std::io::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("creme-sbx-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir(&d)?;
     Ok(d)
+}
+
+/// First uid of the range the sandbox runs programs under when started as root.
+pub const SANDBOX_UID_BASE: u32 = 61_000;
+const SANDBOX_UIDS: u32 = 1_000;
+
+/// A uid of its own for this run when we are root (None otherwise: the caller's uid is kept).
+fn sandbox_uid() -> Option<u32> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    if std::env::var_os("CREME_SANDBOX_KEEP_UID").is_some() || unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    Some(SANDBOX_UID_BASE + NEXT.fetch_add(1, Ordering::Relaxed) % SANDBOX_UIDS)
+}
+
+/// SIGKILL every process of `uid` (from a helper that becomes that uid: kill(-1) reaches exactly
+/// the processes it may signal, i.e. that uid's).
+fn kill_all_of_uid(uid: u32) {
+    let mut cmd = Command::new("/bin/true");
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::kill(-1, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let _ = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 /// Probe once whether unshare(CLONE_NEWNET) succeeds in a child.
@@ -228,5 +291,67 @@ mod tests {
         let r = run_many(&programs, &quick(), 3);
         let v: Vec<bool> = r.iter().map(|r| r.verdict == Verdict::Pass).collect();
         assert_eq!(v, vec![true, false, true, false, true, false]);
+    }
+
+    fn is_root() -> bool {
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_fork_bomb_is_contained() {
+        let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+        let r = run_python(bomb, &quick());
+        assert_ne!(r.verdict, Verdict::Pass);
+        // The machine is still usable: a normal program runs right after.
+        assert_eq!(run_python("print(1)\n", &quick()).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_process_that_leaves_the_session_is_killed_too() {
+        if !is_root() {
+            eprintln!("not root: a process that calls setsid() can outlive the run (see the module doc)");
+            return;
+        }
+        let marker = std::env::temp_dir().join(format!("creme-escape-{}", std::process::id()));
+        let prog = format!(
+            "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(2)\n    open({:?}, 'w').write('escaped')\n    os._exit(0)\n",
+            marker.display().to_string()
+        );
+        let r = run_python(&prog, &quick());
+        assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!marker.exists(), "a child that escaped the session survived the run");
+    }
+
+    #[test]
+    fn files_outside_the_temp_dir_are_not_writable_and_the_parent_is_not_readable() {
+        if !is_root() {
+            eprintln!("not root: the program runs as the caller, who may write the caller's files");
+            return;
+        }
+        let target = std::env::current_dir().unwrap().join(format!("creme-sandbox-should-not-exist-{}", std::process::id()));
+        let _ = std::fs::remove_file(&target);
+        let r = run_python(&format!("open({:?}, 'w').write('x')\n", target.display().to_string()), &quick());
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert!(r.stderr_tail.contains("PermissionError"), "{}", r.stderr_tail);
+        let escaped = target.exists();
+        let _ = std::fs::remove_file(&target);
+        assert!(!escaped, "wrote {}", target.display());
+        let r = run_python("import os\nprint(open(f'/proc/{os.getppid()}/environ').read())\n", &quick());
+        assert_ne!(r.verdict, Verdict::Pass, "read the parent's environment: {}", r.stdout_tail);
+        // Its own temp dir is writable.
+        assert_eq!(run_python("open('scratch.txt', 'w').write('ok')\n", &quick()).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_network_is_unreachable_where_a_namespace_is_available() {
+        let prog = "import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('1.1.1.1', 80))\n";
+        let r = run_python(prog, &quick());
+        if r.network_isolated {
+            assert_eq!(r.verdict, Verdict::Fail, "connected from inside the sandbox");
+            assert!(r.stderr_tail.contains("OSError") || r.stderr_tail.contains("unreachable"), "{}", r.stderr_tail);
+        } else {
+            eprintln!("no network namespace here: the program is not isolated from the network");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! Benchmark problems from JSONL text: HumanEval and the CREME/ReCode perturbed sets
-//! (`task_id`, `prompt`, `entry_point`, `test`, optional `original_prompt`). Bytes in, records
+//! (`task_id`, `prompt`, `entry_point`, `test`, optional `original_prompt`), and MBPP-style
+//! records (`text` or `prompt`, `test_list`, optional `test_imports` and `code`), which are turned
+//! into a HumanEval-style signature + docstring prompt and a `check` function. Bytes in, records
 //! out: the caller reads the files. A bad line is an error naming the source and line.
 
 use serde::Serialize;
@@ -44,18 +46,82 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Problem>, ModelError>
             line
         };
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-        let field = |k: &str| -> Result<String, ModelError> {
-            v.get(k).and_then(|x| x.as_str()).map(String::from).ok_or_else(|| bad(format!("missing string field '{k}'")))
-        };
-        out.push(Problem {
-            task_id: field("task_id")?,
-            prompt: field("prompt")?,
-            entry_point: field("entry_point")?,
-            test: field("test")?,
-            original_prompt: v.get("original_prompt").and_then(|x| x.as_str()).map(String::from),
-        });
+        if !v.is_object() {
+            return Err(bad("not a JSON object".into()));
+        }
+        let problem = if v.get("test_list").is_some() && v.get("test").is_none() { mbpp_problem(&v) } else { humaneval_problem(&v) };
+        out.push(problem.map_err(bad)?);
     }
     Ok(out)
+}
+
+fn string_field(v: &serde_json::Value, k: &str) -> Result<String, String> {
+    v.get(k).and_then(|x| x.as_str()).map(String::from).ok_or_else(|| format!("missing string field '{k}'"))
+}
+
+/// A task id may be a string or (MBPP) a number.
+fn task_id(v: &serde_json::Value, prefix: &str) -> Result<String, String> {
+    match v.get("task_id") {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(format!("{prefix}{n}")),
+        _ => Err("missing field 'task_id' (string or number)".into()),
+    }
+}
+
+fn humaneval_problem(v: &serde_json::Value) -> Result<Problem, String> {
+    Ok(Problem {
+        task_id: task_id(v, "")?,
+        prompt: string_field(v, "prompt")?,
+        entry_point: string_field(v, "entry_point")?,
+        test: string_field(v, "test")?,
+        original_prompt: v.get("original_prompt").and_then(|x| x.as_str()).map(String::from),
+    })
+}
+
+/// An MBPP record as a HumanEval-style problem: the function name comes from the first test
+/// (`assert name(...)`), its parameters from the reference `code` when present (else `*args`);
+/// the docstring holds the task text and the first test as a `>>>` line (never perturbed).
+fn mbpp_problem(v: &serde_json::Value) -> Result<Problem, String> {
+    let text = string_field(v, "text").or_else(|_| string_field(v, "prompt")).map_err(|_| "MBPP record without 'text' or 'prompt'".to_string())?;
+    let tests: Vec<String> = v
+        .get("test_list")
+        .and_then(|t| t.as_array())
+        .ok_or("'test_list' is not a list")?
+        .iter()
+        .map(|t| t.as_str().map(String::from).ok_or("'test_list' holds a non-string"))
+        .collect::<Result<_, _>>()?;
+    let first = tests.first().ok_or("'test_list' is empty")?;
+    let name = first
+        .trim_start()
+        .strip_prefix("assert")
+        .map(|r| r.trim_start().trim_start_matches(['(', ' ']))
+        .and_then(|r| r.split('(').next())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        .ok_or_else(|| format!("cannot find the function name in the first test: {first}"))?;
+    let params = v
+        .get("code")
+        .and_then(|c| c.as_str())
+        .and_then(|code| {
+            let at = code.find(&format!("def {name}("))?;
+            let rest = &code[at + name.len() + 5..];
+            Some(rest[..rest.find("):").or_else(|| rest.find(')'))?].to_string())
+        })
+        .unwrap_or_else(|| "*args".to_string());
+    let imports: Vec<String> = v
+        .get("test_imports")
+        .and_then(|t| t.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let mut head = imports.join("\n");
+    if !head.is_empty() {
+        head.push_str("\n\n");
+    }
+    let text = text.trim().replace('\n', "\n    ");
+    let prompt = format!("{head}def {name}({params}):\n    \"\"\"{text}\n    >>> {}\n    \"\"\"\n", first.trim());
+    let body: String = tests.iter().map(|t| format!("    {}\n", t.trim())).collect();
+    let test = format!("{}\n\ndef check(candidate):\n{body}", imports.join("\n"));
+    Ok(Problem { task_id: task_id(v, "MBPP/")?, prompt, entry_point: name, test, original_prompt: None })
 }
 
 /// Replace NaN tokens outside strings with null.

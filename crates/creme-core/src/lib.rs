@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod gpu;
 pub mod hooks;
+pub mod metrics;
 pub mod model;
 pub mod perturb;
 pub mod report;

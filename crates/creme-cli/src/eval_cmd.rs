@@ -1,0 +1,391 @@
+//! `creme eval`: generate completions for clean and perturbed sets, run each against its tests in
+//! the sandbox, and summarise (pass@k, ReCode's robustness numbers, flips against clean).
+//!
+//! Every sample is one JSONL record in `OUT/samples.jsonl`, appended as soon as it is tested, so a
+//! killed run resumes where it stopped. `--completions FILE` scores completions made elsewhere
+//! (e.g. the oracle's) without a model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use creme_core::dataset::Problem;
+use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::metrics;
+use creme_core::model::Model;
+use creme_core::Gpu;
+use serde_json::{json, Value};
+
+use crate::common::{self, JsonlLog, Res};
+use crate::sandbox::{run_many, Limits, RunResult, Verdict};
+
+#[derive(clap::Args, Clone)]
+pub struct EvalArgs {
+    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Dataset directory (HumanEval.jsonl or MBPP.jsonl, and perturbed/<TYPE>.jsonl)
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Sets to run: clean, perturbation types (C3,E1,...), or all (= clean + the 20 types)
+    #[arg(long, default_value = "clean")]
+    pub types: String,
+    /// Only the first N tasks of each set
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only these task ids (comma list)
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// Samples per task (1 = greedy)
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// Sampling temperature when n > 1
+    #[arg(long, default_value_t = 0.2)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Prompts generated together (left-padded batch)
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 320)]
+    pub max_tokens: usize,
+    /// Apply CREME patches before generating (repeatable)
+    #[arg(long)]
+    pub patch: Vec<PathBuf>,
+    /// Score these completions instead of generating: JSON {set: [completion per task, dataset
+    /// order]} (the oracle's format) or JSONL records {set, task_id, completion[, sample]}
+    #[arg(long)]
+    pub completions: Option<PathBuf>,
+    /// Parallel test processes (default: the number of cores)
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Wall-time limit per test program, seconds
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Output directory (samples.jsonl, summary.md, summary.json)
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The sets named by --types.
+pub fn parse_types(spec: &str) -> Res<Vec<String>> {
+    let mut out = Vec::new();
+    for t in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if t == "all" {
+            out.push("clean".to_string());
+            out.extend(creme_core::dataset::PERTURBATION_TYPES.iter().map(|s| s.to_string()));
+        } else if t == "clean" || creme_core::dataset::PERTURBATION_TYPES.contains(&t) {
+            out.push(t.to_string());
+        } else {
+            return Err(format!("unknown set '{t}' in --types (clean, all, or one of {})", creme_core::dataset::PERTURBATION_TYPES.join(", ")).into());
+        }
+    }
+    out.dedup();
+    if out.is_empty() {
+        return Err("--types names no set".into());
+    }
+    Ok(out)
+}
+
+/// One tested sample, as written to samples.jsonl.
+pub fn sample_record(set: &str, p: &Problem, sample: usize, completion: &str, finish: &str, r: &RunResult) -> Value {
+    json!({
+        "set": set, "task_id": p.task_id, "sample": sample, "completion": completion, "finish": finish,
+        "passed": r.verdict == Verdict::Pass, "verdict": r.verdict, "error_kind": r.error_kind,
+        "exit_code": r.exit_code, "seconds": r.seconds, "stderr_tail": r.stderr_tail, "stdout_tail": r.stdout_tail,
+    })
+}
+
+fn limits(timeout: u64) -> Limits {
+    Limits { wall: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Limits::default() }
+}
+
+/// Progress on stderr: one line rewritten in place.
+struct Progress {
+    set: String,
+    total: usize,
+    done: usize,
+    passed: usize,
+    t0: Instant,
+}
+
+impl Progress {
+    fn tick(&mut self, n: usize, passed: usize) {
+        self.done += n;
+        self.passed += passed;
+        let s = self.t0.elapsed().as_secs_f64();
+        let eta = if self.done > 0 { s / self.done as f64 * (self.total - self.done) as f64 } else { 0.0 };
+        eprint!("\r[{}] {}/{} samples, {} passed, {:.0} s elapsed, eta {:.0} s   ", self.set, self.done, self.total, self.passed, s, eta);
+        if self.done == self.total {
+            eprintln!();
+        }
+    }
+}
+
+/// Completions given on the command line: (set, task_id, sample) -> text.
+fn read_completions(path: &Path, sets: &BTreeMap<String, Vec<Problem>>) -> Res<HashMap<(String, String, usize), String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) {
+        for (set, list) in map {
+            let Some(problems) = sets.get(&set) else { continue };
+            let list = list.as_array().ok_or_else(|| format!("{}: '{set}' is not a list", path.display()))?;
+            if list.len() != problems.len() {
+                return Err(format!("{}: '{set}' has {} completions for {} tasks", path.display(), list.len(), problems.len()).into());
+            }
+            for (p, c) in problems.iter().zip(list) {
+                out.insert((set.clone(), p.task_id.clone(), 0), c.as_str().ok_or_else(|| format!("{}: non-string completion in '{set}'", path.display()))?.to_string());
+            }
+        }
+        return Ok(out);
+    }
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = |w: &str| format!("{}:{}: {w}", path.display(), i + 1);
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
+        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from).ok_or_else(|| bad(&format!("missing string field '{k}'")));
+        let sample = v.get("sample").and_then(|x| x.as_u64()).unwrap_or(0) as usize;
+        out.insert((get("set")?, get("task_id")?, sample), get("completion")?);
+    }
+    Ok(out)
+}
+
+pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
+    let dir = common::dataset_dir(a.dataset.as_deref())?;
+    let types = parse_types(&a.types)?;
+    let only: Option<Vec<String>> = a.tasks.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).collect());
+    let mut sets: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
+    for t in &types {
+        let (mut problems, ours) = common::problem_set(&dir, t)?;
+        if ours {
+            eprintln!("{} has no perturbed/{t}.jsonl: {t} made by creme's perturbator", dir.display());
+        }
+        if let Some(only) = &only {
+            problems.retain(|p| only.contains(&p.task_id));
+        }
+        if let Some(n) = a.limit {
+            problems.truncate(n);
+        }
+        sets.insert(t.clone(), problems);
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
+    let settings = json!({
+        "dataset": dir, "types": types, "n": a.n, "temperature": if a.n > 1 { a.temperature } else { 0.0 }, "top_p": a.top_p,
+        "max_tokens": a.max_tokens, "patches": a.patch, "completions": a.completions, "timeout_s": a.timeout,
+        "model": if a.completions.is_some() { Value::Null } else { json!(common::model_path(a.model.as_deref())) },
+    });
+    let settings_path = a.out.join("settings.json");
+    if let Ok(old) = std::fs::read_to_string(&settings_path) {
+        let old: Value = serde_json::from_str(&old)?;
+        let keys = ["n", "temperature", "top_p", "max_tokens", "patches", "model", "completions"];
+        if keys.iter().any(|k| old.get(k) != settings.get(k)) {
+            return Err(format!("{} holds a run with other settings; use another --out", a.out.display()).into());
+        }
+    }
+    common::write(&settings_path, &serde_json::to_string_pretty(&settings)?)?;
+    let (mut log, previous) = JsonlLog::open(&a.out.join("samples.jsonl"))?;
+    let key = |v: &Value| -> Option<(String, String, usize)> { Some((v["set"].as_str()?.to_string(), v["task_id"].as_str()?.to_string(), v["sample"].as_u64()? as usize)) };
+    let mut records: Vec<Value> = previous;
+    let done: std::collections::HashSet<_> = records.iter().filter_map(key).collect();
+    if !done.is_empty() {
+        eprintln!("resuming: {} samples already in {}", done.len(), a.out.join("samples.jsonl").display());
+    }
+    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let lim = limits(a.timeout);
+
+    if let Some(path) = &a.completions {
+        let given = read_completions(path, &sets)?;
+        for set in sets.keys() {
+            if !given.keys().any(|k| &k.0 == set) {
+                eprintln!("warning: {} holds no completions for set '{set}'", path.display());
+            }
+        }
+        for (set, problems) in &sets {
+            let todo: Vec<(&Problem, &String)> = problems.iter().filter(|p| !done.contains(&(set.clone(), p.task_id.clone(), 0))).filter_map(|p| given.get(&(set.clone(), p.task_id.clone(), 0)).map(|c| (p, c))).collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
+            for chunk in todo.chunks(64) {
+                let programs: Vec<String> = chunk.iter().map(|(p, c)| p.program(&p.prompt, c)).collect();
+                let results = run_many(&programs, &lim, workers);
+                for ((p, c), r) in chunk.iter().zip(&results) {
+                    let rec = sample_record(set, p, 0, c, "given", r);
+                    log.append(&rec)?;
+                    records.push(rec);
+                }
+                prog.tick(chunk.len(), results.iter().filter(|r| r.verdict == Verdict::Pass).count());
+            }
+        }
+    } else {
+        let gpu = Gpu::new_blocking(gpu_opts)?;
+        let mut model = common::load_model(&gpu, a.model.as_deref(), 0)?;
+        common::apply_patches(&gpu, &mut model, &a.patch)?;
+        for (set, problems) in &sets {
+            let todo: Vec<(&Problem, usize)> = problems.iter().flat_map(|p| (0..a.n).map(move |s| (p, s))).filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s))).collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
+            // Batch prompts of the same sample index together (one seed per batch and sample).
+            for s in 0..a.n {
+                let items: Vec<&Problem> = todo.iter().filter(|(_, k)| *k == s).map(|(p, _)| *p).collect();
+                for chunk in items.chunks(a.batch.max(1)) {
+                    let recs = generate_and_test(&gpu, &model, set, chunk, s, &a, &lim, workers)?;
+                    let passed = recs.iter().filter(|r| r["passed"] == true).count();
+                    for rec in recs {
+                        log.append(&rec)?;
+                        records.push(rec);
+                    }
+                    prog.tick(chunk.len(), passed);
+                }
+            }
+        }
+    }
+    let summary = summarize(&records, &types, a.n);
+    common::write(&a.out.join("summary.json"), &serde_json::to_string_pretty(&summary.json)?)?;
+    common::write(&a.out.join("summary.md"), &summary.markdown)?;
+    print!("{}", summary.markdown);
+    println!("records: {}\nsummary: {}", a.out.join("samples.jsonl").display(), a.out.join("summary.md").display());
+    Ok(())
+}
+
+/// Generate one sample for each problem of `chunk` (one left-padded batch) and test them.
+#[allow(clippy::too_many_arguments)]
+fn generate_and_test(gpu: &Gpu, model: &Model, set: &str, chunk: &[&Problem], sample: usize, a: &EvalArgs, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_tokens,
+        temperature: if a.n > 1 { a.temperature } else { 0.0 },
+        top_p: a.top_p,
+        seed: 1000 + sample as u64,
+        stop: humaneval_stops(),
+    };
+    // Prompts too long for the context are recorded as errors, not fatal.
+    let mut ids = Vec::new();
+    let mut fits = Vec::new();
+    for p in chunk {
+        let t = model.tokenizer.encode(&p.prompt)?;
+        fits.push(t.len() + a.max_tokens <= model.max_positions && !t.is_empty());
+        ids.push(t);
+    }
+    let batch: Vec<Vec<u32>> = ids.iter().zip(&fits).filter(|(_, f)| **f).map(|(t, _)| t.clone()).collect();
+    let mut completions = pollster::block_on(generate(gpu, model, &batch, &opts, &mut |_, _| {}))?.into_iter();
+    let mut out = Vec::new();
+    let mut programs = Vec::new();
+    let mut texts = Vec::new();
+    for (p, fit) in chunk.iter().zip(&fits) {
+        if *fit {
+            let c = completions.next().expect("one completion per prompt");
+            programs.push(p.program(&p.prompt, &c.text));
+            texts.push(Some((c.text, format!("{:?}", c.finish).to_lowercase())));
+        } else {
+            texts.push(None);
+        }
+    }
+    let mut results = run_many(&programs, lim, workers).into_iter();
+    for ((p, t), toks) in chunk.iter().zip(texts).zip(&ids) {
+        let rec = match t {
+            Some((text, finish)) => sample_record(set, p, sample, &text, &finish, &results.next().expect("one result per program")),
+            None => {
+                let msg = format!("prompt of {} tokens + {} new tokens is over the context of {} tokens", toks.len(), a.max_tokens, model.max_positions);
+                json!({"set": set, "task_id": p.task_id, "sample": sample, "completion": "", "finish": "error", "passed": false, "verdict": "Error", "error_kind": "prompt too long", "stderr_tail": msg})
+            }
+        };
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+pub struct Summary {
+    pub json: Value,
+    pub markdown: String,
+}
+
+/// Per-set pass@k and, against `clean` where it was run, ReCode's robustness numbers and flips.
+pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
+    // set -> task -> sample -> passed
+    let mut by: BTreeMap<String, BTreeMap<String, BTreeMap<usize, bool>>> = BTreeMap::new();
+    for r in records {
+        if let (Some(s), Some(t), Some(k), Some(p)) = (r["set"].as_str(), r["task_id"].as_str(), r["sample"].as_u64(), r["passed"].as_bool()) {
+            by.entry(s.into()).or_default().entry(t.into()).or_default().insert(k as usize, p);
+        }
+    }
+    let ks: Vec<usize> = [1, 5, 10].into_iter().filter(|&k| k <= n.max(1)).collect();
+    let clean = by.get("clean");
+    let mut rows = Vec::new();
+    let mut md = String::new();
+    md.push_str(&format!("| set | tasks | {} | passed | fixed vs clean | broken vs clean | Robust Pass@1 | Robust Drop@1 | Robust Relative@1 |\n", ks.iter().map(|k| format!("pass@{k}")).collect::<Vec<_>>().join(" | ")));
+    md.push_str(&format!("|---|---:|{}---:|---:|---:|---:|---:|---:|\n", "---:|".repeat(ks.len())));
+    for set in types {
+        let Some(tasks) = by.get(set) else { continue };
+        let counts: Vec<(usize, usize)> = tasks.values().map(|s| (s.len(), s.values().filter(|&&p| p).count())).collect();
+        let pass_k: Vec<f64> = ks.iter().map(|&k| metrics::mean_pass_at_k(&counts, k)).collect();
+        let passed: usize = counts.iter().map(|c| c.1).sum();
+        let mut row = json!({"set": set, "tasks": tasks.len(), "samples": counts.iter().map(|c| c.0).sum::<usize>(), "passed": passed});
+        for (k, v) in ks.iter().zip(&pass_k) {
+            row[format!("pass@{k}")] = json!(v);
+        }
+        let (mut fixed, mut broken, mut robust) = (String::from("-"), String::from("-"), [String::from("-"), String::from("-"), String::from("-")]);
+        if let (Some(clean), true) = (clean, set != "clean") {
+            // Tasks present in both, samples paired by index.
+            let mut rt = Vec::new();
+            let (mut f, mut b) = (0, 0);
+            for (task, samples) in tasks {
+                let Some(cs) = clean.get(task) else { continue };
+                let idx: Vec<usize> = samples.keys().filter(|k| cs.contains_key(k)).cloned().collect();
+                if idx.is_empty() {
+                    continue;
+                }
+                let nominal: Vec<bool> = idx.iter().map(|k| cs[k]).collect();
+                let pert: Vec<bool> = idx.iter().map(|k| samples[k]).collect();
+                rt.push(metrics::robust_task(&nominal, &[pert.clone()], 1));
+                let rate = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64 / v.len() as f64;
+                let (c, p) = (rate(&nominal), rate(&pert));
+                f += (p > c) as usize;
+                b += (p < c) as usize;
+            }
+            let r = metrics::robustness(&rt);
+            row["fixed_vs_clean"] = json!(f);
+            row["broken_vs_clean"] = json!(b);
+            row["robust"] = serde_json::to_value(r).unwrap();
+            fixed = f.to_string();
+            broken = b.to_string();
+            robust = [format!("{:.3}", r.robust_pass_k), format!("{:.3}", r.robust_drop_k), format!("{:.3}", r.robust_relative_k)];
+        }
+        md.push_str(&format!(
+            "| {set} | {} | {} | {passed} | {fixed} | {broken} | {} | {} | {} |\n",
+            tasks.len(),
+            pass_k.iter().map(|v| format!("{:.3}", v)).collect::<Vec<_>>().join(" | "),
+            robust[0],
+            robust[1],
+            robust[2]
+        ));
+        rows.push(row);
+    }
+    Summary { json: json!({"sets": rows}), markdown: md }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_passes_and_flips_against_clean() {
+        let r = |set: &str, t: &str, p: bool| json!({"set": set, "task_id": t, "sample": 0, "passed": p});
+        let recs = vec![r("clean", "a", true), r("clean", "b", true), r("clean", "c", false), r("C3", "a", true), r("C3", "b", false), r("C3", "c", true)];
+        let s = summarize(&recs, &["clean".into(), "C3".into()], 1);
+        let sets = s.json["sets"].as_array().unwrap();
+        assert_eq!(sets[0]["passed"], 2);
+        assert_eq!(sets[1]["passed"], 2);
+        assert_eq!(sets[1]["fixed_vs_clean"], 1);
+        assert_eq!(sets[1]["broken_vs_clean"], 1);
+        assert!((sets[1]["robust"]["robust_pass_k"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert!(s.markdown.contains("| C3 | 3 |"), "{}", s.markdown);
+    }
+
+    #[test]
+    fn types_parse() {
+        assert_eq!(parse_types("clean,C3").unwrap(), vec!["clean", "C3"]);
+        assert_eq!(parse_types("all").unwrap().len(), 21);
+        assert!(parse_types("X9").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! `creme eval` end to end without a model: completions given on the command line are tested in
+//! the sandbox. On the oracle's HumanEval completions the verdicts must equal the oracle's, task by
+//! task; MBPP records from the fixture must pass with their reference code and fail without it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use creme_tests::{repo_root, shared_dir};
+use serde_json::Value;
+
+fn creme() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_creme"))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("creme-eval-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn records(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("samples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn oracle_completions_get_the_oracle_verdicts_on_every_set() {
+    let oracle = shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km");
+    let dataset = shared_dir().join("datasets/humaneval-nlpert");
+    let mut all: serde_json::Map<String, Value> = serde_json::from_str(&std::fs::read_to_string(oracle.join("hf_greedy_clean_completions.json")).unwrap()).unwrap();
+    let pert: serde_json::Map<String, Value> = serde_json::from_str(&std::fs::read_to_string(oracle.join("hf_greedy_perturbed_completions.json")).unwrap()).unwrap();
+    all.extend(pert);
+    let out = temp("oracle");
+    let completions = out.join("completions.json");
+    std::fs::write(&completions, serde_json::to_string(&all).unwrap()).unwrap();
+    let sets: Vec<&str> = all.keys().map(|s| s.as_str()).collect();
+    let res = out.join("eval");
+    let st = creme().args(["eval", "--types", &sets.join(","), "--dataset"]).arg(&dataset).arg("--completions").arg(&completions).arg("--out").arg(&res).status().unwrap();
+    assert!(st.success());
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(oracle.join("hf_greedy_pass.json")).unwrap()).unwrap();
+    let ids: Vec<String> = std::fs::read_to_string(dataset.join("HumanEval.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["task_id"].as_str().unwrap().to_string()).collect();
+    let recs = records(&res);
+    for set in &sets {
+        let mut agree = 0;
+        for (i, id) in ids.iter().enumerate() {
+            let r = recs.iter().find(|r| r["set"] == *set && r["task_id"] == id.as_str()).unwrap_or_else(|| panic!("no record for {set} {id}"));
+            if r["passed"] == want[set][i] {
+                agree += 1;
+            } else {
+                eprintln!("{set} {id}: oracle {} here {} ({})", want[set][i], r["passed"], r["stderr_tail"]);
+            }
+        }
+        eprintln!("{set}: {agree}/164 verdicts as the oracle's");
+        assert_eq!(agree, 164, "{set}");
+    }
+    // The summary reproduces the oracle's pass count on clean (71 of 164).
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(res.join("summary.json")).unwrap()).unwrap();
+    let clean = summary["sets"].as_array().unwrap().iter().find(|s| s["set"] == "clean").unwrap().clone();
+    assert_eq!(clean["passed"], 71);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn mbpp_records_become_problems_that_their_reference_code_passes() {
+    let fixture = repo_root().join("tests/fixtures/mbpp-sample.jsonl");
+    let dir = temp("mbpp");
+    std::fs::copy(&fixture, dir.join("MBPP.jsonl")).unwrap();
+    // Completions: the body of each reference solution (the prompt already holds the signature).
+    let mut good = String::new();
+    let mut bad = String::new();
+    for line in std::fs::read_to_string(&fixture).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let code = v["code"].as_str().unwrap().replace("\r\n", "\n");
+        let body: String = code.lines().skip_while(|l| !l.starts_with("def ")).skip(1).map(|l| format!("{l}\n")).collect();
+        let id = format!("MBPP/{}", v["task_id"]);
+        good.push_str(&serde_json::json!({"set": "clean", "task_id": id, "completion": body}).to_string());
+        good.push('\n');
+        bad.push_str(&serde_json::json!({"set": "clean", "task_id": id, "completion": "    return None\n"}).to_string());
+        bad.push('\n');
+    }
+    for (name, text, want) in [("good", good, true), ("bad", bad, false)] {
+        let file = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&file, text).unwrap();
+        let out = dir.join(format!("out-{name}"));
+        let st = creme().args(["eval", "--types", "clean", "--dataset"]).arg(&dir).arg("--completions").arg(&file).arg("--out").arg(&out).status().unwrap();
+        assert!(st.success());
+        let recs = records(&out);
+        assert_eq!(recs.len(), 3);
+        for r in &recs {
+            assert_eq!(r["passed"], want, "{name}: {r}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_malformed_dataset_line_is_an_error_naming_file_and_line() {
+    let dir = temp("malformed");
+    std::fs::write(dir.join("HumanEval.jsonl"), "{\"task_id\": \"X/0\", \"prompt\": \"p\", \"entry_point\": \"f\", \"test\": \"t\"}\n{\"task_id\": \"X/1\", \"prompt\": \n").unwrap();
+    let o = creme().args(["eval", "--dataset"]).arg(&dir).arg("--completions").arg(dir.join("none.json")).arg("--out").arg(dir.join("out")).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("HumanEval.jsonl:2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
