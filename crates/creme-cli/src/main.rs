@@ -8,6 +8,7 @@ mod common;
 mod edit_cmd;
 mod eval_cmd;
 mod pass_metric;
+mod perturb_cmd;
 mod sandbox;
 mod trace_cmd;
 
@@ -188,6 +189,11 @@ enum Cmd {
         #[command(flatten)]
         args: eval_cmd::EvalArgs,
     },
+    /// Perturb a prompt's docstring, write perturbed sets, or validate against released sets
+    Perturb {
+        #[command(flatten)]
+        args: perturb_cmd::PerturbArgs,
+    },
     /// Check the f32 matmul kernel against the CPU reference on random shapes
     CheckMatmul {
         #[command(flatten)]
@@ -216,6 +222,7 @@ fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
+        Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
         Cmd::Edit { gpu, pair, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report, no_eval } => {
