@@ -190,3 +190,23 @@ pub fn sha256_file(path: &Path) -> Res<String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_appends_continue_after_the_finished_ones() {
+        let p = std::env::temp_dir().join(format!("creme-jsonl-{}.jsonl", std::process::id()));
+        std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        let (mut log, recs) = JsonlLog::open(&p).unwrap();
+        assert_eq!(recs.len(), 2);
+        log.append(&serde_json::json!({"a": 3})).unwrap();
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+        // A corrupt finished line is an error, not silently dropped.
+        std::fs::write(&p, "{\"a\":1}\nnot json\n").unwrap();
+        assert!(JsonlLog::open(&p).is_err());
+        let _ = std::fs::remove_file(&p);
+    }
+}

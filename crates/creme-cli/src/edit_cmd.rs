@@ -161,16 +161,46 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     Ok(())
 }
 
-pub fn settings(solver: &str, lr: f64, steps: usize, patience: usize, lambda: f64, keep: &str, ridge: f64) -> Res<EditSettings> {
-    let solver = match solver {
-        "adam" => Solver::Adam,
-        "ridge" => Solver::Ridge { ridge },
-        s => return Err(format!("unknown solver '{s}' (adam or ridge)").into()),
-    };
-    let keep = match keep {
-        "final" => Keep::Final,
-        "best" => Keep::Best,
-        k => return Err(format!("unknown --keep '{k}' (final or best)").into()),
-    };
-    Ok(EditSettings { solver, lambda, lr, max_steps: steps, patience, keep })
+/// The edit's settings as flags, shared by `edit` and `experiment`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EditFlags {
+    /// adam (the paper's) or ridge (closed form)
+    #[arg(long, default_value = "adam")]
+    pub solver: String,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Most optimizer evaluations
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Stop after this many evaluations without a new best loss
+    #[arg(long, default_value_t = 3)]
+    pub patience: usize,
+    /// Weight of the preservation term (0 = no preservation loss)
+    #[arg(long, default_value_t = 0.1)]
+    pub lambda: f64,
+    /// Keep the final weights (the paper) or the best-scoring ones
+    #[arg(long, default_value = "final")]
+    pub keep: String,
+    /// Ridge weight on the change (ridge solver)
+    #[arg(long, default_value_t = 1.0)]
+    pub ridge: f64,
+    /// Length of the clean greedy continuation the edit (and the logprob trace) works on
+    #[arg(long, default_value_t = 32)]
+    pub target_tokens: usize,
+}
+
+impl EditFlags {
+    pub fn settings(&self) -> Res<EditSettings> {
+        let solver = match self.solver.as_str() {
+            "adam" => Solver::Adam,
+            "ridge" => Solver::Ridge { ridge: self.ridge },
+            s => return Err(format!("unknown solver '{s}' (adam or ridge)").into()),
+        };
+        let keep = match self.keep.as_str() {
+            "final" => Keep::Final,
+            "best" => Keep::Best,
+            k => return Err(format!("unknown --keep '{k}' (final or best)").into()),
+        };
+        Ok(EditSettings { solver, lambda: self.lambda, lr: self.lr, max_steps: self.steps, patience: self.patience, keep })
+    }
 }

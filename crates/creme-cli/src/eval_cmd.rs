@@ -96,7 +96,7 @@ pub fn sample_record(set: &str, p: &Problem, sample: usize, completion: &str, fi
     })
 }
 
-fn limits(timeout: u64) -> Limits {
+pub fn limits(timeout: u64) -> Limits {
     Limits { wall: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Limits::default() }
 }
 
@@ -220,25 +220,19 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         let gpu = Gpu::new_blocking(gpu_opts)?;
         let mut model = common::load_model(&gpu, a.model.as_deref(), 0)?;
         common::apply_patches(&gpu, &mut model, &a.patch)?;
+        let spec = GenSpec::from(&a);
         for (set, problems) in &sets {
             let todo: Vec<(&Problem, usize)> = problems.iter().flat_map(|p| (0..a.n).map(move |s| (p, s))).filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s))).collect();
             if todo.is_empty() {
                 continue;
             }
             let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
-            // Batch prompts of the same sample index together (one seed per batch and sample).
-            for s in 0..a.n {
-                let items: Vec<&Problem> = todo.iter().filter(|(_, k)| *k == s).map(|(p, _)| *p).collect();
-                for chunk in items.chunks(a.batch.max(1)) {
-                    let recs = generate_and_test(&gpu, &model, set, chunk, s, &a, &lim, workers)?;
-                    let passed = recs.iter().filter(|r| r["passed"] == true).count();
-                    for rec in recs {
-                        log.append(&rec)?;
-                        records.push(rec);
-                    }
-                    prog.tick(chunk.len(), passed);
-                }
-            }
+            run_set(&gpu, &model, set, &todo, &spec, &lim, workers, &mut |rec| {
+                prog.tick(1, (rec["passed"] == true) as usize);
+                log.append(&rec)?;
+                records.push(rec);
+                Ok(())
+            })?;
         }
     }
     let summary = summarize(&records, &types, a.n);
@@ -249,9 +243,41 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     Ok(())
 }
 
+/// How samples are generated.
+#[derive(Clone, Copy, Debug)]
+pub struct GenSpec {
+    /// Samples per task (1 = greedy).
+    pub n: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_tokens: usize,
+    pub batch: usize,
+}
+
+impl From<&EvalArgs> for GenSpec {
+    fn from(a: &EvalArgs) -> Self {
+        GenSpec { n: a.n, temperature: a.temperature, top_p: a.top_p, max_tokens: a.max_tokens, batch: a.batch }
+    }
+}
+
+/// Generate and test the (problem, sample index) items of one set, batching prompts of the same
+/// sample index (one seed per batch and sample); `on_record` gets each tested sample.
+#[allow(clippy::too_many_arguments)]
+pub fn run_set(gpu: &Gpu, model: &Model, set: &str, items: &[(&Problem, usize)], spec: &GenSpec, lim: &Limits, workers: usize, on_record: &mut dyn FnMut(Value) -> Res) -> Res {
+    for s in 0..spec.n.max(1) {
+        let these: Vec<&Problem> = items.iter().filter(|(_, k)| *k == s).map(|(p, _)| *p).collect();
+        for chunk in these.chunks(spec.batch.max(1)) {
+            for rec in generate_and_test(gpu, model, set, chunk, s, spec, lim, workers)? {
+                on_record(rec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Generate one sample for each problem of `chunk` (one left-padded batch) and test them.
 #[allow(clippy::too_many_arguments)]
-fn generate_and_test(gpu: &Gpu, model: &Model, set: &str, chunk: &[&Problem], sample: usize, a: &EvalArgs, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
+fn generate_and_test(gpu: &Gpu, model: &Model, set: &str, chunk: &[&Problem], sample: usize, a: &GenSpec, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
     let opts = GenerateOptions {
         max_new_tokens: a.max_tokens,
         temperature: if a.n > 1 { a.temperature } else { 0.0 },

@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 mod common;
 mod edit_cmd;
 mod eval_cmd;
+mod experiment_cmd;
 mod pass_metric;
 mod perturb_cmd;
+mod report_cmd;
 mod sandbox;
 mod trace_cmd;
 
@@ -151,27 +153,8 @@ enum Cmd {
         /// Edit this layer without tracing (the paper's lightweight variant)
         #[arg(long)]
         layer: Option<usize>,
-        /// adam (the paper's) or ridge (closed form)
-        #[arg(long, default_value = "adam")]
-        solver: String,
-        #[arg(long, default_value_t = 5e-4)]
-        lr: f64,
-        /// Most optimizer evaluations
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        /// Stop after this many evaluations without a new best loss
-        #[arg(long, default_value_t = 3)]
-        patience: usize,
-        #[arg(long, default_value_t = 0.1)]
-        lambda: f64,
-        /// Keep the final weights (the paper) or the best-scoring ones
-        #[arg(long, default_value = "final")]
-        keep: String,
-        /// Ridge weight on the change (ridge solver)
-        #[arg(long, default_value_t = 1.0)]
-        ridge: f64,
-        #[arg(long, default_value_t = 32)]
-        target_tokens: usize,
+        #[command(flatten)]
+        edit: edit_cmd::EditFlags,
         /// Where to write the patch (safetensors)
         #[arg(long)]
         out: PathBuf,
@@ -188,6 +171,21 @@ enum Cmd {
         gpu: GpuFlags,
         #[command(flatten)]
         args: eval_cmd::EvalArgs,
+    },
+    /// The paper's experiment: for every edit-worthy task of each type, locate, edit, evaluate
+    Experiment {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[command(flatten)]
+        args: experiment_cmd::ExperimentArgs,
+    },
+    /// Merge experiment runs (or shards) into the tables: L-RIR, G-RIR, fixed/broken, clean deviation
+    Report {
+        /// Experiment output directories
+        dirs: Vec<PathBuf>,
+        /// Where to write report.md / report.json (default: the first directory)
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Perturb a prompt's docstring, write perturbed sets, or validate against released sets
     Perturb {
@@ -222,13 +220,15 @@ fn run(cli: Cli) -> Res {
     match cli.cmd {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
+        Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
+        Cmd::Report { dirs, out } => report_cmd::run(&dirs, out),
         Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
-        Cmd::Edit { gpu, pair, layer, solver, lr, steps, patience, lambda, keep, ridge, target_tokens, out, report, no_eval } => {
-            let settings = edit_cmd::settings(&solver, lr, steps, patience, lambda, &keep, ridge)?;
+        Cmd::Edit { gpu, pair, layer, edit, out, report, no_eval } => {
+            let settings = edit.settings()?;
             let gpu = Gpu::new_blocking(&gpu.options())?;
-            edit_cmd::run(&gpu, edit_cmd::EditArgs { pair, layer, settings, target_tokens, out, report, no_eval })
+            edit_cmd::run(&gpu, edit_cmd::EditArgs { pair, layer, settings, target_tokens: edit.target_tokens, out, report, no_eval })
         }
         Cmd::Trace { gpu, pair, metric, grid, grid_all, target_tokens, samples, out } => {
             let gpu = Gpu::new_blocking(&gpu.options())?;

@@ -4,7 +4,7 @@
 use creme_core::dataset::Problem;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
-use creme_core::trace::{generate_from_probes, Probe, RestorationMetric, TraceSetup};
+use creme_core::trace::{self, generate_from_probes, LayerTrace, PatchPositions, Probe, RestorationMetric, TraceSetup};
 use creme_core::{Gpu, ModelError};
 
 use crate::sandbox::{run_many, Limits, Verdict};
@@ -68,4 +68,22 @@ pub fn improvement(ratio: f64, acc_orig: f64, acc_pert: f64) -> f64 {
     } else {
         ((ratio - acc_pert) / (acc_orig - acc_pert)).max(0.0)
     }
+}
+
+/// The authors' trace: acc_orig and acc_pert from plain generations, then the pass ratio of every
+/// layer's patched run; scores are the improvements; key layer = best improvement (all zero: best
+/// patched pass ratio), ties to the largest distance. Returns the trace and a JSON account.
+pub async fn pass_trace(gpu: &Gpu, model: &Model, setup: &TraceSetup, clean: (&str, &Problem), pert: (&str, &Problem), samples: usize) -> Result<(LayerTrace, serde_json::Value), ModelError> {
+    let t0 = std::time::Instant::now();
+    let mut pm = RestorationByPass { problem: pert.1, samples: samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
+    let acc_orig = pm.pass_ratio(gpu, model, clean.0, clean.1).await?;
+    let acc_pert = pm.pass_ratio(gpu, model, pert.0, pert.1).await?;
+    let raw = trace::trace_layers(gpu, model, setup, PatchPositions::AllPrompt, &mut pm).await?;
+    let ratios = raw.scores.clone();
+    let improvements: Vec<f64> = ratios.iter().map(|&r| improvement(r, acc_orig, acc_pert)).collect();
+    let key = if improvements.iter().any(|&v| v > 0.0) { trace::choose_layer(&improvements, &setup.distances) } else { trace::choose_layer(&ratios, &setup.distances) };
+    let passing = ratios.iter().filter(|&&r| r > 0.0).count();
+    let account = serde_json::json!({"acc_orig": acc_orig, "acc_pert": acc_pert, "pass_ratio": ratios, "improvement": improvements,
+        "patched_runs_passing": passing, "key_layer": key, "samples": samples.max(1), "seconds": t0.elapsed().as_secs_f64()});
+    Ok((LayerTrace { metric: "pass".into(), scores: improvements, key_layer: key, ..raw }, account))
 }

@@ -9,7 +9,7 @@ use creme_core::Gpu;
 use serde_json::json;
 
 use crate::common::{self, Res};
-use crate::pass_metric::{improvement, RestorationByPass};
+use crate::pass_metric::pass_trace;
 
 /// The model and the clean/perturbed prompt pair, shared by `trace` and `edit`.
 #[derive(clap::Args, Clone)]
@@ -93,22 +93,12 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
     let mut pass_json = serde_json::Value::Null;
     if a.metric == "pass" {
         let (clean_p, pert_p) = a.pair.problems()?.ok_or("--metric pass needs --task/--type")?;
-        let mut pm = RestorationByPass { problem: &pert_p, samples: a.samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
         let t4 = Instant::now();
-        let acc_orig = pollster::block_on(pm.pass_ratio(gpu, &model, &clean_text, &clean_p))?;
-        let acc_pert = pollster::block_on(pm.pass_ratio(gpu, &model, &pert_text, &pert_p))?;
-        let pass_trace = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut pm))?;
+        let (pass_trace, account) = pollster::block_on(pass_trace(gpu, &model, &setup, (&clean_text, &clean_p), (&pert_text, &pert_p), a.samples))?;
         t_layers = t4.elapsed().as_secs_f64();
-        let ratios = pass_trace.scores.clone();
-        let improvements: Vec<f64> = ratios.iter().map(|&r| improvement(r, acc_orig, acc_pert)).collect();
-        // The authors' choice: best improvement; all zero -> best patched pass rate; ties -> distance.
-        let key = if improvements.iter().any(|&v| v > 0.0) { trace::choose_layer(&improvements, &setup.distances) } else { trace::choose_layer(&ratios, &setup.distances) };
-        eprintln!("pass metric: acc_orig {acc_orig:.2}, acc_pert {acc_pert:.2}, {} of {} patched runs pass, key layer {key}",
-            ratios.iter().filter(|&&r| r > 0.0).count(), ratios.len());
-        pass_json = json!({"acc_orig": acc_orig, "acc_pert": acc_pert, "pass_ratio": ratios, "improvement": improvements,
-                           "patched_runs_passing": ratios.iter().filter(|&&r| r > 0.0).count(), "key_layer": key, "samples": a.samples.max(1),
-                           "seconds": t_layers});
-        all = trace::LayerTrace { metric: "pass".into(), scores: improvements, key_layer: key, ..pass_trace };
+        eprintln!("pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}", account["acc_orig"], account["acc_pert"], account["patched_runs_passing"], pass_trace.scores.len(), pass_trace.key_layer);
+        pass_json = account;
+        all = pass_trace;
     }
     eprintln!(
         "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \

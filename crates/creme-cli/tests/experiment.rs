@@ -1,0 +1,123 @@
+//! `creme experiment` and `creme report` on a tiny random model: the protocol runs end to end
+//! (baseline -> edit-worthy tasks -> trace -> edit -> evaluate -> revert), a run killed with
+//! SIGKILL resumes without losing or repeating a finished record, and shards merge in the report.
+//! The baseline comes from a file (a random model passes no test), as a user's earlier
+//! `creme eval` would provide it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn creme() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_creme"));
+    c.env("XDG_RUNTIME_DIR", std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()));
+    c
+}
+
+/// A dataset of `n` tiny tasks, a tiny model, and a baseline where every clean prompt passes and
+/// every perturbed (C3, E1) prompt fails: all 2n pairs are edit-worthy.
+fn setup(name: &str, n: usize) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("creme-exp-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let mut text = String::new();
+    let mut base = String::new();
+    for i in 0..n {
+        let id = format!("Tiny/{i}");
+        let prompt = format!("def value_{i}():\n    \"\"\"Return the number {i} and check that the result is an integer.\"\"\"\n");
+        text.push_str(&json!({"task_id": id, "prompt": prompt, "entry_point": format!("value_{i}"), "test": format!("def check(f):\n    assert f() == {i}\n")}).to_string());
+        text.push('\n');
+        for (set, passed) in [("clean", true), ("C3", false), ("E1", false)] {
+            base.push_str(&json!({"set": set, "task_id": id, "sample": 0, "passed": passed}).to_string());
+            base.push('\n');
+        }
+    }
+    std::fs::write(dir.join("data/HumanEval.jsonl"), text).unwrap();
+    std::fs::create_dir_all(dir.join("baseline")).unwrap();
+    std::fs::write(dir.join("baseline/samples.jsonl"), base).unwrap();
+    std::fs::write(dir.join("tiny.gguf"), creme_tests::tiny::tiny_gguf()).unwrap();
+    (dir.join("data"), dir.join("tiny.gguf"), dir)
+}
+
+fn experiment(data: &Path, model: &Path, root: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = creme();
+    c.args(["experiment", "--types", "C3,E1", "--max-tokens", "4", "--target-tokens", "8", "--workers", "2"])
+        .arg("--dataset")
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .arg("--baseline")
+        .arg(root.join("baseline"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).map(|t| t.lines().map(String::from).collect()).unwrap_or_default()
+}
+
+#[test]
+fn a_killed_experiment_resumes_without_losing_or_repeating_records() {
+    let (data, model, root) = setup("kill", 5);
+    let out = root.join("run");
+    let log = out.join("edits.jsonl");
+    let mut child = experiment(&data, &model, &root, &out, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while lines(&log).len() < 2 && t0.elapsed() < Duration::from_secs(600) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = lines(&log);
+    assert!(before.len() >= 2, "no records before the kill");
+    let killed_mid_run = before.len() < 10;
+    eprintln!("killed after {} of 10 records{}", before.len(), if killed_mid_run { "" } else { " (the run had already finished)" });
+
+    let st = experiment(&data, &model, &root, &out, &[]).status().unwrap();
+    assert!(st.success());
+    let after = lines(&log);
+    assert_eq!(&after[..before.len()], &before[..], "finished records changed on resume");
+    let mut keys: Vec<(String, String)> = after
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| (v["type"].as_str().unwrap().to_string(), v["task"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(keys.len(), 10, "every edit-worthy pair once");
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 10, "a record was repeated");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["edits"], 10);
+    let v: Value = serde_json::from_str(&after[0]).unwrap();
+    assert!(v["layer"].as_u64().unwrap() < 2 && v["steps"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["l_rir"], 0.0, "a random model fixes nothing: {v}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn shards_split_the_edits_and_merge_in_the_report() {
+    let (data, model, root) = setup("shards", 3);
+    let out = root.join("run");
+    for s in ["0/2", "1/2"] {
+        let st = experiment(&data, &model, &root, &out, &["--shard", s, "--layer", "1", "--eval-types", "E1"]).stderr(std::process::Stdio::null()).status().unwrap();
+        assert!(st.success());
+    }
+    let a = lines(&out.join("edits-shard-0-of-2.jsonl"));
+    let b = lines(&out.join("edits-shard-1-of-2.jsonl"));
+    assert_eq!((a.len(), b.len()), (3, 3));
+    let o = creme().arg("report").arg(&out).output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("mean L-RIR: 0.000") && text.contains("mean G-RIR: 0.000"), "{text}");
+    assert!(text.contains("edits: 6"), "{text}");
+    // Every edit used the fixed layer.
+    assert!(a.iter().chain(&b).all(|l| serde_json::from_str::<Value>(l).unwrap()["layer"] == 1));
+    let _ = std::fs::remove_dir_all(&root);
+}
