@@ -70,7 +70,8 @@ pub fn run_python(program: &str, limits: &Limits) -> RunResult {
     if let Err(e) = std::fs::write(dir.join("program.py"), program) {
         return err(format!("writing program: {e}"));
     }
-    let uid = sandbox_uid();
+    let held = sandbox_uid();
+    let uid = held.as_ref().map(|h| h.0);
     if let Some(uid) = uid {
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
         if unsafe { libc::chown(c.as_ptr(), uid, uid) } != 0 {
@@ -141,6 +142,7 @@ pub fn run_python(program: &str, limits: &Limits) -> RunResult {
     if let Some(uid) = uid {
         kill_all_of_uid(uid);
     }
+    drop(held);
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
@@ -186,14 +188,27 @@ fn tempdir() -> std::io::Result<std::path::PathBuf> {
 pub const SANDBOX_UID_BASE: u32 = 61_000;
 const SANDBOX_UIDS: u32 = 1_000;
 
-/// A uid of its own for this run when we are root (None otherwise: the caller's uid is kept).
-fn sandbox_uid() -> Option<u32> {
+/// A uid of its own for this run when we are root (None otherwise: the caller's uid is kept),
+/// held through an exclusive lock file so that concurrent runs, in this process or in another
+/// creme process, never share one (a run ends by killing everything its uid owns).
+fn sandbox_uid() -> Option<(u32, std::fs::File)> {
+    use std::os::unix::io::AsRawFd;
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     if std::env::var_os("CREME_SANDBOX_KEEP_UID").is_some() || unsafe { libc::geteuid() } != 0 {
         return None;
     }
-    Some(SANDBOX_UID_BASE + NEXT.fetch_add(1, Ordering::Relaxed) % SANDBOX_UIDS)
+    let dir = std::env::temp_dir().join("creme-sandbox-uids");
+    let _ = std::fs::create_dir_all(&dir);
+    let start = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(std::process::id().wrapping_mul(37));
+    for k in 0..SANDBOX_UIDS {
+        let uid = SANDBOX_UID_BASE + (start.wrapping_add(k)) % SANDBOX_UIDS;
+        let Ok(f) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(uid.to_string())) else { continue };
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Some((uid, f));
+        }
+    }
+    None
 }
 
 /// SIGKILL every process of `uid` (from a helper that becomes that uid: kill(-1) reaches exactly

@@ -47,7 +47,7 @@ fn oracle_completions_get_the_oracle_verdicts_on_every_set() {
             if r["passed"] == want[set][i] {
                 agree += 1;
             } else {
-                eprintln!("{set} {id}: oracle {} here {} ({})", want[set][i], r["passed"], r["stderr_tail"]);
+                eprintln!("{set} {id}: oracle {} here {} ({} {}: {})", want[set][i], r["passed"], r["verdict"], r["error_kind"], r["stderr_tail"]);
             }
         }
         eprintln!("{set}: {agree}/164 verdicts as the oracle's");

@@ -12,9 +12,11 @@ pub enum GpuError {
     DeviceLost(String),
     #[error("GPU error: {0}")]
     Validation(String),
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
     #[error("reading back a GPU buffer failed: {0}")]
     Readback(String),
-    #[error("tensor '{tensor}' needs {bytes} bytes in one binding, over this adapter's limit of {limit} bytes")]
+    #[error("'{tensor}' needs {bytes} bytes in one buffer or binding, over this adapter's limit of {limit} bytes")]
     TooLarge { tensor: String, bytes: u64, limit: u64 },
     #[error("shape error in {op}: {detail}")]
     Shape { op: &'static str, detail: String },

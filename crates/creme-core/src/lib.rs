@@ -16,6 +16,7 @@ pub mod model;
 pub mod perturb;
 pub mod report;
 pub mod trace;
+pub mod untrusted;
 
 pub use error::{GpuError, ModelError};
 /// The wgpu version this crate is built on (its buffers appear in the hook and trace APIs).

@@ -9,6 +9,9 @@ impl Gpu {
     /// A storage buffer holding `data`, readable and writable by kernels and copyable both ways.
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
+        if !self.fits(label, bytes.len() as u64) {
+            return self.storage_unchecked(label, 4);
+        }
         // wgpu rejects zero-sized bindings; keep at least one word.
         let padded;
         let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
@@ -28,6 +31,24 @@ impl Gpu {
 
     /// A zeroed storage buffer of `bytes` bytes (rounded up to a word).
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        if !self.fits(label, bytes) {
+            return self.storage_unchecked(label, 4);
+        }
+        self.storage_unchecked(label, bytes)
+    }
+
+    /// Whether a buffer of `bytes` is within the adapter's limits; if not, the fault names it and
+    /// the caller gets a placeholder (the error surfaces at the next readback or check).
+    fn fits(&self, label: &str, bytes: u64) -> bool {
+        let limit = self.limits.max_buffer_size;
+        if bytes > limit {
+            self.set_fault(GpuError::TooLarge { tensor: label.to_string(), bytes, limit });
+            return false;
+        }
+        true
+    }
+
+    fn storage_unchecked(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: ((bytes + 3) / 4 * 4).max(4),
@@ -49,6 +70,7 @@ impl Gpu {
 
     /// Copy `len` elements of type T from the start of `src` back to the CPU.
     pub async fn read<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>, GpuError> {
+        self.check()?;
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         if bytes == 0 {
             return Ok(Vec::new());
@@ -79,6 +101,8 @@ impl Gpu {
             bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
         };
         staging.unmap();
+        // Anything that went wrong while producing the result (it may be garbage then).
+        self.check()?;
         Ok(out)
     }
 }

@@ -115,6 +115,9 @@ pub struct Gpu {
     pub qmm_row_per_thread: bool,
     /// Use the tiled quantized matmul for prompts (m >= 16).
     pub qmm_tiled: bool,
+    /// The first fault since the last [`Gpu::check`]: an uncaptured wgpu error, out of memory, a
+    /// buffer over the adapter's limits, or the device lost (which stays).
+    pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -206,10 +209,22 @@ impl Gpu {
             })
             .await
             .map_err(|e| GpuError::Device(format!("request_device on '{}': {e}", info.name)))?;
-        // A lost device must surface as an error on the next call, not as a hang.
-        device.set_device_lost_callback(|reason, msg| {
+        // Faults surface as errors at the next readback (every result passes through one), never
+        // as a panic in wgpu's default handler or a hang.
+        let fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>> = Default::default();
+        let f = fault.clone();
+        device.set_device_lost_callback(move |reason, msg| {
             log_device_lost(&format!("{reason:?}: {msg}"));
+            *f.lock().unwrap_or_else(|e| e.into_inner()) = Some(GpuError::DeviceLost(format!("{reason:?}: {msg}")));
         });
+        let f = fault.clone();
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            let err = match &e {
+                wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
+                _ => GpuError::Validation(e.to_string()),
+            };
+            f.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+        }));
 
         let report = AdapterReport {
             name: info.name.clone(),
@@ -238,13 +253,31 @@ impl Gpu {
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
         let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled })
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking(opts: &GpuOptions) -> Result<Gpu, GpuError> {
         pollster::block_on(Self::new(opts))
+    }
+
+    /// Record a fault (the first one wins; a lost device is never replaced).
+    pub(crate) fn set_fault(&self, e: GpuError) {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+    }
+
+    /// The first fault since the last check, as an error. A lost device stays lost.
+    pub fn check(&self) -> Result<(), GpuError> {
+        let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        match f.take() {
+            None => Ok(()),
+            Some(GpuError::DeviceLost(m)) => {
+                *f = Some(GpuError::DeviceLost(m.clone()));
+                Err(GpuError::DeviceLost(m))
+            }
+            Some(e) => Err(e),
+        }
     }
 
     /// Largest byte size one storage binding may have on this device.

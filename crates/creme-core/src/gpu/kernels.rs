@@ -97,6 +97,17 @@ impl super::Gpu {
         buffers: &[wgpu::BindingResource<'_>],
         groups: [u32; 3],
     ) {
+        // A binding over the adapter's limit would be a wgpu validation error: refuse it by name.
+        let limit = self.limits.max_storage_buffer_binding_size as u64;
+        for (i, r) in buffers.iter().enumerate() {
+            if let wgpu::BindingResource::Buffer(b) = r {
+                let size = b.size.map(|s| s.get()).unwrap_or_else(|| b.buffer.size() - b.offset);
+                if size > limit && b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+                    self.set_fault(crate::GpuError::TooLarge { tensor: format!("binding {i} of kernel {name}"), bytes: size, limit });
+                    return;
+                }
+            }
+        }
         let pipeline = self.kernels.get(&self.device, name);
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = buffers

@@ -138,7 +138,7 @@ impl<'a> Reader<'a> {
         if n.saturating_mul(min_each as u64) > left {
             return Err(ModelError::Truncated {
                 what: format!("GGUF header ({w}: {n} items at byte {})", self.pos),
-                need: self.pos as u64 + n.saturating_mul(min_each as u64),
+                need: (self.pos as u64).saturating_add(n.saturating_mul(min_each as u64)),
                 have: self.b.len() as u64,
             });
         }
@@ -235,6 +235,10 @@ impl GgufHeader {
                 ModelError::Format(format!("tensor '{name}' has unsupported type {} (ggml type id {ty})", ggml_type_name(ty)))
             })?;
             let offset = r.u64(&name)?;
+            // Far beyond any file; keeps offset + size arithmetic from overflowing.
+            if offset > 1 << 56 {
+                return Err(ModelError::Format(format!("tensor '{name}': offset {offset} is beyond any file")));
+            }
             let elems = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             match elems {
                 Some(e) if e > 0 && dims[0] % dtype.block_elems() as u64 == 0 && e < (1u64 << 40) => {}

@@ -78,6 +78,29 @@ pub fn config_from_json(config_json: &[u8], has_qkv_bias: bool) -> Result<ModelC
     })
 }
 
+/// The tensor table (under GGUF names, dims reversed) of parsed HF shards, and each tensor's
+/// bytes. Tensors the runtime does not use are skipped; unsupported dtypes are errors.
+pub fn hf_tensor_table<'a>(parsed: &'a [safetensors::SafeTensors<'a>]) -> Result<(Vec<TensorInfo>, Vec<(String, &'a [u8])>), ModelError> {
+    let mut table = Vec::new();
+    let mut views = Vec::new();
+    for st in parsed {
+        for (name, view) in st.tensors() {
+            let Some(g) = gguf_name(&name) else { continue };
+            let dtype = match view.dtype() {
+                safetensors::Dtype::F32 => GgmlType::F32,
+                safetensors::Dtype::F16 => GgmlType::F16,
+                safetensors::Dtype::BF16 => GgmlType::BF16,
+                other => return Err(ModelError::Format(format!("tensor '{name}' has dtype {other:?} (f32, f16, bf16 supported)"))),
+            };
+            // GGUF dims are reversed (contiguous first).
+            let dims: Vec<u64> = view.shape().iter().rev().map(|&d| d as u64).collect();
+            table.push(TensorInfo { name: g.clone(), dims, dtype, offset: 0 });
+            views.push((g, view.data()));
+        }
+    }
+    Ok((table, views))
+}
+
 impl Model {
     /// Load an HF checkpoint from its files' bytes (one or more safetensors shards).
     pub fn from_safetensors(gpu: &Gpu, config_json: &[u8], tokenizer_json: &[u8], shards: &[&[u8]], max_positions: usize) -> Result<Model, ModelError> {
@@ -86,29 +109,13 @@ impl Model {
             .enumerate()
             .map(|(i, b)| safetensors::SafeTensors::deserialize(b).map_err(|e| ModelError::Format(format!("safetensors shard {i}: {e}"))))
             .collect::<Result<_, _>>()?;
-        let mut table = Vec::new();
-        let mut views = Vec::new();
-        for st in &parsed {
-            for (name, view) in st.tensors() {
-                let Some(g) = gguf_name(&name) else { continue };
-                let dtype = match view.dtype() {
-                    safetensors::Dtype::F32 => GgmlType::F32,
-                    safetensors::Dtype::F16 => GgmlType::F16,
-                    safetensors::Dtype::BF16 => GgmlType::BF16,
-                    other => return Err(ModelError::Format(format!("tensor '{name}' has dtype {other:?} (f32, f16, bf16 supported)"))),
-                };
-                // GGUF dims are reversed (contiguous first).
-                let dims: Vec<u64> = view.shape().iter().rev().map(|&d| d as u64).collect();
-                table.push(TensorInfo { name: g.clone(), dims, dtype, offset: 0 });
-                views.push((g, view));
-            }
-        }
+        let (table, views) = hf_tensor_table(&parsed)?;
         let has_bias = table.iter().any(|t| t.name == "blk.0.attn_q.bias");
         let cfg = config_from_json(config_json, has_bias)?;
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
-        let mut loader = ModelLoader::from_parts(cfg, tokenizer, table);
-        for (name, view) in views {
-            loader.add_tensor(gpu, &name, view.data())?;
+        let mut loader = ModelLoader::from_parts(cfg, tokenizer, table)?;
+        for (name, data) in views {
+            loader.add_tensor(gpu, &name, data)?;
         }
         loader.finish(gpu, max_positions)
     }

@@ -82,14 +82,19 @@ impl ModelLoader {
     pub fn new(header: &GgufHeader) -> Result<ModelLoader, ModelError> {
         let cfg = ModelConfig::from_gguf(header)?;
         let tokenizer = Tokenizer::from_gguf(header)?;
-        Ok(Self::from_parts(cfg, tokenizer, header.tensors.clone()))
+        Self::from_parts(cfg, tokenizer, header.tensors.clone())
     }
 
-    /// A loader for any source: config, tokenizer and the tensor table under GGUF names.
-    pub fn from_parts(cfg: ModelConfig, tokenizer: Tokenizer, tensors: Vec<TensorInfo>) -> ModelLoader {
+    /// A loader for any source: config, tokenizer and the tensor table under GGUF names. The
+    /// table is checked against the config first (see [`check_tensor_table`]).
+    pub fn from_parts(cfg: ModelConfig, tokenizer: Tokenizer, tensors: Vec<TensorInfo>) -> Result<ModelLoader, ModelError> {
+        check_tensor_table(&cfg, &tensors)?;
+        if tokenizer.vocab_size() > cfg.vocab {
+            return Err(ModelError::Format(format!("the tokenizer has {} tokens but the embedding only {} rows", tokenizer.vocab_size(), cfg.vocab)));
+        }
         let tied = !tensors.iter().any(|t| t.name == "output.weight");
         let table = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-        ModelLoader { table, cfg, tokenizer, weights: HashMap::new(), vectors: HashMap::new(), embed: None, tied_head_bytes: tied }
+        Ok(ModelLoader { table, cfg, tokenizer, weights: HashMap::new(), vectors: HashMap::new(), embed: None, tied_head_bytes: tied })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -148,6 +153,61 @@ impl ModelLoader {
         let rope_table = gpu.upload("rope table", &rope_table(&cfg, max_positions));
         Ok(Model { cfg, tokenizer: self.tokenizer, embed, layers, out_norm, head, rope_table, max_positions })
     }
+}
+
+/// Every tensor the forward pass reads exists with the shape the config implies, and the config
+/// itself is sane, so no kernel or CPU lookup can index past a buffer: a file whose header lies
+/// gets an error naming the tensor, before any upload.
+pub fn check_tensor_table(cfg: &ModelConfig, tensors: &[TensorInfo]) -> Result<(), ModelError> {
+    let bad = |m: String| Err(ModelError::Format(m));
+    let (d, ff, hd) = (cfg.d_model as u64, cfg.d_ff as u64, cfg.head_dim as u64);
+    let (q, kv) = (cfg.n_heads as u64 * hd, cfg.n_kv_heads as u64 * hd);
+    if cfg.n_layers == 0 || d == 0 || ff == 0 || cfg.vocab == 0 || hd == 0 || hd % 2 != 0 || hd > 256 {
+        return bad(format!("implausible config: {} layers, d_model {d}, d_ff {ff}, head_dim {hd}, vocab {}", cfg.n_layers, cfg.vocab));
+    }
+    // Larger than any model this runtime is for: refuse before the loops below grow with it.
+    if cfg.n_layers > 1024 || d > 65_536 || ff > 262_144 || cfg.vocab > 4_000_000 {
+        return bad(format!("config out of range: {} layers, d_model {d}, d_ff {ff}, vocab {}", cfg.n_layers, cfg.vocab));
+    }
+    let by_name: HashMap<&str, &TensorInfo> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let want = |name: String, dims: &[u64]| -> Result<(), ModelError> {
+        let t = by_name.get(name.as_str()).ok_or_else(|| ModelError::Missing(format!("tensor {name}")))?;
+        // GGUF dims: contiguous (columns) first.
+        if t.dims != dims {
+            return Err(ModelError::Format(format!("tensor {name} has dims {:?}, the config implies {dims:?}", t.dims)));
+        }
+        if dims[0] % t.dtype.block_elems() as u64 != 0 {
+            return Err(ModelError::Format(format!("tensor {name}: {} columns are not a whole number of {} blocks", dims[0], t.dtype.name())));
+        }
+        Ok(())
+    };
+    let vocab = by_name.get("token_embd.weight").map(|t| t.rows_cols().0).unwrap_or(0);
+    if vocab < cfg.vocab as u64 {
+        return bad(format!("token_embd.weight has {vocab} rows, fewer than the vocabulary's {}", cfg.vocab));
+    }
+    want("token_embd.weight".into(), &[d, vocab])?;
+    if by_name.contains_key("output.weight") {
+        want("output.weight".into(), &[d, vocab])?;
+    }
+    want("output_norm.weight".into(), &[d])?;
+    for l in 0..cfg.n_layers {
+        let p = |s: &str| format!("blk.{l}.{s}");
+        want(p("attn_norm.weight"), &[d])?;
+        want(p("ffn_norm.weight"), &[d])?;
+        want(p("attn_q.weight"), &[d, q])?;
+        want(p("attn_k.weight"), &[d, kv])?;
+        want(p("attn_v.weight"), &[d, kv])?;
+        want(p("attn_output.weight"), &[q, d])?;
+        want(p("ffn_gate.weight"), &[d, ff])?;
+        want(p("ffn_up.weight"), &[d, ff])?;
+        want(p("ffn_down.weight"), &[ff, d])?;
+        if cfg.qkv_bias {
+            want(p("attn_q.bias"), &[q])?;
+            want(p("attn_k.bias"), &[kv])?;
+            want(p("attn_v.bias"), &[kv])?;
+        }
+    }
+    Ok(())
 }
 
 /// cos/sin of pos * inv_freq in f32 as HF computes them (inv_freq = 1 / base^(2i/d) in f32).
