@@ -1,6 +1,6 @@
 // Load a GGUF model by Range requests and generate greedily, tokens streamed into the page.
 // Query parameters (used by the tests): model=URL, prompt=TEXT, max=N, auto=1.
-import init, { Session } from './pkg/creme_web.js';
+import * as creme from './pkg/creme_web.js';
 import { loadModel, runPage } from './model.js';
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +14,7 @@ window.__creme = state;
 async function load(session) {
   $('status').textContent = 'loading…';
   const t0 = performance.now();
-  const cfg = await loadModel(session, Session, $('url').value, (f, name) => { $('progress').value = f; $('status').textContent = `${(f * 100).toFixed(0)}% ${name}`; });
+  const cfg = (await loadModel(session, creme, { url: $('url').value }, (f, name) => { $('progress').value = f; $("status").textContent = `${(f * 100).toFixed(0)}% ${name}`; })).config;
   state.loadSeconds = (performance.now() - t0) / 1000;
   state.config = cfg;
   $('status').textContent = `${cfg.name || cfg.arch}: ${cfg.n_layers} layers, d_model ${cfg.d_model}, vocab ${cfg.vocab} — loaded in ${state.loadSeconds.toFixed(1)} s`;
@@ -33,4 +33,4 @@ async function gen(session) {
   state.text = r.text;
 }
 
-runPage(init, Session, state, load, gen);
+runPage(creme.default, creme.Session, state, load, gen);

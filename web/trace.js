@@ -1,7 +1,7 @@
 // Educational causal-trace page: loads a GGUF into WebGPU, runs creme-core's logprob trace
 // (every layer patched at every prompt position, and at the differing positions only) and draws
 // the restoration curve. Query parameters for tests: model=URL, auto=1.
-import init, { Session } from './pkg/creme_web.js';
+import * as creme from './pkg/creme_web.js';
 import { loadModel, runPage } from './model.js';
 
 const $ = (id) => document.getElementById(id);
@@ -37,7 +37,7 @@ function chart(all, diff) {
 }
 
 async function load(session) {
-  const cfg = await loadModel(session, Session, $('url').value, (f, name) => { $('progress').value = f; $('status').textContent = `${(f * 100).toFixed(0)}% ${name}`; });
+  const cfg = (await loadModel(session, creme, { url: $('url').value }, (f, name) => { $('progress').value = f; $("status").textContent = `${(f * 100).toFixed(0)}% ${name}`; })).config;
   state.config = cfg;
   $('status').textContent = `${cfg.name || cfg.arch}: ${cfg.n_layers} layers, d_model ${cfg.d_model}`;
   $('go').disabled = false;
@@ -55,4 +55,4 @@ async function trace(session) {
     Key layer: <b>${r.all_positions.key_layer}</b> when every prompt position is patched, <b>${r.differing_positions.key_layer}</b> when only the differing positions are.`;
 }
 
-runPage(init, Session, state, load, trace);
+runPage(creme.default, creme.Session, state, load, trace);

@@ -1,16 +1,21 @@
-// Browser tests: serve web/ (and the model cache under /models/), open pages in Debian's Chromium
-// (headless, WebGPU on SwiftShader) through playwright-core.
+// Browser tests: `creme serve` (CREME_BIN) serves web/, the model cache under /models/ and the
+// dataset under /datasets/; pages run in Debian's Chromium (headless, WebGPU on SwiftShader)
+// through playwright-core. Every in-page result is checked against the native run on this machine.
 //  1. GPU check page: the matmul kernel via creme-web equals the CPU reference.
-//  2. Generate page: SmolLM2-135M streamed by Range requests into WebGPU generates greedily the
-//     same tokens as the native `creme generate` run (CREME_BIN) on this machine.
+//  2. Generate page: SmolLM2-135M streamed into WebGPU generates the native run's greedy tokens.
+//  3. Trace page: per-layer restoration equals the native `creme trace` within 1e-3.
+//  4. App: generate both prompts, edit a layer (final loss within 1% of the native `creme edit`),
+//     generate after the edit, download the patch; natively the patch gives the page's tokens.
+//  5. App download cache: an interrupted download resumes from the cached chunks; a corrupted
+//     cached chunk is detected and fetched again.
+//  6. App: the Qwen2.5-Coder-0.5B model loads (time and the browser's peak memory reported).
 // Screenshots go to $ARTIFACTS (default test-artifacts/).
 import { chromium } from 'playwright-core';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { serve, modelDir } from './serve.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const webRoot = path.resolve(here, '..');
@@ -24,12 +29,30 @@ const ARGS = ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulka
 let failures = 0;
 const check = (cond, msg) => { console.log(`${cond ? 'ok  ' : 'FAIL'} ${msg}`); if (!cond) failures++; };
 
-const server = await serve(webRoot);
-const port = server.address().port;
+const bin = process.env.CREME_BIN;
+if (!bin) throw new Error('CREME_BIN (the native creme binary) is not set');
+const modelDir = () => process.env.CREME_MODEL_DIR || path.join(process.env.CREME_CACHE_DIR || path.join(os.homedir(), '.cache/creme'), 'models');
+const server = spawn(bin, ['serve', '--port', '0', '--web', webRoot, '--models', modelDir()], { stdio: ['ignore', 'pipe', 'inherit'] });
+const port = await new Promise((resolve, reject) => {
+  server.stdout.on('data', (d) => { const m = /127\.0\.0\.1:(\d+)/.exec(String(d)); if (m) resolve(Number(m[1])); });
+  server.on('exit', (c) => reject(new Error(`creme serve exited (${c})`)));
+});
+const native = (args) => execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'creme-browser-'));
+const writeTmp = (name, text) => { const f = path.join(tmp, name); fs.writeFileSync(f, text); return f; };
+/// The __metadata__ of a safetensors file (CREME patches keep the loss curve there).
+const stMetadata = (file) => { const b = fs.readFileSync(file); const n = Number(b.readBigUInt64LE(0)); return JSON.parse(b.subarray(8, 8 + n).toString())['__metadata__']; };
+const newPage = async () => {
+  const p = await browser.newPage();
+  p.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
+  p.on('pageerror', (e) => console.log('[page exception]', e.message));
+  return p;
+};
+const finished = async (p, timeout = 900000) => { await p.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout }); return p.evaluate(() => window.__creme); };
 const userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'creme-chromium-'));
 const browser = await chromium.launchPersistentContext(userDir, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ARGS,
-  viewport: { width: 1100, height: 760 },
+  viewport: { width: 1280, height: 900 }, acceptDownloads: true,
 });
 try {
   const page = await browser.newPage();
@@ -48,10 +71,7 @@ try {
   const modelFile = 'smollm2-135m-instruct-q4_1.gguf';
   const prompt = 'def is_palindrome(s: str) -> bool:\n    """Return True if s reads the same backwards."""\n';
   const maxTokens = 16;
-  const bin = process.env.CREME_BIN;
-  if (!bin) throw new Error('CREME_BIN (the native creme binary) is not set');
-  const native = JSON.parse(execFileSync(bin, ['generate', '--model', path.join(modelDir(), modelFile), '--prompt', prompt,
-    '--max-tokens', String(maxTokens), '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+  const nativeGen = JSON.parse(native(['generate', '--model', path.join(modelDir(), modelFile), '--prompt', prompt, '--max-tokens', String(maxTokens), '--json']));
   const gp = await browser.newPage();
   gp.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
   const q = new URLSearchParams({ model: `/models/${modelFile}`, prompt, max: String(maxTokens), auto: '1' });
@@ -61,7 +81,7 @@ try {
   await gp.screenshot({ path: path.join(artifacts, 'generate.png'), fullPage: true });
   check(!g.error, `model page ran without error ${g.error ? '(' + g.error + ')' : ''}`);
   check(g.config && g.config.n_layers === 30, `SmolLM2 streamed in by Range requests (${g.loadSeconds && g.loadSeconds.toFixed(1)} s)`);
-  check(JSON.stringify(g.tokens) === JSON.stringify(native.tokens), `browser greedy tokens equal the native run: ${JSON.stringify(g.tokens)} vs ${JSON.stringify(native.tokens)}`);
+  check(JSON.stringify(g.tokens) === JSON.stringify(nativeGen.tokens), `browser greedy tokens equal the native run: ${JSON.stringify(g.tokens)} vs ${JSON.stringify(nativeGen.tokens)}`);
   check(JSON.stringify(g.streamed) === JSON.stringify(g.tokens), 'every token was streamed to the page callback');
   console.log(`browser generation: ${g.tokens && g.tokens.length} tokens in ${g.genSeconds && g.genSeconds.toFixed(1)} s: ${JSON.stringify(g.text)}`);
 
@@ -69,7 +89,8 @@ try {
   const tp = await browser.newPage();
   tp.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
   // Short prompts keep the software-rendered trace (SwiftShader) to a couple of minutes.
-  const tq = new URLSearchParams({ auto: '1', n: '4', clean: 'def add(a, b):\n    """Sum two numbers."""\n', pert: 'def add(a, b):\n    """Sun two numbrs."""\n' });
+  const clean = 'def add(a, b):\n    """Sum two numbers."""\n', pert = 'def add(a, b):\n    """Sun two numbrs."""\n';
+  const tq = new URLSearchParams({ auto: '1', n: '4', clean, pert });
   await tp.goto(`http://127.0.0.1:${port}/trace.html?${tq}`);
   await tp.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout: 900000 });
   const t = await tp.evaluate(() => window.__creme);
@@ -80,10 +101,69 @@ try {
   check(tr && tr.all_positions.scores.every(Number.isFinite) && Number.isFinite(tr.lp_clean) && Number.isFinite(tr.lp_pert),
     `trace page: finite scores (lp_clean ${tr && tr.lp_clean.toFixed(2)}, lp_pert ${tr && tr.lp_pert.toFixed(2)})`);
   console.log(`trace page: key layer ${tr && tr.all_positions.key_layer} (differing: ${tr && tr.differing_positions.key_layer}) in ${t.seconds && t.seconds.toFixed(1)} s`);
+  const cleanFile = writeTmp('clean.txt', clean), pertFile = writeTmp('pert.txt', pert);
+  native(['trace', '--model', path.join(modelDir(), modelFile), '--clean-file', cleanFile, '--pert-file', pertFile, '--target-tokens', '4', '--out', path.join(tmp, 'trace')]);
+  const nt = JSON.parse(fs.readFileSync(path.join(tmp, 'trace', 'trace.json'), 'utf8'));
+  for (const v of ['all_positions', 'differing_positions']) {
+    const diff = tr ? Math.max(...nt[v].scores.map((x, l) => Math.abs(x - tr[v].scores[l]))) : Infinity;
+    check(diff < 1e-3, `trace page ${v}: per-layer restoration equals the native trace (max difference ${diff.toExponential(2)}), key layer ${tr && tr[v].key_layer} vs ${nt[v].key_layer}`);
+  }
+
+  // 4. The app: generate, edit a fixed layer, generate after, download the patch; compare natively.
+  const layer = 20, steps = 5, target = 8, max = 6;
+  const ap = await newPage();
+  const aq = new URLSearchParams({ auto: '1', max: String(max), layer: String(layer), steps: String(steps), target: String(target), clean, pert });
+  await ap.goto(`http://127.0.0.1:${port}/app.html?${aq}`);
+  const a = await finished(ap);
+  check(!a.error, `app ran without error ${a.error ? '(' + a.error + ')' : ''}`);
+  check(a.loadStats && a.loadStats.verified, `app: model streamed in ${a.loadSeconds && a.loadSeconds.toFixed(1)} s, SHA-256 verified (${a.loadStats && a.loadStats.fetched} chunks fetched)`);
+  const [dl] = await Promise.all([ap.waitForEvent('download'), ap.click('#download')]);
+  const pagePatch = path.join(tmp, 'page-patch.safetensors');
+  await dl.saveAs(pagePatch);
+  await ap.screenshot({ path: path.join(artifacts, 'app.png'), fullPage: true });
+  const nativePatch = path.join(tmp, 'native-patch.safetensors');
+  native(['edit', '--model', path.join(modelDir(), modelFile), '--clean-file', cleanFile, '--pert-file', pertFile, '--layer', String(layer), '--steps', String(steps),
+    '--target-tokens', String(target), '--no-eval', '--out', nativePatch]);
+  const nLoss = JSON.parse(stMetadata(nativePatch).loss_curve), pLoss = a.edit ? a.edit.edit.losses : [];
+  const nFinal = nLoss[nLoss.length - 1].total, pFinal = pLoss.length ? pLoss[pLoss.length - 1].total : NaN;
+  check(Math.abs(pFinal - nFinal) <= 0.01 * nFinal, `app edit: final loss ${pFinal.toExponential(4)} vs native ${nFinal.toExponential(4)} (${pLoss.length} vs ${nLoss.length} evaluations)`);
+  check(stMetadata(pagePatch).made_by === 'creme-web', `app: downloaded the patch (${fs.statSync(pagePatch).size} bytes)`);
+  const after = JSON.parse(native(['generate', '--model', path.join(modelDir(), modelFile), '--prompt', pert, '--max-tokens', String(max), '--humaneval-stops', '--patch', pagePatch, '--json']));
+  check(a.after && JSON.stringify(after.tokens) === JSON.stringify(a.after.tokens), `the page's patch applied natively gives the page's tokens after the edit: ${JSON.stringify(after.tokens)} vs ${JSON.stringify(a.after && a.after.tokens)}`);
+  console.log(`app: clean ${JSON.stringify(a.clean && a.clean.text)} / perturbed ${JSON.stringify(a.pert && a.pert.text)} / after the edit ${JSON.stringify(a.after && a.after.text)}`);
+
+  // 5. The download cache: interrupt, resume, corrupt a chunk.
+  const url = `/models/${modelFile}`;
+  await ap.evaluate(() => caches.delete('creme-models-v1'));
+  const lq = (extra) => new URLSearchParams({ auto: '1', loadonly: '1', model: url, ...extra });
+  await ap.goto(`http://127.0.0.1:${port}/app.html?${lq({ stopAfter: '5' })}`);
+  const r1 = await finished(ap);
+  check(r1.error && r1.error.includes('interrupted after 5 chunks'), `an interrupted download stops with a clear message (${r1.error})`);
+  await ap.goto(`http://127.0.0.1:${port}/app.html?${lq({})}`);
+  const r2 = await finished(ap);
+  check(!r2.error && r2.loadStats.fromCache === 5 && r2.loadStats.fetched === r2.loadStats.chunks - 5, `the download resumed: ${r2.loadStats && r2.loadStats.fromCache} chunks from the cache, ${r2.loadStats && r2.loadStats.fetched} fetched`);
+  await ap.evaluate(([u]) => window.__cremeCorrupt(u, 3), [url]);
+  await ap.goto(`http://127.0.0.1:${port}/app.html?${lq({})}`);
+  const r3 = await finished(ap);
+  check(!r3.error && r3.loadStats.refetched === 1 && r3.loadStats.fetched === 1 && r3.loadStats.verified, `a corrupted cached chunk was detected and fetched again (refetched ${r3.loadStats && r3.loadStats.refetched}, SHA-256 verified)`);
+
+  // 6. Qwen2.5-Coder-0.5B in the page: load time and the browser's peak memory.
+  const qwen = 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf';
+  if (fs.existsSync(path.join(modelDir(), qwen))) {
+    const rss = () => { let kb = 0; for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d))) { try { const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8'); if (/^Name:\s*(chromium|chrome)/m.test(st)) kb += Number((/VmRSS:\s*(\d+)/.exec(st) || [0, 0])[1]); } catch { /* gone */ } } return kb / 1024; };
+    let peak = 0;
+    const timer = setInterval(() => { peak = Math.max(peak, rss()); }, 250);
+    await ap.goto(`http://127.0.0.1:${port}/app.html?${lq({ model: `/models/${qwen}` })}`);
+    const rq = await finished(ap);
+    clearInterval(timer);
+    check(!rq.error && rq.config && rq.config.n_layers === 24, `Qwen2.5-Coder-0.5B loads in the page: ${rq.loadSeconds && rq.loadSeconds.toFixed(1)} s (${rq.loadStats && rq.loadStats.chunks} chunks, SHA-256 ${rq.loadStats && rq.loadStats.verified ? 'verified' : 'not checked'}), browser peak RSS ${peak.toFixed(0)} MiB ${rq.error ? '(' + rq.error + ')' : ''}`);
+    await ap.screenshot({ path: path.join(artifacts, 'app-qwen-loaded.png') });
+  }
 } finally {
   await browser.close();
-  server.close();
+  server.kill();
   fs.rmSync(userDir, { recursive: true, force: true });
+  fs.rmSync(tmp, { recursive: true, force: true });
 }
 console.log(failures ? `${failures} browser check(s) failed` : 'browser tests passed');
 process.exit(failures ? 1 : 0);

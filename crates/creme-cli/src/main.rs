@@ -10,8 +10,10 @@ mod eval_cmd;
 mod experiment_cmd;
 mod pass_metric;
 mod perturb_cmd;
+mod quantize_cmd;
 mod report_cmd;
 mod sandbox;
+mod serve_cmd;
 mod trace_cmd;
 
 use std::path::PathBuf;
@@ -187,6 +189,28 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Serve the web app (web/), the model cache (/models/) and the dataset (/datasets/) on 127.0.0.1
+    Serve {
+        /// Port (0 = any free port; the address is printed)
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The web app directory (the repository's web/, built by scripts/build-web.sh)
+        #[arg(long, default_value = "web")]
+        web: PathBuf,
+        /// Model directory served under /models/ (default: the model cache)
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Dataset directory served under /datasets/ (default: as `eval` finds it)
+        #[arg(long)]
+        dataset: Option<PathBuf>,
+    },
+    /// Re-encode a GGUF model's weights (q8_0, q4_0) for the web app, and check the quality cost
+    Quantize {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[command(flatten)]
+        args: quantize_cmd::QuantizeArgs,
+    },
     /// Perturb a prompt's docstring, write perturbed sets, or validate against released sets
     Perturb {
         #[command(flatten)]
@@ -222,6 +246,12 @@ fn run(cli: Cli) -> Res {
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
         Cmd::Report { dirs, out } => report_cmd::run(&dirs, out),
+        Cmd::Serve { port, web, models, dataset } => {
+            let models = models.unwrap_or_else(|| common::model_path(None).parent().map(|p| p.to_path_buf()).unwrap_or_default());
+            let datasets = common::dataset_dir(dataset.as_deref()).ok();
+            serve_cmd::run(serve_cmd::Roots { web, models, datasets }, port)
+        }
+        Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
         Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),

@@ -60,7 +60,7 @@ pub async fn capture(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], targ
     Ok(EditData { layer, n, d, f, r_orig, r_pert, a_orig, a_pert, h_orig })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Keep {
     /// The weights after the last step (the paper's code).
     Final,
@@ -68,14 +68,15 @@ pub enum Keep {
     Best,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub enum Solver {
     Adam,
     /// Closed form: min L(W0 + D) + ridge * ||D||² / (d f), exact per output row.
     Ridge { ridge: f64 },
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EditSettings {
     pub solver: Solver,
     pub lambda: f64,

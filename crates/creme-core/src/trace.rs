@@ -23,7 +23,7 @@ pub struct Probe {
 }
 
 /// Which prompt positions a layer trace patches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum PatchPositions {
     /// Every prompt position (the authors' trace).
     AllPrompt,
@@ -195,7 +195,7 @@ impl RestorationMetric for RestorationByLogprob {
 }
 
 /// Result of a layer trace.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LayerTrace {
     pub metric: String,
     pub positions: PatchPositions,

@@ -4,6 +4,7 @@
 //! JS as exceptions carrying creme-core's message; panics print to the console with a stack.
 
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::edit::{self, EditPatch, EditSettings};
 use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{cpu, Gpu, GpuOptions, ModelError};
@@ -24,6 +25,8 @@ pub struct Session {
     gpu: Gpu,
     loader: Option<ModelLoader>,
     model: Option<Model>,
+    /// The last edit made in this session, ready to download as a patch.
+    patch: Option<EditPatch>,
 }
 
 #[wasm_bindgen]
@@ -31,7 +34,7 @@ impl Session {
     /// Open WebGPU (navigator.gpu) with the adapter's own limits.
     pub async fn create() -> Result<Session, JsError> {
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_err)?;
-        Ok(Session { gpu, loader: None, model: None })
+        Ok(Session { gpu, loader: None, model: None, patch: None })
     }
 
     /// The adapter report (name, backend, features, limits) as JSON.
@@ -74,6 +77,7 @@ impl Session {
             .collect();
         let doc = json!({"config": loader.config(), "tensors": list});
         self.model = None;
+        self.patch = None;
         self.loader = Some(loader);
         Ok(doc.to_string())
     }
@@ -138,7 +142,144 @@ impl Session {
                          "all_positions": all, "differing_positions": diff});
         Ok(doc.to_string())
     }
+
+    /// Layer x position grid trace (logprob metric): one prompt position patched at one layer, for
+    /// the differing positions and the last `tail` positions. JSON {grid, labels, svg}.
+    #[wasm_bindgen(js_name = traceGrid)]
+    pub async fn trace_grid(&self, clean: String, pert: String, target_tokens: usize, tail: usize) -> Result<String, JsError> {
+        let model = self.model()?;
+        let tok = &model.tokenizer;
+        let (c, p) = (tok.encode(&clean).map_err(js_err)?, tok.encode(&pert).map_err(js_err)?);
+        let target = trace::greedy_target(&self.gpu, model, &c, target_tokens).await.map_err(js_err)?;
+        let setup = trace::prepare(&self.gpu, model, &c, &p, &target).await.map_err(js_err)?;
+        let mut positions = setup.differing_positions();
+        positions.extend(setup.frame.saturating_sub(tail)..setup.frame);
+        positions.sort();
+        positions.dedup();
+        let grid = trace::trace_grid(&self.gpu, model, &setup, &positions, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let labels: Vec<String> = positions
+            .iter()
+            .map(|&i| match i.checked_sub(setup.pad_pert()) {
+                Some(j) => tok.decode(&[p[j]]).unwrap_or_default(),
+                None => "<pad>".into(),
+            })
+            .collect();
+        let svg = creme_core::report::grid_heatmap_svg(&grid, &labels, "restoration, one position patched at one layer");
+        Ok(json!({"grid": grid, "labels": labels, "positions": positions, "svg": svg}).to_string())
+    }
+
+    /// CREME edit of one layer's W_down from the clean/perturbed pair; `layer` < 0 traces first
+    /// (logprob metric, every prompt position) and edits the key layer. `settings` is JSON with
+    /// any of {solver, lambda, lr, max_steps, patience, keep} (defaults: the paper's). The edit
+    /// is applied to the model and kept as this session's patch. Returns JSON {layer, trace,
+    /// edit: {losses, steps, best_loss, kept_step, ...}, seconds}.
+    pub async fn edit(&mut self, clean: String, pert: String, layer: i32, settings: String, target_tokens: usize) -> Result<String, JsError> {
+        let s: EditSettings = if settings.trim().is_empty() { EditSettings::default() } else { serde_json::from_str(&settings).map_err(|e| js_err(format!("edit settings: {e}")))? };
+        self.revert();
+        let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
+        let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
+        let target = trace::greedy_target(&self.gpu, model, &c, target_tokens).await.map_err(js_err)?;
+        let (layer, trace_json) = if layer < 0 {
+            let setup = trace::prepare(&self.gpu, model, &c, &p, &target).await.map_err(js_err)?;
+            let t = trace::trace_layers(&self.gpu, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
+            (t.key_layer, serde_json::to_value(&t).map_err(js_err)?)
+        } else if (layer as usize) < model.cfg.n_layers {
+            (layer as usize, serde_json::Value::Null)
+        } else {
+            return Err(JsError::new(&format!("layer {layer}: the model has {} layers", model.cfg.n_layers)));
+        };
+        let data = edit::capture(&self.gpu, model, &c, &p, &target, layer).await.map_err(js_err)?;
+        let w0 = model.ffn_down_f32(&self.gpu, layer).await.map_err(js_err)?;
+        let result = edit::solve(&self.gpu, &data, &w0, &s).await.map_err(js_err)?;
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert("base_model".to_string(), model.cfg.name.clone());
+        meta.insert("settings".to_string(), serde_json::to_string(&s).map_err(js_err)?);
+        meta.insert("loss_curve".to_string(), serde_json::to_string(&result.losses).map_err(js_err)?);
+        meta.insert("made_by".to_string(), "creme-web".to_string());
+        let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
+        patch.apply(&self.gpu, model).map_err(js_err)?;
+        let loss_svg = creme_core::report::loss_curve_svg(&result.losses, s.lambda, result.kept_step, "edit loss per step");
+        let doc = json!({"layer": layer, "trace": trace_json, "edit": result, "settings": s, "loss_svg": loss_svg});
+        self.patch = Some(patch);
+        Ok(doc.to_string())
+    }
+
+    /// The last edit as a CREME patch (safetensors bytes), for download.
+    #[wasm_bindgen(js_name = patchBytes)]
+    pub fn patch_bytes(&self) -> Result<Vec<u8>, JsError> {
+        self.patch.as_ref().ok_or_else(|| JsError::new("no edit made yet"))?.to_safetensors().map_err(js_err)
+    }
+
+    /// Apply a CREME patch (safetensors bytes from `creme edit` or patchBytes). Returns its layer.
+    #[wasm_bindgen(js_name = applyPatch)]
+    pub fn apply_patch(&mut self, bytes: &[u8]) -> Result<usize, JsError> {
+        let patch = EditPatch::from_safetensors(bytes).map_err(js_err)?;
+        let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
+        patch.apply(&self.gpu, model).map_err(js_err)?;
+        let layer = patch.layer;
+        self.patch = Some(patch);
+        Ok(layer)
+    }
+
+    /// Undo every edit and patch: the model is the file's again.
+    pub fn revert(&mut self) {
+        if let Some(m) = self.model.as_mut() {
+            for l in m.edited_layers() {
+                m.revert_ffn_down(l);
+            }
+        }
+        self.patch = None;
+    }
+
+    /// A restoration-per-layer curve (SVG) for a layer trace JSON (as in traceLogprob's output).
+    #[wasm_bindgen(js_name = layerCurveSvg)]
+    pub fn layer_curve_svg(trace_json: &str, title: &str) -> Result<String, JsError> {
+        let t: trace::LayerTrace = serde_json::from_str(trace_json).map_err(js_err)?;
+        Ok(creme_core::report::layer_curve_svg(&t, title))
+    }
 }
+
+/// Perturb a prompt's docstring with creme's perturbator (types A1..S2, see the README).
+#[wasm_bindgen]
+pub fn perturb(prompt: &str, ptype: &str, seed: f64) -> Result<String, JsError> {
+    creme_core::perturb::perturb(prompt, ptype, seed as u64).map_err(js_err)
+}
+
+/// The 20 perturbation types, as a JSON list.
+#[wasm_bindgen(js_name = perturbationTypes)]
+pub fn perturbation_types() -> String {
+    serde_json::to_string(&creme_core::dataset::PERTURBATION_TYPES).unwrap_or_default()
+}
+
+/// Incremental SHA-256, for checking downloaded model files chunk by chunk.
+#[wasm_bindgen]
+pub struct Sha256(sha2::Sha256);
+
+#[wasm_bindgen]
+impl Sha256 {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Sha256 {
+        use sha2::Digest;
+        Sha256(sha2::Sha256::new())
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.0.update(bytes);
+    }
+    /// The hex digest (the hasher is reset).
+    pub fn hex(&mut self) -> String {
+        use sha2::Digest;
+        let d = self.0.finalize_reset();
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 
 /// The CPU reference of [`Session::matmul`], run in wasm.
 #[wasm_bindgen(js_name = cpuMatmul)]

@@ -286,3 +286,53 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     }
     out
 }
+
+/// Quantize f32 values to Q4_0 (ggml's reference quantizer: the scale comes from the value of
+/// largest magnitude, d = max / -8, q = round(x / d + 8.5) clamped to 0..15; low nibbles hold
+/// elements 0..15 of a block, high nibbles 16..31).
+pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * 18);
+    for blk in x.chunks(32) {
+        let v = |i: usize| blk.get(i).copied().unwrap_or(0.0);
+        let max = (0..32).map(v).fold(0f32, |m, a| if a.abs() > m.abs() { a } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        for j in 0..16 {
+            let q = |x: f32| ((x * id + 8.5) as i32).clamp(0, 15) as u8;
+            out.push(q(v(j)) | (q(v(j + 16)) << 4));
+        }
+    }
+    out
+}
+
+/// Re-encode every 2-D weight of a GGUF file as `target` (Q8_0 or Q4_0; F16/F32 also allowed),
+/// keeping 1-D tensors (norms, biases) and the metadata as they are. Returns the new file.
+pub fn requantize(file: &[u8], target: GgmlType) -> Result<Vec<u8>, ModelError> {
+    use super::gguf::{GgufHeader, Value};
+    use super::gguf_write::{write_gguf, TensorOut};
+    let h = GgufHeader::parse(file)?;
+    h.check_len(file.len() as u64)?;
+    let mut tensors = Vec::with_capacity(h.tensors.len());
+    for t in &h.tensors {
+        let bytes = h.tensor_bytes(file, t)?;
+        let convert = t.dims.len() == 2 && t.dims[0] % target.block_elems() as u64 == 0 && t.dtype != target;
+        let (dtype, data) = if convert {
+            let x = dequantize(t.dtype, bytes, t.elems() as usize)?;
+            let data = match target {
+                GgmlType::Q8_0 => quantize_q8_0(&x),
+                GgmlType::Q4_0 => quantize_q4_0(&x),
+                GgmlType::F16 => x.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
+                GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                other => return Err(ModelError::Format(format!("creme quantize writes q8_0, q4_0, f16 or f32, not {}", other.name()))),
+            };
+            (target, data)
+        } else {
+            (t.dtype, bytes.to_vec())
+        };
+        tensors.push(TensorOut { name: t.name.clone(), dims: t.dims.clone(), dtype, data });
+    }
+    let mut meta: Vec<(String, Value)> = h.metadata.iter().filter(|(k, _)| k.as_str() != "general.file_type").map(|(k, v)| (k.clone(), v.clone())).collect();
+    meta.push(("general.quantized_by".into(), Value::Str("creme quantize".into())));
+    Ok(write_gguf(&meta, &tensors))
+}

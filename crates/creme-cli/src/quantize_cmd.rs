@@ -1,0 +1,94 @@
+//! `creme quantize`: re-encode a GGUF model's weights as Q8_0 / Q4_0 (or F16/F32) so the web app
+//! can stream other small code models, and check what the quantization cost: greedy agreement and
+//! the perplexity of the source model's greedy continuations, source vs quantized.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use creme_core::generate::{generate, GenerateOptions};
+use creme_core::hooks::Hooks;
+use creme_core::model::{GgmlType, Logits, Model};
+use creme_core::Gpu;
+
+use crate::common::{self, Res};
+
+#[derive(clap::Args, Clone)]
+pub struct QuantizeArgs {
+    /// Source model (GGUF: F32/F16/BF16 or any quantized type this runtime reads)
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the quantized GGUF
+    #[arg(long)]
+    pub out: PathBuf,
+    /// q8_0, q4_0, f16 or f32
+    #[arg(long = "type", default_value = "q8_0")]
+    pub qtype: String,
+    /// Compare source and result on this many HumanEval prompts (0 = no check)
+    #[arg(long, default_value_t = 4)]
+    pub check: usize,
+    /// Tokens generated per prompt for the check
+    #[arg(long, default_value_t = 32)]
+    pub check_tokens: usize,
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+}
+
+/// Mean log-probability of `cont` after `prompt` under `model` (teacher forcing).
+fn mean_logprob(gpu: &Gpu, model: &Model, prompt: &[u32], cont: &[u32]) -> Res<f64> {
+    if cont.is_empty() {
+        return Ok(0.0);
+    }
+    let seq: Vec<u32> = prompt.iter().chain(cont).cloned().collect();
+    let mut cache = model.new_cache(gpu, vec![0], seq.len())?;
+    // Rows predicting each continuation token: positions prompt.len()-1 .. seq.len()-2.
+    let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
+    let out = model.forward(gpu, &mut cache, &[seq.clone()], &Hooks::default(), Logits::Rows(rows))?;
+    let lp = pollster::block_on(gpu.token_logprobs(out.logits.as_ref().expect("asked for logits"), cont, model.cfg.vocab))?;
+    Ok(lp.iter().map(|&x| x as f64).sum::<f64>() / cont.len() as f64)
+}
+
+pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
+    let target = match a.qtype.to_lowercase().as_str() {
+        "q8_0" => GgmlType::Q8_0,
+        "q4_0" => GgmlType::Q4_0,
+        "f16" => GgmlType::F16,
+        "f32" => GgmlType::F32,
+        t => return Err(format!("--type {t}: q8_0, q4_0, f16 or f32").into()),
+    };
+    let src = std::fs::read(&a.input).map_err(|e| format!("reading {}: {e}", a.input.display()))?;
+    let t0 = Instant::now();
+    let out = creme_core::model::quant::requantize(&src, target).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, &out).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out)?;
+    println!("wrote {} ({:.1} MiB, from {:.1} MiB) in {:.1} s", a.out.display(), out.len() as f64 / 1048576.0, src.len() as f64 / 1048576.0, t0.elapsed().as_secs_f64());
+    if a.check == 0 {
+        return Ok(());
+    }
+    let gpu = Gpu::new_blocking(gpu_opts)?;
+    let source = common::load_model(&gpu, Some(&a.input), 0)?;
+    let quant = common::load_model(&gpu, Some(&a.out), 0)?;
+    let (problems, _) = common::problem_set(&common::dataset_dir(a.dataset.as_deref())?, "clean")?;
+    let opts = GenerateOptions { max_new_tokens: a.check_tokens, ..Default::default() };
+    println!("| prompt | greedy tokens agreeing (before the first difference) | mean logprob source | quantized |\n|---|---:|---:|---:|");
+    let (mut agree_total, mut n_total, mut lp_s, mut lp_q) = (0usize, 0usize, 0.0, 0.0);
+    for p in problems.iter().take(a.check) {
+        let ids = source.tokenizer.encode(&p.prompt)?;
+        let cs = pollster::block_on(generate(&gpu, &source, &[ids.clone()], &opts, &mut |_, _| {}))?.remove(0);
+        let cq = pollster::block_on(generate(&gpu, &quant, &[ids.clone()], &opts, &mut |_, _| {}))?.remove(0);
+        let agree = cs.tokens.iter().zip(&cq.tokens).take_while(|(a, b)| a == b).count();
+        let (ls, lq) = (mean_logprob(&gpu, &source, &ids, &cs.tokens)?, mean_logprob(&gpu, &quant, &ids, &cs.tokens)?);
+        println!("| {} | {agree} / {} | {ls:.4} | {lq:.4} |", p.task_id, cs.tokens.len());
+        agree_total += agree;
+        n_total += cs.tokens.len();
+        lp_s += ls;
+        lp_q += lq;
+    }
+    let k = a.check.min(problems.len()).max(1) as f64;
+    println!(
+        "greedy agreement {agree_total}/{n_total} tokens; perplexity of the source's continuations: source {:.3}, quantized {:.3}",
+        (-lp_s / k).exp(),
+        (-lp_q / k).exp()
+    );
+    Ok(())
+}
