@@ -121,3 +121,40 @@ fn unsupported_and_truncated_data_are_clear_errors() {
     let e = dequantize(GgmlType::Q4K, &[0u8; 100], 256).unwrap_err().to_string();
     assert!(e.contains("truncated"), "{e}");
 }
+
+#[test]
+fn q4_0_quantizer_round_trips_within_half_a_step() {
+    use creme_core::model::quant::{dequantize, quantize_q4_0};
+    let mut rng = creme_core::cpu::SplitMix64(5);
+    let x: Vec<f32> = (0..32 * 64).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
+    let y = dequantize(GgmlType::Q4_0, &quantize_q4_0(&x), x.len()).unwrap();
+    for (bx, by) in x.chunks(32).zip(y.chunks(32)) {
+        let amax = bx.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let step = amax / 8.0;
+        for (a, b) in bx.iter().zip(by) {
+            assert!((a - b).abs() <= step * 0.5 + 1e-3 * amax, "{a} vs {b} (step {step})");
+        }
+    }
+}
+
+#[test]
+fn requantize_re_encodes_weights_and_keeps_vectors_and_metadata() {
+    use creme_core::model::quant::requantize;
+    use creme_core::model::GgufHeader;
+    let src = creme_tests::tiny::tiny_gguf();
+    let out = requantize(&src, GgmlType::Q8_0).unwrap();
+    let (a, b) = (GgufHeader::parse(&src).unwrap(), GgufHeader::parse(&out).unwrap());
+    b.check_len(out.len() as u64).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((&ta.name, &ta.dims), (&tb.name, &tb.dims));
+        let want = if ta.dims.len() == 2 { GgmlType::Q8_0 } else { ta.dtype };
+        assert_eq!(tb.dtype, want, "{}", ta.name);
+        // Values survive to Q8_0 precision.
+        let xa = creme_core::model::quant::dequantize(ta.dtype, a.tensor_bytes(&src, ta).unwrap(), ta.elems() as usize).unwrap();
+        let xb = creme_core::model::quant::dequantize(tb.dtype, b.tensor_bytes(&out, tb).unwrap(), tb.elems() as usize).unwrap();
+        let amax = xa.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(xa.iter().zip(&xb).all(|(p, q)| (p - q).abs() <= amax / 127.0), "{}", ta.name);
+    }
+    assert_eq!(a.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len()), b.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len()));
+}
