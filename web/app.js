@@ -29,6 +29,7 @@ const esc = (s) => s.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>':
 
 function initControls() {
   $('url').value = q.get('model') || $('preset').value;
+  if ([...$('preset').options].some((o) => o.value === $('url').value)) $('preset').value = $('url').value;
   $('preset').onchange = () => { $('url').value = $('preset').value; droppedFile = null; };
   for (const t of JSON.parse(creme.perturbationTypes())) $('ptype').add(new Option(`${t} · ${TYPE_HELP[t]}`, t));
   $('ptype').value = 'C3';
