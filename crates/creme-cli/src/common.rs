@@ -141,6 +141,27 @@ pub fn problem_set(dir: &Path, set: &str) -> Res<(Vec<Problem>, bool)> {
     Ok((out, true))
 }
 
+/// The named sets (clean / types) of a dataset directory, each cut to the task ids in `tasks`
+/// (comma list) and to its first `limit` tasks.
+pub fn load_sets(dir: &Path, names: &[String], tasks: Option<&str>, limit: Option<usize>) -> Res<std::collections::BTreeMap<String, Vec<Problem>>> {
+    let only: Option<Vec<&str>> = tasks.map(|t| t.split(',').map(str::trim).collect());
+    let mut sets = std::collections::BTreeMap::new();
+    for name in names {
+        let (mut problems, ours) = problem_set(dir, name)?;
+        if ours {
+            eprintln!("{} has no perturbed/{name}.jsonl: {name} made by creme's perturbator", dir.display());
+        }
+        if let Some(only) = &only {
+            problems.retain(|p| only.contains(&p.task_id.as_str()));
+        }
+        if let Some(n) = limit {
+            problems.truncate(n);
+        }
+        sets.insert(name.clone(), problems);
+    }
+    Ok(sets)
+}
+
 /// An append-only JSONL log that survives being killed: each record is one write of one line,
 /// flushed; on reopening, a torn last line (no newline) is dropped and the finished records are
 /// returned so the run resumes after them.

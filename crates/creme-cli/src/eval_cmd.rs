@@ -152,21 +152,7 @@ fn read_completions(path: &Path, sets: &BTreeMap<String, Vec<Problem>>) -> Res<H
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let dir = common::dataset_dir(a.dataset.as_deref())?;
     let types = parse_types(&a.types)?;
-    let only: Option<Vec<String>> = a.tasks.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).collect());
-    let mut sets: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
-    for t in &types {
-        let (mut problems, ours) = common::problem_set(&dir, t)?;
-        if ours {
-            eprintln!("{} has no perturbed/{t}.jsonl: {t} made by creme's perturbator", dir.display());
-        }
-        if let Some(only) = &only {
-            problems.retain(|p| only.contains(&p.task_id));
-        }
-        if let Some(n) = a.limit {
-            problems.truncate(n);
-        }
-        sets.insert(t.clone(), problems);
-    }
+    let sets = common::load_sets(&dir, &types, a.tasks.as_deref(), a.limit)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
     let settings = json!({
         "dataset": dir, "types": types, "n": a.n, "temperature": if a.n > 1 { a.temperature } else { 0.0 }, "top_p": a.top_p,

@@ -124,18 +124,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let mut all_sets = vec!["clean".to_string()];
     all_sets.extend(types.iter().cloned());
     all_sets.extend(extra.iter().cloned());
-    let only: Option<Vec<String>> = a.tasks.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).collect());
-    let mut sets: BTreeMap<String, Vec<Problem>> = BTreeMap::new();
-    for s in &all_sets {
-        let (mut problems, _) = common::problem_set(&dir, s)?;
-        if let Some(only) = &only {
-            problems.retain(|p| only.contains(&p.task_id));
-        }
-        if let Some(n) = a.limit {
-            problems.truncate(n);
-        }
-        sets.insert(s.clone(), problems);
-    }
+    let sets = common::load_sets(&dir, &all_sets, a.tasks.as_deref(), a.limit)?;
     let fixed_modes = match a.layer.strip_prefix("mode:") {
         Some(f) => Some(layer_modes(Path::new(f))?),
         None => None,

@@ -211,6 +211,19 @@ enum Cmd {
         #[command(flatten)]
         args: quantize_cmd::QuantizeArgs,
     },
+    /// Write a model with CREME patches applied as an HF checkpoint (f32 safetensors, config.json,
+    /// tokenizer.json) for other tools, e.g. transformers' from_pretrained(DIR)
+    Export {
+        /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Patches to apply (repeatable)
+        #[arg(long)]
+        patch: Vec<PathBuf>,
+        /// Output directory
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Perturb a prompt's docstring, write perturbed sets, or validate against released sets
     Perturb {
         #[command(flatten)]
@@ -252,6 +265,7 @@ fn run(cli: Cli) -> Res {
             serve_cmd::run(serve_cmd::Roots { web, models, datasets }, port)
         }
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
+        Cmd::Export { model, patch, out } => export(model.as_deref(), &patch, &out),
         Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
@@ -303,6 +317,26 @@ fn run(cli: Cli) -> Res {
             Ok(())
         }
     }
+}
+
+fn export(model: Option<&std::path::Path>, patches: &[PathBuf], out: &std::path::Path) -> Res {
+    let path = common::model_path(model);
+    let file = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut ps = Vec::new();
+    for p in patches {
+        let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        ps.push(creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?);
+    }
+    let t0 = Instant::now();
+    let (st, config, tokenizer) = creme_core::model::safetensors::export_hf(&file, &ps).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    common::write(&out.join("config.json"), &config)?;
+    common::write(&out.join("tokenizer.json"), &tokenizer)?;
+    let tmp = out.join("model.safetensors.tmp");
+    std::fs::write(&tmp, &st).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    println!("wrote {} (model.safetensors {:.0} MiB, config.json, tokenizer.json; {} patch(es)) in {:.1} s", out.display(), st.len() as f64 / 1048576.0, ps.len(), t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn info(opts: &GpuOptions, json: bool, all: bool) -> Res {

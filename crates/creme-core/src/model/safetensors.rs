@@ -12,36 +12,112 @@ use super::transformer::{Model, ModelLoader};
 use crate::error::ModelError;
 use crate::gpu::Gpu;
 
+/// HF and GGUF names of the tensors the runtime uses: whole-model ones, then per-layer suffixes
+/// (`model.layers.N.` + HF suffix <-> `blk.N.` + GGUF suffix).
+const MODEL_NAMES: [(&str, &str); 3] = [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
+const LAYER_NAMES: [(&str, &str); 12] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+
 /// The GGUF name of an HF tensor name (None for tensors the model does not use).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let direct = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(d) = direct {
-        return Some(d.to_string());
+    if let Some((_, g)) = MODEL_NAMES.iter().find(|(h, _)| *h == hf) {
+        return Some(g.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
+    let (layer, part) = hf.strip_prefix("model.layers.")?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let mapped = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{mapped}"))
+    LAYER_NAMES.iter().find(|(h, _)| *h == part).map(|(_, g)| format!("blk.{layer}.{g}"))
+}
+
+/// The HF name of a GGUF tensor name (None for tensors HF checkpoints do not have).
+pub fn hf_name(gguf: &str) -> Option<String> {
+    if let Some((h, _)) = MODEL_NAMES.iter().find(|(_, g)| *g == gguf) {
+        return Some(h.to_string());
+    }
+    let (layer, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    LAYER_NAMES.iter().find(|(_, g)| *g == part).map(|(h, _)| format!("model.layers.{layer}.{h}"))
+}
+
+/// A whole model as an HF checkpoint: (model.safetensors, config.json, tokenizer.json), from a
+/// GGUF file with CREME patches applied, every tensor dequantized to f32. llama GGUFs store Q/K
+/// rows permuted for the interleaved rotary embedding; they are put back in HF's order.
+pub fn export_hf(file: &[u8], patches: &[crate::edit::EditPatch]) -> Result<(Vec<u8>, String, String), ModelError> {
+    use super::gguf::GgufHeader;
+    let h = GgufHeader::parse(file)?;
+    h.check_len(file.len() as u64)?;
+    let cfg = ModelConfig::from_gguf(&h)?;
+    super::transformer::check_tensor_table(&cfg, &h.tensors)?;
+    let tokenizer = Tokenizer::from_gguf(&h)?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for t in &h.tensors {
+        let Some(name) = hf_name(&t.name) else { continue };
+        let mut x = super::quant::dequantize(t.dtype, h.tensor_bytes(file, t)?, t.elems() as usize)?;
+        let (rows, cols) = t.rows_cols();
+        let shape: Vec<usize> = if t.dims.len() == 1 { vec![cols as usize] } else { vec![rows as usize, cols as usize] };
+        let qk = ["attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias"].iter().find(|s| t.name.ends_with(*s));
+        if let (RopeStyle::Interleaved, Some(which)) = (cfg.rope_style, qk) {
+            let heads = if which.starts_with("attn_q") { cfg.n_heads } else { cfg.n_kv_heads };
+            // A bias is one column of as many rows as the weight has.
+            let (r, c) = if t.dims.len() == 1 { (x.len(), 1) } else { (rows as usize, cols as usize) };
+            x = unpermute_rows(&x, heads, r, c);
+        }
+        for p in patches.iter().filter(|p| t.name == format!("blk.{}.ffn_down.weight", p.layer)) {
+            if (p.rows, p.cols) != (rows as usize, cols as usize) {
+                return Err(ModelError::Format(format!("patch for layer {} is {}x{}, the model's W_down is {rows}x{cols}", p.layer, p.rows, p.cols)));
+            }
+            x = p.w.clone();
+        }
+        tensors.push((name, shape, x));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, x)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytemuck::cast_slice(x)).map(|v| (n.clone(), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ModelError::Format(e.to_string()))?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert("creme_patches".to_string(), patches.iter().map(|p| p.layer.to_string()).collect::<Vec<_>>().join(","));
+    let st = safetensors::serialize(views, Some(meta)).map_err(|e| ModelError::Format(e.to_string()))?;
+    let tied = h.tensor("output.weight").is_none();
+    let (model_type, class) = if cfg.arch == "llama" { ("llama", "LlamaForCausalLM") } else { ("qwen2", "Qwen2ForCausalLM") };
+    let config = serde_json::json!({
+        "architectures": [class], "model_type": model_type, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
+        "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "num_hidden_layers": cfg.n_layers,
+        "head_dim": cfg.head_dim, "vocab_size": cfg.vocab, "max_position_embeddings": cfg.context_len, "rope_theta": cfg.rope_base,
+        "rms_norm_eps": cfg.rms_eps, "tie_word_embeddings": tied, "torch_dtype": "float32", "hidden_act": "silu",
+        "attention_bias": cfg.qkv_bias, "eos_token_id": cfg.eos_ids, "pad_token_id": cfg.pad_id, "_name_or_path": cfg.name,
+    });
+    Ok((st, serde_json::to_string_pretty(&config).unwrap_or_default(), tokenizer.to_json()?))
+}
+
+/// GGUF's llama Q/K row order (per head: pairs interleaved) back to HF's (per head: two halves).
+fn unpermute_rows(x: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let per = rows / heads;
+    let half = per / 2;
+    let mut out = vec![0f32; x.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                // GGUF row (h, i, j) holds HF row (h, j, i).
+                let src = h * per + i * 2 + j;
+                let dst = h * per + j * half + i;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&x[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
 }
 
 /// Model hyper-parameters from an HF config.json.

@@ -1,0 +1,50 @@
+//! `export_hf`: a GGUF model with CREME patches, written as an HF checkpoint (f32 safetensors +
+//! config.json + tokenizer.json), computes the same logits as the patched GGUF model — for qwen2
+//! and for llama, whose GGUF Q/K rows are permuted for the interleaved rotary embedding.
+
+use creme_core::cpu::SplitMix64;
+use creme_core::edit::EditPatch;
+use creme_core::hooks::Hooks;
+use creme_core::model::gguf_write::{write_gguf, TensorOut};
+use creme_core::model::safetensors::export_hf;
+use creme_core::model::{GgmlType, Logits, Model};
+use creme_tests::gpu_on;
+use creme_tests::tiny::{bytemuck_f32, metadata, tiny_weights, D, FF};
+
+fn gguf(arch: &str) -> Vec<u8> {
+    let tensors: Vec<TensorOut> = tiny_weights()
+        .into_iter()
+        .map(|(_, gg, shape, v)| TensorOut { name: gg, dims: shape.iter().rev().map(|&d| d as u64).collect(), dtype: GgmlType::F32, data: bytemuck_f32(&v) })
+        .collect();
+    write_gguf(&metadata(arch), &tensors)
+}
+
+fn last_logits(m: &Model, gpu: &creme_core::Gpu, ids: &[u32]) -> Vec<f32> {
+    let mut cache = m.new_cache(gpu, vec![0], ids.len()).unwrap();
+    let out = m.forward(gpu, &mut cache, &[ids.to_vec()], &Hooks::default(), Logits::Last).unwrap();
+    pollster::block_on(gpu.read::<f32>(out.logits.as_ref().unwrap(), m.cfg.vocab)).unwrap()
+}
+
+#[test]
+fn exported_checkpoints_compute_what_the_patched_gguf_computes() {
+    let gpu = gpu_on(None).unwrap();
+    let mut rng = SplitMix64(3);
+    let patch = EditPatch { layer: 1, rows: D, cols: FF, w: (0..D * FF).map(|_| rng.next_f32() * 0.2 - 0.1).collect(), metadata: Default::default() };
+    for arch in ["qwen2", "llama"] {
+        let file = gguf(arch);
+        let mut from_gguf = Model::from_gguf_bytes(&gpu, &file, 64).unwrap();
+        patch.apply(&gpu, &mut from_gguf).unwrap();
+        let (st, config, tokenizer) = export_hf(&file, std::slice::from_ref(&patch)).unwrap();
+        let from_hf = Model::from_safetensors(&gpu, config.as_bytes(), tokenizer.as_bytes(), &[&st], 64).unwrap();
+        let ids = from_gguf.tokenizer.encode("def f(x): return x * 2").unwrap();
+        assert_eq!(from_hf.tokenizer.encode("def f(x): return x * 2").unwrap(), ids, "{arch}");
+        let (a, b) = (last_logits(&from_gguf, &gpu, &ids), last_logits(&from_hf, &gpu, &ids));
+        let err = creme_core::cpu::max_rel_err(&b, &a);
+        assert!(err < 1e-4, "{arch}: exported logits differ (max rel err {err:.2e})");
+        // And the patch really is in it: the unpatched model differs.
+        let plain = Model::from_gguf_bytes(&gpu, &file, 64).unwrap();
+        assert!(creme_core::cpu::max_rel_err(&last_logits(&plain, &gpu, &ids), &a) > 1e-3, "{arch}: the patch changed nothing");
+        let cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+        assert_eq!(cfg["model_type"], arch);
+    }
+}
