@@ -51,7 +51,7 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let problems = a.pair.problems()?;
     let model_path = common::model_path(a.pair.model.as_deref());
-    let mut model = common::load_model(gpu, Some(&model_path), 0)?;
+    let mut model = a.pair.load_model(gpu)?;
     let (clean, pert) = (model.tokenizer.encode(&clean_text)?, model.tokenizer.encode(&pert_text)?);
     let t_all = Instant::now();
 

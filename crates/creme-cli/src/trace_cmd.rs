@@ -32,6 +32,18 @@ pub struct PairArgs {
     /// Perturbed prompt file
     #[arg(long)]
     pub pert_file: Option<PathBuf>,
+    /// Apply CREME patches to the model first (repeatable; e.g. to trace or edit an edited model)
+    #[arg(long)]
+    pub patch: Vec<PathBuf>,
+}
+
+impl PairArgs {
+    /// The model, with the patches applied.
+    pub fn load_model(&self, gpu: &Gpu) -> Res<creme_core::model::Model> {
+        let mut model = common::load_model(gpu, Some(&common::model_path(self.model.as_deref())), 0)?;
+        common::apply_patches(gpu, &mut model, &self.patch)?;
+        Ok(model)
+    }
 }
 
 impl PairArgs {
@@ -74,7 +86,7 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
         return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
     }
     let (clean_text, pert_text, label) = a.pair.prompts()?;
-    let model = common::load_model(gpu, a.pair.model.as_deref(), 0)?;
+    let model = a.pair.load_model(gpu)?;
     let tok = &model.tokenizer;
     let (clean, pert) = (tok.encode(&clean_text)?, tok.encode(&pert_text)?);
     std::fs::create_dir_all(&a.out)?;
