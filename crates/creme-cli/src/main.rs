@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+mod bench_cmd;
 mod common;
 mod edit_cmd;
 mod eval_cmd;
@@ -110,6 +111,13 @@ enum Cmd {
         /// Print JSON {tokens, text, finish} instead of the text
         #[arg(long)]
         json: bool,
+    },
+    /// Whole-run figures on this adapter: load, prefill, decode, trace, edit, HumanEval generation
+    Bench {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[command(flatten)]
+        args: bench_cmd::BenchArgs,
     },
     /// Time the quantized matvec/matmul kernels (decode and prompt shapes) on this adapter
     BenchKernels {
@@ -268,6 +276,7 @@ fn run(cli: Cli) -> Res {
         Cmd::Export { model, patch, out } => export(model.as_deref(), &patch, &out),
         Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
+        Cmd::Bench { gpu, args } => bench_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
         Cmd::Edit { gpu, pair, layer, edit, out, report, no_eval } => {
             let settings = edit.settings()?;

@@ -1,0 +1,159 @@
+//! `creme bench`: the figures of a whole run on this adapter — model load, prefill and decode
+//! throughput, logprob trace, edit, and HumanEval generation time — as a table and JSON, so runs
+//! on different machines (and the HF reference script, scripts/bench-hf.py) compare as ratios.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use creme_core::edit::{self, EditSettings};
+use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::hooks::Hooks;
+use creme_core::model::{Logits, Model};
+use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::Gpu;
+use serde_json::json;
+
+use crate::common::{self, Res};
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Prompt lengths for batch-1 prefill (comma list)
+    #[arg(long, default_value = "150,512")]
+    pub prefill: String,
+    /// Batch size of the batched prefill at the first length (0 = skip)
+    #[arg(long, default_value_t = 24)]
+    pub prefill_batch: usize,
+    /// Decode lengths at batch 1 (comma list; as llama-bench's tg128)
+    #[arg(long, default_value = "128,256")]
+    pub decode: String,
+    /// Time the logprob trace and the edit of one HumanEval pair (default: on unless the adapter is a CPU)
+    #[arg(long)]
+    pub trace: Option<bool>,
+    /// HumanEval tasks to generate greedily (default: 164, or 0 on a CPU adapter)
+    #[arg(long)]
+    pub humaneval: Option<usize>,
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Print JSON instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn list(s: &str) -> Res<Vec<usize>> {
+    s.split(',').filter(|x| !x.trim().is_empty()).map(|x| x.trim().parse::<usize>().map_err(|e| format!("'{x}': {e}").into())).collect()
+}
+
+/// One prompt pass of `batch` sequences of `len` tokens, timed to the logits' readback.
+fn prefill(gpu: &Gpu, model: &Model, tokens: &[u32], len: usize, batch: usize) -> Res<f64> {
+    let seq: Vec<u32> = tokens.iter().cycle().take(len).cloned().collect();
+    let mut cache = model.new_cache(gpu, vec![0; batch], len)?;
+    let t0 = Instant::now();
+    let out = model.forward(gpu, &mut cache, &vec![seq; batch], &Hooks::default(), Logits::Last)?;
+    pollster::block_on(gpu.read::<f32>(out.logits.as_ref().expect("logits"), 1))?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
+    let gpu = Gpu::new_blocking(gpu_opts)?;
+    let cpu_adapter = gpu.report.device_type == "Cpu";
+    let path = common::model_path(a.model.as_deref());
+    let t0 = Instant::now();
+    let model = common::load_model(&gpu, Some(&path), 0)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let dir = common::dataset_dir(a.dataset.as_deref()).ok();
+    let clean = match &dir {
+        Some(d) => common::problem_set(d, "clean")?.0,
+        None => Vec::new(),
+    };
+    let text = clean.first().map(|p| p.prompt.clone()).unwrap_or_else(|| "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n".into());
+    let tokens = model.tokenizer.encode(&text)?;
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut doc = json!({"model": path, "adapter": gpu.report, "load_s": load_s});
+    rows.push(("model load".into(), format!("{load_s:.2} s")));
+
+    // Warm-up: compile the pipelines the timed runs use.
+    prefill(&gpu, &model, &tokens, 16, 1)?;
+    let mut pf = Vec::new();
+    for len in list(&a.prefill)? {
+        let s = prefill(&gpu, &model, &tokens, len, 1)?;
+        rows.push((format!("prefill batch 1, {len} tokens"), format!("{:.1} tok/s ({s:.2} s)", len as f64 / s)));
+        pf.push(json!({"tokens": len, "batch": 1, "seconds": s, "tok_per_s": len as f64 / s}));
+    }
+    if a.prefill_batch > 0 {
+        if let Some(len) = list(&a.prefill)?.first().copied() {
+            let s = prefill(&gpu, &model, &tokens, len, a.prefill_batch)?;
+            let n = (len * a.prefill_batch) as f64;
+            rows.push((format!("prefill batch {}, {len} tokens", a.prefill_batch), format!("{:.1} tok/s ({s:.2} s)", n / s)));
+            pf.push(json!({"tokens": len, "batch": a.prefill_batch, "seconds": s, "tok_per_s": n / s}));
+        }
+    }
+    doc["prefill"] = json!(pf);
+
+    // Decode: time between the first and the last generated token (the prompt pass excluded).
+    let mut dec = Vec::new();
+    for n in list(&a.decode)? {
+        let opts = GenerateOptions { max_new_tokens: n, ..Default::default() };
+        let mut stamps: Vec<Instant> = Vec::with_capacity(n);
+        let out = pollster::block_on(generate(&gpu, &model, &[tokens.clone()], &opts, &mut |_, _| stamps.push(Instant::now())))?;
+        let k = stamps.len();
+        if k >= 2 {
+            let s = (stamps[k - 1] - stamps[0]).as_secs_f64();
+            let tps = (k - 1) as f64 / s;
+            rows.push((format!("decode batch 1, {n} tokens"), format!("{tps:.1} tok/s ({} tokens, finish {:?})", k, out[0].finish)));
+            dec.push(json!({"tokens": k, "asked": n, "seconds": s, "tok_per_s": tps}));
+        }
+    }
+    doc["decode"] = json!(dec);
+
+    // Logprob trace and edit of one pair (HumanEval/0, C3).
+    if a.trace.unwrap_or(!cpu_adapter) {
+        if let Some(d) = &dir {
+            let (c, p) = common::task_pair(d, "HumanEval/0", "C3")?;
+            let (ci, pi) = (model.tokenizer.encode(&c.prompt)?, model.tokenizer.encode(&p.prompt)?);
+            let t = Instant::now();
+            let target = pollster::block_on(trace::greedy_target(&gpu, &model, &ci, 32))?;
+            let setup = pollster::block_on(trace::prepare(&gpu, &model, &ci, &pi, &target))?;
+            let tr = pollster::block_on(trace::trace_layers(&gpu, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
+            let trace_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let data = pollster::block_on(edit::capture(&gpu, &model, &ci, &pi, &target, tr.key_layer))?;
+            let w0 = pollster::block_on(model.ffn_down_f32(&gpu, tr.key_layer))?;
+            let capture_s = t.elapsed().as_secs_f64();
+            let r = pollster::block_on(edit::solve(&gpu, &data, &w0, &EditSettings::default()))?;
+            rows.push(("logprob trace, HumanEval/0 C3 (target + capture + 24 layers)".into(), format!("{trace_s:.2} s, key layer {}", tr.key_layer)));
+            rows.push(("edit (paper settings), excluding capture".into(), format!("{:.3} s ({} evaluations; capture {capture_s:.2} s)", r.seconds, r.steps)));
+            doc["trace_s"] = json!(trace_s);
+            doc["edit"] = json!({"solve_s": r.seconds, "capture_s": capture_s, "steps": r.steps, "layer": tr.key_layer});
+        }
+    }
+
+    // HumanEval greedy generation (generation only; `creme eval` adds the tests).
+    let n_he = a.humaneval.unwrap_or(if cpu_adapter { 0 } else { 164 }).min(clean.len());
+    if n_he > 0 {
+        let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
+        let t = Instant::now();
+        let mut toks = 0;
+        for chunk in clean[..n_he].chunks(16) {
+            let ids: Vec<Vec<u32>> = chunk.iter().map(|p| model.tokenizer.encode(&p.prompt)).collect::<Result<_, _>>()?;
+            toks += pollster::block_on(generate(&gpu, &model, &ids, &opts, &mut |_, _| {}))?.iter().map(|c| c.tokens.len()).sum::<usize>();
+        }
+        let s = t.elapsed().as_secs_f64();
+        rows.push((format!("HumanEval greedy generation, {n_he} tasks (batch 16)"), format!("{s:.1} s ({toks} tokens)")));
+        doc["humaneval"] = json!({"tasks": n_he, "seconds": s, "tokens": toks});
+    }
+    let weights: u64 = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    rows.push(("GPU memory".into(), format!("weights {:.0} MiB uploaded (wgpu reports no allocator statistics)", weights as f64 / 1048576.0)));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("creme bench on {} ({}, {}; shader-f16 {}, subgroups {})", gpu.report.name, gpu.report.backend, gpu.report.device_type, gpu.report.shader_f16, gpu.report.subgroups);
+        println!("| what | figure |\n|---|---|");
+        for (k, v) in rows {
+            println!("| {k} | {v} |");
+        }
+    }
+    Ok(())
+}
