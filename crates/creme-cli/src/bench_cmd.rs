@@ -42,6 +42,21 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// Table rows, printed as soon as they are measured (a CPU adapter takes minutes per row).
+struct Rows {
+    print: bool,
+}
+
+impl Rows {
+    fn push(&mut self, (k, v): (String, String)) {
+        if self.print {
+            println!("| {k} | {v} |");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
 fn list(s: &str) -> Res<Vec<usize>> {
     s.split(',').filter(|x| !x.trim().is_empty()).map(|x| x.trim().parse::<usize>().map_err(|e| format!("'{x}': {e}").into())).collect()
 }
@@ -70,8 +85,12 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
     };
     let text = clean.first().map(|p| p.prompt.clone()).unwrap_or_else(|| "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n".into());
     let tokens = model.tokenizer.encode(&text)?;
-    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut rows = Rows { print: !a.json };
     let mut doc = json!({"model": path, "adapter": gpu.report, "load_s": load_s});
+    if !a.json {
+        println!("creme bench on {} ({}, {}; shader-f16 {}, subgroups {})", gpu.report.name, gpu.report.backend, gpu.report.device_type, gpu.report.shader_f16, gpu.report.subgroups);
+        println!("| what | figure |\n|---|---|");
+    }
     rows.push(("model load".into(), format!("{load_s:.2} s")));
 
     // Warm-up: compile the pipelines the timed runs use.
@@ -148,12 +167,6 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
     rows.push(("GPU memory".into(), format!("weights {:.0} MiB uploaded (wgpu reports no allocator statistics)", weights as f64 / 1048576.0)));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        println!("creme bench on {} ({}, {}; shader-f16 {}, subgroups {})", gpu.report.name, gpu.report.backend, gpu.report.device_type, gpu.report.shader_f16, gpu.report.subgroups);
-        println!("| what | figure |\n|---|---|");
-        for (k, v) in rows {
-            println!("| {k} | {v} |");
-        }
     }
     Ok(())
 }
