@@ -61,6 +61,6 @@ he = {"task_id": "Seed/0", "prompt": "def f(x):\n    \"\"\" Return x plus one, f
 line = json.dumps(dict(he, original_prompt=None)).replace("null", "NaN")
 mbpp = {"task_id": 7, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",
         "test_list": ["assert add(1, 2) == 3"], "test_imports": []}
-out("dataset", "humaneval.jsonl", (json.dumps(he) + "\n" + line + "\n").encode())
-out("dataset", "mbpp.jsonl", (json.dumps(mbpp) + "\n").encode())
+out("dataset", "humaneval-style-seed.jsonl", (json.dumps(he) + "\n" + line + "\n").encode())
+out("dataset", "mbpp-style-seed.jsonl", (json.dumps(mbpp) + "\n").encode())
 print("seeds written")

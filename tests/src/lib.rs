@@ -190,6 +190,12 @@ pub mod tiny {
     }
 
     pub fn tiny_gguf() -> Vec<u8> {
+        tiny_gguf_arch("qwen2")
+    }
+
+    /// The tiny model's tensors under another architecture's metadata (e.g. llama, whose GGUF
+    /// Q/K rows are read as interleaved for the rotary embedding).
+    pub fn tiny_gguf_arch(arch: &str) -> Vec<u8> {
         let tensors: Vec<TensorOut> = tiny_weights()
             .into_iter()
             .map(|(_, gg, shape, v)| TensorOut {
@@ -199,7 +205,7 @@ pub mod tiny {
                 data: bytemuck_f32(&v),
             })
             .collect();
-        write_gguf(&metadata("qwen2"), &tensors)
+        write_gguf(&metadata(arch), &tensors)
     }
 
     pub fn bytemuck_f32(v: &[f32]) -> Vec<u8> {

@@ -5,19 +5,10 @@
 use creme_core::cpu::SplitMix64;
 use creme_core::edit::EditPatch;
 use creme_core::hooks::Hooks;
-use creme_core::model::gguf_write::{write_gguf, TensorOut};
 use creme_core::model::safetensors::export_hf;
-use creme_core::model::{GgmlType, Logits, Model};
+use creme_core::model::{Logits, Model};
 use creme_tests::gpu_on;
-use creme_tests::tiny::{bytemuck_f32, metadata, tiny_weights, D, FF};
-
-fn gguf(arch: &str) -> Vec<u8> {
-    let tensors: Vec<TensorOut> = tiny_weights()
-        .into_iter()
-        .map(|(_, gg, shape, v)| TensorOut { name: gg, dims: shape.iter().rev().map(|&d| d as u64).collect(), dtype: GgmlType::F32, data: bytemuck_f32(&v) })
-        .collect();
-    write_gguf(&metadata(arch), &tensors)
-}
+use creme_tests::tiny::{tiny_gguf_arch, D, FF};
 
 fn last_logits(m: &Model, gpu: &creme_core::Gpu, ids: &[u32]) -> Vec<f32> {
     let mut cache = m.new_cache(gpu, vec![0], ids.len()).unwrap();
@@ -31,7 +22,7 @@ fn exported_checkpoints_compute_what_the_patched_gguf_computes() {
     let mut rng = SplitMix64(3);
     let patch = EditPatch { layer: 1, rows: D, cols: FF, w: (0..D * FF).map(|_| rng.next_f32() * 0.2 - 0.1).collect(), metadata: Default::default() };
     for arch in ["qwen2", "llama"] {
-        let file = gguf(arch);
+        let file = tiny_gguf_arch(arch);
         let mut from_gguf = Model::from_gguf_bytes(&gpu, &file, 64).unwrap();
         patch.apply(&gpu, &mut from_gguf).unwrap();
         let (st, config, tokenizer) = export_hf(&file, std::slice::from_ref(&patch)).unwrap();
