@@ -24,6 +24,15 @@ fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u
     dst[i] = src0[i] + src1[i];
 }
 
+// dst += src0  (residual add in place; src1 is bound but unused)
+@compute @workgroup_size(256, 1, 1)
+fn add_into(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    _ = src1[0];
+    let i = gid(wg, nw, lid);
+    if (i >= p.n) { return; }
+    dst[i] = dst[i] + src0[i];
+}
+
 // Greedy pick: dst[row] = index of the first maximum of src0[row * p.a .. (row+1) * p.a], as f32 bits.
 var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use creme_core::{Gpu, GpuOptions};
+use creme_core::{Device, Gpu, GpuOptions};
 
 /// Root of the repository (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
@@ -30,6 +30,17 @@ pub fn gpu_on(backend: Option<&str>) -> Result<Gpu, creme_core::GpuError> {
     }
     Gpu::new_blocking(&o)
 }
+
+/// A device by backend name: `cpu` (the native backend) or a wgpu backend list (`vulkan`, `gl`).
+pub fn device_on(backend: &str) -> Device {
+    match backend {
+        "cpu" => Device::Cpu(creme_core::backend::cpu::CpuBackend::new()),
+        wgpu => Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}"))),
+    }
+}
+
+/// The backends every model-level test runs on: the CPU backend and wgpu on Vulkan (lavapipe here).
+pub const BACKENDS: [&str; 2] = ["cpu", "vulkan"];
 
 /// Path of a cached model file (`qwen` or `smollm2`); the README's test command fetches them.
 pub fn model_path(which: &str) -> PathBuf {

@@ -4,24 +4,24 @@
 
 use creme_core::edit::{capture, grad_cpu, loss_by_forward, loss_cpu, solve, EditSettings, Keep, Solver};
 use creme_core::model::Model;
-use creme_tests::gpu_on;
+use creme_core::Backend;
+use creme_tests::{device_on, BACKENDS};
 use creme_tests::tiny::tiny_gguf;
 
-fn setup() -> (creme_core::Gpu, Model, Vec<u32>, Vec<u32>, Vec<u32>) {
-    let gpu = gpu_on(None).unwrap();
-    let m = Model::from_gguf_bytes(&gpu, &tiny_gguf(), 256).unwrap();
+fn setup(backend: &str) -> (creme_core::Device, Model, Vec<u32>, Vec<u32>, Vec<u32>) {
+    let dev = device_on(backend);
+    let m = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
     let clean = m.tokenizer.encode("Return the largest element of the list.").unwrap();
     let pert = m.tokenizer.encode("Retrun teh largets elemnt of the lsit.").unwrap();
     let target = m.tokenizer.encode("    return max(xs)\n").unwrap();
-    (gpu, m, clean, pert, target)
+    (dev, m, clean, pert, target)
 }
 
-#[test]
-fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu() {
-    let (gpu, m, clean, pert, target) = setup();
+fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu_on(backend: &str) {
+    let (dev, m, clean, pert, target) = setup(backend);
     let layer = 1;
-    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
-    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
     let lambda = 0.1;
     let g = grad_cpu(&data, &w0, lambda);
     let mut rng = creme_core::cpu::SplitMix64(3);
@@ -36,7 +36,7 @@ fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu() {
     }
     // One GPU Adam update (two evaluations, keep final) equals the CPU update w - lr * g/|g|.
     let s = EditSettings { max_steps: 2, patience: 10, keep: Keep::Final, lr: 1e-3, ..Default::default() };
-    let r = pollster::block_on(solve(&gpu, &data, &w0, &s)).unwrap();
+    let r = pollster::block_on(solve(&dev, &data, &w0, &s)).unwrap();
     let cpu: Vec<f32> = w0.iter().zip(&g).map(|(w, g)| {
         // First Adam step: m = (1-b1) g, v = (1-b2) g², bias-corrected -> g / (|g| + eps').
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
@@ -50,16 +50,22 @@ fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu() {
 }
 
 #[test]
-fn captured_activation_loss_equals_rerunning_the_forward() {
-    let (gpu, mut m, clean, pert, target) = setup();
+fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu() {
+    for backend in BACKENDS {
+        gradient_matches_finite_differences_and_gpu_adam_matches_cpu_on(backend);
+    }
+}
+
+fn captured_activation_loss_equals_rerunning_the_forward_on(backend: &str) {
+    let (dev, mut m, clean, pert, target) = setup(backend);
     let layer = 1;
-    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
-    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
     for steps in 1..=5 {
         let s = EditSettings { max_steps: steps, patience: 100, keep: Keep::Final, lr: 2e-3, ..Default::default() };
-        let r = pollster::block_on(solve(&gpu, &data, &w0, &s)).unwrap();
+        let r = pollster::block_on(solve(&dev, &data, &w0, &s)).unwrap();
         let fast = r.losses.last().unwrap().total;
-        let slow = pollster::block_on(loss_by_forward(&gpu, &mut m, &clean, &pert, &target, layer, &r.w, &data.h_orig, 0.1)).unwrap().total;
+        let slow = pollster::block_on(loss_by_forward(&dev, &mut m, &clean, &pert, &target, layer, &r.w, &data.h_orig, 0.1)).unwrap().total;
         assert!((fast - slow).abs() <= 1e-3 * slow.max(1e-9), "after {} updates: captured {fast} vs forward {slow}", steps - 1);
         if steps > 1 {
             assert!(fast < r.losses[0].total, "Adam did not lower the loss");
@@ -69,29 +75,41 @@ fn captured_activation_loss_equals_rerunning_the_forward() {
 }
 
 #[test]
-fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised() {
-    let (gpu, m, clean, pert, target) = setup();
+fn captured_activation_loss_equals_rerunning_the_forward() {
+    for backend in BACKENDS {
+        captured_activation_loss_equals_rerunning_the_forward_on(backend);
+    }
+}
+
+fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised_on(backend: &str) {
+    let (dev, m, clean, pert, target) = setup(backend);
     let layer = 0;
-    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
-    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
+    let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
     let before = loss_cpu(&data, &w0, 0.1);
-    let strong = pollster::block_on(solve(&gpu, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 10.0 }, ..Default::default() })).unwrap();
-    let weak = pollster::block_on(solve(&gpu, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1e-6 }, ..Default::default() })).unwrap();
+    let strong = pollster::block_on(solve(&dev, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 10.0 }, ..Default::default() })).unwrap();
+    let weak = pollster::block_on(solve(&dev, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1e-6 }, ..Default::default() })).unwrap();
     let (ls, lw) = (loss_cpu(&data, &strong.w, 0.1), loss_cpu(&data, &weak.w, 0.1));
     assert!(ls.total < before.total && lw.total < ls.total, "before {} strong {} weak {}", before.total, ls.total, lw.total);
     assert!(lw.pert < 1e-3 * before.pert.max(1e-9), "nearly unregularised ridge should interpolate: {} vs {}", lw.pert, before.pert);
 }
 
 #[test]
-fn patch_round_trips_applies_and_reverts() {
+fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised() {
+    for backend in BACKENDS {
+        ridge_solver_lowers_the_loss_and_interpolates_when_unregularised_on(backend);
+    }
+}
+
+fn patch_round_trips_applies_and_reverts_on(backend: &str) {
     use creme_core::edit::EditPatch;
     use creme_core::hooks::Hooks;
     use creme_core::model::Logits;
-    let (gpu, mut m, clean, pert, target) = setup();
+    let (dev, mut m, clean, pert, target) = setup(backend);
     let layer = 1;
-    let data = pollster::block_on(capture(&gpu, &m, &clean, &pert, &target, layer)).unwrap();
-    let w0 = pollster::block_on(m.ffn_down_f32(&gpu, layer)).unwrap();
-    let r = pollster::block_on(solve(&gpu, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1.0 }, ..Default::default() })).unwrap();
+    let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+    let r = pollster::block_on(solve(&dev, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1.0 }, ..Default::default() })).unwrap();
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("base_model_sha256".to_string(), "abc".to_string());
     let patch = EditPatch { layer, rows: data.d, cols: data.f, w: r.w.clone(), metadata: meta };
@@ -106,16 +124,23 @@ fn patch_round_trips_applies_and_reverts() {
     assert_eq!(st.tensor("model.layers.1.mlp.down_proj.weight").unwrap().shape(), &[data.d, data.f]);
 
     let logits = |m: &Model| {
-        let mut c = m.new_cache(&gpu, vec![0], pert.len()).unwrap();
-        let out = m.forward(&gpu, &mut c, &[pert.clone()], &Hooks::default(), Logits::Last).unwrap();
-        pollster::block_on(gpu.read::<f32>(out.logits.as_ref().unwrap(), m.cfg.vocab)).unwrap()
+        let mut c = m.new_cache(&dev, vec![0], pert.len()).unwrap();
+        let out = m.forward(&dev, &mut c, &[pert.clone()], &Hooks::default(), Logits::Last).unwrap();
+        pollster::block_on(dev.read(out.logits.as_ref().unwrap(), m.cfg.vocab)).unwrap()
     };
     let before = logits(&m);
-    back.apply(&gpu, &mut m).unwrap();
+    back.apply(&dev, &mut m).unwrap();
     assert_eq!(m.edited_layers(), vec![layer]);
     let edited = logits(&m);
     assert_ne!(before, edited);
     m.revert_ffn_down(layer);
     assert_eq!(logits(&m), before);
     assert!(EditPatch::from_safetensors(b"not a patch").is_err());
+}
+
+#[test]
+fn patch_round_trips_applies_and_reverts() {
+    for backend in BACKENDS {
+        patch_round_trips_applies_and_reverts_on(backend);
+    }
 }

@@ -6,28 +6,28 @@ use creme_core::hooks::Hooks;
 use creme_core::model::gguf_write::{write_gguf, TensorOut};
 use creme_core::model::{GgmlType, Logits, Model};
 use creme_tests::tiny::{bytemuck_f32, metadata, tiny_gguf, tiny_weights, D, FF, HEADS, KV, LAYERS};
-use creme_tests::gpu_on;
+use creme_core::Backend;
+use creme_tests::{device_on, BACKENDS};
 
-fn logits(model: &Model, gpu: &creme_core::Gpu, ids: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache(gpu, vec![0], ids.len()).unwrap();
-    let out = model.forward(gpu, &mut cache, &[ids.to_vec()], &Hooks::default(), Logits::All).unwrap();
-    pollster::block_on(gpu.read::<f32>(out.logits.as_ref().unwrap(), ids.len() * model.cfg.vocab)).unwrap()
+fn logits(model: &Model, dev: &creme_core::Device, ids: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache(dev, vec![0], ids.len()).unwrap();
+    let out = model.forward(dev, &mut cache, &[ids.to_vec()], &Hooks::default(), Logits::All).unwrap();
+    pollster::block_on(dev.read(out.logits.as_ref().unwrap(), ids.len() * model.cfg.vocab)).unwrap()
 }
 
-#[test]
-fn tiny_gguf_loads_tokenizes_and_generates() {
-    let gpu = gpu_on(None).unwrap();
-    let model = Model::from_gguf_bytes(&gpu, &tiny_gguf(), 256).unwrap();
+fn tiny_gguf_loads_tokenizes_and_generates_on(backend: &str) {
+    let dev = device_on(backend);
+    let model = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
     assert_eq!(model.cfg.n_layers, LAYERS);
     assert_eq!(model.cfg.eos_ids, vec![256]);
     let ids = model.tokenizer.encode("def f(x):\n    return x").unwrap();
     assert_eq!(ids.len(), "def f(x):\n    return x".len()); // bytes only, no merges apply
     assert_eq!(model.tokenizer.decode(&ids).unwrap(), "def f(x):\n    return x");
     let opts = GenerateOptions { max_new_tokens: 8, ..Default::default() };
-    let out = pollster::block_on(generate(&gpu, &model, &[ids.clone()], &opts, &mut |_, _| {})).unwrap();
+    let out = pollster::block_on(generate(&dev, &model, &[ids.clone()], &opts, &mut |_, _| {})).unwrap();
     assert!(!out[0].tokens.is_empty() || out[0].finish == creme_core::generate::Finish::Eos);
     // Greedy decoding with the KV cache equals re-running the whole sequence each step.
-    let all = logits(&model, &gpu, &ids);
+    let all = logits(&model, &dev, &ids);
     let v = model.cfg.vocab;
     let last = &all[(ids.len() - 1) * v..];
     let argmax = last.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
@@ -37,22 +37,34 @@ fn tiny_gguf_loads_tokenizes_and_generates() {
 }
 
 #[test]
-fn batched_left_padded_generation_equals_one_at_a_time() {
-    let gpu = gpu_on(None).unwrap();
-    let model = Model::from_gguf_bytes(&gpu, &tiny_gguf(), 256).unwrap();
+fn tiny_gguf_loads_tokenizes_and_generates() {
+    for backend in BACKENDS {
+        tiny_gguf_loads_tokenizes_and_generates_on(backend);
+    }
+}
+
+fn batched_left_padded_generation_equals_one_at_a_time_on(backend: &str) {
+    let dev = device_on(backend);
+    let model = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
     let prompts: Vec<Vec<u32>> = ["x = 1", "def add(a, b):\n    return", "import os"].iter().map(|p| model.tokenizer.encode(p).unwrap()).collect();
     let opts = GenerateOptions { max_new_tokens: 12, ..Default::default() };
-    let batched = pollster::block_on(generate(&gpu, &model, &prompts, &opts, &mut |_, _| {})).unwrap();
+    let batched = pollster::block_on(generate(&dev, &model, &prompts, &opts, &mut |_, _| {})).unwrap();
     for (p, b) in prompts.iter().zip(&batched) {
-        let single = pollster::block_on(generate(&gpu, &model, &[p.clone()], &opts, &mut |_, _| {})).unwrap();
+        let single = pollster::block_on(generate(&dev, &model, &[p.clone()], &opts, &mut |_, _| {})).unwrap();
         assert_eq!(single[0].tokens, b.tokens, "prompt {p:?}");
     }
 }
 
 #[test]
-fn safetensors_checkpoint_gives_the_same_logits_as_gguf() {
-    let gpu = gpu_on(None).unwrap();
-    let from_gguf = Model::from_gguf_bytes(&gpu, &tiny_gguf(), 256).unwrap();
+fn batched_left_padded_generation_equals_one_at_a_time() {
+    for backend in BACKENDS {
+        batched_left_padded_generation_equals_one_at_a_time_on(backend);
+    }
+}
+
+fn safetensors_checkpoint_gives_the_same_logits_as_gguf_on(backend: &str) {
+    let dev = device_on(backend);
+    let from_gguf = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
     let weights = tiny_weights();
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = weights.iter().map(|(hf, _, shape, v)| (hf.clone(), shape.clone(), bytemuck_f32(v))).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = data
@@ -66,15 +78,23 @@ fn safetensors_checkpoint_gives_the_same_logits_as_gguf() {
         "rms_norm_eps": 1e-6, "eos_token_id": 256, "max_position_embeddings": 256
     });
     let tok_json = from_gguf.tokenizer.to_json().unwrap();
-    let from_st = Model::from_safetensors(&gpu, config.to_string().as_bytes(), tok_json.as_bytes(), &[&st], 256).unwrap();
+    let from_st = Model::from_safetensors(&dev, config.to_string().as_bytes(), tok_json.as_bytes(), &[&st], 256).unwrap();
     let ids = from_gguf.tokenizer.encode("for i in range(10):").unwrap();
     assert_eq!(from_st.tokenizer.encode("for i in range(10):").unwrap(), ids);
-    assert_eq!(logits(&from_gguf, &gpu, &ids), logits(&from_st, &gpu, &ids));
+    assert_eq!(logits(&from_gguf, &dev, &ids), logits(&from_st, &dev, &ids));
+}
+
+#[test]
+fn safetensors_checkpoint_gives_the_same_logits_as_gguf() {
+    for backend in BACKENDS {
+        safetensors_checkpoint_gives_the_same_logits_as_gguf_on(backend);
+    }
 }
 
 fn load_err(bytes: &[u8]) -> String {
-    let gpu = gpu_on(None).unwrap();
-    match Model::from_gguf_bytes(&gpu, bytes, 256) {
+    // Files are checked before anything reaches a backend: the CPU one is enough here.
+    let dev = device_on("cpu");
+    match Model::from_gguf_bytes(&dev, bytes, 256) {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.to_string(),
     }
@@ -116,14 +136,20 @@ fn broken_model_files_give_clear_errors() {
     assert!(e.contains("unsupported architecture 'mamba'"), "{e}");
 }
 
-#[test]
-fn prompt_longer_than_the_context_is_an_error() {
-    let gpu = gpu_on(None).unwrap();
-    let model = Model::from_gguf_bytes(&gpu, &tiny_gguf(), 64).unwrap();
+fn prompt_longer_than_the_context_is_an_error_on(backend: &str) {
+    let dev = device_on(backend);
+    let model = Model::from_gguf_bytes(&dev, &tiny_gguf(), 64).unwrap();
     let ids = vec![65u32; 60];
     let opts = GenerateOptions { max_new_tokens: 10, ..Default::default() };
-    let e = pollster::block_on(generate(&gpu, &model, &[ids], &opts, &mut |_, _| {})).unwrap_err().to_string();
+    let e = pollster::block_on(generate(&dev, &model, &[ids], &opts, &mut |_, _| {})).unwrap_err().to_string();
     assert!(e.contains("over the context of 64"), "{e}");
-    let e = pollster::block_on(generate(&gpu, &model, &[vec![]], &opts, &mut |_, _| {})).unwrap_err().to_string();
+    let e = pollster::block_on(generate(&dev, &model, &[vec![]], &opts, &mut |_, _| {})).unwrap_err().to_string();
     assert!(e.contains("empty"), "{e}");
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_an_error() {
+    for backend in BACKENDS {
+        prompt_longer_than_the_context_is_an_error_on(backend);
+    }
 }

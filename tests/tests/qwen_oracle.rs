@@ -1,9 +1,10 @@
-//! The real Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) on this machine's adapter reproduces HF
-//! transformers' greedy HumanEval completions (../shared/oracle), prompting and stops as there.
+//! The real Qwen2.5-Coder-0.5B-Instruct (Q4_K_M) reproduces HF transformers' greedy HumanEval
+//! completions (../shared/oracle), prompting and stops as there: on the CPU backend (int8
+//! activations) and, for one prompt, on wgpu (lavapipe here, f32 activations).
 
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
-use creme_tests::{gpu_on, model_path, shared_dir};
+use creme_tests::{device_on, model_path, shared_dir};
 use serde_json::Value;
 
 fn humaneval() -> Vec<Value> {
@@ -24,8 +25,8 @@ fn oracle_clean() -> Vec<String> {
 }
 
 /// Greedy completions of the given HumanEval tasks, `batch` prompts at a time.
-fn complete(tasks: &[usize], batch: usize) -> Vec<String> {
-    let gpu = gpu_on(None).unwrap();
+fn complete(backend: &str, tasks: &[usize], batch: usize) -> Vec<String> {
+    let gpu = device_on(backend);
     let model = Model::from_gguf_bytes(&gpu, &std::fs::read(model_path("qwen")).unwrap(), 4096).unwrap();
     let he = humaneval();
     let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
@@ -38,11 +39,22 @@ fn complete(tasks: &[usize], batch: usize) -> Vec<String> {
     out
 }
 
-/// CI check: one real prompt, greedy, on lavapipe, equals the oracle's completion.
+/// CI check: one real prompt, greedy, on wgpu (lavapipe here), equals the oracle's completion.
 #[test]
-fn qwen_greedy_humaneval_2_equals_hf() {
-    let got = complete(&[2], 1);
+fn qwen_greedy_humaneval_2_equals_hf_on_wgpu() {
+    let got = complete("vulkan", &[2], 1);
     assert_eq!(got[0], oracle_clean()[2]);
+}
+
+/// CI check: the same on the CPU backend, for a few prompts in one batch.
+#[test]
+fn qwen_greedy_humaneval_equals_hf_on_cpu() {
+    let tasks = [2, 7, 12, 29];
+    let got = complete("cpu", &tasks, 4);
+    let want = oracle_clean();
+    for (g, &i) in got.iter().zip(&tasks) {
+        assert_eq!(g, &want[i], "HumanEval/{i}");
+    }
 }
 
 /// Run `prompt + completion + test + check(entry_point)` under python3 with a 10 s limit in a
@@ -70,16 +82,17 @@ fn passes(task: &Value, completion: &str) -> bool {
     ok
 }
 
-/// Slow (about 10-20 min on lavapipe): the first N HumanEval tasks (CREME_ORACLE_TASKS, default 24,
-/// 164 = all), batched 8 at a time, against the oracle: >= 90% identical completions and >= 95%
-/// pass/fail agreement (on all 164: 71 +- 2 passes).
+/// Slow: the first N HumanEval tasks (CREME_ORACLE_TASKS, default 164 = all) on the CPU backend
+/// (CREME_ORACLE_BACKEND to change), batched 8 at a time, against the oracle: >= 90% identical
+/// completions and >= 95% pass/fail agreement (on all 164: 71 +- 2 passes).
 #[test]
 #[ignore]
 fn qwen_greedy_humaneval_subset_matches_hf() {
-    let n: usize = std::env::var("CREME_ORACLE_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(24).min(164);
+    let n: usize = std::env::var("CREME_ORACLE_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(164).min(164);
+    let backend = std::env::var("CREME_ORACLE_BACKEND").unwrap_or_else(|_| "cpu".into());
     let tasks: Vec<usize> = (0..n).collect();
     let t0 = std::time::Instant::now();
-    let got = complete(&tasks, 8);
+    let got = complete(&backend, &tasks, 8);
     let secs = t0.elapsed().as_secs_f64();
     let want = oracle_clean();
     let he = humaneval();
@@ -100,7 +113,7 @@ fn qwen_greedy_humaneval_subset_matches_hf() {
         }
     }
     eprintln!(
-        "{n} tasks in {secs:.0} s: identical {same}/{n} ({:.1}%), pass/fail agreement {agree}/{n} ({:.1}%), passes {passed} (oracle {ref_passed})",
+        "{backend}: {n} tasks in {secs:.0} s: identical {same}/{n} ({:.1}%), pass/fail agreement {agree}/{n} ({:.1}%), passes {passed} (oracle {ref_passed})",
         100.0 * same as f64 / n as f64,
         100.0 * agree as f64 / n as f64
     );

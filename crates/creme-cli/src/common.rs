@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use creme_core::dataset::{self, Problem};
 use creme_core::model::Model;
-use creme_core::Gpu;
+use creme_core::{Backend, Device};
 
 pub type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -19,7 +19,7 @@ pub fn cache_dir() -> PathBuf {
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 /// Read a GGUF file and upload it. `max_positions` 0 = as long as the kernels allow.
-pub fn load_model(gpu: &Gpu, path: Option<&Path>, max_positions: usize) -> Res<Model> {
+pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Res<Model> {
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {
@@ -34,13 +34,13 @@ pub fn load_model(gpu: &Gpu, path: Option<&Path>, max_positions: usize) -> Res<M
     let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let t0 = Instant::now();
     let max = if max_positions == 0 { usize::MAX } else { max_positions };
-    let model = Model::from_gguf_bytes(gpu, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
+    let model = Model::from_gguf_bytes(dev, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!(
         "loaded {} ({}, {} layers) on {} in {:.2} s",
         if model.cfg.name.is_empty() { "model" } else { &model.cfg.name },
         model.cfg.arch,
         model.cfg.n_layers,
-        gpu.report.name,
+        dev.describe(),
         t0.elapsed().as_secs_f64()
     );
     Ok(model)
@@ -99,11 +99,11 @@ pub fn model_path(flag: Option<&Path>) -> PathBuf {
 }
 
 /// Apply CREME patches (safetensors from `creme edit`) to a loaded model, in order.
-pub fn apply_patches(gpu: &Gpu, model: &mut Model, patches: &[PathBuf]) -> Res {
+pub fn apply_patches(dev: &Device, model: &mut Model, patches: &[PathBuf]) -> Res {
     for p in patches {
         let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
         let ep = creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
-        ep.apply(gpu, model).map_err(|e| format!("{}: {e}", p.display()))?;
+        ep.apply(dev, model).map_err(|e| format!("{}: {e}", p.display()))?;
         eprintln!("applied {} (layer {} W_down)", p.display(), ep.layer);
     }
     Ok(())

@@ -11,7 +11,7 @@ use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::report;
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
-use creme_core::Gpu;
+use creme_core::{Backend, Device};
 use serde_json::json;
 
 use crate::common::{self, Res};
@@ -29,10 +29,10 @@ pub struct EditArgs {
 }
 
 /// Greedy HumanEval completion of `prompt` and, when a problem is known, its test verdict.
-fn complete_and_test(gpu: &Gpu, model: &Model, prompt: &str, problem: Option<&Problem>) -> Res<(String, Option<Verdict>)> {
+fn complete_and_test(dev: &Device, model: &Model, prompt: &str, problem: Option<&Problem>) -> Res<(String, Option<Verdict>)> {
     let ids = model.tokenizer.encode(prompt)?;
     let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
-    let c = pollster::block_on(generate(gpu, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
+    let c = pollster::block_on(generate(dev, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
     let verdict = problem.map(|p| run_python(&p.program(prompt, &c.text), &Limits::default()).verdict);
     Ok((c.text, verdict))
 }
@@ -47,17 +47,17 @@ fn verdict_str(v: Option<Verdict>) -> &'static str {
     }
 }
 
-pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
+pub fn run(dev: &Device, a: EditArgs) -> Res {
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let problems = a.pair.problems()?;
     let model_path = common::model_path(a.pair.model.as_deref());
-    let mut model = a.pair.load_model(gpu)?;
+    let mut model = a.pair.load_model(dev)?;
     let (clean, pert) = (model.tokenizer.encode(&clean_text)?, model.tokenizer.encode(&pert_text)?);
     let t_all = Instant::now();
 
     // Before: both completions and their tests.
     let skip = |_: &Model, _: &str, _: Option<&Problem>| -> Res<(String, Option<Verdict>)> { Ok((String::new(), None)) };
-    let eval: &dyn Fn(&Model, &str, Option<&Problem>) -> Res<(String, Option<Verdict>)> = if a.no_eval { &skip } else { &|m, p, pr| complete_and_test(gpu, m, p, pr) };
+    let eval: &dyn Fn(&Model, &str, Option<&Problem>) -> Res<(String, Option<Verdict>)> = if a.no_eval { &skip } else { &|m, p, pr| complete_and_test(dev, m, p, pr) };
     let (clean_before, clean_v0) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
     let (pert_before, pert_v0) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
     println!("== {label}");
@@ -66,15 +66,15 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     }
 
     // Target: the clean prompt's greedy continuation.
-    let target = pollster::block_on(trace::greedy_target(gpu, &model, &clean, a.target_tokens))?;
+    let target = pollster::block_on(trace::greedy_target(dev, &model, &clean, a.target_tokens))?;
 
     // Layer: fixed, or traced with the logprob metric.
     let t_trace = Instant::now();
     let (layer, layer_trace) = match a.layer {
         Some(l) => (l, None),
         None => {
-            let setup = pollster::block_on(trace::prepare(gpu, &model, &clean, &pert, &target))?;
-            let t = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
+            let setup = pollster::block_on(trace::prepare(dev, &model, &clean, &pert, &target))?;
+            let t = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
             (t.key_layer, Some(t))
         }
     };
@@ -86,10 +86,10 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
 
     // Edit.
     let t_cap = Instant::now();
-    let data = pollster::block_on(edit::capture(gpu, &model, &clean, &pert, &target, layer))?;
-    let w0 = pollster::block_on(model.ffn_down_f32(gpu, layer))?;
+    let data = pollster::block_on(edit::capture(dev, &model, &clean, &pert, &target, layer))?;
+    let w0 = pollster::block_on(model.ffn_down_f32(dev, layer))?;
     let capture_s = t_cap.elapsed().as_secs_f64();
-    let result = pollster::block_on(edit::solve(gpu, &data, &w0, &a.settings))?;
+    let result = pollster::block_on(edit::solve(dev, &data, &w0, &a.settings))?;
     let curve: Vec<String> = result.losses.iter().map(|l| format!("{:.6}", l.total)).collect();
     println!(
         "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{capture_s:.2} s capture)",
@@ -115,14 +115,14 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
     println!("-- patch written: {} ({} KiB)", a.out.display(), bytes.len() / 1024);
 
     // After.
-    patch.apply(gpu, &mut model)?;
+    patch.apply(dev, &mut model)?;
     let (pert_after, pert_v1) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
     let (clean_after, clean_v1) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
     model.revert_ffn_down(layer);
     if !a.no_eval {
         println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
     }
-    println!("== total {:.1} s on {}", t_all.elapsed().as_secs_f64(), gpu.report.name);
+    println!("== total {:.1} s on {}", t_all.elapsed().as_secs_f64(), dev.describe());
 
     if let Some(dir) = &a.report {
         std::fs::create_dir_all(dir)?;
@@ -131,7 +131,7 @@ pub fn run(gpu: &Gpu, a: EditArgs) -> Res {
             "before": {"clean": {"completion": clean_before, "verdict": verdict_str(clean_v0)}, "pert": {"completion": pert_before, "verdict": verdict_str(pert_v0)}},
             "after": {"clean": {"completion": clean_after, "verdict": verdict_str(clean_v1)}, "pert": {"completion": pert_after, "verdict": verdict_str(pert_v1)}},
             "timings_s": {"trace": trace_s, "capture": capture_s, "edit": result.seconds, "total": t_all.elapsed().as_secs_f64()},
-            "adapter": gpu.report.name, "patch": a.out.display().to_string(),
+            "adapter": dev.describe(), "patch": a.out.display().to_string(),
         });
         let json_text = serde_json::to_string_pretty(&doc)?;
         let cell = |text: &str, v: Option<Verdict>| format!("<td><b class='{}'>{}</b><pre>{}</pre></td>", if v == Some(Verdict::Pass) { "ok" } else { "bad" }, verdict_str(v), report::escape(text));

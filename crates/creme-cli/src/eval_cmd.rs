@@ -13,7 +13,7 @@ use creme_core::dataset::Problem;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::metrics;
 use creme_core::model::Model;
-use creme_core::Gpu;
+use creme_core::{Backend, Device};
 use serde_json::{json, Value};
 
 use crate::common::{self, JsonlLog, Res};
@@ -203,9 +203,9 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             }
         }
     } else {
-        let gpu = Gpu::new_blocking(gpu_opts)?;
-        let mut model = common::load_model(&gpu, a.model.as_deref(), 0)?;
-        common::apply_patches(&gpu, &mut model, &a.patch)?;
+        let dev = Device::open(gpu_opts)?;
+        let mut model = common::load_model(&dev, a.model.as_deref(), 0)?;
+        common::apply_patches(&dev, &mut model, &a.patch)?;
         let spec = GenSpec::from(&a);
         for (set, problems) in &sets {
             let todo: Vec<(&Problem, usize)> = problems.iter().flat_map(|p| (0..a.n).map(move |s| (p, s))).filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s))).collect();
@@ -213,7 +213,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
                 continue;
             }
             let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
-            run_set(&gpu, &model, set, &todo, &spec, &lim, workers, &mut |rec| {
+            run_set(&dev, &model, set, &todo, &spec, &lim, workers, &mut |rec| {
                 prog.tick(1, (rec["passed"] == true) as usize);
                 log.append(&rec)?;
                 records.push(rec);
@@ -249,11 +249,11 @@ impl From<&EvalArgs> for GenSpec {
 /// Generate and test the (problem, sample index) items of one set, batching prompts of the same
 /// sample index (one seed per batch and sample); `on_record` gets each tested sample.
 #[allow(clippy::too_many_arguments)]
-pub fn run_set(gpu: &Gpu, model: &Model, set: &str, items: &[(&Problem, usize)], spec: &GenSpec, lim: &Limits, workers: usize, on_record: &mut dyn FnMut(Value) -> Res) -> Res {
+pub fn run_set(dev: &Device, model: &Model, set: &str, items: &[(&Problem, usize)], spec: &GenSpec, lim: &Limits, workers: usize, on_record: &mut dyn FnMut(Value) -> Res) -> Res {
     for s in 0..spec.n.max(1) {
         let these: Vec<&Problem> = items.iter().filter(|(_, k)| *k == s).map(|(p, _)| *p).collect();
         for chunk in these.chunks(spec.batch.max(1)) {
-            for rec in generate_and_test(gpu, model, set, chunk, s, spec, lim, workers)? {
+            for rec in generate_and_test(dev, model, set, chunk, s, spec, lim, workers)? {
                 on_record(rec)?;
             }
         }
@@ -263,7 +263,7 @@ pub fn run_set(gpu: &Gpu, model: &Model, set: &str, items: &[(&Problem, usize)],
 
 /// Generate one sample for each problem of `chunk` (one left-padded batch) and test them.
 #[allow(clippy::too_many_arguments)]
-fn generate_and_test(gpu: &Gpu, model: &Model, set: &str, chunk: &[&Problem], sample: usize, a: &GenSpec, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
+fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem], sample: usize, a: &GenSpec, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
     let opts = GenerateOptions {
         max_new_tokens: a.max_tokens,
         temperature: if a.n > 1 { a.temperature } else { 0.0 },
@@ -280,7 +280,7 @@ fn generate_and_test(gpu: &Gpu, model: &Model, set: &str, chunk: &[&Problem], sa
         ids.push(t);
     }
     let batch: Vec<Vec<u32>> = ids.iter().zip(&fits).filter(|(_, f)| **f).map(|(t, _)| t.clone()).collect();
-    let mut completions = pollster::block_on(generate(gpu, model, &batch, &opts, &mut |_, _| {}))?.into_iter();
+    let mut completions = pollster::block_on(generate(dev, model, &batch, &opts, &mut |_, _| {}))?.into_iter();
     let mut out = Vec::new();
     let mut programs = Vec::new();
     let mut texts = Vec::new();

@@ -13,7 +13,7 @@ use creme_core::dataset::Problem;
 use creme_core::metrics;
 use creme_core::model::Model;
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
-use creme_core::{edit, Gpu};
+use creme_core::{edit, Backend, Device};
 use serde_json::{json, Value};
 
 use crate::common::{self, JsonlLog, Res};
@@ -103,11 +103,11 @@ fn outcomes_of(records: &[Value]) -> Outcomes {
 
 /// Evaluate `sets` greedily with the model as it is now.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(gpu: &Gpu, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, names: &[String], spec: &GenSpec, workers: usize, mut on_record: impl FnMut(Value) -> Res) -> Res {
+fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, names: &[String], spec: &GenSpec, workers: usize, mut on_record: impl FnMut(Value) -> Res) -> Res {
     let lim = eval_cmd::limits(10);
     for set in names {
         let items: Vec<(&Problem, usize)> = sets[set].iter().map(|p| (p, 0)).collect();
-        eval_cmd::run_set(gpu, model, set, &items, spec, &lim, workers, &mut on_record)?;
+        eval_cmd::run_set(dev, model, set, &items, spec, &lim, workers, &mut on_record)?;
     }
     Ok(())
 }
@@ -133,9 +133,9 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let spec = GenSpec { n: 1, temperature: 0.0, top_p: 1.0, max_tokens: a.max_tokens, batch: a.batch };
     let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
 
-    let gpu = Gpu::new_blocking(gpu_opts)?;
+    let dev = Device::open(gpu_opts)?;
     let model_path = common::model_path(a.model.as_deref());
-    let mut model = common::load_model(&gpu, Some(&model_path), 0)?;
+    let mut model = common::load_model(&dev, Some(&model_path), 0)?;
 
     // Baseline: greedy outcomes of the unedited model on every set (resumable too).
     let base_dir = a.baseline.clone().unwrap_or_else(|| a.out.join("baseline"));
@@ -150,7 +150,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             continue;
         }
         eprintln!("baseline: {} {} tasks", missing[s].len(), s);
-        evaluate(&gpu, &model, &missing, &[s.clone()], &spec, workers, |rec| {
+        evaluate(&dev, &model, &missing, &[s.clone()], &spec, workers, |rec| {
             base_log.append(&rec)?;
             base.entry(rec["set"].as_str().unwrap().into()).or_default().insert(rec["task_id"].as_str().unwrap().into(), rec["passed"] == true);
             Ok(())
@@ -184,17 +184,17 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         let t_all = Instant::now();
         let tok = &model.tokenizer;
         let (clean, pert) = (tok.encode(&clean_p.prompt)?, tok.encode(&pert_p.prompt)?);
-        let target = pollster::block_on(trace::greedy_target(&gpu, &model, &clean, a.edit.target_tokens))?;
+        let target = pollster::block_on(trace::greedy_target(&dev, &model, &clean, a.edit.target_tokens))?;
         // Layer.
         let t_trace = Instant::now();
         let n_layers = model.cfg.n_layers;
         let (layer, scores) = match a.layer.as_str() {
             "logprob" | "pass" => {
-                let setup = pollster::block_on(trace::prepare(&gpu, &model, &clean, &pert, &target))?;
+                let setup = pollster::block_on(trace::prepare(&dev, &model, &clean, &pert, &target))?;
                 let tr = if a.layer == "pass" {
-                    pollster::block_on(crate::pass_metric::pass_trace(&gpu, &model, &setup, (&clean_p.prompt, clean_p), (&pert_p.prompt, pert_p), 1))?.0
+                    pollster::block_on(crate::pass_metric::pass_trace(&dev, &model, &setup, (&clean_p.prompt, clean_p), (&pert_p.prompt, pert_p), 1))?.0
                 } else {
-                    pollster::block_on(trace::trace_layers(&gpu, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?
+                    pollster::block_on(trace::trace_layers(&dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?
                 };
                 (tr.key_layer, json!(tr.scores))
             }
@@ -216,15 +216,15 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         };
         let trace_s = t_trace.elapsed().as_secs_f64();
         // Edit.
-        let data = pollster::block_on(edit::capture(&gpu, &model, &clean, &pert, &target, layer))?;
-        let w0 = pollster::block_on(model.ffn_down_f32(&gpu, layer))?;
-        let result = pollster::block_on(edit::solve(&gpu, &data, &w0, &settings))?;
-        model.set_ffn_down(&gpu, layer, &result.w)?;
+        let data = pollster::block_on(edit::capture(&dev, &model, &clean, &pert, &target, layer))?;
+        let w0 = pollster::block_on(model.ffn_down_f32(&dev, layer))?;
+        let result = pollster::block_on(edit::solve(&dev, &data, &w0, &settings))?;
+        model.set_ffn_down(&dev, layer, &result.w)?;
         // Evaluate the edited model, then revert.
         let t_eval = Instant::now();
         let mut after_records = Vec::new();
         let eval_sets: Vec<String> = all_sets.clone();
-        let evaluated = evaluate(&gpu, &model, &sets, &eval_sets, &spec, workers, |rec| {
+        let evaluated = evaluate(&dev, &model, &sets, &eval_sets, &spec, workers, |rec| {
             after_records.push(rec);
             Ok(())
         });
@@ -264,7 +264,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             "edited_task_passes": after[t][&pert_p.task_id],
             "eval": per_set, "after": after,
             "t_trace": trace_s, "t_edit": result.seconds, "t_eval": t_eval.elapsed().as_secs_f64(), "t_total": t_all.elapsed().as_secs_f64(),
-            "tasks_per_set": sets["clean"].len(), "adapter": gpu.report.name,
+            "tasks_per_set": sets["clean"].len(), "adapter": dev.describe(),
         });
         log.append(&rec)?;
         eprintln!(

@@ -21,20 +21,21 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use common::load_model;
-use creme_core::{cpu, generate, Gpu, GpuOptions};
+use creme_core::{cpu, generate, Backend, Device, GpuOptions};
 
 #[derive(Parser)]
-#[command(name = "creme", version, about = "CREME: trace and edit code LLMs on any GPU (wgpu)")]
+#[command(name = "creme", version, about = "CREME: trace and edit code LLMs on any GPU (wgpu) or natively on the CPU")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-/// Adapter selection, shared by every subcommand that touches the GPU. Flags override the
+/// Backend and adapter selection, shared by every subcommand that runs a model. Flags override the
 /// CREME_BACKEND / CREME_ADAPTER / CREME_FORCE_F32 / CREME_NO_SUBGROUPS environment variables.
 #[derive(Args, Clone)]
 struct GpuFlags {
-    /// Backends to consider: vulkan, gl, metal, dx12 (comma list)
+    /// auto (a real GPU if there is one, else the CPU), cpu, or wgpu backends to consider:
+    /// vulkan, gl, metal, dx12 (comma list)
     #[arg(long)]
     backend: Option<String>,
     /// Require an adapter whose name contains this text (e.g. llvmpipe, nvidia)
@@ -280,12 +281,12 @@ fn run(cli: Cli) -> Res {
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
         Cmd::Edit { gpu, pair, layer, edit, out, report, no_eval } => {
             let settings = edit.settings()?;
-            let gpu = Gpu::new_blocking(&gpu.options())?;
-            edit_cmd::run(&gpu, edit_cmd::EditArgs { pair, layer, settings, target_tokens: edit.target_tokens, out, report, no_eval })
+            let dev = Device::open(&gpu.options())?;
+            edit_cmd::run(&dev, edit_cmd::EditArgs { pair, layer, settings, target_tokens: edit.target_tokens, out, report, no_eval })
         }
         Cmd::Trace { gpu, pair, metric, grid, grid_all, target_tokens, samples, out } => {
-            let gpu = Gpu::new_blocking(&gpu.options())?;
-            trace_cmd::run(&gpu, trace_cmd::TraceArgs { pair, metric, grid, grid_all, target_tokens, samples, out })
+            let dev = Device::open(&gpu.options())?;
+            trace_cmd::run(&dev, trace_cmd::TraceArgs { pair, metric, grid, grid_all, target_tokens, samples, out })
         }
         Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream, patch, json } => {
             let prompt = match (prompt, prompt_file) {
@@ -298,9 +299,9 @@ fn run(cli: Cli) -> Res {
                 stop.extend(generate::humaneval_stops());
             }
             let opts = generate::GenerateOptions { max_new_tokens: max_tokens, temperature, top_p, seed, stop };
-            let gpu = Gpu::new_blocking(&gpu.options())?;
-            let mut model = load_model(&gpu, model.as_deref(), 0)?;
-            common::apply_patches(&gpu, &mut model, &patch)?;
+            let dev = Device::open(&gpu.options())?;
+            let mut model = load_model(&dev, model.as_deref(), 0)?;
+            common::apply_patches(&dev, &mut model, &patch)?;
             let ids = model.tokenizer.encode(&prompt)?;
             if ids.is_empty() {
                 return Err("the prompt is empty".into());
@@ -312,7 +313,7 @@ fn run(cli: Cli) -> Res {
                     eprint!("{}", tok.decode(&[id]).unwrap_or_default());
                 }
             };
-            let out = pollster::block_on(generate::generate(&gpu, &model, &[ids.clone()], &opts, &mut on_token))?;
+            let out = pollster::block_on(generate::generate(&dev, &model, &[ids.clone()], &opts, &mut on_token))?;
             let c = &out[0];
             if stream {
                 let s = t0.elapsed().as_secs_f64();
@@ -350,31 +351,35 @@ fn export(model: Option<&std::path::Path>, patches: &[PathBuf], out: &std::path:
 
 fn info(opts: &GpuOptions, json: bool, all: bool) -> Res {
     if all {
-        let names = pollster::block_on(creme_core::gpu::list_adapters(opts));
-        println!("adapters found: {}", names.len());
+        let names = pollster::block_on(creme_core::gpu::list_adapters(&GpuOptions { backends: None, ..opts.clone() }));
+        println!("wgpu adapters found: {}", names.len());
         for n in names {
             println!("  {n}");
         }
+        println!("cpu backend: {}", creme_core::backend::cpu::CpuBackend::new().describe());
     }
-    let gpu = Gpu::new_blocking(opts)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&gpu.report)?);
-    } else {
-        println!("{}", gpu.report.to_text());
+    let dev = Device::open(opts)?;
+    match (&dev, json) {
+        (Device::Wgpu(g), true) => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"backend": "wgpu", "adapter": g.report}))?),
+        (Device::Wgpu(g), false) => println!("backend: wgpu\n{}", g.report.to_text()),
+        (Device::Cpu(_), true) => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"backend": "cpu", "device": dev.describe()}))?),
+        (Device::Cpu(_), false) => println!("backend: {}", dev.describe()),
     }
     Ok(())
 }
 
 fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
-    let gpu = Gpu::new_blocking(opts)?;
-    println!("matmul check on {} ({})", gpu.report.name, gpu.report.backend);
+    let dev = Device::open(opts)?;
+    println!("matmul check on {}", dev.describe());
     let mut rng = cpu::SplitMix64(seed);
     let mut worst = 0f32;
     for _ in 0..cases {
         let (m, n, k) = (1 + rng.below(150) as usize, 1 + rng.below(300) as usize, 1 + rng.below(400) as usize);
         let x = rng.vec_f32(m * k);
         let w = rng.vec_f32(n * k);
-        let got = pollster::block_on(gpu.matmul_f32(&x, &w, m, n, k))?;
+        let (xt, wt, mut yt) = (dev.upload("x", m, k, &x)?, dev.upload("w", n, k, &w)?, dev.zeros("y", m, n)?);
+        dev.matmul_f32(&xt, &wt, &mut yt, m, n, k)?;
+        let got = pollster::block_on(dev.read_all(&yt))?;
         let want = cpu::matmul_nt(&x, &w, m, n, k);
         let err = cpu::max_rel_err(&got, &want);
         println!("  m={m:4} n={n:4} k={k:4}  max rel err {err:.2e}");
@@ -389,8 +394,8 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
 
 fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
     use creme_core::model::GgmlType as G;
-    let gpu = Gpu::new_blocking(opts)?;
-    println!("quantized matmul on {} ({}), m = {m}, weight 4864 x 896 and 896 x 4864", gpu.report.name, gpu.report.backend);
+    let dev = Device::open(opts)?;
+    println!("quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864", dev.describe());
     let mut rng = cpu::SplitMix64(1);
     for t in [G::Q4K, G::Q6K, G::Q5_0, G::Q8_0, G::Q4_1, G::F32] {
         for (rows, k) in [(4864usize, 896usize), (896, 4864)] {
@@ -398,16 +403,14 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
                 continue;
             }
             let raw: Vec<u8> = (0..t.row_bytes(k) * rows).map(|_| (rng.next_u64() & 0x3f) as u8).collect();
-            let w = gpu.upload_weight("w", t, rows, k, &raw)?;
-            let x = gpu.upload("x", &rng.vec_f32(m * k));
-            let y = gpu.storage("y", (m * rows * 4) as u64);
-            let run = |n: usize| -> Res {
-                let mut enc = gpu.device.create_command_encoder(&Default::default());
+            let w = dev.upload_weight("w", t, rows, k, &raw)?;
+            let x = dev.upload("x", m, k, &rng.vec_f32(m * k))?;
+            let mut y = dev.zeros("y", m, rows)?;
+            let mut run = |n: usize| -> Res {
                 for _ in 0..n {
-                    gpu.encode_matmul_quant(&mut enc, &x, &w, None, &y, m as u32, rows as u32, 0)?;
+                    dev.matmul_q(&x, &w, &mut y, m)?;
                 }
-                gpu.queue.submit([enc.finish()]);
-                gpu.device.poll(wgpu::PollType::wait_indefinitely())?;
+                pollster::block_on(dev.read(&y, 1))?;
                 Ok(())
             };
             run(1)?;
@@ -415,7 +418,7 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
             run(reps)?;
             let s = t0.elapsed().as_secs_f64() / reps as f64;
             let bytes = (t.row_bytes(k) * rows) as f64;
-            println!("  {:5} {rows:5} x {k:5}: {:8.3} ms  {:7.2} GB/s of weights", t.name(), s * 1e3, bytes / s / 1e9);
+            println!("  {:5} {rows:5} x {k:5}: {:8.3} ms  {:7.2} GB/s of weights  {:7.1} GOP/s", t.name(), s * 1e3, bytes / s / 1e9, 2.0 * (m * rows * k) as f64 / s / 1e9);
         }
     }
     Ok(())

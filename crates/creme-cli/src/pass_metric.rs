@@ -5,7 +5,7 @@ use creme_core::dataset::Problem;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::trace::{self, generate_from_probes, LayerTrace, PatchPositions, Probe, RestorationMetric, TraceSetup};
-use creme_core::{Gpu, ModelError};
+use creme_core::{Backend, Device, ModelError};
 
 use crate::sandbox::{run_many, Limits, Verdict};
 
@@ -31,11 +31,11 @@ impl RestorationByPass<'_> {
     }
 
     /// Pass ratio of plain generations from `prompt` (to measure acc_orig and acc_pert).
-    pub async fn pass_ratio(&self, gpu: &Gpu, model: &Model, prompt_text: &str, problem: &Problem) -> Result<f64, ModelError> {
+    pub async fn pass_ratio(&self, dev: &Device, model: &Model, prompt_text: &str, problem: &Problem) -> Result<f64, ModelError> {
         let ids = model.tokenizer.encode(prompt_text)?;
         let mut programs = Vec::new();
         for k in 0..self.samples {
-            let c = generate(gpu, model, &[ids.clone()], &self.opts(k), &mut |_, _| {}).await?;
+            let c = generate(dev, model, &[ids.clone()], &self.opts(k), &mut |_, _| {}).await?;
             programs.push(problem.program(prompt_text, &c[0].text));
         }
         let r = run_many(&programs, &Limits::default(), self.workers);
@@ -47,10 +47,10 @@ impl RestorationMetric for RestorationByPass<'_> {
     fn name(&self) -> &'static str {
         "pass"
     }
-    async fn restoration(&mut self, gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+    async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
         let mut passes = vec![0usize; probes.len()];
         for k in 0..self.samples {
-            let completions = generate_from_probes(gpu, model, setup, probes, &self.opts(k)).await?;
+            let completions = generate_from_probes(dev, model, setup, probes, &self.opts(k)).await?;
             let programs: Vec<String> = completions.iter().map(|c| self.problem.program(&self.problem.prompt, &c.text)).collect();
             for (i, r) in run_many(&programs, &Limits::default(), self.workers).iter().enumerate() {
                 passes[i] += (r.verdict == Verdict::Pass) as usize;
@@ -73,12 +73,12 @@ pub fn improvement(ratio: f64, acc_orig: f64, acc_pert: f64) -> f64 {
 /// The authors' trace: acc_orig and acc_pert from plain generations, then the pass ratio of every
 /// layer's patched run; scores are the improvements; key layer = best improvement (all zero: best
 /// patched pass ratio), ties to the largest distance. Returns the trace and a JSON account.
-pub async fn pass_trace(gpu: &Gpu, model: &Model, setup: &TraceSetup, clean: (&str, &Problem), pert: (&str, &Problem), samples: usize) -> Result<(LayerTrace, serde_json::Value), ModelError> {
+pub async fn pass_trace(dev: &Device, model: &Model, setup: &TraceSetup, clean: (&str, &Problem), pert: (&str, &Problem), samples: usize) -> Result<(LayerTrace, serde_json::Value), ModelError> {
     let t0 = std::time::Instant::now();
     let mut pm = RestorationByPass { problem: pert.1, samples: samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
-    let acc_orig = pm.pass_ratio(gpu, model, clean.0, clean.1).await?;
-    let acc_pert = pm.pass_ratio(gpu, model, pert.0, pert.1).await?;
-    let raw = trace::trace_layers(gpu, model, setup, PatchPositions::AllPrompt, &mut pm).await?;
+    let acc_orig = pm.pass_ratio(dev, model, clean.0, clean.1).await?;
+    let acc_pert = pm.pass_ratio(dev, model, pert.0, pert.1).await?;
+    let raw = trace::trace_layers(dev, model, setup, PatchPositions::AllPrompt, &mut pm).await?;
     let ratios = raw.scores.clone();
     let improvements: Vec<f64> = ratios.iter().map(|&r| improvement(r, acc_orig, acc_pert)).collect();
     let key = if improvements.iter().any(|&v| v > 0.0) { trace::choose_layer(&improvements, &setup.distances) } else { trace::choose_layer(&ratios, &setup.distances) };

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use creme_core::report;
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
-use creme_core::Gpu;
+use creme_core::{Backend, Device};
 use serde_json::json;
 
 use crate::common::{self, Res};
@@ -39,9 +39,9 @@ pub struct PairArgs {
 
 impl PairArgs {
     /// The model, with the patches applied.
-    pub fn load_model(&self, gpu: &Gpu) -> Res<creme_core::model::Model> {
-        let mut model = common::load_model(gpu, Some(&common::model_path(self.model.as_deref())), 0)?;
-        common::apply_patches(gpu, &mut model, &self.patch)?;
+    pub fn load_model(&self, dev: &Device) -> Res<creme_core::model::Model> {
+        let mut model = common::load_model(dev, Some(&common::model_path(self.model.as_deref())), 0)?;
+        common::apply_patches(dev, &mut model, &self.patch)?;
         Ok(model)
     }
 }
@@ -78,7 +78,7 @@ pub struct TraceArgs {
     pub out: PathBuf,
 }
 
-pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
+pub fn run(dev: &Device, a: TraceArgs) -> Res {
     if a.metric != "logprob" && a.metric != "pass" {
         return Err(format!("unknown metric '{}' (logprob or pass)", a.metric).into());
     }
@@ -86,27 +86,27 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
         return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
     }
     let (clean_text, pert_text, label) = a.pair.prompts()?;
-    let model = a.pair.load_model(gpu)?;
+    let model = a.pair.load_model(dev)?;
     let tok = &model.tokenizer;
     let (clean, pert) = (tok.encode(&clean_text)?, tok.encode(&pert_text)?);
     std::fs::create_dir_all(&a.out)?;
 
     let t0 = Instant::now();
-    let target = pollster::block_on(trace::greedy_target(gpu, &model, &clean, a.target_tokens))?;
+    let target = pollster::block_on(trace::greedy_target(dev, &model, &clean, a.target_tokens))?;
     let t_target = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let setup = pollster::block_on(trace::prepare(gpu, &model, &clean, &pert, &target))?;
+    let setup = pollster::block_on(trace::prepare(dev, &model, &clean, &pert, &target))?;
     let t_prepare = t1.elapsed().as_secs_f64();
     let mut metric = RestorationByLogprob;
     let t2 = Instant::now();
-    let mut all = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::AllPrompt, &mut metric))?;
+    let mut all = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::AllPrompt, &mut metric))?;
     let mut t_layers = t2.elapsed().as_secs_f64();
-    let diff = pollster::block_on(trace::trace_layers(gpu, &model, &setup, PatchPositions::Differing, &mut metric))?;
+    let diff = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::Differing, &mut metric))?;
     let mut pass_json = serde_json::Value::Null;
     if a.metric == "pass" {
         let (clean_p, pert_p) = a.pair.problems()?.ok_or("--metric pass needs --task/--type")?;
         let t4 = Instant::now();
-        let (pass_trace, account) = pollster::block_on(pass_trace(gpu, &model, &setup, (&clean_text, &clean_p), (&pert_text, &pert_p), a.samples))?;
+        let (pass_trace, account) = pollster::block_on(pass_trace(dev, &model, &setup, (&clean_text, &clean_p), (&pert_text, &pert_p), a.samples))?;
         t_layers = t4.elapsed().as_secs_f64();
         eprintln!("pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}", account["acc_orig"], account["acc_pert"], account["patched_runs_passing"], pass_trace.scores.len(), pass_trace.key_layer);
         pass_json = account;
@@ -146,7 +146,7 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
             p
         };
         let t3 = Instant::now();
-        let grid = pollster::block_on(trace::trace_grid(gpu, &model, &setup, &positions, &mut metric))?;
+        let grid = pollster::block_on(trace::trace_grid(dev, &model, &setup, &positions, &mut metric))?;
         eprintln!("grid: {} layers x {} positions in {:.2} s, key layer {}", grid.scores.len(), positions.len(), t3.elapsed().as_secs_f64(), grid.key_layer);
         let svg = report::grid_heatmap_svg(&grid, &labels_of(&positions), &format!("{label}: restoration, one position patched at one layer"));
         std::fs::write(a.out.join("grid.svg"), &svg)?;
@@ -161,7 +161,7 @@ pub fn run(gpu: &Gpu, a: TraceArgs) -> Res {
         "all_positions": all, "differing_positions": diff, "grid": grid_json, "pass": pass_json,
         "key_layer": all.key_layer,
         "timings_s": {"target": t_target, "capture": t_prepare, "layer_trace": t_layers},
-        "adapter": gpu.report.name,
+        "adapter": dev.describe(),
     });
     let json_text = serde_json::to_string_pretty(&doc)?;
     common::write(&a.out.join("trace.json"), &json_text)?;

@@ -11,10 +11,9 @@ use serde::Serialize;
 
 use crate::error::ModelError;
 use crate::generate::left_pad;
-use crate::gpu::layers::AdamParams;
-use crate::gpu::Gpu;
+use crate::backend::{AdamStep, Backend, Device};
 use crate::hooks::{Hooks, Site};
-use crate::model::transformer::{Logits, Model};
+use crate::model::{Logits, Model};
 
 /// What the edit fits: rows are the target positions (orig rows, then pert rows).
 #[derive(Clone)]
@@ -36,7 +35,7 @@ pub struct EditData {
 
 /// Capture r, a and h at `layer` for orig = clean + target and pert = pert + target, at the
 /// positions holding the target tokens (the last |target| of each sequence).
-pub async fn capture(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<EditData, ModelError> {
+pub async fn capture(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<EditData, ModelError> {
     let cfg = &model.cfg;
     if layer >= cfg.n_layers {
         return Err(ModelError::Format(format!("layer {layer} of a {}-layer model", cfg.n_layers)));
@@ -45,14 +44,14 @@ pub async fn capture(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], targ
         return Err(ModelError::Format("edit: prompts and target must be non-empty".into()));
     }
     let (batch, pads, len) = left_pad(cfg.pad_id, &[clean, pert], target);
-    let mut cache = model.new_cache(gpu, pads, len)?;
+    let mut cache = model.new_cache(dev, pads, len)?;
     let hooks = Hooks::capture([Site::ResidMid(layer), Site::MlpAct(layer), Site::ResidOut(layer)]);
-    let out = model.forward(gpu, &mut cache, &batch, &hooks, Logits::None)?;
+    let out = model.forward(dev, &mut cache, &batch, &hooks, Logits::None)?;
     let (n, d, f) = (target.len(), cfg.d_model, cfg.d_ff);
     let mut sides = Vec::new();
     for (site, width) in [(Site::ResidMid(layer), d), (Site::MlpAct(layer), f), (Site::ResidOut(layer), d)] {
         let (buf, _, _) = out.captured.get(site).expect("captured");
-        let all: Vec<f32> = gpu.read(buf, 2 * len * width).await?;
+        let all: Vec<f32> = dev.read(buf, 2 * len * width).await?;
         let take = |b: usize| all[(b * len + len - n) * width..(b + 1) * len * width].to_vec();
         sides.push((take(0), take(1)));
     }
@@ -155,9 +154,9 @@ pub fn grad_cpu(data: &EditData, w: &[f32], lambda: f64) -> Vec<f32> {
 }
 
 /// Run the configured solver from the file's weights `w0` [d, f].
-pub async fn solve(gpu: &Gpu, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
+pub async fn solve(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
     match s.solver {
-        Solver::Adam => adam(gpu, data, w0, s).await,
+        Solver::Adam => adam(dev, data, w0, s).await,
         Solver::Ridge { ridge } => {
             let t0 = now();
             let w = ridge_solve(data, w0, s.lambda, ridge);
@@ -184,10 +183,10 @@ fn elapsed(_: ()) -> f64 {
     0.0
 }
 
-/// Adam on the GPU. Per step: Y = A Wᵀ (one matmul), residuals and loss on the CPU (2n x d
+/// Adam on the model's backend. Per step: Y = A Wᵀ (one matmul), residuals and loss on the CPU (2n x d
 /// values), G = Eᵀ A (one matmul), one Adam kernel. Each step evaluates the loss, then stops
 /// after `patience` evaluations without a new best, else updates.
-async fn adam(gpu: &Gpu, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
+async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
     let t0 = now();
     let (n, d, f) = (data.n, data.d, data.f);
     let rows = 2 * n;
@@ -199,22 +198,20 @@ async fn adam(gpu: &Gpu, data: &EditData, w0: &[f32], s: &EditSettings) -> Resul
             a_t[k * rows + i] = a_cat[i * f + k];
         }
     }
-    let a_buf = gpu.upload("edit A", &a_cat);
-    let at_buf = gpu.upload("edit At", &a_t);
-    let w = gpu.upload("edit W", w0);
-    let best_w = gpu.storage("edit best W", (d * f * 4) as u64);
-    let m = gpu.storage("adam m", (d * f * 4) as u64);
-    let v = gpu.storage("adam v", (d * f * 4) as u64);
-    let y = gpu.storage("edit Y", (rows * d * 4) as u64);
-    let g = gpu.storage("edit G", (d * f * 4) as u64);
-    let et = gpu.storage("edit Et", (d * rows * 4) as u64);
+    let a_buf = dev.upload("edit A", rows, f, &a_cat)?;
+    let at_buf = dev.upload("edit At", f, rows, &a_t)?;
+    let mut w = dev.upload("edit W", d, f, w0)?;
+    let mut best_w = dev.zeros("edit best W", d, f)?;
+    let mut m = dev.zeros("adam m", d, f)?;
+    let mut v = dev.zeros("adam v", d, f)?;
+    let mut y = dev.zeros("edit Y", rows, d)?;
+    let mut g = dev.zeros("edit G", d, f)?;
+    let mut et = dev.zeros("edit Et", d, rows)?;
     let (mut losses, mut best, mut best_step, mut since) = (Vec::new(), f64::INFINITY, 0usize, 0usize);
     let mut t = 0u32;
     for step in 0..s.max_steps.max(1) {
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        gpu.encode_matmul_f32(&mut enc, &a_buf, &w, &y, rows as u32, d as u32, f as u32)?;
-        gpu.queue.submit([enc.finish()]);
-        let yv: Vec<f32> = gpu.read(&y, rows * d).await?;
+        dev.matmul_f32(&a_buf, &w, &mut y, rows, d, f)?;
+        let yv: Vec<f32> = dev.read(&y, rows * d).await?;
         // E = r + A Wᵀ - h_orig; rows 0..n orig (weight lambda), n..2n pert.
         let mut e_t = vec![0f32; d * rows];
         let (mut lp, mut lo) = (0f64, 0f64);
@@ -237,9 +234,7 @@ async fn adam(gpu: &Gpu, data: &EditData, w0: &[f32], s: &EditSettings) -> Resul
             best = total;
             best_step = step;
             since = 0;
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            enc.copy_buffer_to_buffer(&w, 0, &best_w, 0, (d * f * 4) as u64);
-            gpu.queue.submit([enc.finish()]);
+            dev.copy_rows(&w, 0, &mut best_w, 0, d)?;
         } else {
             since += 1;
             if since >= s.patience {
@@ -250,43 +245,19 @@ async fn adam(gpu: &Gpu, data: &EditData, w0: &[f32], s: &EditSettings) -> Resul
             break;
         }
         // G = Eᵀ A: x = Eᵀ [d, 2n], w = Aᵀ [f, 2n] -> [d, f]; the MSE's 2 / (n d) goes in as scale.
-        queue_write(gpu, &et, &e_t);
+        dev.write(&mut et, &e_t)?;
         t += 1;
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        gpu.encode_matmul_f32(&mut enc, &et, &at_buf, &g, d as u32, f as u32, rows as u32)?;
-        let (b1, b2) = (0.9f64, 0.999f64);
-        gpu.encode_adam(
-            &mut enc,
-            &w,
-            &g,
-            &m,
-            &v,
-            AdamParams {
-                n: (d * f) as u32,
-                _p0: 0,
-                lr: s.lr as f32,
-                b1: b1 as f32,
-                b2: b2 as f32,
-                eps: 1e-8,
-                scale: 2.0 / (n * d) as f32,
-                bc1: (1.0 - b1.powi(t as i32)) as f32,
-                bc2: (1.0 - b2.powi(t as i32)) as f32,
-                _p1: [0; 3],
-            },
-        );
-        gpu.queue.submit([enc.finish()]);
+        dev.matmul_f32(&et, &at_buf, &mut g, d, f, rows)?;
+        let step = AdamStep { lr: s.lr as f32, b1: 0.9, b2: 0.999, eps: 1e-8, scale: 2.0 / (n * d) as f32, t };
+        dev.adam(&mut w, &g, &mut m, &mut v, step)?;
     }
     let steps = losses.len();
     let (src, kept_step) = match s.keep {
         Keep::Final => (&w, steps - 1),
         Keep::Best => (&best_w, best_step),
     };
-    let out: Vec<f32> = gpu.read(src, d * f).await?;
+    let out: Vec<f32> = dev.read(src, d * f).await?;
     Ok(EditResult { w: out, losses, steps, best_loss: best, best_step, kept_step, seconds: elapsed(t0) })
-}
-
-fn queue_write(gpu: &Gpu, buf: &wgpu::Buffer, data: &[f32]) {
-    gpu.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
 }
 
 /// Closed form. Per output row j with e_j = r + A w0_j - h (2n values, orig rows weighted by
@@ -363,9 +334,9 @@ fn chol_solve(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
 /// The loss measured the slow way: apply `w` to the model and run the forward pass again (used
 /// by tests to show the captured-activation loss is the same function).
 #[allow(clippy::too_many_arguments)]
-pub async fn loss_by_forward(gpu: &Gpu, model: &mut Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize, w: &[f32], h_orig: &[f32], lambda: f64) -> Result<LossParts, ModelError> {
-    model.set_ffn_down(gpu, layer, w)?;
-    let outs = layer_outputs(gpu, model, clean, pert, target, layer).await;
+pub async fn loss_by_forward(dev: &Device, model: &mut Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize, w: &[f32], h_orig: &[f32], lambda: f64) -> Result<LossParts, ModelError> {
+    model.set_ffn_down(dev, layer, w)?;
+    let outs = layer_outputs(dev, model, clean, pert, target, layer).await;
     model.revert_ffn_down(layer);
     let (out_orig, out_pert) = outs?;
     let count = h_orig.len() as f64;
@@ -375,13 +346,13 @@ pub async fn loss_by_forward(gpu: &Gpu, model: &mut Model, clean: &[u32], pert: 
 }
 
 /// Layer outputs at the target positions of orig = clean + target and pert = pert + target.
-async fn layer_outputs(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+async fn layer_outputs(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let (n, d) = (target.len(), model.cfg.d_model);
     let (batch, pads, len) = left_pad(model.cfg.pad_id, &[clean, pert], target);
-    let mut cache = model.new_cache(gpu, pads, len)?;
-    let out = model.forward(gpu, &mut cache, &batch, &Hooks::capture([Site::ResidOut(layer)]), Logits::None)?;
+    let mut cache = model.new_cache(dev, pads, len)?;
+    let out = model.forward(dev, &mut cache, &batch, &Hooks::capture([Site::ResidOut(layer)]), Logits::None)?;
     let (buf, _, _) = out.captured.get(Site::ResidOut(layer)).expect("captured");
-    let all: Vec<f32> = gpu.read(buf, 2 * len * d).await?;
+    let all: Vec<f32> = dev.read(buf, 2 * len * d).await?;
     let side = |b: usize| all[(b * len + len - n) * d..(b + 1) * len * d].to_vec();
     Ok((side(0), side(1)))
 }
@@ -436,10 +407,10 @@ impl EditPatch {
     }
 
     /// Apply to a model (revert with `model.revert_ffn_down(patch.layer)`).
-    pub fn apply(&self, gpu: &Gpu, model: &mut Model) -> Result<(), ModelError> {
+    pub fn apply(&self, dev: &Device, model: &mut Model) -> Result<(), ModelError> {
         if (self.rows, self.cols) != (model.cfg.d_model, model.cfg.d_ff) {
             return Err(ModelError::Format(format!("patch is {}x{}, the model's W_down is {}x{}", self.rows, self.cols, model.cfg.d_model, model.cfg.d_ff)));
         }
-        model.set_ffn_down(gpu, self.layer, &self.w)
+        model.set_ffn_down(dev, self.layer, &self.w)
     }
 }

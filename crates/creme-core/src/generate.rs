@@ -3,9 +3,9 @@
 
 use crate::cpu::SplitMix64;
 use crate::error::ModelError;
-use crate::gpu::Gpu;
+use crate::backend::{Backend, Device, Tensor};
 use crate::hooks::Hooks;
-use crate::model::transformer::{KvCache, Logits, Model};
+use crate::model::{KvCache, Logits, Model};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -89,7 +89,7 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) ->
 /// Generate a completion for each prompt (token ids). `on_token(seq, id)` is called for every new
 /// token as it is decided.
 pub async fn generate(
-    gpu: &Gpu,
+    dev: &Device,
     model: &Model,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
@@ -111,18 +111,18 @@ pub async fn generate(
     }
     let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
     let (batch, pad, _) = left_pad(model.cfg.pad_id, &refs, &[]);
-    let mut cache = model.new_cache(gpu, pad, capacity)?;
-    let fwd = model.forward(gpu, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
-    decode(gpu, model, &mut cache, fwd.logits.expect("asked for logits"), opts, on_token).await
+    let mut cache = model.new_cache(dev, pad, capacity)?;
+    let fwd = model.forward(dev, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
+    decode(dev, model, &mut cache, fwd.logits.expect("asked for logits"), opts, on_token).await
 }
 
 /// Continue decoding from a filled cache whose last forward produced `logits` ([batch, vocab]):
 /// pick, feed back, repeat until every sequence has ended.
 pub async fn decode(
-    gpu: &Gpu,
+    dev: &Device,
     model: &Model,
     cache: &mut KvCache,
-    mut logits: wgpu::Buffer,
+    mut logits: Tensor,
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Completion>, ModelError> {
@@ -133,13 +133,9 @@ pub async fn decode(
     let mut done = vec![false; n];
     for step in 0..opts.max_new_tokens {
         let next: Vec<u32> = if opts.temperature <= 0.0 {
-            let ids = gpu.storage("argmax", (n * 4) as u64);
-            let mut enc = gpu.device.create_command_encoder(&Default::default());
-            gpu.encode_argmax(&mut enc, &logits, &ids, n as u32, cfg.vocab as u32);
-            gpu.queue.submit([enc.finish()]);
-            gpu.read::<u32>(&ids, n).await?
+            dev.argmax(&logits).await?
         } else {
-            let all = gpu.read::<f32>(&logits, n * cfg.vocab).await?;
+            let all = dev.read(&logits, n * cfg.vocab).await?;
             all.chunks(cfg.vocab).map(|row| sample(row, opts.temperature, opts.top_p, &mut rng)).collect()
         };
         for (i, &id) in next.iter().enumerate() {
@@ -165,7 +161,7 @@ pub async fn decode(
             break;
         }
         let input: Vec<Vec<u32>> = next.iter().enumerate().map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }]).collect();
-        logits = model.forward(gpu, cache, &input, &Hooks::default(), Logits::Last)?.logits.expect("asked for logits");
+        logits = model.forward(dev, cache, &input, &Hooks::default(), Logits::Last)?.logits.expect("asked for logits");
     }
     for c in out.iter_mut() {
         let text = model.tokenizer.decode(&c.tokens)?;

@@ -21,11 +21,11 @@ impl Site {
     }
 }
 
-/// Overwrite some rows at a site with rows of `values` (a GPU buffer of [n, width] f32):
+/// Overwrite some rows at a site with rows of `values` (a [n, width] tensor on the model's backend):
 /// row `dst_rows[i]` of the site receives row `src_rows[i]` of `values`.
 pub struct Patch {
     pub site: Site,
-    pub values: wgpu::Buffer,
+    pub values: crate::backend::Tensor,
     pub src_rows: Vec<u32>,
     pub dst_rows: Vec<u32>,
 }
@@ -48,14 +48,14 @@ impl Hooks {
     }
 }
 
-/// Activations captured by a forward call, on the GPU.
+/// Activations captured by a forward call, on the model's backend.
 #[derive(Default)]
 pub struct Captured {
-    pub items: Vec<(Site, wgpu::Buffer, usize, usize)>, // site, buffer, rows, width
+    pub items: Vec<(Site, crate::backend::Tensor, usize, usize)>, // site, buffer, rows, width
 }
 
 impl Captured {
-    pub fn get(&self, site: Site) -> Option<(&wgpu::Buffer, usize, usize)> {
+    pub fn get(&self, site: Site) -> Option<(&crate::backend::Tensor, usize, usize)> {
         self.items.iter().find(|(s, ..)| *s == site).map(|(_, b, r, w)| (b, *r, *w))
     }
 }

@@ -4,6 +4,7 @@
 //! No files, sockets or processes here: bytes in, results out. The API is async so the same code
 //! runs in the browser; native callers use the `*_blocking` wrappers.
 
+pub mod backend;
 pub mod cpu;
 pub mod dataset;
 pub mod edit;
@@ -22,3 +23,4 @@ pub use error::{GpuError, ModelError};
 /// The wgpu version this crate is built on (its buffers appear in the hook and trace APIs).
 pub use wgpu;
 pub use gpu::{AdapterReport, Gpu, GpuOptions};
+pub use backend::{Backend, BackendKind, Device, Tensor};

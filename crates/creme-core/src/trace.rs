@@ -10,9 +10,9 @@ use serde::Serialize;
 
 use crate::error::ModelError;
 use crate::generate::{decode, generate, left_pad, Completion, GenerateOptions};
-use crate::gpu::Gpu;
+use crate::backend::{Backend, Device, Tensor};
 use crate::hooks::{Hooks, Site};
-use crate::model::transformer::{Input, KvCache, Logits, Model};
+use crate::model::{Input, KvCache, Logits, Model};
 
 /// One patched run: after layer `layer`, rows `positions` (indices in the prompt frame, 0..P)
 /// of the perturbed run receive the clean run's states.
@@ -40,7 +40,7 @@ pub struct TraceSetup {
     /// Prompt frame length: max(len clean, len pert); both are left-padded to it.
     pub frame: usize,
     /// Residual stream after each layer, [2 * (frame + target), d_model] (clean rows first).
-    states: Vec<wgpu::Buffer>,
+    states: Vec<Tensor>,
     /// L2 norm of h_clean - h_pert after each layer over the padded prompt.
     pub distances: Vec<f64>,
     /// Log-probability of the target after the clean and the perturbed prompt.
@@ -63,16 +63,16 @@ impl TraceSetup {
     /// Each probe's starting state, `rows` rows per probe (the frame, or frame + target): the
     /// perturbed run's stream after the probe's layer, with the probe's positions taken from the
     /// clean run.
-    fn write_probe_states<'p>(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, probes: impl Iterator<Item = &'p Probe>, rows: usize, d: usize) {
-        let rb = (d * 4) as u64;
-        let s = self.seq_len() as u64;
+    fn write_probe_states<'p>(&self, dev: &Device, x: &mut Tensor, probes: impl Iterator<Item = &'p Probe>, rows: usize) -> Result<(), ModelError> {
+        let s = self.seq_len();
         for (slot, p) in probes.enumerate() {
             let st = &self.states[p.layer];
-            enc.copy_buffer_to_buffer(st, s * rb, x, (slot * rows) as u64 * rb, rows as u64 * rb);
+            dev.copy_rows(st, s, x, slot * rows, rows)?;
             for &i in &p.positions {
-                enc.copy_buffer_to_buffer(st, i as u64 * rb, x, (slot * rows + i) as u64 * rb, rb);
+                dev.copy_rows(st, i, x, slot * rows + i, 1)?;
             }
         }
+        Ok(())
     }
 
     /// Frame positions where the aligned prompts hold different tokens (pads count as different).
@@ -89,9 +89,9 @@ impl TraceSetup {
 
 /// The clean prompt's greedy continuation used as the target: `n` tokens, no stop strings, ends
 /// early only at an end-of-sequence token (as the authors' edit target).
-pub async fn greedy_target(gpu: &Gpu, model: &Model, clean: &[u32], n: usize) -> Result<Vec<u32>, ModelError> {
+pub async fn greedy_target(dev: &Device, model: &Model, clean: &[u32], n: usize) -> Result<Vec<u32>, ModelError> {
     let opts = GenerateOptions { max_new_tokens: n, ..Default::default() };
-    Ok(generate(gpu, model, &[clean.to_vec()], &opts, &mut |_, _| {}).await?.remove(0).tokens)
+    Ok(generate(dev, model, &[clean.to_vec()], &opts, &mut |_, _| {}).await?.remove(0).tokens)
 }
 
 fn sum(v: &[f32]) -> f64 {
@@ -104,42 +104,39 @@ fn target_rows(b: usize, s: usize, frame: usize, n: usize) -> Vec<usize> {
 }
 
 /// Run clean and perturbed (+ target) once, capturing every layer's output.
-pub async fn prepare(gpu: &Gpu, model: &Model, clean: &[u32], pert: &[u32], target: &[u32]) -> Result<TraceSetup, ModelError> {
+pub async fn prepare(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], target: &[u32]) -> Result<TraceSetup, ModelError> {
     if clean.is_empty() || pert.is_empty() || target.is_empty() {
         return Err(ModelError::Format("trace: clean prompt, perturbed prompt and target must be non-empty".into()));
     }
     let cfg = &model.cfg;
     let (batch, pads, s) = left_pad(cfg.pad_id, &[clean, pert], target);
     let frame = s - target.len();
-    let mut cache = model.new_cache(gpu, pads, s)?;
+    let mut cache = model.new_cache(dev, pads, s)?;
     let hooks = Hooks::capture((0..cfg.n_layers).map(Site::ResidOut));
     let mut rows = target_rows(0, s, frame, target.len());
     rows.extend(target_rows(1, s, frame, target.len()));
-    let out = model.forward(gpu, &mut cache, &batch, &hooks, Logits::Rows(rows))?;
+    let mut out = model.forward(dev, &mut cache, &batch, &hooks, Logits::Rows(rows))?;
     let mut targets = target.to_vec();
     targets.extend_from_slice(target);
-    let lps = gpu.token_logprobs(out.logits.as_ref().unwrap(), &targets, cfg.vocab).await?;
+    let lps = dev.token_logprobs(out.logits.as_ref().unwrap(), &targets).await?;
     let (lp_clean, lp_pert) = (sum(&lps[..target.len()]), sum(&lps[target.len()..]));
     let d = cfg.d_model;
     let mut states = Vec::new();
     let mut distances = Vec::new();
-    for l in 0..cfg.n_layers {
-        let (buf, _, _) = out.captured.get(Site::ResidOut(l)).expect("captured");
-        let h: Vec<f32> = gpu.read(buf, 2 * s * d).await?;
+    // Captured in layer order; each layer's states are kept as they are.
+    for (l, (site, buf, _, _)) in out.captured.items.drain(..).enumerate() {
+        debug_assert_eq!(site, Site::ResidOut(l));
+        let h: Vec<f32> = dev.read(&buf, 2 * s * d).await?;
         let dist: f64 = (0..frame * d).map(|i| ((h[i] - h[s * d + i]) as f64).powi(2)).sum::<f64>().sqrt();
         distances.push(dist);
-        let owned = gpu.storage("trace state", (2 * s * d * 4) as u64);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buf, 0, &owned, 0, (2 * s * d * 4) as u64);
-        gpu.queue.submit([enc.finish()]);
-        states.push(owned);
+        states.push(buf);
     }
     Ok(TraceSetup { clean: clean.to_vec(), pert: pert.to_vec(), target: target.to_vec(), frame, states, distances, lp_clean, lp_pert, cache })
 }
 
 /// Log-probability of the target under each probe. Probes are sorted by layer and run in batches
 /// that fit the adapter's binding limit; each batch resumes every probe from its own layer.
-pub async fn probe_logprobs(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+pub async fn probe_logprobs(dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
     let cfg = &model.cfg;
     let (s, d, frame, n) = (setup.seq_len(), cfg.d_model, setup.frame, setup.target.len());
     if let Some(p) = probes.iter().find(|p| p.layer >= cfg.n_layers || p.positions.iter().any(|&i| i >= frame)) {
@@ -150,20 +147,18 @@ pub async fn probe_logprobs(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes
     // A probe's largest buffers: its MLP activations (s x d_ff) and its target logits (n x vocab).
     // Batch as many probes as keep every buffer under the binding limit.
     let per_probe = ((s * cfg.d_ff).max(n * cfg.vocab) * 4) as u64;
-    let fit = ((gpu.max_binding_bytes() / per_probe.max(1)) as usize).clamp(1, 64);
+    let fit = ((dev.max_tensor_bytes() / per_probe.max(1)) as usize).clamp(1, 64);
     let mut scores = vec![0f64; probes.len()];
     for group in order.chunks(fit) {
         let g = group.len();
-        let x = gpu.storage("probe states", (g * s * d * 4) as u64);
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        setup.write_probe_states(&mut enc, &x, group.iter().map(|&pi| &probes[pi]), s, d);
-        gpu.queue.submit([enc.finish()]);
+        let mut x = dev.zeros("probe states", g * s, d)?;
+        setup.write_probe_states(dev, &mut x, group.iter().map(|&pi| &probes[pi]), s)?;
         let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
-        let mut cache = model.new_cache(gpu, vec![setup.pad_pert() as u32; g], s)?;
+        let mut cache = model.new_cache(dev, vec![setup.pad_pert() as u32; g], s)?;
         let rows: Vec<usize> = (0..g).flat_map(|slot| target_rows(slot, s, frame, n)).collect();
-        let out = model.forward_ex(gpu, &mut cache, Input::Resume { x: &x, start: &start, t: s }, &Hooks::default(), Logits::Rows(rows))?;
+        let out = model.forward_ex(dev, &mut cache, Input::Resume { x: &x, start: &start, t: s }, &Hooks::default(), Logits::Rows(rows))?;
         let targets: Vec<u32> = (0..g).flat_map(|_| setup.target.iter().cloned()).collect();
-        let lps = gpu.token_logprobs(out.logits.as_ref().unwrap(), &targets, cfg.vocab).await?;
+        let lps = dev.token_logprobs(out.logits.as_ref().unwrap(), &targets).await?;
         for (slot, &pi) in group.iter().enumerate() {
             scores[pi] = sum(&lps[slot * n..(slot + 1) * n]);
         }
@@ -177,7 +172,7 @@ pub async fn probe_logprobs(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes
 #[allow(async_fn_in_trait)]
 pub trait RestorationMetric {
     fn name(&self) -> &'static str;
-    async fn restoration(&mut self, gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError>;
+    async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError>;
 }
 
 /// (lp_patched - lp_pert) / (lp_clean - lp_pert) of the clean greedy continuation.
@@ -187,8 +182,8 @@ impl RestorationMetric for RestorationByLogprob {
     fn name(&self) -> &'static str {
         "logprob"
     }
-    async fn restoration(&mut self, gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
-        let lps = probe_logprobs(gpu, model, setup, probes).await?;
+    async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+        let lps = probe_logprobs(dev, model, setup, probes).await?;
         let gap = setup.lp_clean - setup.lp_pert;
         Ok(lps.iter().map(|lp| if gap.abs() < 1e-9 { 0.0 } else { (lp - setup.lp_pert) / gap }).collect())
     }
@@ -216,13 +211,13 @@ pub fn choose_layer(scores: &[f64], distances: &[f64]) -> usize {
 }
 
 /// Trace every layer with one probe each and pick the key layer.
-pub async fn trace_layers<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M) -> Result<LayerTrace, ModelError> {
+pub async fn trace_layers<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M) -> Result<LayerTrace, ModelError> {
     let positions = match which {
         PatchPositions::AllPrompt => (0..setup.frame).collect(),
         PatchPositions::Differing => setup.differing_positions(),
     };
     let probes: Vec<Probe> = (0..model.cfg.n_layers).map(|layer| Probe { layer, positions: positions.clone() }).collect();
-    let scores = metric.restoration(gpu, model, setup, &probes).await?;
+    let scores = metric.restoration(dev, model, setup, &probes).await?;
     let key_layer = choose_layer(&scores, &setup.distances);
     Ok(LayerTrace { metric: metric.name().into(), positions: which, patched_positions: positions, scores, distances: setup.distances.clone(), key_layer })
 }
@@ -238,10 +233,10 @@ pub struct GridTrace {
     pub key_layer: usize,
 }
 
-pub async fn trace_grid<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &TraceSetup, positions: &[usize], metric: &mut M) -> Result<GridTrace, ModelError> {
+pub async fn trace_grid<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, positions: &[usize], metric: &mut M) -> Result<GridTrace, ModelError> {
     let l = model.cfg.n_layers;
     let probes: Vec<Probe> = (0..l).flat_map(|layer| positions.iter().map(move |&p| Probe { layer, positions: vec![p] })).collect();
-    let flat = metric.restoration(gpu, model, setup, &probes).await?;
+    let flat = metric.restoration(dev, model, setup, &probes).await?;
     let scores: Vec<Vec<f64>> = flat.chunks(positions.len().max(1)).map(|c| c.to_vec()).collect();
     let best: Vec<f64> = scores.iter().map(|r| r.iter().cloned().fold(f64::NEG_INFINITY, f64::max)).collect();
     Ok(GridTrace { metric: metric.name().into(), positions: positions.to_vec(), key_layer: choose_layer(&best, &setup.distances), scores })
@@ -250,7 +245,7 @@ pub async fn trace_grid<M: RestorationMetric>(gpu: &Gpu, model: &Model, setup: &
 /// Generate from each probe's patched prompt (the authors' pass-metric runs): only the prompt
 /// pass is patched; layers up to the probe's keep the perturbed run's keys and values; decoding
 /// then continues normally. Returns one completion per probe.
-pub async fn generate_from_probes(gpu: &Gpu, model: &Model, setup: &TraceSetup, probes: &[Probe], opts: &GenerateOptions) -> Result<Vec<Completion>, ModelError> {
+pub async fn generate_from_probes(dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe], opts: &GenerateOptions) -> Result<Vec<Completion>, ModelError> {
     let cfg = &model.cfg;
     let (d, frame) = (cfg.d_model, setup.frame);
     let capacity = frame + opts.max_new_tokens;
@@ -261,22 +256,19 @@ pub async fn generate_from_probes(gpu: &Gpu, model: &Model, setup: &TraceSetup, 
     order.sort_by_key(|&i| probes[i].layer);
     let kvw = cfg.n_kv_heads * cfg.head_dim;
     let per_probe = ((frame * cfg.d_ff).max(capacity * kvw).max(cfg.vocab) * 4) as u64;
-    let fit = ((gpu.max_binding_bytes() / per_probe.max(1)) as usize).clamp(1, 32);
+    let fit = ((dev.max_tensor_bytes() / per_probe.max(1)) as usize).clamp(1, 32);
     let mut out: Vec<Option<Completion>> = vec![None; probes.len()];
     for group in order.chunks(fit) {
         let g = group.len();
-        let x = gpu.storage("probe states", (g * frame * d * 4) as u64);
-        let cache = model.new_cache(gpu, vec![setup.pad_pert() as u32; g], capacity)?;
-        let mut enc = gpu.device.create_command_encoder(&Default::default());
-        setup.write_probe_states(&mut enc, &x, group.iter().map(|&pi| &probes[pi]), frame, d);
+        let mut x = dev.zeros("probe states", g * frame, d)?;
+        let mut cache = model.new_cache(dev, vec![setup.pad_pert() as u32; g], capacity)?;
+        setup.write_probe_states(dev, &mut x, group.iter().map(|&pi| &probes[pi]), frame)?;
         for (slot, &pi) in group.iter().enumerate() {
-            cache.copy_from(&mut enc, &setup.cache, 1, slot, 0..probes[pi].layer + 1, 0..frame);
+            cache.copy_from(dev, &setup.cache, 1, slot, 0..probes[pi].layer + 1, 0..frame)?;
         }
-        gpu.queue.submit([enc.finish()]);
-        let mut cache = cache;
         let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
-        let fwd = model.forward_ex(gpu, &mut cache, Input::Resume { x: &x, start: &start, t: frame }, &Hooks::default(), Logits::Last)?;
-        let done = decode(gpu, model, &mut cache, fwd.logits.expect("asked for logits"), opts, &mut |_, _| {}).await?;
+        let fwd = model.forward_ex(dev, &mut cache, Input::Resume { x: &x, start: &start, t: frame }, &Hooks::default(), Logits::Last)?;
+        let done = decode(dev, model, &mut cache, fwd.logits.expect("asked for logits"), opts, &mut |_, _| {}).await?;
         for (slot, c) in done.into_iter().enumerate() {
             out[group[slot]] = Some(c);
         }

@@ -7,7 +7,7 @@ use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::edit::{self, EditPatch, EditSettings};
 use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
-use creme_core::{cpu, Gpu, GpuOptions, ModelError};
+use creme_core::{cpu, Device, Gpu, GpuOptions, ModelError};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
@@ -22,11 +22,18 @@ fn js_err(e: impl std::fmt::Display) -> JsError {
 
 #[wasm_bindgen]
 pub struct Session {
-    gpu: Gpu,
+    /// WebGPU through wgpu (the browser keeps the GPU backend).
+    dev: Device,
     loader: Option<ModelLoader>,
     model: Option<Model>,
     /// The last edit made in this session, ready to download as a patch.
     patch: Option<EditPatch>,
+}
+
+impl Session {
+    fn gpu(&self) -> &Gpu {
+        self.dev.gpu().expect("the page's session runs on WebGPU")
+    }
 }
 
 #[wasm_bindgen]
@@ -34,18 +41,18 @@ impl Session {
     /// Open WebGPU (navigator.gpu) with the adapter's own limits.
     pub async fn create() -> Result<Session, JsError> {
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_err)?;
-        Ok(Session { gpu, loader: None, model: None, patch: None })
+        Ok(Session { dev: Device::Wgpu(gpu), loader: None, model: None, patch: None })
     }
 
     /// The adapter report (name, backend, features, limits) as JSON.
     #[wasm_bindgen(js_name = adapterJson)]
     pub fn adapter_json(&self) -> Result<String, JsError> {
-        serde_json::to_string(&self.gpu.report).map_err(js_err)
+        serde_json::to_string(&self.dev().report).map_err(js_err)
     }
 
     /// y = x · wᵀ on the GPU (x: m×k, w: n×k, row-major).
     pub async fn matmul(&self, x: Vec<f32>, w: Vec<f32>, m: usize, n: usize, k: usize) -> Result<Vec<f32>, JsError> {
-        self.gpu.matmul_f32(&x, &w, m, n, k).await.map_err(js_err)
+        self.gpu().matmul_f32(&x, &w, m, n, k).await.map_err(js_err)
     }
 
     /// Bytes of the file's start needed to read the GGUF header: 0 when `prefix` suffices, else
@@ -86,14 +93,14 @@ impl Session {
     #[wasm_bindgen(js_name = addTensor)]
     pub fn add_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
         let loader = self.loader.as_mut().ok_or_else(|| JsError::new("addTensor before beginModel"))?;
-        loader.add_tensor(&self.gpu, name, bytes).map_err(js_err)
+        loader.add_tensor(&self.dev, name, bytes).map_err(js_err)
     }
 
     /// Finish loading; returns the model config as JSON.
     #[wasm_bindgen(js_name = finishModel)]
     pub fn finish_model(&mut self, max_positions: usize) -> Result<String, JsError> {
         let loader = self.loader.take().ok_or_else(|| JsError::new("finishModel before beginModel"))?;
-        let model = loader.finish(&self.gpu, max_positions.max(64)).map_err(js_err)?;
+        let model = loader.finish(&self.dev, max_positions.max(64)).map_err(js_err)?;
         let cfg = serde_json::to_string(&model.cfg).map_err(js_err)?;
         self.model = Some(model);
         Ok(cfg)
@@ -124,7 +131,7 @@ impl Session {
                 let _ = f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from(piece));
             }
         };
-        let out = generate(&self.gpu, model, &[ids], &opts, &mut cb).await.map_err(js_err)?;
+        let out = generate(&self.dev, model, &[ids], &opts, &mut cb).await.map_err(js_err)?;
         serde_json::to_string(&out[0]).map_err(js_err)
     }
 
@@ -134,10 +141,10 @@ impl Session {
     pub async fn trace_logprob(&self, clean: String, pert: String, target_tokens: usize) -> Result<String, JsError> {
         let model = self.model()?;
         let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
-        let target = trace::greedy_target(&self.gpu, model, &c, target_tokens).await.map_err(js_err)?;
-        let setup = trace::prepare(&self.gpu, model, &c, &p, &target).await.map_err(js_err)?;
-        let all = trace::trace_layers(&self.gpu, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
-        let diff = trace::trace_layers(&self.gpu, model, &setup, PatchPositions::Differing, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let target = trace::greedy_target(&self.dev, model, &c, target_tokens).await.map_err(js_err)?;
+        let setup = trace::prepare(&self.dev, model, &c, &p, &target).await.map_err(js_err)?;
+        let all = trace::trace_layers(&self.dev, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let diff = trace::trace_layers(&self.dev, model, &setup, PatchPositions::Differing, &mut RestorationByLogprob).await.map_err(js_err)?;
         let doc = json!({"target": model.tokenizer.decode(&target).map_err(js_err)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
                          "all_positions": all, "differing_positions": diff});
         Ok(doc.to_string())
@@ -150,13 +157,13 @@ impl Session {
         let model = self.model()?;
         let tok = &model.tokenizer;
         let (c, p) = (tok.encode(&clean).map_err(js_err)?, tok.encode(&pert).map_err(js_err)?);
-        let target = trace::greedy_target(&self.gpu, model, &c, target_tokens).await.map_err(js_err)?;
-        let setup = trace::prepare(&self.gpu, model, &c, &p, &target).await.map_err(js_err)?;
+        let target = trace::greedy_target(&self.dev, model, &c, target_tokens).await.map_err(js_err)?;
+        let setup = trace::prepare(&self.dev, model, &c, &p, &target).await.map_err(js_err)?;
         let mut positions = setup.differing_positions();
         positions.extend(setup.frame.saturating_sub(tail)..setup.frame);
         positions.sort();
         positions.dedup();
-        let grid = trace::trace_grid(&self.gpu, model, &setup, &positions, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let grid = trace::trace_grid(&self.dev, model, &setup, &positions, &mut RestorationByLogprob).await.map_err(js_err)?;
         let labels: Vec<String> = positions
             .iter()
             .map(|&i| match i.checked_sub(setup.pad_pert()) {
@@ -178,26 +185,26 @@ impl Session {
         self.revert();
         let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
         let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
-        let target = trace::greedy_target(&self.gpu, model, &c, target_tokens).await.map_err(js_err)?;
+        let target = trace::greedy_target(&self.dev, model, &c, target_tokens).await.map_err(js_err)?;
         let (layer, trace_json) = if layer < 0 {
-            let setup = trace::prepare(&self.gpu, model, &c, &p, &target).await.map_err(js_err)?;
-            let t = trace::trace_layers(&self.gpu, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
+            let setup = trace::prepare(&self.dev, model, &c, &p, &target).await.map_err(js_err)?;
+            let t = trace::trace_layers(&self.dev, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
             (t.key_layer, serde_json::to_value(&t).map_err(js_err)?)
         } else if (layer as usize) < model.cfg.n_layers {
             (layer as usize, serde_json::Value::Null)
         } else {
             return Err(JsError::new(&format!("layer {layer}: the model has {} layers", model.cfg.n_layers)));
         };
-        let data = edit::capture(&self.gpu, model, &c, &p, &target, layer).await.map_err(js_err)?;
-        let w0 = model.ffn_down_f32(&self.gpu, layer).await.map_err(js_err)?;
-        let result = edit::solve(&self.gpu, &data, &w0, &s).await.map_err(js_err)?;
+        let data = edit::capture(&self.dev, model, &c, &p, &target, layer).await.map_err(js_err)?;
+        let w0 = model.ffn_down_f32(&self.dev, layer).await.map_err(js_err)?;
+        let result = edit::solve(&self.dev, &data, &w0, &s).await.map_err(js_err)?;
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("base_model".to_string(), model.cfg.name.clone());
         meta.insert("settings".to_string(), serde_json::to_string(&s).map_err(js_err)?);
         meta.insert("loss_curve".to_string(), serde_json::to_string(&result.losses).map_err(js_err)?);
         meta.insert("made_by".to_string(), "creme-web".to_string());
         let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
-        patch.apply(&self.gpu, model).map_err(js_err)?;
+        patch.apply(&self.dev, model).map_err(js_err)?;
         let loss_svg = creme_core::report::loss_curve_svg(&result.losses, s.lambda, result.kept_step, "edit loss per step");
         let doc = json!({"layer": layer, "trace": trace_json, "edit": result, "settings": s, "loss_svg": loss_svg});
         self.patch = Some(patch);
@@ -215,7 +222,7 @@ impl Session {
     pub fn apply_patch(&mut self, bytes: &[u8]) -> Result<usize, JsError> {
         let patch = EditPatch::from_safetensors(bytes).map_err(js_err)?;
         let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
-        patch.apply(&self.gpu, model).map_err(js_err)?;
+        patch.apply(&self.dev, model).map_err(js_err)?;
         let layer = patch.layer;
         self.patch = Some(patch);
         Ok(layer)

@@ -70,6 +70,7 @@ impl Gpu {
 
     /// Copy `len` elements of type T from the start of `src` back to the CPU.
     pub async fn read<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>, GpuError> {
+        self.flush();
         self.check()?;
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         if bytes == 0 {

@@ -118,6 +118,10 @@ pub struct Gpu {
     /// The first fault since the last [`Gpu::check`]: an uncaptured wgpu error, out of memory, a
     /// buffer over the adapter's limits, or the device lost (which stays).
     pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
+    /// Commands recorded by backend ops and not yet submitted (see [`Gpu::flush`]).
+    pub(crate) pending: std::sync::Mutex<Option<wgpu::CommandEncoder>>,
+    /// Scratch buffers of the backend ops by name, reused across layers and tokens.
+    pub(crate) workspaces: std::sync::Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -253,7 +257,7 @@ impl Gpu {
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
         let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault })
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault, pending: Default::default(), workspaces: Default::default() })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].
@@ -277,6 +281,21 @@ impl Gpu {
                 Err(GpuError::DeviceLost(m))
             }
             Some(e) => Err(e),
+        }
+    }
+
+    /// Record into the pending encoder (created on first use); [`Gpu::flush`] submits it.
+    pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = p.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") }));
+        f(enc)
+    }
+
+    /// Submit everything recorded so far (every readback does this first).
+    pub fn flush(&self) {
+        let enc = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(enc) = enc {
+            self.queue.submit([enc.finish()]);
         }
     }
 

@@ -85,9 +85,9 @@ impl Gpu {
         self.encode_ew(enc, "silu_mul", gate, up, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
     }
 
-    /// dst = a + b over n values (dst may not alias a or b).
-    pub(crate) fn encode_add(&self, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, dst: &wgpu::Buffer, n: u32) {
-        self.encode_ew(enc, "add", a, b, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
+    /// dst += a over n values.
+    pub(crate) fn encode_add_into(&self, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, dst: &wgpu::Buffer, n: u32) {
+        self.encode_ew(enc, "add_into", a, a, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
     }
 
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.

@@ -1,15 +1,28 @@
-//! Models: the GGUF reader, weight formats, configuration, tokenizer and the transformer.
+//! Models: the GGUF reader, weight formats, configuration, tokenizer, and the transformer
+//! (loader, KV cache, forward pass, weight edits).
 
 pub mod config;
+pub mod forward;
 pub mod gguf;
 pub mod gguf_write;
+pub mod kv_cache;
+pub mod loader;
 pub mod quant;
 pub mod safetensors;
 pub mod tokenizer;
-pub mod transformer;
+mod weight_edit;
 
 pub use config::{ModelConfig, RopeStyle};
+pub use forward::{ForwardOut, Input, Logits, Model};
 pub use gguf::{GgufHeader, TensorInfo};
+pub use kv_cache::KvCache;
+pub use loader::{check_tensor_table, ModelLoader};
 pub use quant::GgmlType;
 pub use tokenizer::Tokenizer;
-pub use transformer::{ForwardOut, Input, KvCache, Logits, Model, ModelLoader};
+
+/// The old home of the forward pass's types (kept so existing paths resolve).
+pub mod transformer {
+    pub use super::forward::{ForwardOut, Input, Logits, Model};
+    pub use super::kv_cache::KvCache;
+    pub use super::loader::{check_tensor_table, ModelLoader};
+}

@@ -8,9 +8,9 @@ use super::config::{ModelConfig, RopeStyle};
 use super::gguf::TensorInfo;
 use super::quant::GgmlType;
 use super::tokenizer::Tokenizer;
-use super::transformer::{Model, ModelLoader};
+use super::{Model, ModelLoader};
 use crate::error::ModelError;
-use crate::gpu::Gpu;
+use crate::backend::Device;
 
 /// HF and GGUF names of the tensors the runtime uses: whole-model ones, then per-layer suffixes
 /// (`model.layers.N.` + HF suffix <-> `blk.N.` + GGUF suffix).
@@ -58,7 +58,7 @@ pub fn export_hf(file: &[u8], patches: &[crate::edit::EditPatch]) -> Result<(Vec
     let h = GgufHeader::parse(file)?;
     h.check_len(file.len() as u64)?;
     let cfg = ModelConfig::from_gguf(&h)?;
-    super::transformer::check_tensor_table(&cfg, &h.tensors)?;
+    super::check_tensor_table(&cfg, &h.tensors)?;
     let tokenizer = Tokenizer::from_gguf(&h)?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for t in &h.tensors {
@@ -179,7 +179,7 @@ pub fn hf_tensor_table<'a>(parsed: &'a [safetensors::SafeTensors<'a>]) -> Result
 
 impl Model {
     /// Load an HF checkpoint from its files' bytes (one or more safetensors shards).
-    pub fn from_safetensors(gpu: &Gpu, config_json: &[u8], tokenizer_json: &[u8], shards: &[&[u8]], max_positions: usize) -> Result<Model, ModelError> {
+    pub fn from_safetensors(dev: &Device, config_json: &[u8], tokenizer_json: &[u8], shards: &[&[u8]], max_positions: usize) -> Result<Model, ModelError> {
         let parsed: Vec<safetensors::SafeTensors> = shards
             .iter()
             .enumerate()
@@ -191,8 +191,8 @@ impl Model {
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
         let mut loader = ModelLoader::from_parts(cfg, tokenizer, table)?;
         for (name, data) in views {
-            loader.add_tensor(gpu, &name, data)?;
+            loader.add_tensor(dev, &name, data)?;
         }
-        loader.finish(gpu, max_positions)
+        loader.finish(dev, max_positions)
     }
 }

@@ -1,0 +1,648 @@
+//! x86-64 kernels for `qmatmul`: AVX2 unpacking of every block format into 32 unsigned bytes per
+//! 32 weights, and the u8 x s8 dot by VNNI (`vpdpbusd`) or AVX2 (`maddubs` + `madd`).
+//!
+//! Every (x row, weight row) pair goes through exactly the same instruction sequence whatever the
+//! tile it falls in (`tile::<R, J>` is one generic body), so results do not depend on the batch.
+
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)] // register tiles indexed by const loops
+
+use std::arch::x86_64::*;
+
+use super::{GgmlType, Isa, XView, YPtr};
+
+/// Largest activation-row tile: R * J accumulators (twice for formats with mins) must stay in
+/// registers: 16 ymm on AVX2, 32 with AVX-512.
+const fn rmax(wide: bool, mins: bool) -> usize {
+    if wide && !mins {
+        8
+    } else {
+        4
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The int8 dot product: lane k of the result = acc_k + sum of u[4k..4k+4] * q[4k..4k+4].
+
+pub(super) trait Dot {
+    /// 32 vector registers.
+    const WIDE: bool = false;
+    unsafe fn dot(acc: __m256i, u: __m256i, q: __m256i) -> __m256i;
+}
+
+pub(super) struct Avx2;
+pub(super) struct Vnni512;
+pub(super) struct VnniAvx;
+
+impl Dot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, u: __m256i, q: __m256i) -> __m256i {
+        // No i16 saturation: u <= 63 (or |w| <= 128 for Q8_0 with |q| <= 127) keeps pairs < 2^15.
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, p)
+    }
+}
+
+impl Dot for Vnni512 {
+    const WIDE: bool = true;
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, u: __m256i, q: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, q)
+    }
+}
+
+impl Dot for VnniAvx {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, u: __m256i, q: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, q)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block formats. A weight block of QK elements is NS = QK / 32 sub-blocks; sub-block t gives
+// unsigned bytes u and a scale vector s (lanes 0-3: first 16 elements, 4-7: last 16). The offset
+// b = -OFFSET * s is folded into the integer dot by the activations' `init` (= -OFFSET * sums of
+// 4 q); formats with mins add b * (dx * sum q) through `mins` instead.
+
+#[derive(Clone, Copy)]
+pub(super) struct Sub {
+    u: __m256i,
+    s: __m256,
+    /// Raw signed weights, for the sign trick (Q8_0 on AVX2).
+    w: __m256i,
+}
+
+pub(super) trait Fmt {
+    const QK: usize;
+    const BB: usize;
+    const OFFSET: i32 = 0;
+    const MINS: bool = false;
+    const SIGN: bool = false;
+    type Pre: Copy;
+    unsafe fn prep(p: *const u8) -> Self::Pre;
+    unsafe fn sub(p: *const u8, pre: &Self::Pre, t: usize) -> Sub;
+    /// The NS additive factors of a block (lanes beyond NS zero).
+    #[inline(always)]
+    unsafe fn mins(_p: *const u8, _pre: &Self::Pre) -> __m256 {
+        _mm256_setzero_ps()
+    }
+}
+
+#[inline(always)]
+unsafe fn f16s(p: *const u8) -> f32 {
+    let h = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline(always)]
+unsafe fn sub0(u: __m256i, d: f32) -> Sub {
+    Sub { u, s: _mm256_set1_ps(d), w: u }
+}
+
+/// 16 bytes of nibbles -> 32 bytes: low nibbles are elements 0..16, high nibbles 16..32.
+#[inline(always)]
+unsafe fn nib32(p: *const u8) -> __m256i {
+    let x = _mm_loadu_si128(p as *const __m128i);
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0xF))
+}
+
+/// Bit e of the 32 bits at p -> 0x10 in byte e (the fifth bit of Q5_0 / Q5_1 element e).
+#[inline(always)]
+unsafe fn hbits32(p: *const u8) -> __m256i {
+    let x = (p as *const u32).read_unaligned() as i32;
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
+    let bits = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_and_si256(_mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10))
+}
+
+#[inline(always)]
+unsafe fn lane0(v: f32) -> __m256 {
+    _mm256_zextps128_ps256(_mm_set_ss(v))
+}
+
+pub(super) struct Q40;
+impl Fmt for Q40 {
+    const QK: usize = 32;
+    const BB: usize = 18;
+    const OFFSET: i32 = 8;
+    type Pre = ();
+    #[inline(always)]
+    unsafe fn prep(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
+        sub0(nib32(p.add(2)), f16s(p))
+    }
+}
+
+pub(super) struct Q41;
+impl Fmt for Q41 {
+    const QK: usize = 32;
+    const BB: usize = 20;
+    const MINS: bool = true;
+    type Pre = ();
+    #[inline(always)]
+    unsafe fn prep(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
+        sub0(nib32(p.add(4)), f16s(p))
+    }
+    #[inline(always)]
+    unsafe fn mins(p: *const u8, _: &()) -> __m256 {
+        lane0(f16s(p.add(2)))
+    }
+}
+
+pub(super) struct Q50;
+impl Fmt for Q50 {
+    const QK: usize = 32;
+    const BB: usize = 22;
+    const OFFSET: i32 = 16;
+    type Pre = ();
+    #[inline(always)]
+    unsafe fn prep(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
+        sub0(_mm256_or_si256(nib32(p.add(6)), hbits32(p.add(2))), f16s(p))
+    }
+}
+
+pub(super) struct Q51;
+impl Fmt for Q51 {
+    const QK: usize = 32;
+    const BB: usize = 24;
+    const MINS: bool = true;
+    type Pre = ();
+    #[inline(always)]
+    unsafe fn prep(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
+        sub0(_mm256_or_si256(nib32(p.add(8)), hbits32(p.add(4))), f16s(p))
+    }
+    #[inline(always)]
+    unsafe fn mins(p: *const u8, _: &()) -> __m256 {
+        lane0(f16s(p.add(2)))
+    }
+}
+
+/// Q8_0 with the sign trick (u = |w|, q' = sign(q, w)): for maddubs, which saturates.
+pub(super) struct Q8s;
+impl Fmt for Q8s {
+    const QK: usize = 32;
+    const BB: usize = 34;
+    const SIGN: bool = true;
+    type Pre = ();
+    #[inline(always)]
+    unsafe fn prep(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
+        let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+        Sub { u: _mm256_abs_epi8(w), s: _mm256_set1_ps(f16s(p)), w }
+    }
+}
+
+/// Q8_0 as u = w + 128 with the offset folded into `init`: for VNNI (i32 accumulation, no
+/// saturation), saving the per-row sign instruction.
+pub(super) struct Q8o;
+impl Fmt for Q8o {
+    const QK: usize = 32;
+    const BB: usize = 34;
+    const OFFSET: i32 = 128;
+    type Pre = ();
+    #[inline(always)]
+    unsafe fn prep(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
+        let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+        sub0(_mm256_xor_si256(w, _mm256_set1_epi8(-128)), f16s(p))
+    }
+}
+
+/// Q4_K / Q5_K per-block data: d * scale and -dmin * min of the 8 sub-blocks (and Q5_K's qh).
+#[derive(Clone, Copy)]
+pub(super) struct KPre {
+    s: __m256,
+    m: __m256,
+    qh: __m256i,
+}
+
+/// Decode the 12 packed 6-bit scales and mins (ggml's get_scale_min_k4, 4 at a time).
+#[inline(always)]
+unsafe fn k_pre(p: *const u8, qh: __m256i) -> KPre {
+    let a = p.add(4) as *const u32;
+    let (u0, u1, u2) = (a.read_unaligned(), a.add(1).read_unaligned(), a.add(2).read_unaligned());
+    let sc = (u0 & 0x3f3f3f3f) as u64 | ((((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) as u64) << 32);
+    let mn = (u1 & 0x3f3f3f3f) as u64 | (((((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) as u64) << 32);
+    let s = _mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(f16s(p)));
+    KPre { s, m: _mm256_mul_ps(u8x8_ps(mn), _mm256_set1_ps(-f16s(p.add(2)))), qh }
+}
+
+#[inline(always)]
+unsafe fn u8x8_ps(v: u64) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
+}
+
+/// Nibbles of sub-block t of a K block: low nibbles of 32 bytes for even t, high for odd.
+#[inline(always)]
+unsafe fn k_nib(qs: *const u8, t: usize) -> __m256i {
+    let q = _mm256_loadu_si256(qs.add(32 * (t / 2)) as *const __m256i);
+    let q = if t & 1 == 0 { q } else { _mm256_srli_epi16(q, 4) };
+    _mm256_and_si256(q, _mm256_set1_epi8(0xF))
+}
+
+#[inline(always)]
+unsafe fn bcast_lane(v: __m256, t: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(t as i32))
+}
+
+pub(super) struct Q4K;
+impl Fmt for Q4K {
+    const QK: usize = 256;
+    const BB: usize = 144;
+    const MINS: bool = true;
+    type Pre = KPre;
+    #[inline(always)]
+    unsafe fn prep(p: *const u8) -> KPre {
+        k_pre(p, _mm256_setzero_si256())
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, pre: &KPre, t: usize) -> Sub {
+        let u = k_nib(p.add(16), t);
+        Sub { u, s: bcast_lane(pre.s, t), w: u }
+    }
+    #[inline(always)]
+    unsafe fn mins(_: *const u8, pre: &KPre) -> __m256 {
+        pre.m
+    }
+}
+
+pub(super) struct Q5K;
+impl Fmt for Q5K {
+    const QK: usize = 256;
+    const BB: usize = 176;
+    const MINS: bool = true;
+    type Pre = KPre;
+    #[inline(always)]
+    unsafe fn prep(p: *const u8) -> KPre {
+        k_pre(p, _mm256_loadu_si256(p.add(16) as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, pre: &KPre, t: usize) -> Sub {
+        let h = _mm256_and_si256(_mm256_srl_epi16(pre.qh, _mm_cvtsi32_si128(t as i32)), _mm256_set1_epi8(1));
+        let u = _mm256_or_si256(k_nib(p.add(48), t), _mm256_slli_epi16(h, 4));
+        Sub { u, s: bcast_lane(pre.s, t), w: u }
+    }
+    #[inline(always)]
+    unsafe fn mins(_: *const u8, pre: &KPre) -> __m256 {
+        pre.m
+    }
+}
+
+pub(super) struct Q6K;
+impl Fmt for Q6K {
+    const QK: usize = 256;
+    const BB: usize = 210;
+    const OFFSET: i32 = 32;
+    /// d * the 16 signed scales, 8 per vector.
+    type Pre = [__m256; 2];
+    #[inline(always)]
+    unsafe fn prep(p: *const u8) -> [__m256; 2] {
+        let d = _mm256_set1_ps(f16s(p.add(208)));
+        let sc = _mm_loadu_si128(p.add(192) as *const __m128i);
+        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
+        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)));
+        [_mm256_mul_ps(lo, d), _mm256_mul_ps(hi, d)]
+    }
+    #[inline(always)]
+    unsafe fn sub(p: *const u8, pre: &[__m256; 2], t: usize) -> Sub {
+        let (n, r) = (t / 4, t % 4);
+        let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (r & 1)) as *const __m256i);
+        let ql = if r < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
+        let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
+        let h = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * r as i32)), _mm256_set1_epi8(3));
+        let u = _mm256_or_si256(_mm256_and_si256(ql, _mm256_set1_epi8(0xF)), _mm256_slli_epi16(h, 4));
+        // Elements 0..16 use scale 2r of this half, 16..32 scale 2r + 1.
+        let idx = _mm256_add_epi32(_mm256_set1_epi32(2 * r as i32), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+        Sub { u, s: _mm256_permutevar8x32_ps(pre[n], idx), w: u }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels.
+
+/// Fixed horizontal sum (the same everywhere, so tiles agree bit for bit).
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Dot products of R activation rows with J weight rows (`w`: the rows' first blocks).
+#[inline(always)]
+unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(w: [*const u8; J], nb: usize, x: &XView, i0: usize) -> [[f32; J]; R] {
+    let ns = F::QK / 32;
+    let mut acc = [[_mm256_setzero_ps(); J]; R];
+    let mut accb = [[_mm256_setzero_ps(); J]; R];
+    let xq: [*const i8; R] = std::array::from_fn(|i| x.q.add((i0 + i) * x.nsub * 32));
+    let xd: [*const f32; R] = std::array::from_fn(|i| x.d.add((i0 + i) * x.nsub));
+    for b in 0..nb {
+        if R <= 2 {
+            // Decode streams the weights from memory: ask for them ~2 KB ahead.
+            for wj in w {
+                _mm_prefetch::<_MM_HINT_T0>(wj.add(b * F::BB + 4096) as *const i8);
+            }
+        }
+        let mut pre = [F::prep(w[0].add(b * F::BB)); J];
+        for j in 1..J {
+            pre[j] = F::prep(w[j].add(b * F::BB));
+        }
+        for t in 0..ns {
+            let g = b * ns + t;
+            let mut sub = [F::sub(w[0].add(b * F::BB), &pre[0], t); J];
+            for j in 1..J {
+                sub[j] = F::sub(w[j].add(b * F::BB), &pre[j], t);
+            }
+            for i in 0..R {
+                let q = _mm256_loadu_si256(xq[i].add(g * 32) as *const __m256i);
+                let dx = _mm256_set1_ps(*xd[i].add(g));
+                let init = if F::OFFSET != 0 {
+                    _mm256_loadu_si256(x.init.add(((i0 + i) * x.nsub + g) * 8) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for j in 0..J {
+                    let qq = if F::SIGN { _mm256_sign_epi8(q, sub[j].w) } else { q };
+                    let p = _mm256_mul_ps(_mm256_cvtepi32_ps(D::dot(init, sub[j].u, qq)), dx);
+                    acc[i][j] = _mm256_fmadd_ps(p, sub[j].s, acc[i][j]);
+                }
+            }
+        }
+        if F::MINS {
+            for j in 0..J {
+                let m = F::mins(w[j].add(b * F::BB), &pre[j]);
+                for i in 0..R {
+                    let xs = x.xs.add((i0 + i) * x.nsub + b * ns);
+                    let xs = if ns == 8 { _mm256_loadu_ps(xs) } else { _mm256_zextps128_ps256(_mm_load_ss(xs)) };
+                    accb[i][j] = _mm256_fmadd_ps(m, xs, accb[i][j]);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; J]; R];
+    for i in 0..R {
+        for j in 0..J {
+            out[i][j] = if F::MINS { hsum(acc[i][j]) + hsum(accb[i][j]) } else { hsum(acc[i][j]) };
+        }
+    }
+    out
+}
+
+/// Rows i0..i0+R of y for weight rows j0..j1, two weight rows at a time.
+#[inline(always)]
+unsafe fn rows<F: Fmt, D: Dot, const R: usize>(w: &[u8], row_bytes: usize, x: &XView, i0: usize, j0: usize, j1: usize, y: YPtr) {
+    let nb = row_bytes / F::BB;
+    let base = w.as_ptr();
+    let mut j = j0;
+    while j < j1 {
+        if j + 1 < j1 {
+            let o = tile::<F, D, R, 2>([base.add(j * row_bytes), base.add((j + 1) * row_bytes)], nb, x, i0);
+            for (i, r) in o.iter().enumerate() {
+                y.put(i0 + i, j, r[0]);
+                y.put(i0 + i, j + 1, r[1]);
+            }
+            j += 2;
+        } else {
+            let o = tile::<F, D, R, 1>([base.add(j * row_bytes)], nb, x, i0);
+            for (i, r) in o.iter().enumerate() {
+                y.put(i0 + i, j, r[0]);
+            }
+            j += 1;
+        }
+    }
+}
+
+/// Weight rows per cache block: about 32 KB of blocks, reused by every activation tile.
+fn jblock(row_bytes: usize) -> usize {
+    ((32 << 10) / row_bytes.max(1)).max(2) & !1
+}
+
+#[inline(always)]
+unsafe fn chunk_body<F: Fmt, D: Dot>(w: &[u8], row_bytes: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+    let jb = jblock(row_bytes);
+    for ja in (j0..j1).step_by(jb) {
+        let je = (ja + jb).min(j1);
+        let mut i = 0;
+        while i < m {
+            let r = rmax(D::WIDE, F::MINS).min(m - i);
+            match r {
+                8 => rows::<F, D, 8>(w, row_bytes, x, i, ja, je, y),
+                7 => rows::<F, D, 7>(w, row_bytes, x, i, ja, je, y),
+                6 => rows::<F, D, 6>(w, row_bytes, x, i, ja, je, y),
+                5 => rows::<F, D, 5>(w, row_bytes, x, i, ja, je, y),
+                4 => rows::<F, D, 4>(w, row_bytes, x, i, ja, je, y),
+                3 => rows::<F, D, 3>(w, row_bytes, x, i, ja, je, y),
+                2 => rows::<F, D, 2>(w, row_bytes, x, i, ja, je, y),
+                _ => rows::<F, D, 1>(w, row_bytes, x, i, ja, je, y),
+            }
+            i += r;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn chunk_vnni512<F: Fmt>(w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+    chunk_body::<F, Vnni512>(w, rb, x, m, j0, j1, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn chunk_vnniavx<F: Fmt>(w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+    chunk_body::<F, VnniAvx>(w, rb, x, m, j0, j1, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_avx2<F: Fmt>(w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+    chunk_body::<F, Avx2>(w, rb, x, m, j0, j1, y)
+}
+
+unsafe fn chunk_fmt<F: Fmt>(isa: Isa, w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+    match isa {
+        Isa::Vnni512 => chunk_vnni512::<F>(w, rb, x, m, j0, j1, y),
+        Isa::VnniAvx => chunk_vnniavx::<F>(w, rb, x, m, j0, j1, y),
+        _ => chunk_avx2::<F>(w, rb, x, m, j0, j1, y),
+    }
+}
+
+/// The activation offset the kernels of `isa` expect for `t` (see `Fmt::OFFSET`).
+pub(super) fn offset(isa: Isa, t: GgmlType) -> i32 {
+    match t {
+        GgmlType::Q4_0 => Q40::OFFSET,
+        GgmlType::Q5_0 => Q50::OFFSET,
+        GgmlType::Q6K => Q6K::OFFSET,
+        GgmlType::Q8_0 if isa != Isa::Avx2 => Q8o::OFFSET,
+        _ => 0,
+    }
+}
+
+/// Quantized weights: y rows 0..m, output columns j0..j1. Safety: `isa` must be supported, and
+/// x, y must hold what `qmatmul::matmul` checked.
+pub(super) unsafe fn chunk_quant(isa: Isa, t: GgmlType, w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+    match t {
+        GgmlType::Q4_0 => chunk_fmt::<Q40>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q4_1 => chunk_fmt::<Q41>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q5_0 => chunk_fmt::<Q50>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q5_1 => chunk_fmt::<Q51>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q8_0 if isa == Isa::Avx2 => chunk_fmt::<Q8s>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q8_0 => chunk_fmt::<Q8o>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q4K => chunk_fmt::<Q4K>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q5K => chunk_fmt::<Q5K>(isa, w, rb, x, m, j0, j1, y),
+        GgmlType::Q6K => chunk_fmt::<Q6K>(isa, w, rb, x, m, j0, j1, y),
+        _ => unreachable!("float weights go through chunk_f32"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 weights.
+
+#[inline(always)]
+unsafe fn tile_f32<const R: usize, const J: usize>(w: [*const f32; J], x: [*const f32; R], k: usize) -> [[f32; J]; R] {
+    let mut acc = [[_mm256_setzero_ps(); J]; R];
+    let k8 = k / 8 * 8;
+    for kk in (0..k8).step_by(8) {
+        let mut wv = [_mm256_loadu_ps(w[0].add(kk)); J];
+        for j in 1..J {
+            wv[j] = _mm256_loadu_ps(w[j].add(kk));
+        }
+        for i in 0..R {
+            let xv = _mm256_loadu_ps(x[i].add(kk));
+            for j in 0..J {
+                acc[i][j] = _mm256_fmadd_ps(wv[j], xv, acc[i][j]);
+            }
+        }
+    }
+    let mut out = [[0f32; J]; R];
+    for i in 0..R {
+        for j in 0..J {
+            let mut s = hsum(acc[i][j]);
+            for kk in k8..k {
+                s += *w[j].add(kk) * *x[i].add(kk);
+            }
+            out[i][j] = s;
+        }
+    }
+    out
+}
+
+#[inline(always)]
+unsafe fn rows_f32<const R: usize>(w: &[f32], k: usize, x: &[f32], i0: usize, j0: usize, j1: usize, y: YPtr) {
+    let xp: [*const f32; R] = std::array::from_fn(|i| x.as_ptr().add((i0 + i) * k));
+    let wp = |j: usize| w.as_ptr().add(j * k);
+    let mut j = j0;
+    while j + 1 < j1 {
+        let o = tile_f32::<R, 2>([wp(j), wp(j + 1)], xp, k);
+        for (i, r) in o.iter().enumerate() {
+            y.put(i0 + i, j, r[0]);
+            y.put(i0 + i, j + 1, r[1]);
+        }
+        j += 2;
+    }
+    if j < j1 {
+        let o = tile_f32::<R, 1>([wp(j)], xp, k);
+        for (i, r) in o.iter().enumerate() {
+            y.put(i0 + i, j, r[0]);
+        }
+    }
+}
+
+/// f32 weights [rows, k]: y rows 0..m, output columns j0..j1. Safety: AVX2 + FMA present.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn chunk_f32(w: &[f32], k: usize, x: &[f32], m: usize, j0: usize, j1: usize, y: YPtr) {
+    let mut i = 0;
+    while i < m {
+        let r = 4.min(m - i);
+        match r {
+            4 => rows_f32::<4>(w, k, x, i, j0, j1, y),
+            3 => rows_f32::<3>(w, k, x, i, j0, j1, y),
+            2 => rows_f32::<2>(w, k, x, i, j0, j1, y),
+            _ => rows_f32::<1>(w, k, x, i, j0, j1, y),
+        }
+        i += r;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization (bit-identical to the scalar `quantize_block`).
+
+/// One block of 32: q, returns (d, sum q); writes init = -c * (sums of 4 q) when c != 0.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8], init: &mut [i32], c: i32) -> (f32, i32) {
+    let xp = x.as_ptr();
+    let v = [_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)), _mm256_loadu_ps(xp.add(16)), _mm256_loadu_ps(xp.add(24))];
+    let sign = _mm256_set1_ps(-0.0);
+    let a = |t: usize| _mm256_andnot_ps(sign, v[t]);
+    let m = _mm256_max_ps(_mm256_max_ps(a(0), a(1)), _mm256_max_ps(a(2), a(3)));
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    // Round to nearest even (the default MXCSR mode), as `round_ties_even` in the scalar code.
+    let iv = |t: usize| _mm256_cvtps_epi32(_mm256_mul_ps(v[t], id));
+    let p = _mm256_packs_epi16(_mm256_packs_epi32(iv(0), iv(1)), _mm256_packs_epi32(iv(2), iv(3)));
+    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p);
+    let s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+    if c != 0 {
+        _mm256_storeu_si256(init.as_mut_ptr() as *mut __m256i, _mm256_mullo_epi32(s4, _mm256_set1_epi32(-c)));
+    }
+    let s = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    (d, _mm_cvtsi128_si32(s))
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 vector helpers.
+
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * u)), _mm256_loadu_ps(pb.add(i + 8 * u)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(v);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// y += a * x, every element by one fused multiply-add (so its value does not depend on its
+/// position in the slice).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
+        i += 8;
+    }
+    while i < n {
+        let r = _mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(*px.add(i)), _mm_set_ss(*py.add(i)));
+        *py.add(i) = _mm_cvtss_f32(r);
+        i += 1;
+    }
+}

@@ -1,0 +1,289 @@
+//! The backend trait the one forward pass is written over, and [`Device`], the backend a run
+//! uses: wgpu (GPUs, browsers) or the native SIMD CPU backend (machines whose only adapters are
+//! CPU emulations such as lavapipe). Trace, edit, generation and evaluation call [`Device`]'s ops
+//! and never know which backend runs them.
+//!
+//! The block ops are coarse (a whole attention block, the MLP up to its activation, the down
+//! projection with its residual add, the head) so that a backend can fuse inside them.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cpu;
+pub mod tensor;
+mod wgpu_ops;
+
+pub use tensor::{DType, Storage, Tensor, Weight};
+
+use crate::error::ModelError;
+use crate::gpu::Gpu;
+use crate::model::GgmlType;
+
+/// One transformer layer's weights, as the block ops read them.
+pub struct LayerWeights {
+    pub attn_norm: Tensor,
+    pub q: Weight,
+    pub k: Weight,
+    pub v: Weight,
+    pub o: Weight,
+    pub q_bias: Option<Tensor>,
+    pub k_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    pub ffn_norm: Tensor,
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
+}
+
+/// The model dimensions a block op needs.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockShape {
+    pub d_model: usize,
+    pub d_ff: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_eps: f32,
+    /// Rope pairs adjacent elements (llama GGUFs) instead of the two halves (NeoX, qwen2).
+    pub interleaved_rope: bool,
+}
+
+/// The keys and values of one layer for a batch of sequences: [batch * capacity, kv_heads * head_dim].
+pub struct KvLayer {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+/// What an attention block needs to know about the chunk it processes: `active` sequences of
+/// `t` new tokens each, entering the cache at position `cache_len`.
+pub struct AttnStep<'a> {
+    pub active: usize,
+    pub t: usize,
+    pub cache_len: usize,
+    pub capacity: usize,
+    /// Rope position of each row (U32, [batch * t]).
+    pub pos: &'a Tensor,
+    /// Left-pad length of each sequence (U32, [batch]): keys before it are masked.
+    pub pad: &'a Tensor,
+    /// cos/sin per position and frequency ([positions, head_dim]).
+    pub rope: &'a Tensor,
+}
+
+/// One Adam update (the edit's solver): w -= lr * m̂ / (sqrt(v̂) + eps) with the gradient scaled.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub b1: f64,
+    pub b2: f64,
+    pub eps: f32,
+    /// Multiplies the raw gradient (e.g. the MSE's 2 / count).
+    pub scale: f32,
+    /// Update number, from 1 (bias corrections).
+    pub t: u32,
+}
+
+/// Which backend a [`Device`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum BackendKind {
+    Wgpu,
+    Cpu,
+}
+
+/// The operations of the forward pass and of trace/edit. Ops may be recorded and run later (wgpu
+/// records into one submission); every `read`-like op returns finished results.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    fn kind(&self) -> BackendKind;
+    /// One line naming the device (adapter name and API, or CPU and its SIMD kernels).
+    fn describe(&self) -> String;
+    /// Largest single tensor, in bytes (batching of trace probes is sized by it).
+    fn max_tensor_bytes(&self) -> u64;
+
+    /// A new tensor, zeroed or holding `data` (f32 values; for U32 tensors their bits).
+    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError>;
+    /// Overwrite a tensor's leading values.
+    fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError>;
+    /// The first `n` values of a tensor.
+    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError>;
+    /// Copy `n` rows from `src` (from row `src_row`) into `dst` (from row `dst_row`); same width.
+    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError>;
+
+    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError>;
+    /// A weight's values dequantized to f32 [rows * cols].
+    async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError>;
+
+    /// y[m, w.rows] = x[m, w.cols] · Wᵀ for a weight in its file's format.
+    fn matmul_q(&self, x: &Tensor, w: &Weight, y: &mut Tensor, m: usize) -> Result<(), ModelError>;
+    /// x[..rows] += Attention(RmsNorm(x)) over the cache, after writing this chunk's keys and
+    /// values into it. `rows` = step.active * step.t.
+    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, step: &AttnStep<'_>) -> Result<(), ModelError>;
+    /// act[..rows] = silu(RmsNorm(x) · gateᵀ) * (RmsNorm(x) · upᵀ).
+    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError>;
+    /// x[..rows] += act · downᵀ.
+    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError>;
+    /// Logits [rows.len(), vocab] of the listed rows of x: final norm, then the output head.
+    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError>;
+
+    /// Index of the first maximum of each row.
+    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError>;
+    /// log_softmax(logits[i])[targets[i]] for each row i.
+    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError>;
+
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ in f32 (the edit's solver).
+    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError>;
+    /// One Adam update of w from grad with moments m and v (all the same length).
+    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError>;
+}
+
+/// The backend a run uses.
+pub enum Device {
+    Wgpu(Gpu),
+    #[cfg(not(target_arch = "wasm32"))]
+    Cpu(cpu::CpuBackend),
+}
+
+macro_rules! on_backend {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            Device::Wgpu($b) => $e,
+            #[cfg(not(target_arch = "wasm32"))]
+            Device::Cpu($b) => $e,
+        }
+    };
+}
+
+impl Backend for Device {
+    fn kind(&self) -> BackendKind {
+        on_backend!(self, b => Backend::kind(b))
+    }
+    fn describe(&self) -> String {
+        on_backend!(self, b => Backend::describe(b))
+    }
+    fn max_tensor_bytes(&self) -> u64 {
+        on_backend!(self, b => Backend::max_tensor_bytes(b))
+    }
+    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError> {
+        on_backend!(self, b => Backend::tensor(b, label, dtype, rows, width, data))
+    }
+    fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::write(b, t, data))
+    }
+    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
+        on_backend!(self, b => Backend::read(b, t, n).await)
+    }
+    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::copy_rows(b, src, src_row, dst, dst_row, n))
+    }
+    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
+        on_backend!(self, b => Backend::upload_weight(b, name, dtype, rows, cols, bytes))
+    }
+    async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
+        on_backend!(self, b => Backend::weight_f32(b, w).await)
+    }
+    fn matmul_q(&self, x: &Tensor, w: &Weight, y: &mut Tensor, m: usize) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::matmul_q(b, x, w, y, m))
+    }
+    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, step: &AttnStep<'_>) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::attention_block(b, w, s, x, kv, step))
+    }
+    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::mlp_act(b, w, s, x, act, rows))
+    }
+    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::mlp_down_add(b, w, act, x, rows))
+    }
+    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
+        on_backend!(self, b => Backend::head(b, norm, head, eps, x, rows))
+    }
+    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
+        on_backend!(self, b => Backend::argmax(b, logits).await)
+    }
+    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError> {
+        on_backend!(self, b => Backend::token_logprobs(b, logits, targets).await)
+    }
+    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::matmul_f32(b, x, w, y, m, n, k))
+    }
+    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::adam(b, w, grad, m, v, p))
+    }
+}
+
+impl Device {
+    /// The wgpu context, where this device is one (GPU-only tools: kernel checks, adapter report).
+    pub fn gpu(&self) -> Option<&Gpu> {
+        match self {
+            Device::Wgpu(g) => Some(g),
+            #[cfg(not(target_arch = "wasm32"))]
+            Device::Cpu(_) => None,
+        }
+    }
+
+    /// Upload f32 values as a [rows, width] tensor.
+    pub fn upload(&self, label: &str, rows: usize, width: usize, data: &[f32]) -> Result<Tensor, ModelError> {
+        self.tensor(label, DType::F32, rows, width, Some(data))
+    }
+    /// A zeroed f32 [rows, width] tensor.
+    pub fn zeros(&self, label: &str, rows: usize, width: usize) -> Result<Tensor, ModelError> {
+        self.tensor(label, DType::F32, rows, width, None)
+    }
+    /// Upload indices as a U32 tensor of one row.
+    pub fn upload_u32(&self, label: &str, data: &[u32]) -> Result<Tensor, ModelError> {
+        let words: Vec<f32> = data.iter().map(|&u| f32::from_bits(u)).collect();
+        self.tensor(label, DType::U32, 1, data.len().max(1), if data.is_empty() { None } else { Some(&words) })
+    }
+    /// A whole tensor read back.
+    pub async fn read_all(&self, t: &Tensor) -> Result<Vec<f32>, ModelError> {
+        self.read(t, t.len()).await
+    }
+}
+
+/// Which backend to open: `auto` (a real GPU if there is one, else the CPU), `cpu`, or a comma
+/// list of wgpu backends (`vulkan`, `gl`, `metal`, `dx12`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Wgpu(String),
+}
+
+impl BackendChoice {
+    pub fn parse(s: &str) -> BackendChoice {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => BackendChoice::Auto,
+            "cpu" => BackendChoice::Cpu,
+            other => BackendChoice::Wgpu(other.to_string()),
+        }
+    }
+}
+
+/// Whether an adapter is a CPU emulation of a GPU (lavapipe, llvmpipe, SwiftShader, WARP).
+pub fn is_cpu_emulation(report: &crate::gpu::AdapterReport) -> bool {
+    let name = report.name.to_ascii_lowercase();
+    report.device_type == "Cpu" || ["llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp"].iter().any(|n| name.contains(n))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Device {
+    /// Open the backend `opts` asks for (`opts.backends` holds the choice; `CREME_BACKEND` when
+    /// built from the environment). `auto` takes a real GPU when wgpu finds one and the CPU
+    /// backend when the only adapters are CPU emulations or there is none.
+    pub fn open(opts: &crate::GpuOptions) -> Result<Device, crate::GpuError> {
+        let choice = BackendChoice::parse(opts.backends.as_deref().unwrap_or("auto"));
+        match choice {
+            BackendChoice::Cpu => Ok(Device::Cpu(cpu::CpuBackend::new())),
+            BackendChoice::Wgpu(list) => {
+                let mut o = opts.clone();
+                o.backends = Some(list);
+                Ok(Device::Wgpu(Gpu::new_blocking(&o)?))
+            }
+            BackendChoice::Auto => {
+                let mut o = opts.clone();
+                o.backends = None;
+                match Gpu::new_blocking(&o) {
+                    Ok(g) if !is_cpu_emulation(&g.report) || opts.adapter.is_some() => Ok(Device::Wgpu(g)),
+                    _ => Ok(Device::Cpu(cpu::CpuBackend::new())),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The wgpu backend: each op records its kernels into the pending encoder (one submission per
+//! readback); per-op scratch buffers come from a workspace reused across layers and tokens.
+
+use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage, Tensor, Weight};
+use crate::error::{GpuError, ModelError};
+use crate::gpu::layers::{AdamParams, AttentionParams};
+use crate::gpu::Gpu;
+use crate::model::quant::dequantize;
+use crate::model::GgmlType;
+
+impl Gpu {
+    /// A reusable scratch buffer of at least `bytes` (by name), grown when too small. Ops run in
+    /// recording order, so reusing one across ops and tokens is safe.
+    fn workspace(&self, name: &'static str, bytes: u64) -> wgpu::Buffer {
+        let mut ws = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = ws.get(name) {
+            if b.size() >= bytes {
+                return b.clone();
+            }
+        }
+        let b = self.storage(name, bytes);
+        ws.insert(name, b.clone());
+        b
+    }
+
+    fn matmul_into(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &Weight, bias: Option<&Tensor>, y: &wgpu::Buffer, rows: usize) -> Result<(), ModelError> {
+        let w = w.wgpu()?;
+        let bias = match bias {
+            Some(b) => Some(b.wgpu()?),
+            None => None,
+        };
+        Ok(self.encode_matmul_quant(enc, x, w, bias, y, rows as u32, w.rows as u32, 0)?)
+    }
+}
+
+fn words(n: usize) -> u64 {
+    (n * 4) as u64
+}
+
+impl Backend for Gpu {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wgpu
+    }
+    fn describe(&self) -> String {
+        format!("wgpu: {} ({}, {})", self.report.name, self.report.backend, self.report.device_type)
+    }
+    fn max_tensor_bytes(&self) -> u64 {
+        self.max_binding_bytes()
+    }
+
+    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError> {
+        let n = rows * width;
+        let buffer = match data {
+            Some(d) if d.len() >= n => self.upload(label, &d[..n]),
+            Some(d) => return Err(ModelError::Format(format!("{label}: {} values for [{rows} x {width}]", d.len()))),
+            None => self.storage(label, words(n)),
+        };
+        Ok(Tensor { dtype, rows, width, storage: Storage::Wgpu(buffer) })
+    }
+
+    fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError> {
+        if data.len() > t.len() {
+            return Err(ModelError::Format(format!("write: {} values into a tensor of {}", data.len(), t.len())));
+        }
+        // Commands recorded before this write must see the old contents.
+        self.flush();
+        self.queue.write_buffer(t.wgpu()?, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
+        Ok(self.read::<f32>(t.wgpu()?, n.min(t.len())).await?)
+    }
+
+    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError> {
+        if src.width != dst.width || src_row + n > src.rows || dst_row + n > dst.rows {
+            return Err(ModelError::Format(format!("copy_rows: {n} rows from [{} x {}] at {src_row} into [{} x {}] at {dst_row}", src.rows, src.width, dst.rows, dst.width)));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let w = src.width;
+        let (s, d) = (src.wgpu()?, dst.wgpu()?);
+        self.record(|enc| enc.copy_buffer_to_buffer(s, words(src_row * w), d, words(dst_row * w), words(n * w)));
+        Ok(())
+    }
+
+    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
+        Ok(Weight::Wgpu(Gpu::upload_weight(self, name, dtype, rows, cols, bytes)?))
+    }
+
+    async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
+        let w = w.wgpu()?;
+        let mut out = Vec::with_capacity(w.rows * w.cols);
+        for c in &w.chunks {
+            let bytes: Vec<u8> = self.read(&c.buffer, c.rows * w.row_bytes()).await?;
+            out.extend(dequantize(w.dtype, &bytes, c.rows * w.cols)?);
+        }
+        Ok(out)
+    }
+
+    fn matmul_q(&self, x: &Tensor, w: &Weight, y: &mut Tensor, m: usize) -> Result<(), ModelError> {
+        x.check("matmul_q", m, w.cols())?;
+        y.check("matmul_q", m, w.rows())?;
+        let (xb, yb) = (x.wgpu()?, y.wgpu()?);
+        self.record(|enc| self.matmul_into(enc, xb, w, None, yb, m))
+    }
+
+    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, st: &AttnStep<'_>) -> Result<(), ModelError> {
+        let rows = st.active * st.t;
+        x.check("attention_block", rows, s.d_model)?;
+        let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let (xn, q, k, v) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("q", words(rows * qw)), self.workspace("k", words(rows * kvw)), self.workspace("v", words(rows * kvw)));
+        let (att, tmp) = (self.workspace("att", words(rows * qw)), self.workspace("tmp", words(rows * s.d_model)));
+        let (xb, kc, vc) = (x.wgpu()?, kv.k.wgpu()?, kv.v.wgpu()?);
+        let (pos, pad, rope) = (st.pos.wgpu()?, st.pad.wgpu()?, st.rope.wgpu()?);
+        let r32 = rows as u32;
+        self.record(|enc| -> Result<(), ModelError> {
+            self.encode_rmsnorm(enc, xb, w.attn_norm.wgpu()?, &xn, r32, s.d_model as u32, s.rms_eps);
+            self.matmul_into(enc, &xn, &w.q, w.q_bias.as_ref(), &q, rows)?;
+            self.matmul_into(enc, &xn, &w.k, w.k_bias.as_ref(), &k, rows)?;
+            self.matmul_into(enc, &xn, &w.v, w.v_bias.as_ref(), &v, rows)?;
+            self.encode_rope(enc, &q, pos, rope, r32, s.n_heads as u32, s.head_dim as u32, s.interleaved_rope);
+            self.encode_rope(enc, &k, pos, rope, r32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
+            for b in 0..st.active {
+                let dst = words((b * st.capacity + st.cache_len) * kvw);
+                enc.copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
+                enc.copy_buffer_to_buffer(&v, words(b * st.t * kvw), vc, dst, words(st.t * kvw));
+            }
+            let params = AttentionParams {
+                batch: st.active as u32,
+                t: st.t as u32,
+                heads: s.n_heads as u32,
+                kv_heads: s.n_kv_heads as u32,
+                head_dim: s.head_dim as u32,
+                ctx: st.capacity as u32,
+                p0: st.cache_len as u32,
+                scale: 1.0 / (s.head_dim as f32).sqrt(),
+            };
+            self.encode_attention(enc, &q, kc, vc, pad, &att, params);
+            self.matmul_into(enc, &att, &w.o, None, &tmp, rows)?;
+            self.encode_add_into(enc, &tmp, xb, (rows * s.d_model) as u32);
+            Ok(())
+        })
+    }
+
+    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+        x.check("mlp_act", rows, s.d_model)?;
+        act.check("mlp_act", rows, s.d_ff)?;
+        let (xn, g, u) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("gate", words(rows * s.d_ff)), self.workspace("up", words(rows * s.d_ff)));
+        let (xb, ab) = (x.wgpu()?, act.wgpu()?);
+        self.record(|enc| -> Result<(), ModelError> {
+            self.encode_rmsnorm(enc, xb, w.ffn_norm.wgpu()?, &xn, rows as u32, s.d_model as u32, s.rms_eps);
+            self.matmul_into(enc, &xn, &w.gate, None, &g, rows)?;
+            self.matmul_into(enc, &xn, &w.up, None, &u, rows)?;
+            self.encode_silu_mul(enc, &g, &u, ab, (rows * s.d_ff) as u32);
+            Ok(())
+        })
+    }
+
+    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+        let d = w.down.rows();
+        act.check("mlp_down_add", rows, w.down.cols())?;
+        x.check("mlp_down_add", rows, d)?;
+        let tmp = self.workspace("tmp", words(rows * d));
+        let (ab, xb) = (act.wgpu()?, x.wgpu()?);
+        self.record(|enc| -> Result<(), ModelError> {
+            self.matmul_into(enc, ab, &w.down, None, &tmp, rows)?;
+            self.encode_add_into(enc, &tmp, xb, (rows * d) as u32);
+            Ok(())
+        })
+    }
+
+    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
+        let (d, n) = (head.cols(), rows.len());
+        if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(ModelError::Format(format!("head: row {bad} of {}", x.rows)));
+        }
+        let (gathered, normed) = (self.workspace("head rows", words(n * d)), self.workspace("final norm", words(n * d)));
+        let logits = self.storage("logits", words(n * head.rows()));
+        let xb = x.wgpu()?;
+        self.record(|enc| -> Result<(), ModelError> {
+            for (i, &r) in rows.iter().enumerate() {
+                enc.copy_buffer_to_buffer(xb, words(r * d), &gathered, words(i * d), words(d));
+            }
+            self.encode_rmsnorm(enc, &gathered, norm.wgpu()?, &normed, n as u32, d as u32, eps);
+            self.matmul_into(enc, &normed, head, None, &logits, n)
+        })?;
+        Ok(Tensor { dtype: DType::F32, rows: n, width: head.rows(), storage: Storage::Wgpu(logits) })
+    }
+
+    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
+        let ids = self.storage("argmax", words(logits.rows));
+        let lb = logits.wgpu()?;
+        self.record(|enc| self.encode_argmax(enc, lb, &ids, logits.rows as u32, logits.width as u32));
+        Ok(self.read::<u32>(&ids, logits.rows).await?)
+    }
+
+    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError> {
+        if targets.len() > logits.rows {
+            return Err(ModelError::Format(format!("token_logprobs: {} targets for {} rows", targets.len(), logits.rows)));
+        }
+        Ok(Gpu::token_logprobs(self, logits.wgpu()?, targets, logits.width).await?)
+    }
+
+    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError> {
+        let (xb, wb, yb) = (x.wgpu()?, w.wgpu()?, y.wgpu()?);
+        self.record(|enc| self.encode_matmul_f32(enc, xb, wb, yb, m as u32, n as u32, k as u32)).map_err(ModelError::from)
+    }
+
+    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError> {
+        let n = w.len();
+        if grad.len() < n || m.len() < n || v.len() < n {
+            return Err(GpuError::Shape { op: "adam", detail: format!("w {n}, grad {}, m {}, v {}", grad.len(), m.len(), v.len()) }.into());
+        }
+        let params = AdamParams {
+            n: n as u32,
+            _p0: 0,
+            lr: p.lr,
+            b1: p.b1 as f32,
+            b2: p.b2 as f32,
+            eps: p.eps,
+            scale: p.scale,
+            bc1: (1.0 - p.b1.powi(p.t as i32)) as f32,
+            bc2: (1.0 - p.b2.powi(p.t as i32)) as f32,
+            _p1: [0; 3],
+        };
+        let (wb, gb, mb, vb) = (w.wgpu()?, grad.wgpu()?, m.wgpu()?, v.wgpu()?);
+        self.record(|enc| self.encode_adam(enc, wb, gb, mb, vb, params));
+        Ok(())
+    }
+}

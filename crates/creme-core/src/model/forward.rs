@@ -1,0 +1,227 @@
+//! The transformer (qwen2 and llama families) and the one forward pass that generation, tracing
+//! and editing all call, with hooks. It is written once over the backend ops; it never knows
+//! which backend runs them.
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::quant::{dequantize, GgmlType};
+use super::tokenizer::Tokenizer;
+use crate::backend::{AttnStep, Backend, BlockShape, Device, LayerWeights, Tensor, Weight};
+use crate::error::ModelError;
+use crate::hooks::{Captured, Hooks, Site};
+
+pub(crate) struct Layer {
+    pub(crate) w: LayerWeights,
+    /// The file's W_down while an edited one is applied (so the edit can be reverted).
+    pub(crate) down_original: Option<Weight>,
+}
+
+/// Token embedding rows, kept in their GGUF format on the host: a lookup dequantizes a few rows.
+pub(crate) struct Embedding {
+    pub(crate) dtype: GgmlType,
+    pub(crate) cols: usize,
+    pub(crate) rows: usize,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Embedding {
+    fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
+        if id as usize >= self.rows {
+            return Err(ModelError::Format(format!("token id {id} is outside the vocabulary of {}", self.rows)));
+        }
+        let rb = self.dtype.row_bytes(self.cols);
+        dequantize(self.dtype, &self.bytes[id as usize * rb..(id as usize + 1) * rb], self.cols)
+    }
+}
+
+/// A loaded model: config, tokenizer, and weights on one backend.
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub(crate) shape: BlockShape,
+    pub tokenizer: Tokenizer,
+    pub(crate) embed: Embedding,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) out_norm: Tensor,
+    pub(crate) head: Weight,
+    /// cos/sin for every position < max_positions: [pos][head_dim/2][2].
+    pub(crate) rope: Tensor,
+    pub max_positions: usize,
+}
+
+/// Which logits a forward call computes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    /// The last row of each sequence: [batch, vocab].
+    Last,
+    /// Every row: [batch * T, vocab].
+    All,
+    /// The listed rows (b * T + t), in that order: [rows.len(), vocab].
+    Rows(Vec<usize>),
+}
+
+/// What enters the forward pass.
+pub enum Input<'a> {
+    /// Token ids, [batch][T].
+    Tokens(&'a [Vec<u32>]),
+    /// Residual streams [batch * T, d_model]; sequence b enters at layer start[b].
+    Resume { x: &'a Tensor, start: &'a [usize], t: usize },
+}
+
+/// What a forward call returns: logits (if asked) and captured activations.
+pub struct ForwardOut {
+    pub logits: Option<Tensor>,
+    pub logit_rows: usize,
+    pub captured: Captured,
+}
+
+impl Model {
+    /// Load from a whole GGUF file in memory (native callers; the browser streams through
+    /// [`super::ModelLoader`]). Checks the file holds every tensor before uploading anything.
+    pub fn from_gguf_bytes(dev: &Device, file: &[u8], max_positions: usize) -> Result<Model, ModelError> {
+        let header = super::GgufHeader::parse(file)?;
+        header.check_len(file.len() as u64)?;
+        let mut loader = super::ModelLoader::new(&header)?;
+        for t in &header.tensors {
+            loader.add_tensor(dev, &t.name, header.tensor_bytes(file, t)?)?;
+        }
+        loader.finish(dev, max_positions)
+    }
+
+    /// Width of the activation at a hook site.
+    pub fn site_width(&self, site: Site) -> usize {
+        match site {
+            Site::MlpAct(_) => self.cfg.d_ff,
+            Site::ResidMid(_) | Site::ResidOut(_) => self.cfg.d_model,
+        }
+    }
+
+    /// Run `tokens` ([batch][T], the same T for every sequence) through the model, appending to the
+    /// cache. Hooks capture or overwrite activations.
+    pub fn forward(&self, dev: &Device, cache: &mut KvCache, tokens: &[Vec<u32>], hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
+        self.forward_ex(dev, cache, Input::Tokens(tokens), hooks, logits)
+    }
+
+    /// The forward pass. With [`Input::Resume`], sequence b enters at layer `start[b]` with the
+    /// given residual stream (the output of layer start[b] - 1); layers below are not computed
+    /// for it (their cache rows are left as they are). Starts must be ascending, so at each layer
+    /// the active sequences are a prefix of the batch and the ops run on that prefix only.
+    pub fn forward_ex(&self, dev: &Device, cache: &mut KvCache, input: Input<'_>, hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
+        let (b, t) = self.check_input(&input, cache)?;
+        let rows = b * t;
+        let pos = dev.upload_u32("pos", &positions(cache, b, t))?;
+        let (mut x, start) = self.input_states(dev, input, rows)?;
+        let mut act = dev.zeros("act", rows, self.cfg.d_ff)?;
+        let mut captured = Captured::default();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let active = start.iter().filter(|&&s| s <= l).count();
+            if active == 0 {
+                continue;
+            }
+            let ar = active * t;
+            let step = AttnStep { active, t, cache_len: cache.len, capacity: cache.capacity, pos: &pos, pad: &cache.pad_tensor, rope: &self.rope };
+            dev.attention_block(&layer.w, &self.shape, &mut x, &mut cache.layers[l], &step)?;
+            self.hook(dev, hooks, Site::ResidMid(l), &mut x, ar, &mut captured)?;
+            dev.mlp_act(&layer.w, &self.shape, &x, &mut act, ar)?;
+            self.hook(dev, hooks, Site::MlpAct(l), &mut act, ar, &mut captured)?;
+            dev.mlp_down_add(&layer.w, &act, &mut x, ar)?;
+            self.hook(dev, hooks, Site::ResidOut(l), &mut x, ar, &mut captured)?;
+        }
+        let wanted = logit_rows(&logits, b, t);
+        if let Some(&bad) = wanted.iter().find(|&&r| r >= rows) {
+            return Err(ModelError::Format(format!("forward: logits row {bad} of {rows}")));
+        }
+        let out = if wanted.is_empty() { None } else { Some(dev.head(&self.out_norm, &self.head, self.cfg.rms_eps, &x, &wanted)?) };
+        cache.len += t;
+        Ok(ForwardOut { logits: out, logit_rows: wanted.len(), captured })
+    }
+
+    /// Batch size and chunk length of a forward call, checked against the cache.
+    fn check_input(&self, input: &Input<'_>, cache: &KvCache) -> Result<(usize, usize), ModelError> {
+        let (b, t) = match input {
+            Input::Tokens(tokens) => {
+                let t = tokens.first().map(|r| r.len()).unwrap_or(0);
+                if tokens.iter().any(|r| r.len() != t) {
+                    return Err(ModelError::Format("forward: sequences must have equal lengths (left-pad them)".into()));
+                }
+                (tokens.len(), t)
+            }
+            Input::Resume { t, start, x } => {
+                let n = self.cfg.n_layers;
+                if start.windows(2).any(|w| w[0] > w[1]) || start.iter().any(|&s| s > n) {
+                    return Err(ModelError::Format(format!("forward: resume layers {start:?} must be ascending and <= {n}")));
+                }
+                x.check("forward: resume state", start.len() * t, self.cfg.d_model)?;
+                (start.len(), *t)
+            }
+        };
+        if b != cache.batch || t == 0 {
+            return Err(ModelError::Format(format!("forward: {b} sequences of {t} tokens (cache holds {})", cache.batch)));
+        }
+        if cache.len + t > cache.capacity {
+            return Err(ModelError::Format(format!("forward: {} + {t} tokens overflow the cache of {}", cache.len, cache.capacity)));
+        }
+        Ok((b, t))
+    }
+
+    /// The residual stream entering layer 0 (embedded tokens) or the given resume states (copied,
+    /// the forward updates its stream in place), and the layer each sequence starts at.
+    fn input_states(&self, dev: &Device, input: Input<'_>, rows: usize) -> Result<(Tensor, Vec<usize>), ModelError> {
+        let d = self.cfg.d_model;
+        match input {
+            Input::Tokens(tokens) => {
+                let mut x0 = Vec::with_capacity(rows * d);
+                for &id in tokens.iter().flatten() {
+                    x0.extend(self.embed.row(id)?);
+                }
+                Ok((dev.upload("x", rows, d, &x0)?, vec![0; tokens.len()]))
+            }
+            Input::Resume { x, start, .. } => {
+                let mut own = dev.zeros("x", rows, d)?;
+                dev.copy_rows(x, 0, &mut own, 0, rows)?;
+                Ok((own, start.to_vec()))
+            }
+        }
+    }
+
+    /// Apply the patches for `site`, then capture it if asked.
+    fn hook(&self, dev: &Device, hooks: &Hooks, site: Site, t: &mut Tensor, rows: usize, captured: &mut Captured) -> Result<(), ModelError> {
+        if !hooks.wants(site) {
+            return Ok(());
+        }
+        for p in hooks.patches.iter().filter(|p| p.site == site) {
+            for (&s, &dr) in p.src_rows.iter().zip(&p.dst_rows) {
+                if (dr as usize) < rows {
+                    dev.copy_rows(&p.values, s as usize, t, dr as usize, 1)?;
+                }
+            }
+        }
+        if hooks.capture.contains(&site) {
+            let mut c = dev.zeros("captured", rows, t.width)?;
+            dev.copy_rows(t, 0, &mut c, 0, rows)?;
+            captured.items.push((site, c, rows, t.width));
+        }
+        Ok(())
+    }
+}
+
+/// Rope position of each row. Pad rows get 1, as HF's cumsum(mask) - 1 with masked_fill(1) does.
+fn positions(cache: &KvCache, b: usize, t: usize) -> Vec<u32> {
+    let mut pos = Vec::with_capacity(b * t);
+    for bi in 0..b {
+        for ti in 0..t {
+            let (j, p) = (cache.len + ti, cache.pad[bi] as usize);
+            pos.push(if j >= p { (j - p) as u32 } else { 1 });
+        }
+    }
+    pos
+}
+
+fn logit_rows(logits: &Logits, b: usize, t: usize) -> Vec<usize> {
+    match logits {
+        Logits::None => Vec::new(),
+        Logits::Last => (0..b).map(|bi| (bi + 1) * t - 1).collect(),
+        Logits::All => (0..b * t).collect(),
+        Logits::Rows(r) => r.clone(),
+    }
+}
