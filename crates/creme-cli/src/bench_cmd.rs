@@ -29,6 +29,16 @@ pub struct BenchArgs {
     /// Decode lengths at batch 1 (comma list; as llama-bench's tg128)
     #[arg(long, default_value = "128,256")]
     pub decode: String,
+    /// Decode lengths from an empty context (llama-bench's tg protocol: one start token, then N
+    /// greedy steps at batch 1; comma list, empty = skip)
+    #[arg(long, default_value = "128")]
+    pub tg: String,
+    /// Threads of the CPU backend (default: all cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Measure each prefill / decode row this many times and report the median
+    #[arg(long, default_value_t = 1)]
+    pub repetitions: usize,
     /// Time the logprob trace and the edit of one HumanEval pair (default: on unless the adapter is a CPU)
     #[arg(long)]
     pub trace: Option<bool>,
@@ -71,7 +81,29 @@ fn prefill(dev: &Device, model: &Model, tokens: &[u32], len: usize, batch: usize
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// `tokens` greedy decode steps from a one-token context (llama-bench's tg), timed.
+fn decode_from_empty(dev: &Device, model: &Model, start: u32, tokens: usize) -> Res<f64> {
+    let mut cache = model.new_cache(dev, vec![0], tokens + 1)?;
+    let t0 = Instant::now();
+    let mut next = start;
+    for _ in 0..tokens {
+        let out = model.forward(dev, &mut cache, &[vec![next]], &Hooks::default(), Logits::Last)?;
+        next = pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0];
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// The median of `reps` runs of `f`.
+fn median(reps: usize, mut f: impl FnMut() -> Res<f64>) -> Res<f64> {
+    let mut v = (0..reps.max(1)).map(|_| f()).collect::<Res<Vec<f64>>>()?;
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(v[v.len() / 2])
+}
+
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| format!("--threads {n}: {e}"))?;
+    }
     let dev = Device::open(gpu_opts)?;
     // Slow devices (a CPU emulation of a GPU) skip the long rows unless asked.
     let cpu_adapter = dev.gpu().map(|g| g.report.device_type == "Cpu").unwrap_or(false);
@@ -100,8 +132,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
     prefill(&dev, &model, &tokens, 16, 1)?;
     let mut pf = Vec::new();
     for len in list(&a.prefill)? {
-        let s = prefill(&dev, &model, &tokens, len, 1)?;
-        rows.push((format!("prefill batch 1, {len} tokens"), format!("{:.1} tok/s ({s:.2} s)", len as f64 / s)));
+        let s = median(a.repetitions, || prefill(&dev, &model, &tokens, len, 1))?;
+        rows.push((format!("prefill batch 1, {len} tokens (pp{len})"), format!("{:.1} tok/s ({s:.2} s)", len as f64 / s)));
         pf.push(json!({"tokens": len, "batch": 1, "seconds": s, "tok_per_s": len as f64 / s}));
     }
     if a.prefill_batch > 0 {
@@ -113,6 +145,15 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
         }
     }
     doc["prefill"] = json!(pf);
+
+    let mut tg = Vec::new();
+    for n in list(&a.tg)? {
+        let start = model.cfg.eos_ids.first().copied().unwrap_or(0);
+        let s = median(a.repetitions, || decode_from_empty(&dev, &model, start, n))?;
+        rows.push((format!("decode batch 1, {n} tokens from an empty context (tg{n})"), format!("{:.1} tok/s ({s:.2} s)", n as f64 / s)));
+        tg.push(json!({"tokens": n, "seconds": s, "tok_per_s": n as f64 / s}));
+    }
+    doc["tg"] = json!(tg);
 
     // Decode: time between the first and the last generated token (the prompt pass excluded).
     let mut dec = Vec::new();

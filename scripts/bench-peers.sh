@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# creme against its peer, llama.cpp, on the same GGUF, the same threads, the same protocol
+# (llama-bench's: ppN = one prompt of N tokens, logits of the last row only; tg128 = 128 greedy
+# tokens from an empty context at batch 1), interleaved run by run, median of R runs each.
+#   scripts/bench-peers.sh [--model M.gguf] [--threads T] [--reps R] [--backend cpu|vulkan|...]
+# llama-bench is built once from the source the llama-cpp-python sdist on PyPI vendors, into
+# $CREME_CACHE_DIR/llama.cpp (recipe: ../shared/toolchain.md).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CREME_CACHE_DIR="${CREME_CACHE_DIR:-$HOME/.cache/creme}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CREME_CACHE_DIR/target-native}"
+model="$CREME_CACHE_DIR/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+threads=$(nproc)
+reps=5
+backend=cpu
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) model="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --reps) reps="$2"; shift 2 ;;
+    --backend) backend="$2"; shift 2 ;;
+    *) echo "usage: $0 [--model M.gguf] [--threads T] [--reps R] [--backend B]" >&2; exit 2 ;;
+  esac
+done
+[ -f "$model" ] || scripts/fetch-models.sh qwen
+
+LLAMA_VERSION=0.3.36
+ldir="$CREME_CACHE_DIR/llama.cpp/$LLAMA_VERSION"
+lbench="$ldir/build/bin/llama-bench"
+if [ ! -x "$lbench" ]; then
+  echo "building llama-bench $LLAMA_VERSION (once, several minutes)" >&2
+  mkdir -p "$ldir"
+  python3 -m pip show scikit-build-core >/dev/null 2>&1 || python3 -m pip install -q scikit-build-core
+  command -v cmake >/dev/null || python3 -m pip install -q cmake
+  python3 -m pip download -q --no-deps --no-binary=:all: --no-build-isolation "llama-cpp-python==$LLAMA_VERSION" -d "$ldir"
+  tar xzf "$ldir/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$ldir"
+  src="$ldir/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
+  cmake -S "$src" -B "$ldir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_APP=OFF > "$ldir/build.log" 2>&1 || { tail -20 "$ldir/build.log" >&2; exit 1; }
+  cmake --build "$ldir/build" --target llama-bench -j"$(nproc)" >> "$ldir/build.log" 2>&1 || { tail -20 "$ldir/build.log" >&2; exit 1; }
+fi
+
+cargo build --release -q -p creme-cli
+creme="$CARGO_TARGET_DIR/release/creme"
+out=$(mktemp -d)
+for r in $(seq 1 "$reps"); do
+  echo "run $r/$reps" >&2
+  "$lbench" -m "$model" -p 150,512 -n 128 -t "$threads" -r 1 -o json > "$out/llama-$r.json" 2>/dev/null
+  "$creme" bench --backend "$backend" --model "$model" --threads "$threads" --prefill 150,512 --prefill-batch 0 \
+    --decode "" --tg 128 --trace false --humaneval 0 --json > "$out/creme-$r.json"
+done
+python3 - "$out" "$reps" "$threads" "$backend" <<'PY'
+import json, statistics, sys, glob
+out, reps, threads, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+llama, creme, device = {}, {}, ""
+for r in range(1, reps + 1):
+    for row in json.load(open(f"{out}/llama-{r}.json")):
+        key = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+        llama.setdefault(key, []).append(row["avg_ts"])
+    c = json.load(open(f"{out}/creme-{r}.json"))
+    device = c["device"]
+    for p in c["prefill"]:
+        creme.setdefault(f"pp{p['tokens']}", []).append(p["tok_per_s"])
+    for t in c["tg"]:
+        creme.setdefault(f"tg{t['tokens']}", []).append(t["tok_per_s"])
+print(f"creme ({device}) vs llama.cpp CPU, {threads} threads, median of {reps} interleaved runs (tok/s)\n")
+print("| test | llama.cpp | creme | creme / llama.cpp |\n|---|---:|---:|---:|")
+for key in ["pp150", "pp512", "tg128"]:
+    l, c = statistics.median(llama[key]), statistics.median(creme[key])
+    print(f"| {key} | {l:.1f} | {c:.1f} | {c / l:.2f}x |")
+PY
+rm -rf "$out"

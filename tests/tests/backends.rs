@@ -1,0 +1,167 @@
+//! One test suite across backends: every backend op on random and odd shapes, then whole tiny
+//! models, on the CPU backend against wgpu (lavapipe here). The two are not the same function for
+//! quantized weights (the CPU backend quantizes activations to int8 per 32 values, wgpu multiplies
+//! in f32), so quantized results are compared within a stated tolerance and greedy tokens must
+//! agree except where the wgpu run's top-2 logit margin is below a stated epsilon.
+
+use creme_core::backend::{AdamStep, Backend, Device};
+use creme_core::cpu::{max_rel_err, SplitMix64};
+use creme_core::hooks::Hooks;
+use creme_core::model::quant::requantize;
+use creme_core::model::{GgmlType, Logits, Model};
+use creme_tests::tiny::tiny_gguf_arch;
+use creme_tests::{device_on, model_path, random_blocks, ALL_TYPES};
+
+/// Largest |a - b| over the largest |b| (robust where single values are near zero).
+fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn pair() -> (Device, Device) {
+    (device_on("cpu"), device_on("vulkan"))
+}
+
+fn read(dev: &Device, t: &creme_core::Tensor) -> Vec<f32> {
+    pollster::block_on(dev.read_all(t)).unwrap()
+}
+
+/// Quantized matmul of every format, odd row counts and batch sizes: CPU (int8 activations)
+/// within 2e-2 of wgpu (f32 activations); f32-family weights within 1e-5.
+#[test]
+fn quantized_matmul_agrees_across_backends() {
+    let (cpu, gpu) = pair();
+    let mut rng = SplitMix64(11);
+    for t in ALL_TYPES {
+        let k = if t.block_elems() == 256 { 512 } else { 96 };
+        for (rows, m) in [(1, 1), (17, 3), (67, 13)] {
+            let bytes = random_blocks(t, rows * k / t.block_elems(), &mut rng);
+            let x = rng.vec_f32(m * k);
+            let mut outs = Vec::new();
+            for dev in [&cpu, &gpu] {
+                let w = dev.upload_weight("w", t, rows, k, &bytes).unwrap();
+                let xt = dev.upload("x", m, k, &x).unwrap();
+                let mut y = dev.zeros("y", m, rows).unwrap();
+                dev.matmul_q(&xt, &w, &mut y, m).unwrap();
+                outs.push(read(dev, &y));
+            }
+            let tol = if t.block_elems() == 1 { 1e-5 } else { 2e-2 };
+            let err = scaled_err(&outs[0], &outs[1]);
+            assert!(err < tol, "{} [{rows} x {k}] m={m}: cpu vs wgpu scaled error {err:.2e}", t.name());
+        }
+    }
+}
+
+/// The edit's ops: f32 matmul, Adam, row copies, argmax and log-probabilities.
+#[test]
+fn edit_and_readout_ops_agree_across_backends() {
+    let (cpu, gpu) = pair();
+    let mut rng = SplitMix64(5);
+    for (m, n, k) in [(1, 1, 1), (7, 13, 33), (65, 31, 130)] {
+        let (x, w) = (rng.vec_f32(m * k), rng.vec_f32(n * k));
+        let mut outs = Vec::new();
+        for dev in [&cpu, &gpu] {
+            let (xt, wt, mut y) = (dev.upload("x", m, k, &x).unwrap(), dev.upload("w", n, k, &w).unwrap(), dev.zeros("y", m, n).unwrap());
+            dev.matmul_f32(&xt, &wt, &mut y, m, n, k).unwrap();
+            outs.push(read(dev, &y));
+        }
+        assert!(max_rel_err(&outs[0], &outs[1]) < 1e-4, "matmul_f32 {m}x{n}x{k}");
+    }
+    let n = 1001;
+    let (w0, g) = (rng.vec_f32(n), rng.vec_f32(n));
+    let mut outs = Vec::new();
+    for dev in [&cpu, &gpu] {
+        let (mut w, gt) = (dev.upload("w", 1, n, &w0).unwrap(), dev.upload("g", 1, n, &g).unwrap());
+        let (mut m, mut v) = (dev.zeros("m", 1, n).unwrap(), dev.zeros("v", 1, n).unwrap());
+        for t in 1..=3 {
+            dev.adam(&mut w, &gt, &mut m, &mut v, AdamStep { lr: 1e-2, b1: 0.9, b2: 0.999, eps: 1e-8, scale: 0.5, t }).unwrap();
+        }
+        outs.push(read(dev, &w));
+    }
+    assert!(max_rel_err(&outs[0], &outs[1]) < 1e-5, "adam");
+    let (rows, width) = (5, 1037);
+    let logits = rng.vec_f32(rows * width);
+    let targets = [0u32, 5, 1036, 77, 500];
+    let mut got = Vec::new();
+    for dev in [&cpu, &gpu] {
+        let lt = dev.upload("logits", rows, width, &logits).unwrap();
+        let mut copy = dev.zeros("copy", rows + 2, width).unwrap();
+        dev.copy_rows(&lt, 1, &mut copy, 2, 3).unwrap();
+        let lp = pollster::block_on(dev.token_logprobs(&lt, &targets)).unwrap();
+        got.push((pollster::block_on(dev.argmax(&lt)).unwrap(), lp, read(dev, &copy)));
+    }
+    assert_eq!(got[0].0, got[1].0, "argmax");
+    assert!(scaled_err(&got[0].1, &got[1].1) < 1e-5, "token_logprobs");
+    assert_eq!(got[0].2, got[1].2, "copy_rows");
+}
+
+/// Logits of every position of a prompt, and the greedy continuation, on one device.
+fn run(dev: &Device, file: &[u8], prompt: &str, steps: usize) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
+    let model = Model::from_gguf_bytes(dev, file, 256).unwrap();
+    let ids = model.tokenizer.encode(prompt).unwrap();
+    let mut cache = model.new_cache(dev, vec![0], ids.len() + steps).unwrap();
+    let out = model.forward(dev, &mut cache, &[ids.clone()], &Hooks::default(), Logits::All).unwrap();
+    let all = read(dev, out.logits.as_ref().unwrap());
+    let v = model.cfg.vocab;
+    let (mut tokens, mut margins) = (Vec::new(), Vec::new());
+    let mut last = all[(ids.len() - 1) * v..].to_vec();
+    for _ in 0..steps {
+        let (best, margin) = top2(&last);
+        tokens.push(best);
+        margins.push(margin);
+        let out = model.forward(dev, &mut cache, &[vec![best]], &Hooks::default(), Logits::Last).unwrap();
+        last = read(dev, out.logits.as_ref().unwrap());
+    }
+    (all, tokens, margins)
+}
+
+fn top2(row: &[f32]) -> (u32, f32) {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
+    (idx[0] as u32, row[idx[0]] - row[idx[1]])
+}
+
+/// Greedy tokens agree up to the first step where wgpu's top-2 margin is below `eps` (after
+/// that the runs may follow different, equally valid paths).
+fn assert_same_greedy(what: &str, cpu: &[u32], gpu: &[u32], gpu_margins: &[f32], eps: f32) {
+    for i in 0..cpu.len() {
+        if gpu_margins[i] < eps {
+            return;
+        }
+        assert_eq!(cpu[i], gpu[i], "{what}: greedy token {i} differs (wgpu margin {})", gpu_margins[i]);
+    }
+}
+
+/// The tiny models (f32 weights: the same function on both backends; Q8_0 and Q4_0: int8
+/// activations on the CPU) for both rope styles.
+#[test]
+fn tiny_models_agree_across_backends() {
+    let (cpu, gpu) = pair();
+    for arch in ["qwen2", "llama"] {
+        let f32_file = tiny_gguf_arch(arch);
+        for (t, tol) in [(GgmlType::F32, 1e-4f32), (GgmlType::Q8_0, 3e-2), (GgmlType::Q4_0, 3e-2)] {
+            let file = if t == GgmlType::F32 { f32_file.clone() } else { requantize(&f32_file, t).unwrap() };
+            let prompt = "def add(a, b):\n    return a + b\n";
+            let (lc, tc, _) = run(&cpu, &file, prompt, 12);
+            let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
+            let err = scaled_err(&lc, &lg);
+            assert!(err < tol, "{arch} {}: logits differ by {err:.2e} (tolerance {tol:.0e})", t.name());
+            assert_same_greedy(&format!("{arch} {}", t.name()), &tc, &tg, &mg, 0.05);
+        }
+    }
+}
+
+/// A real model (SmolLM2-135M, Q4_1 + Q8_0): logits of a prompt within 5% of the logit range and
+/// the same greedy tokens (margin epsilon 0.1).
+#[test]
+fn smollm2_agrees_across_backends() {
+    let (cpu, gpu) = pair();
+    let file = std::fs::read(model_path("smollm2")).unwrap();
+    let prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
+    let (lc, tc, _) = run(&cpu, &file, prompt, 8);
+    let (lg, tg, mg) = run(&gpu, &file, prompt, 8);
+    let err = scaled_err(&lc, &lg);
+    assert!(err < 5e-2, "smollm2 logits differ by {err:.2e}");
+    assert_same_greedy("smollm2", &tc, &tg, &mg, 0.1);
+}
