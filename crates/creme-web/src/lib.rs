@@ -47,7 +47,7 @@ impl Session {
     /// The adapter report (name, backend, features, limits) as JSON.
     #[wasm_bindgen(js_name = adapterJson)]
     pub fn adapter_json(&self) -> Result<String, JsError> {
-        serde_json::to_string(&self.dev().report).map_err(js_err)
+        serde_json::to_string(&self.gpu().report).map_err(js_err)
     }
 
     /// y = x · wᵀ on the GPU (x: m×k, w: n×k, row-major).
