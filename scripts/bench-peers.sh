@@ -27,19 +27,34 @@ done
 
 LLAMA_VERSION=0.3.36
 ldir="$CREME_CACHE_DIR/llama.cpp/$LLAMA_VERSION"
-lbench="$ldir/build/bin/llama-bench"
+lbench="$ldir/build-cpu/bin/llama-bench"
+# This CPU's SIMD features, spelled out instead of -march=native: AMX stays off, because virtual
+# machines (these ones among them) advertise AMX yet trap its tile instructions (SIGILL).
+cpu_flags() {
+  local have f out=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+  have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  for f in sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512vbmi:AVX512_VBMI \
+           avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    case "$have" in *" ${f%%:*} "*) out+=("-DGGML_${f#*:}=ON") ;; *) out+=("-DGGML_${f#*:}=OFF") ;; esac
+  done
+  case "$have" in *" avx512f "*" avx512bw "*) out+=(-DGGML_AVX512=ON) ;; *) out+=(-DGGML_AVX512=OFF) ;; esac
+  echo "${out[@]}"
+}
 if [ ! -x "$lbench" ]; then
   echo "building llama-bench $LLAMA_VERSION (once, several minutes)" >&2
   mkdir -p "$ldir"
   python3 -m pip show scikit-build-core >/dev/null 2>&1 || python3 -m pip install -q scikit-build-core
   command -v cmake >/dev/null || python3 -m pip install -q cmake
-  python3 -m pip download -q --no-deps --no-binary=:all: --no-build-isolation "llama-cpp-python==$LLAMA_VERSION" -d "$ldir"
-  tar xzf "$ldir/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$ldir"
   src="$ldir/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
-  cmake -S "$src" -B "$ldir/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+  if [ ! -d "$src" ]; then
+    python3 -m pip download -q --no-deps --no-binary=:all: --no-build-isolation "llama-cpp-python==$LLAMA_VERSION" -d "$ldir"
+    tar xzf "$ldir/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$ldir"
+  fi
+  # shellcheck disable=SC2046
+  cmake -S "$src" -B "$ldir/build-cpu" -DCMAKE_BUILD_TYPE=Release $(cpu_flags) -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_APP=OFF > "$ldir/build.log" 2>&1 || { tail -20 "$ldir/build.log" >&2; exit 1; }
-  cmake --build "$ldir/build" --target llama-bench -j"$(nproc)" >> "$ldir/build.log" 2>&1 || { tail -20 "$ldir/build.log" >&2; exit 1; }
+  cmake --build "$ldir/build-cpu" --target llama-bench -j"$(nproc)" >> "$ldir/build.log" 2>&1 || { tail -20 "$ldir/build.log" >&2; exit 1; }
 fi
 
 cargo build --release -q -p creme-cli

@@ -7,7 +7,7 @@
 use creme_core::backend::{AdamStep, Backend, Device};
 use creme_core::cpu::{max_rel_err, SplitMix64};
 use creme_core::hooks::Hooks;
-use creme_core::model::quant::requantize;
+use creme_core::model::gguf_write::requantize;
 use creme_core::model::{GgmlType, Logits, Model};
 use creme_tests::tiny::tiny_gguf_arch;
 use creme_tests::{device_on, model_path, random_blocks, ALL_TYPES};
@@ -164,4 +164,59 @@ fn smollm2_agrees_across_backends() {
     let err = scaled_err(&lc, &lg);
     assert!(err < 5e-2, "smollm2 logits differ by {err:.2e}");
     assert_same_greedy("smollm2", &tc, &tg, &mg, 0.1);
+}
+
+/// On the CPU backend a row's logits are bit-identical whatever batch or chunk computes them: a
+/// prompt alone, the same prompt left-padded beside a longer one, and its last token fed as a
+/// decode step after the rest (exact verification of drafts relies on this).
+#[test]
+fn cpu_rows_do_not_depend_on_their_batch_or_chunk() {
+    use creme_core::generate::left_pad;
+    let dev = device_on("cpu");
+    let model = Model::from_gguf_bytes(&dev, &std::fs::read(model_path("smollm2")).unwrap(), 256).unwrap();
+    let a = model.tokenizer.encode("def add(a, b):\n    return a + b\n").unwrap();
+    let b = model.tokenizer.encode("# A longer prompt, so that the batch left-pads the first one.\ndef mul(a, b):\n").unwrap();
+    let v = model.cfg.vocab;
+    let last_rows = |batch: &[Vec<u32>], pads: Vec<u32>| -> Vec<f32> {
+        let mut cache = model.new_cache(&dev, pads, batch[0].len()).unwrap();
+        let out = model.forward(&dev, &mut cache, batch, &Hooks::default(), Logits::Last).unwrap();
+        read(&dev, out.logits.as_ref().unwrap())
+    };
+    let alone = last_rows(&[a.clone()], vec![0]);
+    let (batch, pads, _) = left_pad(model.cfg.pad_id, &[&a, &b], &[]);
+    let batched = last_rows(&batch, pads);
+    let stepped = {
+        let mut cache = model.new_cache(&dev, vec![0], a.len()).unwrap();
+        model.forward(&dev, &mut cache, &[a[..a.len() - 1].to_vec()], &Hooks::default(), Logits::None).unwrap();
+        let out = model.forward(&dev, &mut cache, &[vec![a[a.len() - 1]]], &Hooks::default(), Logits::Last).unwrap();
+        read(&dev, out.logits.as_ref().unwrap())
+    };
+    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&alone), bits(&batched[..v]), "alone vs left-padded in a batch");
+    assert_eq!(bits(&alone), bits(&stepped), "prompt pass vs decode step");
+}
+
+/// The logprob trace (targets' log-probabilities read after the forward that makes them) gives
+/// the same restoration curve on both backends for the f32 tiny model, and a real gap.
+#[test]
+fn logprob_trace_agrees_across_backends() {
+    use creme_core::trace::{prepare, trace_layers, PatchPositions, RestorationByLogprob};
+    let (cpu, gpu) = pair();
+    let file = tiny_gguf_arch("qwen2");
+    let mut got = Vec::new();
+    for dev in [&cpu, &gpu] {
+        let m = Model::from_gguf_bytes(dev, &file, 256).unwrap();
+        let clean = m.tokenizer.encode("Return the largest element of the list.").unwrap();
+        let pert = m.tokenizer.encode("Retrun teh largets elemnt of the lsit.").unwrap();
+        let target = m.tokenizer.encode("    return max(xs)\n").unwrap();
+        let setup = pollster::block_on(prepare(dev, &m, &clean, &pert, &target)).unwrap();
+        let tr = pollster::block_on(trace_layers(dev, &m, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob)).unwrap();
+        got.push((setup.lp_clean, setup.lp_pert, tr.scores));
+    }
+    let (c, g) = (&got[0], &got[1]);
+    assert!((c.0 - c.1).abs() > 1e-3, "clean and perturbed log-probabilities are equal: {c:?}");
+    assert!((c.0 - g.0).abs() < 1e-3 * c.0.abs().max(1.0) && (c.1 - g.1).abs() < 1e-3 * c.1.abs().max(1.0), "lp cpu {:?} vs wgpu {:?}", (c.0, c.1), (g.0, g.1));
+    for (l, (a, b)) in c.2.iter().zip(&g.2).enumerate() {
+        assert!((a - b).abs() < 1e-2, "layer {l}: restoration {a} (cpu) vs {b} (wgpu)");
+    }
 }

@@ -139,7 +139,7 @@ fn q4_0_quantizer_round_trips_within_half_a_step() {
 
 #[test]
 fn requantize_re_encodes_weights_and_keeps_vectors_and_metadata() {
-    use creme_core::model::quant::requantize;
+    use creme_core::model::gguf_write::requantize;
     use creme_core::model::GgufHeader;
     let src = creme_tests::tiny::tiny_gguf();
     let out = requantize(&src, GgmlType::Q8_0).unwrap();

@@ -57,7 +57,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
     };
     let src = std::fs::read(&a.input).map_err(|e| format!("reading {}: {e}", a.input.display()))?;
     let t0 = Instant::now();
-    let out = creme_core::model::quant::requantize(&src, target).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let out = creme_core::model::gguf_write::requantize(&src, target).map_err(|e| format!("{}: {e}", a.input.display()))?;
     let tmp = a.out.with_extension("tmp");
     std::fs::write(&tmp, &out).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &a.out)?;

@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod model;
 pub mod perturb;
+pub mod quant;
 pub mod report;
 pub mod trace;
 pub mod untrusted;

@@ -123,9 +123,10 @@ pub async fn prepare(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], t
     let d = cfg.d_model;
     let mut states = Vec::new();
     let mut distances = Vec::new();
-    // Captured in layer order; each layer's states are kept as they are.
-    for (l, (site, buf, _, _)) in out.captured.items.drain(..).enumerate() {
-        debug_assert_eq!(site, Site::ResidOut(l));
+    // Each layer's captured states are kept as they are (taken out of the forward's output).
+    let mut by_site: std::collections::HashMap<Site, Tensor> = out.captured.items.drain(..).map(|(site, t, _, _)| (site, t)).collect();
+    for l in 0..cfg.n_layers {
+        let buf = by_site.remove(&Site::ResidOut(l)).ok_or_else(|| ModelError::Missing(format!("captured states of layer {l}")))?;
         let h: Vec<f32> = dev.read(&buf, 2 * s * d).await?;
         let dist: f64 = (0..frame * d).map(|i| ((h[i] - h[s * d + i]) as f64).powi(2)).sum::<f64>().sqrt();
         distances.push(dist);

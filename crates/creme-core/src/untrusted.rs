@@ -5,7 +5,7 @@
 use crate::dataset;
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufHeader;
-use crate::model::quant::dequantize;
+use crate::quant::dequantize;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::transformer::check_tensor_table;
 

@@ -15,7 +15,7 @@ pub use tensor::{DType, Storage, Tensor, Weight};
 
 use crate::error::ModelError;
 use crate::gpu::Gpu;
-use crate::model::GgmlType;
+use crate::quant::GgmlType;
 
 /// One transformer layer's weights, as the block ops read them.
 pub struct LayerWeights {

@@ -3,7 +3,7 @@
 
 use crate::error::ModelError;
 use crate::gpu::GpuWeight;
-use crate::model::GgmlType;
+use crate::quant::GgmlType;
 
 /// Element type of an activation tensor (weights carry a [`GgmlType`] instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer
 use crate::error::{GpuError, ModelError};
 use crate::gpu::layers::{AdamParams, AttentionParams};
 use crate::gpu::Gpu;
-use crate::model::quant::dequantize;
-use crate::model::GgmlType;
+use crate::quant::dequantize;
+use crate::quant::GgmlType;
 
 impl Gpu {
     /// A reusable scratch buffer of at least `bytes` (by name), grown when too small. Ops run in

@@ -100,9 +100,8 @@ impl Gpu {
     pub async fn token_logprobs(&self, logits: &wgpu::Buffer, targets: &[u32], width: usize) -> Result<Vec<f32>, crate::error::GpuError> {
         let tb = self.upload("targets", targets);
         let out = self.storage("logprobs", (targets.len() * 4) as u64);
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        self.encode_row_logprob(&mut enc, logits, &tb, &out, targets.len() as u32, width as u32);
-        self.queue.submit([enc.finish()]);
+        // Recorded after the pending ops that produce the logits.
+        self.record(|enc| self.encode_row_logprob(enc, logits, &tb, &out, targets.len() as u32, width as u32));
         self.read::<f32>(&out, targets.len()).await
     }
 

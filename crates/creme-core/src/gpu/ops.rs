@@ -69,6 +69,8 @@ impl Gpu {
                 detail: format!("x has {} elements (m*k = {}), w has {} (n*k = {})", x.len(), m * k, w.len(), n * k),
             });
         }
+        // Ops recorded earlier run first.
+        self.flush();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let xb = self.upload("x", x);
         let wb = self.upload("w", w);
@@ -175,6 +177,8 @@ impl Gpu {
         if x.len() != m * w.cols {
             return Err(GpuError::Shape { op: "matmul_quant", detail: format!("x has {} values, m*k = {}", x.len(), m * w.cols) });
         }
+        // Ops recorded earlier run first.
+        self.flush();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let xb = self.upload("x", x);
         let bb = bias.map(|b| self.upload("bias", b));

@@ -3,7 +3,7 @@
 
 use super::Gpu;
 use crate::error::GpuError;
-use crate::model::GgmlType;
+use crate::quant::GgmlType;
 
 /// One row-range of a weight in its own buffer.
 pub struct WeightChunk {

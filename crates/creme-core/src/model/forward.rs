@@ -4,7 +4,7 @@
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
-use super::quant::{dequantize, GgmlType};
+use crate::quant::{dequantize, GgmlType};
 use super::tokenizer::Tokenizer;
 use crate::backend::{AttnStep, Backend, BlockShape, Device, LayerWeights, Tensor, Weight};
 use crate::error::ModelError;
@@ -109,6 +109,10 @@ impl Model {
     pub fn forward_ex(&self, dev: &Device, cache: &mut KvCache, input: Input<'_>, hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
         let (b, t) = self.check_input(&input, cache)?;
         let rows = b * t;
+        let wanted = logit_rows(&logits, b, t);
+        if let Some(&bad) = wanted.iter().find(|&&r| r >= rows) {
+            return Err(ModelError::Format(format!("forward: logits row {bad} of {rows}")));
+        }
         let pos = dev.upload_u32("pos", &positions(cache, b, t))?;
         let (mut x, start) = self.input_states(dev, input, rows)?;
         let mut act = dev.zeros("act", rows, self.cfg.d_ff)?;
@@ -126,10 +130,6 @@ impl Model {
             self.hook(dev, hooks, Site::MlpAct(l), &mut act, ar, &mut captured)?;
             dev.mlp_down_add(&layer.w, &act, &mut x, ar)?;
             self.hook(dev, hooks, Site::ResidOut(l), &mut x, ar, &mut captured)?;
-        }
-        let wanted = logit_rows(&logits, b, t);
-        if let Some(&bad) = wanted.iter().find(|&&r| r >= rows) {
-            return Err(ModelError::Format(format!("forward: logits row {bad} of {rows}")));
         }
         let out = if wanted.is_empty() { None } else { Some(dev.head(&self.out_norm, &self.head, self.cfg.rms_eps, &x, &wanted)?) };
         cache.len += t;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::quant::{ggml_type_name, GgmlType};
+use crate::quant::{ggml_type_name, GgmlType};
 use crate::error::ModelError;
 
 /// One metadata value.

@@ -2,7 +2,9 @@
 //! `creme quantize` and by tests that need small or deliberately broken model files.
 
 use super::gguf::Value;
-use super::quant::GgmlType;
+use super::gguf::GgufHeader;
+use crate::error::ModelError;
+use crate::quant::{dequantize, quantize_q4_0, quantize_q8_0, GgmlType};
 
 /// One tensor to write: GGUF dims (dims[0] contiguous) and its encoded bytes.
 pub struct TensorOut {
@@ -92,4 +94,33 @@ pub fn write_gguf(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Vec<u8
         out.extend(&t.data);
     }
     out
+}
+
+/// Re-encode every 2-D weight of a GGUF file as `target` (Q8_0 or Q4_0; F16/F32 also allowed),
+/// keeping 1-D tensors (norms, biases) and the metadata as they are. Returns the new file.
+pub fn requantize(file: &[u8], target: GgmlType) -> Result<Vec<u8>, ModelError> {
+    let h = GgufHeader::parse(file)?;
+    h.check_len(file.len() as u64)?;
+    let mut tensors = Vec::with_capacity(h.tensors.len());
+    for t in &h.tensors {
+        let bytes = h.tensor_bytes(file, t)?;
+        let convert = t.dims.len() == 2 && t.dims[0] % target.block_elems() as u64 == 0 && t.dtype != target;
+        let (dtype, data) = if convert {
+            let x = dequantize(t.dtype, bytes, t.elems() as usize)?;
+            let data = match target {
+                GgmlType::Q8_0 => quantize_q8_0(&x),
+                GgmlType::Q4_0 => quantize_q4_0(&x),
+                GgmlType::F16 => x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+                GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                other => return Err(ModelError::Format(format!("creme quantize writes q8_0, q4_0, f16 or f32, not {}", other.name()))),
+            };
+            (target, data)
+        } else {
+            (t.dtype, bytes.to_vec())
+        };
+        tensors.push(TensorOut { name: t.name.clone(), dims: t.dims.clone(), dtype, data });
+    }
+    let mut meta: Vec<(String, Value)> = h.metadata.iter().filter(|(k, _)| k.as_str() != "general.file_type").map(|(k, v)| (k.clone(), v.clone())).collect();
+    meta.push(("general.quantized_by".into(), Value::Str("creme quantize".into())));
+    Ok(write_gguf(&meta, &tensors))
 }

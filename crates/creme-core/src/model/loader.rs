@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use super::config::{ModelConfig, RopeStyle};
 use super::forward::{Embedding, Layer, Model};
 use super::gguf::{GgufHeader, TensorInfo};
-use super::quant::dequantize;
+use crate::quant::dequantize;
 use super::tokenizer::Tokenizer;
 use crate::backend::{Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight};
 use crate::error::ModelError;
 use crate::gpu::layers::MAX_ATTENTION_CONTEXT;
+
+/// Longest context the CPU backend runs (its rope table holds every position).
+pub const MAX_CPU_CONTEXT: usize = 1 << 17;
 
 /// Collects a model's tensors as they arrive.
 pub struct ModelLoader {
@@ -103,8 +106,10 @@ impl ModelLoader {
         let head = self.weight("output.weight")?;
         let out_norm = self.vector("output_norm.weight")?;
         let embed = self.embed.take().ok_or(ModelError::Missing("tensor token_embd.weight".into()))?;
-        // The wgpu attention kernel keeps a row of scores in workgroup memory.
-        let max_positions = if dev.kind() == BackendKind::Wgpu { max_positions.min(MAX_ATTENTION_CONTEXT) } else { max_positions };
+        // Never past the trained context; the wgpu attention kernel keeps a row of scores in
+        // workgroup memory, and the CPU backend's rope table is computed up front.
+        let limit = if dev.kind() == BackendKind::Wgpu { MAX_ATTENTION_CONTEXT } else { MAX_CPU_CONTEXT };
+        let max_positions = max_positions.min(cfg.context_len.max(1)).min(limit);
         let table = rope_table(&cfg, max_positions);
         let rope = dev.upload("rope table", max_positions, cfg.head_dim, &table)?;
         let shape = BlockShape {

@@ -7,7 +7,6 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod kv_cache;
 pub mod loader;
-pub mod quant;
 pub mod safetensors;
 pub mod tokenizer;
 mod weight_edit;
@@ -17,7 +16,7 @@ pub use forward::{ForwardOut, Input, Logits, Model};
 pub use gguf::{GgufHeader, TensorInfo};
 pub use kv_cache::KvCache;
 pub use loader::{check_tensor_table, ModelLoader};
-pub use quant::GgmlType;
+pub use crate::quant::{self, GgmlType};
 pub use tokenizer::Tokenizer;
 
 /// The old home of the forward pass's types (kept so existing paths resolve).

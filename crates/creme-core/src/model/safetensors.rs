@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 
 use super::config::{ModelConfig, RopeStyle};
 use super::gguf::TensorInfo;
-use super::quant::GgmlType;
+use crate::quant::GgmlType;
 use super::tokenizer::Tokenizer;
 use super::{Model, ModelLoader};
 use crate::error::ModelError;

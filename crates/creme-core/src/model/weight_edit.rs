@@ -1,7 +1,7 @@
 //! Replacing and restoring one layer's W_down (a CREME edit applied to a loaded model).
 
 use super::forward::Model;
-use super::quant::GgmlType;
+use crate::quant::GgmlType;
 use crate::backend::{Backend, Device};
 use crate::error::ModelError;
 

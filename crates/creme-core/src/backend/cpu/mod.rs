@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use self::qmatmul::{axpy_f32, dot_f32, matmul, CpuWeight, MatmulScratch};
 use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage, Tensor, Weight};
 use crate::error::ModelError;
-use crate::model::GgmlType;
+use crate::quant::GgmlType;
 
 /// Buffers reused by every op, so a decoded token allocates nothing once they have grown.
 #[derive(Default)]
@@ -99,6 +99,11 @@ fn words_u32(t: &Tensor) -> Result<Vec<u32>, ModelError> {
     Ok(t.cpu()?.iter().map(|f| f.to_bits()).collect())
 }
 
+thread_local! {
+    /// One row of attention scores per worker thread (no allocation per token once grown).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Causal attention of a chunk over the cache: query (b, t) at cache position p0 + t sees keys
 /// pad[b] ..= p0 + t; query head h reads kv head h / (heads / kv_heads).
 fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], s: &BlockShape, st: &AttnStep<'_>, pad: &[u32]) {
@@ -113,19 +118,23 @@ fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], s: &BlockShape,
         let koff = (h / group) * hd;
         let j0 = (pad[b] as usize).min(jq + 1);
         let key = |j: usize| (b * st.capacity + j) * kvw + koff;
-        let mut scores: Vec<f32> = (j0..=jq).map(|j| dot_f32(qv, &kc[key(j)..key(j) + hd]) * scale).collect();
-        let mx = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - mx).exp();
-            total += *sc;
-        }
-        o.fill(0.0);
-        for (j, &p) in (j0..=jq).zip(&scores) {
-            axpy_f32(p, &vc[key(j)..key(j) + hd], o);
-        }
-        let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
-        o.iter_mut().for_each(|v| *v *= inv);
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            scores.clear();
+            scores.extend((j0..=jq).map(|j| dot_f32(qv, &kc[key(j)..key(j) + hd]) * scale));
+            let mx = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for sc in scores.iter_mut() {
+                *sc = (*sc - mx).exp();
+                total += *sc;
+            }
+            o.fill(0.0);
+            for (j, &p) in (j0..=jq).zip(scores.iter()) {
+                axpy_f32(p, &vc[key(j)..key(j) + hd], o);
+            }
+            let inv = if total > 0.0 { 1.0 / total } else { 0.0 };
+            o.iter_mut().for_each(|v| *v *= inv);
+        });
     });
 }
 

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::model::quant::{dequantize, GgmlType};
+use crate::quant::{dequantize, GgmlType};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "simd.rs"]
