@@ -13,7 +13,7 @@ use creme_core::dataset::Problem;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::metrics;
 use creme_core::model::Model;
-use creme_core::{Backend, Device};
+use creme_core::Device;
 use serde_json::{json, Value};
 
 use crate::common::{self, JsonlLog, Res};

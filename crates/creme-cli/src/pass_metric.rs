@@ -5,7 +5,7 @@ use creme_core::dataset::Problem;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::trace::{self, generate_from_probes, LayerTrace, PatchPositions, Probe, RestorationMetric, TraceSetup};
-use creme_core::{Backend, Device, ModelError};
+use creme_core::{Device, ModelError};
 
 use crate::sandbox::{run_many, Limits, Verdict};
 
