@@ -31,10 +31,11 @@ pub fn gpu_on(backend: Option<&str>) -> Result<Gpu, creme_core::GpuError> {
     Gpu::new_blocking(&o)
 }
 
-/// A device by backend name: `cpu` (the native backend) or a wgpu backend list (`vulkan`, `gl`).
+/// A device by backend name: `cpu` (the native backend), `cpu-exact` (its f32 mode) or a wgpu backend list (`vulkan`, `gl`).
 pub fn device_on(backend: &str) -> Device {
     match backend {
         "cpu" => Device::Cpu(creme_core::backend::cpu::CpuBackend::new()),
+        "cpu-exact" => Device::Cpu(creme_core::backend::cpu::CpuBackend::exact()),
         wgpu => Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}"))),
     }
 }

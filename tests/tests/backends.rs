@@ -220,3 +220,17 @@ fn logprob_trace_agrees_across_backends() {
         assert!((a - b).abs() < 1e-2, "layer {l}: restoration {a} (cpu) vs {b} (wgpu)");
     }
 }
+
+/// The CPU backend's exact mode (`cpu-exact`: weights dequantized, f32 activations) computes what
+/// wgpu computes for quantized weights.
+#[test]
+fn cpu_exact_mode_matches_wgpu_on_quantized_weights() {
+    let (exact, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let file = requantize(&tiny_gguf_arch("qwen2"), GgmlType::Q4_0).unwrap();
+    let prompt = "def add(a, b):\n    return a + b\n";
+    let (le, te, _) = run(&exact, &file, prompt, 12);
+    let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
+    let err = scaled_err(&le, &lg);
+    assert!(err < 1e-4, "cpu-exact vs wgpu: logits differ by {err:.2e}");
+    assert_same_greedy("cpu-exact Q4_0", &te, &tg, &mg, 1e-3);
+}

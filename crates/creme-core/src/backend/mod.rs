@@ -236,13 +236,15 @@ impl Device {
     }
 }
 
-/// Which backend to open: `auto` (a real GPU if there is one, else the CPU), `cpu`, or a comma
-/// list of wgpu backends (`vulkan`, `gl`, `metal`, `dx12`).
+/// Which backend to open: `auto` (a real GPU if there is one, else the CPU), `cpu`, `cpu-exact`,
+/// or a comma list of wgpu backends (`vulkan`, `gl`, `metal`, `dx12`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
     #[default]
     Auto,
     Cpu,
+    /// The CPU backend in its exact-activation mode (f32 activations and weights).
+    CpuExact,
     Wgpu(String),
 }
 
@@ -251,6 +253,7 @@ impl BackendChoice {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => BackendChoice::Auto,
             "cpu" => BackendChoice::Cpu,
+            "cpu-exact" => BackendChoice::CpuExact,
             other => BackendChoice::Wgpu(other.to_string()),
         }
     }
@@ -271,6 +274,7 @@ impl Device {
         let choice = BackendChoice::parse(opts.backends.as_deref().unwrap_or("auto"));
         match choice {
             BackendChoice::Cpu => Ok(Device::Cpu(cpu::CpuBackend::new())),
+            BackendChoice::CpuExact => Ok(Device::Cpu(cpu::CpuBackend::exact())),
             BackendChoice::Wgpu(list) => {
                 let mut o = opts.clone();
                 o.backends = Some(list);

@@ -37,6 +37,10 @@ fn grow(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 pub struct CpuBackend {
     scratch: Mutex<Scratch>,
+    /// Exact-activation mode: weights dequantized to f32 at load and multiplied with f32
+    /// activations (the function wgpu and HF compute; slower, 4 bytes per weight), for checks
+    /// against references where int8 activations flip near-tied greedy tokens.
+    exact: bool,
 }
 
 impl Default for CpuBackend {
@@ -47,7 +51,12 @@ impl Default for CpuBackend {
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend { scratch: Mutex::new(Scratch::default()) }
+        CpuBackend { scratch: Mutex::new(Scratch::default()), exact: false }
+    }
+
+    /// The exact-activation mode (see the field).
+    pub fn exact() -> CpuBackend {
+        CpuBackend { exact: true, ..Self::new() }
     }
 
     fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
@@ -143,7 +152,8 @@ impl Backend for CpuBackend {
         BackendKind::Cpu
     }
     fn describe(&self) -> String {
-        format!("cpu: {} threads, {} kernels", rayon::current_num_threads(), qmatmul::isa())
+        let mode = if self.exact { ", exact f32 activations" } else { "" };
+        format!("cpu: {} threads, {} kernels{mode}", rayon::current_num_threads(), qmatmul::isa())
     }
     fn max_tensor_bytes(&self) -> u64 {
         // Host memory: probe batches are bounded by their count (see trace), not by a binding.
@@ -185,7 +195,13 @@ impl Backend for CpuBackend {
     }
 
     fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
-        Ok(Weight::Cpu(CpuWeight::new(dtype, rows, cols, bytes).map_err(|e| ModelError::Format(format!("'{name}': {e}")))?))
+        let err = |e: String| ModelError::Format(format!("'{name}': {e}"));
+        let w = CpuWeight::new(dtype, rows, cols, bytes).map_err(err)?;
+        if !self.exact || dtype == GgmlType::F32 {
+            return Ok(Weight::Cpu(w));
+        }
+        let f32s = w.to_f32();
+        Ok(Weight::Cpu(CpuWeight::new(GgmlType::F32, rows, cols, bytemuck::cast_slice(&f32s)).map_err(err)?))
     }
 
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
