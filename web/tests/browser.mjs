@@ -37,7 +37,10 @@ const port = await new Promise((resolve, reject) => {
   server.stdout.on('data', (d) => { const m = /127\.0\.0\.1:(\d+)/.exec(String(d)); if (m) resolve(Number(m[1])); });
   server.on('exit', (c) => reject(new Error(`creme serve exited (${c})`)));
 });
-const native = (args) => execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+// The native reference runs on wgpu (Vulkan: lavapipe here) with f32 activations, the function the
+// page computes on WebGPU (the CPU backend's int8 activations are a different one).
+const nativeEnv = { ...process.env, CREME_BACKEND: process.env.CREME_NATIVE_BACKEND || 'vulkan' };
+const native = (args) => execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], env: nativeEnv });
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'creme-browser-'));
 const writeTmp = (name, text) => { const f = path.join(tmp, name); fs.writeFileSync(f, text); return f; };
 /// The __metadata__ of a safetensors file (CREME patches keep the loss curve there).
