@@ -95,7 +95,7 @@ try {
   const clean = 'def add(a, b):\n    """Sum two numbers."""\n', pert = 'def add(a, b):\n    """Sun two numbrs."""\n';
   const tq = new URLSearchParams({ auto: '1', n: '4', clean, pert });
   await tp.goto(`http://127.0.0.1:${port}/trace.html?${tq}`);
-  await tp.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout: 900000 });
+  await tp.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout: 1800000 });
   const t = await tp.evaluate(() => window.__creme);
   await tp.screenshot({ path: path.join(artifacts, 'trace.png'), fullPage: true });
   check(!t.error, `trace page ran without error ${t.error ? '(' + t.error + ')' : ''}`);
