@@ -158,3 +158,22 @@ fn requantize_re_encodes_weights_and_keeps_vectors_and_metadata() {
     }
     assert_eq!(a.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len()), b.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len()));
 }
+
+#[test]
+fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
+    use creme_core::model::gguf_write::requantize_layers;
+    use creme_core::model::GgufHeader;
+    let src = creme_tests::tiny::tiny_gguf();
+    let out = requantize_layers(&src, GgmlType::Q8_0, Some(1)).unwrap();
+    let h = GgufHeader::parse(&out).unwrap();
+    h.check_len(out.len() as u64).unwrap();
+    assert_eq!(h.get("qwen2.block_count").and_then(|v| v.as_u64()), Some(1));
+    assert!(h.tensors.iter().all(|t| !t.name.starts_with("blk.") || t.name.starts_with("blk.0.")));
+    assert!(h.tensors.iter().any(|t| t.name == "token_embd.weight"));
+    // The truncated model loads and runs.
+    let dev = creme_core::Device::Cpu(creme_core::backend::cpu::CpuBackend::new());
+    let model = creme_core::model::Model::from_gguf_bytes(&dev, &out, 64).unwrap();
+    assert_eq!(model.cfg.n_layers, 1);
+    assert!(requantize_layers(&src, GgmlType::Q8_0, Some(99)).is_err());
+    assert!(requantize_layers(&src, GgmlType::Q8_0, Some(0)).is_err());
+}

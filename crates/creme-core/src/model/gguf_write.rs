@@ -99,10 +99,34 @@ pub fn write_gguf(metadata: &[(String, Value)], tensors: &[TensorOut]) -> Vec<u8
 /// Re-encode every 2-D weight of a GGUF file as `target` (Q8_0 or Q4_0; F16/F32 also allowed),
 /// keeping 1-D tensors (norms, biases) and the metadata as they are. Returns the new file.
 pub fn requantize(file: &[u8], target: GgmlType) -> Result<Vec<u8>, ModelError> {
+    requantize_layers(file, target, None)
+}
+
+/// The layer index of a per-block tensor name (`blk.<i>.…`).
+fn block_index(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// [`requantize`], optionally keeping only the first `keep_layers` transformer blocks (a smaller,
+/// faster model with the same tokenizer, embeddings and head: for quick experiments and tests).
+pub fn requantize_layers(file: &[u8], target: GgmlType, keep_layers: Option<usize>) -> Result<Vec<u8>, ModelError> {
     let h = GgufHeader::parse(file)?;
     h.check_len(file.len() as u64)?;
+    let arch = h.metadata.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
+    let block_key = format!("{arch}.block_count");
+    if let Some(k) = keep_layers {
+        let n = h.metadata.get(&block_key).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        if k == 0 || k > n {
+            return Err(ModelError::Format(format!("--keep-layers {k}: the model has {n} layers")));
+        }
+    }
     let mut tensors = Vec::with_capacity(h.tensors.len());
     for t in &h.tensors {
+        if let (Some(k), Some(i)) = (keep_layers, block_index(&t.name)) {
+            if i >= k {
+                continue;
+            }
+        }
         let bytes = h.tensor_bytes(file, t)?;
         let convert = t.dims.len() == 2 && t.dims[0] % target.block_elems() as u64 == 0 && t.dtype != target;
         let (dtype, data) = if convert {
@@ -121,6 +145,13 @@ pub fn requantize(file: &[u8], target: GgmlType) -> Result<Vec<u8>, ModelError> 
         tensors.push(TensorOut { name: t.name.clone(), dims: t.dims.clone(), dtype, data });
     }
     let mut meta: Vec<(String, Value)> = h.metadata.iter().filter(|(k, _)| k.as_str() != "general.file_type").map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(k) = keep_layers {
+        for (key, v) in meta.iter_mut() {
+            if *key == block_key {
+                *v = Value::U32(k as u32);
+            }
+        }
+    }
     meta.push(("general.quantized_by".into(), Value::Str("creme quantize".into())));
     Ok(write_gguf(&meta, &tensors))
 }
