@@ -15,7 +15,7 @@ use creme_core::{Backend, Device};
 use serde_json::json;
 
 use crate::common::{self, Res};
-use crate::sandbox::{run_python, Limits, Verdict};
+use crate::sandbox::{run_program, Limits, Verdict};
 
 pub struct EditArgs {
     pub pair: crate::trace_cmd::PairArgs,
@@ -33,7 +33,7 @@ fn complete_and_test(dev: &Device, model: &Model, prompt: &str, problem: Option<
     let ids = model.tokenizer.encode(prompt)?;
     let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
     let c = pollster::block_on(generate(dev, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
-    let verdict = problem.map(|p| run_python(&p.program(prompt, &c.text), &Limits::default()).verdict);
+    let verdict = problem.map(|p| run_program(&p.program(prompt, &c.text), &Limits::default()).verdict);
     Ok((c.text, verdict))
 }
 

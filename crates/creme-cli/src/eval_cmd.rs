@@ -126,7 +126,13 @@ impl Progress {
 fn read_completions(path: &Path, sets: &BTreeMap<String, Vec<Problem>>) -> Res<HashMap<(String, String, usize), String>> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut out = HashMap::new();
-    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&text) {
+    // By content: one JSON object of lists is the {set: [...]} form; anything else is JSONL (a
+    // one-record JSONL file is also a single object, but of strings).
+    let set_map = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(map)) if !map.is_empty() && map.values().all(Value::is_array) => Some(map),
+        _ => None,
+    };
+    if let Some(map) = set_map {
         for (set, list) in map {
             let Some(problems) = sets.get(&set) else { continue };
             let list = list.as_array().ok_or_else(|| format!("{}: '{set}' is not a list", path.display()))?;
@@ -170,16 +176,24 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     common::write(&settings_path, &serde_json::to_string_pretty(&settings)?)?;
     let (mut log, previous) = JsonlLog::open(&a.out.join("samples.jsonl"))?;
     let key = |v: &Value| -> Option<(String, String, usize)> { Some((v["set"].as_str()?.to_string(), v["task_id"].as_str()?.to_string(), v["sample"].as_u64()? as usize)) };
-    let mut records: Vec<Value> = previous;
+    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let lim = limits(a.timeout);
+    // Sandbox errors are not verdicts: their programs run again now.
+    let (mut records, retry) = split_infra_errors(previous);
+    for rec in retry_infra_errors(&retry, &sets, &lim, workers)? {
+        log.append(&rec)?;
+        records.push(rec);
+    }
     let done: std::collections::HashSet<_> = records.iter().filter_map(key).collect();
     if !done.is_empty() {
         eprintln!("resuming: {} samples already in {}", done.len(), a.out.join("samples.jsonl").display());
     }
-    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-    let lim = limits(a.timeout);
 
     if let Some(path) = &a.completions {
         let given = read_completions(path, &sets)?;
+        if !sets.keys().any(|set| given.keys().any(|k| &k.0 == set)) {
+            return Err(format!("{} holds no completion for the sets asked for ({})", path.display(), types.join(", ")).into());
+        }
         for set in sets.keys() {
             if !given.keys().any(|k| &k.0 == set) {
                 eprintln!("warning: {} holds no completions for set '{set}'", path.display());
@@ -192,7 +206,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             }
             let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
             for chunk in todo.chunks(64) {
-                let programs: Vec<String> = chunk.iter().map(|(p, c)| p.program(&p.prompt, c)).collect();
+                let programs: Vec<_> = chunk.iter().map(|(p, c)| p.program(&p.prompt, c)).collect();
                 let results = run_many(&programs, &lim, workers);
                 for ((p, c), r) in chunk.iter().zip(&results) {
                     let rec = sample_record(set, p, 0, c, "given", r);
@@ -226,7 +240,47 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     common::write(&a.out.join("summary.md"), &summary.markdown)?;
     print!("{}", summary.markdown);
     println!("records: {}\nsummary: {}", a.out.join("samples.jsonl").display(), a.out.join("summary.md").display());
+    let infra = records.iter().filter(|r| is_infra_error(r)).count();
+    if infra > 0 {
+        return Err(format!("{infra} samples could not be run by the sandbox (not failures; see their stderr_tail in samples.jsonl); run the same command again to retry them").into());
+    }
     Ok(())
+}
+
+/// A record of a program the sandbox could not run (not a verdict on the program).
+pub fn is_infra_error(r: &Value) -> bool {
+    r["verdict"] == "Error" && r["error_kind"] == "sandbox"
+}
+
+/// Previous records split into verdicts and sandbox errors still to retry (one per sample, none
+/// that a later record already settled).
+fn split_infra_errors(previous: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
+    let key = |v: &Value| (v["set"].clone(), v["task_id"].clone(), v["sample"].clone());
+    let (infra, done): (Vec<Value>, Vec<Value>) = previous.into_iter().partition(is_infra_error);
+    let settled: std::collections::HashSet<_> = done.iter().map(key).collect();
+    let mut retry: BTreeMap<String, Value> = BTreeMap::new();
+    for r in infra.into_iter().filter(|r| !settled.contains(&key(r))) {
+        retry.insert(format!("{:?}", key(&r)), r);
+    }
+    (done, retry.into_values().collect())
+}
+
+/// Run the programs of earlier sandbox errors again (their completions are in the records).
+fn retry_infra_errors(retry: &[Value], sets: &BTreeMap<String, Vec<Problem>>, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
+    let mut items = Vec::new();
+    for r in retry {
+        let (set, task, completion) = (r["set"].as_str().unwrap_or(""), r["task_id"].as_str().unwrap_or(""), r["completion"].as_str().unwrap_or(""));
+        if let Some(p) = sets.get(set).and_then(|ps| ps.iter().find(|p| p.task_id == task)) {
+            items.push((set.to_string(), p, r["sample"].as_u64().unwrap_or(0) as usize, completion.to_string(), r["finish"].as_str().unwrap_or("given").to_string()));
+        }
+    }
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    eprintln!("retrying {} samples the sandbox could not run before", items.len());
+    let programs: Vec<_> = items.iter().map(|(_, p, _, c, _)| p.program(&p.prompt, c)).collect();
+    let results = run_many(&programs, lim, workers);
+    Ok(items.iter().zip(&results).map(|((set, p, k, c, finish), r)| sample_record(set, p, *k, c, finish, r)).collect())
 }
 
 /// How samples are generated.
@@ -316,7 +370,8 @@ pub struct Summary {
 pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
     // set -> task -> sample -> passed
     let mut by: BTreeMap<String, BTreeMap<String, BTreeMap<usize, bool>>> = BTreeMap::new();
-    for r in records {
+    let infra = records.iter().filter(|r| is_infra_error(r)).count();
+    for r in records.iter().filter(|r| !is_infra_error(r)) {
         if let (Some(s), Some(t), Some(k), Some(p)) = (r["set"].as_str(), r["task_id"].as_str(), r["sample"].as_u64(), r["passed"].as_bool()) {
             by.entry(s.into()).or_default().entry(t.into()).or_default().insert(k as usize, p);
         }
@@ -373,7 +428,10 @@ pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
         ));
         rows.push(row);
     }
-    Summary { json: json!({"sets": rows}), markdown: md }
+    if infra > 0 {
+        md.push_str(&format!("\n{infra} samples are not counted: the sandbox could not run them (retried on the next run).\n"));
+    }
+    Summary { json: json!({"sets": rows, "sandbox_errors": infra}), markdown: md }
 }
 
 #[cfg(test)]

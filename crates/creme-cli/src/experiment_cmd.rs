@@ -91,7 +91,7 @@ type Outcomes = BTreeMap<String, BTreeMap<String, bool>>;
 
 fn outcomes_of(records: &[Value]) -> Outcomes {
     let mut o = Outcomes::new();
-    for r in records {
+    for r in records.iter().filter(|r| !eval_cmd::is_infra_error(r)) {
         if let (Some(s), Some(t), Some(p)) = (r["set"].as_str(), r["task_id"].as_str(), r["passed"].as_bool()) {
             if r["sample"].as_u64().unwrap_or(0) == 0 {
                 o.entry(s.into()).or_default().insert(t.into(), p);
@@ -107,7 +107,10 @@ fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, 
     let lim = eval_cmd::limits(10);
     for set in names {
         let items: Vec<(&Problem, usize)> = sets[set].iter().map(|p| (p, 0)).collect();
-        eval_cmd::run_set(dev, model, set, &items, spec, &lim, workers, &mut on_record)?;
+        // A sample the sandbox could not run is no verdict: stop here (nothing of this edit is
+        // recorded, so the same command redoes it) rather than count it as a failure.
+        let mut checked = |rec: Value| if eval_cmd::is_infra_error(&rec) { Err(format!("{set} {}: the sandbox could not run the test program: {}", rec["task_id"], rec["stderr_tail"]).into()) } else { on_record(rec) };
+        eval_cmd::run_set(dev, model, set, &items, spec, &lim, workers, &mut checked)?;
     }
     Ok(())
 }

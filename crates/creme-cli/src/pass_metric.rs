@@ -7,7 +7,7 @@ use creme_core::model::Model;
 use creme_core::trace::{self, generate_from_probes, LayerTrace, PatchPositions, Probe, RestorationMetric, TraceSetup};
 use creme_core::{Device, ModelError};
 
-use crate::sandbox::{run_many, Limits, Verdict};
+use crate::sandbox::{run_many, Limits, TestProgram, Verdict};
 
 pub struct RestorationByPass<'a> {
     /// The perturbed task (its prompt is the one the programs start with).
@@ -38,8 +38,8 @@ impl RestorationByPass<'_> {
             let c = generate(dev, model, &[ids.clone()], &self.opts(k), &mut |_, _| {}).await?;
             programs.push(problem.program(prompt_text, &c[0].text));
         }
-        let r = run_many(&programs, &Limits::default(), self.workers);
-        Ok(r.iter().filter(|r| r.verdict == Verdict::Pass).count() as f64 / self.samples as f64)
+        let r = verdicts(&programs, self.workers)?;
+        Ok(r.iter().filter(|&&v| v == Verdict::Pass).count() as f64 / self.samples as f64)
     }
 }
 
@@ -51,13 +51,23 @@ impl RestorationMetric for RestorationByPass<'_> {
         let mut passes = vec![0usize; probes.len()];
         for k in 0..self.samples {
             let completions = generate_from_probes(dev, model, setup, probes, &self.opts(k)).await?;
-            let programs: Vec<String> = completions.iter().map(|c| self.problem.program(&self.problem.prompt, &c.text)).collect();
-            for (i, r) in run_many(&programs, &Limits::default(), self.workers).iter().enumerate() {
-                passes[i] += (r.verdict == Verdict::Pass) as usize;
+            let programs: Vec<_> = completions.iter().map(|c| self.problem.program(&self.problem.prompt, &c.text)).collect();
+            for (i, v) in verdicts(&programs, self.workers)?.iter().enumerate() {
+                passes[i] += (*v == Verdict::Pass) as usize;
             }
         }
         Ok(passes.iter().map(|&p| p as f64 / self.samples as f64).collect())
     }
+}
+
+/// The programs' verdicts; a sandbox failure (not a verdict on the program) is an error, so a
+/// trace never counts it as a failed test.
+fn verdicts(programs: &[TestProgram], workers: usize) -> Result<Vec<Verdict>, ModelError> {
+    let results = run_many(programs, &Limits::default(), workers);
+    if let Some(r) = results.iter().find(|r| r.verdict == Verdict::Error) {
+        return Err(ModelError::Format(format!("the sandbox could not run a test program: {}", r.stderr_tail)));
+    }
+    Ok(results.iter().map(|r| r.verdict).collect())
 }
 
 /// The authors' improvement per layer: max(0, (ratio - acc_pert) / (acc_orig - acc_pert)), and 0

@@ -103,3 +103,83 @@ fn a_malformed_dataset_line_is_an_error_naming_file_and_line() {
     assert!(err.contains("HumanEval.jsonl:2"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A one-task HumanEval-style dataset: `f(x)` must return `2 * x`.
+fn one_task_dataset(name: &str) -> PathBuf {
+    let dir = temp(name);
+    let task = serde_json::json!({"task_id": "T/0", "prompt": "def f(x):\n", "entry_point": "f", "test": "def check(candidate):\n    assert candidate(2) == 4\n"});
+    std::fs::write(dir.join("HumanEval.jsonl"), format!("{task}\n")).unwrap();
+    dir
+}
+
+fn eval_one(dir: &Path, completion: &str, out: &str, env: &[(&str, &str)]) -> (bool, Vec<Value>) {
+    let file = dir.join(format!("{out}.jsonl"));
+    std::fs::write(&file, format!("{}\n", serde_json::json!({"set": "clean", "task_id": "T/0", "completion": completion}))).unwrap();
+    let mut cmd = creme();
+    cmd.args(["eval", "--types", "clean", "--dataset"]).arg(dir).arg("--completions").arg(&file).arg("--out").arg(dir.join(out));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let st = cmd.status().unwrap();
+    (st.success(), records(&dir.join(out)))
+}
+
+#[test]
+fn a_one_record_jsonl_file_is_scored_and_early_exits_fail() {
+    let dir = one_task_dataset("one-record");
+    let (ok, recs) = eval_one(&dir, "    return 2 * x\n", "good", &[]);
+    assert!(ok);
+    assert_eq!((recs.len(), &recs[0]["passed"]), (1, &Value::Bool(true)));
+    let (ok, recs) = eval_one(&dir, "    return False\nimport sys\nsys.exit(0)\n", "exit", &[]);
+    assert!(ok, "a failing program is a verdict, not an error");
+    assert_eq!((&recs[0]["passed"], &recs[0]["error_kind"]), (&Value::Bool(false), &Value::from("exit")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sandbox_errors_are_not_verdicts_and_are_retried_on_resume() {
+    let dir = one_task_dataset("infra");
+    // No interpreter: the sandbox cannot run the program.
+    let (ok, recs) = eval_one(&dir, "    return 2 * x\n", "run", &[("CREME_PYTHON", "/nonexistent/python3")]);
+    assert!(!ok, "creme must exit non-zero while sandbox errors remain");
+    assert_eq!((&recs[0]["verdict"], &recs[0]["error_kind"]), (&Value::from("Error"), &Value::from("sandbox")));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["sandbox_errors"], 1);
+    // The same command again, with the interpreter back: the sample runs and passes.
+    let (ok, recs) = eval_one(&dir, "    return 2 * x\n", "run", &[]);
+    assert!(ok);
+    assert_eq!(recs.last().unwrap()["passed"], true, "{recs:?}");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("run/summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["sandbox_errors"].as_u64(), summary["sets"][0]["passed"].as_u64()), (Some(0), Some(1)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether any process on this machine has `needle` in its command line.
+fn process_running_with(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
+}
+
+#[test]
+fn programs_die_with_creme_on_sigterm_and_on_sigkill() {
+    let dir = one_task_dataset("die");
+    for (i, signal) in [15, 9].into_iter().enumerate() {
+        let marker = format!("creme-die-test-{}-{i}", std::process::id());
+        let completion = format!("    return 2 * x\nimport subprocess, time\nsubprocess.Popen(['sh', '-c', 'sleep 60', '{marker}'])\ntime.sleep(60)\n");
+        let file = dir.join(format!("c{i}.jsonl"));
+        std::fs::write(&file, format!("{}\n", serde_json::json!({"set": "clean", "task_id": "T/0", "completion": completion}))).unwrap();
+        let mut child = creme().args(["eval", "--types", "clean", "--timeout", "120", "--dataset"]).arg(&dir).arg("--completions").arg(&file).arg("--out").arg(dir.join(format!("o{i}"))).spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        while !process_running_with(&marker) {
+            assert!(t0.elapsed().as_secs() < 30, "the program never started");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+        let _ = child.wait();
+        let t1 = std::time::Instant::now();
+        while process_running_with(&marker) {
+            assert!(t1.elapsed().as_secs() < 5, "signal {signal}: the program outlived creme");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,10 +22,25 @@ pub struct Problem {
     pub original_prompt: Option<String>,
 }
 
+/// What decides pass/fail: `source` (prompt + completion + test) runs first, then `check`
+/// (`check(entry_point)`); a PASS means both ran to their end (the sandbox's runner decides).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestProgram {
+    pub source: String,
+    pub check: String,
+}
+
+impl TestProgram {
+    /// A plain script: it passes when it runs to its end.
+    pub fn script(source: &str) -> TestProgram {
+        TestProgram { source: source.to_string(), check: String::new() }
+    }
+}
+
 impl Problem {
-    /// The program that decides pass/fail: prompt + completion + test + check(entry_point).
-    pub fn program(&self, prompt: &str, completion: &str) -> String {
-        format!("{prompt}{completion}\n\n{}\n\ncheck({})\n", self.test, self.entry_point)
+    /// The program that decides pass/fail for `completion` after `prompt`.
+    pub fn program(&self, prompt: &str, completion: &str) -> TestProgram {
+        TestProgram { source: format!("{prompt}{completion}\n\n{}\n", self.test), check: format!("check({})\n", self.entry_point) }
     }
 }
 

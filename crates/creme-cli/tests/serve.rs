@@ -1,0 +1,306 @@
+//! `creme serve` against plain TCP clients: files, ranges, roots that symlinks cannot leave, and
+//! the limits that keep idle, slow and oversized clients from exhausting threads and memory
+//! (issue 17).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `creme serve`, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    _stdout: BufReader<ChildStdout>, // kept open: the server prints to it
+}
+
+impl Server {
+    fn start(web: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_creme"));
+        cmd.args(["serve", "--port", "0", "--web"]).arg(web).args(args).stdout(Stdio::piped());
+        cmd.env_remove("CREME_SERVE_IDLE_SECS").env_remove("CREME_SERVE_MAX_CONNS").envs(env.iter().copied());
+        let mut child = cmd.spawn().expect("starting creme serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // The browser tests parse /127\.0\.0\.1:(\d+)/ from this line.
+        let port = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse().ok());
+        let Some(port) = port else {
+            let _ = child.kill();
+            panic!("no port in {line:?}");
+        };
+        Server { child, port, _stdout: stdout }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    /// One request on a fresh connection (closed after it): status, header block, body.
+    fn get(&self, path: &str, headers: &str) -> Reply {
+        self.request("GET", path, headers)
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &str) -> Reply {
+        let mut s = self.connect();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n").unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("reading the reply (20 s)");
+        Reply::parse(&raw)
+    }
+
+    fn status_field(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Reply {
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        Reply { status, head, body: raw[split + 4..].to_vec() }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::trim))
+    }
+}
+
+/// A scratch directory with web/ (index.html, data.bin), models/, datasets/, and a secret file
+/// outside all of them.
+struct Fixture {
+    dir: PathBuf,
+    data: Vec<u8>,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("creme-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["web", "models", "datasets"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        std::fs::write(dir.join("web/index.html"), "<!doctype html>hello").unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(dir.join("web/data.bin"), &data).unwrap();
+        std::fs::write(dir.join("models/m.gguf"), &data[..1000]).unwrap();
+        std::fs::write(dir.join("secret.txt"), "root:SECRET:0:0\n").unwrap();
+        Fixture { dir, data }
+    }
+
+    fn start(&self, env: &[(&str, &str)]) -> Server {
+        let (models, datasets) = (self.dir.join("models"), self.dir.join("datasets"));
+        Server::start(&self.dir.join("web"), &["--models", models.to_str().unwrap(), "--dataset", datasets.to_str().unwrap()], env)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn files_ranges_head_and_digests() {
+    let fx = Fixture::new("files");
+    let srv = fx.start(&[]);
+    let len = fx.data.len();
+
+    let r = srv.get("/", "");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"<!doctype html>hello"[..]));
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let r = srv.get("/data.bin", "");
+    assert_eq!(r.status, 200);
+    assert!(r.body == fx.data, "whole file: {} bytes of {len}", r.body.len());
+
+    let r = srv.get("/data.bin", "Range: bytes=10-19\r\n");
+    assert_eq!((r.status, r.header("content-range")), (206, Some(format!("bytes 10-19/{len}").as_str())));
+    assert_eq!(r.body, &fx.data[10..20]);
+    let r = srv.get("/data.bin", "Range: bytes=-5\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (206, &fx.data[len - 5..]));
+    let r = srv.get("/data.bin", "Range: bytes=299990-\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (206, &fx.data[299_990..]));
+
+    // Several ranges: the whole file (RFC 9110 lets a server ignore Range), never 416.
+    let r = srv.get("/data.bin", "Range: bytes=0-1,5-9\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.body == fx.data);
+    let r = srv.get("/data.bin", &format!("Range: bytes={len}-\r\n"));
+    assert_eq!((r.status, r.header("content-range")), (416, Some(format!("bytes */{len}").as_str())));
+
+    let r = srv.request("HEAD", "/data.bin", "");
+    assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, Some(len.to_string().as_str()), 0));
+    assert_eq!(srv.request("POST", "/data.bin", "Content-Length: 0\r\n").status, 405);
+
+    use sha2::Digest;
+    let r = srv.get("/models/m.gguf.sha256", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8(r.body).unwrap(), format!("{:x}\n", sha2::Sha256::digest(&fx.data[..1000])));
+    assert_eq!(srv.get("/models/none.gguf.sha256", "").status, 404);
+    assert_eq!(srv.get("/missing.html", "").status, 404);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_and_dot_dot_cannot_leave_a_root() {
+    use std::os::unix::fs::symlink;
+    let fx = Fixture::new("paths");
+    let d = &fx.dir;
+    symlink(d.join("secret.txt"), d.join("datasets/HumanEval.jsonl")).unwrap();
+    symlink(d.join("secret.txt"), d.join("web/secret.txt")).unwrap();
+    symlink(d, d.join("web/up")).unwrap();
+    symlink(d.join("secret.txt"), d.join("models/x.gguf")).unwrap();
+    symlink(d.join("web/index.html"), d.join("web/inside.html")).unwrap();
+    let srv = fx.start(&[]);
+
+    for path in ["/datasets/HumanEval.jsonl", "/secret.txt", "/up/secret.txt", "/models/x.gguf", "/models/x.gguf.sha256", "/../secret.txt", "/%2e%2e/secret.txt", "/models/%2e%2e/secret.txt", "/up/"] {
+        let r = srv.get(path, "");
+        assert!(matches!(r.status, 403 | 404), "{path}: {}", r.status);
+        assert!(!String::from_utf8_lossy(&r.body).contains("SECRET"), "{path} leaked the file");
+    }
+    // A link that stays inside its root is served, like a plain file.
+    assert_eq!(srv.get("/inside.html", "").status, 200);
+    assert_eq!(srv.get("/index.html", "").status, 200);
+}
+
+#[test]
+fn idle_connections_do_not_starve_a_request() {
+    let fx = Fixture::new("idle");
+    let srv = fx.start(&[]);
+    let idle: Vec<TcpStream> = (0..300).map(|_| srv.connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = srv.get("/data.bin", "");
+    assert!(r.status == 200 && r.body == fx.data, "status {}, {} bytes", r.status, r.body.len());
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let threads = srv.status_field("Threads:");
+    assert!(threads <= 16, "{threads} threads for 300 connections");
+    drop(idle);
+}
+
+#[test]
+fn past_the_connection_limit_requests_wait_for_a_slot() {
+    let fx = Fixture::new("limit");
+    let srv = fx.start(&[("CREME_SERVE_MAX_CONNS", "16"), ("CREME_SERVE_IDLE_SECS", "1")]);
+    let idle: Vec<TcpStream> = (0..60).map(|_| srv.connect()).collect();
+    let t = Instant::now();
+    let r = srv.get("/", "");
+    assert_eq!(r.status, 200);
+    // 60 idle connections ahead of it, 16 at a time, each closed after 1 s idle.
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    drop(idle);
+}
+
+#[test]
+fn idle_and_slow_connections_are_closed() {
+    let fx = Fixture::new("timeout");
+    let srv = fx.start(&[("CREME_SERVE_IDLE_SECS", "2")]);
+    let closed_within = |mut s: TcpStream, limit: Duration| {
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {} // a reply (408 or the response) before the close
+            }
+        }
+        assert!(t.elapsed() < limit, "open for {:?}", t.elapsed());
+    };
+    // Connected, sending nothing.
+    closed_within(srv.connect(), Duration::from_secs(8));
+
+    // Keep-alive after one full reply.
+    let mut s = srv.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    closed_within(s, Duration::from_secs(8));
+
+    // Headers trickling in, a line every 0.5 s: each line resets the idle timer, not the header one.
+    let s = srv.connect();
+    let writer = s.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let mut w = writer;
+        let _ = w.write_all(b"GET / HTTP/1.1\r\n");
+        for i in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            if w.write_all(format!("X-{i}: y\r\n").as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    closed_within(s, Duration::from_secs(8));
+    trickle.join().unwrap();
+
+    assert_eq!(srv.get("/", "").status, 200);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    let fx = Fixture::new("stall");
+    // Larger than the socket buffers on both sides, so the server's writes stall.
+    let big = std::fs::File::create(fx.dir.join("web/big.bin")).unwrap();
+    big.set_len(256 << 20).unwrap();
+    let srv = fx.start(&[("CREME_SERVE_IDLE_SECS", "2")]);
+    let mut s = srv.connect();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        got += n as u64;
+    }
+    assert!(got < 256 << 20, "the whole file came after a 5 s stall");
+    assert_eq!(srv.get("/", "").status, 200);
+}
+
+#[test]
+fn a_huge_header_is_refused_in_bounded_memory() {
+    let fx = Fixture::new("header");
+    let srv = fx.start(&[]);
+    assert_eq!(srv.get("/", "").status, 200);
+    let rss_before = srv.status_field("VmRSS:");
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = srv.connect();
+            std::thread::spawn(move || {
+                let mut line = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+                line.resize(line.len() + (16 << 20), b'a');
+                // The server closes the connection early: a failed write is expected.
+                let _ = s.write_all(&line).and_then(|_| s.write_all(b"\r\n\r\n"));
+                let mut reply = Vec::new();
+                let _ = s.read_to_end(&mut reply);
+                reply
+            })
+        })
+        .collect();
+    for t in senders {
+        let reply = t.join().unwrap();
+        let status = String::from_utf8_lossy(&reply[..reply.len().min(12)]).to_string();
+        assert!(reply.is_empty() || status.starts_with("HTTP/1.1 431"), "replied {status:?}");
+    }
+    // The peak, not just the end state: before hyper's buffer limit it grew by the line's size.
+    let grown_kib = srv.status_field("VmHWM:").saturating_sub(rss_before);
+    assert!(grown_kib < 16 * 1024, "peaked {grown_kib} KiB above the start");
+    assert_eq!(srv.get("/", "").status, 200);
+}
