@@ -6,7 +6,7 @@
 // trace=1, auto=1 (load + run all), loadonly=1 (with auto: load only), stopAfter=N (interrupt the
 // download after N chunks).
 import * as creme from './pkg/creme_web.js';
-import { loadModel, runPage, corruptCachedChunk } from './model.js';
+import { loadModel, runPage, corruptCachedChunk, escapeHtml } from './model.js';
 
 const $ = (id) => document.getElementById(id);
 const q = new URLSearchParams(location.search);
@@ -25,7 +25,6 @@ const TYPE_HELP = {
 let tasks = [];
 let droppedFile = null;
 const setStatus = (html) => { $('status').innerHTML = html; };
-const esc = (s) => s.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' }[c]));
 
 function initControls() {
   $('url').value = q.get('model') || $('preset').value;
@@ -39,7 +38,7 @@ function initControls() {
   if (q.get('keep')) $('keep').value = q.get('keep');
   $('perturb').onclick = () => {
     try { $('pert').value = creme.perturb($('clean').value, $('ptype').value, Number($('seed').value)); }
-    catch (e) { setStatus(`<span class="bad">${esc(String(e.message || e))}</span>`); }
+    catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); }
   };
   $('task').onchange = () => {
     const t = tasks.find((x) => x.task_id === $('task').value);
@@ -69,7 +68,7 @@ async function load(session) {
   state.loadSeconds = (performance.now() - t0) / 1000;
   state.config = config;
   state.loadStats = stats;
-  $('loadinfo').innerHTML = `${esc(config.name || config.arch)}: ${config.n_layers} layers, d_model ${config.d_model} — ${state.loadSeconds.toFixed(1)} s, `
+  $('loadinfo').innerHTML = `${escapeHtml(config.name || config.arch)}: ${config.n_layers} layers, d_model ${config.d_model} — ${state.loadSeconds.toFixed(1)} s, `
     + `${stats.fromCache} of ${stats.chunks} chunks from the cache` + (stats.verified ? ', <span class="ok">SHA-256 verified</span>' : '');
   $('layer').length = 1;
   for (let l = 0; l < config.n_layers; l++) $('layer').add(new Option(String(l), String(l)));
@@ -146,18 +145,18 @@ async function runAll(session) {
 
 /// Button handlers, once a model is loaded.
 function wire(session) {
-  const guard = (f) => () => f(session).catch((e) => setStatus(`<span class="bad">${esc(String(e.message || e))}</span>`));
+  const guard = (f) => () => f(session).catch((e) => setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`));
   $('gen').onclick = guard(generateBoth);
   $('trace').onclick = guard(trace);
   $('grid').onclick = guard(grid);
   $('edit').onclick = guard(edit);
-  $('download').onclick = () => { try { download(session); } catch (e) { setStatus(`<span class="bad">${esc(String(e.message || e))}</span>`); } };
+  $('download').onclick = () => { try { download(session); } catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); } };
   $('revert').onclick = () => { session.revert(); $('download').disabled = true; setStatus('reverted: the model is the file\'s again'); };
   $('apply').onchange = async () => {
     const f = $('apply').files[0];
     if (!f) return;
-    try { const l = session.applyPatch(new Uint8Array(await f.arrayBuffer())); setStatus(`applied ${esc(f.name)} (layer ${l})`); }
-    catch (e) { setStatus(`<span class="bad">${esc(String(e.message || e))}</span>`); }
+    try { const l = session.applyPatch(new Uint8Array(await f.arrayBuffer())); setStatus(`applied ${escapeHtml(f.name)} (layer ${l})`); }
+    catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); }
   };
 }
 
@@ -167,6 +166,6 @@ try {
 } catch (e) {
   state.error = String(e && e.message || e);
   state.done = true;
-  setStatus(`<span class="bad">${esc(state.error)}</span>`);
+  setStatus(`<span class="bad">${escapeHtml(state.error)}</span>`);
 }
 if (!state.done) runPage(creme.default, creme.Session, state, async (session) => { await load(session); wire(session); }, runAll);

@@ -1,6 +1,7 @@
 // GPU check page: opens WebGPU through creme-web, runs the matmul kernel on random shapes and
 // compares with the CPU reference. Results go to the page and to window.__creme for tests.
 import init, { Session, cpuMatmul } from './pkg/creme_web.js';
+import { escapeHtml } from './model.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -19,8 +20,8 @@ async function main() {
     const a = JSON.parse(s.adapterJson());
     result.adapter = a;
     $('adapter').innerHTML = `<dl class="kv">
-      <dt>adapter</dt><dd>${a.name || '(unnamed)'} ${a.driver ? '· ' + a.driver : ''}</dd>
-      <dt>backend</dt><dd>${a.backend} · ${a.device_type}</dd>
+      <dt>adapter</dt><dd>${escapeHtml(a.name || '(unnamed)')} ${a.driver ? '· ' + escapeHtml(a.driver) : ''}</dd>
+      <dt>backend</dt><dd>${escapeHtml(a.backend)} · ${escapeHtml(a.device_type)}</dd>
       <dt>features</dt><dd>shader-f16 ${a.shader_f16 ? 'yes' : 'no'} · subgroups ${a.subgroups ? 'yes' : 'no'} · timestamp-query ${a.timestamp_query ? 'yes' : 'no'}</dd>
       <dt>max storage binding</dt><dd>${(a.max_storage_buffer_binding_size / 2 ** 20).toFixed(0)} MiB</dd>
       <dt>workgroups / dim</dt><dd>${a.max_compute_workgroups_per_dimension}</dd></dl>`;
@@ -47,7 +48,7 @@ async function main() {
     $('verdict').textContent = result.ok ? `GPU matches the CPU reference (max rel. error ${worst.toExponential(2)})` : `Mismatch: max rel. error ${worst.toExponential(2)}`;
   } catch (e) {
     result.error = String(e && e.message || e);
-    $('adapter').innerHTML = `<span class="bad">${result.error}</span>`;
+    $('adapter').innerHTML = `<span class="bad">${escapeHtml(result.error)}</span>`;
   }
   result.done = true;
 }

@@ -10,6 +10,11 @@
 export const CHUNK = 8 << 20;
 const CACHE = 'creme-models-v1';
 
+/// Text made safe for innerHTML, in element content and in quoted attributes alike. Errors and
+/// model names can carry tensor names and metadata from an untrusted GGUF: every non-constant
+/// string a page puts into markup goes through here (or through textContent).
+export const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+
 export async function fileLength(url) {
   const r = await fetch(url, { method: 'HEAD' });
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
@@ -121,7 +126,8 @@ export async function loadModel(session, creme, source, onProgress = () => {}, o
     while (held.length && base + held[0].length <= keepFrom) { base += held[0].length; heldBytes -= held[0].length; held.shift(); }
     onProgress(stats.bytes / total, `${(stats.bytes / 2 ** 20).toFixed(0)} of ${(total / 2 ** 20).toFixed(0)} MiB (${stats.fromCache} chunks from the cache, ${stats.fetched} downloaded)`);
   }
-  if (!plan) throw new Error('the GGUF header does not fit in the file');
+  // The header never parsed: beginModel throws the parser's own error (what is missing, and where).
+  if (!plan) { session.beginModel(take(held, base, 0, heldBytes), total); throw new Error('the GGUF header does not fit in the file'); }
   if (next < plan.tensors.length) throw new Error(`the file ended before tensor ${plan.tensors[next].name}`);
   let expected = opts.sha256;
   if (!expected && source.url) {
@@ -142,7 +148,7 @@ export async function loadModel(session, creme, source, onProgress = () => {}, o
 // Results go to `state` (window.__creme), which the browser tests read.
 export async function runPage(init, SessionClass, state, load, act) {
   const status = document.getElementById('status');
-  const fail = (e) => { state.error = String(e && e.message || e); state.done = true; status.innerHTML = `<span class="bad">${state.error}</span>`; };
+  const fail = (e) => { state.error = String(e && e.message || e); state.done = true; status.innerHTML = `<span class="bad">${escapeHtml(state.error)}</span>`; };
   try {
     await init();
     if (!navigator.gpu) throw new Error('This browser has no WebGPU (navigator.gpu is missing): use a recent Chrome or Edge, or Firefox/Safari with WebGPU enabled.');

@@ -2,7 +2,7 @@
 // (every layer patched at every prompt position, and at the differing positions only) and draws
 // the restoration curve. Query parameters for tests: model=URL, auto=1.
 import * as creme from './pkg/creme_web.js';
-import { loadModel, runPage } from './model.js';
+import { loadModel, runPage, escapeHtml } from './model.js';
 
 const $ = (id) => document.getElementById(id);
 const q = new URLSearchParams(location.search);
@@ -51,7 +51,7 @@ async function trace(session) {
   state.trace = r;
   $('tstatus').textContent = `${state.seconds.toFixed(1)} s`;
   $('chart').innerHTML = chart(r.all_positions, r.differing_positions);
-  $('summary').innerHTML = `Clean continuation: <code>${r.target.replace(/</g, '&lt;')}</code> — log-probability ${r.lp_clean.toFixed(2)} after the clean prompt, ${r.lp_pert.toFixed(2)} after the perturbed one.
+  $('summary').innerHTML = `Clean continuation: <code>${escapeHtml(r.target)}</code> — log-probability ${r.lp_clean.toFixed(2)} after the clean prompt, ${r.lp_pert.toFixed(2)} after the perturbed one.
     Key layer: <b>${r.all_positions.key_layer}</b> when every prompt position is patched, <b>${r.differing_positions.key_layer}</b> when only the differing positions are.`;
 }
 

@@ -176,10 +176,10 @@ pub mod tiny {
     }
 
     pub fn metadata(arch: &str) -> Vec<(String, Value)> {
-        let mut tokens: Vec<Value> = byte_chars().into_iter().map(|c| Value::Str(c.to_string())).collect();
-        tokens.push(Value::Str("<|endoftext|>".into()));
-        let mut types = vec![Value::I32(1); 256];
-        types.push(Value::I32(3));
+        let mut tokens: Vec<String> = byte_chars().into_iter().map(|c| c.to_string()).collect();
+        tokens.push("<|endoftext|>".into());
+        let mut types = vec![1i32; 256];
+        types.push(3);
         let s = |v: &str| Value::Str(v.into());
         vec![
             ("general.architecture".into(), s(arch)),
@@ -194,9 +194,9 @@ pub mod tiny {
             (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
             ("tokenizer.ggml.model".into(), s("gpt2")),
             ("tokenizer.ggml.pre".into(), s("qwen2")),
-            ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
-            ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-            ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+            ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into())),
+            ("tokenizer.ggml.token_type".into(), Value::Array(types.into())),
+            ("tokenizer.ggml.merges".into(), Value::Array(Vec::<String>::new().into())),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(256)),
         ]
     }

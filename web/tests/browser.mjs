@@ -10,6 +10,8 @@
 //  5. App download cache: an interrupted download resumes from the cached chunks; a corrupted
 //     cached chunk is detected and fetched again.
 //  6. App: the Qwen2.5-Coder-0.5B model loads (time and the browser's peak memory reported).
+//  7. Hostile GGUF files (markup in general.name and in a tensor name) in the app, generate and
+//     trace pages: the text shows as text, no element is created from it.
 // Screenshots go to $ARTIFACTS (default test-artifacts/).
 import { chromium } from 'playwright-core';
 import { execFileSync, spawn } from 'node:child_process';
@@ -166,6 +168,85 @@ try {
     clearInterval(timer);
     check(!rq.error && rq.config && rq.config.n_layers === 24, `Qwen2.5-Coder-0.5B loads in the page: ${rq.loadSeconds && rq.loadSeconds.toFixed(1)} s (${rq.loadStats && rq.loadStats.chunks} chunks, SHA-256 ${rq.loadStats && rq.loadStats.verified ? 'verified' : 'not checked'}), browser peak RSS ${peak.toFixed(0)} MiB ${rq.error ? '(' + rq.error + ')' : ''}`);
     await ap.screenshot({ path: path.join(artifacts, 'app-qwen-loaded.png') });
+  }
+
+  // 7. Hostile GGUF files: error messages and model names carry the file's strings into the
+  // pages, which must show them as text. Both files are a tiny random llama (1 layer, byte-level
+  // vocabulary) named `xss`; the broken one adds a tensor named `xssTensor` with a bad shape, so
+  // loading fails with an error that names it. Written in JS here, under fresh names (the pages
+  // cache model chunks by URL), and removed afterwards.
+  const xss = '<img src=x onerror="window.__pwned=1">', xssTensor = '<img src=x onerror=window.__pwned=1>';
+  const u32 = (v) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const gstr = (s) => { const b = Buffer.from(s, 'utf8'); return Buffer.concat([u64(b.length), b]); };
+  const f32 = (v) => { const b = Buffer.alloc(4); b.writeFloatLE(v); return b; };
+  const byteChars = () => { // GPT-2's byte -> printable character map: the byte-level BPE alphabet
+    const bs = [], cs = [];
+    for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) { bs.push(b); cs.push(b); }
+    let n = 0;
+    for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n++); }
+    return bs.map((b, i) => [b, cs[i]]).sort((x, y) => x[0] - y[0]).map(([, c]) => String.fromCodePoint(c));
+  };
+  const hostileGguf = (badTensor) => {
+    const D = 64, FF = 96, HEADS = 4, KV = 2, V = 257, kvRows = KV * D / HEADS;
+    const tokens = [...byteChars(), '<|endoftext|>'];
+    const meta = [
+      ['general.architecture', 8, gstr('llama')], ['general.name', 8, gstr(xss)],
+      ['llama.block_count', 4, u32(1)], ['llama.embedding_length', 4, u32(D)], ['llama.feed_forward_length', 4, u32(FF)],
+      ['llama.attention.head_count', 4, u32(HEADS)], ['llama.attention.head_count_kv', 4, u32(KV)], ['llama.context_length', 4, u32(256)],
+      ['llama.rope.freq_base', 6, f32(10000)], ['llama.attention.layer_norm_rms_epsilon', 6, f32(1e-6)],
+      ['tokenizer.ggml.model', 8, gstr('gpt2')],
+      ['tokenizer.ggml.tokens', 9, Buffer.concat([u32(8), u64(V), ...tokens.map(gstr)])],
+      ['tokenizer.ggml.merges', 9, Buffer.concat([u32(8), u64(0)])],
+      ['tokenizer.ggml.eos_token_id', 4, u32(V - 1)],
+    ];
+    let seed = 1;
+    const rand = (n, scale, offset) => Buffer.concat(Array.from({ length: n }, () => f32(offset + scale * (((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) - 0.5))));
+    const t = (name, dims, scale = 0.2, offset = 0) => ({ name, dims, type: 0, data: rand(dims.reduce((a, b) => a * b), scale, offset) });
+    const tensors = [t('token_embd.weight', [D, V], 1), t('blk.0.attn_norm.weight', [D], 0.1, 1), t('blk.0.attn_q.weight', [D, D]),
+      t('blk.0.attn_k.weight', [D, kvRows]), t('blk.0.attn_v.weight', [D, kvRows]), t('blk.0.attn_output.weight', [D, D]),
+      t('blk.0.ffn_norm.weight', [D], 0.1, 1), t('blk.0.ffn_gate.weight', [D, FF]), t('blk.0.ffn_up.weight', [D, FF]),
+      t('blk.0.ffn_down.weight', [FF, D]), t('output_norm.weight', [D], 0.1, 1), t('output.weight', [D, V], 0.5)];
+    // 3 x 5 is not a whole number of 32-element q4_0 blocks: the header parser refuses it.
+    if (badTensor) tensors.push({ name: badTensor, dims: [3, 5], type: 2, data: Buffer.alloc(0) });
+    const head = [Buffer.from('GGUF'), u32(3), u64(tensors.length), u64(meta.length)];
+    for (const [k, ty, v] of meta) head.push(gstr(k), u32(ty), v);
+    const align = (n) => Math.ceil(n / 32) * 32;
+    let off = 0;
+    const offs = tensors.map((x) => { const o = off; off = align(off + x.data.length); return o; });
+    tensors.forEach((x, i) => head.push(gstr(x.name), u32(x.dims.length), ...x.dims.map(u64), u32(x.type), u64(offs[i])));
+    const h = Buffer.concat(head), out = Buffer.alloc(align(h.length) + off);
+    h.copy(out);
+    tensors.forEach((x, i) => x.data.copy(out, align(h.length) + offs[i]));
+    return out;
+  };
+  const tag = `${process.pid}-${Date.now()}`;
+  const hostile = [[`hostile-broken-${tag}.gguf`, hostileGguf(xssTensor)], [`hostile-tiny-${tag}.gguf`, hostileGguf(null)],
+    [`hostile-cut-${tag}.gguf`, hostileGguf(null).subarray(0, 1000)]];
+  try {
+    for (const [name, bytes] of hostile) fs.writeFileSync(path.join(modelDir(), name), bytes);
+    for (const [name] of hostile.slice(0, 2)) {
+      const broken = name.startsWith('hostile-broken');
+      for (const [pg, extra] of [['app.html', { loadonly: '1' }], ['generate.html', { max: '2' }], ['trace.html', { n: '1' }]]) {
+        const hp = await newPage();
+        await hp.goto(`http://127.0.0.1:${port}/${pg}?${new URLSearchParams({ auto: '1', model: `/models/${name}`, ...extra })}`);
+        const r = await finished(hp, 300000);
+        await hp.waitForTimeout(500); // an injected <img src=x> would have run its onerror by now
+        const seen = await hp.evaluate(() => ({ pwned: window.__pwned, imgs: document.querySelectorAll('img').length, text: document.body.textContent }));
+        check(seen.pwned === undefined && seen.imgs === 0, `${pg}, ${broken ? 'broken' : 'loading'} hostile GGUF: no element made from the file's strings (${seen.imgs} <img>, window.__pwned ${seen.pwned})`);
+        if (broken) check(r.error && r.error.includes(xssTensor) && seen.text.includes(xssTensor), `${pg}: the load error names the tensor, as text (${r.error})`);
+        else check(!r.error && r.config && r.config.name === xss && seen.text.includes(xss), `${pg}: the model's name is shown as text ${r.error ? '(' + r.error + ')' : ''}`);
+        await hp.close();
+      }
+    }
+    // A file that ends inside its header: the parser's own message, not a generic one.
+    const cp = await newPage();
+    await cp.goto(`http://127.0.0.1:${port}/app.html?${new URLSearchParams({ auto: '1', loadonly: '1', model: `/models/${hostile[2][0]}` })}`);
+    const rc = await finished(cp, 300000);
+    check(rc.error && rc.error.includes('tokenizer.ggml.tokens') && rc.error.includes('only 1000 available'), `a file cut inside its header: the error says where (${rc.error})`);
+    await cp.close();
+  } finally {
+    for (const [name] of hostile) fs.rmSync(path.join(modelDir(), name), { force: true });
   }
 } finally {
   await browser.close();
