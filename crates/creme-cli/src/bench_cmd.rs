@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::edit::{self, EditSettings};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::hooks::Hooks;
 use creme_core::model::{Logits, Model};
-use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
 use creme_core::{Backend, Device};
 use serde_json::json;
 
@@ -176,16 +175,10 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
         if let Some(d) = &dir {
             let (c, p) = common::task_pair(d, "HumanEval/0", "C3")?;
             let (ci, pi) = (model.tokenizer.encode(&c.prompt)?, model.tokenizer.encode(&p.prompt)?);
-            let t = Instant::now();
-            let target = pollster::block_on(trace::greedy_target(&dev, &model, &ci, 32))?;
-            let setup = pollster::block_on(trace::prepare(&dev, &model, &ci, &pi, &target))?;
-            let tr = pollster::block_on(trace::trace_layers(&dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
-            let trace_s = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let data = pollster::block_on(edit::capture(&dev, &model, &ci, &pi, &target, tr.key_layer))?;
-            let w0 = pollster::block_on(model.ffn_down_f32(&dev, tr.key_layer))?;
-            let capture_s = t.elapsed().as_secs_f64();
-            let r = pollster::block_on(edit::solve(&dev, &data, &w0, &EditSettings::default()))?;
+            let done = pollster::block_on(locate_and_edit(&dev, &model, &ci, &pi, &CremeSettings::default(), &mut LogprobLocator::default(), Default::default()))?;
+            let (tm, r) = (&done.timings, &done.result);
+            let (trace_s, capture_s) = (tm.target_s + tm.trace_s, tm.capture_s);
+            let tr = done.trace.as_ref().ok_or("the pipeline traced no layer")?;
             rows.push(("logprob trace, HumanEval/0 C3 (target + capture + 24 layers)".into(), format!("{trace_s:.2} s, key layer {}", tr.key_layer)));
             rows.push(("edit (paper settings), excluding capture".into(), format!("{:.3} s ({} evaluations; capture {capture_s:.2} s)", r.seconds, r.steps)));
             doc["trace_s"] = json!(trace_s);

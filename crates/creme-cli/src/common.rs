@@ -46,6 +46,11 @@ pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Re
     Ok(model)
 }
 
+/// The shared data dir (datasets, oracle): $CREME_DATA_DIR, else ../shared.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("CREME_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared"))
+}
+
 /// The dataset directory: --dataset, else $CREME_DATA_DIR/datasets/humaneval-nlpert, else
 /// ../shared/datasets/humaneval-nlpert from the current directory.
 pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use creme_core::dataset::Problem;
-use creme_core::edit::{self, EditPatch, EditSettings, Keep, Solver};
+use creme_core::edit::{EditSettings, Keep, Solver};
+use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::report;
-use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{Backend, Device};
 use serde_json::json;
 
@@ -22,6 +22,8 @@ pub struct EditArgs {
     pub layer: Option<usize>,
     pub settings: EditSettings,
     pub target_tokens: usize,
+    /// Saturating key-layer rule for the logprob trace (see `EditFlags::restored_at`).
+    pub restored_at: Option<f64>,
     pub out: PathBuf,
     pub report: Option<PathBuf>,
     /// Skip generating and testing before/after (just trace/edit and write the patch).
@@ -65,46 +67,25 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         println!("-- clean prompt completion [{}]:\n{clean_before}\n-- perturbed prompt completion [{}]:\n{pert_before}", verdict_str(clean_v0), verdict_str(pert_v0));
     }
 
-    // Target: the clean prompt's greedy continuation.
-    let target = pollster::block_on(trace::greedy_target(dev, &model, &clean, a.target_tokens))?;
-
-    // Layer: fixed, or traced with the logprob metric.
-    let t_trace = Instant::now();
-    let (layer, layer_trace) = match a.layer {
-        Some(l) => (l, None),
-        None => {
-            let setup = pollster::block_on(trace::prepare(dev, &model, &clean, &pert, &target))?;
-            let t = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
-            (t.key_layer, Some(t))
-        }
-    };
-    let trace_s = t_trace.elapsed().as_secs_f64();
-    if let Some(t) = &layer_trace {
-        let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
-        println!("-- causal trace (logprob restoration per layer, {trace_s:.1} s): [{}]\n   key layer {layer}", row.join(" "));
-    }
-
-    // Edit.
-    let t_cap = Instant::now();
-    let data = pollster::block_on(edit::capture(dev, &model, &clean, &pert, &target, layer))?;
-    let w0 = pollster::block_on(model.ffn_down_f32(dev, layer))?;
-    let capture_s = t_cap.elapsed().as_secs_f64();
-    let result = pollster::block_on(edit::solve(dev, &data, &w0, &a.settings))?;
-    let curve: Vec<String> = result.losses.iter().map(|l| format!("{:.6}", l.total)).collect();
-    println!(
-        "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{capture_s:.2} s capture)",
-        a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds
-    );
-
+    // Target, layer (fixed, or traced with the logprob metric), edit: the core pipeline.
     let mut meta = BTreeMap::new();
     meta.insert("base_model_sha256".to_string(), common::sha256_file(&model_path)?);
     meta.insert("base_model".to_string(), model_path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
     meta.insert("pair".to_string(), label.clone());
-    meta.insert("solver".to_string(), format!("{:?}", a.settings.solver));
-    meta.insert("settings".to_string(), serde_json::to_string(&a.settings)?);
-    meta.insert("loss_curve".to_string(), serde_json::to_string(&result.losses)?);
-    meta.insert("target_tokens".to_string(), target.len().to_string());
-    let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
+    let settings = CremeSettings { target_tokens: a.target_tokens, layer: a.layer, edit: a.settings.clone() };
+    let mut locator = LogprobLocator { restored_at: a.restored_at };
+    let done = pollster::block_on(locate_and_edit(dev, &model, &clean, &pert, &settings, &mut locator, meta))?;
+    let (layer, result) = (done.layer, &done.result);
+    if let Some(t) = &done.trace {
+        let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
+        println!("-- causal trace (logprob restoration per layer, {:.1} s): [{}]\n   key layer {layer}", done.timings.trace_s, row.join(" "));
+    }
+    let curve: Vec<String> = result.losses.iter().map(|l| format!("{:.6}", l.total)).collect();
+    println!(
+        "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{:.2} s capture)",
+        a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds, done.timings.capture_s
+    );
+    let patch = &done.patch;
     let bytes = patch.to_safetensors()?;
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -118,7 +99,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     patch.apply(dev, &mut model)?;
     let (pert_after, pert_v1) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
     let (clean_after, clean_v1) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
-    model.revert_ffn_down(layer);
+    creme_core::patch::revert(&mut model, patch);
     if !a.no_eval {
         println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
     }
@@ -127,10 +108,10 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     if let Some(dir) = &a.report {
         std::fs::create_dir_all(dir)?;
         let doc = json!({
-            "pair": label, "layer": layer, "settings": a.settings, "edit": result, "trace": layer_trace,
+            "pair": label, "layer": layer, "settings": a.settings, "edit": result, "trace": done.trace,
             "before": {"clean": {"completion": clean_before, "verdict": verdict_str(clean_v0)}, "pert": {"completion": pert_before, "verdict": verdict_str(pert_v0)}},
             "after": {"clean": {"completion": clean_after, "verdict": verdict_str(clean_v1)}, "pert": {"completion": pert_after, "verdict": verdict_str(pert_v1)}},
-            "timings_s": {"trace": trace_s, "capture": capture_s, "edit": result.seconds, "total": t_all.elapsed().as_secs_f64()},
+            "timings_s": {"target": done.timings.target_s, "trace": done.timings.trace_s, "capture": done.timings.capture_s, "edit": result.seconds, "total": t_all.elapsed().as_secs_f64()},
             "adapter": dev.describe(), "patch": a.out.display().to_string(),
         });
         let json_text = serde_json::to_string_pretty(&doc)?;
@@ -139,7 +120,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
             "Prompts".to_string(),
             format!("<table><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre>{}</pre></td><td><pre>{}</pre></td></tr></table>", report::escape(&clean_text), report::escape(&pert_text)),
         )];
-        if let Some(t) = &layer_trace {
+        if let Some(t) = &done.trace {
             sections.push(("Causal trace".to_string(), report::layer_curve_svg(t, &format!("{label}: restoration by layer"))));
         }
         let lambda = a.settings.lambda;
@@ -187,6 +168,11 @@ pub struct EditFlags {
     /// Length of the clean greedy continuation the edit (and the logprob trace) works on
     #[arg(long, default_value_t = 32)]
     pub target_tokens: usize,
+    /// Logprob trace: a layer counts as restored once its restoration reaches this, and the
+    /// restored layer with the largest clean/perturbed distance is the key layer (as the authors'
+    /// pass metric decides); "none" takes the best restoration
+    #[arg(long, default_value = "none")]
+    pub restored_at: String,
 }
 
 impl EditFlags {
@@ -202,5 +188,13 @@ impl EditFlags {
             k => return Err(format!("unknown --keep '{k}' (final or best)").into()),
         };
         Ok(EditSettings { solver, lambda: self.lambda, lr: self.lr, max_steps: self.steps, patience: self.patience, keep })
+    }
+
+    /// --restored-at as a threshold (None: the best restoration wins).
+    pub fn restored_at(&self) -> Res<Option<f64>> {
+        match self.restored_at.as_str() {
+            "none" => Ok(None),
+            t => t.parse::<f64>().map(Some).map_err(|_| format!("--restored-at '{t}': a number or none").into()),
+        }
     }
 }

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use creme_core::dataset::Problem;
+use creme_core::draft::{generate_from_drafts, Draft};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::metrics;
 use creme_core::model::Model;
-use creme_core::Device;
+use creme_core::{Backend, Device};
 use serde_json::{json, Value};
 
 use crate::common::{self, JsonlLog, Res};
@@ -52,6 +53,13 @@ pub struct EvalArgs {
     /// Apply CREME patches before generating (repeatable)
     #[arg(long)]
     pub patch: Vec<PathBuf>,
+    /// Drafts: an earlier greedy `eval` (its OUT dir) of the unedited model, or a completions file
+    /// as for --completions; each is verified in one forward, decoding only past the first token
+    /// where this model's greedy choice differs (exact on the CPU backend, which is
+    /// batch-invariant; elsewhere ignored)
+    /// (repeatable)
+    #[arg(long)]
+    pub baseline: Vec<PathBuf>,
     /// Score these completions instead of generating: JSON {set: [completion per task, dataset
     /// order]} (the oracle's format) or JSONL records {set, task_id, completion[, sample]}
     #[arg(long)]
@@ -220,7 +228,15 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         let dev = Device::open(gpu_opts)?;
         let mut model = common::load_model(&dev, a.model.as_deref(), 0)?;
         common::apply_patches(&dev, &mut model, &a.patch)?;
-        let spec = GenSpec::from(&a);
+        let mut drafts: Option<Drafts> = None;
+        for path in &a.baseline {
+            let more = if path.is_dir() { Drafts::from_records(&read_records(&path.join("samples.jsonl"))?, &model)? } else { Drafts::from_completions(&read_completions(path, &sets)?, &model)? };
+            drafts.get_or_insert_with(|| Drafts(HashMap::new())).0.extend(more.0);
+        }
+        if drafts.is_some() && !dev.batch_invariant() {
+            eprintln!("note: --baseline drafts are verified only on the CPU backend (batch-invariant); generating plainly on {}", dev.describe());
+        }
+        let spec = GenSpec { drafts: drafts.as_ref(), ..GenSpec::from(&a) };
         for (set, problems) in &sets {
             let todo: Vec<(&Problem, usize)> = problems.iter().flat_map(|p| (0..a.n).map(move |s| (p, s))).filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s))).collect();
             if todo.is_empty() {
@@ -245,6 +261,13 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         return Err(format!("{infra} samples could not be run by the sandbox (not failures; see their stderr_tail in samples.jsonl); run the same command again to retry them").into());
     }
     Ok(())
+}
+
+/// The records of a JSONL file (read only; a torn last line is skipped).
+pub fn read_records(path: &Path) -> Res<Vec<Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let lines: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n') && !l.trim().is_empty()).collect();
+    lines.iter().enumerate().map(|(i, l)| serde_json::from_str(l.trim_end()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into())).collect()
 }
 
 /// A record of a program the sandbox could not run (not a verdict on the program).
@@ -284,19 +307,55 @@ fn retry_infra_errors(retry: &[Value], sets: &BTreeMap<String, Vec<Problem>>, li
 }
 
 /// How samples are generated.
-#[derive(Clone, Copy, Debug)]
-pub struct GenSpec {
+#[derive(Clone, Copy)]
+pub struct GenSpec<'a> {
     /// Samples per task (1 = greedy).
     pub n: usize,
     pub temperature: f32,
     pub top_p: f32,
     pub max_tokens: usize,
     pub batch: usize,
+    /// Greedy completions of the unedited model: verified instead of decoded from scratch where
+    /// the device is batch-invariant (the same completions, faster; see creme_core::draft).
+    pub drafts: Option<&'a Drafts>,
 }
 
-impl From<&EvalArgs> for GenSpec {
+impl From<&EvalArgs> for GenSpec<'_> {
     fn from(a: &EvalArgs) -> Self {
-        GenSpec { n: a.n, temperature: a.temperature, top_p: a.top_p, max_tokens: a.max_tokens, batch: a.batch }
+        GenSpec { n: a.n, temperature: a.temperature, top_p: a.top_p, max_tokens: a.max_tokens, batch: a.batch, drafts: None }
+    }
+}
+
+/// Drafts by (set, task_id): the greedy sample of earlier records, by their token ids where the
+/// record holds them, else by their text tokenized again (any tokens are a valid draft).
+pub struct Drafts(HashMap<(String, String), Draft>);
+
+impl Drafts {
+    pub fn from_records(records: &[Value], model: &Model) -> Res<Drafts> {
+        let mut map = HashMap::new();
+        for r in records.iter().filter(|r| r["sample"].as_u64() == Some(0) && !is_infra_error(r)) {
+            let (Some(set), Some(task), Some(text)) = (r["set"].as_str(), r["task_id"].as_str(), r["completion"].as_str()) else { continue };
+            let tokens = match r["tokens"].as_array() {
+                Some(t) => t.iter().filter_map(|x| x.as_u64().map(|v| v as u32)).collect(),
+                None => model.tokenizer.encode(text)?,
+            };
+            map.insert((set.to_string(), task.to_string()), Draft { tokens });
+        }
+        Ok(Drafts(map))
+    }
+
+    /// Drafts from completion texts (a `--completions` file: another implementation's greedy
+    /// completions are drafts too; verification keeps the result exact).
+    pub fn from_completions(given: &HashMap<(String, String, usize), String>, model: &Model) -> Res<Drafts> {
+        let mut map = HashMap::new();
+        for ((set, task, _), text) in given.iter().filter(|(k, _)| k.2 == 0) {
+            map.insert((set.clone(), task.clone()), Draft { tokens: model.tokenizer.encode(text)? });
+        }
+        Ok(Drafts(map))
+    }
+
+    fn get(&self, set: &str, task: &str) -> Draft {
+        self.0.get(&(set.to_string(), task.to_string())).cloned().unwrap_or_default()
     }
 }
 
@@ -334,7 +393,18 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
         ids.push(t);
     }
     let batch: Vec<Vec<u32>> = ids.iter().zip(&fits).filter(|(_, f)| **f).map(|(t, _)| t.clone()).collect();
-    let mut completions = pollster::block_on(generate(dev, model, &batch, &opts, &mut |_, _| {}))?.into_iter();
+    let fitting: Vec<&Problem> = chunk.iter().zip(&fits).filter(|(_, f)| **f).map(|(p, _)| *p).collect();
+    let (completions, verified) = match a.drafts.filter(|_| dev.batch_invariant() && a.n <= 1) {
+        Some(drafts) => {
+            let ds: Vec<Draft> = fitting.iter().map(|p| drafts.get(set, &p.task_id)).collect();
+            let v = pollster::block_on(generate_from_drafts(dev, model, &batch, &ds, &opts))?;
+            let info: Vec<Value> = v.iter().map(|v| json!({"accepted": v.accepted, "whole": v.whole})).collect();
+            (v.into_iter().map(|v| v.completion).collect::<Vec<_>>(), Some(info))
+        }
+        None => (pollster::block_on(generate(dev, model, &batch, &opts, &mut |_, _| {}))?, None),
+    };
+    let mut verified = verified.map(|v| v.into_iter());
+    let mut completions = completions.into_iter();
     let mut out = Vec::new();
     let mut programs = Vec::new();
     let mut texts = Vec::new();
@@ -342,7 +412,8 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
         if *fit {
             let c = completions.next().expect("one completion per prompt");
             programs.push(p.program(&p.prompt, &c.text));
-            texts.push(Some((c.text, format!("{:?}", c.finish).to_lowercase())));
+            let draft = verified.as_mut().and_then(|v| v.next());
+            texts.push(Some((c.text, format!("{:?}", c.finish).to_lowercase(), c.tokens, draft)));
         } else {
             texts.push(None);
         }
@@ -350,7 +421,14 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
     let mut results = run_many(&programs, lim, workers).into_iter();
     for ((p, t), toks) in chunk.iter().zip(texts).zip(&ids) {
         let rec = match t {
-            Some((text, finish)) => sample_record(set, p, sample, &text, &finish, &results.next().expect("one result per program")),
+            Some((text, finish, tokens, draft)) => {
+                let mut rec = sample_record(set, p, sample, &text, &finish, &results.next().expect("one result per program"));
+                rec["tokens"] = json!(tokens);
+                if let Some(d) = draft {
+                    rec["draft"] = d;
+                }
+                rec
+            }
             None => {
                 let msg = format!("prompt of {} tokens + {} new tokens is over the context of {} tokens", toks.len(), a.max_tokens, model.max_positions);
                 json!({"set": set, "task_id": p.task_id, "sample": sample, "completion": "", "finish": "error", "passed": false, "verdict": "Error", "error_kind": "prompt too long", "stderr_tail": msg})
@@ -427,6 +505,11 @@ pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
             robust[2]
         ));
         rows.push(row);
+    }
+    let drafted: Vec<&Value> = records.iter().filter(|r| r.get("draft").is_some()).collect();
+    if !drafted.is_empty() {
+        let whole = drafted.iter().filter(|r| r["draft"]["whole"] == true).count();
+        md.push_str(&format!("\nDraft-verified: {whole} of {} completions were the baseline's draft accepted whole.\n", drafted.len()));
     }
     if infra > 0 {
         md.push_str(&format!("\n{infra} samples are not counted: the sandbox could not run them (retried on the next run).\n"));

@@ -12,12 +12,30 @@ use std::time::Instant;
 use creme_core::dataset::Problem;
 use creme_core::metrics;
 use creme_core::model::Model;
-use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
-use creme_core::{edit, Backend, Device};
+use creme_core::model::Model as CoreModel;
+use creme_core::pipeline::{locate_and_edit, CremeSettings, Locator, LogprobLocator};
+use creme_core::trace::{LayerTrace, TraceSetup};
+use creme_core::{Backend, Device, ModelError};
 use serde_json::{json, Value};
 
 use crate::common::{self, JsonlLog, Res};
 use crate::eval_cmd::{self, GenSpec};
+use crate::pass_metric::PassLocator;
+
+/// The experiment's traced layer choices.
+enum TaskLocator<'a> {
+    Logprob(LogprobLocator),
+    Pass(PassLocator<'a>),
+}
+
+impl Locator for TaskLocator<'_> {
+    async fn locate(&mut self, dev: &Device, model: &CoreModel, setup: &TraceSetup) -> Result<LayerTrace, ModelError> {
+        match self {
+            TaskLocator::Logprob(l) => l.locate(dev, model, setup).await,
+            TaskLocator::Pass(p) => p.locate(dev, model, setup).await,
+        }
+    }
+}
 
 #[derive(clap::Args, Clone)]
 pub struct ExperimentArgs {
@@ -83,7 +101,7 @@ fn layer_modes(path: &Path) -> Res<BTreeMap<String, usize>> {
             *counts.entry(t.into()).or_default().entry(l as usize).or_default() += 1;
         }
     }
-    Ok(counts.into_iter().map(|(t, c)| (t, c.into_iter().max_by_key(|&(l, n)| (n, std::cmp::Reverse(l))).unwrap().0)).collect())
+    Ok(counts.into_iter().filter_map(|(t, c)| Some((t, c.into_iter().max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?.0))).collect())
 }
 
 /// Pass/fail per (set, task) under greedy decoding.
@@ -117,6 +135,7 @@ fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, 
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let settings = a.edit.settings()?;
+    let restored_at = a.edit.restored_at()?;
     let (shard, shards) = parse_shard(&a.shard)?;
     let dir = common::dataset_dir(a.dataset.as_deref())?;
     let types: Vec<String> = eval_cmd::parse_types(&a.types)?.into_iter().filter(|t| t != "clean").collect();
@@ -133,7 +152,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         None => None,
     };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
-    let spec = GenSpec { n: 1, temperature: 0.0, top_p: 1.0, max_tokens: a.max_tokens, batch: a.batch };
+    let spec = GenSpec { n: 1, temperature: 0.0, top_p: 1.0, max_tokens: a.max_tokens, batch: a.batch, drafts: None };
     let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
 
     let dev = Device::open(gpu_opts)?;
@@ -155,11 +174,17 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         eprintln!("baseline: {} {} tasks", missing[s].len(), s);
         evaluate(&dev, &model, &missing, &[s.clone()], &spec, workers, |rec| {
             base_log.append(&rec)?;
-            base.entry(rec["set"].as_str().unwrap().into()).or_default().insert(rec["task_id"].as_str().unwrap().into(), rec["passed"] == true);
+            if let (Some(set), Some(task)) = (rec["set"].as_str(), rec["task_id"].as_str()) {
+            base.entry(set.into()).or_default().insert(task.into(), rec["passed"] == true);
+        }
             Ok(())
         })?;
     }
     eprintln!("baseline ready ({:.0} s)", t_base.elapsed().as_secs_f64());
+    // The edited model's completions are verified against the baseline's (exact on the CPU
+    // backend: see creme_core::draft).
+    let drafts = eval_cmd::Drafts::from_records(&eval_cmd::read_records(&base_dir.join("samples.jsonl"))?, &model)?;
+    let spec = GenSpec { drafts: Some(&drafts), ..spec };
 
     // Edit-worthy tasks, in dataset order, this shard's share.
     let mut jobs: Vec<(String, Problem, Problem)> = Vec::new();
@@ -187,42 +212,37 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         let t_all = Instant::now();
         let tok = &model.tokenizer;
         let (clean, pert) = (tok.encode(&clean_p.prompt)?, tok.encode(&pert_p.prompt)?);
-        let target = pollster::block_on(trace::greedy_target(&dev, &model, &clean, a.edit.target_tokens))?;
-        // Layer.
-        let t_trace = Instant::now();
+        // Layer: traced (logprob or pass metric), random, the mode of an earlier run, or fixed.
         let n_layers = model.cfg.n_layers;
-        let (layer, scores) = match a.layer.as_str() {
-            "logprob" | "pass" => {
-                let setup = pollster::block_on(trace::prepare(&dev, &model, &clean, &pert, &target))?;
-                let tr = if a.layer == "pass" {
-                    pollster::block_on(crate::pass_metric::pass_trace(&dev, &model, &setup, (&clean_p.prompt, clean_p), (&pert_p.prompt, pert_p), 1))?.0
-                } else {
-                    pollster::block_on(trace::trace_layers(&dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?
-                };
-                (tr.key_layer, json!(tr.scores))
-            }
+        let fixed = match a.layer.as_str() {
+            "logprob" | "pass" => None,
             "random" => {
                 let seed = pert_p.task_id.bytes().fold(t.len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-                (creme_core::cpu::SplitMix64(seed).below(n_layers as u64) as usize, Value::Null)
+                Some(creme_core::cpu::SplitMix64(seed).below(n_layers as u64) as usize)
             }
             s if s.starts_with("mode:") => {
-                let l = *fixed_modes.as_ref().unwrap().get(t).ok_or_else(|| format!("{s}: no edits of type {t} to take a layer from"))?;
-                (l, Value::Null)
+                let modes = fixed_modes.as_ref().ok_or_else(|| format!("{s}: no layers read"))?;
+                Some(*modes.get(t).ok_or_else(|| format!("{s}: no edits of type {t} to take a layer from"))?)
             }
             s => {
                 let l: usize = s.parse().map_err(|_| format!("--layer '{s}': logprob, pass, random, mode:FILE or a layer number"))?;
                 if l >= n_layers {
                     return Err(format!("--layer {l}: the model has {n_layers} layers").into());
                 }
-                (l, Value::Null)
+                Some(l)
             }
         };
-        let trace_s = t_trace.elapsed().as_secs_f64();
-        // Edit.
-        let data = pollster::block_on(edit::capture(&dev, &model, &clean, &pert, &target, layer))?;
-        let w0 = pollster::block_on(model.ffn_down_f32(&dev, layer))?;
-        let result = pollster::block_on(edit::solve(&dev, &data, &w0, &settings))?;
-        model.set_ffn_down(&dev, layer, &result.w)?;
+        let creme = CremeSettings { target_tokens: a.edit.target_tokens, layer: fixed, edit: settings.clone() };
+        let mut locator = if a.layer == "pass" {
+            TaskLocator::Pass(PassLocator { clean: (&clean_p.prompt, clean_p), pert: (&pert_p.prompt, pert_p), samples: 1 })
+        } else {
+            TaskLocator::Logprob(LogprobLocator { restored_at })
+        };
+        let meta = [("pair".to_string(), format!("{} {t}", pert_p.task_id))].into();
+        let done = pollster::block_on(locate_and_edit(&dev, &model, &clean, &pert, &creme, &mut locator, meta))?;
+        let (layer, result, trace_s) = (done.layer, &done.result, done.timings.target_s + done.timings.trace_s);
+        let scores = done.trace.as_ref().map(|tr| json!(tr.scores)).unwrap_or(Value::Null);
+        done.patch.apply(&dev, &mut model)?;
         // Evaluate the edited model, then revert.
         let t_eval = Instant::now();
         let mut after_records = Vec::new();
@@ -231,7 +251,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             after_records.push(rec);
             Ok(())
         });
-        model.revert_ffn_down(layer);
+        creme_core::patch::revert(&mut model, &done.patch);
         evaluated?;
         let after = outcomes_of(&after_records);
         let rate = |b: bool| b as u8 as f64;

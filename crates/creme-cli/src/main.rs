@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 mod bench_cmd;
+mod calibrate_cmd;
 mod common;
 mod edit_cmd;
 mod eval_cmd;
@@ -176,6 +177,13 @@ enum Cmd {
         #[arg(long)]
         no_eval: bool,
     },
+    /// Fit the saturating logprob key-layer rule to the pass metric's layers (leave-one-out)
+    CalibrateLayer {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[command(flatten)]
+        args: calibrate_cmd::CalibrateArgs,
+    },
     /// Evaluate on HumanEval (clean and perturbed sets): generate, run the tests sandboxed, pass@k
     Eval {
         #[command(flatten)]
@@ -278,12 +286,13 @@ fn run(cli: Cli) -> Res {
         Cmd::Export { model, patch, out } => export(model.as_deref(), &patch, &out),
         Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
+        Cmd::CalibrateLayer { gpu, args } => calibrate_cmd::run(&Device::open(&gpu.options())?, args),
         Cmd::Bench { gpu, args } => bench_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
         Cmd::Edit { gpu, pair, layer, edit, out, report, no_eval } => {
             let settings = edit.settings()?;
             let dev = Device::open(&gpu.options())?;
-            edit_cmd::run(&dev, edit_cmd::EditArgs { pair, layer, settings, target_tokens: edit.target_tokens, out, report, no_eval })
+            edit_cmd::run(&dev, edit_cmd::EditArgs { pair, layer, settings, target_tokens: edit.target_tokens, restored_at: edit.restored_at()?, out, report, no_eval })
         }
         Cmd::Trace { gpu, pair, metric, grid, grid_all, target_tokens, samples, out } => {
             let dev = Device::open(&gpu.options())?;

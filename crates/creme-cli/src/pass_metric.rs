@@ -97,3 +97,16 @@ pub async fn pass_trace(dev: &Device, model: &Model, setup: &TraceSetup, clean: 
         "patched_runs_passing": passing, "key_layer": key, "samples": samples.max(1), "seconds": t0.elapsed().as_secs_f64()});
     Ok((LayerTrace { metric: "pass".into(), scores: improvements, key_layer: key, ..raw }, account))
 }
+
+/// The pass metric as the pipeline's locator: the task's tests decide (see [`pass_trace`]).
+pub struct PassLocator<'a> {
+    pub clean: (&'a str, &'a Problem),
+    pub pert: (&'a str, &'a Problem),
+    pub samples: usize,
+}
+
+impl creme_core::pipeline::Locator for PassLocator<'_> {
+    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup) -> Result<LayerTrace, ModelError> {
+        Ok(pass_trace(dev, model, setup, self.clean, self.pert, self.samples).await?.0)
+    }
+}

@@ -62,8 +62,15 @@ fn oracle_completions_get_the_oracle_verdicts_on_every_set() {
 
 #[test]
 fn mbpp_records_become_problems_that_their_reference_code_passes() {
-    let fixture = repo_root().join("tests/fixtures/mbpp-sample.jsonl");
-    let dir = temp("mbpp");
+    // JSON arrays, and the CREME authors' shape (Python list literals in strings).
+    for name in ["mbpp-sample", "mbpp-authors-shape"] {
+        mbpp_fixture_passes_with_its_reference_code(name);
+    }
+}
+
+fn mbpp_fixture_passes_with_its_reference_code(name: &str) {
+    let fixture = repo_root().join(format!("tests/fixtures/{name}.jsonl"));
+    let dir = temp(name);
     std::fs::copy(&fixture, dir.join("MBPP.jsonl")).unwrap();
     // Completions: the body of each reference solution (the prompt already holds the signature).
     let mut good = String::new();
@@ -85,7 +92,7 @@ fn mbpp_records_become_problems_that_their_reference_code_passes() {
         let st = creme().args(["eval", "--types", "clean", "--dataset"]).arg(&dir).arg("--completions").arg(&file).arg("--out").arg(&out).status().unwrap();
         assert!(st.success());
         let recs = records(&out);
-        assert_eq!(recs.len(), 3);
+        assert_eq!(recs.len(), std::fs::read_to_string(&fixture).unwrap().lines().count());
         for r in &recs {
             assert_eq!(r["passed"], want, "{name}: {r}");
         }
@@ -100,7 +107,7 @@ fn a_malformed_dataset_line_is_an_error_naming_file_and_line() {
     let o = creme().args(["eval", "--dataset"]).arg(&dir).arg("--completions").arg(dir.join("none.json")).arg("--out").arg(dir.join("out")).output().unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("HumanEval.jsonl:2"), "{err}");
+    assert!(err.contains("dataset") && err.contains("HumanEval.jsonl:2") && !err.contains("model file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -52,7 +52,7 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Problem>, ModelError>
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |what: String| ModelError::Format(format!("{source}:{}: {what}", i + 1));
+        let bad = |what: String| ModelError::Dataset(format!("{source}:{}: {what}", i + 1));
         let fixed;
         let line = if line.contains("NaN") {
             fixed = replace_bare_nan(line);
@@ -98,13 +98,7 @@ fn humaneval_problem(v: &serde_json::Value) -> Result<Problem, String> {
 /// the docstring holds the task text and the first test as a `>>>` line (never perturbed).
 fn mbpp_problem(v: &serde_json::Value) -> Result<Problem, String> {
     let text = string_field(v, "text").or_else(|_| string_field(v, "prompt")).map_err(|_| "MBPP record without 'text' or 'prompt'".to_string())?;
-    let tests: Vec<String> = v
-        .get("test_list")
-        .and_then(|t| t.as_array())
-        .ok_or("'test_list' is not a list")?
-        .iter()
-        .map(|t| t.as_str().map(String::from).ok_or("'test_list' holds a non-string"))
-        .collect::<Result<_, _>>()?;
+    let tests = string_list(v.get("test_list").ok_or("missing field 'test_list'")?, "test_list")?;
     let first = tests.first().ok_or("'test_list' is empty")?;
     let name = first
         .trim_start()
@@ -123,11 +117,10 @@ fn mbpp_problem(v: &serde_json::Value) -> Result<Problem, String> {
             Some(rest[..rest.find("):").or_else(|| rest.find(')'))?].to_string())
         })
         .unwrap_or_else(|| "*args".to_string());
-    let imports: Vec<String> = v
-        .get("test_imports")
-        .and_then(|t| t.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
-        .unwrap_or_default();
+    let imports = match v.get("test_imports") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(t) => string_list(t, "test_imports")?,
+    };
     let mut head = imports.join("\n");
     if !head.is_empty() {
         head.push_str("\n\n");
@@ -137,6 +130,84 @@ fn mbpp_problem(v: &serde_json::Value) -> Result<Problem, String> {
     let body: String = tests.iter().map(|t| format!("    {}\n", t.trim())).collect();
     let test = format!("{}\n\ndef check(candidate):\n{body}", imports.join("\n"));
     Ok(Problem { task_id: task_id(v, "MBPP/")?, prompt, entry_point: name, test, original_prompt: None })
+}
+
+/// A list of strings given either as a JSON array or, as in the CREME authors' MBPP files, as a
+/// string holding a Python list literal (`"['assert f(1) == 2', ...]"`).
+fn string_list(v: &serde_json::Value, field: &str) -> Result<Vec<String>, String> {
+    match v {
+        serde_json::Value::Array(items) => items.iter().map(|t| t.as_str().map(String::from).ok_or(format!("'{field}' holds a non-string"))).collect(),
+        serde_json::Value::String(s) => python_string_list(s).map_err(|e| format!("'{field}' is a string but not a Python list of strings: {e}")),
+        _ => Err(format!("'{field}' is not a list")),
+    }
+}
+
+/// Parse a Python list literal of string literals: `['a', "b\n", r'c']` (quotes ' and ", the
+/// common backslash escapes, raw strings; no implicit concatenation or triple quotes).
+pub fn python_string_list(s: &str) -> Result<Vec<String>, String> {
+    let mut chars = s.trim().chars().peekable();
+    if chars.next() != Some('[') {
+        return Err("does not start with '['".into());
+    }
+    let mut out = Vec::new();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.peek() {
+            Some(']') => {
+                chars.next();
+                break;
+            }
+            None => return Err("no closing ']'".into()),
+            _ => {}
+        }
+        let raw = matches!(chars.peek(), Some('r' | 'R'));
+        if raw {
+            chars.next();
+        }
+        let quote = match chars.next() {
+            Some(q @ ('\'' | '"')) => q,
+            other => return Err(format!("expected a string literal, found {other:?}")),
+        };
+        let mut item = String::new();
+        loop {
+            match chars.next() {
+                None => return Err("unterminated string".into()),
+                Some(c) if c == quote => break,
+                Some('\\') if raw => {
+                    item.push('\\');
+                    item.extend(chars.next());
+                }
+                Some('\\') => match chars.next() {
+                    Some('n') => item.push('\n'),
+                    Some('t') => item.push('\t'),
+                    Some('r') => item.push('\r'),
+                    Some('0') => item.push('\0'),
+                    Some(c @ ('\\' | '\'' | '"')) => item.push(c),
+                    Some(c) => {
+                        item.push('\\');
+                        item.push(c);
+                    }
+                    None => return Err("unterminated string".into()),
+                },
+                Some(c) => item.push(c),
+            }
+        }
+        out.push(item);
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        match chars.next() {
+            Some(',') => {}
+            Some(']') => break,
+            other => return Err(format!("expected ',' or ']', found {other:?}")),
+        }
+    }
+    if chars.any(|c| !c.is_whitespace()) {
+        return Err("text after the closing ']'".into());
+    }
+    Ok(out)
 }
 
 /// Replace NaN tokens outside strings with null.
@@ -173,4 +244,27 @@ fn replace_bare_nan(line: &str) -> String {
 /// Find a task by id.
 pub fn find<'a>(problems: &'a [Problem], task_id: &str) -> Option<&'a Problem> {
     problems.iter().find(|p| p.task_id == task_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_list_literals_parse_as_python_would() {
+        let want = vec!["assert f('a\nb') == 2".to_string(), "it's \"q\"".into(), r"raw \n".into(), String::new()];
+        let lit = r#"['assert f(\'a\nb\') == 2', "it's \"q\"", r'raw \n', '']"#;
+        assert_eq!(python_string_list(lit).unwrap(), want);
+        assert_eq!(python_string_list("[]").unwrap(), Vec::<String>::new());
+        assert_eq!(python_string_list(" ['x', ] ").unwrap(), vec!["x"]);
+        for bad in ["", "'x'", "['x'", "['x' 'y']", "[1]", "['x'] y", "['x"] {
+            assert!(python_string_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dataset_errors_say_dataset() {
+        let e = parse_jsonl("{\"task_id\": 1, \"text\": \"t\", \"test_list\": \"not a list\"}\n", "MBPP.jsonl").unwrap_err().to_string();
+        assert!(e.starts_with("dataset MBPP.jsonl:1:") && e.contains("test_list"), "{e}");
+    }
 }

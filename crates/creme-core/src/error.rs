@@ -41,6 +41,10 @@ pub enum ModelError {
     Architecture(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A benchmark dataset file (the variant lives here because datasets are read by the same
+    /// untrusted-input entry points as models).
+    #[error("dataset {0}")]
+    Dataset(String),
     #[error(transparent)]
     Gpu(#[from] GpuError),
 }

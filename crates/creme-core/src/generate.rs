@@ -122,16 +122,33 @@ pub async fn decode(
     dev: &Device,
     model: &Model,
     cache: &mut KvCache,
+    logits: Tensor,
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Completion>, ModelError> {
+    let empty = vec![Vec::new(); cache.batch];
+    decode_after(dev, model, cache, logits, &empty, opts, on_token).await
+}
+
+/// [`decode`] for sequences that already generated `generated[i]` (they sit at the end of the
+/// cache): those tokens count toward the token limit and the stop strings, and are part of the
+/// completion, so the result is what decoding from the bare prompt would have given.
+pub(crate) async fn decode_after(
+    dev: &Device,
+    model: &Model,
+    cache: &mut KvCache,
     mut logits: Tensor,
+    generated: &[Vec<u32>],
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Completion>, ModelError> {
     let cfg = &model.cfg;
     let n = cache.batch;
     let mut rng = SplitMix64(opts.seed);
-    let mut out: Vec<Completion> = (0..n).map(|_| Completion { tokens: Vec::new(), text: String::new(), finish: Finish::Length }).collect();
-    let mut done = vec![false; n];
-    for step in 0..opts.max_new_tokens {
+    let mut out: Vec<Completion> = generated.iter().map(|g| Completion { tokens: g.clone(), text: String::new(), finish: Finish::Length }).collect();
+    // A sequence ends at the end of sequence, a stop string, or its token limit.
+    let mut done: Vec<bool> = out.iter().map(|c| c.tokens.len() >= opts.max_new_tokens).collect();
+    while !done.iter().all(|&d| d) {
         let next: Vec<u32> = if opts.temperature <= 0.0 {
             dev.argmax(&logits).await?
         } else {
@@ -156,8 +173,9 @@ pub async fn decode(
                     out[i].finish = Finish::Stop;
                 }
             }
+            done[i] |= out[i].tokens.len() >= opts.max_new_tokens;
         }
-        if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens || cache.len >= cache.capacity {
+        if done.iter().all(|&d| d) || cache.len >= cache.capacity {
             break;
         }
         let input: Vec<Vec<u32>> = next.iter().enumerate().map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }]).collect();

@@ -211,6 +211,19 @@ pub fn choose_layer(scores: &[f64], distances: &[f64]) -> usize {
         .unwrap_or(0)
 }
 
+/// The key layer with a saturating score, as the authors' pass metric behaves: a layer counts as
+/// restored once its score reaches `threshold`, and among the restored layers the one with the
+/// largest clean/perturbed distance wins. With no layer restored, the best score wins (ties by
+/// distance). With every prompt position patched, early layers restore nearly everything, so the
+/// plain argmax of an unsaturated logprob score picks a different layer than the pass metric.
+pub fn choose_layer_saturating(scores: &[f64], distances: &[f64], threshold: f64) -> usize {
+    let restored = (0..scores.len()).filter(|&l| scores[l] >= threshold);
+    match restored.max_by(|&a, &b| distances[a].partial_cmp(&distances[b]).unwrap_or(std::cmp::Ordering::Equal)) {
+        Some(l) => l,
+        None => choose_layer(scores, distances),
+    }
+}
+
 /// Trace every layer with one probe each and pick the key layer.
 pub async fn trace_layers<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M) -> Result<LayerTrace, ModelError> {
     let positions = match which {

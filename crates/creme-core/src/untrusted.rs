@@ -48,7 +48,7 @@ pub fn safetensors(data: &[u8]) {
             let _ = check_tensor_table(&cfg, &table);
         }
     }
-    let _ = crate::edit::EditPatch::from_safetensors(shard);
+    let _ = crate::patch::EditPatch::from_safetensors(shard);
 }
 
 /// The dataset readers (HumanEval/ReCode and MBPP JSONL) and the perturbator on what they read.

@@ -4,7 +4,9 @@
 //! JS as exceptions carrying creme-core's message; panics print to the console with a stack.
 
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
-use creme_core::edit::{self, EditPatch, EditSettings};
+use creme_core::edit::EditSettings;
+use creme_core::patch::EditPatch;
+use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
 use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{cpu, Device, Gpu, GpuOptions, ModelError};
@@ -185,25 +187,13 @@ impl Session {
         self.revert();
         let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
         let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
-        let target = trace::greedy_target(&self.dev, model, &c, target_tokens).await.map_err(js_err)?;
-        let (layer, trace_json) = if layer < 0 {
-            let setup = trace::prepare(&self.dev, model, &c, &p, &target).await.map_err(js_err)?;
-            let t = trace::trace_layers(&self.dev, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
-            (t.key_layer, serde_json::to_value(&t).map_err(js_err)?)
-        } else if (layer as usize) < model.cfg.n_layers {
-            (layer as usize, serde_json::Value::Null)
-        } else {
-            return Err(JsError::new(&format!("layer {layer}: the model has {} layers", model.cfg.n_layers)));
-        };
-        let data = edit::capture(&self.dev, model, &c, &p, &target, layer).await.map_err(js_err)?;
-        let w0 = model.ffn_down_f32(&self.dev, layer).await.map_err(js_err)?;
-        let result = edit::solve(&self.dev, &data, &w0, &s).await.map_err(js_err)?;
+        let creme = CremeSettings { target_tokens, layer: (layer >= 0).then_some(layer as usize), edit: s.clone() };
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("base_model".to_string(), model.cfg.name.clone());
-        meta.insert("settings".to_string(), serde_json::to_string(&s).map_err(js_err)?);
-        meta.insert("loss_curve".to_string(), serde_json::to_string(&result.losses).map_err(js_err)?);
         meta.insert("made_by".to_string(), "creme-web".to_string());
-        let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
+        let done = locate_and_edit(&self.dev, model, &c, &p, &creme, &mut LogprobLocator::default(), meta).await.map_err(js_err)?;
+        let (layer, result, patch) = (done.layer, done.result, done.patch);
+        let trace_json = serde_json::to_value(&done.trace).map_err(js_err)?;
         patch.apply(&self.dev, model).map_err(js_err)?;
         let loss_svg = creme_core::report::loss_curve_svg(&result.losses, s.lambda, result.kept_step, "edit loss per step");
         let doc = json!({"layer": layer, "trace": trace_json, "edit": result, "settings": s, "loss_svg": loss_svg});

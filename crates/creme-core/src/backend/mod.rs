@@ -208,6 +208,17 @@ impl Backend for Device {
 }
 
 impl Device {
+    /// Whether a row's result is bit-identical whatever batch, padding or chunk it is computed in
+    /// (the CPU backend's guarantee; GPU reductions depend on the batch shape). Draft-verified
+    /// generation equals plain generation only on such a device.
+    pub fn batch_invariant(&self) -> bool {
+        match self {
+            Device::Wgpu(_) => false,
+            #[cfg(not(target_arch = "wasm32"))]
+            Device::Cpu(_) => true,
+        }
+    }
+
     /// The wgpu context, where this device is one (GPU-only tools: kernel checks, adapter report).
     pub fn gpu(&self) -> Option<&Gpu> {
         match self {

@@ -53,7 +53,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 /// A whole model as an HF checkpoint: (model.safetensors, config.json, tokenizer.json), from a
 /// GGUF file with CREME patches applied, every tensor dequantized to f32. llama GGUFs store Q/K
 /// rows permuted for the interleaved rotary embedding; they are put back in HF's order.
-pub fn export_hf(file: &[u8], patches: &[crate::edit::EditPatch]) -> Result<(Vec<u8>, String, String), ModelError> {
+pub fn export_hf(file: &[u8], patches: &[crate::patch::EditPatch]) -> Result<(Vec<u8>, String, String), ModelError> {
     use super::gguf::GgufHeader;
     let h = GgufHeader::parse(file)?;
     h.check_len(file.len() as u64)?;

@@ -1,0 +1,137 @@
+//! Draft-verified greedy generation: fast and exact evaluation of an edited model.
+//!
+//! An edit changes one layer a little, so the edited model's greedy completion mostly equals the
+//! unedited one's. That completion is a draft: the edited model runs one forward over prompt +
+//! draft and accepts draft tokens up to the first position where its own argmax differs; from
+//! there it decodes on its own. Plain decoding's end rules are replayed over the accepted tokens (an
+//! end-of-sequence token, a stop string, the token limit), and a draft accepted whole still needs
+//! its end checked: the token after it must be the end of sequence, or decoding goes on. So any
+//! token sequence is a valid draft (the unedited model's tokens, or a stored completion's text
+//! tokenized again); a better draft is only faster. One prefill replaces hundreds of decode steps.
+//!
+//! This equals plain greedy generation only where a row's result does not depend on the batch or
+//! position it is computed in (`Device::batch_invariant`: the CPU backend); elsewhere
+//! [`generate_from_drafts`] refuses, and callers generate plainly.
+
+use crate::backend::{Backend, Device};
+use crate::error::ModelError;
+use crate::generate::{decode_after, left_pad, Completion, Finish, GenerateOptions};
+use crate::hooks::Hooks;
+use crate::model::{Logits, Model};
+
+/// Proposed completion tokens for a prompt (usually the unedited model's greedy completion; how
+/// it ended does not matter: plain decoding's end rules are replayed).
+#[derive(Clone, Debug, Default)]
+pub struct Draft {
+    pub tokens: Vec<u32>,
+}
+
+impl From<&Completion> for Draft {
+    fn from(c: &Completion) -> Draft {
+        Draft { tokens: c.tokens.clone() }
+    }
+}
+
+/// A completion and how much of its draft it kept.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub completion: Completion,
+    /// Draft tokens accepted before the first difference.
+    pub accepted: usize,
+    /// The completion is the draft itself (no decoding was needed).
+    pub whole: bool,
+}
+
+/// Greedy completions of `prompts` by `model`, each checked against its draft; equal to
+/// [`crate::generate::generate`] with the same options on a batch-invariant device.
+pub async fn generate_from_drafts(dev: &Device, model: &Model, prompts: &[Vec<u32>], drafts: &[Draft], opts: &GenerateOptions) -> Result<Vec<Verified>, ModelError> {
+    if !dev.batch_invariant() {
+        return Err(ModelError::Format(format!("draft verification is exact only on a batch-invariant backend (the CPU backend), not {}", dev.describe())));
+    }
+    if opts.temperature > 0.0 {
+        return Err(ModelError::Format("draft verification is for greedy decoding (temperature 0)".into()));
+    }
+    if prompts.len() != drafts.len() {
+        return Err(ModelError::Format(format!("{} prompts but {} drafts", prompts.len(), drafts.len())));
+    }
+    let mut out = Vec::with_capacity(prompts.len());
+    for (prompt, draft) in prompts.iter().zip(drafts) {
+        out.push(verify_one(dev, model, prompt, draft, opts).await?);
+    }
+    Ok(out)
+}
+
+/// One prompt: verify its draft in one forward, replay plain decoding's end rules over the
+/// accepted tokens, and decode on from the first difference.
+async fn verify_one(dev: &Device, model: &Model, prompt: &[u32], draft: &Draft, opts: &GenerateOptions) -> Result<Verified, ModelError> {
+    if prompt.is_empty() {
+        return Err(ModelError::Format("empty prompt".into()));
+    }
+    if prompt.len() + opts.max_new_tokens > model.max_positions {
+        return Err(ModelError::Format(format!("prompt of {} tokens + {} new tokens is over the context of {} tokens", prompt.len(), opts.max_new_tokens, model.max_positions)));
+    }
+    if opts.max_new_tokens == 0 {
+        return Ok(Verified { completion: Completion { tokens: Vec::new(), text: String::new(), finish: Finish::Length }, accepted: 0, whole: draft.tokens.is_empty() });
+    }
+    let tokens = &draft.tokens[..draft.tokens.len().min(opts.max_new_tokens)];
+    let picks = greedy_picks(dev, model, prompt, tokens).await?;
+    let accepted = tokens.iter().zip(&picks).take_while(|(d, p)| d == p).count();
+    let whole = |n: usize| n == draft.tokens.len();
+    // Plain decoding would have produced exactly these tokens: does it end among them?
+    if let Some((n, finish)) = plain_end_within(model, &tokens[..accepted], opts)? {
+        return Ok(Verified { completion: finish_completion(model, tokens[..n].to_vec(), finish, opts)?, accepted: n, whole: whole(n) });
+    }
+    if accepted == tokens.len() && model.cfg.eos_ids.contains(&picks[accepted]) {
+        return Ok(Verified { completion: finish_completion(model, tokens.to_vec(), Finish::Eos, opts)?, accepted, whole: whole(accepted) });
+    }
+    let completion = continue_from(dev, model, prompt, &tokens[..accepted], opts).await?;
+    Ok(Verified { completion, accepted, whole: false })
+}
+
+/// Where plain decoding, producing `tokens` one by one, would stop among them: (tokens kept,
+/// why). The rules of `generate::decode_after`: an end-of-sequence token is not kept; a stop
+/// string or the token limit end after the token that reaches them.
+fn plain_end_within(model: &Model, tokens: &[u32], opts: &GenerateOptions) -> Result<Option<(usize, Finish)>, ModelError> {
+    for (j, t) in tokens.iter().enumerate() {
+        if model.cfg.eos_ids.contains(t) {
+            return Ok(Some((j, Finish::Eos)));
+        }
+        if !opts.stop.is_empty() && crate::generate::cut_at_stops(&model.tokenizer.decode(&tokens[..=j])?, &opts.stop).is_some() {
+            return Ok(Some((j + 1, Finish::Stop)));
+        }
+        if j + 1 >= opts.max_new_tokens {
+            return Ok(Some((j + 1, Finish::Length)));
+        }
+    }
+    Ok(None)
+}
+
+/// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1].
+async fn greedy_picks(dev: &Device, model: &Model, prompt: &[u32], draft: &[u32]) -> Result<Vec<u32>, ModelError> {
+    let seq: Vec<u32> = prompt.iter().chain(draft).copied().collect();
+    let mut cache = model.new_cache(dev, vec![0], seq.len())?;
+    let rows: Vec<usize> = (prompt.len() - 1..seq.len()).collect();
+    let fwd = model.forward(dev, &mut cache, &[seq], &Hooks::default(), Logits::Rows(rows))?;
+    dev.argmax(fwd.logits.as_ref().expect("asked for logits")).await
+}
+
+fn finish_completion(model: &Model, tokens: Vec<u32>, finish: Finish, opts: &GenerateOptions) -> Result<Completion, ModelError> {
+    let text = model.tokenizer.decode(&tokens)?;
+    let text = match crate::generate::cut_at_stops(&text, &opts.stop) {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    Ok(Completion { tokens, text, finish })
+}
+
+/// Plain greedy decoding after prompt + the accepted tokens (their rows are computed as in plain
+/// decoding: batch invariance).
+async fn continue_from(dev: &Device, model: &Model, prompt: &[u32], accepted: &[u32], opts: &GenerateOptions) -> Result<Completion, ModelError> {
+    let seq: Vec<u32> = prompt.iter().chain(accepted).copied().collect();
+    let (batch, pad, _) = left_pad(model.cfg.pad_id, &[&seq], &[]);
+    let mut cache = model.new_cache(dev, pad, prompt.len() + opts.max_new_tokens)?;
+    let fwd = model.forward(dev, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
+    let logits = fwd.logits.expect("asked for logits");
+    let mut out = decode_after(dev, model, &mut cache, logits, &[accepted.to_vec()], opts, &mut |_, _| {}).await?;
+    Ok(out.remove(0))
+}

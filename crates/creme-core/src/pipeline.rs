@@ -1,0 +1,141 @@
+//! CREME on one clean/perturbed pair, once for every caller (CLI `edit`, `experiment`, `bench`,
+//! the browser): the clean prompt's greedy target, the layer (given, or located by a trace), the
+//! edit of that layer's W_down, and the patch. The model is left as it was; the caller applies
+//! the patch when it wants the edited model.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::backend::Device;
+use crate::edit::{self, EditResult, EditSettings};
+use crate::error::ModelError;
+use crate::model::Model;
+use crate::patch::EditPatch;
+use crate::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup};
+
+/// What a pipeline run needs besides the prompts.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct CremeSettings {
+    /// Tokens of the clean prompt's greedy continuation that trace and edit are scored on.
+    pub target_tokens: usize,
+    /// Edit this layer instead of locating one.
+    pub layer: Option<usize>,
+    pub edit: EditSettings,
+}
+
+impl Default for CremeSettings {
+    fn default() -> Self {
+        CremeSettings { target_tokens: 32, layer: None, edit: EditSettings::default() }
+    }
+}
+
+/// How the key layer is found from a prepared trace.
+#[allow(async_fn_in_trait)]
+pub trait Locator {
+    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup) -> Result<LayerTrace, ModelError>;
+}
+
+/// The logprob trace over every prompt position. With `restored_at`, the key layer is chosen the
+/// saturating way (a layer counts as restored once its score reaches it; the restored layer with
+/// the largest clean/perturbed distance wins), else by the best score.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogprobLocator {
+    pub restored_at: Option<f64>,
+}
+
+impl Locator for LogprobLocator {
+    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup) -> Result<LayerTrace, ModelError> {
+        let mut t = trace::trace_layers(dev, model, setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await?;
+        if let Some(th) = self.restored_at {
+            t.key_layer = trace::choose_layer_saturating(&t.scores, &t.distances, th);
+        }
+        Ok(t)
+    }
+}
+
+/// Seconds per stage (the machine's clock; zero in the browser, which has none here).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub target_s: f64,
+    pub trace_s: f64,
+    pub capture_s: f64,
+    pub solve_s: f64,
+}
+
+/// What one pipeline run made.
+#[derive(Clone, Debug, Serialize)]
+pub struct CremeEdit {
+    pub layer: usize,
+    /// The trace that chose the layer (None for a given layer).
+    pub trace: Option<LayerTrace>,
+    pub target: Vec<u32>,
+    /// Loss curve, steps, kept step (the weights are in `patch`).
+    pub result: EditResult,
+    #[serde(skip)]
+    pub patch: EditPatch,
+    pub timings: Timings,
+}
+
+/// Locate (unless the settings fix the layer) and edit; `metadata` goes into the patch.
+pub async fn locate_and_edit<L: Locator>(
+    dev: &Device,
+    model: &Model,
+    clean: &[u32],
+    pert: &[u32],
+    settings: &CremeSettings,
+    locator: &mut L,
+    metadata: BTreeMap<String, String>,
+) -> Result<CremeEdit, ModelError> {
+    let clock = Clock::start();
+    let target = trace::greedy_target(dev, model, clean, settings.target_tokens).await?;
+    let target_s = clock.lap();
+    let (layer, layer_trace) = match settings.layer {
+        Some(l) if l < model.cfg.n_layers => (l, None),
+        Some(l) => return Err(ModelError::Format(format!("layer {l}: the model has {} layers", model.cfg.n_layers))),
+        None => {
+            let setup = trace::prepare(dev, model, clean, pert, &target).await?;
+            let t = locator.locate(dev, model, &setup).await?;
+            (t.key_layer, Some(t))
+        }
+    };
+    let trace_s = clock.lap();
+    let data = edit::capture(dev, model, clean, pert, &target, layer).await?;
+    let w0 = model.ffn_down_f32(dev, layer).await?;
+    let capture_s = clock.lap();
+    let result = edit::solve(dev, &data, &w0, &settings.edit).await?;
+    let solve_s = clock.lap();
+    let mut meta = metadata;
+    meta.insert("settings".into(), serde_json::to_string(&settings.edit).map_err(|e| ModelError::Format(e.to_string()))?);
+    meta.insert("solver".into(), format!("{:?}", settings.edit.solver));
+    meta.insert("loss_curve".into(), serde_json::to_string(&result.losses).map_err(|e| ModelError::Format(e.to_string()))?);
+    meta.insert("target_tokens".into(), target.len().to_string());
+    let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
+    Ok(CremeEdit { layer, trace: layer_trace, target, result, patch, timings: Timings { target_s, trace_s, capture_s, solve_s } })
+}
+
+/// Stage timer: wall clock natively; the browser has no std clock, so its laps read 0.
+struct Clock {
+    #[cfg(not(target_arch = "wasm32"))]
+    last: std::cell::Cell<std::time::Instant>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            #[cfg(not(target_arch = "wasm32"))]
+            last: std::cell::Cell::new(std::time::Instant::now()),
+        }
+    }
+    fn lap(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let now = std::time::Instant::now();
+            let s = (now - self.last.get()).as_secs_f64();
+            self.last.set(now);
+            s
+        }
+        #[cfg(target_arch = "wasm32")]
+        0.0
+    }
+}
