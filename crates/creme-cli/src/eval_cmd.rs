@@ -167,6 +167,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let dir = common::dataset_dir(a.dataset.as_deref())?;
     let types = parse_types(&a.types)?;
     let sets = common::load_sets(&dir, &types, a.tasks.as_deref(), a.limit)?;
+    // Completions given per set as one list are in the order of the whole set.
+    let whole_sets = if a.tasks.is_some() || a.limit.is_some() { common::load_sets(&dir, &types, None, None)? } else { sets.clone() };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
     let settings = json!({
         "dataset": dir, "types": types, "n": a.n, "temperature": if a.n > 1 { a.temperature } else { 0.0 }, "top_p": a.top_p,
@@ -198,7 +200,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     }
 
     if let Some(path) = &a.completions {
-        let given = read_completions(path, &sets)?;
+        let given = read_completions(path, &whole_sets)?;
         if !sets.keys().any(|set| given.keys().any(|k| &k.0 == set)) {
             return Err(format!("{} holds no completion for the sets asked for ({})", path.display(), types.join(", ")).into());
         }
@@ -230,7 +232,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         common::apply_patches(&dev, &mut model, &a.patch)?;
         let mut drafts: Option<Drafts> = None;
         for path in &a.baseline {
-            let more = if path.is_dir() { Drafts::from_records(&read_records(&path.join("samples.jsonl"))?, &model)? } else { Drafts::from_completions(&read_completions(path, &sets)?, &model)? };
+            let more = if path.is_dir() { Drafts::from_records(&read_records(&path.join("samples.jsonl"))?, &model)? } else { Drafts::from_completions(&read_completions(path, &whole_sets)?, &model)? };
             drafts.get_or_insert_with(|| Drafts(HashMap::new())).0.extend(more.0);
         }
         if drafts.is_some() && !dev.batch_invariant() {
