@@ -66,7 +66,7 @@ impl Plan {
             for procs in &self.cgroup_procs {
                 write_file(procs.as_ptr(), b"0")?; // 0: the writing process
             }
-            self.move_pipes()?;
+            move_pipes(self.report_fd, self.input_fd)?;
             let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
             if self.id_maps.is_some() {
                 flags |= libc::CLONE_NEWUSER;
@@ -84,19 +84,6 @@ impl Plan {
             }
             self.inside()
         }
-    }
-
-    /// fd 3 = report pipe, fd 4 = program pipe (through high fds so neither overwrites the other).
-    unsafe fn move_pipes(&self) -> io::Result<()> {
-        let a = libc::fcntl(self.report_fd, libc::F_DUPFD, 100);
-        check(a as _)?;
-        let b = libc::fcntl(self.input_fd, libc::F_DUPFD, 100);
-        check(b as _)?;
-        check(libc::dup2(a, 3) as _)?;
-        check(libc::dup2(b, 4) as _)?;
-        libc::close(a);
-        libc::close(b);
-        Ok(())
     }
 
     /// PID 1 of the new namespace: private file systems, limits, identity.
@@ -117,10 +104,7 @@ impl Plan {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         check(libc::mount(c(b"proc\0"), c(b"/proc\0"), c(b"proc\0"), flags, std::ptr::null()) as _)?;
         check(libc::chdir(c(b"/tmp\0")) as _)?;
-        for &(res, v) in &self.rlimits {
-            let r = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
-            check(libc::setrlimit(res, &r) as _)?;
-        }
+        set_rlimits(&self.rlimits)?;
         match self.drop_to {
             Some(uid) => {
                 check(libc::setgroups(0, std::ptr::null()) as _)?;
@@ -136,6 +120,27 @@ impl Plan {
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) as _)?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as _)
     }
+}
+
+/// fd 3 = report pipe, fd 4 = program pipe (through high fds so neither overwrites the other).
+pub unsafe fn move_pipes(report_fd: i32, input_fd: i32) -> io::Result<()> {
+    let a = libc::fcntl(report_fd, libc::F_DUPFD, 100);
+    check(a as _)?;
+    let b = libc::fcntl(input_fd, libc::F_DUPFD, 100);
+    check(b as _)?;
+    check(libc::dup2(a, 3) as _)?;
+    check(libc::dup2(b, 4) as _)?;
+    libc::close(a);
+    libc::close(b);
+    Ok(())
+}
+
+pub unsafe fn set_rlimits(rlimits: &[(libc::__rlimit_resource_t, u64)]) -> io::Result<()> {
+    for &(res, v) in rlimits {
+        let r = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
+        check(libc::setrlimit(res, &r) as _)?;
+    }
+    Ok(())
 }
 
 /// The waiting process outside the PID namespace: close everything it inherited (spawn's error

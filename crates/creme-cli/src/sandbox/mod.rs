@@ -359,17 +359,8 @@ fn rlimits_only(rlimits: &[(libc::__rlimit_resource_t, u64)], report_fd: i32, in
     unsafe {
         ok(libc::setsid())?;
         ok(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
-        let (a, b) = (libc::fcntl(report_fd, libc::F_DUPFD, 100), libc::fcntl(input_fd, libc::F_DUPFD, 100));
-        ok(a)?;
-        ok(b)?;
-        ok(libc::dup2(a, 3))?;
-        ok(libc::dup2(b, 4))?;
-        libc::close(a);
-        libc::close(b);
-        for &(res, v) in rlimits {
-            let r = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
-            ok(libc::setrlimit(res, &r))?;
-        }
+        isolate::move_pipes(report_fd, input_fd)?;
+        isolate::set_rlimits(rlimits)?;
         ok(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     }
 }
