@@ -18,16 +18,12 @@ use crate::pass_metric::pass_trace;
 
 #[derive(clap::Args, Clone)]
 pub struct CalibrateArgs {
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    #[arg(long)]
-    pub dataset: Option<PathBuf>,
+    /// Model, dataset; --tasks (default: the edit-worthy tasks of --baseline)
+    #[command(flatten)]
+    pub input: common::InputFlags,
     /// Perturbation type of the pairs
     #[arg(long = "type", default_value = "C3")]
     pub ptype: String,
-    /// Tasks (comma list); default: the edit-worthy tasks of `--baseline` (clean passes, the type fails)
-    #[arg(long)]
-    pub tasks: Option<String>,
     /// An `eval` OUT dir with the greedy baseline of clean and the type
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -53,14 +49,14 @@ pub struct TaskTraces {
 }
 
 pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
-    let dir = common::dataset_dir(a.dataset.as_deref())?;
-    let tasks = match (&a.tasks, &a.baseline) {
+    let dir = common::dataset_dir(a.input.dataset.as_deref())?;
+    let tasks: Vec<String> = match (&a.input.tasks, &a.baseline) {
         (Some(t), _) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        (None, Some(b)) => edit_worthy(b, &a.ptype)?,
+        (None, Some(b)) => edit_worthy(b, &a.ptype)?.into_iter().take(a.input.limit.unwrap_or(usize::MAX)).collect(),
         (None, None) => return Err("give --tasks or --baseline (an eval OUT dir of clean and the type)".into()),
     };
     std::fs::create_dir_all(&a.out)?;
-    let model = common::load_model(dev, Some(&common::model_path(a.model.as_deref())), 0)?;
+    let model = common::load_model(dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
     let (mut log, previous) = JsonlLog::open(&a.out.join("traces.jsonl"))?;
     let mut traces: Vec<TaskTraces> = previous.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
     for task in &tasks {

@@ -236,3 +236,31 @@ mod tests {
         let _ = std::fs::remove_file(&p);
     }
 }
+
+/// The model and the benchmark a command works on (shared by eval, experiment, calibrate-layer).
+#[derive(clap::Args, Clone, Debug)]
+pub struct InputFlags {
+    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Dataset directory (HumanEval.jsonl or MBPP.jsonl, and perturbed/<TYPE>.jsonl)
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Only the first N tasks of each set
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only these task ids (comma list)
+    #[arg(long)]
+    pub tasks: Option<String>,
+}
+
+/// How greedy generations are batched and bounded (shared by eval and experiment).
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenFlags {
+    /// Prompts generated together (left-padded batch)
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Most new tokens per completion
+    #[arg(long, default_value_t = 320)]
+    pub max_tokens: usize,
+}

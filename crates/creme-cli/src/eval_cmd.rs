@@ -22,21 +22,11 @@ use crate::sandbox::{run_many, Limits, RunResult, Verdict};
 
 #[derive(clap::Args, Clone)]
 pub struct EvalArgs {
-    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Dataset directory (HumanEval.jsonl or MBPP.jsonl, and perturbed/<TYPE>.jsonl)
-    #[arg(long)]
-    pub dataset: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: common::InputFlags,
     /// Sets to run: clean, perturbation types (C3,E1,...), or all (= clean + the 20 types)
     #[arg(long, default_value = "clean")]
     pub types: String,
-    /// Only the first N tasks of each set
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Only these task ids (comma list)
-    #[arg(long)]
-    pub tasks: Option<String>,
     /// Samples per task (1 = greedy)
     #[arg(long, default_value_t = 1)]
     pub n: usize,
@@ -45,11 +35,8 @@ pub struct EvalArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
-    /// Prompts generated together (left-padded batch)
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 320)]
-    pub max_tokens: usize,
+    #[command(flatten)]
+    pub gen: common::GenFlags,
     /// Apply CREME patches before generating (repeatable)
     #[arg(long)]
     pub patch: Vec<PathBuf>,
@@ -164,16 +151,16 @@ fn read_completions(path: &Path, sets: &BTreeMap<String, Vec<Problem>>) -> Res<H
 }
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
-    let dir = common::dataset_dir(a.dataset.as_deref())?;
+    let dir = common::dataset_dir(a.input.dataset.as_deref())?;
     let types = parse_types(&a.types)?;
-    let sets = common::load_sets(&dir, &types, a.tasks.as_deref(), a.limit)?;
+    let sets = common::load_sets(&dir, &types, a.input.tasks.as_deref(), a.input.limit)?;
     // Completions given per set as one list are in the order of the whole set.
-    let whole_sets = if a.tasks.is_some() || a.limit.is_some() { common::load_sets(&dir, &types, None, None)? } else { sets.clone() };
+    let whole_sets = if a.input.tasks.is_some() || a.input.limit.is_some() { common::load_sets(&dir, &types, None, None)? } else { sets.clone() };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
     let settings = json!({
         "dataset": dir, "types": types, "n": a.n, "temperature": if a.n > 1 { a.temperature } else { 0.0 }, "top_p": a.top_p,
-        "max_tokens": a.max_tokens, "patches": a.patch, "completions": a.completions, "timeout_s": a.timeout,
-        "model": if a.completions.is_some() { Value::Null } else { json!(common::model_path(a.model.as_deref())) },
+        "max_tokens": a.gen.max_tokens, "patches": a.patch, "completions": a.completions, "timeout_s": a.timeout,
+        "model": if a.completions.is_some() { Value::Null } else { json!(common::model_path(a.input.model.as_deref())) },
     });
     let settings_path = a.out.join("settings.json");
     if let Ok(old) = std::fs::read_to_string(&settings_path) {
@@ -228,7 +215,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         }
     } else {
         let dev = Device::open(gpu_opts)?;
-        let mut model = common::load_model(&dev, a.model.as_deref(), 0)?;
+        let mut model = common::load_model(&dev, a.input.model.as_deref(), 0)?;
         common::apply_patches(&dev, &mut model, &a.patch)?;
         let mut drafts: Option<Drafts> = None;
         for path in &a.baseline {
@@ -324,7 +311,7 @@ pub struct GenSpec<'a> {
 
 impl From<&EvalArgs> for GenSpec<'_> {
     fn from(a: &EvalArgs) -> Self {
-        GenSpec { n: a.n, temperature: a.temperature, top_p: a.top_p, max_tokens: a.max_tokens, batch: a.batch, drafts: None }
+        GenSpec { n: a.n, temperature: a.temperature, top_p: a.top_p, max_tokens: a.gen.max_tokens, batch: a.gen.batch, drafts: None }
     }
 }
 

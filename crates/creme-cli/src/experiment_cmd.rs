@@ -39,24 +39,14 @@ impl Locator for TaskLocator<'_> {
 
 #[derive(clap::Args, Clone)]
 pub struct ExperimentArgs {
-    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Dataset directory (HumanEval.jsonl and perturbed/<TYPE>.jsonl)
-    #[arg(long)]
-    pub dataset: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: common::InputFlags,
     /// Perturbation types to edit for (comma list, or all)
     #[arg(long, default_value = "C3")]
     pub types: String,
     /// Also evaluate every edit on these types (the cross-type G-RIR matrix)
     #[arg(long)]
     pub eval_types: Option<String>,
-    /// Only the first N tasks of each set
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Only these task ids (comma list)
-    #[arg(long)]
-    pub tasks: Option<String>,
     /// Layer choice: logprob (trace), pass (the authors' executed trace), random, a layer number,
     /// or mode:FILE (per type, the most frequent key layer of an earlier run's edits.jsonl)
     #[arg(long, default_value = "logprob")]
@@ -69,10 +59,8 @@ pub struct ExperimentArgs {
     /// An earlier `creme eval` output directory to take the baseline from (else computed here)
     #[arg(long)]
     pub baseline: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 320)]
-    pub max_tokens: usize,
+    #[command(flatten)]
+    pub gen: common::GenFlags,
     /// Parallel test processes (default: the number of cores)
     #[arg(long)]
     pub workers: Option<usize>,
@@ -137,7 +125,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let settings = a.edit.settings()?;
     let restored_at = a.edit.restored_at()?;
     let (shard, shards) = parse_shard(&a.shard)?;
-    let dir = common::dataset_dir(a.dataset.as_deref())?;
+    let dir = common::dataset_dir(a.input.dataset.as_deref())?;
     let types: Vec<String> = eval_cmd::parse_types(&a.types)?.into_iter().filter(|t| t != "clean").collect();
     let extra: Vec<String> = match &a.eval_types {
         Some(t) => eval_cmd::parse_types(t)?.into_iter().filter(|t| t != "clean" && !types.contains(t)).collect(),
@@ -146,17 +134,17 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let mut all_sets = vec!["clean".to_string()];
     all_sets.extend(types.iter().cloned());
     all_sets.extend(extra.iter().cloned());
-    let sets = common::load_sets(&dir, &all_sets, a.tasks.as_deref(), a.limit)?;
+    let sets = common::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?;
     let fixed_modes = match a.layer.strip_prefix("mode:") {
         Some(f) => Some(layer_modes(Path::new(f))?),
         None => None,
     };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
-    let spec = GenSpec { n: 1, temperature: 0.0, top_p: 1.0, max_tokens: a.max_tokens, batch: a.batch, drafts: None };
+    let spec = GenSpec { n: 1, temperature: 0.0, top_p: 1.0, max_tokens: a.gen.max_tokens, batch: a.gen.batch, drafts: None };
     let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
 
     let dev = Device::open(gpu_opts)?;
-    let model_path = common::model_path(a.model.as_deref());
+    let model_path = common::model_path(a.input.model.as_deref());
     let mut model = common::load_model(&dev, Some(&model_path), 0)?;
 
     // Baseline: greedy outcomes of the unedited model on every set (resumable too).
