@@ -56,6 +56,7 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
         (None, None) => return Err("give --tasks or --baseline (an eval OUT dir of clean and the type)".into()),
     };
     std::fs::create_dir_all(&a.out)?;
+    common::record_command(&a.out)?;
     let model = common::load_model(dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
     let (mut log, previous) = JsonlLog::open(&a.out.join("traces.jsonl"))?;
     let mut traces: Vec<TaskTraces> = previous.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
@@ -77,7 +78,8 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
     }
     let traces: Vec<TaskTraces> = tasks.iter().filter_map(|id| traces.iter().find(|t| &t.task == id).cloned()).collect();
     let reference = reference_layers(a.reference.as_deref())?;
-    let cal = calibrate(&traces, &reference);
+    let mut cal = calibrate(&traces, &reference);
+    cal.json["type"] = json!(a.ptype);
     common::write(&a.out.join("calibration.json"), &serde_json::to_string_pretty(&cal.json)?)?;
     common::write(&a.out.join("calibration.md"), &cal.markdown)?;
     print!("{}", cal.markdown);

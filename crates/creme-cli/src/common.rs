@@ -95,6 +95,14 @@ pub fn write(path: &Path, text: &str) -> Res {
     Ok(())
 }
 
+/// Write the command line that made `dir` into dir/command.txt, so reports can say how to
+/// repeat a run.
+pub fn record_command(dir: &Path) -> Res {
+    let quote = |a: String| if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@".contains(c)) { a } else { format!("'{}'", a.replace('\'', "'\\''")) };
+    let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
+    write(&dir.join("command.txt"), &format!("creme {}\n", args.join(" ")))
+}
+
 /// The model file: --model, else the cached default.
 pub fn model_path(flag: Option<&Path>) -> PathBuf {
     match flag {

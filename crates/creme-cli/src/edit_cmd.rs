@@ -116,9 +116,10 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         });
         let json_text = serde_json::to_string_pretty(&doc)?;
         let cell = |text: &str, v: Option<Verdict>| format!("<td><b class='{}'>{}</b><pre>{}</pre></td>", if v == Some(Verdict::Pass) { "ok" } else { "bad" }, verdict_str(v), report::escape(text));
+        let (clean_marked, pert_marked) = report::diff_marked(&clean_text, &pert_text);
         let mut sections = vec![(
-            "Prompts".to_string(),
-            format!("<table><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre>{}</pre></td><td><pre>{}</pre></td></tr></table>", report::escape(&clean_text), report::escape(&pert_text)),
+            "Prompts (the characters that differ are marked)".to_string(),
+            format!("<table class='cols'><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre class='prompt'>{clean_marked}</pre></td><td><pre class='prompt'>{pert_marked}</pre></td></tr></table>"),
         )];
         if let Some(t) = &done.trace {
             sections.push(("Causal trace".to_string(), report::layer_curve_svg(t, &format!("{label}: restoration by layer"))));
@@ -128,7 +129,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         sections.push((
             "Completions before and after the edit".to_string(),
             format!(
-                "<table><tr><th></th><th>before</th><th>after</th></tr><tr><th>perturbed</th>{}{}</tr><tr><th>clean</th>{}{}</tr></table>",
+                "<table class='cols'><tr><th style='width:5em'></th><th>before</th><th>after</th></tr><tr><th>perturbed</th>{}{}</tr><tr><th>clean</th>{}{}</tr></table>",
                 cell(&pert_before, pert_v0),
                 cell(&pert_after, pert_v1),
                 cell(&clean_before, clean_v0),

@@ -157,6 +157,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     // Completions given per set as one list are in the order of the whole set.
     let whole_sets = if a.input.tasks.is_some() || a.input.limit.is_some() { common::load_sets(&dir, &types, None, None)? } else { sets.clone() };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
+    common::record_command(&a.out)?;
     let settings = json!({
         "dataset": dir, "types": types, "n": a.n, "temperature": if a.n > 1 { a.temperature } else { 0.0 }, "top_p": a.top_p,
         "max_tokens": a.gen.max_tokens, "patches": a.patch, "completions": a.completions, "timeout_s": a.timeout,

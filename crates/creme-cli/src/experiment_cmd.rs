@@ -5,18 +5,18 @@
 //! edit is evaluated: a killed run resumes after its last finished record; `--shard i/n` takes
 //! every n-th edit so shards run on separate machines; `creme report` merges them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use creme_core::dataset::Problem;
-use creme_core::metrics;
+use creme_core::experiment::{self, EditRecord, Outcomes};
 use creme_core::model::Model;
 use creme_core::model::Model as CoreModel;
-use creme_core::pipeline::{locate_and_edit, CremeSettings, Locator, LogprobLocator};
+use creme_core::pipeline::{locate_and_edit, CremeEdit, CremeSettings, Locator, LogprobLocator};
 use creme_core::trace::{LayerTrace, TraceSetup};
 use creme_core::{Backend, Device, ModelError};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::common::{self, JsonlLog, Res};
 use crate::eval_cmd::{self, GenSpec};
@@ -37,6 +37,12 @@ impl Locator for TaskLocator<'_> {
     }
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum EvalScope {
+    All,
+    EditWorthy,
+}
+
 #[derive(clap::Args, Clone)]
 pub struct ExperimentArgs {
     #[command(flatten)]
@@ -48,9 +54,15 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub eval_types: Option<String>,
     /// Layer choice: logprob (trace), pass (the authors' executed trace), random, a layer number,
-    /// or mode:FILE (per type, the most frequent key layer of an earlier run's edits.jsonl)
+    /// mode:FILE (per type, the most frequent key layer of an earlier run's edits.jsonl), or
+    /// from:FILE (per task: an earlier edits.jsonl, or calibrate-layer's calibration.json, whose
+    /// pass-metric layers then serve without tracing again)
     #[arg(long, default_value = "logprob")]
     pub layer: String,
+    /// Evaluate each edit on every task (all: the paper's fixed/broken and clean deviation over
+    /// the whole set) or only on the type's edit-worthy tasks (enough for L-RIR and G-RIR)
+    #[arg(long, value_enum, default_value = "all")]
+    pub eval_scope: EvalScope,
     #[command(flatten)]
     pub edit: crate::edit_cmd::EditFlags,
     /// Take edit i of every n (0-based "i/n"), for separate machines
@@ -92,10 +104,8 @@ fn layer_modes(path: &Path) -> Res<BTreeMap<String, usize>> {
     Ok(counts.into_iter().filter_map(|(t, c)| Some((t, c.into_iter().max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?.0))).collect())
 }
 
-/// Pass/fail per (set, task) under greedy decoding.
-type Outcomes = BTreeMap<String, BTreeMap<String, bool>>;
-
-fn outcomes_of(records: &[Value]) -> Outcomes {
+/// Pass/fail per (set, task) under greedy decoding, from sample records.
+pub fn outcomes_of(records: &[Value]) -> Outcomes {
     let mut o = Outcomes::new();
     for r in records.iter().filter(|r| !eval_cmd::is_infra_error(r)) {
         if let (Some(s), Some(t), Some(p)) = (r["set"].as_str(), r["task_id"].as_str(), r["passed"].as_bool()) {
@@ -107,18 +117,72 @@ fn outcomes_of(records: &[Value]) -> Outcomes {
     o
 }
 
-/// Evaluate `sets` greedily with the model as it is now.
-#[allow(clippy::too_many_arguments)]
-fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, names: &[String], spec: &GenSpec, workers: usize, mut on_record: impl FnMut(Value) -> Res) -> Res {
+/// Evaluate `sets` greedily with the model as it is now; every record goes to `on_record`.
+fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, spec: &GenSpec, workers: usize, mut on_record: impl FnMut(Value) -> Res) -> Res {
     let lim = eval_cmd::limits(10);
-    for set in names {
-        let items: Vec<(&Problem, usize)> = sets[set].iter().map(|p| (p, 0)).collect();
+    for (set, problems) in sets {
+        let items: Vec<(&Problem, usize)> = problems.iter().map(|p| (p, 0)).collect();
         // A sample the sandbox could not run is no verdict: stop here (nothing of this edit is
         // recorded, so the same command redoes it) rather than count it as a failure.
         let mut checked = |rec: Value| if eval_cmd::is_infra_error(&rec) { Err(format!("{set} {}: the sandbox could not run the test program: {}", rec["task_id"], rec["stderr_tail"]).into()) } else { on_record(rec) };
         eval_cmd::run_set(dev, model, set, &items, spec, &lim, workers, &mut checked)?;
     }
     Ok(())
+}
+
+/// The tasks an edit of type `t` is evaluated on: every loaded task, or (edit-worthy scope) the
+/// edit-worthy tasks of each evaluated type, with their clean prompts those of type `t`.
+fn eval_sets(sets: &BTreeMap<String, Vec<Problem>>, base: &Outcomes, t: &str, scope: EvalScope) -> BTreeMap<String, Vec<Problem>> {
+    match scope {
+        EvalScope::All => sets.clone(),
+        EvalScope::EditWorthy => sets
+            .iter()
+            .map(|(s, ps)| {
+                let worthy: HashSet<String> = experiment::edit_worthy(base, if s == "clean" { t } else { s }).into_iter().collect();
+                (s.clone(), ps.iter().filter(|p| worthy.contains(&p.task_id)).cloned().collect())
+            })
+            .collect(),
+    }
+}
+
+/// Per task, the layer an earlier run chose: an `edits.jsonl` (each record's layer, by type and
+/// task) or a `creme calibrate-layer` calibration.json (each row's pass-metric layer).
+fn layers_from(path: &Path) -> Res<HashMap<String, usize>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut out = HashMap::new();
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let r: EditRecord = serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
+            out.insert(format!("{} {}", r.ptype, r.task), r.layer);
+        }
+    } else {
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let t = v["type"].as_str().unwrap_or("C3");
+        for row in v["rows"].as_array().ok_or_else(|| format!("{}: no calibration rows", path.display()))? {
+            if let (Some(task), Some(l)) = (row["task"].as_str(), row["pass_layer"].as_u64()) {
+                out.insert(format!("{t} {task}"), l as usize);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The layer to edit for one job, unless it is traced (logprob, pass).
+fn fixed_layer(choice: &str, t: &str, task: &str, n_layers: usize, modes: &Option<BTreeMap<String, usize>>, given: &Option<HashMap<String, usize>>) -> Res<Option<usize>> {
+    let l = match choice {
+        "logprob" | "pass" => return Ok(None),
+        "random" => {
+            let seed = task.bytes().fold(t.len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            creme_core::cpu::SplitMix64(seed).below(n_layers as u64) as usize
+        }
+        s if s.starts_with("mode:") => *modes.as_ref().and_then(|m| m.get(t)).ok_or_else(|| format!("{s}: no edits of type {t} to take a layer from"))?,
+        s if s.starts_with("from:") => *given.as_ref().and_then(|m| m.get(&format!("{t} {task}"))).ok_or_else(|| format!("{s}: no layer for {t} {task}"))?,
+        s => s.parse().map_err(|_| format!("--layer '{s}': logprob, pass, random, mode:FILE, from:FILE or a layer number"))?,
+    };
+    if l >= n_layers {
+        return Err(format!("--layer {l}: the model has {n_layers} layers").into());
+    }
+    Ok(Some(l))
 }
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
@@ -135,11 +199,10 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     all_sets.extend(types.iter().cloned());
     all_sets.extend(extra.iter().cloned());
     let sets = common::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?;
-    let fixed_modes = match a.layer.strip_prefix("mode:") {
-        Some(f) => Some(layer_modes(Path::new(f))?),
-        None => None,
-    };
+    let modes = a.layer.strip_prefix("mode:").map(|f| layer_modes(Path::new(f))).transpose()?;
+    let given = a.layer.strip_prefix("from:").map(|f| layers_from(Path::new(f))).transpose()?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
+    common::record_command(&a.out)?;
     let spec = GenSpec { n: 1, temperature: 0.0, top_p: 1.0, max_tokens: a.gen.max_tokens, batch: a.gen.batch, drafts: None };
     let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
 
@@ -154,17 +217,16 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let mut base = outcomes_of(&base_records);
     let t_base = Instant::now();
     for s in &all_sets {
-        let missing: BTreeMap<String, Vec<Problem>> =
-            [(s.clone(), sets[s].iter().filter(|p| !base.get(s).is_some_and(|m| m.contains_key(&p.task_id))).cloned().collect())].into();
-        if missing[s].is_empty() {
+        let missing: Vec<Problem> = sets[s].iter().filter(|p| !base.get(s).is_some_and(|m| m.contains_key(&p.task_id))).cloned().collect();
+        if missing.is_empty() {
             continue;
         }
-        eprintln!("baseline: {} {} tasks", missing[s].len(), s);
-        evaluate(&dev, &model, &missing, &[s.clone()], &spec, workers, |rec| {
+        eprintln!("baseline: {} {} tasks", missing.len(), s);
+        evaluate(&dev, &model, &[(s.clone(), missing)].into(), &spec, workers, |rec| {
             base_log.append(&rec)?;
-            if let (Some(set), Some(task)) = (rec["set"].as_str(), rec["task_id"].as_str()) {
-            base.entry(set.into()).or_default().insert(task.into(), rec["passed"] == true);
-        }
+            if let (Some(set), Some(task), Some(p)) = (rec["set"].as_str(), rec["task_id"].as_str(), rec["passed"].as_bool()) {
+                base.entry(set.into()).or_default().insert(task.into(), p);
+            }
             Ok(())
         })?;
     }
@@ -177,20 +239,21 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     // Edit-worthy tasks, in dataset order, this shard's share.
     let mut jobs: Vec<(String, Problem, Problem)> = Vec::new();
     for t in &types {
-        for p in &sets[t] {
-            let clean_ok = base["clean"].get(&p.task_id).copied().unwrap_or(false);
-            let pert_ok = base[t].get(&p.task_id).copied().unwrap_or(true);
-            if clean_ok && !pert_ok {
-                let c = creme_core::dataset::find(&sets["clean"], &p.task_id).ok_or("edit-worthy task without a clean problem")?;
-                jobs.push((t.clone(), c.clone(), p.clone()));
-            }
+        let worthy: HashSet<String> = experiment::edit_worthy(&base, t).into_iter().collect();
+        for p in sets[t].iter().filter(|p| worthy.contains(&p.task_id)) {
+            let c = creme_core::dataset::find(&sets["clean"], &p.task_id).ok_or("edit-worthy task without a clean problem")?;
+            jobs.push((t.clone(), c.clone(), p.clone()));
         }
     }
     let total = jobs.len();
     let jobs: Vec<_> = jobs.into_iter().enumerate().filter(|(i, _)| i % shards == shard).map(|(_, j)| j).collect();
     let log_name = if shards > 1 { format!("edits-shard-{shard}-of-{shards}.jsonl") } else { "edits.jsonl".to_string() };
     let (mut log, previous) = JsonlLog::open(&a.out.join(&log_name))?;
-    let done: HashSet<(String, String)> = previous.iter().filter_map(|r| Some((r["type"].as_str()?.to_string(), r["task"].as_str()?.to_string()))).collect();
+    let mut done = HashSet::new();
+    for r in previous {
+        let r: EditRecord = serde_json::from_value(r).map_err(|e| format!("{}: a record of another version ({e}); use a new --out", a.out.join(&log_name).display()))?;
+        done.insert((r.ptype, r.task));
+    }
     eprintln!("{total} edit-worthy tasks over {} types; this shard: {}, already done: {}", types.len(), jobs.len(), done.len());
 
     for (k, (t, clean_p, pert_p)) in jobs.iter().enumerate() {
@@ -198,28 +261,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             continue;
         }
         let t_all = Instant::now();
-        let tok = &model.tokenizer;
-        let (clean, pert) = (tok.encode(&clean_p.prompt)?, tok.encode(&pert_p.prompt)?);
-        // Layer: traced (logprob or pass metric), random, the mode of an earlier run, or fixed.
-        let n_layers = model.cfg.n_layers;
-        let fixed = match a.layer.as_str() {
-            "logprob" | "pass" => None,
-            "random" => {
-                let seed = pert_p.task_id.bytes().fold(t.len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-                Some(creme_core::cpu::SplitMix64(seed).below(n_layers as u64) as usize)
-            }
-            s if s.starts_with("mode:") => {
-                let modes = fixed_modes.as_ref().ok_or_else(|| format!("{s}: no layers read"))?;
-                Some(*modes.get(t).ok_or_else(|| format!("{s}: no edits of type {t} to take a layer from"))?)
-            }
-            s => {
-                let l: usize = s.parse().map_err(|_| format!("--layer '{s}': logprob, pass, random, mode:FILE or a layer number"))?;
-                if l >= n_layers {
-                    return Err(format!("--layer {l}: the model has {n_layers} layers").into());
-                }
-                Some(l)
-            }
-        };
+        let (clean, pert) = (model.tokenizer.encode(&clean_p.prompt)?, model.tokenizer.encode(&pert_p.prompt)?);
+        let fixed = fixed_layer(&a.layer, t, &pert_p.task_id, model.cfg.n_layers, &modes, &given)?;
         let creme = CremeSettings { target_tokens: a.edit.target_tokens, layer: fixed, edit: settings.clone() };
         let mut locator = if a.layer == "pass" {
             TaskLocator::Pass(PassLocator { clean: (&clean_p.prompt, clean_p), pert: (&pert_p.prompt, pert_p), samples: 1 })
@@ -227,69 +270,33 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             TaskLocator::Logprob(LogprobLocator { restored_at })
         };
         let meta = [("pair".to_string(), format!("{} {t}", pert_p.task_id))].into();
-        let done = pollster::block_on(locate_and_edit(&dev, &model, &clean, &pert, &creme, &mut locator, meta))?;
-        let (layer, result, trace_s) = (done.layer, &done.result, done.timings.target_s + done.timings.trace_s);
-        let scores = done.trace.as_ref().map(|tr| json!(tr.scores)).unwrap_or(Value::Null);
-        done.patch.apply(&dev, &mut model)?;
-        // Evaluate the edited model, then revert.
+        let edit = pollster::block_on(locate_and_edit(&dev, &model, &clean, &pert, &creme, &mut locator, meta))?;
+        edit.patch.apply(&dev, &mut model)?;
+        // Evaluate the edited model, then revert (also when the evaluation failed).
         let t_eval = Instant::now();
         let mut after_records = Vec::new();
-        let eval_sets: Vec<String> = all_sets.clone();
-        let evaluated = evaluate(&dev, &model, &sets, &eval_sets, &spec, workers, |rec| {
+        let evaluated = evaluate(&dev, &model, &eval_sets(&sets, &base, t, a.eval_scope), &spec, workers, |rec| {
             after_records.push(rec);
             Ok(())
         });
-        creme_core::patch::revert(&mut model, &done.patch);
+        creme_core::patch::revert(&mut model, &edit.patch);
         evaluated?;
-        let after = outcomes_of(&after_records);
-        let rate = |b: bool| b as u8 as f64;
-        // Per evaluated perturbed set: the RIR outcomes of its tasks.
-        let mut per_set = serde_json::Map::new();
-        let mut local = None;
-        let mut general = None;
-        for s in all_sets.iter().filter(|s| *s != "clean") {
-            let outcomes: Vec<metrics::TaskOutcome> = sets[s]
-                .iter()
-                .map(|p| metrics::TaskOutcome { task_id: p.task_id.clone(), orig: rate(base["clean"][&p.task_id]), before: rate(base[s][&p.task_id]), after: rate(after[s][&p.task_id]) })
-                .collect();
-            let edited = if s == t { pert_p.task_id.as_str() } else { "" };
-            let (l, g) = metrics::edit_rirs(edited, &outcomes);
-            let fixed = outcomes.iter().filter(|o| o.after > o.before).count();
-            let broke = outcomes.iter().filter(|o| o.after < o.before).count();
-            let passes = outcomes.iter().filter(|o| o.after > 0.0).count();
-            if s == t {
-                local = l;
-                general = g;
-            }
-            per_set.insert(s.clone(), json!({"g_rir": g, "fixed": fixed, "broke": broke, "passes_before": outcomes.iter().filter(|o| o.before > 0.0).count(), "passes_after": passes}));
-        }
-        let clean_before: Vec<f64> = sets["clean"].iter().map(|p| rate(base["clean"][&p.task_id])).collect();
-        let clean_after: Vec<f64> = sets["clean"].iter().map(|p| rate(after["clean"][&p.task_id])).collect();
-        let rec = json!({
-            "type": t, "task": pert_p.task_id, "layer": layer, "layer_choice": a.layer, "trace_scores": scores,
-            "settings": settings, "steps": result.steps, "best_loss": result.best_loss, "final_loss": result.losses.last().map(|l| l.total),
-            "l_rir": local, "g_rir": general, "fixed": per_set[t]["fixed"], "broke": per_set[t]["broke"],
-            "pert_before": per_set[t]["passes_before"], "pert_after": per_set[t]["passes_after"],
-            "clean_dev": metrics::clean_deviation(&clean_before, &clean_after),
-            "clean_before": clean_before.iter().sum::<f64>(), "clean_after": clean_after.iter().sum::<f64>(),
-            "edited_task_passes": after[t][&pert_p.task_id],
-            "eval": per_set, "after": after,
-            "t_trace": trace_s, "t_edit": result.seconds, "t_eval": t_eval.elapsed().as_secs_f64(), "t_total": t_all.elapsed().as_secs_f64(),
-            "tasks_per_set": sets["clean"].len(), "adapter": dev.describe(),
-        });
-        log.append(&rec)?;
+        let rec = record(t, &pert_p.task_id, &a, &edit, &base, &after_records, &all_sets, (t_eval.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64()), &dev)?;
+        log.append(&serde_json::to_value(&rec)?)?;
+        let own = rec.own();
         eprintln!(
-            "[{}/{}] {t} {}: layer {layer}, {} steps, loss {:.6}; edited task {}; fixed {} broke {}; clean {:+.3}; {:.0} s",
+            "[{}/{}] {t} {}: layer {}, {} steps, loss {:.6}; edited task {}; {t} fixed {} broke {}; clean {:+.3}; {:.0} s",
             k + 1,
             jobs.len(),
             pert_p.task_id,
-            result.steps,
-            result.best_loss,
-            if rec["edited_task_passes"] == true { "PASSES" } else { "still fails" },
-            rec["fixed"],
-            rec["broke"],
-            rec["clean_dev"].as_f64().unwrap_or(0.0),
-            t_all.elapsed().as_secs_f64()
+            rec.layer,
+            rec.steps,
+            rec.best_loss,
+            if rec.edited_task_passes { "PASSES" } else { "still fails" },
+            own.fixed,
+            own.broke,
+            rec.clean.dev,
+            rec.t_total
         );
     }
     let r = crate::report_cmd::report(&[a.out.clone()])?;
@@ -298,4 +305,51 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     print!("{}", r.markdown);
     println!("records: {}\nreport: {}", a.out.join(&log_name).display(), a.out.join("report.md").display());
     Ok(())
+}
+
+/// The record of one evaluated edit.
+#[allow(clippy::too_many_arguments)]
+fn record(t: &str, task: &str, a: &ExperimentArgs, edit: &CremeEdit, base: &Outcomes, after_records: &[Value], all_sets: &[String], (t_eval, t_total): (f64, f64), dev: &Device) -> Res<EditRecord> {
+    let after = outcomes_of(after_records);
+    let mut eval = BTreeMap::new();
+    let mut local = None;
+    for s in all_sets.iter().filter(|s| *s != "clean") {
+        let (score, l) = experiment::score_set(base, &after, s, (s == t).then_some(task))?;
+        if s == t {
+            local = l;
+        }
+        eval.insert(s.clone(), score);
+    }
+    let result = &edit.result;
+    Ok(EditRecord {
+        ptype: t.to_string(),
+        task: task.to_string(),
+        layer: edit.layer,
+        layer_choice: a.layer.clone(),
+        trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
+        settings: a.edit.settings()?,
+        steps: result.steps,
+        loss_before: result.losses.first().map(|l| l.total),
+        best_loss: result.best_loss,
+        final_loss: result.losses.last().map(|l| l.total),
+        l_rir: local,
+        g_rir: eval.get(t).and_then(|s| s.g_rir),
+        edited_task_passes: after.get(t).and_then(|m| m.get(task)).copied().unwrap_or(false),
+        eval,
+        clean: experiment::score_clean(base, &after)?,
+        eval_scope: match a.eval_scope {
+            EvalScope::All => "all",
+            EvalScope::EditWorthy => "edit-worthy",
+        }
+        .to_string(),
+        tasks_per_set: after.get(t).map(|m| m.len()).unwrap_or(0),
+        drafts_whole: after_records.iter().filter(|r| r["draft"]["whole"] == true).count(),
+        generated: after_records.len(),
+        after,
+        t_trace: edit.timings.target_s + edit.timings.trace_s,
+        t_edit: edit.timings.capture_s + edit.timings.solve_s,
+        t_eval,
+        t_total,
+        adapter: dev.describe(),
+    })
 }

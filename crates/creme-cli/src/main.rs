@@ -198,13 +198,26 @@ enum Cmd {
         #[command(flatten)]
         args: experiment_cmd::ExperimentArgs,
     },
-    /// Merge experiment runs (or shards) into the tables: L-RIR, G-RIR, fixed/broken, clean deviation
+    /// Merge experiment runs (or shards) into the tables: L-RIR, G-RIR, fixed/broken, clean
+    /// deviation; with --setting, write the efficacy document comparing several runs
     Report {
         /// Experiment output directories
         dirs: Vec<PathBuf>,
         /// Where to write report.md / report.json (default: the first directory)
         #[arg(long)]
         out: Option<PathBuf>,
+        /// A setting of the efficacy document: LABEL=EXPERIMENT_DIR (repeatable; the first is the main one)
+        #[arg(long = "setting", value_parser = report_cmd::parse_setting)]
+        settings: Vec<(String, PathBuf)>,
+        /// The baseline eval directory the settings' experiments used (for --setting)
+        #[arg(long, requires = "settings")]
+        baseline: Option<PathBuf>,
+        /// A calibrate-layer output directory, for the key-layer table (for --setting)
+        #[arg(long, requires = "settings")]
+        calibration: Option<PathBuf>,
+        /// Where to write the efficacy document (for --setting)
+        #[arg(long, default_value = "docs/efficacy.md")]
+        doc: PathBuf,
     },
     /// Serve the web app (web/), the model cache (/models/) and the dataset (/datasets/) on 127.0.0.1
     Serve {
@@ -276,7 +289,14 @@ fn run(cli: Cli) -> Res {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
-        Cmd::Report { dirs, out } => report_cmd::run(&dirs, out),
+        Cmd::Report { dirs, out, settings, baseline, calibration, doc } if !settings.is_empty() => {
+            if !dirs.is_empty() || out.is_some() {
+                return Err("--setting writes the efficacy document: give the runs as --setting LABEL=DIR, not as directories".into());
+            }
+            let baseline = baseline.ok_or("--setting needs --baseline DIR (the eval run the experiments took their baseline from)")?;
+            report_cmd::run_doc(report_cmd::DocArgs { settings, baseline, calibration, doc })
+        }
+        Cmd::Report { dirs, out, .. } => report_cmd::run(&dirs, out),
         Cmd::Serve { port, web, models, dataset } => {
             let models = models.unwrap_or_else(|| common::model_path(None).parent().map(|p| p.to_path_buf()).unwrap_or_default());
             let datasets = common::dataset_dir(dataset.as_deref()).ok();

@@ -121,3 +121,47 @@ fn shards_split_the_edits_and_merge_in_the_report() {
     assert!(a.iter().chain(&b).all(|l| serde_json::from_str::<Value>(l).unwrap()["layer"] == 1));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
+    let (data, model, root) = setup("scope", 4);
+    // Tiny/0's C3 prompt passes in this baseline: it is not edit-worthy.
+    let base = root.join("baseline/samples.jsonl");
+    let text = std::fs::read_to_string(&base).unwrap().replace(r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#, r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#);
+    assert!(text.contains(r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#), "fixture layout changed: {text}");
+    std::fs::write(&base, text).unwrap();
+    // A calibrate-layer output naming each task's pass-metric layer.
+    let calib = root.join("calib");
+    std::fs::create_dir_all(&calib).unwrap();
+    let rows: Vec<Value> = (1..4).map(|i| json!({"task": format!("Tiny/{i}"), "pass_layer": 1, "argmax_layer": 0, "predicted": 0, "reference_layer": null})).collect();
+    let cal = json!({"type": "C3", "rows": rows, "argmax_same": 0, "fit": {"same": 0, "within_2": 3}, "loo": {"same": 0, "within_2": 3, "tasks": 3}, "reference": {"tasks": 0, "same": 0, "within_2": 0, "pass_metric_same": 0}});
+    std::fs::write(calib.join("calibration.json"), cal.to_string()).unwrap();
+
+    let out = root.join("run");
+    let layer = format!("from:{}", calib.join("calibration.json").display());
+    let mut c = creme();
+    c.args(["experiment", "--types", "C3", "--max-tokens", "4", "--target-tokens", "8", "--workers", "2", "--eval-scope", "edit-worthy", "--layer", &layer]);
+    c.arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--baseline").arg(root.join("baseline")).arg("--out").arg(&out);
+    assert!(c.stderr(std::process::Stdio::null()).status().unwrap().success());
+    let recs: Vec<Value> = lines(&out.join("edits.jsonl")).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 3, "Tiny/1..3 are edit-worthy");
+    for r in &recs {
+        assert_eq!((r["layer"].as_u64(), r["eval_scope"].as_str(), r["tasks_per_set"].as_u64()), (Some(1), Some("edit-worthy"), Some(3)), "{r}");
+        assert!(r["after"]["C3"].get("Tiny/0").is_none() && r["after"]["clean"].get("Tiny/0").is_none(), "only edit-worthy tasks are evaluated: {r}");
+        assert_eq!(r["clean"]["passes_before"], 3);
+    }
+    assert!(std::fs::read_to_string(out.join("command.txt")).unwrap().starts_with("creme experiment "));
+
+    let doc = root.join("efficacy.md");
+    let o = creme().arg("report").arg("--setting").arg(format!("pass layer={}", out.display())).arg("--baseline").arg(root.join("baseline")).arg("--calibration").arg(&calib).arg("--doc").arg(&doc).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(&doc).unwrap();
+    for want in ["## Baseline", "| C3 | 1 | 4 | Tiny/1, Tiny/2, Tiny/3 |", "| pass layer | 3 | edit-worthy (3 per set)", "## Edits: pass layer", "| C3 | Tiny/2 | 1 |", "## Key layer", "| Tiny/3 | 1 | - | 0 | 0 | 1 |", "## How to repeat", "creme experiment --types C3 "] {
+        assert!(md.contains(want), "missing {want:?} in:\n{md}");
+    }
+    // A directory holding records of another version is refused with a clear message.
+    std::fs::write(out.join("edits-old.jsonl"), "{\"type\":\"C3\",\"task\":\"Tiny/1\"}\n").unwrap();
+    let o = creme().arg("report").arg(&out).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not an edit record of this version"));
+    let _ = std::fs::remove_dir_all(&root);
+}

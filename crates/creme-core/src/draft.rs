@@ -15,9 +15,9 @@
 
 use crate::backend::{Backend, Device};
 use crate::error::ModelError;
-use crate::generate::{decode_after, left_pad, Completion, Finish, GenerateOptions};
+use crate::generate::{decode_after, Completion, Finish, GenerateOptions};
 use crate::hooks::Hooks;
-use crate::model::{Logits, Model};
+use crate::model::{KvCache, Logits, Model};
 
 /// Proposed completion tokens for a prompt (usually the unedited model's greedy completion; how
 /// it ended does not matter: plain decoding's end rules are replayed).
@@ -74,7 +74,7 @@ async fn verify_one(dev: &Device, model: &Model, prompt: &[u32], draft: &Draft, 
         return Ok(Verified { completion: Completion { tokens: Vec::new(), text: String::new(), finish: Finish::Length }, accepted: 0, whole: draft.tokens.is_empty() });
     }
     let tokens = &draft.tokens[..draft.tokens.len().min(opts.max_new_tokens)];
-    let picks = greedy_picks(dev, model, prompt, tokens).await?;
+    let (picks, cache) = greedy_picks(dev, model, prompt, tokens, opts.max_new_tokens).await?;
     let accepted = tokens.iter().zip(&picks).take_while(|(d, p)| d == p).count();
     let whole = |n: usize| n == draft.tokens.len();
     // Plain decoding would have produced exactly these tokens: does it end among them?
@@ -84,7 +84,7 @@ async fn verify_one(dev: &Device, model: &Model, prompt: &[u32], draft: &Draft, 
     if accepted == tokens.len() && model.cfg.eos_ids.contains(&picks[accepted]) {
         return Ok(Verified { completion: finish_completion(model, tokens.to_vec(), Finish::Eos, opts)?, accepted, whole: whole(accepted) });
     }
-    let completion = continue_from(dev, model, prompt, &tokens[..accepted], opts).await?;
+    let completion = continue_from(dev, model, cache, prompt, &tokens[..accepted], opts).await?;
     Ok(Verified { completion, accepted, whole: false })
 }
 
@@ -106,13 +106,14 @@ fn plain_end_within(model: &Model, tokens: &[u32], opts: &GenerateOptions) -> Re
     Ok(None)
 }
 
-/// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1].
-async fn greedy_picks(dev: &Device, model: &Model, prompt: &[u32], draft: &[u32]) -> Result<Vec<u32>, ModelError> {
+/// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1], and
+/// the cache that forward filled (room for `max_new` tokens after the prompt).
+async fn greedy_picks(dev: &Device, model: &Model, prompt: &[u32], draft: &[u32], max_new: usize) -> Result<(Vec<u32>, KvCache), ModelError> {
     let seq: Vec<u32> = prompt.iter().chain(draft).copied().collect();
-    let mut cache = model.new_cache(dev, vec![0], seq.len())?;
+    let mut cache = model.new_cache(dev, vec![0], prompt.len() + max_new)?;
     let rows: Vec<usize> = (prompt.len() - 1..seq.len()).collect();
     let fwd = model.forward(dev, &mut cache, &[seq], &Hooks::default(), Logits::Rows(rows))?;
-    dev.argmax(fwd.logits.as_ref().expect("asked for logits")).await
+    Ok((dev.argmax(fwd.logits.as_ref().expect("asked for logits")).await?, cache))
 }
 
 fn finish_completion(model: &Model, tokens: Vec<u32>, finish: Finish, opts: &GenerateOptions) -> Result<Completion, ModelError> {
@@ -124,13 +125,13 @@ fn finish_completion(model: &Model, tokens: Vec<u32>, finish: Finish, opts: &Gen
     Ok(Completion { tokens, text, finish })
 }
 
-/// Plain greedy decoding after prompt + the accepted tokens (their rows are computed as in plain
-/// decoding: batch invariance).
-async fn continue_from(dev: &Device, model: &Model, prompt: &[u32], accepted: &[u32], opts: &GenerateOptions) -> Result<Completion, ModelError> {
-    let seq: Vec<u32> = prompt.iter().chain(accepted).copied().collect();
-    let (batch, pad, _) = left_pad(model.cfg.pad_id, &[&seq], &[]);
-    let mut cache = model.new_cache(dev, pad, prompt.len() + opts.max_new_tokens)?;
-    let fwd = model.forward(dev, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
+/// Plain greedy decoding after prompt + the accepted tokens, reusing the verifying forward's
+/// cache: its rows up to the last accepted token are what plain decoding computes (batch
+/// invariance), so only that last token is fed again, for its logits.
+async fn continue_from(dev: &Device, model: &Model, mut cache: KvCache, prompt: &[u32], accepted: &[u32], opts: &GenerateOptions) -> Result<Completion, ModelError> {
+    let last = *accepted.last().or(prompt.last()).expect("prompt is not empty");
+    cache.len = prompt.len() + accepted.len() - 1;
+    let fwd = model.forward(dev, &mut cache, &[vec![last]], &Hooks::default(), Logits::Last)?;
     let logits = fwd.logits.expect("asked for logits");
     let mut out = decode_after(dev, model, &mut cache, logits, &[accepted.to_vec()], opts, &mut |_, _| {}).await?;
     Ok(out.remove(0))

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod dataset;
 pub mod edit;
 pub mod error;
+pub mod experiment;
 pub mod draft;
 pub mod generate;
 pub mod patch;

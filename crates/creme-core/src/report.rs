@@ -7,6 +7,33 @@ pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The two texts as HTML with the characters that differ marked (`<mark>`), from a
+/// character-level diff (the `similar` crate's Myers diff): a typo shows where it is in both.
+pub fn diff_marked(a: &str, b: &str) -> (String, String) {
+    use similar::{ChangeTag, TextDiff};
+    let diff = TextDiff::from_chars(a, b);
+    let (mut left, mut right) = (String::new(), String::new());
+    for op in diff.ops() {
+        let (mut old, mut new, mut same) = (String::new(), String::new(), String::new());
+        for c in diff.iter_changes(op) {
+            match c.tag() {
+                ChangeTag::Equal => same.push_str(c.value()),
+                ChangeTag::Delete => old.push_str(c.value()),
+                ChangeTag::Insert => new.push_str(c.value()),
+            }
+        }
+        left += &escape(&same);
+        right += &escape(&same);
+        if !old.is_empty() {
+            left += &format!("<mark>{}</mark>", escape(&old));
+        }
+        if !new.is_empty() {
+            right += &format!("<mark>{}</mark>", escape(&new));
+        }
+    }
+    (left, right)
+}
+
 /// Per-layer restoration (line) over the clean-vs-perturbed distance (bars), key layer marked.
 pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 300.0, 56.0, 56.0, 34.0, 40.0);
@@ -110,7 +137,7 @@ pub fn html_page(title: &str, sections: &[(String, String)], json: &str) -> Stri
     format!(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{t}</title><style>\
          body{{font:14px/1.5 system-ui,sans-serif;max-width:1000px;margin:24px auto;padding:0 16px;color:#1b2430}}\
-         h1{{font-size:22px}} h2{{font-size:16px;color:#2456c8;margin-top:28px}} pre{{background:#f4f6fa;padding:10px;overflow:auto;border-radius:6px}}\
+         h1{{font-size:22px}} h2{{font-size:16px;color:#2456c8;margin-top:28px}} pre{{background:#f4f6fa;padding:10px;border-radius:6px;white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0}} mark{{background:#ffd43b;color:inherit;border-radius:2px}} table.cols{{width:100%;table-layout:fixed}}\
          table{{border-collapse:collapse}} td,th{{padding:3px 10px;border-bottom:1px solid #e3e7ef;text-align:left;vertical-align:top}}\
          .ok{{color:#15803d}} .bad{{color:#b91c1c}} details{{margin-top:24px}}</style></head><body><h1>{t}</h1>{body}\
          <details><summary>raw JSON</summary><pre>{j}</pre></details></body></html>",
@@ -121,24 +148,35 @@ pub fn html_page(title: &str, sections: &[(String, String)], json: &str) -> Stri
 
 /// Loss per optimizer evaluation: total, perturbed part and lambda-weighted clean part (log scale).
 pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usize, title: &str) -> String {
-    let (w, h, ml, mr, mt, mb) = (720.0f64, 260.0f64, 64.0f64, 20.0f64, 34.0f64, 40.0f64);
+    // The legend has its own row above the plot, and every line is clipped to the plot area, so
+    // neither covers the other whatever the values.
+    let (w, h, ml, mr, mt, mb) = (720.0f64, 272.0f64, 64.0f64, 20.0f64, 46.0f64, 40.0f64);
     let n = losses.len().max(2);
     let vals: Vec<f64> = losses.iter().flat_map(|l| [l.total, l.pert, lambda * l.orig]).filter(|v| *v > 0.0).collect();
     let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-12).log10().floor();
     let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(1e-12).log10().ceil().max(lo + 1.0);
     let x_of = |i: usize| ml + (w - ml - mr) * i as f64 / (n - 1) as f64;
     let y_of = |v: f64| mt + (h - mt - mb) * (1.0 - (v.max(1e-12).log10() - lo) / (hi - lo));
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {w} {h}' width='{w}' height='{h}' font-family='sans-serif' font-size='11'><rect width='100%' height='100%' fill='#fff'/><text x='{ml}' y='18' font-size='13' font-weight='bold'>{}</text>", escape(title));
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {w} {h}' width='{w}' height='{h}' font-family='sans-serif' font-size='11' style='max-width:100%;height:auto'>\
+         <defs><clipPath id='loss-plot'><rect x='{ml}' y='{mt}' width='{}' height='{}'/></clipPath></defs>\
+         <rect width='100%' height='100%' fill='#fff'/><text x='{ml}' y='16' font-size='13' font-weight='bold'>{}</text>",
+        w - ml - mr,
+        h - mt - mb,
+        escape(title)
+    );
     let mut e = lo as i32;
     while e as f64 <= hi {
         let y = y_of(10f64.powi(e));
         s += &format!("<line x1='{ml}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#eee'/><text x='{}' y='{:.1}' text-anchor='end'>1e{e}</text>", w - mr, ml - 4.0, y + 4.0);
         e += 1;
     }
+    let mut legend_x = ml;
     for (name, color, f) in [("total", "#2456c8", 0usize), ("MSE(h_pert, h_orig)", "#d9480f", 1), ("λ·MSE(h_orig', h_orig)", "#2b8a3e", 2)] {
         let pts: Vec<String> = losses.iter().enumerate().map(|(i, l)| format!("{:.1},{:.1}", x_of(i), y_of([l.total, l.pert, lambda * l.orig][f]))).collect();
-        s += &format!("<polyline points='{}' fill='none' stroke='{color}' stroke-width='2'/>", pts.join(" "));
-        s += &format!("<text x='{}' y='{}' fill='{color}'>{}</text>", w - mr - 170.0, mt + 14.0 * (f as f64 + 1.0), escape(name));
+        s += &format!("<polyline points='{}' fill='none' stroke='{color}' stroke-width='2' clip-path='url(#loss-plot)'/>", pts.join(" "));
+        s += &format!("<line x1='{legend_x}' x2='{}' y1='31' y2='31' stroke='{color}' stroke-width='2'/><text x='{}' y='35' fill='{color}'>{}</text>", legend_x + 18.0, legend_x + 22.0, escape(name));
+        legend_x += 40.0 + 6.5 * name.chars().count() as f64;
     }
     if kept < losses.len() {
         let x = x_of(kept);
@@ -149,4 +187,27 @@ pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usiz
     }
     s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>optimizer evaluation</text></svg>", ml + (w - ml - mr) / 2.0, h - 8.0);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_is_marked_in_both_prompts_and_text_stays_escaped() {
+        let (a, b) = diff_marked("Check if <x> is given threshold.", "Check ig <x> is given thrshold.");
+        assert_eq!(a, "Check i<mark>f</mark> &lt;x&gt; is given thr<mark>e</mark>shold.");
+        assert_eq!(b, "Check i<mark>g</mark> &lt;x&gt; is given thrshold.");
+        let (a, b) = diff_marked("same", "same");
+        assert_eq!((a.as_str(), b.as_str()), ("same", "same"));
+    }
+
+    #[test]
+    fn loss_lines_are_clipped_to_the_plot_and_the_legend_sits_above_it() {
+        let losses = [crate::edit::LossParts { total: 1.0, pert: 1.0, orig: 0.0 }, crate::edit::LossParts { total: 0.1, pert: 0.05, orig: 0.5 }];
+        let svg = loss_curve_svg(&losses, 0.1, 1, "t");
+        assert_eq!(svg.matches("clip-path='url(#loss-plot)'").count(), 3, "every curve is clipped");
+        // Legend labels sit in the row above the plot area (y = 35 < mt = 46).
+        assert!(svg.contains("y='35' fill='#2456c8'>total</text>"));
+    }
 }

@@ -1,0 +1,282 @@
+//! The paper's protocol as data: one typed record per edit (what was edited, how, and what the
+//! edited model then passed), the scores of an edit from greedy pass/fail outcomes, and the
+//! per-setting summaries the efficacy report prints. Pure functions: the CLI runs the models and
+//! the tests, and stores these records as JSON lines.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::edit::EditSettings;
+use crate::metrics::{self, TaskOutcome};
+
+/// Greedy pass/fail per set ("clean", "C3", ...) and task id.
+pub type Outcomes = BTreeMap<String, BTreeMap<String, bool>>;
+
+/// What an edit did to one evaluated perturbed set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SetScore {
+    /// Mean RIR over the set's other edit-worthy tasks (None: there are none).
+    pub g_rir: Option<f64>,
+    /// Tasks that went from fail to pass / pass to fail.
+    pub fixed: usize,
+    pub broke: usize,
+    pub passes_before: usize,
+    pub passes_after: usize,
+}
+
+/// What an edit did to the clean prompts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CleanScore {
+    /// (passes after - passes before) / tasks.
+    pub dev: f64,
+    pub passes_before: usize,
+    pub passes_after: usize,
+    pub fixed: usize,
+    pub broke: usize,
+}
+
+/// One edit of the experiment: one JSON line of `edits.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EditRecord {
+    /// Perturbation type and task edited for.
+    #[serde(rename = "type")]
+    pub ptype: String,
+    pub task: String,
+    pub layer: usize,
+    /// How the layer was chosen (logprob, pass, random, from:FILE, a number).
+    pub layer_choice: String,
+    #[serde(default)]
+    pub trace_scores: Option<Vec<f64>>,
+    pub settings: EditSettings,
+    /// Loss evaluations made, the loss before the first update, the best and the last.
+    pub steps: usize,
+    #[serde(default)]
+    pub loss_before: Option<f64>,
+    pub best_loss: f64,
+    pub final_loss: Option<f64>,
+    /// 1 if the edited task's perturbed prompt passes after the edit (None: not evaluated).
+    pub l_rir: Option<f64>,
+    pub g_rir: Option<f64>,
+    pub edited_task_passes: bool,
+    /// Per evaluated perturbed set (the edited type first among equals).
+    pub eval: BTreeMap<String, SetScore>,
+    pub clean: CleanScore,
+    /// Which tasks were evaluated: "all" or "edit-worthy" (the type's edit-worthy tasks only).
+    pub eval_scope: String,
+    /// Tasks per evaluated set.
+    pub tasks_per_set: usize,
+    /// Outcomes of the edited model on every evaluated set.
+    pub after: Outcomes,
+    /// Completions that were the baseline's draft accepted whole, of those generated.
+    #[serde(default)]
+    pub drafts_whole: usize,
+    #[serde(default)]
+    pub generated: usize,
+    pub t_trace: f64,
+    pub t_edit: f64,
+    pub t_eval: f64,
+    pub t_total: f64,
+    pub adapter: String,
+}
+
+impl EditRecord {
+    /// The edited type's set score.
+    pub fn own(&self) -> SetScore {
+        self.eval.get(&self.ptype).cloned().unwrap_or_default()
+    }
+}
+
+/// Edit-worthy tasks of a perturbed set: the clean prompt passes and the perturbed one fails.
+pub fn edit_worthy(base: &Outcomes, set: &str) -> Vec<String> {
+    let (Some(clean), Some(pert)) = (base.get("clean"), base.get(set)) else { return Vec::new() };
+    pert.iter().filter(|(t, &p)| !p && clean.get(*t) == Some(&true)).map(|(t, _)| t.clone()).collect()
+}
+
+/// Scores of an edit on one perturbed set, over the tasks evaluated after it. A task missing
+/// from `base` or `after` is an error of the caller (the evaluation recorded every task).
+pub fn score_set(base: &Outcomes, after: &Outcomes, set: &str, edited: Option<&str>) -> Result<(SetScore, Option<f64>), String> {
+    let get = |o: &Outcomes, s: &str, t: &str| o.get(s).and_then(|m| m.get(t)).copied().ok_or_else(|| format!("no outcome for {s} {t}"));
+    let tasks: Vec<&String> = after.get(set).map(|m| m.keys().collect()).unwrap_or_default();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let rate = |b: bool| b as u8 as f64;
+        outcomes.push(TaskOutcome { task_id: t.clone(), orig: rate(get(base, "clean", t)?), before: rate(get(base, set, t)?), after: rate(get(after, set, t)?) });
+    }
+    let (local, general) = metrics::edit_rirs(edited.unwrap_or(""), &outcomes);
+    let score = SetScore {
+        g_rir: general,
+        fixed: outcomes.iter().filter(|o| o.after > o.before).count(),
+        broke: outcomes.iter().filter(|o| o.after < o.before).count(),
+        passes_before: outcomes.iter().filter(|o| o.before > 0.0).count(),
+        passes_after: outcomes.iter().filter(|o| o.after > 0.0).count(),
+    };
+    Ok((score, edited.and(local)))
+}
+
+/// What an edit did to the clean prompts it was evaluated on.
+pub fn score_clean(base: &Outcomes, after: &Outcomes) -> Result<CleanScore, String> {
+    let empty = BTreeMap::new();
+    let now = after.get("clean").unwrap_or(&empty);
+    let was = base.get("clean").ok_or("no clean baseline")?;
+    let mut before = Vec::with_capacity(now.len());
+    for t in now.keys() {
+        before.push(*was.get(t).ok_or_else(|| format!("no clean baseline for {t}"))? as u8 as f64);
+    }
+    let after_v: Vec<f64> = now.values().map(|&p| p as u8 as f64).collect();
+    let pairs = || before.iter().zip(&after_v);
+    Ok(CleanScore {
+        dev: metrics::clean_deviation(&before, &after_v),
+        passes_before: before.iter().filter(|&&b| b > 0.0).count(),
+        passes_after: after_v.iter().filter(|&&a| a > 0.0).count(),
+        fixed: pairs().filter(|(b, a)| a > b).count(),
+        broke: pairs().filter(|(b, a)| a < b).count(),
+    })
+}
+
+/// One setting's edits of one type, summarized as the report prints them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub edits: usize,
+    pub l_rir: Option<f64>,
+    pub g_rir: Option<f64>,
+    /// Edits whose own task passes afterwards.
+    pub edited_fixed: usize,
+    /// Perturbed tasks fixed / broken, summed over edits, and the difference.
+    pub fixed: usize,
+    pub broke: usize,
+    pub net: i64,
+    pub clean_dev_mean: Option<f64>,
+    /// The clean deviation of largest magnitude.
+    pub clean_dev_worst: Option<f64>,
+    pub clean_broke: usize,
+    pub clean_fixed: usize,
+    /// (layer, edits), most frequent first.
+    pub layers: Vec<(usize, usize)>,
+    pub steps_mean: Option<f64>,
+    pub eval_scope: String,
+    pub tasks_per_set: usize,
+    /// Seconds per edit (trace + edit + evaluation), mean.
+    pub seconds_mean: Option<f64>,
+}
+
+fn mean(v: impl IntoIterator<Item = f64>) -> Option<f64> {
+    metrics::mean_defined(v.into_iter().map(Some))
+}
+
+/// Summaries per edited type.
+pub fn summarize(records: &[EditRecord]) -> BTreeMap<String, Summary> {
+    let mut by_type: BTreeMap<&str, Vec<&EditRecord>> = BTreeMap::new();
+    for r in records {
+        by_type.entry(&r.ptype).or_default().push(r);
+    }
+    by_type.into_iter().map(|(t, rs)| (t.to_string(), summarize_type(&rs))).collect()
+}
+
+fn summarize_type(rs: &[&EditRecord]) -> Summary {
+    let own: Vec<SetScore> = rs.iter().map(|r| r.own()).collect();
+    let mut layers: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in rs {
+        *layers.entry(r.layer).or_default() += 1;
+    }
+    let mut layers: Vec<(usize, usize)> = layers.into_iter().collect();
+    layers.sort_by_key(|&(l, n)| (std::cmp::Reverse(n), l));
+    let (fixed, broke) = (own.iter().map(|s| s.fixed).sum::<usize>(), own.iter().map(|s| s.broke).sum::<usize>());
+    let scopes: std::collections::BTreeSet<&str> = rs.iter().map(|r| r.eval_scope.as_str()).collect();
+    Summary {
+        edits: rs.len(),
+        l_rir: metrics::mean_defined(rs.iter().map(|r| r.l_rir)),
+        g_rir: metrics::mean_defined(rs.iter().map(|r| r.g_rir)),
+        edited_fixed: rs.iter().filter(|r| r.edited_task_passes).count(),
+        fixed,
+        broke,
+        net: fixed as i64 - broke as i64,
+        clean_dev_mean: mean(rs.iter().map(|r| r.clean.dev)),
+        clean_dev_worst: rs.iter().map(|r| r.clean.dev).fold(None, |w: Option<f64>, d| Some(match w { Some(w) if w.abs() >= d.abs() => w, _ => d })),
+        clean_broke: rs.iter().map(|r| r.clean.broke).sum(),
+        clean_fixed: rs.iter().map(|r| r.clean.fixed).sum(),
+        layers,
+        steps_mean: mean(rs.iter().map(|r| r.steps as f64)),
+        eval_scope: scopes.into_iter().collect::<Vec<_>>().join("+"),
+        tasks_per_set: rs.iter().map(|r| r.tasks_per_set).max().unwrap_or(0),
+        seconds_mean: mean(rs.iter().map(|r| r.t_total)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcomes(sets: &[(&str, &[(&str, bool)])]) -> Outcomes {
+        sets.iter().map(|(s, ts)| (s.to_string(), ts.iter().map(|(t, p)| (t.to_string(), *p)).collect())).collect()
+    }
+
+    #[test]
+    fn edit_worthy_tasks_pass_clean_and_fail_perturbed() {
+        let base = outcomes(&[("clean", &[("a", true), ("b", true), ("c", false)]), ("C3", &[("a", false), ("b", true), ("c", false)])]);
+        assert_eq!(edit_worthy(&base, "C3"), vec!["a".to_string()]);
+        assert!(edit_worthy(&base, "E1").is_empty());
+    }
+
+    #[test]
+    fn an_edit_is_scored_on_the_tasks_it_was_evaluated_on() {
+        // Edit-worthy: a, b, c. The edit fixes a (its own) and b, breaks d, leaves c failing.
+        let base = outcomes(&[
+            ("clean", &[("a", true), ("b", true), ("c", true), ("d", true), ("e", false)]),
+            ("C3", &[("a", false), ("b", false), ("c", false), ("d", true), ("e", false)]),
+        ]);
+        let after = outcomes(&[
+            ("clean", &[("a", true), ("b", false), ("c", true), ("d", true), ("e", true)]),
+            ("C3", &[("a", true), ("b", true), ("c", false), ("d", false), ("e", false)]),
+        ]);
+        let (s, l) = score_set(&base, &after, "C3", Some("a")).unwrap();
+        assert_eq!(l, Some(1.0));
+        assert_eq!(s.g_rir, Some(0.5), "b fixed, c not: the other edit-worthy tasks");
+        assert_eq!((s.fixed, s.broke, s.passes_before, s.passes_after), (2, 1, 1, 2));
+        let c = score_clean(&base, &after).unwrap();
+        assert_eq!((c.fixed, c.broke, c.passes_before, c.passes_after), (1, 1, 4, 4));
+        assert_eq!(c.dev, 0.0);
+        // A set evaluated without the edited task has no local score.
+        let (_, l) = score_set(&base, &after, "C3", None).unwrap();
+        assert_eq!(l, None);
+        // A task the baseline lacks is an error, not a silent zero.
+        let short = outcomes(&[("clean", &[("a", true)]), ("C3", &[("a", false)])]);
+        assert!(score_set(&short, &after, "C3", Some("a")).is_err());
+    }
+
+    #[test]
+    fn summaries_count_over_edits_and_keep_the_worst_clean_deviation() {
+        let rec = |task: &str, layer, l: f64, dev: f64, fixed, broke| EditRecord {
+            ptype: "C3".into(),
+            task: task.into(),
+            layer,
+            layer_choice: "logprob".into(),
+            trace_scores: None,
+            settings: EditSettings::default(),
+            steps: 4,
+            loss_before: Some(1.0),
+            best_loss: 0.1,
+            final_loss: Some(0.1),
+            l_rir: Some(l),
+            g_rir: Some(0.0),
+            edited_task_passes: l > 0.0,
+            eval: [("C3".to_string(), SetScore { fixed, broke, ..Default::default() })].into(),
+            clean: CleanScore { dev, ..Default::default() },
+            eval_scope: "all".into(),
+            tasks_per_set: 164,
+            after: Outcomes::new(),
+            drafts_whole: 0,
+            generated: 0,
+            t_trace: 1.0,
+            t_edit: 1.0,
+            t_eval: 1.0,
+            t_total: 3.0,
+            adapter: "cpu".into(),
+        };
+        let s = &summarize(&[rec("a", 11, 1.0, 0.01, 2, 1), rec("b", 11, 0.0, -0.03, 0, 3), rec("c", 2, 0.0, 0.02, 1, 0)])["C3"];
+        assert_eq!((s.edits, s.edited_fixed, s.fixed, s.broke, s.net), (3, 1, 3, 4, -1));
+        assert_eq!(s.layers, vec![(11, 2), (2, 1)]);
+        assert_eq!(s.clean_dev_worst, Some(-0.03));
+        assert!((s.l_rir.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    }
+}
