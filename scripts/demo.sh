@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job: set up, then show the GPU and check the kernels on it.
+# The main job: set up what the demo needs (the model, HumanEval, a GPU driver only where there
+# is a GPU), show the backend it runs on and check its matmul there, then the CREME demo.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CREME_CACHE_DIR="${CREME_CACHE_DIR:-$HOME/.cache/creme}"
 export CARGO_TARGET_DIR="$CREME_CACHE_DIR/target-native"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-scripts/setup.sh
+scripts/setup.sh --demo
+echo "demo: building creme (release)"
 cargo build --release -q -p creme-cli
 creme="$CARGO_TARGET_DIR/release/creme"
 "$creme" info

