@@ -12,6 +12,8 @@
 //  6. App: the Qwen2.5-Coder-0.5B model loads (time and the browser's peak memory reported).
 //  7. Hostile GGUF files (markup in general.name and in a tensor name) in the app, generate and
 //     trace pages: the text shows as text, no element is created from it.
+//  8. The HTML report of `creme edit` (a 6-layer SmolLM2 edit) at 1280 and 800 px: every prompt
+//     and completion block wraps inside its width, and the typo is marked in both prompts.
 // Screenshots go to $ARTIFACTS (default test-artifacts/).
 import { chromium } from 'playwright-core';
 import { execFileSync, spawn } from 'node:child_process';
@@ -247,6 +249,29 @@ try {
     await cp.close();
   } finally {
     for (const [name] of hostile) fs.rmSync(path.join(modelDir(), name), { force: true });
+  }
+  // 8. The edit report at two widths (native run on the CPU backend: only the page is tested).
+  const rdir = path.join(tmp, 'edit-report');
+  const longLine = 'Check if in given list of numbers, are any two numbers closer to each other than given threshold, '
+    + 'a docstring line long enough that it only fits half of an 800 pixel page by wrapping.';
+  const cleanP = writeTmp('clean.txt', `def has_close_elements(numbers, threshold):\n    """ ${longLine}\n    """\n`);
+  const pertP = writeTmp('pert.txt', `def has_close_elements(numbers, threshold):\n    """ ${longLine.replace('Check if', 'Check ig').replace('threshold,', 'thrshold,')}\n    """\n`);
+  execFileSync(bin, ['edit', '--model', path.join(modelDir(), traceModel), '--clean-file', cleanP, '--pert-file', pertP,
+    '--out', path.join(rdir, 'patch.safetensors'), '--report', rdir], { stdio: 'ignore', env: { ...process.env, CREME_BACKEND: 'cpu' } });
+  for (const width of [1280, 800]) {
+    const rp = await newPage();
+    await rp.setViewportSize({ width, height: 900 });
+    await rp.goto(`file://${path.join(rdir, 'report.html')}`);
+    await rp.screenshot({ path: path.join(artifacts, `edit-report-${width}.png`), fullPage: true });
+    const r = await rp.evaluate(() => ({
+      blocks: [...document.querySelectorAll('section pre')].map((p) => [p.scrollWidth, p.clientWidth]),
+      marks: [...document.querySelectorAll('pre.prompt')].map((p) => [...p.querySelectorAll('mark')].map((m) => m.textContent).join('|')),
+      page: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    }));
+    check(r.blocks.length === 6 && r.blocks.every(([s, c]) => s <= c), `edit report at ${width} px: all ${r.blocks.length} prompt and completion blocks fit their width (${JSON.stringify(r.blocks)})`);
+    check(r.marks.length === 2 && r.marks[0] === 'f|e' && r.marks[1] === 'g', `edit report at ${width} px: the differing characters are marked (clean: ${r.marks[0]}, perturbed: ${r.marks[1]})`);
+    check(r.page <= 0, `edit report at ${width} px: the page does not scroll sideways (${r.page} px)`);
+    await rp.close();
   }
 } finally {
   await browser.close();

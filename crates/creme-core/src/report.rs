@@ -180,7 +180,9 @@ pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usiz
     }
     if kept < losses.len() {
         let x = x_of(kept);
-        s += &format!("<line x1='{x:.1}' x2='{x:.1}' y1='{mt}' y2='{}' stroke='#f59f00' stroke-dasharray='4 3'/><text x='{:.1}' y='{}' fill='#b07000'>kept</text>", h - mb, x + 3.0, mt + 10.0);
+        // The label goes on the side of the line that has room for it.
+        let (lx, anchor) = if x + 30.0 > w - mr { (x - 3.0, "end") } else { (x + 3.0, "start") };
+        s += &format!("<line x1='{x:.1}' x2='{x:.1}' y1='{mt}' y2='{}' stroke='#f59f00' stroke-dasharray='4 3'/><text x='{lx:.1}' y='{}' fill='#b07000' text-anchor='{anchor}'>kept</text>", h - mb, mt + 10.0);
     }
     for i in 0..losses.len() {
         s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{i}</text>", x_of(i), h - mb + 14.0);
