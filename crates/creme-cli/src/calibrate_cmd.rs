@@ -69,8 +69,11 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
         let (ci, pi) = (model.tokenizer.encode(&c.prompt)?, model.tokenizer.encode(&p.prompt)?);
         let target = pollster::block_on(trace::greedy_target(dev, &model, &ci, a.target_tokens))?;
         let setup = pollster::block_on(trace::prepare(dev, &model, &ci, &pi, &target))?;
-        let lp = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob))?;
-        let (pass, _) = pollster::block_on(pass_trace(dev, &model, &setup, (&c.prompt, &c), (&p.prompt, &p), 1))?;
+        let mut bar = crate::progress::Reporter::new(task);
+        let lp = pollster::block_on(trace::trace_layers_with(dev, &model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob, &mut |s| bar.step(s)))?;
+        let mut bar = crate::progress::Reporter::new(&format!("{task} pass metric"));
+        let (pass, _) = pollster::block_on(pass_trace(dev, &model, &setup, (&c.prompt, &c), (&p.prompt, &p), 1, &mut |s| bar.step(s)))?;
+        bar.finish();
         let t = TaskTraces { task: task.clone(), logprob: lp.scores, distances: setup.distances.clone(), pass_key: pass.key_layer, pass_scores: pass.scores, seconds: t0.elapsed().as_secs_f64() };
         eprintln!("{task}: pass-metric layer {}, logprob argmax layer {} ({:.0} s)", t.pass_key, lp.key_layer, t.seconds);
         log.append(&serde_json::to_value(&t)?)?;

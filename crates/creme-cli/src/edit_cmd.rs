@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use creme_core::dataset::Problem;
 use creme_core::edit::{EditSettings, Keep, Solver};
-use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
+use creme_core::pipeline::{locate_and_edit_with, CremeSettings, LogprobLocator};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::report;
@@ -74,7 +74,9 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     meta.insert("pair".to_string(), label.clone());
     let settings = CremeSettings { target_tokens: a.target_tokens, layer: a.layer, edit: a.settings.clone() };
     let mut locator = LogprobLocator { restored_at: a.restored_at };
-    let done = pollster::block_on(locate_and_edit(dev, &model, &clean, &pert, &settings, &mut locator, meta))?;
+    let mut bar = crate::progress::Reporter::new(&label);
+    let done = pollster::block_on(locate_and_edit_with(dev, &model, (&clean, &pert), &settings, &mut locator, meta, &mut |s| bar.step(s)))?;
+    bar.finish();
     let (layer, result) = (done.layer, &done.result);
     if let Some(t) = &done.trace {
         let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use creme_core::dataset::Problem;
 use creme_core::draft::{generate_from_drafts, Draft};
@@ -95,24 +94,24 @@ pub fn limits(timeout: u64) -> Limits {
     Limits { wall: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Limits::default() }
 }
 
-/// Progress on stderr: one line rewritten in place.
+/// Progress of one set: samples done, passes so far (the reporter shows the ETA).
 struct Progress {
-    set: String,
+    bar: crate::progress::Reporter,
     total: usize,
     done: usize,
     passed: usize,
-    t0: Instant,
 }
 
 impl Progress {
+    fn new(set: &str, total: usize) -> Progress {
+        Progress { bar: crate::progress::Reporter::new(&format!("[{set}]")), total, done: 0, passed: 0 }
+    }
     fn tick(&mut self, n: usize, passed: usize) {
         self.done += n;
         self.passed += passed;
-        let s = self.t0.elapsed().as_secs_f64();
-        let eta = if self.done > 0 { s / self.done as f64 * (self.total - self.done) as f64 } else { 0.0 };
-        eprint!("\r[{}] {}/{} samples, {} passed, {:.0} s elapsed, eta {:.0} s   ", self.set, self.done, self.total, self.passed, s, eta);
+        self.bar.step(creme_core::progress::Step { stage: "samples", done: self.done, total: self.total, note: format!("{} passed", self.passed) });
         if self.done == self.total {
-            eprintln!();
+            self.bar.finish();
         }
     }
 }
@@ -202,7 +201,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             if todo.is_empty() {
                 continue;
             }
-            let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
+            let mut prog = Progress::new(set, todo.len());
             for chunk in todo.chunks(64) {
                 let programs: Vec<_> = chunk.iter().map(|(p, c)| p.program(&p.prompt, c)).collect();
                 let results = run_many(&programs, &lim, workers);
@@ -232,7 +231,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             if todo.is_empty() {
                 continue;
             }
-            let mut prog = Progress { set: set.clone(), total: todo.len(), done: 0, passed: 0, t0: Instant::now() };
+            let mut prog = Progress::new(set, todo.len());
             run_set(&dev, &model, set, &todo, &spec, &lim, workers, &mut |rec| {
                 prog.tick(1, (rec["passed"] == true) as usize);
                 log.append(&rec)?;

@@ -13,7 +13,8 @@ use creme_core::dataset::Problem;
 use creme_core::experiment::{self, EditRecord, Outcomes};
 use creme_core::model::Model;
 use creme_core::model::Model as CoreModel;
-use creme_core::pipeline::{locate_and_edit, CremeEdit, CremeSettings, Locator, LogprobLocator};
+use creme_core::progress::Progress;
+use creme_core::pipeline::{locate_and_edit_with, CremeEdit, CremeSettings, Locator, LogprobLocator};
 use creme_core::trace::{LayerTrace, TraceSetup};
 use creme_core::{Backend, Device, ModelError};
 use serde_json::Value;
@@ -29,10 +30,10 @@ enum TaskLocator<'a> {
 }
 
 impl Locator for TaskLocator<'_> {
-    async fn locate(&mut self, dev: &Device, model: &CoreModel, setup: &TraceSetup) -> Result<LayerTrace, ModelError> {
+    async fn locate(&mut self, dev: &Device, model: &CoreModel, setup: &TraceSetup, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError> {
         match self {
-            TaskLocator::Logprob(l) => l.locate(dev, model, setup).await,
-            TaskLocator::Pass(p) => p.locate(dev, model, setup).await,
+            TaskLocator::Logprob(l) => l.locate(dev, model, setup, progress).await,
+            TaskLocator::Pass(p) => p.locate(dev, model, setup, progress).await,
         }
     }
 }
@@ -270,7 +271,9 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             TaskLocator::Logprob(LogprobLocator { restored_at })
         };
         let meta = [("pair".to_string(), format!("{} {t}", pert_p.task_id))].into();
-        let edit = pollster::block_on(locate_and_edit(&dev, &model, &clean, &pert, &creme, &mut locator, meta))?;
+        let mut bar = crate::progress::Reporter::new(&format!("[{}/{}] {t} {}", k + 1, jobs.len(), pert_p.task_id));
+        let edit = pollster::block_on(locate_and_edit_with(&dev, &model, (&clean, &pert), &creme, &mut locator, meta, &mut |s| bar.step(s)))?;
+        bar.finish();
         edit.patch.apply(&dev, &mut model)?;
         // Evaluate the edited model, then revert (also when the evaluation failed).
         let t_eval = Instant::now();

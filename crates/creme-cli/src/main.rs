@@ -13,6 +13,7 @@ mod experiment_cmd;
 mod pass_metric;
 mod perturb_cmd;
 mod quantize_cmd;
+mod progress;
 mod report_cmd;
 mod sandbox;
 mod serve_cmd;
@@ -27,6 +28,9 @@ use creme_core::{cpu, generate, Backend, Device, GpuOptions};
 #[derive(Parser)]
 #[command(name = "creme", version, about = "CREME: trace and edit code LLMs on any GPU (wgpu) or natively on the CPU")]
 struct Cli {
+    /// No progress output on stderr (results and errors still print)
+    #[arg(long, short, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -272,6 +276,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    progress::set_quiet(cli.quiet);
     sandbox::install_interrupt_handler();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,12 +83,12 @@ pub fn improvement(ratio: f64, acc_orig: f64, acc_pert: f64) -> f64 {
 /// The authors' trace: acc_orig and acc_pert from plain generations, then the pass ratio of every
 /// layer's patched run; scores are the improvements; key layer = best improvement (all zero: best
 /// patched pass ratio), ties to the largest distance. Returns the trace and a JSON account.
-pub async fn pass_trace(dev: &Device, model: &Model, setup: &TraceSetup, clean: (&str, &Problem), pert: (&str, &Problem), samples: usize) -> Result<(LayerTrace, serde_json::Value), ModelError> {
+pub async fn pass_trace(dev: &Device, model: &Model, setup: &TraceSetup, clean: (&str, &Problem), pert: (&str, &Problem), samples: usize, progress: &mut creme_core::progress::Progress<'_>) -> Result<(LayerTrace, serde_json::Value), ModelError> {
     let t0 = std::time::Instant::now();
     let mut pm = RestorationByPass { problem: pert.1, samples: samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
     let acc_orig = pm.pass_ratio(dev, model, clean.0, clean.1).await?;
     let acc_pert = pm.pass_ratio(dev, model, pert.0, pert.1).await?;
-    let raw = trace::trace_layers(dev, model, setup, PatchPositions::AllPrompt, &mut pm).await?;
+    let raw = trace::trace_layers_with(dev, model, setup, PatchPositions::AllPrompt, &mut pm, progress).await?;
     let ratios = raw.scores.clone();
     let improvements: Vec<f64> = ratios.iter().map(|&r| improvement(r, acc_orig, acc_pert)).collect();
     let key = if improvements.iter().any(|&v| v > 0.0) { trace::choose_layer(&improvements, &setup.distances) } else { trace::choose_layer(&ratios, &setup.distances) };
@@ -106,7 +106,7 @@ pub struct PassLocator<'a> {
 }
 
 impl creme_core::pipeline::Locator for PassLocator<'_> {
-    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup) -> Result<LayerTrace, ModelError> {
-        Ok(pass_trace(dev, model, setup, self.clean, self.pert, self.samples).await?.0)
+    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, progress: &mut creme_core::progress::Progress<'_>) -> Result<LayerTrace, ModelError> {
+        Ok(pass_trace(dev, model, setup, self.clean, self.pert, self.samples, progress).await?.0)
     }
 }

@@ -99,14 +99,19 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     let t_prepare = t1.elapsed().as_secs_f64();
     let mut metric = RestorationByLogprob;
     let t2 = Instant::now();
-    let mut all = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::AllPrompt, &mut metric))?;
+    let mut bar = crate::progress::Reporter::new("all prompt positions");
+    let mut all = pollster::block_on(trace::trace_layers_with(dev, &model, &setup, PatchPositions::AllPrompt, &mut metric, &mut |s| bar.step(s)))?;
     let mut t_layers = t2.elapsed().as_secs_f64();
-    let diff = pollster::block_on(trace::trace_layers(dev, &model, &setup, PatchPositions::Differing, &mut metric))?;
+    let mut bar = crate::progress::Reporter::new("differing positions");
+    let diff = pollster::block_on(trace::trace_layers_with(dev, &model, &setup, PatchPositions::Differing, &mut metric, &mut |s| bar.step(s)))?;
+    bar.finish();
     let mut pass_json = serde_json::Value::Null;
     if a.metric == "pass" {
         let (clean_p, pert_p) = a.pair.problems()?.ok_or("--metric pass needs --task/--type")?;
         let t4 = Instant::now();
-        let (pass_trace, account) = pollster::block_on(pass_trace(dev, &model, &setup, (&clean_text, &clean_p), (&pert_text, &pert_p), a.samples))?;
+        let mut bar = crate::progress::Reporter::new("pass metric");
+        let (pass_trace, account) = pollster::block_on(pass_trace(dev, &model, &setup, (&clean_text, &clean_p), (&pert_text, &pert_p), a.samples, &mut |s| bar.step(s)))?;
+        bar.finish();
         t_layers = t4.elapsed().as_secs_f64();
         eprintln!("pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}", account["acc_orig"], account["acc_pert"], account["patched_runs_passing"], pass_trace.scores.len(), pass_trace.key_layer);
         pass_json = account;

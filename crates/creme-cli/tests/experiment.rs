@@ -165,3 +165,29 @@ fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not an edit record of this version"));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn long_operations_report_progress_on_stderr_unless_quiet() {
+    let (_, model, root) = setup("progress", 1);
+    let (clean, pert) = (root.join("clean.txt"), root.join("pert.txt"));
+    std::fs::write(&clean, "def f(x):\n    \"\"\"Return x plus one.\"\"\"\n").unwrap();
+    std::fs::write(&pert, "def f(x):\n    \"\"\"Retrn x plus one.\"\"\"\n").unwrap();
+    let run = |quiet: bool| {
+        let mut c = creme();
+        c.args(["edit", "--model"]).arg(&model).arg("--clean-file").arg(&clean).arg("--pert-file").arg(&pert).arg("--out").arg(root.join("p.safetensors")).arg("--no-eval");
+        if quiet {
+            c.arg("--quiet");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    // stderr is a pipe here: plain lines, one per stage start and end at least.
+    let err = run(false);
+    for want in [" target: 0/1", " trace: 0/2", " trace: 2/2", " capture: 1/1", " edit: 1/20  loss "] {
+        assert!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+    let quiet = run(true);
+    assert!(!quiet.contains(" trace: ") && !quiet.contains(" edit: "), "--quiet still reports progress:\n{quiet}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -7,6 +7,7 @@
 //! depend on W, so they are captured once and every optimizer step is two small matrix products
 //! on the GPU; no forward pass is repeated. A closed-form ridge solver is the second solver.
 
+use crate::progress::{Progress, Step};
 use serde::Serialize;
 
 use crate::error::ModelError;
@@ -155,8 +156,13 @@ pub fn grad_cpu(data: &EditData, w: &[f32], lambda: f64) -> Vec<f32> {
 
 /// Run the configured solver from the file's weights `w0` [d, f].
 pub async fn solve(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
+    solve_with(dev, data, w0, s, &mut |_| {}).await
+}
+
+/// [`solve`], reporting each loss evaluation.
+pub async fn solve_with(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progress: &mut Progress<'_>) -> Result<EditResult, ModelError> {
     match s.solver {
-        Solver::Adam => adam(dev, data, w0, s).await,
+        Solver::Adam => adam(dev, data, w0, s, progress).await,
         Solver::Ridge { ridge } => {
             let t0 = now();
             let w = ridge_solve(data, w0, s.lambda, ridge);
@@ -186,7 +192,7 @@ fn elapsed(_: ()) -> f64 {
 /// Adam on the model's backend. Per step: Y = A Wᵀ (one matmul), residuals and loss on the CPU (2n x d
 /// values), G = Eᵀ A (one matmul), one Adam kernel. Each step evaluates the loss, then stops
 /// after `patience` evaluations without a new best, else updates.
-async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
+async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progress: &mut Progress<'_>) -> Result<EditResult, ModelError> {
     let t0 = now();
     let (n, d, f) = (data.n, data.d, data.f);
     let rows = 2 * n;
@@ -229,6 +235,7 @@ async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings) -> Re
         }
         let parts = LossParts { total: lp / (n * d) as f64 + s.lambda * lo / (n * d) as f64, pert: lp / (n * d) as f64, orig: lo / (n * d) as f64 };
         let total = parts.total;
+        progress(Step { stage: "edit", done: step + 1, total: s.max_steps.max(1), note: format!("loss {total:.6}") });
         losses.push(parts);
         if total < best {
             best = total;

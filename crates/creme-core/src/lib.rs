@@ -14,6 +14,7 @@ pub mod draft;
 pub mod generate;
 pub mod patch;
 pub mod pipeline;
+pub mod progress;
 pub mod gpu;
 pub mod hooks;
 pub mod metrics;

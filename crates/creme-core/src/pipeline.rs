@@ -12,6 +12,7 @@ use crate::edit::{self, EditResult, EditSettings};
 use crate::error::ModelError;
 use crate::model::Model;
 use crate::patch::EditPatch;
+use crate::progress::{Progress, Step};
 use crate::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup};
 
 /// What a pipeline run needs besides the prompts.
@@ -33,7 +34,7 @@ impl Default for CremeSettings {
 /// How the key layer is found from a prepared trace.
 #[allow(async_fn_in_trait)]
 pub trait Locator {
-    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup) -> Result<LayerTrace, ModelError>;
+    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError>;
 }
 
 /// The logprob trace over every prompt position. With `restored_at`, the key layer is chosen the
@@ -45,8 +46,8 @@ pub struct LogprobLocator {
 }
 
 impl Locator for LogprobLocator {
-    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup) -> Result<LayerTrace, ModelError> {
-        let mut t = trace::trace_layers(dev, model, setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await?;
+    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError> {
+        let mut t = trace::trace_layers_with(dev, model, setup, PatchPositions::AllPrompt, &mut RestorationByLogprob, progress).await?;
         if let Some(th) = self.restored_at {
             t.key_layer = trace::choose_layer_saturating(&t.scores, &t.distances, th);
         }
@@ -87,23 +88,41 @@ pub async fn locate_and_edit<L: Locator>(
     locator: &mut L,
     metadata: BTreeMap<String, String>,
 ) -> Result<CremeEdit, ModelError> {
+    locate_and_edit_with(dev, model, (clean, pert), settings, locator, metadata, &mut |_| {}).await
+}
+
+/// [`locate_and_edit`], reporting its stages (target, trace, capture, edit) as it goes.
+pub async fn locate_and_edit_with<L: Locator>(
+    dev: &Device,
+    model: &Model,
+    (clean, pert): (&[u32], &[u32]),
+    settings: &CremeSettings,
+    locator: &mut L,
+    metadata: BTreeMap<String, String>,
+    progress: &mut Progress<'_>,
+) -> Result<CremeEdit, ModelError> {
     let clock = Clock::start();
+    let stage = |stage: &'static str, done: usize| Step { stage, done, total: 1, note: String::new() };
+    progress(stage("target", 0));
     let target = trace::greedy_target(dev, model, clean, settings.target_tokens).await?;
+    progress(stage("target", 1));
     let target_s = clock.lap();
     let (layer, layer_trace) = match settings.layer {
         Some(l) if l < model.cfg.n_layers => (l, None),
         Some(l) => return Err(ModelError::Format(format!("layer {l}: the model has {} layers", model.cfg.n_layers))),
         None => {
             let setup = trace::prepare(dev, model, clean, pert, &target).await?;
-            let t = locator.locate(dev, model, &setup).await?;
+            let t = locator.locate(dev, model, &setup, progress).await?;
             (t.key_layer, Some(t))
         }
     };
     let trace_s = clock.lap();
+    progress(stage("capture", 0));
     let data = edit::capture(dev, model, clean, pert, &target, layer).await?;
     let w0 = model.ffn_down_f32(dev, layer).await?;
+    progress(stage("capture", 1));
     let capture_s = clock.lap();
-    let result = edit::solve(dev, &data, &w0, &settings.edit).await?;
+    let result = edit::solve_with(dev, &data, &w0, &settings.edit, progress).await?;
     let solve_s = clock.lap();
     let mut meta = metadata;
     meta.insert("settings".into(), serde_json::to_string(&settings.edit).map_err(|e| ModelError::Format(e.to_string()))?);

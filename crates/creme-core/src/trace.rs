@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 use crate::error::ModelError;
+use crate::progress::{Progress, Step};
 use crate::generate::{decode, generate, left_pad, Completion, GenerateOptions};
 use crate::backend::{Backend, Device, Tensor};
 use crate::hooks::{Hooks, Site};
@@ -173,6 +174,10 @@ pub async fn probe_logprobs(dev: &Device, model: &Model, setup: &TraceSetup, pro
 #[allow(async_fn_in_trait)]
 pub trait RestorationMetric {
     fn name(&self) -> &'static str;
+    /// Probes per `restoration` call in a layer trace (progress is reported between calls).
+    fn batch_hint(&self) -> usize {
+        usize::MAX
+    }
     async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError>;
 }
 
@@ -182,6 +187,9 @@ pub struct RestorationByLogprob;
 impl RestorationMetric for RestorationByLogprob {
     fn name(&self) -> &'static str {
         "logprob"
+    }
+    fn batch_hint(&self) -> usize {
+        4
     }
     async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
         let lps = probe_logprobs(dev, model, setup, probes).await?;
@@ -226,12 +234,23 @@ pub fn choose_layer_saturating(scores: &[f64], distances: &[f64], threshold: f64
 
 /// Trace every layer with one probe each and pick the key layer.
 pub async fn trace_layers<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M) -> Result<LayerTrace, ModelError> {
+    trace_layers_with(dev, model, setup, which, metric, &mut |_| {}).await
+}
+
+/// [`trace_layers`], reporting layers done and the scores so far as it goes.
+pub async fn trace_layers_with<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError> {
     let positions = match which {
         PatchPositions::AllPrompt => (0..setup.frame).collect(),
         PatchPositions::Differing => setup.differing_positions(),
     };
     let probes: Vec<Probe> = (0..model.cfg.n_layers).map(|layer| Probe { layer, positions: positions.clone() }).collect();
-    let scores = metric.restoration(dev, model, setup, &probes).await?;
+    let mut scores = Vec::with_capacity(probes.len());
+    progress(Step { stage: "trace", done: 0, total: probes.len(), note: String::new() });
+    for chunk in probes.chunks(metric.batch_hint().max(1)) {
+        scores.extend(metric.restoration(dev, model, setup, chunk).await?);
+        let note = scores.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" ");
+        progress(Step { stage: "trace", done: scores.len(), total: probes.len(), note });
+    }
     let key_layer = choose_layer(&scores, &setup.distances);
     Ok(LayerTrace { metric: metric.name().into(), positions: which, patched_positions: positions, scores, distances: setup.distances.clone(), key_layer })
 }

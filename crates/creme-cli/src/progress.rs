@@ -1,0 +1,91 @@
+//! Progress on stderr for core's reports (creme_core::progress): bars on a terminal (indicatif),
+//! plain lines when stderr is not a terminal (at most one per stage every few seconds, and
+//! each stage's end), nothing with --quiet.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use creme_core::progress::Step;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet`: no progress at all.
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, Ordering::Relaxed);
+}
+
+enum Mode {
+    Bars,
+    Lines,
+    Quiet,
+}
+
+/// One long operation (`label`: what it is about), possibly of several stages.
+pub struct Reporter {
+    label: String,
+    mode: Mode,
+    bar: Option<ProgressBar>,
+    stage: String,
+    last_line: Option<Instant>,
+}
+
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl Reporter {
+    pub fn new(label: &str) -> Reporter {
+        let mode = if QUIET.load(Ordering::Relaxed) {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bars
+        } else {
+            Mode::Lines
+        };
+        Reporter { label: label.to_string(), mode, bar: None, stage: String::new(), last_line: None }
+    }
+
+    pub fn step(&mut self, s: Step<'_>) {
+        let new_stage = s.stage != self.stage;
+        if new_stage {
+            self.finish();
+            self.stage = s.stage.to_string();
+        }
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Bars => {
+                let bar = self.bar.get_or_insert_with(|| {
+                    let b = ProgressBar::with_draw_target(Some(s.total as u64), ProgressDrawTarget::stderr());
+                    b.set_style(ProgressStyle::with_template("{prefix} [{bar:28}] {pos}/{len} {msg} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "));
+                    b.set_prefix(format!("{} {}", self.label, s.stage));
+                    b
+                });
+                bar.set_length(s.total as u64);
+                bar.set_position(s.done as u64);
+                bar.set_message(s.note);
+            }
+            Mode::Lines => {
+                let due = self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY);
+                if new_stage || s.done >= s.total || due {
+                    let note = if s.note.is_empty() { String::new() } else { format!("  {}", s.note) };
+                    eprintln!("{} {}: {}/{}{note}", self.label, s.stage, s.done, s.total);
+                    self.last_line = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// End the current stage's bar (lines need nothing).
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+        self.last_line = None;
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
