@@ -26,6 +26,13 @@ let tasks = [];
 let droppedFile = null;
 const setStatus = (html) => { $('status').innerHTML = html; };
 
+// The perturbation, marked in both prompts (core's character diff; its HTML is escaped text).
+function showDiff() {
+  const [clean, pert] = JSON.parse(creme.diffMarked($('clean').value, $('pert').value));
+  $('diff-clean').innerHTML = clean;
+  $('diff-pert').innerHTML = pert;
+}
+
 function initControls() {
   $('url').value = q.get('model') || $('preset').value;
   if ([...$('preset').options].some((o) => o.value === $('url').value)) $('preset').value = $('url').value;
@@ -39,7 +46,11 @@ function initControls() {
   $('perturb').onclick = () => {
     try { $('pert').value = creme.perturb($('clean').value, $('ptype').value, Number($('seed').value)); }
     catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); }
+    showDiff();
   };
+  $('clean').oninput = showDiff;
+  $('pert').oninput = showDiff;
+  showDiff();
   $('task').onchange = () => {
     const t = tasks.find((x) => x.task_id === $('task').value);
     if (t) { $('clean').value = t.prompt; $('perturb').onclick(); }

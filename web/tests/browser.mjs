@@ -7,6 +7,7 @@
 //     to 6 layers).
 //  4. App: generate both prompts, edit a layer (final loss within 1% of the native `creme edit`),
 //     generate after the edit, download the patch; natively the patch gives the page's tokens.
+//     Then at 1280 and 800 px: prompt boxes and completions wrap, the perturbation is marked.
 //  5. App download cache: an interrupted download resumes from the cached chunks; a corrupted
 //     cached chunk is detected and fetched again.
 //  6. App: the Qwen2.5-Coder-0.5B model loads (time and the browser's peak memory reported).
@@ -133,6 +134,20 @@ try {
   const pagePatch = path.join(tmp, 'page-patch.safetensors');
   await dl.saveAs(pagePatch);
   await ap.screenshot({ path: path.join(artifacts, 'app.png'), fullPage: true });
+  // After the full run, at two widths: prompt boxes and completions wrap, the typo is marked.
+  for (const width of [1280, 800]) {
+    await ap.setViewportSize({ width, height: 900 });
+    await ap.screenshot({ path: path.join(artifacts, `app-${width}.png`), fullPage: true });
+    const v = await ap.evaluate(() => ({
+      boxes: ['clean', 'pert', 'diff-clean', 'diff-pert', 'out-clean', 'out-pert', 'out-after'].map((id) => { const e = document.getElementById(id); return [id, e.scrollWidth, e.clientWidth]; }),
+      marks: ['diff-clean', 'diff-pert'].map((id) => [...document.getElementById(id).querySelectorAll('mark')].map((m) => m.textContent).join('|')),
+      page: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    }));
+    check(v.boxes.every(([, s, c]) => s <= c), `app at ${width} px: the prompt boxes and completions fit their width (${JSON.stringify(v.boxes)})`);
+    check(v.marks[0] === 'm|e' && v.marks[1] === 'n', `app at ${width} px: the perturbation is marked in both prompts (clean: ${v.marks[0]}, perturbed: ${v.marks[1]})`);
+    check(v.page <= 0, `app at ${width} px: the page does not scroll sideways (${v.page} px)`);
+  }
+  await ap.setViewportSize({ width: 1280, height: 900 });
   const nativePatch = path.join(tmp, 'native-patch.safetensors');
   native(['edit', '--model', path.join(modelDir(), modelFile), '--clean-file', cleanFile, '--pert-file', pertFile, '--layer', String(layer), '--steps', String(steps),
     '--target-tokens', String(target), '--no-eval', '--out', nativePatch]);

@@ -242,6 +242,13 @@ pub fn perturb(prompt: &str, ptype: &str, seed: f64) -> Result<String, JsError> 
     creme_core::perturb::perturb(prompt, ptype, seed as u64).map_err(js_err)
 }
 
+/// The two prompts as HTML (escaped) with the characters that differ marked, as a JSON pair
+/// [clean, perturbed]: the same character diff as `creme edit`'s report.
+#[wasm_bindgen(js_name = diffMarked)]
+pub fn diff_marked(clean: &str, pert: &str) -> String {
+    serde_json::to_string(&creme_core::report::diff_marked(clean, pert)).unwrap_or_default()
+}
+
 /// The 20 perturbation types, as a JSON list.
 #[wasm_bindgen(js_name = perturbationTypes)]
 pub fn perturbation_types() -> String {
