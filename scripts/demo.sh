@@ -18,9 +18,12 @@ creme="$CARGO_TARGET_DIR/release/creme"
 # whose perturbed prompt (C3: keyboard typo + deleted character) breaks the model. Shows both
 # completions and their test results, traces the layer (logprob restoration), edits its W_down,
 # shows the completions after the edit, and writes a patch and an HTML report.
+# HumanEval/157: in creme's own greedy baseline its clean prompt passes, the C3 prompt fails, and
+# the paper-settings edit of the traced layer (11) makes it pass while the clean prompt still
+# passes (HumanEval/0, the oracle's example, already passes with C3 on creme's CPU backend).
 # DEMO_TASK / DEMO_TYPE / DEMO_OUT override the defaults.
 out="${DEMO_OUT:-$root/creme-demo}"
 mkdir -p "$out"
-"$creme" edit --task "${DEMO_TASK:-HumanEval/0}" --type "${DEMO_TYPE:-C3}" \
+"$creme" edit --task "${DEMO_TASK:-HumanEval/157}" --type "${DEMO_TYPE:-C3}" \
   --out "$out/patch.safetensors" --report "$out"
 echo "open $out/report.html"

@@ -28,6 +28,7 @@ pub struct Reporter {
     mode: Mode,
     bar: Option<ProgressBar>,
     stage: String,
+    stage_start: Instant,
     last_line: Option<Instant>,
 }
 
@@ -42,7 +43,7 @@ impl Reporter {
         } else {
             Mode::Lines
         };
-        Reporter { label: label.to_string(), mode, bar: None, stage: String::new(), last_line: None }
+        Reporter { label: label.to_string(), mode, bar: None, stage: String::new(), stage_start: Instant::now(), last_line: None }
     }
 
     pub fn step(&mut self, s: Step<'_>) {
@@ -50,6 +51,7 @@ impl Reporter {
         if new_stage {
             self.finish();
             self.stage = s.stage.to_string();
+            self.stage_start = Instant::now();
         }
         match self.mode {
             Mode::Quiet => {}
@@ -68,7 +70,9 @@ impl Reporter {
                 let due = self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY);
                 if new_stage || s.done >= s.total || due {
                     let note = if s.note.is_empty() { String::new() } else { format!("  {}", s.note) };
-                    eprintln!("{} {}: {}/{}{note}", self.label, s.stage, s.done, s.total);
+                    let secs = self.stage_start.elapsed().as_secs_f64();
+                    let eta = if s.done > 0 && s.done < s.total { format!(", eta {:.0} s", secs / s.done as f64 * (s.total - s.done) as f64) } else { String::new() };
+                    eprintln!("{} {}: {}/{}{note} ({secs:.0} s{eta})", self.label, s.stage, s.done, s.total);
                     self.last_line = Some(Instant::now());
                 }
             }
