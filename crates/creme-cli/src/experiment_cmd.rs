@@ -119,13 +119,23 @@ pub fn outcomes_of(records: &[Value]) -> Outcomes {
 }
 
 /// Evaluate `sets` greedily with the model as it is now; every record goes to `on_record`.
-fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, spec: &GenSpec, workers: usize, mut on_record: impl FnMut(Value) -> Res) -> Res {
+fn evaluate(dev: &Device, model: &Model, sets: &BTreeMap<String, Vec<Problem>>, spec: &GenSpec, workers: usize, label: &str, mut on_record: impl FnMut(Value) -> Res) -> Res {
     let lim = eval_cmd::limits(10);
+    let mut bar = crate::progress::Reporter::new(label);
     for (set, problems) in sets {
         let items: Vec<(&Problem, usize)> = problems.iter().map(|p| (p, 0)).collect();
+        let (mut done, mut passed) = (0, 0);
         // A sample the sandbox could not run is no verdict: stop here (nothing of this edit is
         // recorded, so the same command redoes it) rather than count it as a failure.
-        let mut checked = |rec: Value| if eval_cmd::is_infra_error(&rec) { Err(format!("{set} {}: the sandbox could not run the test program: {}", rec["task_id"], rec["stderr_tail"]).into()) } else { on_record(rec) };
+        let mut checked = |rec: Value| {
+            if eval_cmd::is_infra_error(&rec) {
+                return Err(format!("{set} {}: the sandbox could not run the test program: {}", rec["task_id"], rec["stderr_tail"]).into());
+            }
+            done += 1;
+            passed += (rec["passed"] == true) as usize;
+            bar.step(creme_core::progress::Step { stage: &format!("eval {set}"), done, total: items.len(), note: format!("{passed} passed") });
+            on_record(rec)
+        };
         eval_cmd::run_set(dev, model, set, &items, spec, &lim, workers, &mut checked)?;
     }
     Ok(())
@@ -223,7 +233,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             continue;
         }
         eprintln!("baseline: {} {} tasks", missing.len(), s);
-        evaluate(&dev, &model, &[(s.clone(), missing)].into(), &spec, workers, |rec| {
+        evaluate(&dev, &model, &[(s.clone(), missing)].into(), &spec, workers, "baseline", |rec| {
             base_log.append(&rec)?;
             if let (Some(set), Some(task), Some(p)) = (rec["set"].as_str(), rec["task_id"].as_str(), rec["passed"].as_bool()) {
                 base.entry(set.into()).or_default().insert(task.into(), p);
@@ -278,7 +288,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         // Evaluate the edited model, then revert (also when the evaluation failed).
         let t_eval = Instant::now();
         let mut after_records = Vec::new();
-        let evaluated = evaluate(&dev, &model, &eval_sets(&sets, &base, t, a.eval_scope), &spec, workers, |rec| {
+        let label = format!("[{}/{}] {t} {}", k + 1, jobs.len(), pert_p.task_id);
+        let evaluated = evaluate(&dev, &model, &eval_sets(&sets, &base, t, a.eval_scope), &spec, workers, &label, |rec| {
             after_records.push(rec);
             Ok(())
         });
