@@ -21,7 +21,9 @@ shard=()
 [ -n "${SHARDS:-}" ] && shard=(--shard "${SHARD:?set SHARD=i with SHARDS=n}/$SHARDS")
 
 "$CREME" eval --types "clean,$TYPE" --out "$RUNS/base"
-"$CREME" calibrate-layer --type "$TYPE" --baseline "$RUNS/base" --out "$RUNS/calib"
+# The calibration covers the edit-worthy tasks and, for C3, the four tasks of the CREME reference run.
+ref=(); [ "$TYPE" = C3 ] && ref=(--tasks HumanEval/0,HumanEval/16,HumanEval/46,HumanEval/70)
+"$CREME" calibrate-layer --type "$TYPE" --baseline "$RUNS/base" "${ref[@]}" --out "$RUNS/calib"
 "$CREME" experiment --types "$TYPE" --baseline "$RUNS/base" "${shard[@]}" --out "$RUNS/main"
 [ -n "${SHARDS:-}" ] && { echo "shard $SHARD of $SHARDS done; run the script without SHARDS once all are"; exit 0; }
 

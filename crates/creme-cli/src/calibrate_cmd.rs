@@ -18,7 +18,7 @@ use crate::pass_metric::pass_trace;
 
 #[derive(clap::Args, Clone)]
 pub struct CalibrateArgs {
-    /// Model, dataset; --tasks (default: the edit-worthy tasks of --baseline)
+    /// Model, dataset; --tasks (added to the edit-worthy tasks of --baseline when both are given)
     #[command(flatten)]
     pub input: common::InputFlags,
     /// Perturbation type of the pairs
@@ -50,11 +50,19 @@ pub struct TaskTraces {
 
 pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
-    let tasks: Vec<String> = match (&a.input.tasks, &a.baseline) {
-        (Some(t), _) => t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        (None, Some(b)) => edit_worthy(b, &a.ptype)?.into_iter().take(a.input.limit.unwrap_or(usize::MAX)).collect(),
-        (None, None) => return Err("give --tasks or --baseline (an eval OUT dir of clean and the type)".into()),
+    if a.input.tasks.is_none() && a.baseline.is_none() {
+        return Err("give --tasks or --baseline (an eval OUT dir of clean and the type), or both".into());
+    }
+    // The baseline's edit-worthy tasks, then the --tasks not among them (e.g. the reference run's).
+    let mut tasks: Vec<String> = match &a.baseline {
+        Some(b) => edit_worthy(b, &a.ptype)?.into_iter().take(a.input.limit.unwrap_or(usize::MAX)).collect(),
+        None => Vec::new(),
     };
+    for t in a.input.tasks.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()) {
+        if !tasks.iter().any(|x| x == t) {
+            tasks.push(t.to_string());
+        }
+    }
     std::fs::create_dir_all(&a.out)?;
     common::record_command(&a.out)?;
     let model = common::load_model(dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
@@ -93,11 +101,7 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
 /// Tasks whose clean prompt passes and whose `ptype` prompt fails in an eval's records.
 fn edit_worthy(baseline: &Path, ptype: &str) -> Res<Vec<String>> {
     let records = crate::eval_cmd::read_records(&baseline.join("samples.jsonl"))?;
-    let passed = |set: &str| -> BTreeMap<String, bool> {
-        records.iter().filter(|r| r["set"] == set && r["sample"] == 0 && !crate::eval_cmd::is_infra_error(r)).filter_map(|r| Some((r["task_id"].as_str()?.to_string(), r["passed"] == true))).collect()
-    };
-    let (clean, pert) = (passed("clean"), passed(ptype));
-    Ok(clean.iter().filter(|(t, &ok)| ok && pert.get(*t) == Some(&false)).map(|(t, _)| t.clone()).collect())
+    Ok(creme_core::experiment::edit_worthy(&crate::experiment_cmd::outcomes_of(&records), ptype))
 }
 
 /// Key layers of the reference run's first setting, by task.

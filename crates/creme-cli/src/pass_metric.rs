@@ -85,7 +85,9 @@ pub fn improvement(ratio: f64, acc_orig: f64, acc_pert: f64) -> f64 {
 /// patched pass ratio), ties to the largest distance. Returns the trace and a JSON account.
 pub async fn pass_trace(dev: &Device, model: &Model, setup: &TraceSetup, clean: (&str, &Problem), pert: (&str, &Problem), samples: usize, progress: &mut creme_core::progress::Progress<'_>) -> Result<(LayerTrace, serde_json::Value), ModelError> {
     let t0 = std::time::Instant::now();
-    let mut pm = RestorationByPass { problem: pert.1, samples: samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens: 320, workers: 4 };
+    // The authors generate 320 tokens; a model with a shorter context gets what fits.
+    let max_new_tokens = 320.min(model.max_positions.saturating_sub(setup.frame));
+    let mut pm = RestorationByPass { problem: pert.1, samples: samples.max(1), temperature: 0.2, top_p: 0.95, max_new_tokens, workers: 4 };
     let acc_orig = pm.pass_ratio(dev, model, clean.0, clean.1).await?;
     let acc_pert = pm.pass_ratio(dev, model, pert.0, pert.1).await?;
     let raw = trace::trace_layers_with(dev, model, setup, PatchPositions::AllPrompt, &mut pm, progress).await?;

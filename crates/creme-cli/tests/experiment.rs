@@ -191,3 +191,30 @@ fn long_operations_report_progress_on_stderr_unless_quiet() {
     assert!(!quiet.contains(" trace: ") && !quiet.contains(" edit: "), "--quiet still reports progress:\n{quiet}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn calibrate_layer_takes_the_edit_worthy_tasks_and_the_given_ones() {
+    let (data, model, root) = setup("calib", 3);
+    // Tiny/0's C3 prompt passes: not edit-worthy, but asked for by --tasks.
+    let base = root.join("baseline/samples.jsonl");
+    let text = std::fs::read_to_string(&base).unwrap().replace(r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#, r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#);
+    std::fs::write(&base, text).unwrap();
+    let out = root.join("calib");
+    let o = creme()
+        .args(["calibrate-layer", "--type", "C3", "--target-tokens", "4", "--tasks", "Tiny/0,Tiny/1", "--model"])
+        .arg(&model)
+        .arg("--dataset")
+        .arg(&data)
+        .arg("--baseline")
+        .arg(root.join("baseline"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cal: Value = serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap()).unwrap();
+    let tasks: Vec<&str> = cal["rows"].as_array().unwrap().iter().map(|r| r["task"].as_str().unwrap()).collect();
+    assert_eq!(tasks, ["Tiny/1", "Tiny/2", "Tiny/0"], "edit-worthy first, then the extra task once");
+    assert_eq!(cal["type"], "C3");
+    let _ = std::fs::remove_dir_all(&root);
+}
