@@ -4,7 +4,7 @@
 # the main setting (the paper's: lr 5e-4, 20 steps, patience 3, lambda 0.1, final weights; layer
 # by the logprob trace) evaluated on every task, four ablations evaluated on the edit-worthy
 # tasks, then the document. Every step resumes where it stopped, so rerun the script after an
-# interruption. On 2 CPU cores expect about 4 hours in all (baseline ~40 min, calibration
+# interruption. On 2 CPU cores expect 4-5 hours in all (baseline ~40 min, calibration
 # ~40 min, main ~10 min per edit, each ablation ~1 min per edit); `SHARDS=n SHARD=i` splits
 # the main setting over machines sharing RUNS.
 #
