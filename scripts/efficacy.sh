@@ -5,7 +5,7 @@
 # by the logprob trace) evaluated on every task, four ablations evaluated on the edit-worthy
 # tasks, then the document. Every step resumes where it stopped, so rerun the script after an
 # interruption. On 2 CPU cores expect 4-5 hours in all (baseline ~40 min, calibration
-# ~40 min, main ~10 min per edit, each ablation ~1 min per edit); `SHARDS=n SHARD=i` splits
+# ~40 min, main ~15 min per edit, each ablation ~1-4 min per edit); `SHARDS=n SHARD=i` splits
 # the main setting over machines sharing RUNS.
 #
 #   scripts/efficacy.sh            # C3, runs/ under the repository, docs/efficacy.md
