@@ -56,6 +56,15 @@ fn experiment(data: &Path, model: &Path, root: &Path, out: &Path, extra: &[&str]
     c
 }
 
+/// Make Tiny/0's C3 prompt pass in the baseline of `setup` (so it is not edit-worthy).
+fn c3_passes_for_tiny_0(root: &Path) {
+    let base = root.join("baseline/samples.jsonl");
+    let (fails, passes) = (r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#, r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#);
+    let text = std::fs::read_to_string(&base).unwrap().replace(fails, passes);
+    assert!(text.contains(passes), "fixture layout changed: {text}");
+    std::fs::write(&base, text).unwrap();
+}
+
 fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p).map(|t| t.lines().map(String::from).collect()).unwrap_or_default()
 }
@@ -126,10 +135,7 @@ fn shards_split_the_edits_and_merge_in_the_report() {
 fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     let (data, model, root) = setup("scope", 4);
     // Tiny/0's C3 prompt passes in this baseline: it is not edit-worthy.
-    let base = root.join("baseline/samples.jsonl");
-    let text = std::fs::read_to_string(&base).unwrap().replace(r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#, r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#);
-    assert!(text.contains(r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#), "fixture layout changed: {text}");
-    std::fs::write(&base, text).unwrap();
+    c3_passes_for_tiny_0(&root);
     // A calibrate-layer output naming each task's pass-metric layer.
     let calib = root.join("calib");
     std::fs::create_dir_all(&calib).unwrap();
@@ -196,9 +202,7 @@ fn long_operations_report_progress_on_stderr_unless_quiet() {
 fn calibrate_layer_takes_the_edit_worthy_tasks_and_the_given_ones() {
     let (data, model, root) = setup("calib", 3);
     // Tiny/0's C3 prompt passes: not edit-worthy, but asked for by --tasks.
-    let base = root.join("baseline/samples.jsonl");
-    let text = std::fs::read_to_string(&base).unwrap().replace(r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#, r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#);
-    std::fs::write(&base, text).unwrap();
+    c3_passes_for_tiny_0(&root);
     let out = root.join("calib");
     let o = creme()
         .args(["calibrate-layer", "--type", "C3", "--target-tokens", "4", "--tasks", "Tiny/0,Tiny/1", "--model"])
