@@ -4,7 +4,7 @@
 #        its std sources and lld-19 (the wasm32 build), Chromium (browser tests)
 #   cargo: wasm-bindgen-cli at exactly the version Cargo.toml pins
 #   pip: gguf (reference dequantization for the tests)
-#   npm: playwright-core (drives the system Chromium)
+#   npm: playwright-core (drives the system Chromium), pyodide (Python for the app's verdicts)
 #   models: Qwen2.5-Coder-0.5B-Instruct Q4_K_M and SmolLM2-135M-Instruct into the cache
 # `setup.sh --demo` installs only what scripts/demo.sh uses: the Qwen model, HumanEval, and the
 # Vulkan loader + Mesa drivers only when the machine has a GPU device (else the CPU backend runs
@@ -41,7 +41,7 @@ fi
 python3 -m pip show gguf 2>/dev/null | grep -q '^Version: 0.19.0$' \
   || python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore gguf==0.19.0
 
-if [ ! -d web/node_modules/playwright-core ]; then
+if [ ! -d web/node_modules/playwright-core ] || [ ! -d web/node_modules/pyodide ]; then
   (cd web && npm install --no-audit --no-fund --silent)
 fi
 

@@ -32,5 +32,7 @@ scripts/build-web.sh >/dev/null
 
 step "browser tests (Chromium, WebGPU on SwiftShader)"
 (cd web && CREME_BIN="$CARGO_TARGET_DIR/debug/creme" node tests/browser.mjs)
+step "browser tests: verdicts in the page (Pyodide)"
+(cd web && CREME_BIN="$CARGO_TARGET_DIR/debug/creme" node tests/verdicts.mjs)
 
 step "all tests passed"

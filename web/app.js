@@ -2,17 +2,23 @@
 // pick a HumanEval task or type a prompt, perturb it with creme's perturbator (or by hand), compare
 // the two generations, trace which layer restores the clean behaviour, edit that layer's W_down,
 // generate again, and download the patch (it applies natively with `creme generate --patch`).
+// For a task with tests, each completion is judged in the page (Python in a worker, judge.js),
+// and after an edit the same perturbation type can be tried on other tasks (verdicts.js).
 // Query parameters (used by the tests): model, clean, pert, max, layer, steps, lr, keep, target,
 // trace=1, auto=1 (load + run all), loadonly=1 (with auto: load only), stopAfter=N (interrupt the
-// download after N chunks).
+// download after N chunks), task=ID and ptype=TYPE (select a task), judgeTimeout=S (seconds per
+// program), reach=N (with auto: check N other tasks after the edit).
 import * as creme from './pkg/creme_web.js';
 import { loadModel, runPage, corruptCachedChunk, escapeHtml } from './model.js';
+import { Judge } from './judge.js';
+import { parseTasks, perturbedPrompt, programFor, showVerdict, seededSample, reachCheck, reachTable } from './verdicts.js';
 
 const $ = (id) => document.getElementById(id);
 const q = new URLSearchParams(location.search);
-const state = { done: false, error: null };
+const state = { done: false, error: null, verdicts: {}, python: null };
 window.__creme = state;
 window.__cremeCorrupt = corruptCachedChunk;
+const judge = new Judge({ timeoutSeconds: Number(q.get('judgeTimeout')) || 10 });
 
 const TYPE_HELP = {
   A1: 'extra space inside a word', A2: 'a word repeated', A3: 'a character repeated', D1: 'a character deleted',
@@ -25,6 +31,65 @@ const TYPE_HELP = {
 let tasks = [];
 let droppedFile = null;
 const setStatus = (html) => { $('status').innerHTML = html; };
+const currentTask = () => tasks.find((t) => t.task_id === $('task').value) || null;
+
+/// Start Python (once) and say in the page whether verdicts are available.
+function startPython() {
+  if (state.python) return;
+  const t0 = performance.now();
+  state.python = { ready: false };
+  $('pystatus').textContent = 'starting Python (Pyodide) for the tests…';
+  judge.ready().then(() => {
+    state.python = { ready: true, seconds: (performance.now() - t0) / 1000 };
+    $('pystatus').textContent = `Tests run in Python (Pyodide) in this page, in a worker, ${judge.timeoutSeconds} s per program (started in ${state.python.seconds.toFixed(1)} s).`;
+  }, (e) => {
+    state.python = { ready: false, error: String(e.message || e) };
+    $('pystatus').textContent = `No verdicts in this browser: ${state.python.error}. Everything else works.`;
+  });
+}
+
+/// Judge a completion shown in column `which` (clean, pert, after), generated after `prompt`.
+async function judgeCompletion(which, prompt, completion) {
+  const el = $(`v-${which}`);
+  const task = currentTask();
+  if (!task) { showVerdict(el, { note: 'no tests: pick a task (or open a tasks file) to run them' }); return null; }
+  startPython();
+  showVerdict(el, { note: 'running the tests…' });
+  try {
+    const v = await judge.run(programFor(creme, task, prompt, completion));
+    state.verdicts[which] = { ...v, task: task.task_id };
+    showVerdict(el, v);
+    return v;
+  } catch (e) {
+    showVerdict(el, { note: `no verdict: ${String(e.message || e)}` });
+    return null;
+  }
+}
+
+/// Put a completion into its column and judge it (generation and the tests' injection both).
+function showCompletion(which, text) {
+  $(`out-${which}`).textContent = text;
+  return judgeCompletion(which, $(which === 'clean' ? 'clean' : 'pert').value, text);
+}
+window.__cremeShowCompletion = showCompletion;
+
+/// Select a task: its clean prompt, and its perturbed prompt (released where served).
+async function selectTask() {
+  const t = currentTask();
+  if (!t) { $('promptsource').textContent = ''; return; }
+  startPython();
+  $('clean').value = t.prompt;
+  const p = await perturbedPrompt(creme, t, $('ptype').value, Number($('seed').value));
+  $('pert').value = p.prompt;
+  $('promptsource').textContent = `${t.task_id}: perturbed prompt from ${p.source}`;
+  showDiff();
+}
+
+function setTasks(list) {
+  tasks = list;
+  $('task').length = 1;
+  for (const t of tasks) $('task').add(new Option(t.task_id, t.task_id));
+}
 
 // The perturbation, marked in both prompts (core's character diff; its HTML is escaped text).
 function showDiff() {
@@ -51,9 +116,13 @@ function initControls() {
   $('clean').oninput = showDiff;
   $('pert').oninput = showDiff;
   showDiff();
-  $('task').onchange = () => {
-    const t = tasks.find((x) => x.task_id === $('task').value);
-    if (t) { $('clean').value = t.prompt; $('perturb').onclick(); }
+  $('task').onchange = () => selectTask().catch((e) => setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`));
+  $('ptype').onchange = () => { if (currentTask()) $('task').onchange(); };
+  $('tasksfile').onchange = async () => {
+    const f = $('tasksfile').files[0];
+    if (!f) return;
+    try { setTasks(parseTasks(creme, await f.text(), f.name)); setStatus(`${tasks.length} tasks from ${escapeHtml(f.name)}`); }
+    catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); }
   };
   const drop = $('drop');
   drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
@@ -64,10 +133,11 @@ function initControls() {
     if (f) { droppedFile = f; $('url').value = `(file) ${f.name}`; drop.textContent = `${f.name} — press Load`; }
   };
   // HumanEval, where the server has it (creme serve publishes the dataset under /datasets/).
-  fetch('/datasets/HumanEval.jsonl').then((r) => (r.ok ? r.text() : '')).then((text) => {
-    tasks = text.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
-    for (const t of tasks) $('task').add(new Option(t.task_id, t.task_id));
-  }).catch(() => {});
+  if (q.get('ptype')) $('ptype').value = q.get('ptype');
+  state.tasksLoaded = fetch('/datasets/HumanEval.jsonl').then((r) => (r.ok ? r.text() : '')).then(async (text) => {
+    if (text) setTasks(parseTasks(creme, text, 'HumanEval.jsonl'));
+    if (q.get('task')) { $('task').value = q.get('task'); await selectTask(); }
+  }).catch((e) => setStatus(`<span class="bad">tasks: ${escapeHtml(String(e.message || e))}</span>`));
 }
 
 async function load(session) {
@@ -87,18 +157,25 @@ async function load(session) {
   for (const id of ['gen', 'trace', 'grid', 'edit', 'go', 'apply', 'revert']) $(id).disabled = false;
 }
 
-async function generateInto(session, prompt, pre) {
-  pre.textContent = '';
-  const r = JSON.parse(await session.generate(prompt, Number($('max').value), 0, 0, true, (_id, text) => { pre.textContent += text; }));
-  pre.textContent = r.text;
+/// Greedy completion of `prompt`, streamed into `pre` when given: {tokens, text, finish}.
+async function complete(session, prompt, pre = null) {
+  if (pre) pre.textContent = '';
+  const onToken = pre ? (_id, text) => { pre.textContent += text; } : null;
+  return JSON.parse(await session.generate(prompt, Number($('max').value), 0, 0, true, onToken));
+}
+
+/// Generate into column `which` and start judging it; the verdict arrives in the background.
+async function generateInto(session, which) {
+  const r = await complete(session, $(which === 'clean' ? 'clean' : 'pert').value, $(`out-${which}`));
+  state.judging = Promise.all([state.judging, showCompletion(which, r.text)]);
   return r;
 }
 
 async function generateBoth(session) {
   setStatus('generating from both prompts…');
   const t0 = performance.now();
-  state.clean = await generateInto(session, $('clean').value, $('out-clean'));
-  state.pert = await generateInto(session, $('pert').value, $('out-pert'));
+  state.clean = await generateInto(session, 'clean');
+  state.pert = await generateInto(session, 'pert');
   setStatus(`generated in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 }
 
@@ -133,8 +210,9 @@ async function edit(session) {
   $('editinfo').innerHTML = `layer <b>${r.layer}</b> · ${r.edit.steps} evaluations · loss ${r.edit.losses[0].total.toExponential(3)} → ${last.total.toExponential(3)} `
     + `(kept step ${r.edit.kept_step}) · ${state.editSeconds.toFixed(1)} s with the capture${r.trace ? ' and the trace' : ''}`;
   $('download').disabled = false;
+  $('reach').disabled = false;
   setStatus(`edited layer ${r.layer}; generating from the perturbed prompt again…`);
-  state.after = await generateInto(session, $('pert').value, $('out-after'));
+  state.after = await generateInto(session, 'after');
   setStatus(`edited layer ${r.layer}: compare the right column with the middle one`);
 }
 
@@ -147,11 +225,39 @@ function download(session) {
   state.patchBytes = bytes.length;
 }
 
+/// Does the edit reach further: N other tasks of the type, before and after the edit.
+async function reach(session) {
+  const n = Number($('reachn').value);
+  const others = tasks.filter((t) => t.task_id !== $('task').value);
+  if (!others.length) throw new Error('no tasks to check: the server publishes none (open a tasks file)');
+  startPython();
+  const chosen = seededSample(others, n, Number($('seed').value));
+  const t0 = performance.now();
+  $('reach').disabled = true;
+  try {
+    state.reach = await reachCheck({
+      creme, session, judge, tasks: chosen, type: $('ptype').value, seed: Number($('seed').value),
+      generate: async (prompt) => (await complete(session, prompt)).text,
+      onProgress: (done, total, rows) => {
+        $('reachprogress').value = done / total;
+        $('reachsum').textContent = `${done} of ${total} generations`;
+        $('reachtable').innerHTML = reachTable(rows);
+      },
+    });
+  } finally { $('reach').disabled = false; }
+  const r = state.reach;
+  $('reachtable').innerHTML = reachTable(r.rows);
+  $('reachsum').textContent = `${r.fixed} fixed, ${r.broken} broken, ${r.unchanged} unchanged of ${r.rows.length} tasks (${((performance.now() - t0) / 1000).toFixed(0)} s)`;
+}
+
 async function runAll(session) {
   if (q.get('loadonly')) return;
+  await state.tasksLoaded;
   await generateBoth(session);
   if (q.get('trace') === '1' || $('layer').value === '-1') await trace(session);
   await edit(session);
+  if (q.get('reach')) { $('reachn').value = q.get('reach'); await reach(session); }
+  await state.judging;
 }
 
 /// Button handlers, once a model is loaded.
@@ -161,12 +267,13 @@ function wire(session) {
   $('trace').onclick = guard(trace);
   $('grid').onclick = guard(grid);
   $('edit').onclick = guard(edit);
+  $('reach').onclick = guard(reach);
   $('download').onclick = () => { try { download(session); } catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); } };
-  $('revert').onclick = () => { session.revert(); $('download').disabled = true; setStatus('reverted: the model is the file\'s again'); };
+  $('revert').onclick = () => { session.revert(); $('download').disabled = true; $('reach').disabled = true; setStatus('reverted: the model is the file\'s again'); };
   $('apply').onchange = async () => {
     const f = $('apply').files[0];
     if (!f) return;
-    try { const l = session.applyPatch(new Uint8Array(await f.arrayBuffer())); setStatus(`applied ${escapeHtml(f.name)} (layer ${l})`); }
+    try { const l = session.applyPatch(new Uint8Array(await f.arrayBuffer())); $('reach').disabled = false; setStatus(`applied ${escapeHtml(f.name)} (layer ${l})`); }
     catch (e) { setStatus(`<span class="bad">${escapeHtml(String(e.message || e))}</span>`); }
   };
 }

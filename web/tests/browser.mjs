@@ -1,6 +1,5 @@
-// Browser tests: `creme serve` (CREME_BIN) serves web/, the model cache under /models/ and the
-// dataset under /datasets/; pages run in Debian's Chromium (headless, WebGPU on SwiftShader)
-// through playwright-core. Every in-page result is checked against the native run on this machine.
+// Browser tests (harness.mjs: `creme serve`, headless Chromium with WebGPU on SwiftShader). Every
+// in-page result is checked against the native run on this machine.
 //  1. GPU check page: the matmul kernel via creme-web equals the CPU reference.
 //  2. Generate page: SmolLM2-135M streamed into WebGPU generates the native run's greedy tokens.
 //  3. Trace page: per-layer restoration equals the native `creme trace` within 1e-3 (SmolLM2 cut
@@ -16,53 +15,19 @@
 //  8. The HTML report of `creme edit` (a 6-layer SmolLM2 edit) at 1280 and 800 px: every prompt
 //     and completion block wraps inside its width, and the typo is marked in both prompts.
 // Screenshots go to $ARTIFACTS (default test-artifacts/).
-import { chromium } from 'playwright-core';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { artifacts, bin, check, finish, finished, launchBrowser, modelDir, native, newPage as openPage, startServer } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const webRoot = path.resolve(here, '..');
-const artifacts = process.env.ARTIFACTS || path.resolve(webRoot, '..', 'test-artifacts');
-fs.mkdirSync(artifacts, { recursive: true });
-
-const ARGS = ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
-  '--use-webgpu-adapter=swiftshader', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync'];
-
-let failures = 0;
-const check = (cond, msg) => { console.log(`${cond ? 'ok  ' : 'FAIL'} ${msg}`); if (!cond) failures++; };
-
-const bin = process.env.CREME_BIN;
-if (!bin) throw new Error('CREME_BIN (the native creme binary) is not set');
-const modelDir = () => process.env.CREME_MODEL_DIR || path.join(process.env.CREME_CACHE_DIR || path.join(os.homedir(), '.cache/creme'), 'models');
-const server = spawn(bin, ['serve', '--port', '0', '--web', webRoot, '--models', modelDir()], { stdio: ['ignore', 'pipe', 'inherit'] });
-const port = await new Promise((resolve, reject) => {
-  server.stdout.on('data', (d) => { const m = /127\.0\.0\.1:(\d+)/.exec(String(d)); if (m) resolve(Number(m[1])); });
-  server.on('exit', (c) => reject(new Error(`creme serve exited (${c})`)));
-});
-// The native reference runs on wgpu (Vulkan: lavapipe here) with f32 activations, the function the
-// page computes on WebGPU (the CPU backend's int8 activations are a different one).
-const nativeEnv = { ...process.env, CREME_BACKEND: process.env.CREME_NATIVE_BACKEND || 'vulkan' };
-const native = (args) => execFileSync(bin, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], env: nativeEnv });
+const { port, server } = await startServer();
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'creme-browser-'));
 const writeTmp = (name, text) => { const f = path.join(tmp, name); fs.writeFileSync(f, text); return f; };
 /// The __metadata__ of a safetensors file (CREME patches keep the loss curve there).
 const stMetadata = (file) => { const b = fs.readFileSync(file); const n = Number(b.readBigUInt64LE(0)); return JSON.parse(b.subarray(8, 8 + n).toString())['__metadata__']; };
-const newPage = async () => {
-  const p = await browser.newPage();
-  p.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
-  p.on('pageerror', (e) => console.log('[page exception]', e.message));
-  return p;
-};
-const finished = async (p, timeout = 900000) => { await p.waitForFunction(() => window.__creme && window.__creme.done, null, { timeout }); return p.evaluate(() => window.__creme); };
-const userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'creme-chromium-'));
-const browser = await chromium.launchPersistentContext(userDir, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ARGS,
-  viewport: { width: 1280, height: 900 }, acceptDownloads: true,
-});
+const { browser, userDir } = await launchBrowser();
+const newPage = () => openPage(browser);
 try {
   const page = await browser.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
@@ -294,5 +259,4 @@ try {
   fs.rmSync(userDir, { recursive: true, force: true });
   fs.rmSync(tmp, { recursive: true, force: true });
 }
-console.log(failures ? `${failures} browser check(s) failed` : 'browser tests passed');
-process.exit(failures ? 1 : 0);
+finish('browser');

@@ -47,7 +47,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub baseline: Vec<PathBuf>,
     /// Score these completions instead of generating: JSON {set: [completion per task, dataset
-    /// order]} (the oracle's format) or JSONL records {set, task_id, completion[, sample]}
+    /// order]} (the oracle's format) or JSONL records {set, task_id, completion[, sample]}; every
+    /// sample given is scored (--n does not apply)
     #[arg(long)]
     pub completions: Option<PathBuf>,
     /// Parallel test processes (default: the number of cores)
@@ -197,16 +198,25 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             }
         }
         for (set, problems) in &sets {
-            let todo: Vec<(&Problem, &String)> = problems.iter().filter(|p| !done.contains(&(set.clone(), p.task_id.clone(), 0))).filter_map(|p| given.get(&(set.clone(), p.task_id.clone(), 0)).map(|c| (p, c))).collect();
+            // Every sample given for a task, in sample order (JSONL records may hold several).
+            let mut samples: Vec<usize> = given.keys().filter(|k| &k.0 == set).map(|k| k.2).collect();
+            samples.sort_unstable();
+            samples.dedup();
+            let todo: Vec<(&Problem, usize, &String)> = problems
+                .iter()
+                .flat_map(|p| samples.iter().map(move |&s| (p, s)))
+                .filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s)))
+                .filter_map(|(p, s)| given.get(&(set.clone(), p.task_id.clone(), s)).map(|c| (p, s, c)))
+                .collect();
             if todo.is_empty() {
                 continue;
             }
             let mut prog = Progress::new(set, todo.len());
             for chunk in todo.chunks(64) {
-                let programs: Vec<_> = chunk.iter().map(|(p, c)| p.program(&p.prompt, c)).collect();
+                let programs: Vec<_> = chunk.iter().map(|(p, _, c)| p.program(&p.prompt, c)).collect();
                 let results = run_many(&programs, &lim, workers);
-                for ((p, c), r) in chunk.iter().zip(&results) {
-                    let rec = sample_record(set, p, 0, c, "given", r);
+                for ((p, sample, c), r) in chunk.iter().zip(&results) {
+                    let rec = sample_record(set, p, *sample, c, "given", r);
                     log.append(&rec)?;
                     records.push(rec);
                 }

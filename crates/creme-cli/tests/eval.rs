@@ -101,6 +101,26 @@ fn mbpp_fixture_passes_with_its_reference_code(name: &str) {
 }
 
 #[test]
+fn every_sample_of_a_completions_file_is_scored() {
+    // Three samples for one task: a correct body, a wrong one, and one that exits early.
+    let dataset = shared_dir().join("datasets/humaneval-nlpert");
+    let first: Value = serde_json::from_str(std::fs::read_to_string(dataset.join("HumanEval.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let bodies = [first["canonical_solution"].as_str().unwrap(), "    return False\n", "    return True\nimport sys\nsys.exit(0)\n"];
+    let dir = temp("samples");
+    let file = dir.join("completions.jsonl");
+    let lines: Vec<String> = bodies.iter().enumerate().map(|(i, c)| serde_json::json!({"set": "C3", "task_id": "HumanEval/0", "completion": c, "sample": i}).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dir.join("out");
+    let st = creme().args(["eval", "--types", "C3", "--tasks", "HumanEval/0", "--dataset"]).arg(&dataset).arg("--completions").arg(&file).arg("--out").arg(&out).status().unwrap();
+    assert!(st.success());
+    let mut recs = records(&out);
+    recs.sort_by_key(|r| r["sample"].as_u64());
+    let got: Vec<(u64, bool)> = recs.iter().map(|r| (r["sample"].as_u64().unwrap(), r["passed"].as_bool().unwrap())).collect();
+    assert_eq!(got, vec![(0, true), (1, false), (2, false)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_malformed_dataset_line_is_an_error_naming_file_and_line() {
     let dir = temp("malformed");
     std::fs::write(dir.join("HumanEval.jsonl"), "{\"task_id\": \"X/0\", \"prompt\": \"p\", \"entry_point\": \"f\", \"test\": \"t\"}\n{\"task_id\": \"X/1\", \"prompt\": \n").unwrap();

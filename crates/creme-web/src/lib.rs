@@ -249,6 +249,32 @@ pub fn diff_marked(clean: &str, pert: &str) -> String {
     serde_json::to_string(&creme_core::report::diff_marked(clean, pert)).unwrap_or_default()
 }
 
+/// Dataset JSONL text (HumanEval, a released perturbed set, or MBPP-style records) as JSON
+/// problems [{task_id, prompt, entry_point, test, original_prompt}], by core's rules: an MBPP
+/// record becomes a signature + docstring prompt and a `check`; a bad line is an error naming
+/// `source` and the line.
+#[wasm_bindgen(js_name = parseTasks)]
+pub fn parse_tasks(jsonl: &str, source: &str) -> Result<String, JsError> {
+    let problems = creme_core::dataset::parse_jsonl(jsonl, source).map_err(js_err)?;
+    serde_json::to_string(&problems).map_err(js_err)
+}
+
+/// The program that decides pass/fail for `completion` after `prompt` (the prompt the model was
+/// given), as JSON {source, check}: the text the native harness runs, so a verdict in the page
+/// and `creme eval` judge the same program.
+#[wasm_bindgen(js_name = testProgram)]
+pub fn test_program(prompt: &str, completion: &str, test: &str, entry_point: &str) -> String {
+    let problem = creme_core::dataset::Problem {
+        task_id: String::new(),
+        prompt: prompt.to_string(),
+        entry_point: entry_point.to_string(),
+        test: test.to_string(),
+        original_prompt: None,
+    };
+    let program = problem.program(prompt, completion);
+    json!({ "source": program.source, "check": program.check }).to_string()
+}
+
 /// The 20 perturbation types, as a JSON list.
 #[wasm_bindgen(js_name = perturbationTypes)]
 pub fn perturbation_types() -> String {
