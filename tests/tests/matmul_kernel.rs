@@ -57,3 +57,24 @@ fn missing_adapter_is_a_clear_error() {
     };
     assert!(err.contains("no GPU adapter") && err.contains("no-such-adapter-xyz"), "{err}");
 }
+
+/// The GPU counters (issue 15's measure) see every object and submission: a kernel's pipeline is
+/// built on its first use only, and each call records one dispatch and makes its buffers.
+#[test]
+fn gpu_counters_see_pipelines_once_and_every_dispatch() {
+    let gpu = gpu_on(Some("vulkan")).expect("a vulkan adapter (lavapipe)");
+    let (m, n, k) = (3, 5, 7);
+    let (x, w) = (vec![0.5f32; m * k], vec![0.25f32; n * k]);
+    let start = gpu.counts();
+    pollster::block_on(gpu.matmul_f32(&x, &w, m, n, k)).unwrap();
+    let first = gpu.counts().since(&start);
+    let mid = gpu.counts();
+    pollster::block_on(gpu.matmul_f32(&x, &w, m, n, k)).unwrap();
+    let second = gpu.counts().since(&mid);
+    assert_eq!(first.pipelines, 1, "first call builds the pipeline: {first:?}");
+    assert_eq!(second.pipelines, 0, "second call reuses it: {second:?}");
+    for c in [first, second] {
+        assert_eq!(c.dispatches, 1, "{c:?}");
+        assert!(c.buffers >= 3 && c.bind_groups == 1 && c.submissions >= 1, "{c:?}");
+    }
+}

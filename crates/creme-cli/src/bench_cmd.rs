@@ -10,7 +10,7 @@ use creme_core::hooks::Hooks;
 use creme_core::model::{Logits, Model};
 use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
 use creme_core::{Backend, Device};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{self, Res};
 
@@ -92,6 +92,36 @@ fn decode_from_empty(dev: &Device, model: &Model, start: u32, tokens: usize) -> 
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// What one decoded token costs the GPU in objects made, dispatches and submissions, after
+/// `warmup` tokens (pipelines and caches that are made once are then in place): per token.
+fn gpu_work_per_token(dev: &Device, model: &Model, start: u32, warmup: usize, tokens: usize) -> Res<Option<Value>> {
+    let Some(gpu) = dev.gpu() else { return Ok(None) };
+    let mut cache = model.new_cache(dev, vec![0], warmup + tokens + 1)?;
+    let mut next = start;
+    let mut step = |next: &mut u32| -> Res<()> {
+        let out = model.forward(dev, &mut cache, &[vec![*next]], &Hooks::default(), Logits::Last)?;
+        *next = pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0];
+        Ok(())
+    };
+    for _ in 0..warmup {
+        step(&mut next)?;
+    }
+    let (before, live_before) = (gpu.counts(), gpu.live_objects());
+    for _ in 0..tokens {
+        step(&mut next)?;
+    }
+    let (c, live_after) = (gpu.counts().since(&before), gpu.live_objects());
+    let per = |v: u64| v as f64 / tokens as f64;
+    Ok(Some(json!({
+        "tokens": tokens, "warmup": warmup,
+        "buffers": per(c.buffers), "bind_groups": per(c.bind_groups), "pipelines": per(c.pipelines),
+        "encoders": per(c.encoders), "dispatches": per(c.dispatches), "submissions": per(c.submissions),
+        "dispatches_per_layer": per(c.dispatches) / model.cfg.n_layers as f64,
+        // wgpu's count of live objects before and after: equal when nothing per token outlives it.
+        "live_buffers": [live_before.0, live_after.0], "live_bind_groups": [live_before.1, live_after.1],
+    })))
+}
+
 /// The median of `reps` runs of `f`.
 fn median(reps: usize, mut f: impl FnMut() -> Res<f64>) -> Res<f64> {
     let mut v = (0..reps.max(1)).map(|_| f()).collect::<Res<Vec<f64>>>()?;
@@ -153,6 +183,23 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
         tg.push(json!({"tokens": n, "seconds": s, "tok_per_s": n as f64 / s}));
     }
     doc["tg"] = json!(tg);
+
+    let start = model.cfg.eos_ids.first().copied().unwrap_or(0);
+    if let Some(w) = gpu_work_per_token(&dev, &model, start, 4, 16)? {
+        rows.push((
+            "GPU work per decoded token (after 4 tokens)".into(),
+            format!(
+                "{:.0} dispatches ({:.1} per layer), {:.1} submissions; created: {:.1} buffers, {:.1} bind groups, {:.1} pipelines",
+                w["dispatches"].as_f64().unwrap_or(0.0),
+                w["dispatches_per_layer"].as_f64().unwrap_or(0.0),
+                w["submissions"].as_f64().unwrap_or(0.0),
+                w["buffers"].as_f64().unwrap_or(0.0),
+                w["bind_groups"].as_f64().unwrap_or(0.0),
+                w["pipelines"].as_f64().unwrap_or(0.0)
+            ),
+        ));
+        doc["gpu_per_token"] = w;
+    }
 
     // Decode: time between the first and the last generated token (the prompt pass excluded).
     let mut dec = Vec::new();

@@ -1,7 +1,5 @@
 //! Buffer creation and readback. Readback is async: in the browser nothing may block on the GPU.
 
-use wgpu::util::DeviceExt;
-
 use super::Gpu;
 use crate::error::GpuError;
 
@@ -22,7 +20,7 @@ impl Gpu {
         } else {
             bytes
         };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.new_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -49,7 +47,7 @@ impl Gpu {
     }
 
     fn storage_unchecked(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+        self.new_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: ((bytes + 3) / 4 * 4).max(4),
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
@@ -61,7 +59,7 @@ impl Gpu {
     pub fn uniform<T: bytemuck::Pod>(&self, label: &str, data: &T) -> wgpu::Buffer {
         let mut bytes = bytemuck::bytes_of(data).to_vec();
         bytes.resize(bytes.len().div_ceil(16) * 16, 0);
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        self.new_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: &bytes,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
@@ -77,15 +75,15 @@ impl Gpu {
             return Ok(Vec::new());
         }
         let size = bytes.div_ceil(4) * 4;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let staging = self.new_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut enc = self.new_encoder("readback");
         enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
+        self.submit(enc);
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);

@@ -122,6 +122,8 @@ pub struct Gpu {
     pub(crate) pending: std::sync::Mutex<Option<wgpu::CommandEncoder>>,
     /// Scratch buffers of the backend ops by name, reused across layers and tokens.
     pub(crate) workspaces: std::sync::Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
+    /// Objects made, dispatches and submissions so far (see [`Gpu::counts`]).
+    pub(crate) counters: super::resources::Counters,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -257,7 +259,7 @@ impl Gpu {
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
         let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault, pending: Default::default(), workspaces: Default::default() })
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault, pending: Default::default(), workspaces: Default::default(), counters: Default::default() })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].
@@ -287,7 +289,7 @@ impl Gpu {
     /// Record into the pending encoder (created on first use); [`Gpu::flush`] submits it.
     pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let enc = p.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") }));
+        let enc = p.get_or_insert_with(|| self.new_encoder("ops"));
         f(enc)
     }
 
@@ -295,7 +297,7 @@ impl Gpu {
     pub fn flush(&self) {
         let enc = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(enc) = enc {
-            self.queue.submit([enc.finish()]);
+            self.submit(enc);
         }
     }
 

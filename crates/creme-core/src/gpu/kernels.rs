@@ -66,24 +66,13 @@ impl KernelRegistry {
         KernelRegistry { pipelines: Mutex::new(HashMap::new()) }
     }
 
-    pub(crate) fn get(&self, device: &wgpu::Device, name: &str) -> Arc<wgpu::ComputePipeline> {
+    pub(crate) fn get(&self, gpu: &super::Gpu, name: &str) -> Arc<wgpu::ComputePipeline> {
         let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map.get(name) {
             return p.clone();
         }
         let (src, entry) = kernel_source(name).unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
-        let pipeline = Arc::new(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(name),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        }));
+        let pipeline = Arc::new(gpu.new_pipeline(name, src, entry));
         map.insert(name.to_string(), pipeline.clone());
         pipeline
     }
@@ -109,18 +98,19 @@ impl super::Gpu {
                 }
             }
         }
-        let pipeline = self.kernels.get(&self.device, name);
+        let pipeline = self.kernels.get(self, name);
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
             .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
             .collect();
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(name), layout: &layout, entries: &entries });
+        let bind = self.new_bind_group(&wgpu::BindGroupDescriptor { label: Some(name), layout: &layout, entries: &entries });
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.count_dispatch();
     }
 
     /// Split `total` workgroups into a 2-D grid within the per-dimension limit.

@@ -3,6 +3,7 @@
 
 mod buffers;
 mod context;
+mod resources;
 pub(crate) mod kernels;
 pub mod ops;
 mod weight;
@@ -10,3 +11,4 @@ pub(crate) mod layers;
 
 pub use weight::{GpuWeight, WeightChunk};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};
+pub use resources::GpuCounts;

@@ -75,9 +75,9 @@ impl Gpu {
         let xb = self.upload("x", x);
         let wb = self.upload("w", w);
         let yb = self.storage("y", (m * n * 4) as u64);
-        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut enc = self.new_encoder("ops");
         self.encode_matmul_f32(&mut enc, &xb, &wb, &yb, m as u32, n as u32, k as u32)?;
-        self.queue.submit([enc.finish()]);
+        self.submit(enc);
         if let Some(e) = scope.pop().await {
             return Err(GpuError::Validation(e.to_string()));
         }
@@ -183,9 +183,9 @@ impl Gpu {
         let xb = self.upload("x", x);
         let bb = bias.map(|b| self.upload("bias", b));
         let yb = self.storage("y", (m * w.rows * 4) as u64);
-        let mut enc = self.device.create_command_encoder(&Default::default());
+        let mut enc = self.new_encoder("ops");
         self.encode_matmul_quant(&mut enc, &xb, w, bb.as_ref(), &yb, m as u32, w.rows as u32, 0)?;
-        self.queue.submit([enc.finish()]);
+        self.submit(enc);
         if let Some(e) = scope.pop().await {
             return Err(GpuError::Validation(e.to_string()));
         }
