@@ -55,15 +55,9 @@ impl Gpu {
         })
     }
 
-    /// A small uniform buffer (kernel parameters).
-    pub fn uniform<T: bytemuck::Pod>(&self, label: &str, data: &T) -> wgpu::Buffer {
-        let mut bytes = bytemuck::bytes_of(data).to_vec();
-        bytes.resize(bytes.len().div_ceil(16) * 16, 0);
-        self.new_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+    /// Kernel parameters: a slot in the uniform arena (no buffer made per dispatch).
+    pub fn uniform<T: bytemuck::Pod>(&self, _label: &str, data: &T) -> super::resources::ParamSlot {
+        self.param_slot(bytemuck::bytes_of(data))
     }
 
     /// Copy `len` elements of type T from the start of `src` back to the CPU.

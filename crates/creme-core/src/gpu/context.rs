@@ -124,6 +124,8 @@ pub struct Gpu {
     pub(crate) workspaces: std::sync::Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
     /// Objects made, dispatches and submissions so far (see [`Gpu::counts`]).
     pub(crate) counters: super::resources::Counters,
+    /// The uniform buffer kernel parameters are written to (see [`Gpu::uniform`]).
+    pub(crate) params: super::resources::ParamArena,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -259,7 +261,7 @@ impl Gpu {
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
         let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault, pending: Default::default(), workspaces: Default::default(), counters: Default::default() })
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault, pending: Default::default(), workspaces: Default::default(), counters: Default::default(), params: Default::default() })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].
@@ -299,6 +301,8 @@ impl Gpu {
         if let Some(enc) = enc {
             self.submit(enc);
         }
+        // The pending commands are submitted, so the parameter slots they read can be reused.
+        self.reset_param_slots();
     }
 
     /// Largest byte size one storage binding may have on this device.

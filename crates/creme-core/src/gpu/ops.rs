@@ -55,7 +55,7 @@ impl Gpu {
         self.dispatch(
             enc,
             "matmul_f32",
-            &[x.as_entire_binding(), w.as_entire_binding(), y.as_entire_binding(), dims.as_entire_binding()],
+            &[x.as_entire_binding(), w.as_entire_binding(), y.as_entire_binding(), dims.binding()],
             groups,
         );
         Ok(())
@@ -165,7 +165,7 @@ impl Gpu {
             self.dispatch(
                 enc,
                 &kernel,
-                &[x.as_entire_binding(), c.buffer.as_entire_binding(), bias_binding, y.as_entire_binding(), params.as_entire_binding()],
+                &[x.as_entire_binding(), c.buffer.as_entire_binding(), bias_binding, y.as_entire_binding(), params.binding()],
                 groups,
             );
         }

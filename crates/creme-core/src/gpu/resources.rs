@@ -5,6 +5,7 @@
 //! re-creates instead of reusing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use wgpu::util::DeviceExt;
@@ -47,6 +48,36 @@ impl GpuCounts {
     }
 }
 
+/// Kernel parameters live in one uniform buffer, a slot per dispatch written with
+/// `queue.write_buffer`, instead of a new buffer per dispatch. Such writes take effect at the next
+/// submission, before its commands; so slots are handed out from the start again only after the
+/// pending encoder has been submitted ([`Gpu::flush`]), never while commands that read them wait.
+/// Encoders submitted on their own (ops.rs) are recorded and submitted without a flush between.
+#[derive(Default)]
+pub(crate) struct ParamArena(Mutex<ArenaState>);
+
+#[derive(Default)]
+struct ArenaState {
+    buffer: Option<wgpu::Buffer>,
+    next: u64,
+}
+
+/// The first arena; it doubles when a submission needs more slots.
+const ARENA_BYTES: u64 = 256 << 10;
+
+/// One dispatch's parameters: a range of the arena.
+pub struct ParamSlot {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl ParamSlot {
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.buffer, offset: self.offset, size: std::num::NonZeroU64::new(self.size) })
+    }
+}
+
 fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -70,6 +101,34 @@ impl Gpu {
     pub fn live_objects(&self) -> (isize, isize) {
         let c = self.device.get_internal_counters();
         (c.hal.buffers.read(), c.hal.bind_groups.read())
+    }
+
+    /// Write `bytes` (kernel parameters) into a fresh slot of the arena.
+    pub(crate) fn param_slot(&self, bytes: &[u8]) -> ParamSlot {
+        let size = (bytes.len().div_ceil(16) * 16).max(16) as u64;
+        let align = (self.limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        let stride = size.div_ceil(align) * align;
+        let mut arena = self.params.0.lock().unwrap_or_else(|e| e.into_inner());
+        let capacity = arena.buffer.as_ref().map_or(0, |b| b.size());
+        if arena.next + stride > capacity {
+            // Slots already handed out stay valid: their bind groups keep the old buffer alive.
+            let bytes = (capacity * 2).max(ARENA_BYTES).max(stride);
+            let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+            arena.buffer = Some(self.new_buffer(&wgpu::BufferDescriptor { label: Some("kernel parameters"), size: bytes, usage, mapped_at_creation: false }));
+            arena.next = 0;
+        }
+        let buffer = arena.buffer.clone().expect("made above");
+        let offset = arena.next;
+        arena.next += stride;
+        let mut padded = bytes.to_vec();
+        padded.resize(size as usize, 0);
+        self.queue.write_buffer(&buffer, offset, &padded);
+        ParamSlot { buffer, offset, size }
+    }
+
+    /// Hand out slots from the start of the arena again (after the pending encoder's submission).
+    pub(crate) fn reset_param_slots(&self) {
+        self.params.0.lock().unwrap_or_else(|e| e.into_inner()).next = 0;
     }
 
     pub(crate) fn new_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
