@@ -80,14 +80,19 @@ fn prefill(dev: &Device, model: &Model, tokens: &[u32], len: usize, batch: usize
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// One greedy decode step: the token after `token`, with the cache extended by it.
+fn greedy_step(dev: &Device, model: &Model, cache: &mut creme_core::model::KvCache, token: u32) -> Res<u32> {
+    let out = model.forward(dev, cache, &[vec![token]], &Hooks::default(), Logits::Last)?;
+    Ok(pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0])
+}
+
 /// `tokens` greedy decode steps from a one-token context (llama-bench's tg), timed.
 fn decode_from_empty(dev: &Device, model: &Model, start: u32, tokens: usize) -> Res<f64> {
     let mut cache = model.new_cache(dev, vec![0], tokens + 1)?;
     let t0 = Instant::now();
     let mut next = start;
     for _ in 0..tokens {
-        let out = model.forward(dev, &mut cache, &[vec![next]], &Hooks::default(), Logits::Last)?;
-        next = pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0];
+        next = greedy_step(dev, model, &mut cache, next)?;
     }
     Ok(t0.elapsed().as_secs_f64())
 }
@@ -98,17 +103,12 @@ fn gpu_work_per_token(dev: &Device, model: &Model, start: u32, warmup: usize, to
     let Some(gpu) = dev.gpu() else { return Ok(None) };
     let mut cache = model.new_cache(dev, vec![0], warmup + tokens + 1)?;
     let mut next = start;
-    let mut step = |next: &mut u32| -> Res<()> {
-        let out = model.forward(dev, &mut cache, &[vec![*next]], &Hooks::default(), Logits::Last)?;
-        *next = pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0];
-        Ok(())
-    };
     for _ in 0..warmup {
-        step(&mut next)?;
+        next = greedy_step(dev, model, &mut cache, next)?;
     }
     let (before, live_before) = (gpu.counts(), gpu.live_objects());
     for _ in 0..tokens {
-        step(&mut next)?;
+        next = greedy_step(dev, model, &mut cache, next)?;
     }
     let (c, live_after) = (gpu.counts().since(&before), gpu.live_objects());
     let per = |v: u64| v as f64 / tokens as f64;
