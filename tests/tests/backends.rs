@@ -234,3 +234,45 @@ fn cpu_exact_mode_matches_wgpu_on_quantized_weights() {
     assert!(err < 1e-4, "cpu-exact vs wgpu: logits differ by {err:.2e}");
     assert_same_greedy("cpu-exact Q4_0", &te, &tg, &mg, 1e-3);
 }
+
+/// Issue 15's resource cache: after warm-up, a decoded token on wgpu makes no buffer, no bind group
+/// and no pipeline, and is one submission (the readback of its token rides with the forward);
+/// wgpu's own count of live buffers and bind groups stays where it was. The tokens still equal a
+/// fresh run's (reused buffers hold nothing stale that matters).
+#[test]
+fn a_decoded_token_reuses_every_gpu_object() {
+    let gpu = device_on("vulkan");
+    let file = requantize(&tiny_gguf_arch("qwen2"), GgmlType::Q8_0).unwrap();
+    let model = Model::from_gguf_bytes(&gpu, &file, 256).unwrap();
+    let ids = model.tokenizer.encode("def add(a, b):").unwrap();
+    let greedy = |cache: &mut creme_core::model::KvCache, tokens: &[u32]| -> u32 {
+        let out = model.forward(&gpu, cache, &[tokens.to_vec()], &Hooks::default(), Logits::Last).unwrap();
+        pollster::block_on(gpu.argmax(out.logits.as_ref().unwrap())).unwrap()[0]
+    };
+    let decode = |steps: usize, mut observe: Box<dyn FnMut(usize) + '_>| -> Vec<u32> {
+        let mut cache = model.new_cache(&gpu, vec![0], ids.len() + steps + 1).unwrap();
+        let mut out = vec![greedy(&mut cache, &ids)];
+        for i in 0..steps {
+            observe(i);
+            out.push(greedy(&mut cache, &[*out.last().unwrap()]));
+        }
+        out
+    };
+    let g = gpu.gpu().unwrap();
+    let (warmup, steps) = (4, 24);
+    let marks = std::cell::RefCell::new(Vec::new());
+    let tokens = decode(warmup + steps, Box::new(|i| {
+        if i == warmup || i == warmup + steps - 1 {
+            marks.borrow_mut().push((g.counts(), g.live_objects()));
+        }
+    }));
+    let marks = marks.into_inner();
+    let ((c0, live0), (c1, live1)) = (marks[0], marks[1]);
+    let c = c1.since(&c0);
+    let n = (steps - 1) as u64;
+    assert_eq!((c.buffers, c.bind_groups, c.pipelines), (0, 0, 0), "objects made over {n} decoded tokens: {c:?}");
+    assert_eq!(c.submissions, n, "one submission per decoded token: {c:?}");
+    assert_eq!((live0, live1), (live0, live0), "wgpu's live buffers and bind groups");
+    let again = decode(warmup + steps, Box::new(|_| {}));
+    assert_eq!(tokens, again, "a second run over reused buffers decodes the same tokens");
+}

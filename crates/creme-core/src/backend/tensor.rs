@@ -15,7 +15,8 @@ pub enum DType {
 
 /// Where a tensor's data lives.
 pub enum Storage {
-    Wgpu(wgpu::Buffer),
+    /// A buffer from the device's pool, returned to it when the tensor is dropped.
+    Wgpu(crate::gpu::PooledBuffer),
     /// Host memory; U32 tensors keep their bits in the f32 words.
     Cpu(Vec<f32>),
 }
@@ -37,7 +38,7 @@ impl Tensor {
     }
     pub fn wgpu(&self) -> Result<&wgpu::Buffer, ModelError> {
         match &self.storage {
-            Storage::Wgpu(b) => Ok(b),
+            Storage::Wgpu(b) => Ok(&**b),
             Storage::Cpu(_) => Err(mismatch("a CPU tensor given to the wgpu backend")),
         }
     }

@@ -50,11 +50,15 @@ impl Backend for Gpu {
 
     fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError> {
         let n = rows * width;
-        let buffer = match data {
-            Some(d) if d.len() >= n => self.upload(label, &d[..n]),
-            Some(d) => return Err(ModelError::Format(format!("{label}: {} values for [{rows} x {width}]", d.len()))),
-            None => self.storage(label, words(n)),
-        };
+        if data.is_some_and(|d| d.len() < n) {
+            return Err(ModelError::Format(format!("{label}: {} values for [{rows} x {width}]", data.map_or(0, |d| d.len()))));
+        }
+        let buffer = self.pooled(label, words(n), data.is_none());
+        if let Some(d) = data {
+            // A pooled buffer is no longer used by unsubmitted commands, so the write cannot
+            // overtake a reader (see the pool).
+            self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&d[..n]));
+        }
         Ok(Tensor { dtype, rows, width, storage: Storage::Wgpu(buffer) })
     }
 
@@ -177,7 +181,7 @@ impl Backend for Gpu {
             return Err(ModelError::Format(format!("head: row {bad} of {}", x.rows)));
         }
         let (gathered, normed) = (self.workspace("head rows", words(n * d)), self.workspace("final norm", words(n * d)));
-        let logits = self.storage("logits", words(n * head.rows()));
+        let logits = self.pooled("logits", words(n * head.rows()), false);
         let xb = x.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
             for (i, &r) in rows.iter().enumerate() {
@@ -190,7 +194,7 @@ impl Backend for Gpu {
     }
 
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
-        let ids = self.storage("argmax", words(logits.rows));
+        let ids = self.pooled("argmax", words(logits.rows), false);
         let lb = logits.wgpu()?;
         self.record(|enc| self.encode_argmax(enc, lb, &ids, logits.rows as u32, logits.width as u32));
         Ok(self.read::<u32>(&ids, logits.rows).await?)

@@ -62,22 +62,16 @@ impl Gpu {
 
     /// Copy `len` elements of type T from the start of `src` back to the CPU.
     pub async fn read<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>, GpuError> {
-        self.flush();
         self.check()?;
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         if bytes == 0 {
             return Ok(Vec::new());
         }
         let size = bytes.div_ceil(4) * 4;
-        let staging = self.new_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.new_encoder("readback");
-        enc.copy_buffer_to_buffer(src, 0, &staging, 0, size);
-        self.submit(enc);
+        let staging = self.staging(size);
+        // The copy goes with the pending commands that produce `src`: one submission.
+        self.record(|enc| enc.copy_buffer_to_buffer(src, 0, &staging, 0, size));
+        self.flush();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -94,6 +88,7 @@ impl Gpu {
             bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
         };
         staging.unmap();
+        self.return_staging(staging);
         // Anything that went wrong while producing the result (it may be garbage then).
         self.check()?;
         Ok(out)

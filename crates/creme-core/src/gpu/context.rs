@@ -126,6 +126,12 @@ pub struct Gpu {
     pub(crate) counters: super::resources::Counters,
     /// The uniform buffer kernel parameters are written to (see [`Gpu::uniform`]).
     pub(crate) params: super::resources::ParamArena,
+    /// Storage buffers of dropped tensors, reused (see [`Gpu::pooled`]).
+    pub(crate) pool: std::sync::Arc<super::resources::BufferPool>,
+    /// Bind groups by kernel and buffers (see [`Gpu::bind_group`]).
+    pub(crate) bind_groups: super::resources::BindGroupCache,
+    /// Readback buffers not in use.
+    pub(crate) staging: std::sync::Mutex<Vec<wgpu::Buffer>>,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -254,14 +260,22 @@ impl Gpu {
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         };
-        let kernels = super::kernels::KernelRegistry::new(&device);
+        let kernels = super::kernels::KernelRegistry::new();
         let qmm_row_per_thread = match opts.qmm.as_deref() {
             Some("wg") => false,
             Some("rows") => true,
             _ => info.device_type == wgpu::DeviceType::Cpu,
         };
         let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault, pending: Default::default(), workspaces: Default::default(), counters: Default::default(), params: Default::default() })
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault,
+            pending: Default::default(),
+            workspaces: Default::default(),
+            counters: Default::default(),
+            params: Default::default(),
+            pool: Default::default(),
+            bind_groups: Default::default(),
+            staging: Default::default(),
+        })
     }
 
     /// Native callers that are not async: block on [`Gpu::new`].
@@ -301,8 +315,9 @@ impl Gpu {
         if let Some(enc) = enc {
             self.submit(enc);
         }
-        // The pending commands are submitted, so the parameter slots they read can be reused.
-        self.reset_param_slots();
+        // The pending commands are submitted: the parameter slots and pooled buffers they used
+        // can be handed out again.
+        self.end_epoch();
     }
 
     /// Largest byte size one storage binding may have on this device.

@@ -57,58 +57,50 @@ fn quant_matmul_source(format: &str) -> Option<String> {
     Some(src)
 }
 
+/// A compiled kernel: its pipeline and the layout of its bindings.
+pub(crate) struct Kernel {
+    pub(crate) name: String,
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) bind_layout: wgpu::BindGroupLayout,
+}
+
 pub(crate) struct KernelRegistry {
-    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    kernels: Mutex<HashMap<String, Arc<Kernel>>>,
 }
 
 impl KernelRegistry {
-    pub(crate) fn new(_device: &wgpu::Device) -> Self {
-        KernelRegistry { pipelines: Mutex::new(HashMap::new()) }
+    pub(crate) fn new() -> Self {
+        KernelRegistry { kernels: Mutex::new(HashMap::new()) }
     }
 
-    pub(crate) fn get(&self, gpu: &super::Gpu, name: &str) -> Arc<wgpu::ComputePipeline> {
-        let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(name) {
-            return p.clone();
+    pub(crate) fn get(&self, gpu: &super::Gpu, name: &str) -> Arc<Kernel> {
+        let mut map = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = map.get(name) {
+            return k.clone();
         }
         let (src, entry) = kernel_source(name).unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
-        let pipeline = Arc::new(gpu.new_pipeline(name, src, entry));
-        map.insert(name.to_string(), pipeline.clone());
-        pipeline
+        let (pipeline, bind_layout) = gpu.new_pipeline(name, src, entry);
+        let kernel = Arc::new(Kernel { name: name.to_string(), pipeline, bind_layout });
+        map.insert(name.to_string(), kernel.clone());
+        kernel
     }
 }
 
 impl super::Gpu {
-    /// Record one dispatch of kernel `name` with `buffers` bound at 0.. of group 0.
-    pub(crate) fn dispatch(
-        &self,
-        enc: &mut wgpu::CommandEncoder,
-        name: &str,
-        buffers: &[wgpu::BindingResource<'_>],
-        groups: [u32; 3],
-    ) {
+    /// Record one dispatch of kernel `name` over `storage` (bindings 0..) with `params` (the last
+    /// binding), through a cached bind group.
+    pub(crate) fn dispatch(&self, enc: &mut wgpu::CommandEncoder, name: &str, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
         // A binding over the adapter's limit would be a wgpu validation error: refuse it by name.
         let limit = self.limits.max_storage_buffer_binding_size as u64;
-        for (i, r) in buffers.iter().enumerate() {
-            if let wgpu::BindingResource::Buffer(b) = r {
-                let size = b.size.map(|s| s.get()).unwrap_or_else(|| b.buffer.size() - b.offset);
-                if size > limit && b.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
-                    self.set_fault(crate::GpuError::TooLarge { tensor: format!("binding {i} of kernel {name}"), bytes: size, limit });
-                    return;
-                }
-            }
+        if let Some((i, b)) = storage.iter().enumerate().find(|(_, b)| b.size() > limit) {
+            self.set_fault(crate::GpuError::TooLarge { tensor: format!("binding {i} of kernel {name}"), bytes: b.size(), limit });
+            return;
         }
-        let pipeline = self.kernels.get(self, name);
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
-            .collect();
-        let bind = self.new_bind_group(&wgpu::BindGroupDescriptor { label: Some(name), layout: &layout, entries: &entries });
+        let kernel = self.kernels.get(self, name);
+        let bind = self.bind_group(&kernel, storage, params);
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes: None });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind, &[]);
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind, &[params.offset()]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         self.count_dispatch();
     }

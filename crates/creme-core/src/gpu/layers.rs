@@ -52,7 +52,7 @@ pub const MAX_ATTENTION_CONTEXT: usize = 4096;
 impl Gpu {
     pub(crate) fn encode_rmsnorm(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, rows: u32, dim: u32, eps: f32) {
         let p = self.uniform("rmsnorm", &NormParams { rows, dim, eps, _p: 0 });
-        self.dispatch(enc, "rmsnorm", &[x.as_entire_binding(), w.as_entire_binding(), y.as_entire_binding(), p.binding()], self.grid(rows));
+        self.dispatch(enc, "rmsnorm", &[x, w, y], &p, self.grid(rows));
     }
 
     /// In-place rotary embedding of `rows` rows of `heads` heads; `interleaved` selects the pairing.
@@ -60,7 +60,7 @@ impl Gpu {
     pub(crate) fn encode_rope(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, rows: u32, heads: u32, head_dim: u32, interleaved: bool) {
         let p = self.uniform("rope", &RopeParams { rows, heads, head_dim, style: interleaved as u32 });
         let n = rows * heads * head_dim / 2;
-        self.dispatch(enc, "rope", &[x.as_entire_binding(), pos.as_entire_binding(), table.as_entire_binding(), p.binding()], self.grid(n.div_ceil(64)));
+        self.dispatch(enc, "rope", &[x, pos, table], &p, self.grid(n.div_ceil(64)));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -70,14 +70,14 @@ impl Gpu {
         self.dispatch(
             enc,
             "attention",
-            &[q.as_entire_binding(), k.as_entire_binding(), v.as_entire_binding(), pad.as_entire_binding(), out.as_entire_binding(), p.binding()],
+            &[q, k, v, pad, out], &p,
             self.grid(groups),
         );
     }
 
     fn encode_ew(&self, enc: &mut wgpu::CommandEncoder, kernel: &str, a: &wgpu::Buffer, b: &wgpu::Buffer, dst: &wgpu::Buffer, p: EwParams, threads: u32) {
         let pb = self.uniform(kernel, &p);
-        self.dispatch(enc, kernel, &[a.as_entire_binding(), b.as_entire_binding(), dst.as_entire_binding(), pb.binding()], self.grid(threads.div_ceil(256)));
+        self.dispatch(enc, kernel, &[a, b, dst], &pb, self.grid(threads.div_ceil(256)));
     }
 
     /// dst = silu(gate) * up over n values.
@@ -93,7 +93,7 @@ impl Gpu {
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.
     pub(crate) fn encode_row_logprob(&self, enc: &mut wgpu::CommandEncoder, logits: &wgpu::Buffer, targets: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
         let pb = self.uniform("row_logprob", &EwParams { n: rows, a: width, b: 0, c: 0 });
-        self.dispatch(enc, "row_logprob", &[logits.as_entire_binding(), targets.as_entire_binding(), dst.as_entire_binding(), pb.binding()], self.grid(rows));
+        self.dispatch(enc, "row_logprob", &[logits, targets, dst], &pb, self.grid(rows));
     }
 
     /// Log-probabilities of `targets` under `rows` rows of logits, read back.
@@ -108,7 +108,7 @@ impl Gpu {
     /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`.
     pub(crate) fn encode_argmax(&self, enc: &mut wgpu::CommandEncoder, logits: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
         let pb = self.uniform("argmax", &EwParams { n: rows, a: width, b: 0, c: 0 });
-        self.dispatch(enc, "argmax", &[logits.as_entire_binding(), logits.as_entire_binding(), dst.as_entire_binding(), pb.binding()], self.grid(rows));
+        self.dispatch(enc, "argmax", &[logits, logits, dst], &pb, self.grid(rows));
     }
 }
 
@@ -132,6 +132,6 @@ impl Gpu {
     /// One Adam update of `w` from `grad` with moment buffers `m`, `v`.
     pub fn encode_adam(&self, enc: &mut wgpu::CommandEncoder, w: &wgpu::Buffer, grad: &wgpu::Buffer, m: &wgpu::Buffer, v: &wgpu::Buffer, p: AdamParams) {
         let pb = self.uniform("adam", &p);
-        self.dispatch(enc, "adam", &[w.as_entire_binding(), grad.as_entire_binding(), m.as_entire_binding(), v.as_entire_binding(), pb.binding()], self.grid(p.n.div_ceil(256)));
+        self.dispatch(enc, "adam", &[w, grad, m, v], &pb, self.grid(p.n.div_ceil(256)));
     }
 }

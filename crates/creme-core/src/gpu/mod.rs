@@ -11,4 +11,4 @@ pub(crate) mod layers;
 
 pub use weight::{GpuWeight, WeightChunk};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};
-pub use resources::{GpuCounts, ParamSlot};
+pub use resources::{GpuCounts, ParamSlot, PooledBuffer};

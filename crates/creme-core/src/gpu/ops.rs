@@ -55,7 +55,7 @@ impl Gpu {
         self.dispatch(
             enc,
             "matmul_f32",
-            &[x.as_entire_binding(), w.as_entire_binding(), y.as_entire_binding(), dims.binding()],
+            &[x, w, y], &dims,
             groups,
         );
         Ok(())
@@ -161,11 +161,11 @@ impl Gpu {
                 },
             );
             // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
-            let bias_binding = bias.unwrap_or(x).as_entire_binding();
+            let bias_binding = bias.unwrap_or(x);
             self.dispatch(
                 enc,
                 &kernel,
-                &[x.as_entire_binding(), c.buffer.as_entire_binding(), bias_binding, y.as_entire_binding(), params.binding()],
+                &[x, &c.buffer, bias_binding, y], &params,
                 groups,
             );
         }

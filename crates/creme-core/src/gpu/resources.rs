@@ -4,8 +4,9 @@
 //! `creme bench --json` reports them per decoded token: the measure of how much a forward pass
 //! re-creates instead of reusing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use wgpu::util::DeviceExt;
@@ -73,9 +74,142 @@ pub struct ParamSlot {
 }
 
 impl ParamSlot {
-    pub fn binding(&self) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.buffer, offset: self.offset, size: std::num::NonZeroU64::new(self.size) })
+    /// The dynamic offset of this slot in the arena.
+    pub(crate) fn offset(&self) -> u32 {
+        self.offset as u32
     }
+}
+
+/// Storage buffers of dropped tensors, by size class, handed out again instead of made anew: a
+/// decoded token asks for the same sizes in the same order, so after warm-up it makes none. A
+/// buffer dropped while commands recorded since the last submission may still use it is held
+/// back until that submission ([`Gpu::flush`]): a `queue.write_buffer` into it would otherwise
+/// take effect before those commands ran.
+#[derive(Default)]
+pub(crate) struct BufferPool(Mutex<PoolState>);
+
+#[derive(Default)]
+struct PoolState {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Dropped since the last submission.
+    held: Vec<wgpu::Buffer>,
+    free_bytes: u64,
+}
+
+/// Free buffers the pool keeps at most; beyond that, dropped buffers are released to wgpu.
+const POOL_MAX_BYTES: u64 = 1 << 30;
+
+impl BufferPool {
+    fn take(&self, class: u64) -> Option<wgpu::Buffer> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let b = p.free.get_mut(&class)?.pop()?;
+        p.free_bytes -= class;
+        Some(b)
+    }
+
+    /// The previous submission is out: buffers held back since are free to reuse.
+    fn end_epoch(&self) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for b in std::mem::take(&mut p.held) {
+            if p.free_bytes + b.size() <= POOL_MAX_BYTES {
+                p.free_bytes += b.size();
+                p.free.entry(b.size()).or_default().push(b);
+            }
+        }
+    }
+}
+
+/// A tensor's storage buffer; it returns to the pool when dropped.
+pub struct PooledBuffer {
+    buffer: wgpu::Buffer,
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl std::ops::Deref for PooledBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.0.lock().unwrap_or_else(|e| e.into_inner()).held.push(self.buffer.clone());
+        }
+    }
+}
+
+/// Buffer sizes come in powers of two (at least 256 bytes) so that tensors of nearby lengths share
+/// buffers; a size whose class would pass the binding limit stays exact.
+fn size_class(bytes: u64, limit: u64) -> u64 {
+    let class = bytes.max(256).next_power_of_two();
+    if class <= limit {
+        class
+    } else {
+        bytes.div_ceil(4) * 4
+    }
+}
+
+/// Bind groups by kernel and bound buffers, made once and reused across layers and tokens. The
+/// parameter slot is a dynamic offset, so one bind group serves every dispatch of a kernel on the
+/// same buffers. Entries unused for [`BIND_GROUP_TTL`] submissions are dropped (their buffers with them).
+#[derive(Default)]
+pub(crate) struct BindGroupCache(Mutex<BindState>);
+
+#[derive(Default)]
+struct BindState {
+    groups: HashMap<BindKey, (wgpu::BindGroup, u64)>,
+    epoch: u64,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    /// The kernel's address in the registry (kernels live as long as the device).
+    kernel: usize,
+    storage: Vec<wgpu::Buffer>,
+    params: wgpu::Buffer,
+    params_size: u64,
+}
+
+const BIND_GROUP_TTL: u64 = 32;
+
+impl BindGroupCache {
+    fn end_epoch(&self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.epoch += 1;
+        if s.epoch % BIND_GROUP_TTL == 0 {
+            let epoch = s.epoch;
+            s.groups.retain(|_, (_, used)| epoch - *used < BIND_GROUP_TTL);
+        }
+    }
+}
+
+/// A kernel's group-0 bindings as its WGSL declares them (`@group(0) @binding(i) var<...>`):
+/// storage read-only, storage read-write, or the uniform parameters, bound with a dynamic offset
+/// into the parameter arena. Explicit layouts are what allow the dynamic offset.
+pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut entries = Vec::new();
+    for line in wgsl.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let Some(rest) = code.trim_start().strip_prefix("@group(0) @binding(") else { continue };
+        let Some((index, decl)) = rest.split_once(')') else { continue };
+        let Ok(binding) = index.trim().parse::<u32>() else { continue };
+        let kind = decl.split_once("var<").and_then(|(_, k)| k.split_once('>')).map(|(k, _)| k.replace(' ', "")).unwrap_or_default();
+        let ty = match kind.as_str() {
+            "uniform" => wgpu::BufferBindingType::Uniform,
+            "storage,read_write" => wgpu::BufferBindingType::Storage { read_only: false },
+            _ => wgpu::BufferBindingType::Storage { read_only: true },
+        };
+        let dynamic = ty == wgpu::BufferBindingType::Uniform;
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: dynamic, min_binding_size: None },
+            count: None,
+        });
+    }
+    entries
 }
 
 fn bump(c: &AtomicU64) {
@@ -141,23 +275,87 @@ impl Gpu {
         self.device.create_buffer_init(desc)
     }
 
-    pub(crate) fn new_bind_group(&self, desc: &wgpu::BindGroupDescriptor<'_>) -> wgpu::BindGroup {
-        bump(&self.counters.bind_groups);
-        self.device.create_bind_group(desc)
-    }
-
-    /// A compute pipeline from WGSL source (its layout derived from the shader).
-    pub(crate) fn new_pipeline(&self, label: &str, wgsl: String, entry: &str) -> wgpu::ComputePipeline {
+    /// A compute pipeline from WGSL source, with the explicit layout its declarations give.
+    pub(crate) fn new_pipeline(&self, label: &str, wgsl: String, entry: &str) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
         bump(&self.counters.pipelines);
+        let entries = layout_entries(&wgsl);
+        let bind_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries });
+        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(label), bind_group_layouts: &[Some(&bind_layout)], immediate_size: 0 });
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(wgsl.into()) });
-        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(label),
-            layout: None,
+            layout: Some(&layout),
             module: &module,
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
-        })
+        });
+        (pipeline, bind_layout)
+    }
+
+    /// The bind group of `kernel` over `storage` (bindings 0..) and the parameter arena (the last
+    /// binding), from the cache or made once.
+    pub(crate) fn bind_group(&self, kernel: &super::kernels::Kernel, storage: &[&wgpu::Buffer], params: &ParamSlot) -> wgpu::BindGroup {
+        let key = BindKey { kernel: kernel as *const _ as usize, storage: storage.iter().map(|&b| b.clone()).collect(), params: params.buffer.clone(), params_size: params.size };
+        let mut cache = self.bind_groups.0.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = cache.epoch;
+        if let Some((group, used)) = cache.groups.get_mut(&key) {
+            *used = epoch;
+            return group.clone();
+        }
+        let mut entries: Vec<wgpu::BindGroupEntry> = storage.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
+        let uniform = wgpu::BufferBinding { buffer: &params.buffer, offset: 0, size: std::num::NonZeroU64::new(params.size) };
+        entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: wgpu::BindingResource::Buffer(uniform) });
+        bump(&self.counters.bind_groups);
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(&kernel.name), layout: &kernel.bind_layout, entries: &entries });
+        cache.groups.insert(key, (group.clone(), epoch));
+        group
+    }
+
+    /// A storage buffer of at least `bytes` for a tensor, from the pool or made; zeroed if asked
+    /// (recorded in order with the other commands).
+    pub(crate) fn pooled(&self, label: &str, bytes: u64, zeroed: bool) -> PooledBuffer {
+        let class = size_class(bytes, self.max_binding_bytes());
+        if let Some(buffer) = self.pool.take(class) {
+            if zeroed {
+                self.record(|enc| enc.clear_buffer(&buffer, 0, None));
+            }
+            return PooledBuffer { buffer, pool: Some(self.pool.clone()) };
+        }
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        if class > self.limits.max_buffer_size {
+            // Over the limit: the fault names it; a placeholder stands in until the next check.
+            self.set_fault(crate::GpuError::TooLarge { tensor: label.to_string(), bytes, limit: self.limits.max_buffer_size });
+            return PooledBuffer { buffer: self.new_buffer(&wgpu::BufferDescriptor { label: Some(label), size: 4, usage, mapped_at_creation: false }), pool: None };
+        }
+        let buffer = self.new_buffer(&wgpu::BufferDescriptor { label: Some(label), size: class, usage, mapped_at_creation: false });
+        PooledBuffer { buffer, pool: Some(self.pool.clone()) }
+    }
+
+    /// A mappable buffer for reading back at least `bytes`, reused across readbacks.
+    pub(crate) fn staging(&self, bytes: u64) -> wgpu::Buffer {
+        let class = bytes.max(256).next_power_of_two();
+        let mut free = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = free.iter().position(|b| b.size() == class) {
+            return free.swap_remove(i);
+        }
+        drop(free);
+        self.new_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: class, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+    }
+
+    /// A staging buffer, unmapped, back for the next readback (a few are kept).
+    pub(crate) fn return_staging(&self, buffer: wgpu::Buffer) {
+        let mut free = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < 8 {
+            free.push(buffer);
+        }
+    }
+
+    /// The pending commands were submitted: recycle what they held.
+    pub(crate) fn end_epoch(&self) {
+        self.reset_param_slots();
+        self.pool.end_epoch();
+        self.bind_groups.end_epoch();
     }
 
     pub(crate) fn new_encoder(&self, label: &str) -> wgpu::CommandEncoder {
@@ -180,8 +378,10 @@ mod tests {
     use std::path::Path;
 
     /// Direct calls that would bypass the counters.
-    const DIRECT: [&str; 7] = [
+    const DIRECT: [&str; 9] = [
         ".create_buffer(",
+        ".create_bind_group_layout(",
+        ".create_pipeline_layout(",
         ".create_buffer_init(",
         ".create_bind_group(",
         ".create_compute_pipeline(",
