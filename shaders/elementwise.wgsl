@@ -1,4 +1,5 @@
-// Small element-wise kernels of the forward pass. Index = flattened 2-D workgroup id * 256 + lane.
+// Small row kernels of the forward pass (the SwiGLU product and residual adds are matmul
+// epilogues now, see matmul_quant.wgsl). Index = flattened 2-D workgroup id * 256 + lane.
 struct Params { n: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(0) var<storage, read> src0: array<f32>;
 @group(0) @binding(1) var<storage, read> src1: array<f32>;
@@ -6,32 +7,6 @@ struct Params { n: u32, a: u32, b: u32, c: u32 }
 @group(0) @binding(3) var<uniform> p: Params;
 
 fn gid(wg: vec3<u32>, nw: vec3<u32>, lid: u32) -> u32 { return (wg.x + wg.y * nw.x) * 256u + lid; }
-
-// dst = silu(src0) * src1  (SwiGLU activation: gate, up)
-@compute @workgroup_size(256, 1, 1)
-fn silu_mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = gid(wg, nw, lid);
-    if (i >= p.n) { return; }
-    let g = src0[i];
-    dst[i] = g / (1.0 + exp(-g)) * src1[i];
-}
-
-// dst = src0 + src1  (residual add)
-@compute @workgroup_size(256, 1, 1)
-fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = gid(wg, nw, lid);
-    if (i >= p.n) { return; }
-    dst[i] = src0[i] + src1[i];
-}
-
-// dst += src0  (residual add in place; src1 is bound but unused)
-@compute @workgroup_size(256, 1, 1)
-fn add_into(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    _ = src1[0];
-    let i = gid(wg, nw, lid);
-    if (i >= p.n) { return; }
-    dst[i] = dst[i] + src0[i];
-}
 
 // Greedy pick: dst[row] = index of the first maximum of src0[row * p.a .. (row+1) * p.a], as f32 bits.
 var<workgroup> best_v: array<f32, 256>;

@@ -14,7 +14,7 @@ struct Params {
     row_bytes: u32,  // bytes per weight row
     total_wg: u32,   // n * ceil(m / MT)
     w_byte_off: u32, // where this weight starts in the buffer (bytes)
-    _p0: u32,
+    epilogue: u32,   // how a result enters y: 0 store, 1 add (residual), 2 silu(y) * result (gate-up)
     _p1: u32,
     _p2: u32,
 }
@@ -44,6 +44,19 @@ fn u32_at(off: u32) -> u32 {
 fn i8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
 }
+// Write one result into y as the epilogue says. Modes 1 and 2 fuse the residual add and the
+// SiLU-gated product into the matmul (y then holds the residual stream or the gate values).
+fn store(idx: u32, v: f32) {
+    if (p.epilogue == 1u) {
+        y[idx] = y[idx] + v;
+    } else if (p.epilogue == 2u) {
+        let g = y[idx];
+        y[idx] = g / (1.0 + exp(-g)) * v;
+    } else {
+        y[idx] = v;
+    }
+}
+
 // Four bytes starting at any byte offset, little-endian (two word loads instead of four byte loads).
 fn bytes4(off: u32) -> u32 {
     let i = off >> 2u;
@@ -96,7 +109,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         if (row < p.m) {
             var v = red[tid * WG];
             if (p.has_bias == 1u) { v += bias[col]; }
-            y[row * p.ldy + p.y_off + col] = v;
+            store(row * p.ldy + p.y_off + col, v);
         }
     }
 }
@@ -133,7 +146,7 @@ fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: 
     for (var r = 0u; r < mrows; r++) {
         var v = acc[r];
         if (p.has_bias == 1u) { v += bias[col]; }
-        y[(m0 + r) * p.ldy + p.y_off + col] = v;
+        store((m0 + r) * p.ldy + p.y_off + col, v);
     }
 }
 
@@ -191,7 +204,7 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             if (r < p.m && c < p.n) {
                 var v = acc[i * 4u + j];
                 if (p.has_bias == 1u) { v += bias[c]; }
-                y[r * p.ldy + p.y_off + c] = v;
+                store(r * p.ldy + p.y_off + c, v);
             }
         }
     }

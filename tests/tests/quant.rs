@@ -177,3 +177,43 @@ fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
     assert!(requantize_layers(&src, GgmlType::Q8_0, Some(99)).is_err());
     assert!(requantize_layers(&src, GgmlType::Q8_0, Some(0)).is_err());
 }
+
+/// The fused epilogues of the quantized matmul, for every kernel flavour on odd shapes: `Add`
+/// (y += x·Wᵀ, the residual add) and `SiluMul` (y = silu(y) * x·Wᵀ, the SwiGLU product), against
+/// the CPU reference on the dequantized weight.
+#[test]
+fn matmul_epilogues_add_and_gate_for_every_flavour() {
+    use creme_core::gpu::ops::Epilogue;
+    for flavour in [None, Some("wg"), Some("rows")] {
+        let mut o = creme_core::GpuOptions::from_env();
+        o.backends = Some("vulkan".into());
+        o.qmm = flavour.map(String::from);
+        let gpu = creme_core::Gpu::new_blocking(&o).unwrap();
+        let mut rng = SplitMix64(123);
+        for t in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
+            for (rows, k, m) in [(37usize, 512usize, 1usize), (13, 256, 3), (70, 768, 17)] {
+                let raw = random_blocks(t, rows * k / t.block_elems(), &mut rng);
+                let w = gpu.upload_weight("w", t, rows, k, &raw).unwrap();
+                let (x, y0) = (rng.vec_f32(m * k), rng.vec_f32(m * rows));
+                let prod = matmul_nt(&x, &dequantize(t, &raw, rows * k).unwrap(), m, rows, k);
+                for epilogue in [Epilogue::Add, Epilogue::SiluMul] {
+                    let (xb, yb) = (gpu.upload("x", &x), gpu.upload("y", &y0));
+                    let mut enc = gpu.device.create_command_encoder(&Default::default());
+                    gpu.encode_matmul_quant(&mut enc, &xb, &w, None, &yb, m as u32, rows as u32, 0, epilogue).unwrap();
+                    gpu.queue.submit([enc.finish()]);
+                    let got = pollster::block_on(gpu.read::<f32>(&yb, m * rows)).unwrap();
+                    let want: Vec<f32> = y0
+                        .iter()
+                        .zip(&prod)
+                        .map(|(&y, &p)| match epilogue {
+                            Epilogue::Add => y + p,
+                            _ => y / (1.0 + (-y).exp()) * p,
+                        })
+                        .collect();
+                    let err = max_scaled_err(&got, &want);
+                    assert!(err < 1e-5, "{} {epilogue:?} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}", t.name());
+                }
+            }
+        }
+    }
+}

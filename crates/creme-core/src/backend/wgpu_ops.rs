@@ -4,6 +4,7 @@
 use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage, Tensor, Weight};
 use crate::error::{GpuError, ModelError};
 use crate::gpu::layers::{AdamParams, AttentionParams};
+use crate::gpu::ops::Epilogue;
 use crate::gpu::Gpu;
 use crate::quant::dequantize;
 use crate::quant::GgmlType;
@@ -23,13 +24,14 @@ impl Gpu {
         b
     }
 
-    fn matmul_into(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &Weight, bias: Option<&Tensor>, y: &wgpu::Buffer, rows: usize) -> Result<(), ModelError> {
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_into(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &Weight, bias: Option<&Tensor>, y: &wgpu::Buffer, rows: usize, epilogue: Epilogue) -> Result<(), ModelError> {
         let w = w.wgpu()?;
         let bias = match bias {
             Some(b) => Some(b.wgpu()?),
             None => None,
         };
-        Ok(self.encode_matmul_quant(enc, x, w, bias, y, rows as u32, w.rows as u32, 0)?)
+        Ok(self.encode_matmul_quant(enc, x, w, bias, y, rows as u32, w.rows as u32, 0, epilogue)?)
     }
 }
 
@@ -107,7 +109,7 @@ impl Backend for Gpu {
         x.check("matmul_q", m, w.cols())?;
         y.check("matmul_q", m, w.rows())?;
         let (xb, yb) = (x.wgpu()?, y.wgpu()?);
-        self.record(|enc| self.matmul_into(enc, xb, w, None, yb, m))
+        self.record(|enc| self.matmul_into(enc, xb, w, None, yb, m, Epilogue::Store))
     }
 
     fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, st: &AttnStep<'_>) -> Result<(), ModelError> {
@@ -115,17 +117,16 @@ impl Backend for Gpu {
         x.check("attention_block", rows, s.d_model)?;
         let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let (xn, q, k, v) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("q", words(rows * qw)), self.workspace("k", words(rows * kvw)), self.workspace("v", words(rows * kvw)));
-        let (att, tmp) = (self.workspace("att", words(rows * qw)), self.workspace("tmp", words(rows * s.d_model)));
+        let att = self.workspace("att", words(rows * qw));
         let (xb, kc, vc) = (x.wgpu()?, kv.k.wgpu()?, kv.v.wgpu()?);
         let (pos, pad, rope) = (st.pos.wgpu()?, st.pad.wgpu()?, st.rope.wgpu()?);
         let r32 = rows as u32;
         self.record(|enc| -> Result<(), ModelError> {
             self.encode_rmsnorm(enc, xb, w.attn_norm.wgpu()?, &xn, r32, s.d_model as u32, s.rms_eps);
-            self.matmul_into(enc, &xn, &w.q, w.q_bias.as_ref(), &q, rows)?;
-            self.matmul_into(enc, &xn, &w.k, w.k_bias.as_ref(), &k, rows)?;
-            self.matmul_into(enc, &xn, &w.v, w.v_bias.as_ref(), &v, rows)?;
-            self.encode_rope(enc, &q, pos, rope, r32, s.n_heads as u32, s.head_dim as u32, s.interleaved_rope);
-            self.encode_rope(enc, &k, pos, rope, r32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
+            self.matmul_into(enc, &xn, &w.q, w.q_bias.as_ref(), &q, rows, Epilogue::Store)?;
+            self.matmul_into(enc, &xn, &w.k, w.k_bias.as_ref(), &k, rows, Epilogue::Store)?;
+            self.matmul_into(enc, &xn, &w.v, w.v_bias.as_ref(), &v, rows, Epilogue::Store)?;
+            self.encode_rope(enc, &q, &k, pos, rope, r32, s.n_heads as u32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
             for b in 0..st.active {
                 let dst = words((b * st.capacity + st.cache_len) * kvw);
                 enc.copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
@@ -142,8 +143,8 @@ impl Backend for Gpu {
                 scale: 1.0 / (s.head_dim as f32).sqrt(),
             };
             self.encode_attention(enc, &q, kc, vc, pad, &att, params);
-            self.matmul_into(enc, &att, &w.o, None, &tmp, rows)?;
-            self.encode_add_into(enc, &tmp, xb, (rows * s.d_model) as u32);
+            // The residual add is the O projection's epilogue.
+            self.matmul_into(enc, &att, &w.o, None, xb, rows, Epilogue::Add)?;
             Ok(())
         })
     }
@@ -151,13 +152,13 @@ impl Backend for Gpu {
     fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError> {
         x.check("mlp_act", rows, s.d_model)?;
         act.check("mlp_act", rows, s.d_ff)?;
-        let (xn, g, u) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("gate", words(rows * s.d_ff)), self.workspace("up", words(rows * s.d_ff)));
+        let xn = self.workspace("xn", words(rows * s.d_model));
         let (xb, ab) = (x.wgpu()?, act.wgpu()?);
         self.record(|enc| -> Result<(), ModelError> {
             self.encode_rmsnorm(enc, xb, w.ffn_norm.wgpu()?, &xn, rows as u32, s.d_model as u32, s.rms_eps);
-            self.matmul_into(enc, &xn, &w.gate, None, &g, rows)?;
-            self.matmul_into(enc, &xn, &w.up, None, &u, rows)?;
-            self.encode_silu_mul(enc, &g, &u, ab, (rows * s.d_ff) as u32);
+            // act = gate projection, then act = silu(act) * up projection in the up matmul's epilogue.
+            self.matmul_into(enc, &xn, &w.gate, None, ab, rows, Epilogue::Store)?;
+            self.matmul_into(enc, &xn, &w.up, None, ab, rows, Epilogue::SiluMul)?;
             Ok(())
         })
     }
@@ -166,13 +167,9 @@ impl Backend for Gpu {
         let d = w.down.rows();
         act.check("mlp_down_add", rows, w.down.cols())?;
         x.check("mlp_down_add", rows, d)?;
-        let tmp = self.workspace("tmp", words(rows * d));
         let (ab, xb) = (act.wgpu()?, x.wgpu()?);
-        self.record(|enc| -> Result<(), ModelError> {
-            self.matmul_into(enc, ab, &w.down, None, &tmp, rows)?;
-            self.encode_add_into(enc, &tmp, xb, (rows * d) as u32);
-            Ok(())
-        })
+        // The residual add is the down projection's epilogue.
+        self.record(|enc| self.matmul_into(enc, ab, &w.down, None, xb, rows, Epilogue::Add))
     }
 
     fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
@@ -188,7 +185,7 @@ impl Backend for Gpu {
                 enc.copy_buffer_to_buffer(xb, words(r * d), &gathered, words(i * d), words(d));
             }
             self.encode_rmsnorm(enc, &gathered, norm.wgpu()?, &normed, n as u32, d as u32, eps);
-            self.matmul_into(enc, &normed, head, None, &logits, n)
+            self.matmul_into(enc, &normed, head, None, &logits, n, Epilogue::Store)
         })?;
         Ok(Tensor { dtype: DType::F32, rows: n, width: head.rows(), storage: Storage::Wgpu(logits) })
     }

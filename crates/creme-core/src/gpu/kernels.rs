@@ -23,13 +23,10 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
                 "adam" => include_str!("../../../../shaders/adam.wgsl"),
-                "silu_mul" | "add" | "add_into" | "argmax" | "row_logprob" => include_str!("../../../../shaders/elementwise.wgsl"),
+                "argmax" | "row_logprob" => include_str!("../../../../shaders/elementwise.wgsl"),
                 _ => return None,
             };
             let entry: &'static str = match name {
-                "silu_mul" => "silu_mul",
-                "add" => "add",
-                "add_into" => "add_into",
                 "argmax" => "argmax",
                 "row_logprob" => "row_logprob",
                 _ => "main",

@@ -19,9 +19,11 @@ struct NormParams {
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct RopeParams {
     rows: u32,
-    heads: u32,
+    q_heads: u32,
+    kv_heads: u32,
     head_dim: u32,
     style: u32,
+    _p: [u32; 3],
 }
 
 #[repr(C)]
@@ -55,12 +57,13 @@ impl Gpu {
         self.dispatch(enc, "rmsnorm", &[x, w, y], &p, self.grid(rows));
     }
 
-    /// In-place rotary embedding of `rows` rows of `heads` heads; `interleaved` selects the pairing.
+    /// In-place rotary embedding of `rows` rows of queries (`q_heads` heads) and keys (`kv_heads`
+    /// heads), one dispatch; `interleaved` selects the pairing.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode_rope(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, rows: u32, heads: u32, head_dim: u32, interleaved: bool) {
-        let p = self.uniform("rope", &RopeParams { rows, heads, head_dim, style: interleaved as u32 });
-        let n = rows * heads * head_dim / 2;
-        self.dispatch(enc, "rope", &[x, pos, table], &p, self.grid(n.div_ceil(64)));
+    pub(crate) fn encode_rope(&self, enc: &mut wgpu::CommandEncoder, q: &wgpu::Buffer, k: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, rows: u32, q_heads: u32, kv_heads: u32, head_dim: u32, interleaved: bool) {
+        let p = self.uniform("rope", &RopeParams { rows, q_heads, kv_heads, head_dim, style: interleaved as u32, _p: [0; 3] });
+        let n = rows * (q_heads + kv_heads) * head_dim / 2;
+        self.dispatch(enc, "rope", &[q, k, pos, table], &p, self.grid(n.div_ceil(64)));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -75,20 +78,6 @@ impl Gpu {
         );
     }
 
-    fn encode_ew(&self, enc: &mut wgpu::CommandEncoder, kernel: &str, a: &wgpu::Buffer, b: &wgpu::Buffer, dst: &wgpu::Buffer, p: EwParams, threads: u32) {
-        let pb = self.uniform(kernel, &p);
-        self.dispatch(enc, kernel, &[a, b, dst], &pb, self.grid(threads.div_ceil(256)));
-    }
-
-    /// dst = silu(gate) * up over n values.
-    pub(crate) fn encode_silu_mul(&self, enc: &mut wgpu::CommandEncoder, gate: &wgpu::Buffer, up: &wgpu::Buffer, dst: &wgpu::Buffer, n: u32) {
-        self.encode_ew(enc, "silu_mul", gate, up, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
-    }
-
-    /// dst += a over n values.
-    pub(crate) fn encode_add_into(&self, enc: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, dst: &wgpu::Buffer, n: u32) {
-        self.encode_ew(enc, "add_into", a, a, dst, EwParams { n, a: 0, b: 0, c: 0 }, n);
-    }
 
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.
     pub(crate) fn encode_row_logprob(&self, enc: &mut wgpu::CommandEncoder, logits: &wgpu::Buffer, targets: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {

@@ -97,7 +97,19 @@ struct QuantMatmulParams {
     row_bytes: u32,
     total_wg: u32,
     w_byte_off: u32,
-    _p: [u32; 3],
+    epilogue: u32,
+    _p: [u32; 2],
+}
+
+/// How a quantized matmul's result enters y (the fusions of the forward pass).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// y = result
+    Store = 0,
+    /// y += result (the residual add after the O and down projections)
+    Add = 1,
+    /// y = silu(y) * result (y holds the gate projection; the result is the up projection)
+    SiluMul = 2,
 }
 
 const QMM_ROWS_PER_WG: u32 = 8;
@@ -105,7 +117,8 @@ const QMM_TILED_MIN_ROWS: u32 = 16;
 
 impl Gpu {
     /// Record y[m, y_off + n] = x[m, k] · Wᵀ (+ bias) for a weight in any supported GGUF format,
-    /// one dispatch per row-chunk of the weight. `ldy` is y's row stride.
+    /// one dispatch per row-chunk of the weight. `ldy` is y's row stride; `epilogue` says how the
+    /// result enters y.
     #[allow(clippy::too_many_arguments)]
     pub fn encode_matmul_quant(
         &self,
@@ -117,6 +130,7 @@ impl Gpu {
         m: u32,
         ldy: u32,
         y_off: u32,
+        epilogue: Epilogue,
     ) -> Result<(), GpuError> {
         let k = w.cols as u32;
         if x.size() < m as u64 * k as u64 * 4 || y.size() < ((m as u64 - 1) * ldy as u64 + y_off as u64 + w.rows as u64) * 4 {
@@ -157,7 +171,8 @@ impl Gpu {
                     row_bytes: w.row_bytes() as u32,
                     total_wg: total,
                     w_byte_off: 0,
-                    _p: [0; 3],
+                    epilogue: epilogue as u32,
+                    _p: [0; 2],
                 },
             );
             // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
@@ -184,7 +199,7 @@ impl Gpu {
         let bb = bias.map(|b| self.upload("bias", b));
         let yb = self.storage("y", (m * w.rows * 4) as u64);
         let mut enc = self.new_encoder("ops");
-        self.encode_matmul_quant(&mut enc, &xb, w, bb.as_ref(), &yb, m as u32, w.rows as u32, 0)?;
+        self.encode_matmul_quant(&mut enc, &xb, w, bb.as_ref(), &yb, m as u32, w.rows as u32, 0, Epilogue::Store)?;
         self.submit(enc);
         if let Some(e) = scope.pop().await {
             return Err(GpuError::Validation(e.to_string()));
