@@ -276,3 +276,76 @@ fn a_decoded_token_reuses_every_gpu_object() {
     let again = decode(warmup + steps, Box::new(|_| {}));
     assert_eq!(tokens, again, "a second run over reused buffers decodes the same tokens");
 }
+
+/// The attention block on wgpu with the projections joined in one buffer (one matmul, then bias,
+/// rope and the cache writes in one kernel) and stored apart (three matmuls, a rope pass and
+/// copies), against the CPU backend: GQA 4:1 with head_dim 8, both rope styles, with and without
+/// biases, two sequences of 5 new tokens entering a cache that already holds 3 (the CPU backend
+/// in f32 mode, within 1e-4). Mixed Q5_0/Q8_0
+/// projections are joined by repacking as Q8_0 (lossless: the joined and apart results agree to
+/// float rounding).
+#[test]
+fn attention_block_joined_and_apart_agree_with_cpu() {
+    use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights, Tensor};
+    use creme_core::gpu::WeightUpload;
+    // The reference is the CPU backend in its f32 mode (the default mode quantizes activations).
+    let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let (d, heads, kv_heads, hd, batch, t, cache_len, cap) = (64usize, 4usize, 1usize, 8usize, 2usize, 5usize, 3usize, 11usize);
+    let (qw, kvw) = (heads * hd, kv_heads * hd);
+    let mut rng = SplitMix64(21);
+    for (interleaved, with_bias, formats) in [(false, true, [GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0]), (true, false, [GgmlType::Q8_0; 3]), (false, false, [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::Q8_0])] {
+        let d = if formats[0] == GgmlType::Q4K { 256 } else { d };
+        let raws: Vec<Vec<u8>> = [qw, kvw, kvw].iter().zip(formats).map(|(&r, f)| random_blocks(f, r * d / f.block_elems(), &mut rng)).collect();
+        let o_raw = creme_tests::tiny::bytemuck_f32(&rng.vec_f32(d * qw));
+        let unused: Vec<u8> = vec![0; 32 * d * 4];
+        let (norm, x0) = (rng.vec_f32(d), rng.vec_f32(batch * t * d));
+        let biases: Vec<Vec<f32>> = [qw, kvw, kvw].iter().map(|&n| rng.vec_f32(n)).collect();
+        let (k0, v0) = (rng.vec_f32(batch * cap * kvw), rng.vec_f32(batch * cap * kvw));
+        let pos: Vec<u32> = (0..batch * t).map(|r| (cache_len + r % t) as u32).collect();
+        let rope: Vec<f32> = (0..cap * hd / 2).flat_map(|i| [(i as f32 * 0.37).cos(), (i as f32 * 0.37).sin()]).collect();
+        let shape = BlockShape { d_model: d, d_ff: 32, n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, rms_eps: 1e-6, interleaved_rope: interleaved };
+        let run = |dev: &Device, joined: bool| -> (Vec<f32>, Vec<f32>, Vec<f32>, u64) {
+            let uploads: Vec<WeightUpload> = ["q", "k", "v"].iter().zip(&raws).zip([qw, kvw, kvw]).zip(formats).map(|(((n, b), r), f)| WeightUpload { name: n, dtype: f, rows: r, cols: d, bytes: b }).collect();
+            let mut w = if joined { dev.upload_weight_group(&uploads).unwrap() } else { uploads.iter().map(|u| dev.upload_weight(u.name, u.dtype, u.rows, u.cols, u.bytes).unwrap()).collect() };
+            let (v, k, q) = (w.pop().unwrap(), w.pop().unwrap(), w.pop().unwrap());
+            let vec = |v: &[f32]| dev.upload("v", 1, v.len(), v).unwrap();
+            let bias = |i: usize| with_bias.then(|| vec(&biases[i]));
+            let all: Vec<f32> = biases.concat();
+            let lw = LayerWeights {
+                attn_norm: vec(&norm),
+                q, k, v,
+                o: dev.upload_weight("o", GgmlType::F32, d, qw, &o_raw).unwrap(),
+                q_bias: bias(0), k_bias: bias(1), v_bias: bias(2),
+                qkv_bias: with_bias.then(|| vec(&all)),
+                ffn_norm: vec(&norm),
+                // The MLP is not run here.
+                gate: dev.upload_weight("gate", GgmlType::F32, 32, d, &unused).unwrap(),
+                up: dev.upload_weight("up", GgmlType::F32, 32, d, &unused).unwrap(),
+                down: dev.upload_weight("down", GgmlType::F32, d, 32, &unused).unwrap(),
+            };
+            let mut x = dev.upload("x", batch * t, d, &x0).unwrap();
+            let mut kv = KvLayer { k: dev.upload("k", batch * cap, kvw, &k0).unwrap(), v: dev.upload("v", batch * cap, kvw, &v0).unwrap() };
+            let (pos_t, pad_t): (Tensor, Tensor) = (dev.upload_u32("pos", &pos).unwrap(), dev.upload_u32("pad", &[0, 1]).unwrap());
+            let rope_t = dev.upload("rope", cap, hd, &rope).unwrap();
+            let step = AttnStep { active: batch, t, cache_len, capacity: cap, pos: &pos_t, pad: &pad_t, rope: &rope_t };
+            let before = dev.gpu().map(|g| g.counts());
+            dev.attention_block(&lw, &shape, &mut x, &mut kv, &step).unwrap();
+            let dispatches = dev.gpu().map_or(0, |g| g.counts().since(&before.unwrap()).dispatches);
+            (read(dev, &x), read(dev, &kv.k), read(dev, &kv.v), dispatches)
+        };
+        let want = run(&cpu, false);
+        let what = format!("{formats:?} interleaved={interleaved} bias={with_bias}");
+        let apart = run(&gpu, false);
+        let joined = run(&gpu, true);
+        for (name, got) in [("apart", &apart), ("joined", &joined)] {
+            let errs: Vec<(&str, f32)> = [("x", &got.0, &want.0), ("k cache", &got.1, &want.1), ("v cache", &got.2, &want.2)].iter().map(|(p, g, c)| (*p, scaled_err(g, c))).collect();
+            assert!(errs.iter().all(|e| e.1 < 1e-4), "{what} {name}: differs from the CPU backend by {errs:?}");
+        }
+        let err = scaled_err(&joined.0, &apart.0).max(scaled_err(&joined.1, &apart.1)).max(scaled_err(&joined.2, &apart.2));
+        assert!(err < 1e-5, "{what}: joined and apart differ by {err:.2e}");
+        // Joined: one projection matmul and one bias/rope/cache kernel instead of three and a rope
+        // pass; K-quants cannot share a buffer with Q8_0, so that group stays apart.
+        let can_join = formats[0] != GgmlType::Q4K;
+        assert_eq!((apart.3, joined.3), (7, if can_join { 5 } else { 7 }), "{what}: dispatches apart / joined");
+    }
+}

@@ -104,7 +104,7 @@ fn weight_split_across_bindings_gives_the_same_result() {
         .step_by(64)
         .map(|r0| {
             let n = 64.min(rows - r0);
-            creme_core::gpu::WeightChunk { buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]), row0: r0, rows: n }
+            creme_core::gpu::WeightChunk { buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]), row0: r0, rows: n, byte_off: 0 }
         })
         .collect();
     let split = creme_core::gpu::GpuWeight { name: "split".into(), dtype: t, rows, cols: k, chunks };
@@ -178,12 +178,13 @@ fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
     assert!(requantize_layers(&src, GgmlType::Q8_0, Some(0)).is_err());
 }
 
-/// The fused epilogues of the quantized matmul, for every kernel flavour on odd shapes: `Add`
-/// (y += x·Wᵀ, the residual add) and `SiluMul` (y = silu(y) * x·Wᵀ, the SwiGLU product), against
-/// the CPU reference on the dequantized weight.
+/// The fusions of the quantized matmul, for every kernel flavour on odd shapes and four formats,
+/// against the CPU reference on the dequantized weight: the epilogues `Add` (y += x·Wᵀ, the
+/// residual add) and `SiluMul` (y = silu(y) * x·Wᵀ, the SwiGLU product), and a bias (as the qwen2
+/// attention projections have).
 #[test]
-fn matmul_epilogues_add_and_gate_for_every_flavour() {
-    use creme_core::gpu::ops::Epilogue;
+fn matmul_fusions_for_every_flavour() {
+    use creme_core::gpu::ops::{Epilogue, Fusion};
     for flavour in [None, Some("wg"), Some("rows")] {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());
@@ -194,26 +195,49 @@ fn matmul_epilogues_add_and_gate_for_every_flavour() {
             for (rows, k, m) in [(37usize, 512usize, 1usize), (13, 256, 3), (70, 768, 17)] {
                 let raw = random_blocks(t, rows * k / t.block_elems(), &mut rng);
                 let w = gpu.upload_weight("w", t, rows, k, &raw).unwrap();
-                let (x, y0) = (rng.vec_f32(m * k), rng.vec_f32(m * rows));
-                let prod = matmul_nt(&x, &dequantize(t, &raw, rows * k).unwrap(), m, rows, k);
-                for epilogue in [Epilogue::Add, Epilogue::SiluMul] {
-                    let (xb, yb) = (gpu.upload("x", &x), gpu.upload("y", &y0));
-                    let mut enc = gpu.device.create_command_encoder(&Default::default());
-                    gpu.encode_matmul_quant(&mut enc, &xb, &w, None, &yb, m as u32, rows as u32, 0, epilogue).unwrap();
-                    gpu.queue.submit([enc.finish()]);
-                    let got = pollster::block_on(gpu.read::<f32>(&yb, m * rows)).unwrap();
-                    let want: Vec<f32> = y0
-                        .iter()
-                        .zip(&prod)
-                        .map(|(&y, &p)| match epilogue {
-                            Epilogue::Add => y + p,
-                            _ => y / (1.0 + (-y).exp()) * p,
+                let wd = dequantize(t, &raw, rows * k).unwrap();
+                let (x, y0, bias) = (rng.vec_f32(m * k), rng.vec_f32(m * rows), rng.vec_f32(rows));
+                let prod = matmul_nt(&x, &wd, m, rows, k);
+                let bb = gpu.upload("bias", &bias);
+                for case in ["add", "silu-mul", "bias"] {
+                    let fuse = match case {
+                        "add" => Fusion { epilogue: Epilogue::Add, ..Default::default() },
+                        "silu-mul" => Fusion { epilogue: Epilogue::SiluMul, ..Default::default() },
+                        _ => Fusion { bias: Some(&bb), ..Default::default() },
+                    };
+                    let want: Vec<f32> = (0..m * rows)
+                        .map(|i| match case {
+                            "add" => y0[i] + prod[i],
+                            "silu-mul" => y0[i] / (1.0 + (-y0[i]).exp()) * prod[i],
+                            _ => prod[i] + bias[i % rows],
                         })
                         .collect();
+                    let (xb, yb) = (gpu.upload("x", &x), gpu.upload("y", &y0));
+                    let mut enc = gpu.device.create_command_encoder(&Default::default());
+                    gpu.encode_matmul_quant(&mut enc, &xb, &w, &yb, m as u32, rows as u32, 0, fuse).unwrap();
+                    gpu.queue.submit([enc.finish()]);
+                    let got = pollster::block_on(gpu.read::<f32>(&yb, m * rows)).unwrap();
                     let err = max_scaled_err(&got, &want);
-                    assert!(err < 1e-5, "{} {epilogue:?} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}", t.name());
+                    assert!(err < 1e-5, "{} {case} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}", t.name());
                 }
             }
         }
+    }
+}
+
+/// Q4_0 and Q5_0 blocks re-encoded as Q8_0 (how the GPU joins a layer's mixed-format projections)
+/// dequantize to exactly the same values; other formats are not repacked.
+#[test]
+fn repack_as_q8_0_is_lossless() {
+    use creme_core::model::quant::repack_as_q8_0;
+    let mut rng = SplitMix64(8);
+    for t in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        let raw = random_blocks(t, 40, &mut rng);
+        let repacked = repack_as_q8_0(t, &raw).unwrap();
+        assert_eq!(repacked.len(), 40 * 34);
+        assert_eq!(dequantize(GgmlType::Q8_0, &repacked, 40 * 32).unwrap(), dequantize(t, &raw, 40 * 32).unwrap(), "{}", t.name());
+    }
+    for t in [GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::F16] {
+        assert!(repack_as_q8_0(t, &random_blocks(t, 2, &mut rng)).is_none(), "{}", t.name());
     }
 }

@@ -150,6 +150,38 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     }
 }
 
+/// Blocks of Q4_0 or Q5_0 re-encoded as Q8_0 without loss (Q8_0 returned as is; None for other
+/// formats): both hold d * (a signed integer of 4 or 5 bits) per value with one f16 scale per 32,
+/// which Q8_0 stores exactly as the same d and the integers as i8. The GPU uses it to put
+/// projections of mixed formats (Qwen's Q5_0 queries and keys beside Q8_0 values) in one weight.
+pub fn repack_as_q8_0(t: GgmlType, bytes: &[u8]) -> Option<Vec<u8>> {
+    if t == GgmlType::Q8_0 {
+        return Some(bytes.to_vec());
+    }
+    if t != GgmlType::Q4_0 && t != GgmlType::Q5_0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / t.block_bytes() * 34);
+    for b in bytes.chunks_exact(t.block_bytes()) {
+        let mut q = [0i32; 32];
+        if t == GgmlType::Q4_0 {
+            for j in 0..16 {
+                q[j] = (b[2 + j] & 0xF) as i32 - 8;
+                q[j + 16] = (b[2 + j] >> 4) as i32 - 8;
+            }
+        } else {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for j in 0..16 {
+                q[j] = ((b[6 + j] & 0xF) as u32 | (((qh >> j) << 4) & 0x10)) as i32 - 16;
+                q[j + 16] = ((b[6 + j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32 - 16;
+            }
+        }
+        out.extend_from_slice(&b[..2]);
+        out.extend(q.iter().map(|&v| v as i8 as u8));
+    }
+    Some(out)
+}
+
 /// Dequantize one block of `t` (bytes `b`) into `out` (block_elems values).
 fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
     match t {

@@ -14,7 +14,7 @@ mod wgpu_ops;
 pub use tensor::{DType, Storage, Tensor, Weight};
 
 use crate::error::ModelError;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, WeightUpload};
 use crate::quant::GgmlType;
 
 /// One transformer layer's weights, as the block ops read them.
@@ -27,6 +27,9 @@ pub struct LayerWeights {
     pub q_bias: Option<Tensor>,
     pub k_bias: Option<Tensor>,
     pub v_bias: Option<Tensor>,
+    /// The three biases back to back (where the projections have them), for a backend that
+    /// computes the three projections as one.
+    pub qkv_bias: Option<Tensor>,
     pub ffn_norm: Tensor,
     pub gate: Weight,
     pub up: Weight,
@@ -107,6 +110,11 @@ pub trait Backend {
     fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError>;
 
     fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError>;
+    /// Weights that are multiplied with the same input (a layer's query, key and value
+    /// projections); a backend may store them so that one matmul computes all (wgpu does).
+    fn upload_weight_group(&self, parts: &[WeightUpload<'_>]) -> Result<Vec<Weight>, ModelError> {
+        parts.iter().map(|p| self.upload_weight(p.name, p.dtype, p.rows, p.cols, p.bytes)).collect()
+    }
     /// A weight's values dequantized to f32 [rows * cols].
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError>;
 
@@ -174,6 +182,9 @@ impl Backend for Device {
     }
     fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
         on_backend!(self, b => Backend::upload_weight(b, name, dtype, rows, cols, bytes))
+    }
+    fn upload_weight_group(&self, parts: &[WeightUpload<'_>]) -> Result<Vec<Weight>, ModelError> {
+        on_backend!(self, b => Backend::upload_weight_group(b, parts))
     }
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
         on_backend!(self, b => Backend::weight_f32(b, w).await)

@@ -3,9 +3,9 @@
 
 use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage, Tensor, Weight};
 use crate::error::{GpuError, ModelError};
-use crate::gpu::layers::{AdamParams, AttentionParams};
-use crate::gpu::ops::Epilogue;
-use crate::gpu::Gpu;
+use crate::gpu::layers::{AdamParams, AttentionParams, QkvRopeParams};
+use crate::gpu::ops::{Epilogue, Fusion};
+use crate::gpu::{Gpu, GpuWeight};
 use crate::quant::dequantize;
 use crate::quant::GgmlType;
 
@@ -24,15 +24,65 @@ impl Gpu {
         b
     }
 
+    /// Queries (roped) into `q`, keys (roped) and values into the cache, from the projections
+    /// stored back to back (`qkv`, see `Gpu::upload_weight_group`), given the normed input `xn`:
+    /// the projections as one matmul, then bias, rope and the cache writes in one kernel.
     #[allow(clippy::too_many_arguments)]
-    fn matmul_into(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &Weight, bias: Option<&Tensor>, y: &wgpu::Buffer, rows: usize, epilogue: Epilogue) -> Result<(), ModelError> {
-        let w = w.wgpu()?;
-        let bias = match bias {
-            Some(b) => Some(b.wgpu()?),
-            None => None,
+    fn encode_qkv_joined(&self, enc: &mut wgpu::CommandEncoder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, qkv: &GpuWeight, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
+        let rows = st.active * st.t;
+        let joined = self.workspace("qkv", words(rows * qkv.rows));
+        self.encode_matmul_quant(enc, xn, qkv, &joined, rows as u32, qkv.rows as u32, 0, Fusion::default())?;
+        let bias = match &w.qkv_bias {
+            Some(b) => b.wgpu()?,
+            None => xn,
         };
-        Ok(self.encode_matmul_quant(enc, x, w, bias, y, rows as u32, w.rows as u32, 0, epilogue)?)
+        let params = QkvRopeParams {
+            rows: rows as u32,
+            t: st.t as u32,
+            q_heads: s.n_heads as u32,
+            kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            style: s.interleaved_rope as u32,
+            has_bias: w.qkv_bias.is_some() as u32,
+            capacity: st.capacity as u32,
+            cache_len: st.cache_len as u32,
+            _p: [0; 3],
+        };
+        self.encode_qkv_rope(enc, &joined, bias, st.pos.wgpu()?, st.rope.wgpu()?, q, kc, vc, params);
+        Ok(())
     }
+
+    /// As [`Gpu::encode_qkv_joined`] for projections stored apart (formats that cannot share a
+    /// buffer): three matmuls, one rope pass, and copies into the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_qkv_apart(&self, enc: &mut wgpu::CommandEncoder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
+        let rows = st.active * st.t;
+        let kvw = s.n_kv_heads * s.head_dim;
+        let (k, v) = (self.workspace("k", words(rows * kvw)), self.workspace("v", words(rows * kvw)));
+        let (qb, kb, vb) = (bias_of(&w.q_bias)?, bias_of(&w.k_bias)?, bias_of(&w.v_bias)?);
+        self.matmul_into(enc, xn, &w.q, q, rows, Fusion { bias: qb, ..Default::default() })?;
+        self.matmul_into(enc, xn, &w.k, &k, rows, Fusion { bias: kb, ..Default::default() })?;
+        self.matmul_into(enc, xn, &w.v, &v, rows, Fusion { bias: vb, ..Default::default() })?;
+        let (pos, rope) = (st.pos.wgpu()?, st.rope.wgpu()?);
+        self.encode_rope(enc, q, &k, pos, rope, rows as u32, s.n_heads as u32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
+        for b in 0..st.active {
+            let dst = words((b * st.capacity + st.cache_len) * kvw);
+            enc.copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
+            enc.copy_buffer_to_buffer(&v, words(b * st.t * kvw), vc, dst, words(st.t * kvw));
+        }
+        Ok(())
+    }
+
+    /// y = x · Wᵀ with the fusions of `fuse` (the weight must be this backend's).
+    fn matmul_into(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &Weight, y: &wgpu::Buffer, rows: usize, fuse: Fusion<'_>) -> Result<(), ModelError> {
+        let w = w.wgpu()?;
+        Ok(self.encode_matmul_quant(enc, x, w, y, rows as u32, w.rows as u32, 0, fuse)?)
+    }
+}
+
+/// An optional bias tensor's buffer.
+fn bias_of(b: &Option<Tensor>) -> Result<Option<&wgpu::Buffer>, ModelError> {
+    b.as_ref().map(|t| t.wgpu()).transpose()
 }
 
 fn words(n: usize) -> u64 {
@@ -95,11 +145,15 @@ impl Backend for Gpu {
         Ok(Weight::Wgpu(Gpu::upload_weight(self, name, dtype, rows, cols, bytes)?))
     }
 
+    fn upload_weight_group(&self, parts: &[crate::gpu::WeightUpload<'_>]) -> Result<Vec<Weight>, ModelError> {
+        Ok(Gpu::upload_weight_group(self, parts)?.into_iter().map(Weight::Wgpu).collect())
+    }
+
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
         let w = w.wgpu()?;
         let mut out = Vec::with_capacity(w.rows * w.cols);
         for c in &w.chunks {
-            let bytes: Vec<u8> = self.read(&c.buffer, c.rows * w.row_bytes()).await?;
+            let bytes = self.read_bytes(&c.buffer, c.byte_off, c.rows * w.row_bytes()).await?;
             out.extend(dequantize(w.dtype, &bytes, c.rows * w.cols)?);
         }
         Ok(out)
@@ -109,28 +163,21 @@ impl Backend for Gpu {
         x.check("matmul_q", m, w.cols())?;
         y.check("matmul_q", m, w.rows())?;
         let (xb, yb) = (x.wgpu()?, y.wgpu()?);
-        self.record(|enc| self.matmul_into(enc, xb, w, None, yb, m, Epilogue::Store))
+        self.record(|enc| self.matmul_into(enc, xb, w, yb, m, Fusion::default()))
     }
 
     fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, st: &AttnStep<'_>) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         x.check("attention_block", rows, s.d_model)?;
-        let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
-        let (xn, q, k, v) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("q", words(rows * qw)), self.workspace("k", words(rows * kvw)), self.workspace("v", words(rows * kvw)));
-        let att = self.workspace("att", words(rows * qw));
+        let qw = s.n_heads * s.head_dim;
+        let (xn, q, att) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("q", words(rows * qw)), self.workspace("att", words(rows * qw)));
         let (xb, kc, vc) = (x.wgpu()?, kv.k.wgpu()?, kv.v.wgpu()?);
-        let (pos, pad, rope) = (st.pos.wgpu()?, st.pad.wgpu()?, st.rope.wgpu()?);
-        let r32 = rows as u32;
+        let pad = st.pad.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
-            self.encode_rmsnorm(enc, xb, w.attn_norm.wgpu()?, &xn, r32, s.d_model as u32, s.rms_eps);
-            self.matmul_into(enc, &xn, &w.q, w.q_bias.as_ref(), &q, rows, Epilogue::Store)?;
-            self.matmul_into(enc, &xn, &w.k, w.k_bias.as_ref(), &k, rows, Epilogue::Store)?;
-            self.matmul_into(enc, &xn, &w.v, w.v_bias.as_ref(), &v, rows, Epilogue::Store)?;
-            self.encode_rope(enc, &q, &k, pos, rope, r32, s.n_heads as u32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
-            for b in 0..st.active {
-                let dst = words((b * st.capacity + st.cache_len) * kvw);
-                enc.copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
-                enc.copy_buffer_to_buffer(&v, words(b * st.t * kvw), vc, dst, words(st.t * kvw));
+            self.encode_rmsnorm(enc, xb, w.attn_norm.wgpu()?, &xn, rows as u32, s.d_model as u32, s.rms_eps);
+            match GpuWeight::joined(&[w.q.wgpu()?, w.k.wgpu()?, w.v.wgpu()?]) {
+                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, &xn, &q, kc, vc)?,
+                None => self.encode_qkv_apart(enc, w, s, st, &xn, &q, kc, vc)?,
             }
             let params = AttentionParams {
                 batch: st.active as u32,
@@ -144,7 +191,7 @@ impl Backend for Gpu {
             };
             self.encode_attention(enc, &q, kc, vc, pad, &att, params);
             // The residual add is the O projection's epilogue.
-            self.matmul_into(enc, &att, &w.o, None, xb, rows, Epilogue::Add)?;
+            self.matmul_into(enc, &att, &w.o, xb, rows, Fusion { epilogue: Epilogue::Add, ..Default::default() })?;
             Ok(())
         })
     }
@@ -157,9 +204,8 @@ impl Backend for Gpu {
         self.record(|enc| -> Result<(), ModelError> {
             self.encode_rmsnorm(enc, xb, w.ffn_norm.wgpu()?, &xn, rows as u32, s.d_model as u32, s.rms_eps);
             // act = gate projection, then act = silu(act) * up projection in the up matmul's epilogue.
-            self.matmul_into(enc, &xn, &w.gate, None, ab, rows, Epilogue::Store)?;
-            self.matmul_into(enc, &xn, &w.up, None, ab, rows, Epilogue::SiluMul)?;
-            Ok(())
+            self.matmul_into(enc, &xn, &w.gate, ab, rows, Fusion::default())?;
+            self.matmul_into(enc, &xn, &w.up, ab, rows, Fusion { epilogue: Epilogue::SiluMul, ..Default::default() })
         })
     }
 
@@ -169,7 +215,7 @@ impl Backend for Gpu {
         x.check("mlp_down_add", rows, d)?;
         let (ab, xb) = (act.wgpu()?, x.wgpu()?);
         // The residual add is the down projection's epilogue.
-        self.record(|enc| self.matmul_into(enc, ab, &w.down, None, xb, rows, Epilogue::Add))
+        self.record(|enc| self.matmul_into(enc, ab, &w.down, xb, rows, Fusion { epilogue: Epilogue::Add, ..Default::default() }))
     }
 
     fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
@@ -185,7 +231,7 @@ impl Backend for Gpu {
                 enc.copy_buffer_to_buffer(xb, words(r * d), &gathered, words(i * d), words(d));
             }
             self.encode_rmsnorm(enc, &gathered, norm.wgpu()?, &normed, n as u32, d as u32, eps);
-            self.matmul_into(enc, &normed, head, None, &logits, n, Epilogue::Store)
+            self.matmul_into(enc, &normed, head, &logits, n, Fusion::default())
         })?;
         Ok(Tensor { dtype: DType::F32, rows: n, width: head.rows(), storage: Storage::Wgpu(logits) })
     }

@@ -62,6 +62,20 @@ impl Gpu {
 
     /// Copy `len` elements of type T from the start of `src` back to the CPU.
     pub async fn read<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>, GpuError> {
+        self.read_from(src, 0, len).await
+    }
+
+    /// Copy `len` bytes of `src` from byte `offset` (any alignment) back to the CPU.
+    pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<u8>, GpuError> {
+        let start = offset & !3;
+        let skip = (offset - start) as usize;
+        let mut bytes: Vec<u8> = self.read_from(src, start, skip + len).await?;
+        bytes.drain(..skip);
+        Ok(bytes)
+    }
+
+    /// Copy `len` elements of type T of `src` from byte `offset` (a multiple of 4) back to the CPU.
+    async fn read_from<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>, GpuError> {
         self.check()?;
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         if bytes == 0 {
@@ -70,7 +84,9 @@ impl Gpu {
         let size = bytes.div_ceil(4) * 4;
         let staging = self.staging(size);
         // The copy goes with the pending commands that produce `src`: one submission.
-        self.record(|enc| enc.copy_buffer_to_buffer(src, 0, &staging, 0, size));
+        // Never past the buffer's end (a length in bytes that is not a multiple of 4 rounds up).
+        let size = size.min(src.size().saturating_sub(offset));
+        self.record(|enc| enc.copy_buffer_to_buffer(src, offset, &staging, 0, size));
         self.flush();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {

@@ -21,6 +21,7 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             let src = match name {
                 "rmsnorm" => include_str!("../../../../shaders/rmsnorm.wgsl"),
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
+                "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
                 "adam" => include_str!("../../../../shaders/adam.wgsl"),
                 "argmax" | "row_logprob" => include_str!("../../../../shaders/elementwise.wgsl"),

@@ -1,4 +1,5 @@
-//! Encoders for the transformer's small kernels (norm, rope, attention, element-wise, argmax).
+//! Encoders for the transformer's small kernels (norm, rope, attention, argmax, log-probabilities,
+//! Adam).
 //! Each records one dispatch into the caller's encoder; the forward pass chains them into a
 //! single submission.
 
@@ -24,6 +25,22 @@ struct RopeParams {
     head_dim: u32,
     style: u32,
     _p: [u32; 3],
+}
+
+/// Where the joined projections of a chunk go (see `shaders/qkv_rope.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct QkvRopeParams {
+    pub rows: u32,
+    pub t: u32,
+    pub q_heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub style: u32,
+    pub has_bias: u32,
+    pub capacity: u32,
+    pub cache_len: u32,
+    pub _p: [u32; 3],
 }
 
 #[repr(C)]
@@ -64,6 +81,15 @@ impl Gpu {
         let p = self.uniform("rope", &RopeParams { rows, q_heads, kv_heads, head_dim, style: interleaved as u32, _p: [0; 3] });
         let n = rows * (q_heads + kv_heads) * head_dim / 2;
         self.dispatch(enc, "rope", &[q, k, pos, table], &p, self.grid(n.div_ceil(64)));
+    }
+
+    /// Bias and rope of the joined projections `qkv`: queries into `q`, keys and values into the
+    /// cache; one dispatch. `bias` is read only when `params.has_bias` is 1.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_qkv_rope(&self, enc: &mut wgpu::CommandEncoder, qkv: &wgpu::Buffer, bias: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer, params: QkvRopeParams) {
+        let per_row = (params.q_heads + params.kv_heads) * params.head_dim / 2 + params.kv_heads * params.head_dim;
+        let p = self.uniform("qkv_rope", &params);
+        self.dispatch(enc, "qkv_rope", &[qkv, bias, pos, table, q, kc, vc], &p, self.grid((params.rows * per_row).div_ceil(64)));
     }
 
     #[allow(clippy::too_many_arguments)]

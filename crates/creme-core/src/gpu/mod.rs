@@ -9,6 +9,6 @@ pub mod ops;
 mod weight;
 pub(crate) mod layers;
 
-pub use weight::{GpuWeight, WeightChunk};
+pub use weight::{GpuWeight, WeightChunk, WeightUpload};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};
 pub use resources::{GpuCounts, ParamSlot, PooledBuffer};

@@ -102,9 +102,10 @@ struct QuantMatmulParams {
 }
 
 /// How a quantized matmul's result enters y (the fusions of the forward pass).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Epilogue {
     /// y = result
+    #[default]
     Store = 0,
     /// y += result (the residual add after the O and down projections)
     Add = 1,
@@ -112,26 +113,34 @@ pub enum Epilogue {
     SiluMul = 2,
 }
 
+/// What a quantized matmul fuses around the product x · Wᵀ.
+#[derive(Clone, Copy, Default)]
+pub struct Fusion<'a> {
+    /// Added to each output row (the qwen2 attention projections).
+    pub bias: Option<&'a wgpu::Buffer>,
+    pub epilogue: Epilogue,
+}
+
 const QMM_ROWS_PER_WG: u32 = 8;
 const QMM_TILED_MIN_ROWS: u32 = 16;
 
 impl Gpu {
-    /// Record y[m, y_off + n] = x[m, k] · Wᵀ (+ bias) for a weight in any supported GGUF format,
-    /// one dispatch per row-chunk of the weight. `ldy` is y's row stride; `epilogue` says how the
-    /// result enters y.
+    /// Record y[m, y_off + n] = x[m, k] · Wᵀ for a weight in any supported GGUF format, one
+    /// dispatch per row-chunk of the weight, with the bias and epilogue of `fuse`. `ldy` is
+    /// y's row stride.
     #[allow(clippy::too_many_arguments)]
     pub fn encode_matmul_quant(
         &self,
         enc: &mut wgpu::CommandEncoder,
         x: &wgpu::Buffer,
         w: &super::GpuWeight,
-        bias: Option<&wgpu::Buffer>,
         y: &wgpu::Buffer,
         m: u32,
         ldy: u32,
         y_off: u32,
-        epilogue: Epilogue,
+        fuse: Fusion<'_>,
     ) -> Result<(), GpuError> {
+        let Fusion { bias, epilogue } = fuse;
         let k = w.cols as u32;
         if x.size() < m as u64 * k as u64 * 4 || y.size() < ((m as u64 - 1) * ldy as u64 + y_off as u64 + w.rows as u64) * 4 {
             return Err(GpuError::Shape {
@@ -170,19 +179,13 @@ impl Gpu {
                     has_bias: bias.is_some() as u32,
                     row_bytes: w.row_bytes() as u32,
                     total_wg: total,
-                    w_byte_off: 0,
+                    w_byte_off: c.byte_off as u32,
                     epilogue: epilogue as u32,
                     _p: [0; 2],
                 },
             );
             // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
-            let bias_binding = bias.unwrap_or(x);
-            self.dispatch(
-                enc,
-                &kernel,
-                &[x, &c.buffer, bias_binding, y], &params,
-                groups,
-            );
+            self.dispatch(enc, &kernel, &[x, &c.buffer, bias.unwrap_or(x), y], &params, groups);
         }
         Ok(())
     }
@@ -199,7 +202,7 @@ impl Gpu {
         let bb = bias.map(|b| self.upload("bias", b));
         let yb = self.storage("y", (m * w.rows * 4) as u64);
         let mut enc = self.new_encoder("ops");
-        self.encode_matmul_quant(&mut enc, &xb, w, bb.as_ref(), &yb, m as u32, w.rows as u32, 0, Epilogue::Store)?;
+        self.encode_matmul_quant(&mut enc, &xb, w, &yb, m as u32, w.rows as u32, 0, Fusion { bias: bb.as_ref(), ..Default::default() })?;
         self.submit(enc);
         if let Some(e) = scope.pop().await {
             return Err(GpuError::Validation(e.to_string()));

@@ -1,15 +1,17 @@
 //! Weights on the GPU, kept in their GGUF format. A tensor larger than one storage binding (Qwen's
-//! 138 MiB output head) is split by rows into several buffers.
+//! 138 MiB output head) is split by rows into several buffers; the attention projections of a
+//! layer share one buffer, so that one matmul can compute all three (see [`Gpu::upload_weight_group`]).
 
 use super::Gpu;
 use crate::error::GpuError;
-use crate::quant::GgmlType;
+use crate::quant::{repack_as_q8_0, GgmlType};
 
-/// One row-range of a weight in its own buffer.
+/// One row-range of a weight in a buffer, from byte `byte_off`.
 pub struct WeightChunk {
     pub buffer: wgpu::Buffer,
     pub row0: usize,
     pub rows: usize,
+    pub byte_off: u64,
 }
 
 /// A 2-D weight [rows, cols] (rows = output features) in GGUF blocks.
@@ -25,17 +27,42 @@ impl GpuWeight {
     pub fn row_bytes(&self) -> usize {
         self.dtype.row_bytes(self.cols)
     }
+
+    /// `parts` as one weight of all their rows, where they lie back to back in one buffer in that
+    /// order with the same format and width (as [`Gpu::upload_weight_group`] puts them).
+    pub fn joined(parts: &[&GpuWeight]) -> Option<GpuWeight> {
+        let first = parts.first()?;
+        let c0 = match first.chunks.as_slice() {
+            [c] => c,
+            _ => return None,
+        };
+        let mut next = c0.byte_off;
+        for w in parts {
+            let [c] = w.chunks.as_slice() else { return None };
+            if w.dtype != first.dtype || w.cols != first.cols || c.buffer != c0.buffer || c.byte_off != next {
+                return None;
+            }
+            next += (w.rows * w.row_bytes()) as u64;
+        }
+        let rows = parts.iter().map(|w| w.rows).sum();
+        let chunk = WeightChunk { buffer: c0.buffer.clone(), row0: 0, rows, byte_off: c0.byte_off };
+        Some(GpuWeight { name: "joined".into(), dtype: first.dtype, rows, cols: first.cols, chunks: vec![chunk] })
+    }
+}
+
+/// One weight of a group to upload: GGUF name, format, shape and bytes.
+pub struct WeightUpload<'a> {
+    pub name: &'a str,
+    pub dtype: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: &'a [u8],
 }
 
 impl Gpu {
     /// Upload a weight's raw GGUF bytes, split by rows so that no buffer exceeds the binding limit.
     pub fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<GpuWeight, GpuError> {
-        if cols % dtype.block_elems() != 0 || bytes.len() < rows * dtype.row_bytes(cols) {
-            return Err(GpuError::Shape {
-                op: "upload_weight",
-                detail: format!("'{name}': {} bytes for {rows}x{cols} {}", bytes.len(), dtype.name()),
-            });
-        }
+        check_bytes(name, dtype, rows, cols, bytes)?;
         let row_bytes = dtype.row_bytes(cols);
         let limit = self.max_binding_bytes() as usize;
         let rows_per_chunk = (limit.saturating_sub(4) / row_bytes).min(rows).max(1);
@@ -47,9 +74,61 @@ impl Gpu {
         while row0 < rows {
             let n = rows_per_chunk.min(rows - row0);
             let data = &bytes[row0 * row_bytes..(row0 + n) * row_bytes];
-            chunks.push(WeightChunk { buffer: self.upload(&format!("{name}[{row0}..]"), data), row0, rows: n });
+            chunks.push(WeightChunk { buffer: self.upload(&format!("{name}[{row0}..]"), data), row0, rows: n, byte_off: 0 });
             row0 += n;
         }
         Ok(GpuWeight { name: name.into(), dtype, rows, cols, chunks })
     }
+
+    /// Upload weights that one matmul may compute together (a layer's query, key and value
+    /// projections) back to back in one buffer, in one format: theirs if they share it, Q8_0 if
+    /// they are a mix of Q4_0, Q5_0 and Q8_0 (lossless, see [`repack_as_q8_0`]). Where neither
+    /// holds, or the group passes one binding, each is uploaded on its own.
+    pub fn upload_weight_group(&self, parts: &[WeightUpload<'_>]) -> Result<Vec<GpuWeight>, GpuError> {
+        for p in parts {
+            check_bytes(p.name, p.dtype, p.rows, p.cols, p.bytes)?;
+        }
+        let separately = || parts.iter().map(|p| self.upload_weight(p.name, p.dtype, p.rows, p.cols, p.bytes)).collect();
+        let Some(first) = parts.first() else { return Ok(Vec::new()) };
+        let dtype = if parts.iter().all(|p| p.dtype == first.dtype) { first.dtype } else { GgmlType::Q8_0 };
+        if parts.iter().any(|p| p.cols != first.cols) {
+            return separately();
+        }
+        let mut packed = Vec::new();
+        let mut offsets = Vec::new();
+        for p in parts {
+            let bytes = &p.bytes[..p.rows * p.dtype.row_bytes(p.cols)];
+            let Some(repacked) = (if p.dtype == dtype { Some(bytes.to_vec()) } else { repack_as_q8_0(p.dtype, bytes) }) else {
+                return separately();
+            };
+            offsets.push(packed.len() as u64);
+            packed.extend_from_slice(&repacked);
+        }
+        if packed.len() as u64 + 4 > self.max_binding_bytes() || packed.len() % 4 != 0 {
+            return separately();
+        }
+        let buffer = self.upload(&format!("{} ..", first.name), &packed);
+        Ok(parts
+            .iter()
+            .zip(offsets)
+            .map(|(p, byte_off)| GpuWeight {
+                name: p.name.into(),
+                dtype,
+                rows: p.rows,
+                cols: p.cols,
+                chunks: vec![WeightChunk { buffer: buffer.clone(), row0: 0, rows: p.rows, byte_off }],
+            })
+            .collect())
+    }
+}
+
+fn check_bytes(name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<(), GpuError> {
+    // The matmul kernels walk a row in pieces of 32 values (one block of the 32-value formats).
+    if cols % 32 != 0 {
+        return Err(GpuError::Shape { op: "upload_weight", detail: format!("'{name}': rows of {cols} values; the GPU kernels need a multiple of 32") });
+    }
+    if cols % dtype.block_elems() != 0 || bytes.len() < rows * dtype.row_bytes(cols) {
+        return Err(GpuError::Shape { op: "upload_weight", detail: format!("'{name}': {} bytes for {rows}x{cols} {}", bytes.len(), dtype.name()) });
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ use super::gguf::{GgufHeader, TensorInfo};
 use crate::quant::dequantize;
 use super::tokenizer::Tokenizer;
 use crate::backend::{Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight};
+use crate::gpu::WeightUpload;
 use crate::error::ModelError;
 use crate::gpu::layers::MAX_ATTENTION_CONTEXT;
 
@@ -25,6 +26,19 @@ pub struct ModelLoader {
     vectors: HashMap<String, Tensor>,
     embed: Option<Embedding>,
     tied_head_bytes: bool,
+    /// A layer's query, key and value projections, held until all three have arrived and are
+    /// uploaded as a group (see [`Backend::upload_weight_group`]).
+    pending_qkv: HashMap<usize, [Option<(TensorInfo, Vec<u8>)>; 3]>,
+    /// The projection biases as values, joined per layer at the end.
+    bias_values: HashMap<String, Vec<f32>>,
+}
+
+/// Which of a layer's attention projections a tensor is: (layer, 0 = q, 1 = k, 2 = v).
+fn qkv_part(name: &str) -> Option<(usize, usize)> {
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let part = ["attn_q.weight", "attn_k.weight", "attn_v.weight"].iter().position(|p| *p == tail)?;
+    Some((layer.parse().ok()?, part))
 }
 
 fn is_vector(t: &TensorInfo) -> bool {
@@ -48,7 +62,17 @@ impl ModelLoader {
         }
         let tied = !tensors.iter().any(|t| t.name == "output.weight");
         let table = tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-        Ok(ModelLoader { table, cfg, tokenizer, weights: HashMap::new(), vectors: HashMap::new(), embed: None, tied_head_bytes: tied })
+        Ok(ModelLoader {
+            table,
+            cfg,
+            tokenizer,
+            weights: HashMap::new(),
+            vectors: HashMap::new(),
+            embed: None,
+            tied_head_bytes: tied,
+            pending_qkv: HashMap::new(),
+            bias_values: HashMap::new(),
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -72,12 +96,50 @@ impl ModelLoader {
         } else if is_vector(&info) {
             let v = dequantize(info.dtype, bytes, info.elems() as usize)?;
             self.vectors.insert(name.to_string(), dev.upload(name, 1, v.len(), &v)?);
+            if name.ends_with("_q.bias") || name.ends_with("_k.bias") || name.ends_with("_v.bias") {
+                self.bias_values.insert(name.to_string(), v);
+            }
+        } else if let Some((layer, part)) = qkv_part(name) {
+            let slots = self.pending_qkv.entry(layer).or_default();
+            slots[part] = Some((info, bytes.to_vec()));
+            if slots.iter().all(|s| s.is_some()) {
+                let parts = self.pending_qkv.remove(&layer).expect("present");
+                self.upload_qkv(dev, parts)?;
+            }
         } else {
             let (rows, cols) = info.rows_cols();
             let w = dev.upload_weight(name, info.dtype, rows as usize, cols as usize, bytes)?;
             self.weights.insert(name.to_string(), w);
         }
         Ok(())
+    }
+
+    fn upload_qkv(&mut self, dev: &Device, parts: [Option<(TensorInfo, Vec<u8>)>; 3]) -> Result<(), ModelError> {
+        let parts: Vec<(TensorInfo, Vec<u8>)> = parts.into_iter().flatten().collect();
+        let uploads: Vec<WeightUpload<'_>> = parts
+            .iter()
+            .map(|(info, bytes)| {
+                let (rows, cols) = info.rows_cols();
+                WeightUpload { name: &info.name, dtype: info.dtype, rows: rows as usize, cols: cols as usize, bytes }
+            })
+            .collect();
+        for (w, (info, _)) in dev.upload_weight_group(&uploads)?.into_iter().zip(&parts) {
+            self.weights.insert(info.name.clone(), w);
+        }
+        Ok(())
+    }
+
+    /// The q, k and v biases of layer `l` back to back.
+    fn qkv_bias(&mut self, dev: &Device, l: usize) -> Result<Option<Tensor>, ModelError> {
+        if !self.cfg.qkv_bias {
+            return Ok(None);
+        }
+        let mut joined = Vec::new();
+        for part in ["attn_q.bias", "attn_k.bias", "attn_v.bias"] {
+            let name = format!("blk.{l}.{part}");
+            joined.extend(self.bias_values.remove(&name).ok_or_else(|| ModelError::Missing(format!("tensor {name}")))?);
+        }
+        Ok(Some(dev.upload("qkv bias", 1, joined.len(), &joined)?))
     }
 
     /// Assemble the model once every tensor has arrived.
@@ -91,6 +153,7 @@ impl ModelLoader {
                 q_bias: bias(&mut self, "attn_q.bias")?,
                 k_bias: bias(&mut self, "attn_k.bias")?,
                 v_bias: bias(&mut self, "attn_v.bias")?,
+                qkv_bias: self.qkv_bias(dev, l)?,
                 attn_norm: self.vector(&p("attn_norm.weight"))?,
                 ffn_norm: self.vector(&p("ffn_norm.weight"))?,
                 q: self.weight(&p("attn_q.weight"))?,
