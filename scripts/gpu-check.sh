@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 15 in one run, for a machine with a real GPU (run it there as one call;
+# the device tool's README says how to carry the binary, the Vulkan loader and the model):
+#   1. the adapter (`creme info`) and the f32 matmul check on it;
+#   2. `creme bench` on it: prefill pp512, decode tg128 at batch 1, GPU work per decoded token;
+#   3. the 164 clean HumanEval prompts greedily on it, tests executed in the sandbox, against the
+#      HF transformers oracle in ../shared/oracle: share of identical completions (>= 90%) and the
+#      pass count (71 +- 2). A --limit run checks only the identical share.
+#   scripts/gpu-check.sh [--creme BIN] [--model M.gguf] [--dataset DIR] [--oracle DIR]
+#                        [--backend vulkan] [--limit N] [--out DIR]
+# Output goes to stdout and to --out (default: $OUT where the device tool sets it, else gpu-check/).
+# Exit status 1 when a check fails.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+creme="${CREME:-${CREME_CACHE_DIR:-$HOME/.cache/creme}/target-native/release/creme}"
+model="${CREME_CACHE_DIR:-$HOME/.cache/creme}/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+dataset="$root/../shared/datasets/humaneval-nlpert"
+oracle="$root/../shared/oracle/qwen2.5-coder-0.5b-instruct-q4km"
+backend=vulkan
+limit=""
+out="${OUT:-gpu-check}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --creme) creme="$2"; shift 2 ;;
+    --model) model="$2"; shift 2 ;;
+    --dataset) dataset="$2"; shift 2 ;;
+    --oracle) oracle="$2"; shift 2 ;;
+    --backend) backend="$2"; shift 2 ;;
+    --limit) limit="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  esac
+done
+for f in "$creme" "$model" "$dataset/HumanEval.jsonl" "$oracle/hf_greedy_clean_completions.json"; do
+  [ -e "$f" ] || { echo "gpu-check: missing $f" >&2; exit 2; }
+done
+mkdir -p "$out"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+step() { echo; echo "=== $*"; }
+
+step "adapter"
+"$creme" info --backend "$backend" | tee "$out/info.txt"
+"$creme" check-matmul --backend "$backend" | tee -a "$out/info.txt"
+
+step "bench (pp512, tg128 at batch 1, GPU work per decoded token)"
+"$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 --decode 128 \
+  --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench.json"
+cat "$out/bench.json"
+
+step "clean HumanEval, greedy, against the oracle"
+lim=(); [ -n "$limit" ] && lim=(--limit "$limit")
+"$creme" eval --backend "$backend" --model "$model" --dataset "$dataset" --types clean "${lim[@]}" \
+  --batch 16 --out "$out/eval" | tee "$out/eval.txt"
+python3 - "$out/eval/samples.jsonl" "$oracle" "${limit:-164}" <<'EOF' | tee "$out/oracle.txt"
+import json, sys
+samples, oracle, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ref = json.load(open(f"{oracle}/hf_greedy_clean_completions.json"))["clean"]
+rows = [json.loads(l) for l in open(samples) if l.strip()]
+ours = {int(r["task_id"].split("/")[1]): r for r in rows if r["set"] == "clean" and r.get("sample", 0) == 0}
+same = sum(1 for i, r in ours.items() if r["completion"] == ref[i])
+passes = sum(1 for r in ours.values() if r["passed"])
+oracle_passes = json.load(open(f"{oracle}/hf_greedy_pass.json"))["clean"]
+oracle_passes = oracle_passes if isinstance(oracle_passes, int) else sum(map(bool, oracle_passes))
+share = same / max(len(ours), 1)
+print(f"identical completions: {same}/{len(ours)} ({share:.1%}); passes: {passes} (oracle {oracle_passes} on 164)")
+ok = len(ours) == limit and share >= 0.90 and (limit < 164 or abs(passes - oracle_passes) <= 2)
+print("gpu-check:", "PASS" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+EOF
