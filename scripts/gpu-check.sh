@@ -50,7 +50,7 @@ cat "$out/bench.json"
 step "clean HumanEval, greedy, against the oracle"
 lim=(); [ -n "$limit" ] && lim=(--limit "$limit")
 "$creme" eval --backend "$backend" --model "$model" --dataset "$dataset" --types clean "${lim[@]}" \
-  --batch 16 --out "$out/eval" | tee "$out/eval.txt"
+  --batch 32 --out "$out/eval" | tee "$out/eval.txt"
 python3 - "$out/eval/samples.jsonl" "$oracle" "${limit:-164}" <<'EOF' | tee "$out/oracle.txt"
 import json, sys
 samples, oracle, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])

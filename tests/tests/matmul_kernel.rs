@@ -107,3 +107,34 @@ fn parameters_of_many_dispatches_in_one_submission_stay_apart() {
         assert!(max_rel_err(&got, &want) < 2e-5, "dispatch {i} (k = {k}): {got:?} vs {want:?}");
     }
 }
+
+/// `creme bench`'s per-kernel GPU time: while profiling, every dispatch is timed under its kernel
+/// and, for weights, the weight's kind ("blk.3.ffn_up.weight" -> "ffn_up"); once stopped, nothing
+/// more is timed.
+#[test]
+fn profiling_times_every_dispatch_under_its_kernel_and_weight() {
+    use creme_core::model::GgmlType;
+    let gpu = gpu_on(Some("vulkan")).expect("a vulkan adapter (lavapipe)");
+    assert!(gpu.report.timestamp_query, "lavapipe has timestamp queries");
+    let mut rng = SplitMix64(11);
+    let (rows, cols) = (40, 64);
+    let bytes = creme_tests::random_blocks(GgmlType::Q8_0, rows * cols / 32, &mut rng);
+    let w = gpu.upload_weight("blk.3.ffn_up.weight", GgmlType::Q8_0, rows, cols, &bytes).unwrap();
+    let x = rng.vec_f32(cols);
+    assert!(gpu.start_profiling());
+    for _ in 0..30 {
+        pollster::block_on(gpu.matmul_quant(&x, &w, None, 1)).unwrap();
+    }
+    for _ in 0..5 {
+        pollster::block_on(gpu.matmul_f32(&[1.0; 2], &[2.0; 3], 2, 3, 1)).unwrap();
+    }
+    let (times, untimed) = gpu.stop_profiling();
+    assert_eq!(untimed, 0);
+    let find = |pred: &dyn Fn(&str) -> bool| times.iter().find(|t| pred(&t.kernel)).unwrap_or_else(|| panic!("{times:?}"));
+    let up = find(&|k| k.starts_with("matmul_q") && k.ends_with(":Q8_0 ffn_up"));
+    let f32 = find(&|k| k == "matmul_f32");
+    assert_eq!((up.dispatches, f32.dispatches), (30, 5), "{times:?}");
+    assert!(times.iter().all(|t| t.gpu_ns.is_finite() && t.gpu_ns > 0.0), "{times:?}");
+    pollster::block_on(gpu.matmul_f32(&[1.0; 2], &[2.0; 3], 2, 3, 1)).unwrap();
+    assert!(gpu.stop_profiling().0.is_empty(), "timing stops with stop_profiling");
+}

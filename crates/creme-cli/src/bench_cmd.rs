@@ -122,6 +122,68 @@ fn gpu_work_per_token(dev: &Device, model: &Model, start: u32, warmup: usize, to
     })))
 }
 
+/// Where a decoded token's time goes, after `warmup` tokens: CPU time encoding the forward, time
+/// from there until its argmax is back (submission, GPU, readback), and, where the adapter has
+/// timestamp queries, GPU time per kernel over a second run of `tokens` tokens.
+fn decode_time_split(dev: &Device, model: &Model, start: u32, warmup: usize, tokens: usize) -> Res<Option<Value>> {
+    let Some(gpu) = dev.gpu() else { return Ok(None) };
+    let mut cache = model.new_cache(dev, vec![0], warmup + 2 * tokens + 1)?;
+    let mut next = start;
+    for _ in 0..warmup {
+        next = greedy_step(dev, model, &mut cache, next)?;
+    }
+    let (mut encode_s, mut result_s) = (0.0, 0.0);
+    for _ in 0..tokens {
+        let t0 = Instant::now();
+        let out = model.forward(dev, &mut cache, &[vec![next]], &Hooks::default(), Logits::Last)?;
+        let t1 = Instant::now();
+        next = pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0];
+        encode_s += (t1 - t0).as_secs_f64();
+        result_s += t1.elapsed().as_secs_f64();
+    }
+    let per_ms = |s: f64| s * 1e3 / tokens as f64;
+    let mut doc = json!({"tokens": tokens, "encode_ms": per_ms(encode_s), "submit_to_result_ms": per_ms(result_s)});
+    if gpu.start_profiling() {
+        for _ in 0..tokens {
+            next = greedy_step(dev, model, &mut cache, next)?;
+        }
+        let (times, untimed) = gpu.stop_profiling();
+        doc["kernels"] = kernel_table(&times, tokens as f64);
+        doc["gpu_ms"] = json!(times.iter().map(|t| t.gpu_ns).sum::<f64>() / 1e6 / tokens as f64);
+        doc["untimed_passes"] = json!(untimed);
+    }
+    Ok(Some(doc))
+}
+
+/// GPU time per kernel of one prompt pass of `len` tokens (None without timestamp queries).
+fn prefill_profile(dev: &Device, model: &Model, tokens: &[u32], len: usize) -> Res<Option<Value>> {
+    let Some(gpu) = dev.gpu() else { return Ok(None) };
+    if !gpu.start_profiling() {
+        return Ok(None);
+    }
+    let run = prefill(dev, model, tokens, len, 1);
+    let (times, untimed) = gpu.stop_profiling();
+    let wall_s = run?;
+    let gpu_ms = times.iter().map(|t| t.gpu_ns).sum::<f64>() / 1e6;
+    Ok(Some(json!({"tokens": len, "wall_ms": wall_s * 1e3, "gpu_ms": gpu_ms, "kernels": kernel_table(&times, 1.0), "untimed_passes": untimed})))
+}
+
+/// Kernels, slowest first, per `per` (tokens, or 1 for a whole pass).
+fn kernel_table(times: &[creme_core::gpu::KernelTime], per: f64) -> Value {
+    let total: f64 = times.iter().map(|t| t.gpu_ns).sum::<f64>().max(1.0);
+    json!(times.iter().map(|t| json!({
+        "kernel": t.kernel, "dispatches": t.dispatches as f64 / per, "gpu_us": t.gpu_ns / 1e3 / per, "share": t.gpu_ns / total,
+    })).collect::<Vec<_>>())
+}
+
+/// "1.23 ms: matmul_q:Q4_K 0.61 (50%), ..." from a profile's kernel table (`gpu_us` per unit).
+fn kernel_summary(gpu_ms: f64, kernels: &Value) -> String {
+    let top: Vec<String> = kernels.as_array().map(|k| k.iter().take(4).map(|k| {
+        format!("{} {:.3} ({:.0}%)", k["kernel"].as_str().unwrap_or("?"), k["gpu_us"].as_f64().unwrap_or(0.0) / 1e3, 100.0 * k["share"].as_f64().unwrap_or(0.0))
+    }).collect()).unwrap_or_default();
+    format!("{gpu_ms:.3} ms in kernels: {}", top.join(", "))
+}
+
 /// The median of `reps` runs of `f`.
 fn median(reps: usize, mut f: impl FnMut() -> Res<f64>) -> Res<f64> {
     let mut v = (0..reps.max(1)).map(|_| f()).collect::<Res<Vec<f64>>>()?;
@@ -199,6 +261,22 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
             ),
         ));
         doc["gpu_per_token"] = w;
+    }
+
+    if let Some(split) = decode_time_split(&dev, &model, start, 4, 16)? {
+        let mut text = format!("encode {:.3} ms, submit to result {:.3} ms", split["encode_ms"].as_f64().unwrap_or(0.0), split["submit_to_result_ms"].as_f64().unwrap_or(0.0));
+        if let Some(ms) = split["gpu_ms"].as_f64() {
+            text = format!("{text}; {}", kernel_summary(ms, &split["kernels"]));
+        }
+        rows.push(("time per decoded token (GPU, after 4 tokens)".into(), text));
+        doc["decode_time"] = split;
+    }
+    if let Some(len) = list(&a.prefill)?.last().copied() {
+        if let Some(p) = prefill_profile(&dev, &model, &tokens, len)? {
+            let text = format!("{:.1} ms wall; {}", p["wall_ms"].as_f64().unwrap_or(0.0), kernel_summary(p["gpu_ms"].as_f64().unwrap_or(0.0), &p["kernels"]));
+            rows.push((format!("GPU time of one prompt pass of {len} tokens, profiled"), text));
+            doc["prefill_profile"] = p;
+        }
     }
 
     // Decode: time between the first and the last generated token (the prompt pass excluded).

@@ -18,8 +18,8 @@ pub struct GpuOptions {
     pub force_f32: bool,
     /// Do not use subgroup operations (`CREME_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
-    /// Quantized matmul kernel: `rows` (a thread per weight row) or `wg` (a workgroup per row),
-    /// for every m; default: tiled for m >= 16, else rows on CPU adapters and wg elsewhere (`CREME_QMM`).
+    /// Quantized matmul kernel (`CREME_QMM`): `rows` (a thread per weight row) or `wg` (a
+    /// workgroup per row) for every m, `tiled` (tiled for m >= 16); default `auto` (`Gpu::qmm_kernel`).
     pub qmm: Option<String>,
 }
 
@@ -104,6 +104,27 @@ impl AdapterReport {
 }
 
 /// A device with its queue, the features switched on, and the limits granted.
+/// Which quantized matmul kernel runs a product of m rows (`CREME_QMM` forces one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QmmPolicy {
+    Auto,
+    Rows,
+    Workgroup,
+    Tiled,
+}
+
+impl QmmPolicy {
+    fn parse(v: Option<&str>) -> Result<Self, GpuError> {
+        Ok(match v {
+            None | Some("auto") => QmmPolicy::Auto,
+            Some("rows") => QmmPolicy::Rows,
+            Some("wg") => QmmPolicy::Workgroup,
+            Some("tiled") => QmmPolicy::Tiled,
+            Some(other) => return Err(GpuError::Device(format!("CREME_QMM='{other}': expected auto, rows, wg or tiled"))),
+        })
+    }
+}
+
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -111,10 +132,10 @@ pub struct Gpu {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     pub(crate) kernels: super::kernels::KernelRegistry,
-    /// Quantized matmul flavour: one thread per weight row (true) or a workgroup per row.
-    pub qmm_row_per_thread: bool,
-    /// Use the tiled quantized matmul for prompts (m >= 16).
-    pub qmm_tiled: bool,
+    /// Which quantized matmul kernel runs a product (`CREME_QMM`; see `Gpu::qmm_kernel`).
+    pub qmm: QmmPolicy,
+    /// The adapter is a CPU emulation (lavapipe, SwiftShader): kernels are chosen for it.
+    pub cpu_adapter: bool,
     /// The first fault since the last [`Gpu::check`]: an uncaptured wgpu error, out of memory, a
     /// buffer over the adapter's limits, or the device lost (which stays).
     pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
@@ -132,6 +153,8 @@ pub struct Gpu {
     pub(crate) bind_groups: super::resources::BindGroupCache,
     /// Readback buffers not in use.
     pub(crate) staging: std::sync::Mutex<Vec<wgpu::Buffer>>,
+    /// Per-kernel timestamps while `creme bench` profiles (see `profile.rs`).
+    pub(crate) profiler: std::sync::Mutex<Option<super::profile::Profiler>>,
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -261,13 +284,9 @@ impl Gpu {
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         };
         let kernels = super::kernels::KernelRegistry::new();
-        let qmm_row_per_thread = match opts.qmm.as_deref() {
-            Some("wg") => false,
-            Some("rows") => true,
-            _ => info.device_type == wgpu::DeviceType::Cpu,
-        };
-        let qmm_tiled = opts.qmm.as_deref() != Some("rows") && opts.qmm.as_deref() != Some("wg");
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm_row_per_thread, qmm_tiled, fault,
+        let qmm = QmmPolicy::parse(opts.qmm.as_deref())?;
+        let cpu_adapter = info.device_type == wgpu::DeviceType::Cpu;
+        Ok(Gpu { device, queue, report, limits, features, kernels, qmm, cpu_adapter, fault,
             pending: Default::default(),
             workspaces: Default::default(),
             counters: Default::default(),
@@ -275,6 +294,7 @@ impl Gpu {
             pool: Default::default(),
             bind_groups: Default::default(),
             staging: Default::default(),
+            profiler: Default::default(),
         })
     }
 

@@ -3,6 +3,7 @@
 
 mod buffers;
 mod context;
+mod profile;
 mod resources;
 pub(crate) mod kernels;
 pub mod ops;
@@ -10,5 +11,6 @@ mod weight;
 pub(crate) mod layers;
 
 pub use weight::{GpuWeight, WeightChunk, WeightUpload};
-pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions};
+pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions, QmmPolicy};
+pub use profile::KernelTime;
 pub use resources::{GpuCounts, ParamSlot, PooledBuffer};

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::Gpu;
+use super::{Gpu, QmmPolicy};
 use crate::error::GpuError;
 
 #[repr(C)]
@@ -125,6 +125,26 @@ const QMM_ROWS_PER_WG: u32 = 8;
 const QMM_TILED_MIN_ROWS: u32 = 16;
 
 impl Gpu {
+    /// The quantized matmul kernel for m rows of x against n weight rows. `auto` follows
+    /// `creme bench-kernels` on an NVIDIA H200 (docs/performance.md): there the tiled kernel was
+    /// 5-50x slower than the others at every m, so it runs on CPU adapters only (lavapipe, where it
+    /// is the fastest for prompts); on GPUs a workgroup per weight row wins until the
+    /// row-per-thread kernel has n x ceil(m/8) >= 16,384 threads to run (crossover at m 16-32 for
+    /// 4,864 rows, 128-512 for 896).
+    pub(crate) fn qmm_kernel(&self, m: u32, n: u32) -> &'static str {
+        let tiled_or = |small: &'static str| if m >= QMM_TILED_MIN_ROWS { "matmul_q_tiled" } else { small };
+        match self.qmm {
+            QmmPolicy::Rows => "matmul_q_rows",
+            QmmPolicy::Workgroup => "matmul_q",
+            QmmPolicy::Tiled => tiled_or(if self.cpu_adapter { "matmul_q_rows" } else { "matmul_q" }),
+            QmmPolicy::Auto if self.cpu_adapter => tiled_or("matmul_q_rows"),
+            QmmPolicy::Auto if m >= QMM_TILED_MIN_ROWS && n * m.div_ceil(QMM_ROWS_PER_WG) >= 16_384 => "matmul_q_rows",
+            QmmPolicy::Auto => "matmul_q",
+        }
+    }
+}
+
+impl Gpu {
     /// Record y[m, y_off + n] = x[m, k] · Wᵀ for a weight in any supported GGUF format, one
     /// dispatch per row-chunk of the weight, with the bias and epilogue of `fuse`. `ldy` is
     /// y's row stride.
@@ -151,15 +171,7 @@ impl Gpu {
         if bias.is_some() && w.chunks.len() > 1 {
             return Err(GpuError::Shape { op: "matmul_quant", detail: format!("'{}': a bias on a row-split weight", w.name) });
         }
-        // Prompts (m >= 16) take the tiled kernel; decode takes the row-per-thread kernel on CPU
-        // adapters and the workgroup-reduction one elsewhere (CREME_QMM overrides).
-        let flavour = if m >= QMM_TILED_MIN_ROWS && self.qmm_tiled {
-            "matmul_q_tiled"
-        } else if self.qmm_row_per_thread {
-            "matmul_q_rows"
-        } else {
-            "matmul_q"
-        };
+        let flavour = self.qmm_kernel(m, w.rows as u32);
         let kernel = format!("{flavour}:{}", w.dtype.name());
         for c in &w.chunks {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
@@ -185,7 +197,7 @@ impl Gpu {
                 },
             );
             // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
-            self.dispatch(enc, &kernel, &[x, &c.buffer, bias.unwrap_or(x), y], &params, groups);
+            self.dispatch_for(enc, &kernel, Some(&w.name), &[x, &c.buffer, bias.unwrap_or(x), y], &params, groups);
         }
         Ok(())
     }

@@ -363,9 +363,18 @@ impl Gpu {
         self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
-    pub(crate) fn submit(&self, enc: wgpu::CommandEncoder) {
+    pub(crate) fn submit(&self, mut enc: wgpu::CommandEncoder) {
+        let timed = self.resolve_timestamps(&mut enc);
         bump(&self.counters.submissions);
         self.queue.submit([enc.finish()]);
+        if timed {
+            self.collect_timestamps();
+        }
+    }
+
+    /// A set of `count` timestamp queries (profiling only: not counted per token).
+    pub(crate) fn new_query_set(&self, label: &str, count: u32) -> wgpu::QuerySet {
+        self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some(label), ty: wgpu::QueryType::Timestamp, count })
     }
 
     pub(crate) fn count_dispatch(&self) {
@@ -378,7 +387,8 @@ mod tests {
     use std::path::Path;
 
     /// Direct calls that would bypass the counters.
-    const DIRECT: [&str; 9] = [
+    const DIRECT: [&str; 10] = [
+        ".create_query_set(",
         ".create_buffer(",
         ".create_bind_group_layout(",
         ".create_pipeline_layout(",

@@ -46,7 +46,8 @@ impl GpuWeight {
         }
         let rows = parts.iter().map(|w| w.rows).sum();
         let chunk = WeightChunk { buffer: c0.buffer.clone(), row0: 0, rows, byte_off: c0.byte_off };
-        Some(GpuWeight { name: "joined".into(), dtype: first.dtype, rows, cols: first.cols, chunks: vec![chunk] })
+        let name = parts.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join("+");
+        Some(GpuWeight { name, dtype: first.dtype, rows, cols: first.cols, chunks: vec![chunk] })
     }
 }
 
