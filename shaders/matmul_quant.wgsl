@@ -209,3 +209,53 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         }
     }
 }
+
+// Matvec variant for decode on GPUs (m <= MV rows of x): 8 weight rows per workgroup of 256
+// threads, 32 lanes per row, each lane dequantizing every 32nd piece of its row, then a 32-wide
+// tree per row. Fewer and fuller workgroups than `main`, which gives each weight row a workgroup
+// of 64 threads (28 busy at k = 896) and reduces 8 rows of x even when m = 1.
+// Dispatch: ceil(n / 8) workgroups.
+const MV: u32 = 4u;
+var<workgroup> red_mv: array<f32, 1024>; // [MV][256]
+
+@compute @workgroup_size(256, 1, 1)
+fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+           @builtin(local_invocation_index) tid: u32) {
+    let lane = tid % 32u;
+    let col = (wg.x + wg.y * nw.x) * 8u + tid / 32u;
+    // No early return: every thread must reach the barriers.
+    let live = col < p.n;
+    let mrows = min(MV, p.m);
+    var acc: array<f32, 4>;
+    for (var r = 0u; r < MV; r++) { acc[r] = 0.0; }
+    if (live) {
+        let rb = p.w_byte_off + col * p.row_bytes;
+        var wv: array<f32, 32>;
+        let nsub = p.k / 32u;
+        for (var s = lane; s < nsub; s += 32u) {
+            dq32(rb, s, &wv);
+            for (var r = 0u; r < mrows; r++) {
+                let xb = r * p.k + s * 32u;
+                var a = 0.0;
+                for (var i = 0u; i < 32u; i++) {
+                    a = fma(x[xb + i], wv[i], a);
+                }
+                acc[r] += a;
+            }
+        }
+    }
+    for (var r = 0u; r < mrows; r++) { red_mv[r * 256u + tid] = acc[r]; }
+    workgroupBarrier();
+    for (var st = 16u; st > 0u; st >>= 1u) {
+        if (lane < st) {
+            for (var r = 0u; r < mrows; r++) { red_mv[r * 256u + tid] += red_mv[r * 256u + tid + st]; }
+        }
+        workgroupBarrier();
+    }
+    // Lane r of each row writes x-row r's result (the row's sum sits at its lane 0).
+    if (live && lane < mrows) {
+        var v = red_mv[lane * 256u + tid - lane];
+        if (p.has_bias == 1u) { v += bias[col]; }
+        store(lane * p.ldy + p.y_off + col, v);
+    }
+}

@@ -61,8 +61,8 @@ fn cpu_dequant_equals_gguf_python_on_real_tensors() {
 
 #[test]
 fn gpu_quant_matmul_equals_cpu_for_every_format() {
-    // Every kernel flavour: auto, workgroup-per-row, row-per-thread, tiled (for m >= 16).
-    for flavour in [None, Some("wg"), Some("rows"), Some("tiled")] {
+    // Every kernel flavour: auto, workgroup-per-row, row-per-thread, matvec (m <= 4), tiled (m >= 16).
+    for flavour in [None, Some("wg"), Some("rows"), Some("mv"), Some("tiled")] {
         let mut o = creme_core::GpuOptions::from_env();
         o.qmm = flavour.map(String::from);
         check_formats(&creme_core::Gpu::new_blocking(&o).unwrap(), flavour);
@@ -185,7 +185,7 @@ fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
 #[test]
 fn matmul_fusions_for_every_flavour() {
     use creme_core::gpu::ops::{Epilogue, Fusion};
-    for flavour in [None, Some("wg"), Some("rows"), Some("tiled")] {
+    for flavour in [None, Some("wg"), Some("rows"), Some("mv"), Some("tiled")] {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());
         o.qmm = flavour.map(String::from);

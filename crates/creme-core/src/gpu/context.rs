@@ -19,7 +19,8 @@ pub struct GpuOptions {
     /// Do not use subgroup operations (`CREME_NO_SUBGROUPS=1`).
     pub no_subgroups: bool,
     /// Quantized matmul kernel (`CREME_QMM`): `rows` (a thread per weight row) or `wg` (a
-    /// workgroup per row) for every m, `tiled` (tiled for m >= 16); default `auto` (`Gpu::qmm_kernel`).
+    /// workgroup per row) for every m, `mv` (8 rows per workgroup, for m <= 4), `tiled` (tiled for
+    /// m >= 16); default `auto` (`Gpu::qmm_kernel`).
     pub qmm: Option<String>,
 }
 
@@ -110,6 +111,7 @@ pub enum QmmPolicy {
     Auto,
     Rows,
     Workgroup,
+    Matvec,
     Tiled,
 }
 
@@ -119,8 +121,9 @@ impl QmmPolicy {
             None | Some("auto") => QmmPolicy::Auto,
             Some("rows") => QmmPolicy::Rows,
             Some("wg") => QmmPolicy::Workgroup,
+            Some("mv") => QmmPolicy::Matvec,
             Some("tiled") => QmmPolicy::Tiled,
-            Some(other) => return Err(GpuError::Device(format!("CREME_QMM='{other}': expected auto, rows, wg or tiled"))),
+            Some(other) => return Err(GpuError::Device(format!("CREME_QMM='{other}': expected auto, rows, wg, mv or tiled"))),
         })
     }
 }

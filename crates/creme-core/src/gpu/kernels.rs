@@ -15,6 +15,9 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             if let Some(format) = name.strip_prefix("matmul_q_tiled:") {
                 return quant_matmul_source(format).map(|s| (s, "main_tiled"));
             }
+            if let Some(format) = name.strip_prefix("matmul_q_mv:") {
+                return quant_matmul_source(format).map(|s| (s, "main_mv"));
+            }
             if let Some(format) = name.strip_prefix("matmul_q_rows:") {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
             }

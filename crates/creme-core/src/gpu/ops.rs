@@ -123,6 +123,9 @@ pub struct Fusion<'a> {
 
 const QMM_ROWS_PER_WG: u32 = 8;
 const QMM_TILED_MIN_ROWS: u32 = 16;
+/// Rows of x the matvec kernel (`main_mv`) takes, and weight rows per workgroup there.
+const QMM_MV_MAX_ROWS: u32 = 4;
+const QMM_MV_COLS_PER_WG: u32 = 8;
 
 impl Gpu {
     /// The quantized matmul kernel for m rows of x against n weight rows. `auto` follows
@@ -130,15 +133,20 @@ impl Gpu {
     /// 5-50x slower than the others at every m, so it runs on CPU adapters only (lavapipe, where it
     /// is the fastest for prompts); on GPUs a workgroup per weight row wins until the
     /// row-per-thread kernel has n x ceil(m/8) >= 16,384 threads to run (crossover at m 16-32 for
-    /// 4,864 rows, 128-512 for 896).
+    /// 4,864 rows, 128-512 for 896). Decode (m <= 4) on GPUs takes the matvec kernel, which packs
+    /// 8 weight rows into a workgroup (written after that run: not yet timed on a GPU;
+    /// `CREME_QMM=wg` gives the measured kernel back).
     pub(crate) fn qmm_kernel(&self, m: u32, n: u32) -> &'static str {
         let tiled_or = |small: &'static str| if m >= QMM_TILED_MIN_ROWS { "matmul_q_tiled" } else { small };
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows",
             QmmPolicy::Workgroup => "matmul_q",
+            QmmPolicy::Matvec if m <= QMM_MV_MAX_ROWS => "matmul_q_mv",
+            QmmPolicy::Matvec => "matmul_q",
             QmmPolicy::Tiled => tiled_or(if self.cpu_adapter { "matmul_q_rows" } else { "matmul_q" }),
             QmmPolicy::Auto if self.cpu_adapter => tiled_or("matmul_q_rows"),
             QmmPolicy::Auto if m >= QMM_TILED_MIN_ROWS && n * m.div_ceil(QMM_ROWS_PER_WG) >= 16_384 => "matmul_q_rows",
+            QmmPolicy::Auto if m <= QMM_MV_MAX_ROWS => "matmul_q_mv",
             QmmPolicy::Auto => "matmul_q",
         }
     }
@@ -178,6 +186,7 @@ impl Gpu {
             let groups = match flavour {
                 "matmul_q_rows" => self.grid(total.div_ceil(64)),
                 "matmul_q_tiled" => [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1],
+                "matmul_q_mv" => self.grid((c.rows as u32).div_ceil(QMM_MV_COLS_PER_WG)),
                 _ => self.grid(total),
             };
             let params = self.uniform(
