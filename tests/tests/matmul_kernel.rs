@@ -95,11 +95,11 @@ fn parameters_of_many_dispatches_in_one_submission_stay_apart() {
     let (xb, wb) = (gpu.upload("x", &x), gpu.upload("w", &w));
     let ks: Vec<usize> = (0..1500).map(|i| 1 + i % kmax).collect();
     let ys: Vec<_> = ks.iter().map(|_| gpu.storage("y", (m * n * 4) as u64)).collect();
-    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    let mut rec = gpu.new_recorder("test");
     for (k, y) in ks.iter().zip(&ys) {
-        gpu.encode_matmul_f32(&mut enc, &xb, &wb, y, m as u32, n as u32, *k as u32).unwrap();
+        gpu.encode_matmul_f32(&mut rec, &xb, &wb, y, m as u32, n as u32, *k as u32).unwrap();
     }
-    gpu.queue.submit([enc.finish()]);
+    gpu.submit(rec);
     for (i, (k, y)) in ks.iter().zip(&ys).enumerate().step_by(7) {
         // The first m*k and n*k values, read as [m, k] and [n, k].
         let want = matmul_nt(&x[..m * k], &w[..n * k], m, n, *k);

@@ -213,9 +213,9 @@ fn matmul_fusions_for_every_flavour() {
                         })
                         .collect();
                     let (xb, yb) = (gpu.upload("x", &x), gpu.upload("y", &y0));
-                    let mut enc = gpu.device.create_command_encoder(&Default::default());
-                    gpu.encode_matmul_quant(&mut enc, &xb, &w, &yb, m as u32, rows as u32, 0, fuse).unwrap();
-                    gpu.queue.submit([enc.finish()]);
+                    let mut rec = gpu.new_recorder("test");
+                    gpu.encode_matmul_quant(&mut rec, &xb, &w, &yb, m as u32, rows as u32, 0, fuse).unwrap();
+                    gpu.submit(rec);
                     let got = pollster::block_on(gpu.read::<f32>(&yb, m * rows)).unwrap();
                     let err = max_scaled_err(&got, &want);
                     assert!(err < 1e-5, "{} {case} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}", t.name());

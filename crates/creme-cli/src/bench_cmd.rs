@@ -116,6 +116,8 @@ fn gpu_work_per_token(dev: &Device, model: &Model, start: u32, warmup: usize, to
         "tokens": tokens, "warmup": warmup,
         "buffers": per(c.buffers), "bind_groups": per(c.bind_groups), "pipelines": per(c.pipelines),
         "encoders": per(c.encoders), "dispatches": per(c.dispatches), "submissions": per(c.submissions),
+        // CPU time in wgpu's finish + submit (it turns the recorded passes into driver commands).
+        "submit_ms": per(c.submit_ns) / 1e6,
         "dispatches_per_layer": per(c.dispatches) / model.cfg.n_layers as f64,
         // wgpu's count of live objects before and after: equal when nothing per token outlives it.
         "live_buffers": [live_before.0, live_after.0], "live_bind_groups": [live_before.1, live_after.1],
@@ -251,10 +253,11 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
         rows.push((
             "GPU work per decoded token (after 4 tokens)".into(),
             format!(
-                "{:.0} dispatches ({:.1} per layer), {:.1} submissions; created: {:.1} buffers, {:.1} bind groups, {:.1} pipelines",
+                "{:.0} dispatches ({:.1} per layer), {:.1} submissions ({:.3} ms CPU in finish + submit); created: {:.1} buffers, {:.1} bind groups, {:.1} pipelines",
                 w["dispatches"].as_f64().unwrap_or(0.0),
                 w["dispatches_per_layer"].as_f64().unwrap_or(0.0),
                 w["submissions"].as_f64().unwrap_or(0.0),
+                w["submit_ms"].as_f64().unwrap_or(0.0),
                 w["buffers"].as_f64().unwrap_or(0.0),
                 w["bind_groups"].as_f64().unwrap_or(0.0),
                 w["pipelines"].as_f64().unwrap_or(0.0)

@@ -28,7 +28,7 @@ impl Gpu {
     /// stored back to back (`qkv`, see `Gpu::upload_weight_group`), given the normed input `xn`:
     /// the projections as one matmul, then bias, rope and the cache writes in one kernel.
     #[allow(clippy::too_many_arguments)]
-    fn encode_qkv_joined(&self, enc: &mut wgpu::CommandEncoder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, qkv: &GpuWeight, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
+    fn encode_qkv_joined(&self, enc: &mut crate::gpu::Recorder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, qkv: &GpuWeight, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let joined = self.workspace("qkv", words(rows * qkv.rows));
         self.encode_matmul_quant(enc, xn, qkv, &joined, rows as u32, qkv.rows as u32, 0, Fusion::default())?;
@@ -55,7 +55,7 @@ impl Gpu {
     /// As [`Gpu::encode_qkv_joined`] for projections stored apart (formats that cannot share a
     /// buffer): three matmuls, one rope pass, and copies into the cache.
     #[allow(clippy::too_many_arguments)]
-    fn encode_qkv_apart(&self, enc: &mut wgpu::CommandEncoder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
+    fn encode_qkv_apart(&self, enc: &mut crate::gpu::Recorder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let kvw = s.n_kv_heads * s.head_dim;
         let (k, v) = (self.workspace("k", words(rows * kvw)), self.workspace("v", words(rows * kvw)));
@@ -67,14 +67,14 @@ impl Gpu {
         self.encode_rope(enc, q, &k, pos, rope, rows as u32, s.n_heads as u32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
         for b in 0..st.active {
             let dst = words((b * st.capacity + st.cache_len) * kvw);
-            enc.copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
-            enc.copy_buffer_to_buffer(&v, words(b * st.t * kvw), vc, dst, words(st.t * kvw));
+            enc.encoder().copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
+            enc.encoder().copy_buffer_to_buffer(&v, words(b * st.t * kvw), vc, dst, words(st.t * kvw));
         }
         Ok(())
     }
 
     /// y = x · Wᵀ with the fusions of `fuse` (the weight must be this backend's).
-    fn matmul_into(&self, enc: &mut wgpu::CommandEncoder, x: &wgpu::Buffer, w: &Weight, y: &wgpu::Buffer, rows: usize, fuse: Fusion<'_>) -> Result<(), ModelError> {
+    fn matmul_into(&self, enc: &mut crate::gpu::Recorder, x: &wgpu::Buffer, w: &Weight, y: &wgpu::Buffer, rows: usize, fuse: Fusion<'_>) -> Result<(), ModelError> {
         let w = w.wgpu()?;
         Ok(self.encode_matmul_quant(enc, x, w, y, rows as u32, w.rows as u32, 0, fuse)?)
     }
@@ -137,7 +137,7 @@ impl Backend for Gpu {
         }
         let w = src.width;
         let (s, d) = (src.wgpu()?, dst.wgpu()?);
-        self.record(|enc| enc.copy_buffer_to_buffer(s, words(src_row * w), d, words(dst_row * w), words(n * w)));
+        self.record(|enc| enc.encoder().copy_buffer_to_buffer(s, words(src_row * w), d, words(dst_row * w), words(n * w)));
         Ok(())
     }
 
@@ -228,7 +228,7 @@ impl Backend for Gpu {
         let xb = x.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
             for (i, &r) in rows.iter().enumerate() {
-                enc.copy_buffer_to_buffer(xb, words(r * d), &gathered, words(i * d), words(d));
+                enc.encoder().copy_buffer_to_buffer(xb, words(r * d), &gathered, words(i * d), words(d));
             }
             self.encode_rmsnorm(enc, &gathered, norm.wgpu()?, &normed, n as u32, d as u32, eps);
             self.matmul_into(enc, &normed, head, &logits, n, Fusion::default())

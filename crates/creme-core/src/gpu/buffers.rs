@@ -86,7 +86,7 @@ impl Gpu {
         // The copy goes with the pending commands that produce `src`: one submission.
         // Never past the buffer's end (a length in bytes that is not a multiple of 4 rounds up).
         let size = size.min(src.size().saturating_sub(offset));
-        self.record(|enc| enc.copy_buffer_to_buffer(src, offset, &staging, 0, size));
+        self.record(|enc| enc.encoder().copy_buffer_to_buffer(src, offset, &staging, 0, size));
         self.flush();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {

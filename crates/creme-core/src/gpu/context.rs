@@ -143,7 +143,7 @@ pub struct Gpu {
     /// buffer over the adapter's limits, or the device lost (which stays).
     pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
     /// Commands recorded by backend ops and not yet submitted (see [`Gpu::flush`]).
-    pub(crate) pending: std::sync::Mutex<Option<wgpu::CommandEncoder>>,
+    pub(crate) pending: std::sync::Mutex<Option<super::Recorder>>,
     /// Scratch buffers of the backend ops by name, reused across layers and tokens.
     pub(crate) workspaces: std::sync::Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
     /// Objects made, dispatches and submissions so far (see [`Gpu::counts`]).
@@ -326,9 +326,9 @@ impl Gpu {
     }
 
     /// Record into the pending encoder (created on first use); [`Gpu::flush`] submits it.
-    pub(crate) fn record<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
+    pub(crate) fn record<R>(&self, f: impl FnOnce(&mut super::Recorder) -> R) -> R {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let enc = p.get_or_insert_with(|| self.new_encoder("ops"));
+        let enc = p.get_or_insert_with(|| self.new_recorder("ops"));
         f(enc)
     }
 

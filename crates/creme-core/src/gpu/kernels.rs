@@ -90,12 +90,12 @@ impl KernelRegistry {
 impl super::Gpu {
     /// Record one dispatch of kernel `name` over `storage` (bindings 0..) with `params` (the last
     /// binding), through a cached bind group.
-    pub(crate) fn dispatch(&self, enc: &mut wgpu::CommandEncoder, name: &str, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
+    pub(crate) fn dispatch(&self, enc: &mut crate::gpu::Recorder, name: &str, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
         self.dispatch_for(enc, name, None, storage, params, groups)
     }
 
     /// [`Gpu::dispatch`] on behalf of `role` (a weight's name), which profiles keep apart.
-    pub(crate) fn dispatch_for(&self, enc: &mut wgpu::CommandEncoder, name: &str, role: Option<&str>, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
+    pub(crate) fn dispatch_for(&self, enc: &mut crate::gpu::Recorder, name: &str, role: Option<&str>, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
         // A binding over the adapter's limit would be a wgpu validation error: refuse it by name.
         let limit = self.limits.max_storage_buffer_binding_size as u64;
         if let Some((i, b)) = storage.iter().enumerate().find(|(_, b)| b.size() > limit) {
@@ -104,12 +104,19 @@ impl super::Gpu {
         }
         let kernel = self.kernels.get(self, name);
         let bind = self.bind_group(&kernel, storage, params);
+        // Consecutive dispatches share one compute pass; a profiled one gets a pass of its own
+        // (timestamps are written per pass).
         let stamps = self.pass_timestamps(name, role);
-        let timestamp_writes = stamps.as_ref().map(|(set, i)| wgpu::ComputePassTimestampWrites { query_set: set, beginning_of_pass_write_index: Some(*i), end_of_pass_write_index: Some(i + 1) });
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(name), timestamp_writes });
+        let pass = match &stamps {
+            Some((set, i)) => enc.timed_pass(name, set, *i),
+            None => enc.pass(),
+        };
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind, &[params.offset()]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if stamps.is_some() {
+            enc.end_pass();
+        }
         self.count_dispatch();
     }
 

@@ -13,4 +13,4 @@ pub(crate) mod layers;
 pub use weight::{GpuWeight, WeightChunk, WeightUpload};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions, QmmPolicy};
 pub use profile::KernelTime;
-pub use resources::{GpuCounts, ParamSlot, PooledBuffer};
+pub use resources::{GpuCounts, ParamSlot, PooledBuffer, Recorder};

@@ -20,7 +20,7 @@ impl Gpu {
     /// Record y[m, n] = x[m, k] · w[n, k]ᵀ for f32 buffers.
     pub fn encode_matmul_f32(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        enc: &mut crate::gpu::Recorder,
         x: &wgpu::Buffer,
         w: &wgpu::Buffer,
         y: &wgpu::Buffer,
@@ -75,7 +75,7 @@ impl Gpu {
         let xb = self.upload("x", x);
         let wb = self.upload("w", w);
         let yb = self.storage("y", (m * n * 4) as u64);
-        let mut enc = self.new_encoder("ops");
+        let mut enc = self.new_recorder("ops");
         self.encode_matmul_f32(&mut enc, &xb, &wb, &yb, m as u32, n as u32, k as u32)?;
         self.submit(enc);
         if let Some(e) = scope.pop().await {
@@ -159,7 +159,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn encode_matmul_quant(
         &self,
-        enc: &mut wgpu::CommandEncoder,
+        enc: &mut crate::gpu::Recorder,
         x: &wgpu::Buffer,
         w: &super::GpuWeight,
         y: &wgpu::Buffer,
@@ -222,7 +222,7 @@ impl Gpu {
         let xb = self.upload("x", x);
         let bb = bias.map(|b| self.upload("bias", b));
         let yb = self.storage("y", (m * w.rows * 4) as u64);
-        let mut enc = self.new_encoder("ops");
+        let mut enc = self.new_recorder("ops");
         self.encode_matmul_quant(&mut enc, &xb, w, &yb, m as u32, w.rows as u32, 0, Fusion { bias: bb.as_ref(), ..Default::default() })?;
         self.submit(enc);
         if let Some(e) = scope.pop().await {
