@@ -1,6 +1,10 @@
 // Causal attention over the KV cache for a chunk of T new tokens per sequence (batch B,
 // left-padded). Query (b, t) sits at cache position p0 + t and sees keys pad[b] ..= p0 + t.
-// One workgroup per (b, t, head); scores live in workgroup memory (context <= 4096).
+// One workgroup per (b, t, head). Keys go in blocks of 64 with an online softmax: thread j scores
+// key j of the block, every thread takes the block's maximum, thread j writes its key's weight,
+// then thread d accumulates output dimension d (and d + 64, ... up to head_dim 256), its sum
+// rescaled when the running maximum grows. So any context length fits in 512 bytes of workgroup
+// memory (the browser's limit is 16 KiB).
 // GQA: query head h reads kv head h / (heads / kv_heads).
 struct Params { batch: u32, t: u32, heads: u32, kv_heads: u32, head_dim: u32, ctx: u32, p0: u32, scale: f32 }
 @group(0) @binding(0) var<storage, read> q: array<f32>;       // [B*T, heads, head_dim]
@@ -11,8 +15,9 @@ struct Params { batch: u32, t: u32, heads: u32, kv_heads: u32, head_dim: u32, ct
 @group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 64u;
-var<workgroup> sc: array<f32, 4096>;
-var<workgroup> red: array<f32, 64>;
+const DIMS_PER_THREAD: u32 = 4u; // head_dim <= 256
+var<workgroup> scores: array<f32, 64>;
+var<workgroup> weights: array<f32, 64>;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
@@ -28,43 +33,50 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let qb = (row * p.heads + h) * p.head_dim;
     let j0 = pad[b];
 
-    var mx = -3.4e38;
-    for (var j = j0 + lid; j <= jq; j += WG) {
-        let kb = (b * p.ctx + j) * kvw + kvh * p.head_dim;
-        var s = 0.0;
-        for (var d = 0u; d < p.head_dim; d++) { s = fma(q[qb + d], kc[kb + d], s); }
-        s *= p.scale;
-        sc[j] = s;
-        mx = max(mx, s);
-    }
-    red[lid] = mx;
-    workgroupBarrier();
-    for (var st = WG / 2u; st > 0u; st >>= 1u) {
-        if (lid < st) { red[lid] = max(red[lid], red[lid + st]); }
-        workgroupBarrier();
-    }
-    let m = red[0];
-    workgroupBarrier();
-    var sum = 0.0;
-    for (var j = j0 + lid; j <= jq; j += WG) {
-        let e = exp(sc[j] - m);
-        sc[j] = e;
-        sum += e;
-    }
-    red[lid] = sum;
-    workgroupBarrier();
-    for (var st = WG / 2u; st > 0u; st >>= 1u) {
-        if (lid < st) { red[lid] += red[lid + st]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    var inv = 0.0;
-    if (total > 0.0) { inv = 1.0 / total; }
-    for (var d = lid; d < p.head_dim; d += WG) {
-        var acc = 0.0;
-        for (var j = j0; j <= jq; j++) {
-            acc = fma(sc[j], vc[(b * p.ctx + j) * kvw + kvh * p.head_dim + d], acc);
+    var run_max = -3.4e38;
+    var run_sum = 0.0;
+    var acc: array<f32, 4>;
+    for (var i = 0u; i < DIMS_PER_THREAD; i++) { acc[i] = 0.0; }
+    for (var jb = j0; jb <= jq; jb += WG) {
+        let j = jb + lid;
+        var s = -3.4e38;
+        if (j <= jq) {
+            let kb = (b * p.ctx + j) * kvw + kvh * p.head_dim;
+            var dot = 0.0;
+            for (var d = 0u; d < p.head_dim; d++) { dot = fma(q[qb + d], kc[kb + d], dot); }
+            s = dot * p.scale;
         }
-        out[qb + d] = acc * inv;
+        scores[lid] = s;
+        workgroupBarrier();
+        var block_max = run_max;
+        for (var i = 0u; i < WG; i++) { block_max = max(block_max, scores[i]); }
+        var wj = 0.0;
+        if (j <= jq) { wj = exp(s - block_max); }
+        weights[lid] = wj;
+        workgroupBarrier();
+        // Key jb is always in range, so block_max is finite and the old sums shrink (or vanish).
+        let shrink = exp(run_max - block_max);
+        var block_sum = 0.0;
+        for (var i = 0u; i < DIMS_PER_THREAD; i++) { acc[i] *= shrink; }
+        let n = min(WG, jq + 1u - jb);
+        for (var i = 0u; i < n; i++) {
+            let wi = weights[i];
+            block_sum += wi;
+            let vb = (b * p.ctx + jb + i) * kvw + kvh * p.head_dim;
+            for (var k = 0u; k < DIMS_PER_THREAD; k++) {
+                let d = lid + k * WG;
+                if (d < p.head_dim) { acc[k] = fma(wi, vc[vb + d], acc[k]); }
+            }
+        }
+        run_sum = run_sum * shrink + block_sum;
+        run_max = block_max;
+        // Before the next block overwrites the scores and weights.
+        workgroupBarrier();
+    }
+    var inv = 0.0;
+    if (run_sum > 0.0) { inv = 1.0 / run_sum; }
+    for (var k = 0u; k < DIMS_PER_THREAD; k++) {
+        let d = lid + k * WG;
+        if (d < p.head_dim) { out[qb + d] = acc[k] * inv; }
     }
 }

@@ -349,3 +349,45 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
         assert_eq!((apart.3, joined.3), (7, if can_join { 5 } else { 7 }), "{what}: dispatches apart / joined");
     }
 }
+
+/// The attention kernel takes keys in blocks of 64 with an online softmax: contexts of one block,
+/// several blocks and more than the 4,096 positions the kernel once held in workgroup memory,
+/// with left padding, a chunk of several queries, GQA and head dimensions that are not a
+/// multiple of the 64 threads, agree with the CPU backend in f32 mode.
+#[test]
+fn attention_over_long_contexts_agrees_with_cpu() {
+    use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights};
+    let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let mut rng = SplitMix64(77);
+    for (cache_len, hd, heads, kv_heads) in [(20usize, 8usize, 4usize, 2usize), (150, 80, 2, 1), (4200, 16, 2, 2)] {
+        let (d, batch, t) = (32usize, 2usize, 3usize);
+        let cap = cache_len + t;
+        let (qw, kvw) = (heads * hd, kv_heads * hd);
+        let f32w = |dev: &Device, name: &str, rows: usize, cols: usize, v: &[f32]| dev.upload_weight(name, GgmlType::F32, rows, cols, &creme_tests::tiny::bytemuck_f32(v)).unwrap();
+        let (wq, wk, wv, wo) = (rng.vec_f32(qw * d), rng.vec_f32(kvw * d), rng.vec_f32(kvw * d), rng.vec_f32(d * qw));
+        let (norm, x0) = (rng.vec_f32(d), rng.vec_f32(batch * t * d));
+        let (k0, v0) = (rng.vec_f32(batch * cap * kvw), rng.vec_f32(batch * cap * kvw));
+        let pos: Vec<u32> = (0..batch * t).map(|r| (cache_len + r % t) as u32).collect();
+        let rope: Vec<f32> = (0..cap * hd / 2).flat_map(|i| [(i as f32 * 0.01).cos(), (i as f32 * 0.01).sin()]).collect();
+        let shape = BlockShape { d_model: d, d_ff: 32, n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, rms_eps: 1e-6, interleaved_rope: false };
+        let run = |dev: &Device| -> Vec<f32> {
+            let vec = |v: &[f32]| dev.upload("v", 1, v.len(), v).unwrap();
+            let lw = LayerWeights {
+                attn_norm: vec(&norm),
+                q: f32w(dev, "q", qw, d, &wq), k: f32w(dev, "k", kvw, d, &wk), v: f32w(dev, "v", kvw, d, &wv), o: f32w(dev, "o", d, qw, &wo),
+                q_bias: None, k_bias: None, v_bias: None, qkv_bias: None,
+                ffn_norm: vec(&norm),
+                gate: f32w(dev, "gate", 32, d, &[0.0; 32 * 32]), up: f32w(dev, "up", 32, d, &[0.0; 32 * 32]), down: f32w(dev, "down", d, 32, &[0.0; 32 * 32]),
+            };
+            let mut x = dev.upload("x", batch * t, d, &x0).unwrap();
+            let mut kv = KvLayer { k: dev.upload("k", batch * cap, kvw, &k0).unwrap(), v: dev.upload("v", batch * cap, kvw, &v0).unwrap() };
+            let (pos_t, pad_t) = (dev.upload_u32("pos", &pos).unwrap(), dev.upload_u32("pad", &[0, 13]).unwrap());
+            let rope_t = dev.upload("rope", cap, hd, &rope).unwrap();
+            let step = AttnStep { active: batch, t, cache_len, capacity: cap, pos: &pos_t, pad: &pad_t, rope: &rope_t };
+            dev.attention_block(&lw, &shape, &mut x, &mut kv, &step).unwrap();
+            read(dev, &x)
+        };
+        let err = scaled_err(&run(&gpu), &run(&cpu));
+        assert!(err < 1e-4, "context {cache_len} + {t}, head_dim {hd}: differs from the CPU backend by {err:.2e}");
+    }
+}

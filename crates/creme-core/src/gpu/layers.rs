@@ -65,8 +65,8 @@ struct EwParams {
     c: u32,
 }
 
-/// Longest context the attention kernel holds in workgroup memory.
-pub const MAX_ATTENTION_CONTEXT: usize = 4096;
+/// Largest head dimension the attention kernel accumulates (4 dimensions per thread of 64).
+pub const MAX_ATTENTION_HEAD_DIM: usize = 256;
 
 impl Gpu {
     pub(crate) fn encode_rmsnorm(&self, enc: &mut crate::gpu::Recorder, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, rows: u32, dim: u32, eps: f32) {

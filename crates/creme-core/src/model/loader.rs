@@ -11,10 +11,10 @@ use super::tokenizer::Tokenizer;
 use crate::backend::{Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight};
 use crate::gpu::WeightUpload;
 use crate::error::ModelError;
-use crate::gpu::layers::MAX_ATTENTION_CONTEXT;
+use crate::gpu::layers::MAX_ATTENTION_HEAD_DIM;
 
-/// Longest context the CPU backend runs (its rope table holds every position).
-pub const MAX_CPU_CONTEXT: usize = 1 << 17;
+/// Longest context either backend runs (the rope table holds every position).
+pub const MAX_CONTEXT: usize = 1 << 17;
 
 /// Collects a model's tensors as they arrive.
 pub struct ModelLoader {
@@ -169,10 +169,12 @@ impl ModelLoader {
         let head = self.weight("output.weight")?;
         let out_norm = self.vector("output_norm.weight")?;
         let embed = self.embed.take().ok_or(ModelError::Missing("tensor token_embd.weight".into()))?;
-        // Never past the trained context; the wgpu attention kernel keeps a row of scores in
-        // workgroup memory, and the CPU backend's rope table is computed up front.
-        let limit = if dev.kind() == BackendKind::Wgpu { MAX_ATTENTION_CONTEXT } else { MAX_CPU_CONTEXT };
-        let max_positions = max_positions.min(cfg.context_len.max(1)).min(limit);
+        // Never past the trained context (the rope table is computed up front).
+        if dev.kind() == BackendKind::Wgpu && cfg.head_dim > MAX_ATTENTION_HEAD_DIM {
+            let detail = format!("head dimension {} is over the wgpu kernel's {MAX_ATTENTION_HEAD_DIM} (--backend cpu runs it)", cfg.head_dim);
+            return Err(crate::GpuError::Shape { op: "attention", detail }.into());
+        }
+        let max_positions = max_positions.min(cfg.context_len.max(1)).min(MAX_CONTEXT);
         let table = rope_table(&cfg, max_positions);
         let rope = dev.upload("rope table", max_positions, cfg.head_dim, &table)?;
         let shape = BlockShape {
