@@ -131,9 +131,9 @@ pub fn kill_and_remove(dir: &Path) {
 fn v2_parent() -> io::Result<PathBuf> {
     let root = Path::new(ROOT);
     let parent = root.join("creme-sandbox");
-    if !parent.exists() {
-        fs::create_dir(&parent)?;
-    }
+    // Runs start in parallel: on a fresh machine several make the parent at once, and
+    // `create_dir_all` takes "it exists" as success where `create_dir` failed ("File exists").
+    fs::create_dir_all(&parent)?;
     for dir in [root, parent.as_path()] {
         let enabled = fs::read_to_string(dir.join("cgroup.subtree_control"))?;
         if !(enabled.contains("memory") && enabled.contains("pids")) {
