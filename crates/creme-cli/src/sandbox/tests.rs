@@ -11,6 +11,21 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The sandbox uids are one pool for the whole machine, and one test takes all of them: tests run
+/// in parallel, so every run holds this lock shared and that test holds it alone (without it, a
+/// run of another test failed for want of a uid, and that test found one free).
+static UID_POOL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn run_python(program: &str, limits: &Limits) -> RunResult {
+    let _shared = UID_POOL.read().unwrap_or_else(|e| e.into_inner());
+    super::run_python(program, limits)
+}
+
+fn run_program(program: &TestProgram, limits: &Limits) -> RunResult {
+    let _shared = UID_POOL.read().unwrap_or_else(|e| e.into_inner());
+    super::run_program(program, limits)
+}
+
 /// A HumanEval-style program: `completion` after a prompt, then a check that fails unless
 /// `f(2) == 4`.
 fn task(completion: &str) -> TestProgram {
@@ -211,8 +226,9 @@ fn no_free_uid_is_an_error_for_that_sample_never_a_run_as_root() {
     if !is_root() {
         return;
     }
+    let _alone = UID_POOL.write().unwrap_or_else(|e| e.into_inner());
     let held: Vec<_> = std::iter::from_fn(|| uids::lease().ok()).take(uids::SANDBOX_UIDS as usize + 1).collect();
-    let r = run_python("import os\nassert os.getuid() != 0\n", &quick());
+    let r = super::run_python("import os\nassert os.getuid() != 0\n", &quick());
     drop(held);
     assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Error, "sandbox"), "{r:?}");
     assert!(r.stderr_tail.contains("no free sandbox uid"), "{}", r.stderr_tail);
