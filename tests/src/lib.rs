@@ -7,19 +7,26 @@ use creme_core::{Device, Gpu, GpuOptions};
 
 /// Root of the repository (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `../shared` beside the repository, or `CREME_DATA_DIR`.
 pub fn shared_dir() -> PathBuf {
-    std::env::var_os("CREME_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared"))
+    std::env::var_os("CREME_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared"))
 }
 
 /// The model cache (`CREME_CACHE_DIR`, default `~/.cache/creme`).
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("CREME_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/creme"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/creme")
+        })
 }
 
 /// A GPU on the given backend list (`vulkan`, `gl`), or the environment's choice for None.
@@ -36,7 +43,9 @@ pub fn device_on(backend: &str) -> Device {
     match backend {
         "cpu" => Device::Cpu(creme_core::backend::cpu::CpuBackend::new()),
         "cpu-exact" => Device::Cpu(creme_core::backend::cpu::CpuBackend::exact()),
-        wgpu => Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}"))),
+        wgpu => {
+            Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}")))
+        }
     }
 }
 
@@ -50,8 +59,15 @@ pub fn model_path(which: &str) -> PathBuf {
         "smollm2" => "smollm2-135m-instruct-q4_1.gguf",
         other => panic!("unknown model {other}"),
     };
-    let p = std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models")).join(file);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    let p = std::env::var_os("CREME_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models"))
+        .join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }
 
@@ -61,10 +77,16 @@ pub fn read_header(path: &std::path::Path) -> creme_core::model::GgufHeader {
     let mut want = 1 << 20;
     loop {
         let mut buf = Vec::new();
-        std::fs::File::open(path).unwrap().take(want as u64).read_to_end(&mut buf).unwrap();
+        std::fs::File::open(path)
+            .unwrap()
+            .take(want as u64)
+            .read_to_end(&mut buf)
+            .unwrap();
         match creme_core::model::GgufHeader::parse(&buf) {
             Ok(h) => return h,
-            Err(creme_core::ModelError::Truncated { need, .. }) if (buf.len() as u64) == want as u64 => {
+            Err(creme_core::ModelError::Truncated { need, .. })
+                if (buf.len() as u64) == want as u64 =>
+            {
                 want = (need as usize).max(want * 2)
             }
             Err(e) => panic!("{}: {e}", path.display()),
@@ -74,7 +96,11 @@ pub fn read_header(path: &std::path::Path) -> creme_core::model::GgufHeader {
 
 /// Random GGUF blocks of type `t` whose f16 scale fields hold small positive values (random bytes
 /// there could be NaN/Inf), so dequantized weights are finite.
-pub fn random_blocks(t: creme_core::model::GgmlType, nblocks: usize, rng: &mut creme_core::cpu::SplitMix64) -> Vec<u8> {
+pub fn random_blocks(
+    t: creme_core::model::GgmlType,
+    nblocks: usize,
+    rng: &mut creme_core::cpu::SplitMix64,
+) -> Vec<u8> {
     use creme_core::model::GgmlType as G;
     let bb = t.block_bytes();
     let mut out: Vec<u8> = (0..nblocks * bb).map(|_| rng.next_u64() as u8).collect();
@@ -88,7 +114,11 @@ pub fn random_blocks(t: creme_core::model::GgmlType, nblocks: usize, rng: &mut c
         G::F16 | G::BF16 => {
             for v in out.chunks_mut(2) {
                 let x = (rng.next_f32()) as f32;
-                let bits = if t == G::F16 { half::f16::from_f32(x).to_bits() } else { half::bf16::from_f32(x).to_bits() };
+                let bits = if t == G::F16 {
+                    half::f16::from_f32(x).to_bits()
+                } else {
+                    half::bf16::from_f32(x).to_bits()
+                };
                 v.copy_from_slice(&bits.to_le_bytes());
             }
             return out;
@@ -108,7 +138,19 @@ pub fn random_blocks(t: creme_core::model::GgmlType, nblocks: usize, rng: &mut c
 
 pub const ALL_TYPES: [creme_core::model::GgmlType; 11] = {
     use creme_core::model::GgmlType as G;
-    [G::F32, G::F16, G::BF16, G::Q4_0, G::Q4_1, G::Q5_0, G::Q5_1, G::Q8_0, G::Q4K, G::Q5K, G::Q6K]
+    [
+        G::F32,
+        G::F16,
+        G::BF16,
+        G::Q4_0,
+        G::Q4_1,
+        G::Q5_0,
+        G::Q5_1,
+        G::Q8_0,
+        G::Q4K,
+        G::Q5K,
+        G::Q6K,
+    ]
 };
 
 /// A tiny random qwen2-architecture model (2 layers, d_model 64, byte-level vocabulary of 257),
@@ -140,7 +182,10 @@ pub mod tiny {
         }
         let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
         pairs.sort();
-        pairs.into_iter().map(|(_, c)| char::from_u32(c).unwrap()).collect()
+        pairs
+            .into_iter()
+            .map(|(_, c)| char::from_u32(c).unwrap())
+            .collect()
     }
 
     /// (HF name, GGUF name, HF shape [out, in] or [n], values)
@@ -153,25 +198,115 @@ pub mod tiny {
             let v = (0..n).map(|_| rng.next_f32() * scale + offset).collect();
             w.push((hf, gg, shape, v));
         };
-        add("model.embed_tokens.weight".into(), "token_embd.weight".into(), vec![vocab, D], 1.0, 0.0);
+        add(
+            "model.embed_tokens.weight".into(),
+            "token_embd.weight".into(),
+            vec![vocab, D],
+            1.0,
+            0.0,
+        );
         for l in 0..LAYERS {
             let hf = |s: &str| format!("model.layers.{l}.{s}");
             let gg = |s: &str| format!("blk.{l}.{s}");
-            add(hf("input_layernorm.weight"), gg("attn_norm.weight"), vec![D], 0.1, 1.0);
-            add(hf("self_attn.q_proj.weight"), gg("attn_q.weight"), vec![D, D], 0.2, 0.0);
-            add(hf("self_attn.k_proj.weight"), gg("attn_k.weight"), vec![KV * HD, D], 0.2, 0.0);
-            add(hf("self_attn.v_proj.weight"), gg("attn_v.weight"), vec![KV * HD, D], 0.2, 0.0);
-            add(hf("self_attn.q_proj.bias"), gg("attn_q.bias"), vec![D], 0.1, 0.0);
-            add(hf("self_attn.k_proj.bias"), gg("attn_k.bias"), vec![KV * HD], 0.1, 0.0);
-            add(hf("self_attn.v_proj.bias"), gg("attn_v.bias"), vec![KV * HD], 0.1, 0.0);
-            add(hf("self_attn.o_proj.weight"), gg("attn_output.weight"), vec![D, D], 0.2, 0.0);
-            add(hf("post_attention_layernorm.weight"), gg("ffn_norm.weight"), vec![D], 0.1, 1.0);
-            add(hf("mlp.gate_proj.weight"), gg("ffn_gate.weight"), vec![FF, D], 0.2, 0.0);
-            add(hf("mlp.up_proj.weight"), gg("ffn_up.weight"), vec![FF, D], 0.2, 0.0);
-            add(hf("mlp.down_proj.weight"), gg("ffn_down.weight"), vec![D, FF], 0.2, 0.0);
+            add(
+                hf("input_layernorm.weight"),
+                gg("attn_norm.weight"),
+                vec![D],
+                0.1,
+                1.0,
+            );
+            add(
+                hf("self_attn.q_proj.weight"),
+                gg("attn_q.weight"),
+                vec![D, D],
+                0.2,
+                0.0,
+            );
+            add(
+                hf("self_attn.k_proj.weight"),
+                gg("attn_k.weight"),
+                vec![KV * HD, D],
+                0.2,
+                0.0,
+            );
+            add(
+                hf("self_attn.v_proj.weight"),
+                gg("attn_v.weight"),
+                vec![KV * HD, D],
+                0.2,
+                0.0,
+            );
+            add(
+                hf("self_attn.q_proj.bias"),
+                gg("attn_q.bias"),
+                vec![D],
+                0.1,
+                0.0,
+            );
+            add(
+                hf("self_attn.k_proj.bias"),
+                gg("attn_k.bias"),
+                vec![KV * HD],
+                0.1,
+                0.0,
+            );
+            add(
+                hf("self_attn.v_proj.bias"),
+                gg("attn_v.bias"),
+                vec![KV * HD],
+                0.1,
+                0.0,
+            );
+            add(
+                hf("self_attn.o_proj.weight"),
+                gg("attn_output.weight"),
+                vec![D, D],
+                0.2,
+                0.0,
+            );
+            add(
+                hf("post_attention_layernorm.weight"),
+                gg("ffn_norm.weight"),
+                vec![D],
+                0.1,
+                1.0,
+            );
+            add(
+                hf("mlp.gate_proj.weight"),
+                gg("ffn_gate.weight"),
+                vec![FF, D],
+                0.2,
+                0.0,
+            );
+            add(
+                hf("mlp.up_proj.weight"),
+                gg("ffn_up.weight"),
+                vec![FF, D],
+                0.2,
+                0.0,
+            );
+            add(
+                hf("mlp.down_proj.weight"),
+                gg("ffn_down.weight"),
+                vec![D, FF],
+                0.2,
+                0.0,
+            );
         }
-        add("model.norm.weight".into(), "output_norm.weight".into(), vec![D], 0.1, 1.0);
-        add("lm_head.weight".into(), "output.weight".into(), vec![vocab, D], 0.5, 0.0);
+        add(
+            "model.norm.weight".into(),
+            "output_norm.weight".into(),
+            vec![D],
+            0.1,
+            1.0,
+        );
+        add(
+            "lm_head.weight".into(),
+            "output.weight".into(),
+            vec![vocab, D],
+            0.5,
+            0.0,
+        );
         w
     }
 
@@ -187,16 +322,31 @@ pub mod tiny {
             (format!("{arch}.block_count"), Value::U32(LAYERS as u32)),
             (format!("{arch}.embedding_length"), Value::U32(D as u32)),
             (format!("{arch}.feed_forward_length"), Value::U32(FF as u32)),
-            (format!("{arch}.attention.head_count"), Value::U32(HEADS as u32)),
-            (format!("{arch}.attention.head_count_kv"), Value::U32(KV as u32)),
+            (
+                format!("{arch}.attention.head_count"),
+                Value::U32(HEADS as u32),
+            ),
+            (
+                format!("{arch}.attention.head_count_kv"),
+                Value::U32(KV as u32),
+            ),
             (format!("{arch}.context_length"), Value::U32(256)),
             (format!("{arch}.rope.freq_base"), Value::F32(10000.0)),
-            (format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+            (
+                format!("{arch}.attention.layer_norm_rms_epsilon"),
+                Value::F32(1e-6),
+            ),
             ("tokenizer.ggml.model".into(), s("gpt2")),
             ("tokenizer.ggml.pre".into(), s("qwen2")),
             ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into())),
-            ("tokenizer.ggml.token_type".into(), Value::Array(types.into())),
-            ("tokenizer.ggml.merges".into(), Value::Array(Vec::<String>::new().into())),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(types.into()),
+            ),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(Vec::<String>::new().into()),
+            ),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(256)),
         ]
     }
@@ -223,5 +373,4 @@ pub mod tiny {
     pub fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
-
 }

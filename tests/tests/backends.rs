@@ -48,7 +48,11 @@ fn quantized_matmul_agrees_across_backends() {
             }
             let tol = if t.block_elems() == 1 { 1e-5 } else { 2e-2 };
             let err = scaled_err(&outs[0], &outs[1]);
-            assert!(err < tol, "{} [{rows} x {k}] m={m}: cpu vs wgpu scaled error {err:.2e}", t.name());
+            assert!(
+                err < tol,
+                "{} [{rows} x {k}] m={m}: cpu vs wgpu scaled error {err:.2e}",
+                t.name()
+            );
         }
     }
 }
@@ -62,20 +66,44 @@ fn edit_and_readout_ops_agree_across_backends() {
         let (x, w) = (rng.vec_f32(m * k), rng.vec_f32(n * k));
         let mut outs = Vec::new();
         for dev in [&cpu, &gpu] {
-            let (xt, wt, mut y) = (dev.upload("x", m, k, &x).unwrap(), dev.upload("w", n, k, &w).unwrap(), dev.zeros("y", m, n).unwrap());
+            let (xt, wt, mut y) = (
+                dev.upload("x", m, k, &x).unwrap(),
+                dev.upload("w", n, k, &w).unwrap(),
+                dev.zeros("y", m, n).unwrap(),
+            );
             dev.matmul_f32(&xt, &wt, &mut y, m, n, k).unwrap();
             outs.push(read(dev, &y));
         }
-        assert!(max_rel_err(&outs[0], &outs[1]) < 1e-4, "matmul_f32 {m}x{n}x{k}");
+        assert!(
+            max_rel_err(&outs[0], &outs[1]) < 1e-4,
+            "matmul_f32 {m}x{n}x{k}"
+        );
     }
     let n = 1001;
     let (w0, g) = (rng.vec_f32(n), rng.vec_f32(n));
     let mut outs = Vec::new();
     for dev in [&cpu, &gpu] {
-        let (mut w, gt) = (dev.upload("w", 1, n, &w0).unwrap(), dev.upload("g", 1, n, &g).unwrap());
+        let (mut w, gt) = (
+            dev.upload("w", 1, n, &w0).unwrap(),
+            dev.upload("g", 1, n, &g).unwrap(),
+        );
         let (mut m, mut v) = (dev.zeros("m", 1, n).unwrap(), dev.zeros("v", 1, n).unwrap());
         for t in 1..=3 {
-            dev.adam(&mut w, &gt, &mut m, &mut v, AdamStep { lr: 1e-2, b1: 0.9, b2: 0.999, eps: 1e-8, scale: 0.5, t }).unwrap();
+            dev.adam(
+                &mut w,
+                &gt,
+                &mut m,
+                &mut v,
+                AdamStep {
+                    lr: 1e-2,
+                    b1: 0.9,
+                    b2: 0.999,
+                    eps: 1e-8,
+                    scale: 0.5,
+                    t,
+                },
+            )
+            .unwrap();
         }
         outs.push(read(dev, &w));
     }
@@ -89,7 +117,11 @@ fn edit_and_readout_ops_agree_across_backends() {
         let mut copy = dev.zeros("copy", rows + 2, width).unwrap();
         dev.copy_rows(&lt, 1, &mut copy, 2, 3).unwrap();
         let lp = pollster::block_on(dev.token_logprobs(&lt, &targets)).unwrap();
-        got.push((pollster::block_on(dev.argmax(&lt)).unwrap(), lp, read(dev, &copy)));
+        got.push((
+            pollster::block_on(dev.argmax(&lt)).unwrap(),
+            lp,
+            read(dev, &copy),
+        ));
     }
     assert_eq!(got[0].0, got[1].0, "argmax");
     assert!(scaled_err(&got[0].1, &got[1].1) < 1e-5, "token_logprobs");
@@ -101,7 +133,15 @@ fn run(dev: &Device, file: &[u8], prompt: &str, steps: usize) -> (Vec<f32>, Vec<
     let model = Model::from_gguf_bytes(dev, file, 256).unwrap();
     let ids = model.tokenizer.encode(prompt).unwrap();
     let mut cache = model.new_cache(dev, vec![0], ids.len() + steps).unwrap();
-    let out = model.forward(dev, &mut cache, &[ids.clone()], &Hooks::default(), Logits::All).unwrap();
+    let out = model
+        .forward(
+            dev,
+            &mut cache,
+            &[ids.clone()],
+            &Hooks::default(),
+            Logits::All,
+        )
+        .unwrap();
     let all = read(dev, out.logits.as_ref().unwrap());
     let v = model.cfg.vocab;
     let (mut tokens, mut margins) = (Vec::new(), Vec::new());
@@ -110,7 +150,15 @@ fn run(dev: &Device, file: &[u8], prompt: &str, steps: usize) -> (Vec<f32>, Vec<
         let (best, margin) = top2(&last);
         tokens.push(best);
         margins.push(margin);
-        let out = model.forward(dev, &mut cache, &[vec![best]], &Hooks::default(), Logits::Last).unwrap();
+        let out = model
+            .forward(
+                dev,
+                &mut cache,
+                &[vec![best]],
+                &Hooks::default(),
+                Logits::Last,
+            )
+            .unwrap();
         last = read(dev, out.logits.as_ref().unwrap());
     }
     (all, tokens, margins)
@@ -129,7 +177,11 @@ fn assert_same_greedy(what: &str, cpu: &[u32], gpu: &[u32], gpu_margins: &[f32],
         if gpu_margins[i] < eps {
             return;
         }
-        assert_eq!(cpu[i], gpu[i], "{what}: greedy token {i} differs (wgpu margin {})", gpu_margins[i]);
+        assert_eq!(
+            cpu[i], gpu[i],
+            "{what}: greedy token {i} differs (wgpu margin {})",
+            gpu_margins[i]
+        );
     }
 }
 
@@ -140,13 +192,25 @@ fn tiny_models_agree_across_backends() {
     let (cpu, gpu) = pair();
     for arch in ["qwen2", "llama"] {
         let f32_file = tiny_gguf_arch(arch);
-        for (t, tol) in [(GgmlType::F32, 1e-4f32), (GgmlType::Q8_0, 3e-2), (GgmlType::Q4_0, 3e-2)] {
-            let file = if t == GgmlType::F32 { f32_file.clone() } else { requantize(&f32_file, t).unwrap() };
+        for (t, tol) in [
+            (GgmlType::F32, 1e-4f32),
+            (GgmlType::Q8_0, 3e-2),
+            (GgmlType::Q4_0, 3e-2),
+        ] {
+            let file = if t == GgmlType::F32 {
+                f32_file.clone()
+            } else {
+                requantize(&f32_file, t).unwrap()
+            };
             let prompt = "def add(a, b):\n    return a + b\n";
             let (lc, tc, _) = run(&cpu, &file, prompt, 12);
             let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
             let err = scaled_err(&lc, &lg);
-            assert!(err < tol, "{arch} {}: logits differ by {err:.2e} (tolerance {tol:.0e})", t.name());
+            assert!(
+                err < tol,
+                "{arch} {}: logits differ by {err:.2e} (tolerance {tol:.0e})",
+                t.name()
+            );
             assert_same_greedy(&format!("{arch} {}", t.name()), &tc, &tg, &mg, 0.05);
         }
     }
@@ -173,13 +237,22 @@ fn smollm2_agrees_across_backends() {
 fn cpu_rows_do_not_depend_on_their_batch_or_chunk() {
     use creme_core::generate::left_pad;
     let dev = device_on("cpu");
-    let model = Model::from_gguf_bytes(&dev, &std::fs::read(model_path("smollm2")).unwrap(), 256).unwrap();
-    let a = model.tokenizer.encode("def add(a, b):\n    return a + b\n").unwrap();
-    let b = model.tokenizer.encode("# A longer prompt, so that the batch left-pads the first one.\ndef mul(a, b):\n").unwrap();
+    let model =
+        Model::from_gguf_bytes(&dev, &std::fs::read(model_path("smollm2")).unwrap(), 256).unwrap();
+    let a = model
+        .tokenizer
+        .encode("def add(a, b):\n    return a + b\n")
+        .unwrap();
+    let b = model
+        .tokenizer
+        .encode("# A longer prompt, so that the batch left-pads the first one.\ndef mul(a, b):\n")
+        .unwrap();
     let v = model.cfg.vocab;
     let last_rows = |batch: &[Vec<u32>], pads: Vec<u32>| -> Vec<f32> {
         let mut cache = model.new_cache(&dev, pads, batch[0].len()).unwrap();
-        let out = model.forward(&dev, &mut cache, batch, &Hooks::default(), Logits::Last).unwrap();
+        let out = model
+            .forward(&dev, &mut cache, batch, &Hooks::default(), Logits::Last)
+            .unwrap();
         read(&dev, out.logits.as_ref().unwrap())
     };
     let alone = last_rows(&[a.clone()], vec![0]);
@@ -187,12 +260,32 @@ fn cpu_rows_do_not_depend_on_their_batch_or_chunk() {
     let batched = last_rows(&batch, pads);
     let stepped = {
         let mut cache = model.new_cache(&dev, vec![0], a.len()).unwrap();
-        model.forward(&dev, &mut cache, &[a[..a.len() - 1].to_vec()], &Hooks::default(), Logits::None).unwrap();
-        let out = model.forward(&dev, &mut cache, &[vec![a[a.len() - 1]]], &Hooks::default(), Logits::Last).unwrap();
+        model
+            .forward(
+                &dev,
+                &mut cache,
+                &[a[..a.len() - 1].to_vec()],
+                &Hooks::default(),
+                Logits::None,
+            )
+            .unwrap();
+        let out = model
+            .forward(
+                &dev,
+                &mut cache,
+                &[vec![a[a.len() - 1]]],
+                &Hooks::default(),
+                Logits::Last,
+            )
+            .unwrap();
         read(&dev, out.logits.as_ref().unwrap())
     };
     let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
-    assert_eq!(bits(&alone), bits(&batched[..v]), "alone vs left-padded in a batch");
+    assert_eq!(
+        bits(&alone),
+        bits(&batched[..v]),
+        "alone vs left-padded in a batch"
+    );
     assert_eq!(bits(&alone), bits(&stepped), "prompt pass vs decode step");
 }
 
@@ -206,18 +299,43 @@ fn logprob_trace_agrees_across_backends() {
     let mut got = Vec::new();
     for dev in [&cpu, &gpu] {
         let m = Model::from_gguf_bytes(dev, &file, 256).unwrap();
-        let clean = m.tokenizer.encode("Return the largest element of the list.").unwrap();
-        let pert = m.tokenizer.encode("Retrun teh largets elemnt of the lsit.").unwrap();
+        let clean = m
+            .tokenizer
+            .encode("Return the largest element of the list.")
+            .unwrap();
+        let pert = m
+            .tokenizer
+            .encode("Retrun teh largets elemnt of the lsit.")
+            .unwrap();
         let target = m.tokenizer.encode("    return max(xs)\n").unwrap();
         let setup = pollster::block_on(prepare(dev, &m, &clean, &pert, &target)).unwrap();
-        let tr = pollster::block_on(trace_layers(dev, &m, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob)).unwrap();
+        let tr = pollster::block_on(trace_layers(
+            dev,
+            &m,
+            &setup,
+            PatchPositions::AllPrompt,
+            &mut RestorationByLogprob,
+        ))
+        .unwrap();
         got.push((setup.lp_clean, setup.lp_pert, tr.scores));
     }
     let (c, g) = (&got[0], &got[1]);
-    assert!((c.0 - c.1).abs() > 1e-3, "clean and perturbed log-probabilities are equal: {c:?}");
-    assert!((c.0 - g.0).abs() < 1e-3 * c.0.abs().max(1.0) && (c.1 - g.1).abs() < 1e-3 * c.1.abs().max(1.0), "lp cpu {:?} vs wgpu {:?}", (c.0, c.1), (g.0, g.1));
+    assert!(
+        (c.0 - c.1).abs() > 1e-3,
+        "clean and perturbed log-probabilities are equal: {c:?}"
+    );
+    assert!(
+        (c.0 - g.0).abs() < 1e-3 * c.0.abs().max(1.0)
+            && (c.1 - g.1).abs() < 1e-3 * c.1.abs().max(1.0),
+        "lp cpu {:?} vs wgpu {:?}",
+        (c.0, c.1),
+        (g.0, g.1)
+    );
     for (l, (a, b)) in c.2.iter().zip(&g.2).enumerate() {
-        assert!((a - b).abs() < 1e-2, "layer {l}: restoration {a} (cpu) vs {b} (wgpu)");
+        assert!(
+            (a - b).abs() < 1e-2,
+            "layer {l}: restoration {a} (cpu) vs {b} (wgpu)"
+        );
     }
 }
 
@@ -246,11 +364,21 @@ fn a_decoded_token_reuses_every_gpu_object() {
     let model = Model::from_gguf_bytes(&gpu, &file, 256).unwrap();
     let ids = model.tokenizer.encode("def add(a, b):").unwrap();
     let greedy = |cache: &mut creme_core::model::KvCache, tokens: &[u32]| -> u32 {
-        let out = model.forward(&gpu, cache, &[tokens.to_vec()], &Hooks::default(), Logits::Last).unwrap();
+        let out = model
+            .forward(
+                &gpu,
+                cache,
+                &[tokens.to_vec()],
+                &Hooks::default(),
+                Logits::Last,
+            )
+            .unwrap();
         pollster::block_on(gpu.argmax(out.logits.as_ref().unwrap())).unwrap()[0]
     };
     let decode = |steps: usize, mut observe: Box<dyn FnMut(usize) + '_>| -> Vec<u32> {
-        let mut cache = model.new_cache(&gpu, vec![0], ids.len() + steps + 1).unwrap();
+        let mut cache = model
+            .new_cache(&gpu, vec![0], ids.len() + steps + 1)
+            .unwrap();
         let mut out = vec![greedy(&mut cache, &ids)];
         for i in 0..steps {
             observe(i);
@@ -261,20 +389,34 @@ fn a_decoded_token_reuses_every_gpu_object() {
     let g = gpu.gpu().unwrap();
     let (warmup, steps) = (4, 24);
     let marks = std::cell::RefCell::new(Vec::new());
-    let tokens = decode(warmup + steps, Box::new(|i| {
-        if i == warmup || i == warmup + steps - 1 {
-            marks.borrow_mut().push((g.counts(), g.live_objects()));
-        }
-    }));
+    let tokens = decode(
+        warmup + steps,
+        Box::new(|i| {
+            if i == warmup || i == warmup + steps - 1 {
+                marks.borrow_mut().push((g.counts(), g.live_objects()));
+            }
+        }),
+    );
     let marks = marks.into_inner();
     let ((c0, live0), (c1, live1)) = (marks[0], marks[1]);
     let c = c1.since(&c0);
     let n = (steps - 1) as u64;
-    assert_eq!((c.buffers, c.bind_groups, c.pipelines), (0, 0, 0), "objects made over {n} decoded tokens: {c:?}");
+    assert_eq!(
+        (c.buffers, c.bind_groups, c.pipelines),
+        (0, 0, 0),
+        "objects made over {n} decoded tokens: {c:?}"
+    );
     assert_eq!(c.submissions, n, "one submission per decoded token: {c:?}");
-    assert_eq!((live0, live1), (live0, live0), "wgpu's live buffers and bind groups");
+    assert_eq!(
+        (live0, live1),
+        (live0, live0),
+        "wgpu's live buffers and bind groups"
+    );
     let again = decode(warmup + steps, Box::new(|_| {}));
-    assert_eq!(tokens, again, "a second run over reused buffers decodes the same tokens");
+    assert_eq!(
+        tokens, again,
+        "a second run over reused buffers decodes the same tokens"
+    );
 }
 
 /// The attention block on wgpu with the projections joined in one buffer (one matmul, then bias,
@@ -290,63 +432,166 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
     use creme_core::gpu::WeightUpload;
     // The reference is the CPU backend in its f32 mode (the default mode quantizes activations).
     let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
-    let (d, heads, kv_heads, hd, batch, t, cache_len, cap) = (64usize, 4usize, 1usize, 8usize, 2usize, 5usize, 3usize, 11usize);
+    let (d, heads, kv_heads, hd, batch, t, cache_len, cap) = (
+        64usize, 4usize, 1usize, 8usize, 2usize, 5usize, 3usize, 11usize,
+    );
     let (qw, kvw) = (heads * hd, kv_heads * hd);
     let mut rng = SplitMix64(21);
-    for (interleaved, with_bias, formats) in [(false, true, [GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0]), (true, false, [GgmlType::Q8_0; 3]), (false, false, [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::Q8_0])] {
+    for (interleaved, with_bias, formats) in [
+        (
+            false,
+            true,
+            [GgmlType::Q5_0, GgmlType::Q5_0, GgmlType::Q8_0],
+        ),
+        (true, false, [GgmlType::Q8_0; 3]),
+        (
+            false,
+            false,
+            [GgmlType::Q4K, GgmlType::Q8_0, GgmlType::Q8_0],
+        ),
+    ] {
         let d = if formats[0] == GgmlType::Q4K { 256 } else { d };
-        let raws: Vec<Vec<u8>> = [qw, kvw, kvw].iter().zip(formats).map(|(&r, f)| random_blocks(f, r * d / f.block_elems(), &mut rng)).collect();
+        let raws: Vec<Vec<u8>> = [qw, kvw, kvw]
+            .iter()
+            .zip(formats)
+            .map(|(&r, f)| random_blocks(f, r * d / f.block_elems(), &mut rng))
+            .collect();
         let o_raw = creme_tests::tiny::bytemuck_f32(&rng.vec_f32(d * qw));
         let unused: Vec<u8> = vec![0; 32 * d * 4];
         let (norm, x0) = (rng.vec_f32(d), rng.vec_f32(batch * t * d));
         let biases: Vec<Vec<f32>> = [qw, kvw, kvw].iter().map(|&n| rng.vec_f32(n)).collect();
-        let (k0, v0) = (rng.vec_f32(batch * cap * kvw), rng.vec_f32(batch * cap * kvw));
+        let (k0, v0) = (
+            rng.vec_f32(batch * cap * kvw),
+            rng.vec_f32(batch * cap * kvw),
+        );
         let pos: Vec<u32> = (0..batch * t).map(|r| (cache_len + r % t) as u32).collect();
-        let rope: Vec<f32> = (0..cap * hd / 2).flat_map(|i| [(i as f32 * 0.37).cos(), (i as f32 * 0.37).sin()]).collect();
-        let shape = BlockShape { d_model: d, d_ff: 32, n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, rms_eps: 1e-6, interleaved_rope: interleaved };
+        let rope: Vec<f32> = (0..cap * hd / 2)
+            .flat_map(|i| [(i as f32 * 0.37).cos(), (i as f32 * 0.37).sin()])
+            .collect();
+        let shape = BlockShape {
+            d_model: d,
+            d_ff: 32,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            rms_eps: 1e-6,
+            interleaved_rope: interleaved,
+        };
         let run = |dev: &Device, joined: bool| -> (Vec<f32>, Vec<f32>, Vec<f32>, u64) {
-            let uploads: Vec<WeightUpload> = ["q", "k", "v"].iter().zip(&raws).zip([qw, kvw, kvw]).zip(formats).map(|(((n, b), r), f)| WeightUpload { name: n, dtype: f, rows: r, cols: d, bytes: b }).collect();
-            let mut w = if joined { dev.upload_weight_group(&uploads).unwrap() } else { uploads.iter().map(|u| dev.upload_weight(u.name, u.dtype, u.rows, u.cols, u.bytes).unwrap()).collect() };
+            let uploads: Vec<WeightUpload> = ["q", "k", "v"]
+                .iter()
+                .zip(&raws)
+                .zip([qw, kvw, kvw])
+                .zip(formats)
+                .map(|(((n, b), r), f)| WeightUpload {
+                    name: n,
+                    dtype: f,
+                    rows: r,
+                    cols: d,
+                    bytes: b,
+                })
+                .collect();
+            let mut w = if joined {
+                dev.upload_weight_group(&uploads).unwrap()
+            } else {
+                uploads
+                    .iter()
+                    .map(|u| {
+                        dev.upload_weight(u.name, u.dtype, u.rows, u.cols, u.bytes)
+                            .unwrap()
+                    })
+                    .collect()
+            };
             let (v, k, q) = (w.pop().unwrap(), w.pop().unwrap(), w.pop().unwrap());
             let vec = |v: &[f32]| dev.upload("v", 1, v.len(), v).unwrap();
             let bias = |i: usize| with_bias.then(|| vec(&biases[i]));
             let all: Vec<f32> = biases.concat();
             let lw = LayerWeights {
                 attn_norm: vec(&norm),
-                q, k, v,
-                o: dev.upload_weight("o", GgmlType::F32, d, qw, &o_raw).unwrap(),
-                q_bias: bias(0), k_bias: bias(1), v_bias: bias(2),
+                q,
+                k,
+                v,
+                o: dev
+                    .upload_weight("o", GgmlType::F32, d, qw, &o_raw)
+                    .unwrap(),
+                q_bias: bias(0),
+                k_bias: bias(1),
+                v_bias: bias(2),
                 qkv_bias: with_bias.then(|| vec(&all)),
                 ffn_norm: vec(&norm),
                 // The MLP is not run here.
-                gate: dev.upload_weight("gate", GgmlType::F32, 32, d, &unused).unwrap(),
-                up: dev.upload_weight("up", GgmlType::F32, 32, d, &unused).unwrap(),
-                down: dev.upload_weight("down", GgmlType::F32, d, 32, &unused).unwrap(),
+                gate: dev
+                    .upload_weight("gate", GgmlType::F32, 32, d, &unused)
+                    .unwrap(),
+                up: dev
+                    .upload_weight("up", GgmlType::F32, 32, d, &unused)
+                    .unwrap(),
+                down: dev
+                    .upload_weight("down", GgmlType::F32, d, 32, &unused)
+                    .unwrap(),
             };
             let mut x = dev.upload("x", batch * t, d, &x0).unwrap();
-            let mut kv = KvLayer { k: dev.upload("k", batch * cap, kvw, &k0).unwrap(), v: dev.upload("v", batch * cap, kvw, &v0).unwrap() };
-            let (pos_t, pad_t): (Tensor, Tensor) = (dev.upload_u32("pos", &pos).unwrap(), dev.upload_u32("pad", &[0, 1]).unwrap());
+            let mut kv = KvLayer {
+                k: dev.upload("k", batch * cap, kvw, &k0).unwrap(),
+                v: dev.upload("v", batch * cap, kvw, &v0).unwrap(),
+            };
+            let (pos_t, pad_t): (Tensor, Tensor) = (
+                dev.upload_u32("pos", &pos).unwrap(),
+                dev.upload_u32("pad", &[0, 1]).unwrap(),
+            );
             let rope_t = dev.upload("rope", cap, hd, &rope).unwrap();
-            let step = AttnStep { active: batch, t, cache_len, capacity: cap, pos: &pos_t, pad: &pad_t, rope: &rope_t };
+            let step = AttnStep {
+                active: batch,
+                t,
+                cache_len,
+                capacity: cap,
+                pos: &pos_t,
+                pad: &pad_t,
+                rope: &rope_t,
+            };
             let before = dev.gpu().map(|g| g.counts());
-            dev.attention_block(&lw, &shape, &mut x, &mut kv, &step).unwrap();
-            let dispatches = dev.gpu().map_or(0, |g| g.counts().since(&before.unwrap()).dispatches);
-            (read(dev, &x), read(dev, &kv.k), read(dev, &kv.v), dispatches)
+            dev.attention_block(&lw, &shape, &mut x, &mut kv, &step)
+                .unwrap();
+            let dispatches = dev
+                .gpu()
+                .map_or(0, |g| g.counts().since(&before.unwrap()).dispatches);
+            (
+                read(dev, &x),
+                read(dev, &kv.k),
+                read(dev, &kv.v),
+                dispatches,
+            )
         };
         let want = run(&cpu, false);
         let what = format!("{formats:?} interleaved={interleaved} bias={with_bias}");
         let apart = run(&gpu, false);
         let joined = run(&gpu, true);
         for (name, got) in [("apart", &apart), ("joined", &joined)] {
-            let errs: Vec<(&str, f32)> = [("x", &got.0, &want.0), ("k cache", &got.1, &want.1), ("v cache", &got.2, &want.2)].iter().map(|(p, g, c)| (*p, scaled_err(g, c))).collect();
-            assert!(errs.iter().all(|e| e.1 < 1e-4), "{what} {name}: differs from the CPU backend by {errs:?}");
+            let errs: Vec<(&str, f32)> = [
+                ("x", &got.0, &want.0),
+                ("k cache", &got.1, &want.1),
+                ("v cache", &got.2, &want.2),
+            ]
+            .iter()
+            .map(|(p, g, c)| (*p, scaled_err(g, c)))
+            .collect();
+            assert!(
+                errs.iter().all(|e| e.1 < 1e-4),
+                "{what} {name}: differs from the CPU backend by {errs:?}"
+            );
         }
-        let err = scaled_err(&joined.0, &apart.0).max(scaled_err(&joined.1, &apart.1)).max(scaled_err(&joined.2, &apart.2));
+        let err = scaled_err(&joined.0, &apart.0)
+            .max(scaled_err(&joined.1, &apart.1))
+            .max(scaled_err(&joined.2, &apart.2));
         assert!(err < 1e-5, "{what}: joined and apart differ by {err:.2e}");
         // Joined: one projection matmul and one bias/rope/cache kernel instead of three and a rope
         // pass; K-quants cannot share a buffer with Q8_0, so that group stays apart.
         let can_join = formats[0] != GgmlType::Q4K;
-        assert_eq!((apart.3, joined.3), (7, if can_join { 5 } else { 7 }), "{what}: dispatches apart / joined");
+        assert_eq!(
+            (apart.3, joined.3),
+            (7, if can_join { 5 } else { 7 }),
+            "{what}: dispatches apart / joined"
+        );
     }
 }
 
@@ -359,35 +604,92 @@ fn attention_over_long_contexts_agrees_with_cpu() {
     use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights};
     let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
     let mut rng = SplitMix64(77);
-    for (cache_len, hd, heads, kv_heads) in [(20usize, 8usize, 4usize, 2usize), (150, 80, 2, 1), (4200, 16, 2, 2)] {
+    for (cache_len, hd, heads, kv_heads) in [
+        (20usize, 8usize, 4usize, 2usize),
+        (150, 80, 2, 1),
+        (4200, 16, 2, 2),
+    ] {
         let (d, batch, t) = (32usize, 2usize, 3usize);
         let cap = cache_len + t;
         let (qw, kvw) = (heads * hd, kv_heads * hd);
-        let f32w = |dev: &Device, name: &str, rows: usize, cols: usize, v: &[f32]| dev.upload_weight(name, GgmlType::F32, rows, cols, &creme_tests::tiny::bytemuck_f32(v)).unwrap();
-        let (wq, wk, wv, wo) = (rng.vec_f32(qw * d), rng.vec_f32(kvw * d), rng.vec_f32(kvw * d), rng.vec_f32(d * qw));
+        let f32w = |dev: &Device, name: &str, rows: usize, cols: usize, v: &[f32]| {
+            dev.upload_weight(
+                name,
+                GgmlType::F32,
+                rows,
+                cols,
+                &creme_tests::tiny::bytemuck_f32(v),
+            )
+            .unwrap()
+        };
+        let (wq, wk, wv, wo) = (
+            rng.vec_f32(qw * d),
+            rng.vec_f32(kvw * d),
+            rng.vec_f32(kvw * d),
+            rng.vec_f32(d * qw),
+        );
         let (norm, x0) = (rng.vec_f32(d), rng.vec_f32(batch * t * d));
-        let (k0, v0) = (rng.vec_f32(batch * cap * kvw), rng.vec_f32(batch * cap * kvw));
+        let (k0, v0) = (
+            rng.vec_f32(batch * cap * kvw),
+            rng.vec_f32(batch * cap * kvw),
+        );
         let pos: Vec<u32> = (0..batch * t).map(|r| (cache_len + r % t) as u32).collect();
-        let rope: Vec<f32> = (0..cap * hd / 2).flat_map(|i| [(i as f32 * 0.01).cos(), (i as f32 * 0.01).sin()]).collect();
-        let shape = BlockShape { d_model: d, d_ff: 32, n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, rms_eps: 1e-6, interleaved_rope: false };
+        let rope: Vec<f32> = (0..cap * hd / 2)
+            .flat_map(|i| [(i as f32 * 0.01).cos(), (i as f32 * 0.01).sin()])
+            .collect();
+        let shape = BlockShape {
+            d_model: d,
+            d_ff: 32,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            rms_eps: 1e-6,
+            interleaved_rope: false,
+        };
         let run = |dev: &Device| -> Vec<f32> {
             let vec = |v: &[f32]| dev.upload("v", 1, v.len(), v).unwrap();
             let lw = LayerWeights {
                 attn_norm: vec(&norm),
-                q: f32w(dev, "q", qw, d, &wq), k: f32w(dev, "k", kvw, d, &wk), v: f32w(dev, "v", kvw, d, &wv), o: f32w(dev, "o", d, qw, &wo),
-                q_bias: None, k_bias: None, v_bias: None, qkv_bias: None,
+                q: f32w(dev, "q", qw, d, &wq),
+                k: f32w(dev, "k", kvw, d, &wk),
+                v: f32w(dev, "v", kvw, d, &wv),
+                o: f32w(dev, "o", d, qw, &wo),
+                q_bias: None,
+                k_bias: None,
+                v_bias: None,
+                qkv_bias: None,
                 ffn_norm: vec(&norm),
-                gate: f32w(dev, "gate", 32, d, &[0.0; 32 * 32]), up: f32w(dev, "up", 32, d, &[0.0; 32 * 32]), down: f32w(dev, "down", d, 32, &[0.0; 32 * 32]),
+                gate: f32w(dev, "gate", 32, d, &[0.0; 32 * 32]),
+                up: f32w(dev, "up", 32, d, &[0.0; 32 * 32]),
+                down: f32w(dev, "down", d, 32, &[0.0; 32 * 32]),
             };
             let mut x = dev.upload("x", batch * t, d, &x0).unwrap();
-            let mut kv = KvLayer { k: dev.upload("k", batch * cap, kvw, &k0).unwrap(), v: dev.upload("v", batch * cap, kvw, &v0).unwrap() };
-            let (pos_t, pad_t) = (dev.upload_u32("pos", &pos).unwrap(), dev.upload_u32("pad", &[0, 13]).unwrap());
+            let mut kv = KvLayer {
+                k: dev.upload("k", batch * cap, kvw, &k0).unwrap(),
+                v: dev.upload("v", batch * cap, kvw, &v0).unwrap(),
+            };
+            let (pos_t, pad_t) = (
+                dev.upload_u32("pos", &pos).unwrap(),
+                dev.upload_u32("pad", &[0, 13]).unwrap(),
+            );
             let rope_t = dev.upload("rope", cap, hd, &rope).unwrap();
-            let step = AttnStep { active: batch, t, cache_len, capacity: cap, pos: &pos_t, pad: &pad_t, rope: &rope_t };
-            dev.attention_block(&lw, &shape, &mut x, &mut kv, &step).unwrap();
+            let step = AttnStep {
+                active: batch,
+                t,
+                cache_len,
+                capacity: cap,
+                pos: &pos_t,
+                pad: &pad_t,
+                rope: &rope_t,
+            };
+            dev.attention_block(&lw, &shape, &mut x, &mut kv, &step)
+                .unwrap();
             read(dev, &x)
         };
         let err = scaled_err(&run(&gpu), &run(&cpu));
-        assert!(err < 1e-4, "context {cache_len} + {t}, head_dim {hd}: differs from the CPU backend by {err:.2e}");
+        assert!(
+            err < 1e-4,
+            "context {cache_len} + {t}, head_dim {hd}: differs from the CPU backend by {err:.2e}"
+        );
     }
 }

@@ -29,14 +29,26 @@ fn load(dev: &Device) -> Model {
 
 /// Token ids of the first two C3 prompts of the shared dataset.
 fn prompts(m: &Model) -> (Vec<u32>, Vec<u32>) {
-    let text = std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/perturbed/C3.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/perturbed/C3.jsonl"))
+            .unwrap();
     let ps = creme_core::dataset::parse_jsonl(&text, "C3").unwrap();
-    (m.tokenizer.encode(&ps[0].prompt).unwrap(), m.tokenizer.encode(&ps[1].prompt).unwrap())
+    (
+        m.tokenizer.encode(&ps[0].prompt).unwrap(),
+        m.tokenizer.encode(&ps[1].prompt).unwrap(),
+    )
 }
 
 fn sites(m: &Model) -> Vec<Site> {
     let l = m.cfg.n_layers;
-    vec![Site::ResidMid(0), Site::MlpAct(0), Site::ResidOut(0), Site::ResidMid(l / 2), Site::MlpAct(l / 2), Site::ResidOut(l - 1)]
+    vec![
+        Site::ResidMid(0),
+        Site::MlpAct(0),
+        Site::ResidOut(0),
+        Site::ResidMid(l / 2),
+        Site::MlpAct(l / 2),
+        Site::ResidOut(l - 1),
+    ]
 }
 
 /// Bits of one logits row and of one row at every captured site, labelled.
@@ -47,8 +59,17 @@ fn row_bits(dev: &Device, t: &Tensor, row: usize, width: usize) -> Vec<u32> {
     v[row * width..].iter().map(|f| f.to_bits()).collect()
 }
 
-fn fingerprint(dev: &Device, m: &Model, out: &creme_core::model::ForwardOut, logit_row: usize, row: usize) -> Fingerprint {
-    let mut fp = vec![("logits".to_string(), row_bits(dev, out.logits.as_ref().unwrap(), logit_row, m.cfg.vocab))];
+fn fingerprint(
+    dev: &Device,
+    m: &Model,
+    out: &creme_core::model::ForwardOut,
+    logit_row: usize,
+    row: usize,
+) -> Fingerprint {
+    let mut fp = vec![(
+        "logits".to_string(),
+        row_bits(dev, out.logits.as_ref().unwrap(), logit_row, m.cfg.vocab),
+    )];
     for s in sites(m) {
         let (t, _, w) = out.captured.get(s).unwrap();
         fp.push((format!("{s:?}"), row_bits(dev, t, row, w)));
@@ -60,17 +81,41 @@ fn fingerprint(dev: &Device, m: &Model, out: &creme_core::model::ForwardOut, log
 fn whole(dev: &Device, m: &Model, prompt: &[u32], extra: usize) -> Fingerprint {
     let seq: Vec<u32> = prompt.iter().chain(&TAIL).copied().collect();
     let mut cache = m.new_cache(dev, vec![0], seq.len() + extra).unwrap();
-    let out = m.forward(dev, &mut cache, &[seq.clone()], &Hooks::capture(sites(m)), Logits::Last).unwrap();
+    let out = m
+        .forward(
+            dev,
+            &mut cache,
+            &[seq.clone()],
+            &Hooks::capture(sites(m)),
+            Logits::Last,
+        )
+        .unwrap();
     fingerprint(dev, m, &out, 0, seq.len() - 1)
 }
 
 /// The prompt in one forward, then TAIL one token at a time (as greedy decoding runs).
 fn decoded(dev: &Device, m: &Model, prompt: &[u32]) -> Fingerprint {
     let mut cache = m.new_cache(dev, vec![0], prompt.len() + 320).unwrap();
-    m.forward(dev, &mut cache, &[prompt.to_vec()], &Hooks::default(), Logits::None).unwrap();
+    m.forward(
+        dev,
+        &mut cache,
+        &[prompt.to_vec()],
+        &Hooks::default(),
+        Logits::None,
+    )
+    .unwrap();
     let mut last = None;
     for &t in &TAIL {
-        last = Some(m.forward(dev, &mut cache, &[vec![t]], &Hooks::capture(sites(m)), Logits::Last).unwrap());
+        last = Some(
+            m.forward(
+                dev,
+                &mut cache,
+                &[vec![t]],
+                &Hooks::capture(sites(m)),
+                Logits::Last,
+            )
+            .unwrap(),
+        );
     }
     fingerprint(dev, m, &last.unwrap(), 0, 0)
 }
@@ -81,7 +126,15 @@ fn batched(dev: &Device, m: &Model, prompt: &[u32], other: &[u32]) -> Fingerprin
     let (batch, pad, t) = left_pad(m.cfg.pad_id, &[other, &seq], &[]);
     let mut cache = m.new_cache(dev, pad, t).unwrap();
     let row = t + t - 1;
-    let out = m.forward(dev, &mut cache, &batch, &Hooks::capture(sites(m)), Logits::Rows(vec![row])).unwrap();
+    let out = m
+        .forward(
+            dev,
+            &mut cache,
+            &batch,
+            &Hooks::capture(sites(m)),
+            Logits::Rows(vec![row]),
+        )
+        .unwrap();
     fingerprint(dev, m, &out, 0, row)
 }
 
@@ -89,7 +142,16 @@ fn batched(dev: &Device, m: &Model, prompt: &[u32], other: &[u32]) -> Fingerprin
 /// allocations reuse dirty memory; some stay alive to shift later addresses.
 fn dirty_heap(seed: u64, keep: &mut Vec<Vec<u32>>) {
     let mut rng = SplitMix64(seed);
-    for &n in &[896usize, 4864, 151936, 200 * 896, 200 * 4864, 200 * 128, 64 * 200, 1 << 20] {
+    for &n in &[
+        896usize,
+        4864,
+        151936,
+        200 * 896,
+        200 * 4864,
+        200 * 128,
+        64 * 200,
+        1 << 20,
+    ] {
         let fill = match rng.below(3) {
             0 => 0x7fc0_0001, // NaN
             1 => 0x7f7f_ffff, // f32::MAX
@@ -105,14 +167,28 @@ fn dirty_heap(seed: u64, keep: &mut Vec<Vec<u32>>) {
 fn compare(what: &str, base: &Fingerprint, got: &Fingerprint) -> Result<(), String> {
     for ((name, a), (_, b)) in base.iter().zip(got) {
         if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {
-            return Err(format!("{what}: {name} differs first at {i}: {:e} vs {:e}", f32::from_bits(a[i]), f32::from_bits(b[i])));
+            return Err(format!(
+                "{what}: {name} differs first at {i}: {:e} vs {:e}",
+                f32::from_bits(a[i]),
+                f32::from_bits(b[i])
+            ));
         }
     }
     Ok(())
 }
 
 fn encode(fp: &Fingerprint) -> String {
-    fp.iter().map(|(n, v)| format!("{n} {}\n", v.iter().map(|b| format!("{b:08x}")).collect::<Vec<_>>().join(" "))).collect()
+    fp.iter()
+        .map(|(n, v)| {
+            format!(
+                "{n} {}\n",
+                v.iter()
+                    .map(|b| format!("{b:08x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        })
+        .collect()
 }
 
 fn decode(text: &str) -> Fingerprint {
@@ -120,7 +196,10 @@ fn decode(text: &str) -> Fingerprint {
         .map(|l| {
             let mut it = l.split(' ');
             let name = it.next().unwrap().to_string();
-            (name, it.map(|h| u32::from_str_radix(h, 16).unwrap()).collect())
+            (
+                name,
+                it.map(|h| u32::from_str_radix(h, 16).unwrap()).collect(),
+            )
         })
         .collect()
 }
@@ -130,7 +209,9 @@ fn decode(text: &str) -> Fingerprint {
 #[test]
 #[ignore]
 fn child_fingerprint() {
-    let Some(path) = std::env::var_os("CREME_DETERMINISM_OUT") else { return };
+    let Some(path) = std::env::var_os("CREME_DETERMINISM_OUT") else {
+        return;
+    };
     let dev = device_on("cpu");
     let m = load(&dev);
     let (p, _) = prompts(&m);
@@ -155,12 +236,25 @@ fn model_rows_are_bit_identical_everywhere() {
     for rep in 0..2u64 {
         dirty_heap(rep, &mut keep);
         check(format!("repeat {rep}, dirty heap"), whole(&dev, &m, &p, 0));
-        let fp = std::thread::scope(|s| s.spawn(|| whole(&dev, &m, &p, 7 * rep as usize)).join().unwrap());
-        check(format!("repeat {rep}, other thread, capacity +{}", 7 * rep), fp);
+        let fp = std::thread::scope(|s| {
+            s.spawn(|| whole(&dev, &m, &p, 7 * rep as usize))
+                .join()
+                .unwrap()
+        });
+        check(
+            format!("repeat {rep}, other thread, capacity +{}", 7 * rep),
+            fp,
+        );
     }
     check("token-by-token decoding".into(), decoded(&dev, &m, &p));
-    check("second sequence of a left-padded batch".into(), batched(&dev, &m, &p, &other));
-    check("second sequence of a batch behind a short prompt".into(), batched(&dev, &m, &p, &other[..40]));
+    check(
+        "second sequence of a left-padded batch".into(),
+        batched(&dev, &m, &p, &other),
+    );
+    check(
+        "second sequence of a batch behind a short prompt".into(),
+        batched(&dev, &m, &p, &other[..40]),
+    );
     // A fresh backend (fresh scratch buffers) and model, loaded on a dirty heap, on another thread.
     dirty_heap(99, &mut keep);
     let fp = std::thread::spawn(|| {
@@ -179,16 +273,30 @@ fn model_rows_are_bit_identical_everywhere() {
     for threads in [1, 2, 3] {
         let out: PathBuf = dir.join(format!("t{threads}.txt"));
         let st = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "child_fingerprint", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "child_fingerprint",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("RAYON_NUM_THREADS", threads.to_string())
             .env("CREME_DETERMINISM_OUT", &out)
             .status()
             .unwrap();
         assert!(st.success(), "child with {threads} rayon threads failed");
-        check(format!("RAYON_NUM_THREADS={threads}"), decode(&std::fs::read_to_string(&out).unwrap()));
+        check(
+            format!("RAYON_NUM_THREADS={threads}"),
+            decode(&std::fs::read_to_string(&out).unwrap()),
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(errors.is_empty(), "{} nondeterministic results:\n{}", errors.len(), errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{} nondeterministic results:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
 }
 
 /// Every block format, real-model shapes: bits of y for a row do not depend on the scratch's
@@ -197,7 +305,11 @@ fn model_rows_are_bit_identical_everywhere() {
 fn matmul_bits_do_not_depend_on_scratch_thread_address_or_batch() {
     let mut rng = SplitMix64(5);
     for (ti, t) in ALL_TYPES.into_iter().enumerate() {
-        let (n, k) = if t.block_elems() == 256 { (131, 1024) } else { (131, 896) };
+        let (n, k) = if t.block_elems() == 256 {
+            (131, 1024)
+        } else {
+            (131, 896)
+        };
         let nblocks = n * k / t.block_elems();
         let bytes = random_blocks(t, nblocks, &mut rng);
         let w = CpuWeight::new(t, n, k, &bytes).unwrap();
@@ -212,20 +324,36 @@ fn matmul_bits_do_not_depend_on_scratch_thread_address_or_batch() {
         let base = bits(&run(&w, &x, m, &mut MatmulScratch::default()));
         // A scratch that held a larger batch of junk (stale values beyond what m rows write).
         let mut stale = MatmulScratch::default();
-        let junk: Vec<f32> = (0..64 * k).map(|i| if i % 3 == 0 { 1e30 } else { -(i as f32) }).collect();
+        let junk: Vec<f32> = (0..64 * k)
+            .map(|i| if i % 3 == 0 { 1e30 } else { -(i as f32) })
+            .collect();
         let mut yj = vec![0f32; 64 * n];
         matmul(&w, &junk, 64, &mut yj, n, &mut stale);
-        assert_eq!(bits(&run(&w, &x, m, &mut stale)), base, "{} stale scratch", t.name());
+        assert_eq!(
+            bits(&run(&w, &x, m, &mut stale)),
+            base,
+            "{} stale scratch",
+            t.name()
+        );
         // Another thread, another copy of the weight (another address, other heap neighbours).
         let mut pad = Vec::new();
         dirty_heap(ti as u64, &mut pad);
         let w2 = CpuWeight::new(t, n, k, &bytes).unwrap();
-        let y2 = std::thread::scope(|s| s.spawn(|| run(&w2, &x, m, &mut MatmulScratch::default())).join().unwrap());
+        let y2 = std::thread::scope(|s| {
+            s.spawn(|| run(&w2, &x, m, &mut MatmulScratch::default()))
+                .join()
+                .unwrap()
+        });
         assert_eq!(bits(&y2), base, "{} other thread / address", t.name());
         // Each row alone, and the last rows inside a different batch.
         for i in 0..m {
             let yi = run(&w, &x[i * k..(i + 1) * k], 1, &mut stale);
-            assert_eq!(bits(&yi), base[i * n..(i + 1) * n], "{} row {i} alone", t.name());
+            assert_eq!(
+                bits(&yi),
+                base[i * n..(i + 1) * n],
+                "{} row {i} alone",
+                t.name()
+            );
         }
         let y3 = run(&w, &x[4 * k..], m - 4, &mut stale);
         assert_eq!(bits(&y3), base[4 * n..], "{} rows 4.. as a batch", t.name());

@@ -2,11 +2,11 @@
 //! drafts from the unedited model, from the edited model itself, and arbitrary tokens, on the tiny
 //! models and on real prompts with a real model.
 
+use creme_core::cpu::SplitMix64;
 use creme_core::draft::{generate_from_drafts, Draft};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::Device;
-use creme_core::cpu::SplitMix64;
 use creme_tests::{device_on, model_path, shared_dir, tiny};
 
 /// The model with layer `l`'s W_down moved by noise of relative size `scale` (a stand-in edit).
@@ -22,27 +22,66 @@ fn edited(dev: &Device, file: &[u8], l: usize, scale: f32, seed: u64) -> Model {
     m
 }
 
-fn plain(dev: &Device, m: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Vec<creme_core::generate::Completion> {
+fn plain(
+    dev: &Device,
+    m: &Model,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Vec<creme_core::generate::Completion> {
     // Batched and left-padded, as `creme eval` generates.
     pollster::block_on(generate(dev, m, prompts, opts, &mut |_, _| {})).unwrap()
 }
 
 /// Checks all three kinds of drafts; returns (drafts of the unedited model accepted whole, noisy
 /// drafts accepted whole, prompts).
-fn check_equal(dev: &Device, base: &Model, edit: &Model, prompts: &[Vec<u32>], opts: &GenerateOptions) -> (usize, usize, usize) {
+fn check_equal(
+    dev: &Device,
+    base: &Model,
+    edit: &Model,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> (usize, usize, usize) {
     let truth = plain(dev, edit, prompts, opts);
-    let drafts_base: Vec<Draft> = plain(dev, base, prompts, opts).iter().map(Draft::from).collect();
+    let drafts_base: Vec<Draft> = plain(dev, base, prompts, opts)
+        .iter()
+        .map(Draft::from)
+        .collect();
     let drafts_self: Vec<Draft> = truth.iter().map(Draft::from).collect();
     let mut rng = SplitMix64(9);
-    let drafts_noise: Vec<Draft> = truth.iter().map(|c| Draft { tokens: c.tokens.iter().map(|&t| if rng.below(5) == 0 { (t + 1) % 200 } else { t }).collect() }).collect();
+    let drafts_noise: Vec<Draft> = truth
+        .iter()
+        .map(|c| Draft {
+            tokens: c
+                .tokens
+                .iter()
+                .map(|&t| if rng.below(5) == 0 { (t + 1) % 200 } else { t })
+                .collect(),
+        })
+        .collect();
     let mut whole = (0, 0, prompts.len());
-    for (name, drafts) in [("unedited", &drafts_base), ("itself", &drafts_self), ("noisy", &drafts_noise)] {
-        let got = pollster::block_on(generate_from_drafts(dev, edit, prompts, drafts, opts)).unwrap();
+    for (name, drafts) in [
+        ("unedited", &drafts_base),
+        ("itself", &drafts_self),
+        ("noisy", &drafts_noise),
+    ] {
+        let got =
+            pollster::block_on(generate_from_drafts(dev, edit, prompts, drafts, opts)).unwrap();
         for (i, (g, t)) in got.iter().zip(&truth).enumerate() {
-            assert_eq!((&g.completion.tokens, g.completion.finish, &g.completion.text), (&t.tokens, t.finish, &t.text), "prompt {i}, drafts from {name}");
+            assert_eq!(
+                (
+                    &g.completion.tokens,
+                    g.completion.finish,
+                    &g.completion.text
+                ),
+                (&t.tokens, t.finish, &t.text),
+                "prompt {i}, drafts from {name}"
+            );
         }
         if name == "itself" {
-            assert!(got.iter().all(|g| g.whole), "its own completions are accepted whole");
+            assert!(
+                got.iter().all(|g| g.whole),
+                "its own completions are accepted whole"
+            );
         }
         let n_whole = got.iter().filter(|g| g.whole).count();
         match name {
@@ -62,17 +101,30 @@ fn draft_verified_generation_equals_plain_generation_on_the_tiny_models() {
         let base = Model::from_gguf_bytes(&dev, &file, 512).unwrap();
         let edit = edited(&dev, &file, 1, 0.05, 3);
         let mut rng = SplitMix64(5);
-        let prompts: Vec<Vec<u32>> = (0..6).map(|k| (0..3 + 4 * k).map(|_| (rng.next_u64() % 250) as u32).collect()).collect();
+        let prompts: Vec<Vec<u32>> = (0..6)
+            .map(|k| {
+                (0..3 + 4 * k)
+                    .map(|_| (rng.next_u64() % 250) as u32)
+                    .collect()
+            })
+            .collect();
         let mut diverged = 0;
         for stop in [vec![], vec!["a".to_string(), "\n".to_string()]] {
             for max in [0, 1, 7, 24] {
-                let opts = GenerateOptions { max_new_tokens: max, stop: stop.clone(), ..Default::default() };
+                let opts = GenerateOptions {
+                    max_new_tokens: max,
+                    stop: stop.clone(),
+                    ..Default::default()
+                };
                 let (base_whole, noisy_whole, n) = check_equal(&dev, &base, &edit, &prompts, &opts);
                 diverged += (n - base_whole) + (n - noisy_whole);
             }
         }
         // The drafts did differ, so decoding on from a difference was exercised.
-        assert!(diverged > 10, "{arch}: only {diverged} drafts were not accepted whole");
+        assert!(
+            diverged > 10,
+            "{arch}: only {diverged} drafts were not accepted whole"
+        );
     }
 }
 
@@ -82,10 +134,20 @@ fn draft_verified_generation_equals_plain_generation_on_real_prompts() {
     let file = std::fs::read(model_path("smollm2")).unwrap();
     let base = Model::from_gguf_bytes(&dev, &file, 512).unwrap();
     let edit = edited(&dev, &file, 12, 0.02, 11);
-    let text = std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/HumanEval.jsonl")).unwrap();
+    let text =
+        std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/HumanEval.jsonl"))
+            .unwrap();
     let problems = creme_core::dataset::parse_jsonl(&text, "HumanEval.jsonl").unwrap();
-    let prompts: Vec<Vec<u32>> = problems.iter().take(4).map(|p| base.tokenizer.encode(&p.prompt).unwrap()).collect();
-    let opts = GenerateOptions { max_new_tokens: 48, stop: humaneval_stops(), ..Default::default() };
+    let prompts: Vec<Vec<u32>> = problems
+        .iter()
+        .take(4)
+        .map(|p| base.tokenizer.encode(&p.prompt).unwrap())
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 48,
+        stop: humaneval_stops(),
+        ..Default::default()
+    };
     let (whole, noisy_whole, n) = check_equal(&dev, &base, &edit, &prompts, &opts);
     eprintln!("drafts accepted whole: of the unedited model {whole}/{n}, noisy {noisy_whole}/{n}");
     assert!(noisy_whole < n);
@@ -95,6 +157,17 @@ fn draft_verified_generation_equals_plain_generation_on_real_prompts() {
 fn draft_verification_refuses_sampling() {
     let dev = device_on("cpu");
     let m = Model::from_gguf_bytes(&dev, &tiny::tiny_gguf(), 64).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 4, temperature: 0.7, ..Default::default() };
-    assert!(pollster::block_on(generate_from_drafts(&dev, &m, &[vec![1, 2]], &[Draft::default()], &opts)).is_err());
+    let opts = GenerateOptions {
+        max_new_tokens: 4,
+        temperature: 0.7,
+        ..Default::default()
+    };
+    assert!(pollster::block_on(generate_from_drafts(
+        &dev,
+        &m,
+        &[vec![1, 2]],
+        &[Draft::default()],
+        &opts
+    ))
+    .is_err());
 }

@@ -2,17 +2,25 @@
 //! matches a CPU Adam step, the captured-activation loss equals re-running the forward with the
 //! edited weights, and the ridge solver lowers the loss.
 
-use creme_core::edit::{capture, grad_cpu, loss_by_forward, loss_cpu, solve, EditSettings, Keep, Solver};
+use creme_core::edit::{
+    capture, grad_cpu, loss_by_forward, loss_cpu, solve, EditSettings, Keep, Solver,
+};
 use creme_core::model::Model;
 use creme_core::Backend;
-use creme_tests::{device_on, BACKENDS};
 use creme_tests::tiny::tiny_gguf;
+use creme_tests::{device_on, BACKENDS};
 
 fn setup(backend: &str) -> (creme_core::Device, Model, Vec<u32>, Vec<u32>, Vec<u32>) {
     let dev = device_on(backend);
     let m = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
-    let clean = m.tokenizer.encode("Return the largest element of the list.").unwrap();
-    let pert = m.tokenizer.encode("Retrun teh largets elemnt of the lsit.").unwrap();
+    let clean = m
+        .tokenizer
+        .encode("Return the largest element of the list.")
+        .unwrap();
+    let pert = m
+        .tokenizer
+        .encode("Retrun teh largets elemnt of the lsit.")
+        .unwrap();
     let target = m.tokenizer.encode("    return max(xs)\n").unwrap();
     (dev, m, clean, pert, target)
 }
@@ -31,22 +39,50 @@ fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu_on(backend: &str
         let (mut wp, mut wm) = (w0.clone(), w0.clone());
         wp[i] += h;
         wm[i] -= h;
-        let fd = (loss_cpu(&data, &wp, lambda).total - loss_cpu(&data, &wm, lambda).total) / (2.0 * h as f64);
-        assert!((fd - g[i] as f64).abs() <= 1e-3 * fd.abs().max(g[i].abs() as f64).max(1e-4), "w[{i}]: finite difference {fd} vs gradient {}", g[i]);
+        let fd = (loss_cpu(&data, &wp, lambda).total - loss_cpu(&data, &wm, lambda).total)
+            / (2.0 * h as f64);
+        assert!(
+            (fd - g[i] as f64).abs() <= 1e-3 * fd.abs().max(g[i].abs() as f64).max(1e-4),
+            "w[{i}]: finite difference {fd} vs gradient {}",
+            g[i]
+        );
     }
     // One GPU Adam update (two evaluations, keep final) equals the CPU update w - lr * g/|g|.
-    let s = EditSettings { max_steps: 2, patience: 10, keep: Keep::Final, lr: 1e-3, ..Default::default() };
+    let s = EditSettings {
+        max_steps: 2,
+        patience: 10,
+        keep: Keep::Final,
+        lr: 1e-3,
+        ..Default::default()
+    };
     let r = pollster::block_on(solve(&dev, &data, &w0, &s)).unwrap();
-    let cpu: Vec<f32> = w0.iter().zip(&g).map(|(w, g)| {
-        // First Adam step: m = (1-b1) g, v = (1-b2) g², bias-corrected -> g / (|g| + eps').
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        let (mh, vh) = ((1.0 - b1) * *g as f64 / (1.0 - b1), (1.0 - b2) * (*g as f64).powi(2) / (1.0 - b2));
-        (*w as f64 - 1e-3 * mh / (vh.sqrt() + eps)) as f32
-    }).collect();
-    let worst = r.w.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst < 2e-4, "GPU Adam step differs from the CPU one by {worst}");
+    let cpu: Vec<f32> = w0
+        .iter()
+        .zip(&g)
+        .map(|(w, g)| {
+            // First Adam step: m = (1-b1) g, v = (1-b2) g², bias-corrected -> g / (|g| + eps').
+            let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+            let (mh, vh) = (
+                (1.0 - b1) * *g as f64 / (1.0 - b1),
+                (1.0 - b2) * (*g as f64).powi(2) / (1.0 - b2),
+            );
+            (*w as f64 - 1e-3 * mh / (vh.sqrt() + eps)) as f32
+        })
+        .collect();
+    let worst =
+        r.w.iter()
+            .zip(&cpu)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+    assert!(
+        worst < 2e-4,
+        "GPU Adam step differs from the CPU one by {worst}"
+    );
     assert_eq!(r.steps, 2);
-    assert!((r.losses[0].total - loss_cpu(&data, &w0, lambda).total).abs() < 1e-4 * r.losses[0].total.max(1e-6));
+    assert!(
+        (r.losses[0].total - loss_cpu(&data, &w0, lambda).total).abs()
+            < 1e-4 * r.losses[0].total.max(1e-6)
+    );
 }
 
 #[test]
@@ -62,16 +98,41 @@ fn captured_activation_loss_equals_rerunning_the_forward_on(backend: &str) {
     let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
     let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
     for steps in 1..=5 {
-        let s = EditSettings { max_steps: steps, patience: 100, keep: Keep::Final, lr: 2e-3, ..Default::default() };
+        let s = EditSettings {
+            max_steps: steps,
+            patience: 100,
+            keep: Keep::Final,
+            lr: 2e-3,
+            ..Default::default()
+        };
         let r = pollster::block_on(solve(&dev, &data, &w0, &s)).unwrap();
         let fast = r.losses.last().unwrap().total;
-        let slow = pollster::block_on(loss_by_forward(&dev, &mut m, &clean, &pert, &target, layer, &r.w, &data.h_orig, 0.1)).unwrap().total;
-        assert!((fast - slow).abs() <= 1e-3 * slow.max(1e-9), "after {} updates: captured {fast} vs forward {slow}", steps - 1);
+        let slow = pollster::block_on(loss_by_forward(
+            &dev,
+            &mut m,
+            &clean,
+            &pert,
+            &target,
+            layer,
+            &r.w,
+            &data.h_orig,
+            0.1,
+        ))
+        .unwrap()
+        .total;
+        assert!(
+            (fast - slow).abs() <= 1e-3 * slow.max(1e-9),
+            "after {} updates: captured {fast} vs forward {slow}",
+            steps - 1
+        );
         if steps > 1 {
             assert!(fast < r.losses[0].total, "Adam did not lower the loss");
         }
     }
-    assert!(m.edited_layers().is_empty(), "the forward check left an edit applied");
+    assert!(
+        m.edited_layers().is_empty(),
+        "the forward check left an edit applied"
+    );
 }
 
 #[test]
@@ -87,11 +148,43 @@ fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised_on(backend: 
     let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
     let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
     let before = loss_cpu(&data, &w0, 0.1);
-    let strong = pollster::block_on(solve(&dev, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 10.0 }, ..Default::default() })).unwrap();
-    let weak = pollster::block_on(solve(&dev, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1e-6 }, ..Default::default() })).unwrap();
-    let (ls, lw) = (loss_cpu(&data, &strong.w, 0.1), loss_cpu(&data, &weak.w, 0.1));
-    assert!(ls.total < before.total && lw.total < ls.total, "before {} strong {} weak {}", before.total, ls.total, lw.total);
-    assert!(lw.pert < 1e-3 * before.pert.max(1e-9), "nearly unregularised ridge should interpolate: {} vs {}", lw.pert, before.pert);
+    let strong = pollster::block_on(solve(
+        &dev,
+        &data,
+        &w0,
+        &EditSettings {
+            solver: Solver::Ridge { ridge: 10.0 },
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    let weak = pollster::block_on(solve(
+        &dev,
+        &data,
+        &w0,
+        &EditSettings {
+            solver: Solver::Ridge { ridge: 1e-6 },
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    let (ls, lw) = (
+        loss_cpu(&data, &strong.w, 0.1),
+        loss_cpu(&data, &weak.w, 0.1),
+    );
+    assert!(
+        ls.total < before.total && lw.total < ls.total,
+        "before {} strong {} weak {}",
+        before.total,
+        ls.total,
+        lw.total
+    );
+    assert!(
+        lw.pert < 1e-3 * before.pert.max(1e-9),
+        "nearly unregularised ridge should interpolate: {} vs {}",
+        lw.pert,
+        before.pert
+    );
 }
 
 #[test]
@@ -109,10 +202,25 @@ fn patch_round_trips_applies_and_reverts_on(backend: &str) {
     let layer = 1;
     let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
     let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
-    let r = pollster::block_on(solve(&dev, &data, &w0, &EditSettings { solver: Solver::Ridge { ridge: 1.0 }, ..Default::default() })).unwrap();
+    let r = pollster::block_on(solve(
+        &dev,
+        &data,
+        &w0,
+        &EditSettings {
+            solver: Solver::Ridge { ridge: 1.0 },
+            ..Default::default()
+        },
+    ))
+    .unwrap();
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("base_model_sha256".to_string(), "abc".to_string());
-    let patch = EditPatch { layer, rows: data.d, cols: data.f, w: r.w.clone(), metadata: meta };
+    let patch = EditPatch {
+        layer,
+        rows: data.d,
+        cols: data.f,
+        w: r.w.clone(),
+        metadata: meta,
+    };
     let bytes = patch.to_safetensors().unwrap();
     let back = EditPatch::from_safetensors(&bytes).unwrap();
     assert_eq!((back.layer, back.rows, back.cols), (layer, data.d, data.f));
@@ -121,11 +229,24 @@ fn patch_round_trips_applies_and_reverts_on(backend: &str) {
     assert_eq!(back.metadata["base_model_sha256"], "abc");
     // Any safetensors reader sees the HF name and shape.
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    assert_eq!(st.tensor("model.layers.1.mlp.down_proj.weight").unwrap().shape(), &[data.d, data.f]);
+    assert_eq!(
+        st.tensor("model.layers.1.mlp.down_proj.weight")
+            .unwrap()
+            .shape(),
+        &[data.d, data.f]
+    );
 
     let logits = |m: &Model| {
         let mut c = m.new_cache(&dev, vec![0], pert.len()).unwrap();
-        let out = m.forward(&dev, &mut c, &[pert.clone()], &Hooks::default(), Logits::Last).unwrap();
+        let out = m
+            .forward(
+                &dev,
+                &mut c,
+                &[pert.clone()],
+                &Hooks::default(),
+                Logits::Last,
+            )
+            .unwrap();
         pollster::block_on(dev.read(out.logits.as_ref().unwrap(), m.cfg.vocab)).unwrap()
     };
     let before = logits(&m);

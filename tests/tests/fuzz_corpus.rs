@@ -67,7 +67,12 @@ fn the_gguf_seed_is_a_valid_model_header() {
     assert_eq!(t.decode(&t.encode("ab a").unwrap()).unwrap(), "ab a");
     // A lying header is refused with the tensor's name.
     let mut bad = h.tensors.clone();
-    bad.iter_mut().find(|t| t.name == "blk.0.ffn_up.weight").unwrap().dims = vec![8, 31];
-    let err = creme_core::model::transformer::check_tensor_table(&cfg, &bad).unwrap_err().to_string();
+    bad.iter_mut()
+        .find(|t| t.name == "blk.0.ffn_up.weight")
+        .unwrap()
+        .dims = vec![8, 31];
+    let err = creme_core::model::transformer::check_tensor_table(&cfg, &bad)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("blk.0.ffn_up.weight"), "{err}");
 }

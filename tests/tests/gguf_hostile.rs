@@ -92,15 +92,31 @@ fn parse_within_twice(name: &str, file: &[u8], meta_bytes: usize) -> GgufHeader 
     let (h, live, peak) = measure(|| GgufHeader::parse(file).unwrap());
     let heap = h.heap_bytes();
     eprintln!("{name}: {meta_bytes} metadata bytes in the file, heap_bytes {heap}, measured {live} (peak {peak})");
-    assert!(heap <= 2 * meta_bytes, "{name}: heap_bytes {heap} > 2 x {meta_bytes}");
-    assert!(live <= heap, "{name}: heap_bytes {heap} undercounts the {live} bytes parsing left allocated");
+    assert!(
+        heap <= 2 * meta_bytes,
+        "{name}: heap_bytes {heap} > 2 x {meta_bytes}"
+    );
+    assert!(
+        live <= heap,
+        "{name}: heap_bytes {heap} undercounts the {live} bytes parsing left allocated"
+    );
     // Transient use: the entry keys' error-context strings and one array of arrays' element.
-    assert!(peak <= 2 * meta_bytes + (64 << 10), "{name}: peak {peak} while parsing > 2 x {meta_bytes}");
+    assert!(
+        peak <= 2 * meta_bytes + (64 << 10),
+        "{name}: peak {peak} while parsing > 2 x {meta_bytes}"
+    );
     h
 }
 
 fn u8_arrays() -> Vec<(String, Vec<u8>)> {
-    (0..64).map(|i| (format!("hostile.u8.{i}"), array(0, 20_000, &vec![i as u8; 20_000]))).collect()
+    (0..64)
+        .map(|i| {
+            (
+                format!("hostile.u8.{i}"),
+                array(0, 20_000, &vec![i as u8; 20_000]),
+            )
+        })
+        .collect()
 }
 fn short_strings() -> Vec<u8> {
     let words: Vec<String> = (0..200_000).map(|i| format!("{}", i % 1000)).collect();
@@ -111,12 +127,23 @@ fn nested_arrays() -> Vec<(String, Vec<u8>)> {
     let empty = array(0, 0, &[]);
     let empty_str = strings([]);
     let one_empty_str = strings([""]);
-    let inner: Vec<Vec<u8>> = (0..100).map(|_| nested(&vec![triple.clone(); 100])).collect();
+    let inner: Vec<Vec<u8>> = (0..100)
+        .map(|_| nested(&vec![triple.clone(); 100]))
+        .collect();
     vec![
-        ("hostile.nested.triples".into(), nested(&vec![triple; 50_000])),
+        (
+            "hostile.nested.triples".into(),
+            nested(&vec![triple; 50_000]),
+        ),
         ("hostile.nested.empty".into(), nested(&vec![empty; 100_000])),
-        ("hostile.nested.empty_str".into(), nested(&vec![empty_str; 50_000])),
-        ("hostile.nested.one_empty_str".into(), nested(&vec![one_empty_str; 50_000])),
+        (
+            "hostile.nested.empty_str".into(),
+            nested(&vec![empty_str; 50_000]),
+        ),
+        (
+            "hostile.nested.one_empty_str".into(),
+            nested(&vec![one_empty_str; 50_000]),
+        ),
         ("hostile.nested.depth3".into(), nested(&inner)),
     ]
 }
@@ -131,12 +158,18 @@ fn array_metadata_costs_at_most_twice_its_file_bytes() {
     let (f, m) = gguf(&as_kvs(&u8s));
     let h = parse_within_twice("u8 arrays", &f, m);
     let a = h.get("hostile.u8.7").and_then(Value::as_array).unwrap();
-    assert_eq!((a.len(), a.get(19_999).and_then(|v| v.as_u64())), (20_000, Some(7)));
+    assert_eq!(
+        (a.len(), a.get(19_999).and_then(|v| v.as_u64())),
+        (20_000, Some(7))
+    );
 
     let (f, m) = gguf(&[("hostile.words", short_strings())]);
     let h = parse_within_twice("200k short strings", &f, m);
     let a = h.get("hostile.words").and_then(Value::as_array).unwrap();
-    assert_eq!((a.len(), a.get(1234).and_then(|v| v.as_str())), (200_000, Some("234")));
+    assert_eq!(
+        (a.len(), a.get(1234).and_then(|v| v.as_str())),
+        (200_000, Some("234"))
+    );
 
     let nest = nested_arrays();
     for (k, v) in &nest {
@@ -145,11 +178,28 @@ fn array_metadata_costs_at_most_twice_its_file_bytes() {
     }
     let (f, m) = gguf(&as_kvs(&nest));
     let h = parse_within_twice("nested arrays", &f, m);
-    let deep = h.get("hostile.nested.depth3").and_then(Value::as_array).unwrap();
+    let deep = h
+        .get("hostile.nested.depth3")
+        .and_then(Value::as_array)
+        .unwrap();
     let mid = deep.get(99).unwrap().as_array().unwrap().clone();
-    assert_eq!(mid.get(42).unwrap().as_array(), Some(&ArrayValue::U8(vec![1, 2, 3])));
-    let one = h.get("hostile.nested.one_empty_str").and_then(Value::as_array).unwrap();
-    assert_eq!(one.get(49_999).unwrap().as_array().unwrap().get(0).and_then(|s| s.as_str()), Some(""));
+    assert_eq!(
+        mid.get(42).unwrap().as_array(),
+        Some(&ArrayValue::U8(vec![1, 2, 3]))
+    );
+    let one = h
+        .get("hostile.nested.one_empty_str")
+        .and_then(Value::as_array)
+        .unwrap();
+    assert_eq!(
+        one.get(49_999)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .get(0)
+            .and_then(|s| s.as_str()),
+        Some("")
+    );
 
     // Everything in one file; then written back by the crate's writer, it reads the same.
     let mut all = as_kvs(&u8s);
@@ -168,7 +218,10 @@ fn a_million_empty_strings_stay_within_twice_their_file_bytes() {
     let (f, m) = gguf(&[("hostile.empty", strings(std::iter::repeat_n("", 1 << 20)))]);
     let h = parse_within_twice("1M empty strings", &f, m);
     let a = h.get("hostile.empty").and_then(Value::as_array).unwrap();
-    assert_eq!((a.len(), a.iter().filter(|s| s.as_str() == Some("")).count()), (1 << 20, 1 << 20));
+    assert_eq!(
+        (a.len(), a.iter().filter(|s| s.as_str() == Some("")).count()),
+        (1 << 20, 1 << 20)
+    );
 }
 
 fn parse_err(file: &[u8]) -> ModelError {
@@ -193,14 +246,23 @@ fn counts_beyond_the_file_are_clear_errors_before_any_allocation() {
         let msg = e.to_string();
         eprintln!("{what}: {msg}");
         assert!(matches!(e, ModelError::Format(_)), "{what}: {msg}");
-        assert!(msg.contains("hostile.count") && msg.contains("more than any GGUF header holds"), "{what}: {msg}");
+        assert!(
+            msg.contains("hostile.count") && msg.contains("more than any GGUF header holds"),
+            "{what}: {msg}"
+        );
     }
     // A count beyond this file (but not beyond any file): the file is truncated, and says how much it would need.
     let (f, _) = gguf(&[("hostile.count", array(4, 1000, &[0; 400]))]);
     match parse_err(&f) {
         ModelError::Truncated { what, need, have } => {
-            assert!(what.contains("hostile.count") && what.contains("1000 items"), "{what}");
-            assert!(need > have && have == f.len() as u64, "need {need}, have {have}");
+            assert!(
+                what.contains("hostile.count") && what.contains("1000 items"),
+                "{what}"
+            );
+            assert!(
+                need > have && have == f.len() as u64,
+                "need {need}, have {have}"
+            );
         }
         e => panic!("expected a truncation, got {e}"),
     }

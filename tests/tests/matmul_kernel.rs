@@ -16,9 +16,21 @@ fn run_shapes(backend: &str) {
     };
     eprintln!("{backend}: {}", gpu.report.name);
     let mut rng = SplitMix64(0xC0FFEE ^ backend.len() as u64);
-    let mut shapes = vec![(1, 1, 1), (1, 896, 896), (63, 65, 17), (64, 64, 64), (65, 129, 33), (3, 7, 1000), (200, 1, 5)];
+    let mut shapes = vec![
+        (1, 1, 1),
+        (1, 896, 896),
+        (63, 65, 17),
+        (64, 64, 64),
+        (65, 129, 33),
+        (3, 7, 1000),
+        (200, 1, 5),
+    ];
     for _ in 0..10 {
-        shapes.push((1 + rng.below(130) as usize, 1 + rng.below(260) as usize, 1 + rng.below(300) as usize));
+        shapes.push((
+            1 + rng.below(130) as usize,
+            1 + rng.below(260) as usize,
+            1 + rng.below(300) as usize,
+        ));
     }
     for (m, n, k) in shapes {
         let x = rng.vec_f32(m * k);
@@ -55,7 +67,10 @@ fn missing_adapter_is_a_clear_error() {
         Ok(_) => panic!("expected no adapter"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("no GPU adapter") && err.contains("no-such-adapter-xyz"), "{err}");
+    assert!(
+        err.contains("no GPU adapter") && err.contains("no-such-adapter-xyz"),
+        "{err}"
+    );
 }
 
 /// The GPU counters (issue 15's measure) see every object and submission: a kernel's pipeline is
@@ -72,7 +87,10 @@ fn gpu_counters_see_pipelines_once_and_every_dispatch() {
     let mid = gpu.counts();
     pollster::block_on(gpu.matmul_f32(&x, &w, m, n, k)).unwrap();
     let second = gpu.counts().since(&mid);
-    assert_eq!(first.pipelines, 1, "first call builds the pipeline: {first:?}");
+    assert_eq!(
+        first.pipelines, 1,
+        "first call builds the pipeline: {first:?}"
+    );
     assert_eq!(second.pipelines, 0, "second call reuses it: {second:?}");
     for c in [first, second] {
         assert_eq!(c.dispatches, 1, "{c:?}");
@@ -94,17 +112,24 @@ fn parameters_of_many_dispatches_in_one_submission_stay_apart() {
     let (x, w) = (rng.vec_f32(m * kmax), rng.vec_f32(n * kmax));
     let (xb, wb) = (gpu.upload("x", &x), gpu.upload("w", &w));
     let ks: Vec<usize> = (0..1500).map(|i| 1 + i % kmax).collect();
-    let ys: Vec<_> = ks.iter().map(|_| gpu.storage("y", (m * n * 4) as u64)).collect();
+    let ys: Vec<_> = ks
+        .iter()
+        .map(|_| gpu.storage("y", (m * n * 4) as u64))
+        .collect();
     let mut rec = gpu.new_recorder("test");
     for (k, y) in ks.iter().zip(&ys) {
-        gpu.encode_matmul_f32(&mut rec, &xb, &wb, y, m as u32, n as u32, *k as u32).unwrap();
+        gpu.encode_matmul_f32(&mut rec, &xb, &wb, y, m as u32, n as u32, *k as u32)
+            .unwrap();
     }
     gpu.submit(rec);
     for (i, (k, y)) in ks.iter().zip(&ys).enumerate().step_by(7) {
         // The first m*k and n*k values, read as [m, k] and [n, k].
         let want = matmul_nt(&x[..m * k], &w[..n * k], m, n, *k);
         let got = pollster::block_on(gpu.read::<f32>(y, m * n)).unwrap();
-        assert!(max_rel_err(&got, &want) < 2e-5, "dispatch {i} (k = {k}): {got:?} vs {want:?}");
+        assert!(
+            max_rel_err(&got, &want) < 2e-5,
+            "dispatch {i} (k = {k}): {got:?} vs {want:?}"
+        );
     }
 }
 
@@ -119,7 +144,9 @@ fn profiling_times_every_dispatch_under_its_kernel_and_weight() {
     let mut rng = SplitMix64(11);
     let (rows, cols) = (40, 64);
     let bytes = creme_tests::random_blocks(GgmlType::Q8_0, rows * cols / 32, &mut rng);
-    let w = gpu.upload_weight("blk.3.ffn_up.weight", GgmlType::Q8_0, rows, cols, &bytes).unwrap();
+    let w = gpu
+        .upload_weight("blk.3.ffn_up.weight", GgmlType::Q8_0, rows, cols, &bytes)
+        .unwrap();
     let x = rng.vec_f32(cols);
     assert!(gpu.start_profiling());
     for _ in 0..30 {
@@ -130,11 +157,22 @@ fn profiling_times_every_dispatch_under_its_kernel_and_weight() {
     }
     let (times, untimed) = gpu.stop_profiling();
     assert_eq!(untimed, 0);
-    let find = |pred: &dyn Fn(&str) -> bool| times.iter().find(|t| pred(&t.kernel)).unwrap_or_else(|| panic!("{times:?}"));
+    let find = |pred: &dyn Fn(&str) -> bool| {
+        times
+            .iter()
+            .find(|t| pred(&t.kernel))
+            .unwrap_or_else(|| panic!("{times:?}"))
+    };
     let up = find(&|k| k.starts_with("matmul_q") && k.ends_with(":Q8_0 ffn_up"));
     let f32 = find(&|k| k == "matmul_f32");
     assert_eq!((up.dispatches, f32.dispatches), (30, 5), "{times:?}");
-    assert!(times.iter().all(|t| t.gpu_ns.is_finite() && t.gpu_ns > 0.0), "{times:?}");
+    assert!(
+        times.iter().all(|t| t.gpu_ns.is_finite() && t.gpu_ns > 0.0),
+        "{times:?}"
+    );
     pollster::block_on(gpu.matmul_f32(&[1.0; 2], &[2.0; 3], 2, 3, 1)).unwrap();
-    assert!(gpu.stop_profiling().0.is_empty(), "timing stops with stop_profiling");
+    assert!(
+        gpu.stop_profiling().0.is_empty(),
+        "timing stops with stop_profiling"
+    );
 }

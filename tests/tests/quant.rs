@@ -9,12 +9,20 @@ use creme_tests::{cache_dir, gpu_on, model_path, random_blocks, read_header, ALL
 
 fn reference_dir() -> std::path::PathBuf {
     let d = cache_dir().join("reference/dequant");
-    assert!(d.join("random_Q4_K.f32").exists(), "{} is missing: run scripts/gguf_reference.py", d.display());
+    assert!(
+        d.join("random_Q4_K.f32").exists(),
+        "{} is missing: run scripts/gguf_reference.py",
+        d.display()
+    );
     d
 }
 
 fn read_f32(p: &std::path::Path) -> Vec<f32> {
-    std::fs::read(p).unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    std::fs::read(p)
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -40,22 +48,40 @@ fn cpu_dequant_equals_gguf_python_on_real_tensors() {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             let name = p.file_name().unwrap().to_string_lossy().to_string();
-            let Some(rest) = name.strip_prefix(&format!("{model}_")) else { continue };
-            let Some(tensor) = rest.strip_suffix(".f32") else { continue };
+            let Some(rest) = name.strip_prefix(&format!("{model}_")) else {
+                continue;
+            };
+            let Some(tensor) = rest.strip_suffix(".f32") else {
+                continue;
+            };
             let info = h.tensor(tensor).unwrap();
             let want = read_f32(&p);
             let bytes = h.tensor_bytes(&file, info).unwrap();
             let got = dequantize(info.dtype, bytes, want.len()).unwrap();
             let err = max_rel_err(&got, &want);
-            assert!(err <= 1e-6, "{model} {tensor} ({}): max rel err {err}", info.dtype.name());
+            assert!(
+                err <= 1e-6,
+                "{model} {tensor} ({}): max rel err {err}",
+                info.dtype.name()
+            );
             checked.push(format!("{model}:{}", info.dtype.name()));
         }
     }
     checked.sort();
     checked.dedup();
     eprintln!("real tensors checked: {checked:?}");
-    for want in ["qwen:Q4_K", "qwen:Q5_0", "qwen:Q6_K", "qwen:Q8_0", "smollm2:Q4_1", "smollm2:Q8_0"] {
-        assert!(checked.iter().any(|c| c == want), "no real tensor of {want} was checked");
+    for want in [
+        "qwen:Q4_K",
+        "qwen:Q5_0",
+        "qwen:Q6_K",
+        "qwen:Q8_0",
+        "smollm2:Q4_1",
+        "smollm2:Q8_0",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == want),
+            "no real tensor of {want} was checked"
+        );
     }
 }
 
@@ -72,7 +98,14 @@ fn gpu_quant_matmul_equals_cpu_for_every_format() {
 fn check_formats(gpu: &creme_core::Gpu, flavour: Option<&str>) {
     let mut rng = SplitMix64(99);
     for t in ALL_TYPES {
-        for (rows, k, m) in [(1usize, 256usize, 1usize), (37, 512, 1), (13, 256, 3), (70, 768, 9), (5, 1024, 17), (130, 256, 65)] {
+        for (rows, k, m) in [
+            (1usize, 256usize, 1usize),
+            (37, 512, 1),
+            (13, 256, 3),
+            (70, 768, 9),
+            (5, 1024, 17),
+            (130, 256, 65),
+        ] {
             let nblocks = rows * k / t.block_elems();
             let raw = random_blocks(t, nblocks, &mut rng);
             let w = gpu.upload_weight("w", t, rows, k, &raw).unwrap();
@@ -85,7 +118,11 @@ fn check_formats(gpu: &creme_core::Gpu, flavour: Option<&str>) {
                 *v += bias[i % rows];
             }
             let err = max_scaled_err(&got, &want);
-            assert!(err < 1e-5, "{} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}", t.name());
+            assert!(
+                err < 1e-5,
+                "{} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}",
+                t.name()
+            );
         }
     }
 }
@@ -104,10 +141,21 @@ fn weight_split_across_bindings_gives_the_same_result() {
         .step_by(64)
         .map(|r0| {
             let n = 64.min(rows - r0);
-            creme_core::gpu::WeightChunk { buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]), row0: r0, rows: n, byte_off: 0 }
+            creme_core::gpu::WeightChunk {
+                buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]),
+                row0: r0,
+                rows: n,
+                byte_off: 0,
+            }
         })
         .collect();
-    let split = creme_core::gpu::GpuWeight { name: "split".into(), dtype: t, rows, cols: k, chunks };
+    let split = creme_core::gpu::GpuWeight {
+        name: "split".into(),
+        dtype: t,
+        rows,
+        cols: k,
+        chunks,
+    };
     let x = rng.vec_f32(2 * k);
     let a = pollster::block_on(gpu.matmul_quant(&x, &whole, None, 2)).unwrap();
     let b = pollster::block_on(gpu.matmul_quant(&x, &split, None, 2)).unwrap();
@@ -118,7 +166,9 @@ fn weight_split_across_bindings_gives_the_same_result() {
 fn unsupported_and_truncated_data_are_clear_errors() {
     let e = GgmlType::from_id(10).unwrap_err().to_string();
     assert!(e.contains("Q2_K"), "{e}");
-    let e = dequantize(GgmlType::Q4K, &[0u8; 100], 256).unwrap_err().to_string();
+    let e = dequantize(GgmlType::Q4K, &[0u8; 100], 256)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("truncated"), "{e}");
 }
 
@@ -132,7 +182,10 @@ fn q4_0_quantizer_round_trips_within_half_a_step() {
         let amax = bx.iter().fold(0f32, |m, v| m.max(v.abs()));
         let step = amax / 8.0;
         for (a, b) in bx.iter().zip(by) {
-            assert!((a - b).abs() <= step * 0.5 + 1e-3 * amax, "{a} vs {b} (step {step})");
+            assert!(
+                (a - b).abs() <= step * 0.5 + 1e-3 * amax,
+                "{a} vs {b} (step {step})"
+            );
         }
     }
 }
@@ -143,20 +196,50 @@ fn requantize_re_encodes_weights_and_keeps_vectors_and_metadata() {
     use creme_core::model::GgufHeader;
     let src = creme_tests::tiny::tiny_gguf();
     let out = requantize(&src, GgmlType::Q8_0).unwrap();
-    let (a, b) = (GgufHeader::parse(&src).unwrap(), GgufHeader::parse(&out).unwrap());
+    let (a, b) = (
+        GgufHeader::parse(&src).unwrap(),
+        GgufHeader::parse(&out).unwrap(),
+    );
     b.check_len(out.len() as u64).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
         assert_eq!((&ta.name, &ta.dims), (&tb.name, &tb.dims));
-        let want = if ta.dims.len() == 2 { GgmlType::Q8_0 } else { ta.dtype };
+        let want = if ta.dims.len() == 2 {
+            GgmlType::Q8_0
+        } else {
+            ta.dtype
+        };
         assert_eq!(tb.dtype, want, "{}", ta.name);
         // Values survive to Q8_0 precision.
-        let xa = creme_core::model::quant::dequantize(ta.dtype, a.tensor_bytes(&src, ta).unwrap(), ta.elems() as usize).unwrap();
-        let xb = creme_core::model::quant::dequantize(tb.dtype, b.tensor_bytes(&out, tb).unwrap(), tb.elems() as usize).unwrap();
+        let xa = creme_core::model::quant::dequantize(
+            ta.dtype,
+            a.tensor_bytes(&src, ta).unwrap(),
+            ta.elems() as usize,
+        )
+        .unwrap();
+        let xb = creme_core::model::quant::dequantize(
+            tb.dtype,
+            b.tensor_bytes(&out, tb).unwrap(),
+            tb.elems() as usize,
+        )
+        .unwrap();
         let amax = xa.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(xa.iter().zip(&xb).all(|(p, q)| (p - q).abs() <= amax / 127.0), "{}", ta.name);
+        assert!(
+            xa.iter()
+                .zip(&xb)
+                .all(|(p, q)| (p - q).abs() <= amax / 127.0),
+            "{}",
+            ta.name
+        );
     }
-    assert_eq!(a.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len()), b.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|t| t.len()));
+    assert_eq!(
+        a.get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|t| t.len()),
+        b.get("tokenizer.ggml.tokens")
+            .and_then(|v| v.as_array())
+            .map(|t| t.len())
+    );
 }
 
 #[test]
@@ -168,7 +251,10 @@ fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
     let h = GgufHeader::parse(&out).unwrap();
     h.check_len(out.len() as u64).unwrap();
     assert_eq!(h.get("qwen2.block_count").and_then(|v| v.as_u64()), Some(1));
-    assert!(h.tensors.iter().all(|t| !t.name.starts_with("blk.") || t.name.starts_with("blk.0.")));
+    assert!(h
+        .tensors
+        .iter()
+        .all(|t| !t.name.starts_with("blk.") || t.name.starts_with("blk.0.")));
     assert!(h.tensors.iter().any(|t| t.name == "token_embd.weight"));
     // The truncated model loads and runs.
     let dev = creme_core::Device::Cpu(creme_core::backend::cpu::CpuBackend::new());
@@ -201,9 +287,18 @@ fn matmul_fusions_for_every_flavour() {
                 let bb = gpu.upload("bias", &bias);
                 for case in ["add", "silu-mul", "bias"] {
                     let fuse = match case {
-                        "add" => Fusion { epilogue: Epilogue::Add, ..Default::default() },
-                        "silu-mul" => Fusion { epilogue: Epilogue::SiluMul, ..Default::default() },
-                        _ => Fusion { bias: Some(&bb), ..Default::default() },
+                        "add" => Fusion {
+                            epilogue: Epilogue::Add,
+                            ..Default::default()
+                        },
+                        "silu-mul" => Fusion {
+                            epilogue: Epilogue::SiluMul,
+                            ..Default::default()
+                        },
+                        _ => Fusion {
+                            bias: Some(&bb),
+                            ..Default::default()
+                        },
                     };
                     let want: Vec<f32> = (0..m * rows)
                         .map(|i| match case {
@@ -214,11 +309,16 @@ fn matmul_fusions_for_every_flavour() {
                         .collect();
                     let (xb, yb) = (gpu.upload("x", &x), gpu.upload("y", &y0));
                     let mut rec = gpu.new_recorder("test");
-                    gpu.encode_matmul_quant(&mut rec, &xb, &w, &yb, m as u32, rows as u32, 0, fuse).unwrap();
+                    gpu.encode_matmul_quant(&mut rec, &xb, &w, &yb, m as u32, rows as u32, 0, fuse)
+                        .unwrap();
                     gpu.submit(rec);
                     let got = pollster::block_on(gpu.read::<f32>(&yb, m * rows)).unwrap();
                     let err = max_scaled_err(&got, &want);
-                    assert!(err < 1e-5, "{} {case} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}", t.name());
+                    assert!(
+                        err < 1e-5,
+                        "{} {case} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}",
+                        t.name()
+                    );
                 }
             }
         }
@@ -235,9 +335,18 @@ fn repack_as_q8_0_is_lossless() {
         let raw = random_blocks(t, 40, &mut rng);
         let repacked = repack_as_q8_0(t, &raw).unwrap();
         assert_eq!(repacked.len(), 40 * 34);
-        assert_eq!(dequantize(GgmlType::Q8_0, &repacked, 40 * 32).unwrap(), dequantize(t, &raw, 40 * 32).unwrap(), "{}", t.name());
+        assert_eq!(
+            dequantize(GgmlType::Q8_0, &repacked, 40 * 32).unwrap(),
+            dequantize(t, &raw, 40 * 32).unwrap(),
+            "{}",
+            t.name()
+        );
     }
     for t in [GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q4K, GgmlType::F16] {
-        assert!(repack_as_q8_0(t, &random_blocks(t, 2, &mut rng)).is_none(), "{}", t.name());
+        assert!(
+            repack_as_q8_0(t, &random_blocks(t, 2, &mut rng)).is_none(),
+            "{}",
+            t.name()
+        );
     }
 }

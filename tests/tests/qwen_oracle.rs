@@ -18,22 +18,45 @@ fn humaneval() -> Vec<Value> {
 
 fn oracle_clean() -> Vec<String> {
     let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_clean_completions.json")).unwrap(),
+        &std::fs::read_to_string(
+            shared_dir()
+                .join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_clean_completions.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
-    v["clean"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    v["clean"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Greedy completions of the given HumanEval tasks, `batch` prompts at a time.
 fn complete(backend: &str, tasks: &[usize], batch: usize) -> Vec<String> {
     let gpu = device_on(backend);
-    let model = Model::from_gguf_bytes(&gpu, &std::fs::read(model_path("qwen")).unwrap(), 4096).unwrap();
+    let model =
+        Model::from_gguf_bytes(&gpu, &std::fs::read(model_path("qwen")).unwrap(), 4096).unwrap();
     let he = humaneval();
-    let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: 320,
+        stop: humaneval_stops(),
+        ..Default::default()
+    };
     let mut out = Vec::new();
     for group in tasks.chunks(batch) {
-        let prompts: Vec<Vec<u32>> = group.iter().map(|&i| model.tokenizer.encode(he[i]["prompt"].as_str().unwrap()).unwrap()).collect();
-        let done = pollster::block_on(generate(&gpu, &model, &prompts, &opts, &mut |_, _| {})).unwrap();
+        let prompts: Vec<Vec<u32>> = group
+            .iter()
+            .map(|&i| {
+                model
+                    .tokenizer
+                    .encode(he[i]["prompt"].as_str().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let done =
+            pollster::block_on(generate(&gpu, &model, &prompts, &opts, &mut |_, _| {})).unwrap();
         out.extend(done.into_iter().map(|c| c.text));
     }
     out
@@ -60,7 +83,11 @@ fn qwen_greedy_humaneval_equals_hf_on_cpu() {
 /// Run `prompt + completion + test + check(entry_point)` under python3 with a 10 s limit in a
 /// fresh temp dir (the harness's sandbox proper lives in creme-cli; this mirrors the oracle's rule).
 fn passes(task: &Value, completion: &str) -> bool {
-    let dir = std::env::temp_dir().join(format!("creme-oracle-{}-{}", std::process::id(), task["task_id"].as_str().unwrap().replace('/', "_")));
+    let dir = std::env::temp_dir().join(format!(
+        "creme-oracle-{}-{}",
+        std::process::id(),
+        task["task_id"].as_str().unwrap().replace('/', "_")
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let program = format!(
         "{}{}\n\n{}\n\ncheck({})\n",
@@ -88,7 +115,11 @@ fn passes(task: &Value, completion: &str) -> bool {
 #[test]
 #[ignore]
 fn qwen_greedy_humaneval_subset_matches_hf() {
-    let n: usize = std::env::var("CREME_ORACLE_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(164).min(164);
+    let n: usize = std::env::var("CREME_ORACLE_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(164)
+        .min(164);
     let backend = std::env::var("CREME_ORACLE_BACKEND").unwrap_or_else(|_| "cpu".into());
     let tasks: Vec<usize> = (0..n).collect();
     let t0 = std::time::Instant::now();
@@ -97,7 +128,10 @@ fn qwen_greedy_humaneval_subset_matches_hf() {
     let want = oracle_clean();
     let he = humaneval();
     let pass_ref: Value = serde_json::from_str(
-        &std::fs::read_to_string(shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_pass.json")).unwrap(),
+        &std::fs::read_to_string(
+            shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_pass.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let (mut same, mut agree, mut passed, mut ref_passed) = (0, 0, 0, 0);
@@ -117,8 +151,14 @@ fn qwen_greedy_humaneval_subset_matches_hf() {
         100.0 * same as f64 / n as f64,
         100.0 * agree as f64 / n as f64
     );
-    assert!(same as f64 >= 0.9 * n as f64, "only {same}/{n} completions identical");
-    assert!(agree as f64 >= 0.95 * n as f64, "pass/fail agreement {agree}/{n}");
+    assert!(
+        same as f64 >= 0.9 * n as f64,
+        "only {same}/{n} completions identical"
+    );
+    assert!(
+        agree as f64 >= 0.95 * n as f64,
+        "pass/fail agreement {agree}/{n}"
+    );
     if n == 164 {
         assert!((69..=73).contains(&passed), "{passed} passes, oracle 71");
     }

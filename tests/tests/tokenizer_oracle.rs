@@ -16,11 +16,18 @@ fn prompts() -> BTreeMap<(String, String), String> {
         files.push((p.file_stem().unwrap().to_string_lossy().to_string(), p));
     }
     for (set, path) in files {
-        for line in std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.trim().is_empty()) {
+        for line in std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
             // One line of A2 carries a NaN original_prompt, which is not strict JSON.
             let line = line.replace(": NaN", ": null");
             let v: Value = serde_json::from_str(&line).unwrap();
-            out.insert((set.clone(), v["task_id"].as_str().unwrap().to_string()), v["prompt"].as_str().unwrap().to_string());
+            out.insert(
+                (set.clone(), v["task_id"].as_str().unwrap().to_string()),
+                v["prompt"].as_str().unwrap().to_string(),
+            );
         }
     }
     out
@@ -29,7 +36,10 @@ fn prompts() -> BTreeMap<(String, String), String> {
 fn check(model: &str, oracle_file: &str) {
     let h = read_header(&model_path(model));
     let tok = Tokenizer::from_gguf(&h).unwrap();
-    let oracle: Value = serde_json::from_str(&std::fs::read_to_string(shared_dir().join("oracle/tokenizers").join(oracle_file)).unwrap()).unwrap();
+    let oracle: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared_dir().join("oracle/tokenizers").join(oracle_file)).unwrap(),
+    )
+    .unwrap();
     let mut n = 0;
     let mut bad = Vec::new();
     for ((set, task), prompt) in prompts() {
@@ -43,11 +53,20 @@ fn check(model: &str, oracle_file: &str) {
             bad.push(format!("{set}/{task}"));
         }
         if set == "clean" {
-            assert_eq!(tok.decode(&got).unwrap(), prompt, "decode round trip {task}");
+            assert_eq!(
+                tok.decode(&got).unwrap(),
+                prompt,
+                "decode round trip {task}"
+            );
         }
     }
     for (text, ids) in oracle["extra"].as_object().unwrap() {
-        let want: Vec<u32> = ids.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
         let got = tok.encode(text).unwrap();
         if got != want {
             bad.push(format!("extra {text:?}: got {got:?} want {want:?}"));
@@ -56,7 +75,12 @@ fn check(model: &str, oracle_file: &str) {
     }
     eprintln!("{model}: {n} strings compared, {} differ", bad.len());
     assert!(n >= 3444, "only {n} prompts compared");
-    assert!(bad.is_empty(), "{} of {n} differ, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} of {n} differ, first: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
 }
 
 #[test]

@@ -4,10 +4,13 @@
 use creme_core::cpu::max_scaled_err;
 use creme_core::hooks::{Hooks, Patch, Site};
 use creme_core::model::{Input, Logits, Model};
-use creme_core::trace::{choose_layer, prepare, probe_logprobs, trace_layers, PatchPositions, Probe, RestorationByLogprob};
+use creme_core::trace::{
+    choose_layer, prepare, probe_logprobs, trace_layers, PatchPositions, Probe,
+    RestorationByLogprob,
+};
 use creme_core::Backend;
-use creme_tests::{device_on, BACKENDS};
 use creme_tests::tiny::{tiny_gguf, D, LAYERS};
+use creme_tests::{device_on, BACKENDS};
 
 fn model(dev: &creme_core::Device) -> Model {
     Model::from_gguf_bytes(dev, &tiny_gguf(), 256).unwrap()
@@ -22,26 +25,62 @@ fn resume_from_layer_equals_full_forward_with_overwrite_hook_on(backend: &str) {
     let t = a.len();
     let v = m.cfg.vocab;
     let mut cache = m.new_cache(&dev, vec![0, 0], t).unwrap();
-    let both = m.forward(&dev, &mut cache, &[a.clone(), b.clone()], &Hooks::capture((0..LAYERS).map(Site::ResidOut)), Logits::None).unwrap();
+    let both = m
+        .forward(
+            &dev,
+            &mut cache,
+            &[a.clone(), b.clone()],
+            &Hooks::capture((0..LAYERS).map(Site::ResidOut)),
+            Logits::None,
+        )
+        .unwrap();
     let patched_rows: Vec<u32> = vec![0, 3, 4, 10];
     for l in 0..LAYERS {
         let (states, _, _) = both.captured.get(Site::ResidOut(l)).unwrap();
         // Full forward of b with a's rows written over b's at layer l's output.
-        let hooks = Hooks { capture: vec![], patches: vec![Patch { site: Site::ResidOut(l), values: copy(&dev, states), src_rows: patched_rows.clone(), dst_rows: patched_rows.clone() }] };
+        let hooks = Hooks {
+            capture: vec![],
+            patches: vec![Patch {
+                site: Site::ResidOut(l),
+                values: copy(&dev, states),
+                src_rows: patched_rows.clone(),
+                dst_rows: patched_rows.clone(),
+            }],
+        };
         let mut c1 = m.new_cache(&dev, vec![0], t).unwrap();
-        let full = m.forward(&dev, &mut c1, &[b.clone()], &hooks, Logits::All).unwrap();
-        let full: Vec<f32> = pollster::block_on(dev.read(full.logits.as_ref().unwrap(), t * v)).unwrap();
+        let full = m
+            .forward(&dev, &mut c1, &[b.clone()], &hooks, Logits::All)
+            .unwrap();
+        let full: Vec<f32> =
+            pollster::block_on(dev.read(full.logits.as_ref().unwrap(), t * v)).unwrap();
         // Resume from layer l + 1 with the same patched state.
         let mut x = dev.zeros("x", t, D).unwrap();
         dev.copy_rows(states, t, &mut x, 0, t).unwrap();
         for &r in &patched_rows {
-            dev.copy_rows(states, r as usize, &mut x, r as usize, 1).unwrap();
+            dev.copy_rows(states, r as usize, &mut x, r as usize, 1)
+                .unwrap();
         }
         let mut c2 = m.new_cache(&dev, vec![0], t).unwrap();
-        let res = m.forward_ex(&dev, &mut c2, Input::Resume { x: &x, start: &[l + 1], t }, &Hooks::default(), Logits::All).unwrap();
-        let res: Vec<f32> = pollster::block_on(dev.read(res.logits.as_ref().unwrap(), t * v)).unwrap();
+        let res = m
+            .forward_ex(
+                &dev,
+                &mut c2,
+                Input::Resume {
+                    x: &x,
+                    start: &[l + 1],
+                    t,
+                },
+                &Hooks::default(),
+                Logits::All,
+            )
+            .unwrap();
+        let res: Vec<f32> =
+            pollster::block_on(dev.read(res.logits.as_ref().unwrap(), t * v)).unwrap();
         let err = max_scaled_err(&res, &full);
-        assert!(err < 1e-5, "layer {l}: resume differs from the hooked full forward by {err}");
+        assert!(
+            err < 1e-5,
+            "layer {l}: resume differs from the hooked full forward by {err}"
+        );
     }
 }
 
@@ -61,28 +100,66 @@ fn copy(dev: &creme_core::Device, b: &creme_core::Tensor) -> creme_core::Tensor 
 fn batched_probes_equal_single_probes_and_empty_patch_restores_nothing_on(backend: &str) {
     let dev = device_on(backend);
     let m = model(&dev);
-    let clean = m.tokenizer.encode("Return the sum of a list of numbers.").unwrap();
-    let pert = m.tokenizer.encode("Retrun teh sum of a lits of numbers.").unwrap();
+    let clean = m
+        .tokenizer
+        .encode("Return the sum of a list of numbers.")
+        .unwrap();
+    let pert = m
+        .tokenizer
+        .encode("Retrun teh sum of a lits of numbers.")
+        .unwrap();
     let target = m.tokenizer.encode("    return sum(xs)").unwrap();
     let setup = pollster::block_on(prepare(&dev, &m, &clean, &pert, &target)).unwrap();
     let frame = setup.frame;
     let probes: Vec<Probe> = vec![
-        Probe { layer: 0, positions: (0..frame).collect() },
-        Probe { layer: 1, positions: vec![2, 5] },
-        Probe { layer: 0, positions: vec![] },
-        Probe { layer: 1, positions: vec![] },
-        Probe { layer: 1, positions: (0..frame).collect() },
+        Probe {
+            layer: 0,
+            positions: (0..frame).collect(),
+        },
+        Probe {
+            layer: 1,
+            positions: vec![2, 5],
+        },
+        Probe {
+            layer: 0,
+            positions: vec![],
+        },
+        Probe {
+            layer: 1,
+            positions: vec![],
+        },
+        Probe {
+            layer: 1,
+            positions: (0..frame).collect(),
+        },
     ];
     let batched = pollster::block_on(probe_logprobs(&dev, &m, &setup, &probes)).unwrap();
     for (i, p) in probes.iter().enumerate() {
-        let single = pollster::block_on(probe_logprobs(&dev, &m, &setup, std::slice::from_ref(p))).unwrap()[0];
-        assert!((single - batched[i]).abs() < 1e-3 * single.abs().max(1.0), "probe {i}: {single} vs {}", batched[i]);
+        let single = pollster::block_on(probe_logprobs(&dev, &m, &setup, std::slice::from_ref(p)))
+            .unwrap()[0];
+        assert!(
+            (single - batched[i]).abs() < 1e-3 * single.abs().max(1.0),
+            "probe {i}: {single} vs {}",
+            batched[i]
+        );
     }
     for i in [2, 3] {
-        assert!((batched[i] - setup.lp_pert).abs() < 1e-3 * setup.lp_pert.abs().max(1.0), "empty patch: {} vs lp_pert {}", batched[i], setup.lp_pert);
+        assert!(
+            (batched[i] - setup.lp_pert).abs() < 1e-3 * setup.lp_pert.abs().max(1.0),
+            "empty patch: {} vs lp_pert {}",
+            batched[i],
+            setup.lp_pert
+        );
     }
     // At the last layer every prompt row is the clean run's; only the target rows remain perturbed.
-    let trace = pollster::block_on(trace_layers(&dev, &m, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob)).unwrap();
+    let trace = pollster::block_on(trace_layers(
+        &dev,
+        &m,
+        &setup,
+        PatchPositions::AllPrompt,
+        &mut RestorationByLogprob,
+    ))
+    .unwrap();
     assert_eq!(trace.scores.len(), LAYERS);
     assert!(trace.key_layer < LAYERS);
     assert!(setup.differing_positions().len() < frame);
@@ -97,23 +174,41 @@ fn batched_probes_equal_single_probes_and_empty_patch_restores_nothing() {
 
 #[test]
 fn ties_go_to_the_largest_distance() {
-    assert_eq!(choose_layer(&[0.5, 1.0, 1.0, 0.2], &[9.0, 1.0, 3.0, 100.0]), 2);
+    assert_eq!(
+        choose_layer(&[0.5, 1.0, 1.0, 0.2], &[9.0, 1.0, 3.0, 100.0]),
+        2
+    );
     assert_eq!(choose_layer(&[0.0, 0.0, 0.0], &[1.0, 5.0, 2.0]), 1);
 }
 
-fn generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_prompt_on(backend: &str) {
+fn generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_prompt_on(
+    backend: &str,
+) {
     use creme_core::generate::{generate, GenerateOptions};
     use creme_core::trace::generate_from_probes;
     let dev = device_on(backend);
     let m = model(&dev);
     let clean = m.tokenizer.encode("Return the sum of a list.").unwrap();
-    let pert = m.tokenizer.encode("Retrun teh sum of a lits of numbers.").unwrap();
+    let pert = m
+        .tokenizer
+        .encode("Retrun teh sum of a lits of numbers.")
+        .unwrap();
     let target = m.tokenizer.encode("  return sum(xs)").unwrap();
     let setup = pollster::block_on(prepare(&dev, &m, &clean, &pert, &target)).unwrap();
-    let opts = GenerateOptions { max_new_tokens: 10, ..Default::default() };
-    let plain = pollster::block_on(generate(&dev, &m, &[pert.clone()], &opts, &mut |_, _| {})).unwrap();
-    let probes: Vec<Probe> = (0..LAYERS).map(|layer| Probe { layer, positions: vec![] }).collect();
-    let from_probes = pollster::block_on(generate_from_probes(&dev, &m, &setup, &probes, &opts)).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 10,
+        ..Default::default()
+    };
+    let plain =
+        pollster::block_on(generate(&dev, &m, &[pert.clone()], &opts, &mut |_, _| {})).unwrap();
+    let probes: Vec<Probe> = (0..LAYERS)
+        .map(|layer| Probe {
+            layer,
+            positions: vec![],
+        })
+        .collect();
+    let from_probes =
+        pollster::block_on(generate_from_probes(&dev, &m, &setup, &probes, &opts)).unwrap();
     for (l, c) in from_probes.iter().enumerate() {
         assert_eq!(c.tokens, plain[0].tokens, "probe at layer {l}");
     }

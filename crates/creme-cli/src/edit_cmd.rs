@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use creme_core::dataset::Problem;
 use creme_core::edit::{EditSettings, Keep, Solver};
-use creme_core::pipeline::{locate_and_edit_with, CremeSettings, LogprobLocator};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
+use creme_core::pipeline::{locate_and_edit_with, CremeSettings, LogprobLocator};
 use creme_core::report;
 use creme_core::{Backend, Device};
 use serde_json::json;
@@ -31,11 +31,21 @@ pub struct EditArgs {
 }
 
 /// Greedy HumanEval completion of `prompt` and, when a problem is known, its test verdict.
-fn complete_and_test(dev: &Device, model: &Model, prompt: &str, problem: Option<&Problem>) -> Res<(String, Option<Verdict>)> {
+fn complete_and_test(
+    dev: &Device,
+    model: &Model,
+    prompt: &str,
+    problem: Option<&Problem>,
+) -> Res<(String, Option<Verdict>)> {
     let ids = model.tokenizer.encode(prompt)?;
-    let opts = GenerateOptions { max_new_tokens: 320, stop: humaneval_stops(), ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: 320,
+        stop: humaneval_stops(),
+        ..Default::default()
+    };
     let c = pollster::block_on(generate(dev, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
-    let verdict = problem.map(|p| run_program(&p.program(prompt, &c.text), &Limits::default()).verdict);
+    let verdict =
+        problem.map(|p| run_program(&p.program(prompt, &c.text), &Limits::default()).verdict);
     Ok((c.text, verdict))
 }
 
@@ -54,12 +64,22 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     let problems = a.pair.problems()?;
     let model_path = common::model_path(a.pair.model.as_deref());
     let mut model = a.pair.load_model(dev)?;
-    let (clean, pert) = (model.tokenizer.encode(&clean_text)?, model.tokenizer.encode(&pert_text)?);
+    let (clean, pert) = (
+        model.tokenizer.encode(&clean_text)?,
+        model.tokenizer.encode(&pert_text)?,
+    );
     let t_all = Instant::now();
 
     // Before: both completions and their tests.
-    let skip = |_: &Model, _: &str, _: Option<&Problem>| -> Res<(String, Option<Verdict>)> { Ok((String::new(), None)) };
-    let eval: &dyn Fn(&Model, &str, Option<&Problem>) -> Res<(String, Option<Verdict>)> = if a.no_eval { &skip } else { &|m, p, pr| complete_and_test(dev, m, p, pr) };
+    let skip = |_: &Model, _: &str, _: Option<&Problem>| -> Res<(String, Option<Verdict>)> {
+        Ok((String::new(), None))
+    };
+    let eval: &dyn Fn(&Model, &str, Option<&Problem>) -> Res<(String, Option<Verdict>)> =
+        if a.no_eval {
+            &skip
+        } else {
+            &|m, p, pr| complete_and_test(dev, m, p, pr)
+        };
     let (clean_before, clean_v0) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
     let (pert_before, pert_v0) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
     println!("== {label}");
@@ -69,20 +89,51 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
 
     // Target, layer (fixed, or traced with the logprob metric), edit: the core pipeline.
     let mut meta = BTreeMap::new();
-    meta.insert("base_model_sha256".to_string(), common::sha256_file(&model_path)?);
-    meta.insert("base_model".to_string(), model_path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
+    meta.insert(
+        "base_model_sha256".to_string(),
+        common::sha256_file(&model_path)?,
+    );
+    meta.insert(
+        "base_model".to_string(),
+        model_path
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    );
     meta.insert("pair".to_string(), label.clone());
-    let settings = CremeSettings { target_tokens: a.target_tokens, layer: a.layer, edit: a.settings.clone() };
-    let mut locator = LogprobLocator { restored_at: a.restored_at };
+    let settings = CremeSettings {
+        target_tokens: a.target_tokens,
+        layer: a.layer,
+        edit: a.settings.clone(),
+    };
+    let mut locator = LogprobLocator {
+        restored_at: a.restored_at,
+    };
     let mut bar = crate::progress::Reporter::new(&label);
-    let done = pollster::block_on(locate_and_edit_with(dev, &model, (&clean, &pert), &settings, &mut locator, meta, &mut |s| bar.step(s)))?;
+    let done = pollster::block_on(locate_and_edit_with(
+        dev,
+        &model,
+        (&clean, &pert),
+        &settings,
+        &mut locator,
+        meta,
+        &mut |s| bar.step(s),
+    ))?;
     bar.finish();
     let (layer, result) = (done.layer, &done.result);
     if let Some(t) = &done.trace {
         let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
-        println!("-- causal trace (logprob restoration per layer, {:.1} s): [{}]\n   key layer {layer}", done.timings.trace_s, row.join(" "));
+        println!(
+            "-- causal trace (logprob restoration per layer, {:.1} s): [{}]\n   key layer {layer}",
+            done.timings.trace_s,
+            row.join(" ")
+        );
     }
-    let curve: Vec<String> = result.losses.iter().map(|l| format!("{:.6}", l.total)).collect();
+    let curve: Vec<String> = result
+        .losses
+        .iter()
+        .map(|l| format!("{:.6}", l.total))
+        .collect();
     println!(
         "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{:.2} s capture)",
         a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds, done.timings.capture_s
@@ -95,7 +146,11 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     let tmp = a.out.with_extension("tmp");
     std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &a.out).map_err(|e| format!("writing {}: {e}", a.out.display()))?;
-    println!("-- patch written: {} ({} KiB)", a.out.display(), bytes.len() / 1024);
+    println!(
+        "-- patch written: {} ({} KiB)",
+        a.out.display(),
+        bytes.len() / 1024
+    );
 
     // After.
     patch.apply(dev, &mut model)?;
@@ -105,7 +160,11 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     if !a.no_eval {
         println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
     }
-    println!("== total {:.1} s on {}", t_all.elapsed().as_secs_f64(), dev.describe());
+    println!(
+        "== total {:.1} s on {}",
+        t_all.elapsed().as_secs_f64(),
+        dev.describe()
+    );
 
     if let Some(dir) = &a.report {
         std::fs::create_dir_all(dir)?;
@@ -117,17 +176,39 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
             "adapter": dev.describe(), "patch": a.out.display().to_string(),
         });
         let json_text = serde_json::to_string_pretty(&doc)?;
-        let cell = |text: &str, v: Option<Verdict>| format!("<td><b class='{}'>{}</b><pre>{}</pre></td>", if v == Some(Verdict::Pass) { "ok" } else { "bad" }, verdict_str(v), report::escape(text));
+        let cell = |text: &str, v: Option<Verdict>| {
+            format!(
+                "<td><b class='{}'>{}</b><pre>{}</pre></td>",
+                if v == Some(Verdict::Pass) {
+                    "ok"
+                } else {
+                    "bad"
+                },
+                verdict_str(v),
+                report::escape(text)
+            )
+        };
         let (clean_marked, pert_marked) = report::diff_marked(&clean_text, &pert_text);
         let mut sections = vec![(
             "Prompts (the characters that differ are marked)".to_string(),
             format!("<table class='cols'><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre class='prompt'>{clean_marked}</pre></td><td><pre class='prompt'>{pert_marked}</pre></td></tr></table>"),
         )];
         if let Some(t) = &done.trace {
-            sections.push(("Causal trace".to_string(), report::layer_curve_svg(t, &format!("{label}: restoration by layer"))));
+            sections.push((
+                "Causal trace".to_string(),
+                report::layer_curve_svg(t, &format!("{label}: restoration by layer")),
+            ));
         }
         let lambda = a.settings.lambda;
-        sections.push(("Edit loss".to_string(), report::loss_curve_svg(&result.losses, lambda, result.kept_step, &format!("layer {layer} W_down, {:?}", a.settings.solver))));
+        sections.push((
+            "Edit loss".to_string(),
+            report::loss_curve_svg(
+                &result.losses,
+                lambda,
+                result.kept_step,
+                &format!("layer {layer} W_down, {:?}", a.settings.solver),
+            ),
+        ));
         sections.push((
             "Completions before and after the edit".to_string(),
             format!(
@@ -139,7 +220,10 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
             ),
         ));
         common::write(&dir.join("edit.json"), &json_text)?;
-        common::write(&dir.join("report.html"), &report::html_page(&format!("CREME edit — {label}"), &sections, &json_text))?;
+        common::write(
+            &dir.join("report.html"),
+            &report::html_page(&format!("CREME edit — {label}"), &sections, &json_text),
+        )?;
         println!("-- report: {}", dir.join("report.html").display());
     }
     Ok(())
@@ -190,14 +274,24 @@ impl EditFlags {
             "best" => Keep::Best,
             k => return Err(format!("unknown --keep '{k}' (final or best)").into()),
         };
-        Ok(EditSettings { solver, lambda: self.lambda, lr: self.lr, max_steps: self.steps, patience: self.patience, keep })
+        Ok(EditSettings {
+            solver,
+            lambda: self.lambda,
+            lr: self.lr,
+            max_steps: self.steps,
+            patience: self.patience,
+            keep,
+        })
     }
 
     /// --restored-at as a threshold (None: the best restoration wins).
     pub fn restored_at(&self) -> Res<Option<f64>> {
         match self.restored_at.as_str() {
             "none" => Ok(None),
-            t => t.parse::<f64>().map(Some).map_err(|_| format!("--restored-at '{t}': a number or none").into()),
+            t => t
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| format!("--restored-at '{t}': a number or none").into()),
         }
     }
 }

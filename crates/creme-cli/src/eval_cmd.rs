@@ -68,11 +68,19 @@ pub fn parse_types(spec: &str) -> Res<Vec<String>> {
     for t in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if t == "all" {
             out.push("clean".to_string());
-            out.extend(creme_core::dataset::PERTURBATION_TYPES.iter().map(|s| s.to_string()));
+            out.extend(
+                creme_core::dataset::PERTURBATION_TYPES
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
         } else if t == "clean" || creme_core::dataset::PERTURBATION_TYPES.contains(&t) {
             out.push(t.to_string());
         } else {
-            return Err(format!("unknown set '{t}' in --types (clean, all, or one of {})", creme_core::dataset::PERTURBATION_TYPES.join(", ")).into());
+            return Err(format!(
+                "unknown set '{t}' in --types (clean, all, or one of {})",
+                creme_core::dataset::PERTURBATION_TYPES.join(", ")
+            )
+            .into());
         }
     }
     out.dedup();
@@ -83,7 +91,14 @@ pub fn parse_types(spec: &str) -> Res<Vec<String>> {
 }
 
 /// One tested sample, as written to samples.jsonl.
-pub fn sample_record(set: &str, p: &Problem, sample: usize, completion: &str, finish: &str, r: &RunResult) -> Value {
+pub fn sample_record(
+    set: &str,
+    p: &Problem,
+    sample: usize,
+    completion: &str,
+    finish: &str,
+    r: &RunResult,
+) -> Value {
     json!({
         "set": set, "task_id": p.task_id, "sample": sample, "completion": completion, "finish": finish,
         "passed": r.verdict == Verdict::Pass, "verdict": r.verdict, "error_kind": r.error_kind,
@@ -92,7 +107,11 @@ pub fn sample_record(set: &str, p: &Problem, sample: usize, completion: &str, fi
 }
 
 pub fn limits(timeout: u64) -> Limits {
-    Limits { wall: std::time::Duration::from_secs(timeout), cpu_seconds: timeout, ..Limits::default() }
+    Limits {
+        wall: std::time::Duration::from_secs(timeout),
+        cpu_seconds: timeout,
+        ..Limits::default()
+    }
 }
 
 /// Progress of one set: samples done, passes so far (the reporter shows the ETA).
@@ -105,12 +124,22 @@ struct Progress {
 
 impl Progress {
     fn new(set: &str, total: usize) -> Progress {
-        Progress { bar: crate::progress::Reporter::new(&format!("[{set}]")), total, done: 0, passed: 0 }
+        Progress {
+            bar: crate::progress::Reporter::new(&format!("[{set}]")),
+            total,
+            done: 0,
+            passed: 0,
+        }
     }
     fn tick(&mut self, n: usize, passed: usize) {
         self.done += n;
         self.passed += passed;
-        self.bar.step(creme_core::progress::Step { stage: "samples", done: self.done, total: self.total, note: format!("{} passed", self.passed) });
+        self.bar.step(creme_core::progress::Step {
+            stage: "samples",
+            done: self.done,
+            total: self.total,
+            note: format!("{} passed", self.passed),
+        });
         if self.done == self.total {
             self.bar.finish();
         }
@@ -118,8 +147,12 @@ impl Progress {
 }
 
 /// Completions given on the command line: (set, task_id, sample) -> text.
-fn read_completions(path: &Path, sets: &BTreeMap<String, Vec<Problem>>) -> Res<HashMap<(String, String, usize), String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+fn read_completions(
+    path: &Path,
+    sets: &BTreeMap<String, Vec<Problem>>,
+) -> Res<HashMap<(String, String, usize), String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut out = HashMap::new();
     // By content: one JSON object of lists is the {set: [...]} form; anything else is JSONL (a
     // one-record JSONL file is also a single object, but of strings).
@@ -129,21 +162,48 @@ fn read_completions(path: &Path, sets: &BTreeMap<String, Vec<Problem>>) -> Res<H
     };
     if let Some(map) = set_map {
         for (set, list) in map {
-            let Some(problems) = sets.get(&set) else { continue };
-            let list = list.as_array().ok_or_else(|| format!("{}: '{set}' is not a list", path.display()))?;
+            let Some(problems) = sets.get(&set) else {
+                continue;
+            };
+            let list = list
+                .as_array()
+                .ok_or_else(|| format!("{}: '{set}' is not a list", path.display()))?;
             if list.len() != problems.len() {
-                return Err(format!("{}: '{set}' has {} completions for {} tasks", path.display(), list.len(), problems.len()).into());
+                return Err(format!(
+                    "{}: '{set}' has {} completions for {} tasks",
+                    path.display(),
+                    list.len(),
+                    problems.len()
+                )
+                .into());
             }
             for (p, c) in problems.iter().zip(list) {
-                out.insert((set.clone(), p.task_id.clone(), 0), c.as_str().ok_or_else(|| format!("{}: non-string completion in '{set}'", path.display()))?.to_string());
+                out.insert(
+                    (set.clone(), p.task_id.clone(), 0),
+                    c.as_str()
+                        .ok_or_else(|| {
+                            format!("{}: non-string completion in '{set}'", path.display())
+                        })?
+                        .to_string(),
+                );
             }
         }
         return Ok(out);
     }
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let bad = |w: &str| format!("{}:{}: {w}", path.display(), i + 1);
-        let v: Value = serde_json::from_str(line).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
-        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from).ok_or_else(|| bad(&format!("missing string field '{k}'")));
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| bad(&format!("not valid JSON ({e})")))?;
+        let get = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(String::from)
+                .ok_or_else(|| bad(&format!("missing string field '{k}'")))
+        };
         let sample = v.get("sample").and_then(|x| x.as_u64()).unwrap_or(0) as usize;
         out.insert((get("set")?, get("task_id")?, sample), get("completion")?);
     }
@@ -155,7 +215,11 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let types = parse_types(&a.types)?;
     let sets = common::load_sets(&dir, &types, a.input.tasks.as_deref(), a.input.limit)?;
     // Completions given per set as one list are in the order of the whole set.
-    let whole_sets = if a.input.tasks.is_some() || a.input.limit.is_some() { common::load_sets(&dir, &types, None, None)? } else { sets.clone() };
+    let whole_sets = if a.input.tasks.is_some() || a.input.limit.is_some() {
+        common::load_sets(&dir, &types, None, None)?
+    } else {
+        sets.clone()
+    };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
     common::record_command(&a.out)?;
     let settings = json!({
@@ -166,15 +230,37 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let settings_path = a.out.join("settings.json");
     if let Ok(old) = std::fs::read_to_string(&settings_path) {
         let old: Value = serde_json::from_str(&old)?;
-        let keys = ["n", "temperature", "top_p", "max_tokens", "patches", "model", "completions"];
+        let keys = [
+            "n",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "patches",
+            "model",
+            "completions",
+        ];
         if keys.iter().any(|k| old.get(k) != settings.get(k)) {
-            return Err(format!("{} holds a run with other settings; use another --out", a.out.display()).into());
+            return Err(format!(
+                "{} holds a run with other settings; use another --out",
+                a.out.display()
+            )
+            .into());
         }
     }
     common::write(&settings_path, &serde_json::to_string_pretty(&settings)?)?;
     let (mut log, previous) = JsonlLog::open(&a.out.join("samples.jsonl"))?;
-    let key = |v: &Value| -> Option<(String, String, usize)> { Some((v["set"].as_str()?.to_string(), v["task_id"].as_str()?.to_string(), v["sample"].as_u64()? as usize)) };
-    let workers = a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let key = |v: &Value| -> Option<(String, String, usize)> {
+        Some((
+            v["set"].as_str()?.to_string(),
+            v["task_id"].as_str()?.to_string(),
+            v["sample"].as_u64()? as usize,
+        ))
+    };
+    let workers = a.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let lim = limits(a.timeout);
     // Sandbox errors are not verdicts: their programs run again now.
     let (mut records, retry) = split_infra_errors(previous);
@@ -184,43 +270,69 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     }
     let done: std::collections::HashSet<_> = records.iter().filter_map(key).collect();
     if !done.is_empty() {
-        eprintln!("resuming: {} samples already in {}", done.len(), a.out.join("samples.jsonl").display());
+        eprintln!(
+            "resuming: {} samples already in {}",
+            done.len(),
+            a.out.join("samples.jsonl").display()
+        );
     }
 
     if let Some(path) = &a.completions {
         let given = read_completions(path, &whole_sets)?;
         if !sets.keys().any(|set| given.keys().any(|k| &k.0 == set)) {
-            return Err(format!("{} holds no completion for the sets asked for ({})", path.display(), types.join(", ")).into());
+            return Err(format!(
+                "{} holds no completion for the sets asked for ({})",
+                path.display(),
+                types.join(", ")
+            )
+            .into());
         }
         for set in sets.keys() {
             if !given.keys().any(|k| &k.0 == set) {
-                eprintln!("warning: {} holds no completions for set '{set}'", path.display());
+                eprintln!(
+                    "warning: {} holds no completions for set '{set}'",
+                    path.display()
+                );
             }
         }
         for (set, problems) in &sets {
             // Every sample given for a task, in sample order (JSONL records may hold several).
-            let mut samples: Vec<usize> = given.keys().filter(|k| &k.0 == set).map(|k| k.2).collect();
+            let mut samples: Vec<usize> =
+                given.keys().filter(|k| &k.0 == set).map(|k| k.2).collect();
             samples.sort_unstable();
             samples.dedup();
             let todo: Vec<(&Problem, usize, &String)> = problems
                 .iter()
                 .flat_map(|p| samples.iter().map(move |&s| (p, s)))
                 .filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s)))
-                .filter_map(|(p, s)| given.get(&(set.clone(), p.task_id.clone(), s)).map(|c| (p, s, c)))
+                .filter_map(|(p, s)| {
+                    given
+                        .get(&(set.clone(), p.task_id.clone(), s))
+                        .map(|c| (p, s, c))
+                })
                 .collect();
             if todo.is_empty() {
                 continue;
             }
             let mut prog = Progress::new(set, todo.len());
             for chunk in todo.chunks(64) {
-                let programs: Vec<_> = chunk.iter().map(|(p, _, c)| p.program(&p.prompt, c)).collect();
+                let programs: Vec<_> = chunk
+                    .iter()
+                    .map(|(p, _, c)| p.program(&p.prompt, c))
+                    .collect();
                 let results = run_many(&programs, &lim, workers);
                 for ((p, sample, c), r) in chunk.iter().zip(&results) {
                     let rec = sample_record(set, p, *sample, c, "given", r);
                     log.append(&rec)?;
                     records.push(rec);
                 }
-                prog.tick(chunk.len(), results.iter().filter(|r| r.verdict == Verdict::Pass).count());
+                prog.tick(
+                    chunk.len(),
+                    results
+                        .iter()
+                        .filter(|r| r.verdict == Verdict::Pass)
+                        .count(),
+                );
             }
         }
     } else {
@@ -229,15 +341,29 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         common::apply_patches(&dev, &mut model, &a.patch)?;
         let mut drafts: Option<Drafts> = None;
         for path in &a.baseline {
-            let more = if path.is_dir() { Drafts::from_records(&read_records(&path.join("samples.jsonl"))?, &model)? } else { Drafts::from_completions(&read_completions(path, &whole_sets)?, &model)? };
-            drafts.get_or_insert_with(|| Drafts(HashMap::new())).0.extend(more.0);
+            let more = if path.is_dir() {
+                Drafts::from_records(&read_records(&path.join("samples.jsonl"))?, &model)?
+            } else {
+                Drafts::from_completions(&read_completions(path, &whole_sets)?, &model)?
+            };
+            drafts
+                .get_or_insert_with(|| Drafts(HashMap::new()))
+                .0
+                .extend(more.0);
         }
         if drafts.is_some() && !dev.batch_invariant() {
             eprintln!("note: --baseline drafts are verified only on the CPU backend (batch-invariant); generating plainly on {}", dev.describe());
         }
-        let spec = GenSpec { drafts: drafts.as_ref(), ..GenSpec::from(&a) };
+        let spec = GenSpec {
+            drafts: drafts.as_ref(),
+            ..GenSpec::from(&a)
+        };
         for (set, problems) in &sets {
-            let todo: Vec<(&Problem, usize)> = problems.iter().flat_map(|p| (0..a.n).map(move |s| (p, s))).filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s))).collect();
+            let todo: Vec<(&Problem, usize)> = problems
+                .iter()
+                .flat_map(|p| (0..a.n).map(move |s| (p, s)))
+                .filter(|(p, s)| !done.contains(&(set.clone(), p.task_id.clone(), *s)))
+                .collect();
             if todo.is_empty() {
                 continue;
             }
@@ -251,10 +377,17 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         }
     }
     let summary = summarize(&records, &types, a.n);
-    common::write(&a.out.join("summary.json"), &serde_json::to_string_pretty(&summary.json)?)?;
+    common::write(
+        &a.out.join("summary.json"),
+        &serde_json::to_string_pretty(&summary.json)?,
+    )?;
     common::write(&a.out.join("summary.md"), &summary.markdown)?;
     print!("{}", summary.markdown);
-    println!("records: {}\nsummary: {}", a.out.join("samples.jsonl").display(), a.out.join("summary.md").display());
+    println!(
+        "records: {}\nsummary: {}",
+        a.out.join("samples.jsonl").display(),
+        a.out.join("summary.md").display()
+    );
     let infra = records.iter().filter(|r| is_infra_error(r)).count();
     if infra > 0 {
         return Err(format!("{infra} samples could not be run by the sandbox (not failures; see their stderr_tail in samples.jsonl); run the same command again to retry them").into());
@@ -264,9 +397,20 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
 
 /// The records of a JSONL file (read only; a torn last line is skipped).
 pub fn read_records(path: &Path) -> Res<Vec<Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let lines: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n') && !l.trim().is_empty()).collect();
-    lines.iter().enumerate().map(|(i, l)| serde_json::from_str(l.trim_end()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into())).collect()
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let lines: Vec<&str> = text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+        .collect();
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l.trim_end())
+                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into())
+        })
+        .collect()
 }
 
 /// A record of a program the sandbox could not run (not a verdict on the program).
@@ -288,21 +432,49 @@ fn split_infra_errors(previous: Vec<Value>) -> (Vec<Value>, Vec<Value>) {
 }
 
 /// Run the programs of earlier sandbox errors again (their completions are in the records).
-fn retry_infra_errors(retry: &[Value], sets: &BTreeMap<String, Vec<Problem>>, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
+fn retry_infra_errors(
+    retry: &[Value],
+    sets: &BTreeMap<String, Vec<Problem>>,
+    lim: &Limits,
+    workers: usize,
+) -> Res<Vec<Value>> {
     let mut items = Vec::new();
     for r in retry {
-        let (set, task, completion) = (r["set"].as_str().unwrap_or(""), r["task_id"].as_str().unwrap_or(""), r["completion"].as_str().unwrap_or(""));
-        if let Some(p) = sets.get(set).and_then(|ps| ps.iter().find(|p| p.task_id == task)) {
-            items.push((set.to_string(), p, r["sample"].as_u64().unwrap_or(0) as usize, completion.to_string(), r["finish"].as_str().unwrap_or("given").to_string()));
+        let (set, task, completion) = (
+            r["set"].as_str().unwrap_or(""),
+            r["task_id"].as_str().unwrap_or(""),
+            r["completion"].as_str().unwrap_or(""),
+        );
+        if let Some(p) = sets
+            .get(set)
+            .and_then(|ps| ps.iter().find(|p| p.task_id == task))
+        {
+            items.push((
+                set.to_string(),
+                p,
+                r["sample"].as_u64().unwrap_or(0) as usize,
+                completion.to_string(),
+                r["finish"].as_str().unwrap_or("given").to_string(),
+            ));
         }
     }
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    eprintln!("retrying {} samples the sandbox could not run before", items.len());
-    let programs: Vec<_> = items.iter().map(|(_, p, _, c, _)| p.program(&p.prompt, c)).collect();
+    eprintln!(
+        "retrying {} samples the sandbox could not run before",
+        items.len()
+    );
+    let programs: Vec<_> = items
+        .iter()
+        .map(|(_, p, _, c, _)| p.program(&p.prompt, c))
+        .collect();
     let results = run_many(&programs, lim, workers);
-    Ok(items.iter().zip(&results).map(|((set, p, k, c, finish), r)| sample_record(set, p, *k, c, finish, r)).collect())
+    Ok(items
+        .iter()
+        .zip(&results)
+        .map(|((set, p, k, c, finish), r)| sample_record(set, p, *k, c, finish, r))
+        .collect())
 }
 
 /// How samples are generated.
@@ -321,7 +493,14 @@ pub struct GenSpec<'a> {
 
 impl From<&EvalArgs> for GenSpec<'_> {
     fn from(a: &EvalArgs) -> Self {
-        GenSpec { n: a.n, temperature: a.temperature, top_p: a.top_p, max_tokens: a.gen.max_tokens, batch: a.gen.batch, drafts: None }
+        GenSpec {
+            n: a.n,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            max_tokens: a.gen.max_tokens,
+            batch: a.gen.batch,
+            drafts: None,
+        }
     }
 }
 
@@ -332,10 +511,22 @@ pub struct Drafts(HashMap<(String, String), Draft>);
 impl Drafts {
     pub fn from_records(records: &[Value], model: &Model) -> Res<Drafts> {
         let mut map = HashMap::new();
-        for r in records.iter().filter(|r| r["sample"].as_u64() == Some(0) && !is_infra_error(r)) {
-            let (Some(set), Some(task), Some(text)) = (r["set"].as_str(), r["task_id"].as_str(), r["completion"].as_str()) else { continue };
+        for r in records
+            .iter()
+            .filter(|r| r["sample"].as_u64() == Some(0) && !is_infra_error(r))
+        {
+            let (Some(set), Some(task), Some(text)) = (
+                r["set"].as_str(),
+                r["task_id"].as_str(),
+                r["completion"].as_str(),
+            ) else {
+                continue;
+            };
             let tokens = match r["tokens"].as_array() {
-                Some(t) => t.iter().filter_map(|x| x.as_u64().map(|v| v as u32)).collect(),
+                Some(t) => t
+                    .iter()
+                    .filter_map(|x| x.as_u64().map(|v| v as u32))
+                    .collect(),
                 None => model.tokenizer.encode(text)?,
             };
             map.insert((set.to_string(), task.to_string()), Draft { tokens });
@@ -345,25 +536,49 @@ impl Drafts {
 
     /// Drafts from completion texts (a `--completions` file: another implementation's greedy
     /// completions are drafts too; verification keeps the result exact).
-    pub fn from_completions(given: &HashMap<(String, String, usize), String>, model: &Model) -> Res<Drafts> {
+    pub fn from_completions(
+        given: &HashMap<(String, String, usize), String>,
+        model: &Model,
+    ) -> Res<Drafts> {
         let mut map = HashMap::new();
         for ((set, task, _), text) in given.iter().filter(|(k, _)| k.2 == 0) {
-            map.insert((set.clone(), task.clone()), Draft { tokens: model.tokenizer.encode(text)? });
+            map.insert(
+                (set.clone(), task.clone()),
+                Draft {
+                    tokens: model.tokenizer.encode(text)?,
+                },
+            );
         }
         Ok(Drafts(map))
     }
 
     fn get(&self, set: &str, task: &str) -> Draft {
-        self.0.get(&(set.to_string(), task.to_string())).cloned().unwrap_or_default()
+        self.0
+            .get(&(set.to_string(), task.to_string()))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 /// Generate and test the (problem, sample index) items of one set, batching prompts of the same
 /// sample index (one seed per batch and sample); `on_record` gets each tested sample.
 #[allow(clippy::too_many_arguments)]
-pub fn run_set(dev: &Device, model: &Model, set: &str, items: &[(&Problem, usize)], spec: &GenSpec, lim: &Limits, workers: usize, on_record: &mut dyn FnMut(Value) -> Res) -> Res {
+pub fn run_set(
+    dev: &Device,
+    model: &Model,
+    set: &str,
+    items: &[(&Problem, usize)],
+    spec: &GenSpec,
+    lim: &Limits,
+    workers: usize,
+    on_record: &mut dyn FnMut(Value) -> Res,
+) -> Res {
     for s in 0..spec.n.max(1) {
-        let these: Vec<&Problem> = items.iter().filter(|(_, k)| *k == s).map(|(p, _)| *p).collect();
+        let these: Vec<&Problem> = items
+            .iter()
+            .filter(|(_, k)| *k == s)
+            .map(|(p, _)| *p)
+            .collect();
         for chunk in these.chunks(spec.batch.max(1)) {
             for rec in generate_and_test(dev, model, set, chunk, s, spec, lim, workers)? {
                 on_record(rec)?;
@@ -375,7 +590,16 @@ pub fn run_set(dev: &Device, model: &Model, set: &str, items: &[(&Problem, usize
 
 /// Generate one sample for each problem of `chunk` (one left-padded batch) and test them.
 #[allow(clippy::too_many_arguments)]
-fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem], sample: usize, a: &GenSpec, lim: &Limits, workers: usize) -> Res<Vec<Value>> {
+fn generate_and_test(
+    dev: &Device,
+    model: &Model,
+    set: &str,
+    chunk: &[&Problem],
+    sample: usize,
+    a: &GenSpec,
+    lim: &Limits,
+    workers: usize,
+) -> Res<Vec<Value>> {
     let opts = GenerateOptions {
         max_new_tokens: a.max_tokens,
         temperature: if a.n > 1 { a.temperature } else { 0.0 },
@@ -391,16 +615,38 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
         fits.push(t.len() + a.max_tokens <= model.max_positions && !t.is_empty());
         ids.push(t);
     }
-    let batch: Vec<Vec<u32>> = ids.iter().zip(&fits).filter(|(_, f)| **f).map(|(t, _)| t.clone()).collect();
-    let fitting: Vec<&Problem> = chunk.iter().zip(&fits).filter(|(_, f)| **f).map(|(p, _)| *p).collect();
+    let batch: Vec<Vec<u32>> = ids
+        .iter()
+        .zip(&fits)
+        .filter(|(_, f)| **f)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let fitting: Vec<&Problem> = chunk
+        .iter()
+        .zip(&fits)
+        .filter(|(_, f)| **f)
+        .map(|(p, _)| *p)
+        .collect();
     let (completions, verified) = match a.drafts.filter(|_| dev.batch_invariant() && a.n <= 1) {
         Some(drafts) => {
-            let ds: Vec<Draft> = fitting.iter().map(|p| drafts.get(set, &p.task_id)).collect();
+            let ds: Vec<Draft> = fitting
+                .iter()
+                .map(|p| drafts.get(set, &p.task_id))
+                .collect();
             let v = pollster::block_on(generate_from_drafts(dev, model, &batch, &ds, &opts))?;
-            let info: Vec<Value> = v.iter().map(|v| json!({"accepted": v.accepted, "whole": v.whole})).collect();
-            (v.into_iter().map(|v| v.completion).collect::<Vec<_>>(), Some(info))
+            let info: Vec<Value> = v
+                .iter()
+                .map(|v| json!({"accepted": v.accepted, "whole": v.whole}))
+                .collect();
+            (
+                v.into_iter().map(|v| v.completion).collect::<Vec<_>>(),
+                Some(info),
+            )
         }
-        None => (pollster::block_on(generate(dev, model, &batch, &opts, &mut |_, _| {}))?, None),
+        None => (
+            pollster::block_on(generate(dev, model, &batch, &opts, &mut |_, _| {}))?,
+            None,
+        ),
     };
     let mut verified = verified.map(|v| v.into_iter());
     let mut completions = completions.into_iter();
@@ -412,7 +658,12 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
             let c = completions.next().expect("one completion per prompt");
             programs.push(p.program(&p.prompt, &c.text));
             let draft = verified.as_mut().and_then(|v| v.next());
-            texts.push(Some((c.text, format!("{:?}", c.finish).to_lowercase(), c.tokens, draft)));
+            texts.push(Some((
+                c.text,
+                format!("{:?}", c.finish).to_lowercase(),
+                c.tokens,
+                draft,
+            )));
         } else {
             texts.push(None);
         }
@@ -421,7 +672,14 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
     for ((p, t), toks) in chunk.iter().zip(texts).zip(&ids) {
         let rec = match t {
             Some((text, finish, tokens, draft)) => {
-                let mut rec = sample_record(set, p, sample, &text, &finish, &results.next().expect("one result per program"));
+                let mut rec = sample_record(
+                    set,
+                    p,
+                    sample,
+                    &text,
+                    &finish,
+                    &results.next().expect("one result per program"),
+                );
                 rec["tokens"] = json!(tokens);
                 if let Some(d) = draft {
                     rec["draft"] = d;
@@ -429,7 +687,12 @@ fn generate_and_test(dev: &Device, model: &Model, set: &str, chunk: &[&Problem],
                 rec
             }
             None => {
-                let msg = format!("prompt of {} tokens + {} new tokens is over the context of {} tokens", toks.len(), a.max_tokens, model.max_positions);
+                let msg = format!(
+                    "prompt of {} tokens + {} new tokens is over the context of {} tokens",
+                    toks.len(),
+                    a.max_tokens,
+                    model.max_positions
+                );
                 json!({"set": set, "task_id": p.task_id, "sample": sample, "completion": "", "finish": "error", "passed": false, "verdict": "Error", "error_kind": "prompt too long", "stderr_tail": msg})
             }
         };
@@ -449,8 +712,17 @@ pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
     let mut by: BTreeMap<String, BTreeMap<String, BTreeMap<usize, bool>>> = BTreeMap::new();
     let infra = records.iter().filter(|r| is_infra_error(r)).count();
     for r in records.iter().filter(|r| !is_infra_error(r)) {
-        if let (Some(s), Some(t), Some(k), Some(p)) = (r["set"].as_str(), r["task_id"].as_str(), r["sample"].as_u64(), r["passed"].as_bool()) {
-            by.entry(s.into()).or_default().entry(t.into()).or_default().insert(k as usize, p);
+        if let (Some(s), Some(t), Some(k), Some(p)) = (
+            r["set"].as_str(),
+            r["task_id"].as_str(),
+            r["sample"].as_u64(),
+            r["passed"].as_bool(),
+        ) {
+            by.entry(s.into())
+                .or_default()
+                .entry(t.into())
+                .or_default()
+                .insert(k as usize, p);
         }
     }
     let ks: Vec<usize> = [1, 5, 10].into_iter().filter(|&k| k <= n.max(1)).collect();
@@ -458,24 +730,41 @@ pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
     let mut rows = Vec::new();
     let mut md = String::new();
     md.push_str(&format!("| set | tasks | {} | passed | fixed vs clean | broken vs clean | Robust Pass@1 | Robust Drop@1 | Robust Relative@1 |\n", ks.iter().map(|k| format!("pass@{k}")).collect::<Vec<_>>().join(" | ")));
-    md.push_str(&format!("|---|---:|{}---:|---:|---:|---:|---:|---:|\n", "---:|".repeat(ks.len())));
+    md.push_str(&format!(
+        "|---|---:|{}---:|---:|---:|---:|---:|---:|\n",
+        "---:|".repeat(ks.len())
+    ));
     for set in types {
         let Some(tasks) = by.get(set) else { continue };
-        let counts: Vec<(usize, usize)> = tasks.values().map(|s| (s.len(), s.values().filter(|&&p| p).count())).collect();
-        let pass_k: Vec<f64> = ks.iter().map(|&k| metrics::mean_pass_at_k(&counts, k)).collect();
+        let counts: Vec<(usize, usize)> = tasks
+            .values()
+            .map(|s| (s.len(), s.values().filter(|&&p| p).count()))
+            .collect();
+        let pass_k: Vec<f64> = ks
+            .iter()
+            .map(|&k| metrics::mean_pass_at_k(&counts, k))
+            .collect();
         let passed: usize = counts.iter().map(|c| c.1).sum();
         let mut row = json!({"set": set, "tasks": tasks.len(), "samples": counts.iter().map(|c| c.0).sum::<usize>(), "passed": passed});
         for (k, v) in ks.iter().zip(&pass_k) {
             row[format!("pass@{k}")] = json!(v);
         }
-        let (mut fixed, mut broken, mut robust) = (String::from("-"), String::from("-"), [String::from("-"), String::from("-"), String::from("-")]);
+        let (mut fixed, mut broken, mut robust) = (
+            String::from("-"),
+            String::from("-"),
+            [String::from("-"), String::from("-"), String::from("-")],
+        );
         if let (Some(clean), true) = (clean, set != "clean") {
             // Tasks present in both, samples paired by index.
             let mut rt = Vec::new();
             let (mut f, mut b) = (0, 0);
             for (task, samples) in tasks {
                 let Some(cs) = clean.get(task) else { continue };
-                let idx: Vec<usize> = samples.keys().filter(|k| cs.contains_key(k)).cloned().collect();
+                let idx: Vec<usize> = samples
+                    .keys()
+                    .filter(|k| cs.contains_key(k))
+                    .cloned()
+                    .collect();
                 if idx.is_empty() {
                     continue;
                 }
@@ -493,27 +782,44 @@ pub fn summarize(records: &[Value], types: &[String], n: usize) -> Summary {
             row["robust"] = serde_json::to_value(r).unwrap();
             fixed = f.to_string();
             broken = b.to_string();
-            robust = [format!("{:.3}", r.robust_pass_k), format!("{:.3}", r.robust_drop_k), format!("{:.3}", r.robust_relative_k)];
+            robust = [
+                format!("{:.3}", r.robust_pass_k),
+                format!("{:.3}", r.robust_drop_k),
+                format!("{:.3}", r.robust_relative_k),
+            ];
         }
         md.push_str(&format!(
             "| {set} | {} | {} | {passed} | {fixed} | {broken} | {} | {} | {} |\n",
             tasks.len(),
-            pass_k.iter().map(|v| format!("{:.3}", v)).collect::<Vec<_>>().join(" | "),
+            pass_k
+                .iter()
+                .map(|v| format!("{:.3}", v))
+                .collect::<Vec<_>>()
+                .join(" | "),
             robust[0],
             robust[1],
             robust[2]
         ));
         rows.push(row);
     }
-    let drafted: Vec<&Value> = records.iter().filter(|r| r.get("draft").is_some()).collect();
+    let drafted: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.get("draft").is_some())
+        .collect();
     if !drafted.is_empty() {
-        let whole = drafted.iter().filter(|r| r["draft"]["whole"] == true).count();
+        let whole = drafted
+            .iter()
+            .filter(|r| r["draft"]["whole"] == true)
+            .count();
         md.push_str(&format!("\nDraft-verified: {whole} of {} completions were the baseline's draft accepted whole.\n", drafted.len()));
     }
     if infra > 0 {
         md.push_str(&format!("\n{infra} samples are not counted: the sandbox could not run them (retried on the next run).\n"));
     }
-    Summary { json: json!({"sets": rows, "sandbox_errors": infra}), markdown: md }
+    Summary {
+        json: json!({"sets": rows, "sandbox_errors": infra}),
+        markdown: md,
+    }
 }
 
 #[cfg(test)]
@@ -523,7 +829,14 @@ mod tests {
     #[test]
     fn summary_counts_passes_and_flips_against_clean() {
         let r = |set: &str, t: &str, p: bool| json!({"set": set, "task_id": t, "sample": 0, "passed": p});
-        let recs = vec![r("clean", "a", true), r("clean", "b", true), r("clean", "c", false), r("C3", "a", true), r("C3", "b", false), r("C3", "c", true)];
+        let recs = vec![
+            r("clean", "a", true),
+            r("clean", "b", true),
+            r("clean", "c", false),
+            r("C3", "a", true),
+            r("C3", "b", false),
+            r("C3", "c", true),
+        ];
         let s = summarize(&recs, &["clean".into(), "C3".into()], 1);
         let sets = s.json["sets"].as_array().unwrap();
         assert_eq!(sets[0]["passed"], 2);

@@ -12,8 +12,8 @@ mod eval_cmd;
 mod experiment_cmd;
 mod pass_metric;
 mod perturb_cmd;
-mod quantize_cmd;
 mod progress;
+mod quantize_cmd;
 mod report_cmd;
 mod sandbox;
 mod serve_cmd;
@@ -26,7 +26,11 @@ use common::load_model;
 use creme_core::{cpu, generate, Backend, Device, GpuOptions};
 
 #[derive(Parser)]
-#[command(name = "creme", version, about = "CREME: trace and edit code LLMs on any GPU (wgpu) or natively on the CPU")]
+#[command(
+    name = "creme",
+    version,
+    about = "CREME: trace and edit code LLMs on any GPU (wgpu) or natively on the CPU"
+)]
 struct Cli {
     /// No progress output on stderr (results and errors still print)
     #[arg(long, short, global = true)]
@@ -294,46 +298,140 @@ fn run(cli: Cli) -> Res {
         Cmd::Info { gpu, json, all } => info(&gpu.options(), json, all),
         Cmd::CheckMatmul { gpu, cases, seed } => check_matmul(&gpu.options(), cases, seed),
         Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
-        Cmd::Report { dirs, out, settings, baseline, calibration, doc } if !settings.is_empty() => {
+        Cmd::Report {
+            dirs,
+            out,
+            settings,
+            baseline,
+            calibration,
+            doc,
+        } if !settings.is_empty() => {
             if !dirs.is_empty() || out.is_some() {
                 return Err("--setting writes the efficacy document: give the runs as --setting LABEL=DIR, not as directories".into());
             }
             let baseline = baseline.ok_or("--setting needs --baseline DIR (the eval run the experiments took their baseline from)")?;
-            report_cmd::run_doc(report_cmd::DocArgs { settings, baseline, calibration, doc })
+            report_cmd::run_doc(report_cmd::DocArgs {
+                settings,
+                baseline,
+                calibration,
+                doc,
+            })
         }
         Cmd::Report { dirs, out, .. } => report_cmd::run(&dirs, out),
-        Cmd::Serve { port, web, models, dataset } => {
-            let models = models.unwrap_or_else(|| common::model_path(None).parent().map(|p| p.to_path_buf()).unwrap_or_default());
+        Cmd::Serve {
+            port,
+            web,
+            models,
+            dataset,
+        } => {
+            let models = models.unwrap_or_else(|| {
+                common::model_path(None)
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_default()
+            });
             let datasets = common::dataset_dir(dataset.as_deref()).ok();
-            serve_cmd::run(serve_cmd::Roots { web, models, datasets }, port)
+            serve_cmd::run(
+                serve_cmd::Roots {
+                    web,
+                    models,
+                    datasets,
+                },
+                port,
+            )
         }
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
         Cmd::Export { model, patch, out } => export(model.as_deref(), &patch, &out),
         Cmd::Perturb { args } => perturb_cmd::run(args),
         Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
-        Cmd::CalibrateLayer { gpu, args } => calibrate_cmd::run(&Device::open(&gpu.options())?, args),
+        Cmd::CalibrateLayer { gpu, args } => {
+            calibrate_cmd::run(&Device::open(&gpu.options())?, args)
+        }
         Cmd::Bench { gpu, args } => bench_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
-        Cmd::Edit { gpu, pair, layer, edit, out, report, no_eval } => {
+        Cmd::Edit {
+            gpu,
+            pair,
+            layer,
+            edit,
+            out,
+            report,
+            no_eval,
+        } => {
             let settings = edit.settings()?;
             let dev = Device::open(&gpu.options())?;
-            edit_cmd::run(&dev, edit_cmd::EditArgs { pair, layer, settings, target_tokens: edit.target_tokens, restored_at: edit.restored_at()?, out, report, no_eval })
+            edit_cmd::run(
+                &dev,
+                edit_cmd::EditArgs {
+                    pair,
+                    layer,
+                    settings,
+                    target_tokens: edit.target_tokens,
+                    restored_at: edit.restored_at()?,
+                    out,
+                    report,
+                    no_eval,
+                },
+            )
         }
-        Cmd::Trace { gpu, pair, metric, grid, grid_all, target_tokens, samples, out } => {
+        Cmd::Trace {
+            gpu,
+            pair,
+            metric,
+            grid,
+            grid_all,
+            target_tokens,
+            samples,
+            out,
+        } => {
             let dev = Device::open(&gpu.options())?;
-            trace_cmd::run(&dev, trace_cmd::TraceArgs { pair, metric, grid, grid_all, target_tokens, samples, out })
+            trace_cmd::run(
+                &dev,
+                trace_cmd::TraceArgs {
+                    pair,
+                    metric,
+                    grid,
+                    grid_all,
+                    target_tokens,
+                    samples,
+                    out,
+                },
+            )
         }
-        Cmd::Generate { gpu, model, prompt_file, prompt, max_tokens, temperature, top_p, seed, mut stop, humaneval_stops, stream, patch, json } => {
+        Cmd::Generate {
+            gpu,
+            model,
+            prompt_file,
+            prompt,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            mut stop,
+            humaneval_stops,
+            stream,
+            patch,
+            json,
+        } => {
             let prompt = match (prompt, prompt_file) {
                 (Some(p), _) => p,
-                (None, Some(f)) if f.as_os_str() == "-" => std::io::read_to_string(std::io::stdin())?,
-                (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| format!("reading {}: {e}", f.display()))?,
+                (None, Some(f)) if f.as_os_str() == "-" => {
+                    std::io::read_to_string(std::io::stdin())?
+                }
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .map_err(|e| format!("reading {}: {e}", f.display()))?,
                 (None, None) => return Err("give --prompt-file FILE or --prompt TEXT".into()),
             };
             if humaneval_stops {
                 stop.extend(generate::humaneval_stops());
             }
-            let opts = generate::GenerateOptions { max_new_tokens: max_tokens, temperature, top_p, seed, stop };
+            let opts = generate::GenerateOptions {
+                max_new_tokens: max_tokens,
+                temperature,
+                top_p,
+                seed,
+                stop,
+            };
             let dev = Device::open(&gpu.options())?;
             let mut model = load_model(&dev, model.as_deref(), 0)?;
             common::apply_patches(&dev, &mut model, &patch)?;
@@ -348,11 +446,23 @@ fn run(cli: Cli) -> Res {
                     eprint!("{}", tok.decode(&[id]).unwrap_or_default());
                 }
             };
-            let out = pollster::block_on(generate::generate(&dev, &model, &[ids.clone()], &opts, &mut on_token))?;
+            let out = pollster::block_on(generate::generate(
+                &dev,
+                &model,
+                &[ids.clone()],
+                &opts,
+                &mut on_token,
+            ))?;
             let c = &out[0];
             if stream {
                 let s = t0.elapsed().as_secs_f64();
-                eprintln!("\n[{} prompt tokens, {} new tokens in {s:.2} s, {:.1} tok/s, finish {:?}]", ids.len(), c.tokens.len(), c.tokens.len() as f64 / s, c.finish);
+                eprintln!(
+                    "\n[{} prompt tokens, {} new tokens in {s:.2} s, {:.1} tok/s, finish {:?}]",
+                    ids.len(),
+                    c.tokens.len(),
+                    c.tokens.len() as f64 / s,
+                    c.finish
+                );
             }
             if json {
                 println!("{}", serde_json::to_string(c)?);
@@ -370,10 +480,14 @@ fn export(model: Option<&std::path::Path>, patches: &[PathBuf], out: &std::path:
     let mut ps = Vec::new();
     for p in patches {
         let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-        ps.push(creme_core::edit::EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?);
+        ps.push(
+            creme_core::edit::EditPatch::from_safetensors(&bytes)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        );
     }
     let t0 = Instant::now();
-    let (st, config, tokenizer) = creme_core::model::safetensors::export_hf(&file, &ps).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (st, config, tokenizer) = creme_core::model::safetensors::export_hf(&file, &ps)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     common::write(&out.join("config.json"), &config)?;
     common::write(&out.join("tokenizer.json"), &tokenizer)?;
@@ -386,18 +500,34 @@ fn export(model: Option<&std::path::Path>, patches: &[PathBuf], out: &std::path:
 
 fn info(opts: &GpuOptions, json: bool, all: bool) -> Res {
     if all {
-        let names = pollster::block_on(creme_core::gpu::list_adapters(&GpuOptions { backends: None, ..opts.clone() }));
+        let names = pollster::block_on(creme_core::gpu::list_adapters(&GpuOptions {
+            backends: None,
+            ..opts.clone()
+        }));
         println!("wgpu adapters found: {}", names.len());
         for n in names {
             println!("  {n}");
         }
-        println!("cpu backend: {}", creme_core::backend::cpu::CpuBackend::new().describe());
+        println!(
+            "cpu backend: {}",
+            creme_core::backend::cpu::CpuBackend::new().describe()
+        );
     }
     let dev = Device::open(opts)?;
     match (&dev, json) {
-        (Device::Wgpu(g), true) => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"backend": "wgpu", "adapter": g.report}))?),
+        (Device::Wgpu(g), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"backend": "wgpu", "adapter": g.report})
+            )?
+        ),
         (Device::Wgpu(g), false) => println!("backend: wgpu\n{}", g.report.to_text()),
-        (Device::Cpu(_), true) => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"backend": "cpu", "device": dev.describe()}))?),
+        (Device::Cpu(_), true) => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"backend": "cpu", "device": dev.describe()})
+            )?
+        ),
         (Device::Cpu(_), false) => println!("backend: {}", dev.describe()),
     }
     Ok(())
@@ -409,10 +539,18 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
     let mut rng = cpu::SplitMix64(seed);
     let mut worst = 0f32;
     for _ in 0..cases {
-        let (m, n, k) = (1 + rng.below(150) as usize, 1 + rng.below(300) as usize, 1 + rng.below(400) as usize);
+        let (m, n, k) = (
+            1 + rng.below(150) as usize,
+            1 + rng.below(300) as usize,
+            1 + rng.below(400) as usize,
+        );
         let x = rng.vec_f32(m * k);
         let w = rng.vec_f32(n * k);
-        let (xt, wt, mut yt) = (dev.upload("x", m, k, &x)?, dev.upload("w", n, k, &w)?, dev.zeros("y", m, n)?);
+        let (xt, wt, mut yt) = (
+            dev.upload("x", m, k, &x)?,
+            dev.upload("w", n, k, &w)?,
+            dev.zeros("y", m, n)?,
+        );
         dev.matmul_f32(&xt, &wt, &mut yt, m, n, k)?;
         let got = pollster::block_on(dev.read_all(&yt))?;
         let want = cpu::matmul_nt(&x, &w, m, n, k);
@@ -421,7 +559,9 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
         worst = worst.max(err);
     }
     if worst > 1e-4 {
-        return Err(format!("matmul differs from the CPU reference: max rel err {worst:.2e}").into());
+        return Err(
+            format!("matmul differs from the CPU reference: max rel err {worst:.2e}").into(),
+        );
     }
     println!("matmul OK: {cases} random shapes, max rel err {worst:.2e}");
     Ok(())
@@ -430,14 +570,19 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
 fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
     use creme_core::model::GgmlType as G;
     let dev = Device::open(opts)?;
-    println!("quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864", dev.describe());
+    println!(
+        "quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864",
+        dev.describe()
+    );
     let mut rng = cpu::SplitMix64(1);
     for t in [G::Q4K, G::Q6K, G::Q5_0, G::Q8_0, G::Q4_1, G::F32] {
         for (rows, k) in [(4864usize, 896usize), (896, 4864)] {
             if k % t.block_elems() != 0 {
                 continue;
             }
-            let raw: Vec<u8> = (0..t.row_bytes(k) * rows).map(|_| (rng.next_u64() & 0x3f) as u8).collect();
+            let raw: Vec<u8> = (0..t.row_bytes(k) * rows)
+                .map(|_| (rng.next_u64() & 0x3f) as u8)
+                .collect();
             let w = dev.upload_weight("w", t, rows, k, &raw)?;
             let x = dev.upload("x", m, k, &rng.vec_f32(m * k))?;
             let mut y = dev.zeros("y", m, rows)?;
@@ -453,7 +598,13 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
             run(reps)?;
             let s = t0.elapsed().as_secs_f64() / reps as f64;
             let bytes = (t.row_bytes(k) * rows) as f64;
-            println!("  {:5} {rows:5} x {k:5}: {:8.3} ms  {:7.2} GB/s of weights  {:7.1} GOP/s", t.name(), s * 1e3, bytes / s / 1e9, 2.0 * (m * rows * k) as f64 / s / 1e9);
+            println!(
+                "  {:5} {rows:5} x {k:5}: {:8.3} ms  {:7.2} GB/s of weights  {:7.1} GOP/s",
+                t.name(),
+                s * 1e3,
+                bytes / s / 1e9,
+                2.0 * (m * rows * k) as f64 / s / 1e9
+            );
         }
     }
     Ok(())

@@ -35,7 +35,12 @@ pub struct PerturbArgs {
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let pre = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let suf = a[pre..].iter().rev().zip(b[pre..].iter().rev()).take_while(|(x, y)| x == y).count();
+    let suf = a[pre..]
+        .iter()
+        .rev()
+        .zip(b[pre..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
     let (a, b) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.iter().enumerate() {
@@ -51,24 +56,44 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn seed_of(task_id: &str) -> u64 {
-    task_id.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    task_id
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Changed share and (mean, median, p90) edit distance over the changed prompts.
 fn stats(pairs: &[(&str, &str)]) -> (f64, f64, usize, usize) {
-    let mut d: Vec<usize> = pairs.iter().filter(|(a, b)| a != b).map(|(a, b)| edit_distance(a, b)).collect();
+    let mut d: Vec<usize> = pairs
+        .iter()
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| edit_distance(a, b))
+        .collect();
     d.sort();
     let share = d.len() as f64 / pairs.len().max(1) as f64;
     if d.is_empty() {
         return (share, 0.0, 0, 0);
     }
-    (share, d.iter().sum::<usize>() as f64 / d.len() as f64, d[d.len() / 2], d[(d.len() * 9 / 10).min(d.len() - 1)])
+    (
+        share,
+        d.iter().sum::<usize>() as f64 / d.len() as f64,
+        d[d.len() / 2],
+        d[(d.len() * 9 / 10).min(d.len() - 1)],
+    )
 }
 
 pub fn run(a: PerturbArgs) -> Res {
-    let types: Vec<String> = crate::eval_cmd::parse_types(&a.types)?.into_iter().filter(|t| t != "clean").collect();
+    let types: Vec<String> = crate::eval_cmd::parse_types(&a.types)?
+        .into_iter()
+        .filter(|t| t != "clean")
+        .collect();
     if let Some(f) = &a.prompt_file {
-        let text = if f.as_os_str() == "-" { std::io::read_to_string(std::io::stdin())? } else { std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))? };
+        let text = if f.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?
+        };
         for t in &types {
             if types.len() > 1 {
                 println!("== {t}");
@@ -91,7 +116,12 @@ pub fn run(a: PerturbArgs) -> Res {
             }
             common::write(&pdir.join(format!("{t}.jsonl")), &text)?;
         }
-        println!("wrote {} sets of {} tasks to {}", types.len(), clean.len(), pdir.display());
+        println!(
+            "wrote {} sets of {} tasks to {}",
+            types.len(),
+            clean.len(),
+            pdir.display()
+        );
     }
     if a.validate {
         validate(&dir, &clean, &types)?;
@@ -103,17 +133,43 @@ fn validate(dir: &Path, clean: &[Problem], types: &[String]) -> Res {
     println!("| type | changed (released) | changed (creme) | edit distance mean / median / p90 (released) | (creme) |");
     println!("|---|---:|---:|---|---|");
     for t in types {
-        let ours: Vec<String> = clean.iter().map(|c| perturb(&c.prompt, t, seed_of(&c.task_id))).collect::<Result<_, _>>()?;
-        let ours_pairs: Vec<(&str, &str)> = clean.iter().zip(&ours).map(|(c, o)| (c.prompt.as_str(), o.as_str())).collect();
+        let ours: Vec<String> = clean
+            .iter()
+            .map(|c| perturb(&c.prompt, t, seed_of(&c.task_id)))
+            .collect::<Result<_, _>>()?;
+        let ours_pairs: Vec<(&str, &str)> = clean
+            .iter()
+            .zip(&ours)
+            .map(|(c, o)| (c.prompt.as_str(), o.as_str()))
+            .collect();
         let (s2, m2, med2, p2) = stats(&ours_pairs);
         let file = dir.join("perturbed").join(format!("{t}.jsonl"));
-        let released = if file.exists() { Some(common::read_problems(&file)?) } else { None };
+        let released = if file.exists() {
+            Some(common::read_problems(&file)?)
+        } else {
+            None
+        };
         let rel = released.as_ref().map(|r| {
-            let pairs: Vec<(&str, &str)> = r.iter().filter_map(|p| dataset::find(clean, &p.task_id).map(|c| (c.prompt.as_str(), p.prompt.as_str()))).collect();
+            let pairs: Vec<(&str, &str)> = r
+                .iter()
+                .filter_map(|p| {
+                    dataset::find(clean, &p.task_id).map(|c| (c.prompt.as_str(), p.prompt.as_str()))
+                })
+                .collect();
             stats(&pairs)
         });
-        let fmt = |s: Option<(f64, f64, usize, usize)>| s.map(|(_, m, med, p)| format!("{m:.1} / {med} / {p}")).unwrap_or("-".into());
-        println!("| {t} | {} | {:.0}% | {} | {} |", rel.map(|r| format!("{:.0}%", r.0 * 100.0)).unwrap_or("-".into()), s2 * 100.0, fmt(rel), fmt(Some((s2, m2, med2, p2))));
+        let fmt = |s: Option<(f64, f64, usize, usize)>| {
+            s.map(|(_, m, med, p)| format!("{m:.1} / {med} / {p}"))
+                .unwrap_or("-".into())
+        };
+        println!(
+            "| {t} | {} | {:.0}% | {} | {} |",
+            rel.map(|r| format!("{:.0}%", r.0 * 100.0))
+                .unwrap_or("-".into()),
+            s2 * 100.0,
+            fmt(rel),
+            fmt(Some((s2, m2, med2, p2)))
+        );
     }
     Ok(())
 }

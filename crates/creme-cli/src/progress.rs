@@ -43,7 +43,14 @@ impl Reporter {
         } else {
             Mode::Lines
         };
-        Reporter { label: label.to_string(), mode, bar: None, stage: String::new(), stage_start: Instant::now(), last_line: None }
+        Reporter {
+            label: label.to_string(),
+            mode,
+            bar: None,
+            stage: String::new(),
+            stage_start: Instant::now(),
+            last_line: None,
+        }
     }
 
     pub fn step(&mut self, s: Step<'_>) {
@@ -57,8 +64,17 @@ impl Reporter {
             Mode::Quiet => {}
             Mode::Bars => {
                 let bar = self.bar.get_or_insert_with(|| {
-                    let b = ProgressBar::with_draw_target(Some(s.total as u64), ProgressDrawTarget::stderr());
-                    b.set_style(ProgressStyle::with_template("{prefix} [{bar:28}] {pos}/{len} {msg} ({elapsed}, eta {eta})").expect("valid template").progress_chars("=> "));
+                    let b = ProgressBar::with_draw_target(
+                        Some(s.total as u64),
+                        ProgressDrawTarget::stderr(),
+                    );
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{prefix} [{bar:28}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                    );
                     b.set_prefix(format!("{} {}", self.label, s.stage));
                     b
                 });
@@ -69,10 +85,24 @@ impl Reporter {
             Mode::Lines => {
                 let due = self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY);
                 if new_stage || s.done >= s.total || due {
-                    let note = if s.note.is_empty() { String::new() } else { format!("  {}", s.note) };
+                    let note = if s.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", s.note)
+                    };
                     let secs = self.stage_start.elapsed().as_secs_f64();
-                    let eta = if s.done > 0 && s.done < s.total { format!(", eta {:.0} s", secs / s.done as f64 * (s.total - s.done) as f64) } else { String::new() };
-                    eprintln!("{} {}: {}/{}{note} ({secs:.0} s{eta})", self.label, s.stage, s.done, s.total);
+                    let eta = if s.done > 0 && s.done < s.total {
+                        format!(
+                            ", eta {:.0} s",
+                            secs / s.done as f64 * (s.total - s.done) as f64
+                        )
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "{} {}: {}/{}{note} ({secs:.0} s{eta})",
+                        self.label, s.stage, s.done, s.total
+                    );
                     self.last_line = Some(Instant::now());
                 }
             }

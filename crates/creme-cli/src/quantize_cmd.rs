@@ -46,8 +46,16 @@ fn mean_logprob(dev: &Device, model: &Model, prompt: &[u32], cont: &[u32]) -> Re
     let mut cache = model.new_cache(dev, vec![0], seq.len())?;
     // Rows predicting each continuation token: positions prompt.len()-1 .. seq.len()-2.
     let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
-    let out = model.forward(dev, &mut cache, &[seq.clone()], &Hooks::default(), Logits::Rows(rows))?;
-    let lp = pollster::block_on(dev.token_logprobs(out.logits.as_ref().expect("asked for logits"), cont))?;
+    let out = model.forward(
+        dev,
+        &mut cache,
+        &[seq.clone()],
+        &Hooks::default(),
+        Logits::Rows(rows),
+    )?;
+    let lp = pollster::block_on(
+        dev.token_logprobs(out.logits.as_ref().expect("asked for logits"), cont),
+    )?;
     Ok(lp.iter().map(|&x| x as f64).sum::<f64>() / cont.len() as f64)
 }
 
@@ -61,29 +69,64 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
     };
     let src = std::fs::read(&a.input).map_err(|e| format!("reading {}: {e}", a.input.display()))?;
     let t0 = Instant::now();
-    let out = creme_core::model::gguf_write::requantize_layers(&src, target, a.keep_layers).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let out = creme_core::model::gguf_write::requantize_layers(&src, target, a.keep_layers)
+        .map_err(|e| format!("{}: {e}", a.input.display()))?;
     let tmp = a.out.with_extension("tmp");
     std::fs::write(&tmp, &out).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &a.out)?;
-    println!("wrote {} ({:.1} MiB, from {:.1} MiB) in {:.1} s", a.out.display(), out.len() as f64 / 1048576.0, src.len() as f64 / 1048576.0, t0.elapsed().as_secs_f64());
+    println!(
+        "wrote {} ({:.1} MiB, from {:.1} MiB) in {:.1} s",
+        a.out.display(),
+        out.len() as f64 / 1048576.0,
+        src.len() as f64 / 1048576.0,
+        t0.elapsed().as_secs_f64()
+    );
     if a.check == 0 || a.keep_layers.is_some() {
         return Ok(()); // a truncated model is a different model: nothing to compare
-
     }
     let dev = Device::open(gpu_opts)?;
     let source = common::load_model(&dev, Some(&a.input), 0)?;
     let quant = common::load_model(&dev, Some(&a.out), 0)?;
     let (problems, _) = common::problem_set(&common::dataset_dir(a.dataset.as_deref())?, "clean")?;
-    let opts = GenerateOptions { max_new_tokens: a.check_tokens, ..Default::default() };
+    let opts = GenerateOptions {
+        max_new_tokens: a.check_tokens,
+        ..Default::default()
+    };
     println!("| prompt | greedy tokens agreeing (before the first difference) | mean logprob source | quantized |\n|---|---:|---:|---:|");
     let (mut agree_total, mut n_total, mut lp_s, mut lp_q) = (0usize, 0usize, 0.0, 0.0);
     for p in problems.iter().take(a.check) {
         let ids = source.tokenizer.encode(&p.prompt)?;
-        let cs = pollster::block_on(generate(&dev, &source, &[ids.clone()], &opts, &mut |_, _| {}))?.remove(0);
-        let cq = pollster::block_on(generate(&dev, &quant, &[ids.clone()], &opts, &mut |_, _| {}))?.remove(0);
-        let agree = cs.tokens.iter().zip(&cq.tokens).take_while(|(a, b)| a == b).count();
-        let (ls, lq) = (mean_logprob(&dev, &source, &ids, &cs.tokens)?, mean_logprob(&dev, &quant, &ids, &cs.tokens)?);
-        println!("| {} | {agree} / {} | {ls:.4} | {lq:.4} |", p.task_id, cs.tokens.len());
+        let cs = pollster::block_on(generate(
+            &dev,
+            &source,
+            &[ids.clone()],
+            &opts,
+            &mut |_, _| {},
+        ))?
+        .remove(0);
+        let cq = pollster::block_on(generate(
+            &dev,
+            &quant,
+            &[ids.clone()],
+            &opts,
+            &mut |_, _| {},
+        ))?
+        .remove(0);
+        let agree = cs
+            .tokens
+            .iter()
+            .zip(&cq.tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let (ls, lq) = (
+            mean_logprob(&dev, &source, &ids, &cs.tokens)?,
+            mean_logprob(&dev, &quant, &ids, &cs.tokens)?,
+        );
+        println!(
+            "| {} | {agree} / {} | {ls:.4} | {lq:.4} |",
+            p.task_id,
+            cs.tokens.len()
+        );
         agree_total += agree;
         n_total += cs.tokens.len();
         lp_s += ls;

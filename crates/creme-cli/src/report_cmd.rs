@@ -29,13 +29,22 @@ pub fn read_records(dirs: &[PathBuf]) -> Res<Vec<EditRecord>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(d)
             .map_err(|e| format!("reading {}: {e}", d.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("edits") && n.ends_with(".jsonl")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("edits") && n.ends_with(".jsonl"))
+            })
             .collect();
         files.sort();
         for f in files {
             let text = std::fs::read_to_string(&f)?;
-            for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n') && !l.trim().is_empty()) {
-                let r: EditRecord = serde_json::from_str(line.trim_end()).map_err(|e| format!("{}: not an edit record of this version ({e})", f.display()))?;
+            for line in text
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
+            {
+                let r: EditRecord = serde_json::from_str(line.trim_end()).map_err(|e| {
+                    format!("{}: not an edit record of this version ({e})", f.display())
+                })?;
                 if seen.insert((r.ptype.clone(), r.task.clone())) {
                     out.push(r);
                 }
@@ -50,7 +59,12 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 fn layers_text(s: &Summary) -> String {
-    s.layers.iter().take(3).map(|(l, n)| format!("{l} ({n})")).collect::<Vec<_>>().join(", ")
+    s.layers
+        .iter()
+        .take(3)
+        .map(|(l, n)| format!("{l} ({n})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const SUMMARY_HEAD: &str = "| edits | evaluated on | L-RIR | G-RIR | edited task fixed | perturbed fixed | perturbed broken | net | clean dev (mean) | clean dev (worst) | clean broken / fixed | layers (most frequent) | steps (mean) | s per edit |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|\n";
@@ -85,18 +99,35 @@ pub fn report(dirs: &[PathBuf]) -> Res<Report> {
     for (t, s) in &summaries {
         let _ = writeln!(md, "| {t} {}", summary_cells(s));
     }
-    let per_type_g: Vec<Vec<Option<f64>>> = summaries.keys().map(|t| records.iter().filter(|r| &r.ptype == t).map(|r| r.g_rir).collect()).collect();
+    let per_type_g: Vec<Vec<Option<f64>>> = summaries
+        .keys()
+        .map(|t| {
+            records
+                .iter()
+                .filter(|r| &r.ptype == t)
+                .map(|r| r.g_rir)
+                .collect()
+        })
+        .collect();
     let mean_l = metrics::mean_defined(summaries.values().map(|s| s.l_rir));
     let mean_g = metrics::g_rir(&per_type_g);
-    let (fixed, broke): (usize, usize) = summaries.values().fold((0, 0), |(f, b), s| (f + s.fixed, b + s.broke));
+    let (fixed, broke): (usize, usize) = summaries
+        .values()
+        .fold((0, 0), |(f, b), s| (f + s.fixed, b + s.broke));
     let _ = write!(md, "\nmean L-RIR: {}\nmean G-RIR: {}\nedits: {}; perturbed tasks fixed {fixed} / broken {broke} (summed over edits)\n", fmt(mean_l), fmt(mean_g), records.len());
     let matrix = cross_type_matrix(&records, &mut md);
-    Ok(Report { json: json!({"types": summaries, "mean_l_rir": mean_l, "mean_g_rir": mean_g, "edits": records.len(), "fixed": fixed, "broke": broke, "matrix": matrix}), markdown: md })
+    Ok(Report {
+        json: json!({"types": summaries, "mean_l_rir": mean_l, "mean_g_rir": mean_g, "edits": records.len(), "fixed": fixed, "broke": broke, "matrix": matrix}),
+        markdown: md,
+    })
 }
 
 /// Mean G-RIR per edit type (rows) and evaluated type (columns), where edits were evaluated on
 /// more than one perturbed type.
-fn cross_type_matrix(records: &[EditRecord], md: &mut String) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
+fn cross_type_matrix(
+    records: &[EditRecord],
+    md: &mut String,
+) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
     let eval_types: BTreeSet<&String> = records.iter().flat_map(|r| r.eval.keys()).collect();
     let edit_types: BTreeSet<&String> = records.iter().map(|r| &r.ptype).collect();
     let mut matrix = BTreeMap::new();
@@ -104,10 +135,35 @@ fn cross_type_matrix(records: &[EditRecord], md: &mut String) -> BTreeMap<String
         return matrix;
     }
     let names: Vec<&str> = eval_types.iter().map(|s| s.as_str()).collect();
-    let _ = write!(md, "\nG-RIR, edit type (rows) x evaluated type (columns)\n\n| edit \\ eval | {} |\n|---|{}\n", names.join(" | "), "---:|".repeat(names.len()));
+    let _ = write!(
+        md,
+        "\nG-RIR, edit type (rows) x evaluated type (columns)\n\n| edit \\ eval | {} |\n|---|{}\n",
+        names.join(" | "),
+        "---:|".repeat(names.len())
+    );
     for t in edit_types {
-        let row: BTreeMap<String, Option<f64>> = eval_types.iter().map(|e| ((*e).clone(), metrics::mean_defined(records.iter().filter(|r| &r.ptype == t).map(|r| r.eval.get(*e).and_then(|s| s.g_rir))))).collect();
-        let _ = writeln!(md, "| {t} | {} |", row.values().map(|v| fmt(*v)).collect::<Vec<_>>().join(" | "));
+        let row: BTreeMap<String, Option<f64>> = eval_types
+            .iter()
+            .map(|e| {
+                (
+                    (*e).clone(),
+                    metrics::mean_defined(
+                        records
+                            .iter()
+                            .filter(|r| &r.ptype == t)
+                            .map(|r| r.eval.get(*e).and_then(|s| s.g_rir)),
+                    ),
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {t} | {} |",
+            row.values()
+                .map(|v| fmt(*v))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
         matrix.insert(t.clone(), row);
     }
     matrix
@@ -121,7 +177,10 @@ pub fn run(dirs: &[PathBuf], out: Option<PathBuf>) -> Res {
     let out = out.unwrap_or_else(|| dirs[0].clone());
     std::fs::create_dir_all(&out)?;
     common::write(&out.join("report.md"), &r.markdown)?;
-    common::write(&out.join("report.json"), &serde_json::to_string_pretty(&r.json)?)?;
+    common::write(
+        &out.join("report.json"),
+        &serde_json::to_string_pretty(&r.json)?,
+    )?;
     print!("{}", r.markdown);
     println!("report: {}", out.join("report.md").display());
     Ok(())
@@ -140,28 +199,48 @@ pub struct DocArgs {
 }
 
 pub fn parse_setting(s: &str) -> Result<(String, PathBuf), String> {
-    let (label, dir) = s.split_once('=').ok_or_else(|| format!("--setting '{s}': LABEL=DIR"))?;
+    let (label, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--setting '{s}': LABEL=DIR"))?;
     Ok((label.trim().to_string(), PathBuf::from(dir)))
 }
 
 fn command_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("command.txt")).map(|s| s.trim().to_string()).unwrap_or_else(|_| format!("(no command.txt in {})", dir.display()))
+    std::fs::read_to_string(dir.join("command.txt"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("(no command.txt in {})", dir.display()))
 }
 
 /// The efficacy document (markdown), from the runs named in `a`.
 pub fn efficacy(a: &DocArgs) -> Res<String> {
     let base_records = crate::eval_cmd::read_records(&a.baseline.join("samples.jsonl"))?;
     let base = crate::experiment_cmd::outcomes_of(&base_records);
-    let runs: Vec<(String, PathBuf, Vec<EditRecord>)> = a.settings.iter().map(|(l, d)| Ok((l.clone(), d.clone(), read_records(std::slice::from_ref(d))?))).collect::<Res<_>>()?;
-    let types: BTreeSet<String> = runs.iter().flat_map(|(_, _, rs)| rs.iter().map(|r| r.ptype.clone())).collect();
-    let adapter = runs.iter().flat_map(|(_, _, rs)| rs.first()).map(|r| r.adapter.clone()).next().unwrap_or_default();
+    let runs: Vec<(String, PathBuf, Vec<EditRecord>)> = a
+        .settings
+        .iter()
+        .map(|(l, d)| Ok((l.clone(), d.clone(), read_records(std::slice::from_ref(d))?)))
+        .collect::<Res<_>>()?;
+    let types: BTreeSet<String> = runs
+        .iter()
+        .flat_map(|(_, _, rs)| rs.iter().map(|r| r.ptype.clone()))
+        .collect();
+    let adapter = runs
+        .iter()
+        .flat_map(|(_, _, rs)| rs.first())
+        .map(|r| r.adapter.clone())
+        .next()
+        .unwrap_or_default();
     let mut md = String::from("# CREME on Qwen2.5-Coder-0.5B-Instruct: efficacy\n\n");
     let _ = writeln!(md, "Written by `creme report --setting ...` from the runs listed under \"How to repeat\"; every verdict is an executed test in creme's sandbox (a PASS means `check` returned). Greedy decoding (n = 1), so pass@1 is pass/fail and RIR per task is 0 or 1. Device: {adapter}.\n");
     baseline_section(&mut md, &base, &types)?;
     let _ = writeln!(md, "## Settings side by side\n");
     let _ = writeln!(md, "Fixed / broken: perturbed tasks that flip fail→pass / pass→fail after an edit, summed over the edits; net = fixed − broken. Clean dev: (clean passes after − before) / tasks evaluated. \"edit-worthy\" settings were evaluated on the type's edit-worthy tasks only (enough for L-RIR and G-RIR; their fixed/broken and clean columns cover those tasks, not all 164).\n");
     for t in &types {
-        let _ = write!(md, "### {t}\n\n| setting {}", SUMMARY_HEAD.replacen("|---:", "|---|---:", 1));
+        let _ = write!(
+            md,
+            "### {t}\n\n| setting {}",
+            SUMMARY_HEAD.replacen("|---:", "|---|---:", 1)
+        );
         for (label, _, rs) in &runs {
             let own: Vec<EditRecord> = rs.iter().filter(|r| &r.ptype == t).cloned().collect();
             if let Some(s) = experiment::summarize(&own).get(t) {
@@ -185,31 +264,73 @@ pub fn efficacy(a: &DocArgs) -> Res<String> {
     for (_, d, _) in &runs {
         let _ = writeln!(md, "{}", command_of(d));
     }
-    let labels: Vec<String> = a.settings.iter().map(|(l, d)| format!("--setting '{l}={}'", d.display())).collect();
-    let _ = writeln!(md, "creme report {} --baseline {}{} --doc {}\n```", labels.join(" "), a.baseline.display(), a.calibration.as_ref().map(|c| format!(" --calibration {}", c.display())).unwrap_or_default(), a.doc.display());
+    let labels: Vec<String> = a
+        .settings
+        .iter()
+        .map(|(l, d)| format!("--setting '{l}={}'", d.display()))
+        .collect();
+    let _ = writeln!(
+        md,
+        "creme report {} --baseline {}{} --doc {}\n```",
+        labels.join(" "),
+        a.baseline.display(),
+        a.calibration
+            .as_ref()
+            .map(|c| format!(" --calibration {}", c.display()))
+            .unwrap_or_default(),
+        a.doc.display()
+    );
     Ok(md)
 }
 
 fn baseline_section(md: &mut String, base: &Outcomes, types: &BTreeSet<String>) -> Res {
     let oracle = oracle_pass();
     let _ = writeln!(md, "## Baseline (unedited model)\n\n| set | passes | tasks | edit-worthy | oracle passes | same verdict as the oracle |\n|---|---:|---:|---|---:|---:|");
-    let sets: Vec<String> = std::iter::once("clean".to_string()).chain(types.iter().cloned()).collect();
+    let sets: Vec<String> = std::iter::once("clean".to_string())
+        .chain(types.iter().cloned())
+        .collect();
     for s in &sets {
         let Some(m) = base.get(s) else { continue };
         let passes = m.values().filter(|&&p| p).count();
-        let worthy = if s == "clean" { "-".to_string() } else { experiment::edit_worthy(base, s).join(", ") };
+        let worthy = if s == "clean" {
+            "-".to_string()
+        } else {
+            experiment::edit_worthy(base, s).join(", ")
+        };
         // Only where the oracle knows these tasks (it covers HumanEval's 164).
-        let (o_pass, same) = match oracle.as_ref().and_then(|o| o.get(s)).filter(|o| m.keys().all(|t| o.contains_key(t))) {
-            Some(o) => (o.values().filter(|&&p| p).count().to_string(), format!("{}/{}", m.iter().filter(|(t, p)| o.get(*t) == Some(p)).count(), m.len())),
+        let (o_pass, same) = match oracle
+            .as_ref()
+            .and_then(|o| o.get(s))
+            .filter(|o| m.keys().all(|t| o.contains_key(t)))
+        {
+            Some(o) => (
+                o.values().filter(|&&p| p).count().to_string(),
+                format!(
+                    "{}/{}",
+                    m.iter().filter(|(t, p)| o.get(*t) == Some(p)).count(),
+                    m.len()
+                ),
+            ),
             None => ("-".into(), "-".into()),
         };
-        let _ = writeln!(md, "| {s} | {passes} | {} | {worthy} | {o_pass} | {same} |", m.len());
+        let _ = writeln!(
+            md,
+            "| {s} | {passes} | {} | {worthy} | {o_pass} | {same} |",
+            m.len()
+        );
     }
-    if let Some(o) = oracle.as_ref().filter(|o| base.get("clean").is_some_and(|m| o.get("clean").is_some_and(|oc| m.keys().all(|t| oc.contains_key(t))))) {
+    if let Some(o) = oracle.as_ref().filter(|o| {
+        base.get("clean").is_some_and(|m| {
+            o.get("clean")
+                .is_some_and(|oc| m.keys().all(|t| oc.contains_key(t)))
+        })
+    }) {
         for t in types {
             let ours: BTreeSet<String> = experiment::edit_worthy(base, t).into_iter().collect();
             let theirs: BTreeSet<String> = experiment::edit_worthy(o, t).into_iter().collect();
-            let only = |a: &BTreeSet<String>, b: &BTreeSet<String>| a.difference(b).cloned().collect::<Vec<_>>().join(", ");
+            let only = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
+                a.difference(b).cloned().collect::<Vec<_>>().join(", ")
+            };
             let _ = writeln!(md, "\n{t} edit-worthy tasks: creme {}, the oracle (HF transformers, f32) {}; only creme: {}; only the oracle: {}.", ours.len(), theirs.len(), or_none(only(&ours, &theirs)), or_none(only(&theirs, &ours)));
         }
     }
@@ -227,9 +348,24 @@ fn or_none(s: String) -> String {
 
 /// The oracle's greedy verdicts (`hf_greedy_pass.json`: per set, a list in HumanEval order).
 fn oracle_pass() -> Option<Outcomes> {
-    let path = common::shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_pass.json");
+    let path =
+        common::shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_pass.json");
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    Some(v.as_object()?.iter().filter_map(|(s, l)| Some((s.clone(), l.as_array()?.iter().enumerate().map(|(i, p)| (format!("HumanEval/{i}"), p.as_bool().unwrap_or(false))).collect()))).collect())
+    Some(
+        v.as_object()?
+            .iter()
+            .filter_map(|(s, l)| {
+                Some((
+                    s.clone(),
+                    l.as_array()?
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (format!("HumanEval/{i}"), p.as_bool().unwrap_or(false)))
+                        .collect(),
+                ))
+            })
+            .collect(),
+    )
 }
 
 fn paper_section(md: &mut String) {
@@ -271,9 +407,16 @@ fn per_edit_section(md: &mut String, label: &str, rs: &[EditRecord]) {
 
 /// Per task: the pass metric's layer (creme's calibrate-layer run), the reference run's, the
 /// logprob rules', and the layer each setting edited.
-fn key_layer_section(md: &mut String, calib: &Path, runs: &[(String, PathBuf, Vec<EditRecord>)]) -> Res {
+fn key_layer_section(
+    md: &mut String,
+    calib: &Path,
+    runs: &[(String, PathBuf, Vec<EditRecord>)],
+) -> Res {
     let path = calib.join("calibration.json");
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))?;
+    let c: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
     let rows = c["rows"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(md, "## Key layer\n\nThe authors' key layer comes from the pass metric: each layer's clean hidden states are patched into the perturbed prompt's forward, the patched run generates and is tested; among the layers whose patched run passes, the one with the largest clean/perturbed distance. creme computes it (`creme calibrate-layer`, `--layer pass`), and also a cheaper logprob trace.");
     let _ = writeln!(md, "Agreement with the pass metric over {} tasks: logprob argmax {}; saturating logprob rule, threshold fitted on all {} (same {}, within 2 layers {}), and held out one at a time (same {}, within 2 {}). Against the reference run's layers ({} tasks): creme's pass metric agrees on {}, the saturating rule on {}.\n",
@@ -283,9 +426,29 @@ fn key_layer_section(md: &mut String, calib: &Path, runs: &[(String, PathBuf, Ve
     let t = c["type"].as_str().unwrap_or("C3");
     for row in &rows {
         let task = row["task"].as_str().unwrap_or("");
-        let used: Vec<String> = runs.iter().map(|(_, _, rs)| rs.iter().find(|r| r.ptype == t && r.task == task).map(|r| r.layer.to_string()).unwrap_or_else(|| "-".into())).collect();
-        let num = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
-        let _ = writeln!(md, "| {task} | {} | {} | {} | {} | {} |", num(&row["pass_layer"]), num(&row["reference_layer"]), num(&row["argmax_layer"]), num(&row["predicted"]), used.join(" | "));
+        let used: Vec<String> = runs
+            .iter()
+            .map(|(_, _, rs)| {
+                rs.iter()
+                    .find(|r| r.ptype == t && r.task == task)
+                    .map(|r| r.layer.to_string())
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect();
+        let num = |v: &Value| {
+            v.as_u64()
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            md,
+            "| {task} | {} | {} | {} | {} | {} |",
+            num(&row["pass_layer"]),
+            num(&row["reference_layer"]),
+            num(&row["argmax_layer"]),
+            num(&row["predicted"]),
+            used.join(" | ")
+        );
     }
     md.push('\n');
     Ok(())

@@ -65,8 +65,17 @@ struct Limits {
 
 impl Limits {
     fn from_env() -> Self {
-        let num = |var: &str, default: u64| std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()).filter(|&n| n > 0).unwrap_or(default);
-        Limits { idle: Duration::from_secs(num("CREME_SERVE_IDLE_SECS", 20)), max_conns: num("CREME_SERVE_MAX_CONNS", 512) as usize }
+        let num = |var: &str, default: u64| {
+            std::env::var(var)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(default)
+        };
+        Limits {
+            idle: Duration::from_secs(num("CREME_SERVE_IDLE_SECS", 20)),
+            max_conns: num("CREME_SERVE_MAX_CONNS", 512) as usize,
+        }
     }
 }
 
@@ -89,28 +98,60 @@ struct FileVersion {
 
 pub fn run(roots: Roots, port: u16) -> Res {
     if !roots.web.join("index.html").exists() {
-        return Err(format!("{} holds no index.html: pass --web DIR (the repository's web/)", roots.web.display()).into());
+        return Err(format!(
+            "{} holds no index.html: pass --web DIR (the repository's web/)",
+            roots.web.display()
+        )
+        .into());
     }
     raise_open_file_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(8).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()?;
     rt.block_on(serve(roots, port, Limits::from_env()))
 }
 
 async fn serve(roots: Roots, port: u16, limits: Limits) -> Res {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| format!("binding 127.0.0.1:{port}: {e}"))?;
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("binding 127.0.0.1:{port}: {e}"))?;
     let addr = listener.local_addr()?;
     // The browser tests parse the port from the first line: keep its form.
     let mut out = io::stdout();
-    let datasets = roots.datasets.as_ref().map(|d| d.display().to_string()).unwrap_or("-".into());
-    let _ = writeln!(out, "serving http://{addr}/ (web: {}, models: {}, datasets: {datasets})", roots.web.display(), roots.models.display());
-    let _ = writeln!(out, "app: http://{addr}/app.html   causal tracing lesson: http://{addr}/trace.html");
+    let datasets = roots
+        .datasets
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or("-".into());
+    let _ = writeln!(
+        out,
+        "serving http://{addr}/ (web: {}, models: {}, datasets: {datasets})",
+        roots.web.display(),
+        roots.models.display()
+    );
+    let _ = writeln!(
+        out,
+        "app: http://{addr}/app.html   causal tracing lesson: http://{addr}/trace.html"
+    );
     let _ = out.flush();
-    let state = Arc::new(State { roots: roots.canonical(), digests: Mutex::new(HashMap::new()) });
+    let state = Arc::new(State {
+        roots: roots.canonical(),
+        digests: Mutex::new(HashMap::new()),
+    });
     let slots = Arc::new(Semaphore::new(limits.max_conns));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return Ok(()) };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         match listener.accept().await {
-            Ok((stream, _)) => drop(tokio::spawn(connection(stream, state.clone(), limits, slot))),
+            Ok((stream, _)) => drop(tokio::spawn(connection(
+                stream,
+                state.clone(),
+                limits,
+                slot,
+            ))),
             Err(e) => {
                 eprintln!("creme serve: accepting a connection: {e} (retrying)");
                 tokio::time::sleep(ACCEPT_RETRY).await;
@@ -120,7 +161,12 @@ async fn serve(roots: Roots, port: u16, limits: Limits) -> Res {
 }
 
 /// One client connection, holding one of the server's slots until it ends.
-async fn connection(stream: TcpStream, state: Arc<State>, limits: Limits, _slot: OwnedSemaphorePermit) {
+async fn connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    limits: Limits,
+    _slot: OwnedSemaphorePermit,
+) {
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(IdleTimeout::new(stream, limits.idle));
     let service = hyper::service::service_fn(move |req| {
@@ -139,9 +185,15 @@ async fn connection(stream: TcpStream, state: Arc<State>, limits: Limits, _slot:
 async fn respond(state: &State, req: Request<Incoming>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     if req.method() != Method::GET && !head {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, &[(header::ALLOW, "GET, HEAD".into())], empty());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &[(header::ALLOW, "GET, HEAD".into())],
+            empty(),
+        );
     }
-    let Some((root, path)) = resolve(&state.roots, req.uri().path()) else { return text(StatusCode::FORBIDDEN, "forbidden") };
+    let Some((root, path)) = resolve(&state.roots, req.uri().path()) else {
+        return text(StatusCode::FORBIDDEN, "forbidden");
+    };
     match lookup(root, &path).await {
         Lookup::File(p) => serve_file(&p, req.headers(), head).await,
         Lookup::Refused => text(StatusCode::FORBIDDEN, "forbidden"),
@@ -157,7 +209,11 @@ impl Roots {
     /// holds nothing).
     fn canonical(self) -> Roots {
         let c = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-        Roots { web: c(self.web), models: c(self.models), datasets: self.datasets.map(c) }
+        Roots {
+            web: c(self.web),
+            models: c(self.models),
+            datasets: self.datasets.map(c),
+        }
     }
 }
 
@@ -173,7 +229,9 @@ fn resolve<'a>(roots: &'a Roots, url_path: &str) -> Option<(&'a Path, PathBuf)> 
         (roots.web.as_path(), decoded.trim_start_matches('/'))
     };
     let rel = Path::new(rel);
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) || rel.as_os_str().as_encoded_bytes().contains(&0) {
+    if rel.components().any(|c| !matches!(c, Component::Normal(_)))
+        || rel.as_os_str().as_encoded_bytes().contains(&0)
+    {
         return None;
     }
     Some((root, root.join(rel)))
@@ -209,7 +267,9 @@ enum Lookup {
 async fn lookup(root: &Path, path: &Path) -> Lookup {
     let mut p = path.to_path_buf();
     for _ in 0..2 {
-        let Ok(real) = tokio::fs::canonicalize(&p).await else { return Lookup::Missing };
+        let Ok(real) = tokio::fs::canonicalize(&p).await else {
+            return Lookup::Missing;
+        };
         if !real.starts_with(root) {
             return Lookup::Refused;
         }
@@ -246,7 +306,11 @@ pub fn parse_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
     }
     let (a, b) = spec.split_once('-')?;
     let r = match (a.trim(), b.trim()) {
-        ("", n) => n.parse::<u64>().ok().filter(|&n| n > 0).map(|n| (len.saturating_sub(n), len.saturating_sub(1))),
+        ("", n) => n
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| (len.saturating_sub(n), len.saturating_sub(1))),
         (a, "") => a.parse::<u64>().ok().map(|a| (a, len.saturating_sub(1))),
         (a, b) => match (a.parse::<u64>(), b.parse::<u64>()) {
             (Ok(a), Ok(b)) if a <= b => Some((a, b.min(len.saturating_sub(1)))),
@@ -262,18 +326,36 @@ pub fn parse_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
 async fn serve_file(path: &Path, headers: &HeaderMap, head: bool) -> Response<Body> {
     let (mut file, len) = match open_file(path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return text(StatusCode::NOT_FOUND, "not found"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return text(StatusCode::NOT_FOUND, "not found")
+        }
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file"),
     };
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| parse_range(r, len));
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| parse_range(r, len));
     let (status, start, n) = match range {
         Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-        Some(Err(())) => return reply(StatusCode::RANGE_NOT_SATISFIABLE, &[(header::CONTENT_RANGE, format!("bytes */{len}"))], empty()),
+        Some(Err(())) => {
+            return reply(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                &[(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                empty(),
+            )
+        }
         None => (StatusCode::OK, 0, len),
     };
-    let mut fields = vec![(header::CONTENT_TYPE, content_type(path).to_string()), (header::ACCEPT_RANGES, "bytes".into()), (header::CONTENT_LENGTH, n.to_string())];
+    let mut fields = vec![
+        (header::CONTENT_TYPE, content_type(path).to_string()),
+        (header::ACCEPT_RANGES, "bytes".into()),
+        (header::CONTENT_LENGTH, n.to_string()),
+    ];
     if status == StatusCode::PARTIAL_CONTENT {
-        fields.push((header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", start + n - 1)));
+        fields.push((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", start + n - 1),
+        ));
     }
     if head {
         return reply(status, &fields, empty());
@@ -307,25 +389,40 @@ fn file_body(file: tokio::fs::File, n: u64) -> Body {
 
 /// `<file>.sha256` for a file under the root: its hex digest, computed once per version of it.
 async fn serve_digest(state: &State, root: &Path, of: &Path, head: bool) -> Response<Body> {
-    let Lookup::File(of) = lookup(root, of).await else { return text(StatusCode::NOT_FOUND, "not found") };
+    let Lookup::File(of) = lookup(root, of).await else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
     let hex = match digest(state, of).await {
         Ok(h) => h,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("hashing: {e}")),
     };
     let body = format!("{hex}\n");
-    let fields = [(header::CONTENT_TYPE, "text/plain".to_string()), (header::CONTENT_LENGTH, body.len().to_string())];
-    reply(StatusCode::OK, &fields, if head { empty() } else { full(body) })
+    let fields = [
+        (header::CONTENT_TYPE, "text/plain".to_string()),
+        (header::CONTENT_LENGTH, body.len().to_string()),
+    ];
+    reply(
+        StatusCode::OK,
+        &fields,
+        if head { empty() } else { full(body) },
+    )
 }
 
 async fn digest(state: &State, path: PathBuf) -> io::Result<String> {
     let meta = tokio::fs::metadata(&path).await?;
-    let version = FileVersion { path, len: meta.len(), modified: meta.modified().ok() };
+    let version = FileVersion {
+        path,
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    };
     let mut known = state.digests.lock().await;
     if let Some(h) = known.get(&version) {
         return Ok(h.clone());
     }
     let path = version.path.clone();
-    let hex = tokio::task::spawn_blocking(move || sha256_streamed(&path)).await.map_err(io::Error::other)??;
+    let hex = tokio::task::spawn_blocking(move || sha256_streamed(&path))
+        .await
+        .map_err(io::Error::other)??;
     known.insert(version, hex.clone());
     Ok(hex)
 }
@@ -343,17 +440,24 @@ fn empty() -> Body {
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    reply(status, &[(header::CONTENT_TYPE, "text/plain; charset=utf-8".into())], full(msg.to_string()))
+    reply(
+        status,
+        &[(header::CONTENT_TYPE, "text/plain; charset=utf-8".into())],
+        full(msg.to_string()),
+    )
 }
 
 fn reply(status: StatusCode, fields: &[(HeaderName, String)], body: Body) -> Response<Body> {
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     for (name, value) in fields {
         if let Ok(v) = HeaderValue::try_from(value.as_str()) {
             r.headers_mut().insert(name.clone(), v);
@@ -372,15 +476,26 @@ struct IdleTimeout<S> {
 
 impl<S> IdleTimeout<S> {
     fn new(inner: S, idle: Duration) -> Self {
-        IdleTimeout { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+        IdleTimeout {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
     }
 
     /// After a poll of the inner stream: bytes that moved push the deadline back; a stream
     /// still waiting past the deadline fails.
-    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>, moved: bool) -> Poll<io::Result<T>> {
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+        moved: bool,
+    ) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(Ok(_)) if moved => self.deadline.as_mut().reset(Instant::now() + self.idle),
-            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => return Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            }
             _ => {}
         }
         polled
@@ -388,7 +503,11 @@ impl<S> IdleTimeout<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -398,14 +517,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
         let moved = matches!(polled, Poll::Ready(Ok(n)) if n > 0);
         this.watch(cx, polled, moved)
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         let moved = matches!(polled, Poll::Ready(Ok(n)) if n > 0);
@@ -434,7 +561,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
 fn raise_open_file_limit() {
     #[cfg(unix)]
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max.min(65536);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -461,10 +591,20 @@ mod tests {
 
     #[test]
     fn paths_never_leave_their_root() {
-        let roots = Roots { web: "/srv/web".into(), models: "/srv/models".into(), datasets: None };
+        let roots = Roots {
+            web: "/srv/web".into(),
+            models: "/srv/models".into(),
+            datasets: None,
+        };
         let at = |u: &str| resolve(&roots, u).map(|(root, p)| (root.to_path_buf(), p));
-        assert_eq!(at("/app.html?x=1"), Some(("/srv/web".into(), "/srv/web/app.html".into())));
-        assert_eq!(at("/models/a.gguf"), Some(("/srv/models".into(), "/srv/models/a.gguf".into())));
+        assert_eq!(
+            at("/app.html?x=1"),
+            Some(("/srv/web".into(), "/srv/web/app.html".into()))
+        );
+        assert_eq!(
+            at("/models/a.gguf"),
+            Some(("/srv/models".into(), "/srv/models/a.gguf".into()))
+        );
         assert_eq!(at("/../etc/passwd"), None);
         assert_eq!(at("/models/%2e%2e/secret"), None);
         assert_eq!(at("/models/a%00b"), None);

@@ -40,7 +40,8 @@ pub struct PairArgs {
 impl PairArgs {
     /// The model, with the patches applied.
     pub fn load_model(&self, dev: &Device) -> Res<creme_core::model::Model> {
-        let mut model = common::load_model(dev, Some(&common::model_path(self.model.as_deref())), 0)?;
+        let mut model =
+            common::load_model(dev, Some(&common::model_path(self.model.as_deref())), 0)?;
         common::apply_patches(dev, &mut model, &self.patch)?;
         Ok(model)
     }
@@ -51,18 +52,32 @@ impl PairArgs {
     pub fn prompts(&self) -> Res<(String, String, String)> {
         match (&self.task, &self.ptype, &self.clean_file, &self.pert_file) {
             (Some(t), Some(ty), None, None) => {
-                let (c, p) = common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?;
+                let (c, p) =
+                    common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?;
                 Ok((c.prompt, p.prompt, format!("{t} {ty}")))
             }
-            (None, None, Some(c), Some(p)) => Ok((std::fs::read_to_string(c)?, std::fs::read_to_string(p)?, format!("{} vs {}", c.display(), p.display()))),
-            _ => Err("give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F".into()),
+            (None, None, Some(c), Some(p)) => Ok((
+                std::fs::read_to_string(c)?,
+                std::fs::read_to_string(p)?,
+                format!("{} vs {}", c.display(), p.display()),
+            )),
+            _ => Err(
+                "give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F"
+                    .into(),
+            ),
         }
     }
 
     /// The clean and perturbed problems (with tests) when the pair is a task.
-    pub fn problems(&self) -> Res<Option<(creme_core::dataset::Problem, creme_core::dataset::Problem)>> {
+    pub fn problems(
+        &self,
+    ) -> Res<Option<(creme_core::dataset::Problem, creme_core::dataset::Problem)>> {
         match (&self.task, &self.ptype) {
-            (Some(t), Some(ty)) => Ok(Some(common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?)),
+            (Some(t), Some(ty)) => Ok(Some(common::task_pair(
+                &common::dataset_dir(self.dataset.as_deref())?,
+                t,
+                ty,
+            )?)),
             _ => Ok(None),
         }
     }
@@ -100,20 +115,52 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     let mut metric = RestorationByLogprob;
     let t2 = Instant::now();
     let mut bar = crate::progress::Reporter::new("all prompt positions");
-    let mut all = pollster::block_on(trace::trace_layers_with(dev, &model, &setup, PatchPositions::AllPrompt, &mut metric, &mut |s| bar.step(s)))?;
+    let mut all = pollster::block_on(trace::trace_layers_with(
+        dev,
+        &model,
+        &setup,
+        PatchPositions::AllPrompt,
+        &mut metric,
+        &mut |s| bar.step(s),
+    ))?;
     let mut t_layers = t2.elapsed().as_secs_f64();
     let mut bar = crate::progress::Reporter::new("differing positions");
-    let diff = pollster::block_on(trace::trace_layers_with(dev, &model, &setup, PatchPositions::Differing, &mut metric, &mut |s| bar.step(s)))?;
+    let diff = pollster::block_on(trace::trace_layers_with(
+        dev,
+        &model,
+        &setup,
+        PatchPositions::Differing,
+        &mut metric,
+        &mut |s| bar.step(s),
+    ))?;
     bar.finish();
     let mut pass_json = serde_json::Value::Null;
     if a.metric == "pass" {
-        let (clean_p, pert_p) = a.pair.problems()?.ok_or("--metric pass needs --task/--type")?;
+        let (clean_p, pert_p) = a
+            .pair
+            .problems()?
+            .ok_or("--metric pass needs --task/--type")?;
         let t4 = Instant::now();
         let mut bar = crate::progress::Reporter::new("pass metric");
-        let (pass_trace, account) = pollster::block_on(pass_trace(dev, &model, &setup, (&clean_text, &clean_p), (&pert_text, &pert_p), a.samples, &mut |s| bar.step(s)))?;
+        let (pass_trace, account) = pollster::block_on(pass_trace(
+            dev,
+            &model,
+            &setup,
+            (&clean_text, &clean_p),
+            (&pert_text, &pert_p),
+            a.samples,
+            &mut |s| bar.step(s),
+        ))?;
         bar.finish();
         t_layers = t4.elapsed().as_secs_f64();
-        eprintln!("pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}", account["acc_orig"], account["acc_pert"], account["patched_runs_passing"], pass_trace.scores.len(), pass_trace.key_layer);
+        eprintln!(
+            "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
+            account["acc_orig"],
+            account["acc_pert"],
+            account["patched_runs_passing"],
+            pass_trace.scores.len(),
+            pass_trace.key_layer
+        );
         pass_json = account;
         all = pass_trace;
     }
@@ -138,7 +185,10 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
         ("Layer trace: every prompt position patched".to_string(), report::layer_curve_svg(&all, &format!("{label}: restoration by layer (all prompt positions)"))),
         ("Layer trace: only differing positions patched".to_string(), report::layer_curve_svg(&diff, &format!("{label}: restoration by layer (differing positions)"))),
     ];
-    std::fs::write(a.out.join("trace.svg"), report::layer_curve_svg(&all, &format!("{label}: restoration by layer")))?;
+    std::fs::write(
+        a.out.join("trace.svg"),
+        report::layer_curve_svg(&all, &format!("{label}: restoration by layer")),
+    )?;
     if a.grid {
         let positions: Vec<usize> = if a.grid_all {
             (0..setup.frame).collect()
@@ -151,9 +201,25 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
             p
         };
         let t3 = Instant::now();
-        let grid = pollster::block_on(trace::trace_grid(dev, &model, &setup, &positions, &mut metric))?;
-        eprintln!("grid: {} layers x {} positions in {:.2} s, key layer {}", grid.scores.len(), positions.len(), t3.elapsed().as_secs_f64(), grid.key_layer);
-        let svg = report::grid_heatmap_svg(&grid, &labels_of(&positions), &format!("{label}: restoration, one position patched at one layer"));
+        let grid = pollster::block_on(trace::trace_grid(
+            dev,
+            &model,
+            &setup,
+            &positions,
+            &mut metric,
+        ))?;
+        eprintln!(
+            "grid: {} layers x {} positions in {:.2} s, key layer {}",
+            grid.scores.len(),
+            positions.len(),
+            t3.elapsed().as_secs_f64(),
+            grid.key_layer
+        );
+        let svg = report::grid_heatmap_svg(
+            &grid,
+            &labels_of(&positions),
+            &format!("{label}: restoration, one position patched at one layer"),
+        );
         std::fs::write(a.out.join("grid.svg"), &svg)?;
         sections.push(("Layer x position grid".to_string(), svg));
         grid_json = serde_json::to_value(&grid)?;
@@ -170,7 +236,15 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     });
     let json_text = serde_json::to_string_pretty(&doc)?;
     common::write(&a.out.join("trace.json"), &json_text)?;
-    common::write(&a.out.join("report.html"), &report::html_page(&format!("CREME trace — {label}"), &sections, &json_text))?;
-    println!("key layer {} (differing positions: {}); report: {}", all.key_layer, diff.key_layer, a.out.join("report.html").display());
+    common::write(
+        &a.out.join("report.html"),
+        &report::html_page(&format!("CREME trace — {label}"), &sections, &json_text),
+    )?;
+    println!(
+        "key layer {} (differing positions: {}); report: {}",
+        all.key_layer,
+        diff.key_layer,
+        a.out.join("report.html").display()
+    );
     Ok(())
 }

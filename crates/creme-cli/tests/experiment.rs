@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 
 fn creme() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_creme"));
-    c.env("XDG_RUNTIME_DIR", std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()));
+    c.env(
+        "XDG_RUNTIME_DIR",
+        std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+    );
     c
 }
 
@@ -30,7 +33,9 @@ fn setup(name: &str, n: usize) -> (PathBuf, PathBuf, PathBuf) {
         text.push_str(&json!({"task_id": id, "prompt": prompt, "entry_point": format!("value_{i}"), "test": format!("def check(f):\n    assert f() == {i}\n")}).to_string());
         text.push('\n');
         for (set, passed) in [("clean", true), ("C3", false), ("E1", false)] {
-            base.push_str(&json!({"set": set, "task_id": id, "sample": 0, "passed": passed}).to_string());
+            base.push_str(
+                &json!({"set": set, "task_id": id, "sample": 0, "passed": passed}).to_string(),
+            );
             base.push('\n');
         }
     }
@@ -43,30 +48,47 @@ fn setup(name: &str, n: usize) -> (PathBuf, PathBuf, PathBuf) {
 
 fn experiment(data: &Path, model: &Path, root: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = creme();
-    c.args(["experiment", "--types", "C3,E1", "--max-tokens", "4", "--target-tokens", "8", "--workers", "2"])
-        .arg("--dataset")
-        .arg(data)
-        .arg("--model")
-        .arg(model)
-        .arg("--baseline")
-        .arg(root.join("baseline"))
-        .arg("--out")
-        .arg(out)
-        .args(extra);
+    c.args([
+        "experiment",
+        "--types",
+        "C3,E1",
+        "--max-tokens",
+        "4",
+        "--target-tokens",
+        "8",
+        "--workers",
+        "2",
+    ])
+    .arg("--dataset")
+    .arg(data)
+    .arg("--model")
+    .arg(model)
+    .arg("--baseline")
+    .arg(root.join("baseline"))
+    .arg("--out")
+    .arg(out)
+    .args(extra);
     c
 }
 
 /// Make Tiny/0's C3 prompt pass in the baseline of `setup` (so it is not edit-worthy).
 fn c3_passes_for_tiny_0(root: &Path) {
     let base = root.join("baseline/samples.jsonl");
-    let (fails, passes) = (r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#, r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#);
-    let text = std::fs::read_to_string(&base).unwrap().replace(fails, passes);
+    let (fails, passes) = (
+        r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#,
+        r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#,
+    );
+    let text = std::fs::read_to_string(&base)
+        .unwrap()
+        .replace(fails, passes);
     assert!(text.contains(passes), "fixture layout changed: {text}");
     std::fs::write(&base, text).unwrap();
 }
 
 fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p).map(|t| t.lines().map(String::from).collect()).unwrap_or_default()
+    std::fs::read_to_string(p)
+        .map(|t| t.lines().map(String::from).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -74,7 +96,10 @@ fn a_killed_experiment_resumes_without_losing_or_repeating_records() {
     let (data, model, root) = setup("kill", 5);
     let out = root.join("run");
     let log = out.join("edits.jsonl");
-    let mut child = experiment(&data, &model, &root, &out, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = experiment(&data, &model, &root, &out, &[])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while lines(&log).len() < 2 && t0.elapsed() < Duration::from_secs(600) {
         if child.try_wait().unwrap().is_some() {
@@ -87,25 +112,48 @@ fn a_killed_experiment_resumes_without_losing_or_repeating_records() {
     let before = lines(&log);
     assert!(before.len() >= 2, "no records before the kill");
     let killed_mid_run = before.len() < 10;
-    eprintln!("killed after {} of 10 records{}", before.len(), if killed_mid_run { "" } else { " (the run had already finished)" });
+    eprintln!(
+        "killed after {} of 10 records{}",
+        before.len(),
+        if killed_mid_run {
+            ""
+        } else {
+            " (the run had already finished)"
+        }
+    );
 
-    let st = experiment(&data, &model, &root, &out, &[]).status().unwrap();
+    let st = experiment(&data, &model, &root, &out, &[])
+        .status()
+        .unwrap();
     assert!(st.success());
     let after = lines(&log);
-    assert_eq!(&after[..before.len()], &before[..], "finished records changed on resume");
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "finished records changed on resume"
+    );
     let mut keys: Vec<(String, String)> = after
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|v| (v["type"].as_str().unwrap().to_string(), v["task"].as_str().unwrap().to_string()))
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["task"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(keys.len(), 10, "every edit-worthy pair once");
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), 10, "a record was repeated");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(r["edits"], 10);
     let v: Value = serde_json::from_str(&after[0]).unwrap();
-    assert!(v["layer"].as_u64().unwrap() < 2 && v["steps"].as_u64().unwrap() >= 1, "{v}");
+    assert!(
+        v["layer"].as_u64().unwrap() < 2 && v["steps"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
     assert_eq!(v["l_rir"], 0.0, "a random model fixes nothing: {v}");
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -115,7 +163,16 @@ fn shards_split_the_edits_and_merge_in_the_report() {
     let (data, model, root) = setup("shards", 3);
     let out = root.join("run");
     for s in ["0/2", "1/2"] {
-        let st = experiment(&data, &model, &root, &out, &["--shard", s, "--layer", "1", "--eval-types", "E1"]).stderr(std::process::Stdio::null()).status().unwrap();
+        let st = experiment(
+            &data,
+            &model,
+            &root,
+            &out,
+            &["--shard", s, "--layer", "1", "--eval-types", "E1"],
+        )
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
         assert!(st.success());
     }
     let a = lines(&out.join("edits-shard-0-of-2.jsonl"));
@@ -124,10 +181,16 @@ fn shards_split_the_edits_and_merge_in_the_report() {
     let o = creme().arg("report").arg(&out).output().unwrap();
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("mean L-RIR: 0.000") && text.contains("mean G-RIR: 0.000"), "{text}");
+    assert!(
+        text.contains("mean L-RIR: 0.000") && text.contains("mean G-RIR: 0.000"),
+        "{text}"
+    );
     assert!(text.contains("edits: 6"), "{text}");
     // Every edit used the fixed layer.
-    assert!(a.iter().chain(&b).all(|l| serde_json::from_str::<Value>(l).unwrap()["layer"] == 1));
+    assert!(a
+        .iter()
+        .chain(&b)
+        .all(|l| serde_json::from_str::<Value>(l).unwrap()["layer"] == 1));
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -146,29 +209,98 @@ fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     let out = root.join("run");
     let layer = format!("from:{}", calib.join("calibration.json").display());
     let mut c = creme();
-    c.args(["experiment", "--types", "C3", "--max-tokens", "4", "--target-tokens", "8", "--workers", "2", "--eval-scope", "edit-worthy", "--layer", &layer]);
-    c.arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--baseline").arg(root.join("baseline")).arg("--out").arg(&out);
-    assert!(c.stderr(std::process::Stdio::null()).status().unwrap().success());
-    let recs: Vec<Value> = lines(&out.join("edits.jsonl")).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    c.args([
+        "experiment",
+        "--types",
+        "C3",
+        "--max-tokens",
+        "4",
+        "--target-tokens",
+        "8",
+        "--workers",
+        "2",
+        "--eval-scope",
+        "edit-worthy",
+        "--layer",
+        &layer,
+    ]);
+    c.arg("--dataset")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .arg("--baseline")
+        .arg(root.join("baseline"))
+        .arg("--out")
+        .arg(&out);
+    assert!(c
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let recs: Vec<Value> = lines(&out.join("edits.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(recs.len(), 3, "Tiny/1..3 are edit-worthy");
     for r in &recs {
-        assert_eq!((r["layer"].as_u64(), r["eval_scope"].as_str(), r["tasks_per_set"].as_u64()), (Some(1), Some("edit-worthy"), Some(3)), "{r}");
-        assert!(r["after"]["C3"].get("Tiny/0").is_none() && r["after"]["clean"].get("Tiny/0").is_none(), "only edit-worthy tasks are evaluated: {r}");
+        assert_eq!(
+            (
+                r["layer"].as_u64(),
+                r["eval_scope"].as_str(),
+                r["tasks_per_set"].as_u64()
+            ),
+            (Some(1), Some("edit-worthy"), Some(3)),
+            "{r}"
+        );
+        assert!(
+            r["after"]["C3"].get("Tiny/0").is_none() && r["after"]["clean"].get("Tiny/0").is_none(),
+            "only edit-worthy tasks are evaluated: {r}"
+        );
         assert_eq!(r["clean"]["passes_before"], 3);
     }
-    assert!(std::fs::read_to_string(out.join("command.txt")).unwrap().starts_with("creme experiment "));
+    assert!(std::fs::read_to_string(out.join("command.txt"))
+        .unwrap()
+        .starts_with("creme experiment "));
 
     let doc = root.join("efficacy.md");
-    let o = creme().arg("report").arg("--setting").arg(format!("pass layer={}", out.display())).arg("--baseline").arg(root.join("baseline")).arg("--calibration").arg(&calib).arg("--doc").arg(&doc).output().unwrap();
+    let o = creme()
+        .arg("report")
+        .arg("--setting")
+        .arg(format!("pass layer={}", out.display()))
+        .arg("--baseline")
+        .arg(root.join("baseline"))
+        .arg("--calibration")
+        .arg(&calib)
+        .arg("--doc")
+        .arg(&doc)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(&doc).unwrap();
-    for want in ["## Baseline", "| C3 | 1 | 4 | Tiny/1, Tiny/2, Tiny/3 |", "| pass layer | 3 | edit-worthy (3 per set)", "## Edits: pass layer", "| C3 | Tiny/2 | 1 |", "## Key layer", "| Tiny/3 | 1 | - | 0 | 0 | 1 |", "## How to repeat", "creme experiment --types C3 "] {
+    for want in [
+        "## Baseline",
+        "| C3 | 1 | 4 | Tiny/1, Tiny/2, Tiny/3 |",
+        "| pass layer | 3 | edit-worthy (3 per set)",
+        "## Edits: pass layer",
+        "| C3 | Tiny/2 | 1 |",
+        "## Key layer",
+        "| Tiny/3 | 1 | - | 0 | 0 | 1 |",
+        "## How to repeat",
+        "creme experiment --types C3 ",
+    ] {
         assert!(md.contains(want), "missing {want:?} in:\n{md}");
     }
     // A directory holding records of another version is refused with a clear message.
-    std::fs::write(out.join("edits-old.jsonl"), "{\"type\":\"C3\",\"task\":\"Tiny/1\"}\n").unwrap();
+    std::fs::write(
+        out.join("edits-old.jsonl"),
+        "{\"type\":\"C3\",\"task\":\"Tiny/1\"}\n",
+    )
+    .unwrap();
     let o = creme().arg("report").arg(&out).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not an edit record of this version"));
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("not an edit record of this version")
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -180,7 +312,15 @@ fn long_operations_report_progress_on_stderr_unless_quiet() {
     std::fs::write(&pert, "def f(x):\n    \"\"\"Retrn x plus one.\"\"\"\n").unwrap();
     let run = |quiet: bool| {
         let mut c = creme();
-        c.args(["edit", "--model"]).arg(&model).arg("--clean-file").arg(&clean).arg("--pert-file").arg(&pert).arg("--out").arg(root.join("p.safetensors")).arg("--no-eval");
+        c.args(["edit", "--model"])
+            .arg(&model)
+            .arg("--clean-file")
+            .arg(&clean)
+            .arg("--pert-file")
+            .arg(&pert)
+            .arg("--out")
+            .arg(root.join("p.safetensors"))
+            .arg("--no-eval");
         if quiet {
             c.arg("--quiet");
         }
@@ -190,11 +330,20 @@ fn long_operations_report_progress_on_stderr_unless_quiet() {
     };
     // stderr is a pipe here: plain lines, one per stage start and end at least.
     let err = run(false);
-    for want in [" target: 0/1", " trace: 0/2", " trace: 2/2", " capture: 1/1", " edit: 1/20  loss "] {
+    for want in [
+        " target: 0/1",
+        " trace: 0/2",
+        " trace: 2/2",
+        " capture: 1/1",
+        " edit: 1/20  loss ",
+    ] {
         assert!(err.contains(want), "no {want:?} in:\n{err}");
     }
     let quiet = run(true);
-    assert!(!quiet.contains(" trace: ") && !quiet.contains(" edit: "), "--quiet still reports progress:\n{quiet}");
+    assert!(
+        !quiet.contains(" trace: ") && !quiet.contains(" edit: "),
+        "--quiet still reports progress:\n{quiet}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -205,7 +354,16 @@ fn calibrate_layer_takes_the_edit_worthy_tasks_and_the_given_ones() {
     c3_passes_for_tiny_0(&root);
     let out = root.join("calib");
     let o = creme()
-        .args(["calibrate-layer", "--type", "C3", "--target-tokens", "4", "--tasks", "Tiny/0,Tiny/1", "--model"])
+        .args([
+            "calibrate-layer",
+            "--type",
+            "C3",
+            "--target-tokens",
+            "4",
+            "--tasks",
+            "Tiny/0,Tiny/1",
+            "--model",
+        ])
         .arg(&model)
         .arg("--dataset")
         .arg(&data)
@@ -216,9 +374,20 @@ fn calibrate_layer_takes_the_edit_worthy_tasks_and_the_given_ones() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let cal: Value = serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap()).unwrap();
-    let tasks: Vec<&str> = cal["rows"].as_array().unwrap().iter().map(|r| r["task"].as_str().unwrap()).collect();
-    assert_eq!(tasks, ["Tiny/1", "Tiny/2", "Tiny/0"], "edit-worthy first, then the extra task once");
+    let cal: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("calibration.json")).unwrap())
+            .unwrap();
+    let tasks: Vec<&str> = cal["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tasks,
+        ["Tiny/1", "Tiny/2", "Tiny/0"],
+        "edit-worthy first, then the extra task once"
+    );
     assert_eq!(cal["type"], "C3");
     let _ = std::fs::remove_dir_all(&root);
 }

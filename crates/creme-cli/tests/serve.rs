@@ -18,19 +18,32 @@ struct Server {
 impl Server {
     fn start(web: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_creme"));
-        cmd.args(["serve", "--port", "0", "--web"]).arg(web).args(args).stdout(Stdio::piped());
-        cmd.env_remove("CREME_SERVE_IDLE_SECS").env_remove("CREME_SERVE_MAX_CONNS").envs(env.iter().copied());
+        cmd.args(["serve", "--port", "0", "--web"])
+            .arg(web)
+            .args(args)
+            .stdout(Stdio::piped());
+        cmd.env_remove("CREME_SERVE_IDLE_SECS")
+            .env_remove("CREME_SERVE_MAX_CONNS")
+            .envs(env.iter().copied());
         let mut child = cmd.spawn().expect("starting creme serve");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         // The browser tests parse /127\.0\.0\.1:(\d+)/ from this line.
-        let port = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next()).and_then(|p| p.parse().ok());
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok());
         let Some(port) = port else {
             let _ = child.kill();
             panic!("no port in {line:?}");
         };
-        Server { child, port, _stdout: stdout }
+        Server {
+            child,
+            port,
+            _stdout: stdout,
+        }
     }
 
     fn connect(&self) -> TcpStream {
@@ -47,7 +60,11 @@ impl Server {
 
     fn request(&self, method: &str, path: &str, headers: &str) -> Reply {
         let mut s = self.connect();
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n").unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n"
+        )
+        .unwrap();
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).expect("reading the reply (20 s)");
         Reply::parse(&raw)
@@ -76,14 +93,23 @@ struct Reply {
 
 impl Reply {
     fn parse(raw: &[u8]) -> Reply {
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
         let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        Reply { status, head, body: raw[split + 4..].to_vec() }
+        Reply {
+            status,
+            head,
+            body: raw[split + 4..].to_vec(),
+        }
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::trim))
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")).map(str::trim))
     }
 }
 
@@ -111,7 +137,16 @@ impl Fixture {
 
     fn start(&self, env: &[(&str, &str)]) -> Server {
         let (models, datasets) = (self.dir.join("models"), self.dir.join("datasets"));
-        Server::start(&self.dir.join("web"), &["--models", models.to_str().unwrap(), "--dataset", datasets.to_str().unwrap()], env)
+        Server::start(
+            &self.dir.join("web"),
+            &[
+                "--models",
+                models.to_str().unwrap(),
+                "--dataset",
+                datasets.to_str().unwrap(),
+            ],
+            env,
+        )
     }
 }
 
@@ -128,14 +163,24 @@ fn files_ranges_head_and_digests() {
     let len = fx.data.len();
 
     let r = srv.get("/", "");
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"<!doctype html>hello"[..]));
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"<!doctype html>hello"[..])
+    );
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     let r = srv.get("/data.bin", "");
     assert_eq!(r.status, 200);
-    assert!(r.body == fx.data, "whole file: {} bytes of {len}", r.body.len());
+    assert!(
+        r.body == fx.data,
+        "whole file: {} bytes of {len}",
+        r.body.len()
+    );
 
     let r = srv.get("/data.bin", "Range: bytes=10-19\r\n");
-    assert_eq!((r.status, r.header("content-range")), (206, Some(format!("bytes 10-19/{len}").as_str())));
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (206, Some(format!("bytes 10-19/{len}").as_str()))
+    );
     assert_eq!(r.body, &fx.data[10..20]);
     let r = srv.get("/data.bin", "Range: bytes=-5\r\n");
     assert_eq!((r.status, r.body.as_slice()), (206, &fx.data[len - 5..]));
@@ -147,16 +192,29 @@ fn files_ranges_head_and_digests() {
     assert_eq!(r.status, 200);
     assert!(r.body == fx.data);
     let r = srv.get("/data.bin", &format!("Range: bytes={len}-\r\n"));
-    assert_eq!((r.status, r.header("content-range")), (416, Some(format!("bytes */{len}").as_str())));
+    assert_eq!(
+        (r.status, r.header("content-range")),
+        (416, Some(format!("bytes */{len}").as_str()))
+    );
 
     let r = srv.request("HEAD", "/data.bin", "");
-    assert_eq!((r.status, r.header("content-length"), r.body.len()), (200, Some(len.to_string().as_str()), 0));
-    assert_eq!(srv.request("POST", "/data.bin", "Content-Length: 0\r\n").status, 405);
+    assert_eq!(
+        (r.status, r.header("content-length"), r.body.len()),
+        (200, Some(len.to_string().as_str()), 0)
+    );
+    assert_eq!(
+        srv.request("POST", "/data.bin", "Content-Length: 0\r\n")
+            .status,
+        405
+    );
 
     use sha2::Digest;
     let r = srv.get("/models/m.gguf.sha256", "");
     assert_eq!(r.status, 200);
-    assert_eq!(String::from_utf8(r.body).unwrap(), format!("{:x}\n", sha2::Sha256::digest(&fx.data[..1000])));
+    assert_eq!(
+        String::from_utf8(r.body).unwrap(),
+        format!("{:x}\n", sha2::Sha256::digest(&fx.data[..1000]))
+    );
     assert_eq!(srv.get("/models/none.gguf.sha256", "").status, 404);
     assert_eq!(srv.get("/missing.html", "").status, 404);
 }
@@ -174,10 +232,23 @@ fn symlinks_and_dot_dot_cannot_leave_a_root() {
     symlink(d.join("web/index.html"), d.join("web/inside.html")).unwrap();
     let srv = fx.start(&[]);
 
-    for path in ["/datasets/HumanEval.jsonl", "/secret.txt", "/up/secret.txt", "/models/x.gguf", "/models/x.gguf.sha256", "/../secret.txt", "/%2e%2e/secret.txt", "/models/%2e%2e/secret.txt", "/up/"] {
+    for path in [
+        "/datasets/HumanEval.jsonl",
+        "/secret.txt",
+        "/up/secret.txt",
+        "/models/x.gguf",
+        "/models/x.gguf.sha256",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/models/%2e%2e/secret.txt",
+        "/up/",
+    ] {
         let r = srv.get(path, "");
         assert!(matches!(r.status, 403 | 404), "{path}: {}", r.status);
-        assert!(!String::from_utf8_lossy(&r.body).contains("SECRET"), "{path} leaked the file");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("SECRET"),
+            "{path} leaked the file"
+        );
     }
     // A link that stays inside its root is served, like a plain file.
     assert_eq!(srv.get("/inside.html", "").status, 200);
@@ -192,7 +263,12 @@ fn idle_connections_do_not_starve_a_request() {
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let r = srv.get("/data.bin", "");
-    assert!(r.status == 200 && r.body == fx.data, "status {}, {} bytes", r.status, r.body.len());
+    assert!(
+        r.status == 200 && r.body == fx.data,
+        "status {}, {} bytes",
+        r.status,
+        r.body.len()
+    );
     assert!(t.elapsed() < Duration::from_secs(20));
     let threads = srv.status_field("Threads:");
     assert!(threads <= 16, "{threads} threads for 300 connections");
@@ -202,7 +278,10 @@ fn idle_connections_do_not_starve_a_request() {
 #[test]
 fn past_the_connection_limit_requests_wait_for_a_slot() {
     let fx = Fixture::new("limit");
-    let srv = fx.start(&[("CREME_SERVE_MAX_CONNS", "16"), ("CREME_SERVE_IDLE_SECS", "1")]);
+    let srv = fx.start(&[
+        ("CREME_SERVE_MAX_CONNS", "16"),
+        ("CREME_SERVE_IDLE_SECS", "1"),
+    ]);
     let idle: Vec<TcpStream> = (0..60).map(|_| srv.connect()).collect();
     let t = Instant::now();
     let r = srv.get("/", "");
@@ -263,7 +342,8 @@ fn a_client_that_stops_reading_is_dropped() {
     big.set_len(256 << 20).unwrap();
     let srv = fx.start(&[("CREME_SERVE_IDLE_SECS", "2")]);
     let mut s = srv.connect();
-    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let mut got = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -297,10 +377,16 @@ fn a_huge_header_is_refused_in_bounded_memory() {
     for t in senders {
         let reply = t.join().unwrap();
         let status = String::from_utf8_lossy(&reply[..reply.len().min(12)]).to_string();
-        assert!(reply.is_empty() || status.starts_with("HTTP/1.1 431"), "replied {status:?}");
+        assert!(
+            reply.is_empty() || status.starts_with("HTTP/1.1 431"),
+            "replied {status:?}"
+        );
     }
     // The peak, not just the end state: before hyper's buffer limit it grew by the line's size.
     let grown_kib = srv.status_field("VmHWM:").saturating_sub(rss_before);
-    assert!(grown_kib < 16 * 1024, "peaked {grown_kib} KiB above the start");
+    assert!(
+        grown_kib < 16 * 1024,
+        "peaked {grown_kib} KiB above the start"
+    );
     assert_eq!(srv.get("/", "").status, 200);
 }

@@ -9,7 +9,11 @@ pub fn matmul_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32>
         let xr = &x[i * k..(i + 1) * k];
         for j in 0..n {
             let wr = &w[j * k..(j + 1) * k];
-            y[i * n + j] = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32;
+            y[i * n + j] = xr
+                .iter()
+                .zip(wr)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>() as f32;
         }
     }
     y
@@ -40,7 +44,10 @@ impl SplitMix64 {
 
 /// Largest |a - b| relative to max(1, |b|) over two equal-length slices.
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1.0)).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+        .fold(0.0, f32::max)
 }
 
 /// Largest |a - b| divided by max(1, largest |b|): the error relative to the result's scale, for
@@ -48,5 +55,9 @@ pub fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
 /// rounding).
 pub fn max_scaled_err(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
 }

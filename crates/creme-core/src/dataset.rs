@@ -9,8 +9,10 @@ use serde::Serialize;
 use crate::error::ModelError;
 
 /// The 20 perturbation types of the CREME paper (ReCode's docstring perturbations).
-pub const PERTURBATION_TYPES: [&str; 20] =
-    ["A1", "A2", "A3", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", "E2", "E3", "E4", "E5", "E6", "P1", "P2", "S1", "S2"];
+pub const PERTURBATION_TYPES: [&str; 20] = [
+    "A1", "A2", "A3", "C1", "C2", "C3", "D1", "D2", "D3", "D4", "E1", "E2", "E3", "E4", "E5", "E6",
+    "P1", "P2", "S1", "S2",
+];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
@@ -33,14 +35,20 @@ pub struct TestProgram {
 impl TestProgram {
     /// A plain script: it passes when it runs to its end.
     pub fn script(source: &str) -> TestProgram {
-        TestProgram { source: source.to_string(), check: String::new() }
+        TestProgram {
+            source: source.to_string(),
+            check: String::new(),
+        }
     }
 }
 
 impl Problem {
     /// The program that decides pass/fail for `completion` after `prompt`.
     pub fn program(&self, prompt: &str, completion: &str) -> TestProgram {
-        TestProgram { source: format!("{prompt}{completion}\n\n{}\n", self.test), check: format!("check({})\n", self.entry_point) }
+        TestProgram {
+            source: format!("{prompt}{completion}\n\n{}\n", self.test),
+            check: format!("check({})\n", self.entry_point),
+        }
     }
 }
 
@@ -60,18 +68,26 @@ pub fn parse_jsonl(text: &str, source: &str) -> Result<Vec<Problem>, ModelError>
         } else {
             line
         };
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON ({e})")))?;
         if !v.is_object() {
             return Err(bad("not a JSON object".into()));
         }
-        let problem = if v.get("test_list").is_some() && v.get("test").is_none() { mbpp_problem(&v) } else { humaneval_problem(&v) };
+        let problem = if v.get("test_list").is_some() && v.get("test").is_none() {
+            mbpp_problem(&v)
+        } else {
+            humaneval_problem(&v)
+        };
         out.push(problem.map_err(bad)?);
     }
     Ok(out)
 }
 
 fn string_field(v: &serde_json::Value, k: &str) -> Result<String, String> {
-    v.get(k).and_then(|x| x.as_str()).map(String::from).ok_or_else(|| format!("missing string field '{k}'"))
+    v.get(k)
+        .and_then(|x| x.as_str())
+        .map(String::from)
+        .ok_or_else(|| format!("missing string field '{k}'"))
 }
 
 /// A task id may be a string or (MBPP) a number.
@@ -89,7 +105,10 @@ fn humaneval_problem(v: &serde_json::Value) -> Result<Problem, String> {
         prompt: string_field(v, "prompt")?,
         entry_point: string_field(v, "entry_point")?,
         test: string_field(v, "test")?,
-        original_prompt: v.get("original_prompt").and_then(|x| x.as_str()).map(String::from),
+        original_prompt: v
+            .get("original_prompt")
+            .and_then(|x| x.as_str())
+            .map(String::from),
     })
 }
 
@@ -97,8 +116,13 @@ fn humaneval_problem(v: &serde_json::Value) -> Result<Problem, String> {
 /// (`assert name(...)`), its parameters from the reference `code` when present (else `*args`);
 /// the docstring holds the task text and the first test as a `>>>` line (never perturbed).
 fn mbpp_problem(v: &serde_json::Value) -> Result<Problem, String> {
-    let text = string_field(v, "text").or_else(|_| string_field(v, "prompt")).map_err(|_| "MBPP record without 'text' or 'prompt'".to_string())?;
-    let tests = string_list(v.get("test_list").ok_or("missing field 'test_list'")?, "test_list")?;
+    let text = string_field(v, "text")
+        .or_else(|_| string_field(v, "prompt"))
+        .map_err(|_| "MBPP record without 'text' or 'prompt'".to_string())?;
+    let tests = string_list(
+        v.get("test_list").ok_or("missing field 'test_list'")?,
+        "test_list",
+    )?;
     let first = tests.first().ok_or("'test_list' is empty")?;
     let name = first
         .trim_start()
@@ -126,18 +150,38 @@ fn mbpp_problem(v: &serde_json::Value) -> Result<Problem, String> {
         head.push_str("\n\n");
     }
     let text = text.trim().replace('\n', "\n    ");
-    let prompt = format!("{head}def {name}({params}):\n    \"\"\"{text}\n    >>> {}\n    \"\"\"\n", first.trim());
-    let body: String = tests.iter().map(|t| format!("    {}\n", t.trim())).collect();
+    let prompt = format!(
+        "{head}def {name}({params}):\n    \"\"\"{text}\n    >>> {}\n    \"\"\"\n",
+        first.trim()
+    );
+    let body: String = tests
+        .iter()
+        .map(|t| format!("    {}\n", t.trim()))
+        .collect();
     let test = format!("{}\n\ndef check(candidate):\n{body}", imports.join("\n"));
-    Ok(Problem { task_id: task_id(v, "MBPP/")?, prompt, entry_point: name, test, original_prompt: None })
+    Ok(Problem {
+        task_id: task_id(v, "MBPP/")?,
+        prompt,
+        entry_point: name,
+        test,
+        original_prompt: None,
+    })
 }
 
 /// A list of strings given either as a JSON array or, as in the CREME authors' MBPP files, as a
 /// string holding a Python list literal (`"['assert f(1) == 2', ...]"`).
 fn string_list(v: &serde_json::Value, field: &str) -> Result<Vec<String>, String> {
     match v {
-        serde_json::Value::Array(items) => items.iter().map(|t| t.as_str().map(String::from).ok_or(format!("'{field}' holds a non-string"))).collect(),
-        serde_json::Value::String(s) => python_string_list(s).map_err(|e| format!("'{field}' is a string but not a Python list of strings: {e}")),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .map(String::from)
+                    .ok_or(format!("'{field}' holds a non-string"))
+            })
+            .collect(),
+        serde_json::Value::String(s) => python_string_list(s)
+            .map_err(|e| format!("'{field}' is a string but not a Python list of strings: {e}")),
         _ => Err(format!("'{field}' is not a list")),
     }
 }
@@ -234,7 +278,11 @@ fn replace_bare_nan(line: &str) -> String {
             continue;
         }
         // Copy one UTF-8 character.
-        let len = line[i..].chars().next().map(|ch| ch.len_utf8()).unwrap_or(1);
+        let len = line[i..]
+            .chars()
+            .next()
+            .map(|ch| ch.len_utf8())
+            .unwrap_or(1);
         out.push_str(&line[i..i + len]);
         i += len;
     }
@@ -252,7 +300,12 @@ mod tests {
 
     #[test]
     fn python_list_literals_parse_as_python_would() {
-        let want = vec!["assert f('a\nb') == 2".to_string(), "it's \"q\"".into(), r"raw \n".into(), String::new()];
+        let want = vec![
+            "assert f('a\nb') == 2".to_string(),
+            "it's \"q\"".into(),
+            r"raw \n".into(),
+            String::new(),
+        ];
         let lit = r#"['assert f(\'a\nb\') == 2', "it's \"q\"", r'raw \n', '']"#;
         assert_eq!(python_string_list(lit).unwrap(), want);
         assert_eq!(python_string_list("[]").unwrap(), Vec::<String>::new());
@@ -264,7 +317,15 @@ mod tests {
 
     #[test]
     fn dataset_errors_say_dataset() {
-        let e = parse_jsonl("{\"task_id\": 1, \"text\": \"t\", \"test_list\": \"not a list\"}\n", "MBPP.jsonl").unwrap_err().to_string();
-        assert!(e.starts_with("dataset MBPP.jsonl:1:") && e.contains("test_list"), "{e}");
+        let e = parse_jsonl(
+            "{\"task_id\": 1, \"text\": \"t\", \"test_list\": \"not a list\"}\n",
+            "MBPP.jsonl",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("dataset MBPP.jsonl:1:") && e.contains("test_list"),
+            "{e}"
+        );
     }
 }

@@ -28,7 +28,9 @@ pub struct Draft {
 
 impl From<&Completion> for Draft {
     fn from(c: &Completion) -> Draft {
-        Draft { tokens: c.tokens.clone() }
+        Draft {
+            tokens: c.tokens.clone(),
+        }
     }
 }
 
@@ -44,15 +46,27 @@ pub struct Verified {
 
 /// Greedy completions of `prompts` by `model`, each checked against its draft; equal to
 /// [`crate::generate::generate`] with the same options on a batch-invariant device.
-pub async fn generate_from_drafts(dev: &Device, model: &Model, prompts: &[Vec<u32>], drafts: &[Draft], opts: &GenerateOptions) -> Result<Vec<Verified>, ModelError> {
+pub async fn generate_from_drafts(
+    dev: &Device,
+    model: &Model,
+    prompts: &[Vec<u32>],
+    drafts: &[Draft],
+    opts: &GenerateOptions,
+) -> Result<Vec<Verified>, ModelError> {
     if !dev.batch_invariant() {
         return Err(ModelError::Format(format!("draft verification is exact only on a batch-invariant backend (the CPU backend), not {}", dev.describe())));
     }
     if opts.temperature > 0.0 {
-        return Err(ModelError::Format("draft verification is for greedy decoding (temperature 0)".into()));
+        return Err(ModelError::Format(
+            "draft verification is for greedy decoding (temperature 0)".into(),
+        ));
     }
     if prompts.len() != drafts.len() {
-        return Err(ModelError::Format(format!("{} prompts but {} drafts", prompts.len(), drafts.len())));
+        return Err(ModelError::Format(format!(
+            "{} prompts but {} drafts",
+            prompts.len(),
+            drafts.len()
+        )));
     }
     let mut out = Vec::with_capacity(prompts.len());
     for (prompt, draft) in prompts.iter().zip(drafts) {
@@ -63,40 +77,82 @@ pub async fn generate_from_drafts(dev: &Device, model: &Model, prompts: &[Vec<u3
 
 /// One prompt: verify its draft in one forward, replay plain decoding's end rules over the
 /// accepted tokens, and decode on from the first difference.
-async fn verify_one(dev: &Device, model: &Model, prompt: &[u32], draft: &Draft, opts: &GenerateOptions) -> Result<Verified, ModelError> {
+async fn verify_one(
+    dev: &Device,
+    model: &Model,
+    prompt: &[u32],
+    draft: &Draft,
+    opts: &GenerateOptions,
+) -> Result<Verified, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::Format("empty prompt".into()));
     }
     if prompt.len() + opts.max_new_tokens > model.max_positions {
-        return Err(ModelError::Format(format!("prompt of {} tokens + {} new tokens is over the context of {} tokens", prompt.len(), opts.max_new_tokens, model.max_positions)));
+        return Err(ModelError::Format(format!(
+            "prompt of {} tokens + {} new tokens is over the context of {} tokens",
+            prompt.len(),
+            opts.max_new_tokens,
+            model.max_positions
+        )));
     }
     if opts.max_new_tokens == 0 {
-        return Ok(Verified { completion: Completion { tokens: Vec::new(), text: String::new(), finish: Finish::Length }, accepted: 0, whole: draft.tokens.is_empty() });
+        return Ok(Verified {
+            completion: Completion {
+                tokens: Vec::new(),
+                text: String::new(),
+                finish: Finish::Length,
+            },
+            accepted: 0,
+            whole: draft.tokens.is_empty(),
+        });
     }
     let tokens = &draft.tokens[..draft.tokens.len().min(opts.max_new_tokens)];
     let (picks, cache) = greedy_picks(dev, model, prompt, tokens, opts.max_new_tokens).await?;
-    let accepted = tokens.iter().zip(&picks).take_while(|(d, p)| d == p).count();
+    let accepted = tokens
+        .iter()
+        .zip(&picks)
+        .take_while(|(d, p)| d == p)
+        .count();
     let whole = |n: usize| n == draft.tokens.len();
     // Plain decoding would have produced exactly these tokens: does it end among them?
     if let Some((n, finish)) = plain_end_within(model, &tokens[..accepted], opts)? {
-        return Ok(Verified { completion: finish_completion(model, tokens[..n].to_vec(), finish, opts)?, accepted: n, whole: whole(n) });
+        return Ok(Verified {
+            completion: finish_completion(model, tokens[..n].to_vec(), finish, opts)?,
+            accepted: n,
+            whole: whole(n),
+        });
     }
     if accepted == tokens.len() && model.cfg.eos_ids.contains(&picks[accepted]) {
-        return Ok(Verified { completion: finish_completion(model, tokens.to_vec(), Finish::Eos, opts)?, accepted, whole: whole(accepted) });
+        return Ok(Verified {
+            completion: finish_completion(model, tokens.to_vec(), Finish::Eos, opts)?,
+            accepted,
+            whole: whole(accepted),
+        });
     }
     let completion = continue_from(dev, model, cache, prompt, &tokens[..accepted], opts).await?;
-    Ok(Verified { completion, accepted, whole: false })
+    Ok(Verified {
+        completion,
+        accepted,
+        whole: false,
+    })
 }
 
 /// Where plain decoding, producing `tokens` one by one, would stop among them: (tokens kept,
 /// why). The rules of `generate::decode_after`: an end-of-sequence token is not kept; a stop
 /// string or the token limit end after the token that reaches them.
-fn plain_end_within(model: &Model, tokens: &[u32], opts: &GenerateOptions) -> Result<Option<(usize, Finish)>, ModelError> {
+fn plain_end_within(
+    model: &Model,
+    tokens: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Option<(usize, Finish)>, ModelError> {
     for (j, t) in tokens.iter().enumerate() {
         if model.cfg.eos_ids.contains(t) {
             return Ok(Some((j, Finish::Eos)));
         }
-        if !opts.stop.is_empty() && crate::generate::cut_at_stops(&model.tokenizer.decode(&tokens[..=j])?, &opts.stop).is_some() {
+        if !opts.stop.is_empty()
+            && crate::generate::cut_at_stops(&model.tokenizer.decode(&tokens[..=j])?, &opts.stop)
+                .is_some()
+        {
             return Ok(Some((j + 1, Finish::Stop)));
         }
         if j + 1 >= opts.max_new_tokens {
@@ -108,31 +164,81 @@ fn plain_end_within(model: &Model, tokens: &[u32], opts: &GenerateOptions) -> Re
 
 /// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1], and
 /// the cache that forward filled (room for `max_new` tokens after the prompt).
-async fn greedy_picks(dev: &Device, model: &Model, prompt: &[u32], draft: &[u32], max_new: usize) -> Result<(Vec<u32>, KvCache), ModelError> {
+async fn greedy_picks(
+    dev: &Device,
+    model: &Model,
+    prompt: &[u32],
+    draft: &[u32],
+    max_new: usize,
+) -> Result<(Vec<u32>, KvCache), ModelError> {
     let seq: Vec<u32> = prompt.iter().chain(draft).copied().collect();
     let mut cache = model.new_cache(dev, vec![0], prompt.len() + max_new)?;
     let rows: Vec<usize> = (prompt.len() - 1..seq.len()).collect();
-    let fwd = model.forward(dev, &mut cache, &[seq], &Hooks::default(), Logits::Rows(rows))?;
-    Ok((dev.argmax(fwd.logits.as_ref().expect("asked for logits")).await?, cache))
+    let fwd = model.forward(
+        dev,
+        &mut cache,
+        &[seq],
+        &Hooks::default(),
+        Logits::Rows(rows),
+    )?;
+    Ok((
+        dev.argmax(fwd.logits.as_ref().expect("asked for logits"))
+            .await?,
+        cache,
+    ))
 }
 
-fn finish_completion(model: &Model, tokens: Vec<u32>, finish: Finish, opts: &GenerateOptions) -> Result<Completion, ModelError> {
+fn finish_completion(
+    model: &Model,
+    tokens: Vec<u32>,
+    finish: Finish,
+    opts: &GenerateOptions,
+) -> Result<Completion, ModelError> {
     let text = model.tokenizer.decode(&tokens)?;
     let text = match crate::generate::cut_at_stops(&text, &opts.stop) {
         Some(at) => text[..at].to_string(),
         None => text,
     };
-    Ok(Completion { tokens, text, finish })
+    Ok(Completion {
+        tokens,
+        text,
+        finish,
+    })
 }
 
 /// Plain greedy decoding after prompt + the accepted tokens, reusing the verifying forward's
 /// cache: its rows up to the last accepted token are what plain decoding computes (batch
 /// invariance), so only that last token is fed again, for its logits.
-async fn continue_from(dev: &Device, model: &Model, mut cache: KvCache, prompt: &[u32], accepted: &[u32], opts: &GenerateOptions) -> Result<Completion, ModelError> {
-    let last = *accepted.last().or(prompt.last()).expect("prompt is not empty");
+async fn continue_from(
+    dev: &Device,
+    model: &Model,
+    mut cache: KvCache,
+    prompt: &[u32],
+    accepted: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Completion, ModelError> {
+    let last = *accepted
+        .last()
+        .or(prompt.last())
+        .expect("prompt is not empty");
     cache.len = prompt.len() + accepted.len() - 1;
-    let fwd = model.forward(dev, &mut cache, &[vec![last]], &Hooks::default(), Logits::Last)?;
+    let fwd = model.forward(
+        dev,
+        &mut cache,
+        &[vec![last]],
+        &Hooks::default(),
+        Logits::Last,
+    )?;
     let logits = fwd.logits.expect("asked for logits");
-    let mut out = decode_after(dev, model, &mut cache, logits, &[accepted.to_vec()], opts, &mut |_, _| {}).await?;
+    let mut out = decode_after(
+        dev,
+        model,
+        &mut cache,
+        logits,
+        &[accepted.to_vec()],
+        opts,
+        &mut |_, _| {},
+    )
+    .await?;
     Ok(out.remove(0))
 }

@@ -10,9 +10,9 @@
 use crate::progress::{Progress, Step};
 use serde::Serialize;
 
+use crate::backend::{AdamStep, Backend, Device};
 use crate::error::ModelError;
 use crate::generate::left_pad;
-use crate::backend::{AdamStep, Backend, Device};
 use crate::hooks::{Hooks, Site};
 use crate::model::{Logits, Model};
 
@@ -36,28 +36,59 @@ pub struct EditData {
 
 /// Capture r, a and h at `layer` for orig = clean + target and pert = pert + target, at the
 /// positions holding the target tokens (the last |target| of each sequence).
-pub async fn capture(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<EditData, ModelError> {
+pub async fn capture(
+    dev: &Device,
+    model: &Model,
+    clean: &[u32],
+    pert: &[u32],
+    target: &[u32],
+    layer: usize,
+) -> Result<EditData, ModelError> {
     let cfg = &model.cfg;
     if layer >= cfg.n_layers {
-        return Err(ModelError::Format(format!("layer {layer} of a {}-layer model", cfg.n_layers)));
+        return Err(ModelError::Format(format!(
+            "layer {layer} of a {}-layer model",
+            cfg.n_layers
+        )));
     }
     if target.is_empty() || clean.is_empty() || pert.is_empty() {
-        return Err(ModelError::Format("edit: prompts and target must be non-empty".into()));
+        return Err(ModelError::Format(
+            "edit: prompts and target must be non-empty".into(),
+        ));
     }
     let (batch, pads, len) = left_pad(cfg.pad_id, &[clean, pert], target);
     let mut cache = model.new_cache(dev, pads, len)?;
-    let hooks = Hooks::capture([Site::ResidMid(layer), Site::MlpAct(layer), Site::ResidOut(layer)]);
+    let hooks = Hooks::capture([
+        Site::ResidMid(layer),
+        Site::MlpAct(layer),
+        Site::ResidOut(layer),
+    ]);
     let out = model.forward(dev, &mut cache, &batch, &hooks, Logits::None)?;
     let (n, d, f) = (target.len(), cfg.d_model, cfg.d_ff);
     let mut sides = Vec::new();
-    for (site, width) in [(Site::ResidMid(layer), d), (Site::MlpAct(layer), f), (Site::ResidOut(layer), d)] {
+    for (site, width) in [
+        (Site::ResidMid(layer), d),
+        (Site::MlpAct(layer), f),
+        (Site::ResidOut(layer), d),
+    ] {
         let (buf, _, _) = out.captured.get(site).expect("captured");
         let all: Vec<f32> = dev.read(buf, 2 * len * width).await?;
         let take = |b: usize| all[(b * len + len - n) * width..(b + 1) * len * width].to_vec();
         sides.push((take(0), take(1)));
     }
-    let [(r_orig, r_pert), (a_orig, a_pert), (h_orig, _)]: [(Vec<f32>, Vec<f32>); 3] = sides.try_into().expect("three sites");
-    Ok(EditData { layer, n, d, f, r_orig, r_pert, a_orig, a_pert, h_orig })
+    let [(r_orig, r_pert), (a_orig, a_pert), (h_orig, _)]: [(Vec<f32>, Vec<f32>); 3] =
+        sides.try_into().expect("three sites");
+    Ok(EditData {
+        layer,
+        n,
+        d,
+        f,
+        r_orig,
+        r_pert,
+        a_orig,
+        a_pert,
+        h_orig,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -72,7 +103,9 @@ pub enum Keep {
 pub enum Solver {
     Adam,
     /// Closed form: min L(W0 + D) + ridge * ||D||² / (d f), exact per output row.
-    Ridge { ridge: f64 },
+    Ridge {
+        ridge: f64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -89,7 +122,14 @@ pub struct EditSettings {
 impl Default for EditSettings {
     /// The paper's settings.
     fn default() -> Self {
-        EditSettings { solver: Solver::Adam, lambda: 0.1, lr: 5e-4, max_steps: 20, patience: 3, keep: Keep::Final }
+        EditSettings {
+            solver: Solver::Adam,
+            lambda: 0.1,
+            lr: 5e-4,
+            max_steps: 20,
+            patience: 3,
+            keep: Keep::Final,
+        }
     }
 }
 
@@ -124,26 +164,44 @@ pub fn loss_cpu(data: &EditData, w: &[f32], lambda: f64) -> LossParts {
                 let mut h = r[i * d + j] as f64;
                 let wr = &w[j * f..(j + 1) * f];
                 let ar = &a[i * f..(i + 1) * f];
-                h += wr.iter().zip(ar).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+                h += wr
+                    .iter()
+                    .zip(ar)
+                    .map(|(x, y)| *x as f64 * *y as f64)
+                    .sum::<f64>();
                 s += (h - data.h_orig[i * d + j] as f64).powi(2);
             }
         }
         s / (n * d) as f64
     };
-    let (pert, orig) = (mse(&data.r_pert, &data.a_pert), mse(&data.r_orig, &data.a_orig));
-    LossParts { total: pert + lambda * orig, pert, orig }
+    let (pert, orig) = (
+        mse(&data.r_pert, &data.a_pert),
+        mse(&data.r_orig, &data.a_orig),
+    );
+    LossParts {
+        total: pert + lambda * orig,
+        pert,
+        orig,
+    }
 }
 
 /// dL/dW [d, f] (f64 CPU reference).
 pub fn grad_cpu(data: &EditData, w: &[f32], lambda: f64) -> Vec<f32> {
     let (n, d, f) = (data.n, data.d, data.f);
     let mut g = vec![0f64; d * f];
-    for (r, a, coef) in [(&data.r_pert, &data.a_pert, 1.0), (&data.r_orig, &data.a_orig, lambda)] {
+    for (r, a, coef) in [
+        (&data.r_pert, &data.a_pert, 1.0),
+        (&data.r_orig, &data.a_orig, lambda),
+    ] {
         for i in 0..n {
             for j in 0..d {
                 let wr = &w[j * f..(j + 1) * f];
                 let ar = &a[i * f..(i + 1) * f];
-                let h = r[i * d + j] as f64 + wr.iter().zip(ar).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
+                let h = r[i * d + j] as f64
+                    + wr.iter()
+                        .zip(ar)
+                        .map(|(x, y)| *x as f64 * *y as f64)
+                        .sum::<f64>();
                 let e = coef * 2.0 * (h - data.h_orig[i * d + j] as f64) / (n * d) as f64;
                 for k in 0..f {
                     g[j * f + k] += e * ar[k] as f64;
@@ -155,12 +213,23 @@ pub fn grad_cpu(data: &EditData, w: &[f32], lambda: f64) -> Vec<f32> {
 }
 
 /// Run the configured solver from the file's weights `w0` [d, f].
-pub async fn solve(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings) -> Result<EditResult, ModelError> {
+pub async fn solve(
+    dev: &Device,
+    data: &EditData,
+    w0: &[f32],
+    s: &EditSettings,
+) -> Result<EditResult, ModelError> {
     solve_with(dev, data, w0, s, &mut |_| {}).await
 }
 
 /// [`solve`], reporting each loss evaluation.
-pub async fn solve_with(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progress: &mut Progress<'_>) -> Result<EditResult, ModelError> {
+pub async fn solve_with(
+    dev: &Device,
+    data: &EditData,
+    w0: &[f32],
+    s: &EditSettings,
+    progress: &mut Progress<'_>,
+) -> Result<EditResult, ModelError> {
     match s.solver {
         Solver::Adam => adam(dev, data, w0, s, progress).await,
         Solver::Ridge { ridge } => {
@@ -169,7 +238,15 @@ pub async fn solve_with(dev: &Device, data: &EditData, w0: &[f32], s: &EditSetti
             let l0 = loss_cpu(data, w0, s.lambda);
             let l1 = loss_cpu(data, &w, s.lambda);
             let best = l1.total.min(l0.total);
-            Ok(EditResult { w, best_loss: best, best_step: 1, kept_step: 1, steps: 2, losses: vec![l0, l1], seconds: elapsed(t0) })
+            Ok(EditResult {
+                w,
+                best_loss: best,
+                best_step: 1,
+                kept_step: 1,
+                steps: 2,
+                losses: vec![l0, l1],
+                seconds: elapsed(t0),
+            })
         }
     }
 }
@@ -192,7 +269,13 @@ fn elapsed(_: ()) -> f64 {
 /// Adam on the model's backend. Per step: Y = A Wᵀ (one matmul), residuals and loss on the CPU (2n x d
 /// values), G = Eᵀ A (one matmul), one Adam kernel. Each step evaluates the loss, then stops
 /// after `patience` evaluations without a new best, else updates.
-async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progress: &mut Progress<'_>) -> Result<EditResult, ModelError> {
+async fn adam(
+    dev: &Device,
+    data: &EditData,
+    w0: &[f32],
+    s: &EditSettings,
+    progress: &mut Progress<'_>,
+) -> Result<EditResult, ModelError> {
     let t0 = now();
     let (n, d, f) = (data.n, data.d, data.f);
     let rows = 2 * n;
@@ -213,7 +296,8 @@ async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progr
     let mut y = dev.zeros("edit Y", rows, d)?;
     let mut g = dev.zeros("edit G", d, f)?;
     let mut et = dev.zeros("edit Et", d, rows)?;
-    let (mut losses, mut best, mut best_step, mut since) = (Vec::new(), f64::INFINITY, 0usize, 0usize);
+    let (mut losses, mut best, mut best_step, mut since) =
+        (Vec::new(), f64::INFINITY, 0usize, 0usize);
     let mut t = 0u32;
     for step in 0..s.max_steps.max(1) {
         dev.matmul_f32(&a_buf, &w, &mut y, rows, d, f)?;
@@ -222,7 +306,11 @@ async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progr
         let mut e_t = vec![0f32; d * rows];
         let (mut lp, mut lo) = (0f64, 0f64);
         for i in 0..rows {
-            let (r, hi, coef) = if i < n { (&data.r_orig, i, s.lambda) } else { (&data.r_pert, i - n, 1.0) };
+            let (r, hi, coef) = if i < n {
+                (&data.r_orig, i, s.lambda)
+            } else {
+                (&data.r_pert, i - n, 1.0)
+            };
             for j in 0..d {
                 let e = r[hi * d + j] + yv[i * d + j] - data.h_orig[hi * d + j];
                 if i < n {
@@ -233,9 +321,18 @@ async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progr
                 e_t[j * rows + i] = (coef as f32) * e;
             }
         }
-        let parts = LossParts { total: lp / (n * d) as f64 + s.lambda * lo / (n * d) as f64, pert: lp / (n * d) as f64, orig: lo / (n * d) as f64 };
+        let parts = LossParts {
+            total: lp / (n * d) as f64 + s.lambda * lo / (n * d) as f64,
+            pert: lp / (n * d) as f64,
+            orig: lo / (n * d) as f64,
+        };
         let total = parts.total;
-        progress(Step { stage: "edit", done: step + 1, total: s.max_steps.max(1), note: format!("loss {total:.6}") });
+        progress(Step {
+            stage: "edit",
+            done: step + 1,
+            total: s.max_steps.max(1),
+            note: format!("loss {total:.6}"),
+        });
         losses.push(parts);
         if total < best {
             best = total;
@@ -255,7 +352,14 @@ async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progr
         dev.write(&mut et, &e_t)?;
         t += 1;
         dev.matmul_f32(&et, &at_buf, &mut g, d, f, rows)?;
-        let step = AdamStep { lr: s.lr as f32, b1: 0.9, b2: 0.999, eps: 1e-8, scale: 2.0 / (n * d) as f32, t };
+        let step = AdamStep {
+            lr: s.lr as f32,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            scale: 2.0 / (n * d) as f32,
+            t,
+        };
         dev.adam(&mut w, &g, &mut m, &mut v, step)?;
     }
     let steps = losses.len();
@@ -264,7 +368,15 @@ async fn adam(dev: &Device, data: &EditData, w0: &[f32], s: &EditSettings, progr
         Keep::Best => (&best_w, best_step),
     };
     let out: Vec<f32> = dev.read(src, d * f).await?;
-    Ok(EditResult { w: out, losses, steps, best_loss: best, best_step, kept_step, seconds: elapsed(t0) })
+    Ok(EditResult {
+        w: out,
+        losses,
+        steps,
+        best_loss: best,
+        best_step,
+        kept_step,
+        seconds: elapsed(t0),
+    })
 }
 
 /// Closed form. Per output row j with e_j = r + A w0_j - h (2n values, orig rows weighted by
@@ -276,13 +388,23 @@ pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<
     let rows = 2 * n;
     let sq = lambda.sqrt();
     let weight = |i: usize| if i < n { sq } else { 1.0 };
-    let a_row = |i: usize| if i < n { &data.a_orig[i * f..(i + 1) * f] } else { &data.a_pert[(i - n) * f..(i - n + 1) * f] };
+    let a_row = |i: usize| {
+        if i < n {
+            &data.a_orig[i * f..(i + 1) * f]
+        } else {
+            &data.a_pert[(i - n) * f..(i - n + 1) * f]
+        }
+    };
     // K = B Bᵀ + μ I
     let mu = ridge * n as f64 / f as f64;
     let mut k = vec![0f64; rows * rows];
     for i in 0..rows {
         for j in 0..=i {
-            let dot: f64 = a_row(i).iter().zip(a_row(j)).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let dot: f64 = a_row(i)
+                .iter()
+                .zip(a_row(j))
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum();
             let v = weight(i) * weight(j) * dot;
             k[i * rows + j] = v;
             k[j * rows + i] = v;
@@ -295,8 +417,16 @@ pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<
     for j in 0..d {
         let wj = &w0[j * f..(j + 1) * f];
         for i in 0..rows {
-            let (r, h) = if i < n { (data.r_orig[i * d + j], data.h_orig[i * d + j]) } else { (data.r_pert[(i - n) * d + j], data.h_orig[(i - n) * d + j]) };
-            let aw: f64 = a_row(i).iter().zip(wj).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let (r, h) = if i < n {
+                (data.r_orig[i * d + j], data.h_orig[i * d + j])
+            } else {
+                (data.r_pert[(i - n) * d + j], data.h_orig[(i - n) * d + j])
+            };
+            let aw: f64 = a_row(i)
+                .iter()
+                .zip(wj)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum();
             c[i] = weight(i) * (r as f64 + aw - h as f64);
         }
         let z = chol_solve(&chol, rows, &c);
@@ -341,23 +471,56 @@ fn chol_solve(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
 /// The loss measured the slow way: apply `w` to the model and run the forward pass again (used
 /// by tests to show the captured-activation loss is the same function).
 #[allow(clippy::too_many_arguments)]
-pub async fn loss_by_forward(dev: &Device, model: &mut Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize, w: &[f32], h_orig: &[f32], lambda: f64) -> Result<LossParts, ModelError> {
+pub async fn loss_by_forward(
+    dev: &Device,
+    model: &mut Model,
+    clean: &[u32],
+    pert: &[u32],
+    target: &[u32],
+    layer: usize,
+    w: &[f32],
+    h_orig: &[f32],
+    lambda: f64,
+) -> Result<LossParts, ModelError> {
     model.set_ffn_down(dev, layer, w)?;
     let outs = layer_outputs(dev, model, clean, pert, target, layer).await;
     model.revert_ffn_down(layer);
     let (out_orig, out_pert) = outs?;
     let count = h_orig.len() as f64;
-    let mse = |h: &[f32]| h.iter().zip(h_orig).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / count;
+    let mse = |h: &[f32]| {
+        h.iter()
+            .zip(h_orig)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / count
+    };
     let (p, o) = (mse(&out_pert), mse(&out_orig));
-    Ok(LossParts { total: p + lambda * o, pert: p, orig: o })
+    Ok(LossParts {
+        total: p + lambda * o,
+        pert: p,
+        orig: o,
+    })
 }
 
 /// Layer outputs at the target positions of orig = clean + target and pert = pert + target.
-async fn layer_outputs(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], target: &[u32], layer: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+async fn layer_outputs(
+    dev: &Device,
+    model: &Model,
+    clean: &[u32],
+    pert: &[u32],
+    target: &[u32],
+    layer: usize,
+) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
     let (n, d) = (target.len(), model.cfg.d_model);
     let (batch, pads, len) = left_pad(model.cfg.pad_id, &[clean, pert], target);
     let mut cache = model.new_cache(dev, pads, len)?;
-    let out = model.forward(dev, &mut cache, &batch, &Hooks::capture([Site::ResidOut(layer)]), Logits::None)?;
+    let out = model.forward(
+        dev,
+        &mut cache,
+        &batch,
+        &Hooks::capture([Site::ResidOut(layer)]),
+        Logits::None,
+    )?;
     let (buf, _, _) = out.captured.get(Site::ResidOut(layer)).expect("captured");
     let all: Vec<f32> = dev.read(buf, 2 * len * d).await?;
     let side = |b: usize| all[(b * len + len - n) * d..(b + 1) * len * d].to_vec();

@@ -17,7 +17,11 @@ pub enum GpuError {
     #[error("reading back a GPU buffer failed: {0}")]
     Readback(String),
     #[error("'{tensor}' needs {bytes} bytes in one buffer or binding, over this adapter's limit of {limit} bytes")]
-    TooLarge { tensor: String, bytes: u64, limit: u64 },
+    TooLarge {
+        tensor: String,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("shape error in {op}: {detail}")]
     Shape { op: &'static str, detail: String },
 }

@@ -89,19 +89,42 @@ impl EditRecord {
 
 /// Edit-worthy tasks of a perturbed set: the clean prompt passes and the perturbed one fails.
 pub fn edit_worthy(base: &Outcomes, set: &str) -> Vec<String> {
-    let (Some(clean), Some(pert)) = (base.get("clean"), base.get(set)) else { return Vec::new() };
-    pert.iter().filter(|(t, &p)| !p && clean.get(*t) == Some(&true)).map(|(t, _)| t.clone()).collect()
+    let (Some(clean), Some(pert)) = (base.get("clean"), base.get(set)) else {
+        return Vec::new();
+    };
+    pert.iter()
+        .filter(|(t, &p)| !p && clean.get(*t) == Some(&true))
+        .map(|(t, _)| t.clone())
+        .collect()
 }
 
 /// Scores of an edit on one perturbed set, over the tasks evaluated after it. A task missing
 /// from `base` or `after` is an error of the caller (the evaluation recorded every task).
-pub fn score_set(base: &Outcomes, after: &Outcomes, set: &str, edited: Option<&str>) -> Result<(SetScore, Option<f64>), String> {
-    let get = |o: &Outcomes, s: &str, t: &str| o.get(s).and_then(|m| m.get(t)).copied().ok_or_else(|| format!("no outcome for {s} {t}"));
-    let tasks: Vec<&String> = after.get(set).map(|m| m.keys().collect()).unwrap_or_default();
+pub fn score_set(
+    base: &Outcomes,
+    after: &Outcomes,
+    set: &str,
+    edited: Option<&str>,
+) -> Result<(SetScore, Option<f64>), String> {
+    let get = |o: &Outcomes, s: &str, t: &str| {
+        o.get(s)
+            .and_then(|m| m.get(t))
+            .copied()
+            .ok_or_else(|| format!("no outcome for {s} {t}"))
+    };
+    let tasks: Vec<&String> = after
+        .get(set)
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
         let rate = |b: bool| b as u8 as f64;
-        outcomes.push(TaskOutcome { task_id: t.clone(), orig: rate(get(base, "clean", t)?), before: rate(get(base, set, t)?), after: rate(get(after, set, t)?) });
+        outcomes.push(TaskOutcome {
+            task_id: t.clone(),
+            orig: rate(get(base, "clean", t)?),
+            before: rate(get(base, set, t)?),
+            after: rate(get(after, set, t)?),
+        });
     }
     let (local, general) = metrics::edit_rirs(edited.unwrap_or(""), &outcomes);
     let score = SetScore {
@@ -121,7 +144,10 @@ pub fn score_clean(base: &Outcomes, after: &Outcomes) -> Result<CleanScore, Stri
     let was = base.get("clean").ok_or("no clean baseline")?;
     let mut before = Vec::with_capacity(now.len());
     for t in now.keys() {
-        before.push(*was.get(t).ok_or_else(|| format!("no clean baseline for {t}"))? as u8 as f64);
+        before.push(
+            *was.get(t)
+                .ok_or_else(|| format!("no clean baseline for {t}"))? as u8 as f64,
+        );
     }
     let after_v: Vec<f64> = now.values().map(|&p| p as u8 as f64).collect();
     let pairs = || before.iter().zip(&after_v);
@@ -170,7 +196,10 @@ pub fn summarize(records: &[EditRecord]) -> BTreeMap<String, Summary> {
     for r in records {
         by_type.entry(&r.ptype).or_default().push(r);
     }
-    by_type.into_iter().map(|(t, rs)| (t.to_string(), summarize_type(&rs))).collect()
+    by_type
+        .into_iter()
+        .map(|(t, rs)| (t.to_string(), summarize_type(&rs)))
+        .collect()
 }
 
 fn summarize_type(rs: &[&EditRecord]) -> Summary {
@@ -181,8 +210,12 @@ fn summarize_type(rs: &[&EditRecord]) -> Summary {
     }
     let mut layers: Vec<(usize, usize)> = layers.into_iter().collect();
     layers.sort_by_key(|&(l, n)| (std::cmp::Reverse(n), l));
-    let (fixed, broke) = (own.iter().map(|s| s.fixed).sum::<usize>(), own.iter().map(|s| s.broke).sum::<usize>());
-    let scopes: std::collections::BTreeSet<&str> = rs.iter().map(|r| r.eval_scope.as_str()).collect();
+    let (fixed, broke) = (
+        own.iter().map(|s| s.fixed).sum::<usize>(),
+        own.iter().map(|s| s.broke).sum::<usize>(),
+    );
+    let scopes: std::collections::BTreeSet<&str> =
+        rs.iter().map(|r| r.eval_scope.as_str()).collect();
     Summary {
         edits: rs.len(),
         l_rir: metrics::mean_defined(rs.iter().map(|r| r.l_rir)),
@@ -192,7 +225,15 @@ fn summarize_type(rs: &[&EditRecord]) -> Summary {
         broke,
         net: fixed as i64 - broke as i64,
         clean_dev_mean: mean(rs.iter().map(|r| r.clean.dev)),
-        clean_dev_worst: rs.iter().map(|r| r.clean.dev).fold(None, |w: Option<f64>, d| Some(match w { Some(w) if w.abs() >= d.abs() => w, _ => d })),
+        clean_dev_worst: rs
+            .iter()
+            .map(|r| r.clean.dev)
+            .fold(None, |w: Option<f64>, d| {
+                Some(match w {
+                    Some(w) if w.abs() >= d.abs() => w,
+                    _ => d,
+                })
+            }),
         clean_broke: rs.iter().map(|r| r.clean.broke).sum(),
         clean_fixed: rs.iter().map(|r| r.clean.fixed).sum(),
         layers,
@@ -208,12 +249,22 @@ mod tests {
     use super::*;
 
     fn outcomes(sets: &[(&str, &[(&str, bool)])]) -> Outcomes {
-        sets.iter().map(|(s, ts)| (s.to_string(), ts.iter().map(|(t, p)| (t.to_string(), *p)).collect())).collect()
+        sets.iter()
+            .map(|(s, ts)| {
+                (
+                    s.to_string(),
+                    ts.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn edit_worthy_tasks_pass_clean_and_fail_perturbed() {
-        let base = outcomes(&[("clean", &[("a", true), ("b", true), ("c", false)]), ("C3", &[("a", false), ("b", true), ("c", false)])]);
+        let base = outcomes(&[
+            ("clean", &[("a", true), ("b", true), ("c", false)]),
+            ("C3", &[("a", false), ("b", true), ("c", false)]),
+        ]);
         assert_eq!(edit_worthy(&base, "C3"), vec!["a".to_string()]);
         assert!(edit_worthy(&base, "E1").is_empty());
     }
@@ -222,19 +273,65 @@ mod tests {
     fn an_edit_is_scored_on_the_tasks_it_was_evaluated_on() {
         // Edit-worthy: a, b, c. The edit fixes a (its own) and b, breaks d, leaves c failing.
         let base = outcomes(&[
-            ("clean", &[("a", true), ("b", true), ("c", true), ("d", true), ("e", false)]),
-            ("C3", &[("a", false), ("b", false), ("c", false), ("d", true), ("e", false)]),
+            (
+                "clean",
+                &[
+                    ("a", true),
+                    ("b", true),
+                    ("c", true),
+                    ("d", true),
+                    ("e", false),
+                ],
+            ),
+            (
+                "C3",
+                &[
+                    ("a", false),
+                    ("b", false),
+                    ("c", false),
+                    ("d", true),
+                    ("e", false),
+                ],
+            ),
         ]);
         let after = outcomes(&[
-            ("clean", &[("a", true), ("b", false), ("c", true), ("d", true), ("e", true)]),
-            ("C3", &[("a", true), ("b", true), ("c", false), ("d", false), ("e", false)]),
+            (
+                "clean",
+                &[
+                    ("a", true),
+                    ("b", false),
+                    ("c", true),
+                    ("d", true),
+                    ("e", true),
+                ],
+            ),
+            (
+                "C3",
+                &[
+                    ("a", true),
+                    ("b", true),
+                    ("c", false),
+                    ("d", false),
+                    ("e", false),
+                ],
+            ),
         ]);
         let (s, l) = score_set(&base, &after, "C3", Some("a")).unwrap();
         assert_eq!(l, Some(1.0));
-        assert_eq!(s.g_rir, Some(0.5), "b fixed, c not: the other edit-worthy tasks");
-        assert_eq!((s.fixed, s.broke, s.passes_before, s.passes_after), (2, 1, 1, 2));
+        assert_eq!(
+            s.g_rir,
+            Some(0.5),
+            "b fixed, c not: the other edit-worthy tasks"
+        );
+        assert_eq!(
+            (s.fixed, s.broke, s.passes_before, s.passes_after),
+            (2, 1, 1, 2)
+        );
         let c = score_clean(&base, &after).unwrap();
-        assert_eq!((c.fixed, c.broke, c.passes_before, c.passes_after), (1, 1, 4, 4));
+        assert_eq!(
+            (c.fixed, c.broke, c.passes_before, c.passes_after),
+            (1, 1, 4, 4)
+        );
         assert_eq!(c.dev, 0.0);
         // A set evaluated without the edited task has no local score.
         let (_, l) = score_set(&base, &after, "C3", None).unwrap();
@@ -260,8 +357,19 @@ mod tests {
             l_rir: Some(l),
             g_rir: Some(0.0),
             edited_task_passes: l > 0.0,
-            eval: [("C3".to_string(), SetScore { fixed, broke, ..Default::default() })].into(),
-            clean: CleanScore { dev, ..Default::default() },
+            eval: [(
+                "C3".to_string(),
+                SetScore {
+                    fixed,
+                    broke,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            clean: CleanScore {
+                dev,
+                ..Default::default()
+            },
             eval_scope: "all".into(),
             tasks_per_set: 164,
             after: Outcomes::new(),
@@ -273,8 +381,15 @@ mod tests {
             t_total: 3.0,
             adapter: "cpu".into(),
         };
-        let s = &summarize(&[rec("a", 11, 1.0, 0.01, 2, 1), rec("b", 11, 0.0, -0.03, 0, 3), rec("c", 2, 0.0, 0.02, 1, 0)])["C3"];
-        assert_eq!((s.edits, s.edited_fixed, s.fixed, s.broke, s.net), (3, 1, 3, 4, -1));
+        let s = &summarize(&[
+            rec("a", 11, 1.0, 0.01, 2, 1),
+            rec("b", 11, 0.0, -0.03, 0, 3),
+            rec("c", 2, 0.0, 0.02, 1, 0),
+        ])["C3"];
+        assert_eq!(
+            (s.edits, s.edited_fixed, s.fixed, s.broke, s.net),
+            (3, 1, 3, 4, -1)
+        );
         assert_eq!(s.layers, vec![(11, 2), (2, 1)]);
         assert_eq!(s.clean_dev_worst, Some(-0.03));
         assert!((s.l_rir.unwrap() - 1.0 / 3.0).abs() < 1e-12);

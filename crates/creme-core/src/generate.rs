@@ -1,9 +1,9 @@
 //! Decoding: batched prompts (left-padded), greedy or temperature/top-p sampling with a seed,
 //! stop strings, a token limit, and a per-token callback for streaming.
 
+use crate::backend::{Backend, Device, Tensor};
 use crate::cpu::SplitMix64;
 use crate::error::ModelError;
-use crate::backend::{Backend, Device, Tensor};
 use crate::hooks::Hooks;
 use crate::model::{KvCache, Logits, Model};
 
@@ -20,13 +20,30 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 320, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new() }
+        GenerateOptions {
+            max_new_tokens: 320,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
     }
 }
 
 /// The stop strings of the HumanEval protocol (see ../shared/oracle's README).
 pub fn humaneval_stops() -> Vec<String> {
-    ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert"].iter().map(|s| s.to_string()).collect()
+    [
+        "\ndef ",
+        "\nclass ",
+        "\nif __name__",
+        "\nprint(",
+        "\n#",
+        "\n```",
+        "\nassert",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -47,22 +64,43 @@ pub struct Completion {
 
 /// Left-pad prompts (each followed by `suffix`) to one length, aligned at the end: the batch,
 /// each sequence's pad length, and the common length.
-pub fn left_pad(pad_id: u32, prompts: &[&[u32]], suffix: &[u32]) -> (Vec<Vec<u32>>, Vec<u32>, usize) {
+pub fn left_pad(
+    pad_id: u32,
+    prompts: &[&[u32]],
+    suffix: &[u32],
+) -> (Vec<Vec<u32>>, Vec<u32>, usize) {
     let frame = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let batch = prompts.iter().map(|p| std::iter::repeat(pad_id).take(frame - p.len()).chain(p.iter().cloned()).chain(suffix.iter().cloned()).collect()).collect();
+    let batch = prompts
+        .iter()
+        .map(|p| {
+            std::iter::repeat(pad_id)
+                .take(frame - p.len())
+                .chain(p.iter().cloned())
+                .chain(suffix.iter().cloned())
+                .collect()
+        })
+        .collect();
     let pads = prompts.iter().map(|p| (frame - p.len()) as u32).collect();
     (batch, pads, frame + suffix.len())
 }
 
 /// Cut `text` at the earliest occurrence of any stop string.
 pub fn cut_at_stops(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 /// Pick the next token from logits with temperature and nucleus (top-p) sampling.
 fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> u32 {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, (((l - max) / temperature) as f64).exp())).collect();
+    let mut probs: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, (((l - max) / temperature) as f64).exp()))
+        .collect();
     let z: f64 = probs.iter().map(|p| p.1).sum();
     probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
     let mut keep = 0;
@@ -113,7 +151,15 @@ pub async fn generate(
     let (batch, pad, _) = left_pad(model.cfg.pad_id, &refs, &[]);
     let mut cache = model.new_cache(dev, pad, capacity)?;
     let fwd = model.forward(dev, &mut cache, &batch, &Hooks::default(), Logits::Last)?;
-    decode(dev, model, &mut cache, fwd.logits.expect("asked for logits"), opts, on_token).await
+    decode(
+        dev,
+        model,
+        &mut cache,
+        fwd.logits.expect("asked for logits"),
+        opts,
+        on_token,
+    )
+    .await
 }
 
 /// Continue decoding from a filled cache whose last forward produced `logits` ([batch, vocab]):
@@ -145,15 +191,27 @@ pub(crate) async fn decode_after(
     let cfg = &model.cfg;
     let n = cache.batch;
     let mut rng = SplitMix64(opts.seed);
-    let mut out: Vec<Completion> = generated.iter().map(|g| Completion { tokens: g.clone(), text: String::new(), finish: Finish::Length }).collect();
+    let mut out: Vec<Completion> = generated
+        .iter()
+        .map(|g| Completion {
+            tokens: g.clone(),
+            text: String::new(),
+            finish: Finish::Length,
+        })
+        .collect();
     // A sequence ends at the end of sequence, a stop string, or its token limit.
-    let mut done: Vec<bool> = out.iter().map(|c| c.tokens.len() >= opts.max_new_tokens).collect();
+    let mut done: Vec<bool> = out
+        .iter()
+        .map(|c| c.tokens.len() >= opts.max_new_tokens)
+        .collect();
     while !done.iter().all(|&d| d) {
         let next: Vec<u32> = if opts.temperature <= 0.0 {
             dev.argmax(&logits).await?
         } else {
             let all = dev.read(&logits, n * cfg.vocab).await?;
-            all.chunks(cfg.vocab).map(|row| sample(row, opts.temperature, opts.top_p, &mut rng)).collect()
+            all.chunks(cfg.vocab)
+                .map(|row| sample(row, opts.temperature, opts.top_p, &mut rng))
+                .collect()
         };
         for (i, &id) in next.iter().enumerate() {
             if done[i] {
@@ -178,8 +236,15 @@ pub(crate) async fn decode_after(
         if done.iter().all(|&d| d) || cache.len >= cache.capacity {
             break;
         }
-        let input: Vec<Vec<u32>> = next.iter().enumerate().map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }]).collect();
-        logits = model.forward(dev, cache, &input, &Hooks::default(), Logits::Last)?.logits.expect("asked for logits");
+        let input: Vec<Vec<u32>> = next
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }])
+            .collect();
+        logits = model
+            .forward(dev, cache, &input, &Hooks::default(), Logits::Last)?
+            .logits
+            .expect("asked for logits");
     }
     for c in out.iter_mut() {
         let text = model.tokenizer.decode(&c.tokens)?;

@@ -41,7 +41,10 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn capture(sites: impl IntoIterator<Item = Site>) -> Hooks {
-        Hooks { capture: sites.into_iter().collect(), patches: Vec::new() }
+        Hooks {
+            capture: sites.into_iter().collect(),
+            patches: Vec::new(),
+        }
     }
     pub(crate) fn wants(&self, site: Site) -> bool {
         self.capture.contains(&site) || self.patches.iter().any(|p| p.site == site)
@@ -56,6 +59,9 @@ pub struct Captured {
 
 impl Captured {
     pub fn get(&self, site: Site) -> Option<(&crate::backend::Tensor, usize, usize)> {
-        self.items.iter().find(|(s, ..)| *s == site).map(|(_, b, r, w)| (b, *r, *w))
+        self.items
+            .iter()
+            .find(|(s, ..)| *s == site)
+            .map(|(_, b, r, w)| (b, *r, *w))
     }
 }

@@ -7,26 +7,26 @@
 pub mod backend;
 pub mod cpu;
 pub mod dataset;
+pub mod draft;
 pub mod edit;
 pub mod error;
 pub mod experiment;
-pub mod draft;
 pub mod generate;
-pub mod patch;
-pub mod pipeline;
-pub mod progress;
 pub mod gpu;
 pub mod hooks;
 pub mod metrics;
 pub mod model;
+pub mod patch;
 pub mod perturb;
+pub mod pipeline;
+pub mod progress;
 pub mod quant;
 pub mod report;
 pub mod trace;
 pub mod untrusted;
 
+pub use backend::{Backend, BackendKind, Device, Tensor};
 pub use error::{GpuError, ModelError};
+pub use gpu::{AdapterReport, Gpu, GpuOptions};
 /// The wgpu version this crate is built on (its buffers appear in the hook and trace APIs).
 pub use wgpu;
-pub use gpu::{AdapterReport, Gpu, GpuOptions};
-pub use backend::{Backend, BackendKind, Device, Tensor};

@@ -23,7 +23,9 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
         return 1.0;
     }
     // 1 - prod_{i = n-c+1}^{n} (1 - k / i), numerically stable.
-    1.0 - ((n - c + 1)..=n).map(|i| 1.0 - k as f64 / i as f64).product::<f64>()
+    1.0 - ((n - c + 1)..=n)
+        .map(|i| 1.0 - k as f64 / i as f64)
+        .product::<f64>()
 }
 
 /// Mean pass@k over tasks, each given as (samples, passes).
@@ -67,20 +69,36 @@ pub struct TaskOutcome {
 /// The local RIR (the edited task) and the generalisation RIR (mean over the other tasks of the
 /// type where RIR is defined) of one edit.
 pub fn edit_rirs(edited_task: &str, outcomes: &[TaskOutcome]) -> (Option<f64>, Option<f64>) {
-    let local = outcomes.iter().find(|o| o.task_id == edited_task).and_then(|o| rir(o.orig, o.before, o.after));
-    let general = mean_defined(outcomes.iter().filter(|o| o.task_id != edited_task).map(|o| rir(o.orig, o.before, o.after)));
+    let local = outcomes
+        .iter()
+        .find(|o| o.task_id == edited_task)
+        .and_then(|o| rir(o.orig, o.before, o.after));
+    let general = mean_defined(
+        outcomes
+            .iter()
+            .filter(|o| o.task_id != edited_task)
+            .map(|o| rir(o.orig, o.before, o.after)),
+    );
     (local, general)
 }
 
 /// G-RIR over types: `per_type[t]` holds the generalisation RIRs of the edits made for type t;
 /// mean over edits within a type, then over types (types with no defined value are skipped).
 pub fn g_rir(per_type: &[Vec<Option<f64>>]) -> Option<f64> {
-    mean_defined(per_type.iter().map(|edits| mean_defined(edits.iter().cloned())))
+    mean_defined(
+        per_type
+            .iter()
+            .map(|edits| mean_defined(edits.iter().cloned())),
+    )
 }
 
 /// Clean deviation: (passes after - passes before) / tasks, from per-task clean pass rates.
 pub fn clean_deviation(before: &[f64], after: &[f64]) -> f64 {
-    assert_eq!(before.len(), after.len(), "clean pass rates of different task sets");
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "clean pass rates of different task sets"
+    );
     if before.is_empty() {
         return 0.0;
     }
@@ -101,7 +119,10 @@ pub struct RobustTask {
 
 pub fn robust_task(nominal: &[bool], variants: &[Vec<bool>], k: usize) -> RobustTask {
     let n = nominal.len();
-    assert!(variants.iter().all(|v| v.len() == n), "every variant needs as many samples as the nominal prompt");
+    assert!(
+        variants.iter().all(|v| v.len() == n),
+        "every variant needs as many samples as the nominal prompt"
+    );
     let all_pass = |i: usize| variants.iter().all(|v| v[i]);
     let any_pass = |i: usize| variants.iter().any(|v| v[i]);
     let c_nominal = nominal.iter().filter(|&&b| b).count();
@@ -130,8 +151,17 @@ pub fn robustness(tasks: &[RobustTask]) -> Robustness {
     let pass_k = tasks.iter().map(|t| t.pass_k).sum::<f64>() / n;
     let robust_pass_k = tasks.iter().map(|t| t.robust_pass_k).sum::<f64>() / n;
     let robust_relative_k = tasks.iter().map(|t| t.robust_relative_k).sum::<f64>() / n;
-    let robust_drop_k = if pass_k > 0.0 { (pass_k - robust_pass_k) / pass_k } else { 0.0 };
-    Robustness { pass_k, robust_pass_k, robust_drop_k, robust_relative_k }
+    let robust_drop_k = if pass_k > 0.0 {
+        (pass_k - robust_pass_k) / pass_k
+    } else {
+        0.0
+    };
+    Robustness {
+        pass_k,
+        robust_pass_k,
+        robust_drop_k,
+        robust_relative_k,
+    }
 }
 
 #[cfg(test)]
@@ -155,7 +185,10 @@ mod tests {
         // greedy
         assert_eq!(pass_at_k(1, 1, 1), 1.0);
         assert_eq!(pass_at_k(1, 0, 1), 0.0);
-        assert!(close(mean_pass_at_k(&[(1, 1), (1, 0), (1, 1), (1, 1)], 1), 0.75));
+        assert!(close(
+            mean_pass_at_k(&[(1, 1), (1, 0), (1, 1), (1, 1)], 1),
+            0.75
+        ));
     }
 
     #[test]
@@ -170,20 +203,36 @@ mod tests {
 
     #[test]
     fn g_rir_averages_other_tasks_then_edits_then_types() {
-        let o = |id: &str, orig, before, after| TaskOutcome { task_id: id.into(), orig, before, after };
+        let o = |id: &str, orig, before, after| TaskOutcome {
+            task_id: id.into(),
+            orig,
+            before,
+            after,
+        };
         // Edit of task a: a fixed; of the others b is fixed, c not, d was never broken (undefined).
-        let outcomes = [o("a", 1.0, 0.0, 1.0), o("b", 1.0, 0.0, 1.0), o("c", 1.0, 0.0, 0.0), o("d", 1.0, 1.0, 0.0)];
+        let outcomes = [
+            o("a", 1.0, 0.0, 1.0),
+            o("b", 1.0, 0.0, 1.0),
+            o("c", 1.0, 0.0, 0.0),
+            o("d", 1.0, 1.0, 0.0),
+        ];
         let (l, g) = edit_rirs("a", &outcomes);
         assert_eq!(l, Some(1.0));
         assert_eq!(g, Some(0.5));
         // Type X: edits with G 0.5 and 0.0 -> 0.25; type Y: 1.0; type Z: nothing defined -> skipped.
-        assert!(close(g_rir(&[vec![Some(0.5), Some(0.0)], vec![Some(1.0)], vec![None]]).unwrap(), 0.625));
+        assert!(close(
+            g_rir(&[vec![Some(0.5), Some(0.0)], vec![Some(1.0)], vec![None]]).unwrap(),
+            0.625
+        ));
         assert_eq!(g_rir(&[vec![None]]), None);
     }
 
     #[test]
     fn clean_deviation_is_the_change_in_pass_rate() {
-        assert!(close(clean_deviation(&[1.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 1.0, 1.0]), 0.5));
+        assert!(close(
+            clean_deviation(&[1.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 1.0, 1.0]),
+            0.5
+        ));
         assert!(close(clean_deviation(&[1.0, 1.0], &[0.0, 1.0]), -0.5));
     }
 
@@ -205,7 +254,11 @@ mod tests {
         assert!(close(r.robust_drop_k, 0.5));
         assert!(close(r.robust_relative_k, 2.0 / 3.0));
         // n = 4 samples, one variant: samples 0,1 pass both; sample 2 passes nominal only.
-        let t = robust_task(&[true, true, true, false], &[vec![true, true, false, false]], 2);
+        let t = robust_task(
+            &[true, true, true, false],
+            &[vec![true, true, false, false]],
+            2,
+        );
         assert!(close(t.pass_k, 1.0)); // c = 3, n - c = 1 < k
         assert!(close(t.robust_pass_k, 1.0 - 1.0 / 6.0)); // c = 2: 1 - C(2,2)/C(4,2)
         assert!(close(t.robust_relative_k, 0.5)); // worse c = 1: 1 - C(3,2)/C(4,2) = 0.5; better 0

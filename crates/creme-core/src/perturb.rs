@@ -42,7 +42,14 @@ fn words_data() -> &'static Words {
     static W: std::sync::OnceLock<Words> = std::sync::OnceLock::new();
     W.get_or_init(|| {
         let text: &'static str = include_str!("../data/perturb-words.txt");
-        let mut w = Words { prepositions: vec![], determiners: vec![], verbs: vec![], synonyms: vec![], derivations: vec![], phrases: vec![] };
+        let mut w = Words {
+            prepositions: vec![],
+            determiners: vec![],
+            verbs: vec![],
+            synonyms: vec![],
+            derivations: vec![],
+            phrases: vec![],
+        };
         let mut section = "";
         for line in text.lines() {
             let line = line.split('#').next().unwrap().trim();
@@ -61,7 +68,9 @@ fn words_data() -> &'static Words {
                 "synonyms" if f.len() == 2 => w.synonyms.push((f[0], f[1])),
                 "derivations" if f.len() == 2 => w.derivations.push((f[0], f[1])),
                 "phrases" => {
-                    let (a, b) = line.split_once("=>").expect("phrases lines are 'from => to'");
+                    let (a, b) = line
+                        .split_once("=>")
+                        .expect("phrases lines are 'from => to'");
                     w.phrases.push((a.trim(), b.trim()));
                 }
                 _ => panic!("perturb-words.txt: bad line in [{section}]: {line}"),
@@ -75,7 +84,9 @@ fn words_data() -> &'static Words {
 fn recase(src: &str, repl: &str) -> String {
     if src.chars().next().is_some_and(|c| c.is_uppercase()) {
         let mut c = repl.chars();
-        c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        c.next()
+            .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+            .unwrap_or_default()
     } else {
         repl.to_string()
     }
@@ -124,9 +135,17 @@ struct Word {
 /// Byte ranges of the docstring lines that are prose (not `>>>` examples, not their outputs).
 fn prose_lines(prompt: &str) -> Vec<(usize, usize)> {
     // The last function's docstring: the last triple-quoted block.
-    let q = if prompt.contains("\"\"\"") { "\"\"\"" } else { "'''" };
-    let Some(close) = prompt.rfind(q) else { return Vec::new() };
-    let Some(open) = prompt[..close].rfind(q) else { return Vec::new() };
+    let q = if prompt.contains("\"\"\"") {
+        "\"\"\""
+    } else {
+        "'''"
+    };
+    let Some(close) = prompt.rfind(q) else {
+        return Vec::new();
+    };
+    let Some(open) = prompt[..close].rfind(q) else {
+        return Vec::new();
+    };
     let (body_start, body_end) = (open + 3, close);
     let mut out = Vec::new();
     let mut in_example = false;
@@ -160,7 +179,10 @@ fn code_names(prompt: &str, prose: &[(usize, usize)]) -> std::collections::HashS
         last = e;
     }
     code.push_str(&prompt[last..]);
-    code.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(String::from).collect()
+    code.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Prose words (runs of ASCII letters) that are not code names and not inside `backticks`/quotes.
@@ -174,13 +196,24 @@ fn words(prompt: &str) -> Vec<Word> {
         let mut i = 0;
         while i < b.len() {
             if b[i].is_ascii_alphabetic() {
-                let j = (i..b.len()).find(|&j| !b[j].is_ascii_alphabetic()).unwrap_or(b.len());
+                let j = (i..b.len())
+                    .find(|&j| !b[j].is_ascii_alphabetic())
+                    .unwrap_or(b.len());
                 let prev = if i > 0 { b[i - 1] } else { b' ' };
                 let next = if j < b.len() { b[j] } else { b' ' };
                 let w = &line[i..j];
-                let codeish = prev == b'_' || next == b'_' || prev == b'`' || next == b'(' || prev.is_ascii_digit() || next.is_ascii_digit() || prev == b'.' && i > 1 && b[i - 2] != b' ';
+                let codeish = prev == b'_'
+                    || next == b'_'
+                    || prev == b'`'
+                    || next == b'('
+                    || prev.is_ascii_digit()
+                    || next.is_ascii_digit()
+                    || prev == b'.' && i > 1 && b[i - 2] != b' ';
                 if !codeish && !names.contains(w) {
-                    out.push(Word { start: s + i, end: s + j });
+                    out.push(Word {
+                        start: s + i,
+                        end: s + j,
+                    });
                 }
                 i = j;
             } else {
@@ -223,7 +256,9 @@ fn count(ptype: &str, eligible: usize) -> usize {
     if matches!(ptype, "A2" | "E2" | "E3" | "E4") {
         return 1.min(eligible);
     }
-    ((eligible as f64 * edit_rate(ptype)).round() as usize).max(1).min(eligible)
+    ((eligible as f64 * edit_rate(ptype)).round() as usize)
+        .max(1)
+        .min(eligible)
 }
 
 /// One character-level edit inside a word of type `kind` (A1 A3 D1 E1 S1), or None if the word is
@@ -235,15 +270,27 @@ fn char_edit(prompt: &str, w: Word, kind: &str, rng: &mut SplitMix64) -> Option<
     match kind {
         "A1" if n >= 2 => {
             let k = 1 + rng.below(n as u64 - 1) as usize;
-            Some(Edit { start: at(k), end: at(k), with: " ".into() })
+            Some(Edit {
+                start: at(k),
+                end: at(k),
+                with: " ".into(),
+            })
         }
         "A3" if n >= 1 => {
             let k = rng.below(n as u64) as usize;
-            Some(Edit { start: at(k), end: at(k), with: text[k..k + 1].into() })
+            Some(Edit {
+                start: at(k),
+                end: at(k),
+                with: text[k..k + 1].into(),
+            })
         }
         "D1" if n >= 3 => {
             let k = rng.below(n as u64) as usize;
-            Some(Edit { start: at(k), end: at(k + 1), with: String::new() })
+            Some(Edit {
+                start: at(k),
+                end: at(k + 1),
+                with: String::new(),
+            })
         }
         "E1" if n >= 2 => {
             let k = rng.below(n as u64) as usize;
@@ -256,7 +303,11 @@ fn char_edit(prompt: &str, w: Word, kind: &str, rng: &mut SplitMix64) -> Option<
             if c.is_ascii_uppercase() {
                 r = r.to_ascii_uppercase();
             }
-            Some(Edit { start: at(k), end: at(k + 1), with: r.to_string() })
+            Some(Edit {
+                start: at(k),
+                end: at(k + 1),
+                with: r.to_string(),
+            })
         }
         "S1" if n >= 2 => {
             let k = rng.below(n as u64 - 1) as usize;
@@ -264,7 +315,11 @@ fn char_edit(prompt: &str, w: Word, kind: &str, rng: &mut SplitMix64) -> Option<
             if b[k] == b[k + 1] {
                 return None;
             }
-            Some(Edit { start: at(k), end: at(k + 2), with: format!("{}{}", b[k + 1] as char, b[k] as char) })
+            Some(Edit {
+                start: at(k),
+                end: at(k + 2),
+                with: format!("{}{}", b[k + 1] as char, b[k] as char),
+            })
         }
         _ => None,
     }
@@ -279,7 +334,12 @@ pub fn perturb(prompt: &str, ptype: &str, seed: u64) -> Result<String, ModelErro
     }
     let char_pass = |kind: &str, rng: &mut SplitMix64, skip: &[usize]| -> Vec<Edit> {
         let chosen = pick(&ws, count(kind, ws.len()), rng, |w| w.end - w.start >= 3);
-        chosen.into_iter().filter(|i| !skip.contains(i)).filter_map(|i| char_edit(prompt, ws[i], kind, rng).map(|e| (i, e))).map(|(_, e)| e).collect()
+        chosen
+            .into_iter()
+            .filter(|i| !skip.contains(i))
+            .filter_map(|i| char_edit(prompt, ws[i], kind, rng).map(|e| (i, e)))
+            .map(|(_, e)| e)
+            .collect()
     };
     let lower = |w: &Word| prompt[w.start..w.end].to_ascii_lowercase();
     let edits: Vec<Edit> = match ptype {
@@ -294,32 +354,73 @@ pub fn perturb(prompt: &str, ptype: &str, seed: u64) -> Result<String, ModelErro
             let n = count(ptype, ws.len());
             let chosen = pick(&ws, 2 * n, &mut rng, |w| w.end - w.start >= 3);
             let (first, rest) = chosen.split_at(chosen.len().min(n.max(1)).min(chosen.len()));
-            let mut e: Vec<Edit> = first.iter().filter_map(|&i| char_edit(prompt, ws[i], "E1", &mut rng)).collect();
+            let mut e: Vec<Edit> = first
+                .iter()
+                .filter_map(|&i| char_edit(prompt, ws[i], "E1", &mut rng))
+                .collect();
             for &i in rest {
                 if second == "SPACE" {
                     // An extra space before the word.
-                    e.push(Edit { start: ws[i].start, end: ws[i].start, with: " ".into() });
+                    e.push(Edit {
+                        start: ws[i].start,
+                        end: ws[i].start,
+                        with: " ".into(),
+                    });
                 } else if let Some(x) = char_edit(prompt, ws[i], second, &mut rng) {
                     e.push(x);
                 }
             }
             e
         }
-        "A2" => pick(&ws, count(ptype, ws.len()), &mut rng, |_| true).into_iter().map(|i| Edit { start: ws[i].end, end: ws[i].end, with: format!(" {}", &prompt[ws[i].start..ws[i].end]) }).collect(),
-        "E2" => pick(&ws, count(ptype, ws.len()), &mut rng, |w| prompt.as_bytes()[w.start].is_ascii_lowercase())
+        "A2" => pick(&ws, count(ptype, ws.len()), &mut rng, |_| true)
             .into_iter()
-            .map(|i| Edit { start: ws[i].start, end: ws[i].start + 1, with: prompt[ws[i].start..ws[i].start + 1].to_ascii_uppercase() })
+            .map(|i| Edit {
+                start: ws[i].end,
+                end: ws[i].end,
+                with: format!(" {}", &prompt[ws[i].start..ws[i].end]),
+            })
             .collect(),
+        "E2" => pick(&ws, count(ptype, ws.len()), &mut rng, |w| {
+            prompt.as_bytes()[w.start].is_ascii_lowercase()
+        })
+        .into_iter()
+        .map(|i| Edit {
+            start: ws[i].start,
+            end: ws[i].start + 1,
+            with: prompt[ws[i].start..ws[i].start + 1].to_ascii_uppercase(),
+        })
+        .collect(),
         "D2" | "D3" => {
-            let list = if ptype == "D2" { &words_data().prepositions } else { &words_data().determiners };
-            let cands: Vec<usize> = (0..ws.len()).filter(|&i| list.contains(&lower(&ws[i]).as_str()) && prompt.as_bytes().get(ws[i].end) == Some(&b' ')).collect();
+            let list = if ptype == "D2" {
+                &words_data().prepositions
+            } else {
+                &words_data().determiners
+            };
+            let cands: Vec<usize> = (0..ws.len())
+                .filter(|&i| {
+                    list.contains(&lower(&ws[i]).as_str())
+                        && prompt.as_bytes().get(ws[i].end) == Some(&b' ')
+                })
+                .collect();
             let chosen = pick(&cands, count(ptype, cands.len()), &mut rng, |_| true);
             // Delete the word and the space after it.
-            chosen.into_iter().map(|c| ws[cands[c]]).map(|w| Edit { start: w.start, end: w.end + 1, with: String::new() }).collect()
+            chosen
+                .into_iter()
+                .map(|c| ws[cands[c]])
+                .map(|w| Edit {
+                    start: w.start,
+                    end: w.end + 1,
+                    with: String::new(),
+                })
+                .collect()
         }
         "D4" | "S2" => {
             // Pairs of words separated by exactly one space.
-            let pairs: Vec<usize> = (0..ws.len().saturating_sub(1)).filter(|&i| ws[i].end + 1 == ws[i + 1].start && prompt.as_bytes()[ws[i].end] == b' ').collect();
+            let pairs: Vec<usize> = (0..ws.len().saturating_sub(1))
+                .filter(|&i| {
+                    ws[i].end + 1 == ws[i + 1].start && prompt.as_bytes()[ws[i].end] == b' '
+                })
+                .collect();
             let n = count(ptype, pairs.len());
             let mut chosen = pick(&pairs, n * 2, &mut rng, |_| true);
             // No two chosen pairs may share a word.
@@ -338,9 +439,21 @@ pub fn perturb(prompt: &str, ptype: &str, seed: u64) -> Result<String, ModelErro
                 .map(|c| {
                     let (a, b) = (ws[pairs[c]], ws[pairs[c] + 1]);
                     if ptype == "D4" {
-                        Edit { start: a.end, end: b.start, with: String::new() }
+                        Edit {
+                            start: a.end,
+                            end: b.start,
+                            with: String::new(),
+                        }
                     } else {
-                        Edit { start: a.start, end: b.end, with: format!("{} {}", &prompt[b.start..b.end], &prompt[a.start..a.end]) }
+                        Edit {
+                            start: a.start,
+                            end: b.end,
+                            with: format!(
+                                "{} {}",
+                                &prompt[b.start..b.end],
+                                &prompt[a.start..a.end]
+                            ),
+                        }
                     }
                 })
                 .collect()
@@ -350,19 +463,50 @@ pub fn perturb(prompt: &str, ptype: &str, seed: u64) -> Result<String, ModelErro
             let wd = words_data();
             let replacement = |w: &str| -> Option<&'static str> {
                 match ptype {
-                    "E3" => wd.verbs.iter().find_map(|v| if v[0] == w { Some(v[1]) } else if v[1] == w { Some(v[0]) } else { None }),
-                    "E4" => wd.verbs.iter().find(|v| (v[0] == w || v[1] == w) && v[2] != w).map(|v| v[2]),
-                    "E5" => wd.derivations.iter().find(|d| d.0 == w).map(|d| d.1).or_else(|| wd.verbs.iter().find(|v| v[3] == w).map(|v| v[0])),
+                    "E3" => wd.verbs.iter().find_map(|v| {
+                        if v[0] == w {
+                            Some(v[1])
+                        } else if v[1] == w {
+                            Some(v[0])
+                        } else {
+                            None
+                        }
+                    }),
+                    "E4" => wd
+                        .verbs
+                        .iter()
+                        .find(|v| (v[0] == w || v[1] == w) && v[2] != w)
+                        .map(|v| v[2]),
+                    "E5" => wd
+                        .derivations
+                        .iter()
+                        .find(|d| d.0 == w)
+                        .map(|d| d.1)
+                        .or_else(|| wd.verbs.iter().find(|v| v[3] == w).map(|v| v[0])),
                     _ => wd.synonyms.iter().find(|s| s.0 == w).map(|s| s.1),
                 }
             };
-            let cands: Vec<(usize, &'static str)> = (0..ws.len()).filter_map(|i| replacement(&lower(&ws[i])).map(|r| (i, r))).collect();
+            let cands: Vec<(usize, &'static str)> = (0..ws.len())
+                .filter_map(|i| replacement(&lower(&ws[i])).map(|r| (i, r)))
+                .collect();
             let n = count(ptype, cands.len());
-            pick(&cands, n, &mut rng, |_| true).into_iter().map(|c| cands[c]).map(|(i, r)| Edit { start: ws[i].start, end: ws[i].end, with: recase(&prompt[ws[i].start..ws[i].end], r) }).collect()
+            pick(&cands, n, &mut rng, |_| true)
+                .into_iter()
+                .map(|c| cands[c])
+                .map(|(i, r)| Edit {
+                    start: ws[i].start,
+                    end: ws[i].end,
+                    with: recase(&prompt[ws[i].start..ws[i].end], r),
+                })
+                .collect()
         }
         "P1" => paraphrase(prompt, &ws, rng.next_u64()),
         "P2" => question(prompt).into_iter().collect(),
-        other => return Err(ModelError::Format(format!("unknown perturbation type '{other}'"))),
+        other => {
+            return Err(ModelError::Format(format!(
+                "unknown perturbation type '{other}'"
+            )))
+        }
     };
     Ok(apply(prompt, edits))
 }
@@ -386,7 +530,11 @@ fn first_sentence(prompt: &str) -> Option<(usize, usize)> {
     }
     let b = prompt.as_bytes();
     for i in start..end_para {
-        if b[i] == b'.' && (i + 1 == b.len() || b[i + 1].is_ascii_whitespace()) && i > 0 && b[i - 1].is_ascii_alphabetic() {
+        if b[i] == b'.'
+            && (i + 1 == b.len() || b[i + 1].is_ascii_whitespace())
+            && i > 0
+            && b[i - 1].is_ascii_alphabetic()
+        {
             return Some((start, i));
         }
     }
@@ -396,7 +544,9 @@ fn first_sentence(prompt: &str) -> Option<(usize, usize)> {
 
 /// The sentence's first word, lower-cased unless it is "I" or an acronym.
 fn lower_first_word(sentence: &str) -> String {
-    let word_len = sentence.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(sentence.len());
+    let word_len = sentence
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(sentence.len());
     let w = &sentence[..word_len];
     if w == "I" || (w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase())) {
         sentence.to_string()
@@ -411,17 +561,44 @@ fn lower_first_word(sentence: &str) -> String {
 fn question(prompt: &str) -> Option<Edit> {
     let (start, end) = first_sentence(prompt)?;
     let body = prompt[start..end].trim_end_matches('.');
-    let is_verb = |w: &str| words_data().verbs.iter().any(|v| v[0] == w.to_ascii_lowercase());
-    let first = body.split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    let end_incl = if prompt.as_bytes()[end] == b'.' { end + 1 } else { end };
+    let is_verb = |w: &str| {
+        words_data()
+            .verbs
+            .iter()
+            .any(|v| v[0] == w.to_ascii_lowercase())
+    };
+    let first = body
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    let end_incl = if prompt.as_bytes()[end] == b'.' {
+        end + 1
+    } else {
+        end
+    };
     let with = if is_verb(first) && prompt.as_bytes()[start].is_ascii_uppercase() {
         format!("Can you {}?", lower_first_word(body))
-    } else if let Some(k) = body.find(", ").filter(|&k| is_verb(body[k + 2..].split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or(""))) {
-        format!("{}, can you {}?", &body[..k], lower_first_word(&body[k + 2..]))
+    } else if let Some(k) = body.find(", ").filter(|&k| {
+        is_verb(
+            body[k + 2..]
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .next()
+                .unwrap_or(""),
+        )
+    }) {
+        format!(
+            "{}, can you {}?",
+            &body[..k],
+            lower_first_word(&body[k + 2..])
+        )
     } else {
         format!("Is it true that {}?", lower_first_word(body))
     };
-    Some(Edit { start, end: end_incl, with })
+    Some(Edit {
+        start,
+        end: end_incl,
+        with,
+    })
 }
 
 /// P1: an imperative first sentence gets a subject, and listed phrasings are reworded.
@@ -430,11 +607,18 @@ fn paraphrase(prompt: &str, ws: &[Word], seed: u64) -> Vec<Edit> {
     let mut edits: Vec<Edit> = Vec::new();
     let mut sentence_start = None;
     if let Some((start, _)) = first_sentence(prompt) {
-        let first_end = start + prompt[start..].find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(0);
+        let first_end = start
+            + prompt[start..]
+                .find(|c: char| !c.is_ascii_alphabetic())
+                .unwrap_or(0);
         let first = &prompt[start..first_end];
         if let Some(v) = wd.verbs.iter().find(|v| v[0] == first.to_ascii_lowercase()) {
             if first.chars().next().is_some_and(|c| c.is_uppercase()) {
-                edits.push(Edit { start, end: first_end, with: format!("This function {}", v[1]) });
+                edits.push(Edit {
+                    start,
+                    end: first_end,
+                    with: format!("This function {}", v[1]),
+                });
                 sentence_start = Some(start);
             }
         }
@@ -447,30 +631,58 @@ fn paraphrase(prompt: &str, ws: &[Word], seed: u64) -> Vec<Edit> {
             while let Some(k) = line[at..].find(from) {
                 let (a, b) = (s + at + k, s + at + k + from.len());
                 at += k + from.len();
-                let bounded = |i: usize| i == 0 || i >= prompt.len() || !prompt.as_bytes()[i].is_ascii_alphanumeric();
-                let words_only = ws.iter().any(|w| w.start == a) && bounded(a.wrapping_sub(1).min(prompt.len())) && bounded(b);
-                let overlaps = edits.iter().any(|x| a < x.end.max(x.start + 1) && x.start < b) || sentence_start.is_some_and(|ss| ss >= a && ss < b);
+                let bounded = |i: usize| {
+                    i == 0 || i >= prompt.len() || !prompt.as_bytes()[i].is_ascii_alphanumeric()
+                };
+                let words_only = ws.iter().any(|w| w.start == a)
+                    && bounded(a.wrapping_sub(1).min(prompt.len()))
+                    && bounded(b);
+                let overlaps = edits
+                    .iter()
+                    .any(|x| a < x.end.max(x.start + 1) && x.start < b)
+                    || sentence_start.is_some_and(|ss| ss >= a && ss < b);
                 if words_only && !overlaps {
-                    edits.push(Edit { start: a, end: b, with: recase(&prompt[a..b], to) });
+                    edits.push(Edit {
+                        start: a,
+                        end: b,
+                        with: recase(&prompt[a..b], to),
+                    });
                 }
             }
         }
     }
     // And a couple of words replaced by synonyms, where the sentence gave room.
-    let syn: Vec<(usize, &'static str)> =
-        ws.iter().enumerate().filter_map(|(i, w)| wd.synonyms.iter().find(|s| s.0 == prompt[w.start..w.end].to_ascii_lowercase()).map(|s| (i, s.1))).collect();
+    let syn: Vec<(usize, &'static str)> = ws
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            wd.synonyms
+                .iter()
+                .find(|s| s.0 == prompt[w.start..w.end].to_ascii_lowercase())
+                .map(|s| (i, s.1))
+        })
+        .collect();
     let mut rng = SplitMix64(seed);
     for c in pick(&syn, 2, &mut rng, |_| true) {
         let (i, r) = syn[c];
         let w = ws[i];
-        if !edits.iter().any(|x| w.start < x.end.max(x.start + 1) && x.start < w.end) && sentence_start.map_or(true, |ss| w.start > ss + 20) {
-            edits.push(Edit { start: w.start, end: w.end, with: recase(&prompt[w.start..w.end], r) });
+        if !edits
+            .iter()
+            .any(|x| w.start < x.end.max(x.start + 1) && x.start < w.end)
+            && sentence_start.map_or(true, |ss| w.start > ss + 20)
+        {
+            edits.push(Edit {
+                start: w.start,
+                end: w.end,
+                with: recase(&prompt[w.start..w.end], r),
+            });
         }
     }
     edits
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
-

@@ -27,14 +27,24 @@ pub struct CremeSettings {
 
 impl Default for CremeSettings {
     fn default() -> Self {
-        CremeSettings { target_tokens: 32, layer: None, edit: EditSettings::default() }
+        CremeSettings {
+            target_tokens: 32,
+            layer: None,
+            edit: EditSettings::default(),
+        }
     }
 }
 
 /// How the key layer is found from a prepared trace.
 #[allow(async_fn_in_trait)]
 pub trait Locator {
-    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError>;
+    async fn locate(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        progress: &mut Progress<'_>,
+    ) -> Result<LayerTrace, ModelError>;
 }
 
 /// The logprob trace over every prompt position. With `restored_at`, the key layer is chosen the
@@ -46,8 +56,22 @@ pub struct LogprobLocator {
 }
 
 impl Locator for LogprobLocator {
-    async fn locate(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError> {
-        let mut t = trace::trace_layers_with(dev, model, setup, PatchPositions::AllPrompt, &mut RestorationByLogprob, progress).await?;
+    async fn locate(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        progress: &mut Progress<'_>,
+    ) -> Result<LayerTrace, ModelError> {
+        let mut t = trace::trace_layers_with(
+            dev,
+            model,
+            setup,
+            PatchPositions::AllPrompt,
+            &mut RestorationByLogprob,
+            progress,
+        )
+        .await?;
         if let Some(th) = self.restored_at {
             t.key_layer = trace::choose_layer_saturating(&t.scores, &t.distances, th);
         }
@@ -88,7 +112,16 @@ pub async fn locate_and_edit<L: Locator>(
     locator: &mut L,
     metadata: BTreeMap<String, String>,
 ) -> Result<CremeEdit, ModelError> {
-    locate_and_edit_with(dev, model, (clean, pert), settings, locator, metadata, &mut |_| {}).await
+    locate_and_edit_with(
+        dev,
+        model,
+        (clean, pert),
+        settings,
+        locator,
+        metadata,
+        &mut |_| {},
+    )
+    .await
 }
 
 /// [`locate_and_edit`], reporting its stages (target, trace, capture, edit) as it goes.
@@ -102,14 +135,24 @@ pub async fn locate_and_edit_with<L: Locator>(
     progress: &mut Progress<'_>,
 ) -> Result<CremeEdit, ModelError> {
     let clock = Clock::start();
-    let stage = |stage: &'static str, done: usize| Step { stage, done, total: 1, note: String::new() };
+    let stage = |stage: &'static str, done: usize| Step {
+        stage,
+        done,
+        total: 1,
+        note: String::new(),
+    };
     progress(stage("target", 0));
     let target = trace::greedy_target(dev, model, clean, settings.target_tokens).await?;
     progress(stage("target", 1));
     let target_s = clock.lap();
     let (layer, layer_trace) = match settings.layer {
         Some(l) if l < model.cfg.n_layers => (l, None),
-        Some(l) => return Err(ModelError::Format(format!("layer {l}: the model has {} layers", model.cfg.n_layers))),
+        Some(l) => {
+            return Err(ModelError::Format(format!(
+                "layer {l}: the model has {} layers",
+                model.cfg.n_layers
+            )))
+        }
         None => {
             let setup = trace::prepare(dev, model, clean, pert, &target).await?;
             let t = locator.locate(dev, model, &setup, progress).await?;
@@ -125,12 +168,36 @@ pub async fn locate_and_edit_with<L: Locator>(
     let result = edit::solve_with(dev, &data, &w0, &settings.edit, progress).await?;
     let solve_s = clock.lap();
     let mut meta = metadata;
-    meta.insert("settings".into(), serde_json::to_string(&settings.edit).map_err(|e| ModelError::Format(e.to_string()))?);
+    meta.insert(
+        "settings".into(),
+        serde_json::to_string(&settings.edit).map_err(|e| ModelError::Format(e.to_string()))?,
+    );
     meta.insert("solver".into(), format!("{:?}", settings.edit.solver));
-    meta.insert("loss_curve".into(), serde_json::to_string(&result.losses).map_err(|e| ModelError::Format(e.to_string()))?);
+    meta.insert(
+        "loss_curve".into(),
+        serde_json::to_string(&result.losses).map_err(|e| ModelError::Format(e.to_string()))?,
+    );
     meta.insert("target_tokens".into(), target.len().to_string());
-    let patch = EditPatch { layer, rows: data.d, cols: data.f, w: result.w.clone(), metadata: meta };
-    Ok(CremeEdit { layer, trace: layer_trace, target, result, patch, timings: Timings { target_s, trace_s, capture_s, solve_s } })
+    let patch = EditPatch {
+        layer,
+        rows: data.d,
+        cols: data.f,
+        w: result.w.clone(),
+        metadata: meta,
+    };
+    Ok(CremeEdit {
+        layer,
+        trace: layer_trace,
+        target,
+        result,
+        patch,
+        timings: Timings {
+            target_s,
+            trace_s,
+            capture_s,
+            solve_s,
+        },
+    })
 }
 
 /// Stage timer: wall clock natively; the browser has no std clock, so its laps read 0.

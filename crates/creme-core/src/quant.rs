@@ -38,7 +38,12 @@ impl GgmlType {
             13 => GgmlType::Q5K,
             14 => GgmlType::Q6K,
             30 => GgmlType::BF16,
-            other => return Err(ModelError::UnsupportedType { id: other, name: ggml_type_name(other) }),
+            other => {
+                return Err(ModelError::UnsupportedType {
+                    id: other,
+                    name: ggml_type_name(other),
+                })
+            }
         })
     }
 
@@ -62,7 +67,9 @@ impl GgmlType {
     pub fn block_elems(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                32
+            }
             GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => 256,
         }
     }
@@ -212,7 +219,11 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
         }
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
             let d = f16_at(b, 0);
-            let (m, qh_at) = if t == GgmlType::Q5_1 { (f16_at(b, 2), 4) } else { (0.0, 2) };
+            let (m, qh_at) = if t == GgmlType::Q5_1 {
+                (f16_at(b, 2), 4)
+            } else {
+                (0.0, 2)
+            };
             let qh = u32::from_le_bytes([b[qh_at], b[qh_at + 1], b[qh_at + 2], b[qh_at + 3]]);
             let qs = &b[qh_at + 4..qh_at + 20];
             for j in 0..16 {
@@ -267,7 +278,12 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
             let sc = &b[192..208];
             let d = f16_at(b, 208);
             for n in 0..2 {
-                let (ql, qh, sc, y) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..], &mut out[128 * n..]);
+                let (ql, qh, sc, y) = (
+                    &ql[64 * n..],
+                    &qh[32 * n..],
+                    &sc[8 * n..],
+                    &mut out[128 * n..],
+                );
                 for l in 0..32 {
                     let is = l / 16;
                     let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
@@ -289,11 +305,18 @@ fn dequant_block(t: GgmlType, b: &[u8], out: &mut [f32]) {
 pub fn dequantize(t: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>, ModelError> {
     let be = t.block_elems();
     if n % be != 0 {
-        return Err(ModelError::Format(format!("{} tensor of {n} elements is not a whole number of {be}-element blocks", t.name())));
+        return Err(ModelError::Format(format!(
+            "{} tensor of {n} elements is not a whole number of {be}-element blocks",
+            t.name()
+        )));
     }
     let need = t.row_bytes(n);
     if bytes.len() < need {
-        return Err(ModelError::Truncated { what: format!("{} data", t.name()), need: need as u64, have: bytes.len() as u64 });
+        return Err(ModelError::Truncated {
+            what: format!("{} data", t.name()),
+            need: need as u64,
+            have: bytes.len() as u64,
+        });
     }
     let mut out = vec![0f32; n];
     let bb = t.block_bytes();
@@ -327,7 +350,9 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
     for blk in x.chunks(32) {
         let v = |i: usize| blk.get(i).copied().unwrap_or(0.0);
-        let max = (0..32).map(v).fold(0f32, |m, a| if a.abs() > m.abs() { a } else { m });
+        let max = (0..32)
+            .map(v)
+            .fold(0f32, |m, a| if a.abs() > m.abs() { a } else { m });
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16::from_f32(d).to_le_bytes());

@@ -4,7 +4,10 @@
 use crate::trace::{GridTrace, LayerTrace};
 
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The two texts as HTML with the characters that differ marked (`<mark>`), from a
@@ -51,17 +54,33 @@ pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
     for (l, d) in t.distances.iter().enumerate() {
         let bh = (h - mt - mb) * d / dmax;
         let x = ml + l as f64 * pw;
-        let fill = if l == t.key_layer { "#f6c667" } else { "#dbe4f3" };
+        let fill = if l == t.key_layer {
+            "#f6c667"
+        } else {
+            "#dbe4f3"
+        };
         s += &format!("<rect x='{:.1}' y='{:.1}' width='{:.1}' height='{:.1}' fill='{fill}'><title>layer {l}: |h_clean - h_pert| = {d:.2}</title></rect>", x + 1.0, h - mb - bh, pw - 2.0, bh);
     }
     let zero = y_of(0.0);
     s += &format!("<line x1='{ml}' x2='{}' y1='{zero:.1}' y2='{zero:.1}' stroke='#999' stroke-dasharray='3 3'/>", w - mr);
-    let pts: Vec<String> = t.scores.iter().enumerate().map(|(l, v)| format!("{:.1},{:.1}", ml + (l as f64 + 0.5) * pw, y_of(*v))).collect();
-    s += &format!("<polyline points='{}' fill='none' stroke='#2456c8' stroke-width='2'/>", pts.join(" "));
+    let pts: Vec<String> = t
+        .scores
+        .iter()
+        .enumerate()
+        .map(|(l, v)| format!("{:.1},{:.1}", ml + (l as f64 + 0.5) * pw, y_of(*v)))
+        .collect();
+    s += &format!(
+        "<polyline points='{}' fill='none' stroke='#2456c8' stroke-width='2'/>",
+        pts.join(" ")
+    );
     for (l, v) in t.scores.iter().enumerate() {
         s += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='#2456c8'><title>layer {l}: restoration {v:.3}</title></circle>", ml + (l as f64 + 0.5) * pw, y_of(*v));
         if l % 2 == 0 || n <= 16 {
-            s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{l}</text>", ml + (l as f64 + 0.5) * pw, h - mb + 14.0);
+            s += &format!(
+                "<text x='{:.1}' y='{}' text-anchor='middle'>{l}</text>",
+                ml + (l as f64 + 0.5) * pw,
+                h - mb + 14.0
+            );
         }
     }
     s += &format!(
@@ -102,7 +121,11 @@ pub fn grid_heatmap_svg(g: &GridTrace, labels: &[String], title: &str) -> String
         escape(title)
     );
     for (l, row) in g.scores.iter().enumerate() {
-        s += &format!("<text x='{}' y='{:.1}' text-anchor='end'>{l}</text>", ml - 4.0, mt + ch * (l as f64 + 0.8));
+        s += &format!(
+            "<text x='{}' y='{:.1}' text-anchor='end'>{l}</text>",
+            ml - 4.0,
+            mt + ch * (l as f64 + 0.8)
+        );
         for (i, v) in row.iter().enumerate() {
             let a = ((v - vmin) / (vmax - vmin).max(1e-12)).clamp(0.0, 1.0);
             let (r, gg, b) = (255.0 - 220.0 * a, 255.0 - 170.0 * a, 255.0 - 40.0 * a);
@@ -122,7 +145,10 @@ pub fn grid_heatmap_svg(g: &GridTrace, labels: &[String], title: &str) -> String
     for (i, lab) in labels.iter().enumerate().take(cols) {
         let x = ml + cw * (i as f64 + 0.6);
         let y = mt + ch * rows as f64 + 6.0;
-        s += &format!("<text x='{x:.1}' y='{y:.1}' transform='rotate(60 {x:.1} {y:.1})'>{}</text>", escape(&lab.replace('\n', "⏎")));
+        s += &format!(
+            "<text x='{x:.1}' y='{y:.1}' transform='rotate(60 {x:.1} {y:.1})'>{}</text>",
+            escape(&lab.replace('\n', "⏎"))
+        );
     }
     s += "</svg>";
     s
@@ -147,14 +173,36 @@ pub fn html_page(title: &str, sections: &[(String, String)], json: &str) -> Stri
 }
 
 /// Loss per optimizer evaluation: total, perturbed part and lambda-weighted clean part (log scale).
-pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usize, title: &str) -> String {
+pub fn loss_curve_svg(
+    losses: &[crate::edit::LossParts],
+    lambda: f64,
+    kept: usize,
+    title: &str,
+) -> String {
     // The legend has its own row above the plot, and every line is clipped to the plot area, so
     // neither covers the other whatever the values.
     let (w, h, ml, mr, mt, mb) = (720.0f64, 272.0f64, 64.0f64, 20.0f64, 46.0f64, 40.0f64);
     let n = losses.len().max(2);
-    let vals: Vec<f64> = losses.iter().flat_map(|l| [l.total, l.pert, lambda * l.orig]).filter(|v| *v > 0.0).collect();
-    let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).max(1e-12).log10().floor();
-    let hi = vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max).max(1e-12).log10().ceil().max(lo + 1.0);
+    let vals: Vec<f64> = losses
+        .iter()
+        .flat_map(|l| [l.total, l.pert, lambda * l.orig])
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = vals
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min)
+        .max(1e-12)
+        .log10()
+        .floor();
+    let hi = vals
+        .iter()
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(1e-12)
+        .log10()
+        .ceil()
+        .max(lo + 1.0);
     let x_of = |i: usize| ml + (w - ml - mr) * i as f64 / (n - 1) as f64;
     let y_of = |v: f64| mt + (h - mt - mb) * (1.0 - (v.max(1e-12).log10() - lo) / (hi - lo));
     let mut s = format!(
@@ -172,8 +220,22 @@ pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usiz
         e += 1;
     }
     let mut legend_x = ml;
-    for (name, color, f) in [("total", "#2456c8", 0usize), ("MSE(h_pert, h_orig)", "#d9480f", 1), ("λ·MSE(h_orig', h_orig)", "#2b8a3e", 2)] {
-        let pts: Vec<String> = losses.iter().enumerate().map(|(i, l)| format!("{:.1},{:.1}", x_of(i), y_of([l.total, l.pert, lambda * l.orig][f]))).collect();
+    for (name, color, f) in [
+        ("total", "#2456c8", 0usize),
+        ("MSE(h_pert, h_orig)", "#d9480f", 1),
+        ("λ·MSE(h_orig', h_orig)", "#2b8a3e", 2),
+    ] {
+        let pts: Vec<String> = losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                format!(
+                    "{:.1},{:.1}",
+                    x_of(i),
+                    y_of([l.total, l.pert, lambda * l.orig][f])
+                )
+            })
+            .collect();
         s += &format!("<polyline points='{}' fill='none' stroke='{color}' stroke-width='2' clip-path='url(#loss-plot)'/>", pts.join(" "));
         s += &format!("<line x1='{legend_x}' x2='{}' y1='31' y2='31' stroke='{color}' stroke-width='2'/><text x='{}' y='35' fill='{color}'>{}</text>", legend_x + 18.0, legend_x + 22.0, escape(name));
         legend_x += 40.0 + 6.5 * name.chars().count() as f64;
@@ -181,13 +243,25 @@ pub fn loss_curve_svg(losses: &[crate::edit::LossParts], lambda: f64, kept: usiz
     if kept < losses.len() {
         let x = x_of(kept);
         // The label goes on the side of the line that has room for it.
-        let (lx, anchor) = if x + 30.0 > w - mr { (x - 3.0, "end") } else { (x + 3.0, "start") };
+        let (lx, anchor) = if x + 30.0 > w - mr {
+            (x - 3.0, "end")
+        } else {
+            (x + 3.0, "start")
+        };
         s += &format!("<line x1='{x:.1}' x2='{x:.1}' y1='{mt}' y2='{}' stroke='#f59f00' stroke-dasharray='4 3'/><text x='{lx:.1}' y='{}' fill='#b07000' text-anchor='{anchor}'>kept</text>", h - mb, mt + 10.0);
     }
     for i in 0..losses.len() {
-        s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>{i}</text>", x_of(i), h - mb + 14.0);
+        s += &format!(
+            "<text x='{:.1}' y='{}' text-anchor='middle'>{i}</text>",
+            x_of(i),
+            h - mb + 14.0
+        );
     }
-    s += &format!("<text x='{:.1}' y='{}' text-anchor='middle'>optimizer evaluation</text></svg>", ml + (w - ml - mr) / 2.0, h - 8.0);
+    s += &format!(
+        "<text x='{:.1}' y='{}' text-anchor='middle'>optimizer evaluation</text></svg>",
+        ml + (w - ml - mr) / 2.0,
+        h - 8.0
+    );
     s
 }
 
@@ -197,8 +271,14 @@ mod tests {
 
     #[test]
     fn a_typo_is_marked_in_both_prompts_and_text_stays_escaped() {
-        let (a, b) = diff_marked("Check if <x> is given threshold.", "Check ig <x> is given thrshold.");
-        assert_eq!(a, "Check i<mark>f</mark> &lt;x&gt; is given thr<mark>e</mark>shold.");
+        let (a, b) = diff_marked(
+            "Check if <x> is given threshold.",
+            "Check ig <x> is given thrshold.",
+        );
+        assert_eq!(
+            a,
+            "Check i<mark>f</mark> &lt;x&gt; is given thr<mark>e</mark>shold."
+        );
         assert_eq!(b, "Check i<mark>g</mark> &lt;x&gt; is given thrshold.");
         let (a, b) = diff_marked("same", "same");
         assert_eq!((a.as_str(), b.as_str()), ("same", "same"));
@@ -206,9 +286,24 @@ mod tests {
 
     #[test]
     fn loss_lines_are_clipped_to_the_plot_and_the_legend_sits_above_it() {
-        let losses = [crate::edit::LossParts { total: 1.0, pert: 1.0, orig: 0.0 }, crate::edit::LossParts { total: 0.1, pert: 0.05, orig: 0.5 }];
+        let losses = [
+            crate::edit::LossParts {
+                total: 1.0,
+                pert: 1.0,
+                orig: 0.0,
+            },
+            crate::edit::LossParts {
+                total: 0.1,
+                pert: 0.05,
+                orig: 0.5,
+            },
+        ];
         let svg = loss_curve_svg(&losses, 0.1, 1, "t");
-        assert_eq!(svg.matches("clip-path='url(#loss-plot)'").count(), 3, "every curve is clipped");
+        assert_eq!(
+            svg.matches("clip-path='url(#loss-plot)'").count(),
+            3,
+            "every curve is clipped"
+        );
         // Legend labels sit in the row above the plot area (y = 35 < mt = 46).
         assert!(svg.contains("y='35' fill='#2456c8'>total</text>"));
     }

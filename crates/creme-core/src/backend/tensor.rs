@@ -57,7 +57,10 @@ impl Tensor {
     /// The op `op` needs at least `rows` rows of `width`.
     pub fn check(&self, op: &str, rows: usize, width: usize) -> Result<(), ModelError> {
         if self.width != width || self.rows < rows {
-            return Err(ModelError::Format(format!("{op}: tensor is [{} x {}], needs [{rows} x {width}]", self.rows, self.width)));
+            return Err(ModelError::Format(format!(
+                "{op}: tensor is [{} x {}], needs [{rows} x {width}]",
+                self.rows, self.width
+            )));
         }
         Ok(())
     }

@@ -1,7 +1,10 @@
 //! The wgpu backend: each op records its kernels into the pending encoder (one submission per
 //! readback); per-op scratch buffers come from a workspace reused across layers and tokens.
 
-use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage, Tensor, Weight};
+use super::{
+    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage,
+    Tensor, Weight,
+};
 use crate::error::{GpuError, ModelError};
 use crate::gpu::layers::{AdamParams, AttentionParams, QkvRopeParams};
 use crate::gpu::ops::{Epilogue, Fusion};
@@ -28,10 +31,30 @@ impl Gpu {
     /// stored back to back (`qkv`, see `Gpu::upload_weight_group`), given the normed input `xn`:
     /// the projections as one matmul, then bias, rope and the cache writes in one kernel.
     #[allow(clippy::too_many_arguments)]
-    fn encode_qkv_joined(&self, enc: &mut crate::gpu::Recorder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, qkv: &GpuWeight, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
+    fn encode_qkv_joined(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        w: &LayerWeights,
+        s: &BlockShape,
+        st: &AttnStep<'_>,
+        qkv: &GpuWeight,
+        xn: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        kc: &wgpu::Buffer,
+        vc: &wgpu::Buffer,
+    ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let joined = self.workspace("qkv", words(rows * qkv.rows));
-        self.encode_matmul_quant(enc, xn, qkv, &joined, rows as u32, qkv.rows as u32, 0, Fusion::default())?;
+        self.encode_matmul_quant(
+            enc,
+            xn,
+            qkv,
+            &joined,
+            rows as u32,
+            qkv.rows as u32,
+            0,
+            Fusion::default(),
+        )?;
         let bias = match &w.qkv_bias {
             Some(b) => b.wgpu()?,
             None => xn,
@@ -48,33 +71,121 @@ impl Gpu {
             cache_len: st.cache_len as u32,
             _p: [0; 3],
         };
-        self.encode_qkv_rope(enc, &joined, bias, st.pos.wgpu()?, st.rope.wgpu()?, q, kc, vc, params);
+        self.encode_qkv_rope(
+            enc,
+            &joined,
+            bias,
+            st.pos.wgpu()?,
+            st.rope.wgpu()?,
+            q,
+            kc,
+            vc,
+            params,
+        );
         Ok(())
     }
 
     /// As [`Gpu::encode_qkv_joined`] for projections stored apart (formats that cannot share a
     /// buffer): three matmuls, one rope pass, and copies into the cache.
     #[allow(clippy::too_many_arguments)]
-    fn encode_qkv_apart(&self, enc: &mut crate::gpu::Recorder, w: &LayerWeights, s: &BlockShape, st: &AttnStep<'_>, xn: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Result<(), ModelError> {
+    fn encode_qkv_apart(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        w: &LayerWeights,
+        s: &BlockShape,
+        st: &AttnStep<'_>,
+        xn: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        kc: &wgpu::Buffer,
+        vc: &wgpu::Buffer,
+    ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let kvw = s.n_kv_heads * s.head_dim;
-        let (k, v) = (self.workspace("k", words(rows * kvw)), self.workspace("v", words(rows * kvw)));
-        let (qb, kb, vb) = (bias_of(&w.q_bias)?, bias_of(&w.k_bias)?, bias_of(&w.v_bias)?);
-        self.matmul_into(enc, xn, &w.q, q, rows, Fusion { bias: qb, ..Default::default() })?;
-        self.matmul_into(enc, xn, &w.k, &k, rows, Fusion { bias: kb, ..Default::default() })?;
-        self.matmul_into(enc, xn, &w.v, &v, rows, Fusion { bias: vb, ..Default::default() })?;
+        let (k, v) = (
+            self.workspace("k", words(rows * kvw)),
+            self.workspace("v", words(rows * kvw)),
+        );
+        let (qb, kb, vb) = (
+            bias_of(&w.q_bias)?,
+            bias_of(&w.k_bias)?,
+            bias_of(&w.v_bias)?,
+        );
+        self.matmul_into(
+            enc,
+            xn,
+            &w.q,
+            q,
+            rows,
+            Fusion {
+                bias: qb,
+                ..Default::default()
+            },
+        )?;
+        self.matmul_into(
+            enc,
+            xn,
+            &w.k,
+            &k,
+            rows,
+            Fusion {
+                bias: kb,
+                ..Default::default()
+            },
+        )?;
+        self.matmul_into(
+            enc,
+            xn,
+            &w.v,
+            &v,
+            rows,
+            Fusion {
+                bias: vb,
+                ..Default::default()
+            },
+        )?;
         let (pos, rope) = (st.pos.wgpu()?, st.rope.wgpu()?);
-        self.encode_rope(enc, q, &k, pos, rope, rows as u32, s.n_heads as u32, s.n_kv_heads as u32, s.head_dim as u32, s.interleaved_rope);
+        self.encode_rope(
+            enc,
+            q,
+            &k,
+            pos,
+            rope,
+            rows as u32,
+            s.n_heads as u32,
+            s.n_kv_heads as u32,
+            s.head_dim as u32,
+            s.interleaved_rope,
+        );
         for b in 0..st.active {
             let dst = words((b * st.capacity + st.cache_len) * kvw);
-            enc.encoder().copy_buffer_to_buffer(&k, words(b * st.t * kvw), kc, dst, words(st.t * kvw));
-            enc.encoder().copy_buffer_to_buffer(&v, words(b * st.t * kvw), vc, dst, words(st.t * kvw));
+            enc.encoder().copy_buffer_to_buffer(
+                &k,
+                words(b * st.t * kvw),
+                kc,
+                dst,
+                words(st.t * kvw),
+            );
+            enc.encoder().copy_buffer_to_buffer(
+                &v,
+                words(b * st.t * kvw),
+                vc,
+                dst,
+                words(st.t * kvw),
+            );
         }
         Ok(())
     }
 
     /// y = x · Wᵀ with the fusions of `fuse` (the weight must be this backend's).
-    fn matmul_into(&self, enc: &mut crate::gpu::Recorder, x: &wgpu::Buffer, w: &Weight, y: &wgpu::Buffer, rows: usize, fuse: Fusion<'_>) -> Result<(), ModelError> {
+    fn matmul_into(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        x: &wgpu::Buffer,
+        w: &Weight,
+        y: &wgpu::Buffer,
+        rows: usize,
+        fuse: Fusion<'_>,
+    ) -> Result<(), ModelError> {
         let w = w.wgpu()?;
         Ok(self.encode_matmul_quant(enc, x, w, y, rows as u32, w.rows as u32, 0, fuse)?)
     }
@@ -94,33 +205,57 @@ impl Backend for Gpu {
         BackendKind::Wgpu
     }
     fn describe(&self) -> String {
-        format!("wgpu: {} ({}, {})", self.report.name, self.report.backend, self.report.device_type)
+        format!(
+            "wgpu: {} ({}, {})",
+            self.report.name, self.report.backend, self.report.device_type
+        )
     }
     fn max_tensor_bytes(&self) -> u64 {
         self.max_binding_bytes()
     }
 
-    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError> {
+    fn tensor(
+        &self,
+        label: &str,
+        dtype: DType,
+        rows: usize,
+        width: usize,
+        data: Option<&[f32]>,
+    ) -> Result<Tensor, ModelError> {
         let n = rows * width;
         if data.is_some_and(|d| d.len() < n) {
-            return Err(ModelError::Format(format!("{label}: {} values for [{rows} x {width}]", data.map_or(0, |d| d.len()))));
+            return Err(ModelError::Format(format!(
+                "{label}: {} values for [{rows} x {width}]",
+                data.map_or(0, |d| d.len())
+            )));
         }
         let buffer = self.pooled(label, words(n), data.is_none());
         if let Some(d) = data {
             // A pooled buffer is no longer used by unsubmitted commands, so the write cannot
             // overtake a reader (see the pool).
-            self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&d[..n]));
+            self.queue
+                .write_buffer(&buffer, 0, bytemuck::cast_slice(&d[..n]));
         }
-        Ok(Tensor { dtype, rows, width, storage: Storage::Wgpu(buffer) })
+        Ok(Tensor {
+            dtype,
+            rows,
+            width,
+            storage: Storage::Wgpu(buffer),
+        })
     }
 
     fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError> {
         if data.len() > t.len() {
-            return Err(ModelError::Format(format!("write: {} values into a tensor of {}", data.len(), t.len())));
+            return Err(ModelError::Format(format!(
+                "write: {} values into a tensor of {}",
+                data.len(),
+                t.len()
+            )));
         }
         // Commands recorded before this write must see the old contents.
         self.flush();
-        self.queue.write_buffer(t.wgpu()?, 0, bytemuck::cast_slice(data));
+        self.queue
+            .write_buffer(t.wgpu()?, 0, bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -128,32 +263,67 @@ impl Backend for Gpu {
         Ok(self.read::<f32>(t.wgpu()?, n.min(t.len())).await?)
     }
 
-    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError> {
+    fn copy_rows(
+        &self,
+        src: &Tensor,
+        src_row: usize,
+        dst: &mut Tensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
         if src.width != dst.width || src_row + n > src.rows || dst_row + n > dst.rows {
-            return Err(ModelError::Format(format!("copy_rows: {n} rows from [{} x {}] at {src_row} into [{} x {}] at {dst_row}", src.rows, src.width, dst.rows, dst.width)));
+            return Err(ModelError::Format(format!(
+                "copy_rows: {n} rows from [{} x {}] at {src_row} into [{} x {}] at {dst_row}",
+                src.rows, src.width, dst.rows, dst.width
+            )));
         }
         if n == 0 {
             return Ok(());
         }
         let w = src.width;
         let (s, d) = (src.wgpu()?, dst.wgpu()?);
-        self.record(|enc| enc.encoder().copy_buffer_to_buffer(s, words(src_row * w), d, words(dst_row * w), words(n * w)));
+        self.record(|enc| {
+            enc.encoder().copy_buffer_to_buffer(
+                s,
+                words(src_row * w),
+                d,
+                words(dst_row * w),
+                words(n * w),
+            )
+        });
         Ok(())
     }
 
-    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
-        Ok(Weight::Wgpu(Gpu::upload_weight(self, name, dtype, rows, cols, bytes)?))
+    fn upload_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Weight, ModelError> {
+        Ok(Weight::Wgpu(Gpu::upload_weight(
+            self, name, dtype, rows, cols, bytes,
+        )?))
     }
 
-    fn upload_weight_group(&self, parts: &[crate::gpu::WeightUpload<'_>]) -> Result<Vec<Weight>, ModelError> {
-        Ok(Gpu::upload_weight_group(self, parts)?.into_iter().map(Weight::Wgpu).collect())
+    fn upload_weight_group(
+        &self,
+        parts: &[crate::gpu::WeightUpload<'_>],
+    ) -> Result<Vec<Weight>, ModelError> {
+        Ok(Gpu::upload_weight_group(self, parts)?
+            .into_iter()
+            .map(Weight::Wgpu)
+            .collect())
     }
 
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
         let w = w.wgpu()?;
         let mut out = Vec::with_capacity(w.rows * w.cols);
         for c in &w.chunks {
-            let bytes = self.read_bytes(&c.buffer, c.byte_off, c.rows * w.row_bytes()).await?;
+            let bytes = self
+                .read_bytes(&c.buffer, c.byte_off, c.rows * w.row_bytes())
+                .await?;
             out.extend(dequantize(w.dtype, &bytes, c.rows * w.cols)?);
         }
         Ok(out)
@@ -166,15 +336,34 @@ impl Backend for Gpu {
         self.record(|enc| self.matmul_into(enc, xb, w, yb, m, Fusion::default()))
     }
 
-    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, st: &AttnStep<'_>) -> Result<(), ModelError> {
+    fn attention_block(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &mut Tensor,
+        kv: &mut KvLayer,
+        st: &AttnStep<'_>,
+    ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         x.check("attention_block", rows, s.d_model)?;
         let qw = s.n_heads * s.head_dim;
-        let (xn, q, att) = (self.workspace("xn", words(rows * s.d_model)), self.workspace("q", words(rows * qw)), self.workspace("att", words(rows * qw)));
+        let (xn, q, att) = (
+            self.workspace("xn", words(rows * s.d_model)),
+            self.workspace("q", words(rows * qw)),
+            self.workspace("att", words(rows * qw)),
+        );
         let (xb, kc, vc) = (x.wgpu()?, kv.k.wgpu()?, kv.v.wgpu()?);
         let pad = st.pad.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
-            self.encode_rmsnorm(enc, xb, w.attn_norm.wgpu()?, &xn, rows as u32, s.d_model as u32, s.rms_eps);
+            self.encode_rmsnorm(
+                enc,
+                xb,
+                w.attn_norm.wgpu()?,
+                &xn,
+                rows as u32,
+                s.d_model as u32,
+                s.rms_eps,
+            );
             match GpuWeight::joined(&[w.q.wgpu()?, w.k.wgpu()?, w.v.wgpu()?]) {
                 Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, &xn, &q, kc, vc)?,
                 None => self.encode_qkv_apart(enc, w, s, st, &xn, &q, kc, vc)?,
@@ -191,74 +380,186 @@ impl Backend for Gpu {
             };
             self.encode_attention(enc, &q, kc, vc, pad, &att, params);
             // The residual add is the O projection's epilogue.
-            self.matmul_into(enc, &att, &w.o, xb, rows, Fusion { epilogue: Epilogue::Add, ..Default::default() })?;
+            self.matmul_into(
+                enc,
+                &att,
+                &w.o,
+                xb,
+                rows,
+                Fusion {
+                    epilogue: Epilogue::Add,
+                    ..Default::default()
+                },
+            )?;
             Ok(())
         })
     }
 
-    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+    fn mlp_act(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &Tensor,
+        act: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         x.check("mlp_act", rows, s.d_model)?;
         act.check("mlp_act", rows, s.d_ff)?;
         let xn = self.workspace("xn", words(rows * s.d_model));
         let (xb, ab) = (x.wgpu()?, act.wgpu()?);
         self.record(|enc| -> Result<(), ModelError> {
-            self.encode_rmsnorm(enc, xb, w.ffn_norm.wgpu()?, &xn, rows as u32, s.d_model as u32, s.rms_eps);
+            self.encode_rmsnorm(
+                enc,
+                xb,
+                w.ffn_norm.wgpu()?,
+                &xn,
+                rows as u32,
+                s.d_model as u32,
+                s.rms_eps,
+            );
             // act = gate projection, then act = silu(act) * up projection in the up matmul's epilogue.
             self.matmul_into(enc, &xn, &w.gate, ab, rows, Fusion::default())?;
-            self.matmul_into(enc, &xn, &w.up, ab, rows, Fusion { epilogue: Epilogue::SiluMul, ..Default::default() })
+            self.matmul_into(
+                enc,
+                &xn,
+                &w.up,
+                ab,
+                rows,
+                Fusion {
+                    epilogue: Epilogue::SiluMul,
+                    ..Default::default()
+                },
+            )
         })
     }
 
-    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+    fn mlp_down_add(
+        &self,
+        w: &LayerWeights,
+        act: &Tensor,
+        x: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         let d = w.down.rows();
         act.check("mlp_down_add", rows, w.down.cols())?;
         x.check("mlp_down_add", rows, d)?;
         let (ab, xb) = (act.wgpu()?, x.wgpu()?);
         // The residual add is the down projection's epilogue.
-        self.record(|enc| self.matmul_into(enc, ab, &w.down, xb, rows, Fusion { epilogue: Epilogue::Add, ..Default::default() }))
+        self.record(|enc| {
+            self.matmul_into(
+                enc,
+                ab,
+                &w.down,
+                xb,
+                rows,
+                Fusion {
+                    epilogue: Epilogue::Add,
+                    ..Default::default()
+                },
+            )
+        })
     }
 
-    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
+    fn head(
+        &self,
+        norm: &Tensor,
+        head: &Weight,
+        eps: f32,
+        x: &Tensor,
+        rows: &[usize],
+    ) -> Result<Tensor, ModelError> {
         let (d, n) = (head.cols(), rows.len());
         if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
             return Err(ModelError::Format(format!("head: row {bad} of {}", x.rows)));
         }
-        let (gathered, normed) = (self.workspace("head rows", words(n * d)), self.workspace("final norm", words(n * d)));
+        let (gathered, normed) = (
+            self.workspace("head rows", words(n * d)),
+            self.workspace("final norm", words(n * d)),
+        );
         let logits = self.pooled("logits", words(n * head.rows()), false);
         let xb = x.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
             for (i, &r) in rows.iter().enumerate() {
-                enc.encoder().copy_buffer_to_buffer(xb, words(r * d), &gathered, words(i * d), words(d));
+                enc.encoder().copy_buffer_to_buffer(
+                    xb,
+                    words(r * d),
+                    &gathered,
+                    words(i * d),
+                    words(d),
+                );
             }
-            self.encode_rmsnorm(enc, &gathered, norm.wgpu()?, &normed, n as u32, d as u32, eps);
+            self.encode_rmsnorm(
+                enc,
+                &gathered,
+                norm.wgpu()?,
+                &normed,
+                n as u32,
+                d as u32,
+                eps,
+            );
             self.matmul_into(enc, &normed, head, &logits, n, Fusion::default())
         })?;
-        Ok(Tensor { dtype: DType::F32, rows: n, width: head.rows(), storage: Storage::Wgpu(logits) })
+        Ok(Tensor {
+            dtype: DType::F32,
+            rows: n,
+            width: head.rows(),
+            storage: Storage::Wgpu(logits),
+        })
     }
 
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
         let ids = self.pooled("argmax", words(logits.rows), false);
         let lb = logits.wgpu()?;
-        self.record(|enc| self.encode_argmax(enc, lb, &ids, logits.rows as u32, logits.width as u32));
+        self.record(|enc| {
+            self.encode_argmax(enc, lb, &ids, logits.rows as u32, logits.width as u32)
+        });
         Ok(self.read::<u32>(&ids, logits.rows).await?)
     }
 
-    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError> {
+    async fn token_logprobs(
+        &self,
+        logits: &Tensor,
+        targets: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
         if targets.len() > logits.rows {
-            return Err(ModelError::Format(format!("token_logprobs: {} targets for {} rows", targets.len(), logits.rows)));
+            return Err(ModelError::Format(format!(
+                "token_logprobs: {} targets for {} rows",
+                targets.len(),
+                logits.rows
+            )));
         }
         Ok(Gpu::token_logprobs(self, logits.wgpu()?, targets, logits.width).await?)
     }
 
-    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError> {
+    fn matmul_f32(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), ModelError> {
         let (xb, wb, yb) = (x.wgpu()?, w.wgpu()?, y.wgpu()?);
-        self.record(|enc| self.encode_matmul_f32(enc, xb, wb, yb, m as u32, n as u32, k as u32)).map_err(ModelError::from)
+        self.record(|enc| self.encode_matmul_f32(enc, xb, wb, yb, m as u32, n as u32, k as u32))
+            .map_err(ModelError::from)
     }
 
-    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError> {
+    fn adam(
+        &self,
+        w: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        p: AdamStep,
+    ) -> Result<(), ModelError> {
         let n = w.len();
         if grad.len() < n || m.len() < n || v.len() < n {
-            return Err(GpuError::Shape { op: "adam", detail: format!("w {n}, grad {}, m {}, v {}", grad.len(), m.len(), v.len()) }.into());
+            return Err(GpuError::Shape {
+                op: "adam",
+                detail: format!("w {n}, grad {}, m {}, v {}", grad.len(), m.len(), v.len()),
+            }
+            .into());
         }
         let params = AdamParams {
             n: n as u32,

@@ -23,7 +23,9 @@ impl Gpu {
         self.new_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         })
     }
 
@@ -40,7 +42,11 @@ impl Gpu {
     fn fits(&self, label: &str, bytes: u64) -> bool {
         let limit = self.limits.max_buffer_size;
         if bytes > limit {
-            self.set_fault(GpuError::TooLarge { tensor: label.to_string(), bytes, limit });
+            self.set_fault(GpuError::TooLarge {
+                tensor: label.to_string(),
+                bytes,
+                limit,
+            });
             return false;
         }
         true
@@ -50,7 +56,9 @@ impl Gpu {
         self.new_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: ((bytes + 3) / 4 * 4).max(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
@@ -61,12 +69,21 @@ impl Gpu {
     }
 
     /// Copy `len` elements of type T from the start of `src` back to the CPU.
-    pub async fn read<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, len: usize) -> Result<Vec<T>, GpuError> {
+    pub async fn read<T: bytemuck::Pod>(
+        &self,
+        src: &wgpu::Buffer,
+        len: usize,
+    ) -> Result<Vec<T>, GpuError> {
         self.read_from(src, 0, len).await
     }
 
     /// Copy `len` bytes of `src` from byte `offset` (any alignment) back to the CPU.
-    pub async fn read_bytes(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<u8>, GpuError> {
+    pub async fn read_bytes(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, GpuError> {
         let start = offset & !3;
         let skip = (offset - start) as usize;
         let mut bytes: Vec<u8> = self.read_from(src, start, skip + len).await?;
@@ -75,7 +92,12 @@ impl Gpu {
     }
 
     /// Copy `len` elements of type T of `src` from byte `offset` (a multiple of 4) back to the CPU.
-    async fn read_from<T: bytemuck::Pod>(&self, src: &wgpu::Buffer, offset: u64, len: usize) -> Result<Vec<T>, GpuError> {
+    async fn read_from<T: bytemuck::Pod>(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<T>, GpuError> {
         self.check()?;
         let bytes = (len * std::mem::size_of::<T>()) as u64;
         if bytes == 0 {
@@ -86,7 +108,10 @@ impl Gpu {
         // The copy goes with the pending commands that produce `src`: one submission.
         // Never past the buffer's end (a length in bytes that is not a multiple of 4 rounds up).
         let size = size.min(src.size().saturating_sub(offset));
-        self.record(|enc| enc.encoder().copy_buffer_to_buffer(src, offset, &staging, 0, size));
+        self.record(|enc| {
+            enc.encoder()
+                .copy_buffer_to_buffer(src, offset, &staging, 0, size)
+        });
         self.flush();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -100,7 +125,10 @@ impl Gpu {
             .map_err(|_| GpuError::Readback("the map callback was dropped (device lost?)".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         let out = {
-            let view = staging.slice(..).get_mapped_range().map_err(|e| GpuError::Readback(e.to_string()))?;
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| GpuError::Readback(e.to_string()))?;
             bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
         };
         staging.unmap();

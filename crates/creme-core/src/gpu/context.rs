@@ -39,7 +39,11 @@ impl GpuOptions {
                 None
             }
         };
-        let flag = |k: &str| var(k).map(|v| v != "0" && v.to_lowercase() != "false").unwrap_or(false);
+        let flag = |k: &str| {
+            var(k)
+                .map(|v| v != "0" && v.to_lowercase() != "false")
+                .unwrap_or(false)
+        };
         GpuOptions {
             backends: var("CREME_BACKEND"),
             adapter: var("CREME_ADAPTER"),
@@ -123,7 +127,11 @@ impl QmmPolicy {
             Some("wg") => QmmPolicy::Workgroup,
             Some("mv") => QmmPolicy::Matvec,
             Some("tiled") => QmmPolicy::Tiled,
-            Some(other) => return Err(GpuError::Device(format!("CREME_QMM='{other}': expected auto, rows, wg, mv or tiled"))),
+            Some(other) => {
+                return Err(GpuError::Device(format!(
+                    "CREME_QMM='{other}': expected auto, rows, wg, mv or tiled"
+                )))
+            }
         })
     }
 }
@@ -255,7 +263,8 @@ impl Gpu {
         let f = fault.clone();
         device.set_device_lost_callback(move |reason, msg| {
             log_device_lost(&format!("{reason:?}: {msg}"));
-            *f.lock().unwrap_or_else(|e| e.into_inner()) = Some(GpuError::DeviceLost(format!("{reason:?}: {msg}")));
+            *f.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(GpuError::DeviceLost(format!("{reason:?}: {msg}")));
         });
         let f = fault.clone();
         device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
@@ -263,7 +272,9 @@ impl Gpu {
                 wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
                 _ => GpuError::Validation(e.to_string()),
             };
-            f.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+            f.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(err);
         }));
 
         let report = AdapterReport {
@@ -289,7 +300,16 @@ impl Gpu {
         let kernels = super::kernels::KernelRegistry::new();
         let qmm = QmmPolicy::parse(opts.qmm.as_deref())?;
         let cpu_adapter = info.device_type == wgpu::DeviceType::Cpu;
-        Ok(Gpu { device, queue, report, limits, features, kernels, qmm, cpu_adapter, fault,
+        Ok(Gpu {
+            device,
+            queue,
+            report,
+            limits,
+            features,
+            kernels,
+            qmm,
+            cpu_adapter,
+            fault,
             pending: Default::default(),
             workspaces: Default::default(),
             counters: Default::default(),
@@ -309,7 +329,10 @@ impl Gpu {
 
     /// Record a fault (the first one wins; a lost device is never replaced).
     pub(crate) fn set_fault(&self, e: GpuError) {
-        self.fault.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+        self.fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(e);
     }
 
     /// The first fault since the last check, as an error. A lost device stays lost.
@@ -334,7 +357,11 @@ impl Gpu {
 
     /// Submit everything recorded so far (every readback does this first).
     pub fn flush(&self) {
-        let enc = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let enc = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(enc) = enc {
             self.submit(enc);
         }

@@ -47,7 +47,10 @@ fn quant_matmul_source(format: &str) -> Option<String> {
     let section = |name: &str| -> Option<&str> {
         let marker = format!("//@format {name}\n");
         let start = formats.find(&marker)? + marker.len();
-        let end = formats[start..].find("//@format ").map(|e| start + e).unwrap_or(formats.len());
+        let end = formats[start..]
+            .find("//@format ")
+            .map(|e| start + e)
+            .unwrap_or(formats.len());
         Some(&formats[start..end])
     };
     let mut src = include_str!("../../../../shaders/matmul_quant.wgsl").to_string();
@@ -71,7 +74,9 @@ pub(crate) struct KernelRegistry {
 
 impl KernelRegistry {
     pub(crate) fn new() -> Self {
-        KernelRegistry { kernels: Mutex::new(HashMap::new()) }
+        KernelRegistry {
+            kernels: Mutex::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn get(&self, gpu: &super::Gpu, name: &str) -> Arc<Kernel> {
@@ -79,9 +84,14 @@ impl KernelRegistry {
         if let Some(k) = map.get(name) {
             return k.clone();
         }
-        let (src, entry) = kernel_source(name).unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
+        let (src, entry) = kernel_source(name)
+            .unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
         let (pipeline, bind_layout) = gpu.new_pipeline(name, src, entry);
-        let kernel = Arc::new(Kernel { name: name.to_string(), pipeline, bind_layout });
+        let kernel = Arc::new(Kernel {
+            name: name.to_string(),
+            pipeline,
+            bind_layout,
+        });
         map.insert(name.to_string(), kernel.clone());
         kernel
     }
@@ -90,16 +100,35 @@ impl KernelRegistry {
 impl super::Gpu {
     /// Record one dispatch of kernel `name` over `storage` (bindings 0..) with `params` (the last
     /// binding), through a cached bind group.
-    pub(crate) fn dispatch(&self, enc: &mut crate::gpu::Recorder, name: &str, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
+    pub(crate) fn dispatch(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        name: &str,
+        storage: &[&wgpu::Buffer],
+        params: &super::ParamSlot,
+        groups: [u32; 3],
+    ) {
         self.dispatch_for(enc, name, None, storage, params, groups)
     }
 
     /// [`Gpu::dispatch`] on behalf of `role` (a weight's name), which profiles keep apart.
-    pub(crate) fn dispatch_for(&self, enc: &mut crate::gpu::Recorder, name: &str, role: Option<&str>, storage: &[&wgpu::Buffer], params: &super::ParamSlot, groups: [u32; 3]) {
+    pub(crate) fn dispatch_for(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        name: &str,
+        role: Option<&str>,
+        storage: &[&wgpu::Buffer],
+        params: &super::ParamSlot,
+        groups: [u32; 3],
+    ) {
         // A binding over the adapter's limit would be a wgpu validation error: refuse it by name.
         let limit = self.limits.max_storage_buffer_binding_size as u64;
         if let Some((i, b)) = storage.iter().enumerate().find(|(_, b)| b.size() > limit) {
-            self.set_fault(crate::GpuError::TooLarge { tensor: format!("binding {i} of kernel {name}"), bytes: b.size(), limit });
+            self.set_fault(crate::GpuError::TooLarge {
+                tensor: format!("binding {i} of kernel {name}"),
+                bytes: b.size(),
+                limit,
+            });
             return;
         }
         let kernel = self.kernels.get(self, name);

@@ -69,60 +69,176 @@ struct EwParams {
 pub const MAX_ATTENTION_HEAD_DIM: usize = 256;
 
 impl Gpu {
-    pub(crate) fn encode_rmsnorm(&self, enc: &mut crate::gpu::Recorder, x: &wgpu::Buffer, w: &wgpu::Buffer, y: &wgpu::Buffer, rows: u32, dim: u32, eps: f32) {
-        let p = self.uniform("rmsnorm", &NormParams { rows, dim, eps, _p: 0 });
+    pub(crate) fn encode_rmsnorm(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: u32,
+        dim: u32,
+        eps: f32,
+    ) {
+        let p = self.uniform(
+            "rmsnorm",
+            &NormParams {
+                rows,
+                dim,
+                eps,
+                _p: 0,
+            },
+        );
         self.dispatch(enc, "rmsnorm", &[x, w, y], &p, self.grid(rows));
     }
 
     /// In-place rotary embedding of `rows` rows of queries (`q_heads` heads) and keys (`kv_heads`
     /// heads), one dispatch; `interleaved` selects the pairing.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode_rope(&self, enc: &mut crate::gpu::Recorder, q: &wgpu::Buffer, k: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, rows: u32, q_heads: u32, kv_heads: u32, head_dim: u32, interleaved: bool) {
-        let p = self.uniform("rope", &RopeParams { rows, q_heads, kv_heads, head_dim, style: interleaved as u32, _p: [0; 3] });
+    pub(crate) fn encode_rope(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        pos: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        rows: u32,
+        q_heads: u32,
+        kv_heads: u32,
+        head_dim: u32,
+        interleaved: bool,
+    ) {
+        let p = self.uniform(
+            "rope",
+            &RopeParams {
+                rows,
+                q_heads,
+                kv_heads,
+                head_dim,
+                style: interleaved as u32,
+                _p: [0; 3],
+            },
+        );
         let n = rows * (q_heads + kv_heads) * head_dim / 2;
-        self.dispatch(enc, "rope", &[q, k, pos, table], &p, self.grid(n.div_ceil(64)));
+        self.dispatch(
+            enc,
+            "rope",
+            &[q, k, pos, table],
+            &p,
+            self.grid(n.div_ceil(64)),
+        );
     }
 
     /// Bias and rope of the joined projections `qkv`: queries into `q`, keys and values into the
     /// cache; one dispatch. `bias` is read only when `params.has_bias` is 1.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode_qkv_rope(&self, enc: &mut crate::gpu::Recorder, qkv: &wgpu::Buffer, bias: &wgpu::Buffer, pos: &wgpu::Buffer, table: &wgpu::Buffer, q: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer, params: QkvRopeParams) {
-        let per_row = (params.q_heads + params.kv_heads) * params.head_dim / 2 + params.kv_heads * params.head_dim;
+    pub(crate) fn encode_qkv_rope(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        qkv: &wgpu::Buffer,
+        bias: &wgpu::Buffer,
+        pos: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        kc: &wgpu::Buffer,
+        vc: &wgpu::Buffer,
+        params: QkvRopeParams,
+    ) {
+        let per_row = (params.q_heads + params.kv_heads) * params.head_dim / 2
+            + params.kv_heads * params.head_dim;
         let p = self.uniform("qkv_rope", &params);
-        self.dispatch(enc, "qkv_rope", &[qkv, bias, pos, table, q, kc, vc], &p, self.grid((params.rows * per_row).div_ceil(64)));
+        self.dispatch(
+            enc,
+            "qkv_rope",
+            &[qkv, bias, pos, table, q, kc, vc],
+            &p,
+            self.grid((params.rows * per_row).div_ceil(64)),
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode_attention(&self, enc: &mut crate::gpu::Recorder, q: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, pad: &wgpu::Buffer, out: &wgpu::Buffer, params: AttentionParams) {
+    pub(crate) fn encode_attention(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        pad: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttentionParams,
+    ) {
         let groups = params.batch * params.t * params.heads;
         let p = self.uniform("attention", &params);
         self.dispatch(
             enc,
             "attention",
-            &[q, k, v, pad, out], &p,
+            &[q, k, v, pad, out],
+            &p,
             self.grid(groups),
         );
     }
 
-
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.
-    pub(crate) fn encode_row_logprob(&self, enc: &mut crate::gpu::Recorder, logits: &wgpu::Buffer, targets: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
-        let pb = self.uniform("row_logprob", &EwParams { n: rows, a: width, b: 0, c: 0 });
-        self.dispatch(enc, "row_logprob", &[logits, targets, dst], &pb, self.grid(rows));
+    pub(crate) fn encode_row_logprob(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        logits: &wgpu::Buffer,
+        targets: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        rows: u32,
+        width: u32,
+    ) {
+        let pb = self.uniform(
+            "row_logprob",
+            &EwParams {
+                n: rows,
+                a: width,
+                b: 0,
+                c: 0,
+            },
+        );
+        self.dispatch(
+            enc,
+            "row_logprob",
+            &[logits, targets, dst],
+            &pb,
+            self.grid(rows),
+        );
     }
 
     /// Log-probabilities of `targets` under `rows` rows of logits, read back.
-    pub async fn token_logprobs(&self, logits: &wgpu::Buffer, targets: &[u32], width: usize) -> Result<Vec<f32>, crate::error::GpuError> {
+    pub async fn token_logprobs(
+        &self,
+        logits: &wgpu::Buffer,
+        targets: &[u32],
+        width: usize,
+    ) -> Result<Vec<f32>, crate::error::GpuError> {
         let tb = self.upload("targets", targets);
         let out = self.storage("logprobs", (targets.len() * 4) as u64);
         // Recorded after the pending ops that produce the logits.
-        self.record(|enc| self.encode_row_logprob(enc, logits, &tb, &out, targets.len() as u32, width as u32));
+        self.record(|enc| {
+            self.encode_row_logprob(enc, logits, &tb, &out, targets.len() as u32, width as u32)
+        });
         self.read::<f32>(&out, targets.len()).await
     }
 
     /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`.
-    pub(crate) fn encode_argmax(&self, enc: &mut crate::gpu::Recorder, logits: &wgpu::Buffer, dst: &wgpu::Buffer, rows: u32, width: u32) {
-        let pb = self.uniform("argmax", &EwParams { n: rows, a: width, b: 0, c: 0 });
+    pub(crate) fn encode_argmax(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        logits: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        rows: u32,
+        width: u32,
+    ) {
+        let pb = self.uniform(
+            "argmax",
+            &EwParams {
+                n: rows,
+                a: width,
+                b: 0,
+                c: 0,
+            },
+        );
         self.dispatch(enc, "argmax", &[logits, logits, dst], &pb, self.grid(rows));
     }
 }
@@ -145,8 +261,22 @@ pub struct AdamParams {
 
 impl Gpu {
     /// One Adam update of `w` from `grad` with moment buffers `m`, `v`.
-    pub fn encode_adam(&self, enc: &mut crate::gpu::Recorder, w: &wgpu::Buffer, grad: &wgpu::Buffer, m: &wgpu::Buffer, v: &wgpu::Buffer, p: AdamParams) {
+    pub fn encode_adam(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        w: &wgpu::Buffer,
+        grad: &wgpu::Buffer,
+        m: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        p: AdamParams,
+    ) {
         let pb = self.uniform("adam", &p);
-        self.dispatch(enc, "adam", &[w, grad, m, v], &pb, self.grid(p.n.div_ceil(256)));
+        self.dispatch(
+            enc,
+            "adam",
+            &[w, grad, m, v],
+            &pb,
+            self.grid(p.n.div_ceil(256)),
+        );
     }
 }

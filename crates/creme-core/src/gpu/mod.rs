@@ -3,14 +3,14 @@
 
 mod buffers;
 mod context;
+pub(crate) mod kernels;
+pub(crate) mod layers;
+pub mod ops;
 mod profile;
 mod resources;
-pub(crate) mod kernels;
-pub mod ops;
 mod weight;
-pub(crate) mod layers;
 
-pub use weight::{GpuWeight, WeightChunk, WeightUpload};
 pub use context::{list_adapters, AdapterReport, Gpu, GpuOptions, QmmPolicy};
 pub use profile::KernelTime;
 pub use resources::{GpuCounts, ParamSlot, PooledBuffer, Recorder};
+pub use weight::{GpuWeight, WeightChunk, WeightUpload};

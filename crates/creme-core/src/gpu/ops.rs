@@ -43,30 +43,45 @@ impl Gpu {
         let limit = self.max_binding_bytes();
         for (name, b) in [("x", x), ("w", w), ("y", y)] {
             if b.size() > limit {
-                return Err(GpuError::TooLarge { tensor: format!("matmul_f32.{name}"), bytes: b.size(), limit });
+                return Err(GpuError::TooLarge {
+                    tensor: format!("matmul_f32.{name}"),
+                    bytes: b.size(),
+                    limit,
+                });
             }
         }
         let dims = self.uniform("matmul dims", &MatmulDims { m, n, k, _pad: 0 });
         let groups = [n.div_ceil(64), m.div_ceil(64), 1];
         let maxg = self.limits.max_compute_workgroups_per_dimension;
         if groups[0] > maxg || groups[1] > maxg {
-            return Err(GpuError::Shape { op: "matmul_f32", detail: format!("grid {groups:?} over {maxg} per dimension") });
+            return Err(GpuError::Shape {
+                op: "matmul_f32",
+                detail: format!("grid {groups:?} over {maxg} per dimension"),
+            });
         }
-        self.dispatch(
-            enc,
-            "matmul_f32",
-            &[x, w, y], &dims,
-            groups,
-        );
+        self.dispatch(enc, "matmul_f32", &[x, w, y], &dims, groups);
         Ok(())
     }
 
     /// y = x · wᵀ on the GPU, from host slices to a host vector.
-    pub async fn matmul_f32(&self, x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
+    pub async fn matmul_f32(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Vec<f32>, GpuError> {
         if x.len() != m * k || w.len() != n * k {
             return Err(GpuError::Shape {
                 op: "matmul_f32",
-                detail: format!("x has {} elements (m*k = {}), w has {} (n*k = {})", x.len(), m * k, w.len(), n * k),
+                detail: format!(
+                    "x has {} elements (m*k = {}), w has {} (n*k = {})",
+                    x.len(),
+                    m * k,
+                    w.len(),
+                    n * k
+                ),
             });
         }
         // Ops recorded earlier run first.
@@ -137,15 +152,29 @@ impl Gpu {
     /// 8 weight rows into a workgroup (written after that run: not yet timed on a GPU;
     /// `CREME_QMM=wg` gives the measured kernel back).
     pub(crate) fn qmm_kernel(&self, m: u32, n: u32) -> &'static str {
-        let tiled_or = |small: &'static str| if m >= QMM_TILED_MIN_ROWS { "matmul_q_tiled" } else { small };
+        let tiled_or = |small: &'static str| {
+            if m >= QMM_TILED_MIN_ROWS {
+                "matmul_q_tiled"
+            } else {
+                small
+            }
+        };
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows",
             QmmPolicy::Workgroup => "matmul_q",
             QmmPolicy::Matvec if m <= QMM_MV_MAX_ROWS => "matmul_q_mv",
             QmmPolicy::Matvec => "matmul_q",
-            QmmPolicy::Tiled => tiled_or(if self.cpu_adapter { "matmul_q_rows" } else { "matmul_q" }),
+            QmmPolicy::Tiled => tiled_or(if self.cpu_adapter {
+                "matmul_q_rows"
+            } else {
+                "matmul_q"
+            }),
             QmmPolicy::Auto if self.cpu_adapter => tiled_or("matmul_q_rows"),
-            QmmPolicy::Auto if m >= QMM_TILED_MIN_ROWS && n * m.div_ceil(QMM_ROWS_PER_WG) >= 16_384 => "matmul_q_rows",
+            QmmPolicy::Auto
+                if m >= QMM_TILED_MIN_ROWS && n * m.div_ceil(QMM_ROWS_PER_WG) >= 16_384 =>
+            {
+                "matmul_q_rows"
+            }
             QmmPolicy::Auto if m <= QMM_MV_MAX_ROWS => "matmul_q_mv",
             QmmPolicy::Auto => "matmul_q",
         }
@@ -170,14 +199,26 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         let Fusion { bias, epilogue } = fuse;
         let k = w.cols as u32;
-        if x.size() < m as u64 * k as u64 * 4 || y.size() < ((m as u64 - 1) * ldy as u64 + y_off as u64 + w.rows as u64) * 4 {
+        if x.size() < m as u64 * k as u64 * 4
+            || y.size() < ((m as u64 - 1) * ldy as u64 + y_off as u64 + w.rows as u64) * 4
+        {
             return Err(GpuError::Shape {
                 op: "matmul_quant",
-                detail: format!("'{}' [{}x{}]: x {} bytes, y {} bytes for m={m}, ldy={ldy}", w.name, w.rows, w.cols, x.size(), y.size()),
+                detail: format!(
+                    "'{}' [{}x{}]: x {} bytes, y {} bytes for m={m}, ldy={ldy}",
+                    w.name,
+                    w.rows,
+                    w.cols,
+                    x.size(),
+                    y.size()
+                ),
             });
         }
         if bias.is_some() && w.chunks.len() > 1 {
-            return Err(GpuError::Shape { op: "matmul_quant", detail: format!("'{}': a bias on a row-split weight", w.name) });
+            return Err(GpuError::Shape {
+                op: "matmul_quant",
+                detail: format!("'{}': a bias on a row-split weight", w.name),
+            });
         }
         let flavour = self.qmm_kernel(m, w.rows as u32);
         let kernel = format!("{flavour}:{}", w.dtype.name());
@@ -206,15 +247,31 @@ impl Gpu {
                 },
             );
             // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
-            self.dispatch_for(enc, &kernel, Some(&w.name), &[x, &c.buffer, bias.unwrap_or(x), y], &params, groups);
+            self.dispatch_for(
+                enc,
+                &kernel,
+                Some(&w.name),
+                &[x, &c.buffer, bias.unwrap_or(x), y],
+                &params,
+                groups,
+            );
         }
         Ok(())
     }
 
     /// y = x · Wᵀ (+ bias) for a quantized weight, from host slices to a host vector.
-    pub async fn matmul_quant(&self, x: &[f32], w: &super::GpuWeight, bias: Option<&[f32]>, m: usize) -> Result<Vec<f32>, GpuError> {
+    pub async fn matmul_quant(
+        &self,
+        x: &[f32],
+        w: &super::GpuWeight,
+        bias: Option<&[f32]>,
+        m: usize,
+    ) -> Result<Vec<f32>, GpuError> {
         if x.len() != m * w.cols {
-            return Err(GpuError::Shape { op: "matmul_quant", detail: format!("x has {} values, m*k = {}", x.len(), m * w.cols) });
+            return Err(GpuError::Shape {
+                op: "matmul_quant",
+                detail: format!("x has {} values, m*k = {}", x.len(), m * w.cols),
+            });
         }
         // Ops recorded earlier run first.
         self.flush();
@@ -223,7 +280,19 @@ impl Gpu {
         let bb = bias.map(|b| self.upload("bias", b));
         let yb = self.storage("y", (m * w.rows * 4) as u64);
         let mut enc = self.new_recorder("ops");
-        self.encode_matmul_quant(&mut enc, &xb, w, &yb, m as u32, w.rows as u32, 0, Fusion { bias: bb.as_ref(), ..Default::default() })?;
+        self.encode_matmul_quant(
+            &mut enc,
+            &xb,
+            w,
+            &yb,
+            m as u32,
+            w.rows as u32,
+            0,
+            Fusion {
+                bias: bb.as_ref(),
+                ..Default::default()
+            },
+        )?;
         self.submit(enc);
         if let Some(e) = scope.pop().await {
             return Err(GpuError::Validation(e.to_string()));

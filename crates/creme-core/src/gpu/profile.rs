@@ -44,10 +44,27 @@ impl Gpu {
         let set = self.new_query_set("kernel timestamps", QUERIES);
         let bytes = QUERIES as u64 * 8;
         let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
-        let resolve = self.new_buffer(&wgpu::BufferDescriptor { label: Some("timestamps"), size: bytes, usage, mapped_at_creation: false });
+        let resolve = self.new_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        });
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-        let readback = self.new_buffer(&wgpu::BufferDescriptor { label: Some("timestamps readback"), size: bytes, usage, mapped_at_creation: false });
-        let profiler = Profiler { set, resolve, readback, passes: Vec::new(), totals: BTreeMap::new(), untimed: 0 };
+        let readback = self.new_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        });
+        let profiler = Profiler {
+            set,
+            resolve,
+            readback,
+            passes: Vec::new(),
+            totals: BTreeMap::new(),
+            untimed: 0,
+        };
         *self.profiler.lock().unwrap_or_else(|e| e.into_inner()) = Some(profiler);
         true
     }
@@ -56,17 +73,34 @@ impl Gpu {
     /// slowest first, and the number of passes that ran untimed.
     pub fn stop_profiling(&self) -> (Vec<KernelTime>, u64) {
         self.flush();
-        let Some(p) = self.profiler.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(p) = self
+            .profiler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
             return (Vec::new(), 0);
         };
-        let mut times: Vec<KernelTime> = p.totals.into_iter().map(|(kernel, (dispatches, gpu_ns))| KernelTime { kernel, dispatches, gpu_ns }).collect();
+        let mut times: Vec<KernelTime> = p
+            .totals
+            .into_iter()
+            .map(|(kernel, (dispatches, gpu_ns))| KernelTime {
+                kernel,
+                dispatches,
+                gpu_ns,
+            })
+            .collect();
         times.sort_by(|a, b| b.gpu_ns.total_cmp(&a.gpu_ns));
         (times, p.untimed)
     }
 
     /// Where the next compute pass (of kernel `name`, for weight `role`) writes its timestamps,
     /// while profiling.
-    pub(crate) fn pass_timestamps(&self, name: &str, role: Option<&str>) -> Option<(wgpu::QuerySet, u32)> {
+    pub(crate) fn pass_timestamps(
+        &self,
+        name: &str,
+        role: Option<&str>,
+    ) -> Option<(wgpu::QuerySet, u32)> {
         let mut guard = self.profiler.lock().unwrap_or_else(|e| e.into_inner());
         let p = guard.as_mut()?;
         if p.passes.len() as u32 * 2 >= QUERIES {
@@ -74,7 +108,10 @@ impl Gpu {
             return None;
         }
         p.passes.push(match role {
-            Some(r) => format!("{name} {}", r.split('+').map(weight_role).collect::<Vec<_>>().join("+")),
+            Some(r) => format!(
+                "{name} {}",
+                r.split('+').map(weight_role).collect::<Vec<_>>().join("+")
+            ),
             None => name.to_string(),
         });
         Some((p.set.clone(), (p.passes.len() as u32 - 1) * 2))
@@ -84,7 +121,9 @@ impl Gpu {
     /// True when there are some (then [`Gpu::collect_timestamps`] follows the submission).
     pub(crate) fn resolve_timestamps(&self, enc: &mut wgpu::CommandEncoder) -> bool {
         let guard = self.profiler.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = guard.as_ref().filter(|p| !p.passes.is_empty()) else { return false };
+        let Some(p) = guard.as_ref().filter(|p| !p.passes.is_empty()) else {
+            return false;
+        };
         let n = p.passes.len() as u32 * 2;
         enc.resolve_query_set(&p.set, 0..n, &p.resolve, 0);
         enc.copy_buffer_to_buffer(&p.resolve, 0, &p.readback, 0, n as u64 * 8);
@@ -113,7 +152,10 @@ impl Gpu {
         }
         let period = self.queue.get_timestamp_period() as f64;
         for (i, name) in p.passes.drain(..).enumerate() {
-            let Some(&[start, end]) = ticks.get(2 * i..2 * i + 2).map(|s| <&[u64; 2]>::try_from(s).expect("two")) else {
+            let Some(&[start, end]) = ticks
+                .get(2 * i..2 * i + 2)
+                .map(|s| <&[u64; 2]>::try_from(s).expect("two"))
+            else {
                 p.untimed += 1;
                 continue;
             };

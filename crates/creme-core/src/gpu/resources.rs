@@ -73,14 +73,35 @@ impl Recorder {
     /// The open compute pass, begun if there is none.
     pub(crate) fn pass(&mut self) -> &mut wgpu::ComputePass<'static> {
         let enc = &mut self.enc;
-        self.pass.get_or_insert_with(|| enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None }).forget_lifetime())
+        self.pass.get_or_insert_with(|| {
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            })
+            .forget_lifetime()
+        })
     }
 
     /// A new pass that writes timestamps `i` and `i + 1` of `set` at its start and end.
-    pub(crate) fn timed_pass(&mut self, label: &str, set: &wgpu::QuerySet, i: u32) -> &mut wgpu::ComputePass<'static> {
+    pub(crate) fn timed_pass(
+        &mut self,
+        label: &str,
+        set: &wgpu::QuerySet,
+        i: u32,
+    ) -> &mut wgpu::ComputePass<'static> {
         self.pass = None;
-        let timestamp_writes = Some(wgpu::ComputePassTimestampWrites { query_set: set, beginning_of_pass_write_index: Some(i), end_of_pass_write_index: Some(i + 1) });
-        let pass = self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes }).forget_lifetime();
+        let timestamp_writes = Some(wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: Some(i),
+            end_of_pass_write_index: Some(i + 1),
+        });
+        let pass = self
+            .enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(label),
+                timestamp_writes,
+            })
+            .forget_lifetime();
         self.pass.insert(pass)
     }
 
@@ -198,7 +219,11 @@ impl std::ops::Deref for PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
-            pool.0.lock().unwrap_or_else(|e| e.into_inner()).held.push(self.buffer.clone());
+            pool.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .held
+                .push(self.buffer.clone());
         }
     }
 }
@@ -243,7 +268,8 @@ impl BindGroupCache {
         s.epoch += 1;
         if s.epoch % BIND_GROUP_TTL == 0 {
             let epoch = s.epoch;
-            s.groups.retain(|_, (_, used)| epoch - *used < BIND_GROUP_TTL);
+            s.groups
+                .retain(|_, (_, used)| epoch - *used < BIND_GROUP_TTL);
         }
     }
 }
@@ -255,10 +281,20 @@ pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
     let mut entries = Vec::new();
     for line in wgsl.lines() {
         let code = line.split("//").next().unwrap_or("");
-        let Some(rest) = code.trim_start().strip_prefix("@group(0) @binding(") else { continue };
-        let Some((index, decl)) = rest.split_once(')') else { continue };
-        let Ok(binding) = index.trim().parse::<u32>() else { continue };
-        let kind = decl.split_once("var<").and_then(|(_, k)| k.split_once('>')).map(|(k, _)| k.replace(' ', "")).unwrap_or_default();
+        let Some(rest) = code.trim_start().strip_prefix("@group(0) @binding(") else {
+            continue;
+        };
+        let Some((index, decl)) = rest.split_once(')') else {
+            continue;
+        };
+        let Ok(binding) = index.trim().parse::<u32>() else {
+            continue;
+        };
+        let kind = decl
+            .split_once("var<")
+            .and_then(|(_, k)| k.split_once('>'))
+            .map(|(k, _)| k.replace(' ', ""))
+            .unwrap_or_default();
         let ty = match kind.as_str() {
             "uniform" => wgpu::BufferBindingType::Uniform,
             "storage,read_write" => wgpu::BufferBindingType::Storage { read_only: false },
@@ -268,7 +304,11 @@ pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
         entries.push(wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: dynamic, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: dynamic,
+                min_binding_size: None,
+            },
             count: None,
         });
     }
@@ -314,7 +354,12 @@ impl Gpu {
             arena.write_staged(&self.queue);
             let bytes = (capacity * 2).max(ARENA_BYTES).max(stride);
             let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
-            arena.buffer = Some(self.new_buffer(&wgpu::BufferDescriptor { label: Some("kernel parameters"), size: bytes, usage, mapped_at_creation: false }));
+            arena.buffer = Some(self.new_buffer(&wgpu::BufferDescriptor {
+                label: Some("kernel parameters"),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            }));
             arena.next = 0;
             arena.staged_from = 0;
         }
@@ -324,7 +369,11 @@ impl Gpu {
         let at = (offset - arena.staged_from) as usize;
         arena.staged.resize(at + stride as usize, 0);
         arena.staged[at..at + bytes.len()].copy_from_slice(bytes);
-        ParamSlot { buffer, offset, size }
+        ParamSlot {
+            buffer,
+            offset,
+            size,
+        }
     }
 
     /// Hand out slots from the start of the arena again (after the pending encoder's submission).
@@ -339,44 +388,98 @@ impl Gpu {
         self.device.create_buffer(desc)
     }
 
-    pub(crate) fn new_buffer_init(&self, desc: &wgpu::util::BufferInitDescriptor<'_>) -> wgpu::Buffer {
+    pub(crate) fn new_buffer_init(
+        &self,
+        desc: &wgpu::util::BufferInitDescriptor<'_>,
+    ) -> wgpu::Buffer {
         bump(&self.counters.buffers);
         self.device.create_buffer_init(desc)
     }
 
     /// A compute pipeline from WGSL source, with the explicit layout its declarations give.
-    pub(crate) fn new_pipeline(&self, label: &str, wgsl: String, entry: &str) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+    pub(crate) fn new_pipeline(
+        &self,
+        label: &str,
+        wgsl: String,
+        entry: &str,
+    ) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
         bump(&self.counters.pipelines);
         let entries = layout_entries(&wgsl);
-        let bind_layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries: &entries });
-        let layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(label), bind_group_layouts: &[Some(&bind_layout)], immediate_size: 0 });
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(wgsl.into()) });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let bind_layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(label),
+                entries: &entries,
+            });
+        let layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(label),
+                bind_group_layouts: &[Some(&bind_layout)],
+                immediate_size: 0,
+            });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         (pipeline, bind_layout)
     }
 
     /// The bind group of `kernel` over `storage` (bindings 0..) and the parameter arena (the last
     /// binding), from the cache or made once.
-    pub(crate) fn bind_group(&self, kernel: &super::kernels::Kernel, storage: &[&wgpu::Buffer], params: &ParamSlot) -> wgpu::BindGroup {
-        let key = BindKey { kernel: kernel as *const _ as usize, storage: storage.iter().map(|&b| b.clone()).collect(), params: params.buffer.clone(), params_size: params.size };
+    pub(crate) fn bind_group(
+        &self,
+        kernel: &super::kernels::Kernel,
+        storage: &[&wgpu::Buffer],
+        params: &ParamSlot,
+    ) -> wgpu::BindGroup {
+        let key = BindKey {
+            kernel: kernel as *const _ as usize,
+            storage: storage.iter().map(|&b| b.clone()).collect(),
+            params: params.buffer.clone(),
+            params_size: params.size,
+        };
         let mut cache = self.bind_groups.0.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = cache.epoch;
         if let Some((group, used)) = cache.groups.get_mut(&key) {
             *used = epoch;
             return group.clone();
         }
-        let mut entries: Vec<wgpu::BindGroupEntry> = storage.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
-        let uniform = wgpu::BufferBinding { buffer: &params.buffer, offset: 0, size: std::num::NonZeroU64::new(params.size) };
-        entries.push(wgpu::BindGroupEntry { binding: storage.len() as u32, resource: wgpu::BindingResource::Buffer(uniform) });
+        let mut entries: Vec<wgpu::BindGroupEntry> = storage
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let uniform = wgpu::BufferBinding {
+            buffer: &params.buffer,
+            offset: 0,
+            size: std::num::NonZeroU64::new(params.size),
+        };
+        entries.push(wgpu::BindGroupEntry {
+            binding: storage.len() as u32,
+            resource: wgpu::BindingResource::Buffer(uniform),
+        });
         bump(&self.counters.bind_groups);
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(&kernel.name), layout: &kernel.bind_layout, entries: &entries });
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.name),
+            layout: &kernel.bind_layout,
+            entries: &entries,
+        });
         cache.groups.insert(key, (group.clone(), epoch));
         group
     }
@@ -389,16 +492,41 @@ impl Gpu {
             if zeroed {
                 self.record(|enc| enc.encoder().clear_buffer(&buffer, 0, None));
             }
-            return PooledBuffer { buffer, pool: Some(self.pool.clone()) };
+            return PooledBuffer {
+                buffer,
+                pool: Some(self.pool.clone()),
+            };
         }
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
         if class > self.limits.max_buffer_size {
             // Over the limit: the fault names it; a placeholder stands in until the next check.
-            self.set_fault(crate::GpuError::TooLarge { tensor: label.to_string(), bytes, limit: self.limits.max_buffer_size });
-            return PooledBuffer { buffer: self.new_buffer(&wgpu::BufferDescriptor { label: Some(label), size: 4, usage, mapped_at_creation: false }), pool: None };
+            self.set_fault(crate::GpuError::TooLarge {
+                tensor: label.to_string(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+            });
+            return PooledBuffer {
+                buffer: self.new_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: 4,
+                    usage,
+                    mapped_at_creation: false,
+                }),
+                pool: None,
+            };
         }
-        let buffer = self.new_buffer(&wgpu::BufferDescriptor { label: Some(label), size: class, usage, mapped_at_creation: false });
-        PooledBuffer { buffer, pool: Some(self.pool.clone()) }
+        let buffer = self.new_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: class,
+            usage,
+            mapped_at_creation: false,
+        });
+        PooledBuffer {
+            buffer,
+            pool: Some(self.pool.clone()),
+        }
     }
 
     /// A mappable buffer for reading back at least `bytes`, reused across readbacks.
@@ -409,7 +537,12 @@ impl Gpu {
             return free.swap_remove(i);
         }
         drop(free);
-        self.new_buffer(&wgpu::BufferDescriptor { label: Some("readback"), size: class, usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+        self.new_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: class,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
     }
 
     /// A staging buffer, unmapped, back for the next readback (a few are kept).
@@ -430,12 +563,21 @@ impl Gpu {
     /// A recorder over a new command encoder (public for tests that submit on their own).
     pub fn new_recorder(&self, label: &str) -> Recorder {
         bump(&self.counters.encoders);
-        Recorder { pass: None, enc: self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) }) }
+        Recorder {
+            pass: None,
+            enc: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) }),
+        }
     }
 
     /// Submit what `rec` recorded, with the kernel parameters it uses.
     pub fn submit(&self, rec: Recorder) {
-        self.params.0.lock().unwrap_or_else(|e| e.into_inner()).write_staged(&self.queue);
+        self.params
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_staged(&self.queue);
         let mut enc = rec.into_encoder();
         let timed = self.resolve_timestamps(&mut enc);
         bump(&self.counters.submissions);
@@ -443,7 +585,9 @@ impl Gpu {
         let t0 = std::time::Instant::now();
         self.queue.submit([enc.finish()]);
         #[cfg(not(target_arch = "wasm32"))]
-        self.counters.submit_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.counters
+            .submit_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if timed {
             self.collect_timestamps();
         }
@@ -451,7 +595,11 @@ impl Gpu {
 
     /// A set of `count` timestamp queries (profiling only: not counted per token).
     pub(crate) fn new_query_set(&self, label: &str, count: u32) -> wgpu::QuerySet {
-        self.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some(label), ty: wgpu::QueryType::Timestamp, count })
+        self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some(label),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        })
     }
 
     pub(crate) fn count_dispatch(&self) {
@@ -482,7 +630,9 @@ mod tests {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 scan(&path, found);
-            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("gpu/resources.rs") {
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && !path.ends_with("gpu/resources.rs")
+            {
                 let text = std::fs::read_to_string(&path).unwrap();
                 for (i, line) in text.lines().enumerate() {
                     let code = line.split("//").next().unwrap_or("");
@@ -501,6 +651,10 @@ mod tests {
         for krate in ["creme-core", "creme-web", "creme-cli"] {
             scan(&crates.join(krate).join("src"), &mut found);
         }
-        assert!(found.is_empty(), "GPU objects made outside gpu/resources.rs (the counters miss them):\n{}", found.join("\n"));
+        assert!(
+            found.is_empty(),
+            "GPU objects made outside gpu/resources.rs (the counters miss them):\n{}",
+            found.join("\n")
+        );
     }
 }

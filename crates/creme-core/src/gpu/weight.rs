@@ -38,16 +38,37 @@ impl GpuWeight {
         };
         let mut next = c0.byte_off;
         for w in parts {
-            let [c] = w.chunks.as_slice() else { return None };
-            if w.dtype != first.dtype || w.cols != first.cols || c.buffer != c0.buffer || c.byte_off != next {
+            let [c] = w.chunks.as_slice() else {
+                return None;
+            };
+            if w.dtype != first.dtype
+                || w.cols != first.cols
+                || c.buffer != c0.buffer
+                || c.byte_off != next
+            {
                 return None;
             }
             next += (w.rows * w.row_bytes()) as u64;
         }
         let rows = parts.iter().map(|w| w.rows).sum();
-        let chunk = WeightChunk { buffer: c0.buffer.clone(), row0: 0, rows, byte_off: c0.byte_off };
-        let name = parts.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join("+");
-        Some(GpuWeight { name, dtype: first.dtype, rows, cols: first.cols, chunks: vec![chunk] })
+        let chunk = WeightChunk {
+            buffer: c0.buffer.clone(),
+            row0: 0,
+            rows,
+            byte_off: c0.byte_off,
+        };
+        let name = parts
+            .iter()
+            .map(|w| w.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        Some(GpuWeight {
+            name,
+            dtype: first.dtype,
+            rows,
+            cols: first.cols,
+            chunks: vec![chunk],
+        })
     }
 }
 
@@ -62,36 +83,72 @@ pub struct WeightUpload<'a> {
 
 impl Gpu {
     /// Upload a weight's raw GGUF bytes, split by rows so that no buffer exceeds the binding limit.
-    pub fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<GpuWeight, GpuError> {
+    pub fn upload_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<GpuWeight, GpuError> {
         check_bytes(name, dtype, rows, cols, bytes)?;
         let row_bytes = dtype.row_bytes(cols);
         let limit = self.max_binding_bytes() as usize;
         let rows_per_chunk = (limit.saturating_sub(4) / row_bytes).min(rows).max(1);
         if row_bytes + 4 > limit {
-            return Err(GpuError::TooLarge { tensor: name.into(), bytes: row_bytes as u64, limit: limit as u64 });
+            return Err(GpuError::TooLarge {
+                tensor: name.into(),
+                bytes: row_bytes as u64,
+                limit: limit as u64,
+            });
         }
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
             let n = rows_per_chunk.min(rows - row0);
             let data = &bytes[row0 * row_bytes..(row0 + n) * row_bytes];
-            chunks.push(WeightChunk { buffer: self.upload(&format!("{name}[{row0}..]"), data), row0, rows: n, byte_off: 0 });
+            chunks.push(WeightChunk {
+                buffer: self.upload(&format!("{name}[{row0}..]"), data),
+                row0,
+                rows: n,
+                byte_off: 0,
+            });
             row0 += n;
         }
-        Ok(GpuWeight { name: name.into(), dtype, rows, cols, chunks })
+        Ok(GpuWeight {
+            name: name.into(),
+            dtype,
+            rows,
+            cols,
+            chunks,
+        })
     }
 
     /// Upload weights that one matmul may compute together (a layer's query, key and value
     /// projections) back to back in one buffer, in one format: theirs if they share it, Q8_0 if
     /// they are a mix of Q4_0, Q5_0 and Q8_0 (lossless, see [`repack_as_q8_0`]). Where neither
     /// holds, or the group passes one binding, each is uploaded on its own.
-    pub fn upload_weight_group(&self, parts: &[WeightUpload<'_>]) -> Result<Vec<GpuWeight>, GpuError> {
+    pub fn upload_weight_group(
+        &self,
+        parts: &[WeightUpload<'_>],
+    ) -> Result<Vec<GpuWeight>, GpuError> {
         for p in parts {
             check_bytes(p.name, p.dtype, p.rows, p.cols, p.bytes)?;
         }
-        let separately = || parts.iter().map(|p| self.upload_weight(p.name, p.dtype, p.rows, p.cols, p.bytes)).collect();
-        let Some(first) = parts.first() else { return Ok(Vec::new()) };
-        let dtype = if parts.iter().all(|p| p.dtype == first.dtype) { first.dtype } else { GgmlType::Q8_0 };
+        let separately = || {
+            parts
+                .iter()
+                .map(|p| self.upload_weight(p.name, p.dtype, p.rows, p.cols, p.bytes))
+                .collect()
+        };
+        let Some(first) = parts.first() else {
+            return Ok(Vec::new());
+        };
+        let dtype = if parts.iter().all(|p| p.dtype == first.dtype) {
+            first.dtype
+        } else {
+            GgmlType::Q8_0
+        };
         if parts.iter().any(|p| p.cols != first.cols) {
             return separately();
         }
@@ -99,7 +156,11 @@ impl Gpu {
         let mut offsets = Vec::new();
         for p in parts {
             let bytes = &p.bytes[..p.rows * p.dtype.row_bytes(p.cols)];
-            let Some(repacked) = (if p.dtype == dtype { Some(bytes.to_vec()) } else { repack_as_q8_0(p.dtype, bytes) }) else {
+            let Some(repacked) = (if p.dtype == dtype {
+                Some(bytes.to_vec())
+            } else {
+                repack_as_q8_0(p.dtype, bytes)
+            }) else {
                 return separately();
             };
             offsets.push(packed.len() as u64);
@@ -117,19 +178,42 @@ impl Gpu {
                 dtype,
                 rows: p.rows,
                 cols: p.cols,
-                chunks: vec![WeightChunk { buffer: buffer.clone(), row0: 0, rows: p.rows, byte_off }],
+                chunks: vec![WeightChunk {
+                    buffer: buffer.clone(),
+                    row0: 0,
+                    rows: p.rows,
+                    byte_off,
+                }],
             })
             .collect())
     }
 }
 
-fn check_bytes(name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<(), GpuError> {
+fn check_bytes(
+    name: &str,
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: &[u8],
+) -> Result<(), GpuError> {
     // The matmul kernels walk a row in pieces of 32 values (one block of the 32-value formats).
     if cols % 32 != 0 {
-        return Err(GpuError::Shape { op: "upload_weight", detail: format!("'{name}': rows of {cols} values; the GPU kernels need a multiple of 32") });
+        return Err(GpuError::Shape {
+            op: "upload_weight",
+            detail: format!(
+                "'{name}': rows of {cols} values; the GPU kernels need a multiple of 32"
+            ),
+        });
     }
     if cols % dtype.block_elems() != 0 || bytes.len() < rows * dtype.row_bytes(cols) {
-        return Err(GpuError::Shape { op: "upload_weight", detail: format!("'{name}': {} bytes for {rows}x{cols} {}", bytes.len(), dtype.name()) });
+        return Err(GpuError::Shape {
+            op: "upload_weight",
+            detail: format!(
+                "'{name}': {} bytes for {rows}x{cols} {}",
+                bytes.len(),
+                dtype.name()
+            ),
+        });
     }
     Ok(())
 }

@@ -54,18 +54,25 @@ impl ModelConfig {
                 .ok_or_else(|| ModelError::Missing(format!("GGUF metadata {arch}.{key}")))
         };
         let flt = |key: &str, default: f64| -> f64 {
-            h.get(&format!("{arch}.{key}")).and_then(|v| v.as_f64()).unwrap_or(default)
+            h.get(&format!("{arch}.{key}"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(default)
         };
         let n_layers = num("block_count")? as usize;
         let d_model = num("embedding_length")? as usize;
         let n_heads = num("attention.head_count")? as usize;
         let n_kv_heads = num("attention.head_count_kv").unwrap_or(n_heads as u64) as usize;
         if n_heads == 0 || n_kv_heads == 0 || d_model % n_heads != 0 || n_heads % n_kv_heads != 0 {
-            return Err(ModelError::Format(format!("bad head counts: d_model {d_model}, heads {n_heads}, kv heads {n_kv_heads}")));
+            return Err(ModelError::Format(format!(
+                "bad head counts: d_model {d_model}, heads {n_heads}, kv heads {n_kv_heads}"
+            )));
         }
         let vocab = match h.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(t) => t.len(),
-            None => h.tensor("token_embd.weight").map(|t| t.rows_cols().0 as usize).ok_or_else(|| ModelError::Missing("token_embd.weight".into()))?,
+            None => h
+                .tensor("token_embd.weight")
+                .map(|t| t.rows_cols().0 as usize)
+                .ok_or_else(|| ModelError::Missing("token_embd.weight".into()))?,
         };
         let tok_id = |k: &str| h.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
         let mut eos_ids = Vec::new();
@@ -78,9 +85,16 @@ impl ModelConfig {
                 eos_ids.push(e);
             }
         }
-        let pad_id = tok_id("tokenizer.ggml.padding_token_id").or(eot).or(eos_ids.first().copied()).unwrap_or(0);
+        let pad_id = tok_id("tokenizer.ggml.padding_token_id")
+            .or(eot)
+            .or(eos_ids.first().copied())
+            .unwrap_or(0);
         Ok(ModelConfig {
-            name: h.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+            name: h
+                .get("general.name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string(),
             n_layers,
             d_model,
             d_ff: num("feed_forward_length")? as usize,
@@ -102,5 +116,9 @@ impl ModelConfig {
 
 /// Id of a token by its text in the GGUF vocabulary.
 pub fn find_token(h: &GgufHeader, text: &str) -> Option<u32> {
-    h.get("tokenizer.ggml.tokens")?.as_array()?.iter().position(|t| t.as_str() == Some(text)).map(|i| i as u32)
+    h.get("tokenizer.ggml.tokens")?
+        .as_array()?
+        .iter()
+        .position(|t| t.as_str() == Some(text))
+        .map(|i| i as u32)
 }

@@ -4,11 +4,11 @@
 
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
-use crate::quant::{dequantize, GgmlType};
 use super::tokenizer::Tokenizer;
 use crate::backend::{AttnStep, Backend, BlockShape, Device, LayerWeights, Tensor, Weight};
 use crate::error::ModelError;
 use crate::hooks::{Captured, Hooks, Site};
+use crate::quant::{dequantize, GgmlType};
 
 pub(crate) struct Layer {
     pub(crate) w: LayerWeights,
@@ -27,10 +27,17 @@ pub(crate) struct Embedding {
 impl Embedding {
     fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
         if id as usize >= self.rows {
-            return Err(ModelError::Format(format!("token id {id} is outside the vocabulary of {}", self.rows)));
+            return Err(ModelError::Format(format!(
+                "token id {id} is outside the vocabulary of {}",
+                self.rows
+            )));
         }
         let rb = self.dtype.row_bytes(self.cols);
-        dequantize(self.dtype, &self.bytes[id as usize * rb..(id as usize + 1) * rb], self.cols)
+        dequantize(
+            self.dtype,
+            &self.bytes[id as usize * rb..(id as usize + 1) * rb],
+            self.cols,
+        )
     }
 }
 
@@ -65,7 +72,11 @@ pub enum Input<'a> {
     /// Token ids, [batch][T].
     Tokens(&'a [Vec<u32>]),
     /// Residual streams [batch * T, d_model]; sequence b enters at layer start[b].
-    Resume { x: &'a Tensor, start: &'a [usize], t: usize },
+    Resume {
+        x: &'a Tensor,
+        start: &'a [usize],
+        t: usize,
+    },
 }
 
 /// What a forward call returns: logits (if asked) and captured activations.
@@ -78,7 +89,11 @@ pub struct ForwardOut {
 impl Model {
     /// Load from a whole GGUF file in memory (native callers; the browser streams through
     /// [`super::ModelLoader`]). Checks the file holds every tensor before uploading anything.
-    pub fn from_gguf_bytes(dev: &Device, file: &[u8], max_positions: usize) -> Result<Model, ModelError> {
+    pub fn from_gguf_bytes(
+        dev: &Device,
+        file: &[u8],
+        max_positions: usize,
+    ) -> Result<Model, ModelError> {
         let header = super::GgufHeader::parse(file)?;
         header.check_len(file.len() as u64)?;
         let mut loader = super::ModelLoader::new(&header)?;
@@ -98,7 +113,14 @@ impl Model {
 
     /// Run `tokens` ([batch][T], the same T for every sequence) through the model, appending to the
     /// cache. Hooks capture or overwrite activations.
-    pub fn forward(&self, dev: &Device, cache: &mut KvCache, tokens: &[Vec<u32>], hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
+    pub fn forward(
+        &self,
+        dev: &Device,
+        cache: &mut KvCache,
+        tokens: &[Vec<u32>],
+        hooks: &Hooks,
+        logits: Logits,
+    ) -> Result<ForwardOut, ModelError> {
         self.forward_ex(dev, cache, Input::Tokens(tokens), hooks, logits)
     }
 
@@ -106,12 +128,21 @@ impl Model {
     /// given residual stream (the output of layer start[b] - 1); layers below are not computed
     /// for it (their cache rows are left as they are). Starts must be ascending, so at each layer
     /// the active sequences are a prefix of the batch and the ops run on that prefix only.
-    pub fn forward_ex(&self, dev: &Device, cache: &mut KvCache, input: Input<'_>, hooks: &Hooks, logits: Logits) -> Result<ForwardOut, ModelError> {
+    pub fn forward_ex(
+        &self,
+        dev: &Device,
+        cache: &mut KvCache,
+        input: Input<'_>,
+        hooks: &Hooks,
+        logits: Logits,
+    ) -> Result<ForwardOut, ModelError> {
         let (b, t) = self.check_input(&input, cache)?;
         let rows = b * t;
         let wanted = logit_rows(&logits, b, t);
         if let Some(&bad) = wanted.iter().find(|&&r| r >= rows) {
-            return Err(ModelError::Format(format!("forward: logits row {bad} of {rows}")));
+            return Err(ModelError::Format(format!(
+                "forward: logits row {bad} of {rows}"
+            )));
         }
         let pos = dev.upload_u32("pos", &positions(cache, b, t))?;
         let (mut x, start) = self.input_states(dev, input, rows)?;
@@ -123,7 +154,15 @@ impl Model {
                 continue;
             }
             let ar = active * t;
-            let step = AttnStep { active, t, cache_len: cache.len, capacity: cache.capacity, pos: &pos, pad: &cache.pad_tensor, rope: &self.rope };
+            let step = AttnStep {
+                active,
+                t,
+                cache_len: cache.len,
+                capacity: cache.capacity,
+                pos: &pos,
+                pad: &cache.pad_tensor,
+                rope: &self.rope,
+            };
             dev.attention_block(&layer.w, &self.shape, &mut x, &mut cache.layers[l], &step)?;
             self.hook(dev, hooks, Site::ResidMid(l), &mut x, ar, &mut captured)?;
             dev.mlp_act(&layer.w, &self.shape, &x, &mut act, ar)?;
@@ -131,42 +170,69 @@ impl Model {
             dev.mlp_down_add(&layer.w, &act, &mut x, ar)?;
             self.hook(dev, hooks, Site::ResidOut(l), &mut x, ar, &mut captured)?;
         }
-        let out = if wanted.is_empty() { None } else { Some(dev.head(&self.out_norm, &self.head, self.cfg.rms_eps, &x, &wanted)?) };
+        let out = if wanted.is_empty() {
+            None
+        } else {
+            Some(dev.head(&self.out_norm, &self.head, self.cfg.rms_eps, &x, &wanted)?)
+        };
         cache.len += t;
-        Ok(ForwardOut { logits: out, logit_rows: wanted.len(), captured })
+        Ok(ForwardOut {
+            logits: out,
+            logit_rows: wanted.len(),
+            captured,
+        })
     }
 
     /// Batch size and chunk length of a forward call, checked against the cache.
-    fn check_input(&self, input: &Input<'_>, cache: &KvCache) -> Result<(usize, usize), ModelError> {
+    fn check_input(
+        &self,
+        input: &Input<'_>,
+        cache: &KvCache,
+    ) -> Result<(usize, usize), ModelError> {
         let (b, t) = match input {
             Input::Tokens(tokens) => {
                 let t = tokens.first().map(|r| r.len()).unwrap_or(0);
                 if tokens.iter().any(|r| r.len() != t) {
-                    return Err(ModelError::Format("forward: sequences must have equal lengths (left-pad them)".into()));
+                    return Err(ModelError::Format(
+                        "forward: sequences must have equal lengths (left-pad them)".into(),
+                    ));
                 }
                 (tokens.len(), t)
             }
             Input::Resume { t, start, x } => {
                 let n = self.cfg.n_layers;
                 if start.windows(2).any(|w| w[0] > w[1]) || start.iter().any(|&s| s > n) {
-                    return Err(ModelError::Format(format!("forward: resume layers {start:?} must be ascending and <= {n}")));
+                    return Err(ModelError::Format(format!(
+                        "forward: resume layers {start:?} must be ascending and <= {n}"
+                    )));
                 }
                 x.check("forward: resume state", start.len() * t, self.cfg.d_model)?;
                 (start.len(), *t)
             }
         };
         if b != cache.batch || t == 0 {
-            return Err(ModelError::Format(format!("forward: {b} sequences of {t} tokens (cache holds {})", cache.batch)));
+            return Err(ModelError::Format(format!(
+                "forward: {b} sequences of {t} tokens (cache holds {})",
+                cache.batch
+            )));
         }
         if cache.len + t > cache.capacity {
-            return Err(ModelError::Format(format!("forward: {} + {t} tokens overflow the cache of {}", cache.len, cache.capacity)));
+            return Err(ModelError::Format(format!(
+                "forward: {} + {t} tokens overflow the cache of {}",
+                cache.len, cache.capacity
+            )));
         }
         Ok((b, t))
     }
 
     /// The residual stream entering layer 0 (embedded tokens) or the given resume states (copied,
     /// the forward updates its stream in place), and the layer each sequence starts at.
-    fn input_states(&self, dev: &Device, input: Input<'_>, rows: usize) -> Result<(Tensor, Vec<usize>), ModelError> {
+    fn input_states(
+        &self,
+        dev: &Device,
+        input: Input<'_>,
+        rows: usize,
+    ) -> Result<(Tensor, Vec<usize>), ModelError> {
         let d = self.cfg.d_model;
         match input {
             Input::Tokens(tokens) => {
@@ -185,7 +251,15 @@ impl Model {
     }
 
     /// Apply the patches for `site`, then capture it if asked.
-    fn hook(&self, dev: &Device, hooks: &Hooks, site: Site, t: &mut Tensor, rows: usize, captured: &mut Captured) -> Result<(), ModelError> {
+    fn hook(
+        &self,
+        dev: &Device,
+        hooks: &Hooks,
+        site: Site,
+        t: &mut Tensor,
+        rows: usize,
+        captured: &mut Captured,
+    ) -> Result<(), ModelError> {
         if !hooks.wants(site) {
             return Ok(());
         }

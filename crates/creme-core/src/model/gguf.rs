@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::size_of;
 
-use crate::quant::{ggml_type_name, GgmlType};
 use crate::error::ModelError;
+use crate::quant::{ggml_type_name, GgmlType};
 
 /// Real models have tens of metadata entries. Each costs a map slot well beyond its few bytes in
 /// the file, so their number is capped to keep a file of tiny entries from multiplying its size.
@@ -301,7 +301,8 @@ impl<S: AsRef<str>> FromIterator<S> for StrArray {
         let mut a = StrArray::default();
         for s in it {
             a.text.push_str(s.as_ref());
-            a.ends.push(u32::try_from(a.text.len()).expect("string array text over 4 GiB"));
+            a.ends
+                .push(u32::try_from(a.text.len()).expect("string array text over 4 GiB"));
         }
         a
     }
@@ -333,7 +334,10 @@ impl NestedArray {
     pub fn get(&self, i: usize) -> Option<ArrayValue> {
         let end = *self.ends.get(i)? as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        let mut r = Reader { b: self.raw.get(start..end)?, pos: 0 };
+        let mut r = Reader {
+            b: self.raw.get(start..end)?,
+            pos: 0,
+        };
         r.array("nested array element", 0).ok()
     }
     pub fn iter(&self) -> impl Iterator<Item = ArrayValue> + '_ {
@@ -351,7 +355,8 @@ impl FromIterator<ArrayValue> for NestedArray {
         let mut a = NestedArray::default();
         for e in it {
             super::gguf_write::put_array(&mut a.raw, &e);
-            a.ends.push(u32::try_from(a.raw.len()).expect("nested array over 4 GiB"));
+            a.ends
+                .push(u32::try_from(a.raw.len()).expect("nested array over 4 GiB"));
         }
         a
     }
@@ -406,11 +411,15 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], ModelError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| ModelError::Truncated {
-            what: format!("GGUF header ({what} at byte {})", self.pos),
-            need: self.pos as u64 + n as u64,
-            have: self.b.len() as u64,
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| ModelError::Truncated {
+                what: format!("GGUF header ({what} at byte {})", self.pos),
+                need: self.pos as u64 + n as u64,
+                have: self.b.len() as u64,
+            })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -434,7 +443,9 @@ impl<'a> Reader<'a> {
         let n = self.u64(w)?;
         let need = n.saturating_mul(min_each as u64);
         if need > MAX_HEADER_BYTES {
-            return Err(ModelError::Format(format!("{w}: count {n} at byte {at} needs {need} bytes, more than any GGUF header holds")));
+            return Err(ModelError::Format(format!(
+                "{w}: count {n} at byte {at} needs {need} bytes, more than any GGUF header holds"
+            )));
         }
         let left = (self.b.len() - self.pos) as u64;
         if need > left {
@@ -450,7 +461,8 @@ impl<'a> Reader<'a> {
         let n = self.count(w, 1)?;
         let at = self.pos;
         let s = self.take(n, w)?;
-        String::from_utf8(s.to_vec()).map_err(|_| ModelError::Format(format!("{w} at byte {at} is not UTF-8")))
+        String::from_utf8(s.to_vec())
+            .map_err(|_| ModelError::Format(format!("{w} at byte {at} is not UTF-8")))
     }
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value, ModelError> {
         Ok(match ty {
@@ -464,20 +476,30 @@ impl<'a> Reader<'a> {
             7 => match self.u8(key)? {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(ModelError::Format(format!("metadata '{key}': bool byte {b}"))),
+                b => {
+                    return Err(ModelError::Format(format!(
+                        "metadata '{key}': bool byte {b}"
+                    )))
+                }
             },
             8 => Value::Str(self.string(key)?),
             9 => Value::Array(self.array(key, depth)?),
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(self.u64(key)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(key)?)),
-            t => return Err(ModelError::Format(format!("metadata '{key}': unknown value type {t}"))),
+            t => {
+                return Err(ModelError::Format(format!(
+                    "metadata '{key}': unknown value type {t}"
+                )))
+            }
         })
     }
     /// An array value: element type, count, items.
     fn array(&mut self, key: &str, depth: u32) -> Result<ArrayValue, ModelError> {
         if depth > 4 {
-            return Err(ModelError::Format(format!("metadata '{key}': arrays nested too deep")));
+            return Err(ModelError::Format(format!(
+                "metadata '{key}': arrays nested too deep"
+            )));
         }
         let ety = self.u32(key)?;
         // The fewest bytes an item takes in the file (an array item: its type and count).
@@ -487,7 +509,11 @@ impl<'a> Reader<'a> {
             4 | 5 | 6 => 4,
             8 | 10 | 11 | 12 => 8,
             9 => 12,
-            t => return Err(ModelError::Format(format!("metadata '{key}': unknown array element type {t}"))),
+            t => {
+                return Err(ModelError::Format(format!(
+                    "metadata '{key}': unknown array element type {t}"
+                )))
+            }
         };
         let n = self.count(key, min_each)?;
         Ok(match ety {
@@ -501,7 +527,11 @@ impl<'a> Reader<'a> {
             7 => {
                 let at = self.pos;
                 if let Some(i) = self.b[at..at + n].iter().position(|&b| b > 1) {
-                    return Err(ModelError::Format(format!("metadata '{key}': bool byte {} at byte {}", self.b[at + i], at + i)));
+                    return Err(ModelError::Format(format!(
+                        "metadata '{key}': bool byte {} at byte {}",
+                        self.b[at + i],
+                        at + i
+                    )));
                 }
                 ArrayValue::Bool(self.nums(n, key, |[b]| b == 1)?)
             }
@@ -513,8 +543,17 @@ impl<'a> Reader<'a> {
         })
     }
     /// `n` fixed-size items (already counted against the bytes left), into a Vec of exactly `n`.
-    fn nums<T, const N: usize>(&mut self, n: usize, key: &str, f: impl Fn([u8; N]) -> T) -> Result<Vec<T>, ModelError> {
-        Ok(self.take(n * N, key)?.chunks_exact(N).map(|c| f(c.try_into().unwrap())).collect())
+    fn nums<T, const N: usize>(
+        &mut self,
+        n: usize,
+        key: &str,
+        f: impl Fn([u8; N]) -> T,
+    ) -> Result<Vec<T>, ModelError> {
+        Ok(self
+            .take(n * N, key)?
+            .chunks_exact(N)
+            .map(|c| f(c.try_into().unwrap()))
+            .collect())
     }
     /// `n` strings into one buffer, sized by a first pass over their lengths.
     fn strings(&mut self, n: usize, key: &str) -> Result<StrArray, ModelError> {
@@ -526,15 +565,23 @@ impl<'a> Reader<'a> {
             total += len;
         }
         if u32::try_from(total).is_err() {
-            return Err(ModelError::Format(format!("metadata '{key}': string array of {total} bytes (4 GiB at most)")));
+            return Err(ModelError::Format(format!(
+                "metadata '{key}': string array of {total} bytes (4 GiB at most)"
+            )));
         }
         self.pos = start;
-        let mut a = StrArray { text: String::with_capacity(total), ends: Vec::with_capacity(n) };
+        let mut a = StrArray {
+            text: String::with_capacity(total),
+            ends: Vec::with_capacity(n),
+        };
         for _ in 0..n {
             let len = self.u64(key)? as usize;
             let at = self.pos;
-            let s = std::str::from_utf8(self.take(len, key)?)
-                .map_err(|_| ModelError::Format(format!("metadata '{key}': string at byte {at} is not UTF-8")))?;
+            let s = std::str::from_utf8(self.take(len, key)?).map_err(|_| {
+                ModelError::Format(format!(
+                    "metadata '{key}': string at byte {at} is not UTF-8"
+                ))
+            })?;
             a.text.push_str(s);
             a.ends.push(a.text.len() as u32);
         }
@@ -546,11 +593,15 @@ impl<'a> Reader<'a> {
         let mut ends = Vec::with_capacity(n);
         for _ in 0..n {
             self.array(key, depth + 1)?;
-            let end = u32::try_from(self.pos - start)
-                .map_err(|_| ModelError::Format(format!("metadata '{key}': array of arrays over 4 GiB")))?;
+            let end = u32::try_from(self.pos - start).map_err(|_| {
+                ModelError::Format(format!("metadata '{key}': array of arrays over 4 GiB"))
+            })?;
             ends.push(end);
         }
-        Ok(NestedArray { raw: self.b[start..self.pos].to_vec(), ends })
+        Ok(NestedArray {
+            raw: self.b[start..self.pos].to_vec(),
+            ends,
+        })
     }
 }
 
@@ -571,11 +622,19 @@ impl GgufHeader {
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
         let left = (bytes.len() - r.pos) as u64;
-        if n_kv.saturating_mul(13).saturating_add(n_tensors.saturating_mul(32)) > left.max(MAX_HEADER_BYTES) {
-            return Err(ModelError::Format(format!("implausible counts: {n_tensors} tensors, {n_kv} metadata entries")));
+        if n_kv
+            .saturating_mul(13)
+            .saturating_add(n_tensors.saturating_mul(32))
+            > left.max(MAX_HEADER_BYTES)
+        {
+            return Err(ModelError::Format(format!(
+                "implausible counts: {n_tensors} tensors, {n_kv} metadata entries"
+            )));
         }
         if n_kv > MAX_METADATA_ENTRIES {
-            return Err(ModelError::Format(format!("{n_kv} metadata entries (at most {MAX_METADATA_ENTRIES})")));
+            return Err(ModelError::Format(format!(
+                "{n_kv} metadata entries (at most {MAX_METADATA_ENTRIES})"
+            )));
         }
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
@@ -589,7 +648,9 @@ impl GgufHeader {
             let name = r.string(&format!("tensor name #{i}"))?;
             let nd = r.u32(&name)?;
             if nd == 0 || nd > 4 {
-                return Err(ModelError::Format(format!("tensor '{name}': {nd} dimensions (1..4 allowed)")));
+                return Err(ModelError::Format(format!(
+                    "tensor '{name}': {nd} dimensions (1..4 allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(nd as usize);
             for _ in 0..nd {
@@ -597,44 +658,87 @@ impl GgufHeader {
             }
             let ty = r.u32(&name)?;
             let dtype = GgmlType::from_id(ty).map_err(|_| {
-                ModelError::Format(format!("tensor '{name}' has unsupported type {} (ggml type id {ty})", ggml_type_name(ty)))
+                ModelError::Format(format!(
+                    "tensor '{name}' has unsupported type {} (ggml type id {ty})",
+                    ggml_type_name(ty)
+                ))
             })?;
             let offset = r.u64(&name)?;
             // Far beyond any file; keeps offset + size arithmetic from overflowing.
             if offset > 1 << 56 {
-                return Err(ModelError::Format(format!("tensor '{name}': offset {offset} is beyond any file")));
+                return Err(ModelError::Format(format!(
+                    "tensor '{name}': offset {offset} is beyond any file"
+                )));
             }
             let elems = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
             match elems {
-                Some(e) if e > 0 && dims[0] % dtype.block_elems() as u64 == 0 && e < (1u64 << 40) => {}
-                _ => return Err(ModelError::Format(format!("tensor '{name}': bad shape {dims:?} for {}", dtype.name()))),
+                Some(e)
+                    if e > 0 && dims[0] % dtype.block_elems() as u64 == 0 && e < (1u64 << 40) => {}
+                _ => {
+                    return Err(ModelError::Format(format!(
+                        "tensor '{name}': bad shape {dims:?} for {}",
+                        dtype.name()
+                    )))
+                }
             }
-            tensors.push(TensorInfo { name, dims, dtype, offset });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                dtype,
+                offset,
+            });
         }
         let alignment = match metadata.get("general.alignment") {
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(ModelError::Format(format!("general.alignment {v:?} is not a power of two"))),
+                _ => {
+                    return Err(ModelError::Format(format!(
+                        "general.alignment {v:?} is not a power of two"
+                    )))
+                }
             },
             None => 32,
         };
         let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
         for t in &tensors {
             if t.offset % alignment != 0 {
-                return Err(ModelError::Format(format!("tensor '{}' offset {} is not {alignment}-aligned", t.name, t.offset)));
+                return Err(ModelError::Format(format!(
+                    "tensor '{}' offset {} is not {alignment}-aligned",
+                    t.name, t.offset
+                )));
             }
         }
-        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
+        Ok(GgufHeader {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
     }
 
     /// Heap memory the parsed header holds, counted from capacities: metadata map nodes, keys,
     /// values, and the tensor table. Allocator overhead aside, an upper bound.
     pub fn heap_bytes(&self) -> usize {
         // BTreeMap nodes hold 11 entries (and 12 child pointers) and are at least 5 full, the root aside.
-        let nodes = if self.metadata.is_empty() { 0 } else { self.metadata.len() / 5 + 1 };
-        let map = nodes * (11 * (size_of::<String>() + size_of::<Value>()) + 12 * size_of::<usize>() + 16);
-        let entries: usize = self.metadata.iter().map(|(k, v)| k.capacity() + v.heap_bytes()).sum();
-        let tensors = vec_heap(&self.tensors) + self.tensors.iter().map(|t| t.name.capacity() + vec_heap(&t.dims)).sum::<usize>();
+        let nodes = if self.metadata.is_empty() {
+            0
+        } else {
+            self.metadata.len() / 5 + 1
+        };
+        let map = nodes
+            * (11 * (size_of::<String>() + size_of::<Value>()) + 12 * size_of::<usize>() + 16);
+        let entries: usize = self
+            .metadata
+            .iter()
+            .map(|(k, v)| k.capacity() + v.heap_bytes())
+            .sum();
+        let tensors = vec_heap(&self.tensors)
+            + self
+                .tensors
+                .iter()
+                .map(|t| t.name.capacity() + vec_heap(&t.dims))
+                .sum::<usize>();
         map + entries + tensors
     }
 
@@ -646,7 +750,11 @@ impl GgufHeader {
     }
     /// Total file size the tensor table implies.
     pub fn required_len(&self) -> u64 {
-        self.tensors.iter().map(|t| self.data_offset + t.offset + t.bytes()).max().unwrap_or(self.data_offset)
+        self.tensors
+            .iter()
+            .map(|t| self.data_offset + t.offset + t.bytes())
+            .max()
+            .unwrap_or(self.data_offset)
     }
     /// Absolute byte range of a tensor in the file.
     pub fn tensor_range(&self, t: &TensorInfo) -> std::ops::Range<u64> {
@@ -658,7 +766,11 @@ impl GgufHeader {
         for t in &self.tensors {
             let end = self.data_offset + t.offset + t.bytes();
             if end > len {
-                return Err(ModelError::Truncated { what: format!("tensor '{}'", t.name), need: end, have: len });
+                return Err(ModelError::Truncated {
+                    what: format!("tensor '{}'", t.name),
+                    need: end,
+                    have: len,
+                });
             }
         }
         Ok(())
@@ -666,10 +778,11 @@ impl GgufHeader {
     /// A tensor's bytes in a whole file.
     pub fn tensor_bytes<'f>(&self, file: &'f [u8], t: &TensorInfo) -> Result<&'f [u8], ModelError> {
         let r = self.tensor_range(t);
-        file.get(r.start as usize..r.end as usize).ok_or_else(|| ModelError::Truncated {
-            what: format!("tensor '{}'", t.name),
-            need: r.end,
-            have: file.len() as u64,
-        })
+        file.get(r.start as usize..r.end as usize)
+            .ok_or_else(|| ModelError::Truncated {
+                what: format!("tensor '{}'", t.name),
+                need: r.end,
+                have: file.len() as u64,
+            })
     }
 }

@@ -128,15 +128,30 @@ fn block_index(name: &str) -> Option<usize> {
 
 /// [`requantize`], optionally keeping only the first `keep_layers` transformer blocks (a smaller,
 /// faster model with the same tokenizer, embeddings and head: for quick experiments and tests).
-pub fn requantize_layers(file: &[u8], target: GgmlType, keep_layers: Option<usize>) -> Result<Vec<u8>, ModelError> {
+pub fn requantize_layers(
+    file: &[u8],
+    target: GgmlType,
+    keep_layers: Option<usize>,
+) -> Result<Vec<u8>, ModelError> {
     let h = GgufHeader::parse(file)?;
     h.check_len(file.len() as u64)?;
-    let arch = h.metadata.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
+    let arch = h
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama")
+        .to_string();
     let block_key = format!("{arch}.block_count");
     if let Some(k) = keep_layers {
-        let n = h.metadata.get(&block_key).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        let n = h
+            .metadata
+            .get(&block_key)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
         if k == 0 || k > n {
-            return Err(ModelError::Format(format!("--keep-layers {k}: the model has {n} layers")));
+            return Err(ModelError::Format(format!(
+                "--keep-layers {k}: the model has {n} layers"
+            )));
         }
     }
     let mut tensors = Vec::with_capacity(h.tensors.len());
@@ -147,23 +162,42 @@ pub fn requantize_layers(file: &[u8], target: GgmlType, keep_layers: Option<usiz
             }
         }
         let bytes = h.tensor_bytes(file, t)?;
-        let convert = t.dims.len() == 2 && t.dims[0] % target.block_elems() as u64 == 0 && t.dtype != target;
+        let convert =
+            t.dims.len() == 2 && t.dims[0] % target.block_elems() as u64 == 0 && t.dtype != target;
         let (dtype, data) = if convert {
             let x = dequantize(t.dtype, bytes, t.elems() as usize)?;
             let data = match target {
                 GgmlType::Q8_0 => quantize_q8_0(&x),
                 GgmlType::Q4_0 => quantize_q4_0(&x),
-                GgmlType::F16 => x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+                GgmlType::F16 => x
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
                 GgmlType::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                other => return Err(ModelError::Format(format!("creme quantize writes q8_0, q4_0, f16 or f32, not {}", other.name()))),
+                other => {
+                    return Err(ModelError::Format(format!(
+                        "creme quantize writes q8_0, q4_0, f16 or f32, not {}",
+                        other.name()
+                    )))
+                }
             };
             (target, data)
         } else {
             (t.dtype, bytes.to_vec())
         };
-        tensors.push(TensorOut { name: t.name.clone(), dims: t.dims.clone(), dtype, data });
+        tensors.push(TensorOut {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            dtype,
+            data,
+        });
     }
-    let mut meta: Vec<(String, Value)> = h.metadata.iter().filter(|(k, _)| k.as_str() != "general.file_type").map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta: Vec<(String, Value)> = h
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.file_type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if let Some(k) = keep_layers {
         for (key, v) in meta.iter_mut() {
             if *key == block_key {
@@ -171,6 +205,9 @@ pub fn requantize_layers(file: &[u8], target: GgmlType, keep_layers: Option<usiz
             }
         }
     }
-    meta.push(("general.quantized_by".into(), Value::Str("creme quantize".into())));
+    meta.push((
+        "general.quantized_by".into(),
+        Value::Str("creme quantize".into()),
+    ));
     Ok(write_gguf(&meta, &tensors))
 }

@@ -18,9 +18,20 @@ pub struct KvCache {
 impl KvCache {
     /// Copy keys/values of `layers` at cache positions `positions` from `src`'s sequence
     /// `src_slot` into this cache's sequence `dst_slot` (both caches of the same model).
-    pub fn copy_from(&mut self, dev: &Device, src: &KvCache, src_slot: usize, dst_slot: usize, layers: std::ops::Range<usize>, positions: std::ops::Range<usize>) -> Result<(), ModelError> {
+    pub fn copy_from(
+        &mut self,
+        dev: &Device,
+        src: &KvCache,
+        src_slot: usize,
+        dst_slot: usize,
+        layers: std::ops::Range<usize>,
+        positions: std::ops::Range<usize>,
+    ) -> Result<(), ModelError> {
         let n = positions.len();
-        let (s0, d0) = (src_slot * src.capacity + positions.start, dst_slot * self.capacity + positions.start);
+        let (s0, d0) = (
+            src_slot * src.capacity + positions.start,
+            dst_slot * self.capacity + positions.start,
+        );
         for l in layers {
             dev.copy_rows(&src.layers[l].k, s0, &mut self.layers[l].k, d0, n)?;
             dev.copy_rows(&src.layers[l].v, s0, &mut self.layers[l].v, d0, n)?;
@@ -30,20 +41,43 @@ impl KvCache {
 }
 
 impl Model {
-    pub fn new_cache(&self, dev: &Device, pad: Vec<u32>, capacity: usize) -> Result<KvCache, ModelError> {
+    pub fn new_cache(
+        &self,
+        dev: &Device,
+        pad: Vec<u32>,
+        capacity: usize,
+    ) -> Result<KvCache, ModelError> {
         if capacity > self.max_positions {
-            return Err(ModelError::Format(format!("context of {capacity} tokens is over this model's limit of {} here", self.max_positions)));
+            return Err(ModelError::Format(format!(
+                "context of {capacity} tokens is over this model's limit of {} here",
+                self.max_positions
+            )));
         }
         let kvw = self.cfg.n_kv_heads * self.cfg.head_dim;
         let rows = pad.len() * capacity;
         let bytes = (rows * kvw * 4) as u64;
         if bytes > dev.max_tensor_bytes() {
-            return Err(GpuError::TooLarge { tensor: "kv cache".into(), bytes, limit: dev.max_tensor_bytes() }.into());
+            return Err(GpuError::TooLarge {
+                tensor: "kv cache".into(),
+                bytes,
+                limit: dev.max_tensor_bytes(),
+            }
+            .into());
         }
         let mut layers = Vec::with_capacity(self.cfg.n_layers);
         for _ in 0..self.cfg.n_layers {
-            layers.push(KvLayer { k: dev.zeros("k cache", rows, kvw)?, v: dev.zeros("v cache", rows, kvw)? });
+            layers.push(KvLayer {
+                k: dev.zeros("k cache", rows, kvw)?,
+                v: dev.zeros("v cache", rows, kvw)?,
+            });
         }
-        Ok(KvCache { layers, batch: pad.len(), capacity, pad_tensor: dev.upload_u32("pad", &pad)?, pad, len: 0 })
+        Ok(KvCache {
+            layers,
+            batch: pad.len(),
+            capacity,
+            pad_tensor: dev.upload_u32("pad", &pad)?,
+            pad,
+            len: 0,
+        })
     }
 }

@@ -11,12 +11,12 @@ pub mod safetensors;
 pub mod tokenizer;
 mod weight_edit;
 
+pub use crate::quant::{self, GgmlType};
 pub use config::{ModelConfig, RopeStyle};
 pub use forward::{ForwardOut, Input, Logits, Model};
 pub use gguf::{GgufHeader, TensorInfo};
 pub use kv_cache::KvCache;
 pub use loader::{check_tensor_table, ModelLoader};
-pub use crate::quant::{self, GgmlType};
 pub use tokenizer::Tokenizer;
 
 /// The old home of the forward pass's types (kept so existing paths resolve).

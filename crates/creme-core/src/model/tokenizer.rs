@@ -21,28 +21,43 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Build from `tokenizer.ggml.*` metadata (model `gpt2`: byte-level BPE).
     pub fn from_gguf(h: &GgufHeader) -> Result<Tokenizer, ModelError> {
-        let get = |k: &str| h.get(k).ok_or_else(|| ModelError::Missing(format!("GGUF metadata {k}")));
+        let get = |k: &str| {
+            h.get(k)
+                .ok_or_else(|| ModelError::Missing(format!("GGUF metadata {k}")))
+        };
         let model = get("tokenizer.ggml.model")?.as_str().unwrap_or("");
         if model != "gpt2" {
-            return Err(ModelError::Tokenizer(format!("tokenizer model '{model}' is not supported (byte-level BPE 'gpt2' is)")));
+            return Err(ModelError::Tokenizer(format!(
+                "tokenizer model '{model}' is not supported (byte-level BPE 'gpt2' is)"
+            )));
         }
-        let pre = h.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+        let pre = h
+            .get("tokenizer.ggml.pre")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
         let tokens = get("tokenizer.ggml.tokens")?
             .as_array()
             .ok_or_else(|| ModelError::Tokenizer("tokenizer.ggml.tokens is not an array".into()))?;
         let merges = get("tokenizer.ggml.merges")?
             .as_array()
             .ok_or_else(|| ModelError::Tokenizer("tokenizer.ggml.merges is not an array".into()))?;
-        let types = h.get("tokenizer.ggml.token_type").and_then(|v| v.as_array());
+        let types = h
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array());
 
         let mut vocab = serde_json::Map::with_capacity(tokens.len());
         let mut added = Vec::new();
         let mut special = Vec::new();
         for (i, t) in tokens.iter().enumerate() {
-            let s = t.as_str().ok_or_else(|| ModelError::Tokenizer(format!("token #{i} is not a string")))?;
+            let s = t
+                .as_str()
+                .ok_or_else(|| ModelError::Tokenizer(format!("token #{i} is not a string")))?;
             vocab.insert(s.to_string(), json!(i));
             // ggml token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
-            let ty = types.and_then(|a| a.get(i)).and_then(|v| v.as_u64()).unwrap_or(1);
+            let ty = types
+                .and_then(|a| a.get(i))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(1);
             if ty == 3 || ty == 4 {
                 added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
                                   "normalized": false, "special": true}));
@@ -53,8 +68,12 @@ impl Tokenizer {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                let s = m.as_str().ok_or_else(|| ModelError::Tokenizer(format!("merge #{i} is not a string")))?;
-                let (a, b) = s.split_once(' ').ok_or_else(|| ModelError::Tokenizer(format!("merge #{i} '{s}' has no space")))?;
+                let s = m
+                    .as_str()
+                    .ok_or_else(|| ModelError::Tokenizer(format!("merge #{i} is not a string")))?;
+                let (a, b) = s.split_once(' ').ok_or_else(|| {
+                    ModelError::Tokenizer(format!("merge #{i} '{s}' has no space"))
+                })?;
                 Ok(json!([a, b]))
             })
             .collect::<Result<_, ModelError>>()?;
@@ -67,7 +86,10 @@ impl Tokenizer {
                     {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}]}),
             ),
             // GPT-2 style regex inside ByteLevel: what HF builds for llama-arch GGUFs with a gpt2 vocab.
-            _ => (Json::Null, json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true})),
+            _ => (
+                Json::Null,
+                json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true}),
+            ),
         };
         let doc = json!({
             "version": "1.0",
@@ -82,25 +104,39 @@ impl Tokenizer {
                       "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": merges}
         });
-        let inner = tokenizers::Tokenizer::from_str(&doc.to_string()).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_str(&doc.to_string())
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(Tokenizer { inner, special })
     }
 
     /// Load an HF tokenizer.json.
     pub fn from_json(bytes: &[u8]) -> Result<Tokenizer, ModelError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        let special = inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(i, _)| *i).collect();
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let special = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(i, _)| *i)
+            .collect();
         Ok(Tokenizer { inner, special })
     }
 
     /// Token ids of `text`; no BOS is added (these models' `add_bos_token` is false).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        Ok(self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.inner.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     pub fn is_special(&self, id: u32) -> bool {
@@ -109,7 +145,9 @@ impl Tokenizer {
 
     /// The tokenizer as HF tokenizer.json text.
     pub fn to_json(&self) -> Result<String, ModelError> {
-        self.inner.to_string(false).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        self.inner
+            .to_string(false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -1,15 +1,18 @@
 //! Replacing and restoring one layer's W_down (a CREME edit applied to a loaded model).
 
 use super::forward::Model;
-use crate::quant::GgmlType;
 use crate::backend::{Backend, Device};
 use crate::error::ModelError;
+use crate::quant::GgmlType;
 
 impl Model {
     /// W_down of layer `l` as f32 [d_model, d_ff] (dequantized from the file's blocks, or the
     /// applied edit).
     pub async fn ffn_down_f32(&self, dev: &Device, l: usize) -> Result<Vec<f32>, ModelError> {
-        let layer = self.layers.get(l).ok_or_else(|| ModelError::Format(format!("layer {l} of {}", self.cfg.n_layers)))?;
+        let layer = self
+            .layers
+            .get(l)
+            .ok_or_else(|| ModelError::Format(format!("layer {l} of {}", self.cfg.n_layers)))?;
         dev.weight_f32(&layer.w.down).await
     }
 
@@ -18,11 +21,23 @@ impl Model {
     pub fn set_ffn_down(&mut self, dev: &Device, l: usize, w: &[f32]) -> Result<(), ModelError> {
         let (d, f) = (self.cfg.d_model, self.cfg.d_ff);
         if w.len() != d * f {
-            return Err(ModelError::Format(format!("edited W_down has {} values, expected {d} x {f}", w.len())));
+            return Err(ModelError::Format(format!(
+                "edited W_down has {} values, expected {d} x {f}",
+                w.len()
+            )));
         }
         let n = self.cfg.n_layers;
-        let layer = self.layers.get_mut(l).ok_or_else(|| ModelError::Format(format!("layer {l} of {n}")))?;
-        let new = dev.upload_weight(&format!("blk.{l}.ffn_down.weight (edited)"), GgmlType::F32, d, f, bytemuck::cast_slice(w))?;
+        let layer = self
+            .layers
+            .get_mut(l)
+            .ok_or_else(|| ModelError::Format(format!("layer {l} of {n}")))?;
+        let new = dev.upload_weight(
+            &format!("blk.{l}.ffn_down.weight (edited)"),
+            GgmlType::F32,
+            d,
+            f,
+            bytemuck::cast_slice(w),
+        )?;
         let old = std::mem::replace(&mut layer.w.down, new);
         if layer.down_original.is_none() {
             layer.down_original = Some(old);
@@ -41,6 +56,11 @@ impl Model {
 
     /// Layers whose W_down is currently edited.
     pub fn edited_layers(&self) -> Vec<usize> {
-        self.layers.iter().enumerate().filter(|(_, l)| l.down_original.is_some()).map(|(i, _)| i).collect()
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.down_original.is_some())
+            .map(|(i, _)| i)
+            .collect()
     }
 }

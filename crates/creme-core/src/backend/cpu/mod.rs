@@ -10,7 +10,10 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use self::qmatmul::{axpy_f32, dot_f32, matmul, CpuWeight, MatmulScratch};
-use super::{AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage, Tensor, Weight};
+use super::{
+    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage,
+    Tensor, Weight,
+};
 use crate::error::ModelError;
 use crate::quant::GgmlType;
 
@@ -51,12 +54,18 @@ impl Default for CpuBackend {
 
 impl CpuBackend {
     pub fn new() -> CpuBackend {
-        CpuBackend { scratch: Mutex::new(Scratch::default()), exact: false }
+        CpuBackend {
+            scratch: Mutex::new(Scratch::default()),
+            exact: false,
+        }
     }
 
     /// The exact-activation mode (see the field).
     pub fn exact() -> CpuBackend {
-        CpuBackend { exact: true, ..Self::new() }
+        CpuBackend {
+            exact: true,
+            ..Self::new()
+        }
     }
 
     fn scratch(&self) -> std::sync::MutexGuard<'_, Scratch> {
@@ -82,7 +91,11 @@ fn rope(x: &mut [f32], pos: &[u32], table: &[f32], heads: usize, hd: usize, inte
         let t = &table[p as usize * half * 2..(p as usize + 1) * half * 2];
         for head in row.chunks_mut(hd) {
             for i in 0..half {
-                let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                let (a, b) = if interleaved {
+                    (2 * i, 2 * i + 1)
+                } else {
+                    (i, i + half)
+                };
                 let (c, s) = (t[2 * i], t[2 * i + 1]);
                 let (x0, x1) = (head[a], head[b]);
                 head[a] = x0 * c - x1 * s;
@@ -115,7 +128,15 @@ thread_local! {
 
 /// Causal attention of a chunk over the cache: query (b, t) at cache position p0 + t sees keys
 /// pad[b] ..= p0 + t; query head h reads kv head h / (heads / kv_heads).
-fn attention(q: &[f32], kc: &[f32], vc: &[f32], out: &mut [f32], s: &BlockShape, st: &AttnStep<'_>, pad: &[u32]) {
+fn attention(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    out: &mut [f32],
+    s: &BlockShape,
+    st: &AttnStep<'_>,
+    pad: &[u32],
+) {
     let (hd, heads) = (s.head_dim, s.n_heads);
     let kvw = s.n_kv_heads * hd;
     let group = heads / s.n_kv_heads;
@@ -152,28 +173,57 @@ impl Backend for CpuBackend {
         BackendKind::Cpu
     }
     fn describe(&self) -> String {
-        let mode = if self.exact { ", exact f32 activations" } else { "" };
-        format!("cpu: {} threads, {} kernels{mode}", rayon::current_num_threads(), qmatmul::isa())
+        let mode = if self.exact {
+            ", exact f32 activations"
+        } else {
+            ""
+        };
+        format!(
+            "cpu: {} threads, {} kernels{mode}",
+            rayon::current_num_threads(),
+            qmatmul::isa()
+        )
     }
     fn max_tensor_bytes(&self) -> u64 {
         // Host memory: probe batches are bounded by their count (see trace), not by a binding.
         1 << 31
     }
 
-    fn tensor(&self, label: &str, dtype: DType, rows: usize, width: usize, data: Option<&[f32]>) -> Result<Tensor, ModelError> {
+    fn tensor(
+        &self,
+        label: &str,
+        dtype: DType,
+        rows: usize,
+        width: usize,
+        data: Option<&[f32]>,
+    ) -> Result<Tensor, ModelError> {
         let n = rows * width;
         let v = match data {
             Some(d) if d.len() >= n => d[..n].to_vec(),
-            Some(d) => return Err(ModelError::Format(format!("{label}: {} values for [{rows} x {width}]", d.len()))),
+            Some(d) => {
+                return Err(ModelError::Format(format!(
+                    "{label}: {} values for [{rows} x {width}]",
+                    d.len()
+                )))
+            }
             None => vec![0.0; n],
         };
-        Ok(Tensor { dtype, rows, width, storage: Storage::Cpu(v) })
+        Ok(Tensor {
+            dtype,
+            rows,
+            width,
+            storage: Storage::Cpu(v),
+        })
     }
 
     fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError> {
         let dst = t.cpu_mut()?;
         if data.len() > dst.len() {
-            return Err(ModelError::Format(format!("write: {} values into a tensor of {}", data.len(), dst.len())));
+            return Err(ModelError::Format(format!(
+                "write: {} values into a tensor of {}",
+                data.len(),
+                dst.len()
+            )));
         }
         dst[..data.len()].copy_from_slice(data);
         Ok(())
@@ -184,9 +234,19 @@ impl Backend for CpuBackend {
         Ok(v[..n.min(v.len())].to_vec())
     }
 
-    fn copy_rows(&self, src: &Tensor, src_row: usize, dst: &mut Tensor, dst_row: usize, n: usize) -> Result<(), ModelError> {
+    fn copy_rows(
+        &self,
+        src: &Tensor,
+        src_row: usize,
+        dst: &mut Tensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
         if src.width != dst.width || src_row + n > src.rows || dst_row + n > dst.rows {
-            return Err(ModelError::Format(format!("copy_rows: {n} rows from [{} x {}] at {src_row} into [{} x {}] at {dst_row}", src.rows, src.width, dst.rows, dst.width)));
+            return Err(ModelError::Format(format!(
+                "copy_rows: {n} rows from [{} x {}] at {src_row} into [{} x {}] at {dst_row}",
+                src.rows, src.width, dst.rows, dst.width
+            )));
         }
         let w = src.width;
         let s = &src.cpu()?[src_row * w..(src_row + n) * w];
@@ -194,14 +254,23 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn upload_weight(&self, name: &str, dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, ModelError> {
+    fn upload_weight(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Weight, ModelError> {
         let err = |e: String| ModelError::Format(format!("'{name}': {e}"));
         let w = CpuWeight::new(dtype, rows, cols, bytes).map_err(err)?;
         if !self.exact || dtype == GgmlType::F32 {
             return Ok(Weight::Cpu(w));
         }
         let f32s = w.to_f32();
-        Ok(Weight::Cpu(CpuWeight::new(GgmlType::F32, rows, cols, bytemuck::cast_slice(&f32s)).map_err(err)?))
+        Ok(Weight::Cpu(
+            CpuWeight::new(GgmlType::F32, rows, cols, bytemuck::cast_slice(&f32s)).map_err(err)?,
+        ))
     }
 
     async fn weight_f32(&self, w: &Weight) -> Result<Vec<f32>, ModelError> {
@@ -212,11 +281,25 @@ impl Backend for CpuBackend {
         x.check("matmul_q", m, w.cols())?;
         y.check("matmul_q", m, w.rows())?;
         let ldy = w.rows();
-        matmul(w.cpu()?, &x.cpu()?[..m * w.cols()], m, y.cpu_mut()?, ldy, &mut self.scratch().mm);
+        matmul(
+            w.cpu()?,
+            &x.cpu()?[..m * w.cols()],
+            m,
+            y.cpu_mut()?,
+            ldy,
+            &mut self.scratch().mm,
+        );
         Ok(())
     }
 
-    fn attention_block(&self, w: &LayerWeights, s: &BlockShape, x: &mut Tensor, kv: &mut KvLayer, st: &AttnStep<'_>) -> Result<(), ModelError> {
+    fn attention_block(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &mut Tensor,
+        kv: &mut KvLayer,
+        st: &AttnStep<'_>,
+    ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let d = s.d_model;
         let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
@@ -227,7 +310,11 @@ impl Backend for CpuBackend {
         let xv = &mut x.cpu_mut()?[..rows * d];
         let xn = grow(&mut sc.xn, rows * d);
         rmsnorm(xv, w.attn_norm.cpu()?, xn, d, s.rms_eps);
-        let (q, k, v) = (grow(&mut sc.q, rows * qw), grow(&mut sc.k, rows * kvw), grow(&mut sc.v, rows * kvw));
+        let (q, k, v) = (
+            grow(&mut sc.q, rows * qw),
+            grow(&mut sc.k, rows * kvw),
+            grow(&mut sc.v, rows * kvw),
+        );
         matmul(w.q.cpu()?, xn, rows, q, qw, &mut sc.mm);
         matmul(w.k.cpu()?, xn, rows, k, kvw, &mut sc.mm);
         matmul(w.v.cpu()?, xn, rows, v, kvw, &mut sc.mm);
@@ -251,7 +338,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn mlp_act(&self, w: &LayerWeights, s: &BlockShape, x: &Tensor, act: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+    fn mlp_act(
+        &self,
+        w: &LayerWeights,
+        s: &BlockShape,
+        x: &Tensor,
+        act: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         let (d, f) = (s.d_model, s.d_ff);
         x.check("mlp_act", rows, d)?;
         act.check("mlp_act", rows, f)?;
@@ -262,36 +356,78 @@ impl Backend for CpuBackend {
         let (g, u) = (grow(&mut sc.gate, rows * f), grow(&mut sc.up, rows * f));
         matmul(w.gate.cpu()?, xn, rows, g, f, &mut sc.mm);
         matmul(w.up.cpu()?, xn, rows, u, f, &mut sc.mm);
-        for ((a, gv), uv) in act.cpu_mut()?[..rows * f].iter_mut().zip(g.iter()).zip(u.iter()) {
+        for ((a, gv), uv) in act.cpu_mut()?[..rows * f]
+            .iter_mut()
+            .zip(g.iter())
+            .zip(u.iter())
+        {
             *a = gv / (1.0 + (-gv).exp()) * uv;
         }
         Ok(())
     }
 
-    fn mlp_down_add(&self, w: &LayerWeights, act: &Tensor, x: &mut Tensor, rows: usize) -> Result<(), ModelError> {
+    fn mlp_down_add(
+        &self,
+        w: &LayerWeights,
+        act: &Tensor,
+        x: &mut Tensor,
+        rows: usize,
+    ) -> Result<(), ModelError> {
         let (d, f) = (w.down.rows(), w.down.cols());
         act.check("mlp_down_add", rows, f)?;
         x.check("mlp_down_add", rows, d)?;
         let mut guard = self.scratch();
         let sc = &mut *guard;
         let tmp = grow(&mut sc.tmp, rows * d);
-        matmul(w.down.cpu()?, &act.cpu()?[..rows * f], rows, tmp, d, &mut sc.mm);
-        x.cpu_mut()?[..rows * d].iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += b);
+        matmul(
+            w.down.cpu()?,
+            &act.cpu()?[..rows * f],
+            rows,
+            tmp,
+            d,
+            &mut sc.mm,
+        );
+        x.cpu_mut()?[..rows * d]
+            .iter_mut()
+            .zip(tmp.iter())
+            .for_each(|(a, b)| *a += b);
         Ok(())
     }
 
-    fn head(&self, norm: &Tensor, head: &Weight, eps: f32, x: &Tensor, rows: &[usize]) -> Result<Tensor, ModelError> {
+    fn head(
+        &self,
+        norm: &Tensor,
+        head: &Weight,
+        eps: f32,
+        x: &Tensor,
+        rows: &[usize],
+    ) -> Result<Tensor, ModelError> {
         let (d, vocab, n) = (head.cols(), head.rows(), rows.len());
         if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
             return Err(ModelError::Format(format!("head: row {bad} of {}", x.rows)));
         }
         let xv = x.cpu()?;
-        let gathered: Vec<f32> = rows.iter().flat_map(|&r| xv[r * d..(r + 1) * d].iter().cloned()).collect();
+        let gathered: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| xv[r * d..(r + 1) * d].iter().cloned())
+            .collect();
         let mut normed = vec![0f32; n * d];
         rmsnorm(&gathered, norm.cpu()?, &mut normed, d, eps);
         let mut logits = vec![0f32; n * vocab];
-        matmul(head.cpu()?, &normed, n, &mut logits, vocab, &mut self.scratch().mm);
-        Ok(Tensor { dtype: DType::F32, rows: n, width: vocab, storage: Storage::Cpu(logits) })
+        matmul(
+            head.cpu()?,
+            &normed,
+            n,
+            &mut logits,
+            vocab,
+            &mut self.scratch().mm,
+        );
+        Ok(Tensor {
+            dtype: DType::F32,
+            rows: n,
+            width: vocab,
+            storage: Storage::Cpu(logits),
+        })
     }
 
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
@@ -310,10 +446,18 @@ impl Backend for CpuBackend {
             .collect())
     }
 
-    async fn token_logprobs(&self, logits: &Tensor, targets: &[u32]) -> Result<Vec<f32>, ModelError> {
+    async fn token_logprobs(
+        &self,
+        logits: &Tensor,
+        targets: &[u32],
+    ) -> Result<Vec<f32>, ModelError> {
         let w = logits.width;
         if targets.len() > logits.rows || targets.iter().any(|&t| t as usize >= w) {
-            return Err(ModelError::Format(format!("token_logprobs: {} targets for {} rows of {w}", targets.len(), logits.rows)));
+            return Err(ModelError::Format(format!(
+                "token_logprobs: {} targets for {} rows of {w}",
+                targets.len(),
+                logits.rows
+            )));
         }
         let lv = logits.cpu()?;
         Ok(targets
@@ -328,24 +472,52 @@ impl Backend for CpuBackend {
             .collect())
     }
 
-    fn matmul_f32(&self, x: &Tensor, w: &Tensor, y: &mut Tensor, m: usize, n: usize, k: usize) -> Result<(), ModelError> {
+    fn matmul_f32(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &mut Tensor,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(), ModelError> {
         if x.len() < m * k || w.len() < n * k || y.len() < m * n {
-            return Err(ModelError::Format(format!("matmul_f32: x {}, w {}, y {} for m={m} n={n} k={k}", x.len(), w.len(), y.len())));
+            return Err(ModelError::Format(format!(
+                "matmul_f32: x {}, w {}, y {} for m={m} n={n} k={k}",
+                x.len(),
+                w.len(),
+                y.len()
+            )));
         }
         let (xv, wv) = (x.cpu()?, w.cpu()?);
-        y.cpu_mut()?[..m * n].par_chunks_mut(n).enumerate().for_each(|(i, yr)| {
-            let xr = &xv[i * k..(i + 1) * k];
-            for (j, yv) in yr.iter_mut().enumerate() {
-                *yv = dot_f32(xr, &wv[j * k..(j + 1) * k]);
-            }
-        });
+        y.cpu_mut()?[..m * n]
+            .par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(i, yr)| {
+                let xr = &xv[i * k..(i + 1) * k];
+                for (j, yv) in yr.iter_mut().enumerate() {
+                    *yv = dot_f32(xr, &wv[j * k..(j + 1) * k]);
+                }
+            });
         Ok(())
     }
 
-    fn adam(&self, w: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, p: AdamStep) -> Result<(), ModelError> {
+    fn adam(
+        &self,
+        w: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        p: AdamStep,
+    ) -> Result<(), ModelError> {
         let n = w.len();
         if grad.len() < n || m.len() < n || v.len() < n {
-            return Err(ModelError::Format(format!("adam: w {n}, grad {}, m {}, v {}", grad.len(), m.len(), v.len())));
+            return Err(ModelError::Format(format!(
+                "adam: w {n}, grad {}, m {}, v {}",
+                grad.len(),
+                m.len(),
+                v.len()
+            )));
         }
         let (b1, b2) = (p.b1 as f32, p.b2 as f32);
         let bc1 = (1.0 - p.b1.powi(p.t as i32)) as f32;

@@ -41,23 +41,52 @@ pub struct CpuWeight {
 
 impl CpuWeight {
     /// Errors if cols is not a multiple of the block size or bytes are too short.
-    pub fn new(dtype: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Result<CpuWeight, String> {
+    pub fn new(
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<CpuWeight, String> {
         let be = dtype.block_elems();
         if !cols.is_multiple_of(be) {
-            return Err(format!("{} weight: {cols} columns is not a multiple of the block size {be}", dtype.name()));
+            return Err(format!(
+                "{} weight: {cols} columns is not a multiple of the block size {be}",
+                dtype.name()
+            ));
         }
         let need = rows * dtype.row_bytes(cols);
         if bytes.len() < need {
-            return Err(format!("{} weight [{rows}, {cols}]: need {need} bytes, have {}", dtype.name(), bytes.len()));
+            return Err(format!(
+                "{} weight [{rows}, {cols}]: need {need} bytes, have {}",
+                dtype.name(),
+                bytes.len()
+            ));
         }
         let b = &bytes[..need];
         let data = match dtype {
-            GgmlType::F32 => Data::F32(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            GgmlType::F16 => Data::F32(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-            GgmlType::BF16 => Data::F32(b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            GgmlType::F32 => Data::F32(
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            GgmlType::F16 => Data::F32(
+                b.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            GgmlType::BF16 => Data::F32(
+                b.chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
             _ => Data::Blocks(b.to_vec()),
         };
-        Ok(CpuWeight { dtype, rows, cols, data })
+        Ok(CpuWeight {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
     }
 
     pub fn dtype(&self) -> GgmlType {
@@ -76,7 +105,9 @@ impl CpuWeight {
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.data {
             Data::F32(v) => v.clone(),
-            Data::Blocks(b) => dequantize(self.dtype, b, self.rows * self.cols).expect("checked at construction"),
+            Data::Blocks(b) => {
+                dequantize(self.dtype, b, self.rows * self.cols).expect("checked at construction")
+            }
         }
     }
 
@@ -100,7 +131,9 @@ pub(crate) enum Isa {
 fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
         let v512 = is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
@@ -194,12 +227,26 @@ fn quantize_block_scalar(x: &[f32], q: &mut [i8], init: &mut [i32], c: i32) -> (
     (d, q[..32].iter().map(|&v| v as i32).sum())
 }
 
-fn quantize_row(isa: Isa, x: &[f32], q: &mut [i8], d: &mut [f32], xs: &mut [f32], init: &mut [i32], c: i32) {
+fn quantize_row(
+    isa: Isa,
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    xs: &mut [f32],
+    init: &mut [i32],
+    c: i32,
+) {
     for g in 0..d.len() {
-        let (xb, qb, ib) = (&x[32 * g..32 * g + 32], &mut q[32 * g..32 * g + 32], &mut init[8 * g..8 * g + 8]);
+        let (xb, qb, ib) = (
+            &x[32 * g..32 * g + 32],
+            &mut q[32 * g..32 * g + 32],
+            &mut init[8 * g..8 * g + 8],
+        );
         let (dg, sum) = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 | Isa::VnniAvx | Isa::Avx2 => unsafe { simd::quantize_block(xb, qb, ib, c) },
+            Isa::Vnni512 | Isa::VnniAvx | Isa::Avx2 => unsafe {
+                simd::quantize_block(xb, qb, ib, c)
+            },
             _ => quantize_block_scalar(xb, qb, ib, c),
         };
         d[g] = dg;
@@ -225,16 +272,39 @@ impl MatmulScratch {
         grow(&mut self.d, m * nsub);
         grow(&mut self.xs, m * nsub);
         grow(&mut self.init, m * nsub * 8);
-        let (q, d, xs, init) = (&mut self.q[..m * k], &mut self.d[..m * nsub], &mut self.xs[..m * nsub], &mut self.init[..m * nsub * 8]);
-        let row = |i: usize, q: &mut [i8], d: &mut [f32], xs: &mut [f32], init: &mut [i32]| quantize_row(isa, &x[i * k..(i + 1) * k], q, d, xs, init, c);
+        let (q, d, xs, init) = (
+            &mut self.q[..m * k],
+            &mut self.d[..m * nsub],
+            &mut self.xs[..m * nsub],
+            &mut self.init[..m * nsub * 8],
+        );
+        let row = |i: usize, q: &mut [i8], d: &mut [f32], xs: &mut [f32], init: &mut [i32]| {
+            quantize_row(isa, &x[i * k..(i + 1) * k], q, d, xs, init, c)
+        };
         if m * k < 1 << 16 {
-            let rows = q.chunks_mut(k).zip(d.chunks_mut(nsub)).zip(xs.chunks_mut(nsub)).zip(init.chunks_mut(nsub * 8));
-            rows.enumerate().for_each(|(i, (((q, d), xs), init))| row(i, q, d, xs, init));
+            let rows = q
+                .chunks_mut(k)
+                .zip(d.chunks_mut(nsub))
+                .zip(xs.chunks_mut(nsub))
+                .zip(init.chunks_mut(nsub * 8));
+            rows.enumerate()
+                .for_each(|(i, (((q, d), xs), init))| row(i, q, d, xs, init));
         } else {
-            let rows = q.par_chunks_mut(k).zip(d.par_chunks_mut(nsub)).zip(xs.par_chunks_mut(nsub)).zip(init.par_chunks_mut(nsub * 8));
-            rows.enumerate().for_each(|(i, (((q, d), xs), init))| row(i, q, d, xs, init));
+            let rows = q
+                .par_chunks_mut(k)
+                .zip(d.par_chunks_mut(nsub))
+                .zip(xs.par_chunks_mut(nsub))
+                .zip(init.par_chunks_mut(nsub * 8));
+            rows.enumerate()
+                .for_each(|(i, (((q, d), xs), init))| row(i, q, d, xs, init));
         }
-        XView { q: self.q.as_ptr(), d: self.d.as_ptr(), xs: self.xs.as_ptr(), init: self.init.as_ptr(), nsub }
+        XView {
+            q: self.q.as_ptr(),
+            d: self.d.as_ptr(),
+            xs: self.xs.as_ptr(),
+            init: self.init.as_ptr(),
+            nsub,
+        }
     }
 }
 
@@ -249,25 +319,51 @@ fn grow<T: Default + Clone>(v: &mut Vec<T>, n: usize) {
 
 /// y[i * ldy + j] = sum_kk x[i * k + kk] * W[j, kk]   for i < m, j < w.rows(), k = w.cols().
 /// Other entries of y are untouched. Uses all rayon threads (split over output rows j).
-pub fn matmul(w: &CpuWeight, x: &[f32], m: usize, y: &mut [f32], ldy: usize, scratch: &mut MatmulScratch) {
+pub fn matmul(
+    w: &CpuWeight,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    ldy: usize,
+    scratch: &mut MatmulScratch,
+) {
     matmul_isa(cur_isa(), w, x, m, y, ldy, scratch)
 }
 
-pub(crate) fn matmul_isa(isa: Isa, w: &CpuWeight, x: &[f32], m: usize, y: &mut [f32], ldy: usize, scratch: &mut MatmulScratch) {
+pub(crate) fn matmul_isa(
+    isa: Isa,
+    w: &CpuWeight,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+    ldy: usize,
+    scratch: &mut MatmulScratch,
+) {
     let (n, k) = (w.rows, w.cols);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(x.len() >= m * k, "matmul: x has {} values, need {m} x {k}", x.len());
+    assert!(
+        x.len() >= m * k,
+        "matmul: x has {} values, need {m} x {k}",
+        x.len()
+    );
     assert!(m == 1 || ldy >= n, "matmul: ldy {ldy} < rows {n}");
     assert!(y.len() >= (m - 1) * ldy + n, "matmul: y too short");
-    let yp = YPtr { p: y.as_mut_ptr(), ldy };
+    let yp = YPtr {
+        p: y.as_mut_ptr(),
+        ldy,
+    };
     match &w.data {
-        Data::F32(wf) => for_chunks(n, m * n * k, |j0, j1| f32_chunk(isa, wf, k, x, m, j0, j1, yp)),
+        Data::F32(wf) => for_chunks(n, m * n * k, |j0, j1| {
+            f32_chunk(isa, wf, k, x, m, j0, j1, yp)
+        }),
         Data::Blocks(wb) => {
             let xv = scratch.quantize(isa, x, m, k, offset(isa, w.dtype));
             let rb = w.row_bytes();
-            for_chunks(n, m * n * k, |j0, j1| quant_chunk(isa, w.dtype, wb, rb, &xv, m, j0, j1, yp));
+            for_chunks(n, m * n * k, |j0, j1| {
+                quant_chunk(isa, w.dtype, wb, rb, &xv, m, j0, j1, yp)
+            });
         }
     }
 }
@@ -280,11 +376,23 @@ fn for_chunks(n: usize, work: usize, f: impl Fn(usize, usize) + Sync) {
         return f(0, n);
     }
     let chunk = n.div_ceil(threads * 4).next_multiple_of(16);
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| f(c * chunk, (c * chunk + chunk).min(n)));
+    (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .for_each(|c| f(c * chunk, (c * chunk + chunk).min(n)));
 }
 
 #[allow(clippy::too_many_arguments)]
-fn quant_chunk(isa: Isa, t: GgmlType, wb: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+fn quant_chunk(
+    isa: Isa,
+    t: GgmlType,
+    wb: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         // Safety: isa was detected (or is a subset of it in tests); shapes checked by matmul.
@@ -304,7 +412,10 @@ fn f32_chunk(isa: Isa, w: &[f32], k: usize, x: &[f32], m: usize, j0: usize, j1: 
     for j in j0..j1 {
         let wr = &w[j * k..(j + 1) * k];
         for i in 0..m {
-            let s = wr.iter().zip(&x[i * k..(i + 1) * k]).fold(0f32, |s, (a, b)| s + a * b);
+            let s = wr
+                .iter()
+                .zip(&x[i * k..(i + 1) * k])
+                .fold(0f32, |s, (a, b)| s + a * b);
             unsafe { y.put(i, j, s) };
         }
     }
@@ -343,14 +454,19 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {
-        (((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32, ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32)
+        (
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32,
+            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
+        )
     }
 }
 
 /// One block: w (QK integers), s (2 per 32), b (1 per 32).
 fn unpack_block(t: GgmlType, p: &[u8], w: &mut [i32], s: &mut [f32], b: &mut [f32]) {
     let nib = |qs: &[u8], e: usize| if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
-    let hb = |qh: &[u8], e: usize| ((u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) >> e) & 1) as i32 * 16;
+    let hb = |qh: &[u8], e: usize| {
+        ((u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) >> e) & 1) as i32 * 16
+    };
     match t {
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
             let d = f16_at(p, 0);
@@ -370,13 +486,21 @@ fn unpack_block(t: GgmlType, p: &[u8], w: &mut [i32], s: &mut [f32], b: &mut [f3
         }
         GgmlType::Q4K | GgmlType::Q5K => {
             let (d, dmin) = (f16_at(p, 0), f16_at(p, 2));
-            let qs = if t == GgmlType::Q4K { &p[16..144] } else { &p[48..176] };
+            let qs = if t == GgmlType::Q4K {
+                &p[16..144]
+            } else {
+                &p[48..176]
+            };
             for sb in 0..8 {
                 let (sc, mn) = scale_min_k4(sb, &p[4..16]);
                 (s[2 * sb], s[2 * sb + 1], b[sb]) = (d * sc, d * sc, -dmin * mn);
                 for l in 0..32 {
                     let q = qs[32 * (sb / 2) + l];
-                    let h = if t == GgmlType::Q5K { ((p[16 + l] >> sb) & 1) as i32 * 16 } else { 0 };
+                    let h = if t == GgmlType::Q5K {
+                        ((p[16 + l] >> sb) & 1) as i32 * 16
+                    } else {
+                        0
+                    };
                     w[32 * sb + l] = (if sb % 2 == 0 { q & 0xF } else { q >> 4 }) as i32 | h;
                 }
             }
@@ -401,7 +525,16 @@ fn unpack_block(t: GgmlType, p: &[u8], w: &mut [i32], s: &mut [f32], b: &mut [f3
 }
 
 #[allow(clippy::too_many_arguments)]
-fn portable_chunk(t: GgmlType, wb: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+fn portable_chunk(
+    t: GgmlType,
+    wb: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     let (k, bb, qk) = (x.nsub * 32, t.block_bytes(), t.block_elems());
     let c = portable_offset(t);
     ROW.with(|buf| {
@@ -413,7 +546,13 @@ fn portable_chunk(t: GgmlType, wb: &[u8], rb: usize, x: &XView, m: usize, j0: us
             let row = &wb[j * rb..(j + 1) * rb];
             for (blk, p) in row.chunks_exact(bb).enumerate() {
                 let g = blk * qk / 32;
-                unpack_block(t, p, &mut buf.w[blk * qk..], &mut buf.s[2 * g..], &mut buf.b[g..]);
+                unpack_block(
+                    t,
+                    p,
+                    &mut buf.w[blk * qk..],
+                    &mut buf.s[2 * g..],
+                    &mut buf.b[g..],
+                );
             }
             for i in 0..m {
                 // Safety: the view holds m rows of nsub blocks; y checked by matmul.
@@ -431,7 +570,11 @@ unsafe fn portable_dot(buf: &RowBuf, x: &XView, i: usize, c: i32) -> f32 {
         let dx = *x.d.add(xg);
         let half = |h: usize| {
             let r = 16 * h..16 * h + 16;
-            let dot: i32 = buf.w[32 * g..][r.clone()].iter().zip(&q[r.clone()]).map(|(&w, &q)| w * q as i32).sum();
+            let dot: i32 = buf.w[32 * g..][r.clone()]
+                .iter()
+                .zip(&q[r.clone()])
+                .map(|(&w, &q)| w * q as i32)
+                .sum();
             dot - c * q[r].iter().map(|&q| q as i32).sum::<i32>()
         };
         acc += half(0) as f32 * dx * buf.s[2 * g] + half(1) as f32 * dx * buf.s[2 * g + 1];
@@ -498,14 +641,27 @@ mod tests {
     fn random_weight(t: GgmlType, rows: usize, cols: usize, rng: &mut SplitMix64) -> Vec<u8> {
         let n = rows * cols;
         match t {
-            GgmlType::F32 => rng.vec_f32(n).iter().flat_map(|v| v.to_le_bytes()).collect(),
-            GgmlType::F16 => rng.vec_f32(n).iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
-            GgmlType::BF16 => rng.vec_f32(n).iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes()).collect(),
+            GgmlType::F32 => rng
+                .vec_f32(n)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            GgmlType::F16 => rng
+                .vec_f32(n)
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            GgmlType::BF16 => rng
+                .vec_f32(n)
+                .iter()
+                .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                .collect(),
             _ => {
                 let mut b: Vec<u8> = (0..t.row_bytes(n)).map(|_| rng.next_u64() as u8).collect();
                 for blk in b.chunks_exact_mut(t.block_bytes()) {
                     for &o in f16_fields(t) {
-                        blk[o..o + 2].copy_from_slice(&f16::from_f32(0.1 * rng.next_f32()).to_le_bytes());
+                        blk[o..o + 2]
+                            .copy_from_slice(&f16::from_f32(0.1 * rng.next_f32()).to_le_bytes());
                     }
                 }
                 b
@@ -548,7 +704,11 @@ mod tests {
 
     fn rel_err(y: &[f32], r: &[f64]) -> f64 {
         let scale = r.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-        y.iter().zip(r).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max) / scale
+        y.iter()
+            .zip(r)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max)
+            / scale
     }
 
     fn run(isa: Isa, w: &CpuWeight, x: &[f32], m: usize, ldy: usize) -> Vec<f32> {
@@ -558,7 +718,9 @@ mod tests {
     }
 
     fn dense(y: &[f32], m: usize, n: usize, ldy: usize) -> Vec<f32> {
-        (0..m).flat_map(|i| y[i * ldy..i * ldy + n].to_vec()).collect()
+        (0..m)
+            .flat_map(|i| y[i * ldy..i * ldy + n].to_vec())
+            .collect()
     }
 
     #[test]
@@ -568,15 +730,24 @@ mod tests {
             let float = t.block_elems() == 1;
             for &k in &widths(t) {
                 for rows in [1, 3, 17, 67] {
-                    let w = CpuWeight::new(t, rows, k, &random_weight(t, rows, k, &mut rng)).unwrap();
+                    let w =
+                        CpuWeight::new(t, rows, k, &random_weight(t, rows, k, &mut rng)).unwrap();
                     for m in [1, 2, 5, 9, 13] {
                         let x = rng.vec_f32(m * k);
                         let y = run(cur_isa(), &w, &x, m, rows);
                         let e = rel_err(&y, &reference(&w, &x, m, false));
                         // int8 activations: per-element error up to max|x| / 254, ~1e-2 of a 32-term dot at 2.5 sigma.
-                        assert!(e < if float { 1e-5 } else { 2e-2 }, "{} [{rows}x{k}] m={m}: err {e}", t.name());
+                        assert!(
+                            e < if float { 1e-5 } else { 2e-2 },
+                            "{} [{rows}x{k}] m={m}: err {e}",
+                            t.name()
+                        );
                         let eq = rel_err(&y, &reference(&w, &x, m, true));
-                        assert!(eq < 1e-5, "{} [{rows}x{k}] m={m}: err vs int8 ref {eq}", t.name());
+                        assert!(
+                            eq < 1e-5,
+                            "{} [{rows}x{k}] m={m}: err vs int8 ref {eq}",
+                            t.name()
+                        );
                     }
                 }
             }
@@ -595,12 +766,25 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             for i in 0..m {
                 let y1 = run(cur_isa(), &w, &x[i * k..(i + 1) * k], 1, n);
-                assert_eq!(bits(&y1), bits(&y[i * n..(i + 1) * n]), "{} row {i}", t.name());
+                assert_eq!(
+                    bits(&y1),
+                    bits(&y[i * n..(i + 1) * n]),
+                    "{} row {i}",
+                    t.name()
+                );
             }
             let wide = run(cur_isa(), &w, &x, m, n + 7);
-            assert_eq!(bits(&dense(&wide, m, n, n + 7)), bits(&y), "{} ldy", t.name());
+            assert_eq!(
+                bits(&dense(&wide, m, n, n + 7)),
+                bits(&y),
+                "{} ldy",
+                t.name()
+            );
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 let yt = pool.install(|| run(cur_isa(), &w, &x, m, n));
                 assert_eq!(bits(&yt), bits(&y), "{} {threads} threads", t.name());
             }
@@ -609,7 +793,12 @@ mod tests {
             let ws = CpuWeight::new(t, n - 1, k, &wb[rb..]).unwrap();
             let ys = run(cur_isa(), &ws, &x, m, n - 1);
             for i in 0..m {
-                assert_eq!(bits(&ys[i * (n - 1)..(i + 1) * (n - 1)]), bits(&y[i * n + 1..(i + 1) * n]), "{} shifted", t.name());
+                assert_eq!(
+                    bits(&ys[i * (n - 1)..(i + 1) * (n - 1)]),
+                    bits(&y[i * n + 1..(i + 1) * n]),
+                    "{} shifted",
+                    t.name()
+                );
             }
         }
     }
@@ -620,7 +809,10 @@ mod tests {
         let mut isas = vec![cur_isa()];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 isas.push(Isa::Avx2);
                 if is_x86_feature_detected!("avxvnni") {
                     isas.push(Isa::VnniAvx);
@@ -640,7 +832,12 @@ mod tests {
                 // All SIMD paths compute the same integer dots and the same float sequence.
                 let y0 = run(isas[0], &w, &x, m, n);
                 if isa != Isa::Portable && isas[0] != Isa::Portable {
-                    assert!(y.iter().zip(&y0).all(|(a, b)| a.to_bits() == b.to_bits()), "{} {isa:?} vs {:?}", t.name(), isas[0]);
+                    assert!(
+                        y.iter().zip(&y0).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{} {isa:?} vs {:?}",
+                        t.name(),
+                        isas[0]
+                    );
                 }
             }
         }
@@ -662,7 +859,10 @@ mod tests {
             let r0 = quantize_block_scalar(&x, &mut q0, &mut i0, 16);
             if cur_isa() != Isa::Portable {
                 let r1 = unsafe { simd::quantize_block(&x, &mut q1, &mut i1, 16) };
-                assert_eq!((r0.0.to_bits(), r0.1, q0, i0), (r1.0.to_bits(), r1.1, q1, i1));
+                assert_eq!(
+                    (r0.0.to_bits(), r0.1, q0, i0),
+                    (r1.0.to_bits(), r1.1, q1, i1)
+                );
             }
         }
     }
@@ -673,13 +873,24 @@ mod tests {
         for n in 1..=70 {
             let (a, b) = (rng.vec_f32(n), rng.vec_f32(n));
             let r: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 * *y as f64).abs()).sum::<f64>().max(1e-30);
-            assert!((dot_f32(&a, &b) as f64 - r).abs() / scale < 1e-5, "dot n={n}");
+            let scale: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (*x as f64 * *y as f64).abs())
+                .sum::<f64>()
+                .max(1e-30);
+            assert!(
+                (dot_f32(&a, &b) as f64 - r).abs() / scale < 1e-5,
+                "dot n={n}"
+            );
             let mut y = b.clone();
             axpy_f32(0.37, &a, &mut y);
             for i in 0..n {
                 let r = b[i] as f64 + 0.37 * a[i] as f64;
-                assert!((y[i] as f64 - r).abs() <= 1e-5 * r.abs().max(1.0), "axpy n={n} i={i}");
+                assert!(
+                    (y[i] as f64 - r).abs() <= 1e-5 * r.abs().max(1.0),
+                    "axpy n={n} i={i}"
+                );
             }
         }
     }
@@ -709,7 +920,10 @@ mod tests {
         while n < 10 || t0.elapsed().as_secs_f64() < 0.5 {
             let (t, c) = (Instant::now(), thread_cpu_s());
             f();
-            best = (best.0.min(t.elapsed().as_secs_f64()), best.1.min(thread_cpu_s() - c));
+            best = (
+                best.0.min(t.elapsed().as_secs_f64()),
+                best.1.min(thread_cpu_s() - c),
+            );
             n += 1;
         }
         best
@@ -731,17 +945,27 @@ mod tests {
         ];
         let only = std::env::var("SPEED_ONLY").unwrap_or_default();
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| {
                 if std::env::var("SPEED_M").is_ok() {
                     return;
                 }
                 let mem = vec![1u64; 100 << 20];
                 let (s, c) = time(&mut || {
-                    let v = mem.par_chunks(1 << 14).map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b))).reduce(|| 0, u64::wrapping_add);
+                    let v = mem
+                        .par_chunks(1 << 14)
+                        .map(|c| c.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+                        .reduce(|| 0, u64::wrapping_add);
                     std::hint::black_box(v);
                 });
-                println!("{threads} thread(s): sum of 800 MB: {:.1} GB/s (cpu {:.1})", 0.8388608 / s, 0.8388608 / c);
+                println!(
+                    "{threads} thread(s): sum of 800 MB: {:.1} GB/s (cpu {:.1})",
+                    0.8388608 / s,
+                    0.8388608 / c
+                );
             });
             let mut rng = SplitMix64(3);
             for (t, n, k) in shapes {
@@ -749,7 +973,14 @@ mod tests {
                     continue;
                 }
                 let wb = random_weight(t, n, k, &mut rng);
-                let copies: Vec<CpuWeight> = (0..(600 << 20) / wb.len() + 1).take(if std::env::var("SPEED_M").is_ok_and(|v| v != "1") { 1 } else { usize::MAX }).map(|_| CpuWeight::new(t, n, k, &wb).unwrap()).collect();
+                let copies: Vec<CpuWeight> = (0..(600 << 20) / wb.len() + 1)
+                    .take(if std::env::var("SPEED_M").is_ok_and(|v| v != "1") {
+                        1
+                    } else {
+                        usize::MAX
+                    })
+                    .map(|_| CpuWeight::new(t, n, k, &wb).unwrap())
+                    .collect();
                 for m in [1, 64] {
                     if std::env::var("SPEED_M").is_ok_and(|v| v != m.to_string()) {
                         continue;

@@ -95,24 +95,39 @@ unsafe fn f16s(p: *const u8) -> f32 {
 
 #[inline(always)]
 unsafe fn sub0(u: __m256i, d: f32) -> Sub {
-    Sub { u, s: _mm256_set1_ps(d), w: u }
+    Sub {
+        u,
+        s: _mm256_set1_ps(d),
+        w: u,
+    }
 }
 
 /// 16 bytes of nibbles -> 32 bytes: low nibbles are elements 0..16, high nibbles 16..32.
 #[inline(always)]
 unsafe fn nib32(p: *const u8) -> __m256i {
     let x = _mm_loadu_si128(p as *const __m128i);
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(0xF))
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(x, 4), x),
+        _mm256_set1_epi8(0xF),
+    )
 }
 
 /// Bit e of the 32 bits at p -> 0x10 in byte e (the fifth bit of Q5_0 / Q5_1 element e).
 #[inline(always)]
 unsafe fn hbits32(p: *const u8) -> __m256i {
     let x = (p as *const u32).read_unaligned() as i32;
-    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x), shuf);
     let bits = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-    _mm256_and_si256(_mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10))
+    _mm256_and_si256(
+        _mm256_cmpeq_epi8(bits, _mm256_set1_epi64x(-1)),
+        _mm256_set1_epi8(0x10),
+    )
 }
 
 #[inline(always)]
@@ -196,7 +211,11 @@ impl Fmt for Q8s {
     #[inline(always)]
     unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
         let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
-        Sub { u: _mm256_abs_epi8(w), s: _mm256_set1_ps(f16s(p)), w }
+        Sub {
+            u: _mm256_abs_epi8(w),
+            s: _mm256_set1_ps(f16s(p)),
+            w,
+        }
     }
 }
 
@@ -229,11 +248,21 @@ pub(super) struct KPre {
 #[inline(always)]
 unsafe fn k_pre(p: *const u8, qh: __m256i) -> KPre {
     let a = p.add(4) as *const u32;
-    let (u0, u1, u2) = (a.read_unaligned(), a.add(1).read_unaligned(), a.add(2).read_unaligned());
-    let sc = (u0 & 0x3f3f3f3f) as u64 | ((((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) as u64) << 32);
-    let mn = (u1 & 0x3f3f3f3f) as u64 | (((((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) as u64) << 32);
+    let (u0, u1, u2) = (
+        a.read_unaligned(),
+        a.add(1).read_unaligned(),
+        a.add(2).read_unaligned(),
+    );
+    let sc = (u0 & 0x3f3f3f3f) as u64
+        | ((((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) as u64) << 32);
+    let mn = (u1 & 0x3f3f3f3f) as u64
+        | (((((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) as u64) << 32);
     let s = _mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(f16s(p)));
-    KPre { s, m: _mm256_mul_ps(u8x8_ps(mn), _mm256_set1_ps(-f16s(p.add(2)))), qh }
+    KPre {
+        s,
+        m: _mm256_mul_ps(u8x8_ps(mn), _mm256_set1_ps(-f16s(p.add(2)))),
+        qh,
+    }
 }
 
 #[inline(always)]
@@ -245,7 +274,11 @@ unsafe fn u8x8_ps(v: u64) -> __m256 {
 #[inline(always)]
 unsafe fn k_nib(qs: *const u8, t: usize) -> __m256i {
     let q = _mm256_loadu_si256(qs.add(32 * (t / 2)) as *const __m256i);
-    let q = if t & 1 == 0 { q } else { _mm256_srli_epi16(q, 4) };
+    let q = if t & 1 == 0 {
+        q
+    } else {
+        _mm256_srli_epi16(q, 4)
+    };
     _mm256_and_si256(q, _mm256_set1_epi8(0xF))
 }
 
@@ -267,7 +300,11 @@ impl Fmt for Q4K {
     #[inline(always)]
     unsafe fn sub(p: *const u8, pre: &KPre, t: usize) -> Sub {
         let u = k_nib(p.add(16), t);
-        Sub { u, s: bcast_lane(pre.s, t), w: u }
+        Sub {
+            u,
+            s: bcast_lane(pre.s, t),
+            w: u,
+        }
     }
     #[inline(always)]
     unsafe fn mins(_: *const u8, pre: &KPre) -> __m256 {
@@ -287,9 +324,16 @@ impl Fmt for Q5K {
     }
     #[inline(always)]
     unsafe fn sub(p: *const u8, pre: &KPre, t: usize) -> Sub {
-        let h = _mm256_and_si256(_mm256_srl_epi16(pre.qh, _mm_cvtsi32_si128(t as i32)), _mm256_set1_epi8(1));
+        let h = _mm256_and_si256(
+            _mm256_srl_epi16(pre.qh, _mm_cvtsi32_si128(t as i32)),
+            _mm256_set1_epi8(1),
+        );
         let u = _mm256_or_si256(k_nib(p.add(48), t), _mm256_slli_epi16(h, 4));
-        Sub { u, s: bcast_lane(pre.s, t), w: u }
+        Sub {
+            u,
+            s: bcast_lane(pre.s, t),
+            w: u,
+        }
     }
     #[inline(always)]
     unsafe fn mins(_: *const u8, pre: &KPre) -> __m256 {
@@ -318,11 +362,24 @@ impl Fmt for Q6K {
         let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (r & 1)) as *const __m256i);
         let ql = if r < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
         let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
-        let h = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * r as i32)), _mm256_set1_epi8(3));
-        let u = _mm256_or_si256(_mm256_and_si256(ql, _mm256_set1_epi8(0xF)), _mm256_slli_epi16(h, 4));
+        let h = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * r as i32)),
+            _mm256_set1_epi8(3),
+        );
+        let u = _mm256_or_si256(
+            _mm256_and_si256(ql, _mm256_set1_epi8(0xF)),
+            _mm256_slli_epi16(h, 4),
+        );
         // Elements 0..16 use scale 2r of this half, 16..32 scale 2r + 1.
-        let idx = _mm256_add_epi32(_mm256_set1_epi32(2 * r as i32), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-        Sub { u, s: _mm256_permutevar8x32_ps(pre[n], idx), w: u }
+        let idx = _mm256_add_epi32(
+            _mm256_set1_epi32(2 * r as i32),
+            _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+        );
+        Sub {
+            u,
+            s: _mm256_permutevar8x32_ps(pre[n], idx),
+            w: u,
+        }
     }
 }
 
@@ -339,7 +396,12 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// Dot products of R activation rows with J weight rows (`w`: the rows' first blocks).
 #[inline(always)]
-unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(w: [*const u8; J], nb: usize, x: &XView, i0: usize) -> [[f32; J]; R] {
+unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(
+    w: [*const u8; J],
+    nb: usize,
+    x: &XView,
+    i0: usize,
+) -> [[f32; J]; R] {
     let ns = F::QK / 32;
     let mut acc = [[_mm256_setzero_ps(); J]; R];
     let mut accb = [[_mm256_setzero_ps(); J]; R];
@@ -371,7 +433,11 @@ unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(w: [*const u8; J]
                     _mm256_setzero_si256()
                 };
                 for j in 0..J {
-                    let qq = if F::SIGN { _mm256_sign_epi8(q, sub[j].w) } else { q };
+                    let qq = if F::SIGN {
+                        _mm256_sign_epi8(q, sub[j].w)
+                    } else {
+                        q
+                    };
                     let p = _mm256_mul_ps(_mm256_cvtepi32_ps(D::dot(init, sub[j].u, qq)), dx);
                     acc[i][j] = _mm256_fmadd_ps(p, sub[j].s, acc[i][j]);
                 }
@@ -382,7 +448,11 @@ unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(w: [*const u8; J]
                 let m = F::mins(w[j].add(b * F::BB), &pre[j]);
                 for i in 0..R {
                     let xs = x.xs.add((i0 + i) * x.nsub + b * ns);
-                    let xs = if ns == 8 { _mm256_loadu_ps(xs) } else { _mm256_zextps128_ps256(_mm_load_ss(xs)) };
+                    let xs = if ns == 8 {
+                        _mm256_loadu_ps(xs)
+                    } else {
+                        _mm256_zextps128_ps256(_mm_load_ss(xs))
+                    };
                     accb[i][j] = _mm256_fmadd_ps(m, xs, accb[i][j]);
                 }
             }
@@ -391,7 +461,11 @@ unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(w: [*const u8; J]
     let mut out = [[0f32; J]; R];
     for i in 0..R {
         for j in 0..J {
-            out[i][j] = if F::MINS { hsum(acc[i][j]) + hsum(accb[i][j]) } else { hsum(acc[i][j]) };
+            out[i][j] = if F::MINS {
+                hsum(acc[i][j]) + hsum(accb[i][j])
+            } else {
+                hsum(acc[i][j])
+            };
         }
     }
     out
@@ -399,13 +473,26 @@ unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(w: [*const u8; J]
 
 /// Rows i0..i0+R of y for weight rows j0..j1, two weight rows at a time.
 #[inline(always)]
-unsafe fn rows<F: Fmt, D: Dot, const R: usize>(w: &[u8], row_bytes: usize, x: &XView, i0: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn rows<F: Fmt, D: Dot, const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    x: &XView,
+    i0: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     let nb = row_bytes / F::BB;
     let base = w.as_ptr();
     let mut j = j0;
     while j < j1 {
         if j + 1 < j1 {
-            let o = tile::<F, D, R, 2>([base.add(j * row_bytes), base.add((j + 1) * row_bytes)], nb, x, i0);
+            let o = tile::<F, D, R, 2>(
+                [base.add(j * row_bytes), base.add((j + 1) * row_bytes)],
+                nb,
+                x,
+                i0,
+            );
             for (i, r) in o.iter().enumerate() {
                 y.put(i0 + i, j, r[0]);
                 y.put(i0 + i, j + 1, r[1]);
@@ -427,7 +514,15 @@ fn jblock(row_bytes: usize) -> usize {
 }
 
 #[inline(always)]
-unsafe fn chunk_body<F: Fmt, D: Dot>(w: &[u8], row_bytes: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn chunk_body<F: Fmt, D: Dot>(
+    w: &[u8],
+    row_bytes: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     let jb = jblock(row_bytes);
     for ja in (j0..j1).step_by(jb) {
         let je = (ja + jb).min(j1);
@@ -450,21 +545,54 @@ unsafe fn chunk_body<F: Fmt, D: Dot>(w: &[u8], row_bytes: usize, x: &XView, m: u
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn chunk_vnni512<F: Fmt>(w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn chunk_vnni512<F: Fmt>(
+    w: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     chunk_body::<F, Vnni512>(w, rb, x, m, j0, j1, y)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn chunk_vnniavx<F: Fmt>(w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn chunk_vnniavx<F: Fmt>(
+    w: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     chunk_body::<F, VnniAvx>(w, rb, x, m, j0, j1, y)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chunk_avx2<F: Fmt>(w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn chunk_avx2<F: Fmt>(
+    w: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     chunk_body::<F, Avx2>(w, rb, x, m, j0, j1, y)
 }
 
-unsafe fn chunk_fmt<F: Fmt>(isa: Isa, w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn chunk_fmt<F: Fmt>(
+    isa: Isa,
+    w: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     match isa {
         Isa::Vnni512 => chunk_vnni512::<F>(w, rb, x, m, j0, j1, y),
         Isa::VnniAvx => chunk_vnniavx::<F>(w, rb, x, m, j0, j1, y),
@@ -485,7 +613,17 @@ pub(super) fn offset(isa: Isa, t: GgmlType) -> i32 {
 
 /// Quantized weights: y rows 0..m, output columns j0..j1. Safety: `isa` must be supported, and
 /// x, y must hold what `qmatmul::matmul` checked.
-pub(super) unsafe fn chunk_quant(isa: Isa, t: GgmlType, w: &[u8], rb: usize, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
+pub(super) unsafe fn chunk_quant(
+    isa: Isa,
+    t: GgmlType,
+    w: &[u8],
+    rb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     match t {
         GgmlType::Q4_0 => chunk_fmt::<Q40>(isa, w, rb, x, m, j0, j1, y),
         GgmlType::Q4_1 => chunk_fmt::<Q41>(isa, w, rb, x, m, j0, j1, y),
@@ -504,7 +642,11 @@ pub(super) unsafe fn chunk_quant(isa: Isa, t: GgmlType, w: &[u8], rb: usize, x: 
 // f32 weights.
 
 #[inline(always)]
-unsafe fn tile_f32<const R: usize, const J: usize>(w: [*const f32; J], x: [*const f32; R], k: usize) -> [[f32; J]; R] {
+unsafe fn tile_f32<const R: usize, const J: usize>(
+    w: [*const f32; J],
+    x: [*const f32; R],
+    k: usize,
+) -> [[f32; J]; R] {
     let mut acc = [[_mm256_setzero_ps(); J]; R];
     let k8 = k / 8 * 8;
     for kk in (0..k8).step_by(8) {
@@ -533,7 +675,15 @@ unsafe fn tile_f32<const R: usize, const J: usize>(w: [*const f32; J], x: [*cons
 }
 
 #[inline(always)]
-unsafe fn rows_f32<const R: usize>(w: &[f32], k: usize, x: &[f32], i0: usize, j0: usize, j1: usize, y: YPtr) {
+unsafe fn rows_f32<const R: usize>(
+    w: &[f32],
+    k: usize,
+    x: &[f32],
+    i0: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     let xp: [*const f32; R] = std::array::from_fn(|i| x.as_ptr().add((i0 + i) * k));
     let wp = |j: usize| w.as_ptr().add(j * k);
     let mut j = j0;
@@ -555,7 +705,15 @@ unsafe fn rows_f32<const R: usize>(w: &[f32], k: usize, x: &[f32], i0: usize, j0
 
 /// f32 weights [rows, k]: y rows 0..m, output columns j0..j1. Safety: AVX2 + FMA present.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn chunk_f32(w: &[f32], k: usize, x: &[f32], m: usize, j0: usize, j1: usize, y: YPtr) {
+pub(super) unsafe fn chunk_f32(
+    w: &[f32],
+    k: usize,
+    x: &[f32],
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
     let mut i = 0;
     while i < m {
         let r = 4.min(m - i);
@@ -574,9 +732,19 @@ pub(super) unsafe fn chunk_f32(w: &[f32], k: usize, x: &[f32], m: usize, j0: usi
 
 /// One block of 32: q, returns (d, sum q); writes init = -c * (sums of 4 q) when c != 0.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8], init: &mut [i32], c: i32) -> (f32, i32) {
+pub(super) unsafe fn quantize_block(
+    x: &[f32],
+    q: &mut [i8],
+    init: &mut [i32],
+    c: i32,
+) -> (f32, i32) {
     let xp = x.as_ptr();
-    let v = [_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)), _mm256_loadu_ps(xp.add(16)), _mm256_loadu_ps(xp.add(24))];
+    let v = [
+        _mm256_loadu_ps(xp),
+        _mm256_loadu_ps(xp.add(8)),
+        _mm256_loadu_ps(xp.add(16)),
+        _mm256_loadu_ps(xp.add(24)),
+    ];
     let sign = _mm256_set1_ps(-0.0);
     let a = |t: usize| _mm256_andnot_ps(sign, v[t]);
     let m = _mm256_max_ps(_mm256_max_ps(a(0), a(1)), _mm256_max_ps(a(2), a(3)));
@@ -587,12 +755,21 @@ pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8], init: &mut [i32], c
     let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
     // Round to nearest even (the default MXCSR mode), as `round_ties_even` in the scalar code.
     let iv = |t: usize| _mm256_cvtps_epi32(_mm256_mul_ps(v[t], id));
-    let p = _mm256_packs_epi16(_mm256_packs_epi32(iv(0), iv(1)), _mm256_packs_epi32(iv(2), iv(3)));
+    let p = _mm256_packs_epi16(
+        _mm256_packs_epi32(iv(0), iv(1)),
+        _mm256_packs_epi32(iv(2), iv(3)),
+    );
     let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, p);
-    let s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p), _mm256_set1_epi16(1));
+    let s4 = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(_mm256_set1_epi8(1), p),
+        _mm256_set1_epi16(1),
+    );
     if c != 0 {
-        _mm256_storeu_si256(init.as_mut_ptr() as *mut __m256i, _mm256_mullo_epi32(s4, _mm256_set1_epi32(-c)));
+        _mm256_storeu_si256(
+            init.as_mut_ptr() as *mut __m256i,
+            _mm256_mullo_epi32(s4, _mm256_set1_epi32(-c)),
+        );
     }
     let s = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
@@ -611,12 +788,20 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut i = 0;
     while i + 32 <= n {
         for (u, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * u)), _mm256_loadu_ps(pb.add(i + 8 * u)), *a);
+            *a = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8 * u)),
+                _mm256_loadu_ps(pb.add(i + 8 * u)),
+                *a,
+            );
         }
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i)),
+            _mm256_loadu_ps(pb.add(i)),
+            acc[0],
+        );
         i += 8;
     }
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -637,11 +822,18 @@ pub(super) unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     let av = _mm256_set1_ps(a);
     let mut i = 0;
     while i + 8 <= n {
-        _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
+        _mm256_storeu_ps(
+            py.add(i),
+            _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
+        );
         i += 8;
     }
     while i < n {
-        let r = _mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(*px.add(i)), _mm_set_ss(*py.add(i)));
+        let r = _mm_fmadd_ss(
+            _mm_set_ss(a),
+            _mm_set_ss(*px.add(i)),
+            _mm_set_ss(*py.add(i)),
+        );
         *py.add(i) = _mm_cvtss_f32(r);
         i += 1;
     }
