@@ -1,5 +1,7 @@
 // Quantized matmul: y[m, y_off + n] = sum_k x[m, k] * W[n, k] (+ bias[n]), W read straight from
-// GGUF blocks (no dequantized copy). One workgroup per output column n and per MT rows of x;
+// GGUF blocks (no dequantized copy). With has_norm, x is first RMS-normed with weight g, folded in
+// as rmsnorm(x) . W^T = (x . (W * g)^T) / rms(x): each piece of weights is scaled by g and the
+// threads that read x also sum its squares, so the norm costs no dispatch and no pass over x. One workgroup per output column n and per MT rows of x;
 // each thread dequantizes 32-weight pieces of the row into registers and reuses them for all MT
 // rows, then the workgroup reduces. Decode (m = 1) is the matvec case of the same kernel.
 // The per-format `dq32` is appended by the kernel registry from matmul_quant_formats.wgsl.
@@ -15,19 +17,21 @@ struct Params {
     total_wg: u32,   // n * ceil(m / MT)
     w_byte_off: u32, // where this weight starts in the buffer (bytes)
     epilogue: u32,   // how a result enters y: 0 store, 1 add (residual), 2 silu(y) * result (gate-up)
-    _p1: u32,
-    _p2: u32,
+    has_norm: u32,   // 1: RMS-norm x's rows with weight norm_w and epsilon eps first
+    eps: f32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(4) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 64u;
 const MT: u32 = 8u;
 var<workgroup> red: array<f32, 512>; // [MT][WG]
+var<workgroup> red_ss: array<f32, 512>; // [MT][WG], sums of squares of x
 
 fn byte_at(off: u32) -> u32 {
     return (w[off >> 2u] >> ((off & 3u) * 8u)) & 0xFFu;
@@ -57,6 +61,22 @@ fn store(idx: u32, v: f32) {
     }
 }
 
+// The norm weight folded into the 32 weights of piece s (see the header).
+fn scale_by_norm(s: u32, wv: ptr<function, array<f32, 32>>) {
+    if (p.has_norm == 1u) {
+        let gb = s * 32u;
+        for (var i = 0u; i < 32u; i++) { (*wv)[i] *= norm_w[gb + i]; }
+    }
+}
+// A finished dot product of one x row, given that row's sum of squares: divided by its RMS when
+// the norm is folded in.
+fn normed(v: f32, sumsq: f32) -> f32 {
+    if (p.has_norm == 1u) {
+        return v * inverseSqrt(sumsq / f32(p.k) + p.eps);
+    }
+    return v;
+}
+
 // Four bytes starting at any byte offset, little-endian (two word loads instead of four byte loads).
 fn bytes4(off: u32) -> u32 {
     let i = off >> 2u;
@@ -79,35 +99,44 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let m0 = (wid / p.n) * MT;
     let rb = p.w_byte_off + col * p.row_bytes;
     var acc: array<f32, 8>;
-    for (var r = 0u; r < MT; r++) { acc[r] = 0.0; }
+    var ss: array<f32, 8>;
+    for (var r = 0u; r < MT; r++) { acc[r] = 0.0; ss[r] = 0.0; }
     var wv: array<f32, 32>;
     let nsub = p.k / 32u;
     for (var s = tid; s < nsub; s += WG) {
         dq32(rb, s, &wv);
+        scale_by_norm(s, &wv);
         for (var r = 0u; r < MT; r++) {
             let row = m0 + r;
             if (row < p.m) {
                 let xb = row * p.k + s * 32u;
                 var a = 0.0;
+                var q = 0.0;
                 for (var i = 0u; i < 32u; i++) {
-                    a = fma(x[xb + i], wv[i], a);
+                    let xv = x[xb + i];
+                    a = fma(xv, wv[i], a);
+                    q = fma(xv, xv, q);
                 }
                 acc[r] += a;
+                ss[r] += q;
             }
         }
     }
-    for (var r = 0u; r < MT; r++) { red[r * WG + tid] = acc[r]; }
+    for (var r = 0u; r < MT; r++) { red[r * WG + tid] = acc[r]; red_ss[r * WG + tid] = ss[r]; }
     workgroupBarrier();
     for (var st = WG / 2u; st > 0u; st >>= 1u) {
         if (tid < st) {
-            for (var r = 0u; r < MT; r++) { red[r * WG + tid] += red[r * WG + tid + st]; }
+            for (var r = 0u; r < MT; r++) {
+                red[r * WG + tid] += red[r * WG + tid + st];
+                red_ss[r * WG + tid] += red_ss[r * WG + tid + st];
+            }
         }
         workgroupBarrier();
     }
     if (tid < MT) {
         let row = m0 + tid;
         if (row < p.m) {
-            var v = red[tid * WG];
+            var v = normed(red[tid * WG], red_ss[tid * WG]);
             if (p.has_bias == 1u) { v += bias[col]; }
             store(row * p.ldy + p.y_off + col, v);
         }
@@ -128,23 +157,29 @@ fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: 
     let m0 = (gid / p.n) * MT;
     let rb = p.w_byte_off + col * p.row_bytes;
     var acc: array<f32, 8>;
-    for (var r = 0u; r < MT; r++) { acc[r] = 0.0; }
+    var ss: array<f32, 8>;
+    for (var r = 0u; r < MT; r++) { acc[r] = 0.0; ss[r] = 0.0; }
     var wv: array<f32, 32>;
     let nsub = p.k / 32u;
     let mrows = min(MT, p.m - m0);
     for (var s = 0u; s < nsub; s++) {
         dq32(rb, s, &wv);
+        scale_by_norm(s, &wv);
         for (var r = 0u; r < mrows; r++) {
             let xb = (m0 + r) * p.k + s * 32u;
             var a = 0.0;
+            var q = 0.0;
             for (var i = 0u; i < 32u; i++) {
-                a = fma(x[xb + i], wv[i], a);
+                let xv = x[xb + i];
+                a = fma(xv, wv[i], a);
+                q = fma(xv, xv, q);
             }
             acc[r] += a;
+            ss[r] += q;
         }
     }
     for (var r = 0u; r < mrows; r++) {
-        var v = acc[r];
+        var v = normed(acc[r], ss[r]);
         if (p.has_bias == 1u) { v += bias[col]; }
         store((m0 + r) * p.ldy + p.y_off + col, v);
     }
@@ -165,6 +200,8 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let col0 = wg.x * 64u;
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
+    var ss: array<f32, 4>; // sums of squares of this thread's 4 rows of x
+    for (var i = 0u; i < 4u; i++) { ss[i] = 0.0; }
     var wv: array<f32, 32>;
     let nsub = p.k / 32u;
     for (var s = 0u; s < nsub; s++) {
@@ -172,6 +209,7 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             let col = col0 + tid;
             if (col < p.n) {
                 dq32(p.w_byte_off + col * p.row_bytes, s, &wv);
+                scale_by_norm(s, &wv);
             } else {
                 for (var i = 0u; i < 32u; i++) { wv[i] = 0.0; }
             }
@@ -190,6 +228,7 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
             for (var i = 0u; i < 4u; i++) {
                 a[i] = xs_t[(ly * 4u + i) * 32u + kk];
                 b[i] = ws_t[(lx * 4u + i) * 32u + kk];
+                ss[i] = fma(a[i], a[i], ss[i]);
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = fma(a[i], b[j], acc[i * 4u + j]); }
@@ -202,7 +241,7 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + lx * 4u + j;
             if (r < p.m && c < p.n) {
-                var v = acc[i * 4u + j];
+                var v = normed(acc[i * 4u + j], ss[i]);
                 if (p.has_bias == 1u) { v += bias[c]; }
                 store(r * p.ldy + p.y_off + c, v);
             }
@@ -217,6 +256,7 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // Dispatch: ceil(n / 8) workgroups.
 const MV: u32 = 4u;
 var<workgroup> red_mv: array<f32, 1024>; // [MV][256]
+var<workgroup> red_mv_ss: array<f32, 1024>; // [MV][256], sums of squares of x
 
 @compute @workgroup_size(256, 1, 1)
 fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
@@ -227,34 +267,47 @@ fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
     let live = col < p.n;
     let mrows = min(MV, p.m);
     var acc: array<f32, 4>;
-    for (var r = 0u; r < MV; r++) { acc[r] = 0.0; }
+    var ss: array<f32, 4>;
+    for (var r = 0u; r < MV; r++) { acc[r] = 0.0; ss[r] = 0.0; }
     if (live) {
         let rb = p.w_byte_off + col * p.row_bytes;
         var wv: array<f32, 32>;
         let nsub = p.k / 32u;
         for (var s = lane; s < nsub; s += 32u) {
             dq32(rb, s, &wv);
+            scale_by_norm(s, &wv);
             for (var r = 0u; r < mrows; r++) {
                 let xb = r * p.k + s * 32u;
                 var a = 0.0;
+                var q = 0.0;
                 for (var i = 0u; i < 32u; i++) {
-                    a = fma(x[xb + i], wv[i], a);
+                    let xv = x[xb + i];
+                    a = fma(xv, wv[i], a);
+                    q = fma(xv, xv, q);
                 }
                 acc[r] += a;
+                ss[r] += q;
             }
         }
     }
-    for (var r = 0u; r < mrows; r++) { red_mv[r * 256u + tid] = acc[r]; }
+    for (var r = 0u; r < mrows; r++) {
+        red_mv[r * 256u + tid] = acc[r];
+        red_mv_ss[r * 256u + tid] = ss[r];
+    }
     workgroupBarrier();
     for (var st = 16u; st > 0u; st >>= 1u) {
         if (lane < st) {
-            for (var r = 0u; r < mrows; r++) { red_mv[r * 256u + tid] += red_mv[r * 256u + tid + st]; }
+            for (var r = 0u; r < mrows; r++) {
+                red_mv[r * 256u + tid] += red_mv[r * 256u + tid + st];
+                red_mv_ss[r * 256u + tid] += red_mv_ss[r * 256u + tid + st];
+            }
         }
         workgroupBarrier();
     }
     // Lane r of each row writes x-row r's result (the row's sum sits at its lane 0).
     if (live && lane < mrows) {
-        var v = red_mv[lane * 256u + tid - lane];
+        let at = lane * 256u + tid - lane;
+        var v = normed(red_mv[at], red_mv_ss[at]);
         if (p.has_bias == 1u) { v += bias[col]; }
         store(lane * p.ldy + p.y_off + col, v);
     }

@@ -407,6 +407,15 @@ fn a_decoded_token_reuses_every_gpu_object() {
         "objects made over {n} decoded tokens: {c:?}"
     );
     assert_eq!(c.submissions, n, "one submission per decoded token: {c:?}");
+    // Per layer: the QKV projections (norm folded in), bias/rope/cache writes, attention, the O
+    // projection (+ residual), gate, up (+ SiLU product), down (+ residual); then the head (norm
+    // folded in) and the argmax.
+    let layers = model.cfg.n_layers as u64;
+    assert_eq!(
+        c.dispatches,
+        n * (7 * layers + 2),
+        "dispatches over {n} decoded tokens of {layers} layers: {c:?}"
+    );
     assert_eq!(
         (live0, live1),
         (live0, live0),
@@ -584,12 +593,13 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
             .max(scaled_err(&joined.1, &apart.1))
             .max(scaled_err(&joined.2, &apart.2));
         assert!(err < 1e-5, "{what}: joined and apart differ by {err:.2e}");
-        // Joined: one projection matmul and one bias/rope/cache kernel instead of three and a rope
-        // pass; K-quants cannot share a buffer with Q8_0, so that group stays apart.
+        // The norm is folded into the projections. Joined: one projection matmul and one
+        // bias/rope/cache kernel instead of three and a rope pass; K-quants cannot share a buffer
+        // with Q8_0, so that group stays apart. Then attention and the O projection.
         let can_join = formats[0] != GgmlType::Q4K;
         assert_eq!(
             (apart.3, joined.3),
-            (7, if can_join { 5 } else { 7 }),
+            (6, if can_join { 4 } else { 6 }),
             "{what}: dispatches apart / joined"
         );
     }

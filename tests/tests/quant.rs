@@ -266,8 +266,9 @@ fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
 
 /// The fusions of the quantized matmul, for every kernel flavour on odd shapes and four formats,
 /// against the CPU reference on the dequantized weight: the epilogues `Add` (y += x·Wᵀ, the
-/// residual add) and `SiluMul` (y = silu(y) * x·Wᵀ, the SwiGLU product), and a bias (as the qwen2
-/// attention projections have).
+/// residual add) and `SiluMul` (y = silu(y) * x·Wᵀ, the SwiGLU product), a bias (as the qwen2
+/// attention projections have), and the RMS norm of x folded into the product (with each of the
+/// others: the norm before the attention and MLP projections).
 #[test]
 fn matmul_fusions_for_every_flavour() {
     use creme_core::gpu::ops::{Epilogue, Fusion};
@@ -282,26 +283,45 @@ fn matmul_fusions_for_every_flavour() {
                 let raw = random_blocks(t, rows * k / t.block_elems(), &mut rng);
                 let w = gpu.upload_weight("w", t, rows, k, &raw).unwrap();
                 let wd = dequantize(t, &raw, rows * k).unwrap();
-                let (x, y0, bias) = (rng.vec_f32(m * k), rng.vec_f32(m * rows), rng.vec_f32(rows));
-                let prod = matmul_nt(&x, &wd, m, rows, k);
-                let bb = gpu.upload("bias", &bias);
-                for case in ["add", "silu-mul", "bias"] {
-                    let fuse = match case {
+                let (x, y0, bias, g) = (
+                    rng.vec_f32(m * k),
+                    rng.vec_f32(m * rows),
+                    rng.vec_f32(rows),
+                    rng.vec_f32(k),
+                );
+                let eps = 1e-6;
+                let xn = rmsnorm_rows(&x, &g, k, eps);
+                let (bb, gb) = (gpu.upload("bias", &bias), gpu.upload("norm", &g));
+                for case in [
+                    "add",
+                    "silu-mul",
+                    "bias",
+                    "norm+add",
+                    "norm+silu-mul",
+                    "norm+bias",
+                ] {
+                    let norm = case.starts_with("norm+").then_some((&gb, eps));
+                    let op = case.trim_start_matches("norm+");
+                    let fuse = match op {
                         "add" => Fusion {
                             epilogue: Epilogue::Add,
+                            norm,
                             ..Default::default()
                         },
                         "silu-mul" => Fusion {
                             epilogue: Epilogue::SiluMul,
+                            norm,
                             ..Default::default()
                         },
                         _ => Fusion {
                             bias: Some(&bb),
+                            norm,
                             ..Default::default()
                         },
                     };
+                    let prod = matmul_nt(if norm.is_some() { &xn } else { &x }, &wd, m, rows, k);
                     let want: Vec<f32> = (0..m * rows)
-                        .map(|i| match case {
+                        .map(|i| match op {
                             "add" => y0[i] + prod[i],
                             "silu-mul" => y0[i] / (1.0 + (-y0[i]).exp()) * prod[i],
                             _ => prod[i] + bias[i % rows],
@@ -323,6 +343,16 @@ fn matmul_fusions_for_every_flavour() {
             }
         }
     }
+}
+
+/// Each row of x [.., k] RMS-normed with weight g (the CPU reference of the folded norm).
+fn rmsnorm_rows(x: &[f32], g: &[f32], k: usize, eps: f32) -> Vec<f32> {
+    x.chunks(k)
+        .flat_map(|row| {
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / k as f32 + eps).sqrt();
+            row.iter().zip(g).map(move |(v, w)| v * inv * w)
+        })
+        .collect()
 }
 
 /// Q4_0 and Q5_0 blocks re-encoded as Q8_0 (how the GPU joins a layer's mixed-format projections)

@@ -28,8 +28,9 @@ impl Gpu {
     }
 
     /// Queries (roped) into `q`, keys (roped) and values into the cache, from the projections
-    /// stored back to back (`qkv`, see `Gpu::upload_weight_group`), given the normed input `xn`:
-    /// the projections as one matmul, then bias, rope and the cache writes in one kernel.
+    /// stored back to back (`qkv`, see `Gpu::upload_weight_group`), given the residual stream `x`:
+    /// the attention norm and the projections as one matmul, then bias, rope and the cache writes
+    /// in one kernel.
     #[allow(clippy::too_many_arguments)]
     fn encode_qkv_joined(
         &self,
@@ -38,26 +39,30 @@ impl Gpu {
         s: &BlockShape,
         st: &AttnStep<'_>,
         qkv: &GpuWeight,
-        xn: &wgpu::Buffer,
+        x: &wgpu::Buffer,
         q: &wgpu::Buffer,
         kc: &wgpu::Buffer,
         vc: &wgpu::Buffer,
     ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let joined = self.workspace("qkv", words(rows * qkv.rows));
+        let norm = Some((w.attn_norm.wgpu()?, s.rms_eps));
         self.encode_matmul_quant(
             enc,
-            xn,
+            x,
             qkv,
             &joined,
             rows as u32,
             qkv.rows as u32,
             0,
-            Fusion::default(),
+            Fusion {
+                norm,
+                ..Default::default()
+            },
         )?;
         let bias = match &w.qkv_bias {
             Some(b) => b.wgpu()?,
-            None => xn,
+            None => x,
         };
         let params = QkvRopeParams {
             rows: rows as u32,
@@ -86,7 +91,8 @@ impl Gpu {
     }
 
     /// As [`Gpu::encode_qkv_joined`] for projections stored apart (formats that cannot share a
-    /// buffer): three matmuls, one rope pass, and copies into the cache.
+    /// buffer): three matmuls (each with the norm folded in), one rope pass, and copies into the
+    /// cache.
     #[allow(clippy::too_many_arguments)]
     fn encode_qkv_apart(
         &self,
@@ -94,7 +100,7 @@ impl Gpu {
         w: &LayerWeights,
         s: &BlockShape,
         st: &AttnStep<'_>,
-        xn: &wgpu::Buffer,
+        x: &wgpu::Buffer,
         q: &wgpu::Buffer,
         kc: &wgpu::Buffer,
         vc: &wgpu::Buffer,
@@ -110,36 +116,40 @@ impl Gpu {
             bias_of(&w.k_bias)?,
             bias_of(&w.v_bias)?,
         );
+        let norm = Some((w.attn_norm.wgpu()?, s.rms_eps));
         self.matmul_into(
             enc,
-            xn,
+            x,
             &w.q,
             q,
             rows,
             Fusion {
                 bias: qb,
+                norm,
                 ..Default::default()
             },
         )?;
         self.matmul_into(
             enc,
-            xn,
+            x,
             &w.k,
             &k,
             rows,
             Fusion {
                 bias: kb,
+                norm,
                 ..Default::default()
             },
         )?;
         self.matmul_into(
             enc,
-            xn,
+            x,
             &w.v,
             &v,
             rows,
             Fusion {
                 bias: vb,
+                norm,
                 ..Default::default()
             },
         )?;
@@ -347,26 +357,16 @@ impl Backend for Gpu {
         let rows = st.active * st.t;
         x.check("attention_block", rows, s.d_model)?;
         let qw = s.n_heads * s.head_dim;
-        let (xn, q, att) = (
-            self.workspace("xn", words(rows * s.d_model)),
+        let (q, att) = (
             self.workspace("q", words(rows * qw)),
             self.workspace("att", words(rows * qw)),
         );
         let (xb, kc, vc) = (x.wgpu()?, kv.k.wgpu()?, kv.v.wgpu()?);
         let pad = st.pad.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
-            self.encode_rmsnorm(
-                enc,
-                xb,
-                w.attn_norm.wgpu()?,
-                &xn,
-                rows as u32,
-                s.d_model as u32,
-                s.rms_eps,
-            );
             match GpuWeight::joined(&[w.q.wgpu()?, w.k.wgpu()?, w.v.wgpu()?]) {
-                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, &xn, &q, kc, vc)?,
-                None => self.encode_qkv_apart(enc, w, s, st, &xn, &q, kc, vc)?,
+                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, xb, &q, kc, vc)?,
+                None => self.encode_qkv_apart(enc, w, s, st, xb, &q, kc, vc)?,
             }
             let params = AttentionParams {
                 batch: st.active as u32,
@@ -405,28 +405,31 @@ impl Backend for Gpu {
     ) -> Result<(), ModelError> {
         x.check("mlp_act", rows, s.d_model)?;
         act.check("mlp_act", rows, s.d_ff)?;
-        let xn = self.workspace("xn", words(rows * s.d_model));
         let (xb, ab) = (x.wgpu()?, act.wgpu()?);
         self.record(|enc| -> Result<(), ModelError> {
-            self.encode_rmsnorm(
-                enc,
-                xb,
-                w.ffn_norm.wgpu()?,
-                &xn,
-                rows as u32,
-                s.d_model as u32,
-                s.rms_eps,
-            );
-            // act = gate projection, then act = silu(act) * up projection in the up matmul's epilogue.
-            self.matmul_into(enc, &xn, &w.gate, ab, rows, Fusion::default())?;
+            // act = gate projection, then act = silu(act) * up projection in the up matmul's
+            // epilogue; both fold in the MLP norm.
+            let norm = Some((w.ffn_norm.wgpu()?, s.rms_eps));
             self.matmul_into(
                 enc,
-                &xn,
+                xb,
+                &w.gate,
+                ab,
+                rows,
+                Fusion {
+                    norm,
+                    ..Default::default()
+                },
+            )?;
+            self.matmul_into(
+                enc,
+                xb,
                 &w.up,
                 ab,
                 rows,
                 Fusion {
                     epilogue: Epilogue::SiluMul,
+                    norm,
                     ..Default::default()
                 },
             )
@@ -472,10 +475,7 @@ impl Backend for Gpu {
         if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
             return Err(ModelError::Format(format!("head: row {bad} of {}", x.rows)));
         }
-        let (gathered, normed) = (
-            self.workspace("head rows", words(n * d)),
-            self.workspace("final norm", words(n * d)),
-        );
+        let gathered = self.workspace("head rows", words(n * d));
         let logits = self.pooled("logits", words(n * head.rows()), false);
         let xb = x.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
@@ -488,16 +488,17 @@ impl Backend for Gpu {
                     words(d),
                 );
             }
-            self.encode_rmsnorm(
+            self.matmul_into(
                 enc,
                 &gathered,
-                norm.wgpu()?,
-                &normed,
-                n as u32,
-                d as u32,
-                eps,
-            );
-            self.matmul_into(enc, &normed, head, &logits, n, Fusion::default())
+                head,
+                &logits,
+                n,
+                Fusion {
+                    norm: Some((norm.wgpu()?, eps)),
+                    ..Default::default()
+                },
+            )
         })?;
         Ok(Tensor {
             dtype: DType::F32,

@@ -22,7 +22,6 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
             }
             let src = match name {
-                "rmsnorm" => include_str!("../../../../shaders/rmsnorm.wgsl"),
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),

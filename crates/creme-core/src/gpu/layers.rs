@@ -1,4 +1,4 @@
-//! Encoders for the transformer's small kernels (norm, rope, attention, argmax, log-probabilities,
+//! Encoders for the transformer's small kernels (rope, attention, argmax, log-probabilities,
 //! Adam).
 //! Each records one dispatch into the caller's encoder; the forward pass chains them into a
 //! single submission.
@@ -6,15 +6,6 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::Gpu;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct NormParams {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    _p: u32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -69,28 +60,6 @@ struct EwParams {
 pub const MAX_ATTENTION_HEAD_DIM: usize = 256;
 
 impl Gpu {
-    pub(crate) fn encode_rmsnorm(
-        &self,
-        enc: &mut crate::gpu::Recorder,
-        x: &wgpu::Buffer,
-        w: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        rows: u32,
-        dim: u32,
-        eps: f32,
-    ) {
-        let p = self.uniform(
-            "rmsnorm",
-            &NormParams {
-                rows,
-                dim,
-                eps,
-                _p: 0,
-            },
-        );
-        self.dispatch(enc, "rmsnorm", &[x, w, y], &p, self.grid(rows));
-    }
-
     /// In-place rotary embedding of `rows` rows of queries (`q_heads` heads) and keys (`kv_heads`
     /// heads), one dispatch; `interleaved` selects the pairing.
     #[allow(clippy::too_many_arguments)]

@@ -113,7 +113,8 @@ struct QuantMatmulParams {
     total_wg: u32,
     w_byte_off: u32,
     epilogue: u32,
-    _p: [u32; 2],
+    has_norm: u32,
+    eps: f32,
 }
 
 /// How a quantized matmul's result enters y (the fusions of the forward pass).
@@ -134,6 +135,9 @@ pub struct Fusion<'a> {
     /// Added to each output row (the qwen2 attention projections).
     pub bias: Option<&'a wgpu::Buffer>,
     pub epilogue: Epilogue,
+    /// RMS-norm x's rows with this weight (k values) and epsilon before the product (the norm
+    /// before the attention and MLP projections and the output head; see matmul_quant.wgsl).
+    pub norm: Option<(&'a wgpu::Buffer, f32)>,
 }
 
 const QMM_ROWS_PER_WG: u32 = 8;
@@ -197,8 +201,24 @@ impl Gpu {
         y_off: u32,
         fuse: Fusion<'_>,
     ) -> Result<(), GpuError> {
-        let Fusion { bias, epilogue } = fuse;
+        let Fusion {
+            bias,
+            epilogue,
+            norm,
+        } = fuse;
         let k = w.cols as u32;
+        if let Some((g, _)) = norm {
+            if g.size() < k as u64 * 4 {
+                return Err(GpuError::Shape {
+                    op: "matmul_quant",
+                    detail: format!(
+                        "'{}': a norm weight of {} bytes for rows of {k}",
+                        w.name,
+                        g.size()
+                    ),
+                });
+            }
+        }
         if x.size() < m as u64 * k as u64 * 4
             || y.size() < ((m as u64 - 1) * ldy as u64 + y_off as u64 + w.rows as u64) * 4
         {
@@ -243,15 +263,18 @@ impl Gpu {
                     total_wg: total,
                     w_byte_off: c.byte_off as u32,
                     epilogue: epilogue as u32,
-                    _p: [0; 2],
+                    has_norm: norm.is_some() as u32,
+                    eps: norm.map_or(0.0, |(_, eps)| eps),
                 },
             );
-            // Binding 2 must hold something; the kernel reads it only when has_bias = 1.
+            // Bindings 2 and 4 must hold something; the kernel reads them only when has_bias /
+            // has_norm is 1.
+            let g = norm.map_or(x, |(g, _)| g);
             self.dispatch_for(
                 enc,
                 &kernel,
                 Some(&w.name),
-                &[x, &c.buffer, bias.unwrap_or(x), y],
+                &[x, &c.buffer, bias.unwrap_or(x), y, g],
                 &params,
                 groups,
             );
