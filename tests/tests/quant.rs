@@ -272,11 +272,34 @@ fn keep_layers_drops_the_upper_blocks_and_sets_the_block_count() {
 #[test]
 fn matmul_fusions_for_every_flavour() {
     use creme_core::gpu::ops::{Epilogue, Fusion};
-    for flavour in [None, Some("wg"), Some("rows"), Some("mv"), Some("tiled")] {
+    // The matvec with and without subgroups (lavapipe has subgroups of 8 lanes).
+    for (flavour, no_subgroups) in [
+        (None, false),
+        (Some("wg"), false),
+        (Some("rows"), false),
+        (Some("mv"), false),
+        (Some("mv"), true),
+        (Some("tiled"), false),
+    ] {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());
         o.qmm = flavour.map(String::from);
+        o.no_subgroups = no_subgroups;
         let gpu = creme_core::Gpu::new_blocking(&o).unwrap();
+        if flavour == Some("mv") {
+            let want = if gpu.report.subgroups {
+                "matmul_q_mv_sg"
+            } else {
+                "matmul_q_mv"
+            };
+            assert_eq!(
+                gpu.qmm_kernel(1, 37),
+                want,
+                "no_subgroups={no_subgroups}, {:?}",
+                gpu.report
+            );
+            assert!(!no_subgroups || want == "matmul_q_mv");
+        }
         let mut rng = SplitMix64(123);
         for t in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
             for (rows, k, m) in [(37usize, 512usize, 1usize), (13, 256, 3), (70, 768, 17)] {

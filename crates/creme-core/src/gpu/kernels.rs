@@ -18,6 +18,10 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             if let Some(format) = name.strip_prefix("matmul_q_mv:") {
                 return quant_matmul_source(format).map(|s| (s, "main_mv"));
             }
+            if let Some(format) = name.strip_prefix("matmul_q_mv_sg:") {
+                let subgroup = include_str!("../../../../shaders/matmul_quant_subgroup.wgsl");
+                return quant_matmul_source(format).map(|s| (s + subgroup, "main_mv_sg"));
+            }
             if let Some(format) = name.strip_prefix("matmul_q_rows:") {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
             }

@@ -155,7 +155,7 @@ impl Gpu {
     /// 4,864 rows, 128-512 for 896). Decode (m <= 4) on GPUs takes the matvec kernel, which packs
     /// 8 weight rows into a workgroup (written after that run: not yet timed on a GPU;
     /// `CREME_QMM=wg` gives the measured kernel back).
-    pub(crate) fn qmm_kernel(&self, m: u32, n: u32) -> &'static str {
+    pub fn qmm_kernel(&self, m: u32, n: u32) -> &'static str {
         let tiled_or = |small: &'static str| {
             if m >= QMM_TILED_MIN_ROWS {
                 "matmul_q_tiled"
@@ -166,7 +166,7 @@ impl Gpu {
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows",
             QmmPolicy::Workgroup => "matmul_q",
-            QmmPolicy::Matvec if m <= QMM_MV_MAX_ROWS => "matmul_q_mv",
+            QmmPolicy::Matvec if m <= QMM_MV_MAX_ROWS => self.matvec_kernel(),
             QmmPolicy::Matvec => "matmul_q",
             QmmPolicy::Tiled => tiled_or(if self.cpu_adapter {
                 "matmul_q_rows"
@@ -179,13 +179,26 @@ impl Gpu {
             {
                 "matmul_q_rows"
             }
-            QmmPolicy::Auto if m <= QMM_MV_MAX_ROWS => "matmul_q_mv",
+            QmmPolicy::Auto if m <= QMM_MV_MAX_ROWS => self.matvec_kernel(),
             QmmPolicy::Auto => "matmul_q",
         }
     }
 }
 
 impl Gpu {
+    /// The matvec kernel: with its reduction in subgroup operations where the adapter's subgroups
+    /// have 4 to 32 lanes (then a weight row's 32 lanes hold whole subgroups), else through
+    /// workgroup memory. Native only: browsers want an `enable subgroups;` that this naga rejects.
+    fn matvec_kernel(&self) -> &'static str {
+        let r = &self.report;
+        let fits = r.subgroups && r.subgroup_min_size >= 4 && r.subgroup_max_size <= 32;
+        if fits && cfg!(not(target_arch = "wasm32")) {
+            "matmul_q_mv_sg"
+        } else {
+            "matmul_q_mv"
+        }
+    }
+
     /// Record y[m, y_off + n] = x[m, k] · Wᵀ for a weight in any supported GGUF format, one
     /// dispatch per row-chunk of the weight, with the bias and epilogue of `fuse`. `ldy` is
     /// y's row stride.
@@ -247,7 +260,9 @@ impl Gpu {
             let groups = match flavour {
                 "matmul_q_rows" => self.grid(total.div_ceil(64)),
                 "matmul_q_tiled" => [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1],
-                "matmul_q_mv" => self.grid((c.rows as u32).div_ceil(QMM_MV_COLS_PER_WG)),
+                "matmul_q_mv" | "matmul_q_mv_sg" => {
+                    self.grid((c.rows as u32).div_ceil(QMM_MV_COLS_PER_WG))
+                }
                 _ => self.grid(total),
             };
             let params = self.uniform(

@@ -1,0 +1,66 @@
+// The matvec kernel (`main_mv`, in matmul_quant.wgsl) with its 32-lane reduction done by subgroup
+// operations: each subgroup sums its lanes with subgroupAdd, and one workgroup-memory step (one
+// barrier) adds the 32 / S subgroup sums of a weight row, where main_mv runs a five-step tree with a
+// barrier per step. Appended to matmul_quant.wgsl only for adapters with subgroups of 4 to 32
+// lanes (a row's 32 lanes then hold whole subgroups), so that the other kernels compile without
+// the subgroup feature.
+var<workgroup> part_sg: array<f32, 256>;    // [MV][64 subgroups at most]
+var<workgroup> part_sg_ss: array<f32, 256>; // the same for the sums of squares of x
+
+@compute @workgroup_size(256, 1, 1)
+fn main_mv_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+              @builtin(local_invocation_index) tid: u32, @builtin(subgroup_size) sgs: u32,
+              @builtin(subgroup_invocation_id) sgi: u32) {
+    let lane = tid % 32u;
+    let col = (wg.x + wg.y * nw.x) * 8u + tid / 32u;
+    let live = col < p.n;
+    let mrows = min(MV, p.m);
+    var acc: array<f32, 4>;
+    var ss: array<f32, 4>;
+    for (var r = 0u; r < MV; r++) { acc[r] = 0.0; ss[r] = 0.0; }
+    if (live) {
+        let rb = p.w_byte_off + col * p.row_bytes;
+        var wv: array<f32, 32>;
+        let nsub = p.k / 32u;
+        for (var s = lane; s < nsub; s += 32u) {
+            dq32(rb, s, &wv);
+            scale_by_norm(s, &wv);
+            for (var r = 0u; r < mrows; r++) {
+                let xb = r * p.k + s * 32u;
+                var a = 0.0;
+                var q = 0.0;
+                for (var i = 0u; i < 32u; i++) {
+                    let xv = x[xb + i];
+                    a = fma(xv, wv[i], a);
+                    q = fma(xv, xv, q);
+                }
+                acc[r] += a;
+                ss[r] += q;
+            }
+        }
+    }
+    // Every lane of the workgroup takes part in the subgroup operations and the barrier.
+    let sg = tid / sgs; // this subgroup's index in the workgroup
+    for (var r = 0u; r < MV; r++) {
+        let a = subgroupAdd(acc[r]);
+        let q = subgroupAdd(ss[r]);
+        if (sgi == 0u) {
+            part_sg[r * 64u + sg] = a;
+            part_sg_ss[r * 64u + sg] = q;
+        }
+    }
+    workgroupBarrier();
+    // Lane r of each weight row writes x-row r's result from the row's 32 / S subgroup sums.
+    if (live && lane < mrows) {
+        let first = (tid - lane) / sgs;
+        var v = 0.0;
+        var q = 0.0;
+        for (var j = 0u; j < 32u / sgs; j++) {
+            v += part_sg[lane * 64u + first + j];
+            q += part_sg_ss[lane * 64u + first + j];
+        }
+        v = normed(v, q);
+        if (p.has_bias == 1u) { v += bias[col]; }
+        store(lane * p.ldy + p.y_off + col, v);
+    }
+}
