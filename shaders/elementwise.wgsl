@@ -67,3 +67,123 @@ fn row_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         dst[row] = src0[base + tgt] - mx - log(red_lp[0]);
     }
 }
+
+// Temperature and nucleus (top-p) sampling without reading the vocabulary back: one workgroup per
+// row; dst[row] = the picked index (as f32 bits), given a uniform u in [0, 1) in src1[row],
+// temperature bitcast(p.b) and top_p bitcast(p.c). The rule (generate::sample_row is the same on
+// the CPU): weights w_i = exp((l_i - max) / T); the nucleus is {i : l_i >= lambda} for the largest
+// lambda whose weight reaches top_p of the total (all of the row when top_p >= 1), found by 32
+// bisection steps on lambda between the row's smallest and largest logit (then adjacent floats);
+// the pick is the first index, in vocabulary order, where the running nucleus weight passes u times
+// the nucleus weight.
+var<workgroup> red_s: array<f32, 256>;
+var<workgroup> pick_chunk: u32;
+var<workgroup> pick_rest: f32;
+
+fn wg_sum(lid: u32, v: f32) -> f32 {
+    red_s[lid] = v;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red_s[lid] += red_s[lid + st]; }
+        workgroupBarrier();
+    }
+    let r = red_s[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn wg_max(lid: u32, v: f32) -> f32 {
+    red_s[lid] = v;
+    workgroupBarrier();
+    for (var st = 128u; st > 0u; st >>= 1u) {
+        if (lid < st) { red_s[lid] = max(red_s[lid], red_s[lid + st]); }
+        workgroupBarrier();
+    }
+    let r = red_s[0];
+    workgroupBarrier();
+    return r;
+}
+
+// Weight of the logits at or above lambda, over the whole row.
+fn nucleus_weight(lid: u32, base: u32, mx: f32, t: f32, lambda: f32) -> f32 {
+    var s = 0.0;
+    for (var j = lid; j < p.a; j += 256u) {
+        let l = src0[base + j];
+        if (l >= lambda) { s += exp((l - mx) / t); }
+    }
+    return wg_sum(lid, s);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn sample_top_p(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + wg.y * nw.x;
+    if (row >= p.n) { return; }
+    let base = row * p.a;
+    let t = bitcast<f32>(p.b);
+    let top_p = bitcast<f32>(p.c);
+    var hi_l = -3.4e38;
+    var lo_l = 3.4e38;
+    for (var j = lid; j < p.a; j += 256u) {
+        hi_l = max(hi_l, src0[base + j]);
+        lo_l = min(lo_l, src0[base + j]);
+    }
+    let mx = wg_max(lid, hi_l);
+    let mn = -wg_max(lid, -lo_l);
+    var lambda = mn;
+    if (top_p < 1.0) {
+        let goal = top_p * nucleus_weight(lid, base, mx, t, mn);
+        // Selects, not branches, on the weights: every thread must reach every barrier.
+        let top_only = nucleus_weight(lid, base, mx, t, mx) >= goal;
+        var lo = mn;
+        var hi = mx;
+        for (var step = 0u; step < 32u; step++) {
+            let mid = 0.5 * (lo + hi);
+            let reached = nucleus_weight(lid, base, mx, t, mid) >= goal;
+            lo = select(lo, mid, reached);
+            hi = select(mid, hi, reached);
+        }
+        lambda = select(lo, mx, top_only);
+    }
+    // Each thread's contiguous chunk of the row: its nucleus weight, then thread 0 finds the chunk
+    // where the running weight passes u times the total, and that chunk's thread scans it.
+    let chunk = (p.a + 255u) / 256u;
+    let c0 = min(lid * chunk, p.a);
+    let c1 = min(c0 + chunk, p.a);
+    var part = 0.0;
+    for (var j = c0; j < c1; j++) {
+        let l = src0[base + j];
+        if (l >= lambda) { part += exp((l - mx) / t); }
+    }
+    red_s[lid] = part;
+    workgroupBarrier();
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var i = 0u; i < 256u; i++) { total += red_s[i]; }
+        var r = src1[row] * total;
+        var found = 0u;
+        for (var i = 0u; i < 256u; i++) {
+            if (red_s[i] > 0.0) {
+                found = i;
+                if (r < red_s[i]) { break; }
+                r -= red_s[i];
+            }
+        }
+        pick_chunk = found;
+        pick_rest = r;
+    }
+    workgroupBarrier();
+    if (lid == pick_chunk) {
+        var r = pick_rest;
+        var last = c0;
+        for (var j = c0; j < c1; j++) {
+            let l = src0[base + j];
+            if (l >= lambda) {
+                last = j;
+                let w = exp((l - mx) / t);
+                if (r < w) { break; }
+                r -= w;
+            }
+        }
+        dst[row] = bitcast<f32>(last);
+    }
+}

@@ -703,3 +703,96 @@ fn attention_over_long_contexts_agrees_with_cpu() {
         );
     }
 }
+
+/// Temperature and top-p sampling on the GPU (one workgroup per row, only the picks read back)
+/// picks what the CPU rule `generate::sample_row` picks, for rows of 7, 1,000 and 151,936 logits,
+/// several temperatures and top-p values, wherever the pick is not within float rounding of a
+/// boundary (the nucleus threshold or the drawn point falling within 1e-4 of a weight boundary,
+/// measured in f64 here; the rows are peaked as a model's are, so most picks are clear). The rule itself is checked against a sorted-order nucleus in f64: the
+/// picked token lies in the nucleus.
+#[test]
+fn gpu_sampling_picks_what_the_cpu_rule_picks() {
+    use creme_core::generate::sample_row;
+    let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let mut rng = SplitMix64(5);
+    let (mut compared, mut cases) = (0, 0);
+    for width in [7usize, 1000, 151_936] {
+        for (t, top_p) in [
+            (0.2f32, 0.5f32),
+            (0.8, 0.9),
+            (1.5, 1.0),
+            (1.0, 0.0),
+            (0.7, 0.95),
+        ] {
+            let rows = 3;
+            // Peaked rows, as a model's are: noise plus a few clearly preferred tokens.
+            let mut logits: Vec<f32> = (0..rows * width).map(|_| rng.next_f32() * 3.0).collect();
+            for _ in 0..5 * rows {
+                let i = rng.below((rows * width) as u64) as usize;
+                logits[i] = 8.0 + 4.0 * rng.next_f32();
+            }
+            let u: Vec<f32> = (0..rows).map(|_| (rng.next_f32() + 1.0) / 2.0).collect();
+            let on = |dev: &Device| {
+                let l = dev.upload("logits", rows, width, &logits).unwrap();
+                pollster::block_on(dev.sample(&l, t, top_p, &u)).unwrap()
+            };
+            let (want, got) = (on(&cpu), on(&gpu));
+            for r in 0..rows {
+                let row = &logits[r * width..(r + 1) * width];
+                assert_eq!(want[r], sample_row(row, t, top_p, u[r]));
+                let (nucleus, margin) =
+                    nucleus_and_margin(row, t as f64, top_p as f64, u[r] as f64);
+                assert!(
+                    nucleus.contains(&(want[r] as usize)),
+                    "width {width} T {t} top_p {top_p}: CPU pick {} outside the nucleus",
+                    want[r]
+                );
+                cases += 1;
+                if margin > 1e-4 {
+                    compared += 1;
+                    assert_eq!(
+                        got[r], want[r],
+                        "width {width} T {t} top_p {top_p} row {r} (margin {margin:.2e})"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        compared * 2 >= cases,
+        "only {compared} of {cases} picks away from a boundary"
+    );
+    eprintln!("{compared} of {cases} picks compared");
+}
+
+/// The nucleus of a row in f64 by sorting (the tokens whose weights, largest first, first reach
+/// top_p of the total; all of them at top_p >= 1), and how far (relative) the threshold and the
+/// drawn point lie from a boundary.
+fn nucleus_and_margin(row: &[f32], t: f64, top_p: f64, u: f64) -> (Vec<usize>, f64) {
+    let mx = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let w: Vec<f64> = row.iter().map(|&l| ((l as f64 - mx) / t).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+    let (mut keep, mut acc, mut margin) = (row.len(), 0.0, f64::INFINITY);
+    if top_p < 1.0 {
+        for (i, &j) in order.iter().enumerate() {
+            let before = acc;
+            acc += w[j];
+            if acc >= top_p * total {
+                keep = i + 1;
+                margin = ((acc - top_p * total).min(top_p * total - before)) / total;
+                break;
+            }
+        }
+    }
+    let mut nucleus: Vec<usize> = order[..keep].to_vec();
+    nucleus.sort();
+    let kept: f64 = nucleus.iter().map(|&j| w[j]).sum();
+    let (r, mut run) = (u * kept, 0.0);
+    for &j in &nucleus {
+        run += w[j];
+        margin = margin.min((run - r).abs() / kept);
+    }
+    (nucleus, margin)
+}

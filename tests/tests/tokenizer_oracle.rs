@@ -92,3 +92,65 @@ fn qwen_token_ids_equal_hf() {
 fn smollm2_token_ids_equal_hf() {
     check("smollm2", "smollm2-135m-instruct-q4_1_token_ids.json");
 }
+
+/// The windowed stop-string check of decoding (`reaches_stop`) agrees, token by token, with
+/// `cut_at_stops` on the whole decoded text, for both tokenizers: on every HumanEval prompt's
+/// canonical solution followed by text that reaches a stop string, and on random ids (byte-level
+/// fragments, special tokens) where a stop string is spliced in.
+#[test]
+fn windowed_stop_check_equals_the_whole_text_check() {
+    use creme_core::cpu::SplitMix64;
+    use creme_core::generate::{cut_at_stops, humaneval_stops, reaches_stop};
+    let stops = humaneval_stops();
+    let ds = shared_dir().join("datasets/humaneval-nlpert/HumanEval.jsonl");
+    let tasks: Vec<Value> = std::fs::read_to_string(ds)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for model in ["qwen", "smollm2"] {
+        let tok = Tokenizer::from_gguf(&read_header(&model_path(model))).unwrap();
+        let mut rng = SplitMix64(7);
+        let stop_ids = tok.encode("\n    return x\n\nassert f(1)\n").unwrap();
+        let mut sequences: Vec<Vec<u32>> = tasks
+            .iter()
+            .map(|t| {
+                tok.encode(&format!(
+                    "{}\n\ndef check(candidate):\n    pass\n",
+                    t["canonical_solution"].as_str().unwrap()
+                ))
+                .unwrap()
+            })
+            .collect();
+        for _ in 0..40 {
+            let mut ids: Vec<u32> = (0..60)
+                .map(|_| (rng.next_u64() % tok.vocab_size() as u64) as u32)
+                .collect();
+            let at = (rng.next_u64() % 50) as usize;
+            ids.splice(at..at, stop_ids.iter().copied());
+            sequences.push(ids);
+        }
+        let mut hits = 0;
+        for ids in &sequences {
+            for j in 1..=ids.len() {
+                let whole = cut_at_stops(&tok.decode(&ids[..j]).unwrap(), &stops).is_some();
+                assert_eq!(
+                    reaches_stop(&tok, &ids[..j], &stops).unwrap(),
+                    whole,
+                    "{model}: {:?}",
+                    &ids[..j]
+                );
+                if whole {
+                    hits += 1;
+                    break;
+                }
+            }
+        }
+        assert!(
+            hits >= sequences.len() * 9 / 10,
+            "{model}: only {hits} of {} sequences reach a stop string",
+            sequences.len()
+        );
+    }
+}

@@ -149,10 +149,7 @@ fn plain_end_within(
         if model.cfg.eos_ids.contains(t) {
             return Ok(Some((j, Finish::Eos)));
         }
-        if !opts.stop.is_empty()
-            && crate::generate::cut_at_stops(&model.tokenizer.decode(&tokens[..=j])?, &opts.stop)
-                .is_some()
-        {
+        if crate::generate::reaches_stop(&model.tokenizer, &tokens[..=j], &opts.stop)? {
             return Ok(Some((j + 1, Finish::Stop)));
         }
         if j + 1 >= opts.max_new_tokens {

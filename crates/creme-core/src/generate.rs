@@ -5,6 +5,7 @@ use crate::backend::{Backend, Device, Tensor};
 use crate::cpu::SplitMix64;
 use crate::error::ModelError;
 use crate::hooks::Hooks;
+use crate::model::tokenizer::Tokenizer;
 use crate::model::{KvCache, Logits, Model};
 
 #[derive(Clone, Debug)]
@@ -93,35 +94,89 @@ pub fn cut_at_stops(text: &str, stops: &[String]) -> Option<usize> {
         .min()
 }
 
-/// Pick the next token from logits with temperature and nucleus (top-p) sampling.
-fn sample(logits: &[f32], temperature: f32, top_p: f32, rng: &mut SplitMix64) -> u32 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, (((l - max) / temperature) as f64).exp()))
-        .collect();
-    let z: f64 = probs.iter().map(|p| p.1).sum();
-    probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-    let mut keep = 0;
-    let mut acc = 0.0;
-    for p in &probs {
-        acc += p.1 / z;
-        keep += 1;
-        if acc >= top_p as f64 {
-            break;
+/// Whether `tokens`, one token longer than a sequence that held no stop string, holds one now (as
+/// `cut_at_stops` on its whole decoded text says). A new stop string ends in the newest text, so
+/// only a window of the newest tokens is decoded, and a hit there is confirmed on the whole text:
+/// the cost per token no longer grows with the sequence (decoding it all each step was O(n^2)).
+pub fn reaches_stop(
+    tokenizer: &Tokenizer,
+    tokens: &[u32],
+    stops: &[String],
+) -> Result<bool, ModelError> {
+    let longest = stops.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+    if longest == 0 || tokens.is_empty() {
+        return Ok(false);
+    }
+    // Widen the window until it decodes to more than the longest stop string plus one character
+    // (its first character may be a byte-level fragment) or covers the whole sequence.
+    let mut width = longest + 8;
+    loop {
+        let from = tokens.len().saturating_sub(width);
+        let window = tokenizer.decode(&tokens[from..])?;
+        if from == 0 {
+            return Ok(cut_at_stops(&window, stops).is_some());
+        }
+        if window.chars().count() > longest + 1 {
+            if cut_at_stops(&window, stops).is_none() {
+                return Ok(false);
+            }
+            return Ok(cut_at_stops(&tokenizer.decode(tokens)?, stops).is_some());
+        }
+        width *= 2;
+    }
+}
+
+/// Pick a token from one row of logits with temperature and nucleus (top-p) sampling, given a
+/// uniform `u` in [0, 1). Weights w_i = exp((l_i - max) / T); the nucleus is {i : l_i >= lambda}
+/// for the largest lambda whose weight reaches `top_p` of the total (the whole row when top_p >= 1),
+/// found by 32 bisection steps on lambda between the smallest and largest logit (which end on
+/// adjacent floats, so the nucleus is exactly the tokens above a logit); the pick is the first index,
+/// in vocabulary order, where the running nucleus weight passes u times the nucleus weight. The
+/// wgpu backend runs the same rule on the GPU (`sample_top_p` in shaders/elementwise.wgsl).
+pub fn sample_row(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
+    let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mn = logits.iter().cloned().fold(f32::INFINITY, f32::min);
+    // Weights and their sums in f64: this is the reference the GPU's f32 tree sums are held to.
+    let weight = |l: f32| (((l - mx) / temperature) as f64).exp();
+    let nucleus_weight = |lambda: f32| -> f64 {
+        logits
+            .iter()
+            .filter(|&&l| l >= lambda)
+            .map(|&l| weight(l))
+            .sum()
+    };
+    let mut lambda = mn;
+    if top_p < 1.0 {
+        let target = top_p as f64 * nucleus_weight(mn);
+        let (mut lo, mut hi) = (mn, mx);
+        for _ in 0..32 {
+            let mid = 0.5 * (lo + hi);
+            if nucleus_weight(mid) >= target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lambda = if nucleus_weight(mx) >= target { mx } else { lo };
+    }
+    let mut r = u as f64 * nucleus_weight(lambda);
+    let mut last = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l >= lambda {
+            last = i;
+            let w = weight(l);
+            if r < w {
+                break;
+            }
+            r -= w;
         }
     }
-    let kept = &probs[..keep];
-    let total: f64 = kept.iter().map(|p| p.1).sum();
-    let mut r = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
-    for p in kept {
-        r -= p.1;
-        if r <= 0.0 {
-            return p.0;
-        }
-    }
-    kept.last().map(|p| p.0).unwrap_or(0)
+    last as u32
+}
+
+/// A uniform draw in [0, 1) with 24 random bits (exact in f32), for [`sample_row`].
+fn uniform_f32(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32
 }
 
 /// Generate a completion for each prompt (token ids). `on_token(seq, id)` is called for every new
@@ -208,10 +263,10 @@ pub(crate) async fn decode_after(
         let next: Vec<u32> = if opts.temperature <= 0.0 {
             dev.argmax(&logits).await?
         } else {
-            let all = dev.read(&logits, n * cfg.vocab).await?;
-            all.chunks(cfg.vocab)
-                .map(|row| sample(row, opts.temperature, opts.top_p, &mut rng))
-                .collect()
+            // One draw per row, on the CPU, so that a seed gives the same picks on every backend.
+            let u: Vec<f32> = (0..n).map(|_| uniform_f32(&mut rng)).collect();
+            dev.sample(&logits, opts.temperature, opts.top_p, &u)
+                .await?
         };
         for (i, &id) in next.iter().enumerate() {
             if done[i] {
@@ -224,12 +279,9 @@ pub(crate) async fn decode_after(
             }
             out[i].tokens.push(id);
             on_token(i, id);
-            if !opts.stop.is_empty() {
-                let text = model.tokenizer.decode(&out[i].tokens)?;
-                if cut_at_stops(&text, &opts.stop).is_some() {
-                    done[i] = true;
-                    out[i].finish = Finish::Stop;
-                }
+            if reaches_stop(&model.tokenizer, &out[i].tokens, &opts.stop)? {
+                done[i] = true;
+                out[i].finish = Finish::Stop;
             }
             done[i] |= out[i].tokens.len() >= opts.max_new_tokens;
         }

@@ -183,6 +183,15 @@ pub trait Backend {
 
     /// Index of the first maximum of each row.
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError>;
+    /// A token per row by temperature and top-p sampling, with the uniform draw `u[row]`
+    /// (the rule of [`crate::generate::sample_row`]); only the picks come back.
+    async fn sample(
+        &self,
+        logits: &Tensor,
+        temperature: f32,
+        top_p: f32,
+        u: &[f32],
+    ) -> Result<Vec<u32>, ModelError>;
     /// log_softmax(logits[i])[targets[i]] for each row i.
     async fn token_logprobs(
         &self,
@@ -325,6 +334,15 @@ impl Backend for Device {
     async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
         on_backend!(self, b => Backend::argmax(b, logits).await)
     }
+    async fn sample(
+        &self,
+        logits: &Tensor,
+        temperature: f32,
+        top_p: f32,
+        u: &[f32],
+    ) -> Result<Vec<u32>, ModelError> {
+        on_backend!(self, b => Backend::sample(b, logits, temperature, top_p, u).await)
+    }
     async fn token_logprobs(
         &self,
         logits: &Tensor,
@@ -466,4 +484,16 @@ impl Device {
             }
         }
     }
+}
+
+/// A sampling call's draws: one per row of logits, and a positive temperature.
+pub(crate) fn check_draws(logits: &Tensor, u: &[f32]) -> Result<(), ModelError> {
+    if u.len() != logits.rows {
+        return Err(ModelError::Format(format!(
+            "sample: {} draws for {} rows of logits",
+            u.len(),
+            logits.rows
+        )));
+    }
+    Ok(())
 }

@@ -517,6 +517,34 @@ impl Backend for Gpu {
         Ok(self.read::<u32>(&ids, logits.rows).await?)
     }
 
+    async fn sample(
+        &self,
+        logits: &Tensor,
+        temperature: f32,
+        top_p: f32,
+        u: &[f32],
+    ) -> Result<Vec<u32>, ModelError> {
+        super::check_draws(logits, u)?;
+        let ids = self.pooled("sampled", words(logits.rows), false);
+        let draws = self.pooled("draws", words(logits.rows), false);
+        // A pooled buffer is no longer used by unsubmitted commands (see `tensor`).
+        self.queue.write_buffer(&draws, 0, bytemuck::cast_slice(u));
+        let lb = logits.wgpu()?;
+        self.record(|enc| {
+            self.encode_sample(
+                enc,
+                lb,
+                &draws,
+                &ids,
+                logits.rows as u32,
+                logits.width as u32,
+                temperature,
+                top_p,
+            )
+        });
+        Ok(self.read::<u32>(&ids, logits.rows).await?)
+    }
+
     async fn token_logprobs(
         &self,
         logits: &Tensor,

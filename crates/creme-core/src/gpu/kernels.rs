@@ -30,12 +30,15 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
                 "adam" => include_str!("../../../../shaders/adam.wgsl"),
-                "argmax" | "row_logprob" => include_str!("../../../../shaders/elementwise.wgsl"),
+                "argmax" | "row_logprob" | "sample_top_p" => {
+                    include_str!("../../../../shaders/elementwise.wgsl")
+                }
                 _ => return None,
             };
             let entry: &'static str = match name {
                 "argmax" => "argmax",
                 "row_logprob" => "row_logprob",
+                "sample_top_p" => "sample_top_p",
                 _ => "main",
             };
             return Some((src.to_string(), entry));

@@ -190,6 +190,38 @@ impl Gpu {
         self.read::<f32>(&out, targets.len()).await
     }
 
+    /// dst[row] = a token sampled from the row with temperature and top-p, given the uniform draw
+    /// draws[row] (the rule of `generate::sample_row`), for `rows` rows of `width`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_sample(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        logits: &wgpu::Buffer,
+        draws: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        rows: u32,
+        width: u32,
+        temperature: f32,
+        top_p: f32,
+    ) {
+        let pb = self.uniform(
+            "sample_top_p",
+            &EwParams {
+                n: rows,
+                a: width,
+                b: temperature.to_bits(),
+                c: top_p.to_bits(),
+            },
+        );
+        self.dispatch(
+            enc,
+            "sample_top_p",
+            &[logits, draws, dst],
+            &pb,
+            self.grid(rows),
+        );
+    }
+
     /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`.
     pub(crate) fn encode_argmax(
         &self,

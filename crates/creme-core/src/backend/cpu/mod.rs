@@ -446,6 +446,22 @@ impl Backend for CpuBackend {
             .collect())
     }
 
+    async fn sample(
+        &self,
+        logits: &Tensor,
+        temperature: f32,
+        top_p: f32,
+        u: &[f32],
+    ) -> Result<Vec<u32>, ModelError> {
+        let w = logits.width;
+        super::check_draws(logits, u)?;
+        Ok(logits.cpu()?[..logits.rows * w]
+            .chunks(w)
+            .zip(u)
+            .map(|(row, &u)| crate::generate::sample_row(row, temperature, top_p, u))
+            .collect())
+    }
+
     async fn token_logprobs(
         &self,
         logits: &Tensor,
