@@ -3,6 +3,7 @@
 # the device tool's README says how to carry the binary, the Vulkan loader and the model):
 #   1. the adapter (`creme info`) and the f32 matmul check on it;
 #   2. `creme bench` on it: prefill pp512, decode tg128 at batch 1, GPU work per decoded token;
+#      the decode matvec kernels at m = 1 (subgroup reduction, workgroup tree, a workgroup per row);
 #   3. the 164 clean HumanEval prompts greedily on it, tests executed in the sandbox, against the
 #      HF transformers oracle in ../shared/oracle: share of identical completions (>= 90%) and the
 #      pass count (71 +- 2). A --limit run checks only the identical share.
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --backend) backend="$2"; shift 2 ;;
     --limit) limit="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
 for f in "$creme" "$model" "$dataset/HumanEval.jsonl" "$oracle/hf_greedy_clean_completions.json"; do
@@ -46,6 +47,11 @@ step "bench (pp512, tg128 at batch 1, GPU work per decoded token)"
 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 --decode 128 \
   --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench.json"
 cat "$out/bench.json"
+
+step "decode matvec at m = 1: subgroup reduction / workgroup tree / a workgroup per row"
+CREME_QMM=mv "$creme" bench-kernels --backend "$backend" --m 1 --reps 20 | tee "$out/kernels.txt"
+CREME_QMM=mv "$creme" bench-kernels --backend "$backend" --no-subgroups --m 1 --reps 20 | tee -a "$out/kernels.txt"
+CREME_QMM=wg "$creme" bench-kernels --backend "$backend" --m 1 --reps 20 | tee -a "$out/kernels.txt"
 
 step "clean HumanEval, greedy, against the oracle"
 lim=(); [ -n "$limit" ] && lim=(--limit "$limit")

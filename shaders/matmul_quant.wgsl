@@ -258,6 +258,42 @@ const MV: u32 = 4u;
 var<workgroup> red_mv: array<f32, 1024>; // [MV][256]
 var<workgroup> red_mv_ss: array<f32, 1024>; // [MV][256], sums of squares of x
 
+// One lane's share of weight row `col` in the matvec kernels (main_mv, main_mv_sg): its dot
+// products with the m <= MV rows of x (norm folded in) and x's sums of squares, over pieces lane,
+// lane + 32, ... of the row.
+struct MvPartial {
+    acc: array<f32, 4>,
+    ss: array<f32, 4>,
+}
+
+fn mv_partial(col: u32, lane: u32, live: bool, mrows: u32) -> MvPartial {
+    var out: MvPartial;
+    for (var r = 0u; r < MV; r++) { out.acc[r] = 0.0; out.ss[r] = 0.0; }
+    if (!live) {
+        return out;
+    }
+    let rb = p.w_byte_off + col * p.row_bytes;
+    var wv: array<f32, 32>;
+    let nsub = p.k / 32u;
+    for (var s = lane; s < nsub; s += 32u) {
+        dq32(rb, s, &wv);
+        scale_by_norm(s, &wv);
+        for (var r = 0u; r < mrows; r++) {
+            let xb = r * p.k + s * 32u;
+            var a = 0.0;
+            var q = 0.0;
+            for (var i = 0u; i < 32u; i++) {
+                let xv = x[xb + i];
+                a = fma(xv, wv[i], a);
+                q = fma(xv, xv, q);
+            }
+            out.acc[r] += a;
+            out.ss[r] += q;
+        }
+    }
+    return out;
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
@@ -266,33 +302,10 @@ fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
     // No early return: every thread must reach the barriers.
     let live = col < p.n;
     let mrows = min(MV, p.m);
-    var acc: array<f32, 4>;
-    var ss: array<f32, 4>;
-    for (var r = 0u; r < MV; r++) { acc[r] = 0.0; ss[r] = 0.0; }
-    if (live) {
-        let rb = p.w_byte_off + col * p.row_bytes;
-        var wv: array<f32, 32>;
-        let nsub = p.k / 32u;
-        for (var s = lane; s < nsub; s += 32u) {
-            dq32(rb, s, &wv);
-            scale_by_norm(s, &wv);
-            for (var r = 0u; r < mrows; r++) {
-                let xb = r * p.k + s * 32u;
-                var a = 0.0;
-                var q = 0.0;
-                for (var i = 0u; i < 32u; i++) {
-                    let xv = x[xb + i];
-                    a = fma(xv, wv[i], a);
-                    q = fma(xv, xv, q);
-                }
-                acc[r] += a;
-                ss[r] += q;
-            }
-        }
-    }
+    var part = mv_partial(col, lane, live, mrows);
     for (var r = 0u; r < mrows; r++) {
-        red_mv[r * 256u + tid] = acc[r];
-        red_mv_ss[r * 256u + tid] = ss[r];
+        red_mv[r * 256u + tid] = part.acc[r];
+        red_mv_ss[r * 256u + tid] = part.ss[r];
     }
     workgroupBarrier();
     for (var st = 16u; st > 0u; st >>= 1u) {

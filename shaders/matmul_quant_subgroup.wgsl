@@ -15,35 +15,12 @@ fn main_mv_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw:
     let col = (wg.x + wg.y * nw.x) * 8u + tid / 32u;
     let live = col < p.n;
     let mrows = min(MV, p.m);
-    var acc: array<f32, 4>;
-    var ss: array<f32, 4>;
-    for (var r = 0u; r < MV; r++) { acc[r] = 0.0; ss[r] = 0.0; }
-    if (live) {
-        let rb = p.w_byte_off + col * p.row_bytes;
-        var wv: array<f32, 32>;
-        let nsub = p.k / 32u;
-        for (var s = lane; s < nsub; s += 32u) {
-            dq32(rb, s, &wv);
-            scale_by_norm(s, &wv);
-            for (var r = 0u; r < mrows; r++) {
-                let xb = r * p.k + s * 32u;
-                var a = 0.0;
-                var q = 0.0;
-                for (var i = 0u; i < 32u; i++) {
-                    let xv = x[xb + i];
-                    a = fma(xv, wv[i], a);
-                    q = fma(xv, xv, q);
-                }
-                acc[r] += a;
-                ss[r] += q;
-            }
-        }
-    }
+    var part = mv_partial(col, lane, live, mrows);
     // Every lane of the workgroup takes part in the subgroup operations and the barrier.
     let sg = tid / sgs; // this subgroup's index in the workgroup
     for (var r = 0u; r < MV; r++) {
-        let a = subgroupAdd(acc[r]);
-        let q = subgroupAdd(ss[r]);
+        let a = subgroupAdd(part.acc[r]);
+        let q = subgroupAdd(part.ss[r]);
         if (sgi == 0u) {
             part_sg[r * 64u + sg] = a;
             part_sg_ss[r * 64u + sg] = q;
