@@ -73,9 +73,10 @@ fn row_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 // temperature bitcast(p.b) and top_p bitcast(p.c). The rule (generate::sample_row is the same on
 // the CPU): weights w_i = exp((l_i - max) / T); the nucleus is {i : l_i >= lambda} for the largest
 // lambda whose weight reaches top_p of the total (all of the row when top_p >= 1), found by 32
-// bisection steps on lambda between the row's smallest and largest logit (then adjacent floats);
-// the pick is the first index, in vocabulary order, where the running nucleus weight passes u times
-// the nucleus weight.
+// bisection steps on lambda between max(smallest logit, largest - 104 T) (exp(-104) is 0 in f32)
+// and the largest logit; the pick is the first index, in vocabulary order, where the running
+// nucleus weight passes u times the nucleus weight (the last nucleus index if rounding leaves
+// none).
 var<workgroup> red_s: array<f32, 256>;
 var<workgroup> pick_chunk: u32;
 var<workgroup> pick_rest: f32;
@@ -134,7 +135,7 @@ fn sample_top_p(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         let goal = top_p * nucleus_weight(lid, base, mx, t, mn);
         // Selects, not branches, on the weights: every thread must reach every barrier.
         let top_only = nucleus_weight(lid, base, mx, t, mx) >= goal;
-        var lo = mn;
+        var lo = max(mn, mx - 104.0 * t);
         var hi = mx;
         for (var step = 0u; step < 32u; step++) {
             let mid = 0.5 * (lo + hi);
@@ -161,15 +162,17 @@ fn sample_top_p(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         for (var i = 0u; i < 256u; i++) { total += red_s[i]; }
         var r = src1[row] * total;
         var found = 0u;
+        var inside = false;
         for (var i = 0u; i < 256u; i++) {
             if (red_s[i] > 0.0) {
                 found = i;
-                if (r < red_s[i]) { break; }
+                if (r < red_s[i]) { inside = true; break; }
                 r -= red_s[i];
             }
         }
         pick_chunk = found;
-        pick_rest = r;
+        // Rounding left the draw past the end: the last nucleus index (the scan runs through).
+        pick_rest = select(3.4e38, r, inside);
     }
     workgroupBarrier();
     if (lid == pick_chunk) {

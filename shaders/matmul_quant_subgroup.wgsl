@@ -3,7 +3,10 @@
 // barrier) adds the 32 / S subgroup sums of a weight row, where main_mv runs a five-step tree with a
 // barrier per step. Appended to matmul_quant.wgsl only for adapters with subgroups of 4 to 32
 // lanes (a row's 32 lanes then hold whole subgroups), so that the other kernels compile without
-// the subgroup feature.
+// the subgroup feature. It assumes what drivers do for a one-dimensional workgroup (and what
+// llama.cpp's Vulkan kernels assume too): subgroup j holds invocations j*S .. j*S + S - 1, all
+// active. Neither WGSL nor Vulkan without full-subgroup pipelines promises it; --no-subgroups
+// is the way out where a driver differs.
 var<workgroup> part_sg: array<f32, 256>;    // [MV][64 subgroups at most]
 var<workgroup> part_sg_ss: array<f32, 256>; // the same for the sums of squares of x
 

@@ -731,6 +731,12 @@ fn gpu_sampling_picks_what_the_cpu_rule_picks() {
                 let i = rng.below((rows * width) as u64) as usize;
                 logits[i] = 8.0 + 4.0 * rng.next_f32();
             }
+            if top_p == 0.9 {
+                // Masked tokens: -inf logits take no part (and must not stall the bisection).
+                for l in logits.iter_mut().step_by(3).filter(|l| **l < 8.0) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
             let u: Vec<f32> = (0..rows).map(|_| (rng.next_f32() + 1.0) / 2.0).collect();
             let on = |dev: &Device| {
                 let l = dev.upload("logits", rows, width, &logits).unwrap();

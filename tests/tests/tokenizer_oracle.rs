@@ -123,6 +123,17 @@ fn windowed_stop_check_equals_the_whole_text_check() {
                 .unwrap()
             })
             .collect();
+        // Windows that decode to little: a run of special tokens (they decode to nothing) and
+        // characters split into byte-level pieces, right before a stop string.
+        let special = (0..tok.vocab_size() as u32)
+            .rev()
+            .find(|&i| tok.is_special(i))
+            .unwrap();
+        let mut specials = tok.encode("x = 1\n").unwrap();
+        specials.extend(std::iter::repeat_n(special, 30));
+        specials.extend(tok.encode("# done\n").unwrap());
+        sequences.push(specials);
+        sequences.push(tok.encode("s = '𝔘𝔫𝔦𝔠𝔬𝔡𝔢𝔘𝔫𝔦𝔠𝔬𝔡𝔢'\n# x\n").unwrap());
         for _ in 0..40 {
             let mut ids: Vec<u32> = (0..60)
                 .map(|_| (rng.next_u64() % tok.vocab_size() as u64) as u32)

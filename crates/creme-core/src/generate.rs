@@ -107,17 +107,19 @@ pub fn reaches_stop(
     if longest == 0 || tokens.is_empty() {
         return Ok(false);
     }
-    // Widen the window until it decodes to more than the longest stop string plus one character
-    // (its first character may be a byte-level fragment) or covers the whole sequence.
+    // A new stop string starts within the last `longest` characters before the newest token's
+    // text. Widen the window until the text before the newest token holds `longest` characters
+    // plus 3 (the window's first character may be cut into up to 3 replacement characters; special
+    // tokens decode to nothing), or the window covers the whole sequence.
+    let newest = tokens.len() - 1;
     let mut width = longest + 8;
     loop {
         let from = tokens.len().saturating_sub(width);
-        let window = tokenizer.decode(&tokens[from..])?;
         if from == 0 {
-            return Ok(cut_at_stops(&window, stops).is_some());
+            return Ok(cut_at_stops(&tokenizer.decode(tokens)?, stops).is_some());
         }
-        if window.chars().count() > longest + 1 {
-            if cut_at_stops(&window, stops).is_none() {
+        if tokenizer.decode(&tokens[from..newest])?.chars().count() >= longest + 3 {
+            if cut_at_stops(&tokenizer.decode(&tokens[from..])?, stops).is_none() {
                 return Ok(false);
             }
             return Ok(cut_at_stops(&tokenizer.decode(tokens)?, stops).is_some());
@@ -129,13 +131,16 @@ pub fn reaches_stop(
 /// Pick a token from one row of logits with temperature and nucleus (top-p) sampling, given a
 /// uniform `u` in [0, 1). Weights w_i = exp((l_i - max) / T); the nucleus is {i : l_i >= lambda}
 /// for the largest lambda whose weight reaches `top_p` of the total (the whole row when top_p >= 1),
-/// found by 32 bisection steps on lambda between the smallest and largest logit (which end on
-/// adjacent floats, so the nucleus is exactly the tokens above a logit); the pick is the first index,
+/// found by 32 bisection steps on lambda between max(smallest logit, largest - 104 T) (below that a
+/// weight is 0 in f32) and the largest logit, which end within 104 T / 2^32 of each other (adjacent
+/// floats for logits of ordinary size, so the nucleus is the tokens above a logit); the pick is the first index,
 /// in vocabulary order, where the running nucleus weight passes u times the nucleus weight. The
 /// wgpu backend runs the same rule on the GPU (`sample_top_p` in shaders/elementwise.wgsl).
 pub fn sample_row(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
     let mx = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mn = logits.iter().cloned().fold(f32::INFINITY, f32::min);
+    // The bisection's floor: -inf or huge negative logits (masks) would leave it unconverged.
+    let floor = mn.max(mx - NUCLEUS_SPAN * temperature);
     // Weights and their sums in f64: this is the reference the GPU's f32 tree sums are held to.
     let weight = |l: f32| (((l - mx) / temperature) as f64).exp();
     let nucleus_weight = |lambda: f32| -> f64 {
@@ -148,7 +153,7 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
     let mut lambda = mn;
     if top_p < 1.0 {
         let target = top_p as f64 * nucleus_weight(mn);
-        let (mut lo, mut hi) = (mn, mx);
+        let (mut lo, mut hi) = (floor, mx);
         for _ in 0..32 {
             let mid = 0.5 * (lo + hi);
             if nucleus_weight(mid) >= target {
@@ -173,6 +178,10 @@ pub fn sample_row(logits: &[f32], temperature: f32, top_p: f32, u: f32) -> u32 {
     }
     last as u32
 }
+
+/// How far below the largest logit, in units of the temperature, the nucleus bisection starts:
+/// exp(-104) is 0 in f32, so nothing below counts on the GPU. The same in `sample_top_p`.
+const NUCLEUS_SPAN: f32 = 104.0;
 
 /// A uniform draw in [0, 1) with 24 random bits (exact in f32), for [`sample_row`].
 fn uniform_f32(rng: &mut SplitMix64) -> f32 {
