@@ -68,6 +68,18 @@ fn scale_by_norm(s: u32, wv: ptr<function, array<f32, 32>>) {
         for (var i = 0u; i < 32u; i++) { (*wv)[i] *= norm_w[gb + i]; }
     }
 }
+// The dot product of x[xb .. xb + 32] with a piece of weights, and x's sum of squares there.
+fn dot32(xb: u32, wv: ptr<function, array<f32, 32>>) -> vec2<f32> {
+    var a = 0.0;
+    var q = 0.0;
+    for (var i = 0u; i < 32u; i++) {
+        let xv = x[xb + i];
+        a = fma(xv, (*wv)[i], a);
+        q = fma(xv, xv, q);
+    }
+    return vec2<f32>(a, q);
+}
+
 // A finished dot product of one x row, given that row's sum of squares: divided by its RMS when
 // the norm is folded in.
 fn normed(v: f32, sumsq: f32) -> f32 {
@@ -110,15 +122,9 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
             let row = m0 + r;
             if (row < p.m) {
                 let xb = row * p.k + s * 32u;
-                var a = 0.0;
-                var q = 0.0;
-                for (var i = 0u; i < 32u; i++) {
-                    let xv = x[xb + i];
-                    a = fma(xv, wv[i], a);
-                    q = fma(xv, xv, q);
-                }
-                acc[r] += a;
-                ss[r] += q;
+                let d = dot32(xb, &wv);
+                acc[r] += d.x;
+                ss[r] += d.y;
             }
         }
     }
@@ -167,15 +173,9 @@ fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: 
         scale_by_norm(s, &wv);
         for (var r = 0u; r < mrows; r++) {
             let xb = (m0 + r) * p.k + s * 32u;
-            var a = 0.0;
-            var q = 0.0;
-            for (var i = 0u; i < 32u; i++) {
-                let xv = x[xb + i];
-                a = fma(xv, wv[i], a);
-                q = fma(xv, xv, q);
-            }
-            acc[r] += a;
-            ss[r] += q;
+            let d = dot32(xb, &wv);
+            acc[r] += d.x;
+            ss[r] += d.y;
         }
     }
     for (var r = 0u; r < mrows; r++) {
@@ -280,15 +280,9 @@ fn mv_partial(col: u32, lane: u32, live: bool, mrows: u32) -> MvPartial {
         scale_by_norm(s, &wv);
         for (var r = 0u; r < mrows; r++) {
             let xb = r * p.k + s * 32u;
-            var a = 0.0;
-            var q = 0.0;
-            for (var i = 0u; i < 32u; i++) {
-                let xv = x[xb + i];
-                a = fma(xv, wv[i], a);
-                q = fma(xv, xv, q);
-            }
-            out.acc[r] += a;
-            out.ss[r] += q;
+            let d = dot32(xb, &wv);
+            out.acc[r] += d.x;
+            out.ss[r] += d.y;
         }
     }
     return out;
