@@ -3,12 +3,14 @@
 # the device tool's README says how to carry the binary, the Vulkan loader and the model):
 #   1. the adapter (`creme info`) and the f32 matmul check on it;
 #   2. `creme bench` on it: prefill pp512, decode tg128 at batch 1, GPU work per decoded token;
-#      the decode matvec kernels at m = 1 (subgroup reduction, workgroup tree, a workgroup per row);
+#      the same with the other kernel choices (prompts: a thread per weight row; decode: the
+#      matvec without subgroups, a workgroup per row); the matmul kernels alone at m = 1 and 512;
+#      with --llama-bench, llama.cpp's Vulkan build on the same GPU (pp512, tg128) as the peer;
 #   3. the 164 clean HumanEval prompts greedily on it, tests executed in the sandbox, against the
 #      HF transformers oracle in ../shared/oracle: share of identical completions (>= 90%) and the
 #      pass count (71 +- 2). A --limit run checks only the identical share.
 #   scripts/gpu-check.sh [--creme BIN] [--model M.gguf] [--dataset DIR] [--oracle DIR]
-#                        [--backend vulkan] [--limit N] [--out DIR]
+#                        [--backend vulkan] [--limit N] [--out DIR] [--llama-bench BIN]
 # Output goes to stdout and to --out (default: $OUT where the device tool sets it, else gpu-check/).
 # Exit status 1 when a check fails.
 set -euo pipefail
@@ -19,6 +21,7 @@ dataset="$root/../shared/datasets/humaneval-nlpert"
 oracle="$root/../shared/oracle/qwen2.5-coder-0.5b-instruct-q4km"
 backend=vulkan
 limit=""
+llama=""
 out="${OUT:-gpu-check}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,7 +32,8 @@ while [ $# -gt 0 ]; do
     --backend) backend="$2"; shift 2 ;;
     --limit) limit="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    --llama-bench) llama="$2"; shift 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
   esac
 done
 for f in "$creme" "$model" "$dataset/HumanEval.jsonl" "$oracle/hf_greedy_clean_completions.json"; do
@@ -48,10 +52,40 @@ step "bench (pp512, tg128 at batch 1, GPU work per decoded token)"
   --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench.json"
 cat "$out/bench.json"
 
-step "decode matvec at m = 1: subgroup reduction / workgroup tree / a workgroup per row"
-CREME_QMM=mv "$creme" bench-kernels --backend "$backend" --m 1 --reps 20 | tee "$out/kernels.txt"
-CREME_QMM=mv "$creme" bench-kernels --backend "$backend" --no-subgroups --m 1 --reps 20 | tee -a "$out/kernels.txt"
-CREME_QMM=wg "$creme" bench-kernels --backend "$backend" --m 1 --reps 20 | tee -a "$out/kernels.txt"
+step "the other kernel choices: prompts with a thread per weight row; decode without subgroups, with a workgroup per row"
+variant() { # label, env, extra flags: pp512 and tg128, one line each
+  env $2 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 \
+    --decode "" --tg 128 --trace false --humaneval 0 --repetitions 3 $3 --json > "$out/bench-$1.json"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'pp512', round(d['prefill'][0]['tok_per_s']), 'tg128', round(d['tg'][0]['tok_per_s']))" "$out/bench-$1.json" "$1"
+}
+variant rows CREME_QMM=rows ""
+variant no-subgroups CREME_QMM=auto --no-subgroups
+variant wg CREME_QMM=wg ""
+
+step "matmul kernels alone: m = 1 (subgroup matvec, matvec, a workgroup per row), m = 512 (tile, rows, wg)"
+for m in 1 512; do
+  for q in auto mv wg rows gemm; do
+    [ "$m" = 1 ] && [ "$q" = rows -o "$q" = gemm ] && continue
+    [ "$m" = 512 ] && [ "$q" = mv ] && continue
+    echo "== m=$m CREME_QMM=$q"; CREME_QMM=$q "$creme" bench-kernels --backend "$backend" --m $m --reps 20
+  done
+done 2>&1 | tee "$out/kernels.txt"
+
+if [ -n "$llama" ]; then
+  step "peer: llama.cpp's Vulkan build on the same GPU (llama-bench -p 512 -n 128 -ngl 99 -r 3)"
+  "$llama" -m "$model" -p 512 -n 128 -ngl 99 -r 3 -o json > "$out/llama.json" 2> "$out/llama.err" || tail -5 "$out/llama.err"
+  python3 - "$out/llama.json" "$out/bench.json" <<'EOF' | tee "$out/peer.txt"
+import json, sys
+try:
+    peer = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in json.load(open(sys.argv[1]))}
+except Exception as e:
+    sys.exit(f"no llama-bench result: {e}")
+ours = json.load(open(sys.argv[2]))
+mine = {"pp": ours["prefill"][0]["tok_per_s"], "tg": ours["tg"][0]["tok_per_s"]}
+for k, name in (("pp", "pp512"), ("tg", "tg128")):
+    print(f"{name}: creme {mine[k]:.0f} tok/s, llama.cpp Vulkan {peer[k]:.0f} tok/s, ratio {mine[k] / peer[k]:.2f}x")
+EOF
+fi
 
 step "clean HumanEval, greedy, against the oracle"
 lim=(); [ -n "$limit" ] && lim=(--limit "$limit")

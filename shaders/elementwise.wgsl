@@ -8,20 +8,22 @@ struct Params { n: u32, a: u32, b: u32, c: u32 }
 
 fn gid(wg: vec3<u32>, nw: vec3<u32>, lid: u32) -> u32 { return (wg.x + wg.y * nw.x) * 256u + lid; }
 
-// Greedy pick: dst[row] = index of the first maximum of src0[row * p.a .. (row+1) * p.a], as f32 bits.
+// Greedy pick in two passes, so that a row of 151,936 logits is scanned by many workgroups
+// rather than one. Pass 1 (argmax_part): workgroup (slice, row) of the p.b slices of a row writes
+// its slice's first maximum and index to dst[2 * (row * p.b + slice) ..]; pass 2 (argmax): one
+// workgroup per row picks the first maximum of the row's p.b partials from src0 and writes its
+// index (as f32 bits) to dst[row]. p.a = the row width in both. Ties go to the lower index.
 var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;
-@compute @workgroup_size(256, 1, 1)
-fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    _ = src1[0]; // every entry point uses all four bindings, so one bind group layout fits all
-    let row = wg.x + wg.y * nw.x;
-    if (row >= p.n) { return; }
-    var bv = -3.4e38;
-    var bi = 0xFFFFFFFFu;
-    for (var j = lid; j < p.a; j += 256u) {
-        let v = src0[row * p.a + j];
-        if (v > bv) { bv = v; bi = j; }
-    }
+
+// Whether candidate (ov, oi) beats (cv, ci): a larger value, or the same at a lower index. Index
+// 0xFFFFFFFF is no candidate (a lane that saw no value), whatever its value.
+fn better(ov: f32, oi: u32, cv: f32, ci: u32) -> bool {
+    return oi != 0xFFFFFFFFu && (ci == 0xFFFFFFFFu || ov > cv || (ov == cv && oi < ci));
+}
+
+// The workgroup's best (value, index) from each lane's, into best_v[0] / best_i[0].
+fn reduce_best(lid: u32, bv: f32, bi: u32) {
     best_v[lid] = bv;
     best_i[lid] = bi;
     workgroupBarrier();
@@ -29,10 +31,45 @@ fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec
         if (lid < st) {
             let ov = best_v[lid + st];
             let oi = best_i[lid + st];
-            if (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid])) { best_v[lid] = ov; best_i[lid] = oi; }
+            if (better(ov, oi, best_v[lid], best_i[lid])) { best_v[lid] = ov; best_i[lid] = oi; }
         }
         workgroupBarrier();
     }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn argmax_part(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    _ = src1[0]; // every entry point uses all four bindings, so one bind group layout fits all
+    let slice = wg.x;
+    let row = wg.y;
+    let len = (p.a + p.b - 1u) / p.b;
+    let end = min(p.a, (slice + 1u) * len);
+    var bv = -3.4e38;
+    var bi = 0xFFFFFFFFu;
+    for (var j = slice * len + lid; j < end; j += 256u) {
+        let v = src0[row * p.a + j];
+        if (better(v, j, bv, bi)) { bv = v; bi = j; }
+    }
+    reduce_best(lid, bv, bi);
+    if (lid == 0u) {
+        dst[2u * (row * p.b + slice)] = best_v[0];
+        dst[2u * (row * p.b + slice) + 1u] = bitcast<f32>(best_i[0]);
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    _ = src1[0];
+    let row = wg.x + wg.y * nw.x;
+    if (row >= p.n) { return; }
+    var bv = -3.4e38;
+    var bi = 0xFFFFFFFFu;
+    for (var j = lid; j < p.b; j += 256u) {
+        let v = src0[2u * (row * p.b + j)];
+        let i = bitcast<u32>(src0[2u * (row * p.b + j) + 1u]);
+        if (better(v, i, bv, bi)) { bv = v; bi = i; }
+    }
+    reduce_best(lid, bv, bi);
     if (lid == 0u) { dst[row] = bitcast<f32>(best_i[0]); }
 }
 

@@ -149,6 +149,28 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     }
 }
 
+// Embedding lookup: y[i, :] = W[id_i, :] for the token ids in x (u32 bits), dequantized from the
+// table's format, where id_i falls in this dispatch's chunk of the table (rows y_off .. y_off + n;
+// a table split over buffers takes a dispatch per chunk). One workgroup per id, a thread per piece.
+@compute @workgroup_size(64, 1, 1)
+fn embed_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
+              @builtin(local_invocation_index) tid: u32) {
+    let i = wg.x + wg.y * nw.x;
+    if (i >= p.m) {
+        return;
+    }
+    let id = bitcast<u32>(x[i]);
+    if (id < p.y_off || id - p.y_off >= p.n) {
+        return;
+    }
+    let rb = p.w_byte_off + (id - p.y_off) * p.row_bytes;
+    var wv: array<f32, 32>;
+    for (var s = tid; s < p.k / 32u; s += 64u) {
+        dq32(rb, s, &wv);
+        for (var j = 0u; j < 32u; j++) { y[i * p.k + s * 32u + j] = wv[j]; }
+    }
+}
+
 // Row-per-thread variant: each invocation computes whole dot products for one weight row and MT
 // rows of x; no workgroup memory and no barriers. Faster where workgroups are expensive
 // (CPU adapters such as lavapipe/SwiftShader) and for small m.
@@ -240,6 +262,75 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         let r = row0 + ly * 4u + i;
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + lx * 4u + j;
+            if (r < p.m && c < p.n) {
+                var v = normed(acc[i * 4u + j], ss[i]);
+                if (p.has_bias == 1u) { v += bias[c]; }
+                store(r * p.ldy + p.y_off + c, v);
+            }
+        }
+    }
+}
+
+// Tiled variant for prompts on GPUs: a 64 x 64 tile of y per workgroup of 128 threads, each
+// thread a block of 8 rows x 4 columns held in registers. Per 32-wide slice of k, threads 0-63
+// dequantize one weight row's piece each into workgroup memory (each weight once per 64 rows of
+// x) while threads 64-127 stage the 64 x 32 slice of x; then every thread accumulates its block.
+// Both tiles are stored k-major so that the threads of a subgroup read consecutive words of ws_g
+// (the columns j of a thread are lx + 16 j) and one word of xs_g (rows ly + 8 i), and xs_g's rows
+// are 65 words apart so that staging x, 32 k-values of one row per subgroup, hits 32 banks
+// (main_tiled, tuned for CPU adapters, reads these tiles 32 words apart: 16-way bank conflicts on
+// a GPU). Dispatch: (ceil(n / 64), ceil(m / 64)).
+var<workgroup> xs_g: array<f32, 2080>; // [32 k][65: 64 rows + 1 pad]
+var<workgroup> ws_g: array<f32, 2048>; // [32 k][64 columns]
+
+@compute @workgroup_size(128, 1, 1)
+fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let lx = tid % 16u;
+    let ly = tid / 16u;
+    let row0 = wg.y * 64u;
+    let col0 = wg.x * 64u;
+    var acc: array<f32, 32>; // [8 rows][4 columns]
+    for (var i = 0u; i < 32u; i++) { acc[i] = 0.0; }
+    var ss: array<f32, 8>; // sums of squares of this thread's 8 rows of x
+    for (var i = 0u; i < 8u; i++) { ss[i] = 0.0; }
+    var wv: array<f32, 32>;
+    let nsub = p.k / 32u;
+    for (var s = 0u; s < nsub; s++) {
+        if (tid < 64u) {
+            let col = col0 + tid;
+            if (col < p.n) {
+                dq32(p.w_byte_off + col * p.row_bytes, s, &wv);
+                scale_by_norm(s, &wv);
+            } else {
+                for (var i = 0u; i < 32u; i++) { wv[i] = 0.0; }
+            }
+            for (var kk = 0u; kk < 32u; kk++) { ws_g[kk * 64u + tid] = wv[kk]; }
+        } else {
+            let u = tid - 64u;
+            let kk = u % 32u;
+            for (var q = 0u; q < 32u; q++) {
+                let r = u / 32u + 2u * q;
+                var v = 0.0;
+                if (row0 + r < p.m) { v = x[(row0 + r) * p.k + s * 32u + kk]; }
+                xs_g[kk * 65u + r] = v;
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 32u; kk++) {
+            var b: array<f32, 4>;
+            for (var j = 0u; j < 4u; j++) { b[j] = ws_g[kk * 64u + lx + 16u * j]; }
+            for (var i = 0u; i < 8u; i++) {
+                let a = xs_g[kk * 65u + ly + 8u * i];
+                ss[i] = fma(a, a, ss[i]);
+                for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = fma(a, b[j], acc[i * 4u + j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let r = row0 + ly + 8u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + lx + 16u * j;
             if (r < p.m && c < p.n) {
                 var v = normed(acc[i * 4u + j], ss[i]);
                 if (p.has_bias == 1u) { v += bias[c]; }

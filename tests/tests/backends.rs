@@ -6,6 +6,7 @@
 
 use creme_core::backend::{AdamStep, Backend, Device};
 use creme_core::cpu::{max_rel_err, SplitMix64};
+use creme_core::generate::{decode, GenerateOptions};
 use creme_core::hooks::Hooks;
 use creme_core::model::gguf_write::requantize;
 use creme_core::model::{GgmlType, Logits, Model};
@@ -363,57 +364,62 @@ fn a_decoded_token_reuses_every_gpu_object() {
     let file = requantize(&tiny_gguf_arch("qwen2"), GgmlType::Q8_0).unwrap();
     let model = Model::from_gguf_bytes(&gpu, &file, 256).unwrap();
     let ids = model.tokenizer.encode("def add(a, b):").unwrap();
-    let greedy = |cache: &mut creme_core::model::KvCache, tokens: &[u32]| -> u32 {
+    // Generation's own decode loop: picks stay on the GPU and feed the next step there, and come
+    // back a step behind. `observe(k)` runs as the k-th pick comes back.
+    let decode = |steps: usize, observe: &mut dyn FnMut(usize)| -> Vec<u32> {
+        let mut cache = model
+            .new_cache(&gpu, vec![0], ids.len() + steps + 1)
+            .unwrap();
         let out = model
             .forward(
                 &gpu,
-                cache,
-                &[tokens.to_vec()],
+                &mut cache,
+                &[ids.clone()],
                 &Hooks::default(),
                 Logits::Last,
             )
             .unwrap();
-        pollster::block_on(gpu.argmax(out.logits.as_ref().unwrap())).unwrap()[0]
-    };
-    let decode = |steps: usize, mut observe: Box<dyn FnMut(usize) + '_>| -> Vec<u32> {
-        let mut cache = model
-            .new_cache(&gpu, vec![0], ids.len() + steps + 1)
-            .unwrap();
-        let mut out = vec![greedy(&mut cache, &ids)];
-        for i in 0..steps {
-            observe(i);
-            out.push(greedy(&mut cache, &[*out.last().unwrap()]));
-        }
-        out
+        let opts = GenerateOptions {
+            max_new_tokens: steps,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut k = 0;
+        let mut on_token = |_: usize, _: u32| {
+            k += 1;
+            observe(k);
+        };
+        let logits = out.logits.unwrap();
+        let done = decode(&gpu, &model, &mut cache, logits, &opts, &mut on_token);
+        pollster::block_on(done).unwrap().remove(0).tokens
     };
     let g = gpu.gpu().unwrap();
     let (warmup, steps) = (4, 24);
-    let marks = std::cell::RefCell::new(Vec::new());
-    let tokens = decode(
-        warmup + steps,
-        Box::new(|i| {
-            if i == warmup || i == warmup + steps - 1 {
-                marks.borrow_mut().push((g.counts(), g.live_objects()));
-            }
-        }),
-    );
-    let marks = marks.into_inner();
+    let mut marks = Vec::new();
+    // Both marks fall while the next step runs (the last pick has none after it).
+    let tokens = decode(warmup + steps + 1, &mut |k| {
+        if k == warmup || k == warmup + steps {
+            marks.push((g.counts(), g.live_objects()));
+        }
+    });
+    assert_eq!(tokens.len(), warmup + steps + 1);
     let ((c0, live0), (c1, live1)) = (marks[0], marks[1]);
     let c = c1.since(&c0);
-    let n = (steps - 1) as u64;
+    let n = steps as u64;
     assert_eq!(
         (c.buffers, c.bind_groups, c.pipelines),
         (0, 0, 0),
         "objects made over {n} decoded tokens: {c:?}"
     );
     assert_eq!(c.submissions, n, "one submission per decoded token: {c:?}");
-    // Per layer: the QKV projections (norm folded in), bias/rope/cache writes, attention, the O
-    // projection (+ residual), gate, up (+ SiLU product), down (+ residual); then the head (norm
-    // folded in) and the argmax.
+    // Per token: the embedding lookup of the last pick; per layer the QKV projections (norm
+    // folded in), bias/rope/cache writes, attention, the O projection (+ residual), gate, up
+    // (+ SiLU product), down (+ residual); then the head (norm folded in) and the argmax (two
+    // passes: slices of the row, then their bests).
     let layers = model.cfg.n_layers as u64;
     assert_eq!(
         c.dispatches,
-        n * (7 * layers + 2),
+        n * (7 * layers + 4),
         "dispatches over {n} decoded tokens of {layers} layers: {c:?}"
     );
     assert_eq!(
@@ -421,7 +427,7 @@ fn a_decoded_token_reuses_every_gpu_object() {
         (live0, live0),
         "wgpu's live buffers and bind groups"
     );
-    let again = decode(warmup + steps, Box::new(|_| {}));
+    let again = decode(warmup + steps + 1, &mut |_| {});
     assert_eq!(
         tokens, again,
         "a second run over reused buffers decodes the same tokens"
@@ -701,6 +707,37 @@ fn attention_over_long_contexts_agrees_with_cpu() {
             err < 1e-4,
             "context {cache_len} + {t}, head_dim {hd}: differs from the CPU backend by {err:.2e}"
         );
+    }
+}
+
+/// The greedy pick on the GPU (slices of a row by many workgroups, then a pass over their bests)
+/// picks the CPU's first maximum: rows narrower than a slice, one value past a slice, the
+/// vocabulary's width; ties across slices (the first wins), -inf everywhere but one place, and a
+/// row of -inf only (index 0, as on the CPU).
+#[test]
+fn gpu_argmax_picks_the_first_maximum() {
+    let (cpu, gpu) = (device_on("cpu"), device_on("vulkan"));
+    let mut rng = SplitMix64(23);
+    for width in [1usize, 7, 4096, 4097, 151_936] {
+        let rows = 5;
+        let mut logits: Vec<f32> = (0..rows * width).map(|_| rng.next_f32()).collect();
+        // Row 1: the same maximum in the last and the first slice (the first one wins).
+        logits[width + width - 1] = 2.0;
+        logits[width + width / 3] = 2.0;
+        logits[width] = 2.0;
+        // Row 2: -inf everywhere but one value; row 3: -inf only.
+        for l in &mut logits[2 * width..4 * width] {
+            *l = f32::NEG_INFINITY;
+        }
+        logits[2 * width + width / 2] = -1e30;
+        let on = |dev: &Device| {
+            let l = dev.upload("logits", rows, width, &logits).unwrap();
+            pollster::block_on(dev.argmax(&l)).unwrap()
+        };
+        let want = on(&cpu);
+        assert_eq!(want[1], 0, "width {width}");
+        assert_eq!(want[2], (width / 2) as u32, "width {width}");
+        assert_eq!(on(&gpu), want, "width {width}");
     }
 }
 

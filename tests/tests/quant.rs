@@ -87,8 +87,16 @@ fn cpu_dequant_equals_gguf_python_on_real_tensors() {
 
 #[test]
 fn gpu_quant_matmul_equals_cpu_for_every_format() {
-    // Every kernel flavour: auto, workgroup-per-row, row-per-thread, matvec (m <= 4), tiled (m >= 16).
-    for flavour in [None, Some("wg"), Some("rows"), Some("mv"), Some("tiled")] {
+    // Every kernel flavour: auto, workgroup-per-row, row-per-thread, matvec (m <= 4), tiled and
+    // the GPU tile kernel (m >= 16).
+    for flavour in [
+        None,
+        Some("wg"),
+        Some("rows"),
+        Some("mv"),
+        Some("tiled"),
+        Some("gemm"),
+    ] {
         let mut o = creme_core::GpuOptions::from_env();
         o.qmm = flavour.map(String::from);
         check_formats(&creme_core::Gpu::new_blocking(&o).unwrap(), flavour);
@@ -160,6 +168,54 @@ fn weight_split_across_bindings_gives_the_same_result() {
     let a = pollster::block_on(gpu.matmul_quant(&x, &whole, None, 2)).unwrap();
     let b = pollster::block_on(gpu.matmul_quant(&x, &split, None, 2)).unwrap();
     assert_eq!(a, b);
+}
+
+/// The embedding lookup on the GPU (the ids a decode step picked, looked up without a trip
+/// through the host) equals the CPU backend's for every format: 37 rows of a table whole and split
+/// over buffers of 8 rows (as a head over the binding limit is), ids in any order and repeated.
+#[test]
+fn gpu_embedding_lookup_equals_cpu_for_every_format() {
+    use creme_core::backend::{Backend, Device, Weight};
+    use creme_core::model::Embedding;
+    let gpu = creme_tests::device_on("vulkan");
+    let cpu = creme_tests::device_on("cpu");
+    let mut rng = SplitMix64(17);
+    let ids: Vec<u32> = vec![0, 36, 5, 5, 8, 7, 15, 16, 31, 1, 24];
+    for t in ALL_TYPES {
+        let (rows, cols) = (37, 256);
+        let raw = random_blocks(t, rows * cols / t.block_elems(), &mut rng);
+        let rb = t.row_bytes(cols);
+        let g = gpu.gpu().unwrap();
+        let chunks = (0..rows)
+            .step_by(8)
+            .map(|r0| {
+                let n = 8.min(rows - r0);
+                creme_core::gpu::WeightChunk {
+                    buffer: g.upload("c", &raw[r0 * rb..(r0 + n) * rb]),
+                    row0: r0,
+                    rows: n,
+                    byte_off: 0,
+                }
+            })
+            .collect();
+        let split = Weight::Wgpu(creme_core::gpu::GpuWeight {
+            name: "split".into(),
+            dtype: t,
+            rows,
+            cols,
+            chunks,
+        });
+        let lookup = |dev: &Device, shared: Option<&Weight>| -> Vec<f32> {
+            let table = Embedding::new(dev, t, rows, cols, &raw, shared).unwrap();
+            let ids = dev.upload_ids("ids", &ids).unwrap();
+            let mut x = dev.zeros("x", ids.rows, cols).unwrap();
+            dev.embed(&table, &ids, &mut x).unwrap();
+            pollster::block_on(dev.read(&x, x.len())).unwrap()
+        };
+        let want = lookup(&cpu, None);
+        assert_eq!(lookup(&gpu, None), want, "{} whole", t.name());
+        assert_eq!(lookup(&gpu, Some(&split)), want, "{} split", t.name());
+    }
 }
 
 #[test]
@@ -280,6 +336,7 @@ fn matmul_fusions_for_every_flavour() {
         (Some("mv"), false),
         (Some("mv"), true),
         (Some("tiled"), false),
+        (Some("gemm"), false),
     ] {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::generate::{decode, generate, humaneval_stops, GenerateOptions};
 use creme_core::hooks::Hooks;
 use creme_core::model::{Logits, Model};
 use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
@@ -104,19 +104,49 @@ fn greedy_step(
     Ok(pollster::block_on(dev.argmax(out.logits.as_ref().expect("logits")))?[0])
 }
 
+/// Greedy decoding of `tokens` tokens from a one-token context (llama-bench's tg: every step is
+/// run, end of sequence or not), through the same pipelined loop generation uses. `on_token(k)` is
+/// called as the k-th pick (from 1) comes back.
+fn greedy_decode(
+    dev: &Device,
+    model: &Model,
+    start: u32,
+    tokens: usize,
+    on_token: &mut dyn FnMut(usize),
+) -> Res<()> {
+    let mut cache = model.new_cache(dev, vec![0], tokens + 1)?;
+    let out = model.forward(
+        dev,
+        &mut cache,
+        &[vec![start]],
+        &Hooks::default(),
+        Logits::Last,
+    )?;
+    let opts = GenerateOptions {
+        max_new_tokens: tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut k = 0;
+    let mut count = |_: usize, _: u32| {
+        k += 1;
+        on_token(k)
+    };
+    let logits = out.logits.expect("asked for logits");
+    pollster::block_on(decode(dev, model, &mut cache, logits, &opts, &mut count))?;
+    Ok(())
+}
+
 /// `tokens` greedy decode steps from a one-token context (llama-bench's tg), timed.
 fn decode_from_empty(dev: &Device, model: &Model, start: u32, tokens: usize) -> Res<f64> {
-    let mut cache = model.new_cache(dev, vec![0], tokens + 1)?;
     let t0 = Instant::now();
-    let mut next = start;
-    for _ in 0..tokens {
-        next = greedy_step(dev, model, &mut cache, next)?;
-    }
+    greedy_decode(dev, model, start, tokens, &mut |_| {})?;
     Ok(t0.elapsed().as_secs_f64())
 }
 
 /// What one decoded token costs the GPU in objects made, dispatches and submissions, after
-/// `warmup` tokens (pipelines and caches that are made once are then in place): per token.
+/// `warmup` tokens (pipelines and caches that are made once are then in place): per token,
+/// counted between the warmup-th pick coming back and the last.
 fn gpu_work_per_token(
     dev: &Device,
     model: &Model,
@@ -127,16 +157,17 @@ fn gpu_work_per_token(
     let Some(gpu) = dev.gpu() else {
         return Ok(None);
     };
-    let mut cache = model.new_cache(dev, vec![0], warmup + tokens + 1)?;
-    let mut next = start;
-    for _ in 0..warmup {
-        next = greedy_step(dev, model, &mut cache, next)?;
-    }
-    let (before, live_before) = (gpu.counts(), gpu.live_objects());
-    for _ in 0..tokens {
-        next = greedy_step(dev, model, &mut cache, next)?;
-    }
-    let (c, live_after) = (gpu.counts().since(&before), gpu.live_objects());
+    // Both marks fall while the next step runs (the last pick has none after it).
+    let mut marks = Vec::new();
+    greedy_decode(dev, model, start, warmup + tokens + 1, &mut |k| {
+        if k == warmup || k == warmup + tokens {
+            marks.push((gpu.counts(), gpu.live_objects()));
+        }
+    })?;
+    let [(before, live_before), (after, live_after)] = marks.as_slice() else {
+        return Err("bench: the decode ended early".into());
+    };
+    let c = after.since(before);
     let per = |v: u64| v as f64 / tokens as f64;
     Ok(Some(json!({
         "tokens": tokens, "warmup": warmup,

@@ -606,6 +606,7 @@ fn generate_and_test(
         top_p: a.top_p,
         seed: 1000 + sample as u64,
         stop: humaneval_stops(),
+        ignore_eos: false,
     };
     // Prompts too long for the context are recorded as errors, not fatal.
     let mut ids = Vec::new();

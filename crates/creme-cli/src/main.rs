@@ -431,6 +431,7 @@ fn run(cli: Cli) -> Res {
                 top_p,
                 seed,
                 stop,
+                ignore_eos: false,
             };
             let dev = Device::open(&gpu.options())?;
             let mut model = load_model(&dev, model.as_deref(), 0)?;

@@ -33,6 +33,7 @@ impl RestorationByPass<'_> {
             top_p: self.top_p,
             seed: 1000 + sample as u64,
             stop: humaneval_stops(),
+            ignore_eos: false,
         }
     }
 

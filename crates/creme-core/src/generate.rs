@@ -1,12 +1,12 @@
 //! Decoding: batched prompts (left-padded), greedy or temperature/top-p sampling with a seed,
 //! stop strings, a token limit, and a per-token callback for streaming.
 
-use crate::backend::{Backend, Device, Tensor};
+use crate::backend::{Backend, Device, PickRule, Tensor};
 use crate::cpu::SplitMix64;
 use crate::error::ModelError;
 use crate::hooks::Hooks;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{KvCache, Logits, Model};
+use crate::model::{Input, KvCache, Logits, Model};
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -17,6 +17,8 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Generation of a sequence ends once its text contains one of these; the text is cut there.
     pub stop: Vec<String>,
+    /// Keep generating past an end-of-sequence token (benchmarks that time a fixed count).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
@@ -27,6 +29,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -247,12 +250,11 @@ pub(crate) async fn decode_after(
     dev: &Device,
     model: &Model,
     cache: &mut KvCache,
-    mut logits: Tensor,
+    logits: Tensor,
     generated: &[Vec<u32>],
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Completion>, ModelError> {
-    let cfg = &model.cfg;
     let n = cache.batch;
     let mut rng = SplitMix64(opts.seed);
     let mut out: Vec<Completion> = generated
@@ -268,45 +270,118 @@ pub(crate) async fn decode_after(
         .iter()
         .map(|c| c.tokens.len() >= opts.max_new_tokens)
         .collect();
-    while !done.iter().all(|&d| d) {
-        let next: Vec<u32> = if opts.temperature <= 0.0 {
-            dev.argmax(&logits).await?
-        } else {
-            // One draw per row, on the CPU, so that a seed gives the same picks on every backend.
-            let u: Vec<f32> = (0..n).map(|_| uniform_f32(&mut rng)).collect();
-            dev.sample(&logits, opts.temperature, opts.top_p, &u)
-                .await?
-        };
-        for (i, &id) in next.iter().enumerate() {
-            if done[i] {
-                continue;
-            }
-            if cfg.eos_ids.contains(&id) {
-                done[i] = true;
-                out[i].finish = Finish::Eos;
-                continue;
-            }
-            out[i].tokens.push(id);
-            on_token(i, id);
-            if reaches_stop(&model.tokenizer, &out[i].tokens, &opts.stop)? {
-                done[i] = true;
-                out[i].finish = Finish::Stop;
-            }
-            done[i] |= out[i].tokens.len() >= opts.max_new_tokens;
-        }
-        if done.iter().all(|&d| d) || cache.len >= cache.capacity {
-            break;
-        }
-        let input: Vec<Vec<u32>> = next
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| vec![if done[i] { cfg.pad_id } else { id }])
-            .collect();
-        logits = model
-            .forward(dev, cache, &input, &Hooks::default(), Logits::Last)?
-            .logits
-            .expect("asked for logits");
+    if done.iter().all(|&d| d) {
+        return finish(model, out, opts);
     }
+    // The picks stay on the device and feed the next step there; the host reads each step's
+    // picks while the device runs the step after (the ids come back a step behind), so the GPU
+    // waits neither for the readback nor for the host to encode the next step. A sequence that
+    // has ended is fed its own last pick (it no longer matters: rows do not mix), and the step
+    // run past the end of generation is thrown away.
+    let mut picked = pick(dev, &logits, opts, &mut rng, n)?;
+    drop(logits);
+    let mut reading = dev.start_read(&picked, n)?;
+    loop {
+        let ahead = if cache.len < cache.capacity && !last_step(&out, &done, opts) {
+            let fwd = model.forward_ex(
+                dev,
+                cache,
+                Input::Ids(&picked),
+                &Hooks::default(),
+                Logits::Last,
+            )?;
+            let next = pick(
+                dev,
+                &fwd.logits.expect("asked for logits"),
+                opts,
+                &mut rng,
+                n,
+            )?;
+            let read = dev.start_read(&next, n)?;
+            Some((next, read))
+        } else {
+            None
+        };
+        let ids = crate::backend::bits(&dev.finish_read(reading).await?);
+        take_picks(model, &ids, &mut out, &mut done, opts, on_token)?;
+        match ahead {
+            Some((next, read)) if !done.iter().all(|&d| d) => {
+                picked = next;
+                reading = read;
+            }
+            _ => break,
+        }
+    }
+    finish(model, out, opts)
+}
+
+/// Each row's token from `logits` (greedy, or sampled with one draw per row made on the host, so
+/// that a seed gives the same picks on every backend), left on the device.
+fn pick(
+    dev: &Device,
+    logits: &Tensor,
+    opts: &GenerateOptions,
+    rng: &mut SplitMix64,
+    n: usize,
+) -> Result<Tensor, ModelError> {
+    if opts.temperature <= 0.0 {
+        return dev.pick(logits, PickRule::Greedy);
+    }
+    let u: Vec<f32> = (0..n).map(|_| uniform_f32(rng)).collect();
+    dev.pick(
+        logits,
+        PickRule::Sample {
+            temperature: opts.temperature,
+            top_p: opts.top_p,
+            u: &u,
+        },
+    )
+}
+
+/// Whether the picks now being made are the last any sequence can take (each live sequence is
+/// one token short of its limit), so no step needs to run after them.
+fn last_step(out: &[Completion], done: &[bool], opts: &GenerateOptions) -> bool {
+    out.iter()
+        .zip(done)
+        .all(|(c, &d)| d || c.tokens.len() + 1 >= opts.max_new_tokens)
+}
+
+/// Append a step's picks to the live sequences and end those that reach an end of sequence, a
+/// stop string or their token limit.
+fn take_picks(
+    model: &Model,
+    ids: &[u32],
+    out: &mut [Completion],
+    done: &mut [bool],
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<(), ModelError> {
+    for (i, &id) in ids.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        if model.cfg.eos_ids.contains(&id) && !opts.ignore_eos {
+            done[i] = true;
+            out[i].finish = Finish::Eos;
+            continue;
+        }
+        out[i].tokens.push(id);
+        on_token(i, id);
+        if reaches_stop(&model.tokenizer, &out[i].tokens, &opts.stop)? {
+            done[i] = true;
+            out[i].finish = Finish::Stop;
+        }
+        done[i] |= out[i].tokens.len() >= opts.max_new_tokens;
+    }
+    Ok(())
+}
+
+/// The completions' texts, cut at the first stop string.
+fn finish(
+    model: &Model,
+    mut out: Vec<Completion>,
+    opts: &GenerateOptions,
+) -> Result<Vec<Completion>, ModelError> {
     for c in out.iter_mut() {
         let text = model.tokenizer.decode(&c.tokens)?;
         c.text = match cut_at_stops(&text, &opts.stop) {

@@ -165,6 +165,7 @@ impl Session {
             } else {
                 Vec::new()
             },
+            ignore_eos: false,
         };
         let tok = &model.tokenizer;
         let mut cb = |_: usize, id: u32| {

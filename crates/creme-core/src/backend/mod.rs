@@ -15,6 +15,7 @@ pub use tensor::{DType, Storage, Tensor, Weight};
 
 use crate::error::ModelError;
 use crate::gpu::{Gpu, WeightUpload};
+use crate::model::Embedding;
 use crate::quant::GgmlType;
 
 /// One transformer layer's weights, as the block ops read them.
@@ -70,6 +71,32 @@ pub struct AttnStep<'a> {
     pub rope: &'a Tensor,
 }
 
+/// The 4-byte words of a U32 tensor's values as integers.
+pub fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// How a token is picked from each row of logits.
+#[derive(Clone, Copy, Debug)]
+pub enum PickRule<'a> {
+    /// The first maximum.
+    Greedy,
+    /// Temperature and top-p sampling with the uniform draw `u[row]` (the rule of
+    /// [`crate::generate::sample_row`]).
+    Sample {
+        temperature: f32,
+        top_p: f32,
+        u: &'a [f32],
+    },
+}
+
+/// A readback under way (see [`Backend::start_read`]).
+pub enum PendingRead {
+    /// The values (a backend whose tensors live in host memory has them at once).
+    Ready(Vec<f32>),
+    Wgpu(crate::gpu::PendingRead),
+}
+
 /// One Adam update (the edit's solver): w -= lr * m̂ / (sqrt(v̂) + eps) with the gradient scaled.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamStep {
@@ -111,8 +138,17 @@ pub trait Backend {
     ) -> Result<Tensor, ModelError>;
     /// Overwrite a tensor's leading values.
     fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError>;
+    /// Start reading the first `n` values of a tensor back: ops recorded after this call may run
+    /// on the device while [`Backend::finish_read`] waits for the values (decoding feeds a step's
+    /// picks to the next step on the device and reads them a step behind).
+    fn start_read(&self, t: &Tensor, n: usize) -> Result<PendingRead, ModelError>;
+    /// The values of a read begun by [`Backend::start_read`] (U32 tensors keep their bits).
+    async fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>, ModelError>;
     /// The first `n` values of a tensor.
-    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError>;
+    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
+        let read = self.start_read(t, n)?;
+        self.finish_read(read).await
+    }
     /// Copy `n` rows from `src` (from row `src_row`) into `dst` (from row `dst_row`); same width.
     fn copy_rows(
         &self,
@@ -181,8 +217,16 @@ pub trait Backend {
         rows: &[usize],
     ) -> Result<Tensor, ModelError>;
 
+    /// x[i] = the embedding table's row ids[i], for the token ids in `ids` (U32, [rows, 1]) on
+    /// this device: the ids a step picked feed the next step without a trip through the host.
+    fn embed(&self, table: &Embedding, ids: &Tensor, x: &mut Tensor) -> Result<(), ModelError>;
+    /// A token per row of logits, picked by `rule`, left on the device: U32 [rows, 1].
+    fn pick(&self, logits: &Tensor, rule: PickRule<'_>) -> Result<Tensor, ModelError>;
     /// Index of the first maximum of each row.
-    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError>;
+    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
+        let ids = self.pick(logits, PickRule::Greedy)?;
+        Ok(bits(&self.read(&ids, logits.rows).await?))
+    }
     /// A token per row by temperature and top-p sampling, with the uniform draw `u[row]`
     /// (the rule of [`crate::generate::sample_row`]); only the picks come back.
     async fn sample(
@@ -191,7 +235,15 @@ pub trait Backend {
         temperature: f32,
         top_p: f32,
         u: &[f32],
-    ) -> Result<Vec<u32>, ModelError>;
+    ) -> Result<Vec<u32>, ModelError> {
+        let rule = PickRule::Sample {
+            temperature,
+            top_p,
+            u,
+        };
+        let ids = self.pick(logits, rule)?;
+        Ok(bits(&self.read(&ids, logits.rows).await?))
+    }
     /// log_softmax(logits[i])[targets[i]] for each row i.
     async fn token_logprobs(
         &self,
@@ -260,8 +312,11 @@ impl Backend for Device {
     fn write(&self, t: &mut Tensor, data: &[f32]) -> Result<(), ModelError> {
         on_backend!(self, b => Backend::write(b, t, data))
     }
-    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
-        on_backend!(self, b => Backend::read(b, t, n).await)
+    fn start_read(&self, t: &Tensor, n: usize) -> Result<PendingRead, ModelError> {
+        on_backend!(self, b => Backend::start_read(b, t, n))
+    }
+    async fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>, ModelError> {
+        on_backend!(self, b => Backend::finish_read(b, read).await)
     }
     fn copy_rows(
         &self,
@@ -331,17 +386,11 @@ impl Backend for Device {
     ) -> Result<Tensor, ModelError> {
         on_backend!(self, b => Backend::head(b, norm, head, eps, x, rows))
     }
-    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
-        on_backend!(self, b => Backend::argmax(b, logits).await)
+    fn embed(&self, table: &Embedding, ids: &Tensor, x: &mut Tensor) -> Result<(), ModelError> {
+        on_backend!(self, b => Backend::embed(b, table, ids, x))
     }
-    async fn sample(
-        &self,
-        logits: &Tensor,
-        temperature: f32,
-        top_p: f32,
-        u: &[f32],
-    ) -> Result<Vec<u32>, ModelError> {
-        on_backend!(self, b => Backend::sample(b, logits, temperature, top_p, u).await)
+    fn pick(&self, logits: &Tensor, rule: PickRule<'_>) -> Result<Tensor, ModelError> {
+        on_backend!(self, b => Backend::pick(b, logits, rule))
     }
     async fn token_logprobs(
         &self,
@@ -409,6 +458,12 @@ impl Device {
         self.tensor(label, DType::F32, rows, width, None)
     }
     /// Upload indices as a U32 tensor of one row.
+    /// Token ids, one per row: U32 [ids.len(), 1] (what [`Backend::embed`] and
+    /// [`Backend::pick`] take and give).
+    pub fn upload_ids(&self, label: &str, ids: &[u32]) -> Result<Tensor, ModelError> {
+        let words: Vec<f32> = ids.iter().map(|&u| f32::from_bits(u)).collect();
+        self.tensor(label, DType::U32, ids.len(), 1, Some(&words))
+    }
     pub fn upload_u32(&self, label: &str, data: &[u32]) -> Result<Tensor, ModelError> {
         let words: Vec<f32> = data.iter().map(|&u| f32::from_bits(u)).collect();
         self.tensor(

@@ -2,20 +2,21 @@
 //! readback); per-op scratch buffers come from a workspace reused across layers and tokens.
 
 use super::{
-    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage,
-    Tensor, Weight,
+    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights,
+    PendingRead, PickRule, Storage, Tensor, Weight,
 };
 use crate::error::{GpuError, ModelError};
 use crate::gpu::layers::{AdamParams, AttentionParams, QkvRopeParams};
 use crate::gpu::ops::{Epilogue, Fusion};
 use crate::gpu::{Gpu, GpuWeight};
+use crate::model::Embedding;
 use crate::quant::dequantize;
 use crate::quant::GgmlType;
 
 impl Gpu {
     /// A reusable scratch buffer of at least `bytes` (by name), grown when too small. Ops run in
     /// recording order, so reusing one across ops and tokens is safe.
-    fn workspace(&self, name: &'static str, bytes: u64) -> wgpu::Buffer {
+    pub(crate) fn workspace(&self, name: &'static str, bytes: u64) -> wgpu::Buffer {
         let mut ws = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = ws.get(name) {
             if b.size() >= bytes {
@@ -269,8 +270,23 @@ impl Backend for Gpu {
         Ok(())
     }
 
-    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
-        Ok(self.read::<f32>(t.wgpu()?, n.min(t.len())).await?)
+    fn start_read(&self, t: &Tensor, n: usize) -> Result<PendingRead, ModelError> {
+        let bytes = 4 * n.min(t.len());
+        Ok(PendingRead::Wgpu(Gpu::start_read(
+            self,
+            t.wgpu()?,
+            0,
+            bytes,
+        )?))
+    }
+
+    async fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>, ModelError> {
+        match read {
+            PendingRead::Wgpu(r) => Ok(bytemuck::pod_collect_to_vec(
+                &Gpu::finish_read(self, r).await?,
+            )),
+            PendingRead::Ready(v) => Ok(v),
+        }
     }
 
     fn copy_rows(
@@ -508,41 +524,45 @@ impl Backend for Gpu {
         })
     }
 
-    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
-        let ids = self.pooled("argmax", words(logits.rows), false);
-        let lb = logits.wgpu()?;
-        self.record(|enc| {
-            self.encode_argmax(enc, lb, &ids, logits.rows as u32, logits.width as u32)
-        });
-        Ok(self.read::<u32>(&ids, logits.rows).await?)
+    fn embed(&self, table: &Embedding, ids: &Tensor, x: &mut Tensor) -> Result<(), ModelError> {
+        x.check("embed", ids.rows, table.cols)?;
+        let Some(Weight::Wgpu(w)) = &table.device else {
+            return Err(ModelError::Format(
+                "embed: the embedding table is not on the GPU (a bug in creme-core)".into(),
+            ));
+        };
+        let (ib, xb) = (ids.wgpu()?, x.wgpu()?);
+        self.record(|enc| self.encode_embed(enc, w, ib, xb, ids.rows as u32))?;
+        Ok(())
     }
 
-    async fn sample(
-        &self,
-        logits: &Tensor,
-        temperature: f32,
-        top_p: f32,
-        u: &[f32],
-    ) -> Result<Vec<u32>, ModelError> {
-        super::check_draws(logits, u)?;
-        let ids = self.pooled("sampled", words(logits.rows), false);
-        let draws = self.pooled("draws", words(logits.rows), false);
-        // A pooled buffer is no longer used by unsubmitted commands (see `tensor`).
-        self.queue.write_buffer(&draws, 0, bytemuck::cast_slice(u));
-        let lb = logits.wgpu()?;
-        self.record(|enc| {
-            self.encode_sample(
-                enc,
-                lb,
-                &draws,
-                &ids,
-                logits.rows as u32,
-                logits.width as u32,
+    fn pick(&self, logits: &Tensor, rule: PickRule<'_>) -> Result<Tensor, ModelError> {
+        let ids = self.pooled("picked", words(logits.rows), false);
+        let (lb, rows, width) = (logits.wgpu()?, logits.rows as u32, logits.width as u32);
+        match rule {
+            PickRule::Greedy => {
+                self.record(|enc| self.encode_argmax(enc, lb, &ids, rows, width));
+            }
+            PickRule::Sample {
                 temperature,
                 top_p,
-            )
-        });
-        Ok(self.read::<u32>(&ids, logits.rows).await?)
+                u,
+            } => {
+                super::check_draws(logits, u)?;
+                let draws = self.pooled("draws", words(logits.rows), false);
+                // A pooled buffer is no longer used by unsubmitted commands (see `tensor`).
+                self.queue.write_buffer(&draws, 0, bytemuck::cast_slice(u));
+                self.record(|enc| {
+                    self.encode_sample(enc, lb, &draws, &ids, rows, width, temperature, top_p)
+                });
+            }
+        }
+        Ok(Tensor {
+            dtype: DType::U32,
+            rows: logits.rows,
+            width: 1,
+            storage: Storage::Wgpu(ids),
+        })
     }
 
     async fn token_logprobs(

@@ -98,30 +98,70 @@ impl Gpu {
         offset: u64,
         len: usize,
     ) -> Result<Vec<T>, GpuError> {
-        self.check()?;
-        let bytes = (len * std::mem::size_of::<T>()) as u64;
-        if bytes == 0 {
-            return Ok(Vec::new());
+        if len == 0 {
+            return self.check().map(|_| Vec::new());
         }
-        let size = bytes.div_ceil(4) * 4;
+        let bytes = self.start_read(src, offset, len * std::mem::size_of::<T>())?;
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.finish_read(bytes).await?,
+        ))
+    }
+
+    /// Start copying `len` bytes of `src` from byte `offset` (a multiple of 4) back to the CPU:
+    /// the copy is submitted with the pending commands that produce `src`, and commands recorded
+    /// after this run while the CPU waits in [`Gpu::finish_read`] (decoding reads a step's token
+    /// ids while the next step runs).
+    pub fn start_read(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        len: usize,
+    ) -> Result<PendingRead, GpuError> {
+        self.check()?;
+        let bytes = len as u64;
+        let size = bytes.div_ceil(4).max(1) * 4;
         let staging = self.staging(size);
-        // The copy goes with the pending commands that produce `src`: one submission.
         // Never past the buffer's end (a length in bytes that is not a multiple of 4 rounds up).
         let size = size.min(src.size().saturating_sub(offset));
-        self.record(|enc| {
-            enc.encoder()
-                .copy_buffer_to_buffer(src, offset, &staging, 0, size)
-        });
-        self.flush();
+        if bytes > 0 {
+            self.record(|enc| {
+                enc.encoder()
+                    .copy_buffer_to_buffer(src, offset, &staging, 0, size)
+            });
+        }
+        let submission = self.flush();
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
+        Ok(PendingRead {
+            staging,
+            bytes: len,
+            submission,
+            mapped: rx,
+        })
+    }
+
+    /// The bytes of a read started by [`Gpu::start_read`], once the GPU has done the work
+    /// submitted before it (natively this blocks until then; in the browser it awaits).
+    pub async fn finish_read(&self, read: PendingRead) -> Result<Vec<u8>, GpuError> {
+        let PendingRead {
+            staging,
+            bytes,
+            submission,
+            mapped,
+        } = read;
         #[cfg(not(target_arch = "wasm32"))]
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index: submission,
+                timeout: None,
+            })
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        rx.await
+        #[cfg(target_arch = "wasm32")]
+        let _ = submission;
+        mapped
+            .await
             .map_err(|_| GpuError::Readback("the map callback was dropped (device lost?)".into()))?
             .map_err(|e| GpuError::Readback(e.to_string()))?;
         let out = {
@@ -129,7 +169,7 @@ impl Gpu {
                 .slice(..)
                 .get_mapped_range()
                 .map_err(|e| GpuError::Readback(e.to_string()))?;
-            bytemuck::pod_collect_to_vec::<u8, T>(&view[..bytes as usize])
+            view[..bytes].to_vec()
         };
         staging.unmap();
         self.return_staging(staging);
@@ -137,4 +177,12 @@ impl Gpu {
         self.check()?;
         Ok(out)
     }
+}
+
+/// A readback under way (see [`Gpu::start_read`]).
+pub struct PendingRead {
+    staging: wgpu::Buffer,
+    bytes: usize,
+    submission: Option<wgpu::SubmissionIndex>,
+    mapped: futures_channel::oneshot::Receiver<Result<(), wgpu::BufferAsyncError>>,
 }

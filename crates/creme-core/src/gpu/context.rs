@@ -117,6 +117,7 @@ pub enum QmmPolicy {
     Workgroup,
     Matvec,
     Tiled,
+    Gemm,
 }
 
 impl QmmPolicy {
@@ -127,9 +128,10 @@ impl QmmPolicy {
             Some("wg") => QmmPolicy::Workgroup,
             Some("mv") => QmmPolicy::Matvec,
             Some("tiled") => QmmPolicy::Tiled,
+            Some("gemm") => QmmPolicy::Gemm,
             Some(other) => {
                 return Err(GpuError::Device(format!(
-                    "CREME_QMM='{other}': expected auto, rows, wg, mv or tiled"
+                    "CREME_QMM='{other}': expected auto, rows, wg, mv, tiled or gemm"
                 )))
             }
         })
@@ -355,19 +357,19 @@ impl Gpu {
         f(enc)
     }
 
-    /// Submit everything recorded so far (every readback does this first).
-    pub fn flush(&self) {
+    /// Submit everything recorded so far (every readback does this first); the submission's
+    /// index, where there was anything to submit.
+    pub fn flush(&self) -> Option<wgpu::SubmissionIndex> {
         let enc = self
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(enc) = enc {
-            self.submit(enc);
-        }
+        let index = enc.map(|enc| self.submit(enc));
         // The pending commands are submitted: the parameter slots and pooled buffers they used
         // can be handed out again.
         self.end_epoch();
+        index
     }
 
     /// Largest byte size one storage binding may have on this device.

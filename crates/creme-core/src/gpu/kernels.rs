@@ -15,12 +15,18 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             if let Some(format) = name.strip_prefix("matmul_q_tiled:") {
                 return quant_matmul_source(format).map(|s| (s, "main_tiled"));
             }
+            if let Some(format) = name.strip_prefix("matmul_q_gemm:") {
+                return quant_matmul_source(format).map(|s| (s, "main_gemm"));
+            }
             if let Some(format) = name.strip_prefix("matmul_q_mv:") {
                 return quant_matmul_source(format).map(|s| (s, "main_mv"));
             }
             if let Some(format) = name.strip_prefix("matmul_q_mv_sg:") {
                 let subgroup = include_str!("../../../../shaders/matmul_quant_subgroup.wgsl");
                 return quant_matmul_source(format).map(|s| (s + subgroup, "main_mv_sg"));
+            }
+            if let Some(format) = name.strip_prefix("embed_rows:") {
+                return quant_matmul_source(format).map(|s| (s, "embed_rows"));
             }
             if let Some(format) = name.strip_prefix("matmul_q_rows:") {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
@@ -30,13 +36,14 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
                 "adam" => include_str!("../../../../shaders/adam.wgsl"),
-                "argmax" | "row_logprob" | "sample_top_p" => {
+                "argmax" | "argmax_part" | "row_logprob" | "sample_top_p" => {
                     include_str!("../../../../shaders/elementwise.wgsl")
                 }
                 _ => return None,
             };
             let entry: &'static str = match name {
                 "argmax" => "argmax",
+                "argmax_part" => "argmax_part",
                 "row_logprob" => "row_logprob",
                 "sample_top_p" => "sample_top_p",
                 _ => "main",

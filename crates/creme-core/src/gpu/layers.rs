@@ -222,7 +222,8 @@ impl Gpu {
         );
     }
 
-    /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`.
+    /// dst[row] = index of the first maximum of the row (as u32 bits), for `rows` rows of `width`:
+    /// each row's slices of ARGMAX_SLICE values by a workgroup each, then a pass over their bests.
     pub(crate) fn encode_argmax(
         &self,
         enc: &mut crate::gpu::Recorder,
@@ -231,18 +232,30 @@ impl Gpu {
         rows: u32,
         width: u32,
     ) {
+        let slices = width.div_ceil(ARGMAX_SLICE).clamp(1, 256);
+        let parts = self.workspace("argmax partials", rows as u64 * slices as u64 * 8);
         let pb = self.uniform(
             "argmax",
             &EwParams {
                 n: rows,
                 a: width,
-                b: 0,
+                b: slices,
                 c: 0,
             },
         );
-        self.dispatch(enc, "argmax", &[logits, logits, dst], &pb, self.grid(rows));
+        self.dispatch(
+            enc,
+            "argmax_part",
+            &[logits, logits, &parts],
+            &pb,
+            [slices, rows, 1],
+        );
+        self.dispatch(enc, "argmax", &[&parts, &parts, dst], &pb, self.grid(rows));
     }
 }
+
+/// Values of a row one workgroup of the greedy pick's first pass scans.
+const ARGMAX_SLICE: u32 = 4096;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]

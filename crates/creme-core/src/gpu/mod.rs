@@ -2,6 +2,7 @@
 //! that dispatch them. Every op has a CPU reference in [`crate::cpu`].
 
 mod buffers;
+pub use buffers::PendingRead;
 mod context;
 pub(crate) mod kernels;
 pub(crate) mod layers;

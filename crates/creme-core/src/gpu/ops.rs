@@ -101,7 +101,7 @@ impl Gpu {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
 struct QuantMatmulParams {
     m: u32,
     n: u32,
@@ -147,40 +147,27 @@ const QMM_MV_MAX_ROWS: u32 = 4;
 const QMM_MV_COLS_PER_WG: u32 = 8;
 
 impl Gpu {
-    /// The quantized matmul kernel for m rows of x against n weight rows. `auto` follows
-    /// `creme bench-kernels` on an NVIDIA H200 (docs/performance.md): there the tiled kernel was
-    /// 5-50x slower than the others at every m, so it runs on CPU adapters only (lavapipe, where it
-    /// is the fastest for prompts); on GPUs a workgroup per weight row wins until the
-    /// row-per-thread kernel has n x ceil(m/8) >= 16,384 threads to run (crossover at m 16-32 for
-    /// 4,864 rows, 128-512 for 896). Decode (m <= 4) on GPUs takes the matvec kernel, which packs
-    /// 8 weight rows into a workgroup (written after that run: not yet timed on a GPU;
-    /// `CREME_QMM=wg` gives the measured kernel back).
-    pub fn qmm_kernel(&self, m: u32, n: u32) -> &'static str {
-        let tiled_or = |small: &'static str| {
-            if m >= QMM_TILED_MIN_ROWS {
-                "matmul_q_tiled"
-            } else {
-                small
-            }
-        };
+    /// The quantized matmul kernel for m rows of x against n weight rows. On CPU adapters
+    /// (lavapipe) the row-per-thread kernel, and `main_tiled` for prompts (m >= 16), are the
+    /// fastest. On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows per workgroup,
+    /// subgroup sums where there are subgroups), prompts the register-blocked tile kernel
+    /// `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md has
+    /// the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
+    pub fn qmm_kernel(&self, m: u32, _n: u32) -> &'static str {
+        let prompt = m >= QMM_TILED_MIN_ROWS;
+        let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows",
             QmmPolicy::Workgroup => "matmul_q",
-            QmmPolicy::Matvec if m <= QMM_MV_MAX_ROWS => self.matvec_kernel(),
-            QmmPolicy::Matvec => "matmul_q",
-            QmmPolicy::Tiled => tiled_or(if self.cpu_adapter {
-                "matmul_q_rows"
-            } else {
-                "matmul_q"
-            }),
-            QmmPolicy::Auto if self.cpu_adapter => tiled_or("matmul_q_rows"),
-            QmmPolicy::Auto
-                if m >= QMM_TILED_MIN_ROWS && n * m.div_ceil(QMM_ROWS_PER_WG) >= 16_384 =>
-            {
-                "matmul_q_rows"
-            }
-            QmmPolicy::Auto if m <= QMM_MV_MAX_ROWS => self.matvec_kernel(),
-            QmmPolicy::Auto => "matmul_q",
+            QmmPolicy::Tiled if prompt => "matmul_q_tiled",
+            QmmPolicy::Gemm if prompt => "matmul_q_gemm",
+            QmmPolicy::Matvec if decode => self.matvec_kernel(),
+            // Otherwise the adapter's own choice for this m.
+            _ if self.cpu_adapter && prompt => "matmul_q_tiled",
+            _ if self.cpu_adapter => "matmul_q_rows",
+            _ if prompt => "matmul_q_gemm",
+            _ if decode => self.matvec_kernel(),
+            _ => "matmul_q",
         }
     }
 }
@@ -259,7 +246,9 @@ impl Gpu {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
             let groups = match flavour {
                 "matmul_q_rows" => self.grid(total.div_ceil(64)),
-                "matmul_q_tiled" => [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1],
+                "matmul_q_tiled" | "matmul_q_gemm" => {
+                    [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1]
+                }
                 "matmul_q_mv" | "matmul_q_mv_sg" => {
                     self.grid((c.rows as u32).div_ceil(QMM_MV_COLS_PER_WG))
                 }
@@ -292,6 +281,57 @@ impl Gpu {
                 &[x, &c.buffer, bias.unwrap_or(x), y, g],
                 &params,
                 groups,
+            );
+        }
+        Ok(())
+    }
+
+    /// Record x[i] = table[ids[i]] (dequantized) for `rows` token ids (u32) on the GPU: one
+    /// dispatch per row-chunk of the table, each writing the rows whose ids fall in its chunk.
+    pub fn encode_embed(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        table: &super::GpuWeight,
+        ids: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        rows: u32,
+    ) -> Result<(), GpuError> {
+        let k = table.cols as u32;
+        if ids.size() < rows as u64 * 4 || x.size() < rows as u64 * k as u64 * 4 {
+            return Err(GpuError::Shape {
+                op: "embed",
+                detail: format!(
+                    "{rows} ids of '{}' [{}x{k}]: ids {} bytes, x {} bytes",
+                    table.name,
+                    table.rows,
+                    ids.size(),
+                    x.size()
+                ),
+            });
+        }
+        let kernel = format!("embed_rows:{}", table.dtype.name());
+        for c in &table.chunks {
+            // The kernel's reading of the matmul parameters: m ids, a chunk of n table rows from
+            // row y_off, rows of k values.
+            let params = self.uniform(
+                "embed params",
+                &QuantMatmulParams {
+                    m: rows,
+                    n: c.rows as u32,
+                    k,
+                    ldy: k,
+                    y_off: c.row0 as u32,
+                    row_bytes: table.row_bytes() as u32,
+                    w_byte_off: c.byte_off as u32,
+                    ..Default::default()
+                },
+            );
+            self.dispatch(
+                enc,
+                &kernel,
+                &[ids, &c.buffer, ids, x, ids],
+                &params,
+                self.grid(rows),
             );
         }
         Ok(())

@@ -572,7 +572,7 @@ impl Gpu {
     }
 
     /// Submit what `rec` recorded, with the kernel parameters it uses.
-    pub fn submit(&self, rec: Recorder) {
+    pub fn submit(&self, rec: Recorder) -> wgpu::SubmissionIndex {
         self.params
             .0
             .lock()
@@ -583,7 +583,7 @@ impl Gpu {
         bump(&self.counters.submissions);
         #[cfg(not(target_arch = "wasm32"))]
         let t0 = std::time::Instant::now();
-        self.queue.submit([enc.finish()]);
+        let index = self.queue.submit([enc.finish()]);
         #[cfg(not(target_arch = "wasm32"))]
         self.counters
             .submit_ns
@@ -591,6 +591,7 @@ impl Gpu {
         if timed {
             self.collect_timestamps();
         }
+        index
     }
 
     /// A set of `count` timestamp queries (profiling only: not counted per token).

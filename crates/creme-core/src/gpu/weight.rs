@@ -7,6 +7,7 @@ use crate::error::GpuError;
 use crate::quant::{repack_as_q8_0, GgmlType};
 
 /// One row-range of a weight in a buffer, from byte `byte_off`.
+#[derive(Clone)]
 pub struct WeightChunk {
     pub buffer: wgpu::Buffer,
     pub row0: usize,
@@ -14,7 +15,8 @@ pub struct WeightChunk {
     pub byte_off: u64,
 }
 
-/// A 2-D weight [rows, cols] (rows = output features) in GGUF blocks.
+/// A 2-D weight [rows, cols] (rows = output features) in GGUF blocks. A clone shares the buffers.
+#[derive(Clone)]
 pub struct GpuWeight {
     pub name: String,
     pub dtype: GgmlType,

@@ -5,7 +5,9 @@
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::tokenizer::Tokenizer;
-use crate::backend::{AttnStep, Backend, BlockShape, Device, LayerWeights, Tensor, Weight};
+use crate::backend::{
+    AttnStep, Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight,
+};
 use crate::error::ModelError;
 use crate::hooks::{Captured, Hooks, Site};
 use crate::quant::{dequantize, GgmlType};
@@ -16,16 +18,55 @@ pub(crate) struct Layer {
     pub(crate) down_original: Option<Weight>,
 }
 
-/// Token embedding rows, kept in their GGUF format on the host: a lookup dequantizes a few rows.
-pub(crate) struct Embedding {
+/// The token embedding table in its GGUF format: on the host (a CPU lookup dequantizes a few
+/// rows) and, for a backend that looks tokens up on the device, there too (the tied output head's
+/// buffers where the model ties them, so nothing is uploaded twice).
+pub struct Embedding {
     pub(crate) dtype: GgmlType,
     pub(crate) cols: usize,
     pub(crate) rows: usize,
     pub(crate) bytes: Vec<u8>,
+    pub(crate) device: Option<Weight>,
 }
 
 impl Embedding {
-    fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
+    /// A table of `rows` x `cols` values in `dtype`: kept on the host, and on a wgpu device also
+    /// on the GPU, where `shared` (the tied output head's weight) is used rather than a second
+    /// upload of the same bytes.
+    pub fn new(
+        dev: &Device,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        shared: Option<&Weight>,
+    ) -> Result<Embedding, ModelError> {
+        let need = rows * dtype.row_bytes(cols);
+        if bytes.len() < need {
+            return Err(ModelError::Truncated {
+                what: "token embedding table".into(),
+                need: need as u64,
+                have: bytes.len() as u64,
+            });
+        }
+        let device = match (dev.kind(), shared) {
+            (BackendKind::Cpu, _) => None,
+            (BackendKind::Wgpu, Some(w)) => Some(Weight::Wgpu(w.wgpu()?.clone())),
+            (BackendKind::Wgpu, None) => {
+                Some(dev.upload_weight("token_embd.weight", dtype, rows, cols, bytes)?)
+            }
+        };
+        Ok(Embedding {
+            dtype,
+            cols,
+            rows,
+            bytes: bytes[..need].to_vec(),
+            device,
+        })
+    }
+
+    /// Row `id`, dequantized.
+    pub(crate) fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
         if id as usize >= self.rows {
             return Err(ModelError::Format(format!(
                 "token id {id} is outside the vocabulary of {}",
@@ -71,6 +112,9 @@ pub enum Logits {
 pub enum Input<'a> {
     /// Token ids, [batch][T].
     Tokens(&'a [Vec<u32>]),
+    /// One token id per sequence (T = 1) in a U32 tensor [batch, 1] on the device, as
+    /// [`crate::backend::Backend::pick`] leaves them: decoding feeds a step's picks back unread.
+    Ids(&'a Tensor),
     /// Residual streams [batch * T, d_model]; sequence b enters at layer start[b].
     Resume {
         x: &'a Tensor,
@@ -199,6 +243,10 @@ impl Model {
                 }
                 (tokens.len(), t)
             }
+            Input::Ids(ids) => {
+                ids.check("forward: token ids", ids.rows, 1)?;
+                (ids.rows, 1)
+            }
             Input::Resume { t, start, x } => {
                 let n = self.cfg.n_layers;
                 if start.windows(2).any(|w| w[0] > w[1]) || start.iter().any(|&s| s > n) {
@@ -236,11 +284,22 @@ impl Model {
         let d = self.cfg.d_model;
         match input {
             Input::Tokens(tokens) => {
-                let mut x0 = Vec::with_capacity(rows * d);
-                for &id in tokens.iter().flatten() {
-                    x0.extend(self.embed.row(id)?);
+                let ids: Vec<u32> = tokens.iter().flatten().copied().collect();
+                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.embed.rows) {
+                    return Err(ModelError::Format(format!(
+                        "token id {bad} is outside the vocabulary of {}",
+                        self.embed.rows
+                    )));
                 }
-                Ok((dev.upload("x", rows, d, &x0)?, vec![0; tokens.len()]))
+                let ids = dev.upload_ids("token ids", &ids)?;
+                let mut x = dev.zeros("x", rows, d)?;
+                dev.embed(&self.embed, &ids, &mut x)?;
+                Ok((x, vec![0; tokens.len()]))
+            }
+            Input::Ids(ids) => {
+                let mut x = dev.zeros("x", rows, d)?;
+                dev.embed(&self.embed, ids, &mut x)?;
+                Ok((x, vec![0; rows]))
             }
             Input::Resume { x, start, .. } => {
                 let mut own = dev.zeros("x", rows, d)?;

@@ -109,22 +109,27 @@ impl ModelLoader {
         }
         let bytes = &bytes[..info.bytes() as usize];
         if name == "token_embd.weight" {
-            let (rows, cols) = info.rows_cols();
-            self.embed = Some(Embedding {
-                dtype: info.dtype,
-                cols: cols as usize,
-                rows: rows as usize,
-                bytes: bytes.to_vec(),
-            });
-            if self.tied_head_bytes {
-                let w = dev.upload_weight(
+            let (rows, cols) = (info.rows_cols().0 as usize, info.rows_cols().1 as usize);
+            let head = match self.tied_head_bytes {
+                true => Some(dev.upload_weight(
                     "output.weight (tied)",
                     info.dtype,
-                    rows as usize,
-                    cols as usize,
+                    rows,
+                    cols,
                     bytes,
-                )?;
-                self.weights.insert("output.weight".into(), w);
+                )?),
+                false => None,
+            };
+            self.embed = Some(Embedding::new(
+                dev,
+                info.dtype,
+                rows,
+                cols,
+                bytes,
+                head.as_ref(),
+            )?);
+            if let Some(head) = head {
+                self.weights.insert("output.weight".into(), head);
             }
         } else if is_vector(&info) {
             let v = dequantize(info.dtype, bytes, info.elems() as usize)?;

@@ -11,10 +11,11 @@ use rayon::prelude::*;
 
 use self::qmatmul::{axpy_f32, dot_f32, matmul, CpuWeight, MatmulScratch};
 use super::{
-    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights, Storage,
-    Tensor, Weight,
+    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights,
+    PendingRead, PickRule, Storage, Tensor, Weight,
 };
 use crate::error::ModelError;
+use crate::model::Embedding;
 use crate::quant::GgmlType;
 
 /// Buffers reused by every op, so a decoded token allocates nothing once they have grown.
@@ -229,9 +230,19 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    async fn read(&self, t: &Tensor, n: usize) -> Result<Vec<f32>, ModelError> {
+    fn start_read(&self, t: &Tensor, n: usize) -> Result<PendingRead, ModelError> {
         let v = t.cpu()?;
-        Ok(v[..n.min(v.len())].to_vec())
+        Ok(PendingRead::Ready(v[..n.min(v.len())].to_vec()))
+    }
+
+    async fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>, ModelError> {
+        match read {
+            PendingRead::Ready(v) => Ok(v),
+            PendingRead::Wgpu(_) => Err(ModelError::Format(
+                "backend mismatch: a GPU readback given to the CPU backend (a bug in creme-core)"
+                    .into(),
+            )),
+        }
     }
 
     fn copy_rows(
@@ -430,36 +441,34 @@ impl Backend for CpuBackend {
         })
     }
 
-    async fn argmax(&self, logits: &Tensor) -> Result<Vec<u32>, ModelError> {
-        let w = logits.width;
-        Ok(logits.cpu()?[..logits.rows * w]
-            .chunks(w)
-            .map(|row| {
-                let mut best = 0;
-                for (i, &v) in row.iter().enumerate() {
-                    if v > row[best] {
-                        best = i;
-                    }
-                }
-                best as u32
-            })
-            .collect())
+    fn embed(&self, table: &Embedding, ids: &Tensor, x: &mut Tensor) -> Result<(), ModelError> {
+        let d = table.cols;
+        x.check("embed", ids.rows, d)?;
+        let ids = super::bits(&ids.cpu()?[..ids.rows]);
+        for (row, id) in x.cpu_mut()?.chunks_mut(d).zip(ids) {
+            row.copy_from_slice(&table.row(id)?);
+        }
+        Ok(())
     }
 
-    async fn sample(
-        &self,
-        logits: &Tensor,
-        temperature: f32,
-        top_p: f32,
-        u: &[f32],
-    ) -> Result<Vec<u32>, ModelError> {
+    fn pick(&self, logits: &Tensor, rule: PickRule<'_>) -> Result<Tensor, ModelError> {
         let w = logits.width;
-        super::check_draws(logits, u)?;
-        Ok(logits.cpu()?[..logits.rows * w]
-            .chunks(w)
-            .zip(u)
-            .map(|(row, &u)| crate::generate::sample_row(row, temperature, top_p, u))
-            .collect())
+        let rows = logits.cpu()?[..logits.rows * w].chunks(w);
+        let ids: Vec<u32> = match rule {
+            PickRule::Greedy => rows.map(first_max).collect(),
+            PickRule::Sample {
+                temperature,
+                top_p,
+                u,
+            } => {
+                super::check_draws(logits, u)?;
+                rows.zip(u)
+                    .map(|(row, &u)| crate::generate::sample_row(row, temperature, top_p, u))
+                    .collect()
+            }
+        };
+        let words: Vec<f32> = ids.iter().map(|&id| f32::from_bits(id)).collect();
+        self.tensor("picked", DType::U32, logits.rows, 1, Some(&words))
     }
 
     async fn token_logprobs(
@@ -548,4 +557,15 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+}
+
+/// Index of the first maximum of a row.
+fn first_max(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
