@@ -15,7 +15,6 @@ struct Params { batch: u32, t: u32, heads: u32, kv_heads: u32, head_dim: u32, ct
 @group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 64u;
-const DIMS_PER_THREAD: u32 = 4u; // head_dim <= 256
 var<workgroup> scores: array<f32, 64>;
 var<workgroup> weights: array<f32, 64>;
 
@@ -35,8 +34,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 
     var run_max = -3.4e38;
     var run_sum = 0.0;
-    var acc: array<f32, 4>;
-    for (var i = 0u; i < DIMS_PER_THREAD; i++) { acc[i] = 0.0; }
+    // Output dimensions lid, lid + 64, lid + 128, lid + 192 (those below head_dim), in a vec4 so
+    // that they stay in registers.
+    var acc = vec4<f32>(0.0);
+    let dims = (p.head_dim + WG - 1u) / WG;
     for (var jb = j0; jb <= jq; jb += WG) {
         let j = jb + lid;
         var s = -3.4e38;
@@ -57,16 +58,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         // Key jb is always in range, so block_max is finite and the old sums shrink (or vanish).
         let shrink = exp(run_max - block_max);
         var block_sum = 0.0;
-        for (var i = 0u; i < DIMS_PER_THREAD; i++) { acc[i] *= shrink; }
+        acc *= shrink;
         let n = min(WG, jq + 1u - jb);
         for (var i = 0u; i < n; i++) {
             let wi = weights[i];
             block_sum += wi;
-            let vb = (b * p.ctx + jb + i) * kvw + kvh * p.head_dim;
-            for (var k = 0u; k < DIMS_PER_THREAD; k++) {
-                let d = lid + k * WG;
-                if (d < p.head_dim) { acc[k] = fma(wi, vc[vb + d], acc[k]); }
-            }
+            let vb = (b * p.ctx + jb + i) * kvw + kvh * p.head_dim + lid;
+            if (lid < p.head_dim) { acc.x = fma(wi, vc[vb], acc.x); }
+            if (lid + WG < p.head_dim) { acc.y = fma(wi, vc[vb + WG], acc.y); }
+            if (lid + 2u * WG < p.head_dim) { acc.z = fma(wi, vc[vb + 2u * WG], acc.z); }
+            if (lid + 3u * WG < p.head_dim) { acc.w = fma(wi, vc[vb + 3u * WG], acc.w); }
         }
         run_sum = run_sum * shrink + block_sum;
         run_max = block_max;
@@ -75,7 +76,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     }
     var inv = 0.0;
     if (run_sum > 0.0) { inv = 1.0 / run_sum; }
-    for (var k = 0u; k < DIMS_PER_THREAD; k++) {
+    for (var k = 0u; k < dims; k++) {
         let d = lid + k * WG;
         if (d < p.head_dim) { out[qb + d] = acc[k] * inv; }
     }

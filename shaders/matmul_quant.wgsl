@@ -4,7 +4,7 @@
 // threads that read x also sum its squares, so the norm costs no dispatch and no pass over x. One workgroup per output column n and per MT rows of x;
 // each thread dequantizes 32-weight pieces of the row into registers and reuses them for all MT
 // rows, then the workgroup reduces. Decode (m = 1) is the matvec case of the same kernel.
-// The per-format `dq32` is appended by the kernel registry from matmul_quant_formats.wgsl.
+// The per-format `dq4` is appended by the kernel registry from matmul_quant_formats.wgsl.
 
 struct Params {
     m: u32,
@@ -87,6 +87,28 @@ fn normed(v: f32, sumsq: f32) -> f32 {
         return v * inverseSqrt(sumsq / f32(p.k) + p.eps);
     }
     return v;
+}
+
+// Bytes 0-3 of q as signed integers, the low nibbles of its bytes, and its bits 0-3.
+fn i8x4(q: u32) -> vec4<f32> {
+    return vec4<f32>(i8_of(q), i8_of(q >> 8u), i8_of(q >> 16u), i8_of(q >> 24u));
+}
+fn nib4(q: u32) -> vec4<f32> {
+    return vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+}
+fn bit4(h: u32) -> vec4<f32> {
+    return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u));
+}
+// The 32 weights of piece s of the row at byte rb, for the kernels that reuse a dequantized piece
+// across many rows of x (on CPU adapters, where a function-scope array costs nothing extra).
+fn dq32(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) {
+    for (var c = 0u; c < 8u; c++) {
+        let v = dq4(rb, s, c);
+        (*out)[4u * c] = v.x;
+        (*out)[4u * c + 1u] = v.y;
+        (*out)[4u * c + 2u] = v.z;
+        (*out)[4u * c + 3u] = v.w;
+    }
 }
 
 // Four bytes starting at any byte offset, little-endian (two word loads instead of four byte loads).
@@ -289,22 +311,30 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let ly = tid / 16u;
     let row0 = wg.y * 64u;
     let col0 = wg.x * 64u;
-    var acc: array<f32, 32>; // [8 rows][4 columns]
-    for (var i = 0u; i < 32u; i++) { acc[i] = 0.0; }
-    var ss: array<f32, 8>; // sums of squares of this thread's 8 rows of x
-    for (var i = 0u; i < 8u; i++) { ss[i] = 0.0; }
-    var wv: array<f32, 32>;
+    // Row i of this thread's block in a vec4 per row (its 4 columns), x's sums of squares of the
+    // 8 rows in two vec4s: all in registers (no function-scope arrays, see matmul_quant_formats).
+    var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0); var a5 = vec4<f32>(0.0); var a6 = vec4<f32>(0.0); var a7 = vec4<f32>(0.0);
+    var ss_lo = vec4<f32>(0.0);
+    var ss_hi = vec4<f32>(0.0);
     let nsub = p.k / 32u;
     for (var s = 0u; s < nsub; s++) {
         if (tid < 64u) {
             let col = col0 + tid;
-            if (col < p.n) {
-                dq32(p.w_byte_off + col * p.row_bytes, s, &wv);
-                scale_by_norm(s, &wv);
-            } else {
-                for (var i = 0u; i < 32u; i++) { wv[i] = 0.0; }
+            for (var c = 0u; c < 8u; c++) {
+                var v = vec4<f32>(0.0);
+                if (col < p.n) {
+                    v = dq4(p.w_byte_off + col * p.row_bytes, s, c);
+                    if (p.has_norm == 1u) {
+                        let i = s * 32u + 4u * c;
+                        v *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
+                    }
+                }
+                ws_g[(4u * c) * 64u + tid] = v.x;
+                ws_g[(4u * c + 1u) * 64u + tid] = v.y;
+                ws_g[(4u * c + 2u) * 64u + tid] = v.z;
+                ws_g[(4u * c + 3u) * 64u + tid] = v.w;
             }
-            for (var kk = 0u; kk < 32u; kk++) { ws_g[kk * 64u + tid] = wv[kk]; }
         } else {
             let u = tid - 64u;
             let kk = u % 32u;
@@ -317,25 +347,46 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk++) {
-            var b: array<f32, 4>;
-            for (var j = 0u; j < 4u; j++) { b[j] = ws_g[kk * 64u + lx + 16u * j]; }
-            for (var i = 0u; i < 8u; i++) {
-                let a = xs_g[kk * 65u + ly + 8u * i];
-                ss[i] = fma(a, a, ss[i]);
-                for (var j = 0u; j < 4u; j++) { acc[i * 4u + j] = fma(a, b[j], acc[i * 4u + j]); }
-            }
+            let wb = kk * 64u + lx;
+            let b = vec4<f32>(ws_g[wb], ws_g[wb + 16u], ws_g[wb + 32u], ws_g[wb + 48u]);
+            let xb = kk * 65u + ly;
+            let lo = vec4<f32>(xs_g[xb], xs_g[xb + 8u], xs_g[xb + 16u], xs_g[xb + 24u]);
+            let hi = vec4<f32>(xs_g[xb + 32u], xs_g[xb + 40u], xs_g[xb + 48u], xs_g[xb + 56u]);
+            a0 = fma(vec4<f32>(lo.x), b, a0);
+            a1 = fma(vec4<f32>(lo.y), b, a1);
+            a2 = fma(vec4<f32>(lo.z), b, a2);
+            a3 = fma(vec4<f32>(lo.w), b, a3);
+            a4 = fma(vec4<f32>(hi.x), b, a4);
+            a5 = fma(vec4<f32>(hi.y), b, a5);
+            a6 = fma(vec4<f32>(hi.z), b, a6);
+            a7 = fma(vec4<f32>(hi.w), b, a7);
+            ss_lo = fma(lo, lo, ss_lo);
+            ss_hi = fma(hi, hi, ss_hi);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 8u; i++) {
-        let r = row0 + ly + 8u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + lx + 16u * j;
-            if (r < p.m && c < p.n) {
-                var v = normed(acc[i * 4u + j], ss[i]);
-                if (p.has_bias == 1u) { v += bias[c]; }
-                store(r * p.ldy + p.y_off + c, v);
-            }
+    let r = row0 + ly;
+    gemm_store(r, col0 + lx, a0, ss_lo.x);
+    gemm_store(r + 8u, col0 + lx, a1, ss_lo.y);
+    gemm_store(r + 16u, col0 + lx, a2, ss_lo.z);
+    gemm_store(r + 24u, col0 + lx, a3, ss_lo.w);
+    gemm_store(r + 32u, col0 + lx, a4, ss_hi.x);
+    gemm_store(r + 40u, col0 + lx, a5, ss_hi.y);
+    gemm_store(r + 48u, col0 + lx, a6, ss_hi.z);
+    gemm_store(r + 56u, col0 + lx, a7, ss_hi.w);
+}
+
+// Row r of main_gemm's results: columns c, c + 16, c + 32, c + 48 (those in range).
+fn gemm_store(r: u32, c: u32, acc: vec4<f32>, sumsq: f32) {
+    if (r >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let col = c + 16u * j;
+        if (col < p.n) {
+            var v = normed(acc[j], sumsq);
+            if (p.has_bias == 1u) { v += bias[col]; }
+            store(r * p.ldy + p.y_off + col, v);
         }
     }
 }
@@ -350,30 +401,50 @@ var<workgroup> red_mv: array<f32, 1024>; // [MV][256]
 var<workgroup> red_mv_ss: array<f32, 1024>; // [MV][256], sums of squares of x
 
 // One lane's share of weight row `col` in the matvec kernels (main_mv, main_mv_sg): its dot
-// products with the m <= MV rows of x (norm folded in) and x's sums of squares, over pieces lane,
-// lane + 32, ... of the row.
+// products with the m <= MV rows of x (norm folded in) and x's sums of squares, one per vec4
+// component, over pieces lane, lane + 32, ... of the row. Everything stays in registers: weights
+// come 4 at a time (dq4) and are used at once.
 struct MvPartial {
-    acc: array<f32, 4>,
-    ss: array<f32, 4>,
+    acc: vec4<f32>,
+    ss: vec4<f32>,
+}
+
+fn x4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
 fn mv_partial(col: u32, lane: u32, live: bool, mrows: u32) -> MvPartial {
-    var out: MvPartial;
-    for (var r = 0u; r < MV; r++) { out.acc[r] = 0.0; out.ss[r] = 0.0; }
+    var out = MvPartial(vec4<f32>(0.0), vec4<f32>(0.0));
     if (!live) {
         return out;
     }
     let rb = p.w_byte_off + col * p.row_bytes;
-    var wv: array<f32, 32>;
     let nsub = p.k / 32u;
     for (var s = lane; s < nsub; s += 32u) {
-        dq32(rb, s, &wv);
-        scale_by_norm(s, &wv);
-        for (var r = 0u; r < mrows; r++) {
-            let xb = r * p.k + s * 32u;
-            let d = dot32(xb, &wv);
-            out.acc[r] += d.x;
-            out.ss[r] += d.y;
+        for (var c = 0u; c < 8u; c++) {
+            let i = s * 32u + 4u * c;
+            var wv = dq4(rb, s, c);
+            if (p.has_norm == 1u) {
+                wv *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
+            }
+            let x0 = x4(i);
+            out.acc.x += dot(wv, x0);
+            out.ss.x += dot(x0, x0);
+            if (mrows > 1u) {
+                let x1 = x4(p.k + i);
+                out.acc.y += dot(wv, x1);
+                out.ss.y += dot(x1, x1);
+            }
+            if (mrows > 2u) {
+                let x2 = x4(2u * p.k + i);
+                out.acc.z += dot(wv, x2);
+                out.ss.z += dot(x2, x2);
+            }
+            if (mrows > 3u) {
+                let x3 = x4(3u * p.k + i);
+                out.acc.w += dot(wv, x3);
+                out.ss.w += dot(x3, x3);
+            }
         }
     }
     return out;
@@ -387,7 +458,7 @@ fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
     // No early return: every thread must reach the barriers.
     let live = col < p.n;
     let mrows = min(MV, p.m);
-    var part = mv_partial(col, lane, live, mrows);
+    let part = mv_partial(col, lane, live, mrows);
     for (var r = 0u; r < mrows; r++) {
         red_mv[r * 256u + tid] = part.acc[r];
         red_mv_ss[r * 256u + tid] = part.ss[r];

@@ -18,15 +18,15 @@ fn main_mv_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw:
     let col = (wg.x + wg.y * nw.x) * 8u + tid / 32u;
     let live = col < p.n;
     let mrows = min(MV, p.m);
-    var part = mv_partial(col, lane, live, mrows);
+    let part = mv_partial(col, lane, live, mrows);
     // Every lane of the workgroup takes part in the subgroup operations and the barrier.
     let sg = tid / sgs; // this subgroup's index in the workgroup
-    for (var r = 0u; r < MV; r++) {
-        let a = subgroupAdd(part.acc[r]);
-        let q = subgroupAdd(part.ss[r]);
-        if (sgi == 0u) {
-            part_sg[r * 64u + sg] = a;
-            part_sg_ss[r * 64u + sg] = q;
+    let a = subgroupAdd(part.acc);
+    let q = subgroupAdd(part.ss);
+    if (sgi == 0u) {
+        for (var r = 0u; r < MV; r++) {
+            part_sg[r * 64u + sg] = a[r];
+            part_sg_ss[r * 64u + sg] = q[r];
         }
     }
     workgroupBarrier();

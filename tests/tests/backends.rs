@@ -623,6 +623,7 @@ fn attention_over_long_contexts_agrees_with_cpu() {
     for (cache_len, hd, heads, kv_heads) in [
         (20usize, 8usize, 4usize, 2usize),
         (150, 80, 2, 1),
+        (70, 256, 2, 1),
         (4200, 16, 2, 2),
     ] {
         let (d, batch, t) = (32usize, 2usize, 3usize);
