@@ -3,9 +3,9 @@
 # the device tool's README says how to carry the binary, the Vulkan loader and the model):
 #   1. the adapter (`creme info`) and the f32 matmul check on it;
 #   2. `creme bench` on it: prefill pp512, decode tg128 at batch 1, GPU work per decoded token;
-#      the same with the other kernel choices (prompts: a thread per weight row; decode: the
-#      matvec without subgroups, a workgroup per row); the matmul kernels alone at m = 1 and 512;
 #      with --llama-bench, llama.cpp's Vulkan build on the same GPU (pp512, tg128) as the peer;
+#      the same bench with the other kernel choices (prompts: a thread per weight row; decode:
+#      no subgroups, attention in one pass); the matmul kernels alone at m = 1 and 512;
 #   3. the 164 clean HumanEval prompts greedily on it, tests executed in the sandbox, against the
 #      HF transformers oracle in ../shared/oracle: share of identical completions (>= 90%) and the
 #      pass count (71 +- 2). A --limit run checks only the identical share.
@@ -52,25 +52,6 @@ step "bench (pp512, tg128 at batch 1, GPU work per decoded token)"
   --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench.json"
 cat "$out/bench.json"
 
-step "the other kernel choices: prompts with a thread per weight row; decode without subgroups, with a workgroup per row"
-variant() { # label, env, extra flags: pp512 and tg128, one line each
-  env $2 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 \
-    --decode "" --tg 128 --trace false --humaneval 0 --repetitions 3 $3 --json > "$out/bench-$1.json"
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'pp512', round(d['prefill'][0]['tok_per_s']), 'tg128', round(d['tg'][0]['tok_per_s']))" "$out/bench-$1.json" "$1"
-}
-variant rows CREME_QMM=rows ""
-variant no-subgroups CREME_QMM=auto --no-subgroups
-variant wg CREME_QMM=wg ""
-
-step "matmul kernels alone: m = 1 (subgroup matvec, matvec, a workgroup per row), m = 512 (tile, rows, wg)"
-for m in 1 512; do
-  for q in auto mv wg rows gemm; do
-    [ "$m" = 1 ] && [ "$q" = rows -o "$q" = gemm ] && continue
-    [ "$m" = 512 ] && [ "$q" = mv ] && continue
-    echo "== m=$m CREME_QMM=$q"; CREME_QMM=$q "$creme" bench-kernels --backend "$backend" --m $m --reps 20
-  done
-done 2>&1 | tee "$out/kernels.txt"
-
 if [ -n "$llama" ]; then
   step "peer: llama.cpp's Vulkan build on the same GPU (llama-bench -p 512 -n 128 -ngl 99 -r 3)"
   "$llama" -m "$model" -p 512 -n 128 -ngl 99 -r 3 -o json > "$out/llama.json" 2> "$out/llama.err" || tail -5 "$out/llama.err"
@@ -86,6 +67,22 @@ for k, name in (("pp", "pp512"), ("tg", "tg128")):
     print(f"{name}: creme {mine[k]:.0f} tok/s, llama.cpp Vulkan {peer[k]:.0f} tok/s, ratio {mine[k] / peer[k]:.2f}x")
 EOF
 fi
+
+step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass"
+variant() { # label, env: pp512 and tg128, one line each
+  env $2 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 \
+    --decode "" --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench-$1.json"
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], 'pp512', round(d['prefill'][0]['tok_per_s']), 'tg128', round(d['tg'][0]['tok_per_s']))" "$out/bench-$1.json" "$1"
+}
+variant rows CREME_QMM=rows
+variant no-subgroups CREME_NO_SUBGROUPS=1
+variant one-pass-attention CREME_SPLIT_ATTENTION=0
+
+step "matmul kernels alone: m = 1 (chosen, a workgroup per row), m = 512 (chosen, a thread per row)"
+for run in 1:auto 1:wg 512:auto 512:rows; do
+  echo "== m=${run%%:*} CREME_QMM=${run#*:}"
+  CREME_QMM=${run#*:} "$creme" bench-kernels --backend "$backend" --m ${run%%:*} --reps 20
+done 2>&1 | tee "$out/kernels.txt"
 
 step "clean HumanEval, greedy, against the oracle"
 lim=(); [ -n "$limit" ] && lim=(--limit "$limit")

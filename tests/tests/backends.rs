@@ -415,11 +415,13 @@ fn a_decoded_token_reuses_every_gpu_object() {
     // Per token: the embedding lookup of the last pick; per layer the QKV projections (norm
     // folded in), bias/rope/cache writes, attention, the O projection (+ residual), gate, up
     // (+ SiLU product), down (+ residual); then the head (norm folded in) and the argmax (two
-    // passes: slices of the row, then their bests).
+    // passes: slices of the row, then their bests). Attention split over the context (GPUs)
+    // adds its merge pass.
     let layers = model.cfg.n_layers as u64;
+    let per_layer = 7 + g.split_attention as u64;
     assert_eq!(
         c.dispatches,
-        n * (7 * layers + 4),
+        n * (per_layer * layers + 4),
         "dispatches over {n} decoded tokens of {layers} layers: {c:?}"
     );
     assert_eq!(
@@ -614,19 +616,32 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
 /// The attention kernel takes keys in blocks of 64 with an online softmax: contexts of one block,
 /// several blocks and more than the 4,096 positions the kernel once held in workgroup memory,
 /// with left padding, a chunk of several queries, GQA and head dimensions that are not a
-/// multiple of the 64 threads, agree with the CPU backend in f32 mode.
+/// multiple of the 64 threads, agree with the CPU backend in f32 mode; so does decode (one query)
+/// through both the one-pass kernel and the split over the context.
 #[test]
 fn attention_over_long_contexts_agrees_with_cpu() {
     use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights};
-    let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let cpu = device_on("cpu-exact");
+    // Decode (one query per sequence) runs split over the context on GPUs; both ways here.
+    let gpu_split = |split: bool| {
+        let mut o = creme_core::GpuOptions::from_env();
+        o.backends = Some("vulkan".into());
+        o.split_attention = Some(split);
+        Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
+    };
+    let gpus = [gpu_split(false), gpu_split(true)];
     let mut rng = SplitMix64(77);
-    for (cache_len, hd, heads, kv_heads) in [
-        (20usize, 8usize, 4usize, 2usize),
-        (150, 80, 2, 1),
-        (70, 256, 2, 1),
-        (4200, 16, 2, 2),
+    for (cache_len, hd, heads, kv_heads, t) in [
+        (20usize, 8usize, 4usize, 2usize, 3usize),
+        (150, 80, 2, 1, 3),
+        (70, 256, 2, 1, 3),
+        (4200, 16, 2, 2, 3),
+        (20, 8, 4, 2, 1),
+        (150, 80, 2, 1, 1),
+        (70, 256, 2, 1, 1),
+        (4200, 16, 2, 2, 1),
     ] {
-        let (d, batch, t) = (32usize, 2usize, 3usize);
+        let (d, batch) = (32usize, 2usize);
         let cap = cache_len + t;
         let (qw, kvw) = (heads * hd, kv_heads * hd);
         let f32w = |dev: &Device, name: &str, rows: usize, cols: usize, v: &[f32]| {
@@ -703,11 +718,14 @@ fn attention_over_long_contexts_agrees_with_cpu() {
                 .unwrap();
             read(dev, &x)
         };
-        let err = scaled_err(&run(&gpu), &run(&cpu));
-        assert!(
-            err < 1e-4,
-            "context {cache_len} + {t}, head_dim {hd}: differs from the CPU backend by {err:.2e}"
-        );
+        let want = run(&cpu);
+        for (gpu, split) in gpus.iter().zip(["one pass", "split"]) {
+            let err = scaled_err(&run(gpu), &want);
+            assert!(
+                err < 1e-4,
+                "context {cache_len} + {t}, head_dim {hd}, {split}: differs from the CPU backend by {err:.2e}"
+            );
+        }
     }
 }
 

@@ -22,6 +22,9 @@ pub struct GpuOptions {
     /// workgroup per row) for every m, `mv` (8 rows per workgroup, for m <= 4), `tiled` (tiled for
     /// m >= 16); default `auto` (`Gpu::qmm_kernel`).
     pub qmm: Option<String>,
+    /// Decode attention split over the context (`CREME_SPLIT_ATTENTION=0|1`); default: on for
+    /// GPUs, off for CPU adapters (which run workgroups one at a time per core anyway).
+    pub split_attention: Option<bool>,
 }
 
 impl GpuOptions {
@@ -51,6 +54,7 @@ impl GpuOptions {
             force_f32: flag("CREME_FORCE_F32"),
             no_subgroups: flag("CREME_NO_SUBGROUPS"),
             qmm: var("CREME_QMM"),
+            split_attention: var("CREME_SPLIT_ATTENTION").map(|v| v != "0" && v != "false"),
         }
     }
 }
@@ -149,6 +153,8 @@ pub struct Gpu {
     pub qmm: QmmPolicy,
     /// The adapter is a CPU emulation (lavapipe, SwiftShader): kernels are chosen for it.
     pub cpu_adapter: bool,
+    /// Decode attention runs split over the context (see `GpuOptions::split_attention`).
+    pub split_attention: bool,
     /// The first fault since the last [`Gpu::check`]: an uncaptured wgpu error, out of memory, a
     /// buffer over the adapter's limits, or the device lost (which stays).
     pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
@@ -310,6 +316,7 @@ impl Gpu {
             features,
             kernels,
             qmm,
+            split_attention: opts.split_attention.unwrap_or(!cpu_adapter),
             cpu_adapter,
             fault,
             pending: Default::default(),

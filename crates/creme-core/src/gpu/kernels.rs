@@ -35,6 +35,9 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
+                "attn_split" | "attn_merge" => {
+                    include_str!("../../../../shaders/attention_decode.wgsl")
+                }
                 "adam" => include_str!("../../../../shaders/adam.wgsl"),
                 "argmax" | "argmax_part" | "row_logprob" | "sample_top_p" => {
                     include_str!("../../../../shaders/elementwise.wgsl")
@@ -44,6 +47,8 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             let entry: &'static str = match name {
                 "argmax" => "argmax",
                 "argmax_part" => "argmax_part",
+                "attn_split" => "attn_split",
+                "attn_merge" => "attn_merge",
                 "row_logprob" => "row_logprob",
                 "sample_top_p" => "sample_top_p",
                 _ => "main",

@@ -34,6 +34,22 @@ pub(crate) struct QkvRopeParams {
     pub _p: [u32; 3],
 }
 
+/// Keys per workgroup of the split decode attention (CH in shaders/attention_decode.wgsl).
+const DECODE_ATTENTION_CHUNK: u32 = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct DecodeAttentionParams {
+    batch: u32,
+    heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    ctx: u32,
+    p0: u32,
+    scale: f32,
+    splits: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct AttentionParams {
@@ -135,6 +151,9 @@ impl Gpu {
         out: &wgpu::Buffer,
         params: AttentionParams,
     ) {
+        if params.t == 1 && self.split_attention {
+            return self.encode_decode_attention(enc, q, k, v, pad, out, params);
+        }
         let groups = params.batch * params.t * params.heads;
         let p = self.uniform("attention", &params);
         self.dispatch(
@@ -144,6 +163,43 @@ impl Gpu {
             &p,
             self.grid(groups),
         );
+    }
+
+    /// Attention of one query per sequence split over the context in chunks of
+    /// DECODE_ATTENTION_CHUNK keys: a workgroup per (chunk, head, sequence), then a pass that
+    /// merges the chunks (shaders/attention_decode.wgsl).
+    #[allow(clippy::too_many_arguments)]
+    fn encode_decode_attention(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        pad: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        a: AttentionParams,
+    ) {
+        let splits = (a.p0 + 1).div_ceil(DECODE_ATTENTION_CHUNK);
+        // Sized for the whole cache, so that one buffer (and bind group) serves every step.
+        let most = a.ctx.div_ceil(DECODE_ATTENTION_CHUNK).max(splits) as u64;
+        let part_words = a.batch as u64 * a.heads as u64 * most * (2 + a.head_dim as u64);
+        let part = self.workspace("attention splits", part_words * 4);
+        let p = self.uniform(
+            "decode attention",
+            &DecodeAttentionParams {
+                batch: a.batch,
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
+                ctx: a.ctx,
+                p0: a.p0,
+                scale: a.scale,
+                splits,
+            },
+        );
+        let buffers = [q, k, v, pad, &part, out];
+        self.dispatch(enc, "attn_split", &buffers, &p, [splits, a.heads, a.batch]);
+        self.dispatch(enc, "attn_merge", &buffers, &p, [a.heads, a.batch, 1]);
     }
 
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.
