@@ -295,15 +295,15 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 // Tiled variant for prompts on GPUs: a 64 x 64 tile of y per workgroup of 128 threads, each
 // thread a block of 8 rows x 4 columns held in registers. Per 32-wide slice of k, threads 0-63
-// dequantize one weight row's piece each into workgroup memory (each weight once per 64 rows of
+// dequantize the 64 weight rows' pieces into workgroup memory (each weight once per 64 rows of
 // x) while threads 64-127 stage the 64 x 32 slice of x; then every thread accumulates its block.
 // Both tiles are stored k-major so that the threads of a subgroup read consecutive words of ws_g
-// (the columns j of a thread are lx + 16 j) and one word of xs_g (rows ly + 8 i), and xs_g's rows
-// are 65 words apart so that staging x, 32 k-values of one row per subgroup, hits 32 banks
-// (main_tiled, tuned for CPU adapters, reads these tiles 32 words apart: 16-way bank conflicts on
-// a GPU). Dispatch: (ceil(n / 64), ceil(m / 64)).
+// (the columns j of a thread are lx + 16 j) and one word of xs_g (rows ly + 8 i); their rows are
+// 65 words apart so that the stores while staging hit 32 banks (main_tiled, tuned for CPU
+// adapters, reads its tiles 32 words apart: 16-way bank conflicts on a GPU). Dispatch:
+// (ceil(n / 64), ceil(m / 64)).
 var<workgroup> xs_g: array<f32, 2080>; // [32 k][65: 64 rows + 1 pad]
-var<workgroup> ws_g: array<f32, 2048>; // [32 k][64 columns]
+var<workgroup> ws_g: array<f32, 2080>; // [32 k][65: 64 columns + 1 pad]
 
 @compute @workgroup_size(128, 1, 1)
 fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -320,8 +320,12 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let nsub = p.k / 32u;
     for (var s = 0u; s < nsub; s++) {
         if (tid < 64u) {
-            let col = col0 + tid;
-            for (var c = 0u; c < 8u; c++) {
+            // 8 threads per weight row, 4 consecutive weights each: neighbouring threads read
+            // neighbouring bytes of a row (and the 65-word stride keeps the stores conflict-free).
+            let c = tid % 8u;
+            for (var q = 0u; q < 8u; q++) {
+                let lc = q * 8u + tid / 8u;
+                let col = col0 + lc;
                 var v = vec4<f32>(0.0);
                 if (col < p.n) {
                     v = dq4(p.w_byte_off + col * p.row_bytes, s, c);
@@ -330,10 +334,10 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                         v *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
                     }
                 }
-                ws_g[(4u * c) * 64u + tid] = v.x;
-                ws_g[(4u * c + 1u) * 64u + tid] = v.y;
-                ws_g[(4u * c + 2u) * 64u + tid] = v.z;
-                ws_g[(4u * c + 3u) * 64u + tid] = v.w;
+                ws_g[(4u * c) * 65u + lc] = v.x;
+                ws_g[(4u * c + 1u) * 65u + lc] = v.y;
+                ws_g[(4u * c + 2u) * 65u + lc] = v.z;
+                ws_g[(4u * c + 3u) * 65u + lc] = v.w;
             }
         } else {
             let u = tid - 64u;
@@ -347,7 +351,7 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk++) {
-            let wb = kk * 64u + lx;
+            let wb = kk * 65u + lx;
             let b = vec4<f32>(ws_g[wb], ws_g[wb + 16u], ws_g[wb + 32u], ws_g[wb + 48u]);
             let xb = kk * 65u + ly;
             let lo = vec4<f32>(xs_g[xb], xs_g[xb + 8u], xs_g[xb + 16u], xs_g[xb + 24u]);
@@ -402,8 +406,11 @@ var<workgroup> red_mv_ss: array<f32, 1024>; // [MV][256], sums of squares of x
 
 // One lane's share of weight row `col` in the matvec kernels (main_mv, main_mv_sg): its dot
 // products with the m <= MV rows of x (norm folded in) and x's sums of squares, one per vec4
-// component, over pieces lane, lane + 32, ... of the row. Everything stays in registers: weights
-// come 4 at a time (dq4) and are used at once.
+// component. The row's 32 lanes take 4 pieces at a time, 8 lanes per piece and 4 consecutive
+// weights (dq4) per lane, so that neighbouring lanes read neighbouring bytes of the weights, x
+// and the norm weight. (With a lane per piece, a subgroup's every load of x touched 32 cache
+// lines 128 bytes apart: on the H200 such a matvec over a 3 MB weight took ~45 us.) Everything
+// stays in registers: the weights are used as they are dequantized.
 struct MvPartial {
     acc: vec4<f32>,
     ss: vec4<f32>,
@@ -420,31 +427,30 @@ fn mv_partial(col: u32, lane: u32, live: bool, mrows: u32) -> MvPartial {
     }
     let rb = p.w_byte_off + col * p.row_bytes;
     let nsub = p.k / 32u;
-    for (var s = lane; s < nsub; s += 32u) {
-        for (var c = 0u; c < 8u; c++) {
-            let i = s * 32u + 4u * c;
-            var wv = dq4(rb, s, c);
-            if (p.has_norm == 1u) {
-                wv *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
-            }
-            let x0 = x4(i);
-            out.acc.x += dot(wv, x0);
-            out.ss.x += dot(x0, x0);
-            if (mrows > 1u) {
-                let x1 = x4(p.k + i);
-                out.acc.y += dot(wv, x1);
-                out.ss.y += dot(x1, x1);
-            }
-            if (mrows > 2u) {
-                let x2 = x4(2u * p.k + i);
-                out.acc.z += dot(wv, x2);
-                out.ss.z += dot(x2, x2);
-            }
-            if (mrows > 3u) {
-                let x3 = x4(3u * p.k + i);
-                out.acc.w += dot(wv, x3);
-                out.ss.w += dot(x3, x3);
-            }
+    let c = lane % 8u;
+    for (var s = lane / 8u; s < nsub; s += 4u) {
+        let i = s * 32u + 4u * c;
+        var wv = dq4(rb, s, c);
+        if (p.has_norm == 1u) {
+            wv *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
+        }
+        let x0 = x4(i);
+        out.acc.x += dot(wv, x0);
+        out.ss.x += dot(x0, x0);
+        if (mrows > 1u) {
+            let x1 = x4(p.k + i);
+            out.acc.y += dot(wv, x1);
+            out.ss.y += dot(x1, x1);
+        }
+        if (mrows > 2u) {
+            let x2 = x4(2u * p.k + i);
+            out.acc.z += dot(wv, x2);
+            out.ss.z += dot(x2, x2);
+        }
+        if (mrows > 3u) {
+            let x3 = x4(3u * p.k + i);
+            out.acc.w += dot(wv, x3);
+            out.ss.w += dot(x3, x3);
         }
     }
     return out;

@@ -396,9 +396,11 @@ fn a_decoded_token_reuses_every_gpu_object() {
     let g = gpu.gpu().unwrap();
     let (warmup, steps) = (4, 24);
     let mut marks = Vec::new();
-    // Both marks fall while the next step runs (the last pick has none after it).
+    // Both marks fall while the next step is submitted (the last pick has none after it); wgpu
+    // frees the staging of finished work when polled, so the live counts are taken idle.
     let tokens = decode(warmup + steps + 1, &mut |k| {
         if k == warmup || k == warmup + steps {
+            g.wait_idle();
             marks.push((g.counts(), g.live_objects()));
         }
     });

@@ -161,6 +161,7 @@ fn gpu_work_per_token(
     let mut marks = Vec::new();
     greedy_decode(dev, model, start, warmup + tokens + 1, &mut |k| {
         if k == warmup || k == warmup + tokens {
+            gpu.wait_idle();
             marks.push((gpu.counts(), gpu.live_objects()));
         }
     })?;

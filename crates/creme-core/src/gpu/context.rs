@@ -379,6 +379,13 @@ impl Gpu {
         index
     }
 
+    /// Wait until the GPU has done everything submitted, so that wgpu has released what that
+    /// work held (counts of live objects are then comparable). Native only: a no-op in browsers.
+    pub fn wait_idle(&self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+    }
+
     /// Largest byte size one storage binding may have on this device.
     pub fn max_binding_bytes(&self) -> u64 {
         (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
