@@ -99,11 +99,21 @@ fn nib4(q: u32) -> vec4<f32> {
 fn bit4(h: u32) -> vec4<f32> {
     return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u));
 }
+// What a piece's weight groups share (see matmul_quant_formats.wgsl), and its 4 weights 4c ..
+// 4c + 3.
+struct Head {
+    f: vec4<f32>,
+    u: vec4<u32>,
+}
+fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+    return dq4h(head(rb, s), rb, s, c);
+}
 // The 32 weights of piece s of the row at byte rb, for the kernels that reuse a dequantized piece
 // across many rows of x (on CPU adapters, where a function-scope array costs nothing extra).
 fn dq32(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) {
+    let h = head(rb, s);
     for (var c = 0u; c < 8u; c++) {
-        let v = dq4(rb, s, c);
+        let v = dq4h(h, rb, s, c);
         (*out)[4u * c] = v.x;
         (*out)[4u * c + 1u] = v.y;
         (*out)[4u * c + 2u] = v.z;
@@ -298,12 +308,17 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // dequantize the 64 weight rows' pieces into workgroup memory (each weight once per 64 rows of
 // x) while threads 64-127 stage the 64 x 32 slice of x; then every thread accumulates its block.
 // Both tiles are stored k-major so that the threads of a subgroup read consecutive words of ws_g
-// (the columns j of a thread are lx + 16 j) and one word of xs_g (rows ly + 8 i); their rows are
-// 65 words apart so that the stores while staging hit 32 banks (main_tiled, tuned for CPU
-// adapters, reads its tiles 32 words apart: 16-way bank conflicts on a GPU). Dispatch:
+// (the columns j of a thread are lx + 16 j) and one word of xs_g (rows ly + 8 i); within a row
+// of k, entry i sits at i ^ k (tile_at), so that the stores while staging, which run along k, hit
+// 32 banks too, in the 16 KiB of workgroup memory every WebGPU adapter has (main_tiled, tuned for
+// CPU adapters, reads its tiles 32 words apart: 16-way bank conflicts on a GPU). Dispatch:
 // (ceil(n / 64), ceil(m / 64)).
-var<workgroup> xs_g: array<f32, 2080>; // [32 k][65: 64 rows + 1 pad]
-var<workgroup> ws_g: array<f32, 2080>; // [32 k][65: 64 columns + 1 pad]
+var<workgroup> xs_g: array<f32, 2048>; // [32 k][64 rows]
+var<workgroup> ws_g: array<f32, 2048>; // [32 k][64 columns]
+
+fn tile_at(k: u32, i: u32) -> u32 {
+    return k * 64u + (i ^ k);
+}
 
 @compute @workgroup_size(128, 1, 1)
 fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -321,7 +336,7 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     for (var s = 0u; s < nsub; s++) {
         if (tid < 64u) {
             // 8 threads per weight row, 4 consecutive weights each: neighbouring threads read
-            // neighbouring bytes of a row (and the 65-word stride keeps the stores conflict-free).
+            // neighbouring bytes of a row.
             let c = tid % 8u;
             for (var q = 0u; q < 8u; q++) {
                 let lc = q * 8u + tid / 8u;
@@ -334,10 +349,10 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                         v *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
                     }
                 }
-                ws_g[(4u * c) * 65u + lc] = v.x;
-                ws_g[(4u * c + 1u) * 65u + lc] = v.y;
-                ws_g[(4u * c + 2u) * 65u + lc] = v.z;
-                ws_g[(4u * c + 3u) * 65u + lc] = v.w;
+                ws_g[tile_at(4u * c, lc)] = v.x;
+                ws_g[tile_at(4u * c + 1u, lc)] = v.y;
+                ws_g[tile_at(4u * c + 2u, lc)] = v.z;
+                ws_g[tile_at(4u * c + 3u, lc)] = v.w;
             }
         } else {
             let u = tid - 64u;
@@ -346,16 +361,17 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 let r = u / 32u + 2u * q;
                 var v = 0.0;
                 if (row0 + r < p.m) { v = x[(row0 + r) * p.k + s * 32u + kk]; }
-                xs_g[kk * 65u + r] = v;
+                xs_g[tile_at(kk, r)] = v;
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk++) {
-            let wb = kk * 65u + lx;
-            let b = vec4<f32>(ws_g[wb], ws_g[wb + 16u], ws_g[wb + 32u], ws_g[wb + 48u]);
-            let xb = kk * 65u + ly;
-            let lo = vec4<f32>(xs_g[xb], xs_g[xb + 8u], xs_g[xb + 16u], xs_g[xb + 24u]);
-            let hi = vec4<f32>(xs_g[xb + 32u], xs_g[xb + 40u], xs_g[xb + 48u], xs_g[xb + 56u]);
+            let b = vec4<f32>(ws_g[tile_at(kk, lx)], ws_g[tile_at(kk, lx + 16u)],
+                              ws_g[tile_at(kk, lx + 32u)], ws_g[tile_at(kk, lx + 48u)]);
+            let lo = vec4<f32>(xs_g[tile_at(kk, ly)], xs_g[tile_at(kk, ly + 8u)],
+                               xs_g[tile_at(kk, ly + 16u)], xs_g[tile_at(kk, ly + 24u)]);
+            let hi = vec4<f32>(xs_g[tile_at(kk, ly + 32u)], xs_g[tile_at(kk, ly + 40u)],
+                               xs_g[tile_at(kk, ly + 48u)], xs_g[tile_at(kk, ly + 56u)]);
             a0 = fma(vec4<f32>(lo.x), b, a0);
             a1 = fma(vec4<f32>(lo.y), b, a1);
             a2 = fma(vec4<f32>(lo.z), b, a2);

@@ -1,24 +1,35 @@
-// dq4(rb, s, c): the 4 weights s*32 + 4c .. s*32 + 4c + 3 (c < 8) of the row starting at byte
-// rb, one function per GGML format (ggml-common.h block layouts). They come back as a vec4 so
-// that kernels use them straight from registers: a dequantized piece kept in a function-scope
-// array, indexed in loops, lived in GPU local memory (and through L2 when many threads ran). The
-// registry appends the one section named after the format (between "//@format NAME" markers) to
-// matmul_quant.wgsl.
+// Per GGML format (ggml-common.h block layouts), for the 32 weights of piece s of the row that
+// starts at byte rb:
+//   head(rb, s): what the piece's 4-weight groups share (block scales and mins, Q5's high bits),
+//   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head.
+// GPU kernels use the weights straight from registers (a dequantized piece kept in a
+// function-scope array, indexed in loops, lived in GPU local memory); the CPU-adapter kernels
+// read the head once per piece (dq32), since there every load is dear. The registry appends the
+// one section named after the format (between "//@format NAME" markers) to matmul_quant.wgsl.
 
 //@format F32
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
+    return Head(vec4<f32>(0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let i = (rb >> 2u) + s * 32u + 4u * c;
     return bitcast<vec4<f32>>(vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]));
 }
 
 //@format F16
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
+    return Head(vec4<f32>(0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let o = rb + s * 64u + 8u * c;
     return vec4<f32>(unpack2x16float(bytes4(o)), unpack2x16float(bytes4(o + 4u)));
 }
 
 //@format BF16
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
+    return Head(vec4<f32>(0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let o = rb + s * 64u + 8u * c;
     let a = bytes4(o);
     let b = bytes4(o + 4u);
@@ -26,37 +37,48 @@ fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
 }
 
 //@format Q8_0
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let bo = rb + s * 34u;
-    return f16_at(bo) * i8x4(bytes4(bo + 2u + 4u * c));
+fn head(rb: u32, s: u32) -> Head {
+    return Head(vec4<f32>(f16_at(rb + s * 34u), 0.0, 0.0, 0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
+    return h.f.x * i8x4(bytes4(rb + s * 34u + 2u + 4u * c));
 }
 //@format Q4_0
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
+    return Head(vec4<f32>(f16_at(rb + s * 18u), 0.0, 0.0, 0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     // Weights 0-15 are the low nibbles of bytes 0-15, weights 16-31 their high nibbles.
-    let bo = rb + s * 18u;
-    let q = bytes4(bo + 2u + 4u * (c % 4u)) >> (4u * (c / 4u));
-    return f16_at(bo) * (nib4(q) - 8.0);
+    let q = bytes4(rb + s * 18u + 2u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    return h.f.x * (nib4(q) - 8.0);
 }
 //@format Q4_1
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
     let bo = rb + s * 20u;
-    let q = bytes4(bo + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
-    return f16_at(bo) * nib4(q) + f16_at(bo + 2u);
+    return Head(vec4<f32>(f16_at(bo), f16_at(bo + 2u), 0.0, 0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
+    let q = bytes4(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    return h.f.x * nib4(q) + h.f.y;
 }
 //@format Q5_0
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
-    // As Q4_0, with bit i of the 32-bit qh as the fifth bit of weight i.
+fn head(rb: u32, s: u32) -> Head {
+    // The scale, and the 32-bit qh whose bit i is the fifth bit of weight i.
     let bo = rb + s * 22u;
-    let q = bytes4(bo + 6u + 4u * (c % 4u)) >> (4u * (c / 4u));
-    let h = bytes4(bo + 2u) >> (4u * c);
-    return f16_at(bo) * (nib4(q) + 16.0 * bit4(h) - 16.0);
+    return Head(vec4<f32>(f16_at(bo), 0.0, 0.0, 0.0), vec4<u32>(bytes4(bo + 2u), 0u, 0u, 0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
+    let q = bytes4(rb + s * 22u + 6u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c)) - 16.0);
 }
 //@format Q5_1
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
     let bo = rb + s * 24u;
-    let q = bytes4(bo + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
-    let h = bytes4(bo + 4u) >> (4u * c);
-    return f16_at(bo) * (nib4(q) + 16.0 * bit4(h)) + f16_at(bo + 2u);
+    return Head(vec4<f32>(f16_at(bo), f16_at(bo + 2u), 0.0, 0.0), vec4<u32>(bytes4(bo + 4u), 0u, 0u, 0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
+    let q = bytes4(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c))) + h.f.y;
 }
 //@format K_SCALES
 // 6-bit scale and min of sub-block j (0..8) of a Q4_K / Q5_K block whose scales start at byte sc.
@@ -68,37 +90,51 @@ fn scale_min_k4(sc: u32, j: u32) -> vec2<f32> {
     return vec2<f32>(f32((a & 15u) | ((byte_at(sc + j - 4u) >> 6u) << 4u)),
                      f32((a >> 4u) | ((byte_at(sc + j) >> 6u) << 4u)));
 }
+// Piece s is sub-block j = s % 8 of a 256-weight block: its scale d * sc and min dmin * m.
+fn head_k(bo: u32, j: u32) -> Head {
+    let sm = scale_min_k4(bo + 4u, j);
+    return Head(vec4<f32>(f16_at(bo) * sm.x, f16_at(bo + 2u) * sm.y, 0.0, 0.0), vec4<u32>(0u));
+}
 
 //@format Q4_K
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
-    // Piece s is sub-block j of a 256-weight block: the low (even j) or high nibbles of 32 bytes.
-    let bo = rb + (s / 8u) * 144u;
+fn head(rb: u32, s: u32) -> Head {
+    return head_k(rb + (s / 8u) * 144u, s % 8u);
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
+    // The low (even j) or high nibbles of the sub-block pair's 32 bytes.
     let j = s % 8u;
-    let sm = scale_min_k4(bo + 4u, j);
-    let q = bytes4(bo + 16u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
-    return f16_at(bo) * sm.x * nib4(q) - f16_at(bo + 2u) * sm.y;
+    let q = bytes4(rb + (s / 8u) * 144u + 16u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
+    return h.f.x * nib4(q) - h.f.y;
 }
 //@format Q5_K
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
+    return head_k(rb + (s / 8u) * 176u, s % 8u);
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let bo = rb + (s / 8u) * 176u;
     let j = s % 8u;
-    let sm = scale_min_k4(bo + 4u, j);
     let q = bytes4(bo + 48u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
-    let h = bytes4(bo + 16u + 4u * c) >> j;
-    let v = nib4(q) + 16.0 * vec4<f32>(f32(h & 1u), f32((h >> 8u) & 1u), f32((h >> 16u) & 1u), f32((h >> 24u) & 1u));
-    return f16_at(bo) * sm.x * v - f16_at(bo + 2u) * sm.y;
+    let hb = bytes4(bo + 16u + 4u * c) >> j;
+    let v = nib4(q) + 16.0 * vec4<f32>(f32(hb & 1u), f32((hb >> 8u) & 1u), f32((hb >> 16u) & 1u), f32((hb >> 24u) & 1u));
+    return h.f.x * v - h.f.y;
 }
 //@format Q6_K
-fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
+fn head(rb: u32, s: u32) -> Head {
+    // The piece's two scales: weights 0-15 take the first, 16-31 the second.
+    let bo = rb + (s / 8u) * 210u;
+    let j = s % 8u;
+    let sc = bo + 192u + 8u * (j / 4u) + 2u * (j % 4u);
+    let d = f16_at(bo + 208u);
+    return Head(vec4<f32>(d * i8_of(byte_at(sc)), d * i8_of(byte_at(sc + 1u)), 0.0, 0.0), vec4<u32>(0u));
+}
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let bo = rb + (s / 8u) * 210u;
     let j = s % 8u;
     let half = j / 4u;
     let qi = j % 4u;
     let lo = bytes4(bo + 64u * half + (qi & 1u) * 32u + 4u * c) >> ((qi >> 1u) * 4u);
     let hi = bytes4(bo + 128u + 32u * half + 4u * c) >> (qi * 2u);
-    // Weights 0-15 of the piece take the first of its two scales, 16-31 the second.
-    let sc = byte_at(bo + 192u + 8u * half + 2u * qi + c / 4u);
     let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 8u) & 15u) | (((hi >> 8u) & 3u) << 4u)),
                       f32(((lo >> 16u) & 15u) | (((hi >> 16u) & 3u) << 4u)), f32(((lo >> 24u) & 15u) | (((hi >> 24u) & 3u) << 4u)));
-    return f16_at(bo + 208u) * i8_of(sc) * (q - 32.0);
+    return select(h.f.y, h.f.x, c < 4u) * (q - 32.0);
 }

@@ -212,9 +212,15 @@ fn gpu_embedding_lookup_equals_cpu_for_every_format() {
             dev.embed(&table, &ids, &mut x).unwrap();
             pollster::block_on(dev.read(&x, x.len())).unwrap()
         };
+        // Within float rounding: a driver may fuse d * q + m into one multiply-add.
         let want = lookup(&cpu, None);
-        assert_eq!(lookup(&gpu, None), want, "{} whole", t.name());
-        assert_eq!(lookup(&gpu, Some(&split)), want, "{} split", t.name());
+        for (got, how) in [
+            (lookup(&gpu, None), "whole"),
+            (lookup(&gpu, Some(&split)), "split"),
+        ] {
+            let err = max_scaled_err(&got, &want);
+            assert!(err < 1e-6, "{} {how}: differs by {err:.2e}", t.name());
+        }
     }
 }
 

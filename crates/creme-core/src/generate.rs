@@ -230,7 +230,8 @@ pub async fn generate(
 }
 
 /// Continue decoding from a filled cache whose last forward produced `logits` ([batch, vocab]):
-/// pick, feed back, repeat until every sequence has ended.
+/// pick, feed back, repeat until every sequence has ended. The cache may hold one step more than
+/// the tokens returned (the step run while the last picks were read back).
 pub async fn decode(
     dev: &Device,
     model: &Model,
@@ -309,7 +310,13 @@ pub(crate) async fn decode_after(
                 picked = next;
                 reading = read;
             }
-            _ => break,
+            Some((_, read)) => {
+                // The step run past the end: wait for its readback so that its staging buffer
+                // goes back to the pool rather than away.
+                dev.finish_read(read).await?;
+                break;
+            }
+            None => break,
         }
     }
     finish(model, out, opts)

@@ -6,7 +6,7 @@ use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::tokenizer::Tokenizer;
 use crate::backend::{
-    AttnStep, Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight,
+    AttnStep, Backend, BackendKind, BlockShape, DType, Device, LayerWeights, Tensor, Weight,
 };
 use crate::error::ModelError;
 use crate::hooks::{Captured, Hooks, Site};
@@ -114,6 +114,8 @@ pub enum Input<'a> {
     Tokens(&'a [Vec<u32>]),
     /// One token id per sequence (T = 1) in a U32 tensor [batch, 1] on the device, as
     /// [`crate::backend::Backend::pick`] leaves them: decoding feeds a step's picks back unread.
+    /// Ids are not range-checked on the device (a pick is always below the vocabulary): on the
+    /// GPU an id outside the table leaves its row zero, the CPU backend reports it.
     Ids(&'a Tensor),
     /// Residual streams [batch * T, d_model]; sequence b enters at layer start[b].
     Resume {
@@ -245,6 +247,11 @@ impl Model {
             }
             Input::Ids(ids) => {
                 ids.check("forward: token ids", ids.rows, 1)?;
+                if ids.dtype != DType::U32 {
+                    return Err(ModelError::Format(
+                        "forward: token ids must be a U32 tensor".into(),
+                    ));
+                }
                 (ids.rows, 1)
             }
             Input::Resume { t, start, x } => {
