@@ -144,26 +144,7 @@ fn weight_split_across_bindings_gives_the_same_result() {
     let raw = random_blocks(t, rows * k / 32, &mut rng);
     let whole = gpu.upload_weight("whole", t, rows, k, &raw).unwrap();
     // Force small chunks by building them by hand, as upload_weight does for tensors over the limit.
-    let rb = t.row_bytes(k);
-    let chunks = (0..rows)
-        .step_by(64)
-        .map(|r0| {
-            let n = 64.min(rows - r0);
-            creme_core::gpu::WeightChunk {
-                buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]),
-                row0: r0,
-                rows: n,
-                byte_off: 0,
-            }
-        })
-        .collect();
-    let split = creme_core::gpu::GpuWeight {
-        name: "split".into(),
-        dtype: t,
-        rows,
-        cols: k,
-        chunks,
-    };
+    let split = split_weight(&gpu, t, rows, k, &raw, 64);
     let x = rng.vec_f32(2 * k);
     let a = pollster::block_on(gpu.matmul_quant(&x, &whole, None, 2)).unwrap();
     let b = pollster::block_on(gpu.matmul_quant(&x, &split, None, 2)).unwrap();
@@ -184,27 +165,7 @@ fn gpu_embedding_lookup_equals_cpu_for_every_format() {
     for t in ALL_TYPES {
         let (rows, cols) = (37, 256);
         let raw = random_blocks(t, rows * cols / t.block_elems(), &mut rng);
-        let rb = t.row_bytes(cols);
-        let g = gpu.gpu().unwrap();
-        let chunks = (0..rows)
-            .step_by(8)
-            .map(|r0| {
-                let n = 8.min(rows - r0);
-                creme_core::gpu::WeightChunk {
-                    buffer: g.upload("c", &raw[r0 * rb..(r0 + n) * rb]),
-                    row0: r0,
-                    rows: n,
-                    byte_off: 0,
-                }
-            })
-            .collect();
-        let split = Weight::Wgpu(creme_core::gpu::GpuWeight {
-            name: "split".into(),
-            dtype: t,
-            rows,
-            cols,
-            chunks,
-        });
+        let split = Weight::Wgpu(split_weight(gpu.gpu().unwrap(), t, rows, cols, &raw, 8));
         let lookup = |dev: &Device, shared: Option<&Weight>| -> Vec<f32> {
             let table = Embedding::new(dev, t, rows, cols, &raw, shared).unwrap();
             let ids = dev.upload_ids("ids", &ids).unwrap();
@@ -471,5 +432,37 @@ fn repack_as_q8_0_is_lossless() {
             "{}",
             t.name()
         );
+    }
+}
+
+/// A weight uploaded in chunks of `per` rows, one buffer each, as `upload_weight` splits a tensor
+/// over the binding limit.
+fn split_weight(
+    gpu: &creme_core::Gpu,
+    t: GgmlType,
+    rows: usize,
+    cols: usize,
+    raw: &[u8],
+    per: usize,
+) -> creme_core::gpu::GpuWeight {
+    let rb = t.row_bytes(cols);
+    let chunks = (0..rows)
+        .step_by(per)
+        .map(|r0| {
+            let n = per.min(rows - r0);
+            creme_core::gpu::WeightChunk {
+                buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]),
+                row0: r0,
+                rows: n,
+                byte_off: 0,
+            }
+        })
+        .collect();
+    creme_core::gpu::GpuWeight {
+        name: "split".into(),
+        dtype: t,
+        rows,
+        cols,
+        chunks,
     }
 }
