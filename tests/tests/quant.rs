@@ -93,6 +93,7 @@ fn gpu_quant_matmul_equals_cpu_for_every_format() {
         None,
         Some("wg"),
         Some("rows"),
+        Some("rows_sg"),
         Some("mv"),
         Some("tiled"),
         Some("gemm"),
@@ -300,6 +301,8 @@ fn matmul_fusions_for_every_flavour() {
         (None, false),
         (Some("wg"), false),
         (Some("rows"), false),
+        (Some("rows_sg"), false),
+        (Some("rows_sg"), true),
         (Some("mv"), false),
         (Some("mv"), true),
         (Some("tiled"), false),
@@ -329,6 +332,16 @@ fn matmul_fusions_for_every_flavour() {
                 gpu.report
             );
             assert!(!no_subgroups || want == "matmul_q_mv");
+        }
+        if flavour == Some("rows_sg") && gpu.report.name.contains("llvmpipe") {
+            // lavapipe's subgroups have 8 lanes (AVX2) or 4 (SSE only).
+            let want = match (no_subgroups, gpu.report.subgroup_max_size) {
+                (true, _) => ["matmul_q_rows"; 2],
+                (false, 4) => ["matmul_q_rows_sg4", "matmul_q_rows_sg4_wide"],
+                _ => ["matmul_q_rows_sg8", "matmul_q_rows_sg8_wide"],
+            };
+            let got = [gpu.qmm_kernel(15, 37), gpu.qmm_kernel(16, 37)];
+            assert_eq!(got, want, "{:?}", gpu.report);
         }
         let mut rng = SplitMix64(123);
         for t in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {

@@ -118,6 +118,9 @@ impl AdapterReport {
 pub enum QmmPolicy {
     Auto,
     Rows,
+    /// The row-per-thread kernel with x shared through subgroup broadcasts (falls back to `Rows`
+    /// where the adapter's subgroups do not have one fixed size of 4 to 32 lanes).
+    RowsSubgroup,
     Workgroup,
     Matvec,
     Tiled,
@@ -129,13 +132,14 @@ impl QmmPolicy {
         Ok(match v {
             None | Some("auto") => QmmPolicy::Auto,
             Some("rows") => QmmPolicy::Rows,
+            Some("rows_sg") => QmmPolicy::RowsSubgroup,
             Some("wg") => QmmPolicy::Workgroup,
             Some("mv") => QmmPolicy::Matvec,
             Some("tiled") => QmmPolicy::Tiled,
             Some("gemm") => QmmPolicy::Gemm,
             Some(other) => {
                 return Err(GpuError::Device(format!(
-                    "CREME_QMM='{other}': expected auto, rows, wg, mv, tiled or gemm"
+                    "CREME_QMM='{other}': expected auto, rows, rows_sg, wg, mv, tiled or gemm"
                 )))
             }
         })

@@ -31,6 +31,16 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
             if let Some(format) = name.strip_prefix("matmul_q_rows:") {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
             }
+            if let Some(rest) = name.strip_prefix("matmul_q_rows_sg") {
+                // "matmul_q_rows_sg{lanes}:{format}" (decode), "matmul_q_rows_sg{lanes}_wide:.."
+                let (lanes, format) = rest.split_once(':')?;
+                let (lanes, wide) = match lanes.strip_suffix("_wide") {
+                    Some(l) => (l, true),
+                    None => (lanes, false),
+                };
+                let shape = rows_subgroup_source(lanes.parse().ok()?, wide)?;
+                return Some((quant_matmul_source(format)? + &shape, "main_rows_sg"));
+            }
             let src = match name {
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
@@ -78,6 +88,36 @@ fn quant_matmul_source(format: &str) -> Option<String> {
     src.push_str(section(format)?);
     Some(src)
 }
+
+/// `main_rows_sg` for subgroups of `lanes` lanes, its shape (`wide`, for prompts: 4 weight rows
+/// per lane and 16 rows of x per workgroup; else 1 and 8, for decode), and the dot product of a
+/// lane's 32 weights with a piece of x spread over the subgroup, its broadcasts unrolled (WGSL
+/// wants the lane of `subgroupBroadcast` as a constant; a loop of shuffles would cost a load-like
+/// lane loop each on lavapipe).
+fn rows_subgroup_source(lanes: u32, wide: bool) -> Option<String> {
+    if !matches!(lanes, 4 | 8 | 16 | 32) {
+        return None;
+    }
+    let (rows_per_lane, x_rows) = ROWS_SG_SHAPES[wide as usize];
+    let mut src = format!(
+        "const SG: u32 = {lanes}u;\nconst RPL: u32 = {rows_per_lane}u;\nconst MTS: u32 = {x_rows}u;\n\
+         const WIDE: bool = {wide};\n\
+         fn dot_bcast(xl: ptr<function, array<f32, XL>>, wv: ptr<function, array<array<f32, 32>, RPL>>, row: u32) -> f32 {{\n\
+         \x20   var a = 0.0;\n\
+         \x20   for (var j = 0u; j < XL; j++) {{\n\
+         \x20       let v = (*xl)[j];\n\
+         \x20       let b = j * SG;\n"
+    );
+    for i in 0..lanes {
+        src += &format!("        a = fma(subgroupBroadcast(v, {i}u), (*wv)[row][b + {i}u], a);\n");
+    }
+    src += "    }\n    return a;\n}\n";
+    src += include_str!("../../../../shaders/matmul_quant_rows_subgroup.wgsl");
+    Some(src)
+}
+
+/// (weight rows per lane, rows of x per workgroup) of `main_rows_sg`: decode, then prompts.
+pub(crate) const ROWS_SG_SHAPES: [(u32, u32); 2] = [(1, 8), (4, 16)];
 
 /// A compiled kernel: its pipeline and the layout of its bindings.
 pub(crate) struct Kernel {

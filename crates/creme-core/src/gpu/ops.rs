@@ -4,6 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::kernels::ROWS_SG_SHAPES;
 use super::{Gpu, QmmPolicy};
 use crate::error::GpuError;
 
@@ -148,8 +149,10 @@ const QMM_MV_COLS_PER_WG: u32 = 8;
 
 impl Gpu {
     /// The quantized matmul kernel for m rows of x against n weight rows. On CPU adapters
-    /// (lavapipe) the row-per-thread kernel, and `main_tiled` for prompts (m >= 16), are the
-    /// fastest. On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows per workgroup,
+    /// (lavapipe) the row-per-thread kernel, with x shared through subgroup broadcasts where the
+    /// adapter has subgroups (`main_rows_sg`; its wide shape for prompts, m >= 16): on lavapipe
+    /// it is 2-3x faster than `main_rows` at decode and 20x faster than `main_tiled` at pp32
+    /// (docs/performance.md). On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows per workgroup,
     /// subgroup sums where there are subgroups), prompts the register-blocked tile kernel
     /// `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md has
     /// the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
@@ -158,13 +161,13 @@ impl Gpu {
         let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows",
+            QmmPolicy::RowsSubgroup => self.rows_kernel(prompt),
             QmmPolicy::Workgroup => "matmul_q",
             QmmPolicy::Tiled if prompt => "matmul_q_tiled",
             QmmPolicy::Gemm if prompt => "matmul_q_gemm",
             QmmPolicy::Matvec if decode => self.matvec_kernel(),
             // Otherwise the adapter's own choice for this m.
-            _ if self.cpu_adapter && prompt => "matmul_q_tiled",
-            _ if self.cpu_adapter => "matmul_q_rows",
+            _ if self.cpu_adapter => self.rows_kernel(prompt),
             _ if prompt => "matmul_q_gemm",
             _ if decode => self.matvec_kernel(),
             _ => "matmul_q",
@@ -183,6 +186,26 @@ impl Gpu {
             "matmul_q_mv_sg"
         } else {
             "matmul_q_mv"
+        }
+    }
+
+    /// The row-per-thread kernel: the one that shares x through subgroup broadcasts where every
+    /// subgroup of the adapter has the same 4 to 32 lanes (lavapipe: 8), else `main_rows`.
+    /// Native only, as the matvec's subgroup flavour.
+    fn rows_kernel(&self, prompt: bool) -> &'static str {
+        let r = &self.report;
+        let fixed = r.subgroups && r.subgroup_min_size == r.subgroup_max_size;
+        match (r.subgroup_max_size, prompt) {
+            _ if !fixed || cfg!(target_arch = "wasm32") => "matmul_q_rows",
+            (4, false) => "matmul_q_rows_sg4",
+            (4, true) => "matmul_q_rows_sg4_wide",
+            (8, false) => "matmul_q_rows_sg8",
+            (8, true) => "matmul_q_rows_sg8_wide",
+            (16, false) => "matmul_q_rows_sg16",
+            (16, true) => "matmul_q_rows_sg16_wide",
+            (32, false) => "matmul_q_rows_sg32",
+            (32, true) => "matmul_q_rows_sg32_wide",
+            _ => "matmul_q_rows",
         }
     }
 
@@ -246,6 +269,14 @@ impl Gpu {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
             let groups = match flavour {
                 "matmul_q_rows" => self.grid(total.div_ceil(64)),
+                f if f.starts_with("matmul_q_rows_sg") => {
+                    let (rows_per_lane, x_rows) = ROWS_SG_SHAPES[f.ends_with("_wide") as usize];
+                    [
+                        (c.rows as u32).div_ceil(64 * rows_per_lane),
+                        m.div_ceil(x_rows),
+                        1,
+                    ]
+                }
                 "matmul_q_tiled" | "matmul_q_gemm" => {
                     [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1]
                 }
