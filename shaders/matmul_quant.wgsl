@@ -36,8 +36,13 @@ var<workgroup> red_ss: array<f32, 512>; // [MT][WG], sums of squares of x
 fn byte_at(off: u32) -> u32 {
     return (w[off >> 2u] >> ((off & 3u) * 8u)) & 0xFFu;
 }
+// One word load unless the two bytes straddle words (GGML's f16 fields sit at even offsets).
 fn u16_at(off: u32) -> u32 {
-    return byte_at(off) | (byte_at(off + 1u) << 8u);
+    let sh = (off & 3u) * 8u;
+    if (sh == 24u) {
+        return byte_at(off) | (byte_at(off + 1u) << 8u);
+    }
+    return (w[off >> 2u] >> sh) & 0xFFFFu;
 }
 fn f16_at(off: u32) -> f32 {
     return unpack2x16float(u16_at(off)).x;

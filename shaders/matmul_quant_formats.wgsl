@@ -54,8 +54,8 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 }
 //@format Q4_1
 fn head(rb: u32, s: u32) -> Head {
-    let bo = rb + s * 20u;
-    return Head(vec4<f32>(f16_at(bo), f16_at(bo + 2u), 0.0, 0.0), vec4<u32>(0u));
+    let dm = unpack2x16float(bytes4(rb + s * 20u)); // the scale and the min
+    return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let q = bytes4(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
@@ -74,26 +74,32 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 //@format Q5_1
 fn head(rb: u32, s: u32) -> Head {
     let bo = rb + s * 24u;
-    return Head(vec4<f32>(f16_at(bo), f16_at(bo + 2u), 0.0, 0.0), vec4<u32>(bytes4(bo + 4u), 0u, 0u, 0u));
+    let dm = unpack2x16float(bytes4(bo)); // the scale and the min
+    return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(bytes4(bo + 4u), 0u, 0u, 0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let q = bytes4(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c))) + h.f.y;
 }
 //@format K_SCALES
-// 6-bit scale and min of sub-block j (0..8) of a Q4_K / Q5_K block whose scales start at byte sc.
+// 6-bit scale and min of sub-block j (0..8) of a Q4_K / Q5_K block whose 12 scale bytes start
+// at byte sc: for j < 4 the low 6 bits of bytes j and j + 4; else the nibbles of byte j + 4 with
+// the top 2 bits of bytes j - 4 and j. Read as three words, without a branch (on CPU adapters
+// both sides of a branch run, each load a loop over the lanes).
 fn scale_min_k4(sc: u32, j: u32) -> vec2<f32> {
-    if (j < 4u) {
-        return vec2<f32>(f32(byte_at(sc + j) & 63u), f32(byte_at(sc + j + 4u) & 63u));
-    }
-    let a = byte_at(sc + j + 4u);
-    return vec2<f32>(f32((a & 15u) | ((byte_at(sc + j - 4u) >> 6u) << 4u)),
-                     f32((a >> 4u) | ((byte_at(sc + j) >> 6u) << 4u)));
+    let sh = (j & 3u) * 8u;
+    let b0 = (bytes4(sc) >> sh) & 0xFFu;
+    let b1 = (bytes4(sc + 4u) >> sh) & 0xFFu;
+    let b2 = (bytes4(sc + 8u) >> sh) & 0xFFu;
+    let lo = vec2<u32>(b0 & 63u, b1 & 63u);
+    let hi = vec2<u32>((b2 & 15u) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
+    return vec2<f32>(select(hi, lo, j < 4u));
 }
 // Piece s is sub-block j = s % 8 of a 256-weight block: its scale d * sc and min dmin * m.
 fn head_k(bo: u32, j: u32) -> Head {
     let sm = scale_min_k4(bo + 4u, j);
-    return Head(vec4<f32>(f16_at(bo) * sm.x, f16_at(bo + 2u) * sm.y, 0.0, 0.0), vec4<u32>(0u));
+    let dm = unpack2x16float(bytes4(bo)); // d and dmin
+    return Head(vec4<f32>(dm * sm, 0.0, 0.0), vec4<u32>(0u));
 }
 
 //@format Q4_K
@@ -125,7 +131,8 @@ fn head(rb: u32, s: u32) -> Head {
     let j = s % 8u;
     let sc = bo + 192u + 8u * (j / 4u) + 2u * (j % 4u);
     let d = f16_at(bo + 208u);
-    return Head(vec4<f32>(d * i8_of(byte_at(sc)), d * i8_of(byte_at(sc + 1u)), 0.0, 0.0), vec4<u32>(0u));
+    let scs = u16_at(sc); // sc is even: one word
+    return Head(vec4<f32>(d * i8_of(scs & 0xFFu), d * i8_of(scs >> 8u), 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let bo = rb + (s / 8u) * 210u;
