@@ -17,9 +17,19 @@ var<workgroup> best_v: array<f32, 256>;
 var<workgroup> best_i: array<u32, 256>;
 
 // Whether candidate (ov, oi) beats (cv, ci): a larger value, or the same at a lower index. Index
-// 0xFFFFFFFF is no candidate (a lane that saw no value), whatever its value.
+// 0xFFFFFFFF is no candidate (a lane that saw no value), whatever its value. A NaN loses to any
+// number, and among NaNs the lower index wins (a row of NaNs picks 0), as on the CPU backend:
+// without this, a NaN seen first by a lane stayed its best, as nothing compares above a NaN.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7FFFFFFFu) > 0x7F800000u; // by its bits: compilers may fold v != v
+}
 fn better(ov: f32, oi: u32, cv: f32, ci: u32) -> bool {
-    return oi != 0xFFFFFFFFu && (ci == 0xFFFFFFFFu || ov > cv || (ov == cv && oi < ci));
+    if (oi == 0xFFFFFFFFu) { return false; }
+    if (ci == 0xFFFFFFFFu) { return true; }
+    let o_nan = is_nan(ov);
+    let c_nan = is_nan(cv);
+    if (o_nan || c_nan) { return c_nan && (!o_nan || oi < ci); }
+    return ov > cv || (ov == cv && oi < ci);
 }
 
 // The workgroup's best (value, index) from each lane's, into best_v[0] / best_i[0].

@@ -737,11 +737,21 @@ fn attention_over_long_contexts_agrees_with_cpu() {
 /// row of -inf only (index 0, as on the CPU).
 #[test]
 fn gpu_argmax_picks_the_first_maximum() {
+    // Ties, -inf and NaN rows: the GPU's two passes pick what the CPU backend picks.
     let (cpu, gpu) = (device_on("cpu"), device_on("vulkan"));
     let mut rng = SplitMix64(23);
     for width in [1usize, 7, 4096, 4097, 151_936] {
-        let rows = 5;
+        let rows = 7;
         let mut logits: Vec<f32> = (0..rows * width).map(|_| rng.next_f32()).collect();
+        // Row 5: NaNs first in every lane's stride and in the first slice, and a maximum after
+        // them (NaNs never win); row 6: NaN only (index 0).
+        for i in (0..width).step_by(3).chain(0..width.min(300)) {
+            logits[5 * width + i] = f32::NAN;
+        }
+        logits[5 * width + width - 1] = 5.0;
+        for l in &mut logits[6 * width..7 * width] {
+            *l = f32::NAN;
+        }
         // Row 1: the same maximum in the last and the first slice (the first one wins).
         logits[width + width - 1] = 2.0;
         logits[width + width / 3] = 2.0;
@@ -758,6 +768,7 @@ fn gpu_argmax_picks_the_first_maximum() {
         let want = on(&cpu);
         assert_eq!(want[1], 0, "width {width}");
         assert_eq!(want[2], (width / 2) as u32, "width {width}");
+        assert_eq!(want[5..], [width as u32 - 1, 0], "width {width}");
         assert_eq!(on(&gpu), want, "width {width}");
     }
 }

@@ -559,13 +559,13 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Index of the first maximum of a row.
+/// Index of the first maximum of a row, NaNs aside (a row of NaNs picks 0; the GPU's rule too).
 fn first_max(row: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best: Option<usize> = None;
     for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+        if !v.is_nan() && best.is_none_or(|b| v > row[b]) {
+            best = Some(i);
         }
     }
-    best as u32
+    best.unwrap_or(0) as u32
 }
