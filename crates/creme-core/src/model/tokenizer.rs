@@ -16,6 +16,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Ids of special (control) tokens: left out of decoded text.
     special: Vec<u32>,
+    /// Ids in the vocabulary, added tokens included, counted once: the tokenizers crate counts
+    /// them by building the whole vocabulary as a map on every call.
+    vocab: usize,
 }
 
 impl Tokenizer {
@@ -106,7 +109,16 @@ impl Tokenizer {
         });
         let inner = tokenizers::Tokenizer::from_str(&doc.to_string())
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(Tokenizer { inner, special })
+        Ok(Tokenizer::new(inner, special))
+    }
+
+    fn new(inner: tokenizers::Tokenizer, special: Vec<u32>) -> Tokenizer {
+        let vocab = inner.get_vocab_size(true);
+        Tokenizer {
+            inner,
+            special,
+            vocab,
+        }
     }
 
     /// Load an HF tokenizer.json.
@@ -119,7 +131,7 @@ impl Tokenizer {
             .filter(|(_, t)| t.special)
             .map(|(i, _)| *i)
             .collect();
-        Ok(Tokenizer { inner, special })
+        Ok(Tokenizer::new(inner, special))
     }
 
     /// Token ids of `text`; no BOS is added (these models' `add_bos_token` is false).
@@ -151,6 +163,6 @@ impl Tokenizer {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab
     }
 }
