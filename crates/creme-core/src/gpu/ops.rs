@@ -152,10 +152,10 @@ impl Gpu {
     /// (lavapipe) the row-per-thread kernel, with x shared through subgroup broadcasts where the
     /// adapter has subgroups (`main_rows_sg`; its wide shape for prompts, m >= 16): on lavapipe
     /// it is 2-3x faster than `main_rows` at decode and 20x faster than `main_tiled` at pp32
-    /// (docs/performance.md). On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows per workgroup,
-    /// subgroup sums where there are subgroups), prompts the register-blocked tile kernel
-    /// `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md has
-    /// the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
+    /// (docs/performance.md). On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows
+    /// per workgroup, subgroup sums where there are subgroups), prompts the register-blocked tile
+    /// kernel `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md
+    /// has the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
     pub fn qmm_kernel(&self, m: u32, _n: u32) -> &'static str {
         let prompt = m >= QMM_TILED_MIN_ROWS;
         let decode = m <= QMM_MV_MAX_ROWS;
