@@ -624,14 +624,20 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
 fn attention_over_long_contexts_agrees_with_cpu() {
     use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights};
     let cpu = device_on("cpu-exact");
-    // Decode (one query per sequence) runs split over the context on GPUs; both ways here.
-    let gpu_split = |split: bool| {
+    // Decode (one query per sequence) runs split over the context on GPUs; both ways here. The
+    // prompt kernel with and without subgroups (lavapipe takes the subgroup flavour).
+    let gpu_split = |split: bool, no_subgroups: bool| {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());
         o.split_attention = Some(split);
+        o.no_subgroups = no_subgroups;
         Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
     };
-    let gpus = [gpu_split(false), gpu_split(true)];
+    let gpus = [
+        gpu_split(false, false),
+        gpu_split(true, false),
+        gpu_split(false, true),
+    ];
     let mut rng = SplitMix64(77);
     for (cache_len, hd, heads, kv_heads, t) in [
         (20usize, 8usize, 4usize, 2usize, 3usize),
@@ -721,7 +727,9 @@ fn attention_over_long_contexts_agrees_with_cpu() {
             read(dev, &x)
         };
         let want = run(&cpu);
-        for (gpu, split) in gpus.iter().zip(["one pass", "split"]) {
+        let ways = ["one pass", "split", "one pass, no subgroups"];
+        assert_eq!(gpus.len(), ways.len());
+        for (gpu, split) in gpus.iter().zip(ways) {
             let err = scaled_err(&run(gpu), &want);
             assert!(
                 err < 1e-4,

@@ -41,6 +41,13 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 let shape = rows_subgroup_source(lanes.parse().ok()?, wide)?;
                 return Some((quant_matmul_source(format)? + &shape, "main_rows_sg"));
             }
+            if let Some(lanes) = name.strip_prefix("attention_sg") {
+                let src = include_str!("../../../../shaders/attention.wgsl").to_string();
+                return Some((
+                    src + &attention_subgroup_source(lanes.parse().ok()?)?,
+                    "main_sg",
+                ));
+            }
             let src = match name {
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
@@ -113,6 +120,41 @@ fn rows_subgroup_source(lanes: u32, wide: bool) -> Option<String> {
     }
     src += "    }\n    return a;\n}\n";
     src += include_str!("../../../../shaders/matmul_quant_rows_subgroup.wgsl");
+    Some(src)
+}
+
+/// `main_sg` of the prompt attention for subgroups of `lanes` lanes: the subgroup size and its
+/// helpers with the broadcasts unrolled. `dot_q`: a query's SG dimensions spread over the
+/// subgroup (one per lane) dotted with a key's from `kb`. `weigh_values`: the weights of up to SG
+/// keys (one per lane, `count` of them real) applied to the values from `vb` (one key every
+/// `kvw`), this lane's output dimensions lid, lid + 64, ... into acc; returns their sum.
+fn attention_subgroup_source(lanes: u32) -> Option<String> {
+    if !matches!(lanes, 4 | 8 | 16 | 32) {
+        return None;
+    }
+    let mut src = format!(
+        "const SG: u32 = {lanes}u;\nfn dot_q(v: f32, kb: u32) -> f32 {{\n    var a = 0.0;\n"
+    );
+    for i in 0..lanes {
+        src += &format!("    a = fma(subgroupBroadcast(v, {i}u), kc[kb + {i}u], a);\n");
+    }
+    src += "    return a;\n}\n";
+    src += "fn weigh_values(wl: f32, count: u32, vb: u32, kvw: u32, lid: u32, acc: ptr<function, vec4<f32>>) -> f32 {\n    var sum = 0.0;\n";
+    for i in 0..lanes {
+        src += &format!(
+            "    if ({i}u < count) {{\n\
+             \x20       let wi = subgroupBroadcast(wl, {i}u);\n\
+             \x20       let o = vb + {i}u * kvw;\n\
+             \x20       sum += wi;\n\
+             \x20       if (lid < p.head_dim) {{ (*acc).x = fma(wi, vc[o], (*acc).x); }}\n\
+             \x20       if (lid + WG < p.head_dim) {{ (*acc).y = fma(wi, vc[o + WG], (*acc).y); }}\n\
+             \x20       if (lid + 2u * WG < p.head_dim) {{ (*acc).z = fma(wi, vc[o + 2u * WG], (*acc).z); }}\n\
+             \x20       if (lid + 3u * WG < p.head_dim) {{ (*acc).w = fma(wi, vc[o + 3u * WG], (*acc).w); }}\n\
+             \x20   }}\n"
+        );
+    }
+    src += "    return sum;\n}\n";
+    src += include_str!("../../../../shaders/attention_subgroup.wgsl");
     Some(src)
 }
 
