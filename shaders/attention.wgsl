@@ -18,33 +18,45 @@ const WG: u32 = 64u;
 var<workgroup> scores: array<f32, 64>;
 var<workgroup> weights: array<f32, 64>;
 
+// What workgroup `id` (b, t, head) attends with: its sequence b, its last key jq, its kv head,
+// the cache row width, where its query starts, and its first key j0 (after the left pad).
+struct Query { b: u32, jq: u32, kvh: u32, kvw: u32, qb: u32, j0: u32 }
+fn query_of(id: u32) -> Query {
+    let h = id % p.heads;
+    let row = id / p.heads;           // b * T + t
+    let b = row / p.t;
+    return Query(b, p.p0 + row % p.t, h / (p.heads / p.kv_heads), p.kv_heads * p.head_dim,
+                 (row * p.heads + h) * p.head_dim, pad[b]);
+}
+// This lane's output dimensions lid, lid + 64, ... of the query at qb, normalized.
+fn write_out(qb: u32, lid: u32, acc: vec4<f32>, run_sum: f32) {
+    var inv = 0.0;
+    if (run_sum > 0.0) { inv = 1.0 / run_sum; }
+    for (var k = 0u; k < (p.head_dim + WG - 1u) / WG; k++) {
+        let d = lid + k * WG;
+        if (d < p.head_dim) { out[qb + d] = acc[k] * inv; }
+    }
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let id = wg.x + wg.y * nw.x;
     if (id >= p.batch * p.t * p.heads) { return; }
-    let h = id % p.heads;
-    let row = id / p.heads;           // b * T + t
-    let b = row / p.t;
-    let jq = p.p0 + row % p.t;
-    let kvh = h / (p.heads / p.kv_heads);
-    let kvw = p.kv_heads * p.head_dim;
-    let qb = (row * p.heads + h) * p.head_dim;
-    let j0 = pad[b];
+    let qr = query_of(id);
 
     var run_max = -3.4e38;
     var run_sum = 0.0;
     // Output dimensions lid, lid + 64, lid + 128, lid + 192 (those below head_dim), in a vec4 so
     // that they stay in registers.
     var acc = vec4<f32>(0.0);
-    let dims = (p.head_dim + WG - 1u) / WG;
-    for (var jb = j0; jb <= jq; jb += WG) {
+    for (var jb = qr.j0; jb <= qr.jq; jb += WG) {
         let j = jb + lid;
         var s = -3.4e38;
-        if (j <= jq) {
-            let kb = (b * p.ctx + j) * kvw + kvh * p.head_dim;
+        if (j <= qr.jq) {
+            let kb = (qr.b * p.ctx + j) * qr.kvw + qr.kvh * p.head_dim;
             var dot = 0.0;
-            for (var d = 0u; d < p.head_dim; d++) { dot = fma(q[qb + d], kc[kb + d], dot); }
+            for (var d = 0u; d < p.head_dim; d++) { dot = fma(q[qr.qb + d], kc[kb + d], dot); }
             s = dot * p.scale;
         }
         scores[lid] = s;
@@ -52,18 +64,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         var block_max = run_max;
         for (var i = 0u; i < WG; i++) { block_max = max(block_max, scores[i]); }
         var wj = 0.0;
-        if (j <= jq) { wj = exp(s - block_max); }
+        if (j <= qr.jq) { wj = exp(s - block_max); }
         weights[lid] = wj;
         workgroupBarrier();
         // Key jb is always in range, so block_max is finite and the old sums shrink (or vanish).
         let shrink = exp(run_max - block_max);
         var block_sum = 0.0;
         acc *= shrink;
-        let n = min(WG, jq + 1u - jb);
+        let n = min(WG, qr.jq + 1u - jb);
         for (var i = 0u; i < n; i++) {
             let wi = weights[i];
             block_sum += wi;
-            let vb = (b * p.ctx + jb + i) * kvw + kvh * p.head_dim + lid;
+            let vb = (qr.b * p.ctx + jb + i) * qr.kvw + qr.kvh * p.head_dim + lid;
             if (lid < p.head_dim) { acc.x = fma(wi, vc[vb], acc.x); }
             if (lid + WG < p.head_dim) { acc.y = fma(wi, vc[vb + WG], acc.y); }
             if (lid + 2u * WG < p.head_dim) { acc.z = fma(wi, vc[vb + 2u * WG], acc.z); }
@@ -74,10 +86,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         // Before the next block overwrites the scores and weights.
         workgroupBarrier();
     }
-    var inv = 0.0;
-    if (run_sum > 0.0) { inv = 1.0 / run_sum; }
-    for (var k = 0u; k < dims; k++) {
-        let d = lid + k * WG;
-        if (d < p.head_dim) { out[qb + d] = acc[k] * inv; }
-    }
+    write_out(qr.qb, lid, acc, run_sum);
 }

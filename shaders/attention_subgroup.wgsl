@@ -16,60 +16,47 @@ fn main_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
            @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgi: u32) {
     let id = wg.x + wg.y * nw.x;
     if (id >= p.batch * p.t * p.heads) { return; } // the whole workgroup: no lane is left out
-    let h = id % p.heads;
-    let row = id / p.heads;
-    let b = row / p.t;
-    let jq = p.p0 + row % p.t;
-    let kvh = h / (p.heads / p.kv_heads);
-    let kvw = p.kv_heads * p.head_dim;
-    let qb = (row * p.heads + h) * p.head_dim;
-    let j0 = pad[b];
+    let qr = query_of(id);
     var ql: array<f32, QL>;
     for (var t = 0u; t < QL; t++) {
         let d = sgi + SG * t;
-        ql[t] = select(0.0, q[qb + min(d, p.head_dim - 1u)], d < p.head_dim);
+        ql[t] = select(0.0, q[qr.qb + min(d, p.head_dim - 1u)], d < p.head_dim);
     }
     var run_max = -3.4e38;
     var run_sum = 0.0;
     var acc = vec4<f32>(0.0);
-    let dims = (p.head_dim + WG - 1u) / WG;
-    for (var jb = j0; jb <= jq; jb += WG) {
+    for (var jb = qr.j0; jb <= qr.jq; jb += WG) {
         let j = jb + lid;
         // Lanes past the last key score key jq (every lane runs the broadcasts) and drop it.
-        let kb = (b * p.ctx + min(j, jq)) * kvw + kvh * p.head_dim;
+        let kb = (qr.b * p.ctx + min(j, qr.jq)) * qr.kvw + qr.kvh * p.head_dim;
         var dot = 0.0;
         for (var t = 0u; t < QL; t++) {
             if (t * SG < p.head_dim) { dot += dot_q(ql[t], kb + t * SG); }
         }
-        let s = select(-3.4e38, dot * p.scale, j <= jq);
+        let s = select(-3.4e38, dot * p.scale, j <= qr.jq);
         let smax = subgroupMax(s);
         if (sgi == 0u) { part_max[lid / SG] = smax; }
         workgroupBarrier();
         var block_max = run_max;
         for (var g = 0u; g < WG / SG; g++) { block_max = max(block_max, part_max[g]); }
         var wj = 0.0;
-        if (j <= jq) { wj = exp(s - block_max); }
+        if (j <= qr.jq) { wj = exp(s - block_max); }
         weights[lid] = wj;
         workgroupBarrier();
         let shrink = exp(run_max - block_max);
         acc *= shrink;
-        let n = min(WG, jq + 1u - jb);
-        let vb = (b * p.ctx + jb) * kvw + kvh * p.head_dim + lid;
+        let n = min(WG, qr.jq + 1u - jb);
+        let vb = (qr.b * p.ctx + jb) * qr.kvw + qr.kvh * p.head_dim + lid;
         var block_sum = 0.0;
         for (var g = 0u; g < WG / SG; g++) {
             if (g * SG < n) {
                 let wl = weights[g * SG + sgi];
-                block_sum += weigh_values(wl, n - g * SG, vb + g * SG * kvw, kvw, lid, &acc);
+                block_sum += weigh_values(wl, n - g * SG, vb + g * SG * qr.kvw, qr.kvw, lid, &acc);
             }
         }
         run_sum = run_sum * shrink + block_sum;
         run_max = block_max;
         workgroupBarrier();
     }
-    var inv = 0.0;
-    if (run_sum > 0.0) { inv = 1.0 / run_sum; }
-    for (var k = 0u; k < dims; k++) {
-        let d = lid + k * WG;
-        if (d < p.head_dim) { out[qb + d] = acc[k] * inv; }
-    }
+    write_out(qr.qb, lid, acc, run_sum);
 }
