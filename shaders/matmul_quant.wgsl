@@ -33,22 +33,14 @@ const MT: u32 = 8u;
 var<workgroup> red: array<f32, 512>; // [MT][WG]
 var<workgroup> red_ss: array<f32, 512>; // [MT][WG], sums of squares of x
 
-fn byte_at(off: u32) -> u32 {
-    return (w[off >> 2u] >> ((off & 3u) * 8u)) & 0xFFu;
+// Weights lie in word-aligned blocks (quant.rs, to_word_aligned): every field starts at a
+// multiple of 4 bytes, so 4 bytes of quants are one load, and an f16 field is one load and a shift.
+fn word(off: u32) -> u32 {
+    return w[off >> 2u];
 }
-// One word load unless the two bytes straddle words (GGML's f16 fields sit at even offsets).
-fn u16_at(off: u32) -> u32 {
-    let sh = (off & 3u) * 8u;
-    if (sh == 24u) {
-        return byte_at(off) | (byte_at(off + 1u) << 8u);
-    }
-    return (w[off >> 2u] >> sh) & 0xFFFFu;
-}
+// The f16 at an even byte offset.
 fn f16_at(off: u32) -> f32 {
-    return unpack2x16float(u16_at(off)).x;
-}
-fn u32_at(off: u32) -> u32 {
-    return u16_at(off) | (u16_at(off + 2u) << 16u);
+    return unpack2x16float(w[off >> 2u] >> ((off & 2u) * 8u)).x;
 }
 fn i8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
@@ -124,17 +116,6 @@ fn dq32(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) {
         (*out)[4u * c + 2u] = v.z;
         (*out)[4u * c + 3u] = v.w;
     }
-}
-
-// Four bytes starting at any byte offset, little-endian (two word loads instead of four byte loads).
-fn bytes4(off: u32) -> u32 {
-    let i = off >> 2u;
-    let sh = (off & 3u) * 8u;
-    let lo = w[i];
-    if (sh == 0u) {
-        return lo;
-    }
-    return (lo >> sh) | (w[i + 1u] << (32u - sh));
 }
 
 @compute @workgroup_size(64, 1, 1)

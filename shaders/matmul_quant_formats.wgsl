@@ -22,7 +22,7 @@ fn head(rb: u32, s: u32) -> Head {
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let o = rb + s * 64u + 8u * c;
-    return vec4<f32>(unpack2x16float(bytes4(o)), unpack2x16float(bytes4(o + 4u)));
+    return vec4<f32>(unpack2x16float(word(o)), unpack2x16float(word(o + 4u)));
 }
 
 //@format BF16
@@ -31,54 +31,57 @@ fn head(rb: u32, s: u32) -> Head {
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let o = rb + s * 64u + 8u * c;
-    let a = bytes4(o);
-    let b = bytes4(o + 4u);
+    let a = word(o);
+    let b = word(o + 4u);
     return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xFFFF0000u, b << 16u, b & 0xFFFF0000u));
 }
 
 //@format Q8_0
+// Word-aligned blocks of 36 bytes: d, 2 bytes of padding, 32 quants.
 fn head(rb: u32, s: u32) -> Head {
-    return Head(vec4<f32>(f16_at(rb + s * 34u), 0.0, 0.0, 0.0), vec4<u32>(0u));
+    return Head(vec4<f32>(f16_at(rb + s * 36u), 0.0, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    return h.f.x * i8x4(bytes4(rb + s * 34u + 2u + 4u * c));
+    return h.f.x * i8x4(word(rb + s * 36u + 4u + 4u * c));
 }
 //@format Q4_0
+// Word-aligned blocks of 20 bytes: d, 2 bytes of padding, 16 bytes of quants.
 fn head(rb: u32, s: u32) -> Head {
-    return Head(vec4<f32>(f16_at(rb + s * 18u), 0.0, 0.0, 0.0), vec4<u32>(0u));
+    return Head(vec4<f32>(f16_at(rb + s * 20u), 0.0, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     // Weights 0-15 are the low nibbles of bytes 0-15, weights 16-31 their high nibbles.
-    let q = bytes4(rb + s * 18u + 2u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) - 8.0);
 }
 //@format Q4_1
 fn head(rb: u32, s: u32) -> Head {
-    let dm = unpack2x16float(bytes4(rb + s * 20u)); // the scale and the min
+    let dm = unpack2x16float(word(rb + s * 20u)); // the scale and the min
     return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let q = bytes4(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * nib4(q) + h.f.y;
 }
 //@format Q5_0
 fn head(rb: u32, s: u32) -> Head {
-    // The scale, and the 32-bit qh whose bit i is the fifth bit of weight i.
-    let bo = rb + s * 22u;
-    return Head(vec4<f32>(f16_at(bo), 0.0, 0.0, 0.0), vec4<u32>(bytes4(bo + 2u), 0u, 0u, 0u));
+    // Word-aligned blocks of 24 bytes: the scale, 2 bytes of padding, the 32-bit qh whose bit i
+    // is the fifth bit of weight i, 16 bytes of quants.
+    let bo = rb + s * 24u;
+    return Head(vec4<f32>(f16_at(bo), 0.0, 0.0, 0.0), vec4<u32>(word(bo + 4u), 0u, 0u, 0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let q = bytes4(rb + s * 22u + 6u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c)) - 16.0);
 }
 //@format Q5_1
 fn head(rb: u32, s: u32) -> Head {
     let bo = rb + s * 24u;
-    let dm = unpack2x16float(bytes4(bo)); // the scale and the min
-    return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(bytes4(bo + 4u), 0u, 0u, 0u));
+    let dm = unpack2x16float(word(bo)); // the scale and the min
+    return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(word(bo + 4u), 0u, 0u, 0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let q = bytes4(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c))) + h.f.y;
 }
 //@format K_SCALES
@@ -88,9 +91,9 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 // both sides of a branch run, each load a loop over the lanes).
 fn scale_min_k4(sc: u32, j: u32) -> vec2<f32> {
     let sh = (j & 3u) * 8u;
-    let b0 = (bytes4(sc) >> sh) & 0xFFu;
-    let b1 = (bytes4(sc + 4u) >> sh) & 0xFFu;
-    let b2 = (bytes4(sc + 8u) >> sh) & 0xFFu;
+    let b0 = (word(sc) >> sh) & 0xFFu;
+    let b1 = (word(sc + 4u) >> sh) & 0xFFu;
+    let b2 = (word(sc + 8u) >> sh) & 0xFFu;
     let lo = vec2<u32>(b0 & 63u, b1 & 63u);
     let hi = vec2<u32>((b2 & 15u) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
     return vec2<f32>(select(hi, lo, j < 4u));
@@ -98,7 +101,7 @@ fn scale_min_k4(sc: u32, j: u32) -> vec2<f32> {
 // Piece s is sub-block j = s % 8 of a 256-weight block: its scale d * sc and min dmin * m.
 fn head_k(bo: u32, j: u32) -> Head {
     let sm = scale_min_k4(bo + 4u, j);
-    let dm = unpack2x16float(bytes4(bo)); // d and dmin
+    let dm = unpack2x16float(word(bo)); // d and dmin
     return Head(vec4<f32>(dm * sm, 0.0, 0.0), vec4<u32>(0u));
 }
 
@@ -109,7 +112,7 @@ fn head(rb: u32, s: u32) -> Head {
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     // The low (even j) or high nibbles of the sub-block pair's 32 bytes.
     let j = s % 8u;
-    let q = bytes4(rb + (s / 8u) * 144u + 16u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
+    let q = word(rb + (s / 8u) * 144u + 16u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
     return h.f.x * nib4(q) - h.f.y;
 }
 //@format Q5_K
@@ -119,28 +122,29 @@ fn head(rb: u32, s: u32) -> Head {
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let bo = rb + (s / 8u) * 176u;
     let j = s % 8u;
-    let q = bytes4(bo + 48u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
-    let hb = bytes4(bo + 16u + 4u * c) >> j;
+    let q = word(bo + 48u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
+    let hb = word(bo + 16u + 4u * c) >> j;
     let v = nib4(q) + 16.0 * vec4<f32>(f32(hb & 1u), f32((hb >> 8u) & 1u), f32((hb >> 16u) & 1u), f32((hb >> 24u) & 1u));
     return h.f.x * v - h.f.y;
 }
 //@format Q6_K
+// Word-aligned blocks of 212 bytes: GGUF's 210 and 2 bytes of padding after d.
 fn head(rb: u32, s: u32) -> Head {
     // The piece's two scales: weights 0-15 take the first, 16-31 the second.
-    let bo = rb + (s / 8u) * 210u;
+    let bo = rb + (s / 8u) * 212u;
     let j = s % 8u;
     let sc = bo + 192u + 8u * (j / 4u) + 2u * (j % 4u);
     let d = f16_at(bo + 208u);
-    let scs = u16_at(sc); // sc is even: one word
+    let scs = (word(sc) >> ((sc & 2u) * 8u)) & 0xFFFFu; // sc is even: within one word
     return Head(vec4<f32>(d * i8_of(scs & 0xFFu), d * i8_of(scs >> 8u), 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let bo = rb + (s / 8u) * 210u;
+    let bo = rb + (s / 8u) * 212u;
     let j = s % 8u;
     let half = j / 4u;
     let qi = j % 4u;
-    let lo = bytes4(bo + 64u * half + (qi & 1u) * 32u + 4u * c) >> ((qi >> 1u) * 4u);
-    let hi = bytes4(bo + 128u + 32u * half + 4u * c) >> (qi * 2u);
+    let lo = word(bo + 64u * half + (qi & 1u) * 32u + 4u * c) >> ((qi >> 1u) * 4u);
+    let hi = word(bo + 128u + 32u * half + 4u * c) >> (qi * 2u);
     let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 8u) & 15u) | (((hi >> 8u) & 3u) << 4u)),
                       f32(((lo >> 16u) & 15u) | (((hi >> 16u) & 3u) << 4u)), f32(((lo >> 24u) & 15u) | (((hi >> 24u) & 3u) << 4u)));
     return select(h.f.y, h.f.x, c < 4u) * (q - 32.0);

@@ -136,6 +136,25 @@ fn check_formats(gpu: &creme_core::Gpu, flavour: Option<&str>) {
     }
 }
 
+/// The GPU's word-aligned block layout: every row of 32 values of every format is whole words,
+/// the padding goes back out losslessly, and formats already aligned are not copied.
+#[test]
+fn word_aligned_layout_round_trips() {
+    use creme_core::quant::{from_word_aligned, to_word_aligned};
+    let mut rng = SplitMix64(23);
+    for t in ALL_TYPES {
+        let blocks = 3 * 256 / t.block_elems();
+        let raw = random_blocks(t, blocks, &mut rng);
+        let aligned = to_word_aligned(t, &raw);
+        assert_eq!(aligned.len(), t.aligned_row_bytes(3 * 256), "{}", t.name());
+        assert_eq!(t.aligned_row_bytes(32 * t.block_elems()) % 4, 0, "{}", t.name());
+        assert_eq!(&*from_word_aligned(t, &aligned), &raw[..], "{}", t.name());
+        let copied = matches!(aligned, std::borrow::Cow::Owned(_));
+        let padded = [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q6K];
+        assert_eq!(copied, padded.contains(&t), "{}", t.name());
+    }
+}
+
 #[test]
 fn weight_split_across_bindings_gives_the_same_result() {
     let gpu = gpu_on(None).unwrap();
@@ -144,7 +163,7 @@ fn weight_split_across_bindings_gives_the_same_result() {
     let t = GgmlType::Q8_0;
     let raw = random_blocks(t, rows * k / 32, &mut rng);
     let whole = gpu.upload_weight("whole", t, rows, k, &raw).unwrap();
-    // Force small chunks by building them by hand, as upload_weight does for tensors over the limit.
+    // Force small chunks, as upload_weight makes for tensors over the binding limit.
     let split = split_weight(&gpu, t, rows, k, &raw, 64);
     let x = rng.vec_f32(2 * k);
     let a = pollster::block_on(gpu.matmul_quant(&x, &whole, None, 2)).unwrap();
@@ -458,24 +477,6 @@ fn split_weight(
     raw: &[u8],
     per: usize,
 ) -> creme_core::gpu::GpuWeight {
-    let rb = t.row_bytes(cols);
-    let chunks = (0..rows)
-        .step_by(per)
-        .map(|r0| {
-            let n = per.min(rows - r0);
-            creme_core::gpu::WeightChunk {
-                buffer: gpu.upload("c", &raw[r0 * rb..(r0 + n) * rb]),
-                row0: r0,
-                rows: n,
-                byte_off: 0,
-            }
-        })
-        .collect();
-    creme_core::gpu::GpuWeight {
-        name: "split".into(),
-        dtype: t,
-        rows,
-        cols,
-        chunks,
-    }
+    gpu.upload_weight_in_chunks("split", t, rows, cols, raw, per)
+        .unwrap()
 }

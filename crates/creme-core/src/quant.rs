@@ -98,6 +98,27 @@ impl GgmlType {
     pub fn name(self) -> &'static str {
         ggml_type_name(self.id())
     }
+
+    /// Where a block of this format gets 2 bytes of padding in the GPU's word-aligned layout
+    /// (see [`to_word_aligned`]): after the leading f16 scale (Q4_0, Q5_0, Q8_0) or at the end
+    /// (Q6_K, whose f16 scale is last). Other formats' fields already lie on 4-byte boundaries.
+    fn word_pad_at(self) -> Option<usize> {
+        match self {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Some(2),
+            GgmlType::Q6K => Some(210),
+            _ => None,
+        }
+    }
+
+    /// Bytes per block in the GPU's word-aligned layout.
+    pub fn aligned_block_bytes(self) -> usize {
+        self.block_bytes() + if self.word_pad_at().is_some() { 2 } else { 0 }
+    }
+
+    /// Bytes of a row of `n` elements in the GPU's word-aligned layout.
+    pub fn aligned_row_bytes(self, n: usize) -> usize {
+        n / self.block_elems() * self.aligned_block_bytes()
+    }
 }
 
 /// ggml's names for every type id (so an unsupported one is named in the error).
@@ -155,6 +176,38 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
             ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
         )
     }
+}
+
+/// Whole blocks of `t` in the GPU's word-aligned layout: every field of every block starts at a
+/// multiple of 4 bytes (GGUF's Q4_0, Q5_0 and Q8_0 blocks are 18, 22 and 34 bytes, Q6_K 210), so
+/// a shader reads each 4 bytes of quants with one word load instead of two loads, a shift and a
+/// branch on the alignment. The layout pads 2 zero bytes into each block where
+/// [`GgmlType::aligned_block_bytes`] says; borrowed as is for formats that need none.
+pub fn to_word_aligned(t: GgmlType, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Some(at) = t.word_pad_at() else {
+        return std::borrow::Cow::Borrowed(bytes);
+    };
+    let bb = t.block_bytes();
+    let mut out = Vec::with_capacity(bytes.len() / bb * (bb + 2));
+    for b in bytes.chunks_exact(bb) {
+        out.extend_from_slice(&b[..at]);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&b[at..]);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// GGUF blocks back from [`to_word_aligned`]'s layout.
+pub fn from_word_aligned(t: GgmlType, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Some(at) = t.word_pad_at() else {
+        return std::borrow::Cow::Borrowed(bytes);
+    };
+    let mut out = Vec::with_capacity(bytes.len() / t.aligned_block_bytes() * t.block_bytes());
+    for b in bytes.chunks_exact(t.aligned_block_bytes()) {
+        out.extend_from_slice(&b[..at]);
+        out.extend_from_slice(&b[at + 2..]);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Blocks of Q4_0 or Q5_0 re-encoded as Q8_0 without loss (Q8_0 returned as is; None for other

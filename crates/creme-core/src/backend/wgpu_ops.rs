@@ -10,7 +10,7 @@ use crate::gpu::layers::{AdamParams, AttentionParams, QkvRopeParams};
 use crate::gpu::ops::{Epilogue, Fusion};
 use crate::gpu::{Gpu, GpuWeight};
 use crate::model::Embedding;
-use crate::quant::dequantize;
+use crate::quant::{dequantize, from_word_aligned};
 use crate::quant::GgmlType;
 
 impl Gpu {
@@ -350,7 +350,8 @@ impl Backend for Gpu {
             let bytes = self
                 .read_bytes(&c.buffer, c.byte_off, c.rows * w.row_bytes())
                 .await?;
-            out.extend(dequantize(w.dtype, &bytes, c.rows * w.cols)?);
+            let gguf = from_word_aligned(w.dtype, &bytes);
+            out.extend(dequantize(w.dtype, &gguf, c.rows * w.cols)?);
         }
         Ok(out)
     }

@@ -1,10 +1,11 @@
-//! Weights on the GPU, kept in their GGUF format. A tensor larger than one storage binding (Qwen's
+//! Weights on the GPU, kept in their GGUF format with word-aligned blocks (see
+//! [`crate::quant::to_word_aligned`]: the kernels read every 4 bytes of quants with one load). A tensor larger than one storage binding (Qwen's
 //! 138 MiB output head) is split by rows into several buffers; the attention projections of a
 //! layer share one buffer, so that one matmul can compute all three (see [`Gpu::upload_weight_group`]).
 
 use super::Gpu;
 use crate::error::GpuError;
-use crate::quant::{repack_as_q8_0, GgmlType};
+use crate::quant::{repack_as_q8_0, to_word_aligned, GgmlType};
 
 /// One row-range of a weight in a buffer, from byte `byte_off`.
 #[derive(Clone)]
@@ -26,8 +27,9 @@ pub struct GpuWeight {
 }
 
 impl GpuWeight {
+    /// Bytes of one row in the buffer (word-aligned blocks).
     pub fn row_bytes(&self) -> usize {
-        self.dtype.row_bytes(self.cols)
+        self.dtype.aligned_row_bytes(self.cols)
     }
 
     /// `parts` as one weight of all their rows, where they lie back to back in one buffer in that
@@ -84,7 +86,8 @@ pub struct WeightUpload<'a> {
 }
 
 impl Gpu {
-    /// Upload a weight's raw GGUF bytes, split by rows so that no buffer exceeds the binding limit.
+    /// Upload a weight's GGUF bytes as word-aligned blocks, split by rows so that no buffer
+    /// exceeds the binding limit.
     pub fn upload_weight(
         &self,
         name: &str,
@@ -93,8 +96,7 @@ impl Gpu {
         cols: usize,
         bytes: &[u8],
     ) -> Result<GpuWeight, GpuError> {
-        check_bytes(name, dtype, rows, cols, bytes)?;
-        let row_bytes = dtype.row_bytes(cols);
+        let row_bytes = dtype.aligned_row_bytes(cols);
         let limit = self.max_binding_bytes() as usize;
         let rows_per_chunk = (limit.saturating_sub(4) / row_bytes).min(rows).max(1);
         if row_bytes + 4 > limit {
@@ -104,13 +106,29 @@ impl Gpu {
                 limit: limit as u64,
             });
         }
+        self.upload_weight_in_chunks(name, dtype, rows, cols, bytes, rows_per_chunk)
+    }
+
+    /// [`Gpu::upload_weight`] with `rows_per_chunk` rows in each buffer (tests split small
+    /// weights with it the way a weight over the binding limit is split).
+    pub fn upload_weight_in_chunks(
+        &self,
+        name: &str,
+        dtype: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        rows_per_chunk: usize,
+    ) -> Result<GpuWeight, GpuError> {
+        check_bytes(name, dtype, rows, cols, bytes)?;
+        let gguf_row_bytes = dtype.row_bytes(cols);
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
-            let n = rows_per_chunk.min(rows - row0);
-            let data = &bytes[row0 * row_bytes..(row0 + n) * row_bytes];
+            let n = rows_per_chunk.max(1).min(rows - row0);
+            let data = &bytes[row0 * gguf_row_bytes..(row0 + n) * gguf_row_bytes];
             chunks.push(WeightChunk {
-                buffer: self.upload(&format!("{name}[{row0}..]"), data),
+                buffer: self.upload(&format!("{name}[{row0}..]"), &to_word_aligned(dtype, data)),
                 row0,
                 rows: n,
                 byte_off: 0,
@@ -166,7 +184,7 @@ impl Gpu {
                 return separately();
             };
             offsets.push(packed.len() as u64);
-            packed.extend_from_slice(&repacked);
+            packed.extend_from_slice(&to_word_aligned(dtype, &repacked));
         }
         if packed.len() as u64 + 4 > self.max_binding_bytes() || packed.len() % 4 != 0 {
             return separately();
