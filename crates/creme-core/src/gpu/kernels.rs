@@ -112,11 +112,10 @@ fn rows_subgroup_source(lanes: u32, wide: bool) -> Option<String> {
          fn dot_bcast(xl: ptr<function, array<f32, XL>>, wv: ptr<function, array<array<f32, 32>, RPL>>, row: u32) -> f32 {{\n\
          \x20   var a = 0.0;\n\
          \x20   for (var j = 0u; j < XL; j++) {{\n\
-         \x20       let v = (*xl)[j];\n\
-         \x20       let b = j * SG;\n"
+         \x20       let v = (*xl)[j];\n"
     );
     for i in 0..lanes {
-        src += &format!("        a = fma(subgroupBroadcast(v, {i}u), (*wv)[row][b + {i}u], a);\n");
+        src += &format!("        a = fma(subgroupBroadcast(v, {i}u), (*wv)[row][{i}u * XL + j], a);\n");
     }
     src += "    }\n    return a;\n}\n";
     src += include_str!("../../../../shaders/matmul_quant_rows_subgroup.wgsl");

@@ -301,6 +301,11 @@ pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
             _ => wgpu::BufferBindingType::Storage { read_only: true },
         };
         let dynamic = ty == wgpu::BufferBindingType::Uniform;
+        // A buffer may be declared twice under one binding with two element types (x as f32s
+        // and as vec4s): one entry.
+        if entries.iter().any(|e: &wgpu::BindGroupLayoutEntry| e.binding == binding) {
+            continue;
+        }
         entries.push(wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
