@@ -12,8 +12,9 @@
 // subgroup at the end. Appended to matmul_quant.wgsl for CPU adapters whose subgroups all have SG
 // lanes; every lane stays active to the end (rows past n load row n - 1 and store nothing).
 // Each lane takes RPL weight rows (64 apart), so that a broadcast value of x serves RPL rows:
-// prompts take 4 rows per lane and 16 rows of x per workgroup, decode 1 and 8 (the registry sets
-// SG, RPL and MTS). Dispatch: (ceil(n / (64 RPL)), ceil(m / MTS)).
+// prompts take 4 rows per lane and 16 rows of x per workgroup, decode 1 and 1, a few rows 1 and 8
+// (the registry sets SG, RPL, MTS and ALL_ROWS: kernels.rs, RowsSgShape). Dispatch:
+// (ceil(n / (64 RPL)), ceil(m / MTS)).
 // Lane i holds elements i XL .. i XL + XL - 1 of each piece, read through vec4 views of x and
 // norm_w (the same buffers; naga lets an entry point use one view per binding): a vec4 load costs
 // lavapipe about half of four word loads.
@@ -60,10 +61,11 @@ fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         if (p.has_norm == 1u) {
             gl = lane_elems(e0, true);
         }
-        // The wide shape runs all MTS rows (a constant count, so the loops unroll and acc stays
-        // in registers, which halves its time on lavapipe); rows past m read row m - 1 and store
-        // nothing. Decode runs only the rows there are (mostly one).
-        for (var r = 0u; r < select(mrows, MTS, WIDE); r++) {
+        // With ALL_ROWS (decode's one row, prompts' 16) every workgroup runs all MTS rows: a
+        // constant count, so the loops unroll and acc stays in registers, which halves the time
+        // on lavapipe; rows past m read row m - 1 and store nothing. The shape for a few rows
+        // runs only the rows there are.
+        for (var r = 0u; r < select(mrows, MTS, ALL_ROWS); r++) {
             let xr = lane_elems(min(m0 + r, p.m - 1u) * p.k + e0, false);
             for (var j = 0u; j < XL; j++) {
                 let v = xr[j];

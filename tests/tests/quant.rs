@@ -147,10 +147,20 @@ fn word_aligned_layout_round_trips() {
         let raw = random_blocks(t, blocks, &mut rng);
         let aligned = to_word_aligned(t, &raw);
         assert_eq!(aligned.len(), t.aligned_row_bytes(3 * 256), "{}", t.name());
-        assert_eq!(t.aligned_row_bytes(32 * t.block_elems()) % 4, 0, "{}", t.name());
+        assert_eq!(
+            t.aligned_row_bytes(32 * t.block_elems()) % 4,
+            0,
+            "{}",
+            t.name()
+        );
         assert_eq!(&*from_word_aligned(t, &aligned), &raw[..], "{}", t.name());
         let copied = matches!(aligned, std::borrow::Cow::Owned(_));
-        let padded = [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q6K];
+        let padded = [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q6K,
+        ];
         assert_eq!(copied, padded.contains(&t), "{}", t.name());
     }
 }
@@ -355,11 +365,23 @@ fn matmul_fusions_for_every_flavour() {
         if flavour == Some("rows_sg") && gpu.report.name.contains("llvmpipe") {
             // lavapipe's subgroups have 8 lanes (AVX2) or 4 (SSE only).
             let want = match (no_subgroups, gpu.report.subgroup_max_size) {
-                (true, _) => ["matmul_q_rows"; 2],
-                (false, 4) => ["matmul_q_rows_sg4", "matmul_q_rows_sg4_wide"],
-                _ => ["matmul_q_rows_sg8", "matmul_q_rows_sg8_wide"],
+                (true, _) => ["matmul_q_rows"; 3],
+                (false, 4) => [
+                    "matmul_q_rows_sg4_m1",
+                    "matmul_q_rows_sg4",
+                    "matmul_q_rows_sg4_wide",
+                ],
+                _ => [
+                    "matmul_q_rows_sg8_m1",
+                    "matmul_q_rows_sg8",
+                    "matmul_q_rows_sg8_wide",
+                ],
             };
-            let got = [gpu.qmm_kernel(15, 37), gpu.qmm_kernel(16, 37)];
+            let got = [
+                gpu.qmm_kernel(1, 37),
+                gpu.qmm_kernel(15, 37),
+                gpu.qmm_kernel(16, 37),
+            ];
             assert_eq!(got, want, "{:?}", gpu.report);
         }
         let mut rng = SplitMix64(123);

@@ -10,8 +10,8 @@ use crate::gpu::layers::{AdamParams, AttentionParams, QkvRopeParams};
 use crate::gpu::ops::{Epilogue, Fusion};
 use crate::gpu::{Gpu, GpuWeight};
 use crate::model::Embedding;
-use crate::quant::{dequantize, from_word_aligned};
 use crate::quant::GgmlType;
+use crate::quant::{dequantize, from_word_aligned};
 
 impl Gpu {
     /// A reusable scratch buffer of at least `bytes` (by name), grown when too small. Ops run in

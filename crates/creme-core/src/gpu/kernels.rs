@@ -1,6 +1,8 @@
 //! Kernel registry: each WGSL kernel is compiled into a pipeline once, on first use, and kept.
 
 use std::collections::HashMap;
+
+use super::ops::QMM_TILED_MIN_ROWS;
 use std::sync::{Arc, Mutex};
 
 /// Every kernel the crate can run: a name, its WGSL source (from `shaders/`) and entry point.
@@ -32,14 +34,16 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
             }
             if let Some(rest) = name.strip_prefix("matmul_q_rows_sg") {
-                // "matmul_q_rows_sg{lanes}:{format}" (decode), "matmul_q_rows_sg{lanes}_wide:.."
+                // "matmul_q_rows_sg{lanes}{shape suffix}:{format}"
                 let (lanes, format) = rest.split_once(':')?;
-                let (lanes, wide) = match lanes.strip_suffix("_wide") {
-                    Some(l) => (l, true),
-                    None => (lanes, false),
-                };
-                let shape = rows_subgroup_source(lanes.parse().ok()?, wide)?;
-                return Some((quant_matmul_source(format)? + &shape, "main_rows_sg"));
+                let shape = RowsSgShape::ALL
+                    .into_iter()
+                    .filter(|s| !s.suffix.is_empty())
+                    .find(|s| lanes.ends_with(s.suffix))
+                    .unwrap_or(RowsSgShape::FEW);
+                let lanes = lanes.strip_suffix(shape.suffix)?;
+                let src = rows_subgroup_source(lanes.parse().ok()?, shape)?;
+                return Some((quant_matmul_source(format)? + &src, "main_rows_sg"));
             }
             if let Some(lanes) = name.strip_prefix("attention_sg") {
                 let src = include_str!("../../../../shaders/attention.wgsl").to_string();
@@ -96,26 +100,28 @@ fn quant_matmul_source(format: &str) -> Option<String> {
     Some(src)
 }
 
-/// `main_rows_sg` for subgroups of `lanes` lanes, its shape (`wide`, for prompts: 4 weight rows
-/// per lane and 16 rows of x per workgroup; else 1 and 8, for decode), and the dot product of a
-/// lane's 32 weights with a piece of x spread over the subgroup, its broadcasts unrolled (WGSL
-/// wants the lane of `subgroupBroadcast` as a constant; a loop of shuffles would cost a load-like
-/// lane loop each on lavapipe).
-fn rows_subgroup_source(lanes: u32, wide: bool) -> Option<String> {
+/// `main_rows_sg` for subgroups of `lanes` lanes in `shape`, and the dot product of a lane's 32
+/// weights with a piece of x spread over the subgroup, its broadcasts unrolled (WGSL wants the
+/// lane of `subgroupBroadcast` as a constant; a loop of shuffles would cost a load-like lane loop
+/// each on lavapipe).
+fn rows_subgroup_source(lanes: u32, shape: RowsSgShape) -> Option<String> {
     if !matches!(lanes, 4 | 8 | 16 | 32) {
         return None;
     }
-    let (rows_per_lane, x_rows) = ROWS_SG_SHAPES[wide as usize];
+    let (rows_per_lane, x_rows) = (shape.rows_per_lane, shape.x_rows);
+    let full = shape.all_rows;
     let mut src = format!(
         "const SG: u32 = {lanes}u;\nconst RPL: u32 = {rows_per_lane}u;\nconst MTS: u32 = {x_rows}u;\n\
-         const WIDE: bool = {wide};\n\
+         const ALL_ROWS: bool = {full};\n\
          fn dot_bcast(xl: ptr<function, array<f32, XL>>, wv: ptr<function, array<array<f32, 32>, RPL>>, row: u32) -> f32 {{\n\
          \x20   var a = 0.0;\n\
          \x20   for (var j = 0u; j < XL; j++) {{\n\
          \x20       let v = (*xl)[j];\n"
     );
     for i in 0..lanes {
-        src += &format!("        a = fma(subgroupBroadcast(v, {i}u), (*wv)[row][{i}u * XL + j], a);\n");
+        src += &format!(
+            "        a = fma(subgroupBroadcast(v, {i}u), (*wv)[row][{i}u * XL + j], a);\n"
+        );
     }
     src += "    }\n    return a;\n}\n";
     src += include_str!("../../../../shaders/matmul_quant_rows_subgroup.wgsl");
@@ -157,8 +163,50 @@ fn attention_subgroup_source(lanes: u32) -> Option<String> {
     Some(src)
 }
 
-/// (weight rows per lane, rows of x per workgroup) of `main_rows_sg`: decode, then prompts.
-pub(crate) const ROWS_SG_SHAPES: [(u32, u32); 2] = [(1, 8), (4, 16)];
+/// A shape of `main_rows_sg`: weight rows per lane, rows of x per workgroup, and whether every
+/// workgroup runs all its rows of x (a constant count, so that the loops unroll and the sums stay
+/// in registers: twice as fast on lavapipe; rows past m are computed and not stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowsSgShape {
+    pub suffix: &'static str,
+    pub rows_per_lane: u32,
+    pub x_rows: u32,
+    pub all_rows: bool,
+}
+
+impl RowsSgShape {
+    /// Decode: one row of x.
+    pub const ONE: RowsSgShape = RowsSgShape {
+        suffix: "_m1",
+        rows_per_lane: 1,
+        x_rows: 1,
+        all_rows: true,
+    };
+    /// A few rows (a speculative draft's check, small prompts): up to 8 per workgroup.
+    pub const FEW: RowsSgShape = RowsSgShape {
+        suffix: "",
+        rows_per_lane: 1,
+        x_rows: 8,
+        all_rows: false,
+    };
+    /// Prompts of 16 rows or more: a broadcast value of x serves 4 weight rows.
+    pub const WIDE: RowsSgShape = RowsSgShape {
+        suffix: "_wide",
+        rows_per_lane: 4,
+        x_rows: 16,
+        all_rows: true,
+    };
+    pub const ALL: [RowsSgShape; 3] = [Self::ONE, Self::FEW, Self::WIDE];
+
+    /// The shape for m rows of x.
+    pub fn for_rows(m: u32) -> RowsSgShape {
+        match m {
+            0 | 1 => Self::ONE,
+            _ if m < QMM_TILED_MIN_ROWS => Self::FEW,
+            _ => Self::WIDE,
+        }
+    }
+}
 
 /// A compiled kernel: its pipeline and the layout of its bindings.
 pub(crate) struct Kernel {

@@ -168,14 +168,13 @@ impl Gpu {
     /// The prompt attention kernel: on CPU adapters whose subgroups have one size, the flavour
     /// that shares what every lane reads through subgroup operations (native only).
     fn attention_kernel(&self) -> &'static str {
-        let r = &self.report;
-        let fixed = r.subgroups && r.subgroup_min_size == r.subgroup_max_size;
-        match r.subgroup_max_size {
-            _ if !fixed || !self.cpu_adapter || cfg!(target_arch = "wasm32") => "attention",
-            4 => "attention_sg4",
-            8 => "attention_sg8",
-            16 => "attention_sg16",
-            32 => "attention_sg32",
+        let lanes = self.fixed_subgroup_lanes();
+        match lanes {
+            _ if !self.cpu_adapter || cfg!(target_arch = "wasm32") => "attention",
+            Some(4) => "attention_sg4",
+            Some(8) => "attention_sg8",
+            Some(16) => "attention_sg16",
+            Some(32) => "attention_sg32",
             _ => "attention",
         }
     }

@@ -4,7 +4,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::ROWS_SG_SHAPES;
+use super::kernels::RowsSgShape;
 use super::{Gpu, QmmPolicy};
 use crate::error::GpuError;
 
@@ -142,7 +142,7 @@ pub struct Fusion<'a> {
 }
 
 const QMM_ROWS_PER_WG: u32 = 8;
-const QMM_TILED_MIN_ROWS: u32 = 16;
+pub(crate) const QMM_TILED_MIN_ROWS: u32 = 16;
 /// Rows of x the matvec kernel (`main_mv`) takes, and weight rows per workgroup there.
 const QMM_MV_MAX_ROWS: u32 = 4;
 const QMM_MV_COLS_PER_WG: u32 = 8;
@@ -150,7 +150,7 @@ const QMM_MV_COLS_PER_WG: u32 = 8;
 impl Gpu {
     /// The quantized matmul kernel for m rows of x against n weight rows. On CPU adapters
     /// (lavapipe) the row-per-thread kernel, with x shared through subgroup broadcasts where the
-    /// adapter has subgroups (`main_rows_sg`; its wide shape for prompts, m >= 16): on lavapipe
+    /// adapter has subgroups (`main_rows_sg` in the shape for m, [`RowsSgShape::for_rows`]): on lavapipe
     /// it is 2-3x faster than `main_rows` at decode and 20x faster than `main_tiled` at pp32
     /// (docs/performance.md). On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows
     /// per workgroup, subgroup sums where there are subgroups), prompts the register-blocked tile
@@ -161,13 +161,13 @@ impl Gpu {
         let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows",
-            QmmPolicy::RowsSubgroup => self.rows_kernel(prompt),
+            QmmPolicy::RowsSubgroup => self.rows_kernel(m),
             QmmPolicy::Workgroup => "matmul_q",
             QmmPolicy::Tiled if prompt => "matmul_q_tiled",
             QmmPolicy::Gemm if prompt => "matmul_q_gemm",
             QmmPolicy::Matvec if decode => self.matvec_kernel(),
             // Otherwise the adapter's own choice for this m.
-            _ if self.cpu_adapter => self.rows_kernel(prompt),
+            _ if self.cpu_adapter => self.rows_kernel(m),
             _ if prompt => "matmul_q_gemm",
             _ if decode => self.matvec_kernel(),
             _ => "matmul_q",
@@ -189,24 +189,64 @@ impl Gpu {
         }
     }
 
-    /// The row-per-thread kernel: the one that shares x through subgroup broadcasts where every
-    /// subgroup of the adapter has the same 4 to 32 lanes (lavapipe: 8), else `main_rows`.
-    /// Native only, as the matvec's subgroup flavour.
-    fn rows_kernel(&self, prompt: bool) -> &'static str {
-        let r = &self.report;
-        let fixed = r.subgroups && r.subgroup_min_size == r.subgroup_max_size;
-        match (r.subgroup_max_size, prompt) {
-            _ if !fixed || cfg!(target_arch = "wasm32") => "matmul_q_rows",
-            (4, false) => "matmul_q_rows_sg4",
-            (4, true) => "matmul_q_rows_sg4_wide",
-            (8, false) => "matmul_q_rows_sg8",
-            (8, true) => "matmul_q_rows_sg8_wide",
-            (16, false) => "matmul_q_rows_sg16",
-            (16, true) => "matmul_q_rows_sg16_wide",
-            (32, false) => "matmul_q_rows_sg32",
-            (32, true) => "matmul_q_rows_sg32_wide",
+    /// The row-per-thread kernel: the one that shares x through subgroup broadcasts, in the
+    /// shape for m rows, where every subgroup of the adapter has the same 4 to 32 lanes
+    /// (lavapipe: 8), else `main_rows`. Native only, as the matvec's subgroup flavour.
+    fn rows_kernel(&self, m: u32) -> &'static str {
+        const NAMES: [(u32, [&str; 3]); 4] = [
+            (
+                4,
+                [
+                    "matmul_q_rows_sg4_m1",
+                    "matmul_q_rows_sg4",
+                    "matmul_q_rows_sg4_wide",
+                ],
+            ),
+            (
+                8,
+                [
+                    "matmul_q_rows_sg8_m1",
+                    "matmul_q_rows_sg8",
+                    "matmul_q_rows_sg8_wide",
+                ],
+            ),
+            (
+                16,
+                [
+                    "matmul_q_rows_sg16_m1",
+                    "matmul_q_rows_sg16",
+                    "matmul_q_rows_sg16_wide",
+                ],
+            ),
+            (
+                32,
+                [
+                    "matmul_q_rows_sg32_m1",
+                    "matmul_q_rows_sg32",
+                    "matmul_q_rows_sg32_wide",
+                ],
+            ),
+        ];
+        let shape = RowsSgShape::ALL
+            .iter()
+            .position(|s| *s == RowsSgShape::for_rows(m));
+        let lanes = self
+            .fixed_subgroup_lanes()
+            .filter(|_| cfg!(not(target_arch = "wasm32")));
+        match (
+            lanes.and_then(|l| NAMES.iter().find(|(n, _)| *n == l)),
+            shape,
+        ) {
+            (Some((_, names)), Some(i)) => names[i],
             _ => "matmul_q_rows",
         }
+    }
+
+    /// The lanes of every subgroup, where the adapter has subgroups of one size only (the
+    /// subgroup flavours of the CPU adapters' kernels unroll their broadcasts for it).
+    pub(crate) fn fixed_subgroup_lanes(&self) -> Option<u32> {
+        let r = &self.report;
+        (r.subgroups && r.subgroup_min_size == r.subgroup_max_size).then_some(r.subgroup_max_size)
     }
 
     /// Record y[m, y_off + n] = x[m, k] · Wᵀ for a weight in any supported GGUF format, one
@@ -270,10 +310,10 @@ impl Gpu {
             let groups = match flavour {
                 "matmul_q_rows" => self.grid(total.div_ceil(64)),
                 f if f.starts_with("matmul_q_rows_sg") => {
-                    let (rows_per_lane, x_rows) = ROWS_SG_SHAPES[f.ends_with("_wide") as usize];
+                    let shape = RowsSgShape::for_rows(m);
                     [
-                        (c.rows as u32).div_ceil(64 * rows_per_lane),
-                        m.div_ceil(x_rows),
+                        (c.rows as u32).div_ceil(64 * shape.rows_per_lane),
+                        m.div_ceil(shape.x_rows),
                         1,
                     ]
                 }

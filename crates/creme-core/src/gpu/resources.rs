@@ -303,7 +303,10 @@ pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
         let dynamic = ty == wgpu::BufferBindingType::Uniform;
         // A buffer may be declared twice under one binding with two element types (x as f32s
         // and as vec4s): one entry.
-        if entries.iter().any(|e: &wgpu::BindGroupLayoutEntry| e.binding == binding) {
+        if entries
+            .iter()
+            .any(|e: &wgpu::BindGroupLayoutEntry| e.binding == binding)
+        {
             continue;
         }
         entries.push(wgpu::BindGroupLayoutEntry {
