@@ -6,9 +6,9 @@
 // block's maximum is a subgroupMax per subgroup, then SG-lane partials; each lane reads one
 // weight per SG keys and broadcasts it to its subgroup while weighing the values
 // (`weigh_values`): 2.2x fewer loads per block, though on lavapipe only about 25% less time
-// (pp150: 7.4 s -> 4.3-5.7 s in attention). The registry prepends SG and the unrolled
-// helpers (WGSL wants the lane of `subgroupBroadcast` as a constant). Native only.
-const QL: u32 = 256u / SG; // query dimensions held per lane, head_dim up to 256
+// (pp150: 7.4 s -> 4.3-5.7 s in attention). The registry prepends SG, the head size HD and the
+// unrolled helpers (WGSL wants the lane of `subgroupBroadcast` as a constant). Native only.
+const QL: u32 = (HD + SG - 1u) / SG; // query dimensions held per lane
 var<workgroup> part_max: array<f32, 64>;
 
 @compute @workgroup_size(64, 1, 1)
@@ -20,7 +20,7 @@ fn main_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
     var ql: array<f32, QL>;
     for (var t = 0u; t < QL; t++) {
         let d = sgi + SG * t;
-        ql[t] = select(0.0, q[qr.qb + min(d, p.head_dim - 1u)], d < p.head_dim);
+        ql[t] = select(0.0, q[qr.qb + min(d, HD - 1u)], d < HD);
     }
     var run_max = -3.4e38;
     var run_sum = 0.0;
@@ -28,10 +28,10 @@ fn main_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
     for (var jb = qr.j0; jb <= qr.jq; jb += WG) {
         let j = jb + lid;
         // Lanes past the last key score key jq (every lane runs the broadcasts) and drop it.
-        let kb = (qr.b * p.ctx + min(j, qr.jq)) * qr.kvw + qr.kvh * p.head_dim;
+        let kb = (qr.b * p.ctx + min(j, qr.jq)) * qr.kvw + qr.kvh * HD;
         var dot = 0.0;
         for (var t = 0u; t < QL; t++) {
-            if (t * SG < p.head_dim) { dot += dot_q(ql[t], kb + t * SG); }
+            dot += dot_q(ql[t], kb + t * SG);
         }
         let s = select(-3.4e38, dot * p.scale, j <= qr.jq);
         let smax = subgroupMax(s);
@@ -46,7 +46,7 @@ fn main_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: ve
         let shrink = exp(run_max - block_max);
         acc *= shrink;
         let n = min(WG, qr.jq + 1u - jb);
-        let vb = (qr.b * p.ctx + jb) * qr.kvw + qr.kvh * p.head_dim + lid;
+        let vb = (qr.b * p.ctx + jb) * qr.kvw + qr.kvh * HD + lid;
         var block_sum = 0.0;
         for (var g = 0u; g < WG / SG; g++) {
             if (g * SG < n) {

@@ -45,12 +45,12 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 let src = rows_subgroup_source(lanes.parse().ok()?, shape)?;
                 return Some((quant_matmul_source(format)? + &src, "main_rows_sg"));
             }
-            if let Some(lanes) = name.strip_prefix("attention_sg") {
+            if let Some(rest) = name.strip_prefix("attention_sg") {
+                // "attention_sg{lanes}_d{head_dim}"
+                let (lanes, head_dim) = rest.split_once("_d")?;
                 let src = include_str!("../../../../shaders/attention.wgsl").to_string();
-                return Some((
-                    src + &attention_subgroup_source(lanes.parse().ok()?)?,
-                    "main_sg",
-                ));
+                let sg = attention_subgroup_source(lanes.parse().ok()?, head_dim.parse().ok()?)?;
+                return Some((src + &sg, "main_sg"));
             }
             let src = match name {
                 "rope" => include_str!("../../../../shaders/rope.wgsl"),
@@ -128,17 +128,20 @@ fn rows_subgroup_source(lanes: u32, shape: RowsSgShape) -> Option<String> {
     Some(src)
 }
 
-/// `main_sg` of the prompt attention for subgroups of `lanes` lanes: the subgroup size and its
-/// helpers with the broadcasts unrolled. `dot_q`: a query's SG dimensions spread over the
-/// subgroup (one per lane) dotted with a key's from `kb`. `weigh_values`: the weights of up to SG
-/// keys (one per lane, `count` of them real) applied to the values from `vb` (one key every
-/// `kvw`), this lane's output dimensions lid, lid + 64, ... into acc; returns their sum.
-fn attention_subgroup_source(lanes: u32) -> Option<String> {
-    if !matches!(lanes, 4 | 8 | 16 | 32) {
+/// `main_sg` of the prompt attention for subgroups of `lanes` lanes and heads of `head_dim`
+/// dimensions: both as constants, and its helpers with the broadcasts unrolled. `dot_q`: a
+/// query's SG dimensions spread over the subgroup (one per lane) dotted with a key's from `kb`.
+/// `weigh_values`: the weights of up to SG keys (one per lane, `count` of them real) applied to
+/// the values from `vb` (one key every `kvw`), this lane's output dimensions lid, lid + 64, ...
+/// into acc; returns their sum. A constant head_dim matters on CPU adapters, which run both
+/// sides of every branch: loops and guards sized for 256 dimensions cost Qwen's 64 four times.
+fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
+    if !matches!(lanes, 4 | 8 | 16 | 32) || head_dim == 0 || head_dim > 256 {
         return None;
     }
     let mut src = format!(
-        "const SG: u32 = {lanes}u;\nfn dot_q(v: f32, kb: u32) -> f32 {{\n    var a = 0.0;\n"
+        "const SG: u32 = {lanes}u;\nconst HD: u32 = {head_dim}u;\n\
+         fn dot_q(v: f32, kb: u32) -> f32 {{\n    var a = 0.0;\n"
     );
     for i in 0..lanes {
         src += &format!("    a = fma(subgroupBroadcast(v, {i}u), kc[kb + {i}u], a);\n");
@@ -151,10 +154,10 @@ fn attention_subgroup_source(lanes: u32) -> Option<String> {
              \x20       let wi = subgroupBroadcast(wl, {i}u);\n\
              \x20       let o = vb + {i}u * kvw;\n\
              \x20       sum += wi;\n\
-             \x20       if (lid < p.head_dim) {{ (*acc).x = fma(wi, vc[o], (*acc).x); }}\n\
-             \x20       if (lid + WG < p.head_dim) {{ (*acc).y = fma(wi, vc[o + WG], (*acc).y); }}\n\
-             \x20       if (lid + 2u * WG < p.head_dim) {{ (*acc).z = fma(wi, vc[o + 2u * WG], (*acc).z); }}\n\
-             \x20       if (lid + 3u * WG < p.head_dim) {{ (*acc).w = fma(wi, vc[o + 3u * WG], (*acc).w); }}\n\
+             \x20       if (lid < HD) {{ (*acc).x = fma(wi, vc[o], (*acc).x); }}\n\
+             \x20       if (WG < HD && lid + WG < HD) {{ (*acc).y = fma(wi, vc[o + WG], (*acc).y); }}\n\
+             \x20       if (2u * WG < HD && lid + 2u * WG < HD) {{ (*acc).z = fma(wi, vc[o + 2u * WG], (*acc).z); }}\n\
+             \x20       if (3u * WG < HD && lid + 3u * WG < HD) {{ (*acc).w = fma(wi, vc[o + 3u * WG], (*acc).w); }}\n\
              \x20   }}\n"
         );
     }

@@ -158,7 +158,7 @@ impl Gpu {
         let p = self.uniform("attention", &params);
         self.dispatch(
             enc,
-            self.attention_kernel(),
+            &self.attention_kernel(params.head_dim),
             &[q, k, v, pad, out],
             &p,
             self.grid(groups),
@@ -166,16 +166,16 @@ impl Gpu {
     }
 
     /// The prompt attention kernel: on CPU adapters whose subgroups have one size, the flavour
-    /// that shares what every lane reads through subgroup operations (native only).
-    fn attention_kernel(&self) -> &'static str {
-        let lanes = self.fixed_subgroup_lanes();
-        match lanes {
-            _ if !self.cpu_adapter || cfg!(target_arch = "wasm32") => "attention",
-            Some(4) => "attention_sg4",
-            Some(8) => "attention_sg8",
-            Some(16) => "attention_sg16",
-            Some(32) => "attention_sg32",
-            _ => "attention",
+    /// that shares what every lane reads through subgroup operations, built for the head size
+    /// (native only).
+    fn attention_kernel(&self, head_dim: u32) -> String {
+        match self.fixed_subgroup_lanes() {
+            Some(lanes @ (4 | 8 | 16 | 32))
+                if self.cpu_adapter && cfg!(not(target_arch = "wasm32")) =>
+            {
+                format!("attention_sg{lanes}_d{head_dim}")
+            }
+            _ => "attention".into(),
         }
     }
 
