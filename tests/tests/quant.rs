@@ -499,6 +499,12 @@ fn split_weight(
     raw: &[u8],
     per: usize,
 ) -> creme_core::gpu::GpuWeight {
-    gpu.upload_weight_in_chunks("split", t, rows, cols, raw, per)
-        .unwrap()
+    let part = creme_core::gpu::WeightUpload {
+        name: "split",
+        dtype: t,
+        rows,
+        cols,
+        bytes: raw,
+    };
+    gpu.upload_weight_in_chunks(&part, per).unwrap()
 }

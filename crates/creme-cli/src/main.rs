@@ -573,7 +573,7 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
     let dev = Device::open(opts)?;
     let kernel = dev
         .gpu()
-        .map_or("the CPU backend's", |g| g.qmm_kernel(m as u32, 4864));
+        .map_or("the CPU backend's".into(), |g| g.qmm_kernel(m as u32, 4864));
     println!(
         "quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864, kernel {kernel}",
         dev.describe()

@@ -2,6 +2,8 @@
 //! (the model's forward batches many ops into one submission); the async helpers run one op
 //! end to end (tests, the browser demo).
 
+use std::borrow::Cow;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::kernels::RowsSgShape;
@@ -156,21 +158,21 @@ impl Gpu {
     /// per workgroup, subgroup sums where there are subgroups), prompts the register-blocked tile
     /// kernel `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md
     /// has the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
-    pub fn qmm_kernel(&self, m: u32, _n: u32) -> &'static str {
+    pub fn qmm_kernel(&self, m: u32, _n: u32) -> Cow<'static, str> {
         let prompt = m >= QMM_TILED_MIN_ROWS;
         let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
-            QmmPolicy::Rows => "matmul_q_rows",
+            QmmPolicy::Rows => "matmul_q_rows".into(),
             QmmPolicy::RowsSubgroup => self.rows_kernel(m),
-            QmmPolicy::Workgroup => "matmul_q",
-            QmmPolicy::Tiled if prompt => "matmul_q_tiled",
-            QmmPolicy::Gemm if prompt => "matmul_q_gemm",
-            QmmPolicy::Matvec if decode => self.matvec_kernel(),
+            QmmPolicy::Workgroup => "matmul_q".into(),
+            QmmPolicy::Tiled if prompt => "matmul_q_tiled".into(),
+            QmmPolicy::Gemm if prompt => "matmul_q_gemm".into(),
+            QmmPolicy::Matvec if decode => self.matvec_kernel().into(),
             // Otherwise the adapter's own choice for this m.
             _ if self.cpu_adapter => self.rows_kernel(m),
-            _ if prompt => "matmul_q_gemm",
-            _ if decode => self.matvec_kernel(),
-            _ => "matmul_q",
+            _ if prompt => "matmul_q_gemm".into(),
+            _ if decode => self.matvec_kernel().into(),
+            _ => "matmul_q".into(),
         }
     }
 }
@@ -192,53 +194,12 @@ impl Gpu {
     /// The row-per-thread kernel: the one that shares x through subgroup broadcasts, in the
     /// shape for m rows, where every subgroup of the adapter has the same 4 to 32 lanes
     /// (lavapipe: 8), else `main_rows`. Native only, as the matvec's subgroup flavour.
-    fn rows_kernel(&self, m: u32) -> &'static str {
-        const NAMES: [(u32, [&str; 3]); 4] = [
-            (
-                4,
-                [
-                    "matmul_q_rows_sg4_m1",
-                    "matmul_q_rows_sg4",
-                    "matmul_q_rows_sg4_wide",
-                ],
-            ),
-            (
-                8,
-                [
-                    "matmul_q_rows_sg8_m1",
-                    "matmul_q_rows_sg8",
-                    "matmul_q_rows_sg8_wide",
-                ],
-            ),
-            (
-                16,
-                [
-                    "matmul_q_rows_sg16_m1",
-                    "matmul_q_rows_sg16",
-                    "matmul_q_rows_sg16_wide",
-                ],
-            ),
-            (
-                32,
-                [
-                    "matmul_q_rows_sg32_m1",
-                    "matmul_q_rows_sg32",
-                    "matmul_q_rows_sg32_wide",
-                ],
-            ),
-        ];
-        let shape = RowsSgShape::ALL
-            .iter()
-            .position(|s| *s == RowsSgShape::for_rows(m));
-        let lanes = self
-            .fixed_subgroup_lanes()
-            .filter(|_| cfg!(not(target_arch = "wasm32")));
-        match (
-            lanes.and_then(|l| NAMES.iter().find(|(n, _)| *n == l)),
-            shape,
-        ) {
-            (Some((_, names)), Some(i)) => names[i],
-            _ => "matmul_q_rows",
+    fn rows_kernel(&self, m: u32) -> Cow<'static, str> {
+        match self.fixed_subgroup_lanes() {
+            Some(lanes @ (4 | 8 | 16 | 32)) if cfg!(not(target_arch = "wasm32")) => {
+                format!("matmul_q_rows_sg{lanes}{}", RowsSgShape::for_rows(m).suffix).into()
+            }
+            _ => "matmul_q_rows".into(),
         }
     }
 
@@ -305,6 +266,7 @@ impl Gpu {
         }
         let flavour = self.qmm_kernel(m, w.rows as u32);
         let kernel = format!("{flavour}:{}", w.dtype.name());
+        let flavour = flavour.as_ref();
         for c in &w.chunks {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
             let groups = match flavour {

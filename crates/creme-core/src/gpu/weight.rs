@@ -106,29 +106,34 @@ impl Gpu {
                 limit: limit as u64,
             });
         }
-        self.upload_weight_in_chunks(name, dtype, rows, cols, bytes, rows_per_chunk)
+        let part = WeightUpload {
+            name,
+            dtype,
+            rows,
+            cols,
+            bytes,
+        };
+        self.upload_weight_in_chunks(&part, rows_per_chunk)
     }
 
     /// [`Gpu::upload_weight`] with `rows_per_chunk` rows in each buffer (tests split small
     /// weights with it the way a weight over the binding limit is split).
     pub fn upload_weight_in_chunks(
         &self,
-        name: &str,
-        dtype: GgmlType,
-        rows: usize,
-        cols: usize,
-        bytes: &[u8],
+        part: &WeightUpload<'_>,
         rows_per_chunk: usize,
     ) -> Result<GpuWeight, GpuError> {
-        check_bytes(name, dtype, rows, cols, bytes)?;
-        let gguf_row_bytes = dtype.row_bytes(cols);
+        let (t, rows) = (part.dtype, part.rows);
+        check_bytes(part.name, t, rows, part.cols, part.bytes)?;
+        let gguf_row_bytes = t.row_bytes(part.cols);
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
             let n = rows_per_chunk.max(1).min(rows - row0);
-            let data = &bytes[row0 * gguf_row_bytes..(row0 + n) * gguf_row_bytes];
+            let data = &part.bytes[row0 * gguf_row_bytes..(row0 + n) * gguf_row_bytes];
+            let label = format!("{}[{row0}..]", part.name);
             chunks.push(WeightChunk {
-                buffer: self.upload(&format!("{name}[{row0}..]"), &to_word_aligned(dtype, data)),
+                buffer: self.upload(&label, &to_word_aligned(t, data)),
                 row0,
                 rows: n,
                 byte_off: 0,
@@ -136,10 +141,10 @@ impl Gpu {
             row0 += n;
         }
         Ok(GpuWeight {
-            name: name.into(),
-            dtype,
+            name: part.name.into(),
+            dtype: t,
             rows,
-            cols,
+            cols: part.cols,
             chunks,
         })
     }
