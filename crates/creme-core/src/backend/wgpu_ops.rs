@@ -42,8 +42,8 @@ impl Gpu {
         qkv: &GpuWeight,
         x: &wgpu::Buffer,
         q: &wgpu::Buffer,
-        kc: &wgpu::Buffer,
-        vc: &wgpu::Buffer,
+        kc: &Tensor,
+        vc: &Tensor,
     ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let joined = self.workspace("qkv", words(rows * qkv.rows));
@@ -61,39 +61,13 @@ impl Gpu {
                 ..Default::default()
             },
         )?;
-        let bias = match &w.qkv_bias {
-            Some(b) => b.wgpu()?,
-            None => x,
-        };
-        let params = QkvRopeParams {
-            rows: rows as u32,
-            t: st.t as u32,
-            q_heads: s.n_heads as u32,
-            kv_heads: s.n_kv_heads as u32,
-            head_dim: s.head_dim as u32,
-            style: s.interleaved_rope as u32,
-            has_bias: w.qkv_bias.is_some() as u32,
-            capacity: st.capacity as u32,
-            cache_len: st.cache_len as u32,
-            _p: [0; 3],
-        };
-        self.encode_qkv_rope(
-            enc,
-            &joined,
-            bias,
-            st.pos.wgpu()?,
-            st.rope.wgpu()?,
-            q,
-            kc,
-            vc,
-            params,
-        );
-        Ok(())
+        let bias = w.qkv_bias.as_ref().map(|b| b.wgpu()).transpose()?;
+        self.rope_into_cache(enc, &joined, bias, s, st, q, kc, vc)
     }
 
     /// As [`Gpu::encode_qkv_joined`] for projections stored apart (formats that cannot share a
-    /// buffer): three matmuls (each with the norm folded in), one rope pass, and copies into the
-    /// cache.
+    /// buffer): three matmuls (each with the norm and its bias folded in) write their columns of
+    /// one [q | k | v] workspace, then the same rope and cache write.
     #[allow(clippy::too_many_arguments)]
     fn encode_qkv_apart(
         &self,
@@ -103,87 +77,60 @@ impl Gpu {
         st: &AttnStep<'_>,
         x: &wgpu::Buffer,
         q: &wgpu::Buffer,
-        kc: &wgpu::Buffer,
-        vc: &wgpu::Buffer,
+        kc: &Tensor,
+        vc: &Tensor,
     ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
-        let kvw = s.n_kv_heads * s.head_dim;
-        let (k, v) = (
-            self.workspace("k", words(rows * kvw)),
-            self.workspace("v", words(rows * kvw)),
-        );
-        let (qb, kb, vb) = (
-            bias_of(&w.q_bias)?,
-            bias_of(&w.k_bias)?,
-            bias_of(&w.v_bias)?,
-        );
+        let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
+        let width = qw + 2 * kvw;
+        let joined = self.workspace("qkv", words(rows * width));
         let norm = Some((w.attn_norm.wgpu()?, s.rms_eps));
-        self.matmul_into(
-            enc,
-            x,
-            &w.q,
-            q,
-            rows,
-            Fusion {
-                bias: qb,
+        for (proj, bias, col0) in [
+            (&w.q, &w.q_bias, 0),
+            (&w.k, &w.k_bias, qw),
+            (&w.v, &w.v_bias, qw + kvw),
+        ] {
+            let fuse = Fusion {
+                bias: bias_of(bias)?,
                 norm,
                 ..Default::default()
-            },
-        )?;
-        self.matmul_into(
-            enc,
-            x,
-            &w.k,
-            &k,
-            rows,
-            Fusion {
-                bias: kb,
-                norm,
-                ..Default::default()
-            },
-        )?;
-        self.matmul_into(
-            enc,
-            x,
-            &w.v,
-            &v,
-            rows,
-            Fusion {
-                bias: vb,
-                norm,
-                ..Default::default()
-            },
-        )?;
-        let (pos, rope) = (st.pos.wgpu()?, st.rope.wgpu()?);
-        self.encode_rope(
-            enc,
-            q,
-            &k,
-            pos,
-            rope,
-            rows as u32,
-            s.n_heads as u32,
-            s.n_kv_heads as u32,
-            s.head_dim as u32,
-            s.interleaved_rope,
-        );
-        for b in 0..st.active {
-            let dst = words((b * st.capacity + st.cache_len) * kvw);
-            enc.encoder().copy_buffer_to_buffer(
-                &k,
-                words(b * st.t * kvw),
-                kc,
-                dst,
-                words(st.t * kvw),
-            );
-            enc.encoder().copy_buffer_to_buffer(
-                &v,
-                words(b * st.t * kvw),
-                vc,
-                dst,
-                words(st.t * kvw),
-            );
+            };
+            let (m, ldy) = (rows as u32, width as u32);
+            self.encode_matmul_quant(enc, x, proj.wgpu()?, &joined, m, ldy, col0 as u32, fuse)?;
         }
+        self.rope_into_cache(enc, &joined, None, s, st, q, kc, vc)
+    }
+
+    /// Bias (where given), rope and the cache write of one [q | k | v] row per token: queries
+    /// into `q`, keys and values into the cache at the chunk's positions (shaders/qkv_rope.wgsl).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_into_cache(
+        &self,
+        enc: &mut crate::gpu::Recorder,
+        joined: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        s: &BlockShape,
+        st: &AttnStep<'_>,
+        q: &wgpu::Buffer,
+        kc: &Tensor,
+        vc: &Tensor,
+    ) -> Result<(), ModelError> {
+        let params = QkvRopeParams {
+            rows: (st.active * st.t) as u32,
+            t: st.t as u32,
+            q_heads: s.n_heads as u32,
+            kv_heads: s.n_kv_heads as u32,
+            head_dim: s.head_dim as u32,
+            style: s.interleaved_rope as u32,
+            has_bias: bias.is_some() as u32,
+            capacity: st.capacity as u32,
+            cache_len: st.cache_len as u32,
+            _p: [0; 3],
+        };
+        let (pos, table) = (st.pos.wgpu()?, st.rope.wgpu()?);
+        let bias = bias.unwrap_or(joined);
+        let (kc, vc) = (kc.wgpu()?, vc.wgpu()?);
+        self.encode_qkv_rope(enc, joined, bias, pos, table, q, kc, vc, params);
         Ok(())
     }
 
@@ -378,12 +325,13 @@ impl Backend for Gpu {
             self.workspace("q", words(rows * qw)),
             self.workspace("att", words(rows * qw)),
         );
-        let (xb, kc, vc) = (x.wgpu()?, kv.k.wgpu()?, kv.v.wgpu()?);
+        let xb = x.wgpu()?;
+        let (kc, vc) = (kv.k.wgpu()?, kv.v.wgpu()?);
         let pad = st.pad.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
             match GpuWeight::joined(&[w.q.wgpu()?, w.k.wgpu()?, w.v.wgpu()?]) {
-                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, xb, &q, kc, vc)?,
-                None => self.encode_qkv_apart(enc, w, s, st, xb, &q, kc, vc)?,
+                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, xb, &q, &kv.k, &kv.v)?,
+                None => self.encode_qkv_apart(enc, w, s, st, xb, &q, &kv.k, &kv.v)?,
             }
             let params = AttentionParams {
                 batch: st.active as u32,

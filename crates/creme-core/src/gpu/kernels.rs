@@ -53,7 +53,6 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 return Some((src + &sg, "main_sg"));
             }
             let src = match name {
-                "rope" => include_str!("../../../../shaders/rope.wgsl"),
                 "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
                 "attention" => include_str!("../../../../shaders/attention.wgsl"),
                 "attn_split" | "attn_merge" => {

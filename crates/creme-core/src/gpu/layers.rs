@@ -7,17 +7,6 @@ use bytemuck::{Pod, Zeroable};
 
 use super::Gpu;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct RopeParams {
-    rows: u32,
-    q_heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    style: u32,
-    _p: [u32; 3],
-}
-
 /// Where the joined projections of a chunk go (see `shaders/qkv_rope.wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -76,43 +65,6 @@ struct EwParams {
 pub const MAX_ATTENTION_HEAD_DIM: usize = 256;
 
 impl Gpu {
-    /// In-place rotary embedding of `rows` rows of queries (`q_heads` heads) and keys (`kv_heads`
-    /// heads), one dispatch; `interleaved` selects the pairing.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn encode_rope(
-        &self,
-        enc: &mut crate::gpu::Recorder,
-        q: &wgpu::Buffer,
-        k: &wgpu::Buffer,
-        pos: &wgpu::Buffer,
-        table: &wgpu::Buffer,
-        rows: u32,
-        q_heads: u32,
-        kv_heads: u32,
-        head_dim: u32,
-        interleaved: bool,
-    ) {
-        let p = self.uniform(
-            "rope",
-            &RopeParams {
-                rows,
-                q_heads,
-                kv_heads,
-                head_dim,
-                style: interleaved as u32,
-                _p: [0; 3],
-            },
-        );
-        let n = rows * (q_heads + kv_heads) * head_dim / 2;
-        self.dispatch(
-            enc,
-            "rope",
-            &[q, k, pos, table],
-            &p,
-            self.grid(n.div_ceil(64)),
-        );
-    }
-
     /// Bias and rope of the joined projections `qkv`: queries into `q`, keys and values into the
     /// cache; one dispatch. `bias` is read only when `params.has_bias` is 1.
     #[allow(clippy::too_many_arguments)]
