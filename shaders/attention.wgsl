@@ -7,9 +7,11 @@
 // memory (the browser's limit is 16 KiB).
 // GQA: query head h reads kv head h / (heads / kv_heads).
 struct Params { batch: u32, t: u32, heads: u32, kv_heads: u32, head_dim: u32, ctx: u32, p0: u32, scale: f32 }
+// The KV cache's element type: the kernel registry's _kv16 variant makes it f16.
+alias KV = f32;
 @group(0) @binding(0) var<storage, read> q: array<f32>;       // [B*T, heads, head_dim]
-@group(0) @binding(1) var<storage, read> kc: array<f32>;      // [B, ctx, kv_heads*head_dim]
-@group(0) @binding(2) var<storage, read> vc: array<f32>;      // [B, ctx, kv_heads*head_dim]
+@group(0) @binding(1) var<storage, read> kc: array<KV>;       // [B, ctx, kv_heads*head_dim]
+@group(0) @binding(2) var<storage, read> vc: array<KV>;       // [B, ctx, kv_heads*head_dim]
 @group(0) @binding(3) var<storage, read> pad: array<u32>;     // [B] left-pad length
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [B*T, heads, head_dim]
 @group(0) @binding(5) var<uniform> p: Params;
@@ -56,7 +58,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         if (j <= qr.jq) {
             let kb = (qr.b * p.ctx + j) * qr.kvw + qr.kvh * p.head_dim;
             var dot = 0.0;
-            for (var d = 0u; d < p.head_dim; d++) { dot = fma(q[qr.qb + d], kc[kb + d], dot); }
+            for (var d = 0u; d < p.head_dim; d++) { dot = fma(q[qr.qb + d], f32(kc[kb + d]), dot); }
             s = dot * p.scale;
         }
         scores[lid] = s;
@@ -76,10 +78,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
             let wi = weights[i];
             block_sum += wi;
             let vb = (qr.b * p.ctx + jb + i) * qr.kvw + qr.kvh * p.head_dim + lid;
-            if (lid < p.head_dim) { acc.x = fma(wi, vc[vb], acc.x); }
-            if (lid + WG < p.head_dim) { acc.y = fma(wi, vc[vb + WG], acc.y); }
-            if (lid + 2u * WG < p.head_dim) { acc.z = fma(wi, vc[vb + 2u * WG], acc.z); }
-            if (lid + 3u * WG < p.head_dim) { acc.w = fma(wi, vc[vb + 3u * WG], acc.w); }
+            if (lid < p.head_dim) { acc.x = fma(wi, f32(vc[vb]), acc.x); }
+            if (lid + WG < p.head_dim) { acc.y = fma(wi, f32(vc[vb + WG]), acc.y); }
+            if (lid + 2u * WG < p.head_dim) { acc.z = fma(wi, f32(vc[vb + 2u * WG]), acc.z); }
+            if (lid + 3u * WG < p.head_dim) { acc.w = fma(wi, f32(vc[vb + 3u * WG]), acc.w); }
         }
         run_sum = run_sum * shrink + block_sum;
         run_max = block_max;

@@ -6,9 +6,11 @@
 // context (14 workgroups for Qwen2.5-0.5B at decode), the splits spread it over the GPU.
 // GQA: query head h reads kv head h / (heads / kv_heads).
 struct Params { batch: u32, heads: u32, kv_heads: u32, head_dim: u32, ctx: u32, p0: u32, scale: f32, splits: u32 }
+// The KV cache's element type: the kernel registry's _kv16 variant makes it f16.
+alias KV = f32;
 @group(0) @binding(0) var<storage, read> q: array<f32>;          // [B, heads, head_dim]
-@group(0) @binding(1) var<storage, read> kc: array<f32>;         // [B, ctx, kv_heads*head_dim]
-@group(0) @binding(2) var<storage, read> vc: array<f32>;         // [B, ctx, kv_heads*head_dim]
+@group(0) @binding(1) var<storage, read> kc: array<KV>;          // [B, ctx, kv_heads*head_dim]
+@group(0) @binding(2) var<storage, read> vc: array<KV>;          // [B, ctx, kv_heads*head_dim]
 @group(0) @binding(3) var<storage, read> pad: array<u32>;        // [B] left-pad length
 @group(0) @binding(4) var<storage, read_write> part: array<f32>; // [B, heads, splits, 2 + head_dim]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // [B, heads, head_dim]
@@ -36,9 +38,9 @@ fn attn_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         var d = 0u;
         for (; d + 4u <= p.head_dim; d += 4u) {
             sc += dot(vec4<f32>(q[qb + d], q[qb + d + 1u], q[qb + d + 2u], q[qb + d + 3u]),
-                      vec4<f32>(kc[kb + d], kc[kb + d + 1u], kc[kb + d + 2u], kc[kb + d + 3u]));
+                      vec4<f32>(f32(kc[kb + d]), f32(kc[kb + d + 1u]), f32(kc[kb + d + 2u]), f32(kc[kb + d + 3u])));
         }
-        for (; d < p.head_dim; d++) { sc = fma(q[qb + d], kc[kb + d], sc); }
+        for (; d < p.head_dim; d++) { sc = fma(q[qb + d], f32(kc[kb + d]), sc); }
         s = sc * p.scale;
     }
     if (lid < CH) { weights_d[lid] = s; }
@@ -67,7 +69,7 @@ fn attn_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     for (var d = lid; d < p.head_dim; d += WG) {
         var acc = 0.0;
         for (var i = 0u; i < n; i++) {
-            acc = fma(weights_d[i], vc[(b * p.ctx + k0 + i) * kvw + kvh * p.head_dim + d], acc);
+            acc = fma(weights_d[i], f32(vc[(b * p.ctx + k0 + i) * kvw + kvh * p.head_dim + d]), acc);
         }
         part[pb + 2u + d] = acc;
     }

@@ -7,13 +7,15 @@ struct Params {
     head_dim: u32, style: u32, has_bias: u32, capacity: u32,
     cache_len: u32, _p0: u32, _p1: u32, _p2: u32,
 }
+// The KV cache's element type: the kernel registry's _kv16 variant makes it f16.
+alias KV = f32;
 @group(0) @binding(0) var<storage, read> qkv: array<f32>;      // [rows, (q_heads + 2 kv_heads) * head_dim]
 @group(0) @binding(1) var<storage, read> bias: array<f32>;     // [(q_heads + 2 kv_heads) * head_dim]
 @group(0) @binding(2) var<storage, read> pos: array<u32>;      // rope position of each row
 @group(0) @binding(3) var<storage, read> table: array<f32>;    // [pos][head_dim/2][cos, sin]
 @group(0) @binding(4) var<storage, read_write> q: array<f32>;  // [rows, q_heads * head_dim]
-@group(0) @binding(5) var<storage, read_write> kc: array<f32>; // [batch, capacity, kv_heads * head_dim]
-@group(0) @binding(6) var<storage, read_write> vc: array<f32>; // as kc
+@group(0) @binding(5) var<storage, read_write> kc: array<KV>;  // [batch, capacity, kv_heads * head_dim]
+@group(0) @binding(6) var<storage, read_write> vc: array<KV>;  // as kc
 @group(0) @binding(7) var<uniform> p: Params;
 
 fn value(row: u32, col: u32) -> f32 {
@@ -39,7 +41,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let crow = ((row / p.t) * p.capacity + p.cache_len + row % p.t) * kvw;
     if (e >= pairs) {
         let j = e - pairs;
-        vc[crow + j] = value(row, qw + kvw + j);
+        vc[crow + j] = KV(value(row, qw + kvw + j));
         return;
     }
     let h = e / half;
@@ -60,7 +62,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
         let base = (h - p.q_heads) * p.head_dim;
         let x0 = value(row, qw + base + a);
         let x1 = value(row, qw + base + b);
-        kc[crow + base + a] = x0 * c - x1 * s;
-        kc[crow + base + b] = x1 * c + x0 * s;
+        kc[crow + base + a] = KV(x0 * c - x1 * s);
+        kc[crow + base + b] = KV(x1 * c + x0 * s);
     }
 }

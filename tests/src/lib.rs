@@ -43,9 +43,36 @@ pub fn device_on(backend: &str) -> Device {
     match backend {
         "cpu" => Device::Cpu(creme_core::backend::cpu::CpuBackend::new()),
         "cpu-exact" => Device::Cpu(creme_core::backend::cpu::CpuBackend::exact()),
+        // wgpu on Vulkan without shader-f16 (an f32 KV cache).
+        "vulkan-f32" => {
+            let mut o = creme_core::GpuOptions::from_env();
+            o.backends = Some("vulkan".into());
+            o.force_f32 = true;
+            Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
+        }
         wgpu => {
             Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}")))
         }
+    }
+}
+
+/// `values` rounded to the nearest f16s: what an f16 KV cache holds of them, and an f32 one
+/// exactly (so a CPU reference and a GPU with either cache start from the same keys and values).
+pub fn f16_exact(values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// Largest difference a test allows between a wgpu result and the CPU backend's (f32 mode)
+/// after attention over `dev`'s KV cache: f32 rounding, or f16's (2^-11 relative) on keys and
+/// values the GPU rounds as it writes them.
+pub fn kv_tolerance(dev: &Device, f32_tolerance: f32) -> f32 {
+    use creme_core::backend::{Backend, DType};
+    match dev.kv_dtype() {
+        DType::F16 => 1.5e-3,
+        _ => f32_tolerance,
     }
 }
 

@@ -11,7 +11,7 @@ use creme_core::hooks::Hooks;
 use creme_core::model::gguf_write::requantize;
 use creme_core::model::{GgmlType, Logits, Model};
 use creme_tests::tiny::tiny_gguf_arch;
-use creme_tests::{device_on, model_path, random_blocks, ALL_TYPES};
+use creme_tests::{device_on, f16_exact, kv_tolerance, model_path, random_blocks, ALL_TYPES};
 
 /// Largest |a - b| over the largest |b| (robust where single values are near zero).
 fn scaled_err(a: &[f32], b: &[f32]) -> f32 {
@@ -186,33 +186,37 @@ fn assert_same_greedy(what: &str, cpu: &[u32], gpu: &[u32], gpu_margins: &[f32],
     }
 }
 
-/// The tiny models (f32 weights: the same function on both backends; Q8_0 and Q4_0: int8
-/// activations on the CPU) for both rope styles.
+/// The tiny models (f32 weights: the same function on both backends, to f32 rounding with an f32
+/// KV cache and f16's with an f16 one; Q8_0 and Q4_0: int8 activations on the CPU) for both rope
+/// styles.
 #[test]
 fn tiny_models_agree_across_backends() {
-    let (cpu, gpu) = pair();
-    for arch in ["qwen2", "llama"] {
-        let f32_file = tiny_gguf_arch(arch);
-        for (t, tol) in [
-            (GgmlType::F32, 1e-4f32),
-            (GgmlType::Q8_0, 3e-2),
-            (GgmlType::Q4_0, 3e-2),
-        ] {
-            let file = if t == GgmlType::F32 {
-                f32_file.clone()
-            } else {
-                requantize(&f32_file, t).unwrap()
-            };
-            let prompt = "def add(a, b):\n    return a + b\n";
-            let (lc, tc, _) = run(&cpu, &file, prompt, 12);
-            let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
-            let err = scaled_err(&lc, &lg);
-            assert!(
-                err < tol,
-                "{arch} {}: logits differ by {err:.2e} (tolerance {tol:.0e})",
-                t.name()
-            );
-            assert_same_greedy(&format!("{arch} {}", t.name()), &tc, &tg, &mg, 0.05);
+    let cpu = device_on("cpu");
+    for gpu in [device_on("vulkan"), device_on("vulkan-f32")] {
+        for arch in ["qwen2", "llama"] {
+            let f32_file = tiny_gguf_arch(arch);
+            for (t, tol) in [
+                (GgmlType::F32, kv_tolerance(&gpu, 1e-4)),
+                (GgmlType::Q8_0, 3e-2),
+                (GgmlType::Q4_0, 3e-2),
+            ] {
+                let file = if t == GgmlType::F32 {
+                    f32_file.clone()
+                } else {
+                    requantize(&f32_file, t).unwrap()
+                };
+                let prompt = "def add(a, b):\n    return a + b\n";
+                let (lc, tc, _) = run(&cpu, &file, prompt, 12);
+                let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
+                let err = scaled_err(&lc, &lg);
+                assert!(
+                    err < tol,
+                    "{arch} {} ({:?} KV cache): logits differ by {err:.2e} (tolerance {tol:.0e})",
+                    t.name(),
+                    gpu.kv_dtype()
+                );
+                assert_same_greedy(&format!("{arch} {}", t.name()), &tc, &tg, &mg, 0.05);
+            }
         }
     }
 }
@@ -341,17 +345,23 @@ fn logprob_trace_agrees_across_backends() {
 }
 
 /// The CPU backend's exact mode (`cpu-exact`: weights dequantized, f32 activations) computes what
-/// wgpu computes for quantized weights.
+/// wgpu computes for quantized weights (to f16 rounding where wgpu's KV cache is f16).
 #[test]
 fn cpu_exact_mode_matches_wgpu_on_quantized_weights() {
-    let (exact, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let exact = device_on("cpu-exact");
     let file = requantize(&tiny_gguf_arch("qwen2"), GgmlType::Q4_0).unwrap();
     let prompt = "def add(a, b):\n    return a + b\n";
     let (le, te, _) = run(&exact, &file, prompt, 12);
-    let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
-    let err = scaled_err(&le, &lg);
-    assert!(err < 1e-4, "cpu-exact vs wgpu: logits differ by {err:.2e}");
-    assert_same_greedy("cpu-exact Q4_0", &te, &tg, &mg, 1e-3);
+    for gpu in [device_on("vulkan"), device_on("vulkan-f32")] {
+        let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
+        let err = scaled_err(&le, &lg);
+        let kv = gpu.kv_dtype();
+        assert!(
+            err < kv_tolerance(&gpu, 1e-4),
+            "cpu-exact vs wgpu ({kv:?} KV cache): logits differ by {err:.2e}"
+        );
+        assert_same_greedy("cpu-exact Q4_0", &te, &tg, &mg, 1e-3);
+    }
 }
 
 /// Issue 15's resource cache: after warm-up, a decoded token on wgpu makes no buffer, no bind group
@@ -439,10 +449,11 @@ fn a_decoded_token_reuses_every_gpu_object() {
 }
 
 /// The attention block on wgpu with the projections joined in one buffer (one matmul, then bias,
-/// rope and the cache writes in one kernel) and stored apart (three matmuls, a rope pass and
-/// copies), against the CPU backend: GQA 4:1 with head_dim 8, both rope styles, with and without
-/// biases, two sequences of 5 new tokens entering a cache that already holds 3 (the CPU backend
-/// in f32 mode, within 1e-4). Mixed Q5_0/Q8_0
+/// rope and the cache writes in one kernel) and stored apart (three matmuls into one workspace,
+/// then the same kernel), against the CPU backend: GQA 4:1 with head_dim 8, both rope styles, with
+/// and without biases, two sequences of 5 new tokens entering a cache that already holds 3 (the
+/// CPU backend in f32 mode, within 1e-4 with an f32 KV cache and f16 rounding with an f16 one,
+/// lavapipe's default). Mixed Q5_0/Q8_0
 /// projections are joined by repacking as Q8_0 (lossless: the joined and apart results agree to
 /// float rounding).
 #[test]
@@ -450,7 +461,8 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
     use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights, Tensor};
     use creme_core::gpu::WeightUpload;
     // The reference is the CPU backend in its f32 mode (the default mode quantizes activations).
-    let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
+    let cpu = device_on("cpu-exact");
+    let gpus = [device_on("vulkan"), device_on("vulkan-f32")];
     let (d, heads, kv_heads, hd, batch, t, cache_len, cap) = (
         64usize, 4usize, 1usize, 8usize, 2usize, 5usize, 3usize, 11usize,
     );
@@ -480,8 +492,8 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
         let (norm, x0) = (rng.vec_f32(d), rng.vec_f32(batch * t * d));
         let biases: Vec<Vec<f32>> = [qw, kvw, kvw].iter().map(|&n| rng.vec_f32(n)).collect();
         let (k0, v0) = (
-            rng.vec_f32(batch * cap * kvw),
-            rng.vec_f32(batch * cap * kvw),
+            f16_exact(rng.vec_f32(batch * cap * kvw)),
+            f16_exact(rng.vec_f32(batch * cap * kvw)),
         );
         let pos: Vec<u32> = (0..batch * t).map(|r| (cache_len + r % t) as u32).collect();
         let rope: Vec<f32> = (0..cap * hd / 2)
@@ -551,8 +563,8 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
             };
             let mut x = dev.upload("x", batch * t, d, &x0).unwrap();
             let mut kv = KvLayer {
-                k: dev.upload("k", batch * cap, kvw, &k0).unwrap(),
-                v: dev.upload("v", batch * cap, kvw, &v0).unwrap(),
+                k: dev.kv_tensor("k", batch * cap, kvw, Some(&k0)).unwrap(),
+                v: dev.kv_tensor("v", batch * cap, kvw, Some(&v0)).unwrap(),
             };
             let (pos_t, pad_t): (Tensor, Tensor) = (
                 dev.upload_u32("pos", &pos).unwrap(),
@@ -582,36 +594,43 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
             )
         };
         let want = run(&cpu, false);
-        let what = format!("{formats:?} interleaved={interleaved} bias={with_bias}");
-        let apart = run(&gpu, false);
-        let joined = run(&gpu, true);
-        for (name, got) in [("apart", &apart), ("joined", &joined)] {
-            let errs: Vec<(&str, f32)> = [
-                ("x", &got.0, &want.0),
-                ("k cache", &got.1, &want.1),
-                ("v cache", &got.2, &want.2),
-            ]
-            .iter()
-            .map(|(p, g, c)| (*p, scaled_err(g, c)))
-            .collect();
-            assert!(
-                errs.iter().all(|e| e.1 < 1e-4),
-                "{what} {name}: differs from the CPU backend by {errs:?}"
+        for gpu in &gpus {
+            let what = format!(
+                "{formats:?} interleaved={interleaved} bias={with_bias}, {:?} cache",
+                gpu.kv_dtype()
+            );
+            let apart = run(gpu, false);
+            let joined = run(gpu, true);
+            for (name, got) in [("apart", &apart), ("joined", &joined)] {
+                let errs: Vec<(&str, f32)> = [
+                    ("x", &got.0, &want.0),
+                    ("k cache", &got.1, &want.1),
+                    ("v cache", &got.2, &want.2),
+                ]
+                .iter()
+                .map(|(p, g, c)| (*p, scaled_err(g, c)))
+                .collect();
+                let tol = kv_tolerance(gpu, 1e-4);
+                assert!(
+                    errs.iter().all(|e| e.1 < tol),
+                    "{what} {name}: differs from the CPU backend by {errs:?}"
+                );
+            }
+            let err = scaled_err(&joined.0, &apart.0)
+                .max(scaled_err(&joined.1, &apart.1))
+                .max(scaled_err(&joined.2, &apart.2));
+            let tol = kv_tolerance(gpu, 1e-5);
+            assert!(err < tol, "{what}: joined and apart differ by {err:.2e}");
+            // The norm is folded into the projections. Joined: one projection matmul and one
+            // bias/rope/cache kernel instead of three and that kernel; K-quants cannot share a buffer
+            // with Q8_0, so that group stays apart. Then attention and the O projection.
+            let can_join = formats[0] != GgmlType::Q4K;
+            assert_eq!(
+                (apart.3, joined.3),
+                (6, if can_join { 4 } else { 6 }),
+                "{what}: dispatches apart / joined"
             );
         }
-        let err = scaled_err(&joined.0, &apart.0)
-            .max(scaled_err(&joined.1, &apart.1))
-            .max(scaled_err(&joined.2, &apart.2));
-        assert!(err < 1e-5, "{what}: joined and apart differ by {err:.2e}");
-        // The norm is folded into the projections. Joined: one projection matmul and one
-        // bias/rope/cache kernel instead of three and a rope pass; K-quants cannot share a buffer
-        // with Q8_0, so that group stays apart. Then attention and the O projection.
-        let can_join = formats[0] != GgmlType::Q4K;
-        assert_eq!(
-            (apart.3, joined.3),
-            (6, if can_join { 4 } else { 6 }),
-            "{what}: dispatches apart / joined"
-        );
     }
 }
 
@@ -619,24 +638,28 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
 /// several blocks and more than the 4,096 positions the kernel once held in workgroup memory,
 /// with left padding, a chunk of several queries, GQA and head dimensions that are not a
 /// multiple of the 64 threads, agree with the CPU backend in f32 mode; so does decode (one query)
-/// through both the one-pass kernel and the split over the context.
+/// through both the one-pass kernel and the split over the context; with an f16 KV cache
+/// (lavapipe's default) and an f32 one.
 #[test]
 fn attention_over_long_contexts_agrees_with_cpu() {
     use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights};
     let cpu = device_on("cpu-exact");
     // Decode (one query per sequence) runs split over the context on GPUs; both ways here. The
     // prompt kernel with and without subgroups (lavapipe takes the subgroup flavour).
-    let gpu_split = |split: bool, no_subgroups: bool| {
+    let gpu_split = |split: bool, no_subgroups: bool, force_f32: bool| {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());
         o.split_attention = Some(split);
         o.no_subgroups = no_subgroups;
+        o.force_f32 = force_f32;
         Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
     };
     let gpus = [
-        gpu_split(false, false),
-        gpu_split(true, false),
-        gpu_split(false, true),
+        gpu_split(false, false, false),
+        gpu_split(true, false, false),
+        gpu_split(false, true, false),
+        gpu_split(false, false, true),
+        gpu_split(true, false, true),
     ];
     let mut rng = SplitMix64(77);
     for (cache_len, hd, heads, kv_heads, t) in [
@@ -671,8 +694,8 @@ fn attention_over_long_contexts_agrees_with_cpu() {
         );
         let (norm, x0) = (rng.vec_f32(d), rng.vec_f32(batch * t * d));
         let (k0, v0) = (
-            rng.vec_f32(batch * cap * kvw),
-            rng.vec_f32(batch * cap * kvw),
+            f16_exact(rng.vec_f32(batch * cap * kvw)),
+            f16_exact(rng.vec_f32(batch * cap * kvw)),
         );
         let pos: Vec<u32> = (0..batch * t).map(|r| (cache_len + r % t) as u32).collect();
         let rope: Vec<f32> = (0..cap * hd / 2)
@@ -706,8 +729,8 @@ fn attention_over_long_contexts_agrees_with_cpu() {
             };
             let mut x = dev.upload("x", batch * t, d, &x0).unwrap();
             let mut kv = KvLayer {
-                k: dev.upload("k", batch * cap, kvw, &k0).unwrap(),
-                v: dev.upload("v", batch * cap, kvw, &v0).unwrap(),
+                k: dev.kv_tensor("k", batch * cap, kvw, Some(&k0)).unwrap(),
+                v: dev.kv_tensor("v", batch * cap, kvw, Some(&v0)).unwrap(),
             };
             let (pos_t, pad_t) = (
                 dev.upload_u32("pos", &pos).unwrap(),
@@ -729,11 +752,13 @@ fn attention_over_long_contexts_agrees_with_cpu() {
         };
         let want = run(&cpu);
         let ways = ["one pass", "split", "one pass, no subgroups"];
-        assert_eq!(gpus.len(), ways.len());
-        for (gpu, split) in gpus.iter().zip(ways) {
+        let ways = ways.iter().chain(&ways[..2]);
+        assert_eq!(gpus.len(), ways.clone().count());
+        for (gpu, way) in gpus.iter().zip(ways) {
             let err = scaled_err(&run(gpu), &want);
+            let split = format!("{way}, {:?} cache", gpu.kv_dtype());
             assert!(
-                err < 1e-4,
+                err < kv_tolerance(gpu, 1e-4),
                 "context {cache_len} + {t}, head_dim {hd}, {split}: differs from the CPU backend by {err:.2e}"
             );
         }

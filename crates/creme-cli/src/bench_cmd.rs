@@ -310,13 +310,14 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: BenchArgs) -> Res {
     let tokens = model.tokenizer.encode(&text)?;
     let mut rows = Rows { print: !a.json };
     let adapter = dev.gpu().map(|g| json!(g.report)).unwrap_or(json!(null));
-    let mut doc = json!({"model": path, "backend": dev.kind(), "device": dev.describe(), "adapter": adapter, "load_s": load_s});
+    let kv_cache = format!("{:?}", dev.kv_dtype()).to_lowercase();
+    let mut doc = json!({"model": path, "backend": dev.kind(), "device": dev.describe(), "adapter": adapter, "kv_cache": kv_cache, "load_s": load_s});
     if !a.json {
         let features = dev
             .gpu()
             .map(|g| {
                 format!(
-                    "; shader-f16 {}, subgroups {}",
+                    "; shader-f16 {}, subgroups {}, KV cache {kv_cache}",
                     g.report.shader_f16, g.report.subgroups
                 )
             })

@@ -50,7 +50,7 @@ struct GpuFlags {
     /// Require an adapter whose name contains this text (e.g. llvmpipe, nvidia)
     #[arg(long)]
     adapter: Option<String>,
-    /// Never use shader-f16
+    /// Never use shader-f16 (the KV cache is then f32 too)
     #[arg(long)]
     force_f32: bool,
     /// Never use subgroup operations

@@ -95,6 +95,8 @@ pub enum PendingRead {
     /// The values (a backend whose tensors live in host memory has them at once).
     Ready(Vec<f32>),
     Wgpu(crate::gpu::PendingRead),
+    /// An F16 tensor's halves, `n` of them, to widen to f32.
+    WgpuF16(crate::gpu::PendingRead, usize),
 }
 
 /// One Adam update (the edit's solver): w -= lr * m̂ / (sqrt(v̂) + eps) with the gradient scaled.
@@ -126,6 +128,11 @@ pub trait Backend {
     fn describe(&self) -> String;
     /// Largest single tensor, in bytes (batching of trace probes is sized by it).
     fn max_tensor_bytes(&self) -> u64;
+    /// The element type of the KV cache: F16 on wgpu adapters with shader-f16 (unless
+    /// `--force-f32`), which halves the cache's memory and the attention's reads; else F32.
+    fn kv_dtype(&self) -> DType {
+        DType::F32
+    }
 
     /// A new tensor, zeroed or holding `data` (f32 values; for U32 tensors their bits).
     fn tensor(
@@ -299,6 +306,9 @@ impl Backend for Device {
     fn max_tensor_bytes(&self) -> u64 {
         on_backend!(self, b => Backend::max_tensor_bytes(b))
     }
+    fn kv_dtype(&self) -> DType {
+        on_backend!(self, b => Backend::kv_dtype(b))
+    }
     fn tensor(
         &self,
         label: &str,
@@ -456,6 +466,17 @@ impl Device {
     /// A zeroed f32 [rows, width] tensor.
     pub fn zeros(&self, label: &str, rows: usize, width: usize) -> Result<Tensor, ModelError> {
         self.tensor(label, DType::F32, rows, width, None)
+    }
+    /// A [rows, width] tensor of keys or values in the backend's KV-cache type
+    /// ([`Backend::kv_dtype`]), zeroed or from f32 `data`.
+    pub fn kv_tensor(
+        &self,
+        label: &str,
+        rows: usize,
+        width: usize,
+        data: Option<&[f32]>,
+    ) -> Result<Tensor, ModelError> {
+        self.tensor(label, self.kv_dtype(), rows, width, data)
     }
     /// Upload indices as a U32 tensor of one row.
     /// Token ids, one per row: U32 [ids.len(), 1] (what [`Backend::embed`] and

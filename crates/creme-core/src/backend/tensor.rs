@@ -11,6 +11,19 @@ pub enum DType {
     F32,
     /// Indices (positions, pads). Stored as the same 4-byte words as f32.
     U32,
+    /// Half floats: the wgpu backend's KV cache where the adapter has shader-f16 (see
+    /// [`super::Backend::kv_dtype`]). The host writes and reads f32s, converted on the way.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element in device memory.
+    pub fn bytes(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
 }
 
 /// Where a tensor's data lives.

@@ -6,7 +6,7 @@ use super::{
     PendingRead, PickRule, Storage, Tensor, Weight,
 };
 use crate::error::{GpuError, ModelError};
-use crate::gpu::layers::{AdamParams, AttentionParams, QkvRopeParams};
+use crate::gpu::layers::{AdamParams, AttentionParams, KvBuffers, QkvRopeParams};
 use crate::gpu::ops::{Epilogue, Fusion};
 use crate::gpu::{Gpu, GpuWeight};
 use crate::model::Embedding;
@@ -129,8 +129,16 @@ impl Gpu {
         };
         let (pos, table) = (st.pos.wgpu()?, st.rope.wgpu()?);
         let bias = bias.unwrap_or(joined);
-        let (kc, vc) = (kc.wgpu()?, vc.wgpu()?);
-        self.encode_qkv_rope(enc, joined, bias, pos, table, q, kc, vc, params);
+        self.encode_qkv_rope(
+            enc,
+            joined,
+            bias,
+            pos,
+            table,
+            q,
+            kv_buffers(kc, vc)?,
+            params,
+        );
         Ok(())
     }
 
@@ -158,6 +166,35 @@ fn words(n: usize) -> u64 {
     (n * 4) as u64
 }
 
+/// A layer's KV cache as the kernels bind it.
+fn kv_buffers<'a>(k: &'a Tensor, v: &'a Tensor) -> Result<KvBuffers<'a>, ModelError> {
+    Ok(KvBuffers {
+        k: k.wgpu()?,
+        v: v.wgpu()?,
+        f16: k.dtype == DType::F16,
+    })
+}
+
+/// Bytes of n elements of `dtype` in a buffer, rounded up to whole words.
+fn device_bytes(dtype: DType, n: usize) -> u64 {
+    (n * dtype.bytes()).next_multiple_of(4) as u64
+}
+
+/// f32 values (or U32 bits) as `dtype`'s bytes in device memory, whole words.
+fn host_to_device(dtype: DType, data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    match dtype {
+        DType::F32 | DType::U32 => bytemuck::cast_slice(data).into(),
+        DType::F16 => {
+            let mut out: Vec<u8> = data
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect();
+            out.resize(device_bytes(dtype, data.len()) as usize, 0);
+            out.into()
+        }
+    }
+}
+
 impl Backend for Gpu {
     fn kind(&self) -> BackendKind {
         BackendKind::Wgpu
@@ -170,6 +207,13 @@ impl Backend for Gpu {
     }
     fn max_tensor_bytes(&self) -> u64 {
         self.max_binding_bytes()
+    }
+    fn kv_dtype(&self) -> DType {
+        if self.report.shader_f16 {
+            DType::F16
+        } else {
+            DType::F32
+        }
     }
 
     fn tensor(
@@ -187,12 +231,12 @@ impl Backend for Gpu {
                 data.map_or(0, |d| d.len())
             )));
         }
-        let buffer = self.pooled(label, words(n), data.is_none());
+        let buffer = self.pooled(label, device_bytes(dtype, n), data.is_none());
         if let Some(d) = data {
             // A pooled buffer is no longer used by unsubmitted commands, so the write cannot
             // overtake a reader (see the pool).
             self.queue
-                .write_buffer(&buffer, 0, bytemuck::cast_slice(&d[..n]));
+                .write_buffer(&buffer, 0, &host_to_device(dtype, &d[..n]));
         }
         Ok(Tensor {
             dtype,
@@ -213,18 +257,17 @@ impl Backend for Gpu {
         // Commands recorded before this write must see the old contents.
         self.flush();
         self.queue
-            .write_buffer(t.wgpu()?, 0, bytemuck::cast_slice(data));
+            .write_buffer(t.wgpu()?, 0, &host_to_device(t.dtype, data));
         Ok(())
     }
 
     fn start_read(&self, t: &Tensor, n: usize) -> Result<PendingRead, ModelError> {
-        let bytes = 4 * n.min(t.len());
-        Ok(PendingRead::Wgpu(Gpu::start_read(
-            self,
-            t.wgpu()?,
-            0,
-            bytes,
-        )?))
+        let n = n.min(t.len());
+        let read = Gpu::start_read(self, t.wgpu()?, 0, device_bytes(t.dtype, n) as usize)?;
+        Ok(match t.dtype {
+            DType::F16 => PendingRead::WgpuF16(read, n),
+            DType::F32 | DType::U32 => PendingRead::Wgpu(read),
+        })
     }
 
     async fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>, ModelError> {
@@ -232,6 +275,14 @@ impl Backend for Gpu {
             PendingRead::Wgpu(r) => Ok(bytemuck::pod_collect_to_vec(
                 &Gpu::finish_read(self, r).await?,
             )),
+            PendingRead::WgpuF16(r, n) => {
+                let bytes = Gpu::finish_read(self, r).await?;
+                Ok(bytes
+                    .chunks_exact(2)
+                    .take(n)
+                    .map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32())
+                    .collect())
+            }
             PendingRead::Ready(v) => Ok(v),
         }
     }
@@ -253,16 +304,19 @@ impl Backend for Gpu {
         if n == 0 {
             return Ok(());
         }
-        let w = src.width;
+        // Buffer copies move whole words: F16 rows of an odd width would need a kernel.
+        let row_bytes = src.width * src.dtype.bytes();
+        if src.dtype != dst.dtype || row_bytes % 4 != 0 {
+            return Err(ModelError::Format(format!(
+                "copy_rows: {:?} rows of {} into {:?}: not whole words",
+                src.dtype, src.width, dst.dtype
+            )));
+        }
         let (s, d) = (src.wgpu()?, dst.wgpu()?);
+        let at = |row: usize| (row * row_bytes) as u64;
         self.record(|enc| {
-            enc.encoder().copy_buffer_to_buffer(
-                s,
-                words(src_row * w),
-                d,
-                words(dst_row * w),
-                words(n * w),
-            )
+            enc.encoder()
+                .copy_buffer_to_buffer(s, at(src_row), d, at(dst_row), at(n))
         });
         Ok(())
     }
@@ -326,7 +380,7 @@ impl Backend for Gpu {
             self.workspace("att", words(rows * qw)),
         );
         let xb = x.wgpu()?;
-        let (kc, vc) = (kv.k.wgpu()?, kv.v.wgpu()?);
+        let cache = kv_buffers(&kv.k, &kv.v)?;
         let pad = st.pad.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
             match GpuWeight::joined(&[w.q.wgpu()?, w.k.wgpu()?, w.v.wgpu()?]) {
@@ -343,7 +397,7 @@ impl Backend for Gpu {
                 p0: st.cache_len as u32,
                 scale: 1.0 / (s.head_dim as f32).sqrt(),
             };
-            self.encode_attention(enc, &q, kc, vc, pad, &att, params);
+            self.encode_attention(enc, &q, cache, pad, &att, params);
             // The residual add is the O projection's epilogue.
             self.matmul_into(
                 enc,

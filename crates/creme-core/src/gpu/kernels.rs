@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 /// Every kernel the crate can run: a name, its WGSL source (from `shaders/`) and entry point.
 /// Sources that share helpers are assembled here so that each `.wgsl` file holds one family.
 pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
+    if let Some(base) = name.strip_suffix(KV16) {
+        let (src, entry) = kernel_source(base)?;
+        return Some((kv16_source(&src)?, entry));
+    }
     let src = match name {
         "matmul_f32" => include_str!("../../../../shaders/matmul_f32.wgsl").to_string(),
         _ => {
@@ -79,6 +83,22 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
     Some((src, "main"))
 }
 
+/// The suffix of a KV-cache kernel's variant for an f16 cache (`DType::F16`).
+pub(crate) const KV16: &str = "_kv16";
+
+/// A KV-cache kernel's source with the cache's element type switched to f16: the line
+/// `alias KV = f32;` that such kernels declare becomes f16, behind `enable f16;` (the adapter has
+/// shader-f16 wherever the cache is F16). None for a kernel that does not read the cache.
+fn kv16_source(src: &str) -> Option<String> {
+    const F32: &str = "\nalias KV = f32;\n";
+    src.contains(F32).then(|| {
+        format!(
+            "enable f16;\n{}",
+            src.replacen(F32, "\nalias KV = f16;\n", 1)
+        )
+    })
+}
+
 /// The quantized matmul for one GGML format: the shared body plus that format's `dq32`.
 fn quant_matmul_source(format: &str) -> Option<String> {
     let formats = include_str!("../../../../shaders/matmul_quant_formats.wgsl");
@@ -143,7 +163,7 @@ fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
          fn dot_q(v: f32, kb: u32) -> f32 {{\n    var a = 0.0;\n"
     );
     for i in 0..lanes {
-        src += &format!("    a = fma(subgroupBroadcast(v, {i}u), kc[kb + {i}u], a);\n");
+        src += &format!("    a = fma(subgroupBroadcast(v, {i}u), f32(kc[kb + {i}u]), a);\n");
     }
     src += "    return a;\n}\n";
     src += "fn weigh_values(wl: f32, count: u32, vb: u32, kvw: u32, lid: u32, acc: ptr<function, vec4<f32>>) -> f32 {\n    var sum = 0.0;\n";
@@ -153,10 +173,10 @@ fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
              \x20       let wi = subgroupBroadcast(wl, {i}u);\n\
              \x20       let o = vb + {i}u * kvw;\n\
              \x20       sum += wi;\n\
-             \x20       if (lid < HD) {{ (*acc).x = fma(wi, vc[o], (*acc).x); }}\n\
-             \x20       if (WG < HD && lid + WG < HD) {{ (*acc).y = fma(wi, vc[o + WG], (*acc).y); }}\n\
-             \x20       if (2u * WG < HD && lid + 2u * WG < HD) {{ (*acc).z = fma(wi, vc[o + 2u * WG], (*acc).z); }}\n\
-             \x20       if (3u * WG < HD && lid + 3u * WG < HD) {{ (*acc).w = fma(wi, vc[o + 3u * WG], (*acc).w); }}\n\
+             \x20       if (lid < HD) {{ (*acc).x = fma(wi, f32(vc[o]), (*acc).x); }}\n\
+             \x20       if (WG < HD && lid + WG < HD) {{ (*acc).y = fma(wi, f32(vc[o + WG]), (*acc).y); }}\n\
+             \x20       if (2u * WG < HD && lid + 2u * WG < HD) {{ (*acc).z = fma(wi, f32(vc[o + 2u * WG]), (*acc).z); }}\n\
+             \x20       if (3u * WG < HD && lid + 3u * WG < HD) {{ (*acc).w = fma(wi, f32(vc[o + 3u * WG]), (*acc).w); }}\n\
              \x20   }}\n"
         );
     }

@@ -64,6 +64,26 @@ struct EwParams {
 /// Largest head dimension the attention kernel accumulates (4 dimensions per thread of 64).
 pub const MAX_ATTENTION_HEAD_DIM: usize = 256;
 
+/// One layer's KV cache as the attention kernels bind it: keys, values, and whether they hold
+/// f16s (then the kernels' `_kv16` variants run).
+#[derive(Clone, Copy)]
+pub(crate) struct KvBuffers<'a> {
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub f16: bool,
+}
+
+impl KvBuffers<'_> {
+    /// `kernel`, or its variant for an f16 cache.
+    fn kernel(&self, kernel: &str) -> String {
+        if self.f16 {
+            format!("{kernel}{}", super::kernels::KV16)
+        } else {
+            kernel.to_string()
+        }
+    }
+}
+
 impl Gpu {
     /// Bias and rope of the joined projections `qkv`: queries into `q`, keys and values into the
     /// cache; one dispatch. `bias` is read only when `params.has_bias` is 1.
@@ -76,8 +96,7 @@ impl Gpu {
         pos: &wgpu::Buffer,
         table: &wgpu::Buffer,
         q: &wgpu::Buffer,
-        kc: &wgpu::Buffer,
-        vc: &wgpu::Buffer,
+        kv: KvBuffers<'_>,
         params: QkvRopeParams,
     ) {
         let per_row = (params.q_heads + params.kv_heads) * params.head_dim / 2
@@ -85,8 +104,8 @@ impl Gpu {
         let p = self.uniform("qkv_rope", &params);
         self.dispatch(
             enc,
-            "qkv_rope",
-            &[qkv, bias, pos, table, q, kc, vc],
+            &kv.kernel("qkv_rope"),
+            &[qkv, bias, pos, table, q, kv.k, kv.v],
             &p,
             self.grid((params.rows * per_row).div_ceil(64)),
         );
@@ -97,21 +116,20 @@ impl Gpu {
         &self,
         enc: &mut crate::gpu::Recorder,
         q: &wgpu::Buffer,
-        k: &wgpu::Buffer,
-        v: &wgpu::Buffer,
+        kv: KvBuffers<'_>,
         pad: &wgpu::Buffer,
         out: &wgpu::Buffer,
         params: AttentionParams,
     ) {
         if params.t == 1 && self.split_attention {
-            return self.encode_decode_attention(enc, q, k, v, pad, out, params);
+            return self.encode_decode_attention(enc, q, kv, pad, out, params);
         }
         let groups = params.batch * params.t * params.heads;
         let p = self.uniform("attention", &params);
         self.dispatch(
             enc,
-            &self.attention_kernel(params.head_dim),
-            &[q, k, v, pad, out],
+            &kv.kernel(&self.attention_kernel(params.head_dim)),
+            &[q, kv.k, kv.v, pad, out],
             &p,
             self.grid(groups),
         );
@@ -139,8 +157,7 @@ impl Gpu {
         &self,
         enc: &mut crate::gpu::Recorder,
         q: &wgpu::Buffer,
-        k: &wgpu::Buffer,
-        v: &wgpu::Buffer,
+        kv: KvBuffers<'_>,
         pad: &wgpu::Buffer,
         out: &wgpu::Buffer,
         a: AttentionParams,
@@ -163,9 +180,10 @@ impl Gpu {
                 splits,
             },
         );
-        let buffers = [q, k, v, pad, &part, out];
-        self.dispatch(enc, "attn_split", &buffers, &p, [splits, a.heads, a.batch]);
-        self.dispatch(enc, "attn_merge", &buffers, &p, [a.heads, a.batch, 1]);
+        let buffers = [q, kv.k, kv.v, pad, &part, out];
+        let (split, merge) = (kv.kernel("attn_split"), kv.kernel("attn_merge"));
+        self.dispatch(enc, &split, &buffers, &p, [splits, a.heads, a.batch]);
+        self.dispatch(enc, &merge, &buffers, &p, [a.heads, a.batch, 1]);
     }
 
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.

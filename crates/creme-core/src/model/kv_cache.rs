@@ -55,7 +55,7 @@ impl Model {
         }
         let kvw = self.cfg.n_kv_heads * self.cfg.head_dim;
         let rows = pad.len() * capacity;
-        let bytes = (rows * kvw * 4) as u64;
+        let bytes = (rows * kvw * dev.kv_dtype().bytes()) as u64;
         if bytes > dev.max_tensor_bytes() {
             return Err(GpuError::TooLarge {
                 tensor: "kv cache".into(),
@@ -67,8 +67,8 @@ impl Model {
         let mut layers = Vec::with_capacity(self.cfg.n_layers);
         for _ in 0..self.cfg.n_layers {
             layers.push(KvLayer {
-                k: dev.zeros("k cache", rows, kvw)?,
-                v: dev.zeros("v cache", rows, kvw)?,
+                k: dev.kv_tensor("k cache", rows, kvw, None)?,
+                v: dev.kv_tensor("v cache", rows, kvw, None)?,
             });
         }
         Ok(KvCache {

@@ -238,7 +238,7 @@ impl Backend for CpuBackend {
     async fn finish_read(&self, read: PendingRead) -> Result<Vec<f32>, ModelError> {
         match read {
             PendingRead::Ready(v) => Ok(v),
-            PendingRead::Wgpu(_) => Err(ModelError::Format(
+            PendingRead::Wgpu(_) | PendingRead::WgpuF16(..) => Err(ModelError::Format(
                 "backend mismatch: a GPU readback given to the CPU backend (a bug in creme-core)"
                     .into(),
             )),
