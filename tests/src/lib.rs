@@ -43,11 +43,11 @@ pub fn device_on(backend: &str) -> Device {
     match backend {
         "cpu" => Device::Cpu(creme_core::backend::cpu::CpuBackend::new()),
         "cpu-exact" => Device::Cpu(creme_core::backend::cpu::CpuBackend::exact()),
-        // wgpu on Vulkan without shader-f16 (an f32 KV cache).
-        "vulkan-f32" => {
+        // wgpu on Vulkan with an f16 KV cache (lavapipe has shader-f16).
+        "vulkan-kv16" => {
             let mut o = creme_core::GpuOptions::from_env();
             o.backends = Some("vulkan".into());
-            o.force_f32 = true;
+            o.kv_f16 = true;
             Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
         }
         wgpu => {

@@ -192,7 +192,7 @@ fn assert_same_greedy(what: &str, cpu: &[u32], gpu: &[u32], gpu_margins: &[f32],
 #[test]
 fn tiny_models_agree_across_backends() {
     let cpu = device_on("cpu");
-    for gpu in [device_on("vulkan"), device_on("vulkan-f32")] {
+    for gpu in [device_on("vulkan"), device_on("vulkan-kv16")] {
         for arch in ["qwen2", "llama"] {
             let f32_file = tiny_gguf_arch(arch);
             for (t, tol) in [
@@ -352,7 +352,7 @@ fn cpu_exact_mode_matches_wgpu_on_quantized_weights() {
     let file = requantize(&tiny_gguf_arch("qwen2"), GgmlType::Q4_0).unwrap();
     let prompt = "def add(a, b):\n    return a + b\n";
     let (le, te, _) = run(&exact, &file, prompt, 12);
-    for gpu in [device_on("vulkan"), device_on("vulkan-f32")] {
+    for gpu in [device_on("vulkan"), device_on("vulkan-kv16")] {
         let (lg, tg, mg) = run(&gpu, &file, prompt, 12);
         let err = scaled_err(&le, &lg);
         let kv = gpu.kv_dtype();
@@ -452,8 +452,8 @@ fn a_decoded_token_reuses_every_gpu_object() {
 /// rope and the cache writes in one kernel) and stored apart (three matmuls into one workspace,
 /// then the same kernel), against the CPU backend: GQA 4:1 with head_dim 8, both rope styles, with
 /// and without biases, two sequences of 5 new tokens entering a cache that already holds 3 (the
-/// CPU backend in f32 mode, within 1e-4 with an f32 KV cache and f16 rounding with an f16 one,
-/// lavapipe's default). Mixed Q5_0/Q8_0
+/// CPU backend in f32 mode, within 1e-4 with an f32 KV cache and f16 rounding with an f16 one).
+/// Mixed Q5_0/Q8_0
 /// projections are joined by repacking as Q8_0 (lossless: the joined and apart results agree to
 /// float rounding).
 #[test]
@@ -462,7 +462,7 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
     use creme_core::gpu::WeightUpload;
     // The reference is the CPU backend in its f32 mode (the default mode quantizes activations).
     let cpu = device_on("cpu-exact");
-    let gpus = [device_on("vulkan"), device_on("vulkan-f32")];
+    let gpus = [device_on("vulkan"), device_on("vulkan-kv16")];
     let (d, heads, kv_heads, hd, batch, t, cache_len, cap) = (
         64usize, 4usize, 1usize, 8usize, 2usize, 5usize, 3usize, 11usize,
     );
@@ -638,20 +638,20 @@ fn attention_block_joined_and_apart_agree_with_cpu() {
 /// several blocks and more than the 4,096 positions the kernel once held in workgroup memory,
 /// with left padding, a chunk of several queries, GQA and head dimensions that are not a
 /// multiple of the 64 threads, agree with the CPU backend in f32 mode; so does decode (one query)
-/// through both the one-pass kernel and the split over the context; with an f16 KV cache
-/// (lavapipe's default) and an f32 one.
+/// through both the one-pass kernel and the split over the context; with an f32 KV cache and an
+/// f16 one (`--kv-f16`).
 #[test]
 fn attention_over_long_contexts_agrees_with_cpu() {
     use creme_core::backend::{AttnStep, BlockShape, KvLayer, LayerWeights};
     let cpu = device_on("cpu-exact");
     // Decode (one query per sequence) runs split over the context on GPUs; both ways here. The
     // prompt kernel with and without subgroups (lavapipe takes the subgroup flavour).
-    let gpu_split = |split: bool, no_subgroups: bool, force_f32: bool| {
+    let gpu_split = |split: bool, no_subgroups: bool, kv_f16: bool| {
         let mut o = creme_core::GpuOptions::from_env();
         o.backends = Some("vulkan".into());
         o.split_attention = Some(split);
         o.no_subgroups = no_subgroups;
-        o.force_f32 = force_f32;
+        o.kv_f16 = kv_f16;
         Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
     };
     let gpus = [
@@ -661,6 +661,12 @@ fn attention_over_long_contexts_agrees_with_cpu() {
         gpu_split(false, false, true),
         gpu_split(true, false, true),
     ];
+    if let Some(g) = gpus[3].gpu().filter(|g| g.report.name.contains("llvmpipe")) {
+        assert!(
+            g.report.shader_f16 && gpus[3].kv_dtype() == creme_core::backend::DType::F16,
+            "lavapipe has shader-f16: the f16 KV cache must be tested here"
+        );
+    }
     let mut rng = SplitMix64(77);
     for (cache_len, hd, heads, kv_heads, t) in [
         (20usize, 8usize, 4usize, 2usize, 3usize),

@@ -40,7 +40,8 @@ struct Cli {
 }
 
 /// Backend and adapter selection, shared by every subcommand that runs a model. Flags override the
-/// CREME_BACKEND / CREME_ADAPTER / CREME_FORCE_F32 / CREME_NO_SUBGROUPS environment variables.
+/// CREME_BACKEND / CREME_ADAPTER / CREME_FORCE_F32 / CREME_NO_SUBGROUPS / CREME_KV_F16
+/// environment variables.
 #[derive(Args, Clone)]
 struct GpuFlags {
     /// auto (a real GPU if there is one, else the CPU), cpu, or wgpu backends to consider:
@@ -50,9 +51,13 @@ struct GpuFlags {
     /// Require an adapter whose name contains this text (e.g. llvmpipe, nvidia)
     #[arg(long)]
     adapter: Option<String>,
-    /// Never use shader-f16 (the KV cache is then f32 too)
+    /// Never use shader-f16
     #[arg(long)]
     force_f32: bool,
+    /// Keep the KV cache in f16 where the adapter has shader-f16 (half the memory and attention
+    /// reads; causal-trace scores move by up to a few hundredths)
+    #[arg(long)]
+    kv_f16: bool,
     /// Never use subgroup operations
     #[arg(long)]
     no_subgroups: bool,
@@ -69,6 +74,7 @@ impl GpuFlags {
         }
         o.force_f32 |= self.force_f32;
         o.no_subgroups |= self.no_subgroups;
+        o.kv_f16 |= self.kv_f16;
         o
     }
 }

@@ -128,8 +128,9 @@ pub trait Backend {
     fn describe(&self) -> String;
     /// Largest single tensor, in bytes (batching of trace probes is sized by it).
     fn max_tensor_bytes(&self) -> u64;
-    /// The element type of the KV cache: F16 on wgpu adapters with shader-f16 (unless
-    /// `--force-f32`), which halves the cache's memory and the attention's reads; else F32.
+    /// The element type of the KV cache: F16 on wgpu adapters with shader-f16 when asked for
+    /// (`--kv-f16`, [`crate::GpuOptions::kv_f16`]), which halves the cache's memory and the
+    /// attention's reads; else F32.
     fn kv_dtype(&self) -> DType {
         DType::F32
     }

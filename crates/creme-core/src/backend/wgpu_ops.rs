@@ -209,7 +209,7 @@ impl Backend for Gpu {
         self.max_binding_bytes()
     }
     fn kv_dtype(&self) -> DType {
-        if self.report.shader_f16 {
+        if self.kv_f16 {
             DType::F16
         } else {
             DType::F32

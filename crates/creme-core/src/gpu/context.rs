@@ -25,6 +25,11 @@ pub struct GpuOptions {
     /// Decode attention split over the context (`CREME_SPLIT_ATTENTION=0|1`); default: on for
     /// GPUs, off for CPU adapters (which run workgroups one at a time per core anyway).
     pub split_attention: Option<bool>,
+    /// Keep the KV cache in f16 where the adapter has shader-f16 (`CREME_KV_F16=1`): half the
+    /// memory and attention reads, at f16 rounding of keys and values. Off by default, because
+    /// causal-trace scores are sensitive to it: on a 6-layer SmolLM2 whose clean and perturbed
+    /// log-probabilities differ by 0.24, restoration scores moved by up to 4e-2.
+    pub kv_f16: bool,
 }
 
 impl GpuOptions {
@@ -55,6 +60,7 @@ impl GpuOptions {
             no_subgroups: flag("CREME_NO_SUBGROUPS"),
             qmm: var("CREME_QMM"),
             split_attention: var("CREME_SPLIT_ATTENTION").map(|v| v != "0" && v != "false"),
+            kv_f16: flag("CREME_KV_F16"),
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct Gpu {
     pub cpu_adapter: bool,
     /// Decode attention runs split over the context (see `GpuOptions::split_attention`).
     pub split_attention: bool,
+    /// The KV cache holds f16s (`GpuOptions::kv_f16` on an adapter with shader-f16).
+    pub kv_f16: bool,
     /// The first fault since the last [`Gpu::check`]: an uncaptured wgpu error, out of memory, a
     /// buffer over the adapter's limits, or the device lost (which stays).
     pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
@@ -312,6 +320,7 @@ impl Gpu {
         let kernels = super::kernels::KernelRegistry::new();
         let qmm = QmmPolicy::parse(opts.qmm.as_deref())?;
         let cpu_adapter = info.device_type == wgpu::DeviceType::Cpu;
+        let kv_f16 = opts.kv_f16 && report.shader_f16;
         Ok(Gpu {
             device,
             queue,
@@ -321,6 +330,7 @@ impl Gpu {
             kernels,
             qmm,
             split_attention: opts.split_attention.unwrap_or(!cpu_adapter),
+            kv_f16,
             cpu_adapter,
             fault,
             pending: Default::default(),

@@ -1,9 +1,9 @@
 //! Kernel registry: each WGSL kernel is compiled into a pipeline once, on first use, and kept.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::ops::QMM_TILED_MIN_ROWS;
-use std::sync::{Arc, Mutex};
 
 /// Every kernel the crate can run: a name, its WGSL source (from `shaders/`) and entry point.
 /// Sources that share helpers are assembled here so that each `.wgsl` file holds one family.
