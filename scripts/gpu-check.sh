@@ -5,7 +5,8 @@
 #   2. `creme bench` on it: prefill pp512, decode tg128 at batch 1, GPU work per decoded token;
 #      with --llama-bench, llama.cpp's Vulkan build on the same GPU (pp512, tg128) as the peer;
 #      the same bench with the other kernel choices (prompts: a thread per weight row; decode:
-#      no subgroups, attention in one pass); the matmul kernels alone at m = 1 and 512;
+#      no subgroups, attention in one pass; an f16 KV cache); the matmul kernels alone at m = 1
+#      and 512;
 #   3. the 164 clean HumanEval prompts greedily on it, tests executed in the sandbox, against the
 #      HF transformers oracle in ../shared/oracle: share of identical completions (>= 90%) and the
 #      pass count (71 +- 2). A --limit run checks only the identical share.
@@ -68,7 +69,7 @@ for k, name in (("pp", "pp512"), ("tg", "tg128")):
 EOF
 fi
 
-step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass"
+step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass; an f16 KV cache"
 variant() { # label, env: pp512 and tg128, one line each
   env $2 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 \
     --decode "" --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench-$1.json"
@@ -77,6 +78,7 @@ variant() { # label, env: pp512 and tg128, one line each
 variant rows CREME_QMM=rows
 variant no-subgroups CREME_NO_SUBGROUPS=1
 variant one-pass-attention CREME_SPLIT_ATTENTION=0
+variant kv-f16 CREME_KV_F16=1
 
 step "matmul kernels alone: m = 1 (chosen, a workgroup per row), m = 512 (chosen, a thread per row)"
 for run in 1:auto 1:wg 512:auto 512:rows; do
