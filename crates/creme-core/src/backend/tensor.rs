@@ -11,8 +11,8 @@ pub enum DType {
     F32,
     /// Indices (positions, pads). Stored as the same 4-byte words as f32.
     U32,
-    /// Half floats: the wgpu backend's KV cache where the adapter has shader-f16 (see
-    /// [`super::Backend::kv_dtype`]). The host writes and reads f32s, converted on the way.
+    /// Half floats: the wgpu backend's KV cache with `--kv-f16` on an adapter with shader-f16
+    /// (see [`super::Backend::kv_dtype`]). The host writes and reads f32s, converted on the way.
     F16,
 }
 

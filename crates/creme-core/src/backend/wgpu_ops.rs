@@ -42,8 +42,7 @@ impl Gpu {
         qkv: &GpuWeight,
         x: &wgpu::Buffer,
         q: &wgpu::Buffer,
-        kc: &Tensor,
-        vc: &Tensor,
+        cache: KvBuffers<'_>,
     ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let joined = self.workspace("qkv", words(rows * qkv.rows));
@@ -62,7 +61,7 @@ impl Gpu {
             },
         )?;
         let bias = w.qkv_bias.as_ref().map(|b| b.wgpu()).transpose()?;
-        self.rope_into_cache(enc, &joined, bias, s, st, q, kc, vc)
+        self.rope_into_cache(enc, &joined, bias, s, st, q, cache)
     }
 
     /// As [`Gpu::encode_qkv_joined`] for projections stored apart (formats that cannot share a
@@ -77,8 +76,7 @@ impl Gpu {
         st: &AttnStep<'_>,
         x: &wgpu::Buffer,
         q: &wgpu::Buffer,
-        kc: &Tensor,
-        vc: &Tensor,
+        cache: KvBuffers<'_>,
     ) -> Result<(), ModelError> {
         let rows = st.active * st.t;
         let (qw, kvw) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
@@ -98,7 +96,7 @@ impl Gpu {
             let (m, ldy) = (rows as u32, width as u32);
             self.encode_matmul_quant(enc, x, proj.wgpu()?, &joined, m, ldy, col0 as u32, fuse)?;
         }
-        self.rope_into_cache(enc, &joined, None, s, st, q, kc, vc)
+        self.rope_into_cache(enc, &joined, None, s, st, q, cache)
     }
 
     /// Bias (where given), rope and the cache write of one [q | k | v] row per token: queries
@@ -112,8 +110,7 @@ impl Gpu {
         s: &BlockShape,
         st: &AttnStep<'_>,
         q: &wgpu::Buffer,
-        kc: &Tensor,
-        vc: &Tensor,
+        cache: KvBuffers<'_>,
     ) -> Result<(), ModelError> {
         let params = QkvRopeParams {
             rows: (st.active * st.t) as u32,
@@ -129,16 +126,7 @@ impl Gpu {
         };
         let (pos, table) = (st.pos.wgpu()?, st.rope.wgpu()?);
         let bias = bias.unwrap_or(joined);
-        self.encode_qkv_rope(
-            enc,
-            joined,
-            bias,
-            pos,
-            table,
-            q,
-            kv_buffers(kc, vc)?,
-            params,
-        );
+        self.encode_qkv_rope(enc, joined, bias, pos, table, q, cache, params);
         Ok(())
     }
 
@@ -306,7 +294,7 @@ impl Backend for Gpu {
         }
         // Buffer copies move whole words: F16 rows of an odd width would need a kernel.
         let row_bytes = src.width * src.dtype.bytes();
-        if src.dtype != dst.dtype || row_bytes % 4 != 0 {
+        if src.dtype != dst.dtype || !row_bytes.is_multiple_of(4) {
             return Err(ModelError::Format(format!(
                 "copy_rows: {:?} rows of {} into {:?}: not whole words",
                 src.dtype, src.width, dst.dtype
@@ -384,8 +372,8 @@ impl Backend for Gpu {
         let pad = st.pad.wgpu()?;
         self.record(|enc| -> Result<(), ModelError> {
             match GpuWeight::joined(&[w.q.wgpu()?, w.k.wgpu()?, w.v.wgpu()?]) {
-                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, xb, &q, &kv.k, &kv.v)?,
-                None => self.encode_qkv_apart(enc, w, s, st, xb, &q, &kv.k, &kv.v)?,
+                Some(qkv) => self.encode_qkv_joined(enc, w, s, st, &qkv, xb, &q, cache)?,
+                None => self.encode_qkv_apart(enc, w, s, st, xb, &q, cache)?,
             }
             let params = AttentionParams {
                 batch: st.active as u32,

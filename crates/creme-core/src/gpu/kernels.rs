@@ -155,7 +155,8 @@ fn rows_subgroup_source(lanes: u32, shape: RowsSgShape) -> Option<String> {
 /// into acc; returns their sum. A constant head_dim matters on CPU adapters, which run both
 /// sides of every branch: loops and guards sized for 256 dimensions cost Qwen's 64 four times.
 fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
-    if !matches!(lanes, 4 | 8 | 16 | 32) || head_dim == 0 || head_dim > 256 {
+    let too_wide = head_dim as usize > super::layers::MAX_ATTENTION_HEAD_DIM;
+    if !matches!(lanes, 4 | 8 | 16 | 32) || head_dim == 0 || too_wide {
         return None;
     }
     let mut src = format!(

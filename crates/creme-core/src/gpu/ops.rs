@@ -152,8 +152,8 @@ const QMM_MV_COLS_PER_WG: u32 = 8;
 impl Gpu {
     /// The quantized matmul kernel for m rows of x against n weight rows. On CPU adapters
     /// (lavapipe) the row-per-thread kernel, with x shared through subgroup broadcasts where the
-    /// adapter has subgroups (`main_rows_sg` in the shape for m, [`RowsSgShape::for_rows`]): on lavapipe
-    /// it is 2-3x faster than `main_rows` at decode and 20x faster than `main_tiled` at pp32
+    /// adapter has subgroups (`main_rows_sg` in the shape for m, [`RowsSgShape::for_rows`]): on
+    /// lavapipe it is 2-3x faster than `main_rows` at decode and 20x faster than `main_tiled` at pp32
     /// (docs/performance.md). On GPUs, decode (m <= 4) takes the matvec kernel (8 weight rows
     /// per workgroup, subgroup sums where there are subgroups), prompts the register-blocked tile
     /// kernel `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md
