@@ -19,10 +19,11 @@ struct Params {
     epilogue: u32,   // how a result enters y: 0 store, 1 add (residual), 2 silu(y) * result (gate-up)
     has_norm: u32,   // 1: RMS-norm x's rows with weight norm_w and epsilon eps first
     eps: f32,
+    row_group: u32,  // weight rows per interleaved group (row_at)
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> norm_w: array<f32>;
@@ -33,14 +34,44 @@ const MT: u32 = 8u;
 var<workgroup> red: array<f32, 512>; // [MT][WG]
 var<workgroup> red_ss: array<f32, 512>; // [MT][WG], sums of squares of x
 
-// Weights lie in word-aligned blocks (quant.rs, to_word_aligned): every field starts at a
-// multiple of 4 bytes, so 4 bytes of quants are one load, and an f16 field is one load and a shift.
+// Weights lie in the GPU's layout (quant.rs, to_gpu_layout): every field starts on a word, and
+// what a CPU-adapter kernel reads together (a piece's quants, a block's header) lies in aligned
+// 16 bytes, read with one vec4 load (`quad`). The buffer is viewed as vec4s only: naga lets an
+// entry point use one view of a binding.
 fn word(off: u32) -> u32 {
-    return w[off >> 2u];
+    return w[off >> 4u][(off >> 2u) & 3u];
+}
+// Where weight row `col` starts. Rows lie in groups of p.row_group whose units (UNIT_BYTES, the
+// format's: a quad of blocks, a K block, 32 values of a float format) are interleaved: unit u of
+// the group's row i lies at (u * row_group + i) * UNIT_BYTES from the group's start (quant.rs,
+// to_gpu_layout), so that consecutive rows read by the lanes of a CPU's SIMD row are one
+// sequential stream. The format functions step from unit to unit with unit_at.
+fn row_at(col: u32) -> u32 {
+    let g = p.row_group;
+    return p.w_byte_off + (col / g) * g * p.row_bytes + (col % g) * UNIT_BYTES;
+}
+// Unit u of the row that starts at rb.
+fn unit_at(rb: u32, u: u32) -> u32 {
+    return rb + u * p.row_group * UNIT_BYTES;
+}
+// The 16 bytes at off (a multiple of 16).
+fn quad(off: u32) -> vec4<u32> {
+    return w[off >> 4u];
 }
 // The f16 at an even byte offset.
 fn f16_at(off: u32) -> f32 {
-    return unpack2x16float(w[off >> 2u] >> ((off & 2u) * 8u)).x;
+    return unpack2x16float(word(off) >> ((off & 2u) * 8u)).x;
+}
+// The f16 in the low half of a word.
+fn f16_lo(v: u32) -> f32 {
+    return unpack2x16float(v).x;
+}
+// Weights 4c .. 4c + 3 of a dequantized piece.
+fn put4(out: ptr<function, array<f32, 32>>, c: u32, v: vec4<f32>) {
+    (*out)[4u * c] = v.x;
+    (*out)[4u * c + 1u] = v.y;
+    (*out)[4u * c + 2u] = v.z;
+    (*out)[4u * c + 3u] = v.w;
 }
 fn i8_of(b: u32) -> f32 {
     return f32(bitcast<i32>(b << 24u) >> 24u);
@@ -93,6 +124,14 @@ fn i8x4(q: u32) -> vec4<f32> {
 fn nib4(q: u32) -> vec4<f32> {
     return vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
 }
+// The 4 bytes of v as unsigned integers.
+fn u8x4(v: u32) -> vec4<f32> {
+    return vec4<f32>(f32(v & 0xFFu), f32((v >> 8u) & 0xFFu), f32((v >> 16u) & 0xFFu), f32(v >> 24u));
+}
+// Bits 0-3 of h as the lowest bits of 4 bytes (one multiply: the shifted copies do not overlap).
+fn bytes_of_bits(h: u32) -> u32 {
+    return ((h & 15u) * 0x00204081u) & 0x01010101u;
+}
 fn bit4(h: u32) -> vec4<f32> {
     return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u));
 }
@@ -105,16 +144,14 @@ struct Head {
 fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
     return dq4h(head(rb, s), rb, s, c);
 }
-// The 32 weights of piece s of the row at byte rb, for the kernels that reuse a dequantized piece
-// across many rows of x (on CPU adapters, where a function-scope array costs nothing extra).
+// The 32 weights of piece s of the row at byte rb (its quants mapped as dq32q says), for the
+// kernels that reuse a dequantized piece across many rows of x (on CPU adapters, where a
+// function-scope array costs nothing extra).
 fn dq32(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) {
-    let h = head(rb, s);
-    for (var c = 0u; c < 8u; c++) {
-        let v = dq4h(h, rb, s, c);
-        (*out)[4u * c] = v.x;
-        (*out)[4u * c + 1u] = v.y;
-        (*out)[4u * c + 2u] = v.z;
-        (*out)[4u * c + 3u] = v.w;
+    let ab = dq32q(rb, s, out);
+    for (var i = 0u; i < 16u; i++) {
+        (*out)[i] = fma(ab.x, (*out)[i], ab.y);
+        (*out)[16u + i] = fma(ab.z, (*out)[16u + i], ab.w);
     }
 }
 
@@ -127,7 +164,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     }
     let col = wid % p.n;
     let m0 = (wid / p.n) * MT;
-    let rb = p.w_byte_off + col * p.row_bytes;
+    let rb = row_at(col);
     var acc: array<f32, 8>;
     var ss: array<f32, 8>;
     for (var r = 0u; r < MT; r++) { acc[r] = 0.0; ss[r] = 0.0; }
@@ -181,7 +218,7 @@ fn embed_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw:
     if (id < p.y_off || id - p.y_off >= p.n) {
         return;
     }
-    let rb = p.w_byte_off + (id - p.y_off) * p.row_bytes;
+    let rb = row_at(id - p.y_off);
     var wv: array<f32, 32>;
     for (var s = tid; s < p.k / 32u; s += 64u) {
         dq32(rb, s, &wv);
@@ -201,7 +238,7 @@ fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: 
     }
     let col = gid % p.n;
     let m0 = (gid / p.n) * MT;
-    let rb = p.w_byte_off + col * p.row_bytes;
+    let rb = row_at(col);
     var acc: array<f32, 8>;
     var ss: array<f32, 8>;
     for (var r = 0u; r < MT; r++) { acc[r] = 0.0; ss[r] = 0.0; }
@@ -248,7 +285,7 @@ fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         if (tid < 64u) {
             let col = col0 + tid;
             if (col < p.n) {
-                dq32(p.w_byte_off + col * p.row_bytes, s, &wv);
+                dq32(row_at(col), s, &wv);
                 scale_by_norm(s, &wv);
             } else {
                 for (var i = 0u; i < 32u; i++) { wv[i] = 0.0; }
@@ -329,7 +366,7 @@ fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
                 let col = col0 + lc;
                 var v = vec4<f32>(0.0);
                 if (col < p.n) {
-                    v = dq4(p.w_byte_off + col * p.row_bytes, s, c);
+                    v = dq4(row_at(col), s, c);
                     if (p.has_norm == 1u) {
                         let i = s * 32u + 4u * c;
                         v *= vec4<f32>(norm_w[i], norm_w[i + 1u], norm_w[i + 2u], norm_w[i + 3u]);
@@ -427,7 +464,7 @@ fn mv_partial(col: u32, lane: u32, live: bool, mrows: u32) -> MvPartial {
     if (!live) {
         return out;
     }
-    let rb = p.w_byte_off + col * p.row_bytes;
+    let rb = row_at(col);
     let nsub = p.k / 32u;
     let c = lane % 8u;
     for (var s = lane / 8u; s < nsub; s += 4u) {

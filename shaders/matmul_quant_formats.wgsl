@@ -1,151 +1,327 @@
-// Per GGML format (ggml-common.h block layouts), for the 32 weights of piece s of the row that
-// starts at byte rb:
+// Per GGML format (ggml-common.h block layouts, in the GPU's layout: quant.rs, to_gpu_layout),
+// UNIT_BYTES (the layout's unit, which rows of a group interleave: row_at, unit_at) and, for the
+// 32 weights of piece s of the row that starts at byte rb (a multiple of 16):
 //   head(rb, s): what the piece's 4-weight groups share (block scales and mins, Q5's high bits),
-//   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head.
-// GPU kernels use the weights straight from registers (a dequantized piece kept in a
-// function-scope array, indexed in loops, lived in GPU local memory); the CPU-adapter kernels
-// read the head once per piece (dq32), since there every load is dear. The registry appends the
+//   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head;
+//   dq32q(rb, s, out): all 32 as their quants q (as floats) and the map to weights,
+//     weight i = a q_i + b with (a, b) the result's xy for i < 16 and zw for the rest; read with
+//     as few vec4 loads as the layout allows. AFFINE says whether b can be non-zero.
+// GPU kernels take a piece 4 weights per lane (dq4h), so that neighbouring lanes read
+// neighbouring words; the CPU-adapter kernels take a whole piece per lane (dq32q), since there every
+// load instruction is a loop over the SIMD lanes, whatever its width, and the decode kernel
+// applies the map once per half piece (a (x . q) + b sum(x)) instead of once per weight. The registry appends the
 // one section named after the format (between "//@format NAME" markers) to matmul_quant.wgsl.
 
 //@format F32
+const UNIT_BYTES: u32 = 128u;
 fn head(rb: u32, s: u32) -> Head {
     return Head(vec4<f32>(0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let i = (rb >> 2u) + s * 32u + 4u * c;
-    return bitcast<vec4<f32>>(vec4<u32>(w[i], w[i + 1u], w[i + 2u], w[i + 3u]));
+    return bitcast<vec4<f32>>(quad(unit_at(rb, s) + 16u * c));
+}
+const AFFINE: bool = false;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    for (var c = 0u; c < 8u; c++) { put4(out, c, bitcast<vec4<f32>>(quad(unit_at(rb, s) + 16u * c))); }
+    return vec4<f32>(1.0, 0.0, 1.0, 0.0);
 }
 
 //@format F16
+const UNIT_BYTES: u32 = 64u;
 fn head(rb: u32, s: u32) -> Head {
     return Head(vec4<f32>(0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let o = rb + s * 64u + 8u * c;
+    let o = unit_at(rb, s) + 8u * c;
     return vec4<f32>(unpack2x16float(word(o)), unpack2x16float(word(o + 4u)));
+}
+const AFFINE: bool = false;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    for (var c = 0u; c < 4u; c++) {
+        let v = quad(unit_at(rb, s) + 16u * c);
+        put4(out, 2u * c, vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)));
+        put4(out, 2u * c + 1u, vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
+    }
+    return vec4<f32>(1.0, 0.0, 1.0, 0.0);
 }
 
 //@format BF16
+const UNIT_BYTES: u32 = 64u;
+fn bf2(a: u32) -> vec2<f32> {
+    return bitcast<vec2<f32>>(vec2<u32>(a << 16u, a & 0xFFFF0000u));
+}
 fn head(rb: u32, s: u32) -> Head {
     return Head(vec4<f32>(0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let o = rb + s * 64u + 8u * c;
-    let a = word(o);
-    let b = word(o + 4u);
-    return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xFFFF0000u, b << 16u, b & 0xFFFF0000u));
+    let o = unit_at(rb, s) + 8u * c;
+    return vec4<f32>(bf2(word(o)), bf2(word(o + 4u)));
+}
+const AFFINE: bool = false;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    for (var c = 0u; c < 4u; c++) {
+        let v = quad(unit_at(rb, s) + 16u * c);
+        put4(out, 2u * c, vec4<f32>(bf2(v.x), bf2(v.y)));
+        put4(out, 2u * c + 1u, vec4<f32>(bf2(v.z), bf2(v.w)));
+    }
+    return vec4<f32>(1.0, 0.0, 1.0, 0.0);
 }
 
 //@format Q8_0
-// Word-aligned blocks of 36 bytes: d, 2 bytes of padding, 32 quants.
+const UNIT_BYTES: u32 = 144u;
+// Quads of 144 bytes: 4 header words (d in the low half), then 4 x 32 quants. Piece s is block
+// s % 4 of quad s / 4.
 fn head(rb: u32, s: u32) -> Head {
-    return Head(vec4<f32>(f16_at(rb + s * 36u), 0.0, 0.0, 0.0), vec4<u32>(0u));
+    let qb = unit_at(rb, s / 4u);
+    return Head(vec4<f32>(f16_lo(word(qb + 4u * (s % 4u))), 0.0, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    return h.f.x * i8x4(word(rb + s * 36u + 4u + 4u * c));
+    return h.f.x * i8x4(word(unit_at(rb, s / 4u) + 16u + 32u * (s % 4u) + 4u * c));
+}
+const AFFINE: bool = false;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let qb = unit_at(rb, s / 4u);
+    let i = s % 4u;
+    let d = f16_lo(quad(qb)[i]);
+    let a = quad(qb + 16u + 32u * i);
+    let b = quad(qb + 32u + 32u * i);
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, i8x4(a[c]));
+        put4(out, 4u + c, i8x4(b[c]));
+    }
+    return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q4_0
-// Word-aligned blocks of 20 bytes: d, 2 bytes of padding, 16 bytes of quants.
+const UNIT_BYTES: u32 = 80u;
+// Quads of 80 bytes: 4 header words (d in the low half), then 4 x 16 quants. Weights 0-15 of a
+// block are the low nibbles of its bytes 0-15, weights 16-31 their high nibbles.
 fn head(rb: u32, s: u32) -> Head {
-    return Head(vec4<f32>(f16_at(rb + s * 20u), 0.0, 0.0, 0.0), vec4<u32>(0u));
+    let qb = unit_at(rb, s / 4u);
+    return Head(vec4<f32>(f16_lo(word(qb + 4u * (s % 4u))), 0.0, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    // Weights 0-15 are the low nibbles of bytes 0-15, weights 16-31 their high nibbles.
-    let q = word(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(unit_at(rb, s / 4u) + 16u + 16u * (s % 4u) + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) - 8.0);
 }
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let qb = unit_at(rb, s / 4u);
+    let i = s % 4u;
+    let d = f16_lo(quad(qb)[i]);
+    let q = quad(qb + 16u + 16u * i);
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4(q[c] & 0x0F0F0F0Fu));
+        put4(out, 4u + c, u8x4((q[c] >> 4u) & 0x0F0F0F0Fu));
+    }
+    return vec4<f32>(d, -8.0 * d, d, -8.0 * d);
+}
 //@format Q4_1
+const UNIT_BYTES: u32 = 80u;
+// Quads of 80 bytes: 4 header words (the f16 scale and min), then 4 x 16 quants.
 fn head(rb: u32, s: u32) -> Head {
-    let dm = unpack2x16float(word(rb + s * 20u)); // the scale and the min
+    let dm = unpack2x16float(word(unit_at(rb, s / 4u) + 4u * (s % 4u)));
     return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let q = word(rb + s * 20u + 4u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(unit_at(rb, s / 4u) + 16u + 16u * (s % 4u) + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * nib4(q) + h.f.y;
 }
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let qb = unit_at(rb, s / 4u);
+    let i = s % 4u;
+    let dm = unpack2x16float(quad(qb)[i]);
+    let q = quad(qb + 16u + 16u * i);
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4(q[c] & 0x0F0F0F0Fu));
+        put4(out, 4u + c, u8x4((q[c] >> 4u) & 0x0F0F0F0Fu));
+    }
+    return vec4<f32>(dm, dm);
+}
 //@format Q5_0
+const UNIT_BYTES: u32 = 96u;
+// Quads of 96 bytes: 4 headers of 8 bytes (d, 2 bytes of padding, the 32-bit qh whose bit i is
+// the fifth bit of weight i), then 4 x 16 quants.
 fn head(rb: u32, s: u32) -> Head {
-    // Word-aligned blocks of 24 bytes: the scale, 2 bytes of padding, the 32-bit qh whose bit i
-    // is the fifth bit of weight i, 16 bytes of quants.
-    let bo = rb + s * 24u;
-    return Head(vec4<f32>(f16_at(bo), 0.0, 0.0, 0.0), vec4<u32>(word(bo + 4u), 0u, 0u, 0u));
+    let hb = unit_at(rb, s / 4u) + 8u * (s % 4u);
+    return Head(vec4<f32>(f16_lo(word(hb)), 0.0, 0.0, 0.0), vec4<u32>(word(hb + 4u), 0u, 0u, 0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let q = word(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(unit_at(rb, s / 4u) + 32u + 16u * (s % 4u) + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c)) - 16.0);
 }
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let qb = unit_at(rb, s / 4u);
+    let i = s % 4u;
+    let hv = quad(qb + 16u * (i / 2u));
+    let d = f16_lo(hv[2u * (i % 2u)]);
+    let qh = hv[2u * (i % 2u) + 1u];
+    let q = quad(qb + 32u + 16u * i);
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4((q[c] & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (4u * c)) << 4u)));
+        put4(out, 4u + c, u8x4(((q[c] >> 4u) & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (16u + 4u * c)) << 4u)));
+    }
+    return vec4<f32>(d, -16.0 * d, d, -16.0 * d);
+}
 //@format Q5_1
+const UNIT_BYTES: u32 = 96u;
+// Quads of 96 bytes: 4 headers of 8 bytes (the f16 scale and min, then qh), then 4 x 16 quants.
 fn head(rb: u32, s: u32) -> Head {
-    let bo = rb + s * 24u;
-    let dm = unpack2x16float(word(bo)); // the scale and the min
-    return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(word(bo + 4u), 0u, 0u, 0u));
+    let hb = unit_at(rb, s / 4u) + 8u * (s % 4u);
+    let dm = unpack2x16float(word(hb));
+    return Head(vec4<f32>(dm, 0.0, 0.0), vec4<u32>(word(hb + 4u), 0u, 0u, 0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let q = word(rb + s * 24u + 8u + 4u * (c % 4u)) >> (4u * (c / 4u));
+    let q = word(unit_at(rb, s / 4u) + 32u + 16u * (s % 4u) + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c))) + h.f.y;
 }
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let qb = unit_at(rb, s / 4u);
+    let i = s % 4u;
+    let hv = quad(qb + 16u * (i / 2u));
+    let dm = unpack2x16float(hv[2u * (i % 2u)]);
+    let qh = hv[2u * (i % 2u) + 1u];
+    let q = quad(qb + 32u + 16u * i);
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4((q[c] & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (4u * c)) << 4u)));
+        put4(out, 4u + c, u8x4(((q[c] >> 4u) & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (16u + 4u * c)) << 4u)));
+    }
+    return vec4<f32>(dm, dm);
+}
 //@format K_SCALES
-// 6-bit scale and min of sub-block j (0..8) of a Q4_K / Q5_K block whose 12 scale bytes start
-// at byte sc: for j < 4 the low 6 bits of bytes j and j + 4; else the nibbles of byte j + 4 with
-// the top 2 bits of bytes j - 4 and j. Read as three words, without a branch (on CPU adapters
-// both sides of a branch run, each load a loop over the lanes).
-fn scale_min_k4(sc: u32, j: u32) -> vec2<f32> {
+// 6-bit scale and min of sub-block j (0..8) of a Q4_K / Q5_K block, from its 12 scale bytes as
+// three words: for j < 4 the low 6 bits of bytes j and j + 4; else the nibbles of byte j + 4 with
+// the top 2 bits of bytes j - 4 and j. Without a branch (on CPU adapters both sides of a branch
+// run).
+fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     let sh = (j & 3u) * 8u;
-    let b0 = (word(sc) >> sh) & 0xFFu;
-    let b1 = (word(sc + 4u) >> sh) & 0xFFu;
-    let b2 = (word(sc + 8u) >> sh) & 0xFFu;
+    let b0 = (s0 >> sh) & 0xFFu;
+    let b1 = (s1 >> sh) & 0xFFu;
+    let b2 = (s2 >> sh) & 0xFFu;
     let lo = vec2<u32>(b0 & 63u, b1 & 63u);
     let hi = vec2<u32>((b2 & 15u) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
     return vec2<f32>(select(hi, lo, j < 4u));
 }
-// Piece s is sub-block j = s % 8 of a 256-weight block: its scale d * sc and min dmin * m.
+// Piece s is sub-block j = s % 8 of the 256-weight block at bo, whose first 16 bytes are d, dmin
+// and the 12 scale bytes: its scale d * sc and min dmin * m.
 fn head_k(bo: u32, j: u32) -> Head {
-    let sm = scale_min_k4(bo + 4u, j);
-    let dm = unpack2x16float(word(bo)); // d and dmin
-    return Head(vec4<f32>(dm * sm, 0.0, 0.0), vec4<u32>(0u));
+    let hv = quad(bo);
+    return Head(vec4<f32>(unpack2x16float(hv.x) * scale_min_k4(hv.y, hv.z, hv.w, j), 0.0, 0.0), vec4<u32>(0u));
 }
 
 //@format Q4_K
+const UNIT_BYTES: u32 = 144u;
+// Blocks of 144 bytes as in GGUF: the 16-byte head, then 128 bytes of quants (sub-blocks 2i and
+// 2i + 1 in the low and high nibbles of 32 bytes).
 fn head(rb: u32, s: u32) -> Head {
-    return head_k(rb + (s / 8u) * 144u, s % 8u);
+    return head_k(unit_at(rb, s / 8u), s % 8u);
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    // The low (even j) or high nibbles of the sub-block pair's 32 bytes.
     let j = s % 8u;
-    let q = word(rb + (s / 8u) * 144u + 16u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
+    let q = word(unit_at(rb, s / 8u) + 16u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
     return h.f.x * nib4(q) - h.f.y;
 }
-//@format Q5_K
-fn head(rb: u32, s: u32) -> Head {
-    return head_k(rb + (s / 8u) * 176u, s % 8u);
-}
-fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let bo = rb + (s / 8u) * 176u;
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
-    let q = word(bo + 48u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
-    let hb = word(bo + 16u + 4u * c) >> j;
+    let h = head_k(bo, j);
+    let qo = bo + 16u + 32u * (j / 2u);
+    let sh = vec4<u32>((j & 1u) * 4u);
+    let a = (quad(qo) >> sh) & vec4<u32>(0x0F0F0F0Fu);
+    let b = (quad(qo + 16u) >> sh) & vec4<u32>(0x0F0F0F0Fu);
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4(a[c]));
+        put4(out, 4u + c, u8x4(b[c]));
+    }
+    return vec4<f32>(h.f.x, -h.f.y, h.f.x, -h.f.y);
+}
+//@format Q5_K
+const UNIT_BYTES: u32 = 176u;
+// Blocks of 176 bytes as in GGUF: the 16-byte head, 32 bytes of high bits (bit j of byte i is
+// the fifth bit of weight i of sub-block j), then 128 bytes of quants as in Q4_K.
+fn head(rb: u32, s: u32) -> Head {
+    return head_k(unit_at(rb, s / 8u), s % 8u);
+}
+fn q5k4(h: Head, q: u32, hb: u32) -> vec4<f32> {
     let v = nib4(q) + 16.0 * vec4<f32>(f32(hb & 1u), f32((hb >> 8u) & 1u), f32((hb >> 16u) & 1u), f32((hb >> 24u) & 1u));
     return h.f.x * v - h.f.y;
 }
+fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
+    let bo = unit_at(rb, s / 8u);
+    let j = s % 8u;
+    let q = word(bo + 48u + 32u * (j / 2u) + 4u * c) >> ((j & 1u) * 4u);
+    return q5k4(h, q, word(bo + 16u + 4u * c) >> j);
+}
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let bo = unit_at(rb, s / 8u);
+    let j = s % 8u;
+    let h = head_k(bo, j);
+    let qo = bo + 48u + 32u * (j / 2u);
+    let sh = vec4<u32>((j & 1u) * 4u);
+    let lo = vec4<u32>(0x0F0F0F0Fu);
+    let hi = vec4<u32>(0x01010101u);
+    let a = ((quad(qo) >> sh) & lo) | (((quad(bo + 16u) >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
+    let b = ((quad(qo + 16u) >> sh) & lo) | (((quad(bo + 32u) >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4(a[c]));
+        put4(out, 4u + c, u8x4(b[c]));
+    }
+    return vec4<f32>(h.f.x, -h.f.y, h.f.x, -h.f.y);
+}
 //@format Q6_K
-// Word-aligned blocks of 212 bytes: GGUF's 210 and 2 bytes of padding after d.
+const UNIT_BYTES: u32 = 224u;
+// Blocks of 224 bytes: GGUF's 210 (ql 128, qh 64, 16 scales, d) and 14 bytes of padding.
+// Piece s is sub-block j = s % 8: half j / 4 of the block, quarter j % 4 of that half.
 fn head(rb: u32, s: u32) -> Head {
     // The piece's two scales: weights 0-15 take the first, 16-31 the second.
-    let bo = rb + (s / 8u) * 212u;
+    let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
     let sc = bo + 192u + 8u * (j / 4u) + 2u * (j % 4u);
     let d = f16_at(bo + 208u);
     let scs = (word(sc) >> ((sc & 2u) * 8u)) & 0xFFFFu; // sc is even: within one word
     return Head(vec4<f32>(d * i8_of(scs & 0xFFu), d * i8_of(scs >> 8u), 0.0, 0.0), vec4<u32>(0u));
 }
+// 4 weights from their low 4 bits (the bytes of lo) and high 2 bits (the bytes of hi), scaled.
+fn q6k4(sc: f32, lo: u32, hi: u32) -> vec4<f32> {
+    let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 8u) & 15u) | (((hi >> 8u) & 3u) << 4u)),
+                      f32(((lo >> 16u) & 15u) | (((hi >> 16u) & 3u) << 4u)), f32(((lo >> 24u) & 15u) | (((hi >> 24u) & 3u) << 4u)));
+    return sc * (q - 32.0);
+}
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let bo = rb + (s / 8u) * 212u;
+    let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
     let half = j / 4u;
     let qi = j % 4u;
     let lo = word(bo + 64u * half + (qi & 1u) * 32u + 4u * c) >> ((qi >> 1u) * 4u);
     let hi = word(bo + 128u + 32u * half + 4u * c) >> (qi * 2u);
-    let q = vec4<f32>(f32((lo & 15u) | ((hi & 3u) << 4u)), f32(((lo >> 8u) & 15u) | (((hi >> 8u) & 3u) << 4u)),
-                      f32(((lo >> 16u) & 15u) | (((hi >> 16u) & 3u) << 4u)), f32(((lo >> 24u) & 15u) | (((hi >> 24u) & 3u) << 4u)));
-    return select(h.f.y, h.f.x, c < 4u) * (q - 32.0);
+    return q6k4(select(h.f.y, h.f.x, c < 4u), lo, hi);
+}
+const AFFINE: bool = true;
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let bo = unit_at(rb, s / 8u);
+    let j = s % 8u;
+    let half = j / 4u;
+    let qi = j % 4u;
+    // Scale bytes 8 half + 2 qi and the next, in word 2 half + qi / 2 of the scales.
+    let scw = quad(bo + 192u)[2u * half + qi / 2u] >> (16u * (qi % 2u));
+    let d = f16_lo(quad(bo + 208u).x);
+    let s0 = d * i8_of(scw & 0xFFu);
+    let s1 = d * i8_of((scw >> 8u) & 0xFFu);
+    let lo_at = bo + 64u * half + (qi & 1u) * 32u;
+    let hi_at = bo + 128u + 32u * half;
+    let lsh = vec4<u32>((qi >> 1u) * 4u);
+    let hsh = vec4<u32>(qi * 2u);
+    let lo = vec4<u32>(0x0F0F0F0Fu);
+    let hi = vec4<u32>(0x03030303u);
+    let a = ((quad(lo_at) >> lsh) & lo) | (((quad(hi_at) >> hsh) & hi) << vec4<u32>(4u));
+    let b = ((quad(lo_at + 16u) >> lsh) & lo) | (((quad(hi_at + 16u) >> hsh) & hi) << vec4<u32>(4u));
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4(a[c]));
+        put4(out, 4u + c, u8x4(b[c]));
+    }
+    return vec4<f32>(s0, -32.0 * s0, s1, -32.0 * s1);
 }

@@ -38,7 +38,7 @@ fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     // This lane's weight rows: col0 + 64 i for i < RPL (rows past n read row n - 1).
     let col0 = wg.x * 64u * RPL + tid;
     var rb: array<u32, RPL>;
-    for (var i = 0u; i < RPL; i++) { rb[i] = p.w_byte_off + min(col0 + 64u * i, p.n - 1u) * p.row_bytes; }
+    for (var i = 0u; i < RPL; i++) { rb[i] = row_at(min(col0 + 64u * i, p.n - 1u)); }
     // The rows of x come from the workgroup's index: uniform, so every lane of a subgroup runs
     // the same loops (the broadcasts need them all).
     let m0 = wg.y * MTS;
@@ -47,14 +47,15 @@ fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var ss: array<f32, MTS>;
     for (var r = 0u; r < RPL * MTS; r++) { acc[r] = 0.0; }
     for (var r = 0u; r < MTS; r++) { ss[r] = 0.0; }
-    var wv: array<array<f32, 32>, RPL>;
+    var wv: array<array<f32, 32>, RPL>; // quants
+    var ab: array<vec4<f32>, RPL>; // their maps to weights (dq32q)
     var piece: array<f32, 32>;
     var gl: array<f32, XL>;
     var xl: array<f32, XL>;
     for (var j = 0u; j < XL; j++) { gl[j] = 1.0; }
     for (var s = 0u; s < p.k / 32u; s++) {
         for (var i = 0u; i < RPL; i++) {
-            dq32(rb[i], s, &piece);
+            ab[i] = dq32q(rb[i], s, &piece);
             wv[i] = piece;
         }
         let e0 = s * 32u + sgi * XL;
@@ -72,7 +73,14 @@ fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
                 ss[r] = fma(v, v, ss[r]);
                 xl[j] = v * gl[j];
             }
-            for (var i = 0u; i < RPL; i++) { acc[i * MTS + r] += dot_bcast(&xl, &wv, i); }
+            // x . w = a (x . q) + b sum(x) per half piece; the sums come with weight row 0's products.
+            var sums = vec2<f32>(0.0);
+            for (var i = 0u; i < RPL; i++) {
+                let d = dot_bcast(&xl, &wv, i, AFFINE && i == 0u);
+                if (AFFINE && i == 0u) { sums = d.zw; }
+                let f = ab[i];
+                acc[i * MTS + r] += f.x * d.x + f.z * d.y + f.y * sums.x + f.w * sums.y;
+            }
         }
     }
     for (var r = 0u; r < mrows; r++) {

@@ -50,6 +50,14 @@ pub fn device_on(backend: &str) -> Device {
             o.kv_f16 = true;
             Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
         }
+        // wgpu on Vulkan with weight rows in groups of N (the default on lavapipe is 8; GPUs
+        // take 1, and an odd N leaves the last group part-filled and the QKV weights apart).
+        rg if rg.starts_with("vulkan-rg") => {
+            let mut o = creme_core::GpuOptions::from_env();
+            o.backends = Some("vulkan".into());
+            o.weight_row_group = Some(rg["vulkan-rg".len()..].parse().unwrap());
+            Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
+        }
         wgpu => {
             Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}")))
         }

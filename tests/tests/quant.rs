@@ -88,7 +88,8 @@ fn cpu_dequant_equals_gguf_python_on_real_tensors() {
 #[test]
 fn gpu_quant_matmul_equals_cpu_for_every_format() {
     // Every kernel flavour: auto, workgroup-per-row, row-per-thread, matvec (m <= 4), tiled and
-    // the GPU tile kernel (m >= 16).
+    // the GPU tile kernel (m >= 16), with the adapter's weight row groups (8 on lavapipe), without
+    // (GPUs), and in groups of 3 (the last one part-filled).
     for flavour in [
         None,
         Some("wg"),
@@ -98,9 +99,15 @@ fn gpu_quant_matmul_equals_cpu_for_every_format() {
         Some("tiled"),
         Some("gemm"),
     ] {
-        let mut o = creme_core::GpuOptions::from_env();
-        o.qmm = flavour.map(String::from);
-        check_formats(&creme_core::Gpu::new_blocking(&o).unwrap(), flavour);
+        for row_group in [None, Some(1), Some(3)] {
+            if row_group == Some(3) && !matches!(flavour, None | Some("rows_sg")) {
+                continue;
+            }
+            let mut o = creme_core::GpuOptions::from_env();
+            o.qmm = flavour.map(String::from);
+            o.weight_row_group = row_group;
+            check_formats(&creme_core::Gpu::new_blocking(&o).unwrap(), flavour);
+        }
     }
 }
 
@@ -129,40 +136,66 @@ fn check_formats(gpu: &creme_core::Gpu, flavour: Option<&str>) {
             let err = max_scaled_err(&got, &want);
             assert!(
                 err < 1e-5,
-                "{} rows={rows} k={k} m={m} kernel {flavour:?}: max rel err {err}",
-                t.name()
+                "{} rows={rows} k={k} m={m} kernel {flavour:?}, row groups of {}: max rel err {err}",
+                t.name(),
+                gpu.weight_row_group
             );
         }
     }
 }
 
-/// The GPU's word-aligned block layout: every row of 32 values of every format is whole words,
-/// the padding goes back out losslessly, and formats already aligned are not copied.
+/// The GPU's layout: rows of every format are whole 16-byte units (also rows whose last quad
+/// of blocks is part-filled), the layout goes back out losslessly with and without row groups
+/// (also a last group that is part-filled), formats kept as in GGUF are not copied, a Q8_0 quad
+/// holds the four scales first and then the quants, and a row group interleaves rows by unit.
 #[test]
-fn word_aligned_layout_round_trips() {
-    use creme_core::quant::{from_word_aligned, to_word_aligned};
+fn gpu_layout_round_trips() {
+    use creme_core::quant::{from_gpu_layout, to_gpu_layout};
     let mut rng = SplitMix64(23);
     for t in ALL_TYPES {
-        let blocks = 3 * 256 / t.block_elems();
-        let raw = random_blocks(t, blocks, &mut rng);
-        let aligned = to_word_aligned(t, &raw);
-        assert_eq!(aligned.len(), t.aligned_row_bytes(3 * 256), "{}", t.name());
-        assert_eq!(
-            t.aligned_row_bytes(32 * t.block_elems()) % 4,
-            0,
-            "{}",
-            t.name()
-        );
-        assert_eq!(&*from_word_aligned(t, &aligned), &raw[..], "{}", t.name());
-        let copied = matches!(aligned, std::borrow::Cow::Owned(_));
-        let padded = [
-            GgmlType::Q4_0,
-            GgmlType::Q5_0,
-            GgmlType::Q8_0,
-            GgmlType::Q6K,
-        ];
-        assert_eq!(copied, padded.contains(&t), "{}", t.name());
+        for (rows, cols) in [(3, 3 * 256), (2, 5 * 32), (1, 32), (11, 512)] {
+            if cols % t.block_elems() != 0 {
+                continue;
+            }
+            let raw = random_blocks(t, rows * cols / t.block_elems(), &mut rng);
+            for group in [1, 8, 3] {
+                let gpu = to_gpu_layout(t, cols, group, &raw);
+                let what = format!("{} {rows}x{cols} in groups of {group}", t.name());
+                assert_eq!(gpu.len(), t.gpu_bytes(rows, cols, group), "{what}");
+                assert_eq!(t.gpu_row_bytes(cols) % 16, 0, "{what}");
+                assert_eq!(t.gpu_row_bytes(cols) % t.gpu_unit_bytes(), 0, "{what}");
+                assert_eq!(from_gpu_layout(t, cols, group, rows, &gpu), raw, "{what}");
+                let copied = matches!(gpu, std::borrow::Cow::Owned(_));
+                let same = [
+                    GgmlType::F32,
+                    GgmlType::F16,
+                    GgmlType::BF16,
+                    GgmlType::Q4K,
+                    GgmlType::Q5K,
+                ];
+                assert_eq!(copied, group > 1 || !same.contains(&t), "{what}");
+            }
+        }
     }
+    let raw = random_blocks(GgmlType::Q8_0, 2, &mut rng);
+    let gpu = to_gpu_layout(GgmlType::Q8_0, 64, 1, &raw);
+    assert_eq!(gpu.len(), 144);
+    assert_eq!(&gpu[4..6], &raw[34..36], "block 1's scale in header word 1");
+    assert_eq!(
+        &gpu[48..80],
+        &raw[36..68],
+        "block 1's quants after block 0's"
+    );
+    assert!(
+        gpu[80..].iter().all(|&b| b == 0),
+        "the quad's missing blocks are zeros"
+    );
+    // Two rows of two K blocks in a group of 2: row 0's block 0, row 1's block 0, row 0's block 1.
+    let raw = random_blocks(GgmlType::Q4K, 4, &mut rng);
+    let gpu = to_gpu_layout(GgmlType::Q4K, 512, 2, &raw);
+    assert_eq!(&gpu[..144], &raw[..144]);
+    assert_eq!(&gpu[144..288], &raw[288..432]);
+    assert_eq!(&gpu[288..432], &raw[144..288]);
 }
 
 #[test]
@@ -188,29 +221,36 @@ fn weight_split_across_bindings_gives_the_same_result() {
 fn gpu_embedding_lookup_equals_cpu_for_every_format() {
     use creme_core::backend::{Backend, Device, Weight};
     use creme_core::model::Embedding;
-    let gpu = creme_tests::device_on("vulkan");
     let cpu = creme_tests::device_on("cpu");
     let mut rng = SplitMix64(17);
     let ids: Vec<u32> = vec![0, 36, 5, 5, 8, 7, 15, 16, 31, 1, 24];
-    for t in ALL_TYPES {
-        let (rows, cols) = (37, 256);
-        let raw = random_blocks(t, rows * cols / t.block_elems(), &mut rng);
-        let split = Weight::Wgpu(split_weight(gpu.gpu().unwrap(), t, rows, cols, &raw, 8));
-        let lookup = |dev: &Device, shared: Option<&Weight>| -> Vec<f32> {
-            let table = Embedding::new(dev, t, rows, cols, &raw, shared).unwrap();
-            let ids = dev.upload_ids("ids", &ids).unwrap();
-            let mut x = dev.zeros("x", ids.rows, cols).unwrap();
-            dev.embed(&table, &ids, &mut x).unwrap();
-            pollster::block_on(dev.read(&x, x.len())).unwrap()
-        };
-        // Within float rounding: a driver may fuse d * q + m into one multiply-add.
-        let want = lookup(&cpu, None);
-        for (got, how) in [
-            (lookup(&gpu, None), "whole"),
-            (lookup(&gpu, Some(&split)), "split"),
-        ] {
-            let err = max_scaled_err(&got, &want);
-            assert!(err < 1e-6, "{} {how}: differs by {err:.2e}", t.name());
+    let lookup = |dev: &Device, t, raw: &[u8], shared: Option<&Weight>| -> Vec<f32> {
+        let table = Embedding::new(dev, t, 37, 256, raw, shared).unwrap();
+        let ids = dev.upload_ids("ids", &ids).unwrap();
+        let mut x = dev.zeros("x", ids.rows, 256).unwrap();
+        dev.embed(&table, &ids, &mut x).unwrap();
+        pollster::block_on(dev.read(&x, x.len())).unwrap()
+    };
+    // With the adapter's weight row groups, without, and in groups of 3 (part-filled).
+    for name in ["vulkan", "vulkan-rg1", "vulkan-rg3"] {
+        let gpu = creme_tests::device_on(name);
+        for t in ALL_TYPES {
+            let (rows, cols) = (37, 256);
+            let raw = random_blocks(t, rows * cols / t.block_elems(), &mut rng);
+            let split = Weight::Wgpu(split_weight(gpu.gpu().unwrap(), t, rows, cols, &raw, 8));
+            // Within float rounding: a driver may fuse d * q + m into one multiply-add.
+            let want = lookup(&cpu, t, &raw, None);
+            for (got, how) in [
+                (lookup(&gpu, t, &raw, None), "whole"),
+                (lookup(&gpu, t, &raw, Some(&split)), "split"),
+            ] {
+                let err = max_scaled_err(&got, &want);
+                assert!(
+                    err < 1e-6,
+                    "{} {how} on {name}: differs by {err:.2e}",
+                    t.name()
+                );
+            }
         }
     }
 }

@@ -144,6 +144,10 @@ enum Cmd {
         /// Rows of x (1 = decode)
         #[arg(long, default_value_t = 1)]
         m: usize,
+        /// Cycle through this many copies of each weight, so that with enough of them the
+        /// weights stream from memory as in a whole model instead of staying in a cache
+        #[arg(long, default_value_t = 1)]
+        copies: usize,
     },
     /// Causal trace: which layer restores the clean behaviour when patched into the perturbed run
     Trace {
@@ -354,7 +358,12 @@ fn run(cli: Cli) -> Res {
             calibrate_cmd::run(&Device::open(&gpu.options())?, args)
         }
         Cmd::Bench { gpu, args } => bench_cmd::run(&gpu.options(), args),
-        Cmd::BenchKernels { gpu, reps, m } => bench_kernels(&gpu.options(), reps, m),
+        Cmd::BenchKernels {
+            gpu,
+            reps,
+            m,
+            copies,
+        } => bench_kernels(&gpu.options(), reps, m, copies),
         Cmd::Edit {
             gpu,
             pair,
@@ -574,15 +583,16 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
     Ok(())
 }
 
-fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
+fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize, copies: usize) -> Res {
     use creme_core::model::GgmlType as G;
     let dev = Device::open(opts)?;
     let kernel = dev
         .gpu()
         .map_or("the CPU backend's".into(), |g| g.qmm_kernel(m as u32, 4864));
     println!(
-        "quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864, kernel {kernel}",
-        dev.describe()
+        "quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864 ({copies} {}), kernel {kernel}",
+        dev.describe(),
+        if copies == 1 { "copy" } else { "copies in turn" }
     );
     let mut rng = cpu::SplitMix64(1);
     for t in [G::Q4K, G::Q6K, G::Q5_0, G::Q8_0, G::Q4_1, G::F32] {
@@ -593,12 +603,14 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize) -> Res {
             let raw: Vec<u8> = (0..t.row_bytes(k) * rows)
                 .map(|_| (rng.next_u64() & 0x3f) as u8)
                 .collect();
-            let w = dev.upload_weight("w", t, rows, k, &raw)?;
+            let ws = (0..copies.max(1))
+                .map(|_| dev.upload_weight("w", t, rows, k, &raw))
+                .collect::<Result<Vec<_>, _>>()?;
             let x = dev.upload("x", m, k, &rng.vec_f32(m * k))?;
             let mut y = dev.zeros("y", m, rows)?;
             let mut run = |n: usize| -> Res {
-                for _ in 0..n {
-                    dev.matmul_q(&x, &w, &mut y, m)?;
+                for i in 0..n {
+                    dev.matmul_q(&x, &ws[i % ws.len()], &mut y, m)?;
                 }
                 pollster::block_on(dev.read(&y, 1))?;
                 Ok(())

@@ -99,26 +99,207 @@ impl GgmlType {
         ggml_type_name(self.id())
     }
 
-    /// Where a block of this format gets 2 bytes of padding in the GPU's word-aligned layout
-    /// (see [`to_word_aligned`]): after the leading f16 scale (Q4_0, Q5_0, Q8_0) or at the end
-    /// (Q6_K, whose f16 scale is last). Other formats' fields already lie on 4-byte boundaries.
-    fn word_pad_at(self) -> Option<usize> {
+    /// How the GPU lays out this format's blocks (see [`to_gpu_layout`]).
+    fn gpu_layout(self) -> GpuLayout {
         match self {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => Some(2),
-            GgmlType::Q6K => Some(210),
-            _ => None,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                GpuLayout::Quads { quants: 16 }
+            }
+            GgmlType::Q8_0 => GpuLayout::Quads { quants: 32 },
+            GgmlType::Q6K => GpuLayout::PadEnd { to: 224 },
+            _ => GpuLayout::Same,
         }
     }
 
-    /// Bytes per block in the GPU's word-aligned layout.
-    pub fn aligned_block_bytes(self) -> usize {
-        self.block_bytes() + if self.word_pad_at().is_some() { 2 } else { 0 }
+    /// Bytes of the GPU layout's unit, what a row group interleaves (see [`to_gpu_layout`]): a
+    /// quad of blocks, a K block, or 32 values of a float format.
+    pub fn gpu_unit_bytes(self) -> usize {
+        match self.gpu_layout() {
+            GpuLayout::Same if self.block_elems() == 1 => 32 * self.block_bytes(),
+            GpuLayout::Same => self.block_bytes(),
+            GpuLayout::PadEnd { to } => to,
+            GpuLayout::Quads { quants } => 4 * (quad_head_bytes(self, quants) + quants),
+        }
     }
 
-    /// Bytes of a row of `n` elements in the GPU's word-aligned layout.
-    pub fn aligned_row_bytes(self, n: usize) -> usize {
-        n / self.block_elems() * self.aligned_block_bytes()
+    /// Bytes of `rows` rows of `n` elements in the GPU's layout with rows in groups of
+    /// `row_group` (the last group padded to whole).
+    pub fn gpu_bytes(self, rows: usize, n: usize, row_group: usize) -> usize {
+        rows.next_multiple_of(row_group.max(1)) * self.gpu_row_bytes(n)
     }
+
+    /// Bytes of a row of `n` elements in the GPU's layout (a multiple of 16).
+    pub fn gpu_row_bytes(self, n: usize) -> usize {
+        let blocks = n / self.block_elems();
+        match self.gpu_layout() {
+            GpuLayout::Same => self.row_bytes(n),
+            GpuLayout::PadEnd { to } => blocks * to,
+            GpuLayout::Quads { quants } => {
+                blocks.div_ceil(4) * 4 * (quad_head_bytes(self, quants) + quants)
+            }
+        }
+    }
+}
+
+/// See [`to_gpu_layout`].
+#[derive(Clone, Copy)]
+enum GpuLayout {
+    /// GGUF's blocks as they are (Q4_K and Q5_K: 144 and 176 bytes, every field 16-byte aligned
+    /// where the kernels read it as a whole; the float formats).
+    Same,
+    /// Each block padded at its end to `to` bytes (Q6_K: 210 -> 224).
+    PadEnd { to: usize },
+    /// Blocks of 32 weights with `quants` bytes of quants at their end, in groups of four per row.
+    Quads { quants: usize },
+}
+
+/// Bytes of one block's header (scale, min, high bits) in a quad: GGUF's bytes before the quants,
+/// with 2 bytes of padding after a lone f16 scale so that every field starts on a word.
+fn quad_head_bytes(t: GgmlType, quants: usize) -> usize {
+    (t.block_bytes() - quants).next_multiple_of(4)
+}
+
+/// Whole rows of `t` (`cols` wide) in the GPU's layout, where every 16 bytes a kernel reads
+/// together lie on a 16-byte boundary, so that a shader reads them with one vec4 load (on CPU
+/// adapters such as lavapipe each load instruction costs a loop over the SIMD lanes, whatever
+/// its width, so four words in one load cost about a third of four loads):
+/// - Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 go in quads of 4 blocks: the 4 headers (scale, min and high
+///   bits; each 4 or 8 bytes, a lone f16 scale padded to a word), then the 4 blocks' quants (16 or
+///   32 bytes each). A row's last quad is filled with zero blocks. Same bytes per block as GGUF
+///   plus at most 2.
+/// - Q6_K blocks are padded from 210 to 224 bytes.
+/// - The others are borrowed as they are.
+///
+/// With `row_group` > 1, rows then lie in groups of that many whose units (a quad, a K block, 32
+/// values of a float format: [`GgmlType::gpu_unit_bytes`]) are interleaved: unit u of the group's
+/// row i at u * row_group + i. On a CPU adapter the lanes of one SIMD row take consecutive weight
+/// rows, so they then read one sequential stream instead of row_group streams a row apart, which
+/// the CPU's prefetcher follows (with 8 streams of 672 bytes, Qwen's 4,864 x 896 products ran at
+/// 60% of their speed once the weights no longer fitted the cache). The last group is padded with
+/// zero rows.
+pub fn to_gpu_layout(
+    t: GgmlType,
+    cols: usize,
+    row_group: usize,
+    bytes: &[u8],
+) -> std::borrow::Cow<'_, [u8]> {
+    let rows = rows_to_gpu(t, cols, bytes);
+    if row_group <= 1 {
+        return rows;
+    }
+    std::borrow::Cow::Owned(interleave(
+        &rows,
+        t.gpu_row_bytes(cols),
+        t.gpu_unit_bytes(),
+        row_group,
+    ))
+}
+
+/// The first `rows` rows in GGUF's layout from [`to_gpu_layout`]'s.
+pub fn from_gpu_layout(
+    t: GgmlType,
+    cols: usize,
+    row_group: usize,
+    rows: usize,
+    bytes: &[u8],
+) -> Vec<u8> {
+    let rb = t.gpu_row_bytes(cols);
+    if row_group <= 1 {
+        return rows_from_gpu(t, cols, &bytes[..rows * rb]).into_owned();
+    }
+    let (ub, rg) = (t.gpu_unit_bytes(), row_group);
+    let mut plain = vec![0u8; rows * rb];
+    for (r, row) in plain.chunks_exact_mut(rb).enumerate() {
+        let base = r / rg * rg * rb + r % rg * ub;
+        for (u, unit) in row.chunks_exact_mut(ub).enumerate() {
+            let at = base + u * rg * ub;
+            unit.copy_from_slice(&bytes[at..at + ub]);
+        }
+    }
+    rows_from_gpu(t, cols, &plain).into_owned()
+}
+
+/// Rows of `rb` bytes with their units of `ub` bytes interleaved in groups of `rg` rows.
+fn interleave(src: &[u8], rb: usize, ub: usize, rg: usize) -> Vec<u8> {
+    let rows = src.len() / rb;
+    let mut out = vec![0u8; rows.next_multiple_of(rg) * rb];
+    for (r, row) in src.chunks_exact(rb).enumerate() {
+        let base = r / rg * rg * rb + r % rg * ub;
+        for (u, unit) in row.chunks_exact(ub).enumerate() {
+            let at = base + u * rg * ub;
+            out[at..at + ub].copy_from_slice(unit);
+        }
+    }
+    out
+}
+
+/// [`to_gpu_layout`] of each row on its own (no row groups).
+fn rows_to_gpu(t: GgmlType, cols: usize, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let (bb, nb) = (t.block_bytes(), cols / t.block_elems());
+    let rows = bytes.len() / t.row_bytes(cols).max(1);
+    match t.gpu_layout() {
+        GpuLayout::Same => std::borrow::Cow::Borrowed(bytes),
+        GpuLayout::PadEnd { to } => {
+            let mut out = Vec::with_capacity(bytes.len() / bb * to);
+            for b in bytes.chunks_exact(bb) {
+                out.extend_from_slice(b);
+                out.resize(out.len() + to - bb, 0);
+            }
+            std::borrow::Cow::Owned(out)
+        }
+        GpuLayout::Quads { quants } => {
+            let head = quad_head_bytes(t, quants);
+            let mut out = vec![0u8; rows * t.gpu_row_bytes(cols)];
+            for (r, row) in bytes.chunks_exact(nb * bb).take(rows).enumerate() {
+                let dst = &mut out[r * t.gpu_row_bytes(cols)..];
+                for (i, b) in row.chunks_exact(bb).enumerate() {
+                    let (h, q) = quad_offsets(i, head, quants);
+                    let raw_head = bb - quants;
+                    // The scale, then (past the padding, if any) the rest of the header.
+                    dst[h..h + 2].copy_from_slice(&b[..2]);
+                    dst[h + head - (raw_head - 2)..h + head].copy_from_slice(&b[2..raw_head]);
+                    dst[q..q + quants].copy_from_slice(&b[raw_head..]);
+                }
+            }
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
+/// GGUF rows back from [`rows_to_gpu`]'s layout.
+fn rows_from_gpu(t: GgmlType, cols: usize, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let (bb, nb) = (t.block_bytes(), cols / t.block_elems());
+    let gpu_row = t.gpu_row_bytes(cols).max(1);
+    match t.gpu_layout() {
+        GpuLayout::Same => std::borrow::Cow::Borrowed(bytes),
+        GpuLayout::PadEnd { to } => {
+            let mut out = Vec::with_capacity(bytes.len() / to * bb);
+            for b in bytes.chunks_exact(to) {
+                out.extend_from_slice(&b[..bb]);
+            }
+            std::borrow::Cow::Owned(out)
+        }
+        GpuLayout::Quads { quants } => {
+            let head = quad_head_bytes(t, quants);
+            let raw_head = bb - quants;
+            let mut out = Vec::with_capacity(bytes.len() / gpu_row * nb * bb);
+            for row in bytes.chunks_exact(gpu_row) {
+                for i in 0..nb {
+                    let (h, q) = quad_offsets(i, head, quants);
+                    out.extend_from_slice(&row[h..h + 2]);
+                    out.extend_from_slice(&row[h + head - (raw_head - 2)..h + head]);
+                    out.extend_from_slice(&row[q..q + quants]);
+                }
+            }
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
+/// Where block `i` of a row's quads keeps its header and its quants.
+fn quad_offsets(i: usize, head: usize, quants: usize) -> (usize, usize) {
+    let base = i / 4 * 4 * (head + quants);
+    (base + i % 4 * head, base + 4 * head + i % 4 * quants)
 }
 
 /// ggml's names for every type id (so an unsupported one is named in the error).
@@ -176,38 +357,6 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
             ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
         )
     }
-}
-
-/// Whole blocks of `t` in the GPU's word-aligned layout: every field of every block starts at a
-/// multiple of 4 bytes (GGUF's Q4_0, Q5_0 and Q8_0 blocks are 18, 22 and 34 bytes, Q6_K 210), so
-/// a shader reads each 4 bytes of quants with one word load instead of two loads, a shift and a
-/// branch on the alignment. The layout pads 2 zero bytes into each block where
-/// [`GgmlType::aligned_block_bytes`] says; borrowed as is for formats that need none.
-pub fn to_word_aligned(t: GgmlType, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let Some(at) = t.word_pad_at() else {
-        return std::borrow::Cow::Borrowed(bytes);
-    };
-    let bb = t.block_bytes();
-    let mut out = Vec::with_capacity(bytes.len() / bb * (bb + 2));
-    for b in bytes.chunks_exact(bb) {
-        out.extend_from_slice(&b[..at]);
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&b[at..]);
-    }
-    std::borrow::Cow::Owned(out)
-}
-
-/// GGUF blocks back from [`to_word_aligned`]'s layout.
-pub fn from_word_aligned(t: GgmlType, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    let Some(at) = t.word_pad_at() else {
-        return std::borrow::Cow::Borrowed(bytes);
-    };
-    let mut out = Vec::with_capacity(bytes.len() / t.aligned_block_bytes() * t.block_bytes());
-    for b in bytes.chunks_exact(t.aligned_block_bytes()) {
-        out.extend_from_slice(&b[..at]);
-        out.extend_from_slice(&b[at + 2..]);
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 /// Blocks of Q4_0 or Q5_0 re-encoded as Q8_0 without loss (Q8_0 returned as is; None for other

@@ -11,7 +11,7 @@ use crate::gpu::ops::{Epilogue, Fusion};
 use crate::gpu::{Gpu, GpuWeight};
 use crate::model::Embedding;
 use crate::quant::GgmlType;
-use crate::quant::{dequantize, from_word_aligned};
+use crate::quant::{dequantize, from_gpu_layout};
 
 impl Gpu {
     /// A reusable scratch buffer of at least `bytes` (by name), grown when too small. Ops run in
@@ -336,10 +336,9 @@ impl Backend for Gpu {
         let w = w.wgpu()?;
         let mut out = Vec::with_capacity(w.rows * w.cols);
         for c in &w.chunks {
-            let bytes = self
-                .read_bytes(&c.buffer, c.byte_off, c.rows * w.row_bytes())
-                .await?;
-            let gguf = from_word_aligned(w.dtype, &bytes);
+            let laid = w.dtype.gpu_bytes(c.rows, w.cols, w.row_group);
+            let bytes = self.read_bytes(&c.buffer, c.byte_off, laid).await?;
+            let gguf = from_gpu_layout(w.dtype, w.cols, w.row_group, c.rows, &bytes);
             out.extend(dequantize(w.dtype, &gguf, c.rows * w.cols)?);
         }
         Ok(out)

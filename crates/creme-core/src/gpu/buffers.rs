@@ -8,13 +8,14 @@ impl Gpu {
     pub fn upload<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         if !self.fits(label, bytes.len() as u64) {
-            return self.storage_unchecked(label, 4);
+            return self.storage_unchecked(label, 16);
         }
-        // wgpu rejects zero-sized bindings; keep at least one word.
+        // wgpu rejects zero-sized bindings, and kernels may view a buffer as vec4s: keep at least
+        // 16 bytes.
         let padded;
-        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+        let contents = if bytes.len() % 4 != 0 || bytes.len() < 16 {
             let mut v = bytes.to_vec();
-            v.resize(((bytes.len() + 3) / 4 * 4).max(4), 0);
+            v.resize(bytes.len().next_multiple_of(4).max(16), 0);
             padded = v;
             &padded[..]
         } else {
@@ -32,7 +33,7 @@ impl Gpu {
     /// A zeroed storage buffer of `bytes` bytes (rounded up to a word).
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         if !self.fits(label, bytes) {
-            return self.storage_unchecked(label, 4);
+            return self.storage_unchecked(label, 16);
         }
         self.storage_unchecked(label, bytes)
     }
@@ -55,7 +56,7 @@ impl Gpu {
     fn storage_unchecked(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.new_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: ((bytes + 3) / 4 * 4).max(4),
+            size: bytes.next_multiple_of(4).max(16),
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,

@@ -30,6 +30,10 @@ pub struct GpuOptions {
     /// causal-trace scores are sensitive to it: on a 6-layer SmolLM2 whose clean and perturbed
     /// log-probabilities differ by 0.24, restoration scores moved by up to 4e-2.
     pub kv_f16: bool,
+    /// Weight rows per interleaved group (`CREME_WEIGHT_ROW_GROUP`, 1 to 64; see
+    /// [`crate::quant::to_gpu_layout`]); default 8 on CPU adapters (the SIMD width of their
+    /// lanes), 1 on GPUs.
+    pub weight_row_group: Option<usize>,
 }
 
 impl GpuOptions {
@@ -61,6 +65,7 @@ impl GpuOptions {
             qmm: var("CREME_QMM"),
             split_attention: var("CREME_SPLIT_ATTENTION").map(|v| v != "0" && v != "false"),
             kv_f16: flag("CREME_KV_F16"),
+            weight_row_group: var("CREME_WEIGHT_ROW_GROUP").map(|v| v.parse().unwrap_or(0)),
         }
     }
 }
@@ -167,6 +172,8 @@ pub struct Gpu {
     pub split_attention: bool,
     /// The KV cache holds f16s (`GpuOptions::kv_f16` on an adapter with shader-f16).
     pub kv_f16: bool,
+    /// Weight rows per interleaved group of the weights' layout (`GpuOptions::weight_row_group`).
+    pub weight_row_group: usize,
     /// The first fault since the last [`Gpu::check`]: an uncaptured wgpu error, out of memory, a
     /// buffer over the adapter's limits, or the device lost (which stays).
     pub(crate) fault: std::sync::Arc<std::sync::Mutex<Option<GpuError>>>,
@@ -321,6 +328,16 @@ impl Gpu {
         let qmm = QmmPolicy::parse(opts.qmm.as_deref())?;
         let cpu_adapter = info.device_type == wgpu::DeviceType::Cpu;
         let kv_f16 = opts.kv_f16 && report.shader_f16;
+        let weight_row_group = match opts.weight_row_group {
+            Some(g @ 1..=64) => g,
+            Some(g) => {
+                return Err(GpuError::Device(format!(
+                    "weight row group {g}: expected 1 to 64 (CREME_WEIGHT_ROW_GROUP)"
+                )))
+            }
+            None if cpu_adapter => 8,
+            None => 1,
+        };
         Ok(Gpu {
             device,
             queue,
@@ -331,6 +348,7 @@ impl Gpu {
             qmm,
             split_attention: opts.split_attention.unwrap_or(!cpu_adapter),
             kv_f16,
+            weight_row_group,
             cpu_adapter,
             fault,
             pending: Default::default(),

@@ -119,10 +119,11 @@ fn quant_matmul_source(format: &str) -> Option<String> {
     Some(src)
 }
 
-/// `main_rows_sg` for subgroups of `lanes` lanes in `shape`, and the dot product of a lane's 32
-/// weights with a piece of x spread over the subgroup, its broadcasts unrolled (WGSL wants the
+/// `main_rows_sg` for subgroups of `lanes` lanes in `shape`, and the dot products of a lane's 32
+/// quants with a piece of x spread over the subgroup, its broadcasts unrolled (WGSL wants the
 /// lane of `subgroupBroadcast` as a constant; a loop of shuffles would cost a load-like lane loop
-/// each on lavapipe).
+/// each on lavapipe): x . q over the piece's two halves (lanes below SG / 2 hold the first 16
+/// elements), and with `sums` the halves' sums of x from the same broadcasts.
 fn rows_subgroup_source(lanes: u32, shape: RowsSgShape) -> Option<String> {
     if !matches!(lanes, 4 | 8 | 16 | 32) {
         return None;
@@ -132,14 +133,21 @@ fn rows_subgroup_source(lanes: u32, shape: RowsSgShape) -> Option<String> {
     let mut src = format!(
         "const SG: u32 = {lanes}u;\nconst RPL: u32 = {rows_per_lane}u;\nconst MTS: u32 = {x_rows}u;\n\
          const ALL_ROWS: bool = {full};\n\
-         fn dot_bcast(xl: ptr<function, array<f32, XL>>, wv: ptr<function, array<array<f32, 32>, RPL>>, row: u32) -> f32 {{\n\
-         \x20   var a = 0.0;\n\
+         fn dot_bcast(xl: ptr<function, array<f32, XL>>, wv: ptr<function, array<array<f32, 32>, RPL>>, row: u32, sums: bool) -> vec4<f32> {{\n\
+         \x20   var a = vec4<f32>(0.0);\n\
          \x20   for (var j = 0u; j < XL; j++) {{\n\
          \x20       let v = (*xl)[j];\n"
     );
     for i in 0..lanes {
+        let (dot, sum) = if i < lanes / 2 {
+            ("x", "z")
+        } else {
+            ("y", "w")
+        };
         src += &format!(
-            "        a = fma(subgroupBroadcast(v, {i}u), (*wv)[row][{i}u * XL + j], a);\n"
+            "        let b{i} = subgroupBroadcast(v, {i}u);\n\
+             \x20       a.{dot} = fma(b{i}, (*wv)[row][{i}u * XL + j], a.{dot});\n\
+             \x20       if (sums) {{ a.{sum} += b{i}; }}\n"
         );
     }
     src += "    }\n    return a;\n}\n";

@@ -118,6 +118,7 @@ struct QuantMatmulParams {
     epilogue: u32,
     has_norm: u32,
     eps: f32,
+    row_group: u32,
 }
 
 /// How a quantized matmul's result enters y (the fusions of the forward pass).
@@ -297,6 +298,7 @@ impl Gpu {
                     y_off: y_off + c.row0 as u32,
                     has_bias: bias.is_some() as u32,
                     row_bytes: w.row_bytes() as u32,
+                    row_group: w.row_group as u32,
                     total_wg: total,
                     w_byte_off: c.byte_off as u32,
                     epilogue: epilogue as u32,
@@ -355,6 +357,7 @@ impl Gpu {
                     ldy: k,
                     y_off: c.row0 as u32,
                     row_bytes: table.row_bytes() as u32,
+                    row_group: table.row_group as u32,
                     w_byte_off: c.byte_off as u32,
                     ..Default::default()
                 },

@@ -1,11 +1,12 @@
-//! Weights on the GPU, kept in their GGUF format with word-aligned blocks (see
-//! [`crate::quant::to_word_aligned`]: the kernels read every 4 bytes of quants with one load). A tensor larger than one storage binding (Qwen's
+//! Weights on the GPU, kept in their GGUF format with the blocks laid out so that what a kernel
+//! reads together lies in aligned 16 bytes (see [`crate::quant::to_gpu_layout`]: the kernels read
+//! quants with vec4 loads). A tensor larger than one storage binding (Qwen's
 //! 138 MiB output head) is split by rows into several buffers; the attention projections of a
 //! layer share one buffer, so that one matmul can compute all three (see [`Gpu::upload_weight_group`]).
 
 use super::Gpu;
 use crate::error::GpuError;
-use crate::quant::{repack_as_q8_0, to_word_aligned, GgmlType};
+use crate::quant::{repack_as_q8_0, to_gpu_layout, GgmlType};
 
 /// One row-range of a weight in a buffer, from byte `byte_off`.
 #[derive(Clone)]
@@ -23,17 +24,21 @@ pub struct GpuWeight {
     pub dtype: GgmlType,
     pub rows: usize,
     pub cols: usize,
+    /// Rows lie in groups of this many with their units interleaved (see
+    /// [`crate::quant::to_gpu_layout`]; `Gpu::weight_row_group`).
+    pub row_group: usize,
     pub chunks: Vec<WeightChunk>,
 }
 
 impl GpuWeight {
-    /// Bytes of one row in the buffer (word-aligned blocks).
+    /// Bytes of one row in the buffer (the GPU's layout).
     pub fn row_bytes(&self) -> usize {
-        self.dtype.aligned_row_bytes(self.cols)
+        self.dtype.gpu_row_bytes(self.cols)
     }
 
     /// `parts` as one weight of all their rows, where they lie back to back in one buffer in that
-    /// order with the same format and width (as [`Gpu::upload_weight_group`] puts them).
+    /// order with the same format and width (as [`Gpu::upload_weight_group`] puts them), and all but
+    /// the last in whole row groups (else a padded group would fall between them).
     pub fn joined(parts: &[&GpuWeight]) -> Option<GpuWeight> {
         let first = parts.first()?;
         let c0 = match first.chunks.as_slice() {
@@ -41,18 +46,22 @@ impl GpuWeight {
             _ => return None,
         };
         let mut next = c0.byte_off;
-        for w in parts {
+        for (i, w) in parts.iter().enumerate() {
             let [c] = w.chunks.as_slice() else {
                 return None;
             };
             if w.dtype != first.dtype
                 || w.cols != first.cols
+                || w.row_group != first.row_group
                 || c.buffer != c0.buffer
                 || c.byte_off != next
             {
                 return None;
             }
-            next += (w.rows * w.row_bytes()) as u64;
+            if i + 1 < parts.len() && !w.rows.is_multiple_of(w.row_group) {
+                return None;
+            }
+            next += w.dtype.gpu_bytes(w.rows, w.cols, w.row_group) as u64;
         }
         let rows = parts.iter().map(|w| w.rows).sum();
         let chunk = WeightChunk {
@@ -71,6 +80,7 @@ impl GpuWeight {
             dtype: first.dtype,
             rows,
             cols: first.cols,
+            row_group: first.row_group,
             chunks: vec![chunk],
         })
     }
@@ -86,7 +96,7 @@ pub struct WeightUpload<'a> {
 }
 
 impl Gpu {
-    /// Upload a weight's GGUF bytes as word-aligned blocks, split by rows so that no buffer
+    /// Upload a weight's GGUF bytes in the GPU's layout, split by rows so that no buffer
     /// exceeds the binding limit.
     pub fn upload_weight(
         &self,
@@ -96,16 +106,17 @@ impl Gpu {
         cols: usize,
         bytes: &[u8],
     ) -> Result<GpuWeight, GpuError> {
-        let row_bytes = dtype.aligned_row_bytes(cols);
+        // A chunk holds whole row groups.
+        let group_bytes = dtype.gpu_row_bytes(cols) * self.weight_row_group;
         let limit = self.max_binding_bytes() as usize;
-        let rows_per_chunk = (limit.saturating_sub(4) / row_bytes).min(rows).max(1);
-        if row_bytes + 4 > limit {
+        if group_bytes + 4 > limit {
             return Err(GpuError::TooLarge {
                 tensor: name.into(),
-                bytes: row_bytes as u64,
+                bytes: group_bytes as u64,
                 limit: limit as u64,
             });
         }
+        let rows_per_chunk = (limit - 4) / group_bytes * self.weight_row_group;
         let part = WeightUpload {
             name,
             dtype,
@@ -116,24 +127,26 @@ impl Gpu {
         self.upload_weight_in_chunks(&part, rows_per_chunk)
     }
 
-    /// [`Gpu::upload_weight`] with `rows_per_chunk` rows in each buffer (tests split small
-    /// weights with it the way a weight over the binding limit is split).
+    /// [`Gpu::upload_weight`] with `rows_per_chunk` rows in each buffer, rounded up to whole row
+    /// groups (tests split small weights with it the way a weight over the binding limit is
+    /// split).
     pub fn upload_weight_in_chunks(
         &self,
         part: &WeightUpload<'_>,
         rows_per_chunk: usize,
     ) -> Result<GpuWeight, GpuError> {
-        let (t, rows) = (part.dtype, part.rows);
+        let (t, rows, rg) = (part.dtype, part.rows, self.weight_row_group);
         check_bytes(part.name, t, rows, part.cols, part.bytes)?;
         let gguf_row_bytes = t.row_bytes(part.cols);
+        let rows_per_chunk = rows_per_chunk.max(1).next_multiple_of(rg);
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
-            let n = rows_per_chunk.max(1).min(rows - row0);
+            let n = rows_per_chunk.min(rows - row0);
             let data = &part.bytes[row0 * gguf_row_bytes..(row0 + n) * gguf_row_bytes];
             let label = format!("{}[{row0}..]", part.name);
             chunks.push(WeightChunk {
-                buffer: self.upload(&label, &to_word_aligned(t, data)),
+                buffer: self.upload(&label, &to_gpu_layout(t, part.cols, rg, data)),
                 row0,
                 rows: n,
                 byte_off: 0,
@@ -145,6 +158,7 @@ impl Gpu {
             dtype: t,
             rows,
             cols: part.cols,
+            row_group: rg,
             chunks,
         })
     }
@@ -177,6 +191,7 @@ impl Gpu {
         if parts.iter().any(|p| p.cols != first.cols) {
             return separately();
         }
+        let rg = self.weight_row_group;
         let mut packed = Vec::new();
         let mut offsets = Vec::new();
         for p in parts {
@@ -189,9 +204,9 @@ impl Gpu {
                 return separately();
             };
             offsets.push(packed.len() as u64);
-            packed.extend_from_slice(&to_word_aligned(dtype, &repacked));
+            packed.extend_from_slice(&to_gpu_layout(dtype, p.cols, rg, &repacked));
         }
-        if packed.len() as u64 + 4 > self.max_binding_bytes() || packed.len() % 4 != 0 {
+        if packed.len() as u64 + 4 > self.max_binding_bytes() || packed.len() % 16 != 0 {
             return separately();
         }
         let buffer = self.upload(&format!("{} ..", first.name), &packed);
@@ -203,6 +218,7 @@ impl Gpu {
                 dtype,
                 rows: p.rows,
                 cols: p.cols,
+                row_group: rg,
                 chunks: vec![WeightChunk {
                     buffer: buffer.clone(),
                     row0: 0,
