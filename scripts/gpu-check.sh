@@ -79,6 +79,7 @@ variant rows CREME_QMM=rows
 variant no-subgroups CREME_NO_SUBGROUPS=1
 variant one-pass-attention CREME_SPLIT_ATTENTION=0
 variant kv-f16 CREME_KV_F16=1
+variant row-group-8 CREME_WEIGHT_ROW_GROUP=8
 
 step "matmul kernels alone: m = 1 (chosen, a workgroup per row), m = 512 (chosen, a thread per row)"
 for run in 1:auto 1:wg 512:auto 512:rows; do

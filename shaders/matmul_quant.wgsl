@@ -1,5 +1,5 @@
 // Quantized matmul: y[m, y_off + n] = sum_k x[m, k] * W[n, k] (+ bias[n]), W read straight from
-// GGUF blocks, word-aligned (no dequantized copy). With has_norm, x is first RMS-normed with weight g, folded in
+// GGUF blocks in the GPU layout (quant.rs, to_gpu_layout; no dequantized copy). With has_norm, x is first RMS-normed with weight g, folded in
 // as rmsnorm(x) . W^T = (x . (W * g)^T) / rms(x): each piece of weights is scaled by g and the
 // threads that read x also sum its squares, so the norm costs no dispatch and no pass over x. One workgroup per output column n and per MT rows of x;
 // each thread dequantizes 32-weight pieces of the row into registers and reuses them for all MT

@@ -586,9 +586,13 @@ fn check_matmul(opts: &GpuOptions, cases: usize, seed: u64) -> Res {
 fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize, copies: usize) -> Res {
     use creme_core::model::GgmlType as G;
     let dev = Device::open(opts)?;
-    let kernel = dev
-        .gpu()
-        .map_or("the CPU backend's".into(), |g| g.qmm_kernel(m as u32, 4864));
+    let kernel = dev.gpu().map_or("the CPU backend's".into(), |g| {
+        format!(
+            "{}, weight rows in groups of {}",
+            g.qmm_kernel(m as u32, 4864),
+            g.weight_row_group
+        )
+    });
     println!(
         "quantized matmul on {}, m = {m}, weight 4864 x 896 and 896 x 4864 ({copies} {}), kernel {kernel}",
         dev.describe(),
