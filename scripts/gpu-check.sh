@@ -69,7 +69,7 @@ for k, name in (("pp", "pp512"), ("tg", "tg128")):
 EOF
 fi
 
-step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass; an f16 KV cache"
+step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass; an f16 KV cache; weight rows in groups of 8"
 variant() { # label, env: pp512 and tg128, one line each
   env $2 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 \
     --decode "" --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench-$1.json"
