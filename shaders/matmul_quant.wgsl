@@ -132,6 +132,21 @@ fn u8x4(v: u32) -> vec4<f32> {
 fn bytes_of_bits(h: u32) -> u32 {
     return ((h & 15u) * 0x00204081u) & 0x01010101u;
 }
+// The 32 quants of a 32-value block of Q4 or Q5 from its 16 bytes q (values 0-15 in the low
+// nibbles, 16-31 in the high ones) and, for Q5, its fifth bits qh (bit i for value i; 0 for Q4),
+// less `zero` (the formats without a min are centred: their map then has no offset, and a
+// decode kernel no sums of x to cancel against).
+fn q5_quants(q: vec4<u32>, qh: u32, zero: f32, out: ptr<function, array<f32, 32>>) {
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4((q[c] & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (4u * c)) << 4u)) - zero);
+        put4(out, 4u + c, u8x4(((q[c] >> 4u) & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (16u + 4u * c)) << 4u)) - zero);
+    }
+}
+// Block i's header words (its scale word, its qh) in a Q5 quad at qb (headers of 8 bytes).
+fn q5_header(qb: u32, i: u32) -> vec2<u32> {
+    let hv = quad(qb + 16u * (i / 2u));
+    return vec2<u32>(hv[2u * (i % 2u)], hv[2u * (i % 2u) + 1u]);
+}
 fn bit4(h: u32) -> vec4<f32> {
     return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u));
 }

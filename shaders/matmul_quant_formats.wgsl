@@ -5,7 +5,8 @@
 //   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head;
 //   dq32q(rb, s, out): all 32 as their quants q (as floats) and the map to weights,
 //     weight i = a q_i + b with (a, b) the result's xy for i < 16 and zw for the rest; read with
-//     as few vec4 loads as the layout allows. AFFINE says whether b can be non-zero.
+//     as few vec4 loads as the layout allows. AFFINE says whether b can be non-zero (formats
+//     with a min; the others are centred, so that b is 0).
 // GPU kernels take a piece 4 weights per lane (dq4h), so that neighbouring lanes read
 // neighbouring words; the CPU-adapter kernels take a whole piece per lane (dq32q), since there every
 // load instruction is a loop over the SIMD lanes, whatever its width, and the decode kernel
@@ -27,42 +28,31 @@ fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
 }
 
 //@format F16
-const UNIT_BYTES: u32 = 64u;
-fn head(rb: u32, s: u32) -> Head {
-    return Head(vec4<f32>(0.0), vec4<u32>(0u));
-}
-fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
-    let o = unit_at(rb, s) + 8u * c;
-    return vec4<f32>(unpack2x16float(word(o)), unpack2x16float(word(o + 4u)));
-}
-const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    for (var c = 0u; c < 4u; c++) {
-        let v = quad(unit_at(rb, s) + 16u * c);
-        put4(out, 2u * c, vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y)));
-        put4(out, 2u * c + 1u, vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w)));
-    }
-    return vec4<f32>(1.0, 0.0, 1.0, 0.0);
+fn half2(a: u32) -> vec2<f32> {
+    return unpack2x16float(a);
 }
 
 //@format BF16
-const UNIT_BYTES: u32 = 64u;
-fn bf2(a: u32) -> vec2<f32> {
+fn half2(a: u32) -> vec2<f32> {
     return bitcast<vec2<f32>>(vec2<u32>(a << 16u, a & 0xFFFF0000u));
 }
+
+//@format HALF
+// F16 and BF16 (appended after the section that defines half2, a word's two values).
+const UNIT_BYTES: u32 = 64u;
 fn head(rb: u32, s: u32) -> Head {
     return Head(vec4<f32>(0.0), vec4<u32>(0u));
 }
 fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let o = unit_at(rb, s) + 8u * c;
-    return vec4<f32>(bf2(word(o)), bf2(word(o + 4u)));
+    return vec4<f32>(half2(word(o)), half2(word(o + 4u)));
 }
 const AFFINE: bool = false;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     for (var c = 0u; c < 4u; c++) {
         let v = quad(unit_at(rb, s) + 16u * c);
-        put4(out, 2u * c, vec4<f32>(bf2(v.x), bf2(v.y)));
-        put4(out, 2u * c + 1u, vec4<f32>(bf2(v.z), bf2(v.w)));
+        put4(out, 2u * c, vec4<f32>(half2(v.x), half2(v.y)));
+        put4(out, 2u * c + 1u, vec4<f32>(half2(v.z), half2(v.w)));
     }
     return vec4<f32>(1.0, 0.0, 1.0, 0.0);
 }
@@ -103,17 +93,13 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let q = word(unit_at(rb, s / 4u) + 16u + 16u * (s % 4u) + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) - 8.0);
 }
-const AFFINE: bool = true;
+const AFFINE: bool = false;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
     let d = f16_lo(quad(qb)[i]);
-    let q = quad(qb + 16u + 16u * i);
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4(q[c] & 0x0F0F0F0Fu));
-        put4(out, 4u + c, u8x4((q[c] >> 4u) & 0x0F0F0F0Fu));
-    }
-    return vec4<f32>(d, -8.0 * d, d, -8.0 * d);
+    q5_quants(quad(qb + 16u + 16u * i), 0u, 8.0, out);
+    return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q4_1
 const UNIT_BYTES: u32 = 80u;
@@ -131,11 +117,7 @@ fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
     let dm = unpack2x16float(quad(qb)[i]);
-    let q = quad(qb + 16u + 16u * i);
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4(q[c] & 0x0F0F0F0Fu));
-        put4(out, 4u + c, u8x4((q[c] >> 4u) & 0x0F0F0F0Fu));
-    }
+    q5_quants(quad(qb + 16u + 16u * i), 0u, 0.0, out);
     return vec4<f32>(dm, dm);
 }
 //@format Q5_0
@@ -150,19 +132,14 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let q = word(unit_at(rb, s / 4u) + 32u + 16u * (s % 4u) + 4u * (c % 4u)) >> (4u * (c / 4u));
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c)) - 16.0);
 }
-const AFFINE: bool = true;
+const AFFINE: bool = false;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
-    let hv = quad(qb + 16u * (i / 2u));
-    let d = f16_lo(hv[2u * (i % 2u)]);
-    let qh = hv[2u * (i % 2u) + 1u];
-    let q = quad(qb + 32u + 16u * i);
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4((q[c] & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (4u * c)) << 4u)));
-        put4(out, 4u + c, u8x4(((q[c] >> 4u) & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (16u + 4u * c)) << 4u)));
-    }
-    return vec4<f32>(d, -16.0 * d, d, -16.0 * d);
+    let h = q5_header(qb, i);
+    let d = f16_lo(h.x);
+    q5_quants(quad(qb + 32u + 16u * i), h.y, 16.0, out);
+    return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q5_1
 const UNIT_BYTES: u32 = 96u;
@@ -180,14 +157,9 @@ const AFFINE: bool = true;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
-    let hv = quad(qb + 16u * (i / 2u));
-    let dm = unpack2x16float(hv[2u * (i % 2u)]);
-    let qh = hv[2u * (i % 2u) + 1u];
-    let q = quad(qb + 32u + 16u * i);
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4((q[c] & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (4u * c)) << 4u)));
-        put4(out, 4u + c, u8x4(((q[c] >> 4u) & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (16u + 4u * c)) << 4u)));
-    }
+    let h = q5_header(qb, i);
+    let dm = unpack2x16float(h.x);
+    q5_quants(quad(qb + 32u + 16u * i), h.y, 0.0, out);
     return vec4<f32>(dm, dm);
 }
 //@format K_SCALES
@@ -300,7 +272,7 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     let hi = word(bo + 128u + 32u * half + 4u * c) >> (qi * 2u);
     return q6k4(select(h.f.y, h.f.x, c < 4u), lo, hi);
 }
-const AFFINE: bool = true;
+const AFFINE: bool = false;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
@@ -320,8 +292,8 @@ fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let a = ((quad(lo_at) >> lsh) & lo) | (((quad(hi_at) >> hsh) & hi) << vec4<u32>(4u));
     let b = ((quad(lo_at + 16u) >> lsh) & lo) | (((quad(hi_at + 16u) >> hsh) & hi) << vec4<u32>(4u));
     for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4(a[c]));
-        put4(out, 4u + c, u8x4(b[c]));
+        put4(out, c, u8x4(a[c]) - 32.0);
+        put4(out, 4u + c, u8x4(b[c]) - 32.0);
     }
-    return vec4<f32>(s0, -32.0 * s0, s1, -32.0 * s1);
+    return vec4<f32>(s0, 0.0, s1, 0.0);
 }

@@ -210,9 +210,8 @@ pub fn from_gpu_layout(
     let (ub, rg) = (t.gpu_unit_bytes(), row_group);
     let mut plain = vec![0u8; rows * rb];
     for (r, row) in plain.chunks_exact_mut(rb).enumerate() {
-        let base = r / rg * rg * rb + r % rg * ub;
         for (u, unit) in row.chunks_exact_mut(ub).enumerate() {
-            let at = base + u * rg * ub;
+            let at = grouped_unit_at(r, u, rb, ub, rg);
             unit.copy_from_slice(&bytes[at..at + ub]);
         }
     }
@@ -224,13 +223,17 @@ fn interleave(src: &[u8], rb: usize, ub: usize, rg: usize) -> Vec<u8> {
     let rows = src.len() / rb;
     let mut out = vec![0u8; rows.next_multiple_of(rg) * rb];
     for (r, row) in src.chunks_exact(rb).enumerate() {
-        let base = r / rg * rg * rb + r % rg * ub;
         for (u, unit) in row.chunks_exact(ub).enumerate() {
-            let at = base + u * rg * ub;
+            let at = grouped_unit_at(r, u, rb, ub, rg);
             out[at..at + ub].copy_from_slice(unit);
         }
     }
     out
+}
+
+/// Where unit `u` of row `r` lies with rows in groups of `rg` (the shaders' row_at and unit_at).
+fn grouped_unit_at(r: usize, u: usize, rb: usize, ub: usize, rg: usize) -> usize {
+    r / rg * rg * rb + (u * rg + r % rg) * ub
 }
 
 /// [`to_gpu_layout`] of each row on its own (no row groups).

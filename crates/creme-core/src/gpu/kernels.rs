@@ -99,7 +99,8 @@ fn kv16_source(src: &str) -> Option<String> {
     })
 }
 
-/// The quantized matmul for one GGML format: the shared body plus that format's `dq32`.
+/// The quantized matmul for one GGML format: the shared body plus that format's section of
+/// matmul_quant_formats.wgsl (with the sections the K formats and the half formats share).
 fn quant_matmul_source(format: &str) -> Option<String> {
     let formats = include_str!("../../../../shaders/matmul_quant_formats.wgsl");
     let section = |name: &str| -> Option<&str> {
@@ -116,6 +117,9 @@ fn quant_matmul_source(format: &str) -> Option<String> {
         src.push_str(section("K_SCALES")?);
     }
     src.push_str(section(format)?);
+    if matches!(format, "F16" | "BF16") {
+        src.push_str(section("HALF")?);
+    }
     Some(src)
 }
 
