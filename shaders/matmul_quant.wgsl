@@ -142,10 +142,24 @@ fn q5_quants(q: vec4<u32>, qh: u32, zero: f32, out: ptr<function, array<f32, 32>
         put4(out, 4u + c, u8x4(((q[c] >> 4u) & 0x0F0F0F0Fu) | (bytes_of_bits(qh >> (16u + 4u * c)) << 4u)) - zero);
     }
 }
-// Block i's header words (its scale word, its qh) in a Q5 quad at qb (headers of 8 bytes).
-fn q5_header(qb: u32, i: u32) -> vec2<u32> {
+// A piece's 32 quants from 32 bytes (a, then b; one quant per byte), less `zero`.
+fn put_bytes(a: vec4<u32>, b: vec4<u32>, zero: f32, out: ptr<function, array<f32, 32>>) {
+    for (var c = 0u; c < 4u; c++) {
+        put4(out, c, u8x4(a[c]) - zero);
+        put4(out, 4u + c, u8x4(b[c]) - zero);
+    }
+}
+// Block i of the Q4 quad at qb (4 header words, then 4 x 16 quant bytes): its quants less `zero`
+// into out; returns its header word (the scale, or the scale and the min).
+fn q4_piece(qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
+    q5_quants(quad(qb + 16u + 16u * i), 0u, zero, out);
+    return quad(qb)[i];
+}
+// The same for a Q5 quad (headers of 8 bytes: the scale word, then qh; then 4 x 16 quant bytes).
+fn q5_piece(qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
     let hv = quad(qb + 16u * (i / 2u));
-    return vec2<u32>(hv[2u * (i % 2u)], hv[2u * (i % 2u) + 1u]);
+    q5_quants(quad(qb + 32u + 16u * i), hv[2u * (i % 2u) + 1u], zero, out);
+    return hv[2u * (i % 2u)];
 }
 fn bit4(h: u32) -> vec4<f32> {
     return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u));

@@ -95,10 +95,7 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 }
 const AFFINE: bool = false;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let qb = unit_at(rb, s / 4u);
-    let i = s % 4u;
-    let d = f16_lo(quad(qb)[i]);
-    q5_quants(quad(qb + 16u + 16u * i), 0u, 8.0, out);
+    let d = f16_lo(q4_piece(unit_at(rb, s / 4u), s % 4u, 8.0, out));
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q4_1
@@ -114,10 +111,7 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 }
 const AFFINE: bool = true;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let qb = unit_at(rb, s / 4u);
-    let i = s % 4u;
-    let dm = unpack2x16float(quad(qb)[i]);
-    q5_quants(quad(qb + 16u + 16u * i), 0u, 0.0, out);
+    let dm = unpack2x16float(q4_piece(unit_at(rb, s / 4u), s % 4u, 0.0, out));
     return vec4<f32>(dm, dm);
 }
 //@format Q5_0
@@ -134,11 +128,7 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 }
 const AFFINE: bool = false;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let qb = unit_at(rb, s / 4u);
-    let i = s % 4u;
-    let h = q5_header(qb, i);
-    let d = f16_lo(h.x);
-    q5_quants(quad(qb + 32u + 16u * i), h.y, 16.0, out);
+    let d = f16_lo(q5_piece(unit_at(rb, s / 4u), s % 4u, 16.0, out));
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q5_1
@@ -155,11 +145,7 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
 }
 const AFFINE: bool = true;
 fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let qb = unit_at(rb, s / 4u);
-    let i = s % 4u;
-    let h = q5_header(qb, i);
-    let dm = unpack2x16float(h.x);
-    q5_quants(quad(qb + 32u + 16u * i), h.y, 0.0, out);
+    let dm = unpack2x16float(q5_piece(unit_at(rb, s / 4u), s % 4u, 0.0, out));
     return vec4<f32>(dm, dm);
 }
 //@format K_SCALES
@@ -204,10 +190,7 @@ fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let sh = vec4<u32>((j & 1u) * 4u);
     let a = (quad(qo) >> sh) & vec4<u32>(0x0F0F0F0Fu);
     let b = (quad(qo + 16u) >> sh) & vec4<u32>(0x0F0F0F0Fu);
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4(a[c]));
-        put4(out, 4u + c, u8x4(b[c]));
-    }
+    put_bytes(a, b, 0.0, out);
     return vec4<f32>(h.f.x, -h.f.y, h.f.x, -h.f.y);
 }
 //@format Q5_K
@@ -238,10 +221,7 @@ fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let hi = vec4<u32>(0x01010101u);
     let a = ((quad(qo) >> sh) & lo) | (((quad(bo + 16u) >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
     let b = ((quad(qo + 16u) >> sh) & lo) | (((quad(bo + 32u) >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4(a[c]));
-        put4(out, 4u + c, u8x4(b[c]));
-    }
+    put_bytes(a, b, 0.0, out);
     return vec4<f32>(h.f.x, -h.f.y, h.f.x, -h.f.y);
 }
 //@format Q6_K
@@ -291,9 +271,6 @@ fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let hi = vec4<u32>(0x03030303u);
     let a = ((quad(lo_at) >> lsh) & lo) | (((quad(hi_at) >> hsh) & hi) << vec4<u32>(4u));
     let b = ((quad(lo_at + 16u) >> lsh) & lo) | (((quad(hi_at + 16u) >> hsh) & hi) << vec4<u32>(4u));
-    for (var c = 0u; c < 4u; c++) {
-        put4(out, c, u8x4(a[c]) - 32.0);
-        put4(out, 4u + c, u8x4(b[c]) - 32.0);
-    }
+    put_bytes(a, b, 32.0, out);
     return vec4<f32>(s0, 0.0, s1, 0.0);
 }
