@@ -16,11 +16,11 @@
 // (the registry sets SG, RPL, MTS and ALL_ROWS: kernels.rs, RowsSgShape). Dispatch:
 // (ceil(n / (64 RPL)), ceil(m / MTS)).
 // Lane i holds elements i XL .. i XL + XL - 1 of each piece, read through vec4 views of x and
-// norm_w (the same buffers; naga lets an entry point use one view per binding): a vec4 load costs
-// lavapipe about half of four word loads.
+// norm_w (x_vec4, norm_vec4: the registry declares them, kernels.rs). A vec4 load costs lavapipe
+// about half of four word loads. For one row of x the views are uniform (a uniform load is a
+// gather there, a storage load a loop with a branch per lane: 10-15% of the kernel's time), else
+// storage (naga lets an entry point use one view per binding).
 const XL: u32 = 32u / SG; // elements of a piece this lane loads
-@group(0) @binding(0) var<storage, read> x_vec4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> norm_vec4: array<vec4<f32>>;
 // Elements e .. e + XL - 1 (e a multiple of XL) of x, or with `norm` of the norm weight.
 fn lane_elems(e: u32, norm: bool) -> array<f32, XL> {
     var out: array<f32, XL>;

@@ -121,6 +121,8 @@ fn check_formats(gpu: &creme_core::Gpu, flavour: Option<&str>) {
             (70, 768, 9),
             (5, 1024, 17),
             (130, 256, 65),
+            // One row of x longer than a uniform binding (64 KiB on lavapipe): storage views.
+            (3, 16640, 1),
         ] {
             let nblocks = rows * k / t.block_elems();
             let raw = random_blocks(t, nblocks, &mut rng);
@@ -403,24 +405,30 @@ fn matmul_fusions_for_every_flavour() {
             assert!(!no_subgroups || want == "matmul_q_mv");
         }
         if flavour == Some("rows_sg") && gpu.report.name.contains("llvmpipe") {
-            // lavapipe's subgroups have 8 lanes (AVX2) or 4 (SSE only).
+            // lavapipe's subgroups have 8 lanes (AVX2) or 4 (SSE only). One row of x that fits
+            // a uniform binding is read through uniform views (the cases below with m = 1 run
+            // that kernel, with and without the norm), a longer one through storage views.
+            let long = gpu.report.max_uniform_buffer_binding_size as u32 / 4 + 32;
             let want = match (no_subgroups, gpu.report.subgroup_max_size) {
-                (true, _) => ["matmul_q_rows"; 3],
+                (true, _) => ["matmul_q_rows"; 4],
                 (false, 4) => [
+                    "matmul_q_rows_sg4_m1_x512",
                     "matmul_q_rows_sg4_m1",
                     "matmul_q_rows_sg4",
                     "matmul_q_rows_sg4_wide",
                 ],
                 _ => [
+                    "matmul_q_rows_sg8_m1_x512",
                     "matmul_q_rows_sg8_m1",
                     "matmul_q_rows_sg8",
                     "matmul_q_rows_sg8_wide",
                 ],
             };
             let got = [
-                gpu.qmm_kernel(1, 37),
-                gpu.qmm_kernel(15, 37),
-                gpu.qmm_kernel(16, 37),
+                gpu.qmm_kernel(1, 512),
+                gpu.qmm_kernel(1, long),
+                gpu.qmm_kernel(15, 512),
+                gpu.qmm_kernel(16, 512),
             ];
             assert_eq!(got, want, "{:?}", gpu.report);
         }

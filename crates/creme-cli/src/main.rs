@@ -589,7 +589,7 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize, copies: usize) -> Res
     let kernel = dev.gpu().map_or("the CPU backend's".into(), |g| {
         format!(
             "{}, weight rows in groups of {}",
-            g.qmm_kernel(m as u32, 4864),
+            g.qmm_kernel(m as u32, 896),
             g.weight_row_group
         )
     });

@@ -24,9 +24,7 @@ impl Gpu {
         self.new_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: self.tensor_usage(),
         })
     }
 
@@ -57,9 +55,7 @@ impl Gpu {
         self.new_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.next_multiple_of(4).max(16),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: self.tensor_usage(),
             mapped_at_creation: false,
         })
     }

@@ -86,6 +86,7 @@ pub struct AdapterReport {
     pub subgroup_min_size: u32,
     pub subgroup_max_size: u32,
     pub max_storage_buffer_binding_size: u64,
+    pub max_uniform_buffer_binding_size: u64,
     pub max_buffer_size: u64,
     pub max_compute_workgroups_per_dimension: u32,
     pub max_compute_invocations_per_workgroup: u32,
@@ -99,7 +100,7 @@ impl AdapterReport {
         format!(
             "adapter: {}\nbackend: {}\ndevice type: {}\ndriver: {} {}\nvendor/device: {:#06x}/{:#06x}\n\
              features: shader-f16 {}, subgroups {} (size {}..{}), timestamp-query {}\n\
-             limits: max storage binding {} MiB, max buffer {} MiB, workgroups/dim {}, \
+             limits: max storage binding {} MiB, max uniform binding {} KiB, max buffer {} MiB, workgroups/dim {}, \
              invocations/workgroup {}, workgroup storage {} KiB, storage buffers/stage {}",
             self.name,
             self.backend,
@@ -114,6 +115,7 @@ impl AdapterReport {
             self.subgroup_max_size,
             yn(self.timestamp_query),
             self.max_storage_buffer_binding_size >> 20,
+            self.max_uniform_buffer_binding_size >> 10,
             self.max_buffer_size >> 20,
             self.max_compute_workgroups_per_dimension,
             self.max_compute_invocations_per_workgroup,
@@ -318,6 +320,7 @@ impl Gpu {
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+            max_uniform_buffer_binding_size: limits.max_uniform_buffer_binding_size as u64,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::ops::QMM_TILED_MIN_ROWS;
+use super::resources::UNIFORM_VIEW_BASE;
 
 /// Every kernel the crate can run: a name, its WGSL source (from `shaders/`) and entry point.
 /// Sources that share helpers are assembled here so that each `.wgsl` file holds one family.
@@ -38,15 +39,19 @@ pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
                 return quant_matmul_source(format).map(|s| (s, "main_rows"));
             }
             if let Some(rest) = name.strip_prefix("matmul_q_rows_sg") {
-                // "matmul_q_rows_sg{lanes}{shape suffix}:{format}"
+                // "matmul_q_rows_sg{lanes}{shape suffix}[_x{k}]:{format}"
                 let (lanes, format) = rest.split_once(':')?;
+                let (lanes, x_len) = match lanes.rsplit_once("_x") {
+                    Some((lanes, k)) => (lanes, Some(k.parse().ok()?)),
+                    None => (lanes, None),
+                };
                 let shape = RowsSgShape::ALL
                     .into_iter()
                     .filter(|s| !s.suffix.is_empty())
                     .find(|s| lanes.ends_with(s.suffix))
                     .unwrap_or(RowsSgShape::FEW);
                 let lanes = lanes.strip_suffix(shape.suffix)?;
-                let src = rows_subgroup_source(lanes.parse().ok()?, shape)?;
+                let src = rows_subgroup_source(lanes.parse().ok()?, shape, x_len)?;
                 return Some((quant_matmul_source(format)? + &src, "main_rows_sg"));
             }
             if let Some(rest) = name.strip_prefix("attention_sg") {
@@ -127,15 +132,29 @@ fn quant_matmul_source(format: &str) -> Option<String> {
 /// quants with a piece of x spread over the subgroup, its broadcasts unrolled (WGSL wants the
 /// lane of `subgroupBroadcast` as a constant; a loop of shuffles would cost a load-like lane loop
 /// each on lavapipe): x . q over the piece's two halves (lanes below SG / 2 hold the first 16
-/// elements), and with `sums` the halves' sums of x from the same broadcasts.
-fn rows_subgroup_source(lanes: u32, shape: RowsSgShape) -> Option<String> {
-    if !matches!(lanes, 4 | 8 | 16 | 32) {
+/// elements), and with `sums` the halves' sums of x from the same broadcasts. With `x_len` (k, for
+/// one row of x) x and the norm weight are read through uniform views of their first k elements.
+fn rows_subgroup_source(lanes: u32, shape: RowsSgShape, x_len: Option<u32>) -> Option<String> {
+    let one_row = shape.x_rows == 1;
+    if !matches!(lanes, 4 | 8 | 16 | 32) || x_len.is_some_and(|k| k % 4 != 0 || !one_row) {
         return None;
     }
     let (rows_per_lane, x_rows) = (shape.rows_per_lane, shape.x_rows);
     let full = shape.all_rows;
+    let views = match x_len {
+        Some(k) => {
+            let (xb, gb, n) = (UNIFORM_VIEW_BASE, UNIFORM_VIEW_BASE + 4, k / 4);
+            format!(
+                "@group(0) @binding({xb}) var<uniform> x_vec4: array<vec4<f32>, {n}>;\n\
+                 @group(0) @binding({gb}) var<uniform> norm_vec4: array<vec4<f32>, {n}>;\n"
+            )
+        }
+        None => "@group(0) @binding(0) var<storage, read> x_vec4: array<vec4<f32>>;\n\
+                 @group(0) @binding(4) var<storage, read> norm_vec4: array<vec4<f32>>;\n"
+            .to_string(),
+    };
     let mut src = format!(
-        "const SG: u32 = {lanes}u;\nconst RPL: u32 = {rows_per_lane}u;\nconst MTS: u32 = {x_rows}u;\n\
+        "{views}const SG: u32 = {lanes}u;\nconst RPL: u32 = {rows_per_lane}u;\nconst MTS: u32 = {x_rows}u;\n\
          const ALL_ROWS: bool = {full};\n\
          fn dot_bcast(xl: ptr<function, array<f32, XL>>, wv: ptr<function, array<array<f32, 32>, RPL>>, row: u32, sums: bool) -> vec4<f32> {{\n\
          \x20   var a = vec4<f32>(0.0);\n\
@@ -248,6 +267,8 @@ pub(crate) struct Kernel {
     pub(crate) name: String,
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) bind_layout: wgpu::BindGroupLayout,
+    /// Its uniform views of storage bindings (bound from the same buffers).
+    pub(crate) views: Vec<super::resources::UniformView>,
 }
 
 pub(crate) struct KernelRegistry {
@@ -268,11 +289,13 @@ impl KernelRegistry {
         }
         let (src, entry) = kernel_source(name)
             .unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
+        let views = super::resources::uniform_views(&src);
         let (pipeline, bind_layout) = gpu.new_pipeline(name, src, entry);
         let kernel = Arc::new(Kernel {
             name: name.to_string(),
             pipeline,
             bind_layout,
+            views,
         });
         map.insert(name.to_string(), kernel.clone());
         kernel

@@ -159,18 +159,19 @@ impl Gpu {
     /// per workgroup, subgroup sums where there are subgroups), prompts the register-blocked tile
     /// kernel `main_gemm`, and the few rows between a workgroup per weight row; docs/performance.md
     /// has the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
-    pub fn qmm_kernel(&self, m: u32, _n: u32) -> Cow<'static, str> {
+    /// k is the length of x's rows.
+    pub fn qmm_kernel(&self, m: u32, k: u32) -> Cow<'static, str> {
         let prompt = m >= QMM_TILED_MIN_ROWS;
         let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
             QmmPolicy::Rows => "matmul_q_rows".into(),
-            QmmPolicy::RowsSubgroup => self.rows_kernel(m),
+            QmmPolicy::RowsSubgroup => self.rows_kernel(m, k),
             QmmPolicy::Workgroup => "matmul_q".into(),
             QmmPolicy::Tiled if prompt => "matmul_q_tiled".into(),
             QmmPolicy::Gemm if prompt => "matmul_q_gemm".into(),
             QmmPolicy::Matvec if decode => self.matvec_kernel().into(),
             // Otherwise the adapter's own choice for this m.
-            _ if self.cpu_adapter => self.rows_kernel(m),
+            _ if self.cpu_adapter => self.rows_kernel(m, k),
             _ if prompt => "matmul_q_gemm".into(),
             _ if decode => self.matvec_kernel().into(),
             _ => "matmul_q".into(),
@@ -194,11 +195,19 @@ impl Gpu {
 
     /// The row-per-thread kernel: the one that shares x through subgroup broadcasts, in the
     /// shape for m rows, where every subgroup of the adapter has the same 4 to 32 lanes
-    /// (lavapipe: 8), else `main_rows`. Native only, as the matvec's subgroup flavour.
-    fn rows_kernel(&self, m: u32) -> Cow<'static, str> {
+    /// (lavapipe: 8), else `main_rows`. Native only, as the matvec's subgroup flavour. For one row
+    /// of x (k elements) it reads x through a uniform view where the adapter binds that much.
+    fn rows_kernel(&self, m: u32, k: u32) -> Cow<'static, str> {
         match self.fixed_subgroup_lanes() {
             Some(lanes @ (4 | 8 | 16 | 32)) if cfg!(not(target_arch = "wasm32")) => {
-                format!("matmul_q_rows_sg{lanes}{}", RowsSgShape::for_rows(m).suffix).into()
+                let shape = RowsSgShape::for_rows(m);
+                let fits = k as u64 * 4 <= self.limits.max_uniform_buffer_binding_size;
+                let view = if shape.x_rows == 1 && k % 4 == 0 && fits {
+                    format!("_x{k}")
+                } else {
+                    String::new()
+                };
+                format!("matmul_q_rows_sg{lanes}{}{view}", shape.suffix).into()
             }
             _ => "matmul_q_rows".into(),
         }
@@ -265,7 +274,7 @@ impl Gpu {
                 detail: format!("'{}': a bias on a row-split weight", w.name),
             });
         }
-        let flavour = self.qmm_kernel(m, w.rows as u32);
+        let flavour = self.qmm_kernel(m, k);
         let kernel = format!("{flavour}:{}", w.dtype.name());
         let flavour = flavour.as_ref();
         for c in &w.chunks {

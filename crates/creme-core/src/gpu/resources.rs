@@ -274,11 +274,25 @@ impl BindGroupCache {
     }
 }
 
-/// A kernel's group-0 bindings as its WGSL declares them (`@group(0) @binding(i) var<...>`):
-/// storage read-only, storage read-write, or the uniform parameters, bound with a dynamic offset
-/// into the parameter arena. Explicit layouts are what allow the dynamic offset.
-pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
-    let mut entries = Vec::new();
+/// Bindings from this number up are uniform views: binding `UNIFORM_VIEW_BASE + i`, declared as
+/// `var<uniform> name: array<vec4<...>, N>`, shows the first 16 N bytes of the buffer at storage
+/// binding i. Why: on CPU adapters (lavapipe) a uniform load is a gather over the SIMD lanes, a
+/// storage load a loop with a branch per lane and component (docs/performance.md).
+pub(crate) const UNIFORM_VIEW_BASE: u32 = 16;
+
+/// A uniform view of a kernel (see [`UNIFORM_VIEW_BASE`]): its binding, the storage binding whose
+/// buffer it shows, and how many bytes from that buffer's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UniformView {
+    pub binding: u32,
+    pub of: usize,
+    pub bytes: u64,
+}
+
+/// The group-0 declarations of a WGSL source (`@group(0) @binding(i) var<...> ...`): binding,
+/// address space with access (spaces removed: "storage,read"), and the rest of the line.
+fn binding_decls(wgsl: &str) -> Vec<(u32, String, &str)> {
+    let mut decls = Vec::new();
     for line in wgsl.lines() {
         let code = line.split("//").next().unwrap_or("");
         let Some(rest) = code.trim_start().strip_prefix("@group(0) @binding(") else {
@@ -290,23 +304,53 @@ pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
         let Ok(binding) = index.trim().parse::<u32>() else {
             continue;
         };
-        let kind = decl
-            .split_once("var<")
-            .and_then(|(_, k)| k.split_once('>'))
-            .map(|(k, _)| k.replace(' ', ""))
-            .unwrap_or_default();
-        let ty = match kind.as_str() {
+        let Some((space, rest)) = decl.split_once("var<").and_then(|(_, k)| k.split_once('>'))
+        else {
+            continue;
+        };
+        decls.push((binding, space.replace(' ', ""), rest));
+    }
+    decls
+}
+
+/// A kernel's uniform views, from its declarations.
+pub(crate) fn uniform_views(wgsl: &str) -> Vec<UniformView> {
+    binding_decls(wgsl)
+        .into_iter()
+        .filter(|(binding, space, _)| *binding >= UNIFORM_VIEW_BASE && space == "uniform")
+        .map(|(binding, _, rest)| {
+            // " x_vec4: array<vec4<f32>, 224>;": 224 elements of 16 bytes.
+            let len = rest
+                .rsplit_once(',')
+                .map(|(_, n)| n.trim_end_matches([';', '>', ' ']).trim())
+                .and_then(|n| n.parse::<u64>().ok());
+            let Some(len) = len else {
+                panic!("uniform view '{rest}' is not a fixed-size vec4 array (a bug in creme-core)")
+            };
+            UniformView {
+                binding,
+                of: (binding - UNIFORM_VIEW_BASE) as usize,
+                bytes: len * 16,
+            }
+        })
+        .collect()
+}
+
+/// A kernel's group-0 bindings as its WGSL declares them: storage read-only, storage read-write,
+/// a uniform view (see [`UNIFORM_VIEW_BASE`]), or the uniform parameters, bound with a dynamic
+/// offset into the parameter arena. Explicit layouts are what allow the dynamic offset.
+pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut entries: Vec<wgpu::BindGroupLayoutEntry> = Vec::new();
+    for (binding, space, _) in binding_decls(wgsl) {
+        let ty = match space.as_str() {
             "uniform" => wgpu::BufferBindingType::Uniform,
             "storage,read_write" => wgpu::BufferBindingType::Storage { read_only: false },
             _ => wgpu::BufferBindingType::Storage { read_only: true },
         };
-        let dynamic = ty == wgpu::BufferBindingType::Uniform;
+        let params = ty == wgpu::BufferBindingType::Uniform && binding < UNIFORM_VIEW_BASE;
         // A buffer may be declared twice under one binding with two element types (x as f32s
         // and as vec4s): one entry.
-        if entries
-            .iter()
-            .any(|e: &wgpu::BindGroupLayoutEntry| e.binding == binding)
-        {
+        if entries.iter().any(|e| e.binding == binding) {
             continue;
         }
         entries.push(wgpu::BindGroupLayoutEntry {
@@ -314,7 +358,7 @@ pub(crate) fn layout_entries(wgsl: &str) -> Vec<wgpu::BindGroupLayoutEntry> {
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty,
-                has_dynamic_offset: dynamic,
+                has_dynamic_offset: params,
                 min_binding_size: None,
             },
             count: None,
@@ -391,6 +435,19 @@ impl Gpu {
         arena.staged_from = 0;
     }
 
+    /// How tensors' buffers may be used: bound as storage, copied both ways, and on CPU adapters
+    /// also shown through uniform views (see [`UNIFORM_VIEW_BASE`]).
+    pub(crate) fn tensor_usage(&self) -> wgpu::BufferUsages {
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        if self.cpu_adapter {
+            usage | wgpu::BufferUsages::UNIFORM
+        } else {
+            usage
+        }
+    }
+
     pub(crate) fn new_buffer(&self, desc: &wgpu::BufferDescriptor<'_>) -> wgpu::Buffer {
         bump(&self.counters.buffers);
         self.device.create_buffer(desc)
@@ -445,8 +502,8 @@ impl Gpu {
         (pipeline, bind_layout)
     }
 
-    /// The bind group of `kernel` over `storage` (bindings 0..) and the parameter arena (the last
-    /// binding), from the cache or made once.
+    /// The bind group of `kernel` over `storage` (bindings 0..), the parameter arena (the next
+    /// binding) and the kernel's uniform views of `storage`, from the cache or made once.
     pub(crate) fn bind_group(
         &self,
         kernel: &super::kernels::Kernel,
@@ -482,6 +539,14 @@ impl Gpu {
             binding: storage.len() as u32,
             resource: wgpu::BindingResource::Buffer(uniform),
         });
+        entries.extend(kernel.views.iter().map(|view| wgpu::BindGroupEntry {
+            binding: view.binding,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: storage[view.of],
+                offset: 0,
+                size: std::num::NonZeroU64::new(view.bytes),
+            }),
+        }));
         bump(&self.counters.bind_groups);
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&kernel.name),
@@ -505,9 +570,7 @@ impl Gpu {
                 pool: Some(self.pool.clone()),
             };
         }
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
+        let usage = self.tensor_usage();
         if class > self.limits.max_buffer_size {
             // Over the limit: the fault names it; a placeholder stands in until the next check.
             self.set_fault(crate::GpuError::TooLarge {
@@ -665,5 +728,49 @@ mod tests {
             "GPU objects made outside gpu/resources.rs (the counters miss them):\n{}",
             found.join("\n")
         );
+    }
+
+    /// The layout a kernel's declarations give: storage bindings as declared (one entry for two
+    /// views of a binding), the parameters with a dynamic offset, and uniform views without one,
+    /// each showing the bytes its array declares from the storage binding it stands for.
+    #[test]
+    fn bindings_follow_the_declarations() {
+        use super::{layout_entries, uniform_views, UniformView, UNIFORM_VIEW_BASE};
+        let wgsl = format!(
+            "@group(0) @binding(0) var<storage, read> x: array<f32>;\n\
+             @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>; // a second view\n\
+             @group(0) @binding(1) var<storage, read_write> y: array<f32>;\n\
+             @group(0) @binding(2) var<uniform> p: Params;\n\
+             // @group(0) @binding(3) var<storage, read> commented_out: array<f32>;\n\
+             @group(0) @binding({}) var<uniform> xu: array<vec4<f32>, 224>;\n",
+            UNIFORM_VIEW_BASE
+        );
+        let kinds: Vec<_> = layout_entries(&wgsl)
+            .iter()
+            .map(|e| match e.ty {
+                wgpu::BindingType::Buffer {
+                    ty,
+                    has_dynamic_offset,
+                    ..
+                } => (e.binding, ty, has_dynamic_offset),
+                _ => panic!("not a buffer"),
+            })
+            .collect();
+        use wgpu::BufferBindingType::{Storage, Uniform};
+        assert_eq!(
+            kinds,
+            [
+                (0, Storage { read_only: true }, false),
+                (1, Storage { read_only: false }, false),
+                (2, Uniform, true),
+                (UNIFORM_VIEW_BASE, Uniform, false),
+            ]
+        );
+        let view = UniformView {
+            binding: UNIFORM_VIEW_BASE,
+            of: 0,
+            bytes: 224 * 16,
+        };
+        assert_eq!(uniform_views(&wgsl), [view]);
     }
 }
