@@ -149,15 +149,15 @@ fn put_bytes(a: vec4<u32>, b: vec4<u32>, zero: f32, out: ptr<function, array<f32
         put4(out, 4u + c, u8x4(b[c]) - zero);
     }
 }
-// Block i of the Q4 quad at qb (4 header words, then 4 x 16 quant bytes): its quants less `zero`
-// into out; returns its header word (the scale, or the scale and the min).
-fn q4_piece(qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
+// Block i of the Q4 quad at qb (4 header words, h0, then 4 x 16 quant bytes): its quants less
+// `zero` into out; returns its header word (the scale, or the scale and the min).
+fn q4_piece(h0: vec4<u32>, qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
     q5_quants(quad(qb + 16u + 16u * i), 0u, zero, out);
-    return quad(qb)[i];
+    return h0[i];
 }
-// The same for a Q5 quad (headers of 8 bytes: the scale word, then qh; then 4 x 16 quant bytes).
-fn q5_piece(qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
-    let hv = quad(qb + 16u * (i / 2u));
+// The same for a Q5 quad (headers of 8 bytes: the scale word, then qh; block i's in quad i / 2,
+// hv; then 4 x 16 quant bytes).
+fn q5_piece(hv: vec4<u32>, qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
     q5_quants(quad(qb + 32u + 16u * i), hv[2u * (i % 2u) + 1u], zero, out);
     return hv[2u * (i % 2u)];
 }
@@ -172,6 +172,12 @@ struct Head {
 }
 fn dq4(rb: u32, s: u32, c: u32) -> vec4<f32> {
     return dq4h(head(rb, s), rb, s, c);
+}
+// What the pieces of a unit share, read once for all of them (matmul_quant_formats.wgsl: HQ quads).
+alias Heads = array<vec4<u32>, HQ>;
+// Piece s's quants and their map to weights (dq32h), reading only what the piece needs.
+fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    return dq32h(piece_heads(rb, s), rb, s, out);
 }
 // The 32 weights of piece s of the row at byte rb (its quants mapped as dq32q says), for the
 // kernels that reuse a dequantized piece across many rows of x (on CPU adapters, where a

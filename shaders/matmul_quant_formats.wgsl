@@ -3,12 +3,19 @@
 // 32 weights of piece s of the row that starts at byte rb (a multiple of 16):
 //   head(rb, s): what the piece's 4-weight groups share (block scales and mins, Q5's high bits),
 //   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head;
-//   dq32q(rb, s, out): all 32 as their quants q (as floats) and the map to weights,
-//     weight i = a q_i + b with (a, b) the result's xy for i < 16 and zw for the rest; read with
-//     as few vec4 loads as the layout allows. AFFINE says whether b can be non-zero (formats
-//     with a min; the others are centred, so that b is 0).
+//   heads_of(rb, g): the HQ quads (Heads) that pieces g HEAD_PIECES .. g HEAD_PIECES +
+//     HEAD_PIECES - 1 share: a K block's scales (and Q5_K's, Q6_K's high bits) for its 8 pieces;
+//     for the 32-value formats the quad with the piece's own header (HEAD_PIECES 1: reading a
+//     quad's headers once for its 4 pieces made lavapipe's decode kernel slower, not faster);
+//   piece_heads(rb, s): what of those piece s needs, in the same places (as few loads);
+//   dq32h(h, rb, s, out): all 32 as their quants q (as floats) and the map to weights, given the
+//     heads h: weight i = a q_i + b with (a, b) the result's xy for i < 16 and zw for the rest;
+//     read with as few vec4 loads as the layout allows. AFFINE says whether b can be non-zero
+//     (formats with a min; the others are centred, so that b is 0). dq32q(rb, s, out) in
+//     matmul_quant.wgsl is dq32h with piece_heads; the CPU adapters' row kernel reads heads_of
+//     once per HEAD_PIECES pieces.
 // GPU kernels take a piece 4 weights per lane (dq4h), so that neighbouring lanes read
-// neighbouring words; the CPU-adapter kernels take a whole piece per lane (dq32q), since there every
+// neighbouring words; the CPU-adapter kernels take a whole piece per lane (dq32h), since there every
 // load instruction is a loop over the SIMD lanes, whatever its width, and the decode kernel
 // applies the map once per half piece (a (x . q) + b sum(x)) instead of once per weight. The registry appends the
 // one section named after the format (between "//@format NAME" markers) to matmul_quant.wgsl.
@@ -22,7 +29,15 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(quad(unit_at(rb, s) + 16u * c));
 }
 const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads();
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return Heads();
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     for (var c = 0u; c < 8u; c++) { put4(out, c, bitcast<vec4<f32>>(quad(unit_at(rb, s) + 16u * c))); }
     return vec4<f32>(1.0, 0.0, 1.0, 0.0);
 }
@@ -48,7 +63,15 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(half2(word(o)), half2(word(o + 4u)));
 }
 const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads();
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return Heads();
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     for (var c = 0u; c < 4u; c++) {
         let v = quad(unit_at(rb, s) + 16u * c);
         put4(out, 2u * c, vec4<f32>(half2(v.x), half2(v.y)));
@@ -69,10 +92,18 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * i8x4(word(unit_at(rb, s / 4u) + 16u + 32u * (s % 4u) + 4u * c));
 }
 const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u)));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
-    let d = f16_lo(quad(qb)[i]);
+    let d = f16_lo(h[0][i]);
     let a = quad(qb + 16u + 32u * i);
     let b = quad(qb + 32u + 32u * i);
     for (var c = 0u; c < 4u; c++) {
@@ -94,8 +125,16 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * (nib4(q) - 8.0);
 }
 const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let d = f16_lo(q4_piece(unit_at(rb, s / 4u), s % 4u, 8.0, out));
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u)));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let d = f16_lo(q4_piece(h[0], unit_at(rb, s / 4u), s % 4u, 8.0, out));
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q4_1
@@ -110,8 +149,16 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * nib4(q) + h.f.y;
 }
 const AFFINE: bool = true;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let dm = unpack2x16float(q4_piece(unit_at(rb, s / 4u), s % 4u, 0.0, out));
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u)));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let dm = unpack2x16float(q4_piece(h[0], unit_at(rb, s / 4u), s % 4u, 0.0, out));
     return vec4<f32>(dm, dm);
 }
 //@format Q5_0
@@ -127,8 +174,17 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c)) - 16.0);
 }
 const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let d = f16_lo(q5_piece(unit_at(rb, s / 4u), s % 4u, 16.0, out));
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+// The quad with the piece's header (block i = g % 4 in bytes 8 (i % 2) .. of quad i / 2).
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u) + 16u * ((g % 4u) / 2u)));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let d = f16_lo(q5_piece(h[0], unit_at(rb, s / 4u), s % 4u, 16.0, out));
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q5_1
@@ -144,8 +200,17 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c))) + h.f.y;
 }
 const AFFINE: bool = true;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
-    let dm = unpack2x16float(q5_piece(unit_at(rb, s / 4u), s % 4u, 0.0, out));
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+// The quad with the piece's header (block i = g % 4 in bytes 8 (i % 2) .. of quad i / 2).
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u) + 16u * ((g % 4u) / 2u)));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+    let dm = unpack2x16float(q5_piece(h[0], unit_at(rb, s / 4u), s % 4u, 0.0, out));
     return vec4<f32>(dm, dm);
 }
 //@format K_SCALES
@@ -162,11 +227,13 @@ fn scale_min_k4(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<f32> {
     let hi = vec2<u32>((b2 & 15u) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
     return vec2<f32>(select(hi, lo, j < 4u));
 }
-// Piece s is sub-block j = s % 8 of the 256-weight block at bo, whose first 16 bytes are d, dmin
-// and the 12 scale bytes: its scale d * sc and min dmin * m.
+// Piece s is sub-block j = s % 8 of the 256-weight block at bo, whose first 16 bytes hv are d,
+// dmin and the 12 scale bytes: its scale d * sc and min dmin * m.
+fn scale_min_k(hv: vec4<u32>, j: u32) -> vec2<f32> {
+    return unpack2x16float(hv.x) * scale_min_k4(hv.y, hv.z, hv.w, j);
+}
 fn head_k(bo: u32, j: u32) -> Head {
-    let hv = quad(bo);
-    return Head(vec4<f32>(unpack2x16float(hv.x) * scale_min_k4(hv.y, hv.z, hv.w, j), 0.0, 0.0), vec4<u32>(0u));
+    return Head(vec4<f32>(scale_min_k(quad(bo), j), 0.0, 0.0), vec4<u32>(0u));
 }
 
 //@format Q4_K
@@ -182,16 +249,24 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * nib4(q) - h.f.y;
 }
 const AFFINE: bool = true;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+const HEAD_PIECES: u32 = 8u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g)));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s / HEAD_PIECES);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
-    let h = head_k(bo, j);
+    let dm = scale_min_k(h[0], j);
     let qo = bo + 16u + 32u * (j / 2u);
     let sh = vec4<u32>((j & 1u) * 4u);
     let a = (quad(qo) >> sh) & vec4<u32>(0x0F0F0F0Fu);
     let b = (quad(qo + 16u) >> sh) & vec4<u32>(0x0F0F0F0Fu);
     put_bytes(a, b, 0.0, out);
-    return vec4<f32>(h.f.x, -h.f.y, h.f.x, -h.f.y);
+    return vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
 }
 //@format Q5_K
 const UNIT_BYTES: u32 = 176u;
@@ -211,18 +286,28 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return q5k4(h, q, word(bo + 16u + 4u * c) >> j);
 }
 const AFFINE: bool = true;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+const HEAD_PIECES: u32 = 8u;
+const HQ: u32 = 3u;
+// The head and the 32 bytes of high bits (bit j for sub-block j: every piece needs both quads).
+fn heads_of(rb: u32, g: u32) -> Heads {
+    let bo = unit_at(rb, g);
+    return Heads(quad(bo), quad(bo + 16u), quad(bo + 32u));
+}
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s / HEAD_PIECES);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
-    let h = head_k(bo, j);
+    let dm = scale_min_k(h[0], j);
     let qo = bo + 48u + 32u * (j / 2u);
     let sh = vec4<u32>((j & 1u) * 4u);
     let lo = vec4<u32>(0x0F0F0F0Fu);
     let hi = vec4<u32>(0x01010101u);
-    let a = ((quad(qo) >> sh) & lo) | (((quad(bo + 16u) >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
-    let b = ((quad(qo + 16u) >> sh) & lo) | (((quad(bo + 32u) >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
+    let a = ((quad(qo) >> sh) & lo) | (((h[1] >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
+    let b = ((quad(qo + 16u) >> sh) & lo) | (((h[2] >> vec4<u32>(j)) & hi) << vec4<u32>(4u));
     put_bytes(a, b, 0.0, out);
-    return vec4<f32>(h.f.x, -h.f.y, h.f.x, -h.f.y);
+    return vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
 }
 //@format Q6_K
 const UNIT_BYTES: u32 = 224u;
@@ -253,24 +338,42 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return q6k4(select(h.f.y, h.f.x, c < 4u), lo, hi);
 }
 const AFFINE: bool = false;
-fn dq32q(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
+const HEAD_PIECES: u32 = 8u;
+const HQ: u32 = 6u;
+// The 16 scales, d, and the 64 bytes of high bits: quads 2, 3 for the block's first half (bits
+// 2 qi of their bytes for its quarter qi), 4, 5 for the second.
+fn heads_of(rb: u32, g: u32) -> Heads {
+    let bo = unit_at(rb, g);
+    let hb = bo + 128u;
+    return Heads(quad(bo + 192u), quad(bo + 208u), quad(hb), quad(hb + 16u), quad(hb + 32u), quad(hb + 48u));
+}
+// A piece reads its half's high bits only (into both halves' places).
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    let bo = unit_at(rb, s / 8u);
+    let hi_at = bo + 128u + 32u * ((s % 8u) / 4u);
+    let a = quad(hi_at);
+    let b = quad(hi_at + 16u);
+    return Heads(quad(bo + 192u), quad(bo + 208u), a, b, a, b);
+}
+fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
     let half = j / 4u;
     let qi = j % 4u;
     // Scale bytes 8 half + 2 qi and the next, in word 2 half + qi / 2 of the scales.
-    let scw = quad(bo + 192u)[2u * half + qi / 2u] >> (16u * (qi % 2u));
-    let d = f16_lo(quad(bo + 208u).x);
+    let scw = h[0][2u * half + qi / 2u] >> (16u * (qi % 2u));
+    let d = f16_lo(h[1].x);
     let s0 = d * i8_of(scw & 0xFFu);
     let s1 = d * i8_of((scw >> 8u) & 0xFFu);
     let lo_at = bo + 64u * half + (qi & 1u) * 32u;
-    let hi_at = bo + 128u + 32u * half;
     let lsh = vec4<u32>((qi >> 1u) * 4u);
     let hsh = vec4<u32>(qi * 2u);
     let lo = vec4<u32>(0x0F0F0F0Fu);
     let hi = vec4<u32>(0x03030303u);
-    let a = ((quad(lo_at) >> lsh) & lo) | (((quad(hi_at) >> hsh) & hi) << vec4<u32>(4u));
-    let b = ((quad(lo_at + 16u) >> lsh) & lo) | (((quad(hi_at + 16u) >> hsh) & hi) << vec4<u32>(4u));
+    let ha = select(h[4], h[2], half == 0u);
+    let hb = select(h[5], h[3], half == 0u);
+    let a = ((quad(lo_at) >> lsh) & lo) | (((ha >> hsh) & hi) << vec4<u32>(4u));
+    let b = ((quad(lo_at + 16u) >> lsh) & lo) | (((hb >> hsh) & hi) << vec4<u32>(4u));
     put_bytes(a, b, 32.0, out);
     return vec4<f32>(s0, 0.0, s1, 0.0);
 }

@@ -196,12 +196,14 @@ impl Gpu {
     /// The row-per-thread kernel: the one that shares x through subgroup broadcasts, in the
     /// shape for m rows, where every subgroup of the adapter has the same 4 to 32 lanes
     /// (lavapipe: 8), else `main_rows`. Native only, as the matvec's subgroup flavour. For one row
-    /// of x (k elements) it reads x through a uniform view where the adapter binds that much.
+    /// of x (k elements) on a CPU adapter (whose tensor buffers allow uniform bindings:
+    /// `tensor_usage`) it reads x through a uniform view where the adapter binds that much.
     fn rows_kernel(&self, m: u32, k: u32) -> Cow<'static, str> {
         match self.fixed_subgroup_lanes() {
             Some(lanes @ (4 | 8 | 16 | 32)) if cfg!(not(target_arch = "wasm32")) => {
                 let shape = RowsSgShape::for_rows(m);
-                let fits = k as u64 * 4 <= self.limits.max_uniform_buffer_binding_size;
+                let fits =
+                    self.cpu_adapter && k as u64 * 4 <= self.limits.max_uniform_buffer_binding_size;
                 let view = if shape.x_rows == 1 && k % 4 == 0 && fits {
                     format!("_x{k}")
                 } else {
