@@ -7,7 +7,8 @@
 //     HEAD_PIECES - 1 share: a K block's scales (and Q5_K's, Q6_K's high bits) for its 8 pieces;
 //     for the 32-value formats the quad with the piece's own header (HEAD_PIECES 1: reading a
 //     quad's headers once for its 4 pieces made lavapipe's decode kernel slower, not faster);
-//   piece_heads(rb, s): what of those piece s needs, in the same places (as few loads);
+//   piece_heads(rb, s): what of those piece s needs, in the same places (as few loads): where a
+//     section does not define it, the registry appends PIECE_HEADS (all of its group's heads);
 //   dq32h(h, rb, s, out): all 32 as their quants q (as floats) and the map to weights, given the
 //     heads h: weight i = a q_i + b with (a, b) the result's xy for i < 16 and zw for the rest;
 //     read with as few vec4 loads as the layout allows. AFFINE says whether b can be non-zero
@@ -32,9 +33,6 @@ const AFFINE: bool = false;
 const HEAD_PIECES: u32 = 1u;
 const HQ: u32 = 1u;
 fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads();
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
     return Heads();
 }
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
@@ -68,9 +66,6 @@ const HQ: u32 = 1u;
 fn heads_of(rb: u32, g: u32) -> Heads {
     return Heads();
 }
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return Heads();
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     for (var c = 0u; c < 4u; c++) {
         let v = quad(unit_at(rb, s) + 16u * c);
@@ -92,14 +87,6 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * i8x4(word(unit_at(rb, s / 4u) + 16u + 32u * (s % 4u) + 4u * c));
 }
 const AFFINE: bool = false;
-const HEAD_PIECES: u32 = 1u;
-const HQ: u32 = 1u;
-fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u)));
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s);
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
@@ -125,14 +112,6 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * (nib4(q) - 8.0);
 }
 const AFFINE: bool = false;
-const HEAD_PIECES: u32 = 1u;
-const HQ: u32 = 1u;
-fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u)));
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s);
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let d = f16_lo(q4_piece(h[0], unit_at(rb, s / 4u), s % 4u, 8.0, out));
     return vec4<f32>(d, 0.0, d, 0.0);
@@ -149,14 +128,6 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * nib4(q) + h.f.y;
 }
 const AFFINE: bool = true;
-const HEAD_PIECES: u32 = 1u;
-const HQ: u32 = 1u;
-fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u)));
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s);
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let dm = unpack2x16float(q4_piece(h[0], unit_at(rb, s / 4u), s % 4u, 0.0, out));
     return vec4<f32>(dm, dm);
@@ -174,15 +145,6 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c)) - 16.0);
 }
 const AFFINE: bool = false;
-const HEAD_PIECES: u32 = 1u;
-const HQ: u32 = 1u;
-// The quad with the piece's header (block i = g % 4 in bytes 8 (i % 2) .. of quad i / 2).
-fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u) + 16u * ((g % 4u) / 2u)));
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s);
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let d = f16_lo(q5_piece(h[0], unit_at(rb, s / 4u), s % 4u, 16.0, out));
     return vec4<f32>(d, 0.0, d, 0.0);
@@ -200,15 +162,6 @@ fn dq4h(h: Head, rb: u32, s: u32, c: u32) -> vec4<f32> {
     return h.f.x * (nib4(q) + 16.0 * bit4(h.u.x >> (4u * c))) + h.f.y;
 }
 const AFFINE: bool = true;
-const HEAD_PIECES: u32 = 1u;
-const HQ: u32 = 1u;
-// The quad with the piece's header (block i = g % 4 in bytes 8 (i % 2) .. of quad i / 2).
-fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u) + 16u * ((g % 4u) / 2u)));
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s);
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let dm = unpack2x16float(q5_piece(h[0], unit_at(rb, s / 4u), s % 4u, 0.0, out));
     return vec4<f32>(dm, dm);
@@ -254,9 +207,6 @@ const HQ: u32 = 1u;
 fn heads_of(rb: u32, g: u32) -> Heads {
     return Heads(quad(unit_at(rb, g)));
 }
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s / HEAD_PIECES);
-}
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let bo = unit_at(rb, s / 8u);
     let j = s % 8u;
@@ -292,9 +242,6 @@ const HQ: u32 = 3u;
 fn heads_of(rb: u32, g: u32) -> Heads {
     let bo = unit_at(rb, g);
     return Heads(quad(bo), quad(bo + 16u), quad(bo + 32u));
-}
-fn piece_heads(rb: u32, s: u32) -> Heads {
-    return heads_of(rb, s / HEAD_PIECES);
 }
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let bo = unit_at(rb, s / 8u);
@@ -376,4 +323,28 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     let b = ((quad(lo_at + 16u) >> lsh) & lo) | (((hb >> hsh) & hi) << vec4<u32>(4u));
     put_bytes(a, b, 32.0, out);
     return vec4<f32>(s0, 0.0, s1, 0.0);
+}
+
+//@format QUAD_HEADS4
+// Heads of Q8_0, Q4_0, Q4_1 (quads of 4 blocks whose 4-byte headers fill the first 16 bytes):
+// each piece reads the header quad (HEAD_PIECES 1, see the top of this file).
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u)));
+}
+
+//@format QUAD_HEADS8
+// Heads of Q5_0, Q5_1 (quads of 4 blocks with 8-byte headers in the first 32 bytes).
+const HEAD_PIECES: u32 = 1u;
+const HQ: u32 = 1u;
+// The quad with the piece's header (block i = g % 4 in bytes 8 (i % 2) .. of quad i / 2).
+fn heads_of(rb: u32, g: u32) -> Heads {
+    return Heads(quad(unit_at(rb, g / 4u) + 16u * ((g % 4u) / 2u)));
+}
+
+//@format PIECE_HEADS
+// Appended to the sections that do not define piece_heads: a piece reads all its group's heads.
+fn piece_heads(rb: u32, s: u32) -> Heads {
+    return heads_of(rb, s / HEAD_PIECES);
 }

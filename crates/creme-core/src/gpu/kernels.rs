@@ -105,7 +105,8 @@ fn kv16_source(src: &str) -> Option<String> {
 }
 
 /// The quantized matmul for one GGML format: the shared body plus that format's section of
-/// matmul_quant_formats.wgsl (with the sections the K formats and the half formats share).
+/// matmul_quant_formats.wgsl (with the sections the K formats, the half formats and the 32-value
+/// formats share, and the generic piece_heads where the format has none of its own).
 fn quant_matmul_source(format: &str) -> Option<String> {
     let formats = include_str!("../../../../shaders/matmul_quant_formats.wgsl");
     let section = |name: &str| -> Option<&str> {
@@ -122,8 +123,14 @@ fn quant_matmul_source(format: &str) -> Option<String> {
         src.push_str(section("K_SCALES")?);
     }
     src.push_str(section(format)?);
-    if matches!(format, "F16" | "BF16") {
-        src.push_str(section("HALF")?);
+    match format {
+        "F16" | "BF16" => src.push_str(section("HALF")?),
+        "Q8_0" | "Q4_0" | "Q4_1" => src.push_str(section("QUAD_HEADS4")?),
+        "Q5_0" | "Q5_1" => src.push_str(section("QUAD_HEADS8")?),
+        _ => {}
+    }
+    if !src.contains("fn piece_heads(") {
+        src.push_str(section("PIECE_HEADS")?);
     }
     Some(src)
 }
