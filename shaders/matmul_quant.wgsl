@@ -149,17 +149,18 @@ fn put_bytes(a: vec4<u32>, b: vec4<u32>, zero: f32, out: ptr<function, array<f32
         put4(out, 4u + c, u8x4(b[c]) - zero);
     }
 }
-// Block i of the Q4 quad at qb (4 header words, h0, then 4 x 16 quant bytes): its quants less
-// `zero` into out; returns its header word (the scale, or the scale and the min).
-fn q4_piece(h0: vec4<u32>, qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
+// Block i of the Q4 quad at qb (4 header words, then 4 x 16 quant bytes), given its header word
+// in h.x: its quants less `zero` into out; returns the header word (the scale, or the scale and
+// the min).
+fn q4_piece(h: vec4<u32>, qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
     q5_quants(quad(qb + 16u + 16u * i), 0u, zero, out);
-    return h0[i];
+    return h.x;
 }
-// The same for a Q5 quad (headers of 8 bytes: the scale word, then qh; block i's in quad i / 2,
-// hv; then 4 x 16 quant bytes).
-fn q5_piece(hv: vec4<u32>, qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
-    q5_quants(quad(qb + 32u + 16u * i), hv[2u * (i % 2u) + 1u], zero, out);
-    return hv[2u * (i % 2u)];
+// The same for a Q5 quad (headers of 8 bytes: the scale word, then qh, given in h.xy; then 4 x 16
+// quant bytes).
+fn q5_piece(h: vec4<u32>, qb: u32, i: u32, zero: f32, out: ptr<function, array<f32, 32>>) -> u32 {
+    q5_quants(quad(qb + 32u + 16u * i), h.y, zero, out);
+    return h.x;
 }
 fn bit4(h: u32) -> vec4<f32> {
     return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u));

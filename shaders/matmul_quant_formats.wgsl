@@ -5,8 +5,9 @@
 //   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head;
 //   heads_of(rb, g): the HQ quads (Heads) that pieces g HEAD_PIECES .. g HEAD_PIECES +
 //     HEAD_PIECES - 1 share: a K block's scales (and Q5_K's, Q6_K's high bits) for its 8 pieces;
-//     for the 32-value formats the quad with the piece's own header (HEAD_PIECES 1: reading a
-//     quad's headers once for its 4 pieces made lavapipe's decode kernel slower, not faster);
+//     for the 32-value formats the piece's own header words alone, in the first quad's x (and y)
+//     (HEAD_PIECES 1: reading a quad's headers once for its 4 pieces made lavapipe's decode
+//     kernel slower, not faster; reading only the piece's words instead of their quad, faster);
 //   piece_heads(rb, s): what of those piece s needs, in the same places (as few loads): where a
 //     section does not define it, the registry appends PIECE_HEADS (all of its group's heads);
 //   dq32h(h, rb, s, out): all 32 as their quants q (as floats) and the map to weights, given the
@@ -90,7 +91,7 @@ const AFFINE: bool = false;
 fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<f32> {
     let qb = unit_at(rb, s / 4u);
     let i = s % 4u;
-    let d = f16_lo(h[0][i]);
+    let d = f16_lo(h[0].x);
     let a = quad(qb + 16u + 32u * i);
     let b = quad(qb + 32u + 32u * i);
     for (var c = 0u; c < 4u; c++) {
@@ -327,20 +328,22 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
 
 //@format QUAD_HEADS4
 // Heads of Q8_0, Q4_0, Q4_1 (quads of 4 blocks whose 4-byte headers fill the first 16 bytes):
-// each piece reads the header quad (HEAD_PIECES 1, see the top of this file).
+// each piece reads its own header word (HEAD_PIECES 1, see the top of this file).
 const HEAD_PIECES: u32 = 1u;
 const HQ: u32 = 1u;
 fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u)));
+    return Heads(vec4<u32>(word(unit_at(rb, g / 4u) + 4u * (g % 4u)), 0u, 0u, 0u));
 }
 
 //@format QUAD_HEADS8
-// Heads of Q5_0, Q5_1 (quads of 4 blocks with 8-byte headers in the first 32 bytes).
+// Heads of Q5_0, Q5_1 (quads of 4 blocks with 8-byte headers in the first 32 bytes): the piece's
+// own header (block i = g % 4 at byte 8 i of its quad) as one vec2 load, through a second view of
+// the weights (binding STORAGE_VIEW_BASE + 1: gpu/resources.rs binds it from w's buffer).
+@group(0) @binding(33) var<storage, read> w_pairs: array<vec2<u32>>;
 const HEAD_PIECES: u32 = 1u;
 const HQ: u32 = 1u;
-// The quad with the piece's header (block i = g % 4 in bytes 8 (i % 2) .. of quad i / 2).
 fn heads_of(rb: u32, g: u32) -> Heads {
-    return Heads(quad(unit_at(rb, g / 4u) + 16u * ((g % 4u) / 2u)));
+    return Heads(vec4<u32>(w_pairs[(unit_at(rb, g / 4u) + 8u * (g % 4u)) >> 3u], 0u, 0u));
 }
 
 //@format PIECE_HEADS

@@ -12,7 +12,7 @@
 // subgroup at the end. Appended to matmul_quant.wgsl for CPU adapters whose subgroups all have SG
 // lanes; every lane stays active to the end (rows past n load row n - 1 and store nothing).
 // Each lane takes RPL weight rows (64 apart), so that a broadcast value of x serves RPL rows:
-// prompts take 4 rows per lane and 16 rows of x per workgroup, decode 1 and 1, a few rows 1 and 8
+// prompts take 4 rows per lane and 16 rows of x per workgroup, decode 2 and 1, a few rows 1 and 8
 // (the registry sets SG, RPL, MTS and ALL_ROWS: kernels.rs, RowsSgShape). Dispatch:
 // (ceil(n / (64 RPL)), ceil(m / MTS)).
 // Lane i holds elements i XL .. i XL + XL - 1 of each piece, read through vec4 views of x and

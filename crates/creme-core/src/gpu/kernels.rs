@@ -236,10 +236,10 @@ pub(crate) struct RowsSgShape {
 }
 
 impl RowsSgShape {
-    /// Decode: one row of x.
+    /// Decode: one row of x, two weight rows per lane.
     pub const ONE: RowsSgShape = RowsSgShape {
         suffix: "_m1",
-        rows_per_lane: 1,
+        rows_per_lane: 2,
         x_rows: 1,
         all_rows: true,
     };
@@ -274,8 +274,8 @@ pub(crate) struct Kernel {
     pub(crate) name: String,
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) bind_layout: wgpu::BindGroupLayout,
-    /// Its uniform views of storage bindings (bound from the same buffers).
-    pub(crate) views: Vec<super::resources::UniformView>,
+    /// Its views of storage bindings (bound from the same buffers).
+    pub(crate) views: Vec<super::resources::View>,
 }
 
 pub(crate) struct KernelRegistry {
@@ -296,7 +296,7 @@ impl KernelRegistry {
         }
         let (src, entry) = kernel_source(name)
             .unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
-        let views = super::resources::uniform_views(&src);
+        let views = super::resources::views(&src);
         let (pipeline, bind_layout) = gpu.new_pipeline(name, src, entry);
         let kernel = Arc::new(Kernel {
             name: name.to_string(),
