@@ -32,6 +32,50 @@ fn lane_elems(e: u32, norm: bool) -> array<f32, XL> {
     return out;
 }
 
+// Adds piece s of the lane's weight rows rb (whose heads are hd) times rows m0 .. of x to acc
+// ([RPL][MTS]), and the squares of this lane's elements of x to ss. wv, ab, piece, gl and xl are
+// registers it fills: wv the quants, ab their maps to weights (dq32h), gl the norm weight's
+// elements of this lane (1 without a norm), xl x's elements times gl.
+// Why this shape, measured on lavapipe: the same code written in the loop over pieces made
+// decode 15-30% slower (not established why; the compiler inlines the function all the same);
+// the registers declared here, inside the loop, made the prompt shape 25% slower. (Pointers to
+// the fields of one struct of them crash naga's SPIR-V writer.)
+fn add_piece(s: u32, hd: ptr<function, array<Heads, RPL>>, rb: ptr<function, array<u32, RPL>>,
+             acc: ptr<function, array<f32, RPL * MTS>>, ss: ptr<function, array<f32, MTS>>,
+             m0: u32, mrows: u32, sgi: u32,
+             wv: ptr<function, array<array<f32, 32>, RPL>>, ab: ptr<function, array<vec4<f32>, RPL>>,
+             piece: ptr<function, array<f32, 32>>, gl: ptr<function, array<f32, XL>>,
+             xl: ptr<function, array<f32, XL>>) {
+    for (var i = 0u; i < RPL; i++) {
+        (*ab)[i] = dq32h((*hd)[i], (*rb)[i], s, piece);
+        (*wv)[i] = *piece;
+    }
+    let e0 = s * 32u + sgi * XL;
+    if (p.has_norm == 1u) {
+        *gl = lane_elems(e0, true);
+    }
+    // With ALL_ROWS (decode's one row, prompts' 16) every workgroup runs all MTS rows: a
+    // constant count, so the loops unroll and acc stays in registers, which halves the time
+    // on lavapipe; rows past m read row m - 1 and store nothing. The shape for a few rows
+    // runs only the rows there are.
+    for (var r = 0u; r < select(mrows, MTS, ALL_ROWS); r++) {
+        let xr = lane_elems(min(m0 + r, p.m - 1u) * p.k + e0, false);
+        for (var j = 0u; j < XL; j++) {
+            let v = xr[j];
+            (*ss)[r] = fma(v, v, (*ss)[r]);
+            (*xl)[j] = v * (*gl)[j];
+        }
+        // x . w = a (x . q) + b sum(x) per half piece; the sums come with weight row 0's products.
+        var sums = vec2<f32>(0.0);
+        for (var i = 0u; i < RPL; i++) {
+            let d = dot_bcast(xl, wv, i, AFFINE && i == 0u);
+            if (AFFINE && i == 0u) { sums = d.zw; }
+            let f = (*ab)[i];
+            (*acc)[i * MTS + r] += f.x * d.x + f.z * d.y + f.y * sums.x + f.w * sums.y;
+        }
+    }
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
                 @builtin(subgroup_invocation_id) sgi: u32) {
@@ -47,46 +91,28 @@ fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var ss: array<f32, MTS>;
     for (var r = 0u; r < RPL * MTS; r++) { acc[r] = 0.0; }
     for (var r = 0u; r < MTS; r++) { ss[r] = 0.0; }
-    var wv: array<array<f32, 32>, RPL>; // quants
-    var ab: array<vec4<f32>, RPL>; // their maps to weights (dq32h)
     var hd: array<Heads, RPL>; // the rows' heads for the current pieces (heads_of)
+    var wv: array<array<f32, 32>, RPL>;
+    var ab: array<vec4<f32>, RPL>;
     var piece: array<f32, 32>;
     var gl: array<f32, XL>;
     var xl: array<f32, XL>;
     for (var j = 0u; j < XL; j++) { gl[j] = 1.0; }
-    // The heads that HEAD_PIECES pieces share (a K block's scales) are read at the first of them.
-    // For the formats whose pieces have heads of their own (HEAD_PIECES 1) the condition is
-    // constant; a loop nest instead made the prompt shape a sixth slower on lavapipe (measured).
-    for (var s = 0u; s < p.k / 32u; s++) {
-        if (s % HEAD_PIECES == 0u) {
-            for (var i = 0u; i < RPL; i++) { hd[i] = heads_of(rb[i], s / HEAD_PIECES); }
+    // The heads that HEAD_PIECES pieces share (a K block's scales) are read once for them, in a
+    // loop nest (Q6_K 10-15% faster than reading them under an `if` at each piece, which
+    // lavapipe runs masked for every piece). Formats whose pieces have heads of their own keep
+    // one flat loop: a nest made their prompt shape 10% slower (measured on lavapipe).
+    if (HEAD_PIECES == 1u) {
+        for (var s = 0u; s < p.k / 32u; s++) {
+            for (var i = 0u; i < RPL; i++) { hd[i] = heads_of(rb[i], s); }
+            add_piece(s, &hd, &rb, &acc, &ss, m0, mrows, sgi, &wv, &ab, &piece, &gl, &xl);
         }
-        for (var i = 0u; i < RPL; i++) {
-            ab[i] = dq32h(hd[i], rb[i], s, &piece);
-            wv[i] = piece;
-        }
-        let e0 = s * 32u + sgi * XL;
-        if (p.has_norm == 1u) {
-            gl = lane_elems(e0, true);
-        }
-        // With ALL_ROWS (decode's one row, prompts' 16) every workgroup runs all MTS rows: a
-        // constant count, so the loops unroll and acc stays in registers, which halves the time
-        // on lavapipe; rows past m read row m - 1 and store nothing. The shape for a few rows
-        // runs only the rows there are.
-        for (var r = 0u; r < select(mrows, MTS, ALL_ROWS); r++) {
-            let xr = lane_elems(min(m0 + r, p.m - 1u) * p.k + e0, false);
-            for (var j = 0u; j < XL; j++) {
-                let v = xr[j];
-                ss[r] = fma(v, v, ss[r]);
-                xl[j] = v * gl[j];
-            }
-            // x . w = a (x . q) + b sum(x) per half piece; the sums come with weight row 0's products.
-            var sums = vec2<f32>(0.0);
-            for (var i = 0u; i < RPL; i++) {
-                let d = dot_bcast(&xl, &wv, i, AFFINE && i == 0u);
-                if (AFFINE && i == 0u) { sums = d.zw; }
-                let f = ab[i];
-                acc[i * MTS + r] += f.x * d.x + f.z * d.y + f.y * sums.x + f.w * sums.y;
+    } else {
+        for (var g = 0u; g < p.k / (32u * HEAD_PIECES); g++) {
+            for (var i = 0u; i < RPL; i++) { hd[i] = heads_of(rb[i], g); }
+            for (var j = 0u; j < HEAD_PIECES; j++) {
+                add_piece(g * HEAD_PIECES + j, &hd, &rb, &acc, &ss, m0, mrows, sgi, &wv, &ab,
+                          &piece, &gl, &xl);
             }
         }
     }
