@@ -194,15 +194,23 @@ fn rows_subgroup_source(lanes: u32, shape: RowsSgShape, x_len: Option<u32>) -> O
 /// sides of every branch: loops and guards sized for 256 dimensions cost Qwen's 64 four times.
 fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
     let too_wide = head_dim as usize > super::layers::MAX_ATTENTION_HEAD_DIM;
-    if !matches!(lanes, 4 | 8 | 16 | 32) || head_dim == 0 || too_wide {
+    if !matches!(lanes, 4 | 8 | 16 | 32) || head_dim == 0 || head_dim % 4 != 0 || too_wide {
         return None;
     }
+    // The key's SG dimensions as SG / 4 vec4 loads (kb is a multiple of 4: rows of the cache and
+    // heads start on multiples of head_dim): on lavapipe a vec4 load costs about half of four
+    // scalar ones.
     let mut src = format!(
         "const SG: u32 = {lanes}u;\nconst HD: u32 = {head_dim}u;\n\
+         @group(0) @binding(1) var<storage, read> kc4: array<vec4<KV>>; // kc as vec4s\n\
          fn dot_q(v: f32, kb: u32) -> f32 {{\n    var a = 0.0;\n"
     );
-    for i in 0..lanes {
-        src += &format!("    a = fma(subgroupBroadcast(v, {i}u), f32(kc[kb + {i}u]), a);\n");
+    for c in 0..lanes / 4 {
+        src += &format!("    let k{c} = vec4<f32>(kc4[kb / 4u + {c}u]);\n");
+        for (i, lane) in ["x", "y", "z", "w"].iter().enumerate() {
+            let l = 4 * c + i as u32;
+            src += &format!("    a = fma(subgroupBroadcast(v, {l}u), k{c}.{lane}, a);\n");
+        }
     }
     src += "    return a;\n}\n";
     src += "fn weigh_values(wl: f32, count: u32, vb: u32, kvw: u32, lid: u32, acc: ptr<function, vec4<f32>>) -> f32 {\n    var sum = 0.0;\n";

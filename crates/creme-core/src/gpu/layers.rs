@@ -137,11 +137,11 @@ impl Gpu {
 
     /// The prompt attention kernel: on CPU adapters whose subgroups have one size, the flavour
     /// that shares what every lane reads through subgroup operations, built for the head size
-    /// (native only).
+    /// (a multiple of 4: it reads keys as vec4s; native only).
     fn attention_kernel(&self, head_dim: u32) -> String {
         match self.fixed_subgroup_lanes() {
             Some(lanes @ (4 | 8 | 16 | 32))
-                if self.cpu_adapter && cfg!(not(target_arch = "wasm32")) =>
+                if self.cpu_adapter && head_dim % 4 == 0 && cfg!(not(target_arch = "wasm32")) =>
             {
                 format!("attention_sg{lanes}_d{head_dim}")
             }
