@@ -18,12 +18,18 @@ creme="$CARGO_TARGET_DIR/release/creme"
 # whose perturbed prompt (C3: keyboard typo + deleted character) breaks the model. Shows both
 # completions and their test results, traces the layer (logprob restoration), edits its W_down,
 # shows the completions after the edit, and writes a patch and an HTML report.
-# HumanEval/157: in creme's own greedy baseline its clean prompt passes, the C3 prompt fails, and
-# the paper-settings edit of the traced layer (11) makes it pass while the clean prompt still
-# passes (HumanEval/0, the oracle's example, already passes with C3 on creme's CPU backend).
-# DEMO_TASK / DEMO_TYPE / DEMO_OUT override the defaults.
+# HumanEval/128 (prod_signs): in creme's own greedy baseline its clean prompt passes and the C3
+# prompt fails (it returns 0 * sign instead of 0 for a zero). The edit of the traced layer (11)
+# makes it pass while the clean prompt still passes, with the gentler of the measured settings
+# (docs/efficacy.md, "lr 1e-4, 60 steps, patience 6, best weights": net +5, nothing broken); with
+# the paper's settings (lr 5e-4, 20 steps, patience 3) no edit-worthy C3 task flips on this
+# model with these kernels. Greedy decoding sits near ties, so a change in the kernels' summation
+# order can change which task tells the story: HumanEval/157 did until the grouped CPU kernels.
+# DEMO_TASK / DEMO_TYPE / DEMO_OUT / DEMO_EDIT_FLAGS override the defaults.
 out="${DEMO_OUT:-$root/creme-demo}"
 mkdir -p "$out"
-"$creme" edit --task "${DEMO_TASK:-HumanEval/157}" --type "${DEMO_TYPE:-C3}" \
+# shellcheck disable=SC2086 # DEMO_EDIT_FLAGS is a list of flags
+"$creme" edit --task "${DEMO_TASK:-HumanEval/128}" --type "${DEMO_TYPE:-C3}" \
+  ${DEMO_EDIT_FLAGS:---lr 1e-4 --steps 60 --patience 6 --keep best} \
   --out "$out/patch.safetensors" --report "$out"
 echo "open $out/report.html"

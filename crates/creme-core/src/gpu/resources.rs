@@ -326,10 +326,17 @@ pub(crate) fn views(wgsl: &str) -> Vec<View> {
         }
         if binding >= STORAGE_VIEW_BASE {
             let of = (binding - STORAGE_VIEW_BASE) as usize;
-            views.push(View { binding, of, bytes: None });
+            views.push(View {
+                binding,
+                of,
+                bytes: None,
+            });
             continue;
         }
-        assert_eq!(space, "uniform", "binding {binding} should be a uniform view");
+        assert_eq!(
+            space, "uniform",
+            "binding {binding} should be a uniform view"
+        );
         // " x_vec4: array<vec4<f32>, 224>;": 224 elements of 16 bytes.
         let len = rest
             .rsplit_once(',')
@@ -339,7 +346,11 @@ pub(crate) fn views(wgsl: &str) -> Vec<View> {
             panic!("uniform view '{rest}' is not a fixed-size vec4 array (a bug in creme-core)")
         };
         let of = (binding - UNIFORM_VIEW_BASE) as usize;
-        views.push(View { binding, of, bytes: Some(len * 16) });
+        views.push(View {
+            binding,
+            of,
+            bytes: Some(len * 16),
+        });
     }
     views
 }

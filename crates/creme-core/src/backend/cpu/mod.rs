@@ -3,6 +3,7 @@
 //! through rayon. Every row's result is computed by the same code whatever the batch it is in,
 //! so a row never depends on the batch or position it is computed in.
 
+mod groups;
 pub mod qmatmul;
 
 use std::sync::Mutex;

@@ -16,6 +16,8 @@ use rayon::prelude::*;
 
 use crate::quant::{dequantize, GgmlType};
 
+use super::groups::{self, GROUP};
+
 #[cfg(target_arch = "x86_64")]
 #[path = "simd.rs"]
 mod simd;
@@ -28,6 +30,8 @@ enum Data {
     F32(Vec<f32>),
     /// GGUF blocks, rows after rows.
     Blocks(Vec<u8>),
+    /// Blocks of 8 rows interleaved for the x86 kernels (`groups.rs`).
+    Grouped(Vec<u8>),
 }
 
 /// A weight matrix [rows, cols] (rows = output features) kept in its GGUF blocks
@@ -79,6 +83,9 @@ impl CpuWeight {
                     .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
             ),
+            t if groups::grouped(t) && cur_isa() != Isa::Portable => {
+                Data::Grouped(groups::to_groups(t, b, rows, cols))
+            }
             _ => Data::Blocks(b.to_vec()),
         };
         Ok(CpuWeight {
@@ -107,6 +114,14 @@ impl CpuWeight {
             Data::F32(v) => v.clone(),
             Data::Blocks(b) => {
                 dequantize(self.dtype, b, self.rows * self.cols).expect("checked at construction")
+            }
+            Data::Grouped(g) => {
+                let mut rows = vec![0u8; self.rows * self.row_bytes()];
+                for (r, row) in rows.chunks_exact_mut(self.row_bytes()).enumerate() {
+                    groups::row_of_groups(self.dtype, g, self.cols, r, row);
+                }
+                dequantize(self.dtype, &rows, self.rows * self.cols)
+                    .expect("checked at construction")
             }
         }
     }
@@ -178,6 +193,8 @@ pub struct MatmulScratch {
     xs: Vec<f32>,
     /// -c * sums of 4 consecutive q (lane layout of the int8 dot), for formats with offset c.
     init: Vec<i32>,
+    /// The block's sum of q (grouped formats fold their offset with it).
+    qsum: Vec<i32>,
 }
 
 /// Raw view of quantized activations for the kernels (row i, block g at i * nsub + g).
@@ -188,6 +205,7 @@ pub(crate) struct XView {
     d: *const f32,
     xs: *const f32,
     init: *const i32,
+    qsum: *const i32,
     nsub: usize,
 }
 unsafe impl Send for XView {}
@@ -208,6 +226,20 @@ impl YPtr {
     unsafe fn put(self, i: usize, j: usize, v: f32) {
         *self.p.add(i * self.ldy + j) = v;
     }
+
+    /// y[i, j..j + n] = the first n lanes of v. Safety: as `put`, for every column written.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn put8(self, i: usize, j: usize, n: usize, v: std::arch::x86_64::__m256) {
+        let p = self.p.add(i * self.ldy + j);
+        if n == 8 {
+            std::arch::x86_64::_mm256_storeu_ps(p, v);
+        } else {
+            let mut lanes = [0f32; 8];
+            std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), p, n);
+        }
+    }
 }
 
 /// Scalar block quantizer: q = round_ties_even(x / d), d = max|x| / 127; returns (d, sum q) and
@@ -227,20 +259,21 @@ fn quantize_block_scalar(x: &[f32], q: &mut [i8], init: &mut [i32], c: i32) -> (
     (d, q[..32].iter().map(|&v| v as i32).sum())
 }
 
-fn quantize_row(
-    isa: Isa,
-    x: &[f32],
-    q: &mut [i8],
-    d: &mut [f32],
-    xs: &mut [f32],
-    init: &mut [i32],
-    c: i32,
-) {
-    for g in 0..d.len() {
+/// One row of quantized activations: q, and per block of 32: d, d * sum q, init, sum q.
+struct QRow<'a> {
+    q: &'a mut [i8],
+    d: &'a mut [f32],
+    xs: &'a mut [f32],
+    init: &'a mut [i32],
+    qsum: &'a mut [i32],
+}
+
+fn quantize_row(isa: Isa, x: &[f32], r: QRow, c: i32) {
+    for g in 0..r.d.len() {
         let (xb, qb, ib) = (
             &x[32 * g..32 * g + 32],
-            &mut q[32 * g..32 * g + 32],
-            &mut init[8 * g..8 * g + 8],
+            &mut r.q[32 * g..32 * g + 32],
+            &mut r.init[8 * g..8 * g + 8],
         );
         let (dg, sum) = match isa {
             #[cfg(target_arch = "x86_64")]
@@ -249,8 +282,9 @@ fn quantize_row(
             },
             _ => quantize_block_scalar(xb, qb, ib, c),
         };
-        d[g] = dg;
-        xs[g] = dg * sum as f32;
+        r.d[g] = dg;
+        r.xs[g] = dg * sum as f32;
+        r.qsum[g] = sum;
     }
 }
 
@@ -272,37 +306,32 @@ impl MatmulScratch {
         grow(&mut self.d, m * nsub);
         grow(&mut self.xs, m * nsub);
         grow(&mut self.init, m * nsub * 8);
-        let (q, d, xs, init) = (
-            &mut self.q[..m * k],
-            &mut self.d[..m * nsub],
-            &mut self.xs[..m * nsub],
-            &mut self.init[..m * nsub * 8],
-        );
-        let row = |i: usize, q: &mut [i8], d: &mut [f32], xs: &mut [f32], init: &mut [i32]| {
-            quantize_row(isa, &x[i * k..(i + 1) * k], q, d, xs, init, c)
-        };
+        grow(&mut self.qsum, m * nsub);
+        let rows = self.q[..m * k]
+            .chunks_mut(k)
+            .zip(self.d.chunks_mut(nsub))
+            .zip(self.xs.chunks_mut(nsub))
+            .zip(self.init.chunks_mut(nsub * 8))
+            .zip(self.qsum.chunks_mut(nsub))
+            .map(|((((q, d), xs), init), qsum)| QRow {
+                q,
+                d,
+                xs,
+                init,
+                qsum,
+            });
+        let row = |(i, r): (usize, QRow)| quantize_row(isa, &x[i * k..(i + 1) * k], r, c);
         if m * k < 1 << 16 {
-            let rows = q
-                .chunks_mut(k)
-                .zip(d.chunks_mut(nsub))
-                .zip(xs.chunks_mut(nsub))
-                .zip(init.chunks_mut(nsub * 8));
-            rows.enumerate()
-                .for_each(|(i, (((q, d), xs), init))| row(i, q, d, xs, init));
+            rows.enumerate().for_each(row);
         } else {
-            let rows = q
-                .par_chunks_mut(k)
-                .zip(d.par_chunks_mut(nsub))
-                .zip(xs.par_chunks_mut(nsub))
-                .zip(init.par_chunks_mut(nsub * 8));
-            rows.enumerate()
-                .for_each(|(i, (((q, d), xs), init))| row(i, q, d, xs, init));
+            rows.enumerate().par_bridge().for_each(row);
         }
         XView {
             q: self.q.as_ptr(),
             d: self.d.as_ptr(),
             xs: self.xs.as_ptr(),
             init: self.init.as_ptr(),
+            qsum: self.qsum.as_ptr(),
             nsub,
         }
     }
@@ -360,17 +389,52 @@ pub(crate) fn matmul_isa(
         }),
         Data::Blocks(wb) => {
             let xv = scratch.quantize(isa, x, m, k, offset(isa, w.dtype));
-            let rb = w.row_bytes();
+            let rows = Rows::Plain(wb, w.row_bytes());
             for_chunks(n, m * n * k, |j0, j1| {
-                quant_chunk(isa, w.dtype, wb, rb, &xv, m, j0, j1, yp)
+                quant_chunk(isa, w.dtype, rows, &xv, m, j0, j1, yp)
+            });
+        }
+        Data::Grouped(wg) => {
+            // The grouped kernels fold their offset in with the block sums, not `init`.
+            let c = if isa == Isa::Portable {
+                offset(isa, w.dtype)
+            } else {
+                0
+            };
+            let xv = scratch.quantize(isa, x, m, k, c);
+            let rows = Rows::Grouped(wg, k);
+            for_chunks(n, m * n * k, |j0, j1| {
+                quant_chunk(isa, w.dtype, rows, &xv, m, j0, j1, yp)
             });
         }
     }
 }
 
-/// Run f over output-row ranges: a few chunks per thread (multiples of 16 rows), or one call
+/// Where a quantized weight's rows are: GGUF rows of `row bytes`, or groups of `cols` columns.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Plain(&'a [u8], usize),
+    Grouped(&'a [u8], usize),
+}
+
+impl Rows<'_> {
+    /// Row j's GGUF blocks (a grouped row is copied out into `buf`).
+    fn row<'b>(&'b self, t: GgmlType, j: usize, buf: &'b mut Vec<u8>) -> &'b [u8] {
+        match *self {
+            Rows::Plain(w, rb) => &w[j * rb..(j + 1) * rb],
+            Rows::Grouped(g, cols) => {
+                grow(buf, t.row_bytes(cols));
+                groups::row_of_groups(t, g, cols, j, buf);
+                &buf[..t.row_bytes(cols)]
+            }
+        }
+    }
+}
+
+/// Run f over output-row ranges: a few chunks per thread (multiples of 16 rows, so of GROUP), or one call
 /// when the work is too small to pay for the threads.
 fn for_chunks(n: usize, work: usize, f: impl Fn(usize, usize) + Sync) {
+    const { assert!(16 % GROUP == 0) };
     let threads = rayon::current_num_threads();
     if threads == 1 || work < 1 << 18 || n < 32 {
         return f(0, n);
@@ -385,8 +449,7 @@ fn for_chunks(n: usize, work: usize, f: impl Fn(usize, usize) + Sync) {
 fn quant_chunk(
     isa: Isa,
     t: GgmlType,
-    wb: &[u8],
-    rb: usize,
+    rows: Rows,
     x: &XView,
     m: usize,
     j0: usize,
@@ -396,10 +459,15 @@ fn quant_chunk(
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
         // Safety: isa was detected (or is a subset of it in tests); shapes checked by matmul.
-        return unsafe { simd::chunk_quant(isa, t, wb, rb, x, m, j0, j1, y) };
+        return unsafe {
+            match rows {
+                Rows::Plain(wb, rb) => simd::chunk_quant(isa, t, wb, rb, x, m, j0, j1, y),
+                Rows::Grouped(wg, k) => simd::chunk_grouped(isa, t, wg, k / 32, x, m, j0, j1, y),
+            }
+        };
     }
     let _ = isa;
-    portable_chunk(t, wb, rb, x, m, j0, j1, y)
+    portable_chunk(t, rows, x, m, j0, j1, y)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -436,6 +504,8 @@ fn portable_offset(t: GgmlType) -> i32 {
 
 #[derive(Default)]
 struct RowBuf {
+    /// A grouped row's GGUF blocks.
+    bytes: Vec<u8>,
     w: Vec<i32>,
     s: Vec<f32>,
     b: Vec<f32>,
@@ -525,16 +595,7 @@ fn unpack_block(t: GgmlType, p: &[u8], w: &mut [i32], s: &mut [f32], b: &mut [f3
 }
 
 #[allow(clippy::too_many_arguments)]
-fn portable_chunk(
-    t: GgmlType,
-    wb: &[u8],
-    rb: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
+fn portable_chunk(t: GgmlType, rows: Rows, x: &XView, m: usize, j0: usize, j1: usize, y: YPtr) {
     let (k, bb, qk) = (x.nsub * 32, t.block_bytes(), t.block_elems());
     let c = portable_offset(t);
     ROW.with(|buf| {
@@ -543,7 +604,7 @@ fn portable_chunk(
         grow(&mut buf.s, 2 * x.nsub);
         grow(&mut buf.b, x.nsub);
         for j in j0..j1 {
-            let row = &wb[j * rb..(j + 1) * rb];
+            let row = rows.row(t, j, &mut buf.bytes);
             for (blk, p) in row.chunks_exact(bb).enumerate() {
                 let g = blk * qk / 32;
                 unpack_block(
@@ -758,7 +819,7 @@ mod tests {
     fn batch_invariance() {
         let mut rng = SplitMix64(11);
         for t in ALL {
-            let (n, k, m) = (67, *widths(t).last().unwrap(), 13);
+            let (n, k, m) = (67, *widths(t).last().unwrap(), 29);
             let wb = random_weight(t, n, k, &mut rng);
             let w = CpuWeight::new(t, n, k, &wb).unwrap();
             let x = rng.vec_f32(m * k);

@@ -600,6 +600,255 @@ unsafe fn chunk_fmt<F: Fmt>(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Grouped weights (`groups.rs`): one vector holds 4 weights of each of 8 rows, so lane j of an
+// integer dot is row j's and the float work is done once per block for 8 rows.
+
+/// A grouped 32-value format; `Fmt` gives its GGUF block size, offset and mins.
+pub(super) trait GFmt: Fmt {
+    /// Quants are bytes (Q8_0), not nibbles.
+    const BYTES: bool = false;
+    /// A fifth bit per weight (Q5_0, Q5_1).
+    const HIGH: bool = false;
+}
+impl GFmt for Q40 {}
+impl GFmt for Q41 {}
+impl GFmt for Q50 {
+    const HIGH: bool = true;
+}
+impl GFmt for Q51 {
+    const HIGH: bool = true;
+}
+impl GFmt for Q8s {
+    const BYTES: bool = true;
+}
+impl GFmt for Q8o {
+    const BYTES: bool = true;
+}
+
+/// Offset of the quants in a group block (after d, the mins and qh).
+const fn g_quants(mins: bool, high: bool) -> usize {
+    16 + if mins { 16 } else { 0 } + if high { 32 } else { 0 }
+}
+
+/// A group block's 8 chunks (unsigned codes u), its 8 scales and its 8 mins.
+#[inline(always)]
+unsafe fn g_unpack<F: GFmt>(p: *const u8) -> ([__m256i; 8], __m256, __m256) {
+    let s = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    let m = if F::MINS {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
+    } else {
+        _mm256_setzero_ps()
+    };
+    let q = p.add(g_quants(F::MINS, F::HIGH));
+    let mut u = [_mm256_setzero_si256(); 8];
+    if F::BYTES {
+        for (c, uc) in u.iter_mut().enumerate() {
+            let w = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
+            *uc = if F::SIGN {
+                _mm256_abs_epi8(w)
+            } else {
+                _mm256_xor_si256(w, _mm256_set1_epi8(-128))
+            };
+        }
+    } else {
+        let lo = _mm256_set1_epi8(0xF);
+        for h in 0..4 {
+            let l = _mm256_loadu_si256(q.add(32 * h) as *const __m256i);
+            u[2 * h] = _mm256_and_si256(l, lo);
+            u[2 * h + 1] = _mm256_and_si256(_mm256_srli_epi16(l, 4), lo);
+        }
+        if F::HIGH {
+            let qh = p.add(16 + if F::MINS { 16 } else { 0 });
+            for (c, uc) in u.iter_mut().enumerate() {
+                *uc = _mm256_or_si256(*uc, hbits32(qh.add(4 * c)));
+            }
+        }
+    }
+    (u, s, m)
+}
+
+/// Rows i0..i0+R of x against the 8 rows of the group at `g` (nb group blocks): lane j of entry
+/// i is y[i0 + i, row j]. Every (row of x, weight row) pair runs the same sequence whatever R.
+#[inline(always)]
+unsafe fn g_tile<F: GFmt, D: Dot, const R: usize>(
+    g: *const u8,
+    nb: usize,
+    x: &XView,
+    i0: usize,
+) -> [__m256; R] {
+    let gb = 8 * F::BB;
+    let mut acc = [_mm256_setzero_ps(); R];
+    for b in 0..nb {
+        let p = g.add(b * gb);
+        if R <= 2 {
+            // Decode streams the weights from memory: ask for them ~4 KB ahead.
+            for line in (0..gb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(4096 + line) as *const i8);
+            }
+        }
+        let (u, s, mn) = g_unpack::<F>(p);
+        let signs = p.add(g_quants(F::MINS, F::HIGH));
+        for i in 0..R {
+            let row = (i0 + i) * x.nsub + b;
+            let xq = x.q.add(32 * row) as *const i32;
+            let mut dot = if F::OFFSET != 0 {
+                _mm256_set1_epi32(-F::OFFSET * *x.qsum.add(row))
+            } else {
+                _mm256_setzero_si256()
+            };
+            for (c, uc) in u.iter().enumerate() {
+                let xb = _mm256_set1_epi32(xq.add(c).read_unaligned());
+                let xb = if F::SIGN {
+                    _mm256_sign_epi8(xb, _mm256_loadu_si256(signs.add(32 * c) as *const __m256i))
+                } else {
+                    xb
+                };
+                dot = D::dot(dot, *uc, xb);
+            }
+            let sd = _mm256_mul_ps(s, _mm256_set1_ps(*x.d.add(row)));
+            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sd, acc[i]);
+            if F::MINS {
+                acc[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(*x.xs.add(row)), acc[i]);
+            }
+        }
+    }
+    acc
+}
+
+/// Rows i0..i0+R of y for the groups of weight rows ja..je (ja a multiple of 8).
+#[inline(always)]
+unsafe fn g_rows<F: GFmt, D: Dot, const R: usize>(
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    i0: usize,
+    ja: usize,
+    je: usize,
+    y: YPtr,
+) {
+    for j in (ja..je).step_by(8) {
+        let acc = g_tile::<F, D, R>(w.as_ptr().add(j * nb * F::BB), nb, x, i0);
+        for (i, a) in acc.iter().enumerate() {
+            y.put8(i0 + i, j, (je - j).min(8), *a);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn g_chunk_body<F: GFmt, D: Dot>(
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
+    // 32 vector registers hold 16 accumulators beside the 8 chunks; 16 hold 4.
+    let rmax = if D::WIDE { 16 } else { 4 };
+    let jb = jblock(nb * F::BB).next_multiple_of(8);
+    for ja in (j0..j1).step_by(jb) {
+        let je = (ja + jb).min(j1);
+        let mut i = 0;
+        while i < m {
+            // Tiles of 16, 8, 4, 2, 1 rows: the same per-pair sequence in each.
+            let r = [16, 8, 4, 2, 1]
+                .into_iter()
+                .find(|&r| r <= rmax && r <= m - i)
+                .unwrap();
+            match r {
+                16 => g_rows::<F, D, 16>(w, nb, x, i, ja, je, y),
+                8 => g_rows::<F, D, 8>(w, nb, x, i, ja, je, y),
+                4 => g_rows::<F, D, 4>(w, nb, x, i, ja, je, y),
+                2 => g_rows::<F, D, 2>(w, nb, x, i, ja, je, y),
+                _ => g_rows::<F, D, 1>(w, nb, x, i, ja, je, y),
+            }
+            i += r;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn g_chunk_vnni512<F: GFmt>(
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
+    g_chunk_body::<F, Vnni512>(w, nb, x, m, j0, j1, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn g_chunk_vnniavx<F: GFmt>(
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
+    g_chunk_body::<F, VnniAvx>(w, nb, x, m, j0, j1, y)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn g_chunk_avx2<F: GFmt>(
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
+    g_chunk_body::<F, Avx2>(w, nb, x, m, j0, j1, y)
+}
+
+unsafe fn g_chunk_fmt<F: GFmt>(
+    isa: Isa,
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
+    match isa {
+        Isa::Vnni512 => g_chunk_vnni512::<F>(w, nb, x, m, j0, j1, y),
+        Isa::VnniAvx => g_chunk_vnniavx::<F>(w, nb, x, m, j0, j1, y),
+        _ => g_chunk_avx2::<F>(w, nb, x, m, j0, j1, y),
+    }
+}
+
+/// Grouped weights (`groups::to_groups`, nb blocks per row): y rows 0..m, output columns j0..j1
+/// (j0 a multiple of 8). Safety: as `chunk_quant`.
+pub(super) unsafe fn chunk_grouped(
+    isa: Isa,
+    t: GgmlType,
+    w: &[u8],
+    nb: usize,
+    x: &XView,
+    m: usize,
+    j0: usize,
+    j1: usize,
+    y: YPtr,
+) {
+    match t {
+        GgmlType::Q4_0 => g_chunk_fmt::<Q40>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q4_1 => g_chunk_fmt::<Q41>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q5_0 => g_chunk_fmt::<Q50>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q5_1 => g_chunk_fmt::<Q51>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q8_0 if isa == Isa::Avx2 => g_chunk_fmt::<Q8s>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q8_0 => g_chunk_fmt::<Q8o>(isa, w, nb, x, m, j0, j1, y),
+        _ => unreachable!("{} is not grouped", t.name()),
+    }
+}
+
 /// The activation offset the kernels of `isa` expect for `t` (see `Fmt::OFFSET`).
 pub(super) fn offset(isa: Isa, t: GgmlType) -> i32 {
     match t {
