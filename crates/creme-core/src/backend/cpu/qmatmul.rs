@@ -193,7 +193,7 @@ pub struct MatmulScratch {
     xs: Vec<f32>,
     /// -c * sums of 4 consecutive q (lane layout of the int8 dot), for formats with offset c.
     init: Vec<i32>,
-    /// The block's sum of q (grouped formats fold their offset with it).
+    /// The sums of q over each half of the block (grouped formats fold their offset with them).
     qsum: Vec<i32>,
 }
 
@@ -259,7 +259,8 @@ fn quantize_block_scalar(x: &[f32], q: &mut [i8], init: &mut [i32], c: i32) -> (
     (d, q[..32].iter().map(|&v| v as i32).sum())
 }
 
-/// One row of quantized activations: q, and per block of 32: d, d * sum q, init, sum q.
+/// One row of quantized activations: q, and per block of 32: d, d * sum q, init, the sums of q
+/// over its halves.
 struct QRow<'a> {
     q: &'a mut [i8],
     d: &'a mut [f32],
@@ -284,7 +285,11 @@ fn quantize_row(isa: Isa, x: &[f32], r: QRow, c: i32) {
         };
         r.d[g] = dg;
         r.xs[g] = dg * sum as f32;
-        r.qsum[g] = sum;
+        let lo = r.q[32 * g..32 * g + 16]
+            .iter()
+            .map(|&q| q as i32)
+            .sum::<i32>();
+        (r.qsum[2 * g], r.qsum[2 * g + 1]) = (lo, sum - lo);
     }
 }
 
@@ -306,13 +311,13 @@ impl MatmulScratch {
         grow(&mut self.d, m * nsub);
         grow(&mut self.xs, m * nsub);
         grow(&mut self.init, m * nsub * 8);
-        grow(&mut self.qsum, m * nsub);
+        grow(&mut self.qsum, 2 * m * nsub);
         let rows = self.q[..m * k]
             .chunks_mut(k)
             .zip(self.d.chunks_mut(nsub))
             .zip(self.xs.chunks_mut(nsub))
             .zip(self.init.chunks_mut(nsub * 8))
-            .zip(self.qsum.chunks_mut(nsub))
+            .zip(self.qsum.chunks_mut(2 * nsub))
             .map(|((((q, d), xs), init), qsum)| QRow {
                 q,
                 d,
@@ -462,7 +467,9 @@ fn quant_chunk(
         return unsafe {
             match rows {
                 Rows::Plain(wb, rb) => simd::chunk_quant(isa, t, wb, rb, x, m, j0, j1, y),
-                Rows::Grouped(wg, k) => simd::chunk_grouped(isa, t, wg, k / 32, x, m, j0, j1, y),
+                Rows::Grouped(wg, k) => {
+                    simd::chunk_grouped(isa, t, wg, k / t.block_elems(), x, m, j0, j1, y)
+                }
             }
         };
     }

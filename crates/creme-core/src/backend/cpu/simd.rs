@@ -604,45 +604,43 @@ unsafe fn chunk_fmt<F: Fmt>(
 // Grouped weights (`groups.rs`): one vector holds 4 weights of each of 8 rows, so lane j of an
 // integer dot is row j's and the float work is done once per block for 8 rows.
 
-/// A grouped 32-value format; `Fmt` gives its GGUF block size, offset and mins.
-pub(super) trait GFmt: Fmt {
-    /// Quants are bytes (Q8_0), not nibbles.
-    const BYTES: bool = false;
-    /// A fifth bit per weight (Q5_0, Q5_1).
-    const HIGH: bool = false;
-}
-impl GFmt for Q40 {}
-impl GFmt for Q41 {}
-impl GFmt for Q50 {
-    const HIGH: bool = true;
-}
-impl GFmt for Q51 {
-    const HIGH: bool = true;
-}
-impl GFmt for Q8s {
-    const BYTES: bool = true;
-}
-impl GFmt for Q8o {
-    const BYTES: bool = true;
+/// Sub-block t of a group block: 8 chunks of unsigned codes (chunk c: elements 4c..4c+4 of the 8
+/// rows), the 8 rows' scales of its two halves (the same twice but for Q6_K) and their mins.
+#[derive(Clone, Copy)]
+pub(super) struct GSub {
+    u: [__m256i; 8],
+    s: [__m256; 2],
+    m: __m256,
 }
 
-/// Offset of the quants in a group block (after d, the mins and qh).
+/// A grouped format (`groups.rs`); `Fmt` gives its GGUF block, offset and mins.
+pub(super) trait GFmt: Fmt {
+    /// Bytes of a group block.
+    const GB: usize = 8 * Self::BB;
+    /// Two scales per sub-block, one per 16 values (Q6_K).
+    const HALVES: bool = false;
+    type GPre: Copy;
+    unsafe fn g_pre(p: *const u8) -> Self::GPre;
+    unsafe fn g_sub(p: *const u8, pre: &Self::GPre, t: usize) -> GSub;
+}
+
+/// Offset of the quants in a 32-value group block (after d, the mins and qh).
 const fn g_quants(mins: bool, high: bool) -> usize {
     16 + if mins { 16 } else { 0 } + if high { 32 } else { 0 }
 }
 
-/// A group block's 8 chunks (unsigned codes u), its 8 scales and its 8 mins.
+/// The one sub-block of a 32-value group block (`bytes`: Q8_0; `high`: a fifth bit).
 #[inline(always)]
-unsafe fn g_unpack<F: GFmt>(p: *const u8) -> ([__m256i; 8], __m256, __m256) {
+unsafe fn g_sub32<F: Fmt>(p: *const u8, bytes: bool, high: bool) -> GSub {
     let s = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
     let m = if F::MINS {
         _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i))
     } else {
         _mm256_setzero_ps()
     };
-    let q = p.add(g_quants(F::MINS, F::HIGH));
+    let q = p.add(g_quants(F::MINS, high));
     let mut u = [_mm256_setzero_si256(); 8];
-    if F::BYTES {
+    if bytes {
         for (c, uc) in u.iter_mut().enumerate() {
             let w = _mm256_loadu_si256(q.add(32 * c) as *const __m256i);
             *uc = if F::SIGN {
@@ -658,14 +656,128 @@ unsafe fn g_unpack<F: GFmt>(p: *const u8) -> ([__m256i; 8], __m256, __m256) {
             u[2 * h] = _mm256_and_si256(l, lo);
             u[2 * h + 1] = _mm256_and_si256(_mm256_srli_epi16(l, 4), lo);
         }
-        if F::HIGH {
+        if high {
             let qh = p.add(16 + if F::MINS { 16 } else { 0 });
             for (c, uc) in u.iter_mut().enumerate() {
                 *uc = _mm256_or_si256(*uc, hbits32(qh.add(4 * c)));
             }
         }
     }
-    (u, s, m)
+    GSub { u, s: [s, s], m }
+}
+
+macro_rules! grouped32 {
+    ($t:ty, $bytes:expr, $high:expr) => {
+        impl GFmt for $t {
+            type GPre = ();
+            #[inline(always)]
+            unsafe fn g_pre(_: *const u8) {}
+            #[inline(always)]
+            unsafe fn g_sub(p: *const u8, _: &(), _: usize) -> GSub {
+                g_sub32::<$t>(p, $bytes, $high)
+            }
+        }
+    };
+}
+grouped32!(Q40, false, false);
+grouped32!(Q41, false, false);
+grouped32!(Q50, false, true);
+grouped32!(Q51, false, true);
+grouped32!(Q8s, true, false);
+grouped32!(Q8o, true, false);
+
+/// The nibbles of sub-block t in a K group block's low-bit vectors at `q` ([t/2][c]).
+#[inline(always)]
+unsafe fn g_nibbles(q: *const u8, t: usize) -> [__m256i; 8] {
+    let shift = _mm_cvtsi32_si128(4 * (t % 2) as i32);
+    std::array::from_fn(|c| {
+        let l = _mm256_loadu_si256(q.add(32 * (8 * (t / 2) + c)) as *const __m256i);
+        _mm256_and_si256(_mm256_srl_epi16(l, shift), _mm256_set1_epi8(0xF))
+    })
+}
+
+/// 8 bytes (one per row) as floats times `d`.
+#[inline(always)]
+unsafe fn g_scale8(p: *const u8, signed: bool, d: __m256) -> __m256 {
+    let b = _mm_loadl_epi64(p as *const __m128i);
+    let i = if signed {
+        _mm256_cvtepi8_epi32(b)
+    } else {
+        _mm256_cvtepu8_epi32(b)
+    };
+    _mm256_mul_ps(_mm256_cvtepi32_ps(i), d)
+}
+
+impl GFmt for Q4K {
+    const GB: usize = 1184;
+    /// d and -dmin of the 8 rows.
+    type GPre = [__m256; 2];
+    #[inline(always)]
+    unsafe fn g_pre(p: *const u8) -> [__m256; 2] {
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
+        [
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            _mm256_sub_ps(_mm256_setzero_ps(), dmin),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn g_sub(p: *const u8, pre: &[__m256; 2], t: usize) -> GSub {
+        let s = g_scale8(p.add(32 + 8 * t), false, pre[0]);
+        GSub {
+            u: g_nibbles(p.add(160), t),
+            s: [s, s],
+            m: g_scale8(p.add(96 + 8 * t), false, pre[1]),
+        }
+    }
+}
+
+impl GFmt for Q6K {
+    const HALVES: bool = true;
+    type GPre = __m256;
+    #[inline(always)]
+    unsafe fn g_pre(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+    #[inline(always)]
+    unsafe fn g_sub(p: *const u8, d: &__m256, t: usize) -> GSub {
+        let mut u = g_nibbles(p.add(144), t);
+        let shift = _mm_cvtsi32_si128(2 * (t % 4) as i32);
+        for (c, uc) in u.iter_mut().enumerate() {
+            let h = _mm256_loadu_si256(p.add(1168 + 32 * (8 * (t / 4) + c)) as *const __m256i);
+            let h = _mm256_and_si256(_mm256_srl_epi16(h, shift), _mm256_set1_epi8(3));
+            *uc = _mm256_or_si256(*uc, _mm256_slli_epi16(h, 4));
+        }
+        GSub {
+            u,
+            s: [
+                g_scale8(p.add(16 + 16 * t), true, *d),
+                g_scale8(p.add(24 + 16 * t), true, *d),
+            ],
+            m: _mm256_setzero_ps(),
+        }
+    }
+}
+
+/// The integer dot of chunks `cs` with row `xq` of x (4 bytes broadcast per chunk), from `init`.
+#[inline(always)]
+unsafe fn g_dot<F: GFmt, D: Dot>(
+    sub: &GSub,
+    cs: std::ops::Range<usize>,
+    xq: *const i32,
+    signs: *const u8,
+    init: i32,
+) -> __m256i {
+    let mut dot = _mm256_set1_epi32(init);
+    for c in cs {
+        let xb = _mm256_set1_epi32(xq.add(c).read_unaligned());
+        let xb = if F::SIGN {
+            _mm256_sign_epi8(xb, _mm256_loadu_si256(signs.add(32 * c) as *const __m256i))
+        } else {
+            xb
+        };
+        dot = D::dot(dot, sub.u[c], xb);
+    }
+    dot
 }
 
 /// Rows i0..i0+R of x against the 8 rows of the group at `g` (nb group blocks): lane j of entry
@@ -677,39 +789,41 @@ unsafe fn g_tile<F: GFmt, D: Dot, const R: usize>(
     x: &XView,
     i0: usize,
 ) -> [__m256; R] {
-    let gb = 8 * F::BB;
+    let ns = F::QK / 32;
     let mut acc = [_mm256_setzero_ps(); R];
     for b in 0..nb {
-        let p = g.add(b * gb);
+        let p = g.add(b * F::GB);
         if R <= 2 {
             // Decode streams the weights from memory: ask for them ~4 KB ahead.
-            for line in (0..gb).step_by(64) {
+            for line in (0..F::GB).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(p.add(4096 + line) as *const i8);
             }
         }
-        let (u, s, mn) = g_unpack::<F>(p);
-        let signs = p.add(g_quants(F::MINS, F::HIGH));
-        for i in 0..R {
-            let row = (i0 + i) * x.nsub + b;
-            let xq = x.q.add(32 * row) as *const i32;
-            let mut dot = if F::OFFSET != 0 {
-                _mm256_set1_epi32(-F::OFFSET * *x.qsum.add(row))
-            } else {
-                _mm256_setzero_si256()
-            };
-            for (c, uc) in u.iter().enumerate() {
-                let xb = _mm256_set1_epi32(xq.add(c).read_unaligned());
-                let xb = if F::SIGN {
-                    _mm256_sign_epi8(xb, _mm256_loadu_si256(signs.add(32 * c) as *const __m256i))
+        let pre = F::g_pre(p);
+        // Q8_0's sign trick (AVX2) reads the signed weights again.
+        let signs = p.add(16);
+        for t in 0..ns {
+            let sub = F::g_sub(p, &pre, t);
+            for i in 0..R {
+                let row = (i0 + i) * x.nsub + b * ns + t;
+                let xq = x.q.add(32 * row) as *const i32;
+                let (lo, hi) = (*x.qsum.add(2 * row), *x.qsum.add(2 * row + 1));
+                let dx = _mm256_set1_ps(*x.d.add(row));
+                if F::HALVES {
+                    let d0 = g_dot::<F, D>(&sub, 0..4, xq, signs, -F::OFFSET * lo);
+                    let d1 = g_dot::<F, D>(&sub, 4..8, xq, signs, -F::OFFSET * hi);
+                    let s0 = _mm256_mul_ps(sub.s[0], dx);
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d0), s0, acc[i]);
+                    let s1 = _mm256_mul_ps(sub.s[1], dx);
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d1), s1, acc[i]);
                 } else {
-                    xb
-                };
-                dot = D::dot(dot, *uc, xb);
-            }
-            let sd = _mm256_mul_ps(s, _mm256_set1_ps(*x.d.add(row)));
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sd, acc[i]);
-            if F::MINS {
-                acc[i] = _mm256_fmadd_ps(mn, _mm256_set1_ps(*x.xs.add(row)), acc[i]);
+                    let d = g_dot::<F, D>(&sub, 0..8, xq, signs, -F::OFFSET * (lo + hi));
+                    let s = _mm256_mul_ps(sub.s[0], dx);
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[i]);
+                }
+                if F::MINS {
+                    acc[i] = _mm256_fmadd_ps(sub.m, _mm256_set1_ps(*x.xs.add(row)), acc[i]);
+                }
             }
         }
     }
@@ -728,7 +842,7 @@ unsafe fn g_rows<F: GFmt, D: Dot, const R: usize>(
     y: YPtr,
 ) {
     for j in (ja..je).step_by(8) {
-        let acc = g_tile::<F, D, R>(w.as_ptr().add(j * nb * F::BB), nb, x, i0);
+        let acc = g_tile::<F, D, R>(w.as_ptr().add(j / 8 * nb * F::GB), nb, x, i0);
         for (i, a) in acc.iter().enumerate() {
             y.put8(i0 + i, j, (je - j).min(8), *a);
         }
@@ -845,6 +959,8 @@ pub(super) unsafe fn chunk_grouped(
         GgmlType::Q5_1 => g_chunk_fmt::<Q51>(isa, w, nb, x, m, j0, j1, y),
         GgmlType::Q8_0 if isa == Isa::Avx2 => g_chunk_fmt::<Q8s>(isa, w, nb, x, m, j0, j1, y),
         GgmlType::Q8_0 => g_chunk_fmt::<Q8o>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q4K => g_chunk_fmt::<Q4K>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q6K => g_chunk_fmt::<Q6K>(isa, w, nb, x, m, j0, j1, y),
         _ => unreachable!("{} is not grouped", t.name()),
     }
 }
