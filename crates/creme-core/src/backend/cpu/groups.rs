@@ -21,37 +21,31 @@
 //!
 //! ```text
 //! Q4_K: d: 8 f16 | dmin: 8 f16 | scales [t][row] u8 | mins [t][row] u8 | quants [t/2][c] 32 bytes
+//! Q5_K: as Q4_K, then fifth bits [c] 32 bytes
 //! Q6_K: d: 8 f16 | scales [16ths][row] i8 | low 4 bits [t/2][c] | high 2 bits [t/4][c] 32 bytes
 //! ```
 //!
 //! In quant vector [t/2][c], byte 4j + e holds row j's element 32t + 4c + e in its low nibble for
-//! even t, its high nibble for odd t; Q6_K's high bits of sub-block t sit at bits 2(t % 4) of
-//! [t/4][c]. Q4_K's 6-bit scales are stored unpacked, so its group blocks are 32 bytes larger
-//! than 8 GGUF blocks (1,184 against 1,152); Q6_K's are the same size.
+//! even t, its high nibble for odd t; the high bits of sub-block t sit at bit t of [c] (Q5_K) or
+//! bits 2(t % 4) of [t/4][c] (Q6_K). The 6-bit scales of Q4_K and Q5_K are stored unpacked, so
+//! their group blocks are 32 bytes larger than 8 GGUF blocks (1,184 against 1,152 and 1,440
+//! against 1,408); the other formats' are the same size.
 
 use crate::quant::GgmlType;
 
 /// Weight rows per group.
 pub(crate) const GROUP: usize = 8;
 
-/// Formats stored grouped on x86 (Q5_K keeps its GGUF rows).
+/// Formats stored grouped on x86: every block format.
 pub(crate) fn grouped(t: GgmlType) -> bool {
-    matches!(
-        t,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q8_0
-            | GgmlType::Q4K
-            | GgmlType::Q6K
-    )
+    t.block_elems() > 1
 }
 
 /// Bytes of one group block (8 rows' blocks).
 pub(crate) fn group_block_bytes(t: GgmlType) -> usize {
     match t {
         GgmlType::Q4K => 1184,
+        GgmlType::Q5K => 1440,
         _ => GROUP * t.block_bytes(),
     }
 }
@@ -327,16 +321,29 @@ fn q6k_at(t: usize, l: usize) -> (usize, u32, usize, u32) {
     )
 }
 
+/// Q4_K / Q5_K: where the quants start in a GGUF block, and Q5_K's fifth bits.
+fn k4_quants(t: GgmlType) -> (usize, Option<usize>) {
+    if t == GgmlType::Q5K {
+        (48, Some(16))
+    } else {
+        (16, None)
+    }
+}
+
 fn read_row_k(t: GgmlType, p: &[u8]) -> RowBlock {
     let mut r = RowBlock::default();
-    if t == GgmlType::Q4K {
+    if t != GgmlType::Q6K {
         (r.d, r.m) = ([p[0], p[1]], [p[2], p[3]]);
         let (sc, mn) = unpack_scales_k4(&p[4..16]);
         r.sc[..8].copy_from_slice(&sc);
         r.mn = mn;
+        let (qs, qh) = k4_quants(t);
         for (e, v) in r.v.iter_mut().enumerate() {
             let (sb, l) = (e / 32, e % 32);
-            *v = (p[16 + 32 * (sb / 2) + l] >> (4 * (sb % 2))) & 0xF;
+            *v = (p[qs + 32 * (sb / 2) + l] >> (4 * (sb % 2))) & 0xF;
+            if let Some(h) = qh {
+                *v |= ((p[h + l] >> sb) & 1) << 4;
+            }
         }
     } else {
         r.d = [p[208], p[209]];
@@ -351,13 +358,17 @@ fn read_row_k(t: GgmlType, p: &[u8]) -> RowBlock {
 
 fn write_row_k(t: GgmlType, r: &RowBlock, p: &mut [u8]) {
     p.fill(0);
-    if t == GgmlType::Q4K {
+    if t != GgmlType::Q6K {
         p[..2].copy_from_slice(&r.d);
         p[2..4].copy_from_slice(&r.m);
         pack_scales_k4(&r.sc[..8], &r.mn, &mut p[4..16]);
+        let (qs, qh) = k4_quants(t);
         for (e, &v) in r.v.iter().enumerate() {
             let (sb, l) = (e / 32, e % 32);
-            p[16 + 32 * (sb / 2) + l] |= (v & 0xF) << (4 * (sb % 2));
+            p[qs + 32 * (sb / 2) + l] |= (v & 0xF) << (4 * (sb % 2));
+            if let Some(h) = qh {
+                p[h + l] |= ((v >> 4) & 1) << sb;
+            }
         }
     } else {
         p[208..210].copy_from_slice(&r.d);
@@ -372,10 +383,19 @@ fn write_row_k(t: GgmlType, r: &RowBlock, p: &mut [u8]) {
 
 /// Offsets in a K group block: (scales, mins, low bits, high bits).
 fn group_offsets_k(t: GgmlType) -> (usize, usize, usize, usize) {
-    if t == GgmlType::Q4K {
-        (32, 96, 160, 0)
-    } else {
-        (16, 0, 144, 1168)
+    match t {
+        GgmlType::Q4K => (32, 96, 160, 0),
+        GgmlType::Q5K => (32, 96, 160, 1184),
+        _ => (16, 0, 144, 1168),
+    }
+}
+
+/// High bits per weight of a K format (beside the 4 low bits).
+fn k_high_bits(t: GgmlType) -> usize {
+    match t {
+        GgmlType::Q4K => 0,
+        GgmlType::Q5K => 1,
+        _ => 2,
     }
 }
 
@@ -389,7 +409,7 @@ fn write_group_k(t: GgmlType, rows: &[RowBlock; GROUP], g: &mut [u8]) {
     let (so, mo, lo, ho) = group_offsets_k(t);
     for (j, r) in rows.iter().enumerate() {
         g[2 * j..2 * j + 2].copy_from_slice(&r.d);
-        let nsc = if t == GgmlType::Q4K {
+        let nsc = if t != GgmlType::Q6K {
             g[16 + 2 * j..18 + 2 * j].copy_from_slice(&r.m);
             for (s, &m) in r.mn.iter().enumerate() {
                 g[mo + 8 * s + j] = m;
@@ -401,11 +421,13 @@ fn write_group_k(t: GgmlType, rows: &[RowBlock; GROUP], g: &mut [u8]) {
         for (s, &v) in r.sc[..nsc].iter().enumerate() {
             g[so + 8 * s + j] = v;
         }
+        let hb = k_high_bits(t);
         for (e, &v) in r.v.iter().enumerate() {
             let sb = e / 32;
             g[lo + k_slot(j, e, 2)] |= (v & 0xF) << (4 * (sb % 2));
-            if t == GgmlType::Q6K {
-                g[ho + k_slot(j, e, 4)] |= (v >> 4) << (2 * (sb % 4));
+            // Sub-blocks per high-bit vector: 8 (Q5_K), 4 (Q6_K); none for Q4_K.
+            if let Some(per) = 8usize.checked_div(hb) {
+                g[ho + k_slot(j, e, per)] |= (v >> 4) << (hb * (sb % per));
             }
         }
     }
@@ -418,7 +440,7 @@ fn read_group_k(t: GgmlType, g: &[u8]) -> [RowBlock; GROUP] {
             d: [g[2 * j], g[2 * j + 1]],
             ..Default::default()
         };
-        let nsc = if t == GgmlType::Q4K {
+        let nsc = if t != GgmlType::Q6K {
             r.m = [g[16 + 2 * j], g[17 + 2 * j]];
             for s in 0..8 {
                 r.mn[s] = g[mo + 8 * s + j];
@@ -430,11 +452,13 @@ fn read_group_k(t: GgmlType, g: &[u8]) -> [RowBlock; GROUP] {
         for s in 0..nsc {
             r.sc[s] = g[so + 8 * s + j];
         }
+        let hb = k_high_bits(t);
         for (e, v) in r.v.iter_mut().enumerate() {
             let sb = e / 32;
             *v = (g[lo + k_slot(j, e, 2)] >> (4 * (sb % 2))) & 0xF;
-            if t == GgmlType::Q6K {
-                *v |= ((g[ho + k_slot(j, e, 4)] >> (2 * (sb % 4))) & 3) << 4;
+            if let Some(per) = 8usize.checked_div(hb) {
+                let bits = g[ho + k_slot(j, e, per)] >> (hb * (sb % per));
+                *v |= (bits & ((1 << hb) - 1)) << 4;
             }
         }
         r
@@ -461,6 +485,7 @@ mod tests {
             GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,
+            GgmlType::Q5K,
             GgmlType::Q6K,
         ] {
             let (rows, cols) = (11, 3 * t.block_elems());

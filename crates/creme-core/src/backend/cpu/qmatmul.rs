@@ -2,8 +2,9 @@
 //!
 //! Activations are quantized to int8 per block of 32 (d = max|x| / 127); every weight block is
 //! unpacked into unsigned bytes u with scales s and an additive term b, and its contribution is
-//! dx * (s_lo * u·q[0..16] + s_hi * u·q[16..32]) + b * dx * sum(q). See `simd.rs` for the x86
-//! kernels; the portable code here follows the same integer math.
+//! dx * (s_lo * u·q[0..16] + s_hi * u·q[16..32]) + b * dx * sum(q). On x86 the weights are kept
+//! in groups of 8 interleaved rows (`groups.rs`), so that one integer dot instruction serves 8
+//! rows; see `simd.rs` for those kernels. The portable code here follows the same integer math.
 //!
 //! Invariant: y[i, j] is bit-identical whatever m, the row's tile and the thread count are
 //! (parallelism splits output rows only; every tile size runs the same per-element sequence).
@@ -28,7 +29,7 @@ mod simd;
 enum Data {
     /// F32, F16 and BF16 weights, converted at construction.
     F32(Vec<f32>),
-    /// GGUF blocks, rows after rows.
+    /// GGUF blocks, rows after rows (machines without AVX2: the portable kernels).
     Blocks(Vec<u8>),
     /// Blocks of 8 rows interleaved for the x86 kernels (`groups.rs`).
     Grouped(Vec<u8>),
@@ -191,8 +192,6 @@ pub struct MatmulScratch {
     d: Vec<f32>,
     /// d * sum of the block's q (for formats with mins).
     xs: Vec<f32>,
-    /// -c * sums of 4 consecutive q (lane layout of the int8 dot), for formats with offset c.
-    init: Vec<i32>,
     /// The sums of q over each half of the block (grouped formats fold their offset with them).
     qsum: Vec<i32>,
 }
@@ -204,7 +203,6 @@ pub(crate) struct XView {
     q: *const i8,
     d: *const f32,
     xs: *const f32,
-    init: *const i32,
     qsum: *const i32,
     nsub: usize,
 }
@@ -242,90 +240,57 @@ impl YPtr {
     }
 }
 
-/// Scalar block quantizer: q = round_ties_even(x / d), d = max|x| / 127; returns (d, sum q) and
-/// writes init = -c * sums of 4 q when c != 0. The SIMD one gives the same bits.
-fn quantize_block_scalar(x: &[f32], q: &mut [i8], init: &mut [i32], c: i32) -> (f32, i32) {
+/// Scalar block quantizer: q = round_ties_even(x / d), d = max|x| / 127; returns d and the sums
+/// of q over the two halves. The SIMD one gives the same bits.
+fn quantize_block_scalar(x: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
     let amax = x[..32].iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for (q, v) in q[..32].iter_mut().zip(x) {
         *q = ((v * id).round_ties_even() as i32).clamp(-128, 127) as i8;
     }
-    if c != 0 {
-        for (l, s) in init[..8].iter_mut().enumerate() {
-            *s = -c * q[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum::<i32>();
-        }
-    }
-    (d, q[..32].iter().map(|&v| v as i32).sum())
+    let sum = |h: &[i8]| h.iter().map(|&v| v as i32).sum::<i32>();
+    (d, [sum(&q[..16]), sum(&q[16..32])])
 }
 
-/// One row of quantized activations: q, and per block of 32: d, d * sum q, init, the sums of q
-/// over its halves.
+/// One row of quantized activations: q, and per block of 32: d, d * sum q, the sums of q over
+/// its halves.
 struct QRow<'a> {
     q: &'a mut [i8],
     d: &'a mut [f32],
     xs: &'a mut [f32],
-    init: &'a mut [i32],
     qsum: &'a mut [i32],
 }
 
-fn quantize_row(isa: Isa, x: &[f32], r: QRow, c: i32) {
+fn quantize_row(isa: Isa, x: &[f32], r: QRow) {
     for g in 0..r.d.len() {
-        let (xb, qb, ib) = (
-            &x[32 * g..32 * g + 32],
-            &mut r.q[32 * g..32 * g + 32],
-            &mut r.init[8 * g..8 * g + 8],
-        );
-        let (dg, sum) = match isa {
+        let (xb, qb) = (&x[32 * g..32 * g + 32], &mut r.q[32 * g..32 * g + 32]);
+        let (dg, halves) = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Vnni512 | Isa::VnniAvx | Isa::Avx2 => unsafe {
-                simd::quantize_block(xb, qb, ib, c)
-            },
-            _ => quantize_block_scalar(xb, qb, ib, c),
+            Isa::Vnni512 | Isa::VnniAvx | Isa::Avx2 => unsafe { simd::quantize_block(xb, qb) },
+            _ => quantize_block_scalar(xb, qb),
         };
         r.d[g] = dg;
-        r.xs[g] = dg * sum as f32;
-        let lo = r.q[32 * g..32 * g + 16]
-            .iter()
-            .map(|&q| q as i32)
-            .sum::<i32>();
-        (r.qsum[2 * g], r.qsum[2 * g + 1]) = (lo, sum - lo);
+        r.xs[g] = dg * (halves[0] + halves[1]) as f32;
+        r.qsum[2 * g..2 * g + 2].copy_from_slice(&halves);
     }
-}
-
-/// The activation offset each weight format's kernel folds into the integer dot.
-fn offset(isa: Isa, t: GgmlType) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        return simd::offset(isa, t);
-    }
-    let _ = isa;
-    portable_offset(t)
 }
 
 impl MatmulScratch {
-    /// Quantize m rows of k (a multiple of 32) with activation offset c.
-    fn quantize(&mut self, isa: Isa, x: &[f32], m: usize, k: usize, c: i32) -> XView {
+    /// Quantize m rows of k (a multiple of 32).
+    fn quantize(&mut self, isa: Isa, x: &[f32], m: usize, k: usize) -> XView {
         let nsub = k / 32;
         grow(&mut self.q, m * k);
         grow(&mut self.d, m * nsub);
         grow(&mut self.xs, m * nsub);
-        grow(&mut self.init, m * nsub * 8);
         grow(&mut self.qsum, 2 * m * nsub);
         let rows = self.q[..m * k]
             .chunks_mut(k)
             .zip(self.d.chunks_mut(nsub))
             .zip(self.xs.chunks_mut(nsub))
-            .zip(self.init.chunks_mut(nsub * 8))
             .zip(self.qsum.chunks_mut(2 * nsub))
-            .map(|((((q, d), xs), init), qsum)| QRow {
-                q,
-                d,
-                xs,
-                init,
-                qsum,
-            });
-        let row = |(i, r): (usize, QRow)| quantize_row(isa, &x[i * k..(i + 1) * k], r, c);
+            .map(|(((q, d), xs), qsum)| QRow { q, d, xs, qsum });
+        let row = |(i, r): (usize, QRow)| quantize_row(isa, &x[i * k..(i + 1) * k], r);
         if m * k < 1 << 16 {
             rows.enumerate().for_each(row);
         } else {
@@ -335,7 +300,6 @@ impl MatmulScratch {
             q: self.q.as_ptr(),
             d: self.d.as_ptr(),
             xs: self.xs.as_ptr(),
-            init: self.init.as_ptr(),
             qsum: self.qsum.as_ptr(),
             nsub,
         }
@@ -388,31 +352,19 @@ pub(crate) fn matmul_isa(
         p: y.as_mut_ptr(),
         ldy,
     };
-    match &w.data {
-        Data::F32(wf) => for_chunks(n, m * n * k, |j0, j1| {
-            f32_chunk(isa, wf, k, x, m, j0, j1, yp)
-        }),
-        Data::Blocks(wb) => {
-            let xv = scratch.quantize(isa, x, m, k, offset(isa, w.dtype));
-            let rows = Rows::Plain(wb, w.row_bytes());
-            for_chunks(n, m * n * k, |j0, j1| {
-                quant_chunk(isa, w.dtype, rows, &xv, m, j0, j1, yp)
-            });
+    let rows = match &w.data {
+        Data::F32(wf) => {
+            return for_chunks(n, m * n * k, |j0, j1| {
+                f32_chunk(isa, wf, k, x, m, j0, j1, yp)
+            })
         }
-        Data::Grouped(wg) => {
-            // The grouped kernels fold their offset in with the block sums, not `init`.
-            let c = if isa == Isa::Portable {
-                offset(isa, w.dtype)
-            } else {
-                0
-            };
-            let xv = scratch.quantize(isa, x, m, k, c);
-            let rows = Rows::Grouped(wg, k);
-            for_chunks(n, m * n * k, |j0, j1| {
-                quant_chunk(isa, w.dtype, rows, &xv, m, j0, j1, yp)
-            });
-        }
-    }
+        Data::Blocks(wb) => Rows::Plain(wb, w.row_bytes()),
+        Data::Grouped(wg) => Rows::Grouped(wg, k),
+    };
+    let xv = scratch.quantize(isa, x, m, k);
+    for_chunks(n, m * n * k, |j0, j1| {
+        quant_chunk(isa, w.dtype, rows, &xv, m, j0, j1, yp)
+    });
 }
 
 /// Where a quantized weight's rows are: GGUF rows of `row bytes`, or groups of `cols` columns.
@@ -462,16 +414,9 @@ fn quant_chunk(
     y: YPtr,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
+    if let (Rows::Grouped(wg, k), false) = (rows, isa == Isa::Portable) {
         // Safety: isa was detected (or is a subset of it in tests); shapes checked by matmul.
-        return unsafe {
-            match rows {
-                Rows::Plain(wb, rb) => simd::chunk_quant(isa, t, wb, rb, x, m, j0, j1, y),
-                Rows::Grouped(wg, k) => {
-                    simd::chunk_grouped(isa, t, wg, k / t.block_elems(), x, m, j0, j1, y)
-                }
-            }
-        };
+        return unsafe { simd::chunk_grouped(isa, t, wg, k / t.block_elems(), x, m, j0, j1, y) };
     }
     let _ = isa;
     portable_chunk(t, rows, x, m, j0, j1, y)
@@ -753,8 +698,8 @@ mod tests {
         let mut xr = x[..m * k].to_vec();
         if xq && w.dtype().block_elems() > 1 {
             for blk in xr.chunks_exact_mut(32) {
-                let (mut q, mut init) = ([0i8; 32], [0i32; 8]);
-                let (d, _) = quantize_block_scalar(blk, &mut q, &mut init, 0);
+                let mut q = [0i8; 32];
+                let (d, _) = quantize_block_scalar(blk, &mut q);
                 blk.iter_mut().zip(q).for_each(|(v, q)| *v = q as f32 * d);
             }
         }
@@ -923,14 +868,11 @@ mod tests {
             if case == 1 {
                 x.fill(0.0);
             }
-            let (mut q0, mut i0, mut q1, mut i1) = ([0i8; 32], [0i32; 8], [0i8; 32], [0i32; 8]);
-            let r0 = quantize_block_scalar(&x, &mut q0, &mut i0, 16);
+            let (mut q0, mut q1) = ([0i8; 32], [0i8; 32]);
+            let r0 = quantize_block_scalar(&x, &mut q0);
             if cur_isa() != Isa::Portable {
-                let r1 = unsafe { simd::quantize_block(&x, &mut q1, &mut i1, 16) };
-                assert_eq!(
-                    (r0.0.to_bits(), r0.1, q0, i0),
-                    (r1.0.to_bits(), r1.1, q1, i1)
-                );
+                let r1 = unsafe { simd::quantize_block(&x, &mut q1) };
+                assert_eq!((r0.0.to_bits(), r0.1, q0), (r1.0.to_bits(), r1.1, q1));
             }
         }
     }

@@ -1,24 +1,16 @@
-//! x86-64 kernels for `qmatmul`: AVX2 unpacking of every block format into 32 unsigned bytes per
-//! 32 weights, and the u8 x s8 dot by VNNI (`vpdpbusd`) or AVX2 (`maddubs` + `madd`).
+//! x86-64 kernels for `qmatmul`: weights in groups of 8 rows (`groups.rs`) unpacked with AVX2 into
+//! unsigned bytes, 4 weights of each row per 32-bit lane, and the u8 x s8 dot by VNNI
+//! (`vpdpbusd`) or AVX2 (`maddubs` + `madd`) against 4 activations broadcast to every lane.
 //!
 //! Every (x row, weight row) pair goes through exactly the same instruction sequence whatever the
-//! tile it falls in (`tile::<R, J>` is one generic body), so results do not depend on the batch.
+//! tile it falls in (`g_tile::<R>` is one generic body, and a row's lane never meets another
+//! lane), so results do not depend on the batch, the thread split or the row's group.
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)] // register tiles indexed by const loops
 
 use std::arch::x86_64::*;
 
 use super::{GgmlType, Isa, XView, YPtr};
-
-/// Largest activation-row tile: R * J accumulators (twice for formats with mins) must stay in
-/// registers: 16 ymm on AVX2, 32 with AVX-512.
-const fn rmax(wide: bool, mins: bool) -> usize {
-    if wide && !mins {
-        8
-    } else {
-        4
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The int8 dot product: lane k of the result = acc_k + sum of u[4k..4k+4] * q[4k..4k+4].
@@ -58,59 +50,42 @@ impl Dot for VnniAvx {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block formats. A weight block of QK elements is NS = QK / 32 sub-blocks; sub-block t gives
-// unsigned bytes u and a scale vector s (lanes 0-3: first 16 elements, 4-7: last 16). The offset
-// b = -OFFSET * s is folded into the integer dot by the activations' `init` (= -OFFSET * sums of
-// 4 q); formats with mins add b * (dx * sum q) through `mins` instead.
-
-#[derive(Clone, Copy)]
-pub(super) struct Sub {
-    u: __m256i,
-    s: __m256,
-    /// Raw signed weights, for the sign trick (Q8_0 on AVX2).
-    w: __m256i,
-}
+// Block formats: their constants. Weights become unsigned codes u with scales; an offset
+// (u = w + OFFSET) is folded into the integer dot through the activations' block sums, and
+// formats with mins add min * (dx * sum q).
 
 pub(super) trait Fmt {
     const QK: usize;
+    /// Bytes of a GGUF block.
     const BB: usize;
     const OFFSET: i32 = 0;
     const MINS: bool = false;
+    /// Q8_0 with the sign trick (u = |w|, q' = sign(q, w)): for maddubs, which saturates.
     const SIGN: bool = false;
-    type Pre: Copy;
-    unsafe fn prep(p: *const u8) -> Self::Pre;
-    unsafe fn sub(p: *const u8, pre: &Self::Pre, t: usize) -> Sub;
-    /// The NS additive factors of a block (lanes beyond NS zero).
-    #[inline(always)]
-    unsafe fn mins(_p: *const u8, _pre: &Self::Pre) -> __m256 {
-        _mm256_setzero_ps()
-    }
 }
 
-#[inline(always)]
-unsafe fn f16s(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+macro_rules! format {
+    ($name:ident, $qk:expr, $bb:expr, $offset:expr, $mins:expr, $sign:expr) => {
+        pub(super) struct $name;
+        impl Fmt for $name {
+            const QK: usize = $qk;
+            const BB: usize = $bb;
+            const OFFSET: i32 = $offset;
+            const MINS: bool = $mins;
+            const SIGN: bool = $sign;
+        }
+    };
 }
-
-#[inline(always)]
-unsafe fn sub0(u: __m256i, d: f32) -> Sub {
-    Sub {
-        u,
-        s: _mm256_set1_ps(d),
-        w: u,
-    }
-}
-
-/// 16 bytes of nibbles -> 32 bytes: low nibbles are elements 0..16, high nibbles 16..32.
-#[inline(always)]
-unsafe fn nib32(p: *const u8) -> __m256i {
-    let x = _mm_loadu_si128(p as *const __m128i);
-    _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16(x, 4), x),
-        _mm256_set1_epi8(0xF),
-    )
-}
+format!(Q40, 32, 18, 8, false, false);
+format!(Q41, 32, 20, 0, true, false);
+format!(Q50, 32, 22, 16, false, false);
+format!(Q51, 32, 24, 0, true, false);
+// Q8_0 on AVX2 (the sign trick), and as u = w + 128 on VNNI (i32 accumulation, no saturation).
+format!(Q8s, 32, 34, 0, false, true);
+format!(Q8o, 32, 34, 128, false, false);
+format!(Q4K, 256, 144, 0, true, false);
+format!(Q5K, 256, 176, 0, true, false);
+format!(Q6K, 256, 210, 32, false, false);
 
 /// Bit e of the 32 bits at p -> 0x10 in byte e (the fifth bit of Q5_0 / Q5_1 element e).
 #[inline(always)]
@@ -130,262 +105,6 @@ unsafe fn hbits32(p: *const u8) -> __m256i {
     )
 }
 
-#[inline(always)]
-unsafe fn lane0(v: f32) -> __m256 {
-    _mm256_zextps128_ps256(_mm_set_ss(v))
-}
-
-pub(super) struct Q40;
-impl Fmt for Q40 {
-    const QK: usize = 32;
-    const BB: usize = 18;
-    const OFFSET: i32 = 8;
-    type Pre = ();
-    #[inline(always)]
-    unsafe fn prep(_: *const u8) {}
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
-        sub0(nib32(p.add(2)), f16s(p))
-    }
-}
-
-pub(super) struct Q41;
-impl Fmt for Q41 {
-    const QK: usize = 32;
-    const BB: usize = 20;
-    const MINS: bool = true;
-    type Pre = ();
-    #[inline(always)]
-    unsafe fn prep(_: *const u8) {}
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
-        sub0(nib32(p.add(4)), f16s(p))
-    }
-    #[inline(always)]
-    unsafe fn mins(p: *const u8, _: &()) -> __m256 {
-        lane0(f16s(p.add(2)))
-    }
-}
-
-pub(super) struct Q50;
-impl Fmt for Q50 {
-    const QK: usize = 32;
-    const BB: usize = 22;
-    const OFFSET: i32 = 16;
-    type Pre = ();
-    #[inline(always)]
-    unsafe fn prep(_: *const u8) {}
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
-        sub0(_mm256_or_si256(nib32(p.add(6)), hbits32(p.add(2))), f16s(p))
-    }
-}
-
-pub(super) struct Q51;
-impl Fmt for Q51 {
-    const QK: usize = 32;
-    const BB: usize = 24;
-    const MINS: bool = true;
-    type Pre = ();
-    #[inline(always)]
-    unsafe fn prep(_: *const u8) {}
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
-        sub0(_mm256_or_si256(nib32(p.add(8)), hbits32(p.add(4))), f16s(p))
-    }
-    #[inline(always)]
-    unsafe fn mins(p: *const u8, _: &()) -> __m256 {
-        lane0(f16s(p.add(2)))
-    }
-}
-
-/// Q8_0 with the sign trick (u = |w|, q' = sign(q, w)): for maddubs, which saturates.
-pub(super) struct Q8s;
-impl Fmt for Q8s {
-    const QK: usize = 32;
-    const BB: usize = 34;
-    const SIGN: bool = true;
-    type Pre = ();
-    #[inline(always)]
-    unsafe fn prep(_: *const u8) {}
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
-        let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
-        Sub {
-            u: _mm256_abs_epi8(w),
-            s: _mm256_set1_ps(f16s(p)),
-            w,
-        }
-    }
-}
-
-/// Q8_0 as u = w + 128 with the offset folded into `init`: for VNNI (i32 accumulation, no
-/// saturation), saving the per-row sign instruction.
-pub(super) struct Q8o;
-impl Fmt for Q8o {
-    const QK: usize = 32;
-    const BB: usize = 34;
-    const OFFSET: i32 = 128;
-    type Pre = ();
-    #[inline(always)]
-    unsafe fn prep(_: *const u8) {}
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, _: &(), _: usize) -> Sub {
-        let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
-        sub0(_mm256_xor_si256(w, _mm256_set1_epi8(-128)), f16s(p))
-    }
-}
-
-/// Q4_K / Q5_K per-block data: d * scale and -dmin * min of the 8 sub-blocks (and Q5_K's qh).
-#[derive(Clone, Copy)]
-pub(super) struct KPre {
-    s: __m256,
-    m: __m256,
-    qh: __m256i,
-}
-
-/// Decode the 12 packed 6-bit scales and mins (ggml's get_scale_min_k4, 4 at a time).
-#[inline(always)]
-unsafe fn k_pre(p: *const u8, qh: __m256i) -> KPre {
-    let a = p.add(4) as *const u32;
-    let (u0, u1, u2) = (
-        a.read_unaligned(),
-        a.add(1).read_unaligned(),
-        a.add(2).read_unaligned(),
-    );
-    let sc = (u0 & 0x3f3f3f3f) as u64
-        | ((((u2 & 0x0f0f0f0f) | (((u0 >> 6) & 0x03030303) << 4)) as u64) << 32);
-    let mn = (u1 & 0x3f3f3f3f) as u64
-        | (((((u2 >> 4) & 0x0f0f0f0f) | (((u1 >> 6) & 0x03030303) << 4)) as u64) << 32);
-    let s = _mm256_mul_ps(u8x8_ps(sc), _mm256_set1_ps(f16s(p)));
-    KPre {
-        s,
-        m: _mm256_mul_ps(u8x8_ps(mn), _mm256_set1_ps(-f16s(p.add(2)))),
-        qh,
-    }
-}
-
-#[inline(always)]
-unsafe fn u8x8_ps(v: u64) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
-}
-
-/// Nibbles of sub-block t of a K block: low nibbles of 32 bytes for even t, high for odd.
-#[inline(always)]
-unsafe fn k_nib(qs: *const u8, t: usize) -> __m256i {
-    let q = _mm256_loadu_si256(qs.add(32 * (t / 2)) as *const __m256i);
-    let q = if t & 1 == 0 {
-        q
-    } else {
-        _mm256_srli_epi16(q, 4)
-    };
-    _mm256_and_si256(q, _mm256_set1_epi8(0xF))
-}
-
-#[inline(always)]
-unsafe fn bcast_lane(v: __m256, t: usize) -> __m256 {
-    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(t as i32))
-}
-
-pub(super) struct Q4K;
-impl Fmt for Q4K {
-    const QK: usize = 256;
-    const BB: usize = 144;
-    const MINS: bool = true;
-    type Pre = KPre;
-    #[inline(always)]
-    unsafe fn prep(p: *const u8) -> KPre {
-        k_pre(p, _mm256_setzero_si256())
-    }
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, pre: &KPre, t: usize) -> Sub {
-        let u = k_nib(p.add(16), t);
-        Sub {
-            u,
-            s: bcast_lane(pre.s, t),
-            w: u,
-        }
-    }
-    #[inline(always)]
-    unsafe fn mins(_: *const u8, pre: &KPre) -> __m256 {
-        pre.m
-    }
-}
-
-pub(super) struct Q5K;
-impl Fmt for Q5K {
-    const QK: usize = 256;
-    const BB: usize = 176;
-    const MINS: bool = true;
-    type Pre = KPre;
-    #[inline(always)]
-    unsafe fn prep(p: *const u8) -> KPre {
-        k_pre(p, _mm256_loadu_si256(p.add(16) as *const __m256i))
-    }
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, pre: &KPre, t: usize) -> Sub {
-        let h = _mm256_and_si256(
-            _mm256_srl_epi16(pre.qh, _mm_cvtsi32_si128(t as i32)),
-            _mm256_set1_epi8(1),
-        );
-        let u = _mm256_or_si256(k_nib(p.add(48), t), _mm256_slli_epi16(h, 4));
-        Sub {
-            u,
-            s: bcast_lane(pre.s, t),
-            w: u,
-        }
-    }
-    #[inline(always)]
-    unsafe fn mins(_: *const u8, pre: &KPre) -> __m256 {
-        pre.m
-    }
-}
-
-pub(super) struct Q6K;
-impl Fmt for Q6K {
-    const QK: usize = 256;
-    const BB: usize = 210;
-    const OFFSET: i32 = 32;
-    /// d * the 16 signed scales, 8 per vector.
-    type Pre = [__m256; 2];
-    #[inline(always)]
-    unsafe fn prep(p: *const u8) -> [__m256; 2] {
-        let d = _mm256_set1_ps(f16s(p.add(208)));
-        let sc = _mm_loadu_si128(p.add(192) as *const __m128i);
-        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
-        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)));
-        [_mm256_mul_ps(lo, d), _mm256_mul_ps(hi, d)]
-    }
-    #[inline(always)]
-    unsafe fn sub(p: *const u8, pre: &[__m256; 2], t: usize) -> Sub {
-        let (n, r) = (t / 4, t % 4);
-        let ql = _mm256_loadu_si256(p.add(64 * n + 32 * (r & 1)) as *const __m256i);
-        let ql = if r < 2 { ql } else { _mm256_srli_epi16(ql, 4) };
-        let qh = _mm256_loadu_si256(p.add(128 + 32 * n) as *const __m256i);
-        let h = _mm256_and_si256(
-            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * r as i32)),
-            _mm256_set1_epi8(3),
-        );
-        let u = _mm256_or_si256(
-            _mm256_and_si256(ql, _mm256_set1_epi8(0xF)),
-            _mm256_slli_epi16(h, 4),
-        );
-        // Elements 0..16 use scale 2r of this half, 16..32 scale 2r + 1.
-        let idx = _mm256_add_epi32(
-            _mm256_set1_epi32(2 * r as i32),
-            _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-        );
-        Sub {
-            u,
-            s: _mm256_permutevar8x32_ps(pre[n], idx),
-            w: u,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kernels.
-
 /// Fixed horizontal sum (the same everywhere, so tiles agree bit for bit).
 #[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
@@ -394,210 +113,9 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// Dot products of R activation rows with J weight rows (`w`: the rows' first blocks).
-#[inline(always)]
-unsafe fn tile<F: Fmt, D: Dot, const R: usize, const J: usize>(
-    w: [*const u8; J],
-    nb: usize,
-    x: &XView,
-    i0: usize,
-) -> [[f32; J]; R] {
-    let ns = F::QK / 32;
-    let mut acc = [[_mm256_setzero_ps(); J]; R];
-    let mut accb = [[_mm256_setzero_ps(); J]; R];
-    let xq: [*const i8; R] = std::array::from_fn(|i| x.q.add((i0 + i) * x.nsub * 32));
-    let xd: [*const f32; R] = std::array::from_fn(|i| x.d.add((i0 + i) * x.nsub));
-    for b in 0..nb {
-        if R <= 2 {
-            // Decode streams the weights from memory: ask for them ~2 KB ahead.
-            for wj in w {
-                _mm_prefetch::<_MM_HINT_T0>(wj.add(b * F::BB + 4096) as *const i8);
-            }
-        }
-        let mut pre = [F::prep(w[0].add(b * F::BB)); J];
-        for j in 1..J {
-            pre[j] = F::prep(w[j].add(b * F::BB));
-        }
-        for t in 0..ns {
-            let g = b * ns + t;
-            let mut sub = [F::sub(w[0].add(b * F::BB), &pre[0], t); J];
-            for j in 1..J {
-                sub[j] = F::sub(w[j].add(b * F::BB), &pre[j], t);
-            }
-            for i in 0..R {
-                let q = _mm256_loadu_si256(xq[i].add(g * 32) as *const __m256i);
-                let dx = _mm256_set1_ps(*xd[i].add(g));
-                let init = if F::OFFSET != 0 {
-                    _mm256_loadu_si256(x.init.add(((i0 + i) * x.nsub + g) * 8) as *const __m256i)
-                } else {
-                    _mm256_setzero_si256()
-                };
-                for j in 0..J {
-                    let qq = if F::SIGN {
-                        _mm256_sign_epi8(q, sub[j].w)
-                    } else {
-                        q
-                    };
-                    let p = _mm256_mul_ps(_mm256_cvtepi32_ps(D::dot(init, sub[j].u, qq)), dx);
-                    acc[i][j] = _mm256_fmadd_ps(p, sub[j].s, acc[i][j]);
-                }
-            }
-        }
-        if F::MINS {
-            for j in 0..J {
-                let m = F::mins(w[j].add(b * F::BB), &pre[j]);
-                for i in 0..R {
-                    let xs = x.xs.add((i0 + i) * x.nsub + b * ns);
-                    let xs = if ns == 8 {
-                        _mm256_loadu_ps(xs)
-                    } else {
-                        _mm256_zextps128_ps256(_mm_load_ss(xs))
-                    };
-                    accb[i][j] = _mm256_fmadd_ps(m, xs, accb[i][j]);
-                }
-            }
-        }
-    }
-    let mut out = [[0f32; J]; R];
-    for i in 0..R {
-        for j in 0..J {
-            out[i][j] = if F::MINS {
-                hsum(acc[i][j]) + hsum(accb[i][j])
-            } else {
-                hsum(acc[i][j])
-            };
-        }
-    }
-    out
-}
-
-/// Rows i0..i0+R of y for weight rows j0..j1, two weight rows at a time.
-#[inline(always)]
-unsafe fn rows<F: Fmt, D: Dot, const R: usize>(
-    w: &[u8],
-    row_bytes: usize,
-    x: &XView,
-    i0: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    let nb = row_bytes / F::BB;
-    let base = w.as_ptr();
-    let mut j = j0;
-    while j < j1 {
-        if j + 1 < j1 {
-            let o = tile::<F, D, R, 2>(
-                [base.add(j * row_bytes), base.add((j + 1) * row_bytes)],
-                nb,
-                x,
-                i0,
-            );
-            for (i, r) in o.iter().enumerate() {
-                y.put(i0 + i, j, r[0]);
-                y.put(i0 + i, j + 1, r[1]);
-            }
-            j += 2;
-        } else {
-            let o = tile::<F, D, R, 1>([base.add(j * row_bytes)], nb, x, i0);
-            for (i, r) in o.iter().enumerate() {
-                y.put(i0 + i, j, r[0]);
-            }
-            j += 1;
-        }
-    }
-}
-
 /// Weight rows per cache block: about 32 KB of blocks, reused by every activation tile.
 fn jblock(row_bytes: usize) -> usize {
     ((32 << 10) / row_bytes.max(1)).max(2) & !1
-}
-
-#[inline(always)]
-unsafe fn chunk_body<F: Fmt, D: Dot>(
-    w: &[u8],
-    row_bytes: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    let jb = jblock(row_bytes);
-    for ja in (j0..j1).step_by(jb) {
-        let je = (ja + jb).min(j1);
-        let mut i = 0;
-        while i < m {
-            let r = rmax(D::WIDE, F::MINS).min(m - i);
-            match r {
-                8 => rows::<F, D, 8>(w, row_bytes, x, i, ja, je, y),
-                7 => rows::<F, D, 7>(w, row_bytes, x, i, ja, je, y),
-                6 => rows::<F, D, 6>(w, row_bytes, x, i, ja, je, y),
-                5 => rows::<F, D, 5>(w, row_bytes, x, i, ja, je, y),
-                4 => rows::<F, D, 4>(w, row_bytes, x, i, ja, je, y),
-                3 => rows::<F, D, 3>(w, row_bytes, x, i, ja, je, y),
-                2 => rows::<F, D, 2>(w, row_bytes, x, i, ja, je, y),
-                _ => rows::<F, D, 1>(w, row_bytes, x, i, ja, je, y),
-            }
-            i += r;
-        }
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn chunk_vnni512<F: Fmt>(
-    w: &[u8],
-    rb: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    chunk_body::<F, Vnni512>(w, rb, x, m, j0, j1, y)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-unsafe fn chunk_vnniavx<F: Fmt>(
-    w: &[u8],
-    rb: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    chunk_body::<F, VnniAvx>(w, rb, x, m, j0, j1, y)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chunk_avx2<F: Fmt>(
-    w: &[u8],
-    rb: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    chunk_body::<F, Avx2>(w, rb, x, m, j0, j1, y)
-}
-
-unsafe fn chunk_fmt<F: Fmt>(
-    isa: Isa,
-    w: &[u8],
-    rb: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    match isa {
-        Isa::Vnni512 => chunk_vnni512::<F>(w, rb, x, m, j0, j1, y),
-        Isa::VnniAvx => chunk_vnniavx::<F>(w, rb, x, m, j0, j1, y),
-        _ => chunk_avx2::<F>(w, rb, x, m, j0, j1, y),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -728,6 +246,26 @@ impl GFmt for Q4K {
             s: [s, s],
             m: g_scale8(p.add(96 + 8 * t), false, pre[1]),
         }
+    }
+}
+
+impl GFmt for Q5K {
+    const GB: usize = 1440;
+    type GPre = [__m256; 2];
+    #[inline(always)]
+    unsafe fn g_pre(p: *const u8) -> [__m256; 2] {
+        Q4K::g_pre(p)
+    }
+    #[inline(always)]
+    unsafe fn g_sub(p: *const u8, pre: &[__m256; 2], t: usize) -> GSub {
+        let mut sub = Q4K::g_sub(p, pre, t);
+        let shift = _mm_cvtsi32_si128(t as i32);
+        for (c, uc) in sub.u.iter_mut().enumerate() {
+            let h = _mm256_loadu_si256(p.add(1184 + 32 * c) as *const __m256i);
+            let h = _mm256_and_si256(_mm256_srl_epi16(h, shift), _mm256_set1_epi8(1));
+            *uc = _mm256_or_si256(*uc, _mm256_slli_epi16(h, 4));
+        }
+        sub
     }
 }
 
@@ -940,7 +478,8 @@ unsafe fn g_chunk_fmt<F: GFmt>(
 }
 
 /// Grouped weights (`groups::to_groups`, nb blocks per row): y rows 0..m, output columns j0..j1
-/// (j0 a multiple of 8). Safety: as `chunk_quant`.
+/// (j0 a multiple of 8). Safety: `isa` must be supported, and x, y must hold what
+/// `qmatmul::matmul` checked.
 pub(super) unsafe fn chunk_grouped(
     isa: Isa,
     t: GgmlType,
@@ -960,46 +499,9 @@ pub(super) unsafe fn chunk_grouped(
         GgmlType::Q8_0 if isa == Isa::Avx2 => g_chunk_fmt::<Q8s>(isa, w, nb, x, m, j0, j1, y),
         GgmlType::Q8_0 => g_chunk_fmt::<Q8o>(isa, w, nb, x, m, j0, j1, y),
         GgmlType::Q4K => g_chunk_fmt::<Q4K>(isa, w, nb, x, m, j0, j1, y),
+        GgmlType::Q5K => g_chunk_fmt::<Q5K>(isa, w, nb, x, m, j0, j1, y),
         GgmlType::Q6K => g_chunk_fmt::<Q6K>(isa, w, nb, x, m, j0, j1, y),
         _ => unreachable!("{} is not grouped", t.name()),
-    }
-}
-
-/// The activation offset the kernels of `isa` expect for `t` (see `Fmt::OFFSET`).
-pub(super) fn offset(isa: Isa, t: GgmlType) -> i32 {
-    match t {
-        GgmlType::Q4_0 => Q40::OFFSET,
-        GgmlType::Q5_0 => Q50::OFFSET,
-        GgmlType::Q6K => Q6K::OFFSET,
-        GgmlType::Q8_0 if isa != Isa::Avx2 => Q8o::OFFSET,
-        _ => 0,
-    }
-}
-
-/// Quantized weights: y rows 0..m, output columns j0..j1. Safety: `isa` must be supported, and
-/// x, y must hold what `qmatmul::matmul` checked.
-pub(super) unsafe fn chunk_quant(
-    isa: Isa,
-    t: GgmlType,
-    w: &[u8],
-    rb: usize,
-    x: &XView,
-    m: usize,
-    j0: usize,
-    j1: usize,
-    y: YPtr,
-) {
-    match t {
-        GgmlType::Q4_0 => chunk_fmt::<Q40>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q4_1 => chunk_fmt::<Q41>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q5_0 => chunk_fmt::<Q50>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q5_1 => chunk_fmt::<Q51>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q8_0 if isa == Isa::Avx2 => chunk_fmt::<Q8s>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q8_0 => chunk_fmt::<Q8o>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q4K => chunk_fmt::<Q4K>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q5K => chunk_fmt::<Q5K>(isa, w, rb, x, m, j0, j1, y),
-        GgmlType::Q6K => chunk_fmt::<Q6K>(isa, w, rb, x, m, j0, j1, y),
-        _ => unreachable!("float weights go through chunk_f32"),
     }
 }
 
@@ -1095,14 +597,9 @@ pub(super) unsafe fn chunk_f32(
 // ---------------------------------------------------------------------------------------------
 // Activation quantization (bit-identical to the scalar `quantize_block`).
 
-/// One block of 32: q, returns (d, sum q); writes init = -c * (sums of 4 q) when c != 0.
+/// One block of 32: q, returns d and the sums of q over the two halves.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn quantize_block(
-    x: &[f32],
-    q: &mut [i8],
-    init: &mut [i32],
-    c: i32,
-) -> (f32, i32) {
+pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, [i32; 2]) {
     let xp = x.as_ptr();
     let v = [
         _mm256_loadu_ps(xp),
@@ -1130,16 +627,18 @@ pub(super) unsafe fn quantize_block(
         _mm256_maddubs_epi16(_mm256_set1_epi8(1), p),
         _mm256_set1_epi16(1),
     );
-    if c != 0 {
-        _mm256_storeu_si256(
-            init.as_mut_ptr() as *mut __m256i,
-            _mm256_mullo_epi32(s4, _mm256_set1_epi32(-c)),
-        );
-    }
-    let s = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    (d, _mm_cvtsi128_si32(s))
+    // Lanes 0-3 of s4 sum elements 0..16 in fours, lanes 4-7 elements 16..32.
+    let half = |s: __m128i| {
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+    };
+    (
+        d,
+        [
+            half(_mm256_castsi256_si128(s4)),
+            half(_mm256_extracti128_si256(s4, 1)),
+        ],
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
