@@ -111,7 +111,8 @@ fn passes(task: &Value, completion: &str) -> bool {
 
 /// Slow: the first N HumanEval tasks (CREME_ORACLE_TASKS, default 164 = all) on the CPU backend
 /// (CREME_ORACLE_BACKEND to change), batched 8 at a time, against the oracle: >= 90% identical
-/// completions and >= 95% pass/fail agreement (on all 164: 71 +- 2 passes).
+/// completions (80% on `cpu`, whose activations are int8) and >= 95% pass/fail agreement (on all
+/// 164: 71 +- 2 passes).
 #[test]
 #[ignore]
 fn qwen_greedy_humaneval_subset_matches_hf() {
@@ -151,8 +152,11 @@ fn qwen_greedy_humaneval_subset_matches_hf() {
         100.0 * same as f64 / n as f64,
         100.0 * agree as f64 / n as f64
     );
+    // int8 activations (`cpu`) flip near-tied greedy tokens: 139/164 identical (README); the
+    // exact backends (`cpu-exact`, wgpu) compute HF's function.
+    let min_same = if backend == "cpu" { 0.8 } else { 0.9 };
     assert!(
-        same as f64 >= 0.9 * n as f64,
+        same as f64 >= min_same * n as f64,
         "only {same}/{n} completions identical"
     );
     assert!(
