@@ -285,7 +285,7 @@ pub(crate) fn row_of_groups(t: GgmlType, g: &[u8], cols: usize, r: usize, out: &
 // K formats.
 
 /// Q4_K's 12 bytes of 6-bit scales and mins (ggml's get_scale_min_k4) <-> 8 + 8 values.
-fn unpack_scales_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn unpack_scales_k4(q: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];
     for j in 0..8 {
@@ -478,16 +478,10 @@ mod tests {
             s ^= s << 17;
             s as u8
         };
-        for t in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::Q4K,
-            GgmlType::Q5K,
-            GgmlType::Q6K,
-        ] {
+        for t in super::super::qmatmul::tests::ALL
+            .into_iter()
+            .filter(|&t| grouped(t))
+        {
             let (rows, cols) = (11, 3 * t.block_elems());
             let src: Vec<u8> = (0..rows * t.row_bytes(cols)).map(|_| byte()).collect();
             let g = to_groups(t, &src, rows, cols);

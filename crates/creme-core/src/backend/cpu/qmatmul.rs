@@ -471,18 +471,6 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Q4_K / Q5_K scale and min of sub-block j (ggml's get_scale_min_k4).
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    if j < 4 {
-        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
-    } else {
-        (
-            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32,
-            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
-        )
-    }
-}
-
 /// One block: w (QK integers), s (2 per 32), b (1 per 32).
 fn unpack_block(t: GgmlType, p: &[u8], w: &mut [i32], s: &mut [f32], b: &mut [f32]) {
     let nib = |qs: &[u8], e: usize| if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
@@ -513,8 +501,9 @@ fn unpack_block(t: GgmlType, p: &[u8], w: &mut [i32], s: &mut [f32], b: &mut [f3
             } else {
                 &p[48..176]
             };
+            let (scs, mns) = groups::unpack_scales_k4(&p[4..16]);
             for sb in 0..8 {
-                let (sc, mn) = scale_min_k4(sb, &p[4..16]);
+                let (sc, mn) = (scs[sb] as f32, mns[sb] as f32);
                 (s[2 * sb], s[2 * sb + 1], b[sb]) = (d * sc, d * sc, -dmin * mn);
                 for l in 0..32 {
                     let q = qs[32 * (sb / 2) + l];
@@ -622,11 +611,12 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cpu::SplitMix64;
 
-    const ALL: [GgmlType; 11] = [
+    /// Every format the CPU backend multiplies.
+    pub(crate) const ALL: [GgmlType; 11] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
