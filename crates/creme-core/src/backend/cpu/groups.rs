@@ -264,6 +264,28 @@ pub(crate) fn to_groups(t: GgmlType, src: &[u8], rows: usize, cols: usize) -> Ve
     out
 }
 
+/// The inverse of `to_groups`: the GGUF rows of the whole matrix, each group block decoded once.
+pub(crate) fn to_rows(t: GgmlType, g: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let (bb, nb, gb) = (
+        t.block_bytes(),
+        cols / t.block_elems(),
+        group_block_bytes(t),
+    );
+    let rb = nb * bb;
+    let mut out = vec![0u8; rows * rb];
+    for (gi, gin) in g.chunks_exact(nb * gb).enumerate() {
+        for (b, gblock) in gin.chunks_exact(gb).enumerate() {
+            for (j, r) in read_group(t, gblock).iter().enumerate() {
+                let row = gi * GROUP + j;
+                if row < rows {
+                    write_row(t, r, &mut out[row * rb + b * bb..row * rb + (b + 1) * bb]);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Row `r`'s GGUF blocks out of a grouped matrix (`out`: one row's bytes).
 pub(crate) fn row_of_groups(t: GgmlType, g: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     let (bb, nb, gb) = (
@@ -487,6 +509,7 @@ mod tests {
             let g = to_groups(t, &src, rows, cols);
             assert_eq!(g.len(), 2 * 3 * group_block_bytes(t), "{}", t.name());
             let rb = t.row_bytes(cols);
+            assert_eq!(to_rows(t, &g, rows, cols), src, "{}", t.name());
             let mut row = vec![0u8; rb];
             for r in 0..rows {
                 row_of_groups(t, &g, cols, r, &mut row);

@@ -117,10 +117,7 @@ impl CpuWeight {
                 dequantize(self.dtype, b, self.rows * self.cols).expect("checked at construction")
             }
             Data::Grouped(g) => {
-                let mut rows = vec![0u8; self.rows * self.row_bytes()];
-                for (r, row) in rows.chunks_exact_mut(self.row_bytes()).enumerate() {
-                    groups::row_of_groups(self.dtype, g, self.cols, r, row);
-                }
+                let rows = groups::to_rows(self.dtype, g, self.rows, self.cols);
                 dequantize(self.dtype, &rows, self.rows * self.cols)
                     .expect("checked at construction")
             }
