@@ -156,10 +156,10 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
 
 /// Tasks whose clean prompt passes and whose `ptype` prompt fails in an eval's records.
 fn edit_worthy(baseline: &Path, ptype: &str) -> Res<Vec<String>> {
-    let records = crate::eval_cmd::read_records(&baseline.join("samples.jsonl"))?;
+    let records = crate::run_dir::read_samples(&baseline.join("samples.jsonl"))?;
     Ok(creme_core::experiment::edit_worthy(
-        &crate::experiment_cmd::outcomes_of(&records),
-        ptype,
+        &creme_core::eval::outcomes_of(&records),
+        ptype.parse()?,
     ))
 }
 

@@ -10,20 +10,24 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use creme_core::dataset::Problem;
-use creme_core::experiment::{self, EditRecord, Outcomes};
+use creme_core::eval::{self, Drafts, GenSpec, Outcomes, SampleRecord};
+use creme_core::experiment::{self, EditRecord};
+use creme_core::manifest::{self, ExperimentPlan, RunKind, RunManifest};
 use creme_core::model::Model;
-use creme_core::model::Model as CoreModel;
 use creme_core::pipeline::{
     locate_and_edit_with, CremeEdit, CremeSettings, Locator, LogprobLocator,
 };
 use creme_core::progress::Progress;
+use creme_core::sets::{PerturbationType, SetName};
 use creme_core::trace::{LayerTrace, TraceSetup};
 use creme_core::{Backend, Device, ModelError};
 use serde_json::Value;
 
 use crate::common::{self, JsonlLog, Res};
-use crate::eval_cmd::{self, GenSpec};
+use crate::eval_cmd;
+use crate::judge::SandboxJudge;
 use crate::pass_metric::PassLocator;
+use crate::run_dir::{self, SampleLog};
 
 /// The experiment's traced layer choices.
 enum TaskLocator<'a> {
@@ -35,7 +39,7 @@ impl Locator for TaskLocator<'_> {
     async fn locate(
         &mut self,
         dev: &Device,
-        model: &CoreModel,
+        model: &Model,
         setup: &TraceSetup,
         progress: &mut Progress<'_>,
     ) -> Result<LayerTrace, ModelError> {
@@ -101,115 +105,96 @@ fn parse_shard(s: &Option<String>) -> Res<(usize, usize)> {
 }
 
 /// Per type, the most frequent key layer among an earlier run's records (ties: the lower layer).
-fn layer_modes(path: &Path) -> Res<BTreeMap<String, usize>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut counts: BTreeMap<String, BTreeMap<usize, usize>> = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let (Some(t), Some(l)) = (v["type"].as_str(), v["layer"].as_u64()) {
-            *counts
-                .entry(t.into())
-                .or_default()
-                .entry(l as usize)
-                .or_default() += 1;
-        }
+fn layer_modes(path: &Path) -> Res<BTreeMap<PerturbationType, usize>> {
+    let mut counts: BTreeMap<PerturbationType, BTreeMap<usize, usize>> = BTreeMap::new();
+    for r in read_edits(path)? {
+        *counts.entry(r.ptype).or_default().entry(r.layer).or_default() += 1;
     }
     Ok(counts
         .into_iter()
-        .filter_map(|(t, c)| {
-            Some((
-                t,
-                c.into_iter()
-                    .max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?
-                    .0,
-            ))
-        })
+        .filter_map(|(t, c)| Some((t, c.into_iter().max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?.0)))
         .collect())
 }
 
-/// Pass/fail per (set, task) under greedy decoding, from sample records.
-pub fn outcomes_of(records: &[Value]) -> Outcomes {
-    let mut o = Outcomes::new();
-    for r in records.iter().filter(|r| !eval_cmd::is_infra_error(r)) {
-        if let (Some(s), Some(t), Some(p)) = (
-            r["set"].as_str(),
-            r["task_id"].as_str(),
-            r["passed"].as_bool(),
-        ) {
-            if r["sample"].as_u64().unwrap_or(0) == 0 {
-                o.entry(s.into()).or_default().insert(t.into(), p);
-            }
-        }
-    }
-    o
+/// The records of an `edits.jsonl` file (versions this build does not know are refused).
+pub fn read_edits(path: &Path) -> Res<Vec<EditRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| EditRecord::parse_line(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into()))
+        .collect()
 }
 
-/// Evaluate `sets` greedily with the model as it is now; every record goes to `on_record`.
+/// Evaluate `sets` greedily with the model as it is now; every record goes to `on_record`. A
+/// sample the judge could not run is no verdict: the evaluation stops there (nothing of this
+/// edit is recorded, so the same command redoes it) rather than count it as a failure.
 fn evaluate(
     dev: &Device,
     model: &Model,
-    sets: &BTreeMap<String, Vec<Problem>>,
-    spec: &GenSpec,
-    workers: usize,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    ctx: &EvalContext,
     label: &str,
-    mut on_record: impl FnMut(Value) -> Res,
+    on_record: &mut dyn FnMut(SampleRecord) -> Res,
 ) -> Res {
-    let lim = eval_cmd::limits(10);
+    let mut judge = SandboxJudge::new(eval_cmd::DEFAULT_TIMEOUT_S, ctx.workers);
     let mut bar = crate::progress::Reporter::new(label);
     for (set, problems) in sets {
         let items: Vec<(&Problem, usize)> = problems.iter().map(|p| (p, 0)).collect();
         let (mut done, mut passed) = (0, 0);
-        // A sample the sandbox could not run is no verdict: stop here (nothing of this edit is
-        // recorded, so the same command redoes it) rather than count it as a failure.
-        let mut checked = |rec: Value| {
-            if eval_cmd::is_infra_error(&rec) {
-                return Err(format!(
-                    "{set} {}: the sandbox could not run the test program: {}",
-                    rec["task_id"], rec["stderr_tail"]
-                )
-                .into());
-            }
-            done += 1;
-            passed += (rec["passed"] == true) as usize;
-            bar.step(creme_core::progress::Step {
-                stage: &format!("eval {set}"),
-                done,
-                total: items.len(),
-                note: format!("{passed} passed"),
-            });
-            on_record(rec)
+        let mut failure: Option<Box<dyn std::error::Error>> = None;
+        let mut checked = |rec: SampleRecord| {
+            let r = if rec.is_judge_error() {
+                Err(format!("{set} {}: the sandbox could not run the test program: {}", rec.task_id, rec.stderr_tail).into())
+            } else {
+                done += 1;
+                passed += rec.passed as usize;
+                bar.step(creme_core::progress::Step {
+                    stage: &format!("eval {set}"),
+                    done,
+                    total: items.len(),
+                    note: format!("{passed} passed"),
+                });
+                on_record(rec)
+            };
+            r.map_err(|e: Box<dyn std::error::Error>| {
+                let msg = e.to_string();
+                failure = Some(e);
+                ModelError::Format(msg)
+            })
         };
-        eval_cmd::run_set(dev, model, set, &items, spec, &lim, workers, &mut checked)?;
+        let r = pollster::block_on(eval::run_set(dev, model, *set, &items, &ctx.spec, ctx.drafts.as_ref(), &mut judge, &mut checked));
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        r?;
     }
     Ok(())
+}
+
+/// What every evaluation of the experiment shares.
+struct EvalContext {
+    spec: GenSpec,
+    drafts: Option<Drafts>,
+    workers: Option<usize>,
 }
 
 /// The tasks an edit of type `t` is evaluated on: every loaded task, or (edit-worthy scope) the
 /// edit-worthy tasks of each evaluated type, with their clean prompts those of type `t`.
 fn eval_sets(
-    sets: &BTreeMap<String, Vec<Problem>>,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
     base: &Outcomes,
-    t: &str,
+    t: PerturbationType,
     scope: EvalScope,
-) -> BTreeMap<String, Vec<Problem>> {
+) -> BTreeMap<SetName, Vec<Problem>> {
     match scope {
         EvalScope::All => sets.clone(),
         EvalScope::EditWorthy => sets
             .iter()
             .map(|(s, ps)| {
-                let worthy: HashSet<String> =
-                    experiment::edit_worthy(base, if s == "clean" { t } else { s })
-                        .into_iter()
-                        .collect();
-                (
-                    s.clone(),
-                    ps.iter()
-                        .filter(|p| worthy.contains(&p.task_id))
-                        .cloned()
-                        .collect(),
-                )
+                let of = if s.is_clean() { SetName::Perturbed(t) } else { *s };
+                let worthy: HashSet<String> = experiment::edit_worthy(base, of).into_iter().collect();
+                (*s, ps.iter().filter(|p| worthy.contains(&p.task_id)).cloned().collect())
             })
             .collect(),
     }
@@ -217,60 +202,44 @@ fn eval_sets(
 
 /// Per task, the layer an earlier run chose: an `edits.jsonl` (each record's layer, by type and
 /// task) or a `creme calibrate-layer` calibration.json (each row's pass-metric layer).
-fn layers_from(path: &Path) -> Res<HashMap<String, usize>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut out = HashMap::new();
+fn layers_from(path: &Path) -> Res<HashMap<(PerturbationType, String), usize>> {
     if path.extension().is_some_and(|e| e == "jsonl") {
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let r: EditRecord =
-                serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display()))?;
-            out.insert(format!("{} {}", r.ptype, r.task), r.layer);
-        }
-    } else {
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let t = v["type"].as_str().unwrap_or("C3");
-        for row in v["rows"]
-            .as_array()
-            .ok_or_else(|| format!("{}: no calibration rows", path.display()))?
-        {
-            if let (Some(task), Some(l)) = (row["task"].as_str(), row["pass_layer"].as_u64()) {
-                out.insert(format!("{t} {task}"), l as usize);
-            }
-        }
+        return Ok(read_edits(path)?.into_iter().map(|r| ((r.ptype, r.task), r.layer)).collect());
     }
-    Ok(out)
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t: PerturbationType = v["type"].as_str().unwrap_or("C3").parse()?;
+    let rows = v["rows"].as_array().ok_or_else(|| format!("{}: no calibration rows", path.display()))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| Some(((t, row["task"].as_str()?.to_string()), row["pass_layer"].as_u64()? as usize)))
+        .collect())
 }
 
 /// The layer to edit for one job, unless it is traced (logprob, pass).
 fn fixed_layer(
     choice: &str,
-    t: &str,
+    t: PerturbationType,
     task: &str,
     n_layers: usize,
-    modes: &Option<BTreeMap<String, usize>>,
-    given: &Option<HashMap<String, usize>>,
+    modes: &Option<BTreeMap<PerturbationType, usize>>,
+    given: &Option<HashMap<(PerturbationType, String), usize>>,
 ) -> Res<Option<usize>> {
     let l = match choice {
         "logprob" | "pass" => return Ok(None),
         "random" => {
-            let seed = task.bytes().fold(t.len() as u64, |h, b| {
-                h.wrapping_mul(31).wrapping_add(b as u64)
-            });
+            let seed = task.bytes().fold(t.name().len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
             creme_core::cpu::SplitMix64(seed).below(n_layers as u64) as usize
         }
         s if s.starts_with("mode:") => *modes
             .as_ref()
-            .and_then(|m| m.get(t))
+            .and_then(|m| m.get(&t))
             .ok_or_else(|| format!("{s}: no edits of type {t} to take a layer from"))?,
         s if s.starts_with("from:") => *given
             .as_ref()
-            .and_then(|m| m.get(&format!("{t} {task}")))
+            .and_then(|m| m.get(&(t, task.to_string())))
             .ok_or_else(|| format!("{s}: no layer for {t} {task}"))?,
-        s => s.parse().map_err(|_| {
-            format!("--layer '{s}': logprob, pass, random, mode:FILE, from:FILE or a layer number")
-        })?,
+        s => s.parse().map_err(|_| format!("--layer '{s}': logprob, pass, random, mode:FILE, from:FILE or a layer number"))?,
     };
     if l >= n_layers {
         return Err(format!("--layer {l}: the model has {n_layers} layers").into());
@@ -278,311 +247,309 @@ fn fixed_layer(
     Ok(Some(l))
 }
 
-pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
-    let settings = a.edit.settings()?;
-    let restored_at = a.edit.restored_at()?;
-    let (shard, shards) = parse_shard(&a.shard)?;
-    let dir = common::dataset_dir(a.input.dataset.as_deref())?;
-    let types: Vec<String> = eval_cmd::parse_types(&a.types)?
-        .into_iter()
-        .filter(|t| t != "clean")
-        .collect();
-    let extra: Vec<String> = match &a.eval_types {
-        Some(t) => eval_cmd::parse_types(t)?
-            .into_iter()
-            .filter(|t| t != "clean" && !types.contains(t))
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut all_sets = vec!["clean".to_string()];
-    all_sets.extend(types.iter().cloned());
-    all_sets.extend(extra.iter().cloned());
-    let sets = common::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?;
-    let modes = a
-        .layer
-        .strip_prefix("mode:")
-        .map(|f| layer_modes(Path::new(f)))
-        .transpose()?;
-    let given = a
-        .layer
-        .strip_prefix("from:")
-        .map(|f| layers_from(Path::new(f)))
-        .transpose()?;
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("creating {}: {e}", a.out.display()))?;
-    common::record_command(&a.out)?;
-    let spec = GenSpec {
-        n: 1,
-        temperature: 0.0,
-        top_p: 1.0,
-        max_tokens: a.gen.max_tokens,
-        batch: a.gen.batch,
-        drafts: None,
-    };
-    let workers = a.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    });
+/// Everything the flags decide before the model is loaded.
+struct Plan {
+    settings: creme_core::edit::EditSettings,
+    restored_at: Option<f64>,
+    shard: (usize, usize),
+    types: Vec<PerturbationType>,
+    eval_types: Vec<SetName>,
+    /// clean, the edited types, the further evaluated types.
+    all_sets: Vec<SetName>,
+    sets: BTreeMap<SetName, Vec<Problem>>,
+    modes: Option<BTreeMap<PerturbationType, usize>>,
+    given: Option<HashMap<(PerturbationType, String), usize>>,
+}
 
-    let dev = Device::open(gpu_opts)?;
-    let model_path = common::model_path(a.input.model.as_deref());
-    let mut model = common::load_model(&dev, Some(&model_path), 0)?;
-
-    // Baseline: greedy outcomes of the unedited model on every set (resumable too).
-    let base_dir = a.baseline.clone().unwrap_or_else(|| a.out.join("baseline"));
-    std::fs::create_dir_all(&base_dir)?;
-    let (mut base_log, base_records) = JsonlLog::open(&base_dir.join("samples.jsonl"))?;
-    let mut base = outcomes_of(&base_records);
-    let t_base = Instant::now();
-    for s in &all_sets {
-        let missing: Vec<Problem> = sets[s]
-            .iter()
-            .filter(|p| !base.get(s).is_some_and(|m| m.contains_key(&p.task_id)))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            continue;
+impl Plan {
+    fn new(a: &ExperimentArgs) -> Res<Plan> {
+        let dir = common::dataset_dir(a.input.dataset.as_deref())?;
+        let types: Vec<PerturbationType> = eval_cmd::parse_types(&a.types)?.into_iter().filter_map(SetName::perturbation).collect();
+        if types.is_empty() {
+            return Err("--types names no perturbation type to edit for".into());
         }
-        eprintln!("baseline: {} {} tasks", missing.len(), s);
-        evaluate(
-            &dev,
-            &model,
-            &[(s.clone(), missing)].into(),
-            &spec,
-            workers,
-            "baseline",
-            |rec| {
-                base_log.append(&rec)?;
-                if let (Some(set), Some(task), Some(p)) = (
-                    rec["set"].as_str(),
-                    rec["task_id"].as_str(),
-                    rec["passed"].as_bool(),
-                ) {
-                    base.entry(set.into()).or_default().insert(task.into(), p);
-                }
-                Ok(())
-            },
-        )?;
+        let eval_types: Vec<SetName> = match &a.eval_types {
+            Some(t) => eval_cmd::parse_types(t)?
+                .into_iter()
+                .filter(|s| s.perturbation().is_some_and(|t| !types.contains(&t)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut all_sets = vec![SetName::Clean];
+        all_sets.extend(types.iter().map(|t| SetName::Perturbed(*t)));
+        all_sets.extend(eval_types.iter().copied());
+        Ok(Plan {
+            settings: a.edit.settings()?,
+            restored_at: a.edit.restored_at()?,
+            shard: parse_shard(&a.shard)?,
+            sets: eval_cmd::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
+            modes: a.layer.strip_prefix("mode:").map(|f| layer_modes(Path::new(f))).transpose()?,
+            given: a.layer.strip_prefix("from:").map(|f| layers_from(Path::new(f))).transpose()?,
+            types,
+            eval_types,
+            all_sets,
+        })
     }
-    eprintln!("baseline ready ({:.0} s)", t_base.elapsed().as_secs_f64());
+
+    /// The manifest of the experiment directory, and the one its baseline must fit.
+    fn manifests(&self, a: &ExperimentArgs, dev: &Device, spec: &GenSpec) -> Res<(RunManifest, RunManifest)> {
+        let layer_file = a.layer.strip_prefix("mode:").or_else(|| a.layer.strip_prefix("from:"));
+        let baseline = RunManifest {
+            version: manifest::MANIFEST_VERSION,
+            kind: RunKind::Eval,
+            build: run_dir::build_id()?,
+            device: Some(run_dir::results_device(dev)),
+            model: Some(run_dir::file_digest(&common::model_path(a.input.model.as_deref()))?),
+            dataset: manifest::dataset_digests(&self.sets),
+            generation: spec.into(),
+            timeout_s: eval_cmd::DEFAULT_TIMEOUT_S,
+            patches: Vec::new(),
+            completions: None,
+            experiment: None,
+        };
+        let experiment = RunManifest {
+            kind: RunKind::Experiment,
+            experiment: Some(ExperimentPlan {
+                edit: self.settings.clone(),
+                target_tokens: a.edit.target_tokens,
+                layer: a.layer.clone(),
+                layer_source: layer_file.map(|f| run_dir::file_digest(Path::new(f))).transpose()?,
+                restored_at: a.edit.restored_at.clone(),
+                eval_scope: scope_name(a.eval_scope).into(),
+                types: self.types.iter().map(|t| SetName::Perturbed(*t)).collect(),
+                eval_types: self.eval_types.clone(),
+            }),
+            ..baseline.clone()
+        };
+        Ok((experiment, baseline))
+    }
+}
+
+fn scope_name(s: EvalScope) -> &'static str {
+    match s {
+        EvalScope::All => "all",
+        EvalScope::EditWorthy => "edit-worthy",
+    }
+}
+
+pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
+    let plan = Plan::new(&a)?;
+    let spec = GenSpec { max_tokens: a.gen.max_tokens, batch: a.gen.batch, ..GenSpec::default() }.greedy();
+    let dev = Device::open(gpu_opts)?;
+    let mut model = common::load_model(&dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
+    let (manifest, base_manifest) = plan.manifests(&a, &dev, &spec)?;
+    run_dir::claim(&a.out, &manifest, &["edits.jsonl"])?;
+    common::record_command(&a.out)?;
+    let mut ctx = EvalContext { spec, drafts: None, workers: a.workers };
+    let (base, base_records) = baseline(&a, &plan, &dev, &model, &ctx, &base_manifest)?;
     // The edited model's completions are verified against the baseline's (exact on the CPU
     // backend: see creme_core::draft).
-    let drafts = eval_cmd::Drafts::from_records(
-        &eval_cmd::read_records(&base_dir.join("samples.jsonl"))?,
-        &model,
-    )?;
-    let spec = GenSpec {
-        drafts: Some(&drafts),
-        ..spec
-    };
-
-    // Edit-worthy tasks, in dataset order, this shard's share.
-    let mut jobs: Vec<(String, Problem, Problem)> = Vec::new();
-    for t in &types {
-        let worthy: HashSet<String> = experiment::edit_worthy(&base, t).into_iter().collect();
-        for p in sets[t].iter().filter(|p| worthy.contains(&p.task_id)) {
-            let c = creme_core::dataset::find(&sets["clean"], &p.task_id)
-                .ok_or("edit-worthy task without a clean problem")?;
-            jobs.push((t.clone(), c.clone(), p.clone()));
-        }
-    }
-    let total = jobs.len();
-    let jobs: Vec<_> = jobs
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| i % shards == shard)
-        .map(|(_, j)| j)
-        .collect();
-    let log_name = if shards > 1 {
-        format!("edits-shard-{shard}-of-{shards}.jsonl")
-    } else {
-        "edits.jsonl".to_string()
+    ctx.drafts = Some(Drafts::from_records(&base_records, &model)?);
+    let (jobs, total) = jobs(&plan, &base)?;
+    let log_name = match plan.shard {
+        (_, 1) => "edits.jsonl".to_string(),
+        (i, n) => format!("edits-shard-{i}-of-{n}.jsonl"),
     };
     let (mut log, previous) = JsonlLog::open(&a.out.join(&log_name))?;
     let mut done = HashSet::new();
     for r in previous {
-        let r: EditRecord = serde_json::from_value(r).map_err(|e| {
-            format!(
-                "{}: a record of another version ({e}); use a new --out",
-                a.out.join(&log_name).display()
-            )
-        })?;
+        let r = EditRecord::parse_line(&r.to_string()).map_err(|e| format!("{}: {e}", a.out.join(&log_name).display()))?;
         done.insert((r.ptype, r.task));
     }
-    eprintln!(
-        "{total} edit-worthy tasks over {} types; this shard: {}, already done: {}",
-        types.len(),
-        jobs.len(),
-        done.len()
-    );
-
-    for (k, (t, clean_p, pert_p)) in jobs.iter().enumerate() {
-        if done.contains(&(t.clone(), pert_p.task_id.clone())) {
+    eprintln!("{total} edit-worthy tasks over {} types; this shard: {}, already done: {}", plan.types.len(), jobs.len(), done.len());
+    for (k, job) in jobs.iter().enumerate() {
+        if done.contains(&(job.ptype, job.pert.task_id.clone())) {
             continue;
         }
-        let t_all = Instant::now();
-        let (clean, pert) = (
-            model.tokenizer.encode(&clean_p.prompt)?,
-            model.tokenizer.encode(&pert_p.prompt)?,
-        );
-        let fixed = fixed_layer(
-            &a.layer,
-            t,
-            &pert_p.task_id,
-            model.cfg.n_layers,
-            &modes,
-            &given,
-        )?;
-        let creme = CremeSettings {
-            target_tokens: a.edit.target_tokens,
-            layer: fixed,
-            edit: settings.clone(),
-        };
-        let mut locator = if a.layer == "pass" {
-            TaskLocator::Pass(PassLocator {
-                clean: (&clean_p.prompt, clean_p),
-                pert: (&pert_p.prompt, pert_p),
-                samples: 1,
-            })
-        } else {
-            TaskLocator::Logprob(LogprobLocator { restored_at })
-        };
-        let meta = [("pair".to_string(), format!("{} {t}", pert_p.task_id))].into();
-        let mut bar = crate::progress::Reporter::new(&format!(
-            "[{}/{}] {t} {}",
-            k + 1,
-            jobs.len(),
-            pert_p.task_id
-        ));
-        let edit = pollster::block_on(locate_and_edit_with(
-            &dev,
-            &model,
-            (&clean, &pert),
-            &creme,
-            &mut locator,
-            meta,
-            &mut |s| bar.step(s),
-        ))?;
-        bar.finish();
-        edit.patch.apply(&dev, &mut model)?;
-        // Evaluate the edited model, then revert (also when the evaluation failed).
-        let t_eval = Instant::now();
-        let mut after_records = Vec::new();
-        let label = format!("[{}/{}] {t} {}", k + 1, jobs.len(), pert_p.task_id);
-        let evaluated = evaluate(
-            &dev,
-            &model,
-            &eval_sets(&sets, &base, t, a.eval_scope),
-            &spec,
-            workers,
-            &label,
-            |rec| {
-                after_records.push(rec);
-                Ok(())
-            },
-        );
-        creme_core::patch::revert(&mut model, &edit.patch);
-        evaluated?;
-        let rec = record(
-            t,
-            &pert_p.task_id,
-            &a,
-            &edit,
-            &base,
-            &after_records,
-            &all_sets,
-            (
-                t_eval.elapsed().as_secs_f64(),
-                t_all.elapsed().as_secs_f64(),
-            ),
-            &dev,
-        )?;
+        let label = format!("[{}/{}] {} {}", k + 1, jobs.len(), job.ptype, job.pert.task_id);
+        let rec = run_job(&a, &plan, &dev, &mut model, job, &base, &ctx, &label)?;
         log.append(&serde_json::to_value(&rec)?)?;
-        let own = rec.own();
-        eprintln!(
-            "[{}/{}] {t} {}: layer {}, {} steps, loss {:.6}; edited task {}; {t} fixed {} broke {}; clean {:+.3}; {:.0} s",
-            k + 1,
-            jobs.len(),
-            pert_p.task_id,
-            rec.layer,
-            rec.steps,
-            rec.best_loss,
-            if rec.edited_task_passes { "PASSES" } else { "still fails" },
-            own.fixed,
-            own.broke,
-            rec.clean.dev,
-            rec.t_total
-        );
+        print_edit(&label, &rec);
     }
     let r = crate::report_cmd::report(&[a.out.clone()])?;
     common::write(&a.out.join("report.md"), &r.markdown)?;
-    common::write(
-        &a.out.join("report.json"),
-        &serde_json::to_string_pretty(&r.json)?,
-    )?;
+    common::write(&a.out.join("report.json"), &serde_json::to_string_pretty(&r.json)?)?;
     print!("{}", r.markdown);
-    println!(
-        "records: {}\nreport: {}",
-        a.out.join(&log_name).display(),
-        a.out.join("report.md").display()
-    );
+    println!("records: {}\nreport: {}", a.out.join(&log_name).display(), a.out.join("report.md").display());
     Ok(())
+}
+
+/// Greedy outcomes and records of the unedited model on every set: from `--baseline DIR` (which
+/// must fit this run and hold every task), else computed into OUT/baseline (resumable).
+fn baseline(
+    a: &ExperimentArgs,
+    plan: &Plan,
+    dev: &Device,
+    model: &Model,
+    ctx: &EvalContext,
+    m: &RunManifest,
+) -> Res<(Outcomes, Vec<SampleRecord>)> {
+    if let Some(dir) = &a.baseline {
+        run_dir::check_baseline(dir, m)?;
+        let records = run_dir::read_samples(&dir.join("samples.jsonl"))?;
+        let base = eval::outcomes_of(&records);
+        let missing = missing_tasks(plan, &base);
+        if let Some((s, ps)) = missing.iter().find(|(_, ps)| !ps.is_empty()) {
+            return Err(format!("the baseline {} has no verdict for {} tasks of {s} (e.g. {}); finish it with `creme eval` first", dir.display(), ps.len(), ps[0].task_id).into());
+        }
+        return Ok((base, records));
+    }
+    let dir = a.out.join("baseline");
+    run_dir::claim(&dir, m, &["samples.jsonl"])?;
+    let (mut log, mut records) = SampleLog::open(&dir.join("samples.jsonl"))?;
+    records.retain(|r| !r.is_judge_error());
+    let t0 = Instant::now();
+    for (s, missing) in missing_tasks(plan, &eval::outcomes_of(&records)) {
+        if missing.is_empty() {
+            continue;
+        }
+        eprintln!("baseline: {} {s} tasks", missing.len());
+        evaluate(dev, model, &[(s, missing)].into(), ctx, "baseline", &mut |rec| {
+            log.append(&rec)?;
+            records.push(rec);
+            Ok(())
+        })?;
+    }
+    eprintln!("baseline ready ({:.0} s)", t0.elapsed().as_secs_f64());
+    Ok((eval::outcomes_of(&records), records))
+}
+
+/// Per set, the loaded tasks `base` has no outcome for.
+fn missing_tasks(plan: &Plan, base: &Outcomes) -> Vec<(SetName, Vec<Problem>)> {
+    plan.all_sets
+        .iter()
+        .map(|s| {
+            let have = base.get(s);
+            let missing = plan.sets[s].iter().filter(|p| !have.is_some_and(|m| m.contains_key(&p.task_id))).cloned().collect();
+            (*s, missing)
+        })
+        .collect()
+}
+
+/// One edit to make: the type and the clean and perturbed problems of an edit-worthy task.
+struct Job {
+    ptype: PerturbationType,
+    clean: Problem,
+    pert: Problem,
+}
+
+/// Edit-worthy tasks, in dataset order, this shard's share; and how many there are in all.
+fn jobs(plan: &Plan, base: &Outcomes) -> Res<(Vec<Job>, usize)> {
+    let mut jobs = Vec::new();
+    for t in &plan.types {
+        let set = SetName::Perturbed(*t);
+        let worthy: HashSet<String> = experiment::edit_worthy(base, set).into_iter().collect();
+        for p in plan.sets[&set].iter().filter(|p| worthy.contains(&p.task_id)) {
+            let c = creme_core::dataset::find(&plan.sets[&SetName::Clean], &p.task_id)
+                .ok_or("edit-worthy task without a clean problem")?;
+            jobs.push(Job { ptype: *t, clean: c.clone(), pert: p.clone() });
+        }
+    }
+    let total = jobs.len();
+    let (shard, shards) = plan.shard;
+    Ok((jobs.into_iter().enumerate().filter(|(i, _)| i % shards == shard).map(|(_, j)| j).collect(), total))
+}
+
+/// Locate, edit, evaluate and revert one job; its record.
+#[allow(clippy::too_many_arguments)]
+fn run_job(
+    a: &ExperimentArgs,
+    plan: &Plan,
+    dev: &Device,
+    model: &mut Model,
+    job: &Job,
+    base: &Outcomes,
+    ctx: &EvalContext,
+    label: &str,
+) -> Res<EditRecord> {
+    let t_all = Instant::now();
+    let (clean, pert) = (model.tokenizer.encode(&job.clean.prompt)?, model.tokenizer.encode(&job.pert.prompt)?);
+    let fixed = fixed_layer(&a.layer, job.ptype, &job.pert.task_id, model.cfg.n_layers, &plan.modes, &plan.given)?;
+    let creme = CremeSettings { target_tokens: a.edit.target_tokens, layer: fixed, edit: plan.settings.clone() };
+    let mut locator = if a.layer == "pass" {
+        TaskLocator::Pass(PassLocator { clean: (&job.clean.prompt, &job.clean), pert: (&job.pert.prompt, &job.pert), samples: 1 })
+    } else {
+        TaskLocator::Logprob(LogprobLocator { restored_at: plan.restored_at })
+    };
+    let meta = [("pair".to_string(), format!("{} {}", job.pert.task_id, job.ptype))].into();
+    let mut bar = crate::progress::Reporter::new(label);
+    let edit = pollster::block_on(locate_and_edit_with(dev, model, (&clean, &pert), &creme, &mut locator, meta, &mut |s| bar.step(s)))?;
+    bar.finish();
+    edit.patch.apply(dev, model)?;
+    // Evaluate the edited model, then revert (also when the evaluation failed).
+    let t_eval = Instant::now();
+    let mut after = Vec::new();
+    let evaluated = evaluate(dev, model, &eval_sets(&plan.sets, base, job.ptype, a.eval_scope), ctx, label, &mut |rec| {
+        after.push(rec);
+        Ok(())
+    });
+    creme_core::patch::revert(model, &edit.patch);
+    evaluated?;
+    let timing = (t_eval.elapsed().as_secs_f64(), t_all.elapsed().as_secs_f64());
+    record(job, a, plan, &edit, base, &after, timing, dev)
+}
+
+fn print_edit(label: &str, rec: &EditRecord) {
+    let own = rec.own();
+    eprintln!(
+        "{label}: layer {}, {} steps, loss {:.6}; edited task {}; {} fixed {} broke {}; clean {:+.3}; {:.0} s",
+        rec.layer,
+        rec.steps,
+        rec.best_loss,
+        if rec.edited_task_passes { "PASSES" } else { "still fails" },
+        rec.ptype,
+        own.fixed,
+        own.broke,
+        rec.clean.dev,
+        rec.t_total
+    );
 }
 
 /// The record of one evaluated edit.
 #[allow(clippy::too_many_arguments)]
 fn record(
-    t: &str,
-    task: &str,
+    job: &Job,
     a: &ExperimentArgs,
+    plan: &Plan,
     edit: &CremeEdit,
     base: &Outcomes,
-    after_records: &[Value],
-    all_sets: &[String],
+    after_records: &[SampleRecord],
     (t_eval, t_total): (f64, f64),
     dev: &Device,
 ) -> Res<EditRecord> {
-    let after = outcomes_of(after_records);
-    let mut eval = BTreeMap::new();
+    let after = eval::outcomes_of(after_records);
+    let own_set = SetName::Perturbed(job.ptype);
+    let task = job.pert.task_id.as_str();
+    let mut scores = BTreeMap::new();
     let mut local = None;
-    for s in all_sets.iter().filter(|s| *s != "clean") {
-        let (score, l) = experiment::score_set(base, &after, s, (s == t).then_some(task))?;
-        if s == t {
+    for s in plan.all_sets.iter().filter(|s| !s.is_clean()) {
+        let (score, l) = experiment::score_set(base, &after, *s, (*s == own_set).then_some(task))?;
+        if *s == own_set {
             local = l;
         }
-        eval.insert(s.clone(), score);
+        scores.insert(*s, score);
     }
     let result = &edit.result;
     Ok(EditRecord {
-        ptype: t.to_string(),
+        version: experiment::EDIT_RECORD_VERSION,
+        ptype: job.ptype,
         task: task.to_string(),
         layer: edit.layer,
         layer_choice: a.layer.clone(),
         trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
-        settings: a.edit.settings()?,
+        settings: plan.settings.clone(),
         steps: result.steps,
         loss_before: result.losses.first().map(|l| l.total),
         best_loss: result.best_loss,
         final_loss: result.losses.last().map(|l| l.total),
         l_rir: local,
-        g_rir: eval.get(t).and_then(|s| s.g_rir),
-        edited_task_passes: after
-            .get(t)
-            .and_then(|m| m.get(task))
-            .copied()
-            .unwrap_or(false),
-        eval,
+        g_rir: scores.get(&own_set).and_then(|s| s.g_rir),
+        edited_task_passes: after.get(&own_set).and_then(|m| m.get(task)).copied().unwrap_or(false),
+        eval: scores,
         clean: experiment::score_clean(base, &after)?,
-        eval_scope: match a.eval_scope {
-            EvalScope::All => "all",
-            EvalScope::EditWorthy => "edit-worthy",
-        }
-        .to_string(),
-        tasks_per_set: after.get(t).map(|m| m.len()).unwrap_or(0),
-        drafts_whole: after_records
-            .iter()
-            .filter(|r| r["draft"]["whole"] == true)
-            .count(),
+        eval_scope: scope_name(a.eval_scope).to_string(),
+        tasks_per_set: after.get(&own_set).map(|m| m.len()).unwrap_or(0),
+        drafts_whole: after_records.iter().filter(|r| r.draft.is_some_and(|d| d.whole)).count(),
         generated: after_records.len(),
         after,
         t_trace: edit.timings.target_s + edit.timings.trace_s,

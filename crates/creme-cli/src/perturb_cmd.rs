@@ -86,7 +86,8 @@ fn stats(pairs: &[(&str, &str)]) -> (f64, f64, usize, usize) {
 pub fn run(a: PerturbArgs) -> Res {
     let types: Vec<String> = crate::eval_cmd::parse_types(&a.types)?
         .into_iter()
-        .filter(|t| t != "clean")
+        .filter_map(|s| s.perturbation())
+        .map(|t| t.to_string())
         .collect();
     if let Some(f) = &a.prompt_file {
         let text = if f.as_os_str() == "-" {

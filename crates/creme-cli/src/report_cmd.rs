@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use creme_core::experiment::{self, EditRecord, Outcomes, Summary};
+use creme_core::eval::{self, Outcomes};
+use creme_core::experiment::{self, EditRecord, Summary};
+use creme_core::sets::{PerturbationType, SetName};
 use creme_core::metrics;
 use serde_json::{json, Value};
 
@@ -42,10 +44,9 @@ pub fn read_records(dirs: &[PathBuf]) -> Res<Vec<EditRecord>> {
                 .split_inclusive('\n')
                 .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
             {
-                let r: EditRecord = serde_json::from_str(line.trim_end()).map_err(|e| {
-                    format!("{}: not an edit record of this version ({e})", f.display())
-                })?;
-                if seen.insert((r.ptype.clone(), r.task.clone())) {
+                let r = EditRecord::parse_line(line.trim_end())
+                    .map_err(|e| format!("{}: {e}", f.display()))?;
+                if seen.insert((r.ptype, r.task.clone())) {
                     out.push(r);
                 }
             }
@@ -128,13 +129,13 @@ fn cross_type_matrix(
     records: &[EditRecord],
     md: &mut String,
 ) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
-    let eval_types: BTreeSet<&String> = records.iter().flat_map(|r| r.eval.keys()).collect();
-    let edit_types: BTreeSet<&String> = records.iter().map(|r| &r.ptype).collect();
+    let eval_types: BTreeSet<&SetName> = records.iter().flat_map(|r| r.eval.keys()).collect();
+    let edit_types: BTreeSet<PerturbationType> = records.iter().map(|r| r.ptype).collect();
     let mut matrix = BTreeMap::new();
     if eval_types.len() < 2 {
         return matrix;
     }
-    let names: Vec<&str> = eval_types.iter().map(|s| s.as_str()).collect();
+    let names: Vec<&str> = eval_types.iter().map(|s| s.name()).collect();
     let _ = write!(
         md,
         "\nG-RIR, edit type (rows) x evaluated type (columns)\n\n| edit \\ eval | {} |\n|---|{}\n",
@@ -146,11 +147,11 @@ fn cross_type_matrix(
             .iter()
             .map(|e| {
                 (
-                    (*e).clone(),
+                    e.to_string(),
                     metrics::mean_defined(
                         records
                             .iter()
-                            .filter(|r| &r.ptype == t)
+                            .filter(|r| r.ptype == t)
                             .map(|r| r.eval.get(*e).and_then(|s| s.g_rir)),
                     ),
                 )
@@ -164,7 +165,7 @@ fn cross_type_matrix(
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-        matrix.insert(t.clone(), row);
+        matrix.insert(t.to_string(), row);
     }
     matrix
 }
@@ -213,16 +214,15 @@ fn command_of(dir: &Path) -> String {
 
 /// The efficacy document (markdown), from the runs named in `a`.
 pub fn efficacy(a: &DocArgs) -> Res<String> {
-    let base_records = crate::eval_cmd::read_records(&a.baseline.join("samples.jsonl"))?;
-    let base = crate::experiment_cmd::outcomes_of(&base_records);
+    let base = eval::outcomes_of(&crate::run_dir::read_samples(&a.baseline.join("samples.jsonl"))?);
     let runs: Vec<(String, PathBuf, Vec<EditRecord>)> = a
         .settings
         .iter()
         .map(|(l, d)| Ok((l.clone(), d.clone(), read_records(std::slice::from_ref(d))?)))
         .collect::<Res<_>>()?;
-    let types: BTreeSet<String> = runs
+    let types: BTreeSet<PerturbationType> = runs
         .iter()
-        .flat_map(|(_, _, rs)| rs.iter().map(|r| r.ptype.clone()))
+        .flat_map(|(_, _, rs)| rs.iter().map(|r| r.ptype))
         .collect();
     let adapter = runs
         .iter()
@@ -242,7 +242,7 @@ pub fn efficacy(a: &DocArgs) -> Res<String> {
             SUMMARY_HEAD.replacen("|---:", "|---|---:", 1)
         );
         for (label, _, rs) in &runs {
-            let own: Vec<EditRecord> = rs.iter().filter(|r| &r.ptype == t).cloned().collect();
+            let own: Vec<EditRecord> = rs.iter().filter(|r| r.ptype == *t).cloned().collect();
             if let Some(s) = experiment::summarize(&own).get(t) {
                 let _ = writeln!(md, "| {label} {}", summary_cells(s));
             }
@@ -283,19 +283,19 @@ pub fn efficacy(a: &DocArgs) -> Res<String> {
     Ok(md)
 }
 
-fn baseline_section(md: &mut String, base: &Outcomes, types: &BTreeSet<String>) -> Res {
+fn baseline_section(md: &mut String, base: &Outcomes, types: &BTreeSet<PerturbationType>) -> Res {
     let oracle = oracle_pass();
     let _ = writeln!(md, "## Baseline (unedited model)\n\n| set | passes | tasks | edit-worthy | oracle passes | same verdict as the oracle |\n|---|---:|---:|---|---:|---:|");
-    let sets: Vec<String> = std::iter::once("clean".to_string())
-        .chain(types.iter().cloned())
+    let sets: Vec<SetName> = std::iter::once(SetName::Clean)
+        .chain(types.iter().map(|t| SetName::Perturbed(*t)))
         .collect();
     for s in &sets {
         let Some(m) = base.get(s) else { continue };
         let passes = m.values().filter(|&&p| p).count();
-        let worthy = if s == "clean" {
+        let worthy = if s.is_clean() {
             "-".to_string()
         } else {
-            experiment::edit_worthy(base, s).join(", ")
+            experiment::edit_worthy(base, *s).join(", ")
         };
         // Only where the oracle knows these tasks (it covers HumanEval's 164).
         let (o_pass, same) = match oracle
@@ -320,14 +320,15 @@ fn baseline_section(md: &mut String, base: &Outcomes, types: &BTreeSet<String>) 
         );
     }
     if let Some(o) = oracle.as_ref().filter(|o| {
-        base.get("clean").is_some_and(|m| {
-            o.get("clean")
+        base.get(&SetName::Clean).is_some_and(|m| {
+            o.get(&SetName::Clean)
                 .is_some_and(|oc| m.keys().all(|t| oc.contains_key(t)))
         })
     }) {
         for t in types {
-            let ours: BTreeSet<String> = experiment::edit_worthy(base, t).into_iter().collect();
-            let theirs: BTreeSet<String> = experiment::edit_worthy(o, t).into_iter().collect();
+            let set = SetName::Perturbed(*t);
+            let ours: BTreeSet<String> = experiment::edit_worthy(base, set).into_iter().collect();
+            let theirs: BTreeSet<String> = experiment::edit_worthy(o, set).into_iter().collect();
             let only = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
                 a.difference(b).cloned().collect::<Vec<_>>().join(", ")
             };
@@ -356,7 +357,7 @@ fn oracle_pass() -> Option<Outcomes> {
             .iter()
             .filter_map(|(s, l)| {
                 Some((
-                    s.clone(),
+                    s.parse::<SetName>().ok()?,
                     l.as_array()?
                         .iter()
                         .enumerate()
@@ -423,7 +424,7 @@ fn key_layer_section(
         rows.len(), c["argmax_same"], rows.len(), c["fit"]["same"], c["fit"]["within_2"], c["loo"]["same"], c["loo"]["within_2"], c["reference"]["tasks"], c["reference"]["pass_metric_same"], c["reference"]["same"]);
     let labels: Vec<&str> = runs.iter().map(|(l, ..)| l.as_str()).collect();
     let _ = writeln!(md, "| task | pass metric | reference run | logprob argmax | saturating (held out) | {} |\n|---|---:|---:|---:|---:|{}", labels.join(" | "), "---:|".repeat(labels.len()));
-    let t = c["type"].as_str().unwrap_or("C3");
+    let t: PerturbationType = c["type"].as_str().unwrap_or("C3").parse()?;
     for row in &rows {
         let task = row["task"].as_str().unwrap_or("");
         let used: Vec<String> = runs

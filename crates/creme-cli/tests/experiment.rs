@@ -20,30 +20,49 @@ fn creme() -> Command {
 }
 
 /// A dataset of `n` tiny tasks, a tiny model, and a baseline where every clean prompt passes and
-/// every perturbed (C3, E1) prompt fails: all 2n pairs are edit-worthy.
+/// every perturbed (C3, E1) prompt fails: all 2n pairs are edit-worthy. The baseline is a real
+/// `creme eval` of the tiny model (so its manifest fits the experiment) whose verdicts are then
+/// set to that pattern: a random model passes no test.
 fn setup(name: &str, n: usize) -> (PathBuf, PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("creme-exp-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let mut text = String::new();
-    let mut base = String::new();
     for i in 0..n {
         let id = format!("Tiny/{i}");
         let prompt = format!("def value_{i}():\n    \"\"\"Return the number {i} and check that the result is an integer.\"\"\"\n");
         text.push_str(&json!({"task_id": id, "prompt": prompt, "entry_point": format!("value_{i}"), "test": format!("def check(f):\n    assert f() == {i}\n")}).to_string());
         text.push('\n');
-        for (set, passed) in [("clean", true), ("C3", false), ("E1", false)] {
-            base.push_str(
-                &json!({"set": set, "task_id": id, "sample": 0, "passed": passed}).to_string(),
-            );
-            base.push('\n');
-        }
     }
     std::fs::write(dir.join("data/HumanEval.jsonl"), text).unwrap();
-    std::fs::create_dir_all(dir.join("baseline")).unwrap();
-    std::fs::write(dir.join("baseline/samples.jsonl"), base).unwrap();
     std::fs::write(dir.join("tiny.gguf"), creme_tests::tiny::tiny_gguf()).unwrap();
+    let st = creme()
+        .args(["eval", "--types", "clean,C3,E1", "--max-tokens", "4", "--workers", "2"])
+        .arg("--dataset")
+        .arg(dir.join("data"))
+        .arg("--model")
+        .arg(dir.join("tiny.gguf"))
+        .arg("--out")
+        .arg(dir.join("baseline"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "the baseline eval failed");
+    set_baseline(&dir, |set, _| set == "clean");
     (dir.join("data"), dir.join("tiny.gguf"), dir)
+}
+
+/// Set every baseline verdict to `passes(set, task)`.
+fn set_baseline(root: &Path, passes: impl Fn(&str, &str) -> bool) {
+    let path = root.join("baseline/samples.jsonl");
+    let mut out = String::new();
+    for line in lines(&path) {
+        let mut r: Value = serde_json::from_str(&line).unwrap();
+        let p = passes(r["set"].as_str().unwrap(), r["task_id"].as_str().unwrap());
+        r["passed"] = p.into();
+        r["verdict"] = if p { "Pass" } else { "Fail" }.into();
+        out.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&path, out).unwrap();
 }
 
 fn experiment(data: &Path, model: &Path, root: &Path, out: &Path, extra: &[&str]) -> Command {
@@ -73,16 +92,7 @@ fn experiment(data: &Path, model: &Path, root: &Path, out: &Path, extra: &[&str]
 
 /// Make Tiny/0's C3 prompt pass in the baseline of `setup` (so it is not edit-worthy).
 fn c3_passes_for_tiny_0(root: &Path) {
-    let base = root.join("baseline/samples.jsonl");
-    let (fails, passes) = (
-        r#""passed":false,"sample":0,"set":"C3","task_id":"Tiny/0""#,
-        r#""passed":true,"sample":0,"set":"C3","task_id":"Tiny/0""#,
-    );
-    let text = std::fs::read_to_string(&base)
-        .unwrap()
-        .replace(fails, passes);
-    assert!(text.contains(passes), "fixture layout changed: {text}");
-    std::fs::write(&base, text).unwrap();
+    set_baseline(root, |set, task| set == "clean" || (set == "C3" && task == "Tiny/0"));
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -290,7 +300,8 @@ fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     ] {
         assert!(md.contains(want), "missing {want:?} in:\n{md}");
     }
-    // A directory holding records of another version is refused with a clear message.
+    // A directory holding records that do not parse, or of a version this build does not know,
+    // is refused with a message naming the version.
     std::fs::write(
         out.join("edits-old.jsonl"),
         "{\"type\":\"C3\",\"task\":\"Tiny/1\"}\n",
@@ -299,8 +310,17 @@ fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     let o = creme().arg("report").arg(&out).output().unwrap();
     assert!(
         !o.status.success()
-            && String::from_utf8_lossy(&o.stderr).contains("not an edit record of this version")
+            && String::from_utf8_lossy(&o.stderr)
+                .contains("an edit record of version 0 that does not parse")
     );
+    std::fs::write(
+        out.join("edits-old.jsonl"),
+        "{\"version\":2,\"type\":\"C3\",\"task\":\"Tiny/1\"}\n",
+    )
+    .unwrap();
+    let o = creme().arg("report").arg(&out).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("an edit record of version 2"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

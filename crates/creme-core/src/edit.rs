@@ -108,7 +108,7 @@ pub enum Solver {
     },
 }
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct EditSettings {
     pub solver: Solver,

@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::edit::EditSettings;
+pub use crate::eval::Outcomes;
 use crate::metrics::{self, TaskOutcome};
+use crate::sets::{PerturbationType, SetName};
 
-/// Greedy pass/fail per set ("clean", "C3", ...) and task id.
-pub type Outcomes = BTreeMap<String, BTreeMap<String, bool>>;
+/// The newest edit record version this build writes and reads. Version 0: records written before
+/// versions (same fields; they load unchanged).
+pub const EDIT_RECORD_VERSION: u32 = 1;
 
 /// What an edit did to one evaluated perturbed set.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -39,9 +42,11 @@ pub struct CleanScore {
 /// One edit of the experiment: one JSON line of `edits.jsonl`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EditRecord {
+    #[serde(default)]
+    pub version: u32,
     /// Perturbation type and task edited for.
     #[serde(rename = "type")]
-    pub ptype: String,
+    pub ptype: PerturbationType,
     pub task: String,
     pub layer: usize,
     /// How the layer was chosen (logprob, pass, random, from:FILE, a number).
@@ -60,7 +65,7 @@ pub struct EditRecord {
     pub g_rir: Option<f64>,
     pub edited_task_passes: bool,
     /// Per evaluated perturbed set (the edited type first among equals).
-    pub eval: BTreeMap<String, SetScore>,
+    pub eval: BTreeMap<SetName, SetScore>,
     pub clean: CleanScore,
     /// Which tasks were evaluated: "all" or "edit-worthy" (the type's edit-worthy tasks only).
     pub eval_scope: String,
@@ -81,15 +86,26 @@ pub struct EditRecord {
 }
 
 impl EditRecord {
+    /// Parse one line of `edits.jsonl`, refusing versions this build does not know.
+    pub fn parse_line(line: &str) -> Result<EditRecord, String> {
+        let mut r: EditRecord =
+            crate::versioned::parse(line, 0, EDIT_RECORD_VERSION, "an edit record")?;
+        r.version = EDIT_RECORD_VERSION;
+        Ok(r)
+    }
+
     /// The edited type's set score.
     pub fn own(&self) -> SetScore {
-        self.eval.get(&self.ptype).cloned().unwrap_or_default()
+        self.eval
+            .get(&SetName::Perturbed(self.ptype))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 /// Edit-worthy tasks of a perturbed set: the clean prompt passes and the perturbed one fails.
-pub fn edit_worthy(base: &Outcomes, set: &str) -> Vec<String> {
-    let (Some(clean), Some(pert)) = (base.get("clean"), base.get(set)) else {
+pub fn edit_worthy(base: &Outcomes, set: SetName) -> Vec<String> {
+    let (Some(clean), Some(pert)) = (base.get(&SetName::Clean), base.get(&set)) else {
         return Vec::new();
     };
     pert.iter()
@@ -103,17 +119,17 @@ pub fn edit_worthy(base: &Outcomes, set: &str) -> Vec<String> {
 pub fn score_set(
     base: &Outcomes,
     after: &Outcomes,
-    set: &str,
+    set: SetName,
     edited: Option<&str>,
 ) -> Result<(SetScore, Option<f64>), String> {
-    let get = |o: &Outcomes, s: &str, t: &str| {
-        o.get(s)
+    let get = |o: &Outcomes, s: SetName, t: &str| {
+        o.get(&s)
             .and_then(|m| m.get(t))
             .copied()
             .ok_or_else(|| format!("no outcome for {s} {t}"))
     };
     let tasks: Vec<&String> = after
-        .get(set)
+        .get(&set)
         .map(|m| m.keys().collect())
         .unwrap_or_default();
     let mut outcomes = Vec::with_capacity(tasks.len());
@@ -121,7 +137,7 @@ pub fn score_set(
         let rate = |b: bool| b as u8 as f64;
         outcomes.push(TaskOutcome {
             task_id: t.clone(),
-            orig: rate(get(base, "clean", t)?),
+            orig: rate(get(base, SetName::Clean, t)?),
             before: rate(get(base, set, t)?),
             after: rate(get(after, set, t)?),
         });
@@ -140,8 +156,8 @@ pub fn score_set(
 /// What an edit did to the clean prompts it was evaluated on.
 pub fn score_clean(base: &Outcomes, after: &Outcomes) -> Result<CleanScore, String> {
     let empty = BTreeMap::new();
-    let now = after.get("clean").unwrap_or(&empty);
-    let was = base.get("clean").ok_or("no clean baseline")?;
+    let now = after.get(&SetName::Clean).unwrap_or(&empty);
+    let was = base.get(&SetName::Clean).ok_or("no clean baseline")?;
     let mut before = Vec::with_capacity(now.len());
     for t in now.keys() {
         before.push(
@@ -191,14 +207,14 @@ fn mean(v: impl IntoIterator<Item = f64>) -> Option<f64> {
 }
 
 /// Summaries per edited type.
-pub fn summarize(records: &[EditRecord]) -> BTreeMap<String, Summary> {
-    let mut by_type: BTreeMap<&str, Vec<&EditRecord>> = BTreeMap::new();
+pub fn summarize(records: &[EditRecord]) -> BTreeMap<PerturbationType, Summary> {
+    let mut by_type: BTreeMap<PerturbationType, Vec<&EditRecord>> = BTreeMap::new();
     for r in records {
-        by_type.entry(&r.ptype).or_default().push(r);
+        by_type.entry(r.ptype).or_default().push(r);
     }
     by_type
         .into_iter()
-        .map(|(t, rs)| (t.to_string(), summarize_type(&rs)))
+        .map(|(t, rs)| (t, summarize_type(&rs)))
         .collect()
 }
 
@@ -248,11 +264,13 @@ fn summarize_type(rs: &[&EditRecord]) -> Summary {
 mod tests {
     use super::*;
 
+    const C3: SetName = SetName::Perturbed(PerturbationType::C3);
+
     fn outcomes(sets: &[(&str, &[(&str, bool)])]) -> Outcomes {
         sets.iter()
             .map(|(s, ts)| {
                 (
-                    s.to_string(),
+                    s.parse().unwrap(),
                     ts.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
                 )
             })
@@ -265,8 +283,8 @@ mod tests {
             ("clean", &[("a", true), ("b", true), ("c", false)]),
             ("C3", &[("a", false), ("b", true), ("c", false)]),
         ]);
-        assert_eq!(edit_worthy(&base, "C3"), vec!["a".to_string()]);
-        assert!(edit_worthy(&base, "E1").is_empty());
+        assert_eq!(edit_worthy(&base, C3), vec!["a".to_string()]);
+        assert!(edit_worthy(&base, "E1".parse().unwrap()).is_empty());
     }
 
     #[test]
@@ -316,7 +334,7 @@ mod tests {
                 ],
             ),
         ]);
-        let (s, l) = score_set(&base, &after, "C3", Some("a")).unwrap();
+        let (s, l) = score_set(&base, &after, C3, Some("a")).unwrap();
         assert_eq!(l, Some(1.0));
         assert_eq!(
             s.g_rir,
@@ -334,17 +352,18 @@ mod tests {
         );
         assert_eq!(c.dev, 0.0);
         // A set evaluated without the edited task has no local score.
-        let (_, l) = score_set(&base, &after, "C3", None).unwrap();
+        let (_, l) = score_set(&base, &after, C3, None).unwrap();
         assert_eq!(l, None);
         // A task the baseline lacks is an error, not a silent zero.
         let short = outcomes(&[("clean", &[("a", true)]), ("C3", &[("a", false)])]);
-        assert!(score_set(&short, &after, "C3", Some("a")).is_err());
+        assert!(score_set(&short, &after, C3, Some("a")).is_err());
     }
 
     #[test]
     fn summaries_count_over_edits_and_keep_the_worst_clean_deviation() {
         let rec = |task: &str, layer, l: f64, dev: f64, fixed, broke| EditRecord {
-            ptype: "C3".into(),
+            version: EDIT_RECORD_VERSION,
+            ptype: PerturbationType::C3,
             task: task.into(),
             layer,
             layer_choice: "logprob".into(),
@@ -358,7 +377,7 @@ mod tests {
             g_rir: Some(0.0),
             edited_task_passes: l > 0.0,
             eval: [(
-                "C3".to_string(),
+                C3,
                 SetScore {
                     fixed,
                     broke,
@@ -385,7 +404,7 @@ mod tests {
             rec("a", 11, 1.0, 0.01, 2, 1),
             rec("b", 11, 0.0, -0.03, 0, 3),
             rec("c", 2, 0.0, 0.02, 1, 0),
-        ])["C3"];
+        ])[&PerturbationType::C3];
         assert_eq!(
             (s.edits, s.edited_fixed, s.fixed, s.broke, s.net),
             (3, 1, 3, 4, -1)

@@ -137,7 +137,7 @@ pub fn robust_task(nominal: &[bool], variants: &[Vec<bool>], k: usize) -> Robust
 }
 
 /// ReCode's dataset-level numbers: (pass@k, Robust Pass_s@k, Robust Drop_s@k, Robust Relative_s@k).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Robustness {
     pub pass_k: f64,
     pub robust_pass_k: f64,
