@@ -37,6 +37,10 @@ pub struct PairArgs {
     pub patch: Vec<PathBuf>,
 }
 
+fn file_name(p: &std::path::Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 impl PairArgs {
     /// The model, with the patches applied.
     pub fn load_model(&self, dev: &Device) -> Res<creme_core::model::Model> {
@@ -56,10 +60,11 @@ impl PairArgs {
                     common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?;
                 Ok((c.prompt, p.prompt, format!("{t} {ty}")))
             }
+            // The label goes into patches and reports: file names only, no machine paths.
             (None, None, Some(c), Some(p)) => Ok((
-                std::fs::read_to_string(c)?,
-                std::fs::read_to_string(p)?,
-                format!("{} vs {}", c.display(), p.display()),
+                std::fs::read_to_string(c).map_err(|e| format!("reading {}: {e}", c.display()))?,
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
+                format!("{} vs {}", file_name(c), file_name(p)),
             )),
             _ => Err(
                 "give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F"
