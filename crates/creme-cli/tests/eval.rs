@@ -388,3 +388,94 @@ fn programs_die_with_creme_on_sigterm_and_on_sigkill() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The 164 HumanEval tasks with their canonical solutions as completions: all pass in the sandbox
+/// (its fresh root holds the whole runtime: HumanEval/162 imports hashlib).
+#[test]
+fn every_canonical_solution_passes_in_the_sandbox() {
+    let dataset = shared_dir().join("datasets/humaneval-nlpert");
+    let lines: Vec<String> = std::fs::read_to_string(dataset.join("HumanEval.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let t: Value = serde_json::from_str(l).unwrap();
+            serde_json::json!({"set": "clean", "task_id": t["task_id"], "completion": t["canonical_solution"]})
+                .to_string()
+        })
+        .collect();
+    assert_eq!(lines.len(), 164);
+    let dir = temp("canonical");
+    let file = dir.join("completions.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = dir.join("out");
+    let st = creme()
+        .args(["eval", "--types", "clean", "--dataset"])
+        .arg(&dataset)
+        .arg("--completions")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let recs = records(&out);
+    let failed: Vec<String> = recs
+        .iter()
+        .filter(|r| r["passed"] != true)
+        .map(|r| {
+            format!(
+                "{} {} {}: {}",
+                r["task_id"], r["verdict"], r["error_kind"], r["stderr_tail"]
+            )
+        })
+        .collect();
+    assert_eq!((recs.len(), failed.len()), (164, 0), "{failed:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A wrong answer that reads the dataset, finds its task's canonical solution and runs it (a PASS
+/// before the sandbox had a root of its own): the dataset is not there.
+#[test]
+fn a_program_cannot_read_the_dataset_for_its_answer() {
+    let dataset = shared_dir().join("datasets/humaneval-nlpert");
+    let jsonl = std::fs::canonicalize(dataset.join("HumanEval.jsonl")).unwrap();
+    let completion = format!(
+        "    import json\n    for line in open({:?}):\n        t = json.loads(line)\n        if t['task_id'] == 'HumanEval/0':\n            ns = {{}}\n            exec(t['prompt'] + t['canonical_solution'], ns)\n            return ns['has_close_elements'](numbers, threshold)\n    return False\n",
+        jsonl.display().to_string()
+    );
+    let dir = temp("dataset-read");
+    let file = dir.join("completions.jsonl");
+    let line =
+        serde_json::json!({"set": "clean", "task_id": "HumanEval/0", "completion": completion});
+    std::fs::write(&file, format!("{line}\n")).unwrap();
+    let out = dir.join("out");
+    let st = creme()
+        .args([
+            "eval",
+            "--types",
+            "clean",
+            "--tasks",
+            "HumanEval/0",
+            "--dataset",
+        ])
+        .arg(&dataset)
+        .arg("--completions")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let recs = records(&out);
+    assert_eq!(recs[0]["passed"], false, "{}", recs[0]);
+    assert!(
+        recs[0]["stderr_tail"]
+            .as_str()
+            .unwrap()
+            .contains("FileNotFoundError"),
+        "{}",
+        recs[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

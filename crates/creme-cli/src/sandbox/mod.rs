@@ -5,9 +5,11 @@
 //! with weaker isolation.
 //!
 //! Isolation (see `isolate.rs` for the order of the steps):
-//! - new mount, network, IPC, UTS and PID namespaces; private size-limited tmpfs on /tmp, /var/tmp
-//!   and /dev/shm, a fresh /proc; python is PID 1 of its namespace, so when it ends (or creme dies:
-//!   PR_SET_PDEATHSIG) the kernel kills everything it started;
+//! - new mount, network, IPC, UTS and PID namespaces; a fresh root that holds the Python runtime
+//!   and nothing else of the host's (`root.rs`: read-only binds, private size-limited tmpfs on
+//!   /tmp, /var/tmp, /dev/shm and /run, a fresh /proc); python is PID 1 of its namespace, so when
+//!   it ends (or creme dies: PR_SET_PDEATHSIG) the kernel kills everything it started;
+//! - a seccomp filter: no user namespaces inside (`isolate.rs`);
 //! - as root: an unprivileged uid of its own (`uids.rs`); otherwise a user namespace with no
 //!   capabilities left (`CREME_SANDBOX=rlimits` runs without namespaces where user namespaces are
 //!   disabled: weaker, and refused as root);
@@ -18,6 +20,7 @@
 
 mod cgroup;
 mod isolate;
+mod root;
 mod uids;
 
 use std::ffi::CString;
@@ -190,7 +193,13 @@ impl Run {
         }
     }
 
-    fn plan(&self, limits: &Limits, report_fd: i32, input_fd: i32) -> Res<isolate::Plan> {
+    fn plan(
+        &self,
+        limits: &Limits,
+        runtime: &root::Runtime,
+        report_fd: i32,
+        input_fd: i32,
+    ) -> Res<isolate::Plan> {
         let cstr = |s: String| CString::new(s).map_err(|e| e.to_string());
         let id_maps = match self.mode {
             Mode::UserNamespace => {
@@ -209,23 +218,29 @@ impl Run {
             .map(|p| cstr(p.display().to_string()))
             .collect::<Res<Vec<_>>>()?;
         let (processes, address_space) = self.process_limits(limits);
-        let rlimits = vec![
-            (libc::RLIMIT_CPU, limits.cpu_seconds),
-            (libc::RLIMIT_AS, address_space),
-            (libc::RLIMIT_FSIZE, limits.file_bytes),
-            (libc::RLIMIT_NPROC, processes),
-            (libc::RLIMIT_CORE, 0),
-        ];
+        let tmp_options = cstr(format!("size={},mode=1777", limits.tmp_bytes))?;
+        let small_tmp_options = cstr(format!(
+            "size={},mode=1777",
+            (limits.tmp_bytes / 4).max(1 << 20)
+        ))?;
+        // Any existing directory will do as the setup tmpfs's mount point (see isolate.rs).
+        let base = if std::path::Path::new("/tmp").is_dir() {
+            "/tmp"
+        } else {
+            "/dev"
+        };
+        let rlimits = rlimits(limits, processes, address_space);
         Ok(isolate::Plan {
             drop_to: self.uid.as_ref().map(|l| l.uid),
             id_maps,
             cgroup_procs,
             rlimits,
-            tmp_options: cstr(format!("size={},mode=1777", limits.tmp_bytes))?,
-            small_tmp_options: cstr(format!(
-                "size={},mode=1777",
-                (limits.tmp_bytes / 4).max(1 << 20)
-            ))?,
+            setup_new: cstr(format!("{base}{}", root::NEW))?,
+            setup_old: cstr(format!("{base}{}", root::OLD))?,
+            setup_base: cstr(base.into())?,
+            new_root: cstr(root::NEW.into())?,
+            old_root: cstr(root::OLD.into())?,
+            root: root::plan(runtime, &tmp_options, &small_tmp_options)?,
             report_fd,
             input_fd,
         })
@@ -234,7 +249,14 @@ impl Run {
     fn execute(self, program: &TestProgram, limits: &Limits) -> Res<RunResult> {
         let (report_r, report_w) = pipe()?;
         let (input_r, input_w) = pipe()?;
-        let mut cmd = Command::new(python3());
+        let runtime = match self.mode {
+            Mode::RlimitsOnly => None,
+            _ => Some(root::runtime(&python3())?),
+        };
+        let mut cmd = match &runtime {
+            Some(r) => Command::new(&r.executable),
+            None => Command::new(python3()),
+        };
         cmd.arg("-I")
             .arg("-c")
             .arg(RUNNER)
@@ -243,15 +265,19 @@ impl Run {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if self.mode == Mode::RlimitsOnly {
-            let (rep, inp) = (report_w.as_raw_fd(), input_r.as_raw_fd());
-            let rlimits = self.plan(limits, rep, inp)?.rlimits;
-            cmd.env("HOME", "/nonexistent");
-            unsafe { cmd.pre_exec(move || rlimits_only(&rlimits, rep, inp)) };
-        } else {
-            cmd.env("HOME", "/tmp");
-            let plan = self.plan(limits, report_w.as_raw_fd(), input_r.as_raw_fd())?;
-            unsafe { cmd.pre_exec(move || plan.apply()) };
+        let (rep, inp) = (report_w.as_raw_fd(), input_r.as_raw_fd());
+        match &runtime {
+            None => {
+                let (processes, address_space) = self.process_limits(limits);
+                let rlimits = rlimits(limits, processes, address_space);
+                cmd.env("HOME", "/nonexistent");
+                unsafe { cmd.pre_exec(move || rlimits_only(&rlimits, rep, inp)) };
+            }
+            Some(r) => {
+                cmd.env("HOME", "/tmp");
+                let plan = self.plan(limits, r, rep, inp)?;
+                unsafe { cmd.pre_exec(move || plan.apply()) };
+            }
         }
         let mut child = cmd
             .spawn()
@@ -285,7 +311,7 @@ impl Run {
             .map(|s| (s.code(), s.signal()))
             .unwrap_or((None, None));
         let outcome = parse_report(&report, &nonce);
-        let (verdict, kind) = decide(outcome, timed_out, signal, memory_hit);
+        let (verdict, kind) = decide(outcome, code, timed_out, signal, memory_hit);
         Ok(RunResult {
             verdict,
             error_kind: kind.into(),
@@ -305,9 +331,24 @@ impl Run {
     }
 }
 
-/// The verdict and its kind, from the runner's report first.
+type Rlimits = Vec<(libc::__rlimit_resource_t, u64)>;
+
+fn rlimits(limits: &Limits, processes: u64, address_space: u64) -> Rlimits {
+    vec![
+        (libc::RLIMIT_CPU, limits.cpu_seconds),
+        (libc::RLIMIT_AS, address_space),
+        (libc::RLIMIT_FSIZE, limits.file_bytes),
+        (libc::RLIMIT_NPROC, processes),
+        (libc::RLIMIT_CORE, 0),
+    ]
+}
+
+/// The verdict and its kind, from the runner's report first. A PASS needs the report and a clean
+/// exit (status 0, no signal, in time): the runner exits 0 itself right after reporting PASS, and
+/// re-raises every failure, so a PASS report with any other ending was not the runner's last word.
 fn decide(
     report: Option<(bool, String)>,
+    exit_code: Option<i32>,
     timed_out: bool,
     signal: Option<i32>,
     memory_hit: bool,
@@ -323,13 +364,16 @@ fn decide(
         }
     };
     match report {
-        Some((true, _)) => (Verdict::Pass, ""),
+        Some((true, _)) if exit_code == Some(0) && signal.is_none() && !timed_out => {
+            (Verdict::Pass, "")
+        }
         _ if timed_out || signal == Some(libc::SIGXCPU) => (Verdict::Timeout, "timeout"),
         Some((false, k)) => (Verdict::Fail, kind(&k)),
-        None if memory_hit => (Verdict::Fail, "memory"),
-        None if signal.is_some() => (Verdict::Fail, "signal"),
-        // Ended without a report and without a signal: os._exit or an exit the runner never saw.
-        None => (Verdict::Fail, "exit"),
+        _ if memory_hit => (Verdict::Fail, "memory"),
+        _ if signal.is_some() => (Verdict::Fail, "signal"),
+        // No report, or a PASS report followed by an unclean exit: os._exit, an uncaught exception
+        // after the check, an exit the runner never saw.
+        _ => (Verdict::Fail, "exit"),
     }
 }
 

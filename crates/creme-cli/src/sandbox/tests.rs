@@ -2,6 +2,7 @@
 //! the uid, cgroup and namespace parts, and say so when skipped.
 
 use super::*;
+use std::path::{Path, PathBuf};
 
 fn quick() -> Limits {
     Limits {
@@ -335,3 +336,265 @@ fn no_free_uid_is_an_error_for_that_sample_never_a_run_as_root() {
         r.stderr_tail
     );
 }
+
+/// Each trick with a wrong answer (`return False`): it must not turn the runner's FAIL into a PASS.
+/// Before the runner kept its own references, the first four passed (issue 36).
+#[test]
+fn tricks_on_the_shared_interpreter_do_not_forge_a_pass() {
+    let tricks = [
+        // os.write wrapped: the runner's " FAIL " report becomes " PASS ".
+        ("os.write", "import os\n_w = os.write\ndef w(fd, b):\n    return _w(fd, b.replace(b' FAIL ', b' PASS '))\nos.write = w"),
+        // The runner's second exec (the check) becomes a no-op.
+        ("builtins.exec", "import builtins\nbuiltins.exec = lambda *a, **k: None"),
+        // The check compiles to `pass`.
+        ("builtins.compile", "import builtins\n_c = builtins.compile\nbuiltins.compile = lambda s, *a, **k: _c('pass', *a, **k)"),
+        // An audit hook replaces `check` in the program's globals on the exec event.
+        ("audit hook", "import sys\ng = globals()\ndef hook(event, args):\n    if event == 'exec':\n        g['check'] = lambda c: None\nsys.addaudithook(hook)"),
+        // The runner's own names: dict() of the globals returns a dict that hides `check`.
+        ("builtins.dict", "import builtins\nclass D(dict):\n    def __getitem__(s, k):\n        return (lambda c: None) if k == 'check' else dict.__getitem__(s, k)\nbuiltins.dict = D"),
+        // A tracer left behind swaps the check's argument for a right answer.
+        ("sys.settrace", "import sys\ndef t(frame, event, arg):\n    if frame.f_code.co_name == 'check' and event == 'call':\n        frame.f_locals['candidate'] = lambda x: 4\n    return t\nsys.settrace(t)"),
+        // A thread rewrites the check function's code while the runner gets to it.
+        ("check.__code__", "import threading, time\ng = globals()\ndef loop():\n    while True:\n        c = g.get('check')\n        if c is not None:\n            c.__code__ = (lambda candidate: None).__code__\n        time.sleep(0)\nthreading.Thread(target=loop, daemon=True).start()\ntime.sleep(0.05)"),
+        // The runner's own classification of the failure.
+        ("builtins.isinstance", "import sys, builtins\nbuiltins.isinstance = lambda *a: 1 / 0"),
+    ];
+    for (name, trick) in tricks {
+        let r = run_program(&task(&format!("    return False\n{trick}")), &quick());
+        assert_eq!(r.verdict, Verdict::Fail, "{name}: {r:?}");
+        // The same trick around a right answer does not spoil it.
+        let r = run_program(&task(&format!("    return x * 2\n{trick}")), &quick());
+        assert_eq!(
+            r.verdict,
+            Verdict::Pass,
+            "{name} with a right answer: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_pass_report_needs_a_clean_exit() {
+    let pass = || Some((true, String::new()));
+    assert_eq!(
+        decide(pass(), Some(0), false, None, false),
+        (Verdict::Pass, "")
+    );
+    assert_eq!(
+        decide(pass(), Some(1), false, None, false),
+        (Verdict::Fail, "exit")
+    );
+    assert_eq!(
+        decide(pass(), None, false, Some(9), false),
+        (Verdict::Fail, "signal")
+    );
+    assert_eq!(
+        decide(pass(), None, false, Some(9), true),
+        (Verdict::Fail, "memory")
+    );
+    assert_eq!(
+        decide(pass(), Some(0), true, None, false),
+        (Verdict::Timeout, "timeout")
+    );
+    let fail = Some((false, "assertion".to_string()));
+    assert_eq!(
+        decide(fail, Some(0), false, None, false),
+        (Verdict::Fail, "assertion")
+    );
+}
+
+/// Host files a program must not see: the dataset (world-readable), the work tree, `/etc/passwd`,
+/// and, when given, more (a file in a home directory, the model cache). Each exists on the host.
+fn host_canaries(more: &[PathBuf]) -> Vec<PathBuf> {
+    let shared = std::env::var_os("CREME_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let mut paths = vec![
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"),
+        PathBuf::from("/etc/passwd"),
+    ];
+    let dataset = shared.join("datasets/humaneval-nlpert/HumanEval.jsonl");
+    if dataset.exists() {
+        paths.push(dataset);
+    } else {
+        eprintln!("no dataset at {}: not checked", dataset.display());
+    }
+    paths.extend(more.iter().cloned());
+    for p in &paths {
+        assert!(
+            std::fs::File::open(p).is_ok(),
+            "{} cannot be read here",
+            p.display()
+        );
+    }
+    paths
+}
+
+/// A program that tries each path and lists the directories it could write in (walking the whole
+/// tree it sees, /proc aside); it prints one JSON object.
+fn probe_program(paths: &[PathBuf]) -> String {
+    let list: Vec<String> = paths
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!(
+        "import json, os\nseen = [p for p in [{}] if os.path.exists(p)]\nwritable = []\nfor d, dirs, files in os.walk('/'):\n    if d.startswith('/proc'):\n        dirs[:] = []\n        continue\n    try:\n        open(os.path.join(d, '.creme-probe'), 'w').close()\n        writable.append(d)\n        dirs[:] = []\n    except OSError:\n        pass\nprint(json.dumps({{'seen': seen, 'writable': writable, 'root': sorted(os.listdir('/'))}}))\n",
+        list.join(", ")
+    )
+}
+
+/// Run the probe and check that no path is visible and that the only writable places are the
+/// private tmpfs.
+fn assert_host_hidden(paths: &[PathBuf], isolation: &str) {
+    let r = run_python(
+        &probe_program(paths),
+        &Limits {
+            wall: Duration::from_secs(30),
+            cpu_seconds: 30,
+            ..quick()
+        },
+    );
+    assert_eq!(
+        (r.verdict, r.isolation),
+        (Verdict::Pass, isolation),
+        "{r:?}"
+    );
+    let line = r.stdout_tail.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+    assert_eq!(
+        v["seen"],
+        serde_json::json!([]),
+        "host files seen inside: {line}"
+    );
+    let mut writable: Vec<&str> = v["writable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    writable.sort();
+    assert_eq!(writable, ["/dev/shm", "/run", "/tmp", "/var/tmp"], "{line}");
+}
+
+#[test]
+fn the_host_files_are_not_visible_only_the_python_runtime() {
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    let secret = home.join(format!(".creme-sandbox-canary-{}", std::process::id()));
+    std::fs::write(&secret, "secret").unwrap();
+    let cache = std::env::var_os("CREME_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/creme"));
+    let mut more = vec![secret.clone()];
+    if cache.is_dir() {
+        more.push(cache.clone());
+    }
+    let paths = host_canaries(&more);
+    let isolation = if is_root() { "root" } else { "userns" };
+    assert_host_hidden(&paths, isolation);
+    let _ = std::fs::remove_file(&secret);
+    // The runtime is whole: the canonical solution of HumanEval/162 imports hashlib.
+    let r = run_python("import hashlib, ssl, ctypes, json, decimal, sqlite3\nprint(hashlib.md5(b'x').hexdigest())\n", &quick());
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+}
+
+#[test]
+fn writes_to_run_lock_and_other_shared_places_do_not_outlive_the_run() {
+    let name = format!("creme-lock-{}", std::process::id());
+    let prog = format!("import os, socket\nos.makedirs('/run/lock', exist_ok=True)\nfor i in range(3):\n    open(f'/run/lock/{name}-{{i}}', 'wb').write(b'0' * (1 << 20))\nos.mkfifo('/run/lock/{name}-fifo')\nsocket.socket(socket.AF_UNIX).bind('/run/lock/{name}-sock')\n");
+    let r = run_python(&prog, &quick());
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+    for suffix in ["0", "1", "2", "fifo", "sock"] {
+        let p = Path::new("/run/lock").join(format!("{name}-{suffix}"));
+        assert!(
+            std::fs::symlink_metadata(&p).is_err(),
+            "{} outlived the run",
+            p.display()
+        );
+    }
+    let see = format!("import os\nassert not os.path.exists('/run/lock/{name}-0')\n");
+    assert_eq!(run_python(&see, &quick()).verdict, Verdict::Pass);
+}
+
+#[test]
+fn programs_cannot_create_user_namespaces_but_can_fork_and_start_threads() {
+    let r = run_python(UNSHARE_REFUSED, &quick());
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+    let prog = "import os, threading\nt = threading.Thread(target=lambda: None)\nt.start()\nt.join()\npid = os.fork()\nif pid == 0:\n    os._exit(7)\nassert os.waitpid(pid, 0)[1] >> 8 == 7\n";
+    let r = run_python(prog, &quick());
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+    let r = run_python(
+        "import subprocess\nassert subprocess.run(['unshare', '-U', 'true']).returncode != 0\n",
+        &quick(),
+    );
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+}
+
+/// As root, the user-namespace mode is what a non-root caller gets: run this test binary's
+/// `user_namespace_mode_inner` as `nobody` (a copy of the binary that `nobody` can execute).
+#[test]
+fn in_user_namespace_mode_the_host_files_are_not_visible_either() {
+    if !is_root() {
+        eprintln!("not root: the other tests run in user-namespace mode already");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("creme-userns-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("home")).unwrap();
+    let bin = dir.join("tests");
+    std::fs::copy(std::env::current_exe().unwrap(), &bin).unwrap();
+    let secret = dir.join("home/secret");
+    std::fs::write(&secret, "secret").unwrap();
+    use std::os::unix::fs::{chown, PermissionsExt};
+    for p in [&dir, &dir.join("home"), &bin] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    chown(dir.join("home"), Some(65534), Some(65534)).unwrap();
+    chown(&secret, Some(65534), Some(65534)).unwrap();
+    let out = Command::new(&bin)
+        .args([
+            "--ignored",
+            "--exact",
+            "sandbox::tests::user_namespace_mode_inner",
+            "--nocapture",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.join("home"))
+        .env("CREME_SANDBOX_CANARY", &secret)
+        .uid(65534)
+        .gid(65534)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+}
+
+#[test]
+#[ignore = "run as a non-root user by in_user_namespace_mode_the_host_files_are_not_visible_either"]
+fn user_namespace_mode_inner() {
+    assert!(!is_root());
+    let canary =
+        PathBuf::from(std::env::var_os("CREME_SANDBOX_CANARY").expect("CREME_SANDBOX_CANARY"));
+    let paths = host_canaries(&[canary]);
+    assert_host_hidden(&paths, "userns");
+    let r = run_program(
+        &task("    return False\nimport builtins\nbuiltins.exec = lambda *a, **k: None"),
+        &quick(),
+    );
+    assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+    let r = run_python(
+        "import hashlib\nprint(hashlib.sha256(b'x').hexdigest())\n",
+        &quick(),
+    );
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+    let r = run_python(UNSHARE_REFUSED, &quick());
+    assert_eq!(r.verdict, Verdict::Pass, "{}", r.stderr_tail);
+}
+
+/// Passes when `unshare(CLONE_NEWUSER)` fails with EPERM.
+const UNSHARE_REFUSED: &str = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nassert libc.unshare(0x10000000) == -1 and ctypes.get_errno() == 1, ctypes.get_errno()\n";
