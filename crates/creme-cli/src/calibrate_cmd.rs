@@ -32,7 +32,7 @@ pub struct CalibrateArgs {
     /// CREME reference run (JSON with runs[].results[] {task, key}); default: the shared oracle's
     #[arg(long)]
     pub reference: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = creme_core::pipeline::DEFAULT_TARGET_TOKENS)]
     pub target_tokens: usize,
     /// Output directory (traces.jsonl, resumable; calibration.md, calibration.json)
     #[arg(long)]

@@ -229,31 +229,52 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     Ok(())
 }
 
+/// The solver, as a flag.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum SolverFlag {
+    /// Adam on the edit's loss (the paper's)
+    Adam,
+    /// The closed form, with --ridge
+    Ridge,
+}
+
+/// Which weights an Adam edit keeps, as a flag.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum KeepFlag {
+    /// The weights after the last step (the paper's)
+    Final,
+    /// The weights with the lowest loss seen
+    Best,
+}
+
+/// The defaults of the flags below: core's (the paper's settings).
+fn paper() -> EditSettings {
+    EditSettings::default()
+}
+
 /// The edit's settings as flags, shared by `edit` and `experiment`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EditFlags {
-    /// adam (the paper's) or ridge (closed form)
-    #[arg(long, default_value = "adam")]
-    pub solver: String,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, value_enum, default_value_t = SolverFlag::Adam)]
+    pub solver: SolverFlag,
+    #[arg(long, default_value_t = paper().lr)]
     pub lr: f64,
     /// Most optimizer evaluations
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = paper().max_steps)]
     pub steps: usize,
     /// Stop after this many evaluations without a new best loss
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = paper().patience)]
     pub patience: usize,
     /// Weight of the preservation term (0 = no preservation loss)
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = paper().lambda)]
     pub lambda: f64,
-    /// Keep the final weights (the paper) or the best-scoring ones
-    #[arg(long, default_value = "final")]
-    pub keep: String,
+    #[arg(long, value_enum, default_value_t = KeepFlag::Final)]
+    pub keep: KeepFlag,
     /// Ridge weight on the change (ridge solver)
     #[arg(long, default_value_t = 1.0)]
     pub ridge: f64,
     /// Length of the clean greedy continuation the edit (and the logprob trace) works on
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = creme_core::pipeline::DEFAULT_TARGET_TOKENS)]
     pub target_tokens: usize,
     /// Logprob trace: a layer counts as restored once its restoration reaches this, and the
     /// restored layer with the largest clean/perturbed distance is the key layer (as the authors'
@@ -264,15 +285,13 @@ pub struct EditFlags {
 
 impl EditFlags {
     pub fn settings(&self) -> Res<EditSettings> {
-        let solver = match self.solver.as_str() {
-            "adam" => Solver::Adam,
-            "ridge" => Solver::Ridge { ridge: self.ridge },
-            s => return Err(format!("unknown solver '{s}' (adam or ridge)").into()),
+        let solver = match self.solver {
+            SolverFlag::Adam => Solver::Adam,
+            SolverFlag::Ridge => Solver::Ridge { ridge: self.ridge },
         };
-        let keep = match self.keep.as_str() {
-            "final" => Keep::Final,
-            "best" => Keep::Best,
-            k => return Err(format!("unknown --keep '{k}' (final or best)").into()),
+        let keep = match self.keep {
+            KeepFlag::Final => Keep::Final,
+            KeepFlag::Best => Keep::Best,
         };
         Ok(EditSettings {
             solver,

@@ -15,7 +15,7 @@ use creme_core::experiment::{self, EditRecord};
 use creme_core::manifest::{self, ExperimentPlan, RunKind, RunManifest};
 use creme_core::model::Model;
 use creme_core::pipeline::{
-    locate_and_edit_with, CremeEdit, CremeSettings, Locator, LogprobLocator,
+    locate_and_edit_with, CremeEdit, CremeSettings, LayerRule, Locator, LogprobLocator,
 };
 use creme_core::progress::Progress;
 use creme_core::sets::{PerturbationType, SetName};
@@ -71,7 +71,7 @@ pub struct ExperimentArgs {
     /// from:FILE (per task: an earlier edits.jsonl, or calibrate-layer's calibration.json, whose
     /// pass-metric layers then serve without tracing again)
     #[arg(long, default_value = "logprob")]
-    pub layer: String,
+    pub layer: LayerRule,
     /// Evaluate each edit on every task (all: the paper's fixed/broken and clean deviation over
     /// the whole set) or only on the type's edit-worthy tasks (enough for L-RIR and G-RIR)
     #[arg(long, value_enum, default_value = "all")]
@@ -218,28 +218,28 @@ fn layers_from(path: &Path) -> Res<HashMap<(PerturbationType, String), usize>> {
 
 /// The layer to edit for one job, unless it is traced (logprob, pass).
 fn fixed_layer(
-    choice: &str,
+    rule: &LayerRule,
     t: PerturbationType,
     task: &str,
     n_layers: usize,
     modes: &Option<BTreeMap<PerturbationType, usize>>,
     given: &Option<HashMap<(PerturbationType, String), usize>>,
 ) -> Res<Option<usize>> {
-    let l = match choice {
-        "logprob" | "pass" => return Ok(None),
-        "random" => {
+    let l = match rule {
+        LayerRule::Logprob | LayerRule::Pass => return Ok(None),
+        LayerRule::Random => {
             let seed = task.bytes().fold(t.name().len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
             creme_core::cpu::SplitMix64(seed).below(n_layers as u64) as usize
         }
-        s if s.starts_with("mode:") => *modes
+        LayerRule::ModeOf(_) => *modes
             .as_ref()
             .and_then(|m| m.get(&t))
-            .ok_or_else(|| format!("{s}: no edits of type {t} to take a layer from"))?,
-        s if s.starts_with("from:") => *given
+            .ok_or_else(|| format!("--layer {rule}: no edits of type {t} to take a layer from"))?,
+        LayerRule::From(_) => *given
             .as_ref()
             .and_then(|m| m.get(&(t, task.to_string())))
-            .ok_or_else(|| format!("{s}: no layer for {t} {task}"))?,
-        s => s.parse().map_err(|_| format!("--layer '{s}': logprob, pass, random, mode:FILE, from:FILE or a layer number"))?,
+            .ok_or_else(|| format!("--layer {rule}: no layer for {t} {task}"))?,
+        LayerRule::Fixed(l) => *l,
     };
     if l >= n_layers {
         return Err(format!("--layer {l}: the model has {n_layers} layers").into());
@@ -283,8 +283,14 @@ impl Plan {
             restored_at: a.edit.restored_at()?,
             shard: parse_shard(&a.shard)?,
             sets: eval_cmd::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
-            modes: a.layer.strip_prefix("mode:").map(|f| layer_modes(Path::new(f))).transpose()?,
-            given: a.layer.strip_prefix("from:").map(|f| layers_from(Path::new(f))).transpose()?,
+            modes: match &a.layer {
+                LayerRule::ModeOf(f) => Some(layer_modes(Path::new(f))?),
+                _ => None,
+            },
+            given: match &a.layer {
+                LayerRule::From(f) => Some(layers_from(Path::new(f))?),
+                _ => None,
+            },
             types,
             eval_types,
             all_sets,
@@ -293,7 +299,7 @@ impl Plan {
 
     /// The manifest of the experiment directory, and the one its baseline must fit.
     fn manifests(&self, a: &ExperimentArgs, dev: &Device, spec: &GenSpec) -> Res<(RunManifest, RunManifest)> {
-        let layer_file = a.layer.strip_prefix("mode:").or_else(|| a.layer.strip_prefix("from:"));
+        let layer_file = a.layer.source_file();
         let baseline = RunManifest {
             version: manifest::MANIFEST_VERSION,
             kind: RunKind::Eval,
@@ -312,7 +318,7 @@ impl Plan {
             experiment: Some(ExperimentPlan {
                 edit: self.settings.clone(),
                 target_tokens: a.edit.target_tokens,
-                layer: a.layer.clone(),
+                layer: a.layer.to_string(),
                 layer_source: layer_file.map(|f| run_dir::file_digest(Path::new(f))).transpose()?,
                 restored_at: a.edit.restored_at.clone(),
                 eval_scope: scope_name(a.eval_scope).into(),
@@ -466,7 +472,7 @@ fn run_job(
     let (clean, pert) = (model.tokenizer.encode(&job.clean.prompt)?, model.tokenizer.encode(&job.pert.prompt)?);
     let fixed = fixed_layer(&a.layer, job.ptype, &job.pert.task_id, model.cfg.n_layers, &plan.modes, &plan.given)?;
     let creme = CremeSettings { target_tokens: a.edit.target_tokens, layer: fixed, edit: plan.settings.clone() };
-    let mut locator = if a.layer == "pass" {
+    let mut locator = if a.layer == LayerRule::Pass {
         TaskLocator::Pass(PassLocator { clean: (&job.clean.prompt, &job.clean), pert: (&job.pert.prompt, &job.pert), samples: 1 })
     } else {
         TaskLocator::Logprob(LogprobLocator { restored_at: plan.restored_at })
@@ -535,7 +541,7 @@ fn record(
         ptype: job.ptype,
         task: task.to_string(),
         layer: edit.layer,
-        layer_choice: a.layer.clone(),
+        layer_choice: a.layer.to_string(),
         trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
         settings: plan.settings.clone(),
         steps: result.steps,

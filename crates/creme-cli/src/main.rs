@@ -157,9 +157,9 @@ enum Cmd {
         gpu: GpuFlags,
         #[command(flatten)]
         pair: trace_cmd::PairArgs,
-        /// Restoration metric: logprob (teacher-forced clean continuation) or pass (execute tests)
-        #[arg(long, default_value = "logprob")]
-        metric: String,
+        /// Restoration metric
+        #[arg(long, value_enum, default_value_t = trace_cmd::TraceMetric::Logprob)]
+        metric: trace_cmd::TraceMetric,
         /// Also trace a layer x position grid (one position patched at a time)
         #[arg(long)]
         grid: bool,
@@ -167,7 +167,7 @@ enum Cmd {
         #[arg(long)]
         grid_all: bool,
         /// Length of the clean greedy continuation scored by the logprob metric
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = creme_core::pipeline::DEFAULT_TARGET_TOKENS)]
         target_tokens: usize,
         /// Samples per patched run for the pass metric (1 = greedy; >1 samples at T=0.2, top-p 0.95)
         #[arg(long, default_value_t = 1)]

@@ -37,6 +37,15 @@ pub struct PairArgs {
     pub patch: Vec<PathBuf>,
 }
 
+/// How a trace scores a patched run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum TraceMetric {
+    /// Teacher-forced log-probability of the clean continuation
+    Logprob,
+    /// Generate and execute the task's tests (needs --task/--type)
+    Pass,
+}
+
 fn file_name(p: &std::path::Path) -> String {
     p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
@@ -90,7 +99,7 @@ impl PairArgs {
 
 pub struct TraceArgs {
     pub pair: PairArgs,
-    pub metric: String,
+    pub metric: TraceMetric,
     pub grid: bool,
     pub grid_all: bool,
     pub target_tokens: usize,
@@ -99,10 +108,7 @@ pub struct TraceArgs {
 }
 
 pub fn run(dev: &Device, a: TraceArgs) -> Res {
-    if a.metric != "logprob" && a.metric != "pass" {
-        return Err(format!("unknown metric '{}' (logprob or pass)", a.metric).into());
-    }
-    if a.metric == "pass" && a.pair.task.is_none() {
+    if a.metric == TraceMetric::Pass && a.pair.task.is_none() {
         return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
     }
     let (clean_text, pert_text, label) = a.pair.prompts()?;
@@ -140,7 +146,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     ))?;
     bar.finish();
     let mut pass_json = serde_json::Value::Null;
-    if a.metric == "pass" {
+    if a.metric == TraceMetric::Pass {
         let (clean_p, pert_p) = a
             .pair
             .problems()?
@@ -230,7 +236,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
         grid_json = serde_json::to_value(&grid)?;
     }
     let doc = json!({
-        "model": model.cfg.name, "pair": label, "metric": a.metric,
+        "model": model.cfg.name, "pair": label, "metric": format!("{:?}", a.metric).to_lowercase(),
         "settings": {"target_tokens": a.target_tokens, "positions": ["all", "differing"]},
         "clean_tokens": clean.len(), "pert_tokens": pert.len(), "frame": setup.frame,
         "target": tok.decode(&target)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,

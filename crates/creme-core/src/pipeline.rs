@@ -15,6 +15,72 @@ use crate::patch::EditPatch;
 use crate::progress::{Progress, Step};
 use crate::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup};
 
+/// Tokens of the clean prompt's greedy continuation that trace and edit are scored on, by
+/// default (the paper's 32). The one source of this default: the CLI flags and the web facade
+/// read it from here.
+pub const DEFAULT_TARGET_TOKENS: usize = 32;
+
+/// How an experiment picks the layer to edit for a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum LayerRule {
+    /// The logprob trace (teacher-forced clean continuation).
+    Logprob,
+    /// The authors' executed trace: patched runs generate and are tested.
+    Pass,
+    /// A layer drawn per (type, task), seeded: the random-layer control.
+    Random,
+    /// This layer for every pair (the paper's lightweight variant).
+    Fixed(usize),
+    /// Per type, the most frequent key layer of an earlier run's `edits.jsonl` (this file).
+    ModeOf(String),
+    /// Per task, the layer of an earlier `edits.jsonl` or a `calibration.json` (this file).
+    From(String),
+}
+
+impl LayerRule {
+    /// Whether the layer comes from a trace of the pair (else it is known beforehand).
+    pub fn traces(&self) -> bool {
+        matches!(self, LayerRule::Logprob | LayerRule::Pass)
+    }
+
+    /// The file a ModeOf / From rule reads.
+    pub fn source_file(&self) -> Option<&str> {
+        match self {
+            LayerRule::ModeOf(f) | LayerRule::From(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for LayerRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "logprob" => LayerRule::Logprob,
+            "pass" => LayerRule::Pass,
+            "random" => LayerRule::Random,
+            _ if s.starts_with("mode:") => LayerRule::ModeOf(s["mode:".len()..].to_string()),
+            _ if s.starts_with("from:") => LayerRule::From(s["from:".len()..].to_string()),
+            _ => LayerRule::Fixed(s.parse().map_err(|_| {
+                format!("layer rule '{s}': logprob, pass, random, mode:FILE, from:FILE or a layer number")
+            })?),
+        })
+    }
+}
+
+impl std::fmt::Display for LayerRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerRule::Logprob => f.write_str("logprob"),
+            LayerRule::Pass => f.write_str("pass"),
+            LayerRule::Random => f.write_str("random"),
+            LayerRule::Fixed(l) => write!(f, "{l}"),
+            LayerRule::ModeOf(p) => write!(f, "mode:{p}"),
+            LayerRule::From(p) => write!(f, "from:{p}"),
+        }
+    }
+}
+
 /// What a pipeline run needs besides the prompts.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct CremeSettings {
@@ -28,7 +94,7 @@ pub struct CremeSettings {
 impl Default for CremeSettings {
     fn default() -> Self {
         CremeSettings {
-            target_tokens: 32,
+            target_tokens: DEFAULT_TARGET_TOKENS,
             layer: None,
             edit: EditSettings::default(),
         }
@@ -223,5 +289,21 @@ impl Clock {
         }
         #[cfg(target_arch = "wasm32")]
         0.0
+    }
+}
+
+#[cfg(test)]
+mod layer_rule_tests {
+    use super::LayerRule;
+
+    #[test]
+    fn layer_rules_parse_and_print_back() {
+        for s in ["logprob", "pass", "random", "11", "mode:a/edits.jsonl", "from:c.json"] {
+            let r: LayerRule = s.parse().unwrap();
+            assert_eq!(r.to_string(), s);
+        }
+        assert_eq!("7".parse::<LayerRule>().unwrap(), LayerRule::Fixed(7));
+        assert!("seven".parse::<LayerRule>().unwrap_err().contains("seven"));
+        assert!(LayerRule::Pass.traces() && !LayerRule::Random.traces());
     }
 }
