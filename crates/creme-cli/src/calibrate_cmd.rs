@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::common::{self, JsonlLog, Res};
-use crate::pass_metric::pass_trace;
+use creme_core::pass_trace::pass_trace;
 
 #[derive(clap::Args, Clone)]
 pub struct CalibrateArgs {
@@ -114,6 +114,7 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
             (&c.prompt, &c),
             (&p.prompt, &p),
             1,
+            &mut crate::judge::SandboxJudge::for_pass_trace(),
             &mut |s| bar.step(s),
         ))?;
         bar.finish();

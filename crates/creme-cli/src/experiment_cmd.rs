@@ -14,6 +14,7 @@ use creme_core::eval::{self, Drafts, GenSpec, Outcomes, SampleRecord};
 use creme_core::experiment::{self, EditRecord};
 use creme_core::manifest::{self, ExperimentPlan, RunKind, RunManifest};
 use creme_core::model::Model;
+use creme_core::pass_trace::PassLocator;
 use creme_core::pipeline::{
     locate_and_edit_with, CremeEdit, CremeSettings, LayerRule, Locator, LogprobLocator,
 };
@@ -26,13 +27,12 @@ use serde_json::Value;
 use crate::common::{self, JsonlLog, Res};
 use crate::eval_cmd;
 use crate::judge::SandboxJudge;
-use crate::pass_metric::PassLocator;
 use crate::run_dir::{self, SampleLog};
 
 /// The experiment's traced layer choices.
 enum TaskLocator<'a> {
     Logprob(LogprobLocator),
-    Pass(PassLocator<'a>),
+    Pass(PassLocator<'a, SandboxJudge>),
 }
 
 impl Locator for TaskLocator<'_> {
@@ -472,8 +472,9 @@ fn run_job(
     let (clean, pert) = (model.tokenizer.encode(&job.clean.prompt)?, model.tokenizer.encode(&job.pert.prompt)?);
     let fixed = fixed_layer(&a.layer, job.ptype, &job.pert.task_id, model.cfg.n_layers, &plan.modes, &plan.given)?;
     let creme = CremeSettings { target_tokens: a.edit.target_tokens, layer: fixed, edit: plan.settings.clone() };
+    let mut judge = SandboxJudge::for_pass_trace();
     let mut locator = if a.layer == LayerRule::Pass {
-        TaskLocator::Pass(PassLocator { clean: (&job.clean.prompt, &job.clean), pert: (&job.pert.prompt, &job.pert), samples: 1 })
+        TaskLocator::Pass(PassLocator { clean: (&job.clean.prompt, &job.clean), pert: (&job.pert.prompt, &job.pert), samples: 1, judge: &mut judge })
     } else {
         TaskLocator::Logprob(LogprobLocator { restored_at: plan.restored_at })
     };

@@ -11,7 +11,6 @@ mod edit_cmd;
 mod eval_cmd;
 mod experiment_cmd;
 mod judge;
-mod pass_metric;
 mod perturb_cmd;
 mod progress;
 mod quantize_cmd;

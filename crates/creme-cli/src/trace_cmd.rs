@@ -9,7 +9,7 @@ use creme_core::{Backend, Device};
 use serde_json::json;
 
 use crate::common::{self, Res};
-use crate::pass_metric::pass_trace;
+use creme_core::pass_trace::pass_trace;
 
 /// The model and the clean/perturbed prompt pair, shared by `trace` and `edit`.
 #[derive(clap::Args, Clone)]
@@ -160,19 +160,20 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
             (&clean_text, &clean_p),
             (&pert_text, &pert_p),
             a.samples,
+            &mut crate::judge::SandboxJudge::for_pass_trace(),
             &mut |s| bar.step(s),
         ))?;
         bar.finish();
         t_layers = t4.elapsed().as_secs_f64();
         eprintln!(
             "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
-            account["acc_orig"],
-            account["acc_pert"],
-            account["patched_runs_passing"],
+            account.acc_orig,
+            account.acc_pert,
+            account.patched_runs_passing,
             pass_trace.scores.len(),
             pass_trace.key_layer
         );
-        pass_json = account;
+        pass_json = serde_json::to_value(&account)?;
         all = pass_trace;
     }
     eprintln!(

@@ -17,6 +17,7 @@ pub mod gpu;
 pub mod hooks;
 pub mod manifest;
 pub mod metrics;
+pub mod pass_trace;
 pub mod model;
 pub mod patch;
 pub mod perturb;
