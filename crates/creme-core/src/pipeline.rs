@@ -267,19 +267,20 @@ pub async fn locate_and_edit_with<L: Locator>(
 }
 
 /// Stage timer: wall clock natively; the browser has no std clock, so its laps read 0.
-struct Clock {
+pub struct Clock {
     #[cfg(not(target_arch = "wasm32"))]
     last: std::cell::Cell<std::time::Instant>,
 }
 
 impl Clock {
-    fn start() -> Clock {
+    pub fn start() -> Clock {
         Clock {
             #[cfg(not(target_arch = "wasm32"))]
             last: std::cell::Cell::new(std::time::Instant::now()),
         }
     }
-    fn lap(&self) -> f64 {
+    /// Seconds since the start or the previous lap.
+    pub fn lap(&self) -> f64 {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let now = std::time::Instant::now();

@@ -3,6 +3,8 @@
 //! per-setting summaries the efficacy report prints. Pure functions: the CLI runs the models and
 //! the tests, and stores these records as JSON lines.
 
+pub mod runner;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

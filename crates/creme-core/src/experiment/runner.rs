@@ -1,0 +1,305 @@
+//! The experiment runner: for each edit-worthy pair of a perturbation type, locate a layer, edit
+//! it from that one pair, evaluate the edited model over a [`Judge`], revert, and score the edit
+//! against the baseline. The caller keeps the records (resume, shards) and reads the files a
+//! layer rule names; everything else is here, shared by the CLI and the page.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{edit_worthy, score_clean, score_set, EditRecord, Outcomes, EDIT_RECORD_VERSION};
+use crate::backend::Device;
+use crate::dataset::Problem;
+use crate::edit::EditSettings;
+use crate::error::ModelError;
+use crate::eval::{self, Drafts, GenSpec, Judge, SampleRecord};
+use crate::model::Model;
+use crate::pass_trace::PassLocator;
+use crate::pipeline::{
+    locate_and_edit_with, Clock, CremeEdit, CremeSettings, LayerRule, Locator, LogprobLocator,
+};
+use crate::progress::{Progress, Step};
+use crate::sets::{PerturbationType, SetName};
+use crate::trace::{LayerTrace, TraceSetup};
+
+/// Which tasks each edit is evaluated on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalScope {
+    /// Every loaded task (the paper's fixed/broken and clean deviation over the whole set).
+    All,
+    /// Each evaluated type's edit-worthy tasks (enough for L-RIR and G-RIR).
+    EditWorthy,
+}
+
+impl EvalScope {
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalScope::All => "all",
+            EvalScope::EditWorthy => "edit-worthy",
+        }
+    }
+}
+
+/// Everything an experiment is decided by, as the caller loaded it.
+pub struct ExperimentPlan {
+    pub settings: EditSettings,
+    pub target_tokens: usize,
+    pub layer: LayerRule,
+    /// Saturating key-layer rule of the logprob trace (None: the best restoration).
+    pub restored_at: Option<f64>,
+    pub eval_scope: EvalScope,
+    /// (i, n): take edit i of every n.
+    pub shard: (usize, usize),
+    pub types: Vec<PerturbationType>,
+    /// clean, the edited types, the further evaluated types.
+    pub all_sets: Vec<SetName>,
+    pub sets: BTreeMap<SetName, Vec<Problem>>,
+    /// Per type, the layer of a ModeOf rule; per (type, task), the layer of a From rule.
+    pub modes: Option<BTreeMap<PerturbationType, usize>>,
+    pub given: Option<HashMap<(PerturbationType, String), usize>>,
+    /// Greedy generation budget of every evaluation.
+    pub spec: GenSpec,
+}
+
+/// One edit to make: the type and the clean and perturbed problems of an edit-worthy task.
+pub struct Job {
+    pub ptype: PerturbationType,
+    pub clean: Problem,
+    pub pert: Problem,
+}
+
+impl ExperimentPlan {
+    /// Per set, the loaded tasks `base` has no outcome for.
+    pub fn missing_tasks(&self, base: &Outcomes) -> Vec<(SetName, Vec<Problem>)> {
+        self.all_sets
+            .iter()
+            .map(|s| {
+                let have = base.get(s);
+                let missing = self.sets[s]
+                    .iter()
+                    .filter(|p| !have.is_some_and(|m| m.contains_key(&p.task_id)))
+                    .cloned()
+                    .collect();
+                (*s, missing)
+            })
+            .collect()
+    }
+
+    /// Edit-worthy tasks, in dataset order, this shard's share; and how many there are in all.
+    pub fn jobs(&self, base: &Outcomes) -> Result<(Vec<Job>, usize), ModelError> {
+        let mut jobs = Vec::new();
+        for t in &self.types {
+            let set = SetName::Perturbed(*t);
+            let worthy: HashSet<String> = edit_worthy(base, set).into_iter().collect();
+            for p in self.sets[&set].iter().filter(|p| worthy.contains(&p.task_id)) {
+                let c = crate::dataset::find(&self.sets[&SetName::Clean], &p.task_id)
+                    .ok_or_else(|| ModelError::Format(format!("{}: edit-worthy without a clean problem", p.task_id)))?;
+                jobs.push(Job { ptype: *t, clean: c.clone(), pert: p.clone() });
+            }
+        }
+        let total = jobs.len();
+        let (shard, shards) = self.shard;
+        let mine = jobs.into_iter().enumerate().filter(|(i, _)| i % shards == shard).map(|(_, j)| j);
+        Ok((mine.collect(), total))
+    }
+
+    /// The tasks an edit of type `t` is evaluated on: every loaded task, or (edit-worthy scope)
+    /// the edit-worthy tasks of each evaluated type, with their clean prompts those of type `t`.
+    pub fn eval_sets(&self, base: &Outcomes, t: PerturbationType) -> BTreeMap<SetName, Vec<Problem>> {
+        match self.eval_scope {
+            EvalScope::All => self.sets.clone(),
+            EvalScope::EditWorthy => self
+                .sets
+                .iter()
+                .map(|(s, ps)| {
+                    let of = if s.is_clean() { SetName::Perturbed(t) } else { *s };
+                    let worthy: HashSet<String> = edit_worthy(base, of).into_iter().collect();
+                    (*s, ps.iter().filter(|p| worthy.contains(&p.task_id)).cloned().collect())
+                })
+                .collect(),
+        }
+    }
+
+    /// The layer to edit for one job, unless the rule traces (logprob, pass).
+    pub fn fixed_layer(&self, t: PerturbationType, task: &str, n_layers: usize) -> Result<Option<usize>, ModelError> {
+        let err = |m: String| ModelError::Format(m);
+        let rule = &self.layer;
+        let l = match rule {
+            LayerRule::Logprob | LayerRule::Pass => return Ok(None),
+            LayerRule::Random => {
+                let seed = task.bytes().fold(t.name().len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+                crate::cpu::SplitMix64(seed).below(n_layers as u64) as usize
+            }
+            LayerRule::ModeOf(_) => *self
+                .modes
+                .as_ref()
+                .and_then(|m| m.get(&t))
+                .ok_or_else(|| err(format!("--layer {rule}: no edits of type {t} to take a layer from")))?,
+            LayerRule::From(_) => *self
+                .given
+                .as_ref()
+                .and_then(|m| m.get(&(t, task.to_string())))
+                .ok_or_else(|| err(format!("--layer {rule}: no layer for {t} {task}")))?,
+            LayerRule::Fixed(l) => *l,
+        };
+        if l >= n_layers {
+            return Err(err(format!("--layer {l}: the model has {n_layers} layers")));
+        }
+        Ok(Some(l))
+    }
+}
+
+/// Evaluate `sets` greedily with the model as it is now (drafts verified where given); every
+/// record goes to `sink`. A sample the judge could not run is no verdict: the evaluation stops
+/// with an error (nothing of it is kept by the caller, so the same run redoes it).
+pub async fn evaluate<J: Judge>(
+    dev: &Device,
+    model: &Model,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    spec: &GenSpec,
+    drafts: Option<&Drafts>,
+    judge: &mut J,
+    progress: &mut Progress<'_>,
+    sink: &mut eval::Sink<'_>,
+) -> Result<(), ModelError> {
+    for (set, problems) in sets {
+        let items: Vec<(&Problem, usize)> = problems.iter().map(|p| (p, 0)).collect();
+        let (mut done, mut passed) = (0, 0);
+        let stage = format!("eval {set}");
+        let mut checked = |rec: SampleRecord| {
+            if rec.is_judge_error() {
+                return Err(ModelError::Format(format!(
+                    "{set} {}: the judge could not run the test program: {}",
+                    rec.task_id, rec.stderr_tail
+                )));
+            }
+            done += 1;
+            passed += rec.passed as usize;
+            progress(Step { stage: &stage, done, total: items.len(), note: format!("{passed} passed") });
+            sink(rec)
+        };
+        eval::run_set(dev, model, *set, &items, spec, drafts, judge, &mut checked).await?;
+    }
+    Ok(())
+}
+
+/// The experiment's traced layer choices.
+enum JobLocator<'a, J: Judge> {
+    Logprob(LogprobLocator),
+    Pass(PassLocator<'a, J>),
+}
+
+impl<J: Judge> Locator for JobLocator<'_, J> {
+    async fn locate(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        progress: &mut Progress<'_>,
+    ) -> Result<LayerTrace, ModelError> {
+        match self {
+            JobLocator::Logprob(l) => l.locate(dev, model, setup, progress).await,
+            JobLocator::Pass(p) => p.locate(dev, model, setup, progress).await,
+        }
+    }
+}
+
+/// Locate, edit, evaluate and revert one job; its record. The model is back to its state before
+/// the call whether the evaluation succeeded or not.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_job<J: Judge>(
+    dev: &Device,
+    model: &mut Model,
+    plan: &ExperimentPlan,
+    job: &Job,
+    base: &Outcomes,
+    drafts: Option<&Drafts>,
+    judge: &mut J,
+    progress: &mut Progress<'_>,
+) -> Result<EditRecord, ModelError> {
+    let total = Clock::start();
+    let (clean, pert) = (model.tokenizer.encode(&job.clean.prompt)?, model.tokenizer.encode(&job.pert.prompt)?);
+    let creme = CremeSettings {
+        target_tokens: plan.target_tokens,
+        layer: plan.fixed_layer(job.ptype, &job.pert.task_id, model.cfg.n_layers)?,
+        edit: plan.settings.clone(),
+    };
+    let meta = [("pair".to_string(), format!("{} {}", job.pert.task_id, job.ptype))].into();
+    let edit = {
+        let mut locator = match plan.layer {
+            LayerRule::Pass => JobLocator::Pass(PassLocator {
+                clean: (&job.clean.prompt, &job.clean),
+                pert: (&job.pert.prompt, &job.pert),
+                samples: 1,
+                judge: &mut *judge,
+            }),
+            _ => JobLocator::Logprob(LogprobLocator { restored_at: plan.restored_at }),
+        };
+        locate_and_edit_with(dev, model, (&clean, &pert), &creme, &mut locator, meta, progress).await?
+    };
+    edit.patch.apply(dev, model)?;
+    let eval_clock = Clock::start();
+    let mut after = Vec::new();
+    let sets = plan.eval_sets(base, job.ptype);
+    let evaluated = evaluate(dev, model, &sets, &plan.spec, drafts, judge, progress, &mut |rec| {
+        after.push(rec);
+        Ok(())
+    })
+    .await;
+    crate::patch::revert(model, &edit.patch);
+    evaluated?;
+    let timing = (eval_clock.lap(), total.lap());
+    record(plan, job, &edit, base, &after, timing, dev).map_err(ModelError::Format)
+}
+
+/// The record of one evaluated edit.
+fn record(
+    plan: &ExperimentPlan,
+    job: &Job,
+    edit: &CremeEdit,
+    base: &Outcomes,
+    after_records: &[SampleRecord],
+    (t_eval, t_total): (f64, f64),
+    dev: &Device,
+) -> Result<EditRecord, String> {
+    use crate::backend::Backend;
+    let after = eval::outcomes_of(after_records);
+    let own_set = SetName::Perturbed(job.ptype);
+    let task = job.pert.task_id.as_str();
+    let mut scores = BTreeMap::new();
+    let mut local = None;
+    for s in plan.all_sets.iter().filter(|s| !s.is_clean()) {
+        let (score, l) = score_set(base, &after, *s, (*s == own_set).then_some(task))?;
+        if *s == own_set {
+            local = l;
+        }
+        scores.insert(*s, score);
+    }
+    let result = &edit.result;
+    Ok(EditRecord {
+        version: EDIT_RECORD_VERSION,
+        ptype: job.ptype,
+        task: task.to_string(),
+        layer: edit.layer,
+        layer_choice: plan.layer.to_string(),
+        trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
+        settings: plan.settings.clone(),
+        steps: result.steps,
+        loss_before: result.losses.first().map(|l| l.total),
+        best_loss: result.best_loss,
+        final_loss: result.losses.last().map(|l| l.total),
+        l_rir: local,
+        g_rir: scores.get(&own_set).and_then(|s| s.g_rir),
+        edited_task_passes: after.get(&own_set).and_then(|m| m.get(task)).copied().unwrap_or(false),
+        eval: scores,
+        clean: score_clean(base, &after)?,
+        eval_scope: plan.eval_scope.name().to_string(),
+        tasks_per_set: after.get(&own_set).map(|m| m.len()).unwrap_or(0),
+        drafts_whole: after_records.iter().filter(|r| r.draft.is_some_and(|d| d.whole)).count(),
+        generated: after_records.len(),
+        after,
+        t_trace: edit.timings.target_s + edit.timings.trace_s,
+        t_edit: edit.timings.capture_s + edit.timings.solve_s,
+        t_eval,
+        t_total,
+        adapter: dev.describe(),
+    })
+}
