@@ -91,12 +91,8 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
         }
         let t0 = Instant::now();
         let (c, p) = common::task_pair(&dir, task, &a.ptype)?;
-        let (ci, pi) = (
-            model.tokenizer.encode(&c.prompt)?,
-            model.tokenizer.encode(&p.prompt)?,
-        );
-        let target = pollster::block_on(trace::greedy_target(dev, &model, &ci, a.target_tokens))?;
-        let setup = pollster::block_on(trace::prepare(dev, &model, &ci, &pi, &target))?;
+        let prelude = trace::prepare_pair(dev, &model, &c.prompt, &p.prompt, a.target_tokens);
+        let (_, setup) = pollster::block_on(prelude)?;
         let mut bar = crate::progress::Reporter::new(task);
         let lp = pollster::block_on(trace::trace_layers_with(
             dev,

@@ -118,11 +118,9 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     std::fs::create_dir_all(&a.out)?;
 
     let t0 = Instant::now();
-    let target = pollster::block_on(trace::greedy_target(dev, &model, &clean, a.target_tokens))?;
-    let t_target = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let setup = pollster::block_on(trace::prepare(dev, &model, &clean, &pert, &target))?;
-    let t_prepare = t1.elapsed().as_secs_f64();
+    let prelude = trace::prepare_pair(dev, &model, &clean_text, &pert_text, a.target_tokens);
+    let (target, setup) = pollster::block_on(prelude)?;
+    let t_prelude = t0.elapsed().as_secs_f64();
     let mut metric = RestorationByLogprob;
     let t2 = Instant::now();
     let mut bar = crate::progress::Reporter::new("all prompt positions");
@@ -178,8 +176,8 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     }
     eprintln!(
         "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \
-         target {:.2} s, capture {:.2} s, layer trace {:.2} s",
-        setup.lp_clean, setup.lp_pert, all.key_layer, diff.key_layer, t_target, t_prepare, t_layers
+         target and capture {:.2} s, layer trace {:.2} s",
+        setup.lp_clean, setup.lp_pert, all.key_layer, diff.key_layer, t_prelude, t_layers
     );
     let labels_of = |positions: &[usize]| -> Vec<String> {
         positions
@@ -243,7 +241,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
         "target": tok.decode(&target)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
         "all_positions": all, "differing_positions": diff, "grid": grid_json, "pass": pass_json,
         "key_layer": all.key_layer,
-        "timings_s": {"target": t_target, "capture": t_prepare, "layer_trace": t_layers},
+        "timings_s": {"target_and_capture": t_prelude, "layer_trace": t_layers},
         "adapter": dev.describe(),
     });
     let json_text = serde_json::to_string_pretty(&doc)?;

@@ -123,6 +123,22 @@ fn target_rows(b: usize, s: usize, frame: usize, n: usize) -> Vec<usize> {
     (0..n).map(|i| b * s + frame - 1 + i).collect()
 }
 
+/// The trace prelude every front end runs (CLI trace, calibration, the page): tokenize both
+/// prompts, take the clean prompt's greedy continuation of `target_tokens` tokens as the target,
+/// and capture both runs. Returns the target and the setup.
+pub async fn prepare_pair(
+    dev: &Device,
+    model: &Model,
+    clean: &str,
+    pert: &str,
+    target_tokens: usize,
+) -> Result<(Vec<u32>, TraceSetup), ModelError> {
+    let (c, p) = (model.tokenizer.encode(clean)?, model.tokenizer.encode(pert)?);
+    let target = greedy_target(dev, model, &c, target_tokens).await?;
+    let setup = prepare(dev, model, &c, &p, &target).await?;
+    Ok((target, setup))
+}
+
 /// Run clean and perturbed (+ target) once, capturing every layer's output.
 pub async fn prepare(
     dev: &Device,

@@ -190,14 +190,7 @@ impl Session {
         target_tokens: usize,
     ) -> Result<String, JsError> {
         let model = self.model()?;
-        let (c, p) = (
-            model.tokenizer.encode(&clean).map_err(js_err)?,
-            model.tokenizer.encode(&pert).map_err(js_err)?,
-        );
-        let target = trace::greedy_target(&self.dev, model, &c, target_tokens)
-            .await
-            .map_err(js_err)?;
-        let setup = trace::prepare(&self.dev, model, &c, &p, &target)
+        let (target, setup) = trace::prepare_pair(&self.dev, model, &clean, &pert, target_tokens)
             .await
             .map_err(js_err)?;
         let all = trace::trace_layers(
@@ -235,14 +228,9 @@ impl Session {
     ) -> Result<String, JsError> {
         let model = self.model()?;
         let tok = &model.tokenizer;
-        let (c, p) = (
-            tok.encode(&clean).map_err(js_err)?,
-            tok.encode(&pert).map_err(js_err)?,
-        );
-        let target = trace::greedy_target(&self.dev, model, &c, target_tokens)
-            .await
-            .map_err(js_err)?;
-        let setup = trace::prepare(&self.dev, model, &c, &p, &target)
+        // The perturbed prompt's tokens label the grid's positions.
+        let p = tok.encode(&pert).map_err(js_err)?;
+        let (_, setup) = trace::prepare_pair(&self.dev, model, &clean, &pert, target_tokens)
             .await
             .map_err(js_err)?;
         let mut positions = setup.differing_positions();
