@@ -212,7 +212,8 @@ struct Conn {
 struct Activity {
     /// Requests whose responses have not been sent in full.
     in_flight: usize,
-    /// When a byte last moved either way (or the connection opened, or a response ended).
+    /// When a byte last moved either way (or the connection opened, or a response ended): a
+    /// connection whose request has just arrived is the last one eviction would choose.
     last_active: Instant,
     evicted: bool,
 }
@@ -416,8 +417,10 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some((root, rel)) = resolve(&state.roots, req.uri().path()) else {
         return text(StatusCode::FORBIDDEN, "forbidden");
     };
-    let digest_of =
-        (rel.extension().is_some_and(|e| e == "sha256")).then(|| rel.with_extension(""));
+    let digest_of = rel
+        .extension()
+        .is_some_and(|e| e == "sha256")
+        .then(|| rel.with_extension(""));
     match lookup(root, rel).await {
         Lookup::File(found) => serve_file(*found, req.headers(), head).await,
         Lookup::Refused => text(StatusCode::FORBIDDEN, "forbidden"),
