@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod quant;
 pub mod report;
+pub mod sampling;
 pub mod trace;
 pub mod untrusted;
 
