@@ -178,6 +178,8 @@ impl RowsSgShape {
         x_rows: 16,
         all_rows: true,
     };
+    /// Every shape (the shader tests build each).
+    #[cfg(test)]
     pub const ALL: [RowsSgShape; 3] = [Self::ONE, Self::FEW, Self::WIDE];
 
     /// The shape for m rows of x.
