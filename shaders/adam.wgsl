@@ -8,9 +8,10 @@ struct Params { n: u32, _p0: u32, lr: f32, b1: f32, b2: f32, eps: f32, scale: f3
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-@compute @workgroup_size(256, 1, 1)
+// WG comes from Rust (gpu/wgsl.rs): the kernel registry declares it before this source.
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = (wg.x + wg.y * nw.x) * 256u + lid;
+    let i = (wg.x + wg.y * nw.x) * WG + lid;
     if (i >= p.n) { return; }
     let g = grad[i] * p.scale;
     let mi = p.b1 * m[i] + (1.0 - p.b1) * g;

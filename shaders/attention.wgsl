@@ -16,9 +16,10 @@ alias KV = f32;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [B*T, heads, head_dim]
 @group(0) @binding(5) var<uniform> p: Params;
 
-const WG: u32 = 64u;
-var<workgroup> scores: array<f32, 64>;
-var<workgroup> weights: array<f32, 64>;
+// WG (threads of a workgroup; a quarter of the largest head size) comes from Rust (gpu/wgsl.rs):
+// the kernel registry declares it before this source.
+var<workgroup> scores: array<f32, WG>;
+var<workgroup> weights: array<f32, WG>;
 
 // What workgroup `id` (b, t, head) attends with: its sequence b, its last key jq, its kv head,
 // the cache row width, where its query starts, and its first key j0 (after the left pad).
@@ -40,7 +41,7 @@ fn write_out(qb: u32, lid: u32, acc: vec4<f32>, run_sum: f32) {
     }
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let id = wg.x + wg.y * nw.x;

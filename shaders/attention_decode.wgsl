@@ -17,11 +17,12 @@ alias KV = f32;
 @group(0) @binding(6) var<uniform> p: Params;
 
 const WG: u32 = 64u;
-const CH: u32 = 32u; // keys per split
-var<workgroup> weights_d: array<f32, 32>;
+// CH (keys per split) comes from Rust (gpu/wgsl.rs): the kernel registry declares it before this
+// source.
+var<workgroup> weights_d: array<f32, CH>;
 var<workgroup> stat: array<f32, 2>; // the split's maximum score and sum of weights
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn attn_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let split = wg.x;
     let h = wg.y;
@@ -75,7 +76,7 @@ fn attn_split(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     }
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn attn_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     _ = pad[0]; _ = kc[0]; _ = vc[0]; _ = q[0]; // one layout for both entry points
     let h = wg.x;

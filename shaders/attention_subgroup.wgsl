@@ -11,7 +11,7 @@
 const QL: u32 = (HD + SG - 1u) / SG; // query dimensions held per lane
 var<workgroup> part_max: array<f32, 64>;
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
            @builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) sgi: u32) {
     let id = wg.x + wg.y * nw.x;

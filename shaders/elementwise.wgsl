@@ -117,13 +117,13 @@ fn row_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 
 // Temperature and nucleus (top-p) sampling without reading the vocabulary back: one workgroup per
 // row; dst[row] = the picked index (as f32 bits), given a uniform u in [0, 1) in src1[row],
-// temperature bitcast(p.b) and top_p bitcast(p.c). The rule (generate::sample_row is the same on
+// temperature bitcast(p.b) and top_p bitcast(p.c). The rule (sampling::sample_row is the same on
 // the CPU): weights w_i = exp((l_i - max) / T); the nucleus is {i : l_i >= lambda} for the largest
 // lambda whose weight reaches top_p of the total (all of the row when top_p >= 1), found by 32
 // bisection steps on lambda between max(smallest logit, largest - 104 T) (exp(-104) is 0 in f32)
 // and the largest logit; the pick is the first index, in vocabulary order, where the running
 // nucleus weight passes u times the nucleus weight (the last nucleus index if rounding leaves
-// none).
+// none). NUCLEUS_SPAN (104) comes from Rust (sampling.rs): the kernel registry declares it.
 var<workgroup> red_s: array<f32, 256>;
 var<workgroup> pick_chunk: u32;
 var<workgroup> pick_rest: f32;
@@ -182,7 +182,7 @@ fn sample_top_p(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
         let goal = top_p * nucleus_weight(lid, base, mx, t, mn);
         // Selects, not branches, on the weights: every thread must reach every barrier.
         let top_only = nucleus_weight(lid, base, mx, t, mx) >= goal;
-        var lo = max(mn, mx - 104.0 * t);
+        var lo = max(mn, mx - NUCLEUS_SPAN * t);
         var hi = mx;
         for (var step = 0u; step < 32u; step++) {
             let mid = 0.5 * (lo + hi);

@@ -10,8 +10,7 @@ struct Dims { m: u32, n: u32, k: u32, _pad: u32 }
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> dims: Dims;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
+// TM and TN come from Rust (gpu/wgsl.rs): the kernel registry declares them before this source.
 const TK: u32 = 16u;
 
 var<workgroup> xs: array<f32, 1024>; // [TM][TK]

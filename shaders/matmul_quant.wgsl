@@ -29,10 +29,12 @@ struct Params {
 @group(0) @binding(4) var<storage, read> norm_w: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
-const WG: u32 = 64u;
-const MT: u32 = 8u;
-var<workgroup> red: array<f32, 512>; // [MT][WG]
-var<workgroup> red_ss: array<f32, 512>; // [MT][WG], sums of squares of x
+// WG (threads of main, main_rows, embed_rows), MT (rows of x per workgroup of main, per thread of
+// main_rows), MV and MV_COLS (the matvec's rows of x and weight rows per workgroup), TILE (the
+// tiles of main_tiled and main_gemm) and the format's UNIT_BYTES come from Rust (gpu/wgsl.rs):
+// the kernel registry declares them before this source.
+var<workgroup> red: array<f32, MT * WG>; // [MT][WG]
+var<workgroup> red_ss: array<f32, MT * WG>; // [MT][WG], sums of squares of x
 
 // Weights lie in the GPU's layout (quant.rs, to_gpu_layout): every field starts on a word, and
 // what a CPU-adapter kernel reads together (a piece's quants, a block's header) lies in aligned
@@ -191,7 +193,7 @@ fn dq32(rb: u32, s: u32, out: ptr<function, array<f32, 32>>) {
     }
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     let wid = wg.x + wg.y * nw.x;
@@ -201,8 +203,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let col = wid % p.n;
     let m0 = (wid / p.n) * MT;
     let rb = row_at(col);
-    var acc: array<f32, 8>;
-    var ss: array<f32, 8>;
+    var acc: array<f32, MT>;
+    var ss: array<f32, MT>;
     for (var r = 0u; r < MT; r++) { acc[r] = 0.0; ss[r] = 0.0; }
     var wv: array<f32, 32>;
     let nsub = p.k / 32u;
@@ -243,7 +245,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
 // Embedding lookup: y[i, :] = W[id_i, :] for the token ids in x (u32 bits), dequantized from the
 // table's format, where id_i falls in this dispatch's chunk of the table (rows y_off .. y_off + n;
 // a table split over buffers takes a dispatch per chunk). One workgroup per id, a thread per piece.
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn embed_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
               @builtin(local_invocation_index) tid: u32) {
     let i = wg.x + wg.y * nw.x;
@@ -256,7 +258,7 @@ fn embed_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw:
     }
     let rb = row_at(id - p.y_off);
     var wv: array<f32, 32>;
-    for (var s = tid; s < p.k / 32u; s += 64u) {
+    for (var s = tid; s < p.k / 32u; s += WG) {
         dq32(rb, s, &wv);
         for (var j = 0u; j < 32u; j++) { y[i * p.k + s * 32u + j] = wv[j]; }
     }
@@ -265,18 +267,18 @@ fn embed_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw:
 // Row-per-thread variant: each invocation computes whole dot products for one weight row and MT
 // rows of x; no workgroup memory and no barriers. Faster where workgroups are expensive
 // (CPU adapters such as lavapipe/SwiftShader) and for small m.
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
              @builtin(local_invocation_index) tid: u32) {
-    let gid = (wg.x + wg.y * nw.x) * 64u + tid;
+    let gid = (wg.x + wg.y * nw.x) * WG + tid;
     if (gid >= p.total_wg) {
         return;
     }
     let col = gid % p.n;
     let m0 = (gid / p.n) * MT;
     let rb = row_at(col);
-    var acc: array<f32, 8>;
-    var ss: array<f32, 8>;
+    var acc: array<f32, MT>;
+    var ss: array<f32, MT>;
     for (var r = 0u; r < MT; r++) { acc[r] = 0.0; ss[r] = 0.0; }
     var wv: array<f32, 32>;
     let nsub = p.k / 32u;
@@ -309,8 +311,8 @@ var<workgroup> ws_t: array<f32, 2048>; // [64][32]
 fn main_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let lx = tid % 16u;
     let ly = tid / 16u;
-    let row0 = wg.y * 64u;
-    let col0 = wg.x * 64u;
+    let row0 = wg.y * TILE;
+    let col0 = wg.x * TILE;
     var acc: array<f32, 16>;
     for (var i = 0u; i < 16u; i++) { acc[i] = 0.0; }
     var ss: array<f32, 4>; // sums of squares of this thread's 4 rows of x
@@ -383,8 +385,8 @@ fn tile_at(k: u32, i: u32) -> u32 {
 fn main_gemm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let lx = tid % 16u;
     let ly = tid / 16u;
-    let row0 = wg.y * 64u;
-    let col0 = wg.x * 64u;
+    let row0 = wg.y * TILE;
+    let col0 = wg.x * TILE;
     // Row i of this thread's block in a vec4 per row (its 4 columns), x's sums of squares of the
     // 8 rows in two vec4s: all in registers (no function-scope arrays, see matmul_quant_formats).
     var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);
@@ -475,9 +477,8 @@ fn gemm_store(r: u32, c: u32, acc: vec4<f32>, sumsq: f32) {
 // tree per row. Fewer and fuller workgroups than `main`, which gives each weight row a workgroup
 // of 64 threads (28 busy at k = 896) and reduces 8 rows of x even when m = 1.
 // Dispatch: ceil(n / 8) workgroups.
-const MV: u32 = 4u;
-var<workgroup> red_mv: array<f32, 1024>; // [MV][256]
-var<workgroup> red_mv_ss: array<f32, 1024>; // [MV][256], sums of squares of x
+var<workgroup> red_mv: array<f32, MV * 256u>; // [MV][256]
+var<workgroup> red_mv_ss: array<f32, MV * 256u>; // [MV][256], sums of squares of x
 
 // One lane's share of weight row `col` in the matvec kernels (main_mv, main_mv_sg): its dot
 // products with the m <= MV rows of x (norm folded in) and x's sums of squares, one per vec4
@@ -535,7 +536,7 @@ fn mv_partial(col: u32, lane: u32, live: bool, mrows: u32) -> MvPartial {
 fn main_mv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
            @builtin(local_invocation_index) tid: u32) {
     let lane = tid % 32u;
-    let col = (wg.x + wg.y * nw.x) * 8u + tid / 32u;
+    let col = (wg.x + wg.y * nw.x) * MV_COLS + tid / 32u;
     // No early return: every thread must reach the barriers.
     let live = col < p.n;
     let mrows = min(MV, p.m);

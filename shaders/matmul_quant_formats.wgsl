@@ -1,5 +1,6 @@
 // Per GGML format (ggml-common.h block layouts, in the GPU's layout: quant.rs, to_gpu_layout),
-// UNIT_BYTES (the layout's unit, which rows of a group interleave: row_at, unit_at) and, for the
+// UNIT_BYTES (the layout's unit, which rows of a group interleave: row_at, unit_at; the registry
+// declares it from quant.rs, GgmlType::gpu_unit_bytes) and, for the
 // 32 weights of piece s of the row that starts at byte rb (a multiple of 16):
 //   head(rb, s): what the piece's 4-weight groups share (block scales and mins, Q5's high bits),
 //   dq4h(h, rb, s, c): weights 4c .. 4c + 3 (c < 8) as a vec4, given the piece's head;
@@ -23,7 +24,6 @@
 // one section named after the format (between "//@format NAME" markers) to matmul_quant.wgsl.
 
 //@format F32
-const UNIT_BYTES: u32 = 128u;
 fn head(rb: u32, s: u32) -> Head {
     return Head(vec4<f32>(0.0), vec4<u32>(0u));
 }
@@ -53,7 +53,6 @@ fn half2(a: u32) -> vec2<f32> {
 
 //@format HALF
 // F16 and BF16 (appended after the section that defines half2, a word's two values).
-const UNIT_BYTES: u32 = 64u;
 fn head(rb: u32, s: u32) -> Head {
     return Head(vec4<f32>(0.0), vec4<u32>(0u));
 }
@@ -77,7 +76,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
 }
 
 //@format Q8_0
-const UNIT_BYTES: u32 = 144u;
 // Quads of 144 bytes: 4 header words (d in the low half), then 4 x 32 quants. Piece s is block
 // s % 4 of quad s / 4.
 fn head(rb: u32, s: u32) -> Head {
@@ -101,7 +99,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q4_0
-const UNIT_BYTES: u32 = 80u;
 // Quads of 80 bytes: 4 header words (d in the low half), then 4 x 16 quants. Weights 0-15 of a
 // block are the low nibbles of its bytes 0-15, weights 16-31 their high nibbles.
 fn head(rb: u32, s: u32) -> Head {
@@ -118,7 +115,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q4_1
-const UNIT_BYTES: u32 = 80u;
 // Quads of 80 bytes: 4 header words (the f16 scale and min), then 4 x 16 quants.
 fn head(rb: u32, s: u32) -> Head {
     let dm = unpack2x16float(word(unit_at(rb, s / 4u) + 4u * (s % 4u)));
@@ -134,7 +130,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     return vec4<f32>(dm, dm);
 }
 //@format Q5_0
-const UNIT_BYTES: u32 = 96u;
 // Quads of 96 bytes: 4 headers of 8 bytes (d, 2 bytes of padding, the 32-bit qh whose bit i is
 // the fifth bit of weight i), then 4 x 16 quants.
 fn head(rb: u32, s: u32) -> Head {
@@ -151,7 +146,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     return vec4<f32>(d, 0.0, d, 0.0);
 }
 //@format Q5_1
-const UNIT_BYTES: u32 = 96u;
 // Quads of 96 bytes: 4 headers of 8 bytes (the f16 scale and min, then qh), then 4 x 16 quants.
 fn head(rb: u32, s: u32) -> Head {
     let hb = unit_at(rb, s / 4u) + 8u * (s % 4u);
@@ -191,7 +185,6 @@ fn head_k(bo: u32, j: u32) -> Head {
 }
 
 //@format Q4_K
-const UNIT_BYTES: u32 = 144u;
 // Blocks of 144 bytes as in GGUF: the 16-byte head, then 128 bytes of quants (sub-blocks 2i and
 // 2i + 1 in the low and high nibbles of 32 bytes).
 fn head(rb: u32, s: u32) -> Head {
@@ -220,7 +213,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     return vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
 }
 //@format Q5_K
-const UNIT_BYTES: u32 = 176u;
 // Blocks of 176 bytes as in GGUF: the 16-byte head, 32 bytes of high bits (bit j of byte i is
 // the fifth bit of weight i of sub-block j), then 128 bytes of quants as in Q4_K.
 fn head(rb: u32, s: u32) -> Head {
@@ -258,7 +250,6 @@ fn dq32h(h: Heads, rb: u32, s: u32, out: ptr<function, array<f32, 32>>) -> vec4<
     return vec4<f32>(dm.x, -dm.y, dm.x, -dm.y);
 }
 //@format Q6_K
-const UNIT_BYTES: u32 = 224u;
 // Blocks of 224 bytes: GGUF's 210 (ql 128, qh 64, 16 scales, d) and 14 bytes of padding.
 // Piece s is sub-block j = s % 8: half j / 4 of the block, quarter j % 4 of that half.
 fn head(rb: u32, s: u32) -> Head {

@@ -76,13 +76,13 @@ fn add_piece(s: u32, hd: ptr<function, array<Heads, RPL>>, rb: ptr<function, arr
     }
 }
 
-@compute @workgroup_size(64, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32,
                 @builtin(subgroup_invocation_id) sgi: u32) {
     // This lane's weight rows: col0 + 64 i for i < RPL (rows past n read row n - 1).
-    let col0 = wg.x * 64u * RPL + tid;
+    let col0 = wg.x * WG * RPL + tid;
     var rb: array<u32, RPL>;
-    for (var i = 0u; i < RPL; i++) { rb[i] = row_at(min(col0 + 64u * i, p.n - 1u)); }
+    for (var i = 0u; i < RPL; i++) { rb[i] = row_at(min(col0 + WG * i, p.n - 1u)); }
     // The rows of x come from the workgroup's index: uniform, so every lane of a subgroup runs
     // the same loops (the broadcasts need them all).
     let m0 = wg.y * MTS;
@@ -119,7 +119,7 @@ fn main_rows_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     for (var r = 0u; r < mrows; r++) {
         let q = subgroupAdd(ss[r]);
         for (var i = 0u; i < RPL; i++) {
-            let col = col0 + 64u * i;
+            let col = col0 + WG * i;
             if (col < p.n) {
                 var v = normed(acc[i * MTS + r], q);
                 if (p.has_bias == 1u) { v += bias[col]; }

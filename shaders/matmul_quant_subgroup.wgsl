@@ -15,7 +15,7 @@ fn main_mv_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw:
               @builtin(local_invocation_index) tid: u32, @builtin(subgroup_size) sgs: u32,
               @builtin(subgroup_invocation_id) sgi: u32) {
     let lane = tid % 32u;
-    let col = (wg.x + wg.y * nw.x) * 8u + tid / 32u;
+    let col = (wg.x + wg.y * nw.x) * MV_COLS + tid / 32u;
     let live = col < p.n;
     let mrows = min(MV, p.m);
     let part = mv_partial(col, lane, live, mrows);

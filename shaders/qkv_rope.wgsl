@@ -25,7 +25,8 @@ fn value(row: u32, col: u32) -> f32 {
     return v;
 }
 
-@compute @workgroup_size(64, 1, 1)
+// WG comes from Rust (gpu/wgsl.rs): the kernel registry declares it before this source.
+@compute @workgroup_size(WG, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let half = p.head_dim / 2u;
@@ -33,7 +34,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw: vec3<
     let kvw = p.kv_heads * p.head_dim;
     let pairs = (p.q_heads + p.kv_heads) * half;
     let per_row = pairs + kvw;
-    let idx = (wg.x + wg.y * nw.x) * 64u + lid;
+    let idx = (wg.x + wg.y * nw.x) * WG + lid;
     if (idx >= p.rows * per_row) { return; }
     let row = idx / per_row;
     let e = idx % per_row;

@@ -821,14 +821,14 @@ fn gpu_argmax_picks_the_first_maximum() {
 }
 
 /// Temperature and top-p sampling on the GPU (one workgroup per row, only the picks read back)
-/// picks what the CPU rule `generate::sample_row` picks, for rows of 7, 1,000 and 151,936 logits,
+/// picks what the CPU rule `sampling::sample_row` picks, for rows of 7, 1,000 and 151,936 logits,
 /// several temperatures and top-p values, wherever the pick is not within float rounding of a
 /// boundary (the nucleus threshold or the drawn point falling within 1e-4 of a weight boundary,
 /// measured in f64 here; the rows are peaked as a model's are, so most picks are clear). The rule itself is checked against a sorted-order nucleus in f64: the
 /// picked token lies in the nucleus.
 #[test]
 fn gpu_sampling_picks_what_the_cpu_rule_picks() {
-    use creme_core::generate::sample_row;
+    use creme_core::sampling::sample_row;
     let (cpu, gpu) = (device_on("cpu-exact"), device_on("vulkan"));
     let mut rng = SplitMix64(5);
     let (mut compared, mut cases) = (0, 0);

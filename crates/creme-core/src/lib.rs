@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod quant;
 pub mod report;
+pub mod sampling;
 pub mod sets;
 pub mod trace;
 pub mod untrusted;

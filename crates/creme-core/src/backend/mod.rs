@@ -8,14 +8,15 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cpu;
+mod embedding;
 pub mod tensor;
 mod wgpu_ops;
 
+pub use embedding::Embedding;
 pub use tensor::{DType, Storage, Tensor, Weight};
 
 use crate::error::ModelError;
 use crate::gpu::{Gpu, WeightUpload};
-use crate::model::Embedding;
 use crate::quant::GgmlType;
 
 /// One transformer layer's weights, as the block ops read them.
@@ -82,7 +83,7 @@ pub enum PickRule<'a> {
     /// The first maximum.
     Greedy,
     /// Temperature and top-p sampling with the uniform draw `u[row]` (the rule of
-    /// [`crate::generate::sample_row`]).
+    /// [`crate::sampling::sample_row`]).
     Sample {
         temperature: f32,
         top_p: f32,
@@ -236,7 +237,7 @@ pub trait Backend {
         Ok(bits(&self.read(&ids, logits.rows).await?))
     }
     /// A token per row by temperature and top-p sampling, with the uniform draw `u[row]`
-    /// (the rule of [`crate::generate::sample_row`]); only the picks come back.
+    /// (the rule of [`crate::sampling::sample_row`]); only the picks come back.
     async fn sample(
         &self,
         logits: &Tensor,

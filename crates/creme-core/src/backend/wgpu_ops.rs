@@ -2,14 +2,13 @@
 //! readback); per-op scratch buffers come from a workspace reused across layers and tokens.
 
 use super::{
-    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights,
+    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, Embedding, KvLayer, LayerWeights,
     PendingRead, PickRule, Storage, Tensor, Weight,
 };
 use crate::error::{GpuError, ModelError};
 use crate::gpu::layers::{AdamParams, AttentionParams, KvBuffers, QkvRopeParams};
 use crate::gpu::ops::{Epilogue, Fusion};
 use crate::gpu::{Gpu, GpuWeight};
-use crate::model::Embedding;
 use crate::quant::GgmlType;
 use crate::quant::{dequantize, from_gpu_layout};
 

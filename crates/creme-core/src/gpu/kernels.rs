@@ -3,93 +3,97 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::ops::QMM_TILED_MIN_ROWS;
-use super::resources::UNIFORM_VIEW_BASE;
+use super::bindings::{views, View, UNIFORM_VIEW_BASE};
+use super::key::{KernelKey, KvType, Qmm, RowsSgShape};
+use super::wgsl::{self, Shared};
+use crate::quant::GgmlType;
 
-/// Every kernel the crate can run: a name, its WGSL source (from `shaders/`) and entry point.
-/// Sources that share helpers are assembled here so that each `.wgsl` file holds one family.
-pub(crate) fn kernel_source(name: &str) -> Option<(String, &'static str)> {
-    if let Some(base) = name.strip_suffix(KV16) {
-        let (src, entry) = kernel_source(base)?;
-        return Some((kv16_source(&src)?, entry));
+/// A kernel's WGSL source and entry point: the constants it shares with Rust, then its family's
+/// source from `shaders/` (sources that share helpers are assembled here, so that each `.wgsl`
+/// file holds one family). None for a key no kernel is built for (a subgroup size or head size
+/// the generated helpers do not take, a format without a section).
+pub(crate) fn kernel_source(key: KernelKey) -> Option<(String, &'static str)> {
+    let (body, entry) = body_source(key)?;
+    let src = wgsl::prelude(&shared_constants(key)) + &body;
+    match key.kv() {
+        Some(KvType::F16) => Some((kv16_source(&src)?, entry)),
+        _ => Some((src, entry)),
     }
-    let src = match name {
-        "matmul_f32" => include_str!("../../../../shaders/matmul_f32.wgsl").to_string(),
-        _ => {
-            if let Some(format) = name.strip_prefix("matmul_q:") {
-                return quant_matmul_source(format).map(|s| (s, "main"));
-            }
-            if let Some(format) = name.strip_prefix("matmul_q_tiled:") {
-                return quant_matmul_source(format).map(|s| (s, "main_tiled"));
-            }
-            if let Some(format) = name.strip_prefix("matmul_q_gemm:") {
-                return quant_matmul_source(format).map(|s| (s, "main_gemm"));
-            }
-            if let Some(format) = name.strip_prefix("matmul_q_mv:") {
-                return quant_matmul_source(format).map(|s| (s, "main_mv"));
-            }
-            if let Some(format) = name.strip_prefix("matmul_q_mv_sg:") {
-                let subgroup = include_str!("../../../../shaders/matmul_quant_subgroup.wgsl");
-                return quant_matmul_source(format).map(|s| (s + subgroup, "main_mv_sg"));
-            }
-            if let Some(format) = name.strip_prefix("embed_rows:") {
-                return quant_matmul_source(format).map(|s| (s, "embed_rows"));
-            }
-            if let Some(format) = name.strip_prefix("matmul_q_rows:") {
-                return quant_matmul_source(format).map(|s| (s, "main_rows"));
-            }
-            if let Some(rest) = name.strip_prefix("matmul_q_rows_sg") {
-                // "matmul_q_rows_sg{lanes}{shape suffix}[_x{k}]:{format}"
-                let (lanes, format) = rest.split_once(':')?;
-                let (lanes, x_len) = match lanes.rsplit_once("_x") {
-                    Some((lanes, k)) => (lanes, Some(k.parse().ok()?)),
-                    None => (lanes, None),
-                };
-                let shape = RowsSgShape::ALL
-                    .into_iter()
-                    .filter(|s| !s.suffix.is_empty())
-                    .find(|s| lanes.ends_with(s.suffix))
-                    .unwrap_or(RowsSgShape::FEW);
-                let lanes = lanes.strip_suffix(shape.suffix)?;
-                let src = rows_subgroup_source(lanes.parse().ok()?, shape, x_len)?;
-                return Some((quant_matmul_source(format)? + &src, "main_rows_sg"));
-            }
-            if let Some(rest) = name.strip_prefix("attention_sg") {
-                // "attention_sg{lanes}_d{head_dim}"
-                let (lanes, head_dim) = rest.split_once("_d")?;
-                let src = include_str!("../../../../shaders/attention.wgsl").to_string();
-                let sg = attention_subgroup_source(lanes.parse().ok()?, head_dim.parse().ok()?)?;
-                return Some((src + &sg, "main_sg"));
-            }
-            let src = match name {
-                "qkv_rope" => include_str!("../../../../shaders/qkv_rope.wgsl"),
-                "attention" => include_str!("../../../../shaders/attention.wgsl"),
-                "attn_split" | "attn_merge" => {
-                    include_str!("../../../../shaders/attention_decode.wgsl")
-                }
-                "adam" => include_str!("../../../../shaders/adam.wgsl"),
-                "argmax" | "argmax_part" | "row_logprob" | "sample_top_p" => {
-                    include_str!("../../../../shaders/elementwise.wgsl")
-                }
-                _ => return None,
-            };
-            let entry: &'static str = match name {
-                "argmax" => "argmax",
-                "argmax_part" => "argmax_part",
-                "attn_split" => "attn_split",
-                "attn_merge" => "attn_merge",
-                "row_logprob" => "row_logprob",
-                "sample_top_p" => "sample_top_p",
-                _ => "main",
-            };
-            return Some((src.to_string(), entry));
-        }
-    };
-    Some((src, "main"))
 }
 
-/// The suffix of a KV-cache kernel's variant for an f16 cache (`DType::F16`).
-pub(crate) const KV16: &str = "_kv16";
+/// The constants a kernel reads from Rust, by their names in its WGSL.
+pub(crate) fn shared_constants(key: KernelKey) -> Vec<Shared> {
+    match key {
+        KernelKey::MatmulF32 => vec![
+            Shared::u32("TM", wgsl::MATMUL_F32_TILE),
+            Shared::u32("TN", wgsl::MATMUL_F32_TILE),
+        ],
+        KernelKey::Quant(_, format) => vec![
+            Shared::u32("WG", wgsl::QMM_WG),
+            Shared::u32("MT", wgsl::QMM_ROWS_PER_WG),
+            Shared::u32("MV", wgsl::QMM_MV_MAX_ROWS),
+            Shared::u32("MV_COLS", wgsl::QMM_MV_COLS_PER_WG),
+            Shared::u32("TILE", wgsl::QMM_TILE),
+            Shared::u32("UNIT_BYTES", format.gpu_unit_bytes() as u32),
+        ],
+        KernelKey::QkvRope(_) => vec![Shared::u32("WG", wgsl::QKV_ROPE_WG)],
+        KernelKey::Attention(_) | KernelKey::AttentionSg { .. } => {
+            vec![Shared::u32("WG", wgsl::ATTENTION_WG)]
+        }
+        KernelKey::AttnSplit(_) | KernelKey::AttnMerge(_) => {
+            vec![Shared::u32("CH", wgsl::DECODE_ATTENTION_CHUNK)]
+        }
+        KernelKey::Adam => vec![Shared::u32("WG", wgsl::ADAM_WG)],
+        KernelKey::Argmax
+        | KernelKey::ArgmaxPart
+        | KernelKey::RowLogprob
+        | KernelKey::SampleTopP => {
+            vec![Shared::f32("NUCLEUS_SPAN", crate::sampling::NUCLEUS_SPAN)]
+        }
+    }
+}
+
+/// A kernel's source from `shaders/` (and the helpers generated for it), and its entry point.
+fn body_source(key: KernelKey) -> Option<(String, &'static str)> {
+    let file = |src: &str, entry| Some((src.to_string(), entry));
+    match key {
+        KernelKey::MatmulF32 => file(include_str!("../../../../shaders/matmul_f32.wgsl"), "main"),
+        KernelKey::Quant(qmm, format) => {
+            let mut src = quant_matmul_source(format)?;
+            match qmm {
+                Qmm::MatvecSg => {
+                    src += include_str!("../../../../shaders/matmul_quant_subgroup.wgsl")
+                }
+                Qmm::RowsSg {
+                    lanes,
+                    shape,
+                    x_len,
+                } => src += &rows_subgroup_source(lanes, shape, x_len)?,
+                _ => {}
+            }
+            Some((src, qmm.entry()))
+        }
+        KernelKey::QkvRope(_) => file(include_str!("../../../../shaders/qkv_rope.wgsl"), "main"),
+        KernelKey::Attention(_) => file(ATTENTION, "main"),
+        KernelKey::AttentionSg {
+            lanes, head_dim, ..
+        } => Some((
+            ATTENTION.to_string() + &attention_subgroup_source(lanes, head_dim)?,
+            "main_sg",
+        )),
+        KernelKey::AttnSplit(_) => file(ATTENTION_DECODE, "attn_split"),
+        KernelKey::AttnMerge(_) => file(ATTENTION_DECODE, "attn_merge"),
+        KernelKey::Adam => file(include_str!("../../../../shaders/adam.wgsl"), "main"),
+        KernelKey::Argmax => file(ELEMENTWISE, "argmax"),
+        KernelKey::ArgmaxPart => file(ELEMENTWISE, "argmax_part"),
+        KernelKey::RowLogprob => file(ELEMENTWISE, "row_logprob"),
+        KernelKey::SampleTopP => file(ELEMENTWISE, "sample_top_p"),
+    }
+}
+
+const ATTENTION: &str = include_str!("../../../../shaders/attention.wgsl");
+const ATTENTION_DECODE: &str = include_str!("../../../../shaders/attention_decode.wgsl");
+const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
 /// A KV-cache kernel's source with the cache's element type switched to f16: the line
 /// `alias KV = f32;` that such kernels declare becomes f16, behind `enable f16;` (the adapter has
@@ -107,7 +111,7 @@ fn kv16_source(src: &str) -> Option<String> {
 /// The quantized matmul for one GGML format: the shared body plus that format's section of
 /// matmul_quant_formats.wgsl (with the sections the K formats, the half formats and the 32-value
 /// formats share, and the generic piece_heads where the format has none of its own).
-fn quant_matmul_source(format: &str) -> Option<String> {
+fn quant_matmul_source(format: GgmlType) -> Option<String> {
     let formats = include_str!("../../../../shaders/matmul_quant_formats.wgsl");
     let section = |name: &str| -> Option<&str> {
         let marker = format!("//@format {name}\n");
@@ -118,6 +122,7 @@ fn quant_matmul_source(format: &str) -> Option<String> {
             .unwrap_or(formats.len());
         Some(&formats[start..end])
     };
+    let format = format.name();
     let mut src = include_str!("../../../../shaders/matmul_quant.wgsl").to_string();
     if format.ends_with("_K") {
         src.push_str(section("K_SCALES")?);
@@ -193,7 +198,7 @@ fn rows_subgroup_source(lanes: u32, shape: RowsSgShape, x_len: Option<u32>) -> O
 /// into acc; returns their sum. A constant head_dim matters on CPU adapters, which run both
 /// sides of every branch: loops and guards sized for 256 dimensions cost Qwen's 64 four times.
 fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
-    let too_wide = head_dim as usize > super::layers::MAX_ATTENTION_HEAD_DIM;
+    let too_wide = head_dim as usize > wgsl::MAX_ATTENTION_HEAD_DIM;
     if !matches!(lanes, 4 | 8 | 16 | 32) || head_dim == 0 || head_dim % 4 != 0 || too_wide {
         return None;
     }
@@ -232,62 +237,18 @@ fn attention_subgroup_source(lanes: u32, head_dim: u32) -> Option<String> {
     Some(src)
 }
 
-/// A shape of `main_rows_sg`: weight rows per lane, rows of x per workgroup, and whether every
-/// workgroup runs all its rows of x (a constant count, so that the loops unroll and the sums stay
-/// in registers: twice as fast on lavapipe; rows past m are computed and not stored).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RowsSgShape {
-    pub suffix: &'static str,
-    pub rows_per_lane: u32,
-    pub x_rows: u32,
-    pub all_rows: bool,
-}
-
-impl RowsSgShape {
-    /// Decode: one row of x, two weight rows per lane.
-    pub const ONE: RowsSgShape = RowsSgShape {
-        suffix: "_m1",
-        rows_per_lane: 2,
-        x_rows: 1,
-        all_rows: true,
-    };
-    /// A few rows (a speculative draft's check, small prompts): up to 8 per workgroup.
-    pub const FEW: RowsSgShape = RowsSgShape {
-        suffix: "",
-        rows_per_lane: 1,
-        x_rows: 8,
-        all_rows: false,
-    };
-    /// Prompts of 16 rows or more: a broadcast value of x serves 4 weight rows.
-    pub const WIDE: RowsSgShape = RowsSgShape {
-        suffix: "_wide",
-        rows_per_lane: 4,
-        x_rows: 16,
-        all_rows: true,
-    };
-    pub const ALL: [RowsSgShape; 3] = [Self::ONE, Self::FEW, Self::WIDE];
-
-    /// The shape for m rows of x.
-    pub fn for_rows(m: u32) -> RowsSgShape {
-        match m {
-            0 | 1 => Self::ONE,
-            _ if m < QMM_TILED_MIN_ROWS => Self::FEW,
-            _ => Self::WIDE,
-        }
-    }
-}
-
 /// A compiled kernel: its pipeline and the layout of its bindings.
 pub(crate) struct Kernel {
+    /// The key's name (labels, profiles).
     pub(crate) name: String,
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) bind_layout: wgpu::BindGroupLayout,
     /// Its views of storage bindings (bound from the same buffers).
-    pub(crate) views: Vec<super::resources::View>,
+    pub(crate) views: Vec<View>,
 }
 
 pub(crate) struct KernelRegistry {
-    kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
 }
 
 impl KernelRegistry {
@@ -297,45 +258,46 @@ impl KernelRegistry {
         }
     }
 
-    pub(crate) fn get(&self, gpu: &super::Gpu, name: &str) -> Arc<Kernel> {
+    pub(crate) fn get(&self, gpu: &super::Gpu, key: KernelKey) -> Arc<Kernel> {
         let mut map = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = map.get(name) {
+        if let Some(k) = map.get(&key) {
             return k.clone();
         }
-        let (src, entry) = kernel_source(name)
-            .unwrap_or_else(|| panic!("unknown kernel '{name}' (a bug in creme-core)"));
-        let views = super::resources::views(&src);
-        let (pipeline, bind_layout) = gpu.new_pipeline(name, src, entry);
+        let name = key.to_string();
+        let (src, entry) = kernel_source(key)
+            .unwrap_or_else(|| panic!("no kernel '{name}' ({key:?}; a bug in creme-core)"));
+        let views = views(&src);
+        let (pipeline, bind_layout) = gpu.new_pipeline(&name, src, entry);
         let kernel = Arc::new(Kernel {
-            name: name.to_string(),
+            name,
             pipeline,
             bind_layout,
             views,
         });
-        map.insert(name.to_string(), kernel.clone());
+        map.insert(key, kernel.clone());
         kernel
     }
 }
 
 impl super::Gpu {
-    /// Record one dispatch of kernel `name` over `storage` (bindings 0..) with `params` (the last
+    /// Record one dispatch of kernel `key` over `storage` (bindings 0..) with `params` (the last
     /// binding), through a cached bind group.
     pub(crate) fn dispatch(
         &self,
         enc: &mut crate::gpu::Recorder,
-        name: &str,
+        key: KernelKey,
         storage: &[&wgpu::Buffer],
         params: &super::ParamSlot,
         groups: [u32; 3],
     ) {
-        self.dispatch_for(enc, name, None, storage, params, groups)
+        self.dispatch_for(enc, key, None, storage, params, groups)
     }
 
     /// [`Gpu::dispatch`] on behalf of `role` (a weight's name), which profiles keep apart.
     pub(crate) fn dispatch_for(
         &self,
         enc: &mut crate::gpu::Recorder,
-        name: &str,
+        key: KernelKey,
         role: Option<&str>,
         storage: &[&wgpu::Buffer],
         params: &super::ParamSlot,
@@ -345,19 +307,19 @@ impl super::Gpu {
         let limit = self.limits.max_storage_buffer_binding_size as u64;
         if let Some((i, b)) = storage.iter().enumerate().find(|(_, b)| b.size() > limit) {
             self.set_fault(crate::GpuError::TooLarge {
-                tensor: format!("binding {i} of kernel {name}"),
+                tensor: format!("binding {i} of kernel {key}"),
                 bytes: b.size(),
                 limit,
             });
             return;
         }
-        let kernel = self.kernels.get(self, name);
+        let kernel = self.kernels.get(self, key);
         let bind = self.bind_group(&kernel, storage, params);
         // Consecutive dispatches share one compute pass; a profiled one gets a pass of its own
         // (timestamps are written per pass).
-        let stamps = self.pass_timestamps(name, role);
+        let stamps = self.pass_timestamps(&kernel.name, role);
         let pass = match &stamps {
-            Some((set, i)) => enc.timed_pass(name, set, *i),
+            Some((set, i)) => enc.timed_pass(&kernel.name, set, *i),
             None => enc.pass(),
         };
         pass.set_pipeline(&kernel.pipeline);

@@ -5,6 +5,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::key::{KernelKey, KvType};
+use super::wgsl::{ADAM_WG, DECODE_ATTENTION_CHUNK, QKV_ROPE_WG};
 use super::Gpu;
 
 /// Where the joined projections of a chunk go (see `shaders/qkv_rope.wgsl`).
@@ -23,20 +25,17 @@ pub(crate) struct QkvRopeParams {
     pub _p: [u32; 3],
 }
 
-/// Keys per workgroup of the split decode attention (CH in shaders/attention_decode.wgsl).
-const DECODE_ATTENTION_CHUNK: u32 = 32;
-
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct DecodeAttentionParams {
-    batch: u32,
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    ctx: u32,
-    p0: u32,
-    scale: f32,
-    splits: u32,
+pub(crate) struct DecodeAttentionParams {
+    pub batch: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub ctx: u32,
+    pub p0: u32,
+    pub scale: f32,
+    pub splits: u32,
 }
 
 #[repr(C)]
@@ -54,15 +53,15 @@ pub(crate) struct AttentionParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct EwParams {
-    n: u32,
-    a: u32,
-    b: u32,
-    c: u32,
+pub(crate) struct EwParams {
+    pub n: u32,
+    pub a: u32,
+    pub b: u32,
+    pub c: u32,
 }
 
-/// Largest head dimension the attention kernel accumulates (4 dimensions per thread of 64).
-pub const MAX_ATTENTION_HEAD_DIM: usize = 256;
+// Where the model's loader checks head sizes against it.
+pub use super::wgsl::MAX_ATTENTION_HEAD_DIM;
 
 /// One layer's KV cache as the attention kernels bind it: keys, values, and whether they hold
 /// f16s (then the kernels' `_kv16` variants run).
@@ -74,12 +73,12 @@ pub(crate) struct KvBuffers<'a> {
 }
 
 impl KvBuffers<'_> {
-    /// `kernel`, or its variant for an f16 cache.
-    fn kernel(&self, kernel: &str) -> String {
+    /// The cache's element type, which picks the kernels' variant.
+    fn kv(&self) -> KvType {
         if self.f16 {
-            format!("{kernel}{}", super::kernels::KV16)
+            KvType::F16
         } else {
-            kernel.to_string()
+            KvType::F32
         }
     }
 }
@@ -104,10 +103,10 @@ impl Gpu {
         let p = self.uniform("qkv_rope", &params);
         self.dispatch(
             enc,
-            &kv.kernel("qkv_rope"),
+            KernelKey::QkvRope(kv.kv()),
             &[qkv, bias, pos, table, q, kv.k, kv.v],
             &p,
-            self.grid((params.rows * per_row).div_ceil(64)),
+            self.grid((params.rows * per_row).div_ceil(QKV_ROPE_WG)),
         );
     }
 
@@ -128,7 +127,7 @@ impl Gpu {
         let p = self.uniform("attention", &params);
         self.dispatch(
             enc,
-            &kv.kernel(&self.attention_kernel(params.head_dim)),
+            self.attention_kernel(params.head_dim, kv.kv()),
             &[q, kv.k, kv.v, pad, out],
             &p,
             self.grid(groups),
@@ -138,14 +137,18 @@ impl Gpu {
     /// The prompt attention kernel: on CPU adapters whose subgroups have one size, the flavour
     /// that shares what every lane reads through subgroup operations, built for the head size
     /// (a multiple of 4: it reads keys as vec4s; native only).
-    fn attention_kernel(&self, head_dim: u32) -> String {
+    fn attention_kernel(&self, head_dim: u32, kv: KvType) -> KernelKey {
         match self.fixed_subgroup_lanes() {
             Some(lanes @ (4 | 8 | 16 | 32))
                 if self.cpu_adapter && head_dim % 4 == 0 && cfg!(not(target_arch = "wasm32")) =>
             {
-                format!("attention_sg{lanes}_d{head_dim}")
+                KernelKey::AttentionSg {
+                    lanes,
+                    head_dim,
+                    kv,
+                }
             }
-            _ => "attention".into(),
+            _ => KernelKey::Attention(kv),
         }
     }
 
@@ -181,9 +184,9 @@ impl Gpu {
             },
         );
         let buffers = [q, kv.k, kv.v, pad, &part, out];
-        let (split, merge) = (kv.kernel("attn_split"), kv.kernel("attn_merge"));
-        self.dispatch(enc, &split, &buffers, &p, [splits, a.heads, a.batch]);
-        self.dispatch(enc, &merge, &buffers, &p, [a.heads, a.batch, 1]);
+        let (split, merge) = (KernelKey::AttnSplit(kv.kv()), KernelKey::AttnMerge(kv.kv()));
+        self.dispatch(enc, split, &buffers, &p, [splits, a.heads, a.batch]);
+        self.dispatch(enc, merge, &buffers, &p, [a.heads, a.batch, 1]);
     }
 
     /// dst[row] = log_softmax(logits[row])[targets[row]] for `rows` rows of `width`.
@@ -207,7 +210,7 @@ impl Gpu {
         );
         self.dispatch(
             enc,
-            "row_logprob",
+            KernelKey::RowLogprob,
             &[logits, targets, dst],
             &pb,
             self.grid(rows),
@@ -231,7 +234,7 @@ impl Gpu {
     }
 
     /// dst[row] = a token sampled from the row with temperature and top-p, given the uniform draw
-    /// draws[row] (the rule of `generate::sample_row`), for `rows` rows of `width`.
+    /// draws[row] (the rule of `sampling::sample_row`), for `rows` rows of `width`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode_sample(
         &self,
@@ -255,7 +258,7 @@ impl Gpu {
         );
         self.dispatch(
             enc,
-            "sample_top_p",
+            KernelKey::SampleTopP,
             &[logits, draws, dst],
             &pb,
             self.grid(rows),
@@ -285,12 +288,18 @@ impl Gpu {
         );
         self.dispatch(
             enc,
-            "argmax_part",
+            KernelKey::ArgmaxPart,
             &[logits, logits, &parts],
             &pb,
             [slices, rows, 1],
         );
-        self.dispatch(enc, "argmax", &[&parts, &parts, dst], &pb, self.grid(rows));
+        self.dispatch(
+            enc,
+            KernelKey::Argmax,
+            &[&parts, &parts, dst],
+            &pb,
+            self.grid(rows),
+        );
     }
 }
 
@@ -327,10 +336,10 @@ impl Gpu {
         let pb = self.uniform("adam", &p);
         self.dispatch(
             enc,
-            "adam",
+            KernelKey::Adam,
             &[w, grad, m, v],
             &pb,
-            self.grid(p.n.div_ceil(256)),
+            self.grid(p.n.div_ceil(ADAM_WG)),
         );
     }
 }

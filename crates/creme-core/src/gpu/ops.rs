@@ -6,17 +6,21 @@ use std::borrow::Cow;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::kernels::RowsSgShape;
+use super::key::{KernelKey, Qmm, RowsSgShape};
+use super::wgsl::{
+    MATMUL_F32_TILE, QMM_MV_COLS_PER_WG, QMM_MV_MAX_ROWS, QMM_ROWS_PER_WG, QMM_TILE,
+    QMM_TILED_MIN_ROWS, QMM_WG,
+};
 use super::{Gpu, QmmPolicy};
 use crate::error::GpuError;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct MatmulDims {
-    m: u32,
-    n: u32,
-    k: u32,
-    _pad: u32,
+pub(crate) struct MatmulDims {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub _pad: u32,
 }
 
 impl Gpu {
@@ -54,7 +58,8 @@ impl Gpu {
             }
         }
         let dims = self.uniform("matmul dims", &MatmulDims { m, n, k, _pad: 0 });
-        let groups = [n.div_ceil(64), m.div_ceil(64), 1];
+        let tile = MATMUL_F32_TILE;
+        let groups = [n.div_ceil(tile), m.div_ceil(tile), 1];
         let maxg = self.limits.max_compute_workgroups_per_dimension;
         if groups[0] > maxg || groups[1] > maxg {
             return Err(GpuError::Shape {
@@ -62,7 +67,7 @@ impl Gpu {
                 detail: format!("grid {groups:?} over {maxg} per dimension"),
             });
         }
-        self.dispatch(enc, "matmul_f32", &[x, w, y], &dims, groups);
+        self.dispatch(enc, KernelKey::MatmulF32, &[x, w, y], &dims, groups);
         Ok(())
     }
 
@@ -105,20 +110,20 @@ impl Gpu {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
-struct QuantMatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    ldy: u32,
-    y_off: u32,
-    has_bias: u32,
-    row_bytes: u32,
-    total_wg: u32,
-    w_byte_off: u32,
-    epilogue: u32,
-    has_norm: u32,
-    eps: f32,
-    row_group: u32,
+pub(crate) struct QuantMatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub ldy: u32,
+    pub y_off: u32,
+    pub has_bias: u32,
+    pub row_bytes: u32,
+    pub total_wg: u32,
+    pub w_byte_off: u32,
+    pub epilogue: u32,
+    pub has_norm: u32,
+    pub eps: f32,
+    pub row_group: u32,
 }
 
 /// How a quantized matmul's result enters y (the fusions of the forward pass).
@@ -144,12 +149,6 @@ pub struct Fusion<'a> {
     pub norm: Option<(&'a wgpu::Buffer, f32)>,
 }
 
-const QMM_ROWS_PER_WG: u32 = 8;
-pub(crate) const QMM_TILED_MIN_ROWS: u32 = 16;
-/// Rows of x the matvec kernel (`main_mv`) takes, and weight rows per workgroup there.
-const QMM_MV_MAX_ROWS: u32 = 4;
-const QMM_MV_COLS_PER_WG: u32 = 8;
-
 impl Gpu {
     /// The quantized matmul kernel for m rows of x against n weight rows. On CPU adapters
     /// (lavapipe) the row-per-thread kernel, with x shared through subgroup broadcasts where the
@@ -161,20 +160,25 @@ impl Gpu {
     /// has the timings behind this (`creme bench-kernels`, NVIDIA H200). `CREME_QMM` forces one.
     /// k is the length of x's rows.
     pub fn qmm_kernel(&self, m: u32, k: u32) -> Cow<'static, str> {
+        self.qmm(m, k).to_string().into()
+    }
+
+    /// The quantized matmul kernel for m rows of x of length k ([`Gpu::qmm_kernel`]).
+    pub(crate) fn qmm(&self, m: u32, k: u32) -> Qmm {
         let prompt = m >= QMM_TILED_MIN_ROWS;
         let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
-            QmmPolicy::Rows => "matmul_q_rows".into(),
+            QmmPolicy::Rows => Qmm::Rows,
             QmmPolicy::RowsSubgroup => self.rows_kernel(m, k),
-            QmmPolicy::Workgroup => "matmul_q".into(),
-            QmmPolicy::Tiled if prompt => "matmul_q_tiled".into(),
-            QmmPolicy::Gemm if prompt => "matmul_q_gemm".into(),
-            QmmPolicy::Matvec if decode => self.matvec_kernel().into(),
+            QmmPolicy::Workgroup => Qmm::Workgroup,
+            QmmPolicy::Tiled if prompt => Qmm::Tiled,
+            QmmPolicy::Gemm if prompt => Qmm::Gemm,
+            QmmPolicy::Matvec if decode => self.matvec_kernel(),
             // Otherwise the adapter's own choice for this m.
             _ if self.cpu_adapter => self.rows_kernel(m, k),
-            _ if prompt => "matmul_q_gemm".into(),
-            _ if decode => self.matvec_kernel().into(),
-            _ => "matmul_q".into(),
+            _ if prompt => Qmm::Gemm,
+            _ if decode => self.matvec_kernel(),
+            _ => Qmm::Workgroup,
         }
     }
 }
@@ -183,13 +187,13 @@ impl Gpu {
     /// The matvec kernel: with its reduction in subgroup operations where the adapter's subgroups
     /// have 4 to 32 lanes (then a weight row's 32 lanes hold whole subgroups), else through
     /// workgroup memory. Native only: browsers want an `enable subgroups;` that this naga rejects.
-    fn matvec_kernel(&self) -> &'static str {
+    fn matvec_kernel(&self) -> Qmm {
         let r = &self.report;
         let fits = r.subgroups && r.subgroup_min_size >= 4 && r.subgroup_max_size <= 32;
         if fits && cfg!(not(target_arch = "wasm32")) {
-            "matmul_q_mv_sg"
+            Qmm::MatvecSg
         } else {
-            "matmul_q_mv"
+            Qmm::Matvec
         }
     }
 
@@ -198,20 +202,20 @@ impl Gpu {
     /// (lavapipe: 8), else `main_rows`. Native only, as the matvec's subgroup flavour. For one row
     /// of x (k elements) on a CPU adapter (whose tensor buffers allow uniform bindings:
     /// `tensor_usage`) it reads x through a uniform view where the adapter binds that much.
-    fn rows_kernel(&self, m: u32, k: u32) -> Cow<'static, str> {
+    fn rows_kernel(&self, m: u32, k: u32) -> Qmm {
         match self.fixed_subgroup_lanes() {
             Some(lanes @ (4 | 8 | 16 | 32)) if cfg!(not(target_arch = "wasm32")) => {
                 let shape = RowsSgShape::for_rows(m);
                 let fits =
                     self.cpu_adapter && k as u64 * 4 <= self.limits.max_uniform_buffer_binding_size;
-                let view = if shape.x_rows == 1 && k % 4 == 0 && fits {
-                    format!("_x{k}")
-                } else {
-                    String::new()
-                };
-                format!("matmul_q_rows_sg{lanes}{}{view}", shape.suffix).into()
+                let view = shape.x_rows == 1 && k % 4 == 0 && fits;
+                Qmm::RowsSg {
+                    lanes,
+                    shape,
+                    x_len: view.then_some(k),
+                }
             }
-            _ => "matmul_q_rows".into(),
+            _ => Qmm::Rows,
         }
     }
 
@@ -276,28 +280,24 @@ impl Gpu {
                 detail: format!("'{}': a bias on a row-split weight", w.name),
             });
         }
-        let flavour = self.qmm_kernel(m, k);
-        let kernel = format!("{flavour}:{}", w.dtype.name());
-        let flavour = flavour.as_ref();
+        let flavour = self.qmm(m, k);
+        let kernel = KernelKey::Quant(flavour, w.dtype);
         for c in &w.chunks {
             let total = c.rows as u32 * m.div_ceil(QMM_ROWS_PER_WG);
             let groups = match flavour {
-                "matmul_q_rows" => self.grid(total.div_ceil(64)),
-                f if f.starts_with("matmul_q_rows_sg") => {
-                    let shape = RowsSgShape::for_rows(m);
-                    [
-                        (c.rows as u32).div_ceil(64 * shape.rows_per_lane),
-                        m.div_ceil(shape.x_rows),
-                        1,
-                    ]
+                Qmm::Rows => self.grid(total.div_ceil(QMM_WG)),
+                Qmm::RowsSg { shape, .. } => [
+                    (c.rows as u32).div_ceil(QMM_WG * shape.rows_per_lane),
+                    m.div_ceil(shape.x_rows),
+                    1,
+                ],
+                Qmm::Tiled | Qmm::Gemm => {
+                    [(c.rows as u32).div_ceil(QMM_TILE), m.div_ceil(QMM_TILE), 1]
                 }
-                "matmul_q_tiled" | "matmul_q_gemm" => {
-                    [(c.rows as u32).div_ceil(64), m.div_ceil(64), 1]
-                }
-                "matmul_q_mv" | "matmul_q_mv_sg" => {
+                Qmm::Matvec | Qmm::MatvecSg => {
                     self.grid((c.rows as u32).div_ceil(QMM_MV_COLS_PER_WG))
                 }
-                _ => self.grid(total),
+                Qmm::Workgroup | Qmm::Embed => self.grid(total),
             };
             let params = self.uniform(
                 "qmm params",
@@ -322,7 +322,7 @@ impl Gpu {
             let g = norm.map_or(x, |(g, _)| g);
             self.dispatch_for(
                 enc,
-                &kernel,
+                kernel,
                 Some(&w.name),
                 &[x, &c.buffer, bias.unwrap_or(x), y, g],
                 &params,
@@ -355,7 +355,7 @@ impl Gpu {
                 ),
             });
         }
-        let kernel = format!("embed_rows:{}", table.dtype.name());
+        let kernel = KernelKey::Quant(Qmm::Embed, table.dtype);
         for c in &table.chunks {
             // The kernel's reading of the matmul parameters: m ids, a chunk of n table rows from
             // row y_off, rows of k values.
@@ -375,7 +375,7 @@ impl Gpu {
             );
             self.dispatch(
                 enc,
-                &kernel,
+                kernel,
                 &[ids, &c.buffer, ids, x, ids],
                 &params,
                 self.grid(rows),

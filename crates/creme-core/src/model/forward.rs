@@ -5,81 +5,16 @@
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::tokenizer::Tokenizer;
-use crate::backend::{
-    AttnStep, Backend, BackendKind, BlockShape, DType, Device, LayerWeights, Tensor, Weight,
-};
+// The table is the backend's type now; loader.rs still names it from here.
+pub(crate) use crate::backend::Embedding;
+use crate::backend::{AttnStep, Backend, BlockShape, DType, Device, LayerWeights, Tensor, Weight};
 use crate::error::ModelError;
 use crate::hooks::{Captured, Hooks, Site};
-use crate::quant::{dequantize, GgmlType};
 
 pub(crate) struct Layer {
     pub(crate) w: LayerWeights,
     /// The file's W_down while an edited one is applied (so the edit can be reverted).
     pub(crate) down_original: Option<Weight>,
-}
-
-/// The token embedding table in its GGUF format: on the host (a CPU lookup dequantizes a few
-/// rows) and, for a backend that looks tokens up on the device, there too (the tied output head's
-/// buffers where the model ties them, so nothing is uploaded twice).
-pub struct Embedding {
-    pub(crate) dtype: GgmlType,
-    pub(crate) cols: usize,
-    pub(crate) rows: usize,
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) device: Option<Weight>,
-}
-
-impl Embedding {
-    /// A table of `rows` x `cols` values in `dtype`: kept on the host, and on a wgpu device also
-    /// on the GPU, where `shared` (the tied output head's weight) is used rather than a second
-    /// upload of the same bytes.
-    pub fn new(
-        dev: &Device,
-        dtype: GgmlType,
-        rows: usize,
-        cols: usize,
-        bytes: &[u8],
-        shared: Option<&Weight>,
-    ) -> Result<Embedding, ModelError> {
-        let need = rows * dtype.row_bytes(cols);
-        if bytes.len() < need {
-            return Err(ModelError::Truncated {
-                what: "token embedding table".into(),
-                need: need as u64,
-                have: bytes.len() as u64,
-            });
-        }
-        let device = match (dev.kind(), shared) {
-            (BackendKind::Cpu, _) => None,
-            (BackendKind::Wgpu, Some(w)) => Some(Weight::Wgpu(w.wgpu()?.clone())),
-            (BackendKind::Wgpu, None) => {
-                Some(dev.upload_weight("token_embd.weight", dtype, rows, cols, bytes)?)
-            }
-        };
-        Ok(Embedding {
-            dtype,
-            cols,
-            rows,
-            bytes: bytes[..need].to_vec(),
-            device,
-        })
-    }
-
-    /// Row `id`, dequantized.
-    pub(crate) fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
-        if id as usize >= self.rows {
-            return Err(ModelError::Format(format!(
-                "token id {id} is outside the vocabulary of {}",
-                self.rows
-            )));
-        }
-        let rb = self.dtype.row_bytes(self.cols);
-        dequantize(
-            self.dtype,
-            &self.bytes[id as usize * rb..(id as usize + 1) * rb],
-            self.cols,
-        )
-    }
 }
 
 /// A loaded model: config, tokenizer, and weights on one backend.
@@ -147,6 +82,17 @@ impl Model {
             loader.add_tensor(dev, &t.name, header.tensor_bytes(file, t)?)?;
         }
         loader.finish(dev, max_positions)
+    }
+
+    /// An empty KV cache for `pad.len()` sequences (left-padded by `pad`) of up to `capacity`
+    /// positions.
+    pub fn new_cache(
+        &self,
+        dev: &Device,
+        pad: Vec<u32>,
+        capacity: usize,
+    ) -> Result<KvCache, ModelError> {
+        KvCache::new(dev, &self.cfg, self.max_positions, pad, capacity)
     }
 
     /// Width of the activation at a hook site.

@@ -1,6 +1,6 @@
 //! Keys and values of every layer for a batch of sequences, left-padded to a common length.
 
-use super::forward::Model;
+use super::config::ModelConfig;
 use crate::backend::{Backend, Device, KvLayer, Tensor};
 use crate::error::{GpuError, ModelError};
 
@@ -40,20 +40,22 @@ impl KvCache {
     }
 }
 
-impl Model {
-    pub fn new_cache(
-        &self,
+impl KvCache {
+    /// An empty cache for `pad.len()` sequences of up to `capacity` positions of a model with
+    /// `cfg`, whose positions end at `max_positions` ([`super::Model::new_cache`]).
+    pub(crate) fn new(
         dev: &Device,
+        cfg: &ModelConfig,
+        max_positions: usize,
         pad: Vec<u32>,
         capacity: usize,
     ) -> Result<KvCache, ModelError> {
-        if capacity > self.max_positions {
+        if capacity > max_positions {
             return Err(ModelError::Format(format!(
-                "context of {capacity} tokens is over this model's limit of {} here",
-                self.max_positions
+                "context of {capacity} tokens is over this model's limit of {max_positions} here"
             )));
         }
-        let kvw = self.cfg.n_kv_heads * self.cfg.head_dim;
+        let kvw = cfg.n_kv_heads * cfg.head_dim;
         let rows = pad.len() * capacity;
         let bytes = (rows * kvw * dev.kv_dtype().bytes()) as u64;
         if bytes > dev.max_tensor_bytes() {
@@ -64,8 +66,8 @@ impl Model {
             }
             .into());
         }
-        let mut layers = Vec::with_capacity(self.cfg.n_layers);
-        for _ in 0..self.cfg.n_layers {
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for _ in 0..cfg.n_layers {
             layers.push(KvLayer {
                 k: dev.kv_tensor("k cache", rows, kvw, None)?,
                 v: dev.kv_tensor("v cache", rows, kvw, None)?,

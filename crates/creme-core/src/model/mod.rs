@@ -11,9 +11,10 @@ pub mod safetensors;
 pub mod tokenizer;
 mod weight_edit;
 
+pub use crate::backend::Embedding;
 pub use crate::quant::{self, GgmlType};
 pub use config::{ModelConfig, RopeStyle};
-pub use forward::{Embedding, ForwardOut, Input, Logits, Model};
+pub use forward::{ForwardOut, Input, Logits, Model};
 pub use gguf::{GgufHeader, TensorInfo};
 pub use kv_cache::KvCache;
 pub use loader::{check_tensor_table, ModelLoader};

@@ -488,8 +488,23 @@ fn read_group_k(t: GgmlType, g: &[u8]) -> [RowBlock; GROUP] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// Every format the CPU backend multiplies.
+    pub(crate) const ALL: [GgmlType; 11] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q5K,
+        GgmlType::Q6K,
+    ];
 
     #[test]
     fn groups_round_trip_and_match_the_documented_layout() {
@@ -500,10 +515,7 @@ mod tests {
             s ^= s << 17;
             s as u8
         };
-        for t in super::super::qmatmul::tests::ALL
-            .into_iter()
-            .filter(|&t| grouped(t))
-        {
+        for t in ALL.into_iter().filter(|&t| grouped(t)) {
             let (rows, cols) = (11, 3 * t.block_elems());
             let src: Vec<u8> = (0..rows * t.row_bytes(cols)).map(|_| byte()).collect();
             let g = to_groups(t, &src, rows, cols);

@@ -12,11 +12,10 @@ use rayon::prelude::*;
 
 use self::qmatmul::{axpy_f32, dot_f32, matmul, CpuWeight, MatmulScratch};
 use super::{
-    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, KvLayer, LayerWeights,
+    AdamStep, AttnStep, Backend, BackendKind, BlockShape, DType, Embedding, KvLayer, LayerWeights,
     PendingRead, PickRule, Storage, Tensor, Weight,
 };
 use crate::error::ModelError;
-use crate::model::Embedding;
 use crate::quant::GgmlType;
 
 /// Buffers reused by every op, so a decoded token allocates nothing once they have grown.
@@ -464,7 +463,7 @@ impl Backend for CpuBackend {
             } => {
                 super::check_draws(logits, u)?;
                 rows.zip(u)
-                    .map(|(row, &u)| crate::generate::sample_row(row, temperature, top_p, u))
+                    .map(|(row, &u)| crate::sampling::sample_row(row, temperature, top_p, u))
                     .collect()
             }
         };

@@ -609,23 +609,10 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 
 #[cfg(test)]
 pub(super) mod tests {
+    // The format list lives with the lower module's tests, which use it too.
     use super::*;
+    use crate::backend::cpu::groups::tests::ALL;
     use crate::cpu::SplitMix64;
-
-    /// Every format the CPU backend multiplies.
-    pub(crate) const ALL: [GgmlType; 11] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_1,
-        GgmlType::Q8_0,
-        GgmlType::Q4K,
-        GgmlType::Q5K,
-        GgmlType::Q6K,
-    ];
 
     /// Offsets of the f16 scale fields in a block (random bytes elsewhere are valid quants).
     fn f16_fields(t: GgmlType) -> &'static [usize] {
