@@ -2,7 +2,7 @@
 
 python3 fuzz/make_seeds.py   (needs the `gguf` package: pip install gguf)
 """
-import json, os, struct
+import json, os, struct, tempfile
 import numpy as np
 import gguf
 
@@ -13,7 +13,10 @@ def out(target, name, data):
         f.write(data)
 
 # A qwen2-shaped micro model: 1 layer, d 8, 2 heads (1 kv), ff 32, 6 tokens; one Q8_0 tensor.
-path = "/tmp/creme-seed.gguf"
+# GGUFWriter writes to a file: one in a private temporary directory, removed once read, so no
+# fixed path is shared with other users or runs.
+scratch = tempfile.TemporaryDirectory(prefix="creme-seeds-")
+path = os.path.join(scratch.name, "seed.gguf")
 w = gguf.GGUFWriter(path, "qwen2")
 w.add_name("seed")
 w.add_block_count(1); w.add_embedding_length(8); w.add_feed_forward_length(32)
@@ -34,7 +37,9 @@ t("blk.0.attn_output.weight", (8, 8)); t("blk.0.ffn_gate.weight", (32, 8)); t("b
 down = rng.standard_normal((8, 32)).astype(np.float32)
 w.add_tensor("blk.0.ffn_down.weight", gguf.quantize(down, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-seed = open(path, "rb").read()
+with open(path, "rb") as f:
+    seed = f.read()
+scratch.cleanup()
 out("gguf", "micro-qwen2.gguf", seed)
 out("tokenizer_gguf", "micro-qwen2.gguf", seed)
 

@@ -1,7 +1,7 @@
 //! Shared helpers for the workspace integration tests: where ../shared and the model cache are,
 //! and how to open a GPU for a given backend.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use creme_core::{Device, Gpu, GpuOptions};
 
@@ -18,6 +18,73 @@ pub fn shared_dir() -> PathBuf {
     std::env::var_os("CREME_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("../shared"))
+}
+
+/// The reference data dir for a test that reads `needs` (paths inside it), or None when one is
+/// missing: then the test is skipped, not failed, so a clone without the data still runs every
+/// other test. A skip is said on stderr and appended to the file `CREME_SKIP_LIST` names (the
+/// test script lists them at the end). Where the data must be there (`CI=true`, or
+/// `CREME_REQUIRE_SHARED=1`), a missing file fails the test instead.
+///
+/// `let Some(shared) = creme_tests::require_shared(&["datasets/humaneval-nlpert"]) else { return };`
+pub fn require_shared(needs: &[&str]) -> Option<PathBuf> {
+    let dir = shared_dir();
+    let missing: Vec<String> = needs
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return Some(dir);
+    }
+    let test = current_test();
+    let why = format!(
+        "{test}: needs {} (put the reference data at ../shared beside the repository or set CREME_DATA_DIR)",
+        missing.join(", ")
+    );
+    assert!(
+        !shared_required(),
+        "{why}; CI=true or CREME_REQUIRE_SHARED=1 requires it"
+    );
+    eprintln!("SKIPPED {why}");
+    if let Some(list) = std::env::var_os("CREME_SKIP_LIST") {
+        append_line(Path::new(&list), &test);
+    }
+    None
+}
+
+/// Whether a missing reference file fails a test rather than skipping it.
+fn shared_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("CREME_REQUIRE_SHARED").is_ok_and(|v| v == "1")
+}
+
+/// `binary::test` of the running test: libtest names each test's thread after the test.
+fn current_test() -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| match s.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+            _ => s,
+        })
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    format!("{binary}::{}", thread.name().unwrap_or("?"))
+}
+
+/// Append one line in one write (tests run in parallel; O_APPEND keeps whole lines apart).
+fn append_line(path: &Path, line: &str) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        eprintln!("could not list the skip in {}: {e}", path.display());
+    }
 }
 
 /// The model cache (`CREME_CACHE_DIR`, default `~/.cache/creme`).

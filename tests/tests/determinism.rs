@@ -9,7 +9,7 @@
 //! Kernel level: `qmatmul::matmul` of every block format gives the same bits with a fresh or a
 //! stale scratch, on another thread, with the weight at another address, and inside a batch.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use creme_core::backend::cpu::qmatmul::{matmul, CpuWeight, MatmulScratch};
 use creme_core::cpu::SplitMix64;
@@ -17,7 +17,7 @@ use creme_core::generate::left_pad;
 use creme_core::hooks::{Hooks, Site};
 use creme_core::model::{Logits, Model};
 use creme_core::{Backend, Device, Tensor};
-use creme_tests::{device_on, model_path, random_blocks, shared_dir, ALL_TYPES};
+use creme_tests::{device_on, model_path, random_blocks, require_shared, ALL_TYPES};
 
 /// The first 7 greedy tokens of HumanEval/0 (C3): the row after them is the near tie.
 const TAIL: [u32; 7] = [262, 369, 600, 304, 2088, 6901, 47207];
@@ -27,11 +27,11 @@ fn load(dev: &Device) -> Model {
     Model::from_gguf_bytes(dev, &file, 4096).unwrap()
 }
 
+const C3: &str = "datasets/humaneval-nlpert/perturbed/C3.jsonl";
+
 /// Token ids of the first two C3 prompts of the shared dataset.
-fn prompts(m: &Model) -> (Vec<u32>, Vec<u32>) {
-    let text =
-        std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/perturbed/C3.jsonl"))
-            .unwrap();
+fn prompts(m: &Model, shared: &Path) -> (Vec<u32>, Vec<u32>) {
+    let text = std::fs::read_to_string(shared.join(C3)).unwrap();
     let ps = creme_core::dataset::parse_jsonl(&text, "C3").unwrap();
     (
         m.tokenizer.encode(&ps[0].prompt).unwrap(),
@@ -212,17 +212,23 @@ fn child_fingerprint() {
     let Some(path) = std::env::var_os("CREME_DETERMINISM_OUT") else {
         return;
     };
+    let Some(shared) = require_shared(&[C3]) else {
+        return;
+    };
     let dev = device_on("cpu");
     let m = load(&dev);
-    let (p, _) = prompts(&m);
+    let (p, _) = prompts(&m, &shared);
     std::fs::write(path, encode(&whole(&dev, &m, &p, 0))).unwrap();
 }
 
 #[test]
 fn model_rows_are_bit_identical_everywhere() {
+    let Some(shared) = require_shared(&[C3]) else {
+        return;
+    };
     let dev = device_on("cpu");
     let m = load(&dev);
-    let (p, other) = prompts(&m);
+    let (p, other) = prompts(&m, &shared);
     let base = whole(&dev, &m, &p, 0);
     let logits: Vec<f32> = base[0].1.iter().map(|b| f32::from_bits(*b)).collect();
     eprintln!("logit[8] = {}, logit[9957] = {}", logits[8], logits[9957]);
@@ -257,10 +263,10 @@ fn model_rows_are_bit_identical_everywhere() {
     );
     // A fresh backend (fresh scratch buffers) and model, loaded on a dirty heap, on another thread.
     dirty_heap(99, &mut keep);
-    let fp = std::thread::spawn(|| {
+    let fp = std::thread::spawn(move || {
         let dev2 = device_on("cpu");
         let m2 = load(&dev2);
-        let (p2, _) = prompts(&m2);
+        let (p2, _) = prompts(&m2, &shared);
         whole(&dev2, &m2, &p2, 0)
     })
     .join()

@@ -7,7 +7,7 @@ use creme_core::draft::{generate_from_drafts, Draft};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::Device;
-use creme_tests::{device_on, model_path, shared_dir, tiny};
+use creme_tests::{device_on, model_path, require_shared, tiny};
 
 /// The model with layer `l`'s W_down moved by noise of relative size `scale` (a stand-in edit).
 fn edited(dev: &Device, file: &[u8], l: usize, scale: f32, seed: u64) -> Model {
@@ -130,13 +130,15 @@ fn draft_verified_generation_equals_plain_generation_on_the_tiny_models() {
 
 #[test]
 fn draft_verified_generation_equals_plain_generation_on_real_prompts() {
+    const HUMANEVAL: &str = "datasets/humaneval-nlpert/HumanEval.jsonl";
+    let Some(shared) = require_shared(&[HUMANEVAL]) else {
+        return;
+    };
     let dev = device_on("cpu");
     let file = std::fs::read(model_path("smollm2")).unwrap();
     let base = Model::from_gguf_bytes(&dev, &file, 512).unwrap();
     let edit = edited(&dev, &file, 12, 0.02, 11);
-    let text =
-        std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/HumanEval.jsonl"))
-            .unwrap();
+    let text = std::fs::read_to_string(shared.join(HUMANEVAL)).unwrap();
     let problems = creme_core::dataset::parse_jsonl(&text, "HumanEval.jsonl").unwrap();
     let prompts: Vec<Vec<u32>> = problems
         .iter()

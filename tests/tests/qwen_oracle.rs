@@ -4,11 +4,18 @@
 
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
-use creme_tests::{device_on, model_path, shared_dir};
+use std::path::Path;
+
+use creme_tests::{device_on, model_path, require_shared};
 use serde_json::Value;
 
-fn humaneval() -> Vec<Value> {
-    std::fs::read_to_string(shared_dir().join("datasets/humaneval-nlpert/HumanEval.jsonl"))
+const HUMANEVAL: &str = "datasets/humaneval-nlpert/HumanEval.jsonl";
+const ORACLE: &str = "oracle/qwen2.5-coder-0.5b-instruct-q4km";
+/// What every test here reads from the reference data.
+const NEEDS: [&str; 2] = [HUMANEVAL, ORACLE];
+
+fn humaneval(shared: &Path) -> Vec<Value> {
+    std::fs::read_to_string(shared.join(HUMANEVAL))
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -16,13 +23,10 @@ fn humaneval() -> Vec<Value> {
         .collect()
 }
 
-fn oracle_clean() -> Vec<String> {
+fn oracle_clean(shared: &Path) -> Vec<String> {
     let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            shared_dir()
-                .join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_clean_completions.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(shared.join(ORACLE).join("hf_greedy_clean_completions.json"))
+            .unwrap(),
     )
     .unwrap();
     v["clean"]
@@ -34,11 +38,11 @@ fn oracle_clean() -> Vec<String> {
 }
 
 /// Greedy completions of the given HumanEval tasks, `batch` prompts at a time.
-fn complete(backend: &str, tasks: &[usize], batch: usize) -> Vec<String> {
+fn complete(backend: &str, shared: &Path, tasks: &[usize], batch: usize) -> Vec<String> {
     let gpu = device_on(backend);
     let model =
         Model::from_gguf_bytes(&gpu, &std::fs::read(model_path("qwen")).unwrap(), 4096).unwrap();
-    let he = humaneval();
+    let he = humaneval(shared);
     let opts = GenerateOptions {
         max_new_tokens: 320,
         stop: humaneval_stops(),
@@ -65,16 +69,22 @@ fn complete(backend: &str, tasks: &[usize], batch: usize) -> Vec<String> {
 /// CI check: one real prompt, greedy, on wgpu (lavapipe here), equals the oracle's completion.
 #[test]
 fn qwen_greedy_humaneval_2_equals_hf_on_wgpu() {
-    let got = complete("vulkan", &[2], 1);
-    assert_eq!(got[0], oracle_clean()[2]);
+    let Some(shared) = require_shared(&NEEDS) else {
+        return;
+    };
+    let got = complete("vulkan", &shared, &[2], 1);
+    assert_eq!(got[0], oracle_clean(&shared)[2]);
 }
 
 /// CI check: the same on the CPU backend, for a few prompts in one batch.
 #[test]
 fn qwen_greedy_humaneval_equals_hf_on_cpu() {
+    let Some(shared) = require_shared(&NEEDS) else {
+        return;
+    };
     let tasks = [2, 7, 12, 29];
-    let got = complete("cpu", &tasks, 4);
-    let want = oracle_clean();
+    let got = complete("cpu", &shared, &tasks, 4);
+    let want = oracle_clean(&shared);
     for (g, &i) in got.iter().zip(&tasks) {
         assert_eq!(g, &want[i], "HumanEval/{i}");
     }
@@ -116,6 +126,9 @@ fn passes(task: &Value, completion: &str) -> bool {
 #[test]
 #[ignore]
 fn qwen_greedy_humaneval_subset_matches_hf() {
+    let Some(shared) = require_shared(&NEEDS) else {
+        return;
+    };
     let n: usize = std::env::var("CREME_ORACLE_TASKS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -124,15 +137,12 @@ fn qwen_greedy_humaneval_subset_matches_hf() {
     let backend = std::env::var("CREME_ORACLE_BACKEND").unwrap_or_else(|_| "cpu".into());
     let tasks: Vec<usize> = (0..n).collect();
     let t0 = std::time::Instant::now();
-    let got = complete(&backend, &tasks, 8);
+    let got = complete(&backend, &shared, &tasks, 8);
     let secs = t0.elapsed().as_secs_f64();
-    let want = oracle_clean();
-    let he = humaneval();
+    let want = oracle_clean(&shared);
+    let he = humaneval(&shared);
     let pass_ref: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_pass.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(shared.join(ORACLE).join("hf_greedy_pass.json")).unwrap(),
     )
     .unwrap();
     let (mut same, mut agree, mut passed, mut ref_passed) = (0, 0, 0, 0);

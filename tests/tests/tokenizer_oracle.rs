@@ -2,14 +2,17 @@
 //! on all 3,444 prompts and the edge-case strings, for both models; decoding gives the text back.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use creme_core::model::Tokenizer;
-use creme_tests::{model_path, read_header, shared_dir};
+use creme_tests::{model_path, read_header, require_shared};
 use serde_json::Value;
 
-fn prompts() -> BTreeMap<(String, String), String> {
+const DATASET: &str = "datasets/humaneval-nlpert";
+
+fn prompts(shared: &Path) -> BTreeMap<(String, String), String> {
     let mut out = BTreeMap::new();
-    let ds = shared_dir().join("datasets/humaneval-nlpert");
+    let ds = shared.join(DATASET);
     let mut files = vec![("clean".to_string(), ds.join("HumanEval.jsonl"))];
     for e in std::fs::read_dir(ds.join("perturbed")).unwrap() {
         let p = e.unwrap().path();
@@ -34,15 +37,17 @@ fn prompts() -> BTreeMap<(String, String), String> {
 }
 
 fn check(model: &str, oracle_file: &str) {
+    let oracle_path = format!("oracle/tokenizers/{oracle_file}");
+    let Some(shared) = require_shared(&[DATASET, &oracle_path]) else {
+        return;
+    };
     let h = read_header(&model_path(model));
     let tok = Tokenizer::from_gguf(&h).unwrap();
-    let oracle: Value = serde_json::from_str(
-        &std::fs::read_to_string(shared_dir().join("oracle/tokenizers").join(oracle_file)).unwrap(),
-    )
-    .unwrap();
+    let oracle: Value =
+        serde_json::from_str(&std::fs::read_to_string(shared.join(&oracle_path)).unwrap()).unwrap();
     let mut n = 0;
     let mut bad = Vec::new();
-    for ((set, task), prompt) in prompts() {
+    for ((set, task), prompt) in prompts(&shared) {
         let want: Vec<u32> = match oracle[&set][&task].as_array() {
             Some(a) => a.iter().map(|v| v.as_u64().unwrap() as u32).collect(),
             None => continue,
@@ -101,9 +106,11 @@ fn smollm2_token_ids_equal_hf() {
 fn windowed_stop_check_equals_the_whole_text_check() {
     use creme_core::cpu::SplitMix64;
     use creme_core::generate::{cut_at_stops, humaneval_stops, reaches_stop};
+    let Some(shared) = require_shared(&[DATASET]) else {
+        return;
+    };
     let stops = humaneval_stops();
-    let ds = shared_dir().join("datasets/humaneval-nlpert/HumanEval.jsonl");
-    let tasks: Vec<Value> = std::fs::read_to_string(ds)
+    let tasks: Vec<Value> = std::fs::read_to_string(shared.join(DATASET).join("HumanEval.jsonl"))
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -63,7 +63,9 @@ pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Re
     Ok(model)
 }
 
-/// The shared data dir (datasets, oracle): $CREME_DATA_DIR, else ../shared.
+/// The shared data dir (datasets, oracle): $CREME_DATA_DIR (as named, even where it is missing:
+/// a variable that names a place is not second-guessed), else the first of `shared_candidates`
+/// that exists, else ../shared (the place error messages then name).
 pub fn shared_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("CREME_DATA_DIR") {
         return PathBuf::from(d);
@@ -74,15 +76,26 @@ pub fn shared_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("../shared"))
 }
 
-/// Where `shared/` may sit when no variable names it: beside the current directory (the
-/// repository root, as the README runs it), else beside the checkout this binary was built
-/// from, so a command gives the same data from any directory.
-fn shared_candidates() -> [PathBuf; 2] {
-    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-    [
-        PathBuf::from("../shared"),
-        checkout.canonicalize().unwrap_or(checkout),
-    ]
+/// Where `shared/` may sit when no variable names it: `../shared` from the current directory
+/// (the repository root, as the README runs commands), else a `shared/` holding `datasets/` in
+/// the executable's directory or one above it (a binary built into, or installed beside, a
+/// checkout that has the data beside it). Found at run time, so no build machine's path is
+/// compiled into the binary.
+fn shared_candidates() -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::from("../shared")];
+    if let Ok(exe) = std::env::current_exe() {
+        found.extend(shared_above(&exe));
+    }
+    found
+}
+
+/// `shared/` directories holding `datasets/` in the ancestors of `path`, nearest first.
+fn shared_above(path: &Path) -> Vec<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .map(|a| a.join("shared"))
+        .filter(|s| s.join("datasets").is_dir())
+        .collect()
 }
 
 /// The dataset directory: --dataset, else $CREME_DATA_DIR/datasets/humaneval-nlpert, else
@@ -147,23 +160,141 @@ pub fn write(path: &Path, text: &str) -> Res {
 }
 
 /// Write the command line that made `dir` into dir/command.txt, so reports can say how to
-/// repeat a run.
+/// repeat a run. Paths are written as `Places::word` writes them, so the line names no place
+/// of this machine.
 pub fn record_command(dir: &Path) -> Res {
-    let quote = |a: String| {
-        if !a.is_empty()
-            && a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@".contains(c))
-        {
-            a
-        } else {
-            format!("'{}'", a.replace('\'', "'\\''"))
-        }
-    };
-    let args: Vec<String> = std::env::args().skip(1).map(quote).collect();
+    let places = Places::for_run(dir);
+    let args: Vec<String> = std::env::args().skip(1).map(|a| places.word(&a)).collect();
     write(
         &dir.join("command.txt"),
         &format!("creme {}\n", args.join(" ")),
     )
+}
+
+/// The places a recorded command's absolute paths are written relative to, so the command
+/// repeats on another machine: the directory holding the run (`$RUNS`), the current directory
+/// (commands run from the repository root) and its parent (`../shared`), the home directory
+/// (`$HOME`, where the model cache is).
+pub struct Places {
+    runs: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+    home: Option<PathBuf>,
+}
+
+impl Places {
+    /// The places of a run whose output directory is `dir`: `$RUNS` is its parent.
+    pub fn for_run(dir: &Path) -> Places {
+        let cwd = std::env::current_dir().ok();
+        let runs = cwd
+            .as_ref()
+            .map(|c| c.join(dir))
+            .and_then(|d| d.parent().map(Path::to_path_buf));
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        Places::new(runs, cwd, home)
+    }
+
+    /// `/` names no place worth a variable, and a run directory that holds the current one is
+    /// better written relative to it (`../x`), so those are dropped.
+    fn new(runs: Option<PathBuf>, cwd: Option<PathBuf>, home: Option<PathBuf>) -> Places {
+        let useful = |p: &PathBuf| p.is_absolute() && p.parent().is_some();
+        let runs = runs
+            .filter(useful)
+            .filter(|r| cwd.as_ref().is_none_or(|c| !c.starts_with(r)));
+        Places {
+            runs,
+            cwd: cwd.filter(useful),
+            home: home.filter(useful),
+        }
+    }
+
+    /// One argument as a shell word: an absolute path in it (the whole argument, or after a
+    /// `from:` / `LABEL=` / `--flag=` prefix) is written as `$RUNS/...`, relative to the current
+    /// directory (`docs/x`, `../shared/x`) or as `$HOME/...`, whichever holds it first; others
+    /// (system files) stay as they are.
+    pub fn word(&self, arg: &str) -> String {
+        let Some(at) = absolute_path_start(arg) else {
+            return quote(arg);
+        };
+        let (prefix, path) = arg.split_at(at);
+        match self.relative(Path::new(path)) {
+            (Some(var), rest) => with_variable(prefix, var, &rest),
+            (None, rest) => quote(&format!("{prefix}{rest}")),
+        }
+    }
+
+    /// `path` as (variable, rest after it) or (None, a relative or unchanged path).
+    fn relative(&self, path: &Path) -> (Option<&'static str>, String) {
+        let under = |root: &Option<PathBuf>| {
+            root.as_ref()
+                .and_then(|r| path.strip_prefix(r).ok())
+                .map(|rest| rest.display().to_string())
+        };
+        if let Some(rest) = under(&self.runs) {
+            return (Some("RUNS"), rest);
+        }
+        if let Some(rest) = under(&self.cwd) {
+            return (None, if rest.is_empty() { ".".into() } else { rest });
+        }
+        let parent = self
+            .cwd
+            .as_ref()
+            .and_then(|c| c.parent())
+            .map(Path::to_path_buf);
+        if let Some(rest) = under(&parent.filter(|p| p.parent().is_some())) {
+            return (None, format!("../{rest}").trim_end_matches('/').to_string());
+        }
+        if let Some(rest) = under(&self.home) {
+            return (Some("HOME"), rest);
+        }
+        (None, path.display().to_string())
+    }
+}
+
+/// Where an absolute path starts in a command-line argument: at 0, or after a `:` or `=`
+/// (`from:/x`, `label=/x`, `--out=/x`); not at a `//` (a URL's).
+fn absolute_path_start(arg: &str) -> Option<usize> {
+    let b = arg.as_bytes();
+    (0..b.len()).find(|&i| {
+        b[i] == b'/'
+            && (i == 0 || b[i - 1] == b':' || b[i - 1] == b'=')
+            && b.get(i + 1) != Some(&b'/')
+    })
+}
+
+/// Characters a shell leaves alone in an unquoted word.
+fn plain(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@".contains(c))
+}
+
+/// `s` as one shell word, single-quoted where it needs quoting.
+fn quote(s: &str) -> String {
+    if !s.is_empty() && plain(s) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `prefix$VAR/rest` as one shell word that expands the variable: in double quotes where
+/// nothing else in it is special there, else the literal parts single-quoted around `"$VAR"`.
+fn with_variable(prefix: &str, var: &str, rest: &str) -> String {
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("/{rest}")
+    };
+    if !format!("{prefix}{rest}").contains(['$', '`', '\\', '"', '!']) {
+        return format!("\"{prefix}${var}{rest}\"");
+    }
+    let part = |s: &str| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            quote(s)
+        }
+    };
+    format!("{}\"${var}\"{}", part(prefix), part(&rest))
 }
 
 /// The model file: --model, else the cached default.
@@ -343,6 +474,106 @@ mod tests {
         std::fs::write(&p, "{\"a\":1}\nnot json\n").unwrap();
         assert!(JsonlLog::open(&p).is_err());
         let _ = std::fs::remove_file(&p);
+    }
+
+    /// A machine with its runs in /data/runs, the checkout in /data/creme (the current
+    /// directory), the reference data in /data/shared and the home in /users/ann.
+    fn machine() -> Places {
+        Places::new(
+            Some("/data/runs".into()),
+            Some("/data/creme".into()),
+            Some("/users/ann".into()),
+        )
+    }
+
+    #[test]
+    fn recorded_paths_name_no_place_of_the_machine() {
+        let m = machine();
+        let cases = [
+            ("/data/runs/main", "\"$RUNS/main\""),
+            (
+                "from:/data/runs/main/edits.jsonl",
+                "\"from:$RUNS/main/edits.jsonl\"",
+            ),
+            (
+                "main (logprob layer)=/data/runs/main",
+                "\"main (logprob layer)=$RUNS/main\"",
+            ),
+            ("--out=/data/runs/x y", "\"--out=$RUNS/x y\""),
+            ("/data/runs/it's", "\"$RUNS/it's\""),
+            ("/data/runs/$x\"y", "\"$RUNS\"'/$x\"y'"),
+            ("/data/creme/docs/efficacy.md", "docs/efficacy.md"),
+            ("/data/creme", "."),
+            (
+                "/data/shared/datasets/humaneval-nlpert",
+                "../shared/datasets/humaneval-nlpert",
+            ),
+            (
+                "/users/ann/.cache/creme/models/q.gguf",
+                "\"$HOME/.cache/creme/models/q.gguf\"",
+            ),
+            // Not paths of this machine's work: as they are.
+            ("/usr/bin/python3", "/usr/bin/python3"),
+            ("runs/base", "runs/base"),
+            ("clean,C3", "clean,C3"),
+            ("http://127.0.0.1:8080/x", "http://127.0.0.1:8080/x"),
+            ("a b", "'a b'"),
+            ("", "''"),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(m.word(arg), want, "{arg}");
+        }
+    }
+
+    #[test]
+    fn a_run_directory_holding_the_current_one_is_written_relative_to_it() {
+        // --out /data/x from /data/creme: $RUNS would be /data, which holds the checkout.
+        let m = Places::new(Some("/data".into()), Some("/data/creme".into()), None);
+        assert_eq!(m.word("/data/x"), "../x");
+        // A run directory at the root names nothing worth a variable either.
+        let m = Places::new(Some("/".into()), None, None);
+        assert_eq!(m.word("/x"), "/x");
+    }
+
+    #[test]
+    fn recorded_words_read_back_as_the_arguments_with_the_variables_set() {
+        // The shell turns each word back into the argument, with RUNS and HOME set to the
+        // machine's places: the line repeats the run.
+        let m = machine();
+        let args = [
+            "main (logprob layer)=/data/runs/main",
+            "/data/runs/it's",
+            "/data/runs/$x\"y",
+            "from:/data/runs/main/edits.jsonl",
+            "/users/ann/.cache/m.gguf",
+            "a 'b' c",
+        ];
+        let line: Vec<String> = args.iter().map(|a| m.word(a)).collect();
+        let script = format!(
+            "for a in {}; do printf '%s\\n' \"$a\"; done",
+            line.join(" ")
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("RUNS", "/data/runs")
+            .env("HOME", "/users/ann")
+            .output()
+            .unwrap();
+        let got = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(got.lines().collect::<Vec<_>>(), args, "{line:?}");
+    }
+
+    #[test]
+    fn the_data_is_looked_for_in_a_shared_directory_above_the_executable() {
+        let root = std::env::temp_dir().join(format!("creme-shared-{}", std::process::id()));
+        let exe = root.join("creme/target/release/creme");
+        std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+        // A `shared` without datasets/ is someone else's directory, not the data.
+        std::fs::create_dir_all(root.join("creme/target/shared")).unwrap();
+        assert!(shared_above(&exe).is_empty());
+        std::fs::create_dir_all(root.join("shared/datasets")).unwrap();
+        assert_eq!(shared_above(&exe), [root.join("shared")]);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use creme_tests::{repo_root, shared_dir};
+use creme_tests::{repo_root, require_shared};
 use serde_json::Value;
 
 fn creme() -> Command {
@@ -29,8 +29,14 @@ fn records(out: &Path) -> Vec<Value> {
 
 #[test]
 fn oracle_completions_get_the_oracle_verdicts_on_every_set() {
-    let oracle = shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km");
-    let dataset = shared_dir().join("datasets/humaneval-nlpert");
+    let (oracle, dataset) = (
+        "oracle/qwen2.5-coder-0.5b-instruct-q4km",
+        "datasets/humaneval-nlpert",
+    );
+    let Some(shared) = require_shared(&[oracle, dataset]) else {
+        return;
+    };
+    let (oracle, dataset) = (shared.join(oracle), shared.join(dataset));
     let mut all: serde_json::Map<String, Value> = serde_json::from_str(
         &std::fs::read_to_string(oracle.join("hf_greedy_clean_completions.json")).unwrap(),
     )
@@ -166,7 +172,10 @@ fn mbpp_fixture_passes_with_its_reference_code(name: &str) {
 #[test]
 fn every_sample_of_a_completions_file_is_scored() {
     // Three samples for one task: a correct body, a wrong one, and one that exits early.
-    let dataset = shared_dir().join("datasets/humaneval-nlpert");
+    let Some(shared) = require_shared(&["datasets/humaneval-nlpert"]) else {
+        return;
+    };
+    let dataset = shared.join("datasets/humaneval-nlpert");
     let first: Value = serde_json::from_str(
         std::fs::read_to_string(dataset.join("HumanEval.jsonl"))
             .unwrap()
