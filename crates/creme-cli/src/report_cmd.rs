@@ -264,21 +264,24 @@ pub fn efficacy(a: &DocArgs) -> Res<String> {
     for (_, d, _) in &runs {
         let _ = writeln!(md, "{}", command_of(d));
     }
+    // Paths as record_command writes them: under $RUNS (the runs' parent), relative, or $HOME.
+    let places = common::Places::for_run(&a.baseline);
+    let path = |p: &Path| places.word(&p.display().to_string());
     let labels: Vec<String> = a
         .settings
         .iter()
-        .map(|(l, d)| format!("--setting '{l}={}'", d.display()))
+        .map(|(l, d)| format!("--setting {}", places.word(&format!("{l}={}", d.display()))))
         .collect();
     let _ = writeln!(
         md,
-        "creme report {} --baseline {}{} --doc {}\n```",
+        "creme report {} --baseline {}{} --doc {}\n```\n\n`RUNS` is the directory that holds the run directories.",
         labels.join(" "),
-        a.baseline.display(),
+        path(&a.baseline),
         a.calibration
             .as_ref()
-            .map(|c| format!(" --calibration {}", c.display()))
+            .map(|c| format!(" --calibration {}", path(c)))
             .unwrap_or_default(),
-        a.doc.display()
+        path(&a.doc)
     );
     Ok(md)
 }
