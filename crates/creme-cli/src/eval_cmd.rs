@@ -66,8 +66,7 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
-/// Wall and CPU seconds per test program (also the experiment's).
-pub const DEFAULT_TIMEOUT_S: u64 = 10;
+pub use creme_core::eval::DEFAULT_TIMEOUT_S;
 
 /// The sets named by --types.
 pub fn parse_types(spec: &str) -> Res<Vec<SetName>> {

@@ -16,7 +16,6 @@ use creme_core::model::Model;
 use creme_core::pipeline::LayerRule;
 use creme_core::sets::{PerturbationType, SetName};
 use creme_core::Device;
-use serde_json::Value;
 
 use crate::common::{self, JsonlLog, Res};
 use crate::eval_cmd;
@@ -115,13 +114,8 @@ fn layers_from(path: &Path) -> Res<HashMap<(PerturbationType, String), usize>> {
         return Ok(read_edits(path)?.into_iter().map(|r| ((r.ptype, r.task), r.layer)).collect());
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let t: PerturbationType = v["type"].as_str().unwrap_or("C3").parse()?;
-    let rows = v["rows"].as_array().ok_or_else(|| format!("{}: no calibration rows", path.display()))?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| Some(((t, row["task"].as_str()?.to_string()), row["pass_layer"].as_u64()? as usize)))
-        .collect())
+    let c = creme_core::calibration::Calibration::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(c.rows.into_iter().map(|row| ((c.ptype, row.task), row.pass_layer)).collect())
 }
 
 /// The plan of the flags, with the sets and layer files read.

@@ -33,7 +33,7 @@ impl SandboxJudge {
     /// The pass trace's judge: the default limits, 4 programs at a time (the patched runs of a
     /// trace are judged in small batches).
     pub fn for_pass_trace() -> SandboxJudge {
-        SandboxJudge::new(crate::eval_cmd::DEFAULT_TIMEOUT_S, Some(4))
+        SandboxJudge::new(creme_core::eval::DEFAULT_TIMEOUT_S, Some(4))
     }
 
     /// Judge now, blocking (the sandbox is synchronous).

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use creme_core::calibration::Calibration;
 use creme_core::eval::{self, Outcomes};
 use creme_core::experiment::{self, EditRecord, Summary};
 use creme_core::sets::{PerturbationType, SetName};
@@ -417,40 +418,32 @@ fn key_layer_section(
     runs: &[(String, PathBuf, Vec<EditRecord>)],
 ) -> Res {
     let path = calib.join("calibration.json");
-    let c: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?,
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
-    let rows = c["rows"].as_array().cloned().unwrap_or_default();
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let c = Calibration::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = c.rows.len();
     let _ = writeln!(md, "## Key layer\n\nThe authors' key layer comes from the pass metric: each layer's clean hidden states are patched into the perturbed prompt's forward, the patched run generates and is tested; among the layers whose patched run passes, the one with the largest clean/perturbed distance. creme computes it (`creme calibrate-layer`, `--layer pass`), and also a cheaper logprob trace.");
-    let _ = writeln!(md, "Agreement with the pass metric over {} tasks: logprob argmax {}; saturating logprob rule, threshold fitted on all {} (same {}, within 2 layers {}), and held out one at a time (same {}, within 2 {}). Against the reference run's layers ({} tasks): creme's pass metric agrees on {}, the saturating rule on {}.\n",
-        rows.len(), c["argmax_same"], rows.len(), c["fit"]["same"], c["fit"]["within_2"], c["loo"]["same"], c["loo"]["within_2"], c["reference"]["tasks"], c["reference"]["pass_metric_same"], c["reference"]["same"]);
+    let _ = writeln!(md, "Agreement with the pass metric over {n} tasks: logprob argmax {}; saturating logprob rule, threshold fitted on all {n} (same {}, within 2 layers {}), and held out one at a time (same {}, within 2 {}). Against the reference run's layers ({} tasks): creme's pass metric agrees on {}, the saturating rule on {}.\n",
+        c.argmax_same, c.fit.same, c.fit.within_2, c.loo.same, c.loo.within_2, c.reference.tasks, c.reference.pass_metric_same, c.reference.same);
     let labels: Vec<&str> = runs.iter().map(|(l, ..)| l.as_str()).collect();
     let _ = writeln!(md, "| task | pass metric | reference run | logprob argmax | saturating (held out) | {} |\n|---|---:|---:|---:|---:|{}", labels.join(" | "), "---:|".repeat(labels.len()));
-    let t: PerturbationType = c["type"].as_str().unwrap_or("C3").parse()?;
-    for row in &rows {
-        let task = row["task"].as_str().unwrap_or("");
+    for row in &c.rows {
         let used: Vec<String> = runs
             .iter()
             .map(|(_, _, rs)| {
                 rs.iter()
-                    .find(|r| r.ptype == t && r.task == task)
+                    .find(|r| r.ptype == c.ptype && r.task == row.task)
                     .map(|r| r.layer.to_string())
                     .unwrap_or_else(|| "-".into())
             })
             .collect();
-        let num = |v: &Value| {
-            v.as_u64()
-                .map(|x| x.to_string())
-                .unwrap_or_else(|| "-".into())
-        };
+        let reference = row.reference_layer.map_or("-".to_string(), |l| l.to_string());
         let _ = writeln!(
             md,
-            "| {task} | {} | {} | {} | {} | {} |",
-            num(&row["pass_layer"]),
-            num(&row["reference_layer"]),
-            num(&row["argmax_layer"]),
-            num(&row["predicted"]),
+            "| {} | {} | {reference} | {} | {} | {} |",
+            row.task,
+            row.pass_layer,
+            row.argmax_layer,
+            row.predicted,
             used.join(" | ")
         );
     }

@@ -212,8 +212,8 @@ fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     // A calibrate-layer output naming each task's pass-metric layer.
     let calib = root.join("calib");
     std::fs::create_dir_all(&calib).unwrap();
-    let rows: Vec<Value> = (1..4).map(|i| json!({"task": format!("Tiny/{i}"), "pass_layer": 1, "argmax_layer": 0, "predicted": 0, "reference_layer": null})).collect();
-    let cal = json!({"type": "C3", "rows": rows, "argmax_same": 0, "fit": {"same": 0, "within_2": 3}, "loo": {"same": 0, "within_2": 3, "tasks": 3}, "reference": {"tasks": 0, "same": 0, "within_2": 0, "pass_metric_same": 0}});
+    let rows: Vec<Value> = (1..4).map(|i| json!({"task": format!("Tiny/{i}"), "pass_layer": 1, "threshold_fit_on_others": 0.9, "argmax_layer": 0, "predicted": 0, "reference_layer": null})).collect();
+    let cal = json!({"type": "C3", "threshold": 0.9, "rows": rows, "argmax_same": 0, "fit": {"same": 0, "within_2": 3}, "loo": {"same": 0, "within_2": 3, "tasks": 3}, "reference": {"tasks": 0, "same": 0, "within_2": 0, "pass_metric_same": 0}});
     std::fs::write(calib.join("calibration.json"), cal.to_string()).unwrap();
 
     let out = root.join("run");

@@ -5,6 +5,7 @@
 //! runs in the browser; native callers use the `*_blocking` wrappers.
 
 pub mod backend;
+pub mod calibration;
 pub mod cpu;
 pub mod dataset;
 pub mod draft;

@@ -21,6 +21,10 @@ pub use record::{
     SAMPLE_RECORD_VERSION,
 };
 
+/// Wall and CPU seconds a judge gives each test program unless told otherwise (eval, the
+/// experiment, the pass trace).
+pub const DEFAULT_TIMEOUT_S: u64 = 10;
+
 /// Runs test programs and says what they did. Not `Send`: the page's judge lives on its thread.
 #[allow(async_fn_in_trait)]
 pub trait Judge {

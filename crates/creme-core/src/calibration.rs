@@ -1,0 +1,230 @@
+//! Key-layer calibration: choose the threshold of the saturating logprob key-layer rule so that
+//! it picks the layers the authors' pass metric picks, and say how well it agrees (on all tasks,
+//! held out one at a time, and against a reference run's layers). `calibration.json` is
+//! [`Calibration`], typed and versioned; `creme report` and `experiment --layer from:` read it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sets::PerturbationType;
+use crate::trace::{choose_layer, choose_layer_saturating};
+
+/// The newest calibration version this build writes and reads (0: files written before versions;
+/// same fields).
+pub const CALIBRATION_VERSION: u32 = 1;
+
+/// Both traces of one task (a line of `traces.jsonl`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskTraces {
+    pub task: String,
+    pub logprob: Vec<f64>,
+    pub distances: Vec<f64>,
+    pub pass_key: usize,
+    pub pass_scores: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// (same layer, within 2 layers) counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreement {
+    pub same: usize,
+    pub within_2: usize,
+}
+
+/// Leave-one-out agreement over `tasks` tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldOut {
+    pub same: usize,
+    pub within_2: usize,
+    pub tasks: usize,
+}
+
+/// Agreement with a reference run's layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgainstReference {
+    pub tasks: usize,
+    pub same: usize,
+    pub within_2: usize,
+    pub pass_metric_same: usize,
+}
+
+/// One task's layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRow {
+    pub task: String,
+    pub pass_layer: usize,
+    pub threshold_fit_on_others: f64,
+    pub predicted: usize,
+    pub argmax_layer: usize,
+    pub reference_layer: Option<usize>,
+}
+
+/// `calibration.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    #[serde(default)]
+    pub version: u32,
+    #[serde(rename = "type")]
+    pub ptype: PerturbationType,
+    pub threshold: f64,
+    pub fit: Agreement,
+    pub loo: HeldOut,
+    pub argmax_same: usize,
+    pub reference: AgainstReference,
+    pub rows: Vec<CalibrationRow>,
+}
+
+impl Calibration {
+    /// Parse `calibration.json`, refusing versions this build does not know.
+    pub fn parse(text: &str) -> Result<Calibration, String> {
+        let mut c: Calibration = crate::versioned::parse(text, 0, CALIBRATION_VERSION, "a calibration")?;
+        c.version = CALIBRATION_VERSION;
+        Ok(c)
+    }
+}
+
+/// How the rule with `threshold` agrees with the pass metric on `traces`.
+fn agreement(traces: &[&TaskTraces], threshold: f64) -> Agreement {
+    traces.iter().fold(Agreement::default(), |a, t| {
+        let l = choose_layer_saturating(&t.logprob, &t.distances, threshold);
+        Agreement {
+            same: a.same + (l == t.pass_key) as usize,
+            within_2: a.within_2 + (l.abs_diff(t.pass_key) <= 2) as usize,
+        }
+    })
+}
+
+/// The threshold that agrees best with the pass metric on `traces` (exact matches first, then
+/// within 2 layers); among equally good ones the median candidate.
+fn fit(traces: &[&TaskTraces]) -> f64 {
+    let mut candidates: Vec<f64> =
+        traces.iter().flat_map(|t| t.logprob.iter().cloned()).filter(|v| v.is_finite()).collect();
+    candidates.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    candidates.dedup();
+    let key = |a: Agreement| (a.same, a.within_2);
+    let best = candidates.iter().map(|&c| key(agreement(traces, c))).max().unwrap_or((0, 0));
+    let tied: Vec<f64> = candidates.into_iter().filter(|&c| key(agreement(traces, c)) == best).collect();
+    tied.get(tied.len().saturating_sub(1) / 2).copied().unwrap_or(1.0)
+}
+
+/// Per task, the threshold fitted on the others and the layer it predicts.
+fn held_out_rows(traces: &[TaskTraces], reference: &BTreeMap<String, usize>) -> Vec<CalibrationRow> {
+    let all: Vec<&TaskTraces> = traces.iter().collect();
+    traces
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let others: Vec<&TaskTraces> =
+                all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, t)| *t).collect();
+            let th = fit(&others);
+            CalibrationRow {
+                task: t.task.clone(),
+                pass_layer: t.pass_key,
+                threshold_fit_on_others: th,
+                predicted: choose_layer_saturating(&t.logprob, &t.distances, th),
+                argmax_layer: choose_layer(&t.logprob, &t.distances),
+                reference_layer: reference.get(&t.task).copied(),
+            }
+        })
+        .collect()
+}
+
+/// Fit and evaluate the threshold on `traces`; `reference`: a reference run's layers by task.
+pub fn calibrate(
+    ptype: PerturbationType,
+    traces: &[TaskTraces],
+    reference: &BTreeMap<String, usize>,
+) -> Calibration {
+    let all: Vec<&TaskTraces> = traces.iter().collect();
+    let rows = held_out_rows(traces, reference);
+    let threshold = fit(&all);
+    let on_ref: Vec<(usize, usize)> = traces
+        .iter()
+        .filter_map(|t| {
+            let l = choose_layer_saturating(&t.logprob, &t.distances, threshold);
+            Some((*reference.get(&t.task)?, l))
+        })
+        .collect();
+    Calibration {
+        version: CALIBRATION_VERSION,
+        ptype,
+        threshold,
+        fit: agreement(&all, threshold),
+        loo: HeldOut {
+            same: rows.iter().filter(|r| r.predicted == r.pass_layer).count(),
+            within_2: rows.iter().filter(|r| r.predicted.abs_diff(r.pass_layer) <= 2).count(),
+            tasks: rows.len(),
+        },
+        argmax_same: rows.iter().filter(|r| r.argmax_layer == r.pass_layer).count(),
+        reference: AgainstReference {
+            tasks: on_ref.len(),
+            same: on_ref.iter().filter(|(r, p)| r == p).count(),
+            within_2: on_ref.iter().filter(|(r, p)| r.abs_diff(*p) <= 2).count(),
+            pass_metric_same: traces.iter().filter(|t| reference.get(&t.task) == Some(&t.pass_key)).count(),
+        },
+        rows,
+    }
+}
+
+impl Calibration {
+    /// `calibration.md`.
+    pub fn markdown(&self) -> String {
+        let n = self.rows.len();
+        let (th, fit, loo, r) = (self.threshold, self.fit, self.loo, self.reference);
+        let mut md = format!("# Key-layer calibration\n\nSaturating logprob rule: a layer counts as restored once its logprob restoration reaches the threshold; the restored layer with the largest clean/perturbed distance is the key layer. Threshold fitted on all {n} tasks: **{th:.3}**.\n\n");
+        md.push_str(&format!("- With that threshold on the same tasks: same layer as the pass metric {}/{n}, within 2 layers {}/{n}.\n", fit.same, fit.within_2));
+        md.push_str(&format!("- Leave-one-out against the pass metric's layers (threshold fitted on the other {} tasks): same layer {}/{n}, within 2 layers {}/{n}.\n", n.saturating_sub(1), loo.same, loo.within_2));
+        md.push_str(&format!("- The plain argmax of the logprob restoration: same layer as the pass metric {}/{n}.\n", self.argmax_same));
+        md.push_str(&format!("- Against the reference run's layers ({} tasks): same {}, within 2 layers {}; creme's own pass metric equals the reference on {}.\n\n", r.tasks, r.same, r.within_2, r.pass_metric_same));
+        md.push_str("| task | pass-metric layer | reference layer | LOO threshold | predicted | logprob argmax |\n|---|---:|---:|---:|---:|---:|\n");
+        for row in &self.rows {
+            let reference = row.reference_layer.map_or("null".to_string(), |l| l.to_string());
+            md.push_str(&format!(
+                "| {} | {} | {reference} | {:.3} | {} | {} |\n",
+                row.task, row.pass_layer, row.threshold_fit_on_others, row.predicted, row.argmax_layer
+            ));
+        }
+        md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str, logprob: Vec<f64>, distances: Vec<f64>, pass_key: usize) -> TaskTraces {
+        TaskTraces { task: name.into(), logprob, distances, pass_key, pass_scores: vec![], seconds: 0.0 }
+    }
+
+    #[test]
+    fn the_fitted_threshold_reproduces_saturated_choices() {
+        // Early layers restore fully; the pass metric picks the deepest restored layer (largest
+        // distance). Restoration above ~0.9 means restored in these tasks.
+        let d: Vec<f64> = (0..6).map(|l| l as f64).collect();
+        let ts = vec![
+            task("a", vec![1.5, 1.2, 0.95, 0.3, 0.1, 0.0], d.clone(), 2),
+            task("b", vec![1.1, 0.97, 0.92, 0.91, 0.2, 0.0], d.clone(), 3),
+            task("c", vec![2.0, 0.99, 0.5, 0.2, 0.1, 0.0], d.clone(), 1),
+        ];
+        let cal = calibrate(PerturbationType::C3, &ts, &BTreeMap::new());
+        assert!(cal.threshold > 0.5 && cal.threshold <= 0.95, "{}", cal.threshold);
+        assert_eq!(cal.fit.same, 3, "{}", cal.markdown());
+        assert!(cal.loo.same >= 2, "{}", cal.markdown());
+        // The plain argmax picks layer 0 everywhere.
+        assert_eq!(cal.argmax_same, 0);
+        let text = serde_json::to_string(&cal).unwrap();
+        assert_eq!(Calibration::parse(&text).unwrap(), cal);
+    }
+
+    #[test]
+    fn an_unversioned_calibration_loads_and_a_later_one_is_refused() {
+        let legacy = r#"{"threshold":0.9,"fit":{"same":1,"within_2":1},"loo":{"same":0,"within_2":1,"tasks":1},"argmax_same":0,
+            "reference":{"tasks":0,"same":0,"within_2":0,"pass_metric_same":0},
+            "rows":[{"task":"HumanEval/1","pass_layer":3,"threshold_fit_on_others":1.0,"predicted":2,"argmax_layer":0,"reference_layer":null}],"type":"C3"}"#;
+        let c = Calibration::parse(legacy).unwrap();
+        assert_eq!((c.version, c.rows[0].pass_layer), (CALIBRATION_VERSION, 3));
+        let later = legacy.replacen('{', "{\"version\":5,", 1);
+        assert!(Calibration::parse(&later).unwrap_err().contains("version 5"));
+    }
+}
