@@ -167,4 +167,3 @@ fn reference_layers(path: Option<&Path>) -> Res<BTreeMap<String, usize>> {
         .filter_map(|r| Some((r["task"].as_str()?.to_string(), r["key"].as_u64()? as usize)))
         .collect())
 }
-

@@ -123,7 +123,11 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let mut records = retry_judge_errors(previous, &sets, &judge, &mut log)?;
     let done: HashSet<Key> = records.iter().map(SampleRecord::key).collect();
     if !done.is_empty() {
-        eprintln!("resuming: {} samples already in {}", done.len(), a.out.join("samples.jsonl").display());
+        eprintln!(
+            "resuming: {} samples already in {}",
+            done.len(),
+            a.out.join("samples.jsonl").display()
+        );
     }
     let mut sink = |rec: SampleRecord| -> Res {
         log.append(&rec)?;
@@ -134,7 +138,16 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         (Some(path), _) => score_given(path, &a, &dir, &sets, &done, &judge, &mut sink)?,
         (None, Some((dev, model))) => {
             let drafts = read_drafts(&a.baseline, &dir, &types, &model, &manifest)?;
-            generate_all(&dev, &model, &sets, &a.spec(), drafts.as_ref(), &done, judge, &mut sink)?
+            generate_all(
+                &dev,
+                &model,
+                &sets,
+                &a.spec(),
+                drafts.as_ref(),
+                &done,
+                judge,
+                &mut sink,
+            )?
         }
         (None, None) => unreachable!("a model is loaded when there are no completions"),
     }
@@ -142,12 +155,26 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
 }
 
 /// What this run's records depend on.
-fn eval_manifest(a: &EvalArgs, sets: &BTreeMap<SetName, Vec<Problem>>, dev: Option<&Device>) -> Res<RunManifest> {
+fn eval_manifest(
+    a: &EvalArgs,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    dev: Option<&Device>,
+) -> Res<RunManifest> {
     let model = match dev {
-        Some(_) => Some(run_dir::file_digest(&common::model_path(a.input.model.as_deref()))?),
+        Some(_) => Some(run_dir::file_digest(&common::model_path(
+            a.input.model.as_deref(),
+        ))?),
         None => None,
     };
-    let spec = if dev.is_some() { a.spec() } else { GenSpec { n: 1, ..GenSpec::default() }.greedy() };
+    let spec = if dev.is_some() {
+        a.spec()
+    } else {
+        GenSpec {
+            n: 1,
+            ..GenSpec::default()
+        }
+        .greedy()
+    };
     Ok(RunManifest {
         version: manifest::MANIFEST_VERSION,
         kind: RunKind::Eval,
@@ -157,8 +184,16 @@ fn eval_manifest(a: &EvalArgs, sets: &BTreeMap<SetName, Vec<Problem>>, dev: Opti
         dataset: manifest::dataset_digests(sets),
         generation: (&spec).into(),
         timeout_s: a.timeout,
-        patches: a.patch.iter().map(|p| run_dir::file_digest(p)).collect::<Res<_>>()?,
-        completions: a.completions.as_deref().map(run_dir::file_digest).transpose()?,
+        patches: a
+            .patch
+            .iter()
+            .map(|p| run_dir::file_digest(p))
+            .collect::<Res<_>>()?,
+        completions: a
+            .completions
+            .as_deref()
+            .map(run_dir::file_digest)
+            .transpose()?,
         experiment: None,
     })
 }
@@ -171,7 +206,8 @@ fn retry_judge_errors(
     judge: &SandboxJudge,
     log: &mut SampleLog,
 ) -> Res<Vec<SampleRecord>> {
-    let (errors, mut done): (Vec<_>, Vec<_>) = previous.into_iter().partition(|r| r.is_judge_error());
+    let (errors, mut done): (Vec<_>, Vec<_>) =
+        previous.into_iter().partition(|r| r.is_judge_error());
     let settled: HashSet<Key> = done.iter().map(SampleRecord::key).collect();
     let mut retry: BTreeMap<Key, SampleRecord> = BTreeMap::new();
     for r in errors.into_iter().filter(|r| !settled.contains(&r.key())) {
@@ -184,10 +220,17 @@ fn retry_judge_errors(
     if items.is_empty() {
         return Ok(done);
     }
-    eprintln!("retrying {} samples the sandbox could not run before", items.len());
-    let programs: Vec<_> = items.iter().map(|(r, p)| p.program(&p.prompt, &r.completion)).collect();
+    eprintln!(
+        "retrying {} samples the sandbox could not run before",
+        items.len()
+    );
+    let programs: Vec<_> = items
+        .iter()
+        .map(|(r, p)| p.program(&p.prompt, &r.completion))
+        .collect();
     for ((r, p), j) in items.iter().zip(judge.judge_now(&programs)) {
-        let mut rec = SampleRecord::judged(r.set, &p.task_id, r.sample, &r.completion, &r.finish, &j);
+        let mut rec =
+            SampleRecord::judged(r.set, &p.task_id, r.sample, &r.completion, &r.finish, &j);
         rec.tokens = r.tokens.clone();
         rec.draft = r.draft;
         log.append(&rec)?;
@@ -196,7 +239,11 @@ fn retry_judge_errors(
     Ok(done)
 }
 
-fn eval_problem<'a>(sets: &'a BTreeMap<SetName, Vec<Problem>>, set: SetName, task: &str) -> Option<&'a Problem> {
+fn eval_problem<'a>(
+    sets: &'a BTreeMap<SetName, Vec<Problem>>,
+    set: SetName,
+    task: &str,
+) -> Option<&'a Problem> {
     sets.get(&set)?.iter().find(|p| p.task_id == task)
 }
 
@@ -231,7 +278,16 @@ fn generate_all(
                 creme_core::ModelError::Format(msg)
             })
         };
-        let r = pollster::block_on(eval::run_set(dev, model, *set, &todo, spec, drafts, &mut judge, &mut on_record));
+        let r = pollster::block_on(eval::run_set(
+            dev,
+            model,
+            *set,
+            &todo,
+            spec,
+            drafts,
+            &mut judge,
+            &mut on_record,
+        ));
         if let Some(e) = failure {
             return Err(e);
         }
@@ -259,7 +315,12 @@ fn read_drafts(
             // model or dataset is a mistake worth naming.
             let base = run_dir::read_manifest(path)?;
             if base.model != m.model {
-                return Err(format!("--baseline {}: drafts of another model ({:?})", path.display(), base.model.map(|f| f.name)).into());
+                return Err(format!(
+                    "--baseline {}: drafts of another model ({:?})",
+                    path.display(),
+                    base.model.map(|f| f.name)
+                )
+                .into());
             }
             Drafts::from_records(&run_dir::read_samples(&path.join("samples.jsonl"))?, model)?
         } else {
@@ -291,10 +352,18 @@ fn score_given(
     let has = |set: &SetName| given.keys().any(|k| &k.0 == set);
     if !sets.keys().any(has) {
         let names: Vec<String> = sets.keys().map(|s| s.to_string()).collect();
-        return Err(format!("{} holds no completion for the sets asked for ({})", path.display(), names.join(", ")).into());
+        return Err(format!(
+            "{} holds no completion for the sets asked for ({})",
+            path.display(),
+            names.join(", ")
+        )
+        .into());
     }
     for set in sets.keys().filter(|s| !has(s)) {
-        eprintln!("warning: {} holds no completions for set '{set}'", path.display());
+        eprintln!(
+            "warning: {} holds no completions for set '{set}'",
+            path.display()
+        );
     }
     for (set, problems) in sets {
         let todo = given_todo(*set, problems, &given, done);
@@ -303,11 +372,19 @@ fn score_given(
         }
         let mut prog = Progress::new(*set, todo.len());
         for chunk in todo.chunks(64) {
-            let programs: Vec<_> = chunk.iter().map(|(p, _, c)| p.program(&p.prompt, c)).collect();
+            let programs: Vec<_> = chunk
+                .iter()
+                .map(|(p, _, c)| p.program(&p.prompt, c))
+                .collect();
             let judged = judge.judge_now(&programs);
-            let passed = judged.iter().filter(|j| j.verdict == eval::Verdict::Pass).count();
+            let passed = judged
+                .iter()
+                .filter(|j| j.verdict == eval::Verdict::Pass)
+                .count();
             for ((p, sample, c), j) in chunk.iter().zip(&judged) {
-                sink(SampleRecord::judged(*set, &p.task_id, *sample, c, "given", j))?;
+                sink(SampleRecord::judged(
+                    *set, &p.task_id, *sample, c, "given", j,
+                ))?;
             }
             prog.tick(chunk.len(), passed);
         }
@@ -337,7 +414,10 @@ fn given_todo<'a>(
 /// them).
 fn finish(a: &EvalArgs, records: &[SampleRecord], types: &[SetName]) -> Res {
     let summary = summary::summarize(records, types, a.n);
-    common::write(&a.out.join("summary.json"), &serde_json::to_string_pretty(&summary)?)?;
+    common::write(
+        &a.out.join("summary.json"),
+        &serde_json::to_string_pretty(&summary)?,
+    )?;
     let markdown = summary.markdown();
     common::write(&a.out.join("summary.md"), &markdown)?;
     print!("{markdown}");
@@ -386,8 +466,12 @@ impl Progress {
 
 /// Completions given on the command line: (set, task_id, sample) -> text. One JSON object of
 /// lists is the {set: [...]} form (in the order of the whole set); anything else is JSONL.
-pub fn read_completions(path: &Path, sets: &BTreeMap<SetName, Vec<Problem>>) -> Res<HashMap<Key, String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+pub fn read_completions(
+    path: &Path,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+) -> Res<HashMap<Key, String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     // A one-record JSONL file is also a single object, but of strings.
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(map)) if !map.is_empty() && map.values().all(Value::is_array) => {
@@ -404,13 +488,27 @@ fn completions_by_set(
 ) -> Res<HashMap<Key, String>> {
     let mut out = HashMap::new();
     for (name, list) in map {
-        let Some((set, problems)) = name.parse::<SetName>().ok().and_then(|s| Some((s, sets.get(&s)?))) else {
+        let Some((set, problems)) = name
+            .parse::<SetName>()
+            .ok()
+            .and_then(|s| Some((s, sets.get(&s)?)))
+        else {
             continue;
         };
-        let list: Vec<String> = serde_json::from_value(list)
-            .map_err(|e| format!("{}: '{name}' is not a list of strings ({e})", path.display()))?;
+        let list: Vec<String> = serde_json::from_value(list).map_err(|e| {
+            format!(
+                "{}: '{name}' is not a list of strings ({e})",
+                path.display()
+            )
+        })?;
         if list.len() != problems.len() {
-            return Err(format!("{}: '{name}' has {} completions for {} tasks", path.display(), list.len(), problems.len()).into());
+            return Err(format!(
+                "{}: '{name}' has {} completions for {} tasks",
+                path.display(),
+                list.len(),
+                problems.len()
+            )
+            .into());
         }
         for (p, c) in problems.iter().zip(list) {
             out.insert((set, p.task_id.clone(), 0), c);
@@ -429,9 +527,18 @@ fn completions_jsonl(path: &Path, text: &str) -> Res<HashMap<Key, String>> {
         sample: usize,
     }
     let mut out = HashMap::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let g: Given = serde_json::from_str(line)
-            .map_err(|e| format!("{}:{}: not a completion record {{set, task_id, completion[, sample]}} ({e})", path.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let g: Given = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{}:{}: not a completion record {{set, task_id, completion[, sample]}} ({e})",
+                path.display(),
+                i + 1
+            )
+        })?;
         out.insert((g.set, g.task_id, g.sample), g.completion);
     }
     Ok(out)

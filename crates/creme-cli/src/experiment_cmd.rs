@@ -89,21 +89,36 @@ fn parse_shard(s: &Option<String>) -> Res<(usize, usize)> {
 fn layer_modes(path: &Path) -> Res<BTreeMap<PerturbationType, usize>> {
     let mut counts: BTreeMap<PerturbationType, BTreeMap<usize, usize>> = BTreeMap::new();
     for r in read_edits(path)? {
-        *counts.entry(r.ptype).or_default().entry(r.layer).or_default() += 1;
+        *counts
+            .entry(r.ptype)
+            .or_default()
+            .entry(r.layer)
+            .or_default() += 1;
     }
     Ok(counts
         .into_iter()
-        .filter_map(|(t, c)| Some((t, c.into_iter().max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?.0)))
+        .filter_map(|(t, c)| {
+            Some((
+                t,
+                c.into_iter()
+                    .max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?
+                    .0,
+            ))
+        })
         .collect())
 }
 
 /// The records of an `edits.jsonl` file (versions this build does not know are refused).
 pub fn read_edits(path: &Path) -> Res<Vec<EditRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| EditRecord::parse_line(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into()))
+        .map(|(i, l)| {
+            EditRecord::parse_line(l)
+                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into())
+        })
         .collect()
 }
 
@@ -111,25 +126,37 @@ pub fn read_edits(path: &Path) -> Res<Vec<EditRecord>> {
 /// task) or a `creme calibrate-layer` calibration.json (each row's pass-metric layer).
 fn layers_from(path: &Path) -> Res<HashMap<(PerturbationType, String), usize>> {
     if path.extension().is_some_and(|e| e == "jsonl") {
-        return Ok(read_edits(path)?.into_iter().map(|r| ((r.ptype, r.task), r.layer)).collect());
+        return Ok(read_edits(path)?
+            .into_iter()
+            .map(|r| ((r.ptype, r.task), r.layer))
+            .collect());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let c = creme_core::calibration::Calibration::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(c.rows.into_iter().map(|row| ((c.ptype, row.task), row.pass_layer)).collect())
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let c = creme_core::calibration::Calibration::parse(&text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(c.rows
+        .into_iter()
+        .map(|row| ((c.ptype, row.task), row.pass_layer))
+        .collect())
 }
 
 /// The plan of the flags, with the sets and layer files read.
 fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
-    let types: Vec<PerturbationType> =
-        eval_cmd::parse_types(&a.types)?.into_iter().filter_map(SetName::perturbation).collect();
+    let types: Vec<PerturbationType> = eval_cmd::parse_types(&a.types)?
+        .into_iter()
+        .filter_map(SetName::perturbation)
+        .collect();
     if types.is_empty() {
         return Err("--types names no perturbation type to edit for".into());
     }
     let mut all_sets = vec![SetName::Clean];
     all_sets.extend(types.iter().map(|t| SetName::Perturbed(*t)));
     if let Some(t) = &a.eval_types {
-        let extra = eval_cmd::parse_types(t)?.into_iter().filter(|s| !s.is_clean() && !all_sets.contains(s));
+        let extra = eval_cmd::parse_types(t)?
+            .into_iter()
+            .filter(|s| !s.is_clean() && !all_sets.contains(s));
         all_sets.extend(extra.collect::<Vec<_>>());
     }
     Ok(ExperimentPlan {
@@ -150,18 +177,29 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
         },
         types,
         all_sets,
-        spec: GenSpec { max_tokens: a.gen.max_tokens, batch: a.gen.batch, ..GenSpec::default() }.greedy(),
+        spec: GenSpec {
+            max_tokens: a.gen.max_tokens,
+            batch: a.gen.batch,
+            ..GenSpec::default()
+        }
+        .greedy(),
     })
 }
 
 /// The manifest of the experiment directory, and the one its baseline must fit.
-fn manifests(a: &ExperimentArgs, plan: &ExperimentPlan, dev: &Device) -> Res<(RunManifest, RunManifest)> {
+fn manifests(
+    a: &ExperimentArgs,
+    plan: &ExperimentPlan,
+    dev: &Device,
+) -> Res<(RunManifest, RunManifest)> {
     let baseline = RunManifest {
         version: manifest::MANIFEST_VERSION,
         kind: RunKind::Eval,
         build: run_dir::build_id()?,
         device: Some(run_dir::results_device(dev)),
-        model: Some(run_dir::file_digest(&common::model_path(a.input.model.as_deref()))?),
+        model: Some(run_dir::file_digest(&common::model_path(
+            a.input.model.as_deref(),
+        ))?),
         dataset: manifest::dataset_digests(&plan.sets),
         generation: (&plan.spec).into(),
         timeout_s: eval_cmd::DEFAULT_TIMEOUT_S,
@@ -176,10 +214,19 @@ fn manifests(a: &ExperimentArgs, plan: &ExperimentPlan, dev: &Device) -> Res<(Ru
             edit: plan.settings.clone(),
             target_tokens: plan.target_tokens,
             layer: plan.layer.to_string(),
-            layer_source: plan.layer.source_file().map(|f| run_dir::file_digest(Path::new(f))).transpose()?,
+            layer_source: plan
+                .layer
+                .source_file()
+                .map(|f| run_dir::file_digest(Path::new(f)))
+                .transpose()?,
             restored_at: a.edit.restored_at.clone(),
             eval_scope: plan.eval_scope.name().into(),
-            eval_types: plan.all_sets.iter().filter(|s| !s.is_clean() && !edited.contains(s)).copied().collect(),
+            eval_types: plan
+                .all_sets
+                .iter()
+                .filter(|s| !s.is_clean() && !edited.contains(s))
+                .copied()
+                .collect(),
             types: edited,
         }),
         ..baseline.clone()
@@ -190,7 +237,8 @@ fn manifests(a: &ExperimentArgs, plan: &ExperimentPlan, dev: &Device) -> Res<(Ru
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let plan = plan(&a)?;
     let dev = Device::open(gpu_opts)?;
-    let mut model = common::load_model(&dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
+    let mut model =
+        common::load_model(&dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
     let (manifest, base_manifest) = manifests(&a, &plan, &dev)?;
     run_dir::claim(&a.out, &manifest, &["edits.jsonl"])?;
     common::record_command(&a.out)?;
@@ -208,18 +256,39 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let (mut log, previous) = JsonlLog::open(&log_path)?;
     let mut done = HashSet::new();
     for r in previous {
-        let r = EditRecord::parse_line(&r.to_string()).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let r = EditRecord::parse_line(&r.to_string())
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
         done.insert((r.ptype, r.task));
     }
-    eprintln!("{total} edit-worthy tasks over {} types; this shard: {}, already done: {}", plan.types.len(), jobs.len(), done.len());
+    eprintln!(
+        "{total} edit-worthy tasks over {} types; this shard: {}, already done: {}",
+        plan.types.len(),
+        jobs.len(),
+        done.len()
+    );
     for (k, job) in jobs.iter().enumerate() {
         if done.contains(&(job.ptype, job.pert.task_id.clone())) {
             continue;
         }
-        let label = format!("[{}/{}] {} {}", k + 1, jobs.len(), job.ptype, job.pert.task_id);
+        let label = format!(
+            "[{}/{}] {} {}",
+            k + 1,
+            jobs.len(),
+            job.ptype,
+            job.pert.task_id
+        );
         let mut bar = crate::progress::Reporter::new(&label);
         let mut progress = |s: creme_core::progress::Step| bar.step(s);
-        let job_run = runner::run_job(&dev, &mut model, &plan, job, &base, Some(&drafts), &mut judge, &mut progress);
+        let job_run = runner::run_job(
+            &dev,
+            &mut model,
+            &plan,
+            job,
+            &base,
+            Some(&drafts),
+            &mut judge,
+            &mut progress,
+        );
         let rec = pollster::block_on(job_run)?;
         bar.finish();
         log.append(&serde_json::to_value(&rec)?)?;
@@ -227,9 +296,16 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     }
     let r = crate::report_cmd::report(&[a.out.clone()])?;
     common::write(&a.out.join("report.md"), &r.markdown)?;
-    common::write(&a.out.join("report.json"), &serde_json::to_string_pretty(&r.json)?)?;
+    common::write(
+        &a.out.join("report.json"),
+        &serde_json::to_string_pretty(&r.json)?,
+    )?;
     print!("{}", r.markdown);
-    println!("records: {}\nreport: {}", log_path.display(), a.out.join("report.md").display());
+    println!(
+        "records: {}\nreport: {}",
+        log_path.display(),
+        a.out.join("report.md").display()
+    );
     Ok(())
 }
 
@@ -247,7 +323,11 @@ fn baseline(
         run_dir::check_baseline(dir, m)?;
         let records = run_dir::read_samples(&dir.join("samples.jsonl"))?;
         let base = eval::outcomes_of(&records);
-        if let Some((s, ps)) = plan.missing_tasks(&base).into_iter().find(|(_, ps)| !ps.is_empty()) {
+        if let Some((s, ps)) = plan
+            .missing_tasks(&base)
+            .into_iter()
+            .find(|(_, ps)| !ps.is_empty())
+        {
             return Err(format!("the baseline {} has no verdict for {} tasks of {s} (e.g. {}); finish it with `creme eval` first", dir.display(), ps.len(), ps[0].task_id).into());
         }
         return Ok((base, records));
@@ -274,7 +354,16 @@ fn baseline(
             })
         };
         let sets = [(s, missing)].into();
-        let r = pollster::block_on(runner::evaluate(dev, model, &sets, &plan.spec, None, judge, &mut |st| bar.step(st), &mut sink));
+        let r = pollster::block_on(runner::evaluate(
+            dev,
+            model,
+            &sets,
+            &plan.spec,
+            None,
+            judge,
+            &mut |st| bar.step(st),
+            &mut sink,
+        ));
         if let Some(e) = failure {
             return Err(e);
         }

@@ -10,6 +10,7 @@ mod common;
 mod edit_cmd;
 mod eval_cmd;
 mod experiment_cmd;
+mod generate_cmd;
 mod judge;
 mod perturb_cmd;
 mod progress;
@@ -23,8 +24,7 @@ mod trace_cmd;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use common::load_model;
-use creme_core::{cpu, generate, Backend, Device, GpuOptions};
+use creme_core::{cpu, Backend, Device, GpuOptions};
 
 #[derive(Parser)]
 #[command(
@@ -97,37 +97,8 @@ enum Cmd {
     Generate {
         #[command(flatten)]
         gpu: GpuFlags,
-        /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// File holding the prompt text ('-' for stdin)
-        #[arg(long)]
-        prompt_file: Option<PathBuf>,
-        /// The prompt text itself
-        #[arg(long, conflicts_with = "prompt_file")]
-        prompt: Option<String>,
-        #[arg(long, default_value_t = 320)]
-        max_tokens: usize,
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Stop strings (repeatable); --humaneval-stops adds the HumanEval set
-        #[arg(long)]
-        stop: Vec<String>,
-        #[arg(long)]
-        humaneval_stops: bool,
-        /// Print tokens as they come (to stderr) and timing
-        #[arg(long)]
-        stream: bool,
-        /// Apply CREME patches (safetensors from `creme edit`) before generating
-        #[arg(long)]
-        patch: Vec<PathBuf>,
-        /// Print JSON {tokens, text, finish} instead of the text
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: generate_cmd::GenerateArgs,
     },
     /// Whole-run figures on this adapter: load, prefill, decode, trace, edit, HumanEval generation
     Bench {
@@ -316,41 +287,14 @@ fn run(cli: Cli) -> Res {
             baseline,
             calibration,
             doc,
-        } if !settings.is_empty() => {
-            if !dirs.is_empty() || out.is_some() {
-                return Err("--setting writes the efficacy document: give the runs as --setting LABEL=DIR, not as directories".into());
-            }
-            let baseline = baseline.ok_or("--setting needs --baseline DIR (the eval run the experiments took their baseline from)")?;
-            report_cmd::run_doc(report_cmd::DocArgs {
-                settings,
-                baseline,
-                calibration,
-                doc,
-            })
-        }
+        } if !settings.is_empty() => efficacy_doc(dirs, out, settings, baseline, calibration, doc),
         Cmd::Report { dirs, out, .. } => report_cmd::run(&dirs, out),
         Cmd::Serve {
             port,
             web,
             models,
             dataset,
-        } => {
-            let models = models.unwrap_or_else(|| {
-                common::model_path(None)
-                    .parent()
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_default()
-            });
-            let datasets = common::dataset_dir(dataset.as_deref()).ok();
-            serve_cmd::run(
-                serve_cmd::Roots {
-                    web,
-                    models,
-                    datasets,
-                },
-                port,
-            )
-        }
+        } => serve(port, web, models, dataset),
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
         Cmd::Export { model, patch, out } => export(model.as_deref(), &patch, &out),
         Cmd::Perturb { args } => perturb_cmd::run(args),
@@ -414,80 +358,7 @@ fn run(cli: Cli) -> Res {
                 },
             )
         }
-        Cmd::Generate {
-            gpu,
-            model,
-            prompt_file,
-            prompt,
-            max_tokens,
-            temperature,
-            top_p,
-            seed,
-            mut stop,
-            humaneval_stops,
-            stream,
-            patch,
-            json,
-        } => {
-            let prompt = match (prompt, prompt_file) {
-                (Some(p), _) => p,
-                (None, Some(f)) if f.as_os_str() == "-" => {
-                    std::io::read_to_string(std::io::stdin())?
-                }
-                (None, Some(f)) => std::fs::read_to_string(&f)
-                    .map_err(|e| format!("reading {}: {e}", f.display()))?,
-                (None, None) => return Err("give --prompt-file FILE or --prompt TEXT".into()),
-            };
-            if humaneval_stops {
-                stop.extend(generate::humaneval_stops());
-            }
-            let opts = generate::GenerateOptions {
-                max_new_tokens: max_tokens,
-                temperature,
-                top_p,
-                seed,
-                stop,
-                ignore_eos: false,
-            };
-            let dev = Device::open(&gpu.options())?;
-            let mut model = load_model(&dev, model.as_deref(), 0)?;
-            common::apply_patches(&dev, &mut model, &patch)?;
-            let ids = model.tokenizer.encode(&prompt)?;
-            if ids.is_empty() {
-                return Err("the prompt is empty".into());
-            }
-            let t0 = Instant::now();
-            let tok = &model.tokenizer;
-            let mut on_token = |_: usize, id: u32| {
-                if stream {
-                    eprint!("{}", tok.decode(&[id]).unwrap_or_default());
-                }
-            };
-            let out = pollster::block_on(generate::generate(
-                &dev,
-                &model,
-                &[ids.clone()],
-                &opts,
-                &mut on_token,
-            ))?;
-            let c = &out[0];
-            if stream {
-                let s = t0.elapsed().as_secs_f64();
-                eprintln!(
-                    "\n[{} prompt tokens, {} new tokens in {s:.2} s, {:.1} tok/s, finish {:?}]",
-                    ids.len(),
-                    c.tokens.len(),
-                    c.tokens.len() as f64 / s,
-                    c.finish
-                );
-            }
-            if json {
-                println!("{}", serde_json::to_string(c)?);
-            } else {
-                print!("{}", c.text);
-            }
-            Ok(())
-        }
+        Cmd::Generate { gpu, args } => generate_cmd::run(&gpu.options(), args),
     }
 }
 
@@ -635,4 +506,46 @@ fn bench_kernels(opts: &GpuOptions, reps: usize, m: usize, copies: usize) -> Res
         }
     }
     Ok(())
+}
+
+/// `creme report --setting LABEL=DIR ...`: the efficacy document.
+fn efficacy_doc(
+    dirs: Vec<PathBuf>,
+    out: Option<PathBuf>,
+    settings: Vec<(String, PathBuf)>,
+    baseline: Option<PathBuf>,
+    calibration: Option<PathBuf>,
+    doc: PathBuf,
+) -> Res {
+    if !dirs.is_empty() || out.is_some() {
+        return Err("--setting writes the efficacy document: give the runs as --setting LABEL=DIR, not as directories".into());
+    }
+    let baseline = baseline.ok_or(
+        "--setting needs --baseline DIR (the eval run the experiments took their baseline from)",
+    )?;
+    report_cmd::run_doc(report_cmd::DocArgs {
+        settings,
+        baseline,
+        calibration,
+        doc,
+    })
+}
+
+/// `creme serve`: the web app, the model cache and the datasets.
+fn serve(port: u16, web: PathBuf, models: Option<PathBuf>, dataset: Option<PathBuf>) -> Res {
+    let models = models.unwrap_or_else(|| {
+        common::model_path(None)
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    });
+    let datasets = common::dataset_dir(dataset.as_deref()).ok();
+    serve_cmd::run(
+        serve_cmd::Roots {
+            web,
+            models,
+            datasets,
+        },
+        port,
+    )
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use creme_core::calibration::Calibration;
 use creme_core::eval::{self, Outcomes};
 use creme_core::experiment::{self, EditRecord, Summary};
-use creme_core::sets::{PerturbationType, SetName};
 use creme_core::metrics;
+use creme_core::sets::{PerturbationType, SetName};
 use serde_json::{json, Value};
 
 use crate::common::{self, Res};
@@ -215,7 +215,9 @@ fn command_of(dir: &Path) -> String {
 
 /// The efficacy document (markdown), from the runs named in `a`.
 pub fn efficacy(a: &DocArgs) -> Res<String> {
-    let base = eval::outcomes_of(&crate::run_dir::read_samples(&a.baseline.join("samples.jsonl"))?);
+    let base = eval::outcomes_of(&crate::run_dir::read_samples(
+        &a.baseline.join("samples.jsonl"),
+    )?);
     let runs: Vec<(String, PathBuf, Vec<EditRecord>)> = a
         .settings
         .iter()
@@ -418,7 +420,8 @@ fn key_layer_section(
     runs: &[(String, PathBuf, Vec<EditRecord>)],
 ) -> Res {
     let path = calib.join("calibration.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let c = Calibration::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let n = c.rows.len();
     let _ = writeln!(md, "## Key layer\n\nThe authors' key layer comes from the pass metric: each layer's clean hidden states are patched into the perturbed prompt's forward, the patched run generates and is tested; among the layers whose patched run passes, the one with the largest clean/perturbed distance. creme computes it (`creme calibrate-layer`, `--layer pass`), and also a cheaper logprob trace.");
@@ -436,7 +439,9 @@ fn key_layer_section(
                     .unwrap_or_else(|| "-".into())
             })
             .collect();
-        let reference = row.reference_layer.map_or("-".to_string(), |l| l.to_string());
+        let reference = row
+            .reference_layer
+            .map_or("-".to_string(), |l| l.to_string());
         let _ = writeln!(
             md,
             "| {} | {} | {reference} | {} | {} | {} |",

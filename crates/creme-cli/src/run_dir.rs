@@ -26,20 +26,30 @@ pub fn build_id() -> Res<BuildId> {
 /// read in pieces.
 pub fn file_digest(path: &Path) -> Res<FileDigest> {
     use sha2::Digest;
-    let mut f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
     loop {
-        let n = f.read(&mut buf).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
         bytes += n as u64;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok(FileDigest { name, bytes, sha256: format!("{:x}", h.finalize()) })
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(FileDigest {
+        name,
+        bytes,
+        sha256: format!("{:x}", h.finalize()),
+    })
 }
 
 /// The backend as far as results depend on it: the CPU backend gives the same bits whatever its
@@ -72,7 +82,11 @@ pub fn claim(dir: &Path, m: &RunManifest, records: &[&str]) -> Res {
         }
         return Ok(());
     }
-    if let Some(f) = records.iter().map(|r| dir.join(r)).find(|p| p.metadata().is_ok_and(|m| m.len() > 0)) {
+    if let Some(f) = records
+        .iter()
+        .map(|r| dir.join(r))
+        .find(|p| p.metadata().is_ok_and(|m| m.len() > 0))
+    {
         return Err(format!(
             "{} holds results ({}) but no {MANIFEST_FILE}: they were written by a creme before run manifests, so what they depend on is unknown; use another --out",
             dir.display(),
@@ -86,7 +100,10 @@ pub fn claim(dir: &Path, m: &RunManifest, records: &[&str]) -> Res {
 pub fn read_manifest(dir: &Path) -> Res<RunManifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!("reading {}: {e} (a run directory of a creme before run manifests?)", path.display())
+        format!(
+            "reading {}: {e} (a run directory of a creme before run manifests?)",
+            path.display()
+        )
     })?;
     Ok(manifest::parse_manifest(&text).map_err(|e| format!("{}: {e}", path.display()))?)
 }
@@ -138,7 +155,8 @@ impl SampleLog {
 
 /// The finished records of a `samples.jsonl` file (read only).
 pub fn read_samples(path: &Path) -> Res<Vec<creme_core::eval::SampleRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     text.split_inclusive('\n')
         .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
         .enumerate()
