@@ -234,3 +234,83 @@ impl GgufHeader {
             })
     }
 }
+
+/// The header is read in growing prefixes from this size: real headers are a few MB (the
+/// tokenizer's arrays), and a tensor table alone is a few KB.
+const FIRST_HEADER_READ: u64 = 1 << 20;
+
+/// Read a GGUF model file, checking before reading it whole what can be checked: that it is a
+/// regular file (a FIFO would block, a device such as /dev/zero never end), that it starts with
+/// the GGUF magic, that its header parses from its first bytes, and that it is long enough for
+/// its tensor table. Errors of the file's bytes are `InvalidData` holding the [`ModelError`].
+pub fn read_gguf_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    // Checked before opening: opening a FIFO blocks until a writer comes.
+    check_regular(&std::fs::metadata(path)?)?;
+    let mut file = std::fs::File::open(path)?;
+    // And again on what was opened, in case the path was swapped in between.
+    let len = file
+        .metadata()
+        .map(|m| check_regular(&m).map(|_| m.len()))??;
+    let invalid = |e: ModelError| Error::new(ErrorKind::InvalidData, e);
+    let mut bytes = Vec::new();
+    let mut want = FIRST_HEADER_READ.min(len);
+    loop {
+        (&mut file)
+            .take(want - bytes.len() as u64)
+            .read_to_end(&mut bytes)?;
+        // The magic and version are checked first, whatever follows.
+        match GgufHeader::parse(&bytes) {
+            Ok(h) => {
+                h.check_len(len).map_err(invalid)?;
+                break;
+            }
+            Err(ModelError::Truncated { need, .. }) if need <= len && want < len => {
+                want = need.max(want.saturating_mul(2)).min(len);
+            }
+            Err(e) => return Err(invalid(e)),
+        }
+    }
+    // The rest, no more than the length the checks were made against.
+    bytes.reserve_exact((len - bytes.len() as u64) as usize);
+    file.take(len - bytes.len() as u64)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn check_regular(m: &std::fs::Metadata) -> std::io::Result<()> {
+    if m.is_file() {
+        return Ok(());
+    }
+    let ft = m.file_type();
+    let what = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        special_file_kind(&ft)
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not a regular file but {what}: a model must be a file of known length"),
+    ))
+}
+
+#[cfg(unix)]
+fn special_file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
