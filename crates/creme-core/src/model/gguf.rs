@@ -1,8 +1,9 @@
-//! GGUF reader over bytes (v2 and v3): metadata of every value type, the tensor table and the
-//! data offset. The header can be parsed from a prefix of the file, so a browser can stream it:
-//! `Truncated` says how many bytes are needed. No allocation is sized from the header beyond
-//! what the bytes at hand can hold, and parsed metadata never takes more memory than about the
-//! bytes it occupies in the file (arrays are stored by element type, see [`ArrayValue`]).
+//! GGUF reader over bytes (v2 and v3): metadata of every value type (see `gguf_value`), the tensor
+//! table and the data offset; and [`read_gguf_file`], which reads a file header first. The header
+//! can be parsed from a prefix of the file, so a browser can stream it: `Truncated` says how many
+//! bytes are needed. No allocation is sized from the header beyond what the bytes at hand can
+//! hold, and parsed metadata never takes more memory than about the bytes it occupies in the file
+//! (arrays are stored by element type, see [`ArrayValue`]).
 
 use std::collections::BTreeMap;
 use std::mem::size_of;

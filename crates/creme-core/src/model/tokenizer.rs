@@ -97,16 +97,20 @@ impl<'h> GgufVocab<'h> {
                 tokens.len()
             )));
         }
-        let types = h.get("tokenizer.ggml.token_type").map(|v| v.as_array());
-        let types = match types {
+        let types = match h.get("tokenizer.ggml.token_type").map(|v| v.as_array()) {
             None => None,
             Some(Some(a)) if a.len() == tokens.len() => Some(a),
-            Some(a) => {
+            Some(Some(a)) => {
                 return Err(ModelError::Tokenizer(format!(
                     "tokenizer.ggml.token_type has {} entries for {} tokens",
-                    a.map_or(0, |a| a.len()),
+                    a.len(),
                     tokens.len()
                 )))
+            }
+            Some(None) => {
+                return Err(ModelError::Tokenizer(
+                    "tokenizer.ggml.token_type is not an array".into(),
+                ))
             }
         };
         Ok(GgufVocab {
@@ -185,11 +189,12 @@ impl Tokenizer {
         if need > budget {
             return Err(ModelError::Tokenizer(format!(
                 "building the tokenizer ({} tokens, {} merges) would take about {} MB, more than \
-                 the {} MB of the model file it comes from",
+                 the {} MB a model file of {} MB allows",
                 v.tokens.len(),
                 v.merges.len(),
                 need >> 20,
-                budget >> 20
+                budget >> 20,
+                h.required_len() >> 20
             )));
         }
         let mut inner = tokenizers::Tokenizer::new(bpe(&v)?);
