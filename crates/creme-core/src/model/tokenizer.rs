@@ -165,7 +165,7 @@ impl<'h> GgufVocab<'h> {
 impl Tokenizer {
     /// What building the tokenizer of a GGUF header may take: at most the size of the file the
     /// header describes (its tensor table's extent, which the callers check against the file
-    /// before they build a tokenizer), and [`TOKENIZER_FLOOR_BYTES`] for any file.
+    /// before they build a tokenizer), and 16 MB (`TOKENIZER_FLOOR_BYTES`) for any file.
     pub fn gguf_budget(h: &GgufHeader) -> u64 {
         h.required_len().max(TOKENIZER_FLOOR_BYTES)
     }
