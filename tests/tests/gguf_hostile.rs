@@ -1,6 +1,7 @@
 //! Hostile GGUF metadata: files made of arrays must not cost much more memory than their size
 //! (the browser and `creme generate` parse whatever file they are given), and counts beyond the
-//! file must be refused before anything is allocated for them.
+//! file must be refused before anything is allocated for them. Loading a model, the tokenizer is
+//! built only after the tensor table is checked, and within a budget set by the file's size.
 //!
 //! A counting allocator (per thread, so parallel tests don't mix) measures what parsing really
 //! allocates, to check `GgufHeader::heap_bytes()` as well as the bound.
@@ -9,8 +10,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use creme_core::error::ModelError;
-use creme_core::model::gguf::{ArrayValue, GgufHeader, Value};
-use creme_core::model::gguf_write::write_gguf;
+use creme_core::model::gguf::{ArrayValue, GgufHeader, TensorInfo, Value};
+use creme_core::model::gguf_write::{write_gguf, TensorOut};
+use creme_core::model::{GgmlType, ModelLoader, Tokenizer};
+use creme_tests::tiny::{byte_chars, bytemuck_f32, metadata, tiny_weights};
 
 struct Counting;
 
@@ -274,4 +277,238 @@ fn counts_beyond_the_file_are_clear_errors_before_any_allocation() {
     f.extend(vec![0u8; 13 << 20]);
     let msg = parse_err(&f).to_string();
     assert!(msg.contains("metadata entries"), "{msg}");
+}
+
+/// The tiny model's tensors under its metadata with the tokenizer arrays replaced (token types
+/// left out when `typed` is false, as a file may).
+fn tiny_model_with(tokens: Vec<String>, typed: bool, merges: Vec<String>) -> Vec<u8> {
+    let types: Vec<i32> = tokens
+        .iter()
+        .map(|t| if t.starts_with("<|") { 3 } else { 1 })
+        .collect();
+    let mut meta = metadata("qwen2");
+    if !typed {
+        meta.retain(|(k, _)| k != "tokenizer.ggml.token_type");
+    }
+    for (k, v) in meta.iter_mut() {
+        match k.as_str() {
+            "tokenizer.ggml.tokens" => *v = Value::Array(tokens.clone().into()),
+            "tokenizer.ggml.token_type" => *v = Value::Array(types.clone().into()),
+            "tokenizer.ggml.merges" => *v = Value::Array(merges.clone().into()),
+            _ => {}
+        }
+    }
+    let tensors: Vec<TensorOut> = tiny_weights()
+        .into_iter()
+        .map(|(_, gg, shape, v)| TensorOut {
+            name: gg,
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            dtype: GgmlType::F32,
+            data: bytemuck_f32(&v),
+        })
+        .collect();
+    write_gguf(&meta, &tensors)
+}
+
+/// The tiny model's byte vocabulary with "ab" as its last token (257, as its embedding has).
+fn byte_tokens_and_ab() -> Vec<String> {
+    let mut t: Vec<String> = byte_chars().into_iter().map(String::from).collect();
+    t.push("ab".into());
+    t
+}
+
+/// Parse, check the length, and start loading as `creme generate` and the browser do; the
+/// result and the peak allocation of it all.
+fn load(file: &[u8]) -> (Result<ModelLoader, ModelError>, usize) {
+    let (r, _, peak) = measure(|| {
+        let h = GgufHeader::parse(file)?;
+        h.check_len(file.len() as u64)?;
+        ModelLoader::new(&h)
+    });
+    (r, peak)
+}
+
+fn assert_within_four_times(what: &str, peak: usize, file: &[u8]) {
+    let mb = |b: usize| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "{what}: peak {:.1} MB for a {:.1} MB file",
+        mb(peak),
+        mb(file.len())
+    );
+    assert!(
+        peak < 4 * file.len(),
+        "{what}: peak {peak} bytes, over 4 x the {}-byte file",
+        file.len()
+    );
+}
+
+/// 2,000,000 copies of one valid merge (11 bytes each in the file) once took 80 times the file's
+/// 22 MB to build a tokenizer from; now the estimate refuses them before anything is built.
+#[test]
+fn two_million_merges_are_refused_within_four_times_the_file() {
+    let file = tiny_model_with(
+        byte_tokens_and_ab(),
+        true,
+        vec!["a b".to_string(); 2_000_000],
+    );
+    assert!(file.len() > 22_000_000, "{}", file.len());
+    let (r, peak) = load(&file);
+    let msg = r.err().expect("the model loaded").to_string();
+    assert!(
+        msg.contains("2000000 merges")
+            && msg.contains(&format!("a model file of {} MB allows", file.len() >> 20)),
+        "{msg}"
+    );
+    assert_within_four_times("2M merges, loading", peak, &file);
+    // The tokenizer alone (what the fuzz target calls) refuses them too.
+    let h = GgufHeader::parse(&file).unwrap();
+    let (r, _, peak) = measure(|| Tokenizer::from_gguf(&h));
+    assert!(r.is_err());
+    assert!(peak < 1 << 20, "refusing took {peak} bytes");
+    // The same vocabulary with its one merge once loads.
+    let (r, _) = load(&tiny_model_with(
+        byte_tokens_and_ab(),
+        true,
+        vec!["a b".into()],
+    ));
+    let loader = r.unwrap();
+    drop(loader);
+}
+
+/// 2,000,000 short tokens (27 MB): the model's tensor table is checked first and its embedding
+/// has 257 rows, so no tokenizer is built; built alone, the estimate refuses it.
+#[test]
+fn two_million_tokens_are_refused_within_four_times_the_file() {
+    let tokens: Vec<String> = (0..2_000_000).map(|i| format!("{i:x}")).collect();
+    let file = tiny_model_with(tokens, false, Vec::new());
+    assert!(file.len() > 27_000_000, "{}", file.len());
+    let (r, peak) = load(&file);
+    let msg = r.err().expect("the model loaded").to_string();
+    assert!(
+        msg.contains("token_embd.weight has 257 rows, fewer than the vocabulary's 2000000"),
+        "{msg}"
+    );
+    assert_within_four_times("2M tokens, loading", peak, &file);
+    let (r, _, peak) = measure(|| {
+        let h = GgufHeader::parse(&file)?;
+        Tokenizer::from_gguf(&h)
+    });
+    let msg = r.err().expect("the tokenizer was built").to_string();
+    assert!(
+        msg.contains("2000000 tokens") && msg.contains("MB"),
+        "{msg}"
+    );
+    assert_within_four_times("2M tokens, the tokenizer alone", peak, &file);
+}
+
+/// A BPE vocabulary of `n` tokens past the 256 bytes, each an earlier token and a byte joined by
+/// a merge: a few bytes long on average, as real vocabularies are.
+fn random_bpe(n: usize) -> (Vec<String>, Vec<String>) {
+    let mut rng = creme_core::cpu::SplitMix64(5);
+    let mut tokens: Vec<String> = byte_chars().into_iter().map(String::from).collect();
+    let mut seen: std::collections::HashSet<String> = tokens.iter().cloned().collect();
+    let mut merges = Vec::with_capacity(n);
+    while merges.len() < n {
+        let a = rng.below(tokens.len() as u64) as usize;
+        let b = rng.below(256) as usize;
+        let joined = format!("{}{}", tokens[a], tokens[b]);
+        if joined.len() > 16 || !seen.insert(joined.clone()) {
+            continue;
+        }
+        merges.push(format!("{} {}", tokens[a], tokens[b]));
+        tokens.push(joined);
+    }
+    tokens.push("<|endoftext|>".into());
+    (tokens, merges)
+}
+
+/// Give a header a tensor table that spans 1 GB, as a model file's does: the tokenizer's budget.
+fn spanning_1_gb(h: &mut GgufHeader) {
+    h.tensors.push(TensorInfo {
+        name: "token_embd.weight".into(),
+        dims: vec![1 << 28],
+        dtype: GgmlType::F32,
+        offset: 0,
+    });
+}
+
+/// The estimate the budget is checked against bounds what building really takes, and a real-sized
+/// vocabulary (Qwen2's is 151,646 tokens and 151,387 merges) is far within a real model file.
+#[test]
+fn building_a_tokenizer_takes_no_more_than_its_estimate() {
+    let (tokens, merges) = random_bpe(100_000);
+    let mut meta = metadata("qwen2");
+    meta.retain(|(k, _)| !k.starts_with("tokenizer.ggml.t") && k != "tokenizer.ggml.merges");
+    let types: Vec<i32> = (0..tokens.len())
+        .map(|i| if i + 1 == tokens.len() { 3 } else { 1 })
+        .collect();
+    meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tokens.into())));
+    meta.push((
+        "tokenizer.ggml.token_type".into(),
+        Value::Array(types.into()),
+    ));
+    meta.push(("tokenizer.ggml.merges".into(), Value::Array(merges.into())));
+    let file = write_gguf(&meta, &[]);
+    let mut h = GgufHeader::parse(&file).unwrap();
+    let estimate = Tokenizer::gguf_build_bytes(&h).unwrap() as usize;
+    // Without tensors the file is its header: too small to build this in.
+    let msg = Tokenizer::from_gguf(&h).err().unwrap().to_string();
+    assert!(msg.contains("100257 tokens, 100000 merges"), "{msg}");
+    // A header whose tensor table spans 1 GB (a model file's size) may.
+    spanning_1_gb(&mut h);
+    let (t, live, peak) = measure(|| Tokenizer::from_gguf(&h).unwrap());
+    eprintln!(
+        "100k tokens and merges in {} header bytes: estimate {estimate}, peak {peak}, kept {live}",
+        file.len()
+    );
+    assert!(
+        peak <= estimate,
+        "building took {peak} bytes, over the estimate of {estimate}"
+    );
+    let ids = t.encode("def add(a, b):\n    return a + b").unwrap();
+    assert_eq!(t.decode(&ids).unwrap(), "def add(a, b):\n    return a + b");
+    assert!(t.is_special(100_256) && t.vocab_size() == 100_257);
+}
+
+/// Special tokens cost far more than plain ones (the tokenizers crate matches them with automata
+/// built for each): their number is capped, and the estimate bounds what the most allowed take.
+#[test]
+fn special_tokens_are_capped_and_within_the_estimate() {
+    let header = |specials: usize, pad: usize| {
+        let mut tokens: Vec<String> = byte_chars().into_iter().map(String::from).collect();
+        tokens.extend((0..specials).map(|i| format!("<|sp{i:05}{}|>", "x".repeat(pad))));
+        let types: Vec<i32> = (0..tokens.len())
+            .map(|i| if i < 256 { 1 } else { 3 })
+            .collect();
+        let mut meta = metadata("qwen2");
+        meta.retain(|(k, _)| !k.starts_with("tokenizer.ggml.t"));
+        meta.push(("tokenizer.ggml.tokens".into(), Value::Array(tokens.into())));
+        meta.push((
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into()),
+        ));
+        GgufHeader::parse(&write_gguf(&meta, &[])).unwrap()
+    };
+    let most = creme_core::model::tokenizer::MAX_SPECIAL_TOKENS;
+    for (n, pad) in [(0, 0), (most, 0), (most, 200)] {
+        let mut h = header(n, pad);
+        spanning_1_gb(&mut h);
+        let estimate = Tokenizer::gguf_build_bytes(&h).unwrap() as usize;
+        let (t, _, peak) = measure(|| Tokenizer::from_gguf(&h).unwrap());
+        eprintln!(
+            "{n} special tokens of {} bytes: estimate {estimate}, peak {peak}",
+            11 + pad
+        );
+        assert!(peak <= estimate, "{n} special tokens: {peak} > {estimate}");
+        if n > 0 {
+            let text = format!("a<|sp00007{}|>b", "x".repeat(pad));
+            let (a, b) = (t.encode("a").unwrap()[0], t.encode("b").unwrap()[0]);
+            assert_eq!(t.encode(&text).unwrap(), vec![a, 256 + 7, b]);
+        }
+    }
+    let msg = Tokenizer::from_gguf(&header(most + 1, 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("control or user-defined tokens"), "{msg}");
 }

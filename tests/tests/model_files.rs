@@ -237,3 +237,72 @@ fn prompt_longer_than_the_context_is_an_error() {
         prompt_longer_than_the_context_is_an_error_on(backend);
     }
 }
+
+/// Model files are read header first (`creme` reads them so): what is no regular file is refused
+/// before it is opened, and a file that is no GGUF or is shorter than its header or tensor table
+/// before it is read whole; a good one, with a header longer than the first read, reads as it is.
+#[test]
+fn model_files_are_read_header_first() {
+    use creme_core::model::gguf::{read_gguf_file, Value};
+    use std::io::ErrorKind;
+    let dir = std::env::temp_dir().join(format!("creme-model-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = |path: &std::path::Path, kind: ErrorKind, want: &str| {
+        let e = read_gguf_file(path).expect_err(want);
+        assert!(
+            e.kind() == kind && e.to_string().contains(want),
+            "{}: {e:?}",
+            path.display()
+        );
+    };
+    // A header of 3 MB: more than the first read.
+    let mut meta = metadata("qwen2");
+    meta.push((
+        "test.padding".into(),
+        Value::Array(vec![7u8; 3 << 20].into()),
+    ));
+    let tensors: Vec<TensorOut> = tiny_weights()
+        .into_iter()
+        .map(|(_, gg, shape, v)| TensorOut {
+            name: gg,
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            dtype: GgmlType::F32,
+            data: bytemuck_f32(&v),
+        })
+        .collect();
+    let model = write_gguf(&meta, &tensors);
+    let path = dir.join("model.gguf");
+    std::fs::write(&path, &model).unwrap();
+    assert!(read_gguf_file(&path).unwrap() == model);
+    for (cut, want) in [(2 << 20, "GGUF header"), (model.len() - 100, "tensor '")] {
+        std::fs::write(&path, &model[..cut]).unwrap();
+        err(&path, ErrorKind::InvalidData, want);
+    }
+    std::fs::write(&path, b"PK\x03\x04 a zip, not a model".repeat(100_000)).unwrap();
+    err(&path, ErrorKind::InvalidData, "not a GGUF file");
+    let fifo = dir.join("fifo.gguf");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    err(
+        &fifo,
+        ErrorKind::InvalidInput,
+        "not a regular file but a FIFO",
+    );
+    let zero = std::path::Path::new("/dev/zero");
+    err(
+        zero,
+        ErrorKind::InvalidInput,
+        "not a regular file but a device",
+    );
+    err(
+        &dir,
+        ErrorKind::InvalidInput,
+        "not a regular file but a directory",
+    );
+    err(&dir.join("absent.gguf"), ErrorKind::NotFound, "");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,7 +39,9 @@ pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Re
             p
         }
     };
-    let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    // Header first: a FIFO, a device or a file that is no GGUF is refused before it is read whole.
+    let bytes = creme_core::model::gguf::read_gguf_file(&path)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
     let t0 = Instant::now();
     let max = if max_positions == 0 {
         usize::MAX

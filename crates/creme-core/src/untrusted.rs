@@ -6,10 +6,11 @@ use crate::dataset;
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufHeader;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::transformer::check_tensor_table;
+use crate::model::transformer::{check_tensor_table, ModelLoader};
 use crate::quant::dequantize;
 
-/// The GGUF reader: header, tensor ranges, dequantization of small tensors, config and table checks.
+/// The GGUF reader: header, tensor ranges, dequantization of small tensors, config and table
+/// checks, and the model loader's start (tokenizer included) on a file that holds its tensors.
 pub fn gguf(data: &[u8]) {
     let Ok(h) = GgufHeader::parse(data) else {
         return;
@@ -24,6 +25,10 @@ pub fn gguf(data: &[u8]) {
     }
     if let Ok(cfg) = ModelConfig::from_gguf(&h) {
         let _ = check_tensor_table(&cfg, &h.tensors);
+    }
+    // What a model load does before any tensor arrives: config, table, then the tokenizer.
+    if h.check_len(data.len() as u64).is_ok() {
+        let _ = ModelLoader::new(&h);
     }
 }
 

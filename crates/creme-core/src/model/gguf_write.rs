@@ -1,7 +1,8 @@
 //! GGUF v3 writer: metadata and tensors (already in their GGML encoding) to bytes. Used by
 //! `creme quantize` and by tests that need small or deliberately broken model files.
 
-use super::gguf::{ArrayValue, GgufHeader, Value};
+use super::gguf::GgufHeader;
+use super::gguf_value::{put_str, put_value, type_id, Value};
 use crate::error::ModelError;
 use crate::quant::{dequantize, quantize_q4_0, quantize_q8_0, GgmlType};
 
@@ -11,73 +12,6 @@ pub struct TensorOut {
     pub dims: Vec<u64>,
     pub dtype: GgmlType,
     pub data: Vec<u8>,
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
-
-fn type_id(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::Str(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
-fn put_value(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::U8(x) => out.push(*x),
-        Value::I8(x) => out.push(*x as u8),
-        Value::U16(x) => out.extend(x.to_le_bytes()),
-        Value::I16(x) => out.extend(x.to_le_bytes()),
-        Value::U32(x) => out.extend(x.to_le_bytes()),
-        Value::I32(x) => out.extend(x.to_le_bytes()),
-        Value::F32(x) => out.extend(x.to_le_bytes()),
-        Value::Bool(x) => out.push(*x as u8),
-        Value::Str(s) => put_str(out, s),
-        Value::Array(a) => put_array(out, a),
-        Value::U64(x) => out.extend(x.to_le_bytes()),
-        Value::I64(x) => out.extend(x.to_le_bytes()),
-        Value::F64(x) => out.extend(x.to_le_bytes()),
-    }
-}
-
-fn put_nums<T: Copy, const N: usize>(out: &mut Vec<u8>, v: &[T], f: fn(T) -> [u8; N]) {
-    out.extend(v.iter().flat_map(|&x| f(x)));
-}
-
-/// An array value as in a GGUF file: element type, count, items.
-pub(crate) fn put_array(out: &mut Vec<u8>, a: &ArrayValue) {
-    out.extend(a.elem_type().to_le_bytes());
-    out.extend((a.len() as u64).to_le_bytes());
-    match a {
-        ArrayValue::U8(v) => out.extend(v),
-        ArrayValue::I8(v) => put_nums(out, v, i8::to_le_bytes),
-        ArrayValue::U16(v) => put_nums(out, v, u16::to_le_bytes),
-        ArrayValue::I16(v) => put_nums(out, v, i16::to_le_bytes),
-        ArrayValue::U32(v) => put_nums(out, v, u32::to_le_bytes),
-        ArrayValue::I32(v) => put_nums(out, v, i32::to_le_bytes),
-        ArrayValue::U64(v) => put_nums(out, v, u64::to_le_bytes),
-        ArrayValue::I64(v) => put_nums(out, v, i64::to_le_bytes),
-        ArrayValue::F32(v) => put_nums(out, v, f32::to_le_bytes),
-        ArrayValue::F64(v) => put_nums(out, v, f64::to_le_bytes),
-        ArrayValue::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
-        ArrayValue::Str(s) => s.iter().for_each(|x| put_str(out, x)),
-        // Already in file encoding (checked when read, or written by `put_array`).
-        ArrayValue::Array(n) => out.extend(n.raw()),
-    }
 }
 
 /// Serialize a GGUF v3 file with 32-byte alignment.

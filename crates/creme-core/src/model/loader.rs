@@ -48,9 +48,13 @@ fn is_vector(t: &TensorInfo) -> bool {
 }
 
 impl ModelLoader {
-    /// A loader for a GGUF file whose header has been read.
+    /// A loader for a GGUF file whose header has been read and checked against the file's length
+    /// ([`GgufHeader::check_len`]). The tensor table is checked against the config (whose vocabulary
+    /// is the token count) before the tokenizer is built: building it is the costliest thing the
+    /// metadata asks for, and [`Tokenizer::from_gguf`] bounds it by the extent of that table.
     pub fn new(header: &GgufHeader) -> Result<ModelLoader, ModelError> {
         let cfg = ModelConfig::from_gguf(header)?;
+        check_tensor_table(&cfg, &header.tensors)?;
         let tokenizer = Tokenizer::from_gguf(header)?;
         Self::from_parts(cfg, tokenizer, header.tensors.clone())
     }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod forward;
 pub mod gguf;
+mod gguf_value;
 pub mod gguf_write;
 pub mod kv_cache;
 pub mod loader;
