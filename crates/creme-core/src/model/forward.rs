@@ -6,7 +6,7 @@ use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::tokenizer::Tokenizer;
 // The table is the backend's type now; loader.rs still names it from here.
-pub(crate) use crate::backend::Embedding;
+use crate::backend::Embedding;
 use crate::backend::{AttnStep, Backend, BlockShape, DType, Device, LayerWeights, Tensor, Weight};
 use crate::error::ModelError;
 use crate::hooks::{Captured, Hooks, Site};

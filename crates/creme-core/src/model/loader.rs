@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use super::config::{ModelConfig, RopeStyle};
-use super::forward::{Embedding, Layer, Model};
+use super::forward::{Layer, Model};
+use crate::backend::Embedding;
 use super::gguf::{GgufHeader, TensorInfo};
 use super::tokenizer::Tokenizer;
 use crate::backend::{Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight};
