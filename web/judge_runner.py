@@ -98,7 +98,11 @@ def _creme_judge(source, check):
         _setprofile(None)
         env = dict(scope)
         env['__builtins__'] = dict(saved['builtins'])
-        env['check'] = _function(test_check, env)
+        # The test's defaults as its def evaluated them (a solution named `check` is bound as
+        # one), only from the test's own function object: fail closed otherwise.
+        live = scope.get('check')
+        defaults = live.__defaults__ if getattr(live, '__code__', None) is test_check else None
+        env['check'] = _function(test_check, env, 'check', defaults)
         _function(check_code, env)()
         result = ('PASS', 'none', '')
     except BaseException as e:  # noqa: B036 -- every way out but returning is a failure

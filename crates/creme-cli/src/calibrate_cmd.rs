@@ -22,7 +22,7 @@ pub struct CalibrateArgs {
     pub input: common::InputFlags,
     /// Perturbation type of the pairs
     #[arg(long = "type", default_value = "C3")]
-    pub ptype: String,
+    pub ptype: creme_core::sets::PerturbationType,
     /// An `eval` OUT dir with the greedy baseline of clean and the type
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -45,7 +45,7 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
     }
     // The baseline's edit-worthy tasks, then the --tasks not among them (e.g. the reference run's).
     let mut tasks: Vec<String> = match &a.baseline {
-        Some(b) => edit_worthy(b, &a.ptype)?
+        Some(b) => edit_worthy(b, a.ptype)?
             .into_iter()
             .take(a.input.limit.unwrap_or(usize::MAX))
             .collect(),
@@ -76,7 +76,7 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
             continue;
         }
         let t0 = Instant::now();
-        let (c, p) = common::task_pair(&dir, task, &a.ptype)?;
+        let (c, p) = common::task_pair(&dir, task, a.ptype.name())?;
         let prelude = trace::prepare_pair(dev, &model, &c.prompt, &p.prompt, a.target_tokens);
         let (_, setup) = pollster::block_on(prelude)?;
         let mut bar = crate::progress::Reporter::new(task);
@@ -120,7 +120,7 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
         .filter_map(|id| traces.iter().find(|t| &t.task == id).cloned())
         .collect();
     let reference = reference_layers(a.reference.as_deref())?;
-    let cal = calibrate(a.ptype.parse()?, &traces, &reference);
+    let cal = calibrate(a.ptype, &traces, &reference);
     common::write(
         &a.out.join("calibration.json"),
         &serde_json::to_string_pretty(&cal)?,
@@ -138,11 +138,11 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
 }
 
 /// Tasks whose clean prompt passes and whose `ptype` prompt fails in an eval's records.
-fn edit_worthy(baseline: &Path, ptype: &str) -> Res<Vec<String>> {
+fn edit_worthy(baseline: &Path, ptype: creme_core::sets::PerturbationType) -> Res<Vec<String>> {
     let records = crate::run_dir::read_samples(&baseline.join("samples.jsonl"))?;
     Ok(creme_core::experiment::edit_worthy(
         &creme_core::eval::outcomes_of(&records),
-        ptype.parse()?,
+        creme_core::sets::SetName::Perturbed(ptype),
     ))
 }
 

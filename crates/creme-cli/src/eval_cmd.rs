@@ -115,8 +115,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     } else {
         None
     };
-    let manifest = eval_manifest(&a, &sets, loaded.as_ref().map(|(d, _)| d))?;
-    run_dir::claim(&a.out, &manifest, &["samples.jsonl"])?;
+    let manifest = eval_manifest(&a, gpu_opts, &sets, loaded.as_ref().map(|(d, _)| d))?;
+    run_dir::claim(&a.out, &manifest, &["samples"], unjudged(&a.out)?)?;
     common::record_command(&a.out)?;
     let (mut log, previous) = SampleLog::open(&a.out.join("samples.jsonl"))?;
     let judge = SandboxJudge::new(a.timeout, a.workers);
@@ -138,6 +138,12 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         (Some(path), _) => score_given(path, &a, &dir, &sets, &done, &judge, &mut sink)?,
         (None, Some((dev, model))) => {
             let drafts = read_drafts(&a.baseline, &dir, &types, &model, &manifest)?;
+            if drafts.is_some() && !dev.batch_invariant() {
+                eprintln!(
+                    "note: --baseline drafts are verified only on the CPU backend (batch-invariant); generating plainly on {}",
+                    creme_core::Backend::describe(&dev)
+                );
+            }
             generate_all(
                 &dev,
                 &model,
@@ -155,8 +161,20 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
 }
 
 /// What this run's records depend on.
+/// Whether no verdict is recorded in `out` yet (no records, or only judge errors).
+fn unjudged(out: &Path) -> Res<bool> {
+    let path = out.join("samples.jsonl");
+    if !path.exists() {
+        return Ok(true);
+    }
+    Ok(run_dir::read_samples(&path)?
+        .iter()
+        .all(SampleRecord::is_judge_error))
+}
+
 fn eval_manifest(
     a: &EvalArgs,
+    gpu_opts: &creme_core::GpuOptions,
     sets: &BTreeMap<SetName, Vec<Problem>>,
     dev: Option<&Device>,
 ) -> Res<RunManifest> {
@@ -179,7 +197,8 @@ fn eval_manifest(
         version: manifest::MANIFEST_VERSION,
         kind: RunKind::Eval,
         build: run_dir::build_id()?,
-        device: dev.map(run_dir::results_device),
+        device: dev.map(|d| run_dir::results_device(d, gpu_opts, a.gen.batch)),
+        judge: Some(crate::sandbox::judge_identity()),
         model,
         dataset: manifest::dataset_digests(sets),
         generation: (&spec).into(),
@@ -312,15 +331,21 @@ fn read_drafts(
     for path in paths {
         let more = if path.is_dir() {
             // Drafts never change results (verification is exact), but a baseline of another
-            // model or dataset is a mistake worth naming.
-            let base = run_dir::read_manifest(path)?;
-            if base.model != m.model {
-                return Err(format!(
-                    "--baseline {}: drafts of another model ({:?})",
-                    path.display(),
-                    base.model.map(|f| f.name)
-                )
-                .into());
+            // model is a mistake worth naming; one from before manifests is taken as it is.
+            match run_dir::read_manifest(path) {
+                Ok(base) if base.model != m.model => {
+                    return Err(format!(
+                        "--baseline {}: drafts of another model ({:?})",
+                        path.display(),
+                        base.model.map(|f| f.name)
+                    )
+                    .into());
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!(
+                    "note: --baseline {}: {e}; its drafts are used unchecked (verification keeps results exact)",
+                    path.display()
+                ),
             }
             Drafts::from_records(&run_dir::read_samples(&path.join("samples.jsonl"))?, model)?
         } else {
@@ -520,11 +545,11 @@ fn completions_by_set(
 fn completions_jsonl(path: &Path, text: &str) -> Res<HashMap<Key, String>> {
     #[derive(serde::Deserialize)]
     struct Given {
-        set: SetName,
+        set: String,
         task_id: String,
         completion: String,
         #[serde(default)]
-        sample: usize,
+        sample: Option<usize>,
     }
     let mut out = HashMap::new();
     for (i, line) in text
@@ -539,7 +564,17 @@ fn completions_jsonl(path: &Path, text: &str) -> Res<HashMap<Key, String>> {
                 i + 1
             )
         })?;
-        out.insert((g.set, g.task_id, g.sample), g.completion);
+        // A set this build does not know is no set asked for: skipped, as other sets are.
+        let Ok(set) = g.set.parse::<SetName>() else {
+            eprintln!(
+                "warning: {}:{}: unknown set '{}' skipped",
+                path.display(),
+                i + 1,
+                g.set
+            );
+            continue;
+        };
+        out.insert((set, g.task_id, g.sample.unwrap_or(0)), g.completion);
     }
     Ok(out)
 }

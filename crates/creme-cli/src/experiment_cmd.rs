@@ -191,12 +191,14 @@ fn manifests(
     a: &ExperimentArgs,
     plan: &ExperimentPlan,
     dev: &Device,
+    gpu_opts: &creme_core::GpuOptions,
 ) -> Res<(RunManifest, RunManifest)> {
     let baseline = RunManifest {
         version: manifest::MANIFEST_VERSION,
         kind: RunKind::Eval,
         build: run_dir::build_id()?,
-        device: Some(run_dir::results_device(dev)),
+        device: Some(run_dir::results_device(dev, gpu_opts, plan.spec.batch)),
+        judge: Some(crate::sandbox::judge_identity()),
         model: Some(run_dir::file_digest(&common::model_path(
             a.input.model.as_deref(),
         ))?),
@@ -213,7 +215,11 @@ fn manifests(
         experiment: Some(manifest::ExperimentPlan {
             edit: plan.settings.clone(),
             target_tokens: plan.target_tokens,
-            layer: plan.layer.to_string(),
+            // A file rule by its file's name; its content is `layer_source`.
+            layer: match plan.layer.source_file() {
+                Some(f) => plan.layer.to_string().replace(f, &file_name(f)),
+                None => plan.layer.to_string(),
+            },
             layer_source: plan
                 .layer
                 .source_file()
@@ -239,8 +245,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let dev = Device::open(gpu_opts)?;
     let mut model =
         common::load_model(&dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
-    let (manifest, base_manifest) = manifests(&a, &plan, &dev)?;
-    run_dir::claim(&a.out, &manifest, &["edits.jsonl"])?;
+    let (manifest, base_manifest) = manifests(&a, &plan, &dev, gpu_opts)?;
+    run_dir::claim(&a.out, &manifest, &["edits"], false)?;
     common::record_command(&a.out)?;
     let mut judge = SandboxJudge::new(eval_cmd::DEFAULT_TIMEOUT_S, a.workers);
     let (base, base_records) = baseline(&a, &plan, &dev, &model, &mut judge, &base_manifest)?;
@@ -333,8 +339,13 @@ fn baseline(
         return Ok((base, records));
     }
     let dir = a.out.join("baseline");
-    run_dir::claim(&dir, m, &["samples.jsonl"])?;
-    let (mut log, mut records) = SampleLog::open(&dir.join("samples.jsonl"))?;
+    let samples = dir.join("samples.jsonl");
+    let unjudged = !samples.exists()
+        || run_dir::read_samples(&samples)?
+            .iter()
+            .all(SampleRecord::is_judge_error);
+    run_dir::claim(&dir, m, &["samples"], unjudged)?;
+    let (mut log, mut records) = SampleLog::open(&samples)?;
     records.retain(|r| !r.is_judge_error());
     let t0 = std::time::Instant::now();
     for (s, missing) in plan.missing_tasks(&eval::outcomes_of(&records)) {
@@ -371,6 +382,12 @@ fn baseline(
     }
     eprintln!("baseline ready ({:.0} s)", t0.elapsed().as_secs_f64());
     Ok((eval::outcomes_of(&records), records))
+}
+
+fn file_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map_or(path.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn print_edit(label: &str, rec: &EditRecord) {

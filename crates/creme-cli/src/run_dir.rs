@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 
 use creme_core::manifest::{self, BuildId, FileDigest, RunManifest};
-use creme_core::{Backend, Device};
+use creme_core::{Backend, Device, GpuOptions};
 
 use crate::common::{self, Res};
 
@@ -52,49 +52,99 @@ pub fn file_digest(path: &Path) -> Res<FileDigest> {
     })
 }
 
-/// The backend as far as results depend on it: the CPU backend gives the same bits whatever its
-/// thread count or SIMD ISA, so only cpu / cpu-exact count; a wgpu adapter counts whole.
-pub fn results_device(dev: &Device) -> String {
+/// The backend as far as results depend on it. The CPU backend gives the same bits whatever its
+/// thread count or SIMD ISA (tested), so only cpu / cpu-exact count. On wgpu the adapter counts
+/// with every option that moves its numbers (f16 KV cache, f32-only, subgroups, kernel choice,
+/// split attention, weight row groups) and the batch size, since wgpu is not batch-invariant.
+pub fn results_device(dev: &Device, opts: &GpuOptions, batch: usize) -> String {
     let d = dev.describe();
-    match d.strip_prefix("cpu:") {
-        Some(rest) if rest.contains("exact") => "cpu-exact".into(),
-        Some(_) => "cpu".into(),
-        None => d,
+    if let Some(rest) = d.strip_prefix("cpu:") {
+        return if rest.contains("exact") {
+            "cpu-exact"
+        } else {
+            "cpu"
+        }
+        .into();
     }
+    format!(
+        "{d}; kv_f16 {}, force_f32 {}, no_subgroups {}, qmm {}, split_attention {}, weight_row_group {}, batch {batch}",
+        opts.kv_f16,
+        opts.force_f32,
+        opts.no_subgroups,
+        opts.qmm.as_deref().unwrap_or("auto"),
+        opts.split_attention.map_or("auto".into(), |b| b.to_string()),
+        opts.weight_row_group.map_or("auto".into(), |g| g.to_string()),
+    )
 }
 
 /// Take `dir` for a run described by `m`: a new directory gets the manifest; one holding a
-/// manifest must hold an equal one; one holding records but no manifest (written before
-/// manifests) is refused. Nothing already there is overwritten.
-pub fn claim(dir: &Path, m: &RunManifest, records: &[&str]) -> Res {
+/// manifest must hold an equal one; one holding records (`<prefix>*.jsonl` of `records`) but no
+/// manifest (written before manifests) is refused. Nothing recorded is overwritten, except that
+/// with `unjudged` (every record so far is a judge error: no verdict exists yet) a changed judge
+/// replaces the recorded one, so a run whose interpreter was missing can be redone with one.
+pub fn claim(dir: &Path, m: &RunManifest, records: &[&str], unjudged: bool) -> Res {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(MANIFEST_FILE);
-    if path.exists() {
-        let old = read_manifest(dir)?;
-        let d = m.differences(&old);
-        if !d.is_empty() {
+    if !path.exists() {
+        if let Some(f) = find_records(dir, records)? {
             return Err(format!(
-                "{} holds a run with other inputs, so its results cannot be continued:\n  {}\nuse another --out (or the inputs it was made with)",
+                "{} holds results ({}) but no {MANIFEST_FILE}: they were written by a creme before run manifests, so what they depend on is unknown; use another --out",
                 dir.display(),
-                d.join("\n  ")
+                f.display()
             )
             .into());
         }
+        if create_new(&path, &serde_json::to_string_pretty(m)?)? {
+            return Ok(());
+        }
+        // Another process made it meanwhile: it must describe the same run.
+    }
+    let old = read_manifest(dir)?;
+    let d = m.differences(&old);
+    if d.is_empty() {
         return Ok(());
     }
-    if let Some(f) = records
-        .iter()
-        .map(|r| dir.join(r))
-        .find(|p| p.metadata().is_ok_and(|m| m.len() > 0))
-    {
-        return Err(format!(
-            "{} holds results ({}) but no {MANIFEST_FILE}: they were written by a creme before run manifests, so what they depend on is unknown; use another --out",
+    if unjudged && d.iter().all(|l| l.starts_with("judge:")) {
+        eprintln!(
+            "note: {} had no verdict yet; its judge is now {:?}",
             dir.display(),
-            f.display()
-        )
-        .into());
+            m.judge
+        );
+        return common::write(&path, &serde_json::to_string_pretty(m)?);
     }
-    common::write(&path, &serde_json::to_string_pretty(m)?)
+    Err(format!(
+        "{} holds a run with other inputs, so its results cannot be continued:\n  {}\nuse another --out (or the inputs it was made with)",
+        dir.display(),
+        d.join("\n  ")
+    )
+    .into())
+}
+
+/// A non-empty `<prefix>*.jsonl` file in `dir`, for each prefix of `prefixes`.
+fn find_records(dir: &Path, prefixes: &[&str]) -> Res<Option<std::path::PathBuf>> {
+    for e in std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let ours = prefixes.iter().any(|pre| name.starts_with(pre)) && name.ends_with(".jsonl");
+        if ours && p.metadata().is_ok_and(|m| m.len() > 0) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Write `text` to `path` only if no file is there (a private temp file linked into place, which
+/// fails when the name exists): false when another process was first.
+fn create_new(path: &Path, text: &str) -> Res<bool> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(format!("writing {}: {e}", path.display()).into()),
+    }
 }
 
 pub fn read_manifest(dir: &Path) -> Res<RunManifest> {

@@ -15,14 +15,20 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/golden-tiny.json");
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/golden-tiny.json"
+);
 
 fn creme() -> Command {
     let bin = std::env::var_os("CREME_GOLDEN_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_creme")));
     let mut c = Command::new(bin);
-    c.env("XDG_RUNTIME_DIR", std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()));
+    c.env(
+        "XDG_RUNTIME_DIR",
+        std::env::var_os("XDG_RUNTIME_DIR").unwrap_or("/tmp".into()),
+    );
     c.env("CREME_BACKEND", "cpu");
     c
 }
@@ -40,7 +46,12 @@ struct Golden {
 
 fn run(c: &mut Command) {
     let o = c.output().unwrap();
-    assert!(o.status.success(), "{:?}: {}", c, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{:?}: {}",
+        c,
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn lines(p: &Path) -> Vec<Value> {
@@ -71,13 +82,35 @@ fn setup(root: &Path) -> (PathBuf, PathBuf) {
 fn protocol(root: &Path) -> Golden {
     let (data, model) = setup(root);
     let base = root.join("base");
-    run(creme().args(["eval", "--types", "clean,C3", "--max-tokens", "8", "--workers", "2"]).arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--out").arg(&base));
+    run(creme()
+        .args([
+            "eval",
+            "--types",
+            "clean,C3",
+            "--max-tokens",
+            "8",
+            "--workers",
+            "2",
+        ])
+        .arg("--dataset")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&base));
     let mut samples = BTreeMap::new();
     let mut forged = String::new();
     for mut r in lines(&base.join("samples.jsonl")) {
-        let key = format!("{} {}", r["set"].as_str().unwrap(), r["task_id"].as_str().unwrap());
+        let key = format!(
+            "{} {}",
+            r["set"].as_str().unwrap(),
+            r["task_id"].as_str().unwrap()
+        );
         let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-        samples.insert(key, [text("completion"), text("verdict"), text("error_kind")]);
+        samples.insert(
+            key,
+            [text("completion"), text("verdict"), text("error_kind")],
+        );
         // Every task edit-worthy (a random model passes nothing), for the experiment below.
         let pass = r["set"] == "clean";
         r["passed"] = pass.into();
@@ -86,24 +119,69 @@ fn protocol(root: &Path) -> Golden {
     }
     std::fs::write(base.join("samples.jsonl"), forged).unwrap();
     let exp = root.join("exp");
-    run(creme().args(["experiment", "--types", "C3", "--max-tokens", "8", "--target-tokens", "8", "--workers", "2", "--eval-scope", "edit-worthy"]).arg("--dataset").arg(&data).arg("--model").arg(&model).arg("--baseline").arg(&base).arg("--out").arg(&exp));
+    run(creme()
+        .args([
+            "experiment",
+            "--types",
+            "C3",
+            "--max-tokens",
+            "8",
+            "--target-tokens",
+            "8",
+            "--workers",
+            "2",
+            "--eval-scope",
+            "edit-worthy",
+        ])
+        .arg("--dataset")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .arg("--baseline")
+        .arg(&base)
+        .arg("--out")
+        .arg(&exp));
     let edits = lines(&exp.join("edits.jsonl"))
         .into_iter()
         .map(|r| {
-            let key = format!("{} {}", r["type"].as_str().unwrap(), r["task"].as_str().unwrap());
-            (key, json!([r["layer"], r["steps"], r["best_loss"], r["trace_scores"]]))
+            let key = format!(
+                "{} {}",
+                r["type"].as_str().unwrap(),
+                r["task"].as_str().unwrap()
+            );
+            (
+                key,
+                json!([r["layer"], r["steps"], r["best_loss"], r["trace_scores"]]),
+            )
         })
         .collect();
     let prompts = lines(&data.join("HumanEval.jsonl"));
     let clean = root.join("clean.txt");
     let pert = root.join("pert.txt");
     std::fs::write(&clean, prompts[0]["prompt"].as_str().unwrap()).unwrap();
-    std::fs::write(&pert, prompts[0]["prompt"].as_str().unwrap().replace("integer", "intger")).unwrap();
+    std::fs::write(
+        &pert,
+        prompts[0]["prompt"]
+            .as_str()
+            .unwrap()
+            .replace("integer", "intger"),
+    )
+    .unwrap();
     let patch = root.join("patch.safetensors");
-    run(creme().args(["edit", "--target-tokens", "8", "--no-eval"]).arg("--model").arg(&model).arg("--clean-file").arg(&clean).arg("--pert-file").arg(&pert).arg("--out").arg(&patch));
+    run(creme()
+        .args(["edit", "--target-tokens", "8", "--no-eval"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--clean-file")
+        .arg(&clean)
+        .arg("--pert-file")
+        .arg(&pert)
+        .arg("--out")
+        .arg(&patch));
     // The safetensors header's metadata comes in hash-map order: hash the weights and the
     // metadata as a sorted map instead of the file's bytes.
-    let mut p = creme_core::edit::EditPatch::from_safetensors(&std::fs::read(&patch).unwrap()).unwrap();
+    let mut p =
+        creme_core::edit::EditPatch::from_safetensors(&std::fs::read(&patch).unwrap()).unwrap();
     // The pair label held the prompt files' paths before 2026-12 (file names since).
     p.metadata.remove("pair");
     use sha2::Digest;
@@ -111,7 +189,11 @@ fn protocol(root: &Path) -> Golden {
     h.update(bytemuck_bytes(&p.w));
     h.update(serde_json::to_string(&(p.layer, p.rows, p.cols, &p.metadata)).unwrap());
     let patch_sha256 = format!("{:x}", h.finalize());
-    Golden { samples, edits, patch_sha256 }
+    Golden {
+        samples,
+        edits,
+        patch_sha256,
+    }
 }
 
 #[test]
@@ -127,7 +209,10 @@ fn eval_experiment_and_edit_reproduce_the_pinned_build() {
         return;
     }
     let want: Golden = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
-    assert_eq!(got, want, "the protocol's results moved (see this file's header)");
+    assert_eq!(
+        got, want,
+        "the protocol's results moved (see this file's header)"
+    );
 }
 
 fn bytemuck_bytes(w: &[f32]) -> Vec<u8> {

@@ -82,17 +82,56 @@ fn a_resumed_eval_with_other_inputs_is_refused_and_nothing_is_overwritten() {
     // Another dataset, another timeout, other completions: each refused by name.
     let other = completions(&root, "other.jsonl", "    return 3 * x\n");
     let cases: [(&Path, &Path, &[&str], &str); 3] = [
-        (&b, &good, &[], "dataset clean: 1 tasks with other content (T/0)"),
-        (&a, &good, &["--timeout", "5"], "timeout_s: 5 here, 10 there"),
+        (
+            &b,
+            &good,
+            &[],
+            "dataset clean: 1 tasks with other content (T/0)",
+        ),
+        (
+            &a,
+            &good,
+            &["--timeout", "5"],
+            "timeout_s: 5 here, 10 there",
+        ),
         (&a, &other, &[], "completions: other.jsonl"),
     ];
     for (data, given, extra, want) in cases {
         let o = eval(data, given, &out, extra);
         assert!(!o.status.success(), "resumed with other inputs ({want})");
         let e = stderr(&o);
-        assert!(e.contains("holds a run with other inputs") && e.contains(want), "{e}");
+        assert!(
+            e.contains("holds a run with other inputs") && e.contains(want),
+            "{e}"
+        );
         assert_eq!(snapshot(&out), before, "a refused resume changed the run");
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_resume_judged_by_another_interpreter_is_refused_once_verdicts_exist() {
+    let root = temp("judge");
+    let a = dataset(&root, "a", "def f(x):\n");
+    let good = completions(&root, "good.jsonl", "    return 2 * x\n");
+    let out = root.join("run");
+    let o = eval(&a, &good, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = snapshot(&out);
+    // The same interpreter under another path counts as another judge.
+    let o = creme()
+        .env("CREME_PYTHON", "/usr/bin/../bin/python3")
+        .args(["eval", "--types", "clean", "--dataset"])
+        .arg(&a)
+        .arg("--completions")
+        .arg(&good)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("judge:"), "{}", stderr(&o));
+    assert_eq!(snapshot(&out), before);
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -128,7 +167,15 @@ fn experiment_setup(root: &Path, max_tokens: &str) -> (PathBuf, PathBuf, PathBuf
     std::fs::write(&model, creme_tests::tiny::tiny_gguf()).unwrap();
     let base = root.join(format!("baseline-{max_tokens}"));
     let o = creme()
-        .args(["eval", "--types", "clean,C3", "--workers", "2", "--max-tokens", max_tokens])
+        .args([
+            "eval",
+            "--types",
+            "clean,C3",
+            "--workers",
+            "2",
+            "--max-tokens",
+            max_tokens,
+        ])
         .arg("--dataset")
         .arg(&data)
         .arg("--model")
@@ -143,7 +190,15 @@ fn experiment_setup(root: &Path, max_tokens: &str) -> (PathBuf, PathBuf, PathBuf
 
 fn experiment(data: &Path, model: &Path, base: &Path, out: &Path, layer: &str) -> Output {
     creme()
-        .args(["experiment", "--types", "C3", "--max-tokens", "4", "--target-tokens", "8"])
+        .args([
+            "experiment",
+            "--types",
+            "C3",
+            "--max-tokens",
+            "4",
+            "--target-tokens",
+            "8",
+        ])
         .args(["--workers", "2", "--layer", layer, "--dataset"])
         .arg(data)
         .arg("--model")
@@ -166,7 +221,10 @@ fn an_experiment_refuses_a_baseline_or_a_resume_that_does_not_fit() {
     let o = experiment(&data, &model, &base6, &out, "1");
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("does not fit this run") && e.contains("generation"), "{e}");
+    assert!(
+        e.contains("does not fit this run") && e.contains("generation"),
+        "{e}"
+    );
     // The fitting one runs (the random model passes nothing: no edit-worthy task).
     let o = experiment(&data, &model, &base4, &out, "1");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -175,6 +233,9 @@ fn an_experiment_refuses_a_baseline_or_a_resume_that_does_not_fit() {
     let o = experiment(&data, &model, &base4, &out, "0");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("experiment:"), "{}", stderr(&o));
-    assert_eq!(std::fs::read_to_string(out.join("manifest.json")).unwrap(), m);
+    assert_eq!(
+        std::fs::read_to_string(out.join("manifest.json")).unwrap(),
+        m
+    );
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -78,7 +78,8 @@ pub struct Calibration {
 impl Calibration {
     /// Parse `calibration.json`, refusing versions this build does not know.
     pub fn parse(text: &str) -> Result<Calibration, String> {
-        let mut c: Calibration = crate::versioned::parse(text, 0, CALIBRATION_VERSION, "a calibration")?;
+        let mut c: Calibration =
+            crate::versioned::parse(text, 0, CALIBRATION_VERSION, "a calibration")?;
         c.version = CALIBRATION_VERSION;
         Ok(c)
     }
@@ -98,25 +99,44 @@ fn agreement(traces: &[&TaskTraces], threshold: f64) -> Agreement {
 /// The threshold that agrees best with the pass metric on `traces` (exact matches first, then
 /// within 2 layers); among equally good ones the median candidate.
 fn fit(traces: &[&TaskTraces]) -> f64 {
-    let mut candidates: Vec<f64> =
-        traces.iter().flat_map(|t| t.logprob.iter().cloned()).filter(|v| v.is_finite()).collect();
+    let mut candidates: Vec<f64> = traces
+        .iter()
+        .flat_map(|t| t.logprob.iter().cloned())
+        .filter(|v| v.is_finite())
+        .collect();
     candidates.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     candidates.dedup();
     let key = |a: Agreement| (a.same, a.within_2);
-    let best = candidates.iter().map(|&c| key(agreement(traces, c))).max().unwrap_or((0, 0));
-    let tied: Vec<f64> = candidates.into_iter().filter(|&c| key(agreement(traces, c)) == best).collect();
-    tied.get(tied.len().saturating_sub(1) / 2).copied().unwrap_or(1.0)
+    let best = candidates
+        .iter()
+        .map(|&c| key(agreement(traces, c)))
+        .max()
+        .unwrap_or((0, 0));
+    let tied: Vec<f64> = candidates
+        .into_iter()
+        .filter(|&c| key(agreement(traces, c)) == best)
+        .collect();
+    tied.get(tied.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(1.0)
 }
 
 /// Per task, the threshold fitted on the others and the layer it predicts.
-fn held_out_rows(traces: &[TaskTraces], reference: &BTreeMap<String, usize>) -> Vec<CalibrationRow> {
+fn held_out_rows(
+    traces: &[TaskTraces],
+    reference: &BTreeMap<String, usize>,
+) -> Vec<CalibrationRow> {
     let all: Vec<&TaskTraces> = traces.iter().collect();
     traces
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let others: Vec<&TaskTraces> =
-                all.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, t)| *t).collect();
+            let others: Vec<&TaskTraces> = all
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, t)| *t)
+                .collect();
             let th = fit(&others);
             CalibrationRow {
                 task: t.task.clone(),
@@ -153,15 +173,24 @@ pub fn calibrate(
         fit: agreement(&all, threshold),
         loo: HeldOut {
             same: rows.iter().filter(|r| r.predicted == r.pass_layer).count(),
-            within_2: rows.iter().filter(|r| r.predicted.abs_diff(r.pass_layer) <= 2).count(),
+            within_2: rows
+                .iter()
+                .filter(|r| r.predicted.abs_diff(r.pass_layer) <= 2)
+                .count(),
             tasks: rows.len(),
         },
-        argmax_same: rows.iter().filter(|r| r.argmax_layer == r.pass_layer).count(),
+        argmax_same: rows
+            .iter()
+            .filter(|r| r.argmax_layer == r.pass_layer)
+            .count(),
         reference: AgainstReference {
             tasks: on_ref.len(),
             same: on_ref.iter().filter(|(r, p)| r == p).count(),
             within_2: on_ref.iter().filter(|(r, p)| r.abs_diff(*p) <= 2).count(),
-            pass_metric_same: traces.iter().filter(|t| reference.get(&t.task) == Some(&t.pass_key)).count(),
+            pass_metric_same: traces
+                .iter()
+                .filter(|t| reference.get(&t.task) == Some(&t.pass_key))
+                .count(),
         },
         rows,
     }
@@ -179,10 +208,16 @@ impl Calibration {
         md.push_str(&format!("- Against the reference run's layers ({} tasks): same {}, within 2 layers {}; creme's own pass metric equals the reference on {}.\n\n", r.tasks, r.same, r.within_2, r.pass_metric_same));
         md.push_str("| task | pass-metric layer | reference layer | LOO threshold | predicted | logprob argmax |\n|---|---:|---:|---:|---:|---:|\n");
         for row in &self.rows {
-            let reference = row.reference_layer.map_or("null".to_string(), |l| l.to_string());
+            let reference = row
+                .reference_layer
+                .map_or("null".to_string(), |l| l.to_string());
             md.push_str(&format!(
                 "| {} | {} | {reference} | {:.3} | {} | {} |\n",
-                row.task, row.pass_layer, row.threshold_fit_on_others, row.predicted, row.argmax_layer
+                row.task,
+                row.pass_layer,
+                row.threshold_fit_on_others,
+                row.predicted,
+                row.argmax_layer
             ));
         }
         md
@@ -194,7 +229,14 @@ mod tests {
     use super::*;
 
     fn task(name: &str, logprob: Vec<f64>, distances: Vec<f64>, pass_key: usize) -> TaskTraces {
-        TaskTraces { task: name.into(), logprob, distances, pass_key, pass_scores: vec![], seconds: 0.0 }
+        TaskTraces {
+            task: name.into(),
+            logprob,
+            distances,
+            pass_key,
+            pass_scores: vec![],
+            seconds: 0.0,
+        }
     }
 
     #[test]
@@ -208,7 +250,11 @@ mod tests {
             task("c", vec![2.0, 0.99, 0.5, 0.2, 0.1, 0.0], d.clone(), 1),
         ];
         let cal = calibrate(PerturbationType::C3, &ts, &BTreeMap::new());
-        assert!(cal.threshold > 0.5 && cal.threshold <= 0.95, "{}", cal.threshold);
+        assert!(
+            cal.threshold > 0.5 && cal.threshold <= 0.95,
+            "{}",
+            cal.threshold
+        );
         assert_eq!(cal.fit.same, 3, "{}", cal.markdown());
         assert!(cal.loo.same >= 2, "{}", cal.markdown());
         // The plain argmax picks layer 0 everywhere.
@@ -225,6 +271,8 @@ mod tests {
         let c = Calibration::parse(legacy).unwrap();
         assert_eq!((c.version, c.rows[0].pass_layer), (CALIBRATION_VERSION, 3));
         let later = legacy.replacen('{', "{\"version\":5,", 1);
-        assert!(Calibration::parse(&later).unwrap_err().contains("version 5"));
+        assert!(Calibration::parse(&later)
+            .unwrap_err()
+            .contains("version 5"));
     }
 }

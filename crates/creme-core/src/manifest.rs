@@ -106,10 +106,14 @@ pub struct RunManifest {
     pub version: u32,
     pub kind: RunKind,
     pub build: BuildId,
-    /// The backend results were computed on (results differ between backends, not between
-    /// thread counts or SIMD ISAs of the CPU backend, which are bit-identical).
+    /// The backend results were computed on, with every setting that moves its numbers (results
+    /// differ between backends and wgpu kernel choices, not between thread counts or SIMD ISAs of
+    /// the CPU backend, which are bit-identical).
     pub device: Option<String>,
     pub model: Option<FileDigest>,
+    /// What judged the programs (interpreter, isolation), as the judge describes itself.
+    #[serde(default)]
+    pub judge: Option<String>,
     pub dataset: DatasetDigests,
     pub generation: Generation,
     pub timeout_s: u64,
@@ -161,14 +165,31 @@ impl RunManifest {
             }
         };
         field("kind", json(&self.kind), json(&other.kind));
-        field("creme build", build_text(&self.build), build_text(&other.build));
+        field(
+            "creme build",
+            build_text(&self.build),
+            build_text(&other.build),
+        );
         field("device", json(&self.device), json(&other.device));
         field("model", file_text(&self.model), file_text(&other.model));
-        field("generation", json(&self.generation), json(&other.generation));
+        field("judge", json(&self.judge), json(&other.judge));
+        field(
+            "generation",
+            json(&self.generation),
+            json(&other.generation),
+        );
         field("timeout_s", json(&self.timeout_s), json(&other.timeout_s));
         field("patches", json(&self.patches), json(&other.patches));
-        field("completions", file_text(&self.completions), file_text(&other.completions));
-        field("experiment", json(&self.experiment), json(&other.experiment));
+        field(
+            "completions",
+            file_text(&self.completions),
+            file_text(&other.completions),
+        );
+        field(
+            "experiment",
+            json(&self.experiment),
+            json(&other.experiment),
+        );
         d.extend(dataset_differences(&self.dataset, &other.dataset, true));
         d
     }
@@ -183,13 +204,30 @@ impl RunManifest {
                 d.push(format!("{name}: {a} here, {b} in the baseline"));
             }
         };
-        field("creme build", build_text(&self.build), build_text(&baseline.build));
+        field(
+            "creme build",
+            build_text(&self.build),
+            build_text(&baseline.build),
+        );
         field("device", json(&self.device), json(&baseline.device));
         field("model", file_text(&self.model), file_text(&baseline.model));
-        field("generation", json(&self.generation), json(&baseline.generation));
-        field("timeout_s", json(&self.timeout_s), json(&baseline.timeout_s));
+        field("judge", json(&self.judge), json(&baseline.judge));
+        field(
+            "generation",
+            json(&self.generation),
+            json(&baseline.generation),
+        );
+        field(
+            "timeout_s",
+            json(&self.timeout_s),
+            json(&baseline.timeout_s),
+        );
         field("patches", json(&self.patches), json(&baseline.patches));
-        field("completions", file_text(&self.completions), file_text(&baseline.completions));
+        field(
+            "completions",
+            file_text(&self.completions),
+            file_text(&baseline.completions),
+        );
         d.extend(dataset_differences(&self.dataset, &baseline.dataset, false));
         d
     }
@@ -215,9 +253,17 @@ fn dataset_differences(ours: &DatasetDigests, theirs: &DatasetDigests, exact: bo
         } else {
             Vec::new()
         };
-        for (what, list) in [("other content", changed), ("only here", missing), ("only there", extra)] {
+        for (what, list) in [
+            ("other content", changed),
+            ("only here", missing),
+            ("only there", extra),
+        ] {
             if !list.is_empty() {
-                d.push(format!("dataset {set}: {} tasks with {what} ({})", list.len(), first_few(&list)));
+                d.push(format!(
+                    "dataset {set}: {} tasks with {what} ({})",
+                    list.len(),
+                    first_few(&list)
+                ));
             }
         }
     }
@@ -240,18 +286,28 @@ fn json<T: Serialize>(v: &T) -> String {
 }
 
 fn build_text(b: &BuildId) -> String {
-    format!("{} {} (binary {})", b.version, b.commit, short(&b.binary_sha256))
+    format!(
+        "{} {} (binary {})",
+        b.version,
+        b.commit,
+        short(&b.binary_sha256)
+    )
 }
 
 fn file_text(f: &Option<FileDigest>) -> String {
     match f {
-        Some(f) => format!("{} ({} bytes, sha256 {})", f.name, f.bytes, short(&f.sha256)),
+        Some(f) => format!(
+            "{} ({} bytes, sha256 {})",
+            f.name,
+            f.bytes,
+            short(&f.sha256)
+        ),
         None => "none".into(),
     }
 }
 
-fn short(hex: &str) -> &str {
-    &hex[..hex.len().min(12)]
+fn short(hex: &str) -> String {
+    hex.chars().take(12).collect()
 }
 
 #[cfg(test)]
@@ -285,6 +341,7 @@ mod tests {
             },
             device: Some("cpu".into()),
             model: Some(FileDigest::of("m.gguf", b"model bytes")),
+            judge: Some("python3 in the root sandbox".into()),
             dataset: dataset_digests(&sets),
             generation: Generation::from(&GenSpec::default()),
             timeout_s: 10,
@@ -307,8 +364,16 @@ mod tests {
         let d = a.differences(&b);
         assert_eq!(d.len(), 3, "{d:?}");
         assert!(d.iter().any(|l| l.starts_with("model:")), "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with("timeout_s: 10 here, 20 there")), "{d:?}");
-        assert!(d.iter().any(|l| l.contains("dataset clean: 1 tasks with other content (T/1)")), "{d:?}");
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("timeout_s: 10 here, 20 there")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|l| l.contains("dataset clean: 1 tasks with other content (T/1)")),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -317,7 +382,9 @@ mod tests {
         let mut bigger = run.clone();
         bigger.kind = RunKind::Experiment;
         let c3 = SetName::Perturbed(PerturbationType::C3);
-        bigger.dataset.insert(c3, [("T/0".to_string(), "ff".to_string())].into());
+        bigger
+            .dataset
+            .insert(c3, [("T/0".to_string(), "ff".to_string())].into());
         assert!(run.baseline_differences(&bigger).is_empty());
         let d = bigger.baseline_differences(&run);
         assert!(d.iter().any(|l| l.contains("set C3")), "{d:?}");

@@ -33,7 +33,11 @@ impl<J: Judge> RestorationByPass<'_, J> {
     fn opts(&self, sample: usize) -> GenerateOptions {
         GenerateOptions {
             max_new_tokens: self.max_new_tokens,
-            temperature: if self.samples > 1 { self.temperature } else { 0.0 },
+            temperature: if self.samples > 1 {
+                self.temperature
+            } else {
+                0.0
+            },
             top_p: self.top_p,
             seed: 1000 + sample as u64,
             stop: humaneval_stops(),
@@ -73,7 +77,8 @@ impl<J: Judge> RestorationMetric for RestorationByPass<'_, J> {
     ) -> Result<Vec<f64>, ModelError> {
         let mut passes = vec![0usize; probes.len()];
         for k in 0..self.samples {
-            let completions = generate_from_probes(dev, model, setup, probes, &self.opts(k)).await?;
+            let completions =
+                generate_from_probes(dev, model, setup, probes, &self.opts(k)).await?;
             let programs: Vec<_> = completions
                 .iter()
                 .map(|c| self.problem.program(&self.problem.prompt, &c.text))
@@ -82,16 +87,24 @@ impl<J: Judge> RestorationMetric for RestorationByPass<'_, J> {
                 passes[i] += (*v == Verdict::Pass) as usize;
             }
         }
-        Ok(passes.iter().map(|&p| p as f64 / self.samples as f64).collect())
+        Ok(passes
+            .iter()
+            .map(|&p| p as f64 / self.samples as f64)
+            .collect())
     }
 }
 
 /// The programs' verdicts; a program the judge could not run is an error, so a trace never
 /// counts it as a failed test.
-async fn verdicts<J: Judge>(judge: &mut J, programs: &[TestProgram]) -> Result<Vec<Verdict>, ModelError> {
+async fn verdicts<J: Judge>(
+    judge: &mut J,
+    programs: &[TestProgram],
+) -> Result<Vec<Verdict>, ModelError> {
     let judged = judge.judge(programs).await;
     if judged.len() != programs.len() {
-        return Err(ModelError::Format("the judge returned fewer judgements than programs".into()));
+        return Err(ModelError::Format(
+            "the judge returned fewer judgements than programs".into(),
+        ));
     }
     if let Some(j) = judged.iter().find(|j| j.verdict == Verdict::Error) {
         return Err(ModelError::Format(format!(
@@ -150,9 +163,20 @@ pub async fn pass_trace<J: Judge>(
     };
     let acc_orig = pm.pass_ratio(dev, model, clean.0, clean.1).await?;
     let acc_pert = pm.pass_ratio(dev, model, pert.0, pert.1).await?;
-    let raw = trace::trace_layers_with(dev, model, setup, PatchPositions::AllPrompt, &mut pm, progress).await?;
+    let raw = trace::trace_layers_with(
+        dev,
+        model,
+        setup,
+        PatchPositions::AllPrompt,
+        &mut pm,
+        progress,
+    )
+    .await?;
     let ratios = raw.scores.clone();
-    let improvements: Vec<f64> = ratios.iter().map(|&r| improvement(r, acc_orig, acc_pert)).collect();
+    let improvements: Vec<f64> = ratios
+        .iter()
+        .map(|&r| improvement(r, acc_orig, acc_pert))
+        .collect();
     let key = if improvements.iter().any(|&v| v > 0.0) {
         trace::choose_layer(&improvements, &setup.distances)
     } else {
@@ -167,7 +191,12 @@ pub async fn pass_trace<J: Judge>(
         key_layer: key,
         samples: samples.max(1),
     };
-    let trace = LayerTrace { metric: "pass".into(), scores: improvements, key_layer: key, ..raw };
+    let trace = LayerTrace {
+        metric: "pass".into(),
+        scores: improvements,
+        key_layer: key,
+        ..raw
+    };
     Ok((trace, account))
 }
 
@@ -187,8 +216,17 @@ impl<J: Judge> Locator for PassLocator<'_, J> {
         setup: &TraceSetup,
         progress: &mut Progress<'_>,
     ) -> Result<LayerTrace, ModelError> {
-        let (trace, _) =
-            pass_trace(dev, model, setup, self.clean, self.pert, self.samples, self.judge, progress).await?;
+        let (trace, _) = pass_trace(
+            dev,
+            model,
+            setup,
+            self.clean,
+            self.pert,
+            self.samples,
+            self.judge,
+            progress,
+        )
+        .await?;
         Ok(trace)
     }
 }

@@ -17,8 +17,7 @@ pub fn parse<T: DeserializeOwned>(
         #[serde(default)]
         version: u32,
     }
-    let v: VersionOnly =
-        serde_json::from_str(text).map_err(|e| format!("not {what} ({e})"))?;
+    let v: VersionOnly = serde_json::from_str(text).map_err(|e| format!("not {what} ({e})"))?;
     if !(oldest..=newest).contains(&v.version) {
         return Err(format!(
             "{what} of version {} (this build reads versions {oldest} to {newest}); use the creme that wrote it, or a new output directory",

@@ -468,6 +468,18 @@ fn rlimits_only(
     }
 }
 
+/// What judges here, as far as verdicts depend on it: the interpreter (path) and the isolation
+/// mode (root, user namespace, rlimits only). Run manifests record it.
+pub fn judge_identity() -> String {
+    let mode = match mode() {
+        Ok(Mode::Root) => "root",
+        Ok(Mode::UserNamespace) => "userns",
+        Ok(Mode::RlimitsOnly) => "rlimits",
+        Err(_) => "refused",
+    };
+    format!("{} in the {mode} sandbox", python3().to_string_lossy())
+}
+
 /// The interpreter: CREME_PYTHON if set, else /usr/bin/python3 where it exists, else from PATH.
 fn python3() -> std::ffi::OsString {
     match std::env::var_os("CREME_PYTHON") {

@@ -57,7 +57,7 @@ def _creme_run():
             # test's own. Called as a function, not through exec: no audit event on the way.
             env = dict(scope)
             env['__builtins__'] = check_builtins
-            env['check'] = function(test_check, env)
+            env['check'] = function(test_check, env, 'check', _defaults(scope, test_check))
             function(check_code, env)()
     except BaseException as e:  # noqa: B036 -- every way out but returning is a failure
         report('FAIL', _kind(e))
@@ -90,6 +90,15 @@ def _test_check(program_code, code_type):
     return found[-1]
 
 
+def _defaults(scope, code):
+    """The default values of the test's `check` as its def evaluated them (a test binds the
+    solution as a default where the solution is itself named `check`): taken from the function the
+    program's scope holds only if it is the test's own code object, else none (fail closed). A
+    default is only ever a solution, which the program writes anyway."""
+    f = scope.get('check')
+    return f.__defaults__ if getattr(f, '__code__', None) is code else None
+
+
 def _private(*functions):
     """The functions again, with globals of their own: themselves, os, sys, builtins, and a copy of
     the builtins that the program cannot reach by name (it may replace `builtins.dict`)."""
@@ -99,4 +108,4 @@ def _private(*functions):
     return [env[f.__name__] for f in functions]
 
 
-_private(_creme_run, _kind, _test_check)[0]()
+_private(_creme_run, _kind, _test_check, _defaults)[0]()

@@ -116,7 +116,11 @@ pub async fn run_set(
             .map(|(p, _)| *p)
             .collect();
         for chunk in these.chunks(spec.batch.max(1)) {
-            let batch = Batch { set, sample: s, problems: chunk };
+            let batch = Batch {
+                set,
+                sample: s,
+                problems: chunk,
+            };
             for rec in generate_and_judge(dev, model, &batch, spec, drafts, judge).await? {
                 sink(rec)?;
             }

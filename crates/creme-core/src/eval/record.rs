@@ -215,8 +215,22 @@ mod tests {
         };
         let recs = vec![
             SampleRecord::judged(SetName::Clean, "a", 0, "", "stop", &j(Verdict::Pass, "")),
-            SampleRecord::judged(SetName::Clean, "a", 1, "", "stop", &j(Verdict::Fail, "exit")),
-            SampleRecord::judged(SetName::Clean, "b", 0, "", "stop", &j(Verdict::Error, JUDGE_ERROR_KIND)),
+            SampleRecord::judged(
+                SetName::Clean,
+                "a",
+                1,
+                "",
+                "stop",
+                &j(Verdict::Fail, "exit"),
+            ),
+            SampleRecord::judged(
+                SetName::Clean,
+                "b",
+                0,
+                "",
+                "stop",
+                &j(Verdict::Error, JUDGE_ERROR_KIND),
+            ),
         ];
         let o = outcomes_of(&recs);
         assert_eq!(o[&SetName::Clean].len(), 1);

@@ -116,7 +116,11 @@ fn against_clean(
     let (mut fixed, mut broken) = (0, 0);
     for (task, samples) in tasks {
         let Some(cs) = clean.get(task) else { continue };
-        let idx: Vec<usize> = samples.keys().filter(|k| cs.contains_key(k)).cloned().collect();
+        let idx: Vec<usize> = samples
+            .keys()
+            .filter(|k| cs.contains_key(k))
+            .cloned()
+            .collect();
         if idx.is_empty() {
             continue;
         }
@@ -137,7 +141,7 @@ impl Summary {
         let ks: Vec<&String> = self
             .sets
             .first()
-            .map(|s| s.pass_at.keys().collect())
+            .map(|s| pass_at_keys(&s.pass_at))
             .unwrap_or_default();
         let mut md = format!(
             "| set | tasks | {} | passed | fixed vs clean | broken vs clean | Robust Pass@1 | Robust Drop@1 | Robust Relative@1 |\n",
@@ -160,17 +164,34 @@ impl Summary {
     }
 }
 
+/// The pass@k keys in order of k (pass@1, pass@5, pass@10), not of their text.
+fn pass_at_keys(m: &BTreeMap<String, f64>) -> Vec<&String> {
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort_by_key(|k| {
+        k.trim_start_matches("pass@")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
+    keys
+}
+
 fn markdown_row(s: &SetSummary) -> String {
     let opt = |v: Option<usize>| v.map_or("-".to_string(), |v| v.to_string());
     let robust = match &s.robust {
-        Some(r) => [r.robust_pass_k, r.robust_drop_k, r.robust_relative_k].map(|v| format!("{v:.3}")),
+        Some(r) => {
+            [r.robust_pass_k, r.robust_drop_k, r.robust_relative_k].map(|v| format!("{v:.3}"))
+        }
         None => ["-", "-", "-"].map(String::from),
     };
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
         s.set,
         s.tasks,
-        s.pass_at.values().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(" | "),
+        pass_at_keys(&s.pass_at)
+            .iter()
+            .map(|k| format!("{:.3}", s.pass_at[*k]))
+            .collect::<Vec<_>>()
+            .join(" | "),
         s.passed,
         opt(s.fixed_vs_clean),
         opt(s.broken_vs_clean),

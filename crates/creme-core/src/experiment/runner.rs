@@ -89,50 +89,90 @@ impl ExperimentPlan {
         for t in &self.types {
             let set = SetName::Perturbed(*t);
             let worthy: HashSet<String> = edit_worthy(base, set).into_iter().collect();
-            for p in self.sets[&set].iter().filter(|p| worthy.contains(&p.task_id)) {
-                let c = crate::dataset::find(&self.sets[&SetName::Clean], &p.task_id)
-                    .ok_or_else(|| ModelError::Format(format!("{}: edit-worthy without a clean problem", p.task_id)))?;
-                jobs.push(Job { ptype: *t, clean: c.clone(), pert: p.clone() });
+            for p in self.sets[&set]
+                .iter()
+                .filter(|p| worthy.contains(&p.task_id))
+            {
+                let c = crate::dataset::find(&self.sets[&SetName::Clean], &p.task_id).ok_or_else(
+                    || {
+                        ModelError::Format(format!(
+                            "{}: edit-worthy without a clean problem",
+                            p.task_id
+                        ))
+                    },
+                )?;
+                jobs.push(Job {
+                    ptype: *t,
+                    clean: c.clone(),
+                    pert: p.clone(),
+                });
             }
         }
         let total = jobs.len();
         let (shard, shards) = self.shard;
-        let mine = jobs.into_iter().enumerate().filter(|(i, _)| i % shards == shard).map(|(_, j)| j);
+        let mine = jobs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % shards == shard)
+            .map(|(_, j)| j);
         Ok((mine.collect(), total))
     }
 
     /// The tasks an edit of type `t` is evaluated on: every loaded task, or (edit-worthy scope)
     /// the edit-worthy tasks of each evaluated type, with their clean prompts those of type `t`.
-    pub fn eval_sets(&self, base: &Outcomes, t: PerturbationType) -> BTreeMap<SetName, Vec<Problem>> {
+    pub fn eval_sets(
+        &self,
+        base: &Outcomes,
+        t: PerturbationType,
+    ) -> BTreeMap<SetName, Vec<Problem>> {
         match self.eval_scope {
             EvalScope::All => self.sets.clone(),
             EvalScope::EditWorthy => self
                 .sets
                 .iter()
                 .map(|(s, ps)| {
-                    let of = if s.is_clean() { SetName::Perturbed(t) } else { *s };
+                    let of = if s.is_clean() {
+                        SetName::Perturbed(t)
+                    } else {
+                        *s
+                    };
                     let worthy: HashSet<String> = edit_worthy(base, of).into_iter().collect();
-                    (*s, ps.iter().filter(|p| worthy.contains(&p.task_id)).cloned().collect())
+                    (
+                        *s,
+                        ps.iter()
+                            .filter(|p| worthy.contains(&p.task_id))
+                            .cloned()
+                            .collect(),
+                    )
                 })
                 .collect(),
         }
     }
 
     /// The layer to edit for one job, unless the rule traces (logprob, pass).
-    pub fn fixed_layer(&self, t: PerturbationType, task: &str, n_layers: usize) -> Result<Option<usize>, ModelError> {
+    pub fn fixed_layer(
+        &self,
+        t: PerturbationType,
+        task: &str,
+        n_layers: usize,
+    ) -> Result<Option<usize>, ModelError> {
         let err = |m: String| ModelError::Format(m);
         let rule = &self.layer;
         let l = match rule {
             LayerRule::Logprob | LayerRule::Pass => return Ok(None),
             LayerRule::Random => {
-                let seed = task.bytes().fold(t.name().len() as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+                let seed = task.bytes().fold(t.name().len() as u64, |h, b| {
+                    h.wrapping_mul(31).wrapping_add(b as u64)
+                });
                 crate::cpu::SplitMix64(seed).below(n_layers as u64) as usize
             }
-            LayerRule::ModeOf(_) => *self
-                .modes
-                .as_ref()
-                .and_then(|m| m.get(&t))
-                .ok_or_else(|| err(format!("--layer {rule}: no edits of type {t} to take a layer from")))?,
+            LayerRule::ModeOf(_) => {
+                *self.modes.as_ref().and_then(|m| m.get(&t)).ok_or_else(|| {
+                    err(format!(
+                        "--layer {rule}: no edits of type {t} to take a layer from"
+                    ))
+                })?
+            }
             LayerRule::From(_) => *self
                 .given
                 .as_ref()
@@ -173,7 +213,12 @@ pub async fn evaluate<J: Judge>(
             }
             done += 1;
             passed += rec.passed as usize;
-            progress(Step { stage: &stage, done, total: items.len(), note: format!("{passed} passed") });
+            progress(Step {
+                stage: &stage,
+                done,
+                total: items.len(),
+                note: format!("{passed} passed"),
+            });
             sink(rec)
         };
         eval::run_set(dev, model, *set, &items, spec, drafts, judge, &mut checked).await?;
@@ -216,13 +261,20 @@ pub async fn run_job<J: Judge>(
     progress: &mut Progress<'_>,
 ) -> Result<EditRecord, ModelError> {
     let total = Clock::start();
-    let (clean, pert) = (model.tokenizer.encode(&job.clean.prompt)?, model.tokenizer.encode(&job.pert.prompt)?);
+    let (clean, pert) = (
+        model.tokenizer.encode(&job.clean.prompt)?,
+        model.tokenizer.encode(&job.pert.prompt)?,
+    );
     let creme = CremeSettings {
         target_tokens: plan.target_tokens,
         layer: plan.fixed_layer(job.ptype, &job.pert.task_id, model.cfg.n_layers)?,
         edit: plan.settings.clone(),
     };
-    let meta = [("pair".to_string(), format!("{} {}", job.pert.task_id, job.ptype))].into();
+    let meta = [(
+        "pair".to_string(),
+        format!("{} {}", job.pert.task_id, job.ptype),
+    )]
+    .into();
     let edit = {
         let mut locator = match plan.layer {
             LayerRule::Pass => JobLocator::Pass(PassLocator {
@@ -231,18 +283,38 @@ pub async fn run_job<J: Judge>(
                 samples: 1,
                 judge: &mut *judge,
             }),
-            _ => JobLocator::Logprob(LogprobLocator { restored_at: plan.restored_at }),
+            _ => JobLocator::Logprob(LogprobLocator {
+                restored_at: plan.restored_at,
+            }),
         };
-        locate_and_edit_with(dev, model, (&clean, &pert), &creme, &mut locator, meta, progress).await?
+        locate_and_edit_with(
+            dev,
+            model,
+            (&clean, &pert),
+            &creme,
+            &mut locator,
+            meta,
+            progress,
+        )
+        .await?
     };
     edit.patch.apply(dev, model)?;
     let eval_clock = Clock::start();
     let mut after = Vec::new();
     let sets = plan.eval_sets(base, job.ptype);
-    let evaluated = evaluate(dev, model, &sets, &plan.spec, drafts, judge, progress, &mut |rec| {
-        after.push(rec);
-        Ok(())
-    })
+    let evaluated = evaluate(
+        dev,
+        model,
+        &sets,
+        &plan.spec,
+        drafts,
+        judge,
+        progress,
+        &mut |rec| {
+            after.push(rec);
+            Ok(())
+        },
+    )
     .await;
     crate::patch::revert(model, &edit.patch);
     evaluated?;
@@ -288,12 +360,19 @@ fn record(
         final_loss: result.losses.last().map(|l| l.total),
         l_rir: local,
         g_rir: scores.get(&own_set).and_then(|s| s.g_rir),
-        edited_task_passes: after.get(&own_set).and_then(|m| m.get(task)).copied().unwrap_or(false),
+        edited_task_passes: after
+            .get(&own_set)
+            .and_then(|m| m.get(task))
+            .copied()
+            .unwrap_or(false),
         eval: scores,
         clean: score_clean(base, &after)?,
         eval_scope: plan.eval_scope.name().to_string(),
         tasks_per_set: after.get(&own_set).map(|m| m.len()).unwrap_or(0),
-        drafts_whole: after_records.iter().filter(|r| r.draft.is_some_and(|d| d.whole)).count(),
+        drafts_whole: after_records
+            .iter()
+            .filter(|r| r.draft.is_some_and(|d| d.whole))
+            .count(),
         generated: after_records.len(),
         after,
         t_trace: edit.timings.target_s + edit.timings.trace_s,
