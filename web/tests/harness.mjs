@@ -22,11 +22,18 @@ export const check = (cond, msg) => { console.log(`${cond ? 'ok  ' : 'FAIL'} ${m
 
 export const bin = process.env.CREME_BIN;
 if (!bin) throw new Error('CREME_BIN (the native creme binary) is not set');
+/// The reference data (`CREME_DATA_DIR`, as the Rust side reads it: the shared root; else
+/// `../shared` beside the repository) and its HumanEval with the released perturbed sets.
+export const sharedDir = () => path.resolve(process.env.CREME_DATA_DIR || path.join(webRoot, '..', '..', 'shared'));
+export const humanevalDir = () => path.join(sharedDir(), 'datasets', 'humaneval-nlpert');
 export const modelDir = () => process.env.CREME_MODEL_DIR || path.join(process.env.CREME_CACHE_DIR || path.join(os.homedir(), '.cache/creme'), 'models');
 
 /// `creme serve` on a free port: {port, server}.
 export async function startServer() {
-  const server = spawn(bin, ['serve', '--port', '0', '--web', webRoot, '--models', modelDir()], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The dataset by path: the binary lives in the build cache, far from the checkout, and the
+  // tests run from web/, so neither place finds ../shared by itself.
+  const dataset = fs.existsSync(humanevalDir()) ? ['--dataset', humanevalDir()] : [];
+  const server = spawn(bin, ['serve', '--port', '0', '--web', webRoot, '--models', modelDir(), ...dataset], { stdio: ['ignore', 'pipe', 'inherit'] });
   const port = await new Promise((resolve, reject) => {
     server.stdout.on('data', (d) => { const m = /127\.0\.0\.1:(\d+)/.exec(String(d)); if (m) resolve(Number(m[1])); });
     server.on('exit', (c) => reject(new Error(`creme serve exited (${c})`)));

@@ -13,9 +13,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { artifacts, bin, check, finish, finished, launchBrowser, modelDir, newPage, startServer } from './harness.mjs';
+import { artifacts, bin, check, finish, finished, humanevalDir, launchBrowser, modelDir, newPage, startServer } from './harness.mjs';
 
-const dataset = path.resolve(process.env.CREME_DATA_DIR || path.join(process.cwd(), '..', '..', 'shared', 'datasets', 'humaneval-nlpert'));
+const dataset = humanevalDir();
 const jsonl = (f) => fs.readFileSync(f, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
 const clean = new Map(jsonl(path.join(dataset, 'HumanEval.jsonl')).map((t) => [t.task_id, t]));
 const c3 = new Map(jsonl(path.join(dataset, 'perturbed', 'C3.jsonl')).map((t) => [t.task_id, t]));
