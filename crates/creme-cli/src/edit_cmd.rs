@@ -9,7 +9,7 @@ use creme_core::dataset::Problem;
 use creme_core::edit::{EditSettings, Keep, Solver};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
-use creme_core::pipeline::{locate_and_edit_with, CremeSettings, LogprobLocator};
+use creme_core::pipeline::{locate_and_edit_with, CremeEdit, CremeSettings, LogprobLocator};
 use creme_core::report;
 use creme_core::{Backend, Device};
 use serde_json::json;
@@ -59,6 +59,15 @@ fn verdict_str(v: Option<Verdict>) -> &'static str {
     }
 }
 
+/// A completion and its test verdict (None: no tests, or not evaluated).
+type Outcome = (String, Option<Verdict>);
+
+/// Completions of the clean and the perturbed prompt, with their verdicts.
+struct Pair {
+    clean: Outcome,
+    pert: Outcome,
+}
+
 pub fn run(dev: &Device, a: EditArgs) -> Res {
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let problems = a.pair.problems()?;
@@ -69,38 +78,29 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         model.tokenizer.encode(&pert_text)?,
     );
     let t_all = Instant::now();
-
-    // Before: both completions and their tests.
-    let skip = |_: &Model, _: &str, _: Option<&Problem>| -> Res<(String, Option<Verdict>)> {
-        Ok((String::new(), None))
-    };
-    let eval: &dyn Fn(&Model, &str, Option<&Problem>) -> Res<(String, Option<Verdict>)> =
+    let both = |m: &Model| -> Res<Pair> {
         if a.no_eval {
-            &skip
-        } else {
-            &|m, p, pr| complete_and_test(dev, m, p, pr)
-        };
-    let (clean_before, clean_v0) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
-    let (pert_before, pert_v0) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
+            return Ok(Pair {
+                clean: (String::new(), None),
+                pert: (String::new(), None),
+            });
+        }
+        let clean = complete_and_test(dev, m, &clean_text, problems.as_ref().map(|p| &p.0))?;
+        let pert = complete_and_test(dev, m, &pert_text, problems.as_ref().map(|p| &p.1))?;
+        Ok(Pair { clean, pert })
+    };
+    let before = both(&model)?;
     println!("== {label}");
     if !a.no_eval {
-        println!("-- clean prompt completion [{}]:\n{clean_before}\n-- perturbed prompt completion [{}]:\n{pert_before}", verdict_str(clean_v0), verdict_str(pert_v0));
+        println!(
+            "-- clean prompt completion [{}]:\n{}\n-- perturbed prompt completion [{}]:\n{}",
+            verdict_str(before.clean.1),
+            before.clean.0,
+            verdict_str(before.pert.1),
+            before.pert.0
+        );
     }
-
     // Target, layer (fixed, or traced with the logprob metric), edit: the core pipeline.
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        "base_model_sha256".to_string(),
-        common::sha256_file(&model_path)?,
-    );
-    meta.insert(
-        "base_model".to_string(),
-        model_path
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default(),
-    );
-    meta.insert("pair".to_string(), label.clone());
     let settings = CremeSettings {
         target_tokens: a.target_tokens,
         layer: a.layer,
@@ -110,6 +110,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         restored_at: a.restored_at,
     };
     let mut bar = crate::progress::Reporter::new(&label);
+    let meta = patch_metadata(&model_path, &label)?;
     let done = pollster::block_on(locate_and_edit_with(
         dev,
         &model,
@@ -120,6 +121,52 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         &mut |s| bar.step(s),
     ))?;
     bar.finish();
+    print_edit(&a, &done);
+    write_patch(&a.out, &done.patch.to_safetensors()?)?;
+    done.patch.apply(dev, &mut model)?;
+    let after = both(&model);
+    creme_core::patch::revert(&mut model, &done.patch);
+    let after = after?;
+    if !a.no_eval {
+        println!("-- perturbed prompt completion after the edit [{}]:\n{}\n-- clean prompt completion after the edit [{}]:\n{}", verdict_str(after.pert.1), after.pert.0, verdict_str(after.clean.1), after.clean.0);
+    }
+    println!(
+        "== total {:.1} s on {}",
+        t_all.elapsed().as_secs_f64(),
+        dev.describe()
+    );
+    if let Some(dir) = &a.report {
+        let prompts = (clean_text.as_str(), pert_text.as_str());
+        let run = EditRun {
+            label: &label,
+            prompts,
+            done: &done,
+            before: &before,
+            after: &after,
+        };
+        write_report(dir, &a, &run, t_all.elapsed().as_secs_f64(), dev)?;
+    }
+    Ok(())
+}
+
+/// What goes into the patch's metadata besides the edit's own: the base model and the pair.
+fn patch_metadata(model_path: &std::path::Path, label: &str) -> Res<BTreeMap<String, String>> {
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "base_model_sha256".to_string(),
+        common::sha256_file(model_path)?,
+    );
+    let name = model_path
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    meta.insert("base_model".to_string(), name);
+    meta.insert("pair".to_string(), label.to_string());
+    Ok(meta)
+}
+
+/// The trace and the edit's loss curve, one line each.
+fn print_edit(a: &EditArgs, done: &CremeEdit) {
     let (layer, result) = (done.layer, &done.result);
     if let Some(t) = &done.trace {
         let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
@@ -138,95 +185,105 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{:.2} s capture)",
         a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds, done.timings.capture_s
     );
-    let patch = &done.patch;
-    let bytes = patch.to_safetensors()?;
-    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+}
+
+/// The patch file, written whole (a temp file renamed into place).
+fn write_patch(out: &std::path::Path, bytes: &[u8]) -> Res {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).map_err(|e| format!("writing {}: {e}", a.out.display()))?;
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out).map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!(
         "-- patch written: {} ({} KiB)",
-        a.out.display(),
+        out.display(),
         bytes.len() / 1024
     );
-
-    // After.
-    patch.apply(dev, &mut model)?;
-    let (pert_after, pert_v1) = eval(&model, &pert_text, problems.as_ref().map(|p| &p.1))?;
-    let (clean_after, clean_v1) = eval(&model, &clean_text, problems.as_ref().map(|p| &p.0))?;
-    creme_core::patch::revert(&mut model, patch);
-    if !a.no_eval {
-        println!("-- perturbed prompt completion after the edit [{}]:\n{pert_after}\n-- clean prompt completion after the edit [{}]:\n{clean_after}", verdict_str(pert_v1), verdict_str(clean_v1));
-    }
-    println!(
-        "== total {:.1} s on {}",
-        t_all.elapsed().as_secs_f64(),
-        dev.describe()
-    );
-
-    if let Some(dir) = &a.report {
-        std::fs::create_dir_all(dir)?;
-        let doc = json!({
-            "pair": label, "layer": layer, "settings": a.settings, "edit": result, "trace": done.trace,
-            "before": {"clean": {"completion": clean_before, "verdict": verdict_str(clean_v0)}, "pert": {"completion": pert_before, "verdict": verdict_str(pert_v0)}},
-            "after": {"clean": {"completion": clean_after, "verdict": verdict_str(clean_v1)}, "pert": {"completion": pert_after, "verdict": verdict_str(pert_v1)}},
-            "timings_s": {"target": done.timings.target_s, "trace": done.timings.trace_s, "capture": done.timings.capture_s, "edit": result.seconds, "total": t_all.elapsed().as_secs_f64()},
-            "adapter": dev.describe(), "patch": a.out.display().to_string(),
-        });
-        let json_text = serde_json::to_string_pretty(&doc)?;
-        let cell = |text: &str, v: Option<Verdict>| {
-            format!(
-                "<td><b class='{}'>{}</b><pre>{}</pre></td>",
-                if v == Some(Verdict::Pass) {
-                    "ok"
-                } else {
-                    "bad"
-                },
-                verdict_str(v),
-                report::escape(text)
-            )
-        };
-        let (clean_marked, pert_marked) = report::diff_marked(&clean_text, &pert_text);
-        let mut sections = vec![(
-            "Prompts (the characters that differ are marked)".to_string(),
-            format!("<table class='cols'><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre class='prompt'>{clean_marked}</pre></td><td><pre class='prompt'>{pert_marked}</pre></td></tr></table>"),
-        )];
-        if let Some(t) = &done.trace {
-            sections.push((
-                "Causal trace".to_string(),
-                report::layer_curve_svg(t, &format!("{label}: restoration by layer")),
-            ));
-        }
-        let lambda = a.settings.lambda;
-        sections.push((
-            "Edit loss".to_string(),
-            report::loss_curve_svg(
-                &result.losses,
-                lambda,
-                result.kept_step,
-                &format!("layer {layer} W_down, {:?}", a.settings.solver),
-            ),
-        ));
-        sections.push((
-            "Completions before and after the edit".to_string(),
-            format!(
-                "<table class='cols'><tr><th style='width:5em'></th><th>before</th><th>after</th></tr><tr><th>perturbed</th>{}{}</tr><tr><th>clean</th>{}{}</tr></table>",
-                cell(&pert_before, pert_v0),
-                cell(&pert_after, pert_v1),
-                cell(&clean_before, clean_v0),
-                cell(&clean_after, clean_v1)
-            ),
-        ));
-        common::write(&dir.join("edit.json"), &json_text)?;
-        common::write(
-            &dir.join("report.html"),
-            &report::html_page(&format!("CREME edit — {label}"), &sections, &json_text),
-        )?;
-        println!("-- report: {}", dir.join("report.html").display());
-    }
     Ok(())
+}
+
+/// One edit's run, for its report.
+struct EditRun<'a> {
+    label: &'a str,
+    /// (clean, perturbed) prompt texts.
+    prompts: (&'a str, &'a str),
+    done: &'a CremeEdit,
+    before: &'a Pair,
+    after: &'a Pair,
+}
+
+/// `edit.json` and `report.html` in `dir`.
+fn write_report(
+    dir: &std::path::Path,
+    a: &EditArgs,
+    r: &EditRun,
+    total_s: f64,
+    dev: &Device,
+) -> Res {
+    std::fs::create_dir_all(dir)?;
+    let (done, result) = (r.done, &r.done.result);
+    let outcome = |o: &Outcome| json!({"completion": o.0, "verdict": verdict_str(o.1)});
+    let doc = json!({
+        "pair": r.label, "layer": done.layer, "settings": a.settings, "edit": result, "trace": done.trace,
+        "before": {"clean": outcome(&r.before.clean), "pert": outcome(&r.before.pert)},
+        "after": {"clean": outcome(&r.after.clean), "pert": outcome(&r.after.pert)},
+        "timings_s": {"target": done.timings.target_s, "trace": done.timings.trace_s, "capture": done.timings.capture_s, "edit": result.seconds, "total": total_s},
+        "adapter": dev.describe(), "patch": a.out.display().to_string(),
+    });
+    let json_text = serde_json::to_string_pretty(&doc)?;
+    let sections = report_sections(a, r);
+    common::write(&dir.join("edit.json"), &json_text)?;
+    common::write(
+        &dir.join("report.html"),
+        &report::html_page(&format!("CREME edit — {}", r.label), &sections, &json_text),
+    )?;
+    println!("-- report: {}", dir.join("report.html").display());
+    Ok(())
+}
+
+/// The report's sections: prompts with the perturbation marked, the trace, the loss curve, the
+/// completions before and after.
+fn report_sections(a: &EditArgs, r: &EditRun) -> Vec<(String, String)> {
+    let (done, result) = (r.done, &r.done.result);
+    let cell = |o: &Outcome| {
+        let class = if o.1 == Some(Verdict::Pass) {
+            "ok"
+        } else {
+            "bad"
+        };
+        format!(
+            "<td><b class='{class}'>{}</b><pre>{}</pre></td>",
+            verdict_str(o.1),
+            report::escape(&o.0)
+        )
+    };
+    let (clean_marked, pert_marked) = report::diff_marked(r.prompts.0, r.prompts.1);
+    let mut sections = vec![(
+        "Prompts (the characters that differ are marked)".to_string(),
+        format!("<table class='cols'><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre class='prompt'>{clean_marked}</pre></td><td><pre class='prompt'>{pert_marked}</pre></td></tr></table>"),
+    )];
+    if let Some(t) = &done.trace {
+        let title = format!("{}: restoration by layer", r.label);
+        sections.push((
+            "Causal trace".to_string(),
+            report::layer_curve_svg(t, &title),
+        ));
+    }
+    let title = format!("layer {} W_down, {:?}", done.layer, a.settings.solver);
+    let curve = report::loss_curve_svg(&result.losses, a.settings.lambda, result.kept_step, &title);
+    sections.push(("Edit loss".to_string(), curve));
+    sections.push((
+        "Completions before and after the edit".to_string(),
+        format!(
+            "<table class='cols'><tr><th style='width:5em'></th><th>before</th><th>after</th></tr><tr><th>perturbed</th>{}{}</tr><tr><th>clean</th>{}{}</tr></table>",
+            cell(&r.before.pert),
+            cell(&r.after.pert),
+            cell(&r.before.clean),
+            cell(&r.after.clean)
+        ),
+    ));
+    sections
 }
 
 /// The solver, as a flag.

@@ -7,6 +7,9 @@ use crate::quant::{dequantize, GgmlType};
 /// The token embedding table in its GGUF format: on the host (a CPU lookup dequantizes a few
 /// rows) and, for a backend that looks tokens up on the device, there too (the tied output head's
 /// buffers where the model ties them, so nothing is uploaded twice).
+// The host copy serves the CPU backend's lookups, which wasm32 does not build: there `dtype`,
+// `bytes` and `row` go unused (and the copy could be dropped; not done yet).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub struct Embedding {
     pub(crate) dtype: GgmlType,
     pub(crate) cols: usize,
@@ -52,6 +55,7 @@ impl Embedding {
     }
 
     /// Row `id`, dequantized.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) fn row(&self, id: u32) -> Result<Vec<f32>, ModelError> {
         if id as usize >= self.rows {
             return Err(ModelError::Format(format!(
