@@ -12,21 +12,22 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# A machine path: a home (/root/..., /home/NAME, /Users/NAME), a work or mount directory
-# (/work/..., /workspace/..., /mnt/..., /media/...), a fixed name in a shared temporary
-# directory (/tmp/NAME, /var/tmp/NAME, /dev/shm/NAME: another user can take or read it; use
-# mktemp / tempfile), or a Windows profile. Only where the path starts a word, so relative paths
-# such as `src/work/` and `$RUNS/main` are not hits. System paths (/usr/bin/python3, /dev/null,
-# /proc/self, /etc/passwd) and the bare mount points (/tmp, /var/tmp, /dev/shm) are not machine
-# paths and do not match.
-pattern='(^|[^A-Za-z0-9_.~$}-])(/root/|/home/[A-Za-z0-9_.-]+|/Users/[A-Za-z0-9_.-]+|/work/|/workspaces?/|/mnt/|/media/|/tmp/[A-Za-z0-9_.$-]|/var/tmp/[A-Za-z0-9_.$-]|/dev/shm/[A-Za-z0-9_.$-]|[A-Za-z]:\\+Users\\+)'
+# A machine path: a home directory (root's, or one under home or Users), a work or mount directory
+# (work, workspace, mnt, media at the top of the file system), a fixed name in a shared temporary
+# directory (tmp, var/tmp, dev/shm: another user can take or read it; use mktemp / tempfile), or
+# a Windows profile. Only where the path starts a word, so relative paths such as `src/work/` and
+# `$RUNS/main` are not hits. System paths (the interpreter under usr/bin, dev/null, proc/self,
+# etc/passwd) and the bare mount points are not machine paths and do not match. The pattern is
+# assembled from the top-level names (S is the separator) so that this file holds none of them.
+S=/
+name='[A-Za-z0-9_.-]+'
+tmpname='[A-Za-z0-9_.$-]'
+pattern="(^|[^A-Za-z0-9_.~\$}-])(${S}root${S}|${S}home${S}${name}|${S}Users${S}${name}|${S}work${S}|${S}workspaces?${S}|${S}mnt${S}|${S}media${S}|${S}tmp${S}${tmpname}|${S}var${S}tmp${S}${tmpname}|${S}dev${S}shm${S}${tmpname}|[A-Za-z]:\\\\+Users\\\\+)"
 
 # Allow-list: FILE (a path relative to the repository root) and why its hits are not machine paths.
 allowed=(
-  # This script: its pattern and comments name the paths it looks for.
-  scripts/check-paths.sh
-  # The sandbox mounts its own private tmpfs on /tmp, /var/tmp and /dev/shm; the names its tests
-  # write there (/tmp/creme-sbx-...) exist only inside one run's namespace.
+  # The sandbox mounts its own private tmpfs on the temporary directories; the names its tests
+  # write there exist only inside one run's namespace.
   crates/creme-cli/src/sandbox/tests.rs
 )
 

@@ -460,7 +460,12 @@ pub mod tiny {
     /// The tiny model's tensors under another architecture's metadata (e.g. llama, whose GGUF
     /// Q/K rows are read as interleaved for the rotary embedding).
     pub fn tiny_gguf_arch(arch: &str) -> Vec<u8> {
-        let tensors: Vec<TensorOut> = tiny_weights()
+        write_gguf(&metadata(arch), &tiny_tensors())
+    }
+
+    /// The tiny model's tensors as F32 GGUF tensors (GGUF lists dims innermost first).
+    pub fn tiny_tensors() -> Vec<TensorOut> {
+        tiny_weights()
             .into_iter()
             .map(|(_, gg, shape, v)| TensorOut {
                 name: gg,
@@ -468,8 +473,7 @@ pub mod tiny {
                 dtype: GgmlType::F32,
                 data: bytemuck_f32(&v),
             })
-            .collect();
-        write_gguf(&metadata(arch), &tensors)
+            .collect()
     }
 
     pub fn bytemuck_f32(v: &[f32]) -> Vec<u8> {

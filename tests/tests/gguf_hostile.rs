@@ -13,7 +13,7 @@ use creme_core::error::ModelError;
 use creme_core::model::gguf::{ArrayValue, GgufHeader, TensorInfo, Value};
 use creme_core::model::gguf_write::{write_gguf, TensorOut};
 use creme_core::model::{GgmlType, ModelLoader, Tokenizer};
-use creme_tests::tiny::{byte_chars, bytemuck_f32, metadata, tiny_weights};
+use creme_tests::tiny::{byte_chars, metadata, tiny_tensors};
 
 struct Counting;
 
@@ -298,15 +298,7 @@ fn tiny_model_with(tokens: Vec<String>, typed: bool, merges: Vec<String>) -> Vec
             _ => {}
         }
     }
-    let tensors: Vec<TensorOut> = tiny_weights()
-        .into_iter()
-        .map(|(_, gg, shape, v)| TensorOut {
-            name: gg,
-            dims: shape.iter().rev().map(|&d| d as u64).collect(),
-            dtype: GgmlType::F32,
-            data: bytemuck_f32(&v),
-        })
-        .collect();
+    let tensors: Vec<TensorOut> = tiny_tensors();
     write_gguf(&meta, &tensors)
 }
 

@@ -7,7 +7,7 @@ use creme_core::model::gguf_write::{write_gguf, TensorOut};
 use creme_core::model::{GgmlType, Logits, Model};
 use creme_core::Backend;
 use creme_tests::tiny::{
-    bytemuck_f32, metadata, tiny_gguf, tiny_weights, D, FF, HEADS, KV, LAYERS,
+    bytemuck_f32, metadata, tiny_gguf, tiny_tensors, tiny_weights, D, FF, HEADS, KV, LAYERS,
 };
 use creme_tests::{device_on, BACKENDS};
 
@@ -262,15 +262,7 @@ fn model_files_are_read_header_first() {
         "test.padding".into(),
         Value::Array(vec![7u8; 3 << 20].into()),
     ));
-    let tensors: Vec<TensorOut> = tiny_weights()
-        .into_iter()
-        .map(|(_, gg, shape, v)| TensorOut {
-            name: gg,
-            dims: shape.iter().rev().map(|&d| d as u64).collect(),
-            dtype: GgmlType::F32,
-            data: bytemuck_f32(&v),
-        })
-        .collect();
+    let tensors: Vec<TensorOut> = tiny_tensors();
     let model = write_gguf(&meta, &tensors);
     let path = dir.join("model.gguf");
     std::fs::write(&path, &model).unwrap();
