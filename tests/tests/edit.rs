@@ -3,9 +3,11 @@
 //! edited weights, and the ridge solver lowers the loss.
 
 use creme_core::edit::{
-    capture, grad_cpu, loss_by_forward, loss_cpu, solve, EditSettings, Keep, Solver,
+    capture, capture_rows, grad_cpu, loss_by_forward, loss_cpu, ridge_solve, solve, EditRows,
+    EditSettings, Keep, Solver,
 };
-use creme_core::model::Model;
+use creme_core::hooks::Hooks;
+use creme_core::model::{Logits, Model};
 use creme_core::Backend;
 use creme_tests::tiny::tiny_gguf;
 use creme_tests::{device_on, BACKENDS};
@@ -110,12 +112,11 @@ fn captured_activation_loss_equals_rerunning_the_forward_on(backend: &str) {
         let slow = pollster::block_on(loss_by_forward(
             &dev,
             &mut m,
-            &clean,
-            &pert,
+            (&clean, &pert),
             &target,
-            layer,
+            EditRows::Continuation,
             &r.w,
-            &data.h_orig,
+            &data,
             0.1,
         ))
         .unwrap()
@@ -196,8 +197,6 @@ fn ridge_solver_lowers_the_loss_and_interpolates_when_unregularised() {
 
 fn patch_round_trips_applies_and_reverts_on(backend: &str) {
     use creme_core::edit::EditPatch;
-    use creme_core::hooks::Hooks;
-    use creme_core::model::Logits;
     let (dev, mut m, clean, pert, target) = setup(backend);
     let layer = 1;
     let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
@@ -263,5 +262,143 @@ fn patch_round_trips_applies_and_reverts_on(backend: &str) {
 fn patch_round_trips_applies_and_reverts() {
     for backend in BACKENDS {
         patch_round_trips_applies_and_reverts_on(backend);
+    }
+}
+
+/// Prompt rows on a pair short enough for an exact fit (rows < d_ff).
+fn short_pair(m: &Model) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let enc = |s: &str| m.tokenizer.encode(s).unwrap();
+    (enc("Sum the list."), enc("Sum teh lits."), enc(" ok"))
+}
+
+fn prompt_rows_loss_is_the_forward_loss_and_its_gradient_is_right_on(backend: &str) {
+    let dev = device_on(backend);
+    let mut m = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
+    let (clean, pert, target) = short_pair(&m);
+    let layer = 1;
+    let data = pollster::block_on(capture_rows(
+        &dev,
+        &m,
+        (&clean, &pert),
+        &target,
+        layer,
+        EditRows::Prompt,
+    ))
+    .unwrap();
+    let al = creme_core::align::Alignment::of(&clean, &pert);
+    assert_eq!(data.moved.n, al.suffix + target.len());
+    assert_eq!(
+        data.kept.n,
+        clean.len() + target.len() + al.pert_span().len()
+    );
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+    let lambda = 0.1;
+    let g = grad_cpu(&data, &w0, lambda);
+    let mut rng = creme_core::cpu::SplitMix64(5);
+    for _ in 0..8 {
+        let i = rng.below(w0.len() as u64) as usize;
+        let h = 1e-2f32;
+        let (mut wp, mut wm) = (w0.clone(), w0.clone());
+        wp[i] += h;
+        wm[i] -= h;
+        let fd = (loss_cpu(&data, &wp, lambda).total - loss_cpu(&data, &wm, lambda).total)
+            / (2.0 * h as f64);
+        assert!(
+            (fd - g[i] as f64).abs() <= 1e-3 * fd.abs().max(g[i].abs() as f64).max(1e-4),
+            "w[{i}]: finite difference {fd} vs gradient {}",
+            g[i]
+        );
+    }
+    let w = ridge_solve(&data, &w0, lambda, 0.5);
+    let fast = loss_cpu(&data, &w, lambda).total;
+    let slow = pollster::block_on(loss_by_forward(
+        &dev,
+        &mut m,
+        (&clean, &pert),
+        &target,
+        EditRows::Prompt,
+        &w,
+        &data,
+        lambda,
+    ))
+    .unwrap()
+    .total;
+    assert!(
+        (fast - slow).abs() <= 1e-3 * slow.max(1e-9),
+        "captured {fast} vs forward {slow}"
+    );
+}
+
+#[test]
+fn prompt_rows_loss_is_the_forward_loss_and_its_gradient_is_right() {
+    for backend in BACKENDS {
+        prompt_rows_loss_is_the_forward_loss_and_its_gradient_is_right_on(backend);
+    }
+}
+
+/// The point of prompt rows: an exact fit makes the edited model's teacher-forced
+/// log-probability of the target equal the aligned probe's at that layer, and the trace's
+/// decision margin of an unpatched probe is the edited model's own margin.
+fn exact_prompt_rows_fit_reproduces_the_aligned_probe_on(backend: &str) {
+    use creme_core::trace::{prepare, probe_logprobs, DecisionMargin, Probe, RestorationMetric};
+    let dev = device_on(backend);
+    let mut m = Model::from_gguf_bytes(&dev, &tiny_gguf(), 256).unwrap();
+    let (clean, pert, target) = short_pair(&m);
+    let setup = pollster::block_on(prepare(&dev, &m, &clean, &pert, &target)).unwrap();
+    let teacher_forced = |m: &Model| {
+        let seq: Vec<u32> = pert.iter().chain(&target).copied().collect();
+        let mut c = m.new_cache(&dev, vec![0], seq.len()).unwrap();
+        let rows = (pert.len() - 1..seq.len() - 1).collect();
+        let out = m
+            .forward(&dev, &mut c, &[seq], &Hooks::default(), Logits::Rows(rows))
+            .unwrap();
+        let lps = pollster::block_on(dev.token_logprobs(out.logits.as_ref().unwrap(), &target));
+        lps.unwrap().iter().map(|&x| x as f64).sum::<f64>()
+    };
+    let plain = teacher_forced(&m);
+    assert!((plain - setup.lp_pert).abs() < 1e-3 * plain.abs().max(1.0));
+    for layer in 0..m.cfg.n_layers {
+        let probe = setup.aligned_probe(layer, true);
+        let lp_probe = pollster::block_on(probe_logprobs(&dev, &m, &setup, &[probe])).unwrap()[0];
+        let data = pollster::block_on(capture_rows(
+            &dev,
+            &m,
+            (&clean, &pert),
+            &target,
+            layer,
+            EditRows::Prompt,
+        ))
+        .unwrap();
+        let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+        let w = ridge_solve(&data, &w0, 1.0, 1e-9);
+        assert!(creme_core::diagnose::remaining_gap(&data, &w) < 1e-3);
+        m.set_ffn_down(&dev, layer, &w).unwrap();
+        let lp_edit = teacher_forced(&m);
+        m.revert_ffn_down(layer);
+        assert!(
+            (lp_edit - lp_probe).abs() < 2e-3 * lp_probe.abs().max(1.0),
+            "layer {layer}: edited {lp_edit} vs aligned probe {lp_probe} (unpatched {plain}, clean {})",
+            setup.lp_clean
+        );
+    }
+    if let Some((i, other)) = setup.divergence {
+        let unpatched = Probe::at(0, vec![]);
+        let traced = pollster::block_on(DecisionMargin.restoration(&dev, &m, &setup, &[unpatched]));
+        let div = creme_core::diagnose::Divergence {
+            index: i,
+            clean_token: target[i],
+            pert_token: Some(other),
+        };
+        let direct =
+            pollster::block_on(creme_core::diagnose::decision_margin(&dev, &m, &pert, &target[..i], &div))
+                .unwrap();
+        assert!((traced.unwrap()[0] - direct).abs() < 1e-3, "{direct}");
+    }
+}
+
+#[test]
+fn exact_prompt_rows_fit_reproduces_the_aligned_probe() {
+    for backend in BACKENDS {
+        exact_prompt_rows_fit_reproduces_the_aligned_probe_on(backend);
     }
 }

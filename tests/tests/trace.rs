@@ -112,26 +112,11 @@ fn batched_probes_equal_single_probes_and_empty_patch_restores_nothing_on(backen
     let setup = pollster::block_on(prepare(&dev, &m, &clean, &pert, &target)).unwrap();
     let frame = setup.frame;
     let probes: Vec<Probe> = vec![
-        Probe {
-            layer: 0,
-            positions: (0..frame).collect(),
-        },
-        Probe {
-            layer: 1,
-            positions: vec![2, 5],
-        },
-        Probe {
-            layer: 0,
-            positions: vec![],
-        },
-        Probe {
-            layer: 1,
-            positions: vec![],
-        },
-        Probe {
-            layer: 1,
-            positions: (0..frame).collect(),
-        },
+        Probe::at(0, (0..frame).collect()),
+        Probe::at(1, vec![2, 5]),
+        Probe::at(0, vec![]),
+        Probe::at(1, vec![]),
+        Probe::at(1, (0..frame).collect()),
     ];
     let batched = pollster::block_on(probe_logprobs(&dev, &m, &setup, &probes)).unwrap();
     for (i, p) in probes.iter().enumerate() {
@@ -202,10 +187,7 @@ fn generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_promp
     let plain =
         pollster::block_on(generate(&dev, &m, &[pert.clone()], &opts, &mut |_, _| {})).unwrap();
     let probes: Vec<Probe> = (0..LAYERS)
-        .map(|layer| Probe {
-            layer,
-            positions: vec![],
-        })
+        .map(|layer| Probe::at(layer, vec![]))
         .collect();
     let from_probes =
         pollster::block_on(generate_from_probes(&dev, &m, &setup, &probes, &opts)).unwrap();

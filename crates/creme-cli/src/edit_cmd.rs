@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use creme_core::dataset::Problem;
-use creme_core::edit::{EditSettings, Keep, Solver};
+use creme_core::diagnose::{decision_margin, first_divergence};
+use creme_core::edit::{EditRows, EditSettings, Keep, Solver};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
-use creme_core::pipeline::{locate_and_edit_with, CremeEdit, CremeSettings, LogprobLocator};
+use creme_core::pipeline::{locate_and_edit_with, CremeEdit, CremeSettings, TraceLocator};
 use creme_core::report;
 use creme_core::{Backend, Device};
 use serde_json::json;
@@ -22,6 +23,10 @@ pub struct EditArgs {
     pub layer: Option<usize>,
     pub settings: EditSettings,
     pub target_tokens: usize,
+    /// Extend the target this many tokens past the clean/perturbed divergence.
+    pub past_divergence: Option<usize>,
+    /// Write a control edit instead of the solved one.
+    pub control: Option<creme_core::edit::Control>,
     /// Saturating key-layer rule for the logprob trace (see `EditFlags::restored_at`).
     pub restored_at: Option<f64>,
     pub out: PathBuf,
@@ -36,7 +41,7 @@ fn complete_and_test(
     model: &Model,
     prompt: &str,
     problem: Option<&Problem>,
-) -> Res<(String, Option<Verdict>)> {
+) -> Res<(Outcome, Vec<u32>)> {
     let ids = model.tokenizer.encode(prompt)?;
     let opts = GenerateOptions {
         max_new_tokens: 320,
@@ -46,7 +51,7 @@ fn complete_and_test(
     let c = pollster::block_on(generate(dev, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
     let verdict =
         problem.map(|p| run_program(&p.program(prompt, &c.text), &Limits::default()).verdict);
-    Ok((c.text, verdict))
+    Ok(((c.text, verdict), c.tokens))
 }
 
 fn verdict_str(v: Option<Verdict>) -> &'static str {
@@ -62,10 +67,11 @@ fn verdict_str(v: Option<Verdict>) -> &'static str {
 /// A completion and its test verdict (None: no tests, or not evaluated).
 type Outcome = (String, Option<Verdict>);
 
-/// Completions of the clean and the perturbed prompt, with their verdicts.
+/// Completions of the clean and the perturbed prompt, with their verdicts and tokens.
 struct Pair {
     clean: Outcome,
     pert: Outcome,
+    tokens: (Vec<u32>, Vec<u32>),
 }
 
 pub fn run(dev: &Device, a: EditArgs) -> Res {
@@ -83,11 +89,12 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
             return Ok(Pair {
                 clean: (String::new(), None),
                 pert: (String::new(), None),
+                tokens: Default::default(),
             });
         }
-        let clean = complete_and_test(dev, m, &clean_text, problems.as_ref().map(|p| &p.0))?;
-        let pert = complete_and_test(dev, m, &pert_text, problems.as_ref().map(|p| &p.1))?;
-        Ok(Pair { clean, pert })
+        let (clean, tc) = complete_and_test(dev, m, &clean_text, problems.as_ref().map(|p| &p.0))?;
+        let (pert, tp) = complete_and_test(dev, m, &pert_text, problems.as_ref().map(|p| &p.1))?;
+        Ok(Pair { clean, pert, tokens: (tc, tp) })
     };
     let before = both(&model)?;
     println!("== {label}");
@@ -103,12 +110,12 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     // Target, layer (fixed, or traced with the logprob metric), edit: the core pipeline.
     let settings = CremeSettings {
         target_tokens: a.target_tokens,
+        past_divergence: a.past_divergence,
+        control: a.control,
         layer: a.layer,
         edit: a.settings.clone(),
     };
-    let mut locator = LogprobLocator {
-        restored_at: a.restored_at,
-    };
+    let mut locator = TraceLocator::for_rows(a.settings.rows, a.restored_at);
     let mut bar = crate::progress::Reporter::new(&label);
     let meta = patch_metadata(&model_path, &label)?;
     let done = pollster::block_on(locate_and_edit_with(
@@ -123,10 +130,24 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     bar.finish();
     print_edit(&a, &done);
     write_patch(&a.out, &done.patch.to_safetensors()?)?;
+    let divergence = first_divergence(&before.tokens.0, &before.tokens.1);
+    let margin = |m: &Model| -> Res<Option<f64>> {
+        let Some(div) = &divergence else { return Ok(None) };
+        let shared = &before.tokens.0[..div.index];
+        Ok(Some(pollster::block_on(decision_margin(dev, m, &pert, shared, div))?))
+    };
+    let margin_before = margin(&model)?;
     done.patch.apply(dev, &mut model)?;
+    let margin_after = margin(&model);
     let after = both(&model);
     creme_core::patch::revert(&mut model, &done.patch);
     let after = after?;
+    if let (Some(div), Some(b), Ok(Some(a))) = (&divergence, margin_before, &margin_after) {
+        println!(
+            "-- decision margin at completion token {} (log p clean - log p perturbed token, perturbed prompt): {b:.3} before, {a:.3} after",
+            div.index
+        );
+    }
     if !a.no_eval {
         println!("-- perturbed prompt completion after the edit [{}]:\n{}\n-- clean prompt completion after the edit [{}]:\n{}", verdict_str(after.pert.1), after.pert.0, verdict_str(after.clean.1), after.clean.0);
     }
@@ -184,6 +205,11 @@ fn print_edit(a: &EditArgs, done: &CremeEdit) {
     println!(
         "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{:.2} s capture)",
         a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds, done.timings.capture_s
+    );
+    let fit = &done.fit;
+    println!(
+        "   rows {:?}: {} moved, {} kept; gap left on the moved rows {:.4}; ||dW||/||W|| {:.4}",
+        a.settings.rows, fit.moved_rows, fit.kept_rows, fit.remaining_gap, fit.relative_change
     );
 }
 
@@ -304,6 +330,23 @@ pub enum KeepFlag {
     Best,
 }
 
+/// Which rows an edit is fitted on, as a flag.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum RowsFlag {
+    /// The |target| continuation rows (the paper's)
+    Continuation,
+    /// The prompt rows after the changed span (aligned by token diff) and the continuation;
+    /// the clean rows and the changed span are kept
+    Prompt,
+}
+
+/// A control edit, as a flag.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum ControlFlag {
+    Sham,
+    Random,
+}
+
 /// The defaults of the flags below: core's (the paper's settings).
 fn paper() -> EditSettings {
     EditSettings::default()
@@ -327,15 +370,29 @@ pub struct EditFlags {
     pub lambda: f64,
     #[arg(long, value_enum, default_value_t = KeepFlag::Final)]
     pub keep: KeepFlag,
+    /// Which rows the edit is fitted on
+    #[arg(long, value_enum, default_value_t = RowsFlag::Continuation)]
+    pub rows: RowsFlag,
     /// Ridge weight on the change (ridge solver)
     #[arg(long, default_value_t = 1.0)]
     pub ridge: f64,
     /// Length of the clean greedy continuation the edit (and the logprob trace) works on
     #[arg(long, default_value_t = creme_core::pipeline::DEFAULT_TARGET_TOKENS)]
     pub target_tokens: usize,
+    /// Extend the target to this many tokens past the first token where the clean and the
+    /// perturbed greedy completions differ (default: the paper's fixed --target-tokens)
+    #[arg(long)]
+    pub past_divergence: Option<usize>,
+    /// Write a control instead of the solved edit: sham (W_down unchanged, through the edit's
+    /// f32 path) or random (a dense random change of the solved change's norm, --control-seed)
+    #[arg(long, value_enum)]
+    pub control: Option<ControlFlag>,
+    #[arg(long, default_value_t = 1)]
+    pub control_seed: u64,
     /// Logprob trace: a layer counts as restored once its restoration reaches this, and the
     /// restored layer with the largest clean/perturbed distance is the key layer (as the authors'
-    /// pass metric decides); "none" takes the best restoration
+    /// pass metric decides); "none" takes the best restoration. With --rows prompt the trace is
+    /// the aligned one and the key layer the lowest that reaches this (none: 0.9)
     #[arg(long, default_value = "none")]
     pub restored_at: String,
 }
@@ -350,13 +407,29 @@ impl EditFlags {
             KeepFlag::Final => Keep::Final,
             KeepFlag::Best => Keep::Best,
         };
+        let rows = match self.rows {
+            RowsFlag::Continuation => EditRows::Continuation,
+            RowsFlag::Prompt => EditRows::Prompt,
+        };
         Ok(EditSettings {
             solver,
+            rows,
             lambda: self.lambda,
             lr: self.lr,
             max_steps: self.steps,
             patience: self.patience,
             keep,
+        })
+    }
+
+    /// --control with its seed.
+    pub fn control(&self) -> Option<creme_core::edit::Control> {
+        use creme_core::edit::Control;
+        self.control.map(|c| match c {
+            ControlFlag::Sham => Control::Sham,
+            ControlFlag::Random => Control::Random {
+                seed: self.control_seed,
+            },
         })
     }
 

@@ -162,6 +162,8 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
     Ok(ExperimentPlan {
         settings: a.edit.settings()?,
         target_tokens: a.edit.target_tokens,
+        past_divergence: a.edit.past_divergence,
+        control: a.edit.control(),
         layer: a.layer.clone(),
         restored_at: a.edit.restored_at()?,
         eval_scope: a.eval_scope.into(),
@@ -226,6 +228,8 @@ fn manifests(
                 .map(|f| run_dir::file_digest(Path::new(f)))
                 .transpose()?,
             restored_at: a.edit.restored_at.clone(),
+            past_divergence: plan.past_divergence,
+            control: plan.control,
             eval_scope: plan.eval_scope.name().into(),
             eval_types: plan
                 .all_sets

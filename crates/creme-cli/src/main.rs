@@ -327,6 +327,8 @@ fn run(cli: Cli) -> Res {
                     layer,
                     settings,
                     target_tokens: edit.target_tokens,
+                    past_divergence: edit.past_divergence,
+                    control: edit.control(),
                     restored_at: edit.restored_at()?,
                     out,
                     report,

@@ -10,32 +10,102 @@
 use crate::progress::{Progress, Step};
 use serde::Serialize;
 
+use crate::align::Alignment;
 use crate::backend::{AdamStep, Backend, Device};
 use crate::error::ModelError;
 use crate::generate::left_pad;
 use crate::hooks::{Hooks, Site};
 use crate::model::{Logits, Model};
 
-/// What the edit fits: rows are the target positions (orig rows, then pert rows).
+/// One group of rows the edit is fitted on: per row the residual before W_down's contribution
+/// `r` [n, d], the SwiGLU activation `a` [n, f], the layer output the row should have `t` [n, d]
+/// and the output it has now `out` [n, d] (h(W) = r + W a; `out` = r + W0 a).
+#[derive(Clone, Debug, Default)]
+pub struct Rows {
+    pub n: usize,
+    pub r: Vec<f32>,
+    pub a: Vec<f32>,
+    pub t: Vec<f32>,
+    pub out: Vec<f32>,
+}
+
+impl Rows {
+    fn row<'a>(v: &'a [f32], i: usize, width: usize) -> &'a [f32] {
+        &v[i * width..(i + 1) * width]
+    }
+}
+
+/// What the edit fits: the rows it moves (the perturbed run's, towards their clean twins) and
+/// the rows it keeps where they are (weight lambda).
 #[derive(Clone)]
 pub struct EditData {
     pub layer: usize,
-    /// Target positions per prompt.
-    pub n: usize,
     pub d: usize,
     pub f: usize,
-    /// [n, d] residual before W_down's contribution, clean (orig) and perturbed.
-    pub r_orig: Vec<f32>,
-    pub r_pert: Vec<f32>,
-    /// [n, f] SwiGLU activations.
-    pub a_orig: Vec<f32>,
-    pub a_pert: Vec<f32>,
-    /// [n, d] the clean prompt's layer output before the edit (frozen target).
-    pub h_orig: Vec<f32>,
+    pub moved: Rows,
+    pub kept: Rows,
+}
+
+/// Which rows of the two runs an edit is fitted on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EditRows {
+    /// The paper's: the |target| continuation rows. The perturbed run's move to the clean run's
+    /// states; the clean run's are kept.
+    #[default]
+    Continuation,
+    /// The rows the trace patches, aligned by token diff ([`Alignment`]): every perturbed row
+    /// after the changed span (the prompt's common suffix, its last row included, and the
+    /// continuation) moves to its clean twin's state. Kept: every clean row, and the perturbed
+    /// prompt's changed span (the trace leaves it perturbed). Pads are never fitted. An exact
+    /// fit makes the edited prompt pass at this layer equal to the aligned probe's.
+    Prompt,
+}
+
+impl EditRows {
+    pub fn is_paper(&self) -> bool {
+        *self == EditRows::Continuation
+    }
+}
+
+/// A fitted row: (sequence, frame row) of its source, and of the state it should take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pick {
+    from: (usize, usize),
+    to: (usize, usize),
+}
+
+/// The moved and kept rows of one edit in the left-padded frame of clean + target (sequence 0)
+/// and pert + target (sequence 1), `len` rows each.
+fn pick_rows(rows: EditRows, clean: &[u32], pert: &[u32], n_target: usize) -> (Vec<Pick>, Vec<Pick>) {
+    let frame = clean.len().max(pert.len());
+    let len = frame + n_target;
+    let (pad_c, pad_p) = (frame - clean.len(), frame - pert.len());
+    let own = |seq: usize, row: usize| Pick { from: (seq, row), to: (seq, row) };
+    let continuation = frame..len;
+    let mut moved: Vec<Pick> = Vec::new();
+    let mut kept: Vec<Pick> = Vec::new();
+    match rows {
+        EditRows::Continuation => {
+            moved.extend(continuation.clone().map(|r| Pick { from: (1, r), to: (0, r) }));
+            kept.extend(continuation.map(|r| own(0, r)));
+        }
+        EditRows::Prompt => {
+            let al = Alignment::of(clean, pert);
+            moved.extend(al.suffix_pairs().map(|(jp, jc)| Pick {
+                from: (1, pad_p + jp),
+                to: (0, pad_c + jc),
+            }));
+            moved.extend(continuation.map(|r| Pick { from: (1, r), to: (0, r) }));
+            kept.extend((pad_c..len).map(|r| own(0, r)));
+            kept.extend(al.pert_span().map(|j| own(1, pad_p + j)));
+        }
+    }
+    (moved, kept)
 }
 
 /// Capture r, a and h at `layer` for orig = clean + target and pert = pert + target, at the
-/// positions holding the target tokens (the last |target| of each sequence).
+/// positions holding the target tokens (the last |target| of each sequence): the paper's rows.
 pub async fn capture(
     dev: &Device,
     model: &Model,
@@ -43,6 +113,18 @@ pub async fn capture(
     pert: &[u32],
     target: &[u32],
     layer: usize,
+) -> Result<EditData, ModelError> {
+    capture_rows(dev, model, (clean, pert), target, layer, EditRows::Continuation).await
+}
+
+/// Capture r, a, the targets and the current outputs at `layer` of the rows `rows` picks.
+pub async fn capture_rows(
+    dev: &Device,
+    model: &Model,
+    (clean, pert): (&[u32], &[u32]),
+    target: &[u32],
+    layer: usize,
+    rows: EditRows,
 ) -> Result<EditData, ModelError> {
     let cfg = &model.cfg;
     if layer >= cfg.n_layers {
@@ -58,36 +140,34 @@ pub async fn capture(
     }
     let (batch, pads, len) = left_pad(cfg.pad_id, &[clean, pert], target);
     let mut cache = model.new_cache(dev, pads, len)?;
-    let hooks = Hooks::capture([
-        Site::ResidMid(layer),
-        Site::MlpAct(layer),
-        Site::ResidOut(layer),
-    ]);
-    let out = model.forward(dev, &mut cache, &batch, &hooks, Logits::None)?;
-    let (n, d, f) = (target.len(), cfg.d_model, cfg.d_ff);
-    let mut sides = Vec::new();
-    for (site, width) in [
-        (Site::ResidMid(layer), d),
-        (Site::MlpAct(layer), f),
-        (Site::ResidOut(layer), d),
-    ] {
+    let sites = [Site::ResidMid(layer), Site::MlpAct(layer), Site::ResidOut(layer)];
+    let out = model.forward(dev, &mut cache, &batch, &Hooks::capture(sites), Logits::None)?;
+    let (d, f) = (cfg.d_model, cfg.d_ff);
+    let mut full = Vec::new();
+    for (site, width) in sites.into_iter().zip([d, f, d]) {
         let (buf, _, _) = out.captured.get(site).expect("captured");
-        let all: Vec<f32> = dev.read(buf, 2 * len * width).await?;
-        let take = |b: usize| all[(b * len + len - n) * width..(b + 1) * len * width].to_vec();
-        sides.push((take(0), take(1)));
+        full.push(dev.read(buf, 2 * len * width).await?);
     }
-    let [(r_orig, r_pert), (a_orig, a_pert), (h_orig, _)]: [(Vec<f32>, Vec<f32>); 3] =
-        sides.try_into().expect("three sites");
+    let [mid, act, resid]: [Vec<f32>; 3] = full.try_into().expect("three sites");
+    let gather = |picks: &[Pick]| {
+        let at = |v: &[f32], (seq, row): (usize, usize), w: usize| {
+            Rows::row(v, seq * len + row, w).to_vec()
+        };
+        Rows {
+            n: picks.len(),
+            r: picks.iter().flat_map(|p| at(&mid, p.from, d)).collect(),
+            a: picks.iter().flat_map(|p| at(&act, p.from, f)).collect(),
+            t: picks.iter().flat_map(|p| at(&resid, p.to, d)).collect(),
+            out: picks.iter().flat_map(|p| at(&resid, p.from, d)).collect(),
+        }
+    };
+    let (moved, kept) = pick_rows(rows, clean, pert, target.len());
     Ok(EditData {
         layer,
-        n,
         d,
         f,
-        r_orig,
-        r_pert,
-        a_orig,
-        a_pert,
-        h_orig,
+        moved: gather(&moved),
+        kept: gather(&kept),
     })
 }
 
@@ -112,6 +192,10 @@ pub enum Solver {
 #[serde(default)]
 pub struct EditSettings {
     pub solver: Solver,
+    /// Which rows the edit is fitted on (not written when the paper's, so that records and
+    /// patches of the paper's setting read as before).
+    #[serde(skip_serializing_if = "EditRows::is_paper")]
+    pub rows: EditRows,
     pub lambda: f64,
     pub lr: f64,
     pub max_steps: usize,
@@ -124,11 +208,41 @@ impl Default for EditSettings {
     fn default() -> Self {
         EditSettings {
             solver: Solver::Adam,
+            rows: EditRows::Continuation,
             lambda: 0.1,
             lr: 5e-4,
             max_steps: 20,
             patience: 3,
             keep: Keep::Final,
+        }
+    }
+}
+
+/// A control edit: what an edit is compared with, made from the setting's own solve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Control {
+    /// W_down unchanged, but through the same f32 path as an edit (the patch holds W0 in f32;
+    /// the dequantized weights alone can move near-tied tokens).
+    Sham,
+    /// A dense random change of the same Frobenius norm as the setting's change, seeded.
+    Random { seed: u64 },
+}
+
+impl Control {
+    /// The control's weights, given the file's `w0` and the setting's solution `w`.
+    pub fn weights(&self, w0: &[f32], w: &[f32]) -> Vec<f32> {
+        match *self {
+            Control::Sham => w0.to_vec(),
+            Control::Random { seed } => {
+                let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+                let target = norm(&mut w0.iter().zip(w).map(|(a, b)| (*b - *a) as f64));
+                let mut rng = crate::cpu::SplitMix64(seed);
+                // Entries uniform on [-1, 1): a dense direction with no preferred row or column.
+                let dir: Vec<f64> = (0..w0.len()).map(|_| rng.next_f32() as f64 * 2.0 - 1.0).collect();
+                let scale = target / norm(&mut dir.iter().copied()).max(f64::MIN_POSITIVE);
+                w0.iter().zip(&dir).map(|(a, r)| (*a as f64 + r * scale) as f32).collect()
+            }
         }
     }
 }
@@ -154,30 +268,39 @@ pub struct EditResult {
     pub seconds: f64,
 }
 
+impl EditData {
+    /// The weight of a kept row's squared error relative to a moved row's, so that the loss is
+    /// MSE(moved) + lambda * MSE(kept) with each mean over its own rows.
+    fn kept_weight(&self, lambda: f64) -> f64 {
+        lambda * self.moved.n as f64 / self.kept.n.max(1) as f64
+    }
+
+    /// Both groups as (rows, weight per squared error relative to the moved rows').
+    fn groups(&self, lambda: f64) -> [(&Rows, f64); 2] {
+        [(&self.kept, self.kept_weight(lambda)), (&self.moved, 1.0)]
+    }
+
+    /// Error of row `i` of `rows` in output `j` under weights `w`: r + w_j . a - t.
+    fn error(&self, rows: &Rows, w: &[f32], i: usize, j: usize) -> f64 {
+        let (d, f) = (self.d, self.f);
+        let wr = &w[j * f..(j + 1) * f];
+        let ar = Rows::row(&rows.a, i, f);
+        rows.r[i * d + j] as f64
+            + wr.iter().zip(ar).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>()
+            - rows.t[i * d + j] as f64
+    }
+}
+
 /// Loss of the weights `w` [d, f] on the captured data (f64 CPU reference).
 pub fn loss_cpu(data: &EditData, w: &[f32], lambda: f64) -> LossParts {
-    let (n, d, f) = (data.n, data.d, data.f);
-    let mse = |r: &[f32], a: &[f32]| -> f64 {
-        let mut s = 0.0;
-        for i in 0..n {
-            for j in 0..d {
-                let mut h = r[i * d + j] as f64;
-                let wr = &w[j * f..(j + 1) * f];
-                let ar = &a[i * f..(i + 1) * f];
-                h += wr
-                    .iter()
-                    .zip(ar)
-                    .map(|(x, y)| *x as f64 * *y as f64)
-                    .sum::<f64>();
-                s += (h - data.h_orig[i * d + j] as f64).powi(2);
-            }
-        }
-        s / (n * d) as f64
+    let mse = |rows: &Rows| {
+        let s: f64 = (0..rows.n)
+            .flat_map(|i| (0..data.d).map(move |j| (i, j)))
+            .map(|(i, j)| data.error(rows, w, i, j).powi(2))
+            .sum();
+        s / (rows.n.max(1) * data.d) as f64
     };
-    let (pert, orig) = (
-        mse(&data.r_pert, &data.a_pert),
-        mse(&data.r_orig, &data.a_orig),
-    );
+    let (pert, orig) = (mse(&data.moved), mse(&data.kept));
     LossParts {
         total: pert + lambda * orig,
         pert,
@@ -187,22 +310,14 @@ pub fn loss_cpu(data: &EditData, w: &[f32], lambda: f64) -> LossParts {
 
 /// dL/dW [d, f] (f64 CPU reference).
 pub fn grad_cpu(data: &EditData, w: &[f32], lambda: f64) -> Vec<f32> {
-    let (n, d, f) = (data.n, data.d, data.f);
+    let (d, f) = (data.d, data.f);
     let mut g = vec![0f64; d * f];
-    for (r, a, coef) in [
-        (&data.r_pert, &data.a_pert, 1.0),
-        (&data.r_orig, &data.a_orig, lambda),
-    ] {
-        for i in 0..n {
+    let scale = 2.0 / (data.moved.n * d) as f64;
+    for (rows, coef) in data.groups(lambda) {
+        for i in 0..rows.n {
+            let ar = Rows::row(&rows.a, i, f);
             for j in 0..d {
-                let wr = &w[j * f..(j + 1) * f];
-                let ar = &a[i * f..(i + 1) * f];
-                let h = r[i * d + j] as f64
-                    + wr.iter()
-                        .zip(ar)
-                        .map(|(x, y)| *x as f64 * *y as f64)
-                        .sum::<f64>();
-                let e = coef * 2.0 * (h - data.h_orig[i * d + j] as f64) / (n * d) as f64;
+                let e = coef * scale * data.error(rows, w, i, j);
                 for k in 0..f {
                     g[j * f + k] += e * ar[k] as f64;
                 }
@@ -277,10 +392,11 @@ async fn adam(
     progress: &mut Progress<'_>,
 ) -> Result<EditResult, ModelError> {
     let t0 = now();
-    let (n, d, f) = (data.n, data.d, data.f);
-    let rows = 2 * n;
-    // A = [A_orig; A_pert] [2n, f]; its transpose [f, 2n] for the gradient product.
-    let a_cat: Vec<f32> = data.a_orig.iter().chain(&data.a_pert).cloned().collect();
+    let (d, f) = (data.d, data.f);
+    let (nk, nm) = (data.kept.n, data.moved.n);
+    let rows = nk + nm;
+    // A = [A_kept; A_moved] [rows, f]; its transpose [f, rows] for the gradient product.
+    let a_cat: Vec<f32> = data.kept.a.iter().chain(&data.moved.a).cloned().collect();
     let mut a_t = vec![0f32; f * rows];
     for i in 0..rows {
         for k in 0..f {
@@ -298,33 +414,34 @@ async fn adam(
     let mut et = dev.zeros("edit Et", d, rows)?;
     let (mut losses, mut best, mut best_step, mut since) =
         (Vec::new(), f64::INFINITY, 0usize, 0usize);
+    let kept_coef = data.kept_weight(s.lambda) as f32;
     let mut t = 0u32;
     for step in 0..s.max_steps.max(1) {
         dev.matmul_f32(&a_buf, &w, &mut y, rows, d, f)?;
         let yv: Vec<f32> = dev.read(&y, rows * d).await?;
-        // E = r + A Wᵀ - h_orig; rows 0..n orig (weight lambda), n..2n pert.
+        // E = r + A Wᵀ - t; rows 0..nk kept (weight lambda per row mean), then the moved rows.
         let mut e_t = vec![0f32; d * rows];
         let (mut lp, mut lo) = (0f64, 0f64);
         for i in 0..rows {
-            let (r, hi, coef) = if i < n {
-                (&data.r_orig, i, s.lambda)
+            let (grp, hi, coef) = if i < nk {
+                (&data.kept, i, kept_coef)
             } else {
-                (&data.r_pert, i - n, 1.0)
+                (&data.moved, i - nk, 1.0)
             };
             for j in 0..d {
-                let e = r[hi * d + j] + yv[i * d + j] - data.h_orig[hi * d + j];
-                if i < n {
+                let e = grp.r[hi * d + j] + yv[i * d + j] - grp.t[hi * d + j];
+                if i < nk {
                     lo += (e as f64).powi(2);
                 } else {
                     lp += (e as f64).powi(2);
                 }
-                e_t[j * rows + i] = (coef as f32) * e;
+                e_t[j * rows + i] = coef * e;
             }
         }
         let parts = LossParts {
-            total: lp / (n * d) as f64 + s.lambda * lo / (n * d) as f64,
-            pert: lp / (n * d) as f64,
-            orig: lo / (n * d) as f64,
+            total: lp / (nm * d) as f64 + s.lambda * lo / (nk.max(1) * d) as f64,
+            pert: lp / (nm * d) as f64,
+            orig: lo / (nk.max(1) * d) as f64,
         };
         let total = parts.total;
         progress(Step {
@@ -348,7 +465,8 @@ async fn adam(
         if step + 1 == s.max_steps {
             break;
         }
-        // G = Eᵀ A: x = Eᵀ [d, 2n], w = Aᵀ [f, 2n] -> [d, f]; the MSE's 2 / (n d) goes in as scale.
+        // G = Eᵀ A: x = Eᵀ [d, rows], w = Aᵀ [f, rows] -> [d, f]; the MSE's 2 / (nm d) goes in
+        // as scale.
         dev.write(&mut et, &e_t)?;
         t += 1;
         dev.matmul_f32(&et, &at_buf, &mut g, d, f, rows)?;
@@ -357,7 +475,7 @@ async fn adam(
             b1: 0.9,
             b2: 0.999,
             eps: 1e-8,
-            scale: 2.0 / (n * d) as f32,
+            scale: 2.0 / (nm * d) as f32,
             t,
         };
         dev.adam(&mut w, &g, &mut m, &mut v, step)?;
@@ -379,24 +497,29 @@ async fn adam(
     })
 }
 
-/// Closed form. Per output row j with e_j = r + A w0_j - h (2n values, orig rows weighted by
-/// lambda): min |D^½(e_j + A δ)|² + μ|δ|² gives δ = -Bᵀ (B Bᵀ + μ I)⁻¹ D^½ e_j with B = D^½ A;
-/// the 2n x 2n system replaces the f x f one. μ = ridge * n (MSE scale: loss divides by n d,
-/// the penalty by d f).
+/// Closed form. Per output row j with e_j = r + A w0_j - t (one value per row, kept rows weighted
+/// by lambda): min |D^½(e_j + A δ)|² + μ|δ|² gives δ = -Bᵀ (B Bᵀ + μ I)⁻¹ D^½ e_j with B = D^½ A;
+/// the rows x rows system replaces the f x f one. μ = ridge * n_moved (MSE scale: the loss
+/// divides by n_moved d, the penalty by d f).
 pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<f32> {
-    let (n, d, f) = (data.n, data.d, data.f);
-    let rows = 2 * n;
-    let sq = lambda.sqrt();
-    let weight = |i: usize| if i < n { sq } else { 1.0 };
-    let a_row = |i: usize| {
-        if i < n {
-            &data.a_orig[i * f..(i + 1) * f]
+    let (d, f) = (data.d, data.f);
+    let (nk, nm) = (data.kept.n, data.moved.n);
+    let rows = nk + nm;
+    let sq = data.kept_weight(lambda).sqrt();
+    let weight = |i: usize| if i < nk { sq } else { 1.0 };
+    let group = |i: usize| {
+        if i < nk {
+            (&data.kept, i)
         } else {
-            &data.a_pert[(i - n) * f..(i - n + 1) * f]
+            (&data.moved, i - nk)
         }
     };
+    let a_row = |i: usize| {
+        let (g, k) = group(i);
+        Rows::row(&g.a, k, f)
+    };
     // K = B Bᵀ + μ I
-    let mu = ridge * n as f64 / f as f64;
+    let mu = ridge * nm as f64 / f as f64;
     let mut k = vec![0f64; rows * rows];
     for i in 0..rows {
         for j in 0..=i {
@@ -415,19 +538,9 @@ pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<
     let mut w = w0.to_vec();
     let mut c = vec![0f64; rows];
     for j in 0..d {
-        let wj = &w0[j * f..(j + 1) * f];
-        for i in 0..rows {
-            let (r, h) = if i < n {
-                (data.r_orig[i * d + j], data.h_orig[i * d + j])
-            } else {
-                (data.r_pert[(i - n) * d + j], data.h_orig[(i - n) * d + j])
-            };
-            let aw: f64 = a_row(i)
-                .iter()
-                .zip(wj)
-                .map(|(x, y)| *x as f64 * *y as f64)
-                .sum();
-            c[i] = weight(i) * (r as f64 + aw - h as f64);
+        for (i, ci) in c.iter_mut().enumerate() {
+            let (g, gi) = group(i);
+            *ci = weight(i) * data.error(g, w0, gi, j);
         }
         let z = chol_solve(&chol, rows, &c);
         // δ = -Bᵀ z = -Σ_i weight(i) z_i a_i
@@ -468,63 +581,40 @@ fn chol_solve(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
     x
 }
 
-/// The loss measured the slow way: apply `w` to the model and run the forward pass again (used
-/// by tests to show the captured-activation loss is the same function).
-#[allow(clippy::too_many_arguments)]
+/// The loss measured the slow way: apply `w` to the model, run the forward pass again and
+/// compare the rows' new outputs with `data`'s targets (used by tests to show the
+/// captured-activation loss is the same function).
 pub async fn loss_by_forward(
     dev: &Device,
     model: &mut Model,
-    clean: &[u32],
-    pert: &[u32],
+    (clean, pert): (&[u32], &[u32]),
     target: &[u32],
-    layer: usize,
+    rows: EditRows,
     w: &[f32],
-    h_orig: &[f32],
+    data: &EditData,
     lambda: f64,
 ) -> Result<LossParts, ModelError> {
+    let layer = data.layer;
     model.set_ffn_down(dev, layer, w)?;
-    let outs = layer_outputs(dev, model, clean, pert, target, layer).await;
+    let now = capture_rows(dev, model, (clean, pert), target, layer, rows).await;
     model.revert_ffn_down(layer);
-    let (out_orig, out_pert) = outs?;
-    let count = h_orig.len() as f64;
-    let mse = |h: &[f32]| {
-        h.iter()
-            .zip(h_orig)
+    let now = now?;
+    let mse = |out: &[f32], t: &[f32]| {
+        out.iter()
+            .zip(t)
             .map(|(a, b)| ((a - b) as f64).powi(2))
             .sum::<f64>()
-            / count
+            / t.len().max(1) as f64
     };
-    let (p, o) = (mse(&out_pert), mse(&out_orig));
+    let (p, o) = (
+        mse(&now.moved.out, &data.moved.t),
+        mse(&now.kept.out, &data.kept.t),
+    );
     Ok(LossParts {
         total: p + lambda * o,
         pert: p,
         orig: o,
     })
-}
-
-/// Layer outputs at the target positions of orig = clean + target and pert = pert + target.
-async fn layer_outputs(
-    dev: &Device,
-    model: &Model,
-    clean: &[u32],
-    pert: &[u32],
-    target: &[u32],
-    layer: usize,
-) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-    let (n, d) = (target.len(), model.cfg.d_model);
-    let (batch, pads, len) = left_pad(model.cfg.pad_id, &[clean, pert], target);
-    let mut cache = model.new_cache(dev, pads, len)?;
-    let out = model.forward(
-        dev,
-        &mut cache,
-        &batch,
-        &Hooks::capture([Site::ResidOut(layer)]),
-        Logits::None,
-    )?;
-    let (buf, _, _) = out.captured.get(Site::ResidOut(layer)).expect("captured");
-    let all: Vec<f32> = dev.read(buf, 2 * len * d).await?;
-    let side = |b: usize| all[(b * len + len - n) * d..(b + 1) * len * d].to_vec();
-    Ok((side(0), side(1)))
 }
 
 pub use crate::patch::{EditPatch, PATCH_FORMAT};

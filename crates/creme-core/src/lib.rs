@@ -4,10 +4,12 @@
 //! No files, sockets or processes here: bytes in, results out. The API is async so the same code
 //! runs in the browser; native callers use the `*_blocking` wrappers.
 
+pub mod align;
 pub mod backend;
 pub mod calibration;
 pub mod cpu;
 pub mod dataset;
+pub mod diagnose;
 pub mod draft;
 pub mod edit;
 pub mod error;

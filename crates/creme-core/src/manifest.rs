@@ -91,6 +91,12 @@ pub struct ExperimentPlan {
     /// The file a mode:/from: rule reads, hashed.
     pub layer_source: Option<FileDigest>,
     pub restored_at: String,
+    /// Target extension past the divergence, and a control in place of the edit (absent in
+    /// manifests of the paper's target and of real edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub past_divergence: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<crate::edit::Control>,
     pub eval_scope: String,
     /// The types edited for, and the further types every edit is evaluated on.
     pub types: Vec<SetName>,

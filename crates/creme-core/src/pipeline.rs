@@ -81,11 +81,22 @@ impl std::fmt::Display for LayerRule {
     }
 }
 
+/// Longest greedy completions compared to find where the clean and perturbed outputs part.
+pub const DIVERGENCE_SEARCH_TOKENS: usize = 256;
+
 /// What a pipeline run needs besides the prompts.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct CremeSettings {
     /// Tokens of the clean prompt's greedy continuation that trace and edit are scored on.
     pub target_tokens: usize,
+    /// Extend the target to this many tokens past the first token where the clean and the
+    /// perturbed greedy completions differ (None: the paper's fixed length). The decision that
+    /// breaks the perturbed prompt is often past the paper's 32 tokens.
+    #[serde(default)]
+    pub past_divergence: Option<usize>,
+    /// Replace the solved change by a control made from it (sham or random of the same norm).
+    #[serde(default)]
+    pub control: Option<crate::edit::Control>,
     /// Edit this layer instead of locating one.
     pub layer: Option<usize>,
     pub edit: EditSettings,
@@ -95,6 +106,8 @@ impl Default for CremeSettings {
     fn default() -> Self {
         CremeSettings {
             target_tokens: DEFAULT_TARGET_TOKENS,
+            past_divergence: None,
+            control: None,
             layer: None,
             edit: EditSettings::default(),
         }
@@ -145,6 +158,118 @@ impl Locator for LogprobLocator {
     }
 }
 
+/// The aligned trace ([`PatchPositions::Aligned`]), for prompt-row edits, scored by the decision
+/// margin at the divergence when the target holds it ([`trace::DecisionMargin`]): the key layer
+/// is the lowest whose aligned probe takes the clean token by at least `margin_at` nats (the
+/// earliest layer where an exact prompt-rows edit decides the divergence), else the best. When
+/// the perturbed run chooses every target token, the logprob restoration decides, with
+/// `restored_at` as its threshold.
+#[derive(Clone, Copy, Debug)]
+pub struct AlignedLocator {
+    pub restored_at: f64,
+    pub margin_at: f64,
+}
+
+/// The aligned locator's default thresholds.
+pub const ALIGNED_RESTORED_AT: f64 = 0.9;
+pub const ALIGNED_MARGIN_AT: f64 = 1.0;
+
+impl Default for AlignedLocator {
+    fn default() -> Self {
+        AlignedLocator {
+            restored_at: ALIGNED_RESTORED_AT,
+            margin_at: ALIGNED_MARGIN_AT,
+        }
+    }
+}
+
+impl Locator for AlignedLocator {
+    async fn locate(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        progress: &mut Progress<'_>,
+    ) -> Result<LayerTrace, ModelError> {
+        let aligned = PatchPositions::Aligned;
+        let (mut t, at) = match setup.divergence {
+            Some(_) => {
+                let m = &mut trace::DecisionMargin;
+                let t = trace::trace_layers_with(dev, model, setup, aligned, m, progress).await?;
+                (t, self.margin_at)
+            }
+            None => {
+                let m = &mut RestorationByLogprob;
+                let t = trace::trace_layers_with(dev, model, setup, aligned, m, progress).await?;
+                (t, self.restored_at)
+            }
+        };
+        if let Some(l) = t.scores.iter().position(|&s| s >= at) {
+            t.key_layer = l;
+        }
+        Ok(t)
+    }
+}
+
+/// The logprob trace an edit's rows call for: the aligned trace for prompt-row edits (its
+/// threshold from `restored_at`, else [`ALIGNED_RESTORED_AT`]), the all-positions trace for the
+/// paper's continuation rows.
+#[derive(Clone, Copy, Debug)]
+pub enum TraceLocator {
+    AllPrompt(LogprobLocator),
+    Aligned(AlignedLocator),
+}
+
+impl TraceLocator {
+    pub fn for_rows(rows: crate::edit::EditRows, restored_at: Option<f64>) -> TraceLocator {
+        match rows {
+            crate::edit::EditRows::Continuation => {
+                TraceLocator::AllPrompt(LogprobLocator { restored_at })
+            }
+            crate::edit::EditRows::Prompt => TraceLocator::Aligned(AlignedLocator {
+                restored_at: restored_at.unwrap_or(ALIGNED_RESTORED_AT),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+impl Locator for TraceLocator {
+    async fn locate(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        progress: &mut Progress<'_>,
+    ) -> Result<LayerTrace, ModelError> {
+        match self {
+            TraceLocator::AllPrompt(l) => l.locate(dev, model, setup, progress).await,
+            TraceLocator::Aligned(l) => l.locate(dev, model, setup, progress).await,
+        }
+    }
+}
+
+/// The edit's target: the clean prompt's greedy continuation of `target_tokens`, or, with
+/// `past_divergence`, long enough to hold the first token where the perturbed prompt's greedy
+/// completion parts from it and that many more.
+pub async fn edit_target(
+    dev: &Device,
+    model: &Model,
+    (clean, pert): (&[u32], &[u32]),
+    settings: &CremeSettings,
+) -> Result<Vec<u32>, ModelError> {
+    let Some(extra) = settings.past_divergence else {
+        return trace::greedy_target(dev, model, clean, settings.target_tokens).await;
+    };
+    let n = DIVERGENCE_SEARCH_TOKENS.max(settings.target_tokens);
+    let both = trace::greedy_targets(dev, model, &[clean, pert], n).await?;
+    let want = crate::diagnose::first_divergence(&both[0], &both[1])
+        .map_or(settings.target_tokens, |d| settings.target_tokens.max(d.index + 1 + extra));
+    let mut target = both[0].clone();
+    target.truncate(want);
+    Ok(target)
+}
+
 /// Seconds per stage (the machine's clock; zero in the browser, which has none here).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Timings {
@@ -152,6 +277,18 @@ pub struct Timings {
     pub trace_s: f64,
     pub capture_s: f64,
     pub solve_s: f64,
+}
+
+/// How an edit sits on its data (see [`crate::diagnose`]).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct FitDiagnostics {
+    /// Rows moved and kept by the fit.
+    pub moved_rows: usize,
+    pub kept_rows: usize,
+    /// |gap after| / |gap before| on the moved rows.
+    pub remaining_gap: f64,
+    /// ||dW||_F / ||W0||_F.
+    pub relative_change: f64,
 }
 
 /// What one pipeline run made.
@@ -166,6 +303,7 @@ pub struct CremeEdit {
     #[serde(skip)]
     pub patch: EditPatch,
     pub timings: Timings,
+    pub fit: FitDiagnostics,
 }
 
 /// Locate (unless the settings fix the layer) and edit; `metadata` goes into the patch.
@@ -208,7 +346,7 @@ pub async fn locate_and_edit_with<L: Locator>(
         note: String::new(),
     };
     progress(stage("target", 0));
-    let target = trace::greedy_target(dev, model, clean, settings.target_tokens).await?;
+    let target = edit_target(dev, model, (clean, pert), settings).await?;
     progress(stage("target", 1));
     let target_s = clock.lap();
     let (layer, layer_trace) = match settings.layer {
@@ -227,12 +365,21 @@ pub async fn locate_and_edit_with<L: Locator>(
     };
     let trace_s = clock.lap();
     progress(stage("capture", 0));
-    let data = edit::capture(dev, model, clean, pert, &target, layer).await?;
+    let data = edit::capture_rows(dev, model, (clean, pert), &target, layer, settings.edit.rows).await?;
     let w0 = model.ffn_down_f32(dev, layer).await?;
     progress(stage("capture", 1));
     let capture_s = clock.lap();
-    let result = edit::solve_with(dev, &data, &w0, &settings.edit, progress).await?;
+    let mut result = edit::solve_with(dev, &data, &w0, &settings.edit, progress).await?;
+    if let Some(control) = settings.control {
+        result.w = control.weights(&w0, &result.w);
+    }
     let solve_s = clock.lap();
+    let fit = FitDiagnostics {
+        moved_rows: data.moved.n,
+        kept_rows: data.kept.n,
+        remaining_gap: crate::diagnose::remaining_gap(&data, &result.w),
+        relative_change: crate::diagnose::relative_change(&w0, &result.w),
+    };
     let mut meta = metadata;
     meta.insert(
         "settings".into(),
@@ -244,6 +391,9 @@ pub async fn locate_and_edit_with<L: Locator>(
         serde_json::to_string(&result.losses).map_err(|e| ModelError::Format(e.to_string()))?,
     );
     meta.insert("target_tokens".into(), target.len().to_string());
+    if let Some(control) = settings.control {
+        meta.insert("control".into(), format!("{control:?}"));
+    }
     let patch = EditPatch {
         layer,
         rows: data.d,
@@ -263,6 +413,7 @@ pub async fn locate_and_edit_with<L: Locator>(
             capture_s,
             solve_s,
         },
+        fit,
     })
 }
 

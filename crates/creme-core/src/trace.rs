@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::align::Alignment;
 use crate::backend::{Backend, Device, Tensor};
 use crate::error::ModelError;
 use crate::generate::{decode, generate, left_pad, Completion, GenerateOptions};
@@ -16,11 +17,32 @@ use crate::model::{Input, KvCache, Logits, Model};
 use crate::progress::{Progress, Step};
 
 /// One patched run: after layer `layer`, rows `positions` (indices in the prompt frame, 0..P)
-/// of the perturbed run receive the clean run's states.
-#[derive(Clone, Debug, Serialize)]
+/// of the perturbed run receive the clean run's states, from the same rows or, with `sources`,
+/// from those clean rows (one per position).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Probe {
     pub layer: usize,
     pub positions: Vec<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<usize>>,
+}
+
+impl Probe {
+    /// Patch `positions` from the same clean rows.
+    pub fn at(layer: usize, positions: Vec<usize>) -> Probe {
+        Probe {
+            layer,
+            positions,
+            sources: None,
+        }
+    }
+
+    /// (perturbed row, clean row) pairs patched.
+    fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.positions.iter().enumerate().map(|(k, &i)| {
+            (i, self.sources.as_ref().map_or(i, |s| s[k]))
+        })
+    }
 }
 
 /// Which prompt positions a layer trace patches.
@@ -30,6 +52,10 @@ pub enum PatchPositions {
     AllPrompt,
     /// Only positions whose aligned tokens differ between the two prompts.
     Differing,
+    /// What an exact prompt-rows edit ([`crate::edit::EditRows::Prompt`]) does at the layer:
+    /// the perturbed prompt's rows after the changed span and the continuation rows take their
+    /// clean twins' states, aligned by token diff; the changed span and pads are left alone.
+    Aligned,
 }
 
 /// The clean/perturbed pair in one aligned frame, with the states captured once.
@@ -47,6 +73,9 @@ pub struct TraceSetup {
     /// Log-probability of the target after the clean and the perturbed prompt.
     pub lp_clean: f64,
     pub lp_pert: f64,
+    /// The first target token the perturbed run would not choose greedily (teacher-forced): its
+    /// index in the target and the perturbed run's choice there. None: it chooses them all.
+    pub divergence: Option<(usize, u32)>,
     /// Keys/values of both runs (sequence 0 clean, 1 perturbed), for probes that generate.
     cache: KvCache,
 }
@@ -75,11 +104,35 @@ impl TraceSetup {
         for (slot, p) in probes.enumerate() {
             let st = &self.states[p.layer];
             dev.copy_rows(st, s, x, slot * rows, rows)?;
-            for &i in &p.positions {
-                dev.copy_rows(st, i, x, slot * rows + i, 1)?;
+            for (i, from) in p.pairs() {
+                dev.copy_rows(st, from, x, slot * rows + i, 1)?;
             }
         }
         Ok(())
+    }
+
+    /// The token-diff alignment of the two prompts.
+    pub fn alignment(&self) -> Alignment {
+        Alignment::of(&self.clean, &self.pert)
+    }
+
+    /// The aligned probe at `layer` ([`PatchPositions::Aligned`]); with `continuation`, the
+    /// target rows too (what the edit moves; only teacher-forced probes have them).
+    pub fn aligned_probe(&self, layer: usize, continuation: bool) -> Probe {
+        let (pad_c, pad_p) = (self.pad_clean(), self.pad_pert());
+        let mut pairs: Vec<(usize, usize)> = self
+            .alignment()
+            .suffix_pairs()
+            .map(|(jp, jc)| (pad_p + jp, pad_c + jc))
+            .collect();
+        if continuation {
+            pairs.extend((self.frame..self.seq_len()).map(|r| (r, r)));
+        }
+        Probe {
+            layer,
+            positions: pairs.iter().map(|p| p.0).collect(),
+            sources: Some(pairs.iter().map(|p| p.1).collect()),
+        }
     }
 
     /// Frame positions where the aligned prompts hold different tokens (pads count as different).
@@ -112,6 +165,25 @@ pub async fn greedy_target(
             .remove(0)
             .tokens,
     )
+}
+
+/// [`greedy_target`] of several prompts in one batch.
+pub async fn greedy_targets(
+    dev: &Device,
+    model: &Model,
+    prompts: &[&[u32]],
+    n: usize,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        ..Default::default()
+    };
+    let batch: Vec<Vec<u32>> = prompts.iter().map(|p| p.to_vec()).collect();
+    Ok(generate(dev, model, &batch, &opts, &mut |_, _| {})
+        .await?
+        .into_iter()
+        .map(|c| c.tokens)
+        .collect())
 }
 
 fn sum(v: &[f32]) -> f64 {
@@ -166,6 +238,12 @@ pub async fn prepare(
         .token_logprobs(out.logits.as_ref().unwrap(), &targets)
         .await?;
     let (lp_clean, lp_pert) = (sum(&lps[..target.len()]), sum(&lps[target.len()..]));
+    let choices = dev.argmax(out.logits.as_ref().unwrap()).await?;
+    let divergence = choices[target.len()..]
+        .iter()
+        .zip(target)
+        .position(|(c, t)| c != t)
+        .map(|i| (i, choices[target.len() + i]));
     let d = cfg.d_model;
     let mut states = Vec::new();
     let mut distances = Vec::new();
@@ -197,6 +275,7 @@ pub async fn prepare(
         distances,
         lp_clean,
         lp_pert,
+        divergence,
         cache,
     })
 }
@@ -209,29 +288,37 @@ pub async fn probe_logprobs(
     setup: &TraceSetup,
     probes: &[Probe],
 ) -> Result<Vec<f64>, ModelError> {
+    let picks: Vec<(usize, u32)> = setup.target.iter().copied().enumerate().collect();
+    let lps = probe_token_logprobs(dev, model, setup, probes, &picks).await?;
+    Ok(lps.iter().map(|l| sum(l)).collect())
+}
+
+/// Per probe, the log-probability of each pick (i, token): `token` at target position i (the
+/// row that predicts target token i), teacher-forced.
+pub async fn probe_token_logprobs(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    probes: &[Probe],
+    picks: &[(usize, u32)],
+) -> Result<Vec<Vec<f32>>, ModelError> {
     let cfg = &model.cfg;
-    let (s, d, frame, n) = (
-        setup.seq_len(),
-        cfg.d_model,
-        setup.frame,
-        setup.target.len(),
-    );
-    if let Some(p) = probes
-        .iter()
-        .find(|p| p.layer >= cfg.n_layers || p.positions.iter().any(|&i| i >= frame))
-    {
+    let (s, d, frame, n) = (setup.seq_len(), cfg.d_model, setup.frame, picks.len());
+    // Teacher-forced probes may patch continuation rows too (the aligned probe of an edit).
+    check_probes(probes, cfg.n_layers, s)?;
+    if let Some(&(i, _)) = picks.iter().find(|p| p.0 >= setup.target.len()) {
         return Err(ModelError::Format(format!(
-            "probe at layer {} positions {:?} is outside {} layers x {frame} positions",
-            p.layer, p.positions, cfg.n_layers
+            "target position {i} of {}",
+            setup.target.len()
         )));
     }
     let mut order: Vec<usize> = (0..probes.len()).collect();
     order.sort_by_key(|&i| probes[i].layer);
-    // A probe's largest buffers: its MLP activations (s x d_ff) and its target logits (n x vocab).
+    // A probe's largest buffers: its MLP activations (s x d_ff) and its logits (n x vocab).
     // Batch as many probes as keep every buffer under the binding limit.
     let per_probe = ((s * cfg.d_ff).max(n * cfg.vocab) * 4) as u64;
     let fit = ((dev.max_tensor_bytes() / per_probe.max(1)) as usize).clamp(1, 64);
-    let mut scores = vec![0f64; probes.len()];
+    let mut scores = vec![Vec::new(); probes.len()];
     for group in order.chunks(fit) {
         let g = group.len();
         let mut x = dev.zeros("probe states", g * s, d)?;
@@ -239,7 +326,7 @@ pub async fn probe_logprobs(
         let start: Vec<usize> = group.iter().map(|&pi| probes[pi].layer + 1).collect();
         let mut cache = model.new_cache(dev, vec![setup.pad_pert() as u32; g], s)?;
         let rows: Vec<usize> = (0..g)
-            .flat_map(|slot| target_rows(slot, s, frame, n))
+            .flat_map(|slot| picks.iter().map(move |&(i, _)| slot * s + frame - 1 + i))
             .collect();
         let out = model.forward_ex(
             dev,
@@ -252,15 +339,30 @@ pub async fn probe_logprobs(
             &Hooks::default(),
             Logits::Rows(rows),
         )?;
-        let targets: Vec<u32> = (0..g).flat_map(|_| setup.target.iter().cloned()).collect();
+        let tokens: Vec<u32> = (0..g).flat_map(|_| picks.iter().map(|p| p.1)).collect();
         let lps = dev
-            .token_logprobs(out.logits.as_ref().unwrap(), &targets)
+            .token_logprobs(out.logits.as_ref().unwrap(), &tokens)
             .await?;
         for (slot, &pi) in group.iter().enumerate() {
-            scores[pi] = sum(&lps[slot * n..(slot + 1) * n]);
+            scores[pi] = lps[slot * n..(slot + 1) * n].to_vec();
         }
     }
     Ok(scores)
+}
+
+/// Every probe's layer and rows inside the model and the `rows` rows of a sequence.
+fn check_probes(probes: &[Probe], n_layers: usize, rows: usize) -> Result<(), ModelError> {
+    match probes.iter().find(|p| {
+        p.layer >= n_layers
+            || p.pairs().any(|(i, from)| i >= rows || from >= rows)
+            || p.sources.as_ref().is_some_and(|s| s.len() != p.positions.len())
+    }) {
+        Some(p) => Err(ModelError::Format(format!(
+            "probe at layer {} positions {:?} is outside {n_layers} layers x {rows} rows",
+            p.layer, p.positions
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A restoration metric: how much of the clean behaviour each probe brings back (1 = all).
@@ -311,6 +413,36 @@ impl RestorationMetric for RestorationByLogprob {
                 }
             })
             .collect())
+    }
+}
+
+/// The decision margin at the setup's divergence: log p(clean token) - log p(the perturbed run's
+/// token) at the first target position the perturbed run would not choose, under each probe
+/// (nats, not a ratio: positive means the probe takes the clean token there).
+pub struct DecisionMargin;
+
+impl RestorationMetric for DecisionMargin {
+    fn name(&self) -> &'static str {
+        "margin"
+    }
+    fn batch_hint(&self) -> usize {
+        4
+    }
+    async fn restoration(
+        &mut self,
+        dev: &Device,
+        model: &Model,
+        setup: &TraceSetup,
+        probes: &[Probe],
+    ) -> Result<Vec<f64>, ModelError> {
+        let Some((i, other)) = setup.divergence else {
+            return Err(ModelError::Format(
+                "decision margin: the perturbed run chooses every target token".into(),
+            ));
+        };
+        let picks = [(i, setup.target[i]), (i, other)];
+        let lps = probe_token_logprobs(dev, model, setup, probes, &picks).await?;
+        Ok(lps.iter().map(|l| (l[0] - l[1]) as f64).collect())
     }
 }
 
@@ -376,16 +508,14 @@ pub async fn trace_layers_with<M: RestorationMetric>(
     metric: &mut M,
     progress: &mut Progress<'_>,
 ) -> Result<LayerTrace, ModelError> {
-    let positions = match which {
-        PatchPositions::AllPrompt => (0..setup.frame).collect(),
-        PatchPositions::Differing => setup.differing_positions(),
-    };
     let probes: Vec<Probe> = (0..model.cfg.n_layers)
-        .map(|layer| Probe {
-            layer,
-            positions: positions.clone(),
+        .map(|layer| match which {
+            PatchPositions::AllPrompt => Probe::at(layer, (0..setup.frame).collect()),
+            PatchPositions::Differing => Probe::at(layer, setup.differing_positions()),
+            PatchPositions::Aligned => setup.aligned_probe(layer, true),
         })
         .collect();
+    let positions = probes.first().map(|p| p.positions.clone()).unwrap_or_default();
     let mut scores = Vec::with_capacity(probes.len());
     progress(Step {
         stage: "trace",
@@ -439,10 +569,7 @@ pub async fn trace_grid<M: RestorationMetric>(
     let l = model.cfg.n_layers;
     let probes: Vec<Probe> = (0..l)
         .flat_map(|layer| {
-            positions.iter().map(move |&p| Probe {
-                layer,
-                positions: vec![p],
-            })
+            positions.iter().map(move |&p| Probe::at(layer, vec![p]))
         })
         .collect();
     let flat = metric.restoration(dev, model, setup, &probes).await?;
@@ -486,6 +613,7 @@ pub async fn generate_from_probes(
     let kvw = cfg.n_kv_heads * cfg.head_dim;
     let per_probe = ((frame * cfg.d_ff).max(capacity * kvw).max(cfg.vocab) * 4) as u64;
     let fit = ((dev.max_tensor_bytes() / per_probe.max(1)) as usize).clamp(1, 32);
+    check_probes(probes, cfg.n_layers, frame)?;
     let mut out: Vec<Option<Completion>> = vec![None; probes.len()];
     for group in order.chunks(fit) {
         let g = group.len();

@@ -290,6 +290,8 @@ impl Session {
         );
         let creme = CremeSettings {
             target_tokens,
+            past_divergence: None,
+        control: None,
             layer: (layer >= 0).then_some(layer as usize),
             edit: s.clone(),
         };

@@ -14,7 +14,7 @@ use crate::eval::{self, Drafts, GenSpec, Judge, SampleRecord};
 use crate::model::Model;
 use crate::pass_trace::PassLocator;
 use crate::pipeline::{
-    locate_and_edit_with, Clock, CremeEdit, CremeSettings, LayerRule, Locator, LogprobLocator,
+    locate_and_edit_with, Clock, CremeEdit, CremeSettings, LayerRule, Locator, TraceLocator,
 };
 use crate::progress::{Progress, Step};
 use crate::sets::{PerturbationType, SetName};
@@ -42,6 +42,10 @@ impl EvalScope {
 pub struct ExperimentPlan {
     pub settings: EditSettings,
     pub target_tokens: usize,
+    /// Extend the target past the clean/perturbed divergence (see [`CremeSettings`]).
+    pub past_divergence: Option<usize>,
+    /// Evaluate a control in place of each edit.
+    pub control: Option<crate::edit::Control>,
     pub layer: LayerRule,
     /// Saturating key-layer rule of the logprob trace (None: the best restoration).
     pub restored_at: Option<f64>,
@@ -228,7 +232,7 @@ pub async fn evaluate<J: Judge>(
 
 /// The experiment's traced layer choices.
 enum JobLocator<'a, J: Judge> {
-    Logprob(LogprobLocator),
+    Logprob(TraceLocator),
     Pass(PassLocator<'a, J>),
 }
 
@@ -267,6 +271,8 @@ pub async fn run_job<J: Judge>(
     );
     let creme = CremeSettings {
         target_tokens: plan.target_tokens,
+        past_divergence: plan.past_divergence,
+        control: plan.control,
         layer: plan.fixed_layer(job.ptype, &job.pert.task_id, model.cfg.n_layers)?,
         edit: plan.settings.clone(),
     };
@@ -283,9 +289,7 @@ pub async fn run_job<J: Judge>(
                 samples: 1,
                 judge: &mut *judge,
             }),
-            _ => JobLocator::Logprob(LogprobLocator {
-                restored_at: plan.restored_at,
-            }),
+            _ => JobLocator::Logprob(TraceLocator::for_rows(plan.settings.rows, plan.restored_at)),
         };
         locate_and_edit_with(
             dev,
