@@ -116,6 +116,7 @@ function applyDefaults() {
   $('lambda').textContent = d.edit.lambda;
   $('solver').textContent = typeof d.edit.solver === 'string' ? d.edit.solver : Object.keys(d.edit.solver)[0];
   judge = new Judge({ timeoutSeconds: Number(q.get('judgeTimeout')) || d.judge_timeout_s });
+  state.judgeTimeoutSeconds = judge.timeoutSeconds;
 }
 
 function initControls() {
