@@ -137,7 +137,14 @@ pub fn clopper_pearson(
             .expect("shapes are positive")
             .inverse_cdf(1.0 - tail)
     };
-    Ok(Some(Proportion { k, n, estimate: kf / nf, lo, hi, confidence }))
+    Ok(Some(Proportion {
+        k,
+        n,
+        estimate: kf / nf,
+        lo,
+        hi,
+        confidence,
+    }))
 }
 
 /// The discordant pairs of two paired outcome lists over the same tasks.
@@ -154,7 +161,10 @@ pub struct DiscordantPairs {
 /// tasks in the same order.
 pub fn discordant_pairs(setting: &[bool], control: &[bool]) -> Result<DiscordantPairs, StatsError> {
     if setting.len() != control.len() {
-        return Err(StatsError::UnequalLengths { setting: setting.len(), control: control.len() });
+        return Err(StatsError::UnequalLengths {
+            setting: setting.len(),
+            control: control.len(),
+        });
     }
     let mut pairs = DiscordantPairs::default();
     for (&s, &c) in setting.iter().zip(control) {
@@ -192,7 +202,10 @@ pub struct McNemar {
 /// Counts the discordant pairs of two paired outcome lists and tests them ([`mcnemar_exact`]).
 pub fn mcnemar_paired(setting: &[bool], control: &[bool]) -> Result<McNemar, StatsError> {
     let pairs = discordant_pairs(setting, control)?;
-    Ok(McNemar { pairs, p_value: mcnemar_exact(pairs.b, pairs.c) })
+    Ok(McNemar {
+        pairs,
+        p_value: mcnemar_exact(pairs.b, pairs.c),
+    })
 }
 
 /// Holm-Bonferroni adjusted p-values, in the input order: with m tests sorted ascending,
@@ -202,8 +215,10 @@ pub fn mcnemar_paired(setting: &[bool], control: &[bool]) -> Result<McNemar, Sta
 /// raw values get equal adjusted values) and capped at 1. An empty input gives an empty output;
 /// an error for a NaN or a value outside [0, 1].
 pub fn holm(p_values: &[f64]) -> Result<Vec<f64>, StatsError> {
-    if let Some((index, &value)) =
-        p_values.iter().enumerate().find(|(_, p)| !(0.0..=1.0).contains(*p))
+    if let Some((index, &value)) = p_values
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !(0.0..=1.0).contains(*p))
     {
         return Err(StatsError::InvalidPValue { index, value });
     }
@@ -254,7 +269,14 @@ pub fn mean_interval(
     }
     let mean = values.iter().sum::<f64>() / n as f64;
     if n < 2 {
-        return Ok(Some(MeanInterval { n, mean, sd: None, lo: None, hi: None, confidence }));
+        return Ok(Some(MeanInterval {
+            n,
+            mean,
+            sd: None,
+            lo: None,
+            hi: None,
+            confidence,
+        }));
     }
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     let sd = var.sqrt();
@@ -320,9 +342,13 @@ mod tests {
     #[test]
     fn clopper_pearson_edges() {
         // k = 0 and k = n pin the open end exactly.
-        let zero = clopper_pearson(0, 7, Confidence::NINETY_FIVE).unwrap().unwrap();
+        let zero = clopper_pearson(0, 7, Confidence::NINETY_FIVE)
+            .unwrap()
+            .unwrap();
         assert_eq!((zero.lo, zero.estimate), (0.0, 0.0));
-        let all = clopper_pearson(7, 7, Confidence::NINETY_FIVE).unwrap().unwrap();
+        let all = clopper_pearson(7, 7, Confidence::NINETY_FIVE)
+            .unwrap()
+            .unwrap();
         assert_eq!((all.hi, all.estimate), (1.0, 1.0));
         // No trials: no proportion.
         assert_eq!(clopper_pearson(0, 0, Confidence::NINETY_FIVE), Ok(None));
@@ -340,7 +366,10 @@ mod tests {
         assert_eq!(Confidence::default().level(), 0.95);
         // A record with a bad level is refused when read.
         assert!(serde_json::from_str::<Confidence>("1.2").is_err());
-        assert_eq!(serde_json::from_str::<Confidence>("0.9").unwrap().level(), 0.9);
+        assert_eq!(
+            serde_json::from_str::<Confidence>("0.9").unwrap().level(),
+            0.9
+        );
     }
 
     #[test]
@@ -375,9 +404,15 @@ mod tests {
         close(m.p_value, 0.21875, 1e-12, "b=5 c=1");
         assert_eq!(
             discordant_pairs(&[true], &[true, false]),
-            Err(StatsError::UnequalLengths { setting: 1, control: 2 })
+            Err(StatsError::UnequalLengths {
+                setting: 1,
+                control: 2
+            })
         );
-        assert_eq!(discordant_pairs(&[], &[]), Ok(DiscordantPairs { b: 0, c: 0 }));
+        assert_eq!(
+            discordant_pairs(&[], &[]),
+            Ok(DiscordantPairs { b: 0, c: 0 })
+        );
     }
 
     #[test]
@@ -391,7 +426,10 @@ mod tests {
             (&[0.5, 0.2, 0.9], &[1.0, 0.6000000000000001, 1.0]),
             (&[0.3], &[0.3]),
             (&[0.02, 0.02, 0.02, 0.02], &[0.08, 0.08, 0.08, 0.08]),
-            (&[0.001, 0.6, 0.02, 0.6, 0.04], &[0.005, 1.0, 0.08, 1.0, 0.12]),
+            (
+                &[0.001, 0.6, 0.02, 0.6, 0.04],
+                &[0.005, 1.0, 0.08, 1.0, 0.12],
+            ),
         ];
         for &(p, want) in cases {
             let got = holm(p).unwrap();
@@ -401,8 +439,14 @@ mod tests {
             }
         }
         assert_eq!(holm(&[]), Ok(vec![]));
-        assert!(matches!(holm(&[0.1, f64::NAN]), Err(StatsError::InvalidPValue { index: 1, .. })));
-        assert!(matches!(holm(&[0.1, 1.5]), Err(StatsError::InvalidPValue { index: 1, .. })));
+        assert!(matches!(
+            holm(&[0.1, f64::NAN]),
+            Err(StatsError::InvalidPValue { index: 1, .. })
+        ));
+        assert!(matches!(
+            holm(&[0.1, 1.5]),
+            Err(StatsError::InvalidPValue { index: 1, .. })
+        ));
     }
 
     #[test]
@@ -413,7 +457,12 @@ mod tests {
             assert!(adj[i] >= p[i] && adj[i] <= 1.0);
             for j in 0..p.len() {
                 if p[i] <= p[j] {
-                    assert!(adj[i] <= adj[j], "p[{i}] <= p[{j}] but adjusted {} > {}", adj[i], adj[j]);
+                    assert!(
+                        adj[i] <= adj[j],
+                        "p[{i}] <= p[{j}] but adjusted {} > {}",
+                        adj[i],
+                        adj[j]
+                    );
                 }
             }
         }
@@ -423,9 +472,25 @@ mod tests {
     fn mean_interval_matches_scipy() {
         // scipy.stats.t.interval(c, n - 1, loc=mean, scale=scipy.stats.sem(values));
         // sd = numpy.std(values, ddof=1)
-        let cases: &[(&[f64], f64, f64, f64, f64, f64)] = &[
-            (&[1.0, 2.0, 3.0, 4.0], 0.95, 2.5, 1.2909944487358056, 0.4457397432394794, 4.554260256760521),
-            (&[0.5, -0.25], 0.95, 0.125, 0.5303300858899106, -4.63982677606551, 4.88982677606551),
+        // (values, confidence, mean, sd, lo, hi)
+        type Case = (&'static [f64], f64, f64, f64, f64, f64);
+        let cases: &[Case] = &[
+            (
+                &[1.0, 2.0, 3.0, 4.0],
+                0.95,
+                2.5,
+                1.2909944487358056,
+                0.4457397432394794,
+                4.554260256760521,
+            ),
+            (
+                &[0.5, -0.25],
+                0.95,
+                0.125,
+                0.5303300858899106,
+                -4.63982677606551,
+                4.88982677606551,
+            ),
             (
                 &[0.1, 0.4, 0.35, 0.8, -0.2, 0.0, 1.0],
                 0.9,
@@ -434,7 +499,14 @@ mod tests {
                 0.03338908484956432,
                 0.6666109151504356,
             ),
-            (&[2.5, 2.5, 3.5], 0.99, 2.8333333333333335, 0.5773502691896258, -0.47494773363942944, 6.141614400306096),
+            (
+                &[2.5, 2.5, 3.5],
+                0.99,
+                2.8333333333333335,
+                0.5773502691896258,
+                -0.47494773363942944,
+                6.141614400306096,
+            ),
         ];
         for &(values, c, mean, sd, lo, hi) in cases {
             let m = mean_interval(values, conf(c)).unwrap().unwrap();
@@ -450,10 +522,20 @@ mod tests {
     #[test]
     fn mean_interval_edges() {
         assert_eq!(mean_interval(&[], Confidence::NINETY_FIVE), Ok(None));
-        let one = mean_interval(&[0.4], Confidence::NINETY_FIVE).unwrap().unwrap();
-        assert_eq!((one.n, one.mean, one.sd, one.lo, one.hi), (1, 0.4, None, None, None));
-        let flat = mean_interval(&[2.0, 2.0, 2.0], Confidence::NINETY_FIVE).unwrap().unwrap();
-        assert_eq!((flat.sd, flat.lo, flat.hi), (Some(0.0), Some(2.0), Some(2.0)));
+        let one = mean_interval(&[0.4], Confidence::NINETY_FIVE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (one.n, one.mean, one.sd, one.lo, one.hi),
+            (1, 0.4, None, None, None)
+        );
+        let flat = mean_interval(&[2.0, 2.0, 2.0], Confidence::NINETY_FIVE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (flat.sd, flat.lo, flat.hi),
+            (Some(0.0), Some(2.0), Some(2.0))
+        );
         assert!(matches!(
             mean_interval(&[1.0, f64::INFINITY], Confidence::NINETY_FIVE),
             Err(StatsError::NonFinite { index: 1, .. })
@@ -462,7 +544,9 @@ mod tests {
 
     #[test]
     fn results_round_trip_through_serde() {
-        let p = clopper_pearson(3, 11, Confidence::NINETY_FIVE).unwrap().unwrap();
+        let p = clopper_pearson(3, 11, Confidence::NINETY_FIVE)
+            .unwrap()
+            .unwrap();
         let back: Proportion = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
         let m = mcnemar_paired(&[true, false, true], &[false, false, false]).unwrap();

@@ -131,26 +131,48 @@ mod tests {
     #[test]
     fn the_runners_verdict_is_carried_not_decided() {
         let pass = judgement_of(&v("PASS", "none"));
-        assert_eq!((pass.verdict, pass.error_kind.as_str()), (Verdict::Pass, ""));
+        assert_eq!(
+            (pass.verdict, pass.error_kind.as_str()),
+            (Verdict::Pass, "")
+        );
         let fail = judgement_of(&v("FAIL", "assertion"));
-        assert_eq!((fail.verdict, fail.error_kind.as_str()), (Verdict::Fail, "assertion"));
+        assert_eq!(
+            (fail.verdict, fail.error_kind.as_str()),
+            (Verdict::Fail, "assertion")
+        );
         assert_eq!(fail.stderr_tail, "AssertionError");
         assert_eq!(fail.seconds, 0.5);
         let exit = judgement_of(&v("FAIL", "exit"));
-        assert_eq!((exit.verdict, exit.error_kind.as_str()), (Verdict::Fail, "exit"));
+        assert_eq!(
+            (exit.verdict, exit.error_kind.as_str()),
+            (Verdict::Fail, "exit")
+        );
         let slow = judgement_of(&v("FAIL", "timeout"));
-        assert_eq!((slow.verdict, slow.error_kind.as_str()), (Verdict::Timeout, "timeout"));
+        assert_eq!(
+            (slow.verdict, slow.error_kind.as_str()),
+            (Verdict::Timeout, "timeout")
+        );
         // Anything but PASS is never a pass, whatever the kind says.
         for outcome in ["", "pass", "Pass", "FAIL", "ERROR"] {
-            assert_ne!(judgement_of(&v(outcome, "none")).verdict, Verdict::Pass, "{outcome}");
+            assert_ne!(
+                judgement_of(&v(outcome, "none")).verdict,
+                Verdict::Pass,
+                "{outcome}"
+            );
         }
         let err = judge_error("no Web Workers".into());
-        assert_eq!((err.verdict, err.error_kind.as_str()), (Verdict::Error, JUDGE_ERROR_KIND));
+        assert_eq!(
+            (err.verdict, err.error_kind.as_str()),
+            (Verdict::Error, JUDGE_ERROR_KIND)
+        );
     }
 
     #[test]
     fn a_runner_reply_reads_with_missing_fields() {
         let r: PageVerdict = serde_json::from_str(r#"{"outcome":"FAIL","kind":"exit"}"#).unwrap();
-        assert_eq!((r.outcome.as_str(), r.kind.as_str(), r.seconds), ("FAIL", "exit", 0.0));
+        assert_eq!(
+            (r.outcome.as_str(), r.kind.as_str(), r.seconds),
+            ("FAIL", "exit", 0.0)
+        );
     }
 }
