@@ -2,8 +2,11 @@
 // pick a HumanEval task or type a prompt, perturb it with creme's perturbator (or by hand), compare
 // the two generations, trace which layer restores the clean behaviour, edit that layer's W_down,
 // generate again, and download the patch (it applies natively with `creme generate --patch`).
-// For a task with tests, each completion is judged in the page (Python in a worker, judge.js),
-// and after an edit the same perturbation type can be tried on other tasks (verdicts.js).
+// For a task with tests, each completion is judged in the page through core (creme-web's
+// judgeCompletion: core's program and SampleRecord, Python in a worker as the judge, judge.js),
+// and after an edit the same perturbation type can be evaluated on other tasks through core's
+// run_set (verdicts.js). Every default (tokens, edit settings, time limit) is core's, read from
+// creme-web's defaults() at startup.
 // Query parameters (used by the tests): model, clean, pert, max, layer, steps, lr, keep, target,
 // trace=1, auto=1 (load + run all), loadonly=1 (with auto: load only), stopAfter=N (interrupt the
 // download after N chunks), task=ID and ptype=TYPE (select a task), judgeTimeout=S (seconds per
@@ -11,14 +14,15 @@
 import * as creme from './pkg/creme_web.js';
 import { loadModel, runPage, corruptCachedChunk, escapeHtml } from './model.js';
 import { Judge } from './judge.js';
-import { parseTasks, perturbedPrompt, programFor, showVerdict, seededSample, reachCheck, reachTable } from './verdicts.js';
+import { parseTasks, perturbedPrompt, judgeGiven, showVerdict, seededSample, reachCheck, reachTable } from './verdicts.js';
 
 const $ = (id) => document.getElementById(id);
 const q = new URLSearchParams(location.search);
 const state = { done: false, error: null, verdicts: {}, python: null };
 window.__creme = state;
 window.__cremeCorrupt = corruptCachedChunk;
-const judge = new Judge({ timeoutSeconds: Number(q.get('judgeTimeout')) || 10 });
+// Created once core's defaults are read (initControls).
+let judge = null;
 
 const TYPE_HELP = {
   A1: 'extra space inside a word', A2: 'a word repeated', A3: 'a character repeated', D1: 'a character deleted',
@@ -56,7 +60,9 @@ async function judgeCompletion(which, prompt, completion) {
   startPython();
   showVerdict(el, { note: 'running the tests…' });
   try {
-    const v = await judge.run(programFor(creme, task, prompt, completion));
+    const set = which === 'clean' ? 'clean' : $('ptype').value;
+    const v = await judgeGiven(creme, judge, task, set, prompt, completion);
+    if (v.note) { showVerdict(el, v); return null; }
     state.verdicts[which] = { ...v, task: task.task_id };
     showVerdict(el, v);
     return v;
@@ -98,7 +104,23 @@ function showDiff() {
   $('diff-pert').innerHTML = pert;
 }
 
+/// Core's defaults into the controls (creme-web's defaults(): no page holds a copy of them).
+function applyDefaults() {
+  const d = JSON.parse(creme.defaults());
+  state.defaults = d;
+  $('max').value = d.generation.max_tokens;
+  $('lr').value = d.edit.lr;
+  $('steps').value = d.edit.max_steps;
+  $('keep').value = d.edit.keep;
+  $('target').value = d.target_tokens;
+  $('lambda').textContent = d.edit.lambda;
+  $('solver').textContent = typeof d.edit.solver === 'string' ? d.edit.solver : Object.keys(d.edit.solver)[0];
+  judge = new Judge({ timeoutSeconds: Number(q.get('judgeTimeout')) || d.judge_timeout_s });
+  state.judgeTimeoutSeconds = judge.timeoutSeconds;
+}
+
 function initControls() {
+  applyDefaults();
   $('url').value = q.get('model') || $('preset').value;
   if ([...$('preset').options].some((o) => o.value === $('url').value)) $('preset').value = $('url').value;
   $('preset').onchange = () => { $('url').value = $('preset').value; droppedFile = null; };
@@ -237,17 +259,17 @@ async function reach(session) {
   try {
     state.reach = await reachCheck({
       creme, session, judge, tasks: chosen, type: $('ptype').value, seed: Number($('seed').value),
-      generate: async (prompt) => (await complete(session, prompt)).text,
+      maxTokens: Number($('max').value),
       onProgress: (done, total, rows) => {
         $('reachprogress').value = done / total;
-        $('reachsum').textContent = `${done} of ${total} generations`;
+        $('reachsum').textContent = `${done} of ${total} completions judged`;
         $('reachtable').innerHTML = reachTable(rows);
       },
     });
   } finally { $('reach').disabled = false; }
   const r = state.reach;
   $('reachtable').innerHTML = reachTable(r.rows);
-  $('reachsum').textContent = `${r.fixed} fixed, ${r.broken} broken, ${r.unchanged} unchanged of ${r.rows.length} tasks (${((performance.now() - t0) / 1000).toFixed(0)} s)`;
+  $('reachsum').textContent = `${r.fixed} fixed, ${r.broken} broken, ${r.unchanged} unchanged${r.noVerdict ? `, ${r.noVerdict} without a verdict` : ''} of ${r.rows.length} tasks (${((performance.now() - t0) / 1000).toFixed(0)} s)`;
 }
 
 async function runAll(session) {

@@ -1,6 +1,7 @@
 // Verdicts in the page: a generated completion's tests run in Python (Pyodide) in a Web Worker
-// (judge-worker.js), one program at a time. The program is the native harness's (creme-web's
-// testProgram: prompt + completion + test, then check(entry_point)) and so is the rule: PASS only
+// (judge-worker.js), one program at a time. The programs come from core through creme-web (its
+// PyodideJudge calls `run` here for each program core's evaluation builds: the native harness's
+// prompt + completion + test, then check(entry_point)), and the rule is the native one: PASS only
 // when the check returned. The time limit is enforced here by terminating the worker, so a
 // program that never ends costs the page nothing but a fresh worker (Pyodide loads again, a few
 // seconds). Memory is the worker's own WebAssembly heap (at most 4 GiB), freed with it.

@@ -1,6 +1,7 @@
 // Educational causal-trace page: loads a GGUF into WebGPU, runs creme-core's logprob trace
 // (every layer patched at every prompt position, and at the differing positions only) and draws
-// the restoration curve. Query parameters for tests: model=URL, auto=1.
+// the restoration curve. Query parameters for tests: model=URL, auto=1, n=continuation tokens
+// (default: core's).
 import * as creme from './pkg/creme_web.js';
 import { loadModel, runPage, escapeHtml } from './model.js';
 
@@ -9,9 +10,15 @@ const q = new URLSearchParams(location.search);
 $('url').value = q.get('model') || '/models/smollm2-135m-instruct-q4_1.gguf';
 $('clean').value = q.get('clean') || 'def add(a, b):\n    """Return the sum of a and b."""\n';
 $('pert').value = q.get('pert') || 'def add(a, b):\n    """Retrun teh sum of a adn b."""\n';
-if (q.get('n')) $('ntarget').value = q.get('n');
 const state = { done: false, error: null };
 window.__creme = state;
+// The number of continuation tokens starts at core's default (creme-web's defaults()); where the
+// module does not load, runPage reports why.
+try {
+  await creme.default();
+  $('ntarget').value = JSON.parse(creme.defaults()).target_tokens;
+} catch { /* runPage says what failed */ }
+if (q.get('n')) $('ntarget').value = q.get('n');
 
 function chart(all, diff) {
   const W = 760, H = 280, ml = 48, mr = 16, mt = 16, mb = 36;

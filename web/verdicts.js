@@ -1,7 +1,9 @@
-// The app's verdicts: which task a prompt belongs to, the program that judges a completion
-// (creme-web's testProgram, the native harness's text), a verdict shown under a completion, and
+// The app's verdicts: which task a prompt belongs to, a verdict shown under a completion, and
 // the edit's reach (the same perturbation type on other tasks, before and after the edit: the
-// page's analogue of G-RIR).
+// page's analogue of G-RIR). Judging goes through core: creme-web's judgeCompletion and
+// Session.evaluateSet (core's eval::run_set, the protocol of `creme eval`) build the program the
+// native harness runs and hand it to the page's Python runner (judge.js, judge_runner.py), whose
+// verdict comes back as core's SampleRecord; this file only presents records.
 import { escapeHtml } from './model.js';
 
 /// Tasks from dataset JSONL text (HumanEval, a released perturbed set, or MBPP-style records,
@@ -30,8 +32,24 @@ export async function perturbedPrompt(creme, task, type, seed) {
   return { prompt: creme.perturb(task.prompt, type, seed), source: `creme's perturbator (${type}, seed ${seed})` };
 }
 
-/// The program that judges `completion` generated after `prompt` for `task`.
-export const programFor = (creme, task, prompt, completion) => JSON.parse(creme.testProgram(prompt, completion, task.test, task.entry_point));
+/// The page's runner as core's judge sees it: one program {source, check} in, the runner's
+/// verdict {outcome, kind, tail, seconds} out.
+const runnerOf = (judge) => (program) => judge.run(program);
+
+/// A SampleRecord (core's, as JSON text or parsed) as the page shows it: {outcome: 'PASS'|'FAIL',
+/// kind, tail, seconds}, or {note} where there is no verdict (the judge could not run the program,
+/// or the prompt did not fit the context).
+export function verdictOf(record) {
+  const r = typeof record === 'string' ? JSON.parse(record) : record;
+  if (r.verdict === 'Error') return { note: `no verdict: ${r.stderr_tail || r.error_kind}`, record: r };
+  return { outcome: r.passed ? 'PASS' : 'FAIL', kind: r.passed ? 'none' : r.error_kind, tail: r.stderr_tail, seconds: r.seconds, record: r };
+}
+
+/// Judge `completion`, generated after `prompt` for `task` (set "clean" or a perturbation type),
+/// through core with the page's runner: the verdict as verdictOf gives it.
+export async function judgeGiven(creme, judge, task, set, prompt, completion) {
+  return verdictOf(await creme.judgeCompletion(JSON.stringify(task), set, prompt, completion, runnerOf(judge)));
+}
 
 /// Show a verdict (or a pending/unavailable note) in element `el`; text only through textContent.
 export function showVerdict(el, v) {
@@ -64,41 +82,50 @@ export function seededSample(items, n, seed) {
   return copy.slice(0, n);
 }
 
-/// Does the edit reach further? For each task: generate from its perturbed prompt without the
-/// edit and with it, judge both. The model ends as it started (edited). `generate(prompt)` returns
-/// the completion text; `onProgress(done, total, rows)` after each step. Returns {rows, fixed,
-/// broken, unchanged}.
-export async function reachCheck({ creme, session, judge, tasks, type, seed, generate, onProgress }) {
+/// Does the edit reach further? Each task's perturbed prompt is evaluated by core (run_set:
+/// greedy, `maxTokens`, core's batches and stops) without the edit and with it, every completion
+/// judged by the page's runner. The model ends as it started (edited). `onProgress(done, total,
+/// rows)` after each judged sample. Returns {rows, fixed, broken, unchanged, noVerdict}; a row
+/// holds the task, its prompt, the records and verdicts before and after.
+export async function reachCheck({ creme, session, judge, tasks, type, seed, maxTokens, onProgress }) {
   const rows = [];
   for (const task of tasks) rows.push({ task, ...(await perturbedPrompt(creme, task, type, seed)) });
+  const problems = JSON.stringify(rows.map((r) => ({ ...r.task, prompt: r.prompt })));
   const total = 2 * rows.length;
   let done = 0;
-  const patch = session.patchBytes();
-  const pending = [];
-  const pass = async (row, when) => {
-    const completion = await generate(row.prompt);
-    row[`${when}Text`] = completion;
-    pending.push(judge.run(programFor(creme, row.task, row.prompt, completion)).then((v) => { row[when] = v; onProgress(done, total, rows); }));
-    done += 1;
-    onProgress(done, total, rows);
+  const evaluate = async (when) => {
+    const onRecord = (json) => {
+      const rec = JSON.parse(json);
+      const row = rows.find((r) => r.task.task_id === rec.task_id);
+      if (!row) return;
+      row[`${when}Record`] = rec;
+      row[`${when}Text`] = rec.completion;
+      row[when] = verdictOf(rec);
+      done += 1;
+      onProgress(done, total, rows);
+    };
+    await session.evaluateSet(problems, type, maxTokens, runnerOf(judge), onRecord);
   };
+  const patch = session.patchBytes();
   session.revert();
   try {
-    for (const row of rows) await pass(row, 'before');
+    await evaluate('before');
   } finally {
     session.applyPatch(patch);
   }
-  for (const row of rows) await pass(row, 'after');
-  await Promise.all(pending);
-  const change = (r) => (r.before.outcome === r.after.outcome ? 'unchanged' : r.after.outcome === 'PASS' ? 'fixed' : 'broken');
+  await evaluate('after');
+  const change = (r) => (!r.before || !r.after || r.before.note || r.after.note ? 'no verdict'
+    : r.before.outcome === r.after.outcome ? 'unchanged' : r.after.outcome === 'PASS' ? 'fixed' : 'broken');
   for (const r of rows) r.change = change(r);
   const count = (c) => rows.filter((r) => r.change === c).length;
-  return { rows, fixed: count('fixed'), broken: count('broken'), unchanged: count('unchanged') };
+  return { rows, fixed: count('fixed'), broken: count('broken'), unchanged: count('unchanged'), noVerdict: count('no verdict') };
 }
 
 /// The reach check's table as HTML (every dynamic string escaped).
 export function reachTable(rows) {
-  const cell = (v) => (v ? `<td class="${v.outcome === 'PASS' ? 'ok' : 'bad'}">${v.outcome}${v.outcome === 'PASS' ? '' : ` (${escapeHtml(v.kind)})`}</td>` : '<td class="muted">…</td>');
+  const cell = (v) => (!v ? '<td class="muted">…</td>'
+    : v.note ? `<td class="muted">${escapeHtml(v.note)}</td>`
+      : `<td class="${v.outcome === 'PASS' ? 'ok' : 'bad'}">${v.outcome}${v.outcome === 'PASS' ? '' : ` (${escapeHtml(v.kind)})`}</td>`);
   const body = rows.map((r) => `<tr><td>${escapeHtml(r.task.task_id)}</td>${cell(r.before)}${cell(r.after)}<td>${r.change ? escapeHtml(r.change) : ''}</td></tr>`).join('');
   return `<table><tr><th>task</th><th>before the edit</th><th>after</th><th>change</th></tr>${body}</table>`;
 }

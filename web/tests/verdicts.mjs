@@ -9,6 +9,10 @@
 //  4. A whole run on a small model (SmolLM2 cut to 6 layers): generate, edit, generate after, and
 //     the edit's reach on one other task; every verdict equals the native one on the same text.
 //     (WebGPU on SwiftShader takes about 40 s per HumanEval prompt, so completions are short.)
+//     The reach check runs through core (creme-web's evaluateSet, core's run_set): its rows carry
+//     core's SampleRecords.
+//  5. Defaults: the app's and the trace page's controls start at the native CLI's defaults (both
+//     from core through creme-web's defaults(); the pages hold no copy).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +24,15 @@ const jsonl = (f) => fs.readFileSync(f, 'utf8').split('\n').filter((l) => l.trim
 const clean = new Map(jsonl(path.join(dataset, 'HumanEval.jsonl')).map((t) => [t.task_id, t]));
 const c3 = new Map(jsonl(path.join(dataset, 'perturbed', 'C3.jsonl')).map((t) => [t.task_id, t]));
 const TIMEOUT = 5;
+
+/// The default `creme <cmd> --help` shows for `--flag` (clap's "[default: X]").
+function cliDefault(cmd, flag) {
+  const help = execFileSync(bin, [cmd, '--help'], { encoding: 'utf8' });
+  const at = help.search(new RegExp(`^\\s*--${flag}\\b`, 'm'));
+  const m = at < 0 ? null : /\[default: ([^\]]+)\]/.exec(help.slice(at));
+  if (!m) throw new Error(`creme ${cmd} --help shows no default for --${flag}`);
+  return m[1];
+}
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'creme-verdicts-'));
 /// Native verdicts of completions [{set, task_id, completion}] (one sample each, in order).
@@ -123,6 +136,10 @@ try {
   const r = a.reach;
   check(r && r.rows.length === 1 && r.fixed + r.broken + r.unchanged === 1 && r.rows.every((x) => x.before && x.after && x.task.task_id !== 'HumanEval/0'),
     `reach check: ${r && r.rows.map((x) => `${x.task.task_id} ${x.before.outcome}->${x.after.outcome}`).join(', ')} (${r && r.fixed} fixed, ${r && r.broken} broken, ${r && r.unchanged} unchanged)`);
+  const recs = r ? r.rows.flatMap((x) => [x.beforeRecord, x.afterRecord]) : [];
+  check(recs.length === 2 && recs.every((x, i) => x && x.version >= 1 && x.set === 'C3' && x.sample === 0 && x.finish !== 'given'
+    && x.completion === r.rows[0][i ? 'afterText' : 'beforeText']),
+  `the reach check's rows carry core's sample records (${recs.map((x) => x && `v${x.version} ${x.set} ${x.verdict} ${x.finish}`).join(', ')})`);
   const runItems = [['clean', a.clean], ['C3', a.pert], ['C3', a.after]].map(([set, g]) => ({ set, task_id: 'HumanEval/0', completion: g ? g.text : '' }));
   const reachItems = r ? r.rows.flatMap((x) => ['beforeText', 'afterText'].map((k) => ({ set: 'C3', task_id: x.task.task_id, completion: x[k] }))) : [];
   const runVerdicts = [a.verdicts.clean, a.verdicts.pert, a.verdicts.after, ...(r ? r.rows.flatMap((x) => [x.before, x.after]) : [])];
@@ -130,6 +147,25 @@ try {
   const agree = runVerdicts.filter((v, i) => v && nat3[i] && v.outcome === (nat3[i].passed ? 'PASS' : 'FAIL')).length;
   check(agree === runVerdicts.length && runVerdicts.length === 5, `the model run's ${runVerdicts.length} page verdicts equal the native ones: ${agree} agree (${runVerdicts.map((v) => v && v.outcome).join(' ')})`);
   await mp.close();
+
+  // 5. Defaults from core: the app and the trace page start where the native CLI does.
+  const dp = await newPage(browser);
+  await dp.goto(url({}));
+  await finished(dp, 300000);
+  const shownDefaults = await dp.evaluate(() => ({
+    ...Object.fromEntries(['max', 'lr', 'steps', 'keep', 'target'].map((id) => [id, document.getElementById(id).value])),
+    timeout: String(window.__creme.judgeTimeoutSeconds),
+  }));
+  const want = { max: cliDefault('eval', 'max-tokens'), timeout: cliDefault('eval', 'timeout'), lr: cliDefault('edit', 'lr'), steps: cliDefault('edit', 'steps'), keep: cliDefault('edit', 'keep'), target: cliDefault('edit', 'target-tokens') };
+  const same = Object.keys(want).every((k) => Number.isNaN(Number(want[k])) ? shownDefaults[k].toLowerCase() === want[k].toLowerCase() : Number(shownDefaults[k]) === Number(want[k]));
+  check(same, `the app's controls start at the CLI's defaults (page ${JSON.stringify(shownDefaults)}, CLI ${JSON.stringify(want)})`);
+  await dp.close();
+  const tp = await newPage(browser);
+  await tp.goto(`http://127.0.0.1:${port}/trace.html`);
+  await finished(tp, 300000);
+  const ntarget = await tp.evaluate(() => document.getElementById('ntarget').value);
+  check(Number(ntarget) === Number(cliDefault('trace', 'target-tokens')), `the trace page's continuation tokens start at the CLI's default (${ntarget} vs ${cliDefault('trace', 'target-tokens')})`);
+  await tp.close();
 } finally {
   await browser.close();
   server.kill();

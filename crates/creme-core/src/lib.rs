@@ -30,6 +30,7 @@ pub mod quant;
 pub mod report;
 pub mod sampling;
 pub mod sets;
+pub mod stats;
 pub mod trace;
 pub mod untrusted;
 pub mod versioned;

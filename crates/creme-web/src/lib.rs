@@ -3,11 +3,15 @@
 //! of the file), then one tensor at a time, so the page never holds the whole file. Errors reach
 //! JS as exceptions carrying creme-core's message; panics print to the console with a stack.
 
+mod evaluate;
+mod judge;
+
 use creme_core::edit::EditSettings;
+use creme_core::eval::GenSpec;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::patch::EditPatch;
-use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator};
+use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator, DEFAULT_TARGET_TOKENS};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{cpu, Device, Gpu, GpuOptions, ModelError};
 use serde_json::json;
@@ -158,7 +162,7 @@ impl Session {
         let opts = GenerateOptions {
             max_new_tokens: max_tokens,
             temperature,
-            top_p: 0.95,
+            top_p: GenSpec::default().top_p,
             seed: seed as u64,
             stop: if humaneval {
                 humaneval_stops()
@@ -365,6 +369,28 @@ impl Session {
     }
 }
 
+/// The settings the pages start from, all from core, so that no page holds a copy of a core
+/// default: JSON {target_tokens (continuation tokens of a trace or edit), edit (the paper's
+/// `EditSettings`), generation {max_tokens, temperature, top_p, samples, batch} (`creme eval`'s),
+/// judge_timeout_s (seconds per test program)}.
+#[wasm_bindgen]
+pub fn defaults() -> String {
+    let gen = GenSpec::default();
+    json!({
+        "target_tokens": DEFAULT_TARGET_TOKENS,
+        "edit": EditSettings::default(),
+        "generation": {
+            "max_tokens": gen.max_tokens,
+            "temperature": gen.temperature,
+            "top_p": gen.top_p,
+            "samples": gen.n,
+            "batch": gen.batch,
+        },
+        "judge_timeout_s": creme_core::eval::DEFAULT_TIMEOUT_S,
+    })
+    .to_string()
+}
+
 /// Perturb a prompt's docstring with creme's perturbator (types A1..S2, see the README).
 #[wasm_bindgen]
 pub fn perturb(prompt: &str, ptype: &str, seed: f64) -> Result<String, JsError> {
@@ -386,22 +412,6 @@ pub fn diff_marked(clean: &str, pert: &str) -> String {
 pub fn parse_tasks(jsonl: &str, source: &str) -> Result<String, JsError> {
     let problems = creme_core::dataset::parse_jsonl(jsonl, source).map_err(js_err)?;
     serde_json::to_string(&problems).map_err(js_err)
-}
-
-/// The program that decides pass/fail for `completion` after `prompt` (the prompt the model was
-/// given), as JSON {source, check}: the text the native harness runs, so a verdict in the page
-/// and `creme eval` judge the same program.
-#[wasm_bindgen(js_name = testProgram)]
-pub fn test_program(prompt: &str, completion: &str, test: &str, entry_point: &str) -> String {
-    let problem = creme_core::dataset::Problem {
-        task_id: String::new(),
-        prompt: prompt.to_string(),
-        entry_point: entry_point.to_string(),
-        test: test.to_string(),
-        original_prompt: None,
-    };
-    let program = problem.program(prompt, completion);
-    json!({ "source": program.source, "check": program.check }).to_string()
 }
 
 /// The 20 perturbation types, as a JSON list.
