@@ -5,7 +5,9 @@
 //! runs in the browser; native callers use the `*_blocking` wrappers.
 
 pub mod backend;
+pub mod bench;
 pub mod calibration;
+pub mod command_line;
 pub mod cpu;
 pub mod dataset;
 pub mod draft;
@@ -22,6 +24,7 @@ pub mod pass_trace;
 pub mod model;
 pub mod patch;
 pub mod perturb;
+pub mod perturb_check;
 pub mod pipeline;
 pub mod progress;
 pub mod quant;
