@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use creme_core::calibration::{calibrate, TaskTraces};
+use creme_core::calibration::{self, calibrate, TaskTraces};
+use creme_core::model::Model;
+use creme_core::pass_trace::pass_trace;
+use creme_core::sets::{PerturbationType, SetName};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{Backend, Device};
 
 use crate::common::{self, JsonlLog, Res};
-use creme_core::pass_trace::pass_trace;
 
 #[derive(clap::Args, Clone)]
 pub struct CalibrateArgs {
@@ -22,7 +24,7 @@ pub struct CalibrateArgs {
     pub input: common::InputFlags,
     /// Perturbation type of the pairs
     #[arg(long = "type", default_value = "C3")]
-    pub ptype: creme_core::sets::PerturbationType,
+    pub ptype: PerturbationType,
     /// An `eval` OUT dir with the greedy baseline of clean and the type
     #[arg(long)]
     pub baseline: Option<PathBuf>,
@@ -38,12 +40,51 @@ pub struct CalibrateArgs {
 
 pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
+    let tasks = task_list(&a)?;
+    std::fs::create_dir_all(&a.out)?;
+    common::record_command(&a.out)?;
+    let model = common::load_model(dev, a.input.model.as_deref(), 0)?;
+    let (mut log, previous) = JsonlLog::open(&a.out.join("traces.jsonl"))?;
+    let mut traces: Vec<TaskTraces> = previous
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    for task in &tasks {
+        if traces.iter().any(|t| &t.task == task) {
+            continue;
+        }
+        let t = trace_task(dev, &model, &dir, task, &a)?;
+        log.append(&serde_json::to_value(&t)?)?;
+        traces.push(t);
+    }
+    let traces: Vec<TaskTraces> = tasks
+        .iter()
+        .filter_map(|id| traces.iter().find(|t| &t.task == id).cloned())
+        .collect();
+    let cal = calibrate(a.ptype, &traces, &reference_layers(a.reference.as_deref())?);
+    common::write(
+        &a.out.join("calibration.json"),
+        &serde_json::to_string_pretty(&cal)?,
+    )?;
+    let markdown = cal.markdown();
+    common::write(&a.out.join("calibration.md"), &markdown)?;
+    print!("{markdown}");
+    println!(
+        "threshold {:.3} (use it as --restored-at); on {}; written to {}",
+        cal.threshold,
+        dev.describe(),
+        a.out.join("calibration.md").display()
+    );
+    Ok(())
+}
+
+/// The baseline's edit-worthy tasks, then the --tasks not among them (e.g. the reference run's).
+fn task_list(a: &CalibrateArgs) -> Res<Vec<String>> {
     if a.input.tasks.is_none() && a.baseline.is_none() {
         return Err(
             "give --tasks or --baseline (an eval OUT dir of clean and the type), or both".into(),
         );
     }
-    // The baseline's edit-worthy tasks, then the --tasks not among them (e.g. the reference run's).
     let mut tasks: Vec<String> = match &a.baseline {
         Some(b) => edit_worthy(b, a.ptype)?
             .into_iter()
@@ -63,90 +104,67 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
             tasks.push(t.to_string());
         }
     }
-    std::fs::create_dir_all(&a.out)?;
-    common::record_command(&a.out)?;
-    let model = common::load_model(dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
-    let (mut log, previous) = JsonlLog::open(&a.out.join("traces.jsonl"))?;
-    let mut traces: Vec<TaskTraces> = previous
-        .into_iter()
-        .filter_map(|v| serde_json::from_value(v).ok())
-        .collect();
-    for task in &tasks {
-        if traces.iter().any(|t| &t.task == task) {
-            continue;
-        }
-        let t0 = Instant::now();
-        let (c, p) = common::task_pair(&dir, task, a.ptype.name())?;
-        let prelude = trace::prepare_pair(dev, &model, &c.prompt, &p.prompt, a.target_tokens);
-        let (_, setup) = pollster::block_on(prelude)?;
-        let mut bar = crate::progress::Reporter::new(task);
-        let lp = pollster::block_on(trace::trace_layers_with(
-            dev,
-            &model,
-            &setup,
-            PatchPositions::AllPrompt,
-            &mut RestorationByLogprob,
-            &mut |s| bar.step(s),
-        ))?;
-        let mut bar = crate::progress::Reporter::new(&format!("{task} pass metric"));
-        let (pass, _) = pollster::block_on(pass_trace(
-            dev,
-            &model,
-            &setup,
-            (&c.prompt, &c),
-            (&p.prompt, &p),
-            1,
-            &mut crate::judge::SandboxJudge::for_pass_trace(),
-            &mut |s| bar.step(s),
-        ))?;
-        bar.finish();
-        let t = TaskTraces {
-            task: task.clone(),
-            logprob: lp.scores,
-            distances: setup.distances.clone(),
-            pass_key: pass.key_layer,
-            pass_scores: pass.scores,
-            seconds: t0.elapsed().as_secs_f64(),
-        };
-        eprintln!(
-            "{task}: pass-metric layer {}, logprob argmax layer {} ({:.0} s)",
-            t.pass_key, lp.key_layer, t.seconds
-        );
-        log.append(&serde_json::to_value(&t)?)?;
-        traces.push(t);
-    }
-    let traces: Vec<TaskTraces> = tasks
-        .iter()
-        .filter_map(|id| traces.iter().find(|t| &t.task == id).cloned())
-        .collect();
-    let reference = reference_layers(a.reference.as_deref())?;
-    let cal = calibrate(a.ptype, &traces, &reference);
-    common::write(
-        &a.out.join("calibration.json"),
-        &serde_json::to_string_pretty(&cal)?,
-    )?;
-    let markdown = cal.markdown();
-    common::write(&a.out.join("calibration.md"), &markdown)?;
-    print!("{markdown}");
-    println!(
-        "threshold {:.3} (use it as --restored-at); on {}; written to {}",
-        cal.threshold,
-        dev.describe(),
-        a.out.join("calibration.md").display()
+    Ok(tasks)
+}
+
+/// Both traces of one task: the logprob trace over every prompt position and the pass metric's.
+fn trace_task(
+    dev: &Device,
+    model: &Model,
+    dir: &Path,
+    task: &str,
+    a: &CalibrateArgs,
+) -> Res<TaskTraces> {
+    let t0 = Instant::now();
+    let (c, p) = common::task_pair(dir, task, a.ptype)?;
+    let prelude = trace::prepare_pair(dev, model, &c.prompt, &p.prompt, a.target_tokens);
+    let (_, setup) = pollster::block_on(prelude)?;
+    let mut bar = crate::progress::Reporter::new(task);
+    let lp = pollster::block_on(trace::trace_layers_with(
+        dev,
+        model,
+        &setup,
+        PatchPositions::AllPrompt,
+        &mut RestorationByLogprob,
+        &mut |s| bar.step(s),
+    ))?;
+    let mut bar = crate::progress::Reporter::new(&format!("{task} pass metric"));
+    let (pass, _) = pollster::block_on(pass_trace(
+        dev,
+        model,
+        &setup,
+        (&c.prompt, &c),
+        (&p.prompt, &p),
+        1,
+        &mut crate::judge::SandboxJudge::for_pass_trace(),
+        &mut |s| bar.step(s),
+    ))?;
+    bar.finish();
+    let t = TaskTraces {
+        task: task.to_string(),
+        logprob: lp.scores,
+        distances: setup.distances.clone(),
+        pass_key: pass.key_layer,
+        pass_scores: pass.scores,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    eprintln!(
+        "{task}: pass-metric layer {}, logprob argmax layer {} ({:.0} s)",
+        t.pass_key, lp.key_layer, t.seconds
     );
-    Ok(())
+    Ok(t)
 }
 
 /// Tasks whose clean prompt passes and whose `ptype` prompt fails in an eval's records.
-fn edit_worthy(baseline: &Path, ptype: creme_core::sets::PerturbationType) -> Res<Vec<String>> {
+fn edit_worthy(baseline: &Path, ptype: PerturbationType) -> Res<Vec<String>> {
     let records = crate::run_dir::read_samples(&baseline.join("samples.jsonl"))?;
     Ok(creme_core::experiment::edit_worthy(
         &creme_core::eval::outcomes_of(&records),
-        creme_core::sets::SetName::Perturbed(ptype),
+        SetName::Perturbed(ptype),
     ))
 }
 
-/// Key layers of the reference run's first setting, by task.
+/// Key layers of the reference run's first setting, by task (none where there is no file).
 fn reference_layers(path: Option<&Path>) -> Res<BTreeMap<String, usize>> {
     let path = match path {
         Some(p) => p.to_path_buf(),
@@ -156,14 +174,5 @@ fn reference_layers(path: Option<&Path>) -> Res<BTreeMap<String, usize>> {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(BTreeMap::new());
     };
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let results = doc["runs"][0]["results"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(results
-        .iter()
-        .filter_map(|r| Some((r["task"].as_str()?.to_string(), r["key"].as_u64()? as usize)))
-        .collect())
+    Ok(calibration::reference_layers(&text).map_err(|e| format!("{}: {e}", path.display()))?)
 }

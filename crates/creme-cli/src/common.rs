@@ -1,10 +1,16 @@
 //! Shared CLI plumbing: cache and data locations, model loading, task lookup.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use creme_core::command_line::Places;
 use creme_core::dataset::{self, Problem};
+use creme_core::edit::EditPatch;
+use creme_core::eval::GenSpec;
+use creme_core::manifest::FileDigest;
 use creme_core::model::Model;
+use creme_core::sets::{PerturbationType, SetName};
 use creme_core::{Backend, Device};
 
 pub type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -20,25 +26,17 @@ pub fn cache_dir() -> PathBuf {
 
 pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
-/// Read a GGUF file and upload it. `max_positions` 0 = as long as the kernels allow.
-pub fn load_model(dev: &Device, path: Option<&Path>, max_positions: usize) -> Res<Model> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let dir = std::env::var_os("CREME_MODEL_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| cache_dir().join("models"));
-            let p = dir.join(DEFAULT_MODEL);
-            if !p.exists() {
-                return Err(format!(
-                    "{} is not in the cache: run scripts/fetch-models.sh (or pass --model FILE)",
-                    p.display()
-                )
-                .into());
-            }
-            p
-        }
-    };
+/// Read a GGUF file (--model, else the cached default) and upload it. `max_positions` 0 = as
+/// long as the kernels allow.
+pub fn load_model(dev: &Device, flag: Option<&Path>, max_positions: usize) -> Res<Model> {
+    let path = model_path(flag);
+    if flag.is_none() && !path.exists() {
+        return Err(format!(
+            "{} is not in the cache: run scripts/fetch-models.sh (or pass --model FILE)",
+            path.display()
+        )
+        .into());
+    }
     // Header first: a FIFO, a device or a file that is no GGUF is refused before it is read whole.
     let bytes = creme_core::model::gguf::read_gguf_file(&path)
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
@@ -137,11 +135,11 @@ pub fn read_problems(path: &Path) -> Res<Vec<Problem>> {
 }
 
 /// The clean and perturbed problem of a task.
-pub fn task_pair(dir: &Path, task: &str, ptype: &str) -> Res<(Problem, Problem)> {
-    let (clean, _) = problem_set(dir, "clean")?;
+pub fn task_pair(dir: &Path, task: &str, ptype: PerturbationType) -> Res<(Problem, Problem)> {
+    let (clean, _) = problem_set(dir, SetName::Clean)?;
     let c = dataset::find(&clean, task)
         .ok_or_else(|| format!("task '{task}' is not in {}", dir.display()))?;
-    let (pert, ours) = problem_set(dir, ptype)?;
+    let (pert, ours) = problem_set(dir, SetName::Perturbed(ptype))?;
     if ours {
         eprintln!(
             "{} has no perturbed/{ptype}.jsonl: {ptype} applied by creme's perturbator",
@@ -165,7 +163,7 @@ pub fn write(path: &Path, text: &str) -> Res {
 /// repeat a run. Paths are written as `Places::word` writes them, so the line names no place
 /// of this machine.
 pub fn record_command(dir: &Path) -> Res {
-    let places = Places::for_run(dir);
+    let places = places_for_run(dir);
     let args: Vec<String> = std::env::args().skip(1).map(|a| places.word(&a)).collect();
     write(
         &dir.join("command.txt"),
@@ -173,130 +171,15 @@ pub fn record_command(dir: &Path) -> Res {
     )
 }
 
-/// The places a recorded command's absolute paths are written relative to, so the command
-/// repeats on another machine: the directory holding the run (`$RUNS`), the current directory
-/// (commands run from the repository root) and its parent (`../shared`), the home directory
-/// (`$HOME`, where the model cache is).
-pub struct Places {
-    runs: Option<PathBuf>,
-    cwd: Option<PathBuf>,
-    home: Option<PathBuf>,
-}
-
-impl Places {
-    /// The places of a run whose output directory is `dir`: `$RUNS` is its parent.
-    pub fn for_run(dir: &Path) -> Places {
-        let cwd = std::env::current_dir().ok();
-        let runs = cwd
-            .as_ref()
-            .map(|c| c.join(dir))
-            .and_then(|d| d.parent().map(Path::to_path_buf));
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        Places::new(runs, cwd, home)
-    }
-
-    /// `/` names no place worth a variable, and a run directory that holds the current one is
-    /// better written relative to it (`../x`), so those are dropped.
-    fn new(runs: Option<PathBuf>, cwd: Option<PathBuf>, home: Option<PathBuf>) -> Places {
-        let useful = |p: &PathBuf| p.is_absolute() && p.parent().is_some();
-        let runs = runs
-            .filter(useful)
-            .filter(|r| cwd.as_ref().is_none_or(|c| !c.starts_with(r)));
-        Places {
-            runs,
-            cwd: cwd.filter(useful),
-            home: home.filter(useful),
-        }
-    }
-
-    /// One argument as a shell word: an absolute path in it (the whole argument, or after a
-    /// `from:` / `LABEL=` / `--flag=` prefix) is written as `$RUNS/...`, relative to the current
-    /// directory (`docs/x`, `../shared/x`) or as `$HOME/...`, whichever holds it first; others
-    /// (system files) stay as they are.
-    pub fn word(&self, arg: &str) -> String {
-        let Some(at) = absolute_path_start(arg) else {
-            return quote(arg);
-        };
-        let (prefix, path) = arg.split_at(at);
-        match self.relative(Path::new(path)) {
-            (Some(var), rest) => with_variable(prefix, var, &rest),
-            (None, rest) => quote(&format!("{prefix}{rest}")),
-        }
-    }
-
-    /// `path` as (variable, rest after it) or (None, a relative or unchanged path).
-    fn relative(&self, path: &Path) -> (Option<&'static str>, String) {
-        let under = |root: &Option<PathBuf>| {
-            root.as_ref()
-                .and_then(|r| path.strip_prefix(r).ok())
-                .map(|rest| rest.display().to_string())
-        };
-        if let Some(rest) = under(&self.runs) {
-            return (Some("RUNS"), rest);
-        }
-        if let Some(rest) = under(&self.cwd) {
-            return (None, if rest.is_empty() { ".".into() } else { rest });
-        }
-        let parent = self
-            .cwd
-            .as_ref()
-            .and_then(|c| c.parent())
-            .map(Path::to_path_buf);
-        if let Some(rest) = under(&parent.filter(|p| p.parent().is_some())) {
-            return (None, format!("../{rest}").trim_end_matches('/').to_string());
-        }
-        if let Some(rest) = under(&self.home) {
-            return (Some("HOME"), rest);
-        }
-        (None, path.display().to_string())
-    }
-}
-
-/// Where an absolute path starts in a command-line argument: at 0, or after a `:` or `=`
-/// (`from:/x`, `label=/x`, `--out=/x`); not at a `//` (a URL's).
-fn absolute_path_start(arg: &str) -> Option<usize> {
-    let b = arg.as_bytes();
-    (0..b.len()).find(|&i| {
-        b[i] == b'/'
-            && (i == 0 || b[i - 1] == b':' || b[i - 1] == b'=')
-            && b.get(i + 1) != Some(&b'/')
-    })
-}
-
-/// Characters a shell leaves alone in an unquoted word.
-fn plain(s: &str) -> bool {
-    s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+@".contains(c))
-}
-
-/// `s` as one shell word, single-quoted where it needs quoting.
-fn quote(s: &str) -> String {
-    if !s.is_empty() && plain(s) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// `prefix$VAR/rest` as one shell word that expands the variable: in double quotes where
-/// nothing else in it is special there, else the literal parts single-quoted around `"$VAR"`.
-fn with_variable(prefix: &str, var: &str, rest: &str) -> String {
-    let rest = if rest.is_empty() {
-        String::new()
-    } else {
-        format!("/{rest}")
-    };
-    if !format!("{prefix}{rest}").contains(['$', '`', '\\', '"', '!']) {
-        return format!("\"{prefix}${var}{rest}\"");
-    }
-    let part = |s: &str| {
-        if s.is_empty() {
-            String::new()
-        } else {
-            quote(s)
-        }
-    };
-    format!("{}\"${var}\"{}", part(prefix), part(&rest))
+/// The places of a run whose output directory is `dir`: `$RUNS` is its parent.
+pub fn places_for_run(dir: &Path) -> Places {
+    let cwd = std::env::current_dir().ok();
+    let runs = cwd
+        .as_ref()
+        .map(|c| c.join(dir))
+        .and_then(|d| d.parent().map(Path::to_path_buf));
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    Places::new(runs, cwd, home)
 }
 
 /// The model file: --model, else the cached default.
@@ -310,12 +193,16 @@ pub fn model_path(flag: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Apply CREME patches (safetensors from `creme edit`) to a loaded model, in order.
+/// A CREME patch file (safetensors from `creme edit`).
+pub fn read_patch(p: &Path) -> Res<EditPatch> {
+    let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+    Ok(EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?)
+}
+
+/// Apply CREME patches to a loaded model, in order.
 pub fn apply_patches(dev: &Device, model: &mut Model, patches: &[PathBuf]) -> Res {
     for p in patches {
-        let bytes = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-        let ep = creme_core::edit::EditPatch::from_safetensors(&bytes)
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+        let ep = read_patch(p)?;
         ep.apply(dev, model)
             .map_err(|e| format!("{}: {e}", p.display()))?;
         eprintln!("applied {} (layer {} W_down)", p.display(), ep.layer);
@@ -332,57 +219,36 @@ pub fn clean_file(dir: &Path) -> Res<PathBuf> {
         .ok_or_else(|| format!("{} holds no HumanEval.jsonl or MBPP.jsonl", dir.display()).into())
 }
 
-/// The problems of one set: `clean`, or a perturbation type (perturbed/<TYPE>.jsonl; where the
-/// directory lacks it, the clean prompts perturbed by creme's own perturbator, seeded by task
-/// number). The bool says whether creme's perturbator made the set.
-pub fn problem_set(dir: &Path, set: &str) -> Res<(Vec<Problem>, bool)> {
+/// The problems of one set: the clean file, or perturbed/<TYPE>.jsonl; where the directory lacks
+/// it, the clean prompts perturbed by creme's own perturbator, seeded by task number. The bool
+/// says whether creme's perturbator made the set.
+pub fn problem_set(dir: &Path, set: SetName) -> Res<(Vec<Problem>, bool)> {
     let clean = read_problems(&clean_file(dir)?)?;
-    if set == "clean" {
+    let Some(t) = set.perturbation() else {
         return Ok((clean, false));
-    }
-    if !dataset::PERTURBATION_TYPES.contains(&set) {
-        return Err(format!(
-            "unknown set '{set}' (clean or one of {})",
-            dataset::PERTURBATION_TYPES.join(", ")
-        )
-        .into());
-    }
-    let file = dir.join("perturbed").join(format!("{set}.jsonl"));
+    };
+    let file = dir.join("perturbed").join(format!("{t}.jsonl"));
     if file.exists() {
         return Ok((read_problems(&file)?, false));
     }
-    let mut out = Vec::with_capacity(clean.len());
-    for c in &clean {
-        let seed = c
-            .task_id
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        out.push(Problem {
-            prompt: creme_core::perturb::perturb(&c.prompt, set, seed)?,
-            original_prompt: Some(c.prompt.clone()),
-            ..c.clone()
-        });
-    }
-    Ok((out, true))
+    Ok((creme_core::perturb::perturb_problems(&clean, t)?, true))
 }
 
-/// The named sets (clean / types) of a dataset directory, each cut to the task ids in `tasks`
-/// (comma list) and to its first `limit` tasks.
+/// The named sets of a dataset directory, each cut to the task ids in `tasks` (comma list) and
+/// to its first `limit` tasks.
 pub fn load_sets(
     dir: &Path,
-    names: &[String],
+    sets: &[SetName],
     tasks: Option<&str>,
     limit: Option<usize>,
-) -> Res<std::collections::BTreeMap<String, Vec<Problem>>> {
+) -> Res<BTreeMap<SetName, Vec<Problem>>> {
     let only: Option<Vec<&str>> = tasks.map(|t| t.split(',').map(str::trim).collect());
-    let mut sets = std::collections::BTreeMap::new();
-    for name in names {
-        let (mut problems, ours) = problem_set(dir, name)?;
+    let mut out = BTreeMap::new();
+    for &set in sets {
+        let (mut problems, ours) = problem_set(dir, set)?;
         if ours {
             eprintln!(
-                "{} has no perturbed/{name}.jsonl: {name} made by creme's perturbator",
+                "{} has no perturbed/{set}.jsonl: {set} made by creme's perturbator",
                 dir.display()
             );
         }
@@ -392,9 +258,9 @@ pub fn load_sets(
         if let Some(n) = limit {
             problems.truncate(n);
         }
-        sets.insert(name.clone(), problems);
+        out.insert(set, problems);
     }
-    Ok(sets)
+    Ok(out)
 }
 
 /// An append-only JSONL log that survives being killed: each record is one write of one line,
@@ -451,9 +317,38 @@ impl JsonlLog {
 }
 
 pub fn sha256_file(path: &Path) -> Res<String> {
+    Ok(file_digest(path)?.sha256)
+}
+
+/// A file's name (never its directory: manifests carry no machine paths), size and SHA-256,
+/// read in pieces.
+pub fn file_digest(path: &Path) -> Res<FileDigest> {
     use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+    use std::io::Read;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(FileDigest {
+        name,
+        bytes,
+        sha256: format!("{:x}", h.finalize()),
+    })
 }
 
 #[cfg(test)]
@@ -476,93 +371,6 @@ mod tests {
         std::fs::write(&p, "{\"a\":1}\nnot json\n").unwrap();
         assert!(JsonlLog::open(&p).is_err());
         let _ = std::fs::remove_file(&p);
-    }
-
-    /// A machine with its runs in /data/runs, the checkout in /data/creme (the current
-    /// directory), the reference data in /data/shared and the home in /users/ann.
-    fn machine() -> Places {
-        Places::new(
-            Some("/data/runs".into()),
-            Some("/data/creme".into()),
-            Some("/users/ann".into()),
-        )
-    }
-
-    #[test]
-    fn recorded_paths_name_no_place_of_the_machine() {
-        let m = machine();
-        let cases = [
-            ("/data/runs/main", "\"$RUNS/main\""),
-            (
-                "from:/data/runs/main/edits.jsonl",
-                "\"from:$RUNS/main/edits.jsonl\"",
-            ),
-            (
-                "main (logprob layer)=/data/runs/main",
-                "\"main (logprob layer)=$RUNS/main\"",
-            ),
-            ("--out=/data/runs/x y", "\"--out=$RUNS/x y\""),
-            ("/data/runs/it's", "\"$RUNS/it's\""),
-            ("/data/runs/$x\"y", "\"$RUNS\"'/$x\"y'"),
-            ("/data/creme/docs/efficacy.md", "docs/efficacy.md"),
-            ("/data/creme", "."),
-            (
-                "/data/shared/datasets/humaneval-nlpert",
-                "../shared/datasets/humaneval-nlpert",
-            ),
-            (
-                "/users/ann/.cache/creme/models/q.gguf",
-                "\"$HOME/.cache/creme/models/q.gguf\"",
-            ),
-            // Not paths of this machine's work: as they are.
-            ("/usr/bin/python3", "/usr/bin/python3"),
-            ("runs/base", "runs/base"),
-            ("clean,C3", "clean,C3"),
-            ("http://127.0.0.1:8080/x", "http://127.0.0.1:8080/x"),
-            ("a b", "'a b'"),
-            ("", "''"),
-        ];
-        for (arg, want) in cases {
-            assert_eq!(m.word(arg), want, "{arg}");
-        }
-    }
-
-    #[test]
-    fn a_run_directory_holding_the_current_one_is_written_relative_to_it() {
-        // --out /data/x from /data/creme: $RUNS would be /data, which holds the checkout.
-        let m = Places::new(Some("/data".into()), Some("/data/creme".into()), None);
-        assert_eq!(m.word("/data/x"), "../x");
-        // A run directory at the root names nothing worth a variable either.
-        let m = Places::new(Some("/".into()), None, None);
-        assert_eq!(m.word("/x"), "/x");
-    }
-
-    #[test]
-    fn recorded_words_read_back_as_the_arguments_with_the_variables_set() {
-        // The shell turns each word back into the argument, with RUNS and HOME set to the
-        // machine's places: the line repeats the run.
-        let m = machine();
-        let args = [
-            "main (logprob layer)=/data/runs/main",
-            "/data/runs/it's",
-            "/data/runs/$x\"y",
-            "from:/data/runs/main/edits.jsonl",
-            "/users/ann/.cache/m.gguf",
-            "a 'b' c",
-        ];
-        let line: Vec<String> = args.iter().map(|a| m.word(a)).collect();
-        let script = format!(
-            "for a in {}; do printf '%s\\n' \"$a\"; done",
-            line.join(" ")
-        );
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .env("RUNS", "/data/runs")
-            .env("HOME", "/users/ann")
-            .output()
-            .unwrap();
-        let got = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(got.lines().collect::<Vec<_>>(), args, "{line:?}");
     }
 
     #[test]
@@ -600,9 +408,9 @@ pub struct InputFlags {
 #[derive(clap::Args, Clone, Debug)]
 pub struct GenFlags {
     /// Prompts generated together (left-padded batch)
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = GenSpec::default().batch)]
     pub batch: usize,
     /// Most new tokens per completion
-    #[arg(long, default_value_t = 320)]
+    #[arg(long, default_value_t = GenSpec::default().max_tokens)]
     pub max_tokens: usize,
 }

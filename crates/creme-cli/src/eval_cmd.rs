@@ -8,16 +8,16 @@
 //! a resume with any of it changed is refused. `--completions FILE` scores completions made
 //! elsewhere (e.g. the oracle's) without a model.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use creme_core::dataset::Problem;
+use creme_core::eval::given::{given_todo, parse_completions, Given, SampleKey};
 use creme_core::eval::{self, summary, Drafts, GenSpec, SampleRecord};
 use creme_core::manifest::{self, RunKind, RunManifest};
 use creme_core::model::Model;
 use creme_core::sets::SetName;
 use creme_core::Device;
-use serde_json::Value;
 
 use crate::common::{self, Res};
 use crate::judge::SandboxJudge;
@@ -73,19 +73,7 @@ pub fn parse_types(spec: &str) -> Res<Vec<SetName>> {
     SetName::parse_list(spec).map_err(|e| format!("--types: {e}").into())
 }
 
-/// The sets of a dataset directory, typed, cut to --tasks and --limit.
-pub fn load_sets(
-    dir: &Path,
-    sets: &[SetName],
-    tasks: Option<&str>,
-    limit: Option<usize>,
-) -> Res<BTreeMap<SetName, Vec<Problem>>> {
-    let names: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    common::load_sets(dir, &names, tasks, limit)?
-        .into_iter()
-        .map(|(name, problems)| Ok((name.parse::<SetName>()?, problems)))
-        .collect()
-}
+pub use crate::common::load_sets;
 
 impl EvalArgs {
     fn spec(&self) -> GenSpec {
@@ -98,9 +86,6 @@ impl EvalArgs {
         }
     }
 }
-
-/// (set, task, sample): what a record settles.
-type Key = (SetName, String, usize);
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
@@ -121,7 +106,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let (mut log, previous) = SampleLog::open(&a.out.join("samples.jsonl"))?;
     let judge = SandboxJudge::new(a.timeout, a.workers);
     let mut records = retry_judge_errors(previous, &sets, &judge, &mut log)?;
-    let done: HashSet<Key> = records.iter().map(SampleRecord::key).collect();
+    let done: HashSet<SampleKey> = records.iter().map(SampleRecord::key).collect();
     if !done.is_empty() {
         eprintln!(
             "resuming: {} samples already in {}",
@@ -227,8 +212,8 @@ fn retry_judge_errors(
 ) -> Res<Vec<SampleRecord>> {
     let (errors, mut done): (Vec<_>, Vec<_>) =
         previous.into_iter().partition(|r| r.is_judge_error());
-    let settled: HashSet<Key> = done.iter().map(SampleRecord::key).collect();
-    let mut retry: BTreeMap<Key, SampleRecord> = BTreeMap::new();
+    let settled: HashSet<SampleKey> = done.iter().map(SampleRecord::key).collect();
+    let mut retry: BTreeMap<SampleKey, SampleRecord> = BTreeMap::new();
     for r in errors.into_iter().filter(|r| !settled.contains(&r.key())) {
         retry.insert(r.key(), r);
     }
@@ -274,7 +259,7 @@ fn generate_all(
     sets: &BTreeMap<SetName, Vec<Problem>>,
     spec: &GenSpec,
     drafts: Option<&Drafts>,
-    done: &HashSet<Key>,
+    done: &HashSet<SampleKey>,
     mut judge: SandboxJudge,
     sink: &mut dyn FnMut(SampleRecord) -> Res,
 ) -> Res {
@@ -363,7 +348,7 @@ fn score_given(
     a: &EvalArgs,
     dir: &Path,
     sets: &BTreeMap<SetName, Vec<Problem>>,
-    done: &HashSet<Key>,
+    done: &HashSet<SampleKey>,
     judge: &SandboxJudge,
     sink: &mut dyn FnMut(SampleRecord) -> Res,
 ) -> Res {
@@ -415,24 +400,6 @@ fn score_given(
         }
     }
     Ok(())
-}
-
-/// Every sample given for a task of `set` and not yet done, in sample order.
-fn given_todo<'a>(
-    set: SetName,
-    problems: &'a [Problem],
-    given: &'a HashMap<Key, String>,
-    done: &HashSet<Key>,
-) -> Vec<(&'a Problem, usize, &'a String)> {
-    let mut samples: Vec<usize> = given.keys().filter(|k| k.0 == set).map(|k| k.2).collect();
-    samples.sort_unstable();
-    samples.dedup();
-    problems
-        .iter()
-        .flat_map(|p| samples.iter().map(move |&s| (p, s)))
-        .filter(|(p, s)| !done.contains(&(set, p.task_id.clone(), *s)))
-        .filter_map(|(p, s)| given.get(&(set, p.task_id.clone(), s)).map(|c| (p, s, c)))
-        .collect()
 }
 
 /// Write and print the summary; an error while judge errors remain (the same command retries
@@ -489,94 +456,15 @@ impl Progress {
     }
 }
 
-/// Completions given on the command line: (set, task_id, sample) -> text. One JSON object of
-/// lists is the {set: [...]} form (in the order of the whole set); anything else is JSONL.
-pub fn read_completions(
-    path: &Path,
-    sets: &BTreeMap<SetName, Vec<Problem>>,
-) -> Res<HashMap<Key, String>> {
+/// Completions given on the command line (see `creme_core::eval::given`).
+pub fn read_completions(path: &Path, sets: &BTreeMap<SetName, Vec<Problem>>) -> Res<Given> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    // A one-record JSONL file is also a single object, but of strings.
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) if !map.is_empty() && map.values().all(Value::is_array) => {
-            completions_by_set(path, map, sets)
-        }
-        _ => completions_jsonl(path, &text),
+    let (given, warnings) = parse_completions(&text, &path.display().to_string(), sets)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
-}
-
-fn completions_by_set(
-    path: &Path,
-    map: serde_json::Map<String, Value>,
-    sets: &BTreeMap<SetName, Vec<Problem>>,
-) -> Res<HashMap<Key, String>> {
-    let mut out = HashMap::new();
-    for (name, list) in map {
-        let Some((set, problems)) = name
-            .parse::<SetName>()
-            .ok()
-            .and_then(|s| Some((s, sets.get(&s)?)))
-        else {
-            continue;
-        };
-        let list: Vec<String> = serde_json::from_value(list).map_err(|e| {
-            format!(
-                "{}: '{name}' is not a list of strings ({e})",
-                path.display()
-            )
-        })?;
-        if list.len() != problems.len() {
-            return Err(format!(
-                "{}: '{name}' has {} completions for {} tasks",
-                path.display(),
-                list.len(),
-                problems.len()
-            )
-            .into());
-        }
-        for (p, c) in problems.iter().zip(list) {
-            out.insert((set, p.task_id.clone(), 0), c);
-        }
-    }
-    Ok(out)
-}
-
-fn completions_jsonl(path: &Path, text: &str) -> Res<HashMap<Key, String>> {
-    #[derive(serde::Deserialize)]
-    struct Given {
-        set: String,
-        task_id: String,
-        completion: String,
-        #[serde(default)]
-        sample: Option<usize>,
-    }
-    let mut out = HashMap::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let g: Given = serde_json::from_str(line).map_err(|e| {
-            format!(
-                "{}:{}: not a completion record {{set, task_id, completion[, sample]}} ({e})",
-                path.display(),
-                i + 1
-            )
-        })?;
-        // A set this build does not know is no set asked for: skipped, as other sets are.
-        let Ok(set) = g.set.parse::<SetName>() else {
-            eprintln!(
-                "warning: {}:{}: unknown set '{}' skipped",
-                path.display(),
-                i + 1,
-                g.set
-            );
-            continue;
-        };
-        out.insert((set, g.task_id, g.sample.unwrap_or(0)), g.completion);
-    }
-    Ok(out)
+    Ok(given)
 }
 
 #[cfg(test)]

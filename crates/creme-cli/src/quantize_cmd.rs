@@ -8,6 +8,7 @@ use std::time::Instant;
 use creme_core::generate::{generate, GenerateOptions};
 use creme_core::hooks::Hooks;
 use creme_core::model::{GgmlType, Logits, Model};
+use creme_core::sets::SetName;
 use creme_core::{Backend, Device};
 
 use crate::common::{self, Res};
@@ -84,10 +85,16 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
     if a.check == 0 || a.keep_layers.is_some() {
         return Ok(()); // a truncated model is a different model: nothing to compare
     }
+    check(gpu_opts, &a)
+}
+
+/// Greedy agreement and perplexity of the source's continuations, source vs quantized.
+fn check(gpu_opts: &creme_core::GpuOptions, a: &QuantizeArgs) -> Res {
     let dev = Device::open(gpu_opts)?;
     let source = common::load_model(&dev, Some(&a.input), 0)?;
     let quant = common::load_model(&dev, Some(&a.out), 0)?;
-    let (problems, _) = common::problem_set(&common::dataset_dir(a.dataset.as_deref())?, "clean")?;
+    let (problems, _) =
+        common::problem_set(&common::dataset_dir(a.dataset.as_deref())?, SetName::Clean)?;
     let opts = GenerateOptions {
         max_new_tokens: a.check_tokens,
         ..Default::default()

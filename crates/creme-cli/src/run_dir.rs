@@ -2,10 +2,9 @@
 //! `manifest.json`; a later run into the same directory, or one that takes it as a baseline, is
 //! refused when anything differs (creme_core::manifest names the difference).
 
-use std::io::Read;
 use std::path::Path;
 
-use creme_core::manifest::{self, BuildId, FileDigest, RunManifest};
+use creme_core::manifest::{self, BuildId, RunManifest};
 use creme_core::{Backend, Device, GpuOptions};
 
 use crate::common::{self, Res};
@@ -22,35 +21,7 @@ pub fn build_id() -> Res<BuildId> {
     })
 }
 
-/// A file's name (never its directory: manifests carry no machine paths), size and SHA-256,
-/// read in pieces.
-pub fn file_digest(path: &Path) -> Res<FileDigest> {
-    use sha2::Digest;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(FileDigest {
-        name,
-        bytes,
-        sha256: format!("{:x}", h.finalize()),
-    })
-}
+pub use crate::common::file_digest;
 
 /// The backend as far as results depend on it. The CPU backend gives the same bits whatever its
 /// thread count or SIMD ISA (tested), so only cpu / cpu-exact count. On wgpu the adapter counts

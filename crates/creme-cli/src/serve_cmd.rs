@@ -128,6 +128,42 @@ struct State {
     digests: Mutex<HashMap<FileVersion, DigestCell>>,
 }
 
+/// Flags of `creme serve`.
+#[derive(clap::Args, Clone)]
+pub struct ServeArgs {
+    /// Port (0 = any free port; the address is printed)
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The web app directory (the repository's web/, built by scripts/build-web.sh)
+    #[arg(long, default_value = "web")]
+    pub web: PathBuf,
+    /// Model directory served under /models/ (default: the model cache)
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Dataset directory served under /datasets/ (default: as `eval` finds it)
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+}
+
+/// `creme serve`: the web app, the model cache and the datasets.
+pub fn main(a: ServeArgs) -> Res {
+    let models = a.models.unwrap_or_else(|| {
+        crate::common::model_path(None)
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    });
+    let datasets = crate::common::dataset_dir(a.dataset.as_deref()).ok();
+    run(
+        Roots {
+            web: a.web,
+            models,
+            datasets,
+        },
+        a.port,
+    )
+}
+
 pub fn run(roots: Roots, port: u16) -> Res {
     if !roots.web.join("index.html").exists() {
         return Err(format!(

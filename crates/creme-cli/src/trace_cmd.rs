@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use creme_core::model::Model;
 use creme_core::report;
-use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::sets::PerturbationType;
+use creme_core::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup};
 use creme_core::{Backend, Device};
 use serde_json::json;
 
@@ -22,7 +24,7 @@ pub struct PairArgs {
     pub task: Option<String>,
     /// Perturbation type (A1..S2)
     #[arg(long = "type")]
-    pub ptype: Option<String>,
+    pub ptype: Option<PerturbationType>,
     /// Dataset directory (HumanEval.jsonl + perturbed/<TYPE>.jsonl)
     #[arg(long)]
     pub dataset: Option<PathBuf>,
@@ -68,7 +70,7 @@ impl PairArgs {
         match (&self.task, &self.ptype, &self.clean_file, &self.pert_file) {
             (Some(t), Some(ty), None, None) => {
                 let (c, p) =
-                    common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, ty)?;
+                    common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, *ty)?;
                 Ok((c.prompt, p.prompt, format!("{t} {ty}")))
             }
             // The label goes into patches and reports: file names only, no machine paths.
@@ -92,21 +94,45 @@ impl PairArgs {
             (Some(t), Some(ty)) => Ok(Some(common::task_pair(
                 &common::dataset_dir(self.dataset.as_deref())?,
                 t,
-                ty,
+                *ty,
             )?)),
             _ => Ok(None),
         }
     }
 }
 
+/// Flags of `creme trace`.
+#[derive(clap::Args, Clone)]
 pub struct TraceArgs {
+    #[command(flatten)]
     pub pair: PairArgs,
+    /// Restoration metric
+    #[arg(long, value_enum, default_value_t = TraceMetric::Logprob)]
     pub metric: TraceMetric,
+    /// Also trace a layer x position grid (one position patched at a time)
+    #[arg(long)]
     pub grid: bool,
+    /// Grid over every prompt position (default: differing positions and the last six)
+    #[arg(long)]
     pub grid_all: bool,
+    /// Length of the clean greedy continuation scored by the logprob metric
+    #[arg(long, default_value_t = creme_core::pipeline::DEFAULT_TARGET_TOKENS)]
     pub target_tokens: usize,
+    /// Samples per patched run for the pass metric (1 = greedy; >1 samples at T=0.2, top-p 0.95)
+    #[arg(long, default_value_t = 1)]
     pub samples: usize,
+    /// Output directory (trace.json, trace.svg, grid.svg, report.html)
+    #[arg(long)]
     pub out: PathBuf,
+}
+
+/// The layer traces of a run: every prompt position patched (or the pass metric's), only the
+/// differing positions, the pass metric's account, and the layer trace's seconds.
+struct Traces {
+    all: LayerTrace,
+    diff: LayerTrace,
+    pass: serde_json::Value,
+    seconds: f64,
 }
 
 pub fn run(dev: &Device, a: TraceArgs) -> Res {
@@ -116,134 +142,40 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let model = a.pair.load_model(dev)?;
     let tok = &model.tokenizer;
-    let (clean, pert) = (tok.encode(&clean_text)?, tok.encode(&pert_text)?);
     std::fs::create_dir_all(&a.out)?;
-
     let t0 = Instant::now();
     let prelude = trace::prepare_pair(dev, &model, &clean_text, &pert_text, a.target_tokens);
     let (target, setup) = pollster::block_on(prelude)?;
     let t_prelude = t0.elapsed().as_secs_f64();
-    let mut metric = RestorationByLogprob;
-    let t2 = Instant::now();
-    let mut bar = crate::progress::Reporter::new("all prompt positions");
-    let mut all = pollster::block_on(trace::trace_layers_with(
-        dev,
-        &model,
-        &setup,
-        PatchPositions::AllPrompt,
-        &mut metric,
-        &mut |s| bar.step(s),
-    ))?;
-    let mut t_layers = t2.elapsed().as_secs_f64();
-    let mut bar = crate::progress::Reporter::new("differing positions");
-    let diff = pollster::block_on(trace::trace_layers_with(
-        dev,
-        &model,
-        &setup,
-        PatchPositions::Differing,
-        &mut metric,
-        &mut |s| bar.step(s),
-    ))?;
-    bar.finish();
-    let mut pass_json = serde_json::Value::Null;
-    if a.metric == TraceMetric::Pass {
-        let (clean_p, pert_p) = a
-            .pair
-            .problems()?
-            .ok_or("--metric pass needs --task/--type")?;
-        let t4 = Instant::now();
-        let mut bar = crate::progress::Reporter::new("pass metric");
-        let (pass_trace, account) = pollster::block_on(pass_trace(
-            dev,
-            &model,
-            &setup,
-            (&clean_text, &clean_p),
-            (&pert_text, &pert_p),
-            a.samples,
-            &mut crate::judge::SandboxJudge::for_pass_trace(),
-            &mut |s| bar.step(s),
-        ))?;
-        bar.finish();
-        t_layers = t4.elapsed().as_secs_f64();
-        eprintln!(
-            "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
-            account.acc_orig,
-            account.acc_pert,
-            account.patched_runs_passing,
-            pass_trace.scores.len(),
-            pass_trace.key_layer
-        );
-        pass_json = serde_json::to_value(&account)?;
-        all = pass_trace;
-    }
+    let tr = layer_traces(dev, &model, &setup, &a, (&clean_text, &pert_text))?;
     eprintln!(
         "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \
          target and capture {:.2} s, layer trace {:.2} s",
-        setup.lp_clean, setup.lp_pert, all.key_layer, diff.key_layer, t_prelude, t_layers
+        setup.lp_clean, setup.lp_pert, tr.all.key_layer, tr.diff.key_layer, t_prelude, tr.seconds
     );
-    let labels_of = |positions: &[usize]| -> Vec<String> {
-        positions
-            .iter()
-            .map(|&i| match i.checked_sub(setup.pad_pert()) {
-                Some(j) => tok.decode(&[pert[j]]).unwrap_or_default(),
-                None => "<pad>".into(),
-            })
-            .collect()
-    };
-    let mut grid_json = serde_json::Value::Null;
     let mut sections = vec![
         ("Prompts".to_string(), format!("<table><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre>{}</pre></td><td><pre>{}</pre></td></tr></table><p>Target (clean greedy continuation, {} tokens): <pre>{}</pre></p>",
             report::escape(&clean_text), report::escape(&pert_text), target.len(), report::escape(&tok.decode(&target)?))),
-        ("Layer trace: every prompt position patched".to_string(), report::layer_curve_svg(&all, &format!("{label}: restoration by layer (all prompt positions)"))),
-        ("Layer trace: only differing positions patched".to_string(), report::layer_curve_svg(&diff, &format!("{label}: restoration by layer (differing positions)"))),
+        ("Layer trace: every prompt position patched".to_string(), report::layer_curve_svg(&tr.all, &format!("{label}: restoration by layer (all prompt positions)"))),
+        ("Layer trace: only differing positions patched".to_string(), report::layer_curve_svg(&tr.diff, &format!("{label}: restoration by layer (differing positions)"))),
     ];
     std::fs::write(
         a.out.join("trace.svg"),
-        report::layer_curve_svg(&all, &format!("{label}: restoration by layer")),
+        report::layer_curve_svg(&tr.all, &format!("{label}: restoration by layer")),
     )?;
-    if a.grid {
-        let positions: Vec<usize> = if a.grid_all {
-            (0..setup.frame).collect()
-        } else {
-            let mut p = setup.differing_positions();
-            p.extend(setup.frame.saturating_sub(6)..setup.frame);
-            p.sort();
-            p.dedup();
-            p.truncate(64);
-            p
-        };
-        let t3 = Instant::now();
-        let grid = pollster::block_on(trace::trace_grid(
-            dev,
-            &model,
-            &setup,
-            &positions,
-            &mut metric,
-        ))?;
-        eprintln!(
-            "grid: {} layers x {} positions in {:.2} s, key layer {}",
-            grid.scores.len(),
-            positions.len(),
-            t3.elapsed().as_secs_f64(),
-            grid.key_layer
-        );
-        let svg = report::grid_heatmap_svg(
-            &grid,
-            &labels_of(&positions),
-            &format!("{label}: restoration, one position patched at one layer"),
-        );
-        std::fs::write(a.out.join("grid.svg"), &svg)?;
-        sections.push(("Layer x position grid".to_string(), svg));
-        grid_json = serde_json::to_value(&grid)?;
-    }
+    let grid_json = if a.grid {
+        grid(dev, &model, &setup, &a, &label, &mut sections)?
+    } else {
+        serde_json::Value::Null
+    };
     let doc = json!({
         "model": model.cfg.name, "pair": label, "metric": format!("{:?}", a.metric).to_lowercase(),
         "settings": {"target_tokens": a.target_tokens, "positions": ["all", "differing"]},
-        "clean_tokens": clean.len(), "pert_tokens": pert.len(), "frame": setup.frame,
+        "clean_tokens": setup.clean.len(), "pert_tokens": setup.pert.len(), "frame": setup.frame,
         "target": tok.decode(&target)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
-        "all_positions": all, "differing_positions": diff, "grid": grid_json, "pass": pass_json,
-        "key_layer": all.key_layer,
-        "timings_s": {"target_and_capture": t_prelude, "layer_trace": t_layers},
+        "all_positions": tr.all, "differing_positions": tr.diff, "grid": grid_json, "pass": tr.pass,
+        "key_layer": tr.all.key_layer,
+        "timings_s": {"target_and_capture": t_prelude, "layer_trace": tr.seconds},
         "adapter": dev.describe(),
     });
     let json_text = serde_json::to_string_pretty(&doc)?;
@@ -254,9 +186,124 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     )?;
     println!(
         "key layer {} (differing positions: {}); report: {}",
-        all.key_layer,
-        diff.key_layer,
+        tr.all.key_layer,
+        tr.diff.key_layer,
         a.out.join("report.html").display()
     );
     Ok(())
+}
+
+/// The logprob traces (all prompt positions, differing positions), and with `--metric pass` the
+/// pass metric's trace in place of the first.
+fn layer_traces(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    a: &TraceArgs,
+    (clean_text, pert_text): (&str, &str),
+) -> Res<Traces> {
+    let t0 = Instant::now();
+    let trace_of = |positions, what: &str| {
+        let mut bar = crate::progress::Reporter::new(what);
+        pollster::block_on(trace::trace_layers_with(
+            dev,
+            model,
+            setup,
+            positions,
+            &mut RestorationByLogprob,
+            &mut |s| bar.step(s),
+        ))
+    };
+    let all = trace_of(PatchPositions::AllPrompt, "all prompt positions")?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let diff = trace_of(PatchPositions::Differing, "differing positions")?;
+    let mut tr = Traces {
+        all,
+        diff,
+        pass: serde_json::Value::Null,
+        seconds,
+    };
+    if a.metric == TraceMetric::Pass {
+        let (clean_p, pert_p) = a
+            .pair
+            .problems()?
+            .ok_or("--metric pass needs --task/--type")?;
+        let t4 = Instant::now();
+        let mut bar = crate::progress::Reporter::new("pass metric");
+        let (pass_trace, account) = pollster::block_on(pass_trace(
+            dev,
+            model,
+            setup,
+            (clean_text, &clean_p),
+            (pert_text, &pert_p),
+            a.samples,
+            &mut crate::judge::SandboxJudge::for_pass_trace(),
+            &mut |s| bar.step(s),
+        ))?;
+        bar.finish();
+        tr.seconds = t4.elapsed().as_secs_f64();
+        eprintln!(
+            "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
+            account.acc_orig,
+            account.acc_pert,
+            account.patched_runs_passing,
+            pass_trace.scores.len(),
+            pass_trace.key_layer
+        );
+        tr.pass = serde_json::to_value(&account)?;
+        tr.all = pass_trace;
+    }
+    Ok(tr)
+}
+
+/// The layer x position grid: written as grid.svg, added to the report's sections, returned as
+/// JSON.
+fn grid(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    a: &TraceArgs,
+    label: &str,
+    sections: &mut Vec<(String, String)>,
+) -> Res<serde_json::Value> {
+    let positions: Vec<usize> = if a.grid_all {
+        (0..setup.frame).collect()
+    } else {
+        let mut p = setup.differing_positions();
+        p.extend(setup.frame.saturating_sub(6)..setup.frame);
+        p.sort();
+        p.dedup();
+        p.truncate(64);
+        p
+    };
+    let t3 = Instant::now();
+    let grid = pollster::block_on(trace::trace_grid(
+        dev,
+        model,
+        setup,
+        &positions,
+        &mut RestorationByLogprob,
+    ))?;
+    eprintln!(
+        "grid: {} layers x {} positions in {:.2} s, key layer {}",
+        grid.scores.len(),
+        positions.len(),
+        t3.elapsed().as_secs_f64(),
+        grid.key_layer
+    );
+    let labels: Vec<String> = positions
+        .iter()
+        .map(|&i| match i.checked_sub(setup.pad_pert()) {
+            Some(j) => model.tokenizer.decode(&[setup.pert[j]]).unwrap_or_default(),
+            None => "<pad>".into(),
+        })
+        .collect();
+    let svg = report::grid_heatmap_svg(
+        &grid,
+        &labels,
+        &format!("{label}: restoration, one position patched at one layer"),
+    );
+    std::fs::write(a.out.join("grid.svg"), &svg)?;
+    sections.push(("Layer x position grid".to_string(), svg));
+    Ok(serde_json::to_value(&grid)?)
 }

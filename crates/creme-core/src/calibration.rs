@@ -150,6 +150,33 @@ fn held_out_rows(
         .collect()
 }
 
+/// The key layers of a CREME reference run's first setting, by task, from its JSON
+/// (`{runs: [{results: [{task, key, ...}]}]}`); results without a task or a layer are skipped.
+pub fn reference_layers(text: &str) -> Result<BTreeMap<String, usize>, String> {
+    #[derive(Deserialize)]
+    struct Reference {
+        #[serde(default)]
+        runs: Vec<Run>,
+    }
+    #[derive(Deserialize)]
+    struct Run {
+        #[serde(default)]
+        results: Vec<Result>,
+    }
+    #[derive(Deserialize)]
+    struct Result {
+        task: Option<String>,
+        key: Option<usize>,
+    }
+    let doc: Reference = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let first = doc.runs.into_iter().next().map(|r| r.results);
+    Ok(first
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| Some((r.task?, r.key?)))
+        .collect())
+}
+
 /// Fit and evaluate the threshold on `traces`; `reference`: a reference run's layers by task.
 pub fn calibrate(
     ptype: PerturbationType,
@@ -226,6 +253,16 @@ impl Calibration {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reference_layers_come_from_the_first_run() {
+        let text = r#"{"runs": [{"results": [{"task": "HumanEval/0", "key": 16, "fixed": 1},
+            {"task": "HumanEval/1"}]}, {"results": [{"task": "HumanEval/2", "key": 3}]}]}"#;
+        let l = reference_layers(text).unwrap();
+        assert_eq!(l, BTreeMap::from([("HumanEval/0".to_string(), 16)]));
+        assert!(reference_layers("{}").unwrap().is_empty());
+    }
+
     use super::*;
 
     fn task(name: &str, logprob: Vec<f64>, distances: Vec<f64>, pass_key: usize) -> TaskTraces {

@@ -61,3 +61,36 @@ pub fn max_scaled_err(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
         / scale
 }
+
+/// Check a backend's f32 matmul against [`matmul_nt`] on `cases` random shapes (up to 150 x 300
+/// x 400) drawn from `seed`; `on_case(m, n, k, max relative error)` sees each. The largest error.
+pub async fn check_matmul_f32(
+    dev: &crate::Device,
+    cases: usize,
+    seed: u64,
+    on_case: &mut dyn FnMut(usize, usize, usize, f32),
+) -> Result<f32, crate::ModelError> {
+    use crate::Backend;
+    let mut rng = SplitMix64(seed);
+    let mut worst = 0f32;
+    for _ in 0..cases {
+        let (m, n, k) = (
+            1 + rng.below(150) as usize,
+            1 + rng.below(300) as usize,
+            1 + rng.below(400) as usize,
+        );
+        let x = rng.vec_f32(m * k);
+        let w = rng.vec_f32(n * k);
+        let (xt, wt, mut yt) = (
+            dev.upload("x", m, k, &x)?,
+            dev.upload("w", n, k, &w)?,
+            dev.zeros("y", m, n)?,
+        );
+        dev.matmul_f32(&xt, &wt, &mut yt, m, n, k)?;
+        let got = dev.read_all(&yt).await?;
+        let err = max_rel_err(&got, &matmul_nt(&x, &w, m, n, k));
+        on_case(m, n, k, err);
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}

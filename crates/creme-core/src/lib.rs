@@ -6,7 +6,9 @@
 
 pub mod align;
 pub mod backend;
+pub mod bench;
 pub mod calibration;
+pub mod command_line;
 pub mod cpu;
 pub mod dataset;
 pub mod diagnose;
@@ -24,6 +26,7 @@ pub mod pass_trace;
 pub mod model;
 pub mod patch;
 pub mod perturb;
+pub mod perturb_check;
 pub mod pipeline;
 pub mod progress;
 pub mod quant;

@@ -325,6 +325,33 @@ fn char_edit(prompt: &str, w: Word, kind: &str, rng: &mut SplitMix64) -> Option<
     }
 }
 
+/// The seed of a task's perturbation: its number (`HumanEval/12` -> 12), else 0.
+pub fn task_seed(task_id: &str) -> u64 {
+    task_id
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `t` set made from the clean problems by creme's perturbator, each task seeded by its
+/// number; the clean prompt is kept as `original_prompt`.
+pub fn perturb_problems(
+    clean: &[crate::dataset::Problem],
+    t: crate::sets::PerturbationType,
+) -> Result<Vec<crate::dataset::Problem>, ModelError> {
+    clean
+        .iter()
+        .map(|c| {
+            Ok(crate::dataset::Problem {
+                prompt: perturb(&c.prompt, t.name(), task_seed(&c.task_id))?,
+                original_prompt: Some(c.prompt.clone()),
+                ..c.clone()
+            })
+        })
+        .collect()
+}
+
 /// Perturb `prompt` with type `ptype` (A1..S2), deterministically for `seed`.
 pub fn perturb(prompt: &str, ptype: &str, seed: u64) -> Result<String, ModelError> {
     let mut rng = SplitMix64(seed ^ 0x5eed_c3e3_0000_0000 ^ fnv(ptype));

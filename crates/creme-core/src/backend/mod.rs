@@ -114,7 +114,7 @@ pub struct AdamStep {
 }
 
 /// Which backend a [`Device`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BackendKind {
     Wgpu,
     Cpu,

@@ -4,6 +4,7 @@
 //! here; the caller stores the records.
 
 pub mod drafts;
+pub mod given;
 pub mod record;
 pub mod summary;
 

@@ -1,6 +1,6 @@
 //! The GPU context: one adapter, one device, the features we use and the adapter's real limits.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::GpuError;
 
@@ -71,7 +71,7 @@ impl GpuOptions {
 }
 
 /// What `creme info` prints: the adapter, what it can do, and the limits we asked for.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdapterReport {
     pub name: String,
     pub vendor: u32,

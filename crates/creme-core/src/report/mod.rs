@@ -1,5 +1,9 @@
 //! SVG charts and self-contained HTML reports (pure string building, so the browser build can
-//! draw the same pictures).
+//! draw the same pictures); the experiment's tables (`tables`) and the efficacy document
+//! (`efficacy`) in markdown.
+
+pub mod efficacy;
+pub mod tables;
 
 use crate::trace::{GridTrace, LayerTrace};
 

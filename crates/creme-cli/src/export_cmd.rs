@@ -1,0 +1,48 @@
+//! `creme export`: a model with CREME patches applied, written as an HF checkpoint (f32
+//! safetensors, config.json, tokenizer.json) for other tools.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::common::{self, Res};
+
+#[derive(clap::Args, Clone)]
+pub struct ExportArgs {
+    /// GGUF model file (default: the cached Qwen2.5-Coder-0.5B-Instruct Q4_K_M)
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Patches to apply (repeatable)
+    #[arg(long)]
+    pub patch: Vec<PathBuf>,
+    /// Output directory
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: ExportArgs) -> Res {
+    let path = common::model_path(a.model.as_deref());
+    let file = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let patches = a
+        .patch
+        .iter()
+        .map(|p| common::read_patch(p))
+        .collect::<Res<Vec<_>>>()?;
+    let t0 = Instant::now();
+    let (st, config, tokenizer) = creme_core::model::safetensors::export_hf(&file, &patches)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let out = &a.out;
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    common::write(&out.join("config.json"), &config)?;
+    common::write(&out.join("tokenizer.json"), &tokenizer)?;
+    let tmp = out.join("model.safetensors.tmp");
+    std::fs::write(&tmp, &st).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    println!(
+        "wrote {} (model.safetensors {:.0} MiB, config.json, tokenizer.json; {} patch(es)) in {:.1} s",
+        out.display(),
+        st.len() as f64 / 1048576.0,
+        patches.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
