@@ -3,6 +3,7 @@
 # needed: each pair's clean and perturbed prompts are generated and tested before and after).
 # One TSV line per pair; pairs already in the output file are skipped, so a stopped sweep resumes.
 #   scripts/dev-edit-sweep.sh OUT.tsv TYPE "TASK TASK ..." -- EDIT FLAGS...
+# With PATCH_DIR set, each pair's patch is kept there (TYPE-N.safetensors for HumanEval/N).
 # Columns: type task clean_before pert_before clean_after pert_after layer margin_before
 #          margin_after gap_left dW/W
 set -euo pipefail
@@ -23,6 +24,9 @@ for task in $tasks; do
   layer=$(grep -m1 -oP 'edit of layer \K[0-9]+' "$log")
   margins=$(grep -m1 -oP 'perturbed prompt\): \K[-0-9.]+ before, [-0-9.]+' "$log" | sed 's/ before, /\t/')
   fit=$(grep -m1 -oP 'gap left on the moved rows \K[0-9.]+; \|\|dW\|\|/\|\|W\|\| [0-9.]+' "$log" | sed 's/; ||dW||\/||W|| /\t/')
+  if [ -n "${PATCH_DIR:-}" ]; then
+    mkdir -p "$PATCH_DIR" && cp "$tmp/patch.safetensors" "$PATCH_DIR/$type-${task##*/}.safetensors"
+  fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$type" "$task" \
     "$(v '-- clean prompt completion [')" "$(v '-- perturbed prompt completion [')" \
     "$(v '-- clean prompt completion after')" "$(v '-- perturbed prompt completion after')" \

@@ -75,6 +75,9 @@ struct Pair {
 }
 
 pub fn run(dev: &Device, a: EditArgs) -> Res {
+    if a.control == Some(creme_core::edit::Control::Matched) {
+        return Err("--control matched needs other edit-worthy pairs: it is for `creme experiment`".into());
+    }
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let problems = a.pair.problems()?;
     let model_path = common::model_path(a.pair.model.as_deref());
@@ -343,8 +346,12 @@ pub enum RowsFlag {
 /// A control edit, as a flag.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum ControlFlag {
+    /// W_down unchanged, through the edit's f32 path
     Sham,
+    /// A dense random change of the solved change's norm
     Random,
+    /// (experiment only) the edit made from the next edit-worthy pair of the same type
+    Matched,
 }
 
 /// The defaults of the flags below: core's (the paper's settings).
@@ -383,8 +390,9 @@ pub struct EditFlags {
     /// perturbed greedy completions differ (default: the paper's fixed --target-tokens)
     #[arg(long)]
     pub past_divergence: Option<usize>,
-    /// Write a control instead of the solved edit: sham (W_down unchanged, through the edit's
-    /// f32 path) or random (a dense random change of the solved change's norm, --control-seed)
+    /// Write (evaluate) a control instead of the solved edit: sham (W_down unchanged, through the
+    /// edit's f32 path), random (a dense random change of the solved change's norm,
+    /// --control-seed) or, in `experiment`, matched (another edit-worthy pair's edit)
     #[arg(long, value_enum)]
     pub control: Option<ControlFlag>,
     #[arg(long, default_value_t = 1)]
@@ -430,6 +438,7 @@ impl EditFlags {
             ControlFlag::Random => Control::Random {
                 seed: self.control_seed,
             },
+            ControlFlag::Matched => Control::Matched,
         })
     }
 

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 mod bench_cmd;
 mod calibrate_cmd;
 mod common;
+mod compare_cmd;
 mod edit_cmd;
 mod eval_cmd;
 mod experiment_cmd;
@@ -160,6 +161,12 @@ enum Cmd {
         #[command(flatten)]
         args: experiment_cmd::ExperimentArgs,
     },
+    /// An experiment run beside control runs of the same pairs (experiment --control): L-RIR
+    /// with intervals, exact McNemar tests (Holm), fixed/broken, clean deviation
+    Compare {
+        #[command(flatten)]
+        args: compare_cmd::CompareArgs,
+    },
     /// Merge experiment runs (or shards) into the tables: L-RIR, G-RIR, fixed/broken, clean
     /// deviation; with --setting, write the efficacy document comparing several runs
     Report {
@@ -217,6 +224,7 @@ fn run(cli: Cli) -> common::Res {
         Cmd::CheckMatmul { gpu, args } => info_cmd::check_matmul(&gpu.options(), args),
         Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
         Cmd::Report { args } => report_cmd::main(args),
+        Cmd::Compare { args } => compare_cmd::run(args),
         Cmd::Serve { args } => serve_cmd::main(args),
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
         Cmd::Export { args } => export_cmd::run(args),

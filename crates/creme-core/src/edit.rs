@@ -227,6 +227,10 @@ pub enum Control {
     Sham,
     /// A dense random change of the same Frobenius norm as the setting's change, seeded.
     Random { seed: u64 },
+    /// The setting's edit made from another edit-worthy pair of the same type (its prompts and
+    /// target, same rows and solver), evaluated for this one: what an edit does that is not
+    /// about this prompt. The experiment runner picks the pair; the weights are that edit's.
+    Matched,
 }
 
 impl Control {
@@ -234,6 +238,7 @@ impl Control {
     pub fn weights(&self, w0: &[f32], w: &[f32]) -> Vec<f32> {
         match *self {
             Control::Sham => w0.to_vec(),
+            Control::Matched => w.to_vec(),
             Control::Random { seed } => {
                 let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
                 let target = norm(&mut w0.iter().zip(w).map(|(a, b)| (*b - *a) as f64));

@@ -3,6 +3,7 @@
 //! per-setting summaries the efficacy report prints. Pure functions: the CLI runs the models and
 //! the tests, and stores these records as JSON lines.
 
+pub mod compare;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,12 @@ pub struct EditRecord {
     pub layer: usize,
     /// How the layer was chosen (logprob, pass, random, from:FILE, a number).
     pub layer_choice: String,
+    /// The control evaluated in place of the edit (None: the setting's own edit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<crate::edit::Control>,
+    /// The task whose pair the edit was made from, when not this one (the matched control).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_from: Option<String>,
     #[serde(default)]
     pub trace_scores: Option<Vec<f64>>,
     pub settings: EditSettings,
@@ -369,6 +376,8 @@ mod tests {
             task: task.into(),
             layer,
             layer_choice: "logprob".into(),
+            control: None,
+            edited_from: None,
             trace_scores: None,
             settings: EditSettings::default(),
             steps: 4,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::{edit_worthy, score_clean, score_set, EditRecord, Outcomes, EDIT_RECORD_VERSION};
 use crate::backend::Device;
 use crate::dataset::Problem;
-use crate::edit::EditSettings;
+use crate::edit::{Control, EditSettings};
 use crate::error::ModelError;
 use crate::eval::{self, Drafts, GenSpec, Judge, SampleRecord};
 use crate::model::Model;
@@ -68,6 +68,9 @@ pub struct Job {
     pub ptype: PerturbationType,
     pub clean: Problem,
     pub pert: Problem,
+    /// The matched control's pair (clean, perturbed): the next edit-worthy task of the same
+    /// type in dataset order, cyclically. None unless the plan's control is `Matched`.
+    pub partner: Option<(Problem, Problem)>,
 }
 
 impl ExperimentPlan {
@@ -109,8 +112,12 @@ impl ExperimentPlan {
                     ptype: *t,
                     clean: c.clone(),
                     pert: p.clone(),
+                    partner: None,
                 });
             }
+        }
+        if self.control == Some(Control::Matched) {
+            match_partners(&mut jobs)?;
         }
         let total = jobs.len();
         let (shard, shards) = self.shard;
@@ -191,6 +198,27 @@ impl ExperimentPlan {
     }
 }
 
+/// Give every job the next job of its type (cyclically) as the matched control's pair.
+fn match_partners(jobs: &mut [Job]) -> Result<(), ModelError> {
+    let pairs: Vec<(PerturbationType, Problem, Problem)> = jobs
+        .iter()
+        .map(|j| (j.ptype, j.clean.clone(), j.pert.clone()))
+        .collect();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let same: Vec<usize> = (0..pairs.len()).filter(|&k| pairs[k].0 == job.ptype).collect();
+        let at = same.iter().position(|&k| k == i).expect("the job is of its type");
+        if same.len() < 2 {
+            return Err(ModelError::Format(format!(
+                "matched control: type {} has one edit-worthy task ({}), no other to match",
+                job.ptype, job.pert.task_id
+            )));
+        }
+        let k = same[(at + 1) % same.len()];
+        job.partner = Some((pairs[k].1.clone(), pairs[k].2.clone()));
+    }
+    Ok(())
+}
+
 /// Evaluate `sets` greedily with the model as it is now (drafts verified where given); every
 /// record goes to `sink`. A sample the judge could not run is no verdict: the evaluation stops
 /// with an error (nothing of it is kept by the caller, so the same run redoes it).
@@ -265,15 +293,20 @@ pub async fn run_job<J: Judge>(
     progress: &mut Progress<'_>,
 ) -> Result<EditRecord, ModelError> {
     let total = Clock::start();
+    // The pair the edit is made from: this job's, or the matched control's partner.
+    let (from_clean, from_pert) = match &job.partner {
+        Some((c, p)) => (c, p),
+        None => (&job.clean, &job.pert),
+    };
     let (clean, pert) = (
-        model.tokenizer.encode(&job.clean.prompt)?,
-        model.tokenizer.encode(&job.pert.prompt)?,
+        model.tokenizer.encode(&from_clean.prompt)?,
+        model.tokenizer.encode(&from_pert.prompt)?,
     );
     let creme = CremeSettings {
         target_tokens: plan.target_tokens,
         past_divergence: plan.past_divergence,
         control: plan.control,
-        layer: plan.fixed_layer(job.ptype, &job.pert.task_id, model.cfg.n_layers)?,
+        layer: plan.fixed_layer(job.ptype, &from_pert.task_id, model.cfg.n_layers)?,
         edit: plan.settings.clone(),
     };
     let meta = [(
@@ -284,8 +317,8 @@ pub async fn run_job<J: Judge>(
     let edit = {
         let mut locator = match plan.layer {
             LayerRule::Pass => JobLocator::Pass(PassLocator {
-                clean: (&job.clean.prompt, &job.clean),
-                pert: (&job.pert.prompt, &job.pert),
+                clean: (&from_clean.prompt, from_clean),
+                pert: (&from_pert.prompt, from_pert),
                 samples: 1,
                 judge: &mut *judge,
             }),
@@ -356,6 +389,8 @@ fn record(
         task: task.to_string(),
         layer: edit.layer,
         layer_choice: plan.layer.to_string(),
+        control: plan.control,
+        edited_from: job.partner.as_ref().map(|(_, p)| p.task_id.clone()),
         trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
         settings: plan.settings.clone(),
         steps: result.steps,
@@ -385,4 +420,40 @@ fn record(
         t_total,
         adapter: dev.describe(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(t: PerturbationType, task: &str) -> Job {
+        let p = Problem {
+            task_id: task.into(),
+            prompt: format!("{task} prompt"),
+            entry_point: "f".into(),
+            test: String::new(),
+            original_prompt: None,
+        };
+        Job {
+            ptype: t,
+            clean: p.clone(),
+            pert: p,
+            partner: None,
+        }
+    }
+
+    #[test]
+    fn matched_partners_are_the_next_task_of_the_same_type_cyclically() {
+        use PerturbationType::{C3, E1};
+        let mut jobs = vec![job(C3, "a"), job(E1, "x"), job(C3, "b"), job(E1, "y"), job(C3, "c")];
+        match_partners(&mut jobs).unwrap();
+        let partner = |i: usize| jobs[i].partner.as_ref().unwrap().1.task_id.clone();
+        assert_eq!(
+            (0..5).map(partner).collect::<Vec<_>>(),
+            vec!["b", "y", "c", "x", "a"]
+        );
+        let mut alone = vec![job(C3, "a"), job(E1, "x"), job(E1, "y")];
+        let err = match_partners(&mut alone).unwrap_err().to_string();
+        assert!(err.contains("C3") && err.contains("one edit-worthy task"), "{err}");
+    }
 }

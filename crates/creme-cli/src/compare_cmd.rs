@@ -1,0 +1,53 @@
+//! `creme compare`: an experiment run (the setting) beside control runs of the same pairs
+//! (`experiment --control sham|random|matched`), with intervals and paired tests
+//! (creme_core::experiment::compare).
+
+use std::path::PathBuf;
+
+use creme_core::experiment::compare::{compare, markdown};
+use creme_core::stats::Confidence;
+
+use crate::common::{self, Res};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// The setting's experiment directory (or directories of its shards)
+    #[arg(required = true)]
+    pub setting: Vec<PathBuf>,
+    /// A control run: LABEL=DIR[,DIR...] (repeatable)
+    #[arg(long = "control", value_parser = parse_control)]
+    pub controls: Vec<(String, Vec<PathBuf>)>,
+    /// The setting's label in the table
+    #[arg(long, default_value = "setting")]
+    pub label: String,
+    /// Confidence level of the intervals
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// Also write the comparison as JSON here
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_control(s: &str) -> Result<(String, Vec<PathBuf>), String> {
+    let (label, dirs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--control '{s}': LABEL=DIR[,DIR...]"))?;
+    Ok((label.to_string(), dirs.split(',').map(PathBuf::from).collect()))
+}
+
+pub fn run(a: CompareArgs) -> Res {
+    let level = Confidence::new(a.confidence).map_err(|e| e.to_string())?;
+    let setting = crate::report_cmd::read_records(&a.setting)?;
+    let mut controls = Vec::new();
+    for (label, dirs) in &a.controls {
+        controls.push((label.as_str(), crate::report_cmd::read_records(dirs)?));
+    }
+    let refs: Vec<(&str, &[creme_core::experiment::EditRecord])> =
+        controls.iter().map(|(l, r)| (*l, r.as_slice())).collect();
+    let c = compare((&a.label, &setting), &refs, level)?;
+    print!("{}", markdown(&c));
+    if let Some(path) = &a.json {
+        common::write(path, &serde_json::to_string_pretty(&c)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! A setting's edits beside its controls (sham, random, matched: experiment runs made with
+//! `--control`), with the statistics every efficacy figure needs: L-RIR as a proportion with a
+//! Clopper-Pearson interval, the setting against each control by an exact McNemar test on the
+//! edited task's outcome paired by (type, task) and Holm-adjusted over the controls, fixed and
+//! broken summed over edits, and the mean clean deviation with its Student-t interval.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::EditRecord;
+use crate::sets::PerturbationType;
+use crate::stats::{self, Confidence, McNemar, MeanInterval, Proportion};
+
+/// One run's edits (the setting, or one control), summarized.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Arm {
+    pub label: String,
+    pub edits: usize,
+    /// Edits whose own perturbed prompt passes afterwards, of the edits that evaluated it.
+    pub l_rir: Option<Proportion>,
+    /// Mean G-RIR over the edits that have one.
+    pub g_rir: Option<MeanInterval>,
+    /// Perturbed tasks fixed / broken, summed over edits (the edited type's set).
+    pub fixed: usize,
+    pub broke: usize,
+    pub clean_dev: Option<MeanInterval>,
+    /// Clean prompts broken / fixed, summed over edits.
+    pub clean_broke: usize,
+    pub clean_fixed: usize,
+}
+
+/// The setting against one control, on the pairs both edited.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Versus {
+    pub control: Arm,
+    pub paired: usize,
+    pub mcnemar: McNemar,
+    /// Holm-adjusted over the controls compared.
+    pub p_holm: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub setting: Arm,
+    pub controls: Vec<Versus>,
+}
+
+fn arm(label: &str, rs: &[EditRecord], level: Confidence) -> Result<Arm, String> {
+    let e = |x: stats::StatsError| x.to_string();
+    let evaluated: Vec<&EditRecord> = rs.iter().filter(|r| r.l_rir.is_some()).collect();
+    let passes = evaluated.iter().filter(|r| r.edited_task_passes).count();
+    let g: Vec<f64> = rs.iter().filter_map(|r| r.g_rir).collect();
+    let dev: Vec<f64> = rs.iter().map(|r| r.clean.dev).collect();
+    let own: Vec<_> = rs.iter().map(|r| r.own()).collect();
+    Ok(Arm {
+        label: label.to_string(),
+        edits: rs.len(),
+        l_rir: stats::clopper_pearson(passes as u64, evaluated.len() as u64, level).map_err(e)?,
+        g_rir: stats::mean_interval(&g, level).map_err(e)?,
+        fixed: own.iter().map(|s| s.fixed).sum(),
+        broke: own.iter().map(|s| s.broke).sum(),
+        clean_dev: stats::mean_interval(&dev, level).map_err(e)?,
+        clean_broke: rs.iter().map(|r| r.clean.broke).sum(),
+        clean_fixed: rs.iter().map(|r| r.clean.fixed).sum(),
+    })
+}
+
+type PairKey = (PerturbationType, String);
+
+fn by_pair(rs: &[EditRecord]) -> Result<BTreeMap<PairKey, bool>, String> {
+    let mut m = BTreeMap::new();
+    for r in rs {
+        if m.insert((r.ptype, r.task.clone()), r.edited_task_passes).is_some() {
+            return Err(format!("two edits of {} {} in one run", r.ptype, r.task));
+        }
+    }
+    Ok(m)
+}
+
+/// The setting's records beside each control's (label, records).
+pub fn compare(
+    setting: (&str, &[EditRecord]),
+    controls: &[(&str, &[EditRecord])],
+    level: Confidence,
+) -> Result<Comparison, String> {
+    let mine = by_pair(setting.1)?;
+    let mut tests = Vec::new();
+    for (label, rs) in controls {
+        if let Some(r) = rs.iter().find(|r| r.control.is_none()) {
+            return Err(format!(
+                "control run '{label}' holds a real edit ({} {}): made without --control",
+                r.ptype, r.task
+            ));
+        }
+        let theirs = by_pair(rs)?;
+        let keys: Vec<&PairKey> = mine.keys().filter(|k| theirs.contains_key(*k)).collect();
+        let a: Vec<bool> = keys.iter().map(|k| mine[*k]).collect();
+        let b: Vec<bool> = keys.iter().map(|k| theirs[*k]).collect();
+        let mcnemar = stats::mcnemar_paired(&a, &b).map_err(|e| e.to_string())?;
+        tests.push((arm(label, rs, level)?, keys.len(), mcnemar));
+    }
+    let ps: Vec<f64> = tests.iter().map(|t| t.2.p_value).collect();
+    let holm = stats::holm(&ps).map_err(|e| e.to_string())?;
+    Ok(Comparison {
+        setting: arm(setting.0, setting.1, level)?,
+        controls: tests
+            .into_iter()
+            .zip(holm)
+            .map(|((control, paired, mcnemar), p_holm)| Versus {
+                control,
+                paired,
+                mcnemar,
+                p_holm,
+            })
+            .collect(),
+    })
+}
+
+fn prop(p: &Option<Proportion>) -> String {
+    match p {
+        Some(p) => format!("{}/{} = {:.2} [{:.2}, {:.2}]", p.k, p.n, p.estimate, p.lo, p.hi),
+        None => "-".into(),
+    }
+}
+
+fn mean(m: &Option<MeanInterval>, digits: usize) -> String {
+    match m {
+        Some(MeanInterval {
+            mean,
+            lo: Some(lo),
+            hi: Some(hi),
+            ..
+        }) => format!("{mean:+.digits$} [{lo:+.digits$}, {hi:+.digits$}]"),
+        Some(m) => format!("{:+.digits$}", m.mean),
+        None => "-".into(),
+    }
+}
+
+/// The comparison as a markdown table: one row per arm, the tests in the control rows.
+pub fn markdown(c: &Comparison) -> String {
+    let level = c
+        .setting
+        .l_rir
+        .map(|p| f64::from(p.confidence))
+        .unwrap_or(Confidence::default().into());
+    let mut md = format!(
+        "| run | edits | L-RIR [{pct}% CI] | vs setting: b / c, McNemar p (Holm) | G-RIR mean [{pct}% CI] | perturbed fixed / broken | clean dev mean [{pct}% CI] | clean broken / fixed |\n|---|---:|---|---|---|---|---|---|\n",
+        pct = (level * 100.0).round()
+    );
+    let row = |a: &Arm, test: String| {
+        format!(
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} / {} |\n",
+            a.label,
+            a.edits,
+            prop(&a.l_rir),
+            test,
+            mean(&a.g_rir, 3),
+            a.fixed,
+            a.broke,
+            mean(&a.clean_dev, 3),
+            a.clean_broke,
+            a.clean_fixed
+        )
+    };
+    md += &row(&c.setting, "-".into());
+    for v in &c.controls {
+        let t = format!(
+            "{} / {} on {} pairs, p = {:.4} ({:.4})",
+            v.mcnemar.pairs.b, v.mcnemar.pairs.c, v.paired, v.mcnemar.p_value, v.p_holm
+        );
+        md += &row(&v.control, t);
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::{Control, EditSettings};
+    use crate::experiment::{CleanScore, Outcomes, EDIT_RECORD_VERSION};
+
+    fn rec(task: &str, passes: bool, control: Option<Control>) -> EditRecord {
+        EditRecord {
+            version: EDIT_RECORD_VERSION,
+            ptype: PerturbationType::C3,
+            task: task.into(),
+            layer: 3,
+            layer_choice: "logprob".into(),
+            control,
+            edited_from: None,
+            trace_scores: None,
+            settings: EditSettings::default(),
+            steps: 2,
+            loss_before: None,
+            best_loss: 0.0,
+            final_loss: None,
+            l_rir: Some(passes as u8 as f64),
+            g_rir: None,
+            edited_task_passes: passes,
+            eval: BTreeMap::new(),
+            clean: CleanScore::default(),
+            eval_scope: "edit-worthy".into(),
+            tasks_per_set: 10,
+            after: Outcomes::new(),
+            drafts_whole: 0,
+            generated: 0,
+            t_trace: 0.0,
+            t_edit: 0.0,
+            t_eval: 0.0,
+            t_total: 0.0,
+            adapter: "cpu".into(),
+        }
+    }
+
+    #[test]
+    fn nine_of_ten_against_a_sham_that_fixes_none() {
+        let tasks: Vec<String> = (0..10).map(|i| format!("HumanEval/{i}")).collect();
+        let setting: Vec<EditRecord> = tasks.iter().enumerate().map(|(i, t)| rec(t, i != 3, None)).collect();
+        let sham: Vec<EditRecord> = tasks.iter().map(|t| rec(t, false, Some(Control::Sham))).collect();
+        // The random control fixes task 3 only (the one the setting does not).
+        let random: Vec<EditRecord> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| rec(t, i == 3, Some(Control::Random { seed: 1 })))
+            .collect();
+        let c = compare(
+            ("prompt rows", &setting),
+            &[("sham", &sham), ("random", &random)],
+            Confidence::default(),
+        )
+        .unwrap();
+        let l = c.setting.l_rir.unwrap();
+        assert_eq!((l.k, l.n), (9, 10));
+        // SciPy 1.17.1: binomtest(9, 10).proportion_ci(method='exact') = (0.5550, 0.9975).
+        assert!((l.lo - 0.5550).abs() < 1e-3 && (l.hi - 0.9975).abs() < 1e-3);
+        let sham_test = &c.controls[0];
+        assert_eq!((sham_test.mcnemar.pairs.b, sham_test.mcnemar.pairs.c), (9, 0));
+        // binomtest(0, 9, 0.5).pvalue = 0.00390625; Holm over two: x2 for the smallest.
+        assert!((sham_test.mcnemar.p_value - 0.00390625).abs() < 1e-12);
+        assert!((sham_test.p_holm - 0.0078125).abs() < 1e-12);
+        let random_test = &c.controls[1];
+        assert_eq!((random_test.mcnemar.pairs.b, random_test.mcnemar.pairs.c), (9, 1));
+        assert!(markdown(&c).contains("9/10 = 0.90"));
+        // A control run that holds real edits is refused.
+        assert!(compare(("s", &setting), &[("sham", &setting)], Confidence::default()).is_err());
+    }
+}
