@@ -6,13 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use creme_core::calibration::{self, calibrate, TaskTraces};
 use creme_core::model::Model;
-use creme_core::pass_trace::pass_trace;
 use creme_core::sets::{PerturbationType, SetName};
-use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::trace::choose_layer;
 use creme_core::{Backend, Device};
 
 use crate::common::{self, JsonlLog, Res};
@@ -107,7 +105,7 @@ fn task_list(a: &CalibrateArgs) -> Res<Vec<String>> {
     Ok(tasks)
 }
 
-/// Both traces of one task: the logprob trace over every prompt position and the pass metric's.
+/// Both traces of one task (core's `calibration::trace_task`), with progress.
 fn trace_task(
     dev: &Device,
     model: &Model,
@@ -115,42 +113,28 @@ fn trace_task(
     task: &str,
     a: &CalibrateArgs,
 ) -> Res<TaskTraces> {
-    let t0 = Instant::now();
     let (c, p) = common::task_pair(dir, task, a.ptype)?;
-    let prelude = trace::prepare_pair(dev, model, &c.prompt, &p.prompt, a.target_tokens);
-    let (_, setup) = pollster::block_on(prelude)?;
-    let mut bar = crate::progress::Reporter::new(task);
-    let lp = pollster::block_on(trace::trace_layers_with(
-        dev,
-        model,
-        &setup,
-        PatchPositions::AllPrompt,
-        &mut RestorationByLogprob,
-        &mut |s| bar.step(s),
-    ))?;
-    let mut bar = crate::progress::Reporter::new(&format!("{task} pass metric"));
-    let (pass, _) = pollster::block_on(pass_trace(
-        dev,
-        model,
-        &setup,
-        (&c.prompt, &c),
-        (&p.prompt, &p),
-        1,
-        &mut crate::judge::SandboxJudge::for_pass_trace(),
-        &mut |s| bar.step(s),
-    ))?;
-    bar.finish();
-    let t = TaskTraces {
-        task: task.to_string(),
-        logprob: lp.scores,
-        distances: setup.distances.clone(),
-        pass_key: pass.key_layer,
-        pass_scores: pass.scores,
-        seconds: t0.elapsed().as_secs_f64(),
+    let mut bars = (
+        crate::progress::Reporter::new(task),
+        crate::progress::Reporter::new(&format!("{task} pass metric")),
+    );
+    let mut progress = |pass: bool, s: creme_core::progress::Step<'_>| match pass {
+        false => bars.0.step(s),
+        true => bars.1.step(s),
     };
+    let t = pollster::block_on(calibration::trace_task(
+        dev,
+        model,
+        (&c, &p),
+        a.target_tokens,
+        &mut crate::judge::SandboxJudge::for_pass_trace(),
+        &mut progress,
+    ))?;
     eprintln!(
         "{task}: pass-metric layer {}, logprob argmax layer {} ({:.0} s)",
-        t.pass_key, lp.key_layer, t.seconds
+        t.pass_key,
+        choose_layer(&t.logprob, &t.distances),
+        t.seconds
     );
     Ok(t)
 }

@@ -12,12 +12,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use creme_core::dataset::Problem;
-use creme_core::eval::given::{given_todo, parse_completions, Given, SampleKey};
-use creme_core::eval::{self, summary, Drafts, GenSpec, SampleRecord};
+use creme_core::eval::given::{
+    judge_given, parse_completions, sets_without_completions, Given, SampleKey,
+};
+use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord};
 use creme_core::manifest::{self, RunKind, RunManifest};
 use creme_core::model::Model;
 use creme_core::sets::SetName;
-use creme_core::Device;
+use creme_core::{Device, ModelError};
 
 use crate::common::{self, Res};
 use crate::judge::SandboxJudge;
@@ -91,8 +93,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
     let types = parse_types(&a.types)?;
     let sets = load_sets(&dir, &types, a.input.tasks.as_deref(), a.input.limit)?;
-    let generating = a.completions.is_none();
-    let loaded = if generating {
+    let loaded = if a.completions.is_none() {
         let dev = Device::open(gpu_opts)?;
         let mut model = common::load_model(&dev, a.input.model.as_deref(), 0)?;
         common::apply_patches(&dev, &mut model, &a.patch)?;
@@ -103,10 +104,16 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     let manifest = eval_manifest(&a, gpu_opts, &sets, loaded.as_ref().map(|(d, _)| d))?;
     run_dir::claim(&a.out, &manifest, &["samples"], unjudged(&a.out)?)?;
     common::record_command(&a.out)?;
-    let (mut log, previous) = SampleLog::open(&a.out.join("samples.jsonl"))?;
-    let judge = SandboxJudge::new(a.timeout, a.workers);
-    let mut records = retry_judge_errors(previous, &sets, &judge, &mut log)?;
-    let done: HashSet<SampleKey> = records.iter().map(SampleRecord::key).collect();
+    let (log, previous) = SampleLog::open(&a.out.join("samples.jsonl"))?;
+    let mut judge = SandboxJudge::new(a.timeout, a.workers);
+    let mut rec = Recorder {
+        log,
+        records: Vec::new(),
+        progress: None,
+        failure: None,
+    };
+    retry_judge_errors(previous, &sets, &mut judge, &mut rec)?;
+    let done: HashSet<SampleKey> = rec.records.iter().map(SampleRecord::key).collect();
     if !done.is_empty() {
         eprintln!(
             "resuming: {} samples already in {}",
@@ -114,13 +121,12 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             a.out.join("samples.jsonl").display()
         );
     }
-    let mut sink = |rec: SampleRecord| -> Res {
-        log.append(&rec)?;
-        records.push(rec);
-        Ok(())
-    };
-    match (&a.completions, loaded) {
-        (Some(path), _) => score_given(path, &a, &dir, &sets, &done, &judge, &mut sink)?,
+    let result = match (&a.completions, loaded) {
+        (Some(path), _) => {
+            let given = given_completions(path, &a, &dir, &sets)?;
+            let mut sink = |set, total, recs| rec.take(set, total, recs);
+            pollster::block_on(judge_given(&sets, &given, &done, &mut judge, &mut sink))
+        }
         (None, Some((dev, model))) => {
             let drafts = read_drafts(&a.baseline, &dir, &types, &model, &manifest)?;
             if drafts.is_some() && !dev.batch_invariant() {
@@ -129,20 +135,54 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
                     creme_core::Backend::describe(&dev)
                 );
             }
-            generate_all(
-                &dev,
-                &model,
-                &sets,
-                &a.spec(),
-                drafts.as_ref(),
-                &done,
-                judge,
-                &mut sink,
-            )?
+            let mut sink = |r: SampleRecord, total| rec.take(r.set, total, vec![r]);
+            let spec = a.spec();
+            let d = drafts.as_ref();
+            let run = eval::run_sets(&dev, &model, &sets, &spec, d, &done, &mut judge, &mut sink);
+            pollster::block_on(run)
         }
         (None, None) => unreachable!("a model is loaded when there are no completions"),
+    };
+    if let Some(e) = rec.failure {
+        return Err(e);
     }
-    finish(&a, &records, &types)
+    result?;
+    finish(&a, &rec.records, &types)
+}
+
+/// Records as they are judged: appended to samples.jsonl and kept, progress per set. A failure
+/// to write stops the evaluation and is kept to be returned as it is.
+struct Recorder {
+    log: SampleLog,
+    records: Vec<SampleRecord>,
+    progress: Option<Progress>,
+    failure: Option<Box<dyn std::error::Error>>,
+}
+
+impl Recorder {
+    fn take(
+        &mut self,
+        set: SetName,
+        total: usize,
+        recs: Vec<SampleRecord>,
+    ) -> Result<(), ModelError> {
+        if self.progress.as_ref().is_none_or(|p| p.set != set) {
+            self.progress = Some(Progress::new(set, total));
+        }
+        let (n, passed) = (recs.len(), recs.iter().filter(|r| r.passed).count());
+        for r in recs {
+            if let Err(e) = self.log.append(&r) {
+                let msg = e.to_string();
+                self.failure = Some(e);
+                return Err(ModelError::Format(msg));
+            }
+            self.records.push(r);
+        }
+        if let Some(p) = &mut self.progress {
+            p.tick(n, passed);
+        }
+        Ok(())
+    }
 }
 
 /// What this run's records depend on.
@@ -202,100 +242,30 @@ fn eval_manifest(
     })
 }
 
-/// Earlier records split into verdicts and judge errors; the latter are judged again now (their
-/// completions are in the records) and appended.
+/// Earlier records into `rec`; judge errors among them are judged again now (their completions
+/// are in the records) and appended.
 fn retry_judge_errors(
     previous: Vec<SampleRecord>,
     sets: &BTreeMap<SetName, Vec<Problem>>,
-    judge: &SandboxJudge,
-    log: &mut SampleLog,
-) -> Res<Vec<SampleRecord>> {
-    let (errors, mut done): (Vec<_>, Vec<_>) =
-        previous.into_iter().partition(|r| r.is_judge_error());
-    let settled: HashSet<SampleKey> = done.iter().map(SampleRecord::key).collect();
-    let mut retry: BTreeMap<SampleKey, SampleRecord> = BTreeMap::new();
-    for r in errors.into_iter().filter(|r| !settled.contains(&r.key())) {
-        retry.insert(r.key(), r);
-    }
-    let items: Vec<(&SampleRecord, &Problem)> = retry
-        .values()
-        .filter_map(|r| Some((r, eval_problem(sets, r.set, &r.task_id)?)))
+    judge: &mut SandboxJudge,
+    rec: &mut Recorder,
+) -> Res {
+    let (done, retry) = resume::split_judge_errors(previous);
+    rec.records = done;
+    let retry: Vec<SampleRecord> = retry
+        .into_iter()
+        .filter(|r| resume::find_problem(sets, r.set, &r.task_id).is_some())
         .collect();
-    if items.is_empty() {
-        return Ok(done);
+    if retry.is_empty() {
+        return Ok(());
     }
     eprintln!(
         "retrying {} samples the sandbox could not run before",
-        items.len()
+        retry.len()
     );
-    let programs: Vec<_> = items
-        .iter()
-        .map(|(r, p)| p.program(&p.prompt, &r.completion))
-        .collect();
-    for ((r, p), j) in items.iter().zip(judge.judge_now(&programs)) {
-        let mut rec =
-            SampleRecord::judged(r.set, &p.task_id, r.sample, &r.completion, &r.finish, &j);
-        rec.tokens = r.tokens.clone();
-        rec.draft = r.draft;
-        log.append(&rec)?;
-        done.push(rec);
-    }
-    Ok(done)
-}
-
-fn eval_problem<'a>(
-    sets: &'a BTreeMap<SetName, Vec<Problem>>,
-    set: SetName,
-    task: &str,
-) -> Option<&'a Problem> {
-    sets.get(&set)?.iter().find(|p| p.task_id == task)
-}
-
-/// Generate (or verify drafts of) every sample not yet done, set by set.
-#[allow(clippy::too_many_arguments)]
-fn generate_all(
-    dev: &Device,
-    model: &Model,
-    sets: &BTreeMap<SetName, Vec<Problem>>,
-    spec: &GenSpec,
-    drafts: Option<&Drafts>,
-    done: &HashSet<SampleKey>,
-    mut judge: SandboxJudge,
-    sink: &mut dyn FnMut(SampleRecord) -> Res,
-) -> Res {
-    for (set, problems) in sets {
-        let todo: Vec<(&Problem, usize)> = problems
-            .iter()
-            .flat_map(|p| (0..spec.n).map(move |s| (p, s)))
-            .filter(|(p, s)| !done.contains(&(*set, p.task_id.clone(), *s)))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let mut prog = Progress::new(*set, todo.len());
-        let mut failure: Option<Box<dyn std::error::Error>> = None;
-        let mut on_record = |rec: SampleRecord| {
-            prog.tick(1, rec.passed as usize);
-            sink(rec).map_err(|e| {
-                let msg = e.to_string();
-                failure = Some(e);
-                creme_core::ModelError::Format(msg)
-            })
-        };
-        let r = pollster::block_on(eval::run_set(
-            dev,
-            model,
-            *set,
-            &todo,
-            spec,
-            drafts,
-            &mut judge,
-            &mut on_record,
-        ));
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        r?;
+    for r in pollster::block_on(resume::rejudge(&retry, sets, judge)) {
+        rec.log.append(&r)?;
+        rec.records.push(r);
     }
     Ok(())
 }
@@ -342,16 +312,13 @@ fn read_drafts(
     Ok(Some(drafts))
 }
 
-/// Score completions given in a file (no model).
-fn score_given(
+/// The completions of --completions for the sets asked for (warning about sets it lacks).
+fn given_completions(
     path: &Path,
     a: &EvalArgs,
     dir: &Path,
     sets: &BTreeMap<SetName, Vec<Problem>>,
-    done: &HashSet<SampleKey>,
-    judge: &SandboxJudge,
-    sink: &mut dyn FnMut(SampleRecord) -> Res,
-) -> Res {
+) -> Res<Given> {
     // Completions given per set as one list are in the order of the whole set.
     let whole = if a.input.tasks.is_some() || a.input.limit.is_some() {
         load_sets(dir, &sets.keys().copied().collect::<Vec<_>>(), None, None)?
@@ -359,47 +326,13 @@ fn score_given(
         sets.clone()
     };
     let given = read_completions(path, &whole)?;
-    let has = |set: &SetName| given.keys().any(|k| &k.0 == set);
-    if !sets.keys().any(has) {
-        let names: Vec<String> = sets.keys().map(|s| s.to_string()).collect();
-        return Err(format!(
-            "{} holds no completion for the sets asked for ({})",
-            path.display(),
-            names.join(", ")
-        )
-        .into());
-    }
-    for set in sets.keys().filter(|s| !has(s)) {
+    for set in sets_without_completions(&given, sets, &path.display().to_string())? {
         eprintln!(
             "warning: {} holds no completions for set '{set}'",
             path.display()
         );
     }
-    for (set, problems) in sets {
-        let todo = given_todo(*set, problems, &given, done);
-        if todo.is_empty() {
-            continue;
-        }
-        let mut prog = Progress::new(*set, todo.len());
-        for chunk in todo.chunks(64) {
-            let programs: Vec<_> = chunk
-                .iter()
-                .map(|(p, _, c)| p.program(&p.prompt, c))
-                .collect();
-            let judged = judge.judge_now(&programs);
-            let passed = judged
-                .iter()
-                .filter(|j| j.verdict == eval::Verdict::Pass)
-                .count();
-            for ((p, sample, c), j) in chunk.iter().zip(&judged) {
-                sink(SampleRecord::judged(
-                    *set, &p.task_id, *sample, c, "given", j,
-                ))?;
-            }
-            prog.tick(chunk.len(), passed);
-        }
-    }
-    Ok(())
+    Ok(given)
 }
 
 /// Write and print the summary; an error while judge errors remain (the same command retries
@@ -426,6 +359,7 @@ fn finish(a: &EvalArgs, records: &[SampleRecord], types: &[SetName]) -> Res {
 
 /// Progress of one set: samples done, passes so far (the reporter shows the ETA).
 struct Progress {
+    set: SetName,
     bar: crate::progress::Reporter,
     total: usize,
     done: usize,
@@ -435,6 +369,7 @@ struct Progress {
 impl Progress {
     fn new(set: SetName, total: usize) -> Progress {
         Progress {
+            set,
             bar: crate::progress::Reporter::new(&format!("[{set}]")),
             total,
             done: 0,

@@ -5,11 +5,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::generate::{generate, GenerateOptions};
-use creme_core::hooks::Hooks;
-use creme_core::model::{GgmlType, Logits, Model};
+use creme_core::model::GgmlType;
+use creme_core::quant_check::check_prompt;
 use creme_core::sets::SetName;
-use creme_core::{Backend, Device};
+use creme_core::Device;
 
 use crate::common::{self, Res};
 
@@ -36,28 +35,6 @@ pub struct QuantizeArgs {
     /// for quick experiments and tests; its outputs are not the full model's)
     #[arg(long)]
     pub keep_layers: Option<usize>,
-}
-
-/// Mean log-probability of `cont` after `prompt` under `model` (teacher forcing).
-fn mean_logprob(dev: &Device, model: &Model, prompt: &[u32], cont: &[u32]) -> Res<f64> {
-    if cont.is_empty() {
-        return Ok(0.0);
-    }
-    let seq: Vec<u32> = prompt.iter().chain(cont).cloned().collect();
-    let mut cache = model.new_cache(dev, vec![0], seq.len())?;
-    // Rows predicting each continuation token: positions prompt.len()-1 .. seq.len()-2.
-    let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
-    let out = model.forward(
-        dev,
-        &mut cache,
-        &[seq.clone()],
-        &Hooks::default(),
-        Logits::Rows(rows),
-    )?;
-    let lp = pollster::block_on(
-        dev.token_logprobs(out.logits.as_ref().expect("asked for logits"), cont),
-    )?;
-    Ok(lp.iter().map(|&x| x as f64).sum::<f64>() / cont.len() as f64)
 }
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
@@ -95,49 +72,24 @@ fn check(gpu_opts: &creme_core::GpuOptions, a: &QuantizeArgs) -> Res {
     let quant = common::load_model(&dev, Some(&a.out), 0)?;
     let (problems, _) =
         common::problem_set(&common::dataset_dir(a.dataset.as_deref())?, SetName::Clean)?;
-    let opts = GenerateOptions {
-        max_new_tokens: a.check_tokens,
-        ..Default::default()
-    };
     println!("| prompt | greedy tokens agreeing (before the first difference) | mean logprob source | quantized |\n|---|---:|---:|---:|");
     let (mut agree_total, mut n_total, mut lp_s, mut lp_q) = (0usize, 0usize, 0.0, 0.0);
     for p in problems.iter().take(a.check) {
-        let ids = source.tokenizer.encode(&p.prompt)?;
-        let cs = pollster::block_on(generate(
+        let c = pollster::block_on(check_prompt(
             &dev,
             &source,
-            &[ids.clone()],
-            &opts,
-            &mut |_, _| {},
-        ))?
-        .remove(0);
-        let cq = pollster::block_on(generate(
-            &dev,
             &quant,
-            &[ids.clone()],
-            &opts,
-            &mut |_, _| {},
-        ))?
-        .remove(0);
-        let agree = cs
-            .tokens
-            .iter()
-            .zip(&cq.tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let (ls, lq) = (
-            mean_logprob(&dev, &source, &ids, &cs.tokens)?,
-            mean_logprob(&dev, &quant, &ids, &cs.tokens)?,
-        );
+            &p.prompt,
+            a.check_tokens,
+        ))?;
         println!(
-            "| {} | {agree} / {} | {ls:.4} | {lq:.4} |",
-            p.task_id,
-            cs.tokens.len()
+            "| {} | {} / {} | {:.4} | {:.4} |",
+            p.task_id, c.agree, c.tokens, c.lp_source, c.lp_quant
         );
-        agree_total += agree;
-        n_total += cs.tokens.len();
-        lp_s += ls;
-        lp_q += lq;
+        agree_total += c.agree;
+        n_total += c.tokens;
+        lp_s += c.lp_source;
+        lp_q += c.lp_quant;
     }
     let k = a.check.min(problems.len()).max(1) as f64;
     println!(

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use creme_core::manifest::{self, BuildId, RunManifest};
-use creme_core::{Backend, Device, GpuOptions};
 
 use crate::common::{self, Res};
 
@@ -23,30 +22,7 @@ pub fn build_id() -> Res<BuildId> {
 
 pub use crate::common::file_digest;
 
-/// The backend as far as results depend on it. The CPU backend gives the same bits whatever its
-/// thread count or SIMD ISA (tested), so only cpu / cpu-exact count. On wgpu the adapter counts
-/// with every option that moves its numbers (f16 KV cache, f32-only, subgroups, kernel choice,
-/// split attention, weight row groups) and the batch size, since wgpu is not batch-invariant.
-pub fn results_device(dev: &Device, opts: &GpuOptions, batch: usize) -> String {
-    let d = dev.describe();
-    if let Some(rest) = d.strip_prefix("cpu:") {
-        return if rest.contains("exact") {
-            "cpu-exact"
-        } else {
-            "cpu"
-        }
-        .into();
-    }
-    format!(
-        "{d}; kv_f16 {}, force_f32 {}, no_subgroups {}, qmm {}, split_attention {}, weight_row_group {}, batch {batch}",
-        opts.kv_f16,
-        opts.force_f32,
-        opts.no_subgroups,
-        opts.qmm.as_deref().unwrap_or("auto"),
-        opts.split_attention.map_or("auto".into(), |b| b.to_string()),
-        opts.weight_row_group.map_or("auto".into(), |g| g.to_string()),
-    )
-}
+pub use creme_core::manifest::results_device;
 
 /// Take `dir` for a run described by `m`: a new directory gets the manifest; one holding a
 /// manifest must hold an equal one; one holding records (`<prefix>*.jsonl` of `records`) but no

@@ -7,8 +7,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::Problem;
+use crate::eval::Judge;
+use crate::model::Model;
+use crate::pass_trace::pass_trace;
+use crate::pipeline::Clock;
+use crate::progress::Step;
 use crate::sets::PerturbationType;
-use crate::trace::{choose_layer, choose_layer_saturating};
+use crate::trace::{
+    self, choose_layer, choose_layer_saturating, PatchPositions, RestorationByLogprob,
+};
+use crate::{Device, ModelError};
 
 /// The newest calibration version this build writes and reads (0: files written before versions;
 /// same fields).
@@ -83,6 +92,50 @@ impl Calibration {
         c.version = CALIBRATION_VERSION;
         Ok(c)
     }
+}
+
+/// Both traces of one task: the logprob trace over every prompt position and the pass metric's
+/// (greedy patched runs judged by `judge`), with `target_tokens` of clean continuation.
+/// `progress(false, ..)` reports the logprob trace, `progress(true, ..)` the pass metric.
+pub async fn trace_task(
+    dev: &Device,
+    model: &Model,
+    (clean, pert): (&Problem, &Problem),
+    target_tokens: usize,
+    judge: &mut impl Judge,
+    progress: &mut dyn FnMut(bool, Step<'_>),
+) -> Result<TaskTraces, ModelError> {
+    let clock = Clock::start();
+    let prelude = trace::prepare_pair(dev, model, &clean.prompt, &pert.prompt, target_tokens);
+    let (_, setup) = prelude.await?;
+    let lp = trace::trace_layers_with(
+        dev,
+        model,
+        &setup,
+        PatchPositions::AllPrompt,
+        &mut RestorationByLogprob,
+        &mut |s| progress(false, s),
+    )
+    .await?;
+    let (pass, _) = pass_trace(
+        dev,
+        model,
+        &setup,
+        (&clean.prompt, clean),
+        (&pert.prompt, pert),
+        1,
+        judge,
+        &mut |s| progress(true, s),
+    )
+    .await?;
+    Ok(TaskTraces {
+        task: clean.task_id.clone(),
+        logprob: lp.scores,
+        distances: setup.distances.clone(),
+        pass_key: pass.key_layer,
+        pass_scores: pass.scores,
+        seconds: clock.lap(),
+    })
 }
 
 /// How the rule with `threshold` agrees with the pass metric on `traces`.

@@ -30,6 +30,7 @@ pub mod perturb_check;
 pub mod pipeline;
 pub mod progress;
 pub mod quant;
+pub mod quant_check;
 pub mod report;
 pub mod sampling;
 pub mod sets;

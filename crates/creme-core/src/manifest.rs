@@ -14,6 +14,7 @@ use crate::dataset::Problem;
 use crate::edit::EditSettings;
 use crate::eval::GenSpec;
 use crate::sets::SetName;
+use crate::{Device, GpuOptions};
 
 /// The newest manifest version this build writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -149,6 +150,32 @@ fn task_digest(p: &Problem) -> String {
     }
     let hex = format!("{:x}", h.finalize());
     hex[..TASK_DIGEST_HEX].to_string()
+}
+
+/// The backend as far as results depend on it. The CPU backend gives the same bits whatever its
+/// thread count or SIMD ISA (tested), so only cpu / cpu-exact count. On wgpu the adapter counts
+/// with every option that moves its numbers (f16 KV cache, f32-only, subgroups, kernel choice,
+/// split attention, weight row groups) and the batch size, since wgpu is not batch-invariant.
+pub fn results_device(dev: &Device, opts: &GpuOptions, batch: usize) -> String {
+    use crate::Backend;
+    let d = dev.describe();
+    if let Some(rest) = d.strip_prefix("cpu:") {
+        return if rest.contains("exact") {
+            "cpu-exact"
+        } else {
+            "cpu"
+        }
+        .into();
+    }
+    format!(
+        "{d}; kv_f16 {}, force_f32 {}, no_subgroups {}, qmm {}, split_attention {}, weight_row_group {}, batch {batch}",
+        opts.kv_f16,
+        opts.force_f32,
+        opts.no_subgroups,
+        opts.qmm.as_deref().unwrap_or("auto"),
+        opts.split_attention.map_or("auto".into(), |b| b.to_string()),
+        opts.weight_row_group.map_or("auto".into(), |g| g.to_string()),
+    )
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
+use super::{Judge, SampleRecord};
 use crate::dataset::Problem;
+use crate::error::ModelError;
 use crate::sets::SetName;
 
 /// (set, task, sample): what a record settles.
@@ -113,6 +115,54 @@ pub fn given_todo<'a>(
         .filter(|(p, s)| !done.contains(&(set, p.task_id.clone(), *s)))
         .filter_map(|(p, s)| given.get(&(set, p.task_id.clone(), s)).map(|c| (p, s, c)))
         .collect()
+}
+
+/// Judge the given completions of every set not yet done, 64 programs at a time: each chunk's
+/// records go to `sink(set, the set's samples to do, records)` as they are judged.
+pub async fn judge_given(
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    given: &Given,
+    done: &HashSet<SampleKey>,
+    judge: &mut impl Judge,
+    sink: &mut dyn FnMut(SetName, usize, Vec<SampleRecord>) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    for (set, problems) in sets {
+        let todo = given_todo(*set, problems, given, done);
+        for chunk in todo.chunks(64) {
+            let programs: Vec<_> = chunk
+                .iter()
+                .map(|(p, _, c)| p.program(&p.prompt, c))
+                .collect();
+            let judged = judge.judge(&programs).await;
+            let records = chunk
+                .iter()
+                .zip(&judged)
+                .map(|((p, sample, c), j)| {
+                    SampleRecord::judged(*set, &p.task_id, *sample, c, "given", j)
+                })
+                .collect();
+            sink(*set, todo.len(), records)?;
+        }
+    }
+    Ok(())
+}
+
+/// The sets asked for that `given` holds no completion for; an error when it holds none for
+/// any of them.
+pub fn sets_without_completions(
+    given: &Given,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    source: &str,
+) -> Result<Vec<SetName>, String> {
+    let has = |set: &SetName| given.keys().any(|k| &k.0 == set);
+    if !sets.keys().any(has) {
+        let names: Vec<String> = sets.keys().map(|s| s.to_string()).collect();
+        return Err(format!(
+            "{source} holds no completion for the sets asked for ({})",
+            names.join(", ")
+        ));
+    }
+    Ok(sets.keys().filter(|s| !has(s)).copied().collect())
 }
 
 #[cfg(test)]

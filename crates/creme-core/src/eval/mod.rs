@@ -6,6 +6,7 @@
 pub mod drafts;
 pub mod given;
 pub mod record;
+pub mod resume;
 pub mod summary;
 
 use crate::backend::Device;
@@ -235,4 +236,33 @@ async fn generate_batch(
             .map(|c| (c, None))
             .collect()),
     }
+}
+
+/// Generate (or verify drafts of) and judge every sample of `sets` not in `done`, set by set;
+/// `sink(record, the set's samples to do)` gets each record.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_sets(
+    dev: &Device,
+    model: &Model,
+    sets: &std::collections::BTreeMap<SetName, Vec<Problem>>,
+    spec: &GenSpec,
+    drafts: Option<&Drafts>,
+    done: &std::collections::HashSet<given::SampleKey>,
+    judge: &mut impl Judge,
+    sink: &mut dyn FnMut(SampleRecord, usize) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    for (set, problems) in sets {
+        let todo: Vec<(&Problem, usize)> = problems
+            .iter()
+            .flat_map(|p| (0..spec.n).map(move |s| (p, s)))
+            .filter(|(p, s)| !done.contains(&(*set, p.task_id.clone(), *s)))
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let total = todo.len();
+        let mut to_sink = |rec: SampleRecord| sink(rec, total);
+        run_set(dev, model, *set, &todo, spec, drafts, judge, &mut to_sink).await?;
+    }
+    Ok(())
 }
