@@ -411,3 +411,79 @@ fn calibrate_layer_takes_the_edit_worthy_tasks_and_the_given_ones() {
     assert_eq!(cal["type"], "C3");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The controls: the setting (prompt rows, the aligned trace, the target past the divergence),
+/// then the same pairs with --control sham / matched; `creme compare` pairs them by task and
+/// refuses a "control" run that holds real edits.
+#[test]
+fn control_runs_pair_with_the_setting_in_compare() {
+    let (data, model, root) = setup("controls", 3);
+    let setting = [
+        "--rows",
+        "prompt",
+        "--solver",
+        "ridge",
+        "--ridge",
+        "0.001",
+        "--past-divergence",
+        "2",
+        "--eval-scope",
+        "edit-worthy",
+    ];
+    let run = |name: &str, control: &[&str]| {
+        let out = root.join(name);
+        let args: Vec<&str> = setting.iter().chain(control).copied().collect();
+        let o = experiment(&data, &model, &root, &out, &args).output().unwrap();
+        let tail = String::from_utf8_lossy(&o.stderr);
+        let tail: Vec<&str> = tail.lines().filter(|l| !l.contains("\r")).collect();
+        assert!(o.status.success(), "{name}: {}", tail.join("\n"));
+        out
+    };
+    let (main, sham, matched) = (
+        run("setting", &[]),
+        run("sham", &["--control", "sham"]),
+        run("matched", &["--control", "matched"]),
+    );
+    let records = |dir: &Path| -> Vec<Value> {
+        lines(&dir.join("edits.jsonl"))
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert!(records(&main).iter().all(|r| r.get("control").is_none()));
+    assert!(records(&sham).iter().all(|r| r["control"] == "sham"));
+    // Each matched edit is made from the next edit-worthy task of its type, cyclically.
+    for r in records(&matched) {
+        let i: usize = r["task"].as_str().unwrap()["Tiny/".len()..].parse().unwrap();
+        assert_eq!(r["edited_from"], format!("Tiny/{}", (i + 1) % 3), "{r}");
+    }
+    let json = root.join("compare.json");
+    let o = creme()
+        .arg("compare")
+        .arg(&main)
+        .arg("--control")
+        .arg(format!("sham={}", sham.display()))
+        .arg("--control")
+        .arg(format!("matched={}", matched.display()))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(c["setting"]["edits"], 6);
+    for v in c["controls"].as_array().unwrap() {
+        assert_eq!(v["paired"], 6, "{v}");
+        assert!(v["p_holm"].as_f64().unwrap() >= v["mcnemar"]["p_value"].as_f64().unwrap());
+    }
+    let o = creme()
+        .arg("compare")
+        .arg(&main)
+        .arg("--control")
+        .arg(format!("sham={}", main.display()))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("without --control"));
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -261,7 +261,9 @@ pub async fn edit_target(
     let Some(extra) = settings.past_divergence else {
         return trace::greedy_target(dev, model, clean, settings.target_tokens).await;
     };
-    let n = DIVERGENCE_SEARCH_TOKENS.max(settings.target_tokens);
+    // Search as far as the context allows (the target itself must still fit).
+    let room = model.max_positions.saturating_sub(clean.len().max(pert.len()));
+    let n = DIVERGENCE_SEARCH_TOKENS.min(room).max(settings.target_tokens);
     let both = trace::greedy_targets(dev, model, &[clean, pert], n).await?;
     let want = crate::diagnose::first_divergence(&both[0], &both[1])
         .map_or(settings.target_tokens, |d| settings.target_tokens.max(d.index + 1 + extra));
