@@ -27,21 +27,24 @@ fn setup(backend: &str) -> (creme_core::Device, Model, Vec<u32>, Vec<u32>, Vec<u
     (dev, m, clean, pert, target)
 }
 
-fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu_on(backend: &str) {
-    let (dev, m, clean, pert, target) = setup(backend);
-    let layer = 1;
-    let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
-    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
-    let lambda = 0.1;
-    let g = grad_cpu(&data, &w0, lambda);
-    let mut rng = creme_core::cpu::SplitMix64(3);
-    for _ in 0..12 {
+/// Check `checks` seeded entries of the CPU gradient against central differences of the loss;
+/// returns the gradient.
+fn gradient_matches_finite_differences(
+    data: &creme_core::edit::EditData,
+    w0: &[f32],
+    lambda: f64,
+    seed: u64,
+    checks: usize,
+) -> Vec<f32> {
+    let g = grad_cpu(data, w0, lambda);
+    let mut rng = creme_core::cpu::SplitMix64(seed);
+    for _ in 0..checks {
         let i = rng.below(w0.len() as u64) as usize;
         let h = 1e-2f32;
-        let (mut wp, mut wm) = (w0.clone(), w0.clone());
+        let (mut wp, mut wm) = (w0.to_vec(), w0.to_vec());
         wp[i] += h;
         wm[i] -= h;
-        let fd = (loss_cpu(&data, &wp, lambda).total - loss_cpu(&data, &wm, lambda).total)
+        let fd = (loss_cpu(data, &wp, lambda).total - loss_cpu(data, &wm, lambda).total)
             / (2.0 * h as f64);
         assert!(
             (fd - g[i] as f64).abs() <= 1e-3 * fd.abs().max(g[i].abs() as f64).max(1e-4),
@@ -49,6 +52,16 @@ fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu_on(backend: &str
             g[i]
         );
     }
+    g
+}
+
+fn gradient_matches_finite_differences_and_gpu_adam_matches_cpu_on(backend: &str) {
+    let (dev, m, clean, pert, target) = setup(backend);
+    let layer = 1;
+    let data = pollster::block_on(capture(&dev, &m, &clean, &pert, &target, layer)).unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+    let lambda = 0.1;
+    let g = gradient_matches_finite_differences(&data, &w0, lambda, 3, 12);
     // One GPU Adam update (two evaluations, keep final) equals the CPU update w - lr * g/|g|.
     let s = EditSettings {
         max_steps: 2,
@@ -293,22 +306,7 @@ fn prompt_rows_loss_is_the_forward_loss_and_its_gradient_is_right_on(backend: &s
     );
     let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
     let lambda = 0.1;
-    let g = grad_cpu(&data, &w0, lambda);
-    let mut rng = creme_core::cpu::SplitMix64(5);
-    for _ in 0..8 {
-        let i = rng.below(w0.len() as u64) as usize;
-        let h = 1e-2f32;
-        let (mut wp, mut wm) = (w0.clone(), w0.clone());
-        wp[i] += h;
-        wm[i] -= h;
-        let fd = (loss_cpu(&data, &wp, lambda).total - loss_cpu(&data, &wm, lambda).total)
-            / (2.0 * h as f64);
-        assert!(
-            (fd - g[i] as f64).abs() <= 1e-3 * fd.abs().max(g[i].abs() as f64).max(1e-4),
-            "w[{i}]: finite difference {fd} vs gradient {}",
-            g[i]
-        );
-    }
+    gradient_matches_finite_differences(&data, &w0, lambda, 5, 8);
     let w = ridge_solve(&data, &w0, lambda, 0.5);
     let fast = loss_cpu(&data, &w, lambda).total;
     let slow = pollster::block_on(loss_by_forward(
