@@ -316,10 +316,6 @@ impl JsonlLog {
     }
 }
 
-pub fn sha256_file(path: &Path) -> Res<String> {
-    Ok(file_digest(path)?.sha256)
-}
-
 /// A file's name (never its directory: manifests carry no machine paths), size and SHA-256,
 /// read in pieces.
 pub fn file_digest(path: &Path) -> Res<FileDigest> {

@@ -2,6 +2,7 @@
 //! draw the same pictures); the experiment's tables (`tables`) and the efficacy document
 //! (`efficacy`) in markdown.
 
+pub mod edit;
 pub mod efficacy;
 pub mod tables;
 
