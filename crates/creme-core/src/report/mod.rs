@@ -5,6 +5,7 @@
 pub mod edit;
 pub mod efficacy;
 pub mod tables;
+pub mod trace;
 
 use crate::trace::{GridTrace, LayerTrace};
 
