@@ -527,6 +527,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn task_lists_merge_without_repeats_after_the_first_list_is_cut() {
+        let first = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let merged = merge_task_ids(first, Some(2), Some(" b, d,,a ,e"));
+        assert_eq!(merged, ["a", "b", "d", "e"]);
+        assert!(merge_task_ids(Vec::new(), None, None).is_empty());
+    }
+
+    #[test]
     fn python_list_literals_parse_as_python_would() {
         let want = vec![
             "assert f('a\nb') == 2".to_string(),

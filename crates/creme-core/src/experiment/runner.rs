@@ -486,6 +486,15 @@ fn record(
 mod tests {
     use super::*;
 
+    #[test]
+    fn shards_parse_as_i_of_n() {
+        assert_eq!(parse_shard(None), Ok((0, 1)));
+        assert_eq!(parse_shard(Some("1/4")), Ok((1, 4)));
+        for bad in ["4/4", "0/0", "1", "a/2"] {
+            assert!(parse_shard(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
     fn job(t: PerturbationType, task: &str) -> Job {
         let p = Problem {
             task_id: task.into(),
