@@ -18,6 +18,7 @@ use creme_core::eval::given::{
 use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord};
 use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
+use creme_core::progress::SampleTally;
 use creme_core::sets::SetName;
 use creme_core::{Device, ModelError};
 
@@ -351,31 +352,18 @@ fn finish(a: &EvalArgs, records: &[SampleRecord], types: &[SetName]) -> Res {
 struct Progress {
     set: SetName,
     bar: crate::progress::Reporter,
-    total: usize,
-    done: usize,
-    passed: usize,
+    tally: SampleTally,
 }
 
 impl Progress {
     fn new(set: SetName, total: usize) -> Progress {
-        Progress {
-            set,
-            bar: crate::progress::Reporter::new(&format!("[{set}]")),
-            total,
-            done: 0,
-            passed: 0,
-        }
+        let bar = crate::progress::Reporter::new(&format!("[{set}]"));
+        let tally = SampleTally::new(total);
+        Progress { set, bar, tally }
     }
     fn tick(&mut self, n: usize, passed: usize) {
-        self.done += n;
-        self.passed += passed;
-        self.bar.step(creme_core::progress::Step {
-            stage: "samples",
-            done: self.done,
-            total: self.total,
-            note: format!("{} passed", self.passed),
-        });
-        if self.done == self.total {
+        self.bar.step(self.tally.tick(n, passed));
+        if self.tally.finished() {
             self.bar.finish();
         }
     }
