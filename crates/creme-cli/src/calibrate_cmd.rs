@@ -83,26 +83,12 @@ fn task_list(a: &CalibrateArgs) -> Res<Vec<String>> {
             "give --tasks or --baseline (an eval OUT dir of clean and the type), or both".into(),
         );
     }
-    let mut tasks: Vec<String> = match &a.baseline {
-        Some(b) => edit_worthy(b, a.ptype)?
-            .into_iter()
-            .take(a.input.limit.unwrap_or(usize::MAX))
-            .collect(),
+    let worthy = match &a.baseline {
+        Some(b) => edit_worthy(b, a.ptype)?,
         None => Vec::new(),
     };
-    for t in a
-        .input
-        .tasks
-        .iter()
-        .flat_map(|t| t.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        if !tasks.iter().any(|x| x == t) {
-            tasks.push(t.to_string());
-        }
-    }
-    Ok(tasks)
+    let (limit, more) = (a.input.limit, a.input.tasks.as_deref());
+    Ok(creme_core::dataset::merge_task_ids(worthy, limit, more))
 }
 
 /// Both traces of one task (core's `calibration::trace_task`), with progress.

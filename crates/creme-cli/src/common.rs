@@ -242,22 +242,16 @@ pub fn load_sets(
     tasks: Option<&str>,
     limit: Option<usize>,
 ) -> Res<BTreeMap<SetName, Vec<Problem>>> {
-    let only: Option<Vec<&str>> = tasks.map(|t| t.split(',').map(str::trim).collect());
     let mut out = BTreeMap::new();
     for &set in sets {
-        let (mut problems, ours) = problem_set(dir, set)?;
+        let (problems, ours) = problem_set(dir, set)?;
         if ours {
             eprintln!(
                 "{} has no perturbed/{set}.jsonl: {set} made by creme's perturbator",
                 dir.display()
             );
         }
-        if let Some(only) = &only {
-            problems.retain(|p| only.contains(&p.task_id.as_str()));
-        }
-        if let Some(n) = limit {
-            problems.truncate(n);
-        }
+        let problems = dataset::select(problems, tasks, limit);
         out.insert(set, problems);
     }
     Ok(out)
@@ -314,10 +308,6 @@ impl JsonlLog {
         self.file.sync_data()?;
         Ok(())
     }
-}
-
-pub fn sha256_file(path: &Path) -> Res<String> {
-    Ok(file_digest(path)?.sha256)
 }
 
 /// A file's name (never its directory: manifests carry no machine paths), size and SHA-256,

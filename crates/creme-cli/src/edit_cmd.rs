@@ -8,15 +8,17 @@ use std::time::Instant;
 use creme_core::dataset::Problem;
 use creme_core::diagnose::{decision_margin, first_divergence};
 use creme_core::edit::{EditRows, EditSettings, Keep, Solver};
-use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
+use creme_core::eval::pair::{pair_outcome, PairOutcome};
 use creme_core::model::Model;
-use creme_core::pipeline::{locate_and_edit_with, CremeEdit, CremeSettings, TraceLocator};
-use creme_core::report;
+use creme_core::pipeline::{
+    locate_and_edit_with, patch_metadata, CremeEdit, CremeSettings, TraceLocator,
+};
+use creme_core::report::{self, edit::EditRun};
 use creme_core::{Backend, Device};
-use serde_json::json;
 
 use crate::common::{self, Res};
-use crate::sandbox::{run_program, Limits, Verdict};
+use crate::judge::SandboxJudge;
+use crate::sandbox::Limits;
 
 pub struct EditArgs {
     pub pair: crate::trace_cmd::PairArgs,
@@ -35,114 +37,68 @@ pub struct EditArgs {
     pub no_eval: bool,
 }
 
-/// Greedy HumanEval completion of `prompt` and, when a problem is known, its test verdict.
-fn complete_and_test(
-    dev: &Device,
-    model: &Model,
-    prompt: &str,
-    problem: Option<&Problem>,
-) -> Res<(Outcome, Vec<u32>)> {
-    let ids = model.tokenizer.encode(prompt)?;
-    let opts = GenerateOptions {
-        max_new_tokens: 320,
-        stop: humaneval_stops(),
-        ..Default::default()
-    };
-    let c = pollster::block_on(generate(dev, model, &[ids], &opts, &mut |_, _| {}))?.remove(0);
-    let verdict =
-        problem.map(|p| run_program(&p.program(prompt, &c.text), &Limits::default()).verdict);
-    Ok(((c.text, verdict), c.tokens))
+/// The edit's pair: prompts, label and (with --task/--type) problems.
+struct PairInput {
+    clean_text: String,
+    pert_text: String,
+    label: String,
+    problems: Option<(Problem, Problem)>,
 }
 
-fn verdict_str(v: Option<Verdict>) -> &'static str {
-    match v {
-        Some(Verdict::Pass) => "PASS",
-        Some(Verdict::Fail) => "FAIL",
-        Some(Verdict::Timeout) => "TIMEOUT",
-        Some(Verdict::Error) => "ERROR",
-        None => "(no tests)",
+/// Both completions of the pair with their verdicts (empty with --no-eval).
+fn both(dev: &Device, m: &Model, a: &EditArgs, p: &PairInput) -> Res<PairOutcome> {
+    if a.no_eval {
+        return Ok(PairOutcome::default());
     }
-}
-
-/// A completion and its test verdict (None: no tests, or not evaluated).
-type Outcome = (String, Option<Verdict>);
-
-/// Completions of the clean and the perturbed prompt, with their verdicts and tokens.
-struct Pair {
-    clean: Outcome,
-    pert: Outcome,
-    tokens: (Vec<u32>, Vec<u32>),
+    let mut judge = SandboxJudge {
+        limits: Limits::default(),
+        workers: 1,
+    };
+    let prompts = (p.clean_text.as_str(), p.pert_text.as_str());
+    let outcome = pair_outcome(dev, m, prompts, p.problems.as_ref(), &mut judge);
+    Ok(pollster::block_on(outcome)?)
 }
 
 pub fn run(dev: &Device, a: EditArgs) -> Res {
     if a.control == Some(creme_core::edit::Control::Matched) {
-        return Err("--control matched needs other edit-worthy pairs: it is for `creme experiment`".into());
-    }
-    let (clean_text, pert_text, label) = a.pair.prompts()?;
-    let problems = a.pair.problems()?;
-    let model_path = common::model_path(a.pair.model.as_deref());
-    let mut model = a.pair.load_model(dev)?;
-    let (clean, pert) = (
-        model.tokenizer.encode(&clean_text)?,
-        model.tokenizer.encode(&pert_text)?,
-    );
-    let t_all = Instant::now();
-    let both = |m: &Model| -> Res<Pair> {
-        if a.no_eval {
-            return Ok(Pair {
-                clean: (String::new(), None),
-                pert: (String::new(), None),
-                tokens: Default::default(),
-            });
-        }
-        let (clean, tc) = complete_and_test(dev, m, &clean_text, problems.as_ref().map(|p| &p.0))?;
-        let (pert, tp) = complete_and_test(dev, m, &pert_text, problems.as_ref().map(|p| &p.1))?;
-        Ok(Pair { clean, pert, tokens: (tc, tp) })
-    };
-    let before = both(&model)?;
-    println!("== {label}");
-    if !a.no_eval {
-        println!(
-            "-- clean prompt completion [{}]:\n{}\n-- perturbed prompt completion [{}]:\n{}",
-            verdict_str(before.clean.1),
-            before.clean.0,
-            verdict_str(before.pert.1),
-            before.pert.0
+        return Err(
+            "--control matched needs other edit-worthy pairs: it is for `creme experiment`".into(),
         );
     }
-    // Target, layer (fixed, or traced with the logprob metric), edit: the core pipeline.
-    let settings = CremeSettings {
-        target_tokens: a.target_tokens,
-        past_divergence: a.past_divergence,
-        control: a.control,
-        layer: a.layer,
-        edit: a.settings.clone(),
+    let (clean_text, pert_text, label) = a.pair.prompts()?;
+    let p = PairInput {
+        clean_text,
+        pert_text,
+        label,
+        problems: a.pair.problems()?,
     };
-    let mut locator = TraceLocator::for_rows(a.settings.rows, a.restored_at);
-    let mut bar = crate::progress::Reporter::new(&label);
-    let meta = patch_metadata(&model_path, &label)?;
-    let done = pollster::block_on(locate_and_edit_with(
-        dev,
-        &model,
-        (&clean, &pert),
-        &settings,
-        &mut locator,
-        meta,
-        &mut |s| bar.step(s),
-    ))?;
-    bar.finish();
-    print_edit(&a, &done);
+    let model_path = common::model_path(a.pair.model.as_deref());
+    let mut model = a.pair.load_model(dev)?;
+    let t_all = Instant::now();
+    let before = both(dev, &model, &a, &p)?;
+    println!("== {}", p.label);
+    if !a.no_eval {
+        print!("{}", report::edit::before_lines(&before));
+    }
+    let meta = patch_metadata(&common::file_digest(&model_path)?, &p.label);
+    let done = locate_and_edit(dev, &model, &a, &p, meta)?;
+    print!("{}", report::edit::edit_lines(&a.settings, &done));
     write_patch(&a.out, &done.patch.to_safetensors()?)?;
+    let pert = model.tokenizer.encode(&p.pert_text)?;
     let divergence = first_divergence(&before.tokens.0, &before.tokens.1);
     let margin = |m: &Model| -> Res<Option<f64>> {
-        let Some(div) = &divergence else { return Ok(None) };
+        let Some(div) = &divergence else {
+            return Ok(None);
+        };
         let shared = &before.tokens.0[..div.index];
-        Ok(Some(pollster::block_on(decision_margin(dev, m, &pert, shared, div))?))
+        Ok(Some(pollster::block_on(decision_margin(
+            dev, m, &pert, shared, div,
+        ))?))
     };
     let margin_before = margin(&model)?;
     done.patch.apply(dev, &mut model)?;
     let margin_after = margin(&model);
-    let after = both(&model);
+    let after = both(dev, &model, &a, &p);
     creme_core::patch::revert(&mut model, &done.patch);
     let after = after?;
     if let (Some(div), Some(b), Ok(Some(a))) = (&divergence, margin_before, &margin_after) {
@@ -152,7 +108,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         );
     }
     if !a.no_eval {
-        println!("-- perturbed prompt completion after the edit [{}]:\n{}\n-- clean prompt completion after the edit [{}]:\n{}", verdict_str(after.pert.1), after.pert.0, verdict_str(after.clean.1), after.clean.0);
+        print!("{}", report::edit::after_lines(&after));
     }
     println!(
         "== total {:.1} s on {}",
@@ -160,10 +116,10 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         dev.describe()
     );
     if let Some(dir) = &a.report {
-        let prompts = (clean_text.as_str(), pert_text.as_str());
         let run = EditRun {
-            label: &label,
-            prompts,
+            label: &p.label,
+            prompts: (&p.clean_text, &p.pert_text),
+            settings: &a.settings,
             done: &done,
             before: &before,
             after: &after,
@@ -173,47 +129,38 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     Ok(())
 }
 
-/// What goes into the patch's metadata besides the edit's own: the base model and the pair.
-fn patch_metadata(model_path: &std::path::Path, label: &str) -> Res<BTreeMap<String, String>> {
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        "base_model_sha256".to_string(),
-        common::sha256_file(model_path)?,
+/// Target, layer (fixed, or traced with the logprob metric), edit: the core pipeline.
+fn locate_and_edit(
+    dev: &Device,
+    model: &Model,
+    a: &EditArgs,
+    p: &PairInput,
+    meta: BTreeMap<String, String>,
+) -> Res<CremeEdit> {
+    let (clean, pert) = (
+        model.tokenizer.encode(&p.clean_text)?,
+        model.tokenizer.encode(&p.pert_text)?,
     );
-    let name = model_path
-        .file_name()
-        .map(|f| f.to_string_lossy().to_string())
-        .unwrap_or_default();
-    meta.insert("base_model".to_string(), name);
-    meta.insert("pair".to_string(), label.to_string());
-    Ok(meta)
-}
-
-/// The trace and the edit's loss curve, one line each.
-fn print_edit(a: &EditArgs, done: &CremeEdit) {
-    let (layer, result) = (done.layer, &done.result);
-    if let Some(t) = &done.trace {
-        let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
-        println!(
-            "-- causal trace (logprob restoration per layer, {:.1} s): [{}]\n   key layer {layer}",
-            done.timings.trace_s,
-            row.join(" ")
-        );
-    }
-    let curve: Vec<String> = result
-        .losses
-        .iter()
-        .map(|l| format!("{:.6}", l.total))
-        .collect();
-    println!(
-        "-- edit of layer {layer} W_down ({:?}, lambda {}): {} evaluations, loss {} -> kept step {} (best {:.6} at step {}); {:.3} s (+{:.2} s capture)",
-        a.settings.solver, a.settings.lambda, result.steps, curve.join(" "), result.kept_step, result.best_loss, result.best_step, result.seconds, done.timings.capture_s
-    );
-    let fit = &done.fit;
-    println!(
-        "   rows {:?}: {} moved, {} kept; gap left on the moved rows {:.4}; ||dW||/||W|| {:.4}",
-        a.settings.rows, fit.moved_rows, fit.kept_rows, fit.remaining_gap, fit.relative_change
-    );
+    let settings = CremeSettings {
+        target_tokens: a.target_tokens,
+        past_divergence: a.past_divergence,
+        control: a.control,
+        layer: a.layer,
+        edit: a.settings.clone(),
+    };
+    let mut locator = TraceLocator::for_rows(a.settings.rows, a.restored_at);
+    let mut bar = crate::progress::Reporter::new(&p.label);
+    let done = pollster::block_on(locate_and_edit_with(
+        dev,
+        model,
+        (&clean, &pert),
+        &settings,
+        &mut locator,
+        meta,
+        &mut |s| bar.step(s),
+    ))?;
+    bar.finish();
+    Ok(done)
 }
 
 /// The patch file, written whole (a temp file renamed into place).
@@ -232,16 +179,6 @@ fn write_patch(out: &std::path::Path, bytes: &[u8]) -> Res {
     Ok(())
 }
 
-/// One edit's run, for its report.
-struct EditRun<'a> {
-    label: &'a str,
-    /// (clean, perturbed) prompt texts.
-    prompts: (&'a str, &'a str),
-    done: &'a CremeEdit,
-    before: &'a Pair,
-    after: &'a Pair,
-}
-
 /// `edit.json` and `report.html` in `dir`.
 fn write_report(
     dir: &std::path::Path,
@@ -251,17 +188,10 @@ fn write_report(
     dev: &Device,
 ) -> Res {
     std::fs::create_dir_all(dir)?;
-    let (done, result) = (r.done, &r.done.result);
-    let outcome = |o: &Outcome| json!({"completion": o.0, "verdict": verdict_str(o.1)});
-    let doc = json!({
-        "pair": r.label, "layer": done.layer, "settings": a.settings, "edit": result, "trace": done.trace,
-        "before": {"clean": outcome(&r.before.clean), "pert": outcome(&r.before.pert)},
-        "after": {"clean": outcome(&r.after.clean), "pert": outcome(&r.after.pert)},
-        "timings_s": {"target": done.timings.target_s, "trace": done.timings.trace_s, "capture": done.timings.capture_s, "edit": result.seconds, "total": total_s},
-        "adapter": dev.describe(), "patch": a.out.display().to_string(),
-    });
+    let doc =
+        report::edit::edit_document(r, total_s, &dev.describe(), &a.out.display().to_string());
     let json_text = serde_json::to_string_pretty(&doc)?;
-    let sections = report_sections(a, r);
+    let sections = report::edit::edit_sections(r);
     common::write(&dir.join("edit.json"), &json_text)?;
     common::write(
         &dir.join("report.html"),
@@ -269,50 +199,6 @@ fn write_report(
     )?;
     println!("-- report: {}", dir.join("report.html").display());
     Ok(())
-}
-
-/// The report's sections: prompts with the perturbation marked, the trace, the loss curve, the
-/// completions before and after.
-fn report_sections(a: &EditArgs, r: &EditRun) -> Vec<(String, String)> {
-    let (done, result) = (r.done, &r.done.result);
-    let cell = |o: &Outcome| {
-        let class = if o.1 == Some(Verdict::Pass) {
-            "ok"
-        } else {
-            "bad"
-        };
-        format!(
-            "<td><b class='{class}'>{}</b><pre>{}</pre></td>",
-            verdict_str(o.1),
-            report::escape(&o.0)
-        )
-    };
-    let (clean_marked, pert_marked) = report::diff_marked(r.prompts.0, r.prompts.1);
-    let mut sections = vec![(
-        "Prompts (the characters that differ are marked)".to_string(),
-        format!("<table class='cols'><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre class='prompt'>{clean_marked}</pre></td><td><pre class='prompt'>{pert_marked}</pre></td></tr></table>"),
-    )];
-    if let Some(t) = &done.trace {
-        let title = format!("{}: restoration by layer", r.label);
-        sections.push((
-            "Causal trace".to_string(),
-            report::layer_curve_svg(t, &title),
-        ));
-    }
-    let title = format!("layer {} W_down, {:?}", done.layer, a.settings.solver);
-    let curve = report::loss_curve_svg(&result.losses, a.settings.lambda, result.kept_step, &title);
-    sections.push(("Edit loss".to_string(), curve));
-    sections.push((
-        "Completions before and after the edit".to_string(),
-        format!(
-            "<table class='cols'><tr><th style='width:5em'></th><th>before</th><th>after</th></tr><tr><th>perturbed</th>{}{}</tr><tr><th>clean</th>{}{}</tr></table>",
-            cell(&r.before.pert),
-            cell(&r.after.pert),
-            cell(&r.before.clean),
-            cell(&r.after.clean)
-        ),
-    ));
-    sections
 }
 
 /// The solver, as a flag.

@@ -16,8 +16,9 @@ use creme_core::eval::given::{
     judge_given, parse_completions, sets_without_completions, Given, SampleKey,
 };
 use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord};
-use creme_core::manifest::{self, RunKind, RunManifest};
+use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
+use creme_core::progress::SampleTally;
 use creme_core::sets::SetName;
 use creme_core::{Device, ModelError};
 
@@ -185,7 +186,6 @@ impl Recorder {
     }
 }
 
-/// What this run's records depend on.
 /// Whether no verdict is recorded in `out` yet (no records, or only judge errors).
 fn unjudged(out: &Path) -> Res<bool> {
     let path = out.join("samples.jsonl");
@@ -197,48 +197,39 @@ fn unjudged(out: &Path) -> Res<bool> {
         .all(SampleRecord::is_judge_error))
 }
 
+/// What this run's records depend on.
 fn eval_manifest(
     a: &EvalArgs,
     gpu_opts: &creme_core::GpuOptions,
     sets: &BTreeMap<SetName, Vec<Problem>>,
     dev: Option<&Device>,
 ) -> Res<RunManifest> {
-    let model = match dev {
-        Some(_) => Some(run_dir::file_digest(&common::model_path(
-            a.input.model.as_deref(),
-        ))?),
-        None => None,
-    };
-    let spec = if dev.is_some() {
-        a.spec()
-    } else {
-        GenSpec {
+    let model = common::model_path(a.input.model.as_deref());
+    let model = dev.map(|_| run_dir::file_digest(&model)).transpose()?;
+    let spec = match dev {
+        Some(_) => a.spec(),
+        None => GenSpec {
             n: 1,
             ..GenSpec::default()
         }
-        .greedy()
+        .greedy(),
+    };
+    let digests = |ps: &[PathBuf]| {
+        ps.iter()
+            .map(|p| run_dir::file_digest(p))
+            .collect::<Res<_>>()
     };
     Ok(RunManifest {
-        version: manifest::MANIFEST_VERSION,
-        kind: RunKind::Eval,
-        build: run_dir::build_id()?,
         device: dev.map(|d| run_dir::results_device(d, gpu_opts, a.gen.batch)),
         judge: Some(crate::sandbox::judge_identity()),
         model,
-        dataset: manifest::dataset_digests(sets),
-        generation: (&spec).into(),
-        timeout_s: a.timeout,
-        patches: a
-            .patch
-            .iter()
-            .map(|p| run_dir::file_digest(p))
-            .collect::<Res<_>>()?,
+        patches: digests(&a.patch)?,
         completions: a
             .completions
             .as_deref()
             .map(run_dir::file_digest)
             .transpose()?,
-        experiment: None,
+        ..RunManifest::eval(run_dir::build_id()?, sets, &spec, a.timeout)
     })
 }
 
@@ -361,31 +352,18 @@ fn finish(a: &EvalArgs, records: &[SampleRecord], types: &[SetName]) -> Res {
 struct Progress {
     set: SetName,
     bar: crate::progress::Reporter,
-    total: usize,
-    done: usize,
-    passed: usize,
+    tally: SampleTally,
 }
 
 impl Progress {
     fn new(set: SetName, total: usize) -> Progress {
-        Progress {
-            set,
-            bar: crate::progress::Reporter::new(&format!("[{set}]")),
-            total,
-            done: 0,
-            passed: 0,
-        }
+        let bar = crate::progress::Reporter::new(&format!("[{set}]"));
+        let tally = SampleTally::new(total);
+        Progress { set, bar, tally }
     }
     fn tick(&mut self, n: usize, passed: usize) {
-        self.done += n;
-        self.passed += passed;
-        self.bar.step(creme_core::progress::Step {
-            stage: "samples",
-            done: self.done,
-            total: self.total,
-            note: format!("{} passed", self.passed),
-        });
-        if self.done == self.total {
+        self.bar.step(self.tally.tick(n, passed));
+        if self.tally.finished() {
             self.bar.finish();
         }
     }

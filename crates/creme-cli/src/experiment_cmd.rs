@@ -5,13 +5,13 @@
 //! edit is evaluated: a killed run resumes after its last finished record; `--shard i/n` takes
 //! every n-th edit so shards run on separate machines; `creme report` merges them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use creme_core::eval::{self, GenSpec, Outcomes, SampleRecord};
 use creme_core::experiment::runner::{self, ExperimentPlan};
-use creme_core::experiment::EditRecord;
-use creme_core::manifest::{self, RunKind, RunManifest};
+use creme_core::experiment::{layer_modes, EditRecord};
+use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
 use creme_core::pipeline::LayerRule;
 use creme_core::sets::{PerturbationType, SetName};
@@ -75,51 +75,11 @@ pub struct ExperimentArgs {
     pub out: PathBuf,
 }
 
-fn parse_shard(s: &Option<String>) -> Res<(usize, usize)> {
-    let Some(s) = s else { return Ok((0, 1)) };
-    let (i, n) = s.split_once('/').ok_or("--shard takes i/n, e.g. 0/4")?;
-    let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
-    if n == 0 || i >= n {
-        return Err(format!("--shard {s}: need 0 <= i < n").into());
-    }
-    Ok((i, n))
-}
-
-/// Per type, the most frequent key layer among an earlier run's records (ties: the lower layer).
-fn layer_modes(path: &Path) -> Res<BTreeMap<PerturbationType, usize>> {
-    let mut counts: BTreeMap<PerturbationType, BTreeMap<usize, usize>> = BTreeMap::new();
-    for r in read_edits(path)? {
-        *counts
-            .entry(r.ptype)
-            .or_default()
-            .entry(r.layer)
-            .or_default() += 1;
-    }
-    Ok(counts
-        .into_iter()
-        .filter_map(|(t, c)| {
-            Some((
-                t,
-                c.into_iter()
-                    .max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?
-                    .0,
-            ))
-        })
-        .collect())
-}
-
 /// The records of an `edits.jsonl` file (versions this build does not know are refused).
 pub fn read_edits(path: &Path) -> Res<Vec<EditRecord>> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            EditRecord::parse_line(l)
-                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into())
-        })
-        .collect()
+    Ok(EditRecord::parse_lines(&text, &path.display().to_string())?)
 }
 
 /// Per task, the layer an earlier run chose: an `edits.jsonl` (each record's layer, by type and
@@ -167,10 +127,10 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
         layer: a.layer.clone(),
         restored_at: a.edit.restored_at()?,
         eval_scope: a.eval_scope.into(),
-        shard: parse_shard(&a.shard)?,
+        shard: runner::parse_shard(a.shard.as_deref())?,
         sets: eval_cmd::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
         modes: match &a.layer {
-            LayerRule::ModeOf(f) => Some(layer_modes(Path::new(f))?),
+            LayerRule::ModeOf(f) => Some(layer_modes(&read_edits(Path::new(f))?)),
             _ => None,
         },
         given: match &a.layer {
@@ -195,52 +155,21 @@ fn manifests(
     dev: &Device,
     gpu_opts: &creme_core::GpuOptions,
 ) -> Res<(RunManifest, RunManifest)> {
+    let model = common::model_path(a.input.model.as_deref());
     let baseline = RunManifest {
-        version: manifest::MANIFEST_VERSION,
-        kind: RunKind::Eval,
-        build: run_dir::build_id()?,
         device: Some(run_dir::results_device(dev, gpu_opts, plan.spec.batch)),
         judge: Some(crate::sandbox::judge_identity()),
-        model: Some(run_dir::file_digest(&common::model_path(
-            a.input.model.as_deref(),
-        ))?),
-        dataset: manifest::dataset_digests(&plan.sets),
-        generation: (&plan.spec).into(),
-        timeout_s: eval_cmd::DEFAULT_TIMEOUT_S,
-        patches: Vec::new(),
-        completions: None,
-        experiment: None,
+        model: Some(run_dir::file_digest(&model)?),
+        ..RunManifest::eval(
+            run_dir::build_id()?,
+            &plan.sets,
+            &plan.spec,
+            eval_cmd::DEFAULT_TIMEOUT_S,
+        )
     };
-    let edited: Vec<SetName> = plan.types.iter().map(|t| SetName::Perturbed(*t)).collect();
-    let experiment = RunManifest {
-        kind: RunKind::Experiment,
-        experiment: Some(manifest::ExperimentPlan {
-            edit: plan.settings.clone(),
-            target_tokens: plan.target_tokens,
-            // A file rule by its file's name; its content is `layer_source`.
-            layer: match plan.layer.source_file() {
-                Some(f) => plan.layer.to_string().replace(f, &file_name(f)),
-                None => plan.layer.to_string(),
-            },
-            layer_source: plan
-                .layer
-                .source_file()
-                .map(|f| run_dir::file_digest(Path::new(f)))
-                .transpose()?,
-            restored_at: a.edit.restored_at.clone(),
-            past_divergence: plan.past_divergence,
-            control: plan.control,
-            eval_scope: plan.eval_scope.name().into(),
-            eval_types: plan
-                .all_sets
-                .iter()
-                .filter(|s| !s.is_clean() && !edited.contains(s))
-                .copied()
-                .collect(),
-            types: edited,
-        }),
-        ..baseline.clone()
-    };
+    let layer_source = plan.layer.source_file().map(Path::new);
+    let layer_source = layer_source.map(run_dir::file_digest).transpose()?;
+    let experiment = plan.manifest(&baseline, layer_source, &a.edit.restored_at);
     Ok((experiment, baseline))
 }
 
@@ -302,7 +231,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         let rec = pollster::block_on(job_run)?;
         bar.finish();
         log.append(&serde_json::to_value(&rec)?)?;
-        print_edit(&label, &rec);
+        eprintln!("{}", rec.summary_line(&label));
     }
     let r = crate::report_cmd::report(&[a.out.clone()])?;
     common::write(&a.out.join("report.md"), &r.markdown)?;
@@ -386,26 +315,4 @@ fn baseline(
     }
     eprintln!("baseline ready ({:.0} s)", t0.elapsed().as_secs_f64());
     Ok((eval::outcomes_of(&records), records))
-}
-
-fn file_name(path: &str) -> String {
-    Path::new(path)
-        .file_name()
-        .map_or(path.to_string(), |n| n.to_string_lossy().into_owned())
-}
-
-fn print_edit(label: &str, rec: &EditRecord) {
-    let own = rec.own();
-    eprintln!(
-        "{label}: layer {}, {} steps, loss {:.6}; edited task {}; {} fixed {} broke {}; clean {:+.3}; {:.0} s",
-        rec.layer,
-        rec.steps,
-        rec.best_loss,
-        if rec.edited_task_passes { "PASSES" } else { "still fails" },
-        rec.ptype,
-        own.fixed,
-        own.broke,
-        rec.clean.dev,
-        rec.t_total
-    );
 }

@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use creme_core::model::Model;
 use creme_core::report;
+use creme_core::report::trace::TraceRun;
 use creme_core::sets::PerturbationType;
-use creme_core::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup};
+use creme_core::trace::{
+    self, GridTrace, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup,
+};
 use creme_core::{Backend, Device};
-use serde_json::json;
 
 use crate::common::{self, Res};
 use creme_core::pass_trace::pass_trace;
@@ -141,7 +143,6 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     }
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let model = a.pair.load_model(dev)?;
-    let tok = &model.tokenizer;
     std::fs::create_dir_all(&a.out)?;
     let t0 = Instant::now();
     let prelude = trace::prepare_pair(dev, &model, &clean_text, &pert_text, a.target_tokens);
@@ -153,32 +154,33 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
          target and capture {:.2} s, layer trace {:.2} s",
         setup.lp_clean, setup.lp_pert, tr.all.key_layer, tr.diff.key_layer, t_prelude, tr.seconds
     );
-    let mut sections = vec![
-        ("Prompts".to_string(), format!("<table><tr><th>clean</th><th>perturbed</th></tr><tr><td><pre>{}</pre></td><td><pre>{}</pre></td></tr></table><p>Target (clean greedy continuation, {} tokens): <pre>{}</pre></p>",
-            report::escape(&clean_text), report::escape(&pert_text), target.len(), report::escape(&tok.decode(&target)?))),
-        ("Layer trace: every prompt position patched".to_string(), report::layer_curve_svg(&tr.all, &format!("{label}: restoration by layer (all prompt positions)"))),
-        ("Layer trace: only differing positions patched".to_string(), report::layer_curve_svg(&tr.diff, &format!("{label}: restoration by layer (differing positions)"))),
-    ];
     std::fs::write(
         a.out.join("trace.svg"),
-        report::layer_curve_svg(&tr.all, &format!("{label}: restoration by layer")),
+        report::trace::trace_svg(&tr.all, &label),
     )?;
-    let grid_json = if a.grid {
-        grid(dev, &model, &setup, &a, &label, &mut sections)?
-    } else {
-        serde_json::Value::Null
+    let grid = match a.grid {
+        true => Some(grid(dev, &model, &setup, &a, &label)?),
+        false => None,
     };
-    let doc = json!({
-        "model": model.cfg.name, "pair": label, "metric": format!("{:?}", a.metric).to_lowercase(),
-        "settings": {"target_tokens": a.target_tokens, "positions": ["all", "differing"]},
-        "clean_tokens": setup.clean.len(), "pert_tokens": setup.pert.len(), "frame": setup.frame,
-        "target": tok.decode(&target)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
-        "all_positions": tr.all, "differing_positions": tr.diff, "grid": grid_json, "pass": tr.pass,
-        "key_layer": tr.all.key_layer,
-        "timings_s": {"target_and_capture": t_prelude, "layer_trace": tr.seconds},
-        "adapter": dev.describe(),
-    });
-    let json_text = serde_json::to_string_pretty(&doc)?;
+    let target_text = model.tokenizer.decode(&target)?;
+    let (dev_name, metric) = (dev.describe(), format!("{:?}", a.metric).to_lowercase());
+    let run = TraceRun {
+        model: &model.cfg.name,
+        label: &label,
+        metric: &metric,
+        target_tokens: a.target_tokens,
+        prompts: (&clean_text, &pert_text),
+        setup: &setup,
+        target: (&target_text, target.len()),
+        all: &tr.all,
+        diff: &tr.diff,
+        grid: grid.as_ref().map(|g| &g.0),
+        pass: tr.pass,
+        timings: (t_prelude, tr.seconds),
+        adapter: &dev_name,
+    };
+    let sections = report::trace::trace_sections(&run, grid.as_ref().map(|g| g.1.clone()));
+    let json_text = serde_json::to_string_pretty(&report::trace::trace_document(&run))?;
     common::write(&a.out.join("trace.json"), &json_text)?;
     common::write(
         &a.out.join("report.html"),
@@ -256,26 +258,15 @@ fn layer_traces(
     Ok(tr)
 }
 
-/// The layer x position grid: written as grid.svg, added to the report's sections, returned as
-/// JSON.
+/// The layer x position grid, written as grid.svg (returned with its SVG).
 fn grid(
     dev: &Device,
     model: &Model,
     setup: &TraceSetup,
     a: &TraceArgs,
     label: &str,
-    sections: &mut Vec<(String, String)>,
-) -> Res<serde_json::Value> {
-    let positions: Vec<usize> = if a.grid_all {
-        (0..setup.frame).collect()
-    } else {
-        let mut p = setup.differing_positions();
-        p.extend(setup.frame.saturating_sub(6)..setup.frame);
-        p.sort();
-        p.dedup();
-        p.truncate(64);
-        p
-    };
+) -> Res<(GridTrace, String)> {
+    let positions = setup.grid_positions(a.grid_all);
     let t3 = Instant::now();
     let grid = pollster::block_on(trace::trace_grid(
         dev,
@@ -291,19 +282,8 @@ fn grid(
         t3.elapsed().as_secs_f64(),
         grid.key_layer
     );
-    let labels: Vec<String> = positions
-        .iter()
-        .map(|&i| match i.checked_sub(setup.pad_pert()) {
-            Some(j) => model.tokenizer.decode(&[setup.pert[j]]).unwrap_or_default(),
-            None => "<pad>".into(),
-        })
-        .collect();
-    let svg = report::grid_heatmap_svg(
-        &grid,
-        &labels,
-        &format!("{label}: restoration, one position patched at one layer"),
-    );
+    let labels = setup.position_labels(&positions, &model.tokenizer);
+    let svg = report::trace::grid_svg(&grid, &labels, label);
     std::fs::write(a.out.join("grid.svg"), &svg)?;
-    sections.push(("Layer x position grid".to_string(), svg));
-    Ok(serde_json::to_value(&grid)?)
+    Ok((grid, svg))
 }

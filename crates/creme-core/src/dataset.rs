@@ -486,6 +486,37 @@ fn replace_bare_nan(line: &str) -> String {
     out
 }
 
+/// The problems among `problems` whose ids are in `tasks` (a comma list; None: all), cut to the
+/// first `limit`.
+pub fn select(
+    mut problems: Vec<Problem>,
+    tasks: Option<&str>,
+    limit: Option<usize>,
+) -> Vec<Problem> {
+    if let Some(only) = tasks {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        problems.retain(|p| only.contains(&p.task_id.as_str()));
+    }
+    if let Some(n) = limit {
+        problems.truncate(n);
+    }
+    problems
+}
+
+/// The task ids of `first` (cut to `limit`), then those of the comma list `more` not among them.
+pub fn merge_task_ids(first: Vec<String>, limit: Option<usize>, more: Option<&str>) -> Vec<String> {
+    let mut tasks: Vec<String> = first
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
+    for t in more.iter().flat_map(|t| t.split(',')).map(str::trim) {
+        if !t.is_empty() && !tasks.iter().any(|x| x == t) {
+            tasks.push(t.to_string());
+        }
+    }
+    tasks
+}
+
 /// Find a task by id.
 pub fn find<'a>(problems: &'a [Problem], task_id: &str) -> Option<&'a Problem> {
     problems.iter().find(|p| p.task_id == task_id)
@@ -494,6 +525,14 @@ pub fn find<'a>(problems: &'a [Problem], task_id: &str) -> Option<&'a Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_lists_merge_without_repeats_after_the_first_list_is_cut() {
+        let first = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let merged = merge_task_ids(first, Some(2), Some(" b, d,,a ,e"));
+        assert_eq!(merged, ["a", "b", "d", "e"]);
+        assert!(merge_task_ids(Vec::new(), None, None).is_empty());
+    }
 
     #[test]
     fn python_list_literals_parse_as_python_would() {

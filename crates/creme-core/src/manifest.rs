@@ -129,6 +129,32 @@ pub struct RunManifest {
     pub experiment: Option<ExperimentPlan>,
 }
 
+impl RunManifest {
+    /// An eval run's manifest over `sets`, generated as `spec` says; the device, judge, model,
+    /// patches and completions are the caller's to fill in.
+    pub fn eval(
+        build: BuildId,
+        sets: &BTreeMap<SetName, Vec<Problem>>,
+        spec: &GenSpec,
+        timeout_s: u64,
+    ) -> RunManifest {
+        RunManifest {
+            version: MANIFEST_VERSION,
+            kind: RunKind::Eval,
+            build,
+            device: None,
+            model: None,
+            judge: None,
+            dataset: dataset_digests(sets),
+            generation: spec.into(),
+            timeout_s,
+            patches: Vec::new(),
+            completions: None,
+            experiment: None,
+        }
+    }
+}
+
 /// Per set and task of `sets`, the hash of the task's content.
 pub fn dataset_digests(sets: &BTreeMap<SetName, Vec<Problem>>) -> DatasetDigests {
     sets.iter()

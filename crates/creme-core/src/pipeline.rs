@@ -266,7 +266,9 @@ pub async fn edit_target(
     let n = DIVERGENCE_SEARCH_TOKENS.min(room).max(settings.target_tokens);
     let both = trace::greedy_targets(dev, model, &[clean, pert], n).await?;
     let want = crate::diagnose::first_divergence(&both[0], &both[1])
-        .map_or(settings.target_tokens, |d| settings.target_tokens.max(d.index + 1 + extra));
+        .map_or(settings.target_tokens, |d| {
+            settings.target_tokens.max(d.index + 1 + extra)
+        });
     let mut target = both[0].clone();
     target.truncate(want);
     Ok(target)
@@ -367,7 +369,15 @@ pub async fn locate_and_edit_with<L: Locator>(
     };
     let trace_s = clock.lap();
     progress(stage("capture", 0));
-    let data = edit::capture_rows(dev, model, (clean, pert), &target, layer, settings.edit.rows).await?;
+    let data = edit::capture_rows(
+        dev,
+        model,
+        (clean, pert),
+        &target,
+        layer,
+        settings.edit.rows,
+    )
+    .await?;
     let w0 = model.ffn_down_f32(dev, layer).await?;
     progress(stage("capture", 1));
     let capture_s = clock.lap();
@@ -452,7 +462,14 @@ mod layer_rule_tests {
 
     #[test]
     fn layer_rules_parse_and_print_back() {
-        for s in ["logprob", "pass", "random", "11", "mode:a/edits.jsonl", "from:c.json"] {
+        for s in [
+            "logprob",
+            "pass",
+            "random",
+            "11",
+            "mode:a/edits.jsonl",
+            "from:c.json",
+        ] {
             let r: LayerRule = s.parse().unwrap();
             assert_eq!(r.to_string(), s);
         }
@@ -460,4 +477,20 @@ mod layer_rule_tests {
         assert!("seven".parse::<LayerRule>().unwrap_err().contains("seven"));
         assert!(LayerRule::Pass.traces() && !LayerRule::Random.traces());
     }
+}
+
+/// What goes into an edit patch's metadata besides the edit's own: the base model (its file
+/// name and SHA-256) and the pair.
+pub fn patch_metadata(
+    model: &crate::manifest::FileDigest,
+    pair: &str,
+) -> std::collections::BTreeMap<String, String> {
+    [
+        ("base_model_sha256", model.sha256.clone()),
+        ("base_model", model.name.clone()),
+        ("pair", pair.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }

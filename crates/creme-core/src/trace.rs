@@ -39,9 +39,10 @@ impl Probe {
 
     /// (perturbed row, clean row) pairs patched.
     fn pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.positions.iter().enumerate().map(|(k, &i)| {
-            (i, self.sources.as_ref().map_or(i, |s| s[k]))
-        })
+        self.positions
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| (i, self.sources.as_ref().map_or(i, |s| s[k])))
     }
 }
 
@@ -109,6 +110,35 @@ impl TraceSetup {
             }
         }
         Ok(())
+    }
+
+    /// The positions of a layer x position grid: every prompt position (`all`), else the
+    /// differing ones and the last six, at most 64.
+    pub fn grid_positions(&self, all: bool) -> Vec<usize> {
+        if all {
+            return (0..self.frame).collect();
+        }
+        let mut p = self.differing_positions();
+        p.extend(self.frame.saturating_sub(6)..self.frame);
+        p.sort();
+        p.dedup();
+        p.truncate(64);
+        p
+    }
+
+    /// The perturbed prompt's token at each frame position ("<pad>" in its padding).
+    pub fn position_labels(
+        &self,
+        positions: &[usize],
+        tok: &crate::model::Tokenizer,
+    ) -> Vec<String> {
+        positions
+            .iter()
+            .map(|&i| match i.checked_sub(self.pad_pert()) {
+                Some(j) => tok.decode(&[self.pert[j]]).unwrap_or_default(),
+                None => "<pad>".into(),
+            })
+            .collect()
     }
 
     /// The token-diff alignment of the two prompts.
@@ -205,7 +235,10 @@ pub async fn prepare_pair(
     pert: &str,
     target_tokens: usize,
 ) -> Result<(Vec<u32>, TraceSetup), ModelError> {
-    let (c, p) = (model.tokenizer.encode(clean)?, model.tokenizer.encode(pert)?);
+    let (c, p) = (
+        model.tokenizer.encode(clean)?,
+        model.tokenizer.encode(pert)?,
+    );
     let target = greedy_target(dev, model, &c, target_tokens).await?;
     let setup = prepare(dev, model, &c, &p, &target).await?;
     Ok((target, setup))
@@ -355,7 +388,9 @@ fn check_probes(probes: &[Probe], n_layers: usize, rows: usize) -> Result<(), Mo
     match probes.iter().find(|p| {
         p.layer >= n_layers
             || p.pairs().any(|(i, from)| i >= rows || from >= rows)
-            || p.sources.as_ref().is_some_and(|s| s.len() != p.positions.len())
+            || p.sources
+                .as_ref()
+                .is_some_and(|s| s.len() != p.positions.len())
     }) {
         Some(p) => Err(ModelError::Format(format!(
             "probe at layer {} positions {:?} is outside {n_layers} layers x {rows} rows",
@@ -515,7 +550,10 @@ pub async fn trace_layers_with<M: RestorationMetric>(
             PatchPositions::Aligned => setup.aligned_probe(layer, true),
         })
         .collect();
-    let positions = probes.first().map(|p| p.positions.clone()).unwrap_or_default();
+    let positions = probes
+        .first()
+        .map(|p| p.positions.clone())
+        .unwrap_or_default();
     let mut scores = Vec::with_capacity(probes.len());
     progress(Step {
         stage: "trace",
@@ -568,9 +606,7 @@ pub async fn trace_grid<M: RestorationMetric>(
 ) -> Result<GridTrace, ModelError> {
     let l = model.cfg.n_layers;
     let probes: Vec<Probe> = (0..l)
-        .flat_map(|layer| {
-            positions.iter().map(move |&p| Probe::at(layer, vec![p]))
-        })
+        .flat_map(|layer| positions.iter().map(move |&p| Probe::at(layer, vec![p])))
         .collect();
     let flat = metric.restoration(dev, model, setup, &probes).await?;
     let scores: Vec<Vec<f64>> = flat

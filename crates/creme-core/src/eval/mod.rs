@@ -5,6 +5,7 @@
 
 pub mod drafts;
 pub mod given;
+pub mod pair;
 pub mod record;
 pub mod resume;
 pub mod summary;

@@ -103,6 +103,33 @@ impl EditRecord {
         Ok(r)
     }
 
+    /// The records of an `edits.jsonl` text (`name` in messages), refusing versions this build
+    /// does not know; blank lines are skipped.
+    pub fn parse_lines(text: &str, name: &str) -> Result<Vec<EditRecord>, String> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| EditRecord::parse_line(l).map_err(|e| format!("{name}:{}: {e}", i + 1)))
+            .collect()
+    }
+
+    /// One line on a finished edit, as `creme experiment` prints it.
+    pub fn summary_line(&self, label: &str) -> String {
+        let own = self.own();
+        format!(
+            "{label}: layer {}, {} steps, loss {:.6}; edited task {}; {} fixed {} broke {}; clean {:+.3}; {:.0} s",
+            self.layer,
+            self.steps,
+            self.best_loss,
+            if self.edited_task_passes { "PASSES" } else { "still fails" },
+            self.ptype,
+            own.fixed,
+            own.broke,
+            self.clean.dev,
+            self.t_total
+        )
+    }
+
     /// The edited type's set score.
     pub fn own(&self) -> SetScore {
         self.eval
@@ -110,6 +137,28 @@ impl EditRecord {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// Per type, the most frequent key layer among earlier records (ties: the lower layer): the
+/// layers of a `mode:FILE` rule.
+pub fn layer_modes(records: &[EditRecord]) -> BTreeMap<PerturbationType, usize> {
+    let mut counts: BTreeMap<PerturbationType, BTreeMap<usize, usize>> = BTreeMap::new();
+    for r in records {
+        *counts
+            .entry(r.ptype)
+            .or_default()
+            .entry(r.layer)
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .filter_map(|(t, c)| {
+            let mode = c
+                .into_iter()
+                .max_by_key(|&(l, n)| (n, std::cmp::Reverse(l)))?;
+            Some((t, mode.0))
+        })
+        .collect()
 }
 
 /// Edit-worthy tasks of a perturbed set: the clean prompt passes and the perturbed one fails.

@@ -11,6 +11,7 @@ use crate::dataset::Problem;
 use crate::edit::{Control, EditSettings};
 use crate::error::ModelError;
 use crate::eval::{self, Drafts, GenSpec, Judge, SampleRecord};
+use crate::manifest::{self, FileDigest, RunKind, RunManifest};
 use crate::model::Model;
 use crate::pass_trace::PassLocator;
 use crate::pipeline::{
@@ -36,6 +37,18 @@ impl EvalScope {
             EvalScope::EditWorthy => "edit-worthy",
         }
     }
+}
+
+/// `--shard i/n`: take edit i of every n (None: the whole run, (0, 1)).
+pub fn parse_shard(s: Option<&str>) -> Result<(usize, usize), String> {
+    let Some(s) = s else { return Ok((0, 1)) };
+    let (i, n) = s.split_once('/').ok_or("--shard takes i/n, e.g. 0/4")?;
+    let num = |x: &str| x.parse::<usize>().map_err(|e| e.to_string());
+    let (i, n) = (num(i)?, num(n)?);
+    if n == 0 || i >= n {
+        return Err(format!("--shard {s}: need 0 <= i < n"));
+    }
+    Ok((i, n))
 }
 
 /// Everything an experiment is decided by, as the caller loaded it.
@@ -74,6 +87,48 @@ pub struct Job {
 }
 
 impl ExperimentPlan {
+    /// The experiment directory's manifest: its baseline's (`baseline`) with the plan added;
+    /// `layer_source` is the hashed file of a mode:/from: rule, `restored_at` the flag as given.
+    pub fn manifest(
+        &self,
+        baseline: &RunManifest,
+        layer_source: Option<FileDigest>,
+        restored_at: &str,
+    ) -> RunManifest {
+        let edited: Vec<SetName> = self.types.iter().map(|t| SetName::Perturbed(*t)).collect();
+        // A file rule by its file's name; its content is `layer_source`.
+        let layer = match self.layer.source_file() {
+            Some(f) => {
+                let name = std::path::Path::new(f)
+                    .file_name()
+                    .map_or(f.to_string(), |n| n.to_string_lossy().into_owned());
+                self.layer.to_string().replace(f, &name)
+            }
+            None => self.layer.to_string(),
+        };
+        RunManifest {
+            kind: RunKind::Experiment,
+            experiment: Some(manifest::ExperimentPlan {
+                edit: self.settings.clone(),
+                target_tokens: self.target_tokens,
+                layer,
+                layer_source,
+                restored_at: restored_at.to_string(),
+                past_divergence: self.past_divergence,
+                control: self.control,
+                eval_scope: self.eval_scope.name().into(),
+                eval_types: self
+                    .all_sets
+                    .iter()
+                    .filter(|s| !s.is_clean() && !edited.contains(s))
+                    .copied()
+                    .collect(),
+                types: edited,
+            }),
+            ..baseline.clone()
+        }
+    }
+
     /// Per set, the loaded tasks `base` has no outcome for.
     pub fn missing_tasks(&self, base: &Outcomes) -> Vec<(SetName, Vec<Problem>)> {
         self.all_sets
@@ -205,8 +260,13 @@ fn match_partners(jobs: &mut [Job]) -> Result<(), ModelError> {
         .map(|j| (j.ptype, j.clean.clone(), j.pert.clone()))
         .collect();
     for (i, job) in jobs.iter_mut().enumerate() {
-        let same: Vec<usize> = (0..pairs.len()).filter(|&k| pairs[k].0 == job.ptype).collect();
-        let at = same.iter().position(|&k| k == i).expect("the job is of its type");
+        let same: Vec<usize> = (0..pairs.len())
+            .filter(|&k| pairs[k].0 == job.ptype)
+            .collect();
+        let at = same
+            .iter()
+            .position(|&k| k == i)
+            .expect("the job is of its type");
         if same.len() < 2 {
             return Err(ModelError::Format(format!(
                 "matched control: type {} has one edit-worthy task ({}), no other to match",
@@ -426,6 +486,15 @@ fn record(
 mod tests {
     use super::*;
 
+    #[test]
+    fn shards_parse_as_i_of_n() {
+        assert_eq!(parse_shard(None), Ok((0, 1)));
+        assert_eq!(parse_shard(Some("1/4")), Ok((1, 4)));
+        for bad in ["4/4", "0/0", "1", "a/2"] {
+            assert!(parse_shard(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
     fn job(t: PerturbationType, task: &str) -> Job {
         let p = Problem {
             task_id: task.into(),
@@ -445,7 +514,13 @@ mod tests {
     #[test]
     fn matched_partners_are_the_next_task_of_the_same_type_cyclically() {
         use PerturbationType::{C3, E1};
-        let mut jobs = vec![job(C3, "a"), job(E1, "x"), job(C3, "b"), job(E1, "y"), job(C3, "c")];
+        let mut jobs = vec![
+            job(C3, "a"),
+            job(E1, "x"),
+            job(C3, "b"),
+            job(E1, "y"),
+            job(C3, "c"),
+        ];
         match_partners(&mut jobs).unwrap();
         let partner = |i: usize| jobs[i].partner.as_ref().unwrap().1.task_id.clone();
         assert_eq!(
@@ -454,6 +529,9 @@ mod tests {
         );
         let mut alone = vec![job(C3, "a"), job(E1, "x"), job(E1, "y")];
         let err = match_partners(&mut alone).unwrap_err().to_string();
-        assert!(err.contains("C3") && err.contains("one edit-worthy task"), "{err}");
+        assert!(
+            err.contains("C3") && err.contains("one edit-worthy task"),
+            "{err}"
+        );
     }
 }

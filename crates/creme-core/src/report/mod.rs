@@ -2,8 +2,10 @@
 //! draw the same pictures); the experiment's tables (`tables`) and the efficacy document
 //! (`efficacy`) in markdown.
 
+pub mod edit;
 pub mod efficacy;
 pub mod tables;
+pub mod trace;
 
 use crate::trace::{GridTrace, LayerTrace};
 
