@@ -15,7 +15,7 @@ cd "$root"
 # A machine path: a home directory (root's, or one under home or Users), a work or mount directory
 # (work, workspace, mnt, media at the top of the file system), a fixed name in a shared temporary
 # directory (tmp, var/tmp, dev/shm: another user can take or read it; use mktemp / tempfile), or
-# a Windows profile. Only where the path starts a word, so relative paths such as `src/work/` and
+# a Windows profile. Only where the path starts a word, so relative paths (a work folder inside src) and
 # `$RUNS/main` are not hits. System paths (the interpreter under usr/bin, dev/null, proc/self,
 # etc/passwd) and the bare mount points are not machine paths and do not match. The pattern is
 # assembled from the top-level names (S is the separator) so that this file holds none of them.
