@@ -26,13 +26,15 @@ use crate::run_dir::{self, SampleLog};
 pub enum EvalScope {
     All,
     EditWorthy,
+    Collateral,
 }
 
-impl From<EvalScope> for runner::EvalScope {
-    fn from(s: EvalScope) -> Self {
-        match s {
+impl EvalScope {
+    fn with_sample(self, sample: usize) -> runner::EvalScope {
+        match self {
             EvalScope::All => runner::EvalScope::All,
             EvalScope::EditWorthy => runner::EvalScope::EditWorthy,
+            EvalScope::Collateral => runner::EvalScope::Collateral { sample },
         }
     }
 }
@@ -54,9 +56,13 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "logprob")]
     pub layer: LayerRule,
     /// Evaluate each edit on every task (all: the paper's fixed/broken and clean deviation over
-    /// the whole set) or only on the type's edit-worthy tasks (enough for L-RIR and G-RIR)
+    /// the whole set), only on the type's edit-worthy tasks (enough for L-RIR and G-RIR), or
+    /// (collateral) on those plus a fixed seeded sample of clean and passing perturbed tasks
     #[arg(long, value_enum, default_value = "all")]
     pub eval_scope: EvalScope,
+    /// Sample size of --eval-scope collateral, per set
+    #[arg(long, default_value_t = runner::EvalScope::DEFAULT_SAMPLE)]
+    pub sample: usize,
     #[command(flatten)]
     pub edit: crate::edit_cmd::EditFlags,
     /// Take edit i of every n (0-based "i/n"), for separate machines
@@ -126,7 +132,7 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
         control: a.edit.control(),
         layer: a.layer.clone(),
         restored_at: a.edit.restored_at()?,
-        eval_scope: a.eval_scope.into(),
+        eval_scope: a.eval_scope.with_sample(a.sample),
         shard: runner::parse_shard(a.shard.as_deref())?,
         sets: eval_cmd::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
         modes: match &a.layer {
@@ -186,7 +192,14 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     // The edited model's completions are verified against the baseline's (exact on the CPU
     // backend: see creme_core::draft).
     let drafts = eval::Drafts::from_records(&base_records, &model)?;
-    let (jobs, total) = plan.jobs(&base)?;
+    let runner::JobList {
+        jobs,
+        total,
+        unmatched,
+    } = plan.jobs(&base)?;
+    for (t, task) in &unmatched {
+        eprintln!("matched control: {task} is the only edit-worthy task of {t}; left out");
+    }
     let log_name = match plan.shard {
         (_, 1) => "edits.jsonl".to_string(),
         (i, n) => format!("edits-shard-{i}-of-{n}.jsonl"),
@@ -205,6 +218,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         jobs.len(),
         done.len()
     );
+    let mut shams = runner::ShamCache::default();
     for (k, job) in jobs.iter().enumerate() {
         if done.contains(&(job.ptype, job.pert.task_id.clone())) {
             continue;
@@ -226,6 +240,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
             &base,
             Some(&drafts),
             &mut judge,
+            &mut shams,
             &mut progress,
         );
         let rec = pollster::block_on(job_run)?;

@@ -22,6 +22,7 @@ mod report_cmd;
 mod run_dir;
 mod sandbox;
 mod serve_cmd;
+mod split_cmd;
 mod trace_cmd;
 
 use std::path::PathBuf;
@@ -173,6 +174,11 @@ enum Cmd {
         #[command(flatten)]
         args: report_cmd::ReportArgs,
     },
+    /// The committed development/confirmation split of the efficacy work (types and tasks)
+    Split {
+        #[command(flatten)]
+        args: split_cmd::SplitArgs,
+    },
     /// Serve the web app (web/), the model cache (/models/) and the dataset (/datasets/) on 127.0.0.1
     Serve {
         #[command(flatten)]
@@ -225,6 +231,7 @@ fn run(cli: Cli) -> common::Res {
         Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
         Cmd::Report { args } => report_cmd::main(args),
         Cmd::Compare { args } => compare_cmd::run(args),
+        Cmd::Split { args } => split_cmd::run(args),
         Cmd::Serve { args } => serve_cmd::main(args),
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
         Cmd::Export { args } => export_cmd::run(args),

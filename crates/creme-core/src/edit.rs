@@ -244,7 +244,7 @@ impl Control {
                 let target = norm(&mut w0.iter().zip(w).map(|(a, b)| (*b - *a) as f64));
                 let mut rng = crate::cpu::SplitMix64(seed);
                 // Entries uniform on [-1, 1): a dense direction with no preferred row or column.
-                let dir: Vec<f64> = (0..w0.len()).map(|_| rng.next_f32() as f64 * 2.0 - 1.0).collect();
+                let dir: Vec<f64> = (0..w0.len()).map(|_| rng.next_f32() as f64).collect();
                 let scale = target / norm(&mut dir.iter().copied()).max(f64::MIN_POSITIVE);
                 w0.iter().zip(&dir).map(|(a, r)| (*a as f64 + r * scale) as f32).collect()
             }
@@ -623,3 +623,26 @@ pub async fn loss_by_forward(
 }
 
 pub use crate::patch::{EditPatch, PATCH_FORMAT};
+
+#[cfg(test)]
+mod tests {
+    use super::Control;
+
+    #[test]
+    fn the_random_control_has_the_settings_norm_and_no_preferred_sign() {
+        let w0: Vec<f32> = (0..20_000).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut w = w0.clone();
+        w[5] += 3.0;
+        w[9] -= 4.0; // the setting's change: norm 5
+        let r = Control::Random { seed: 7 }.weights(&w0, &w);
+        let d: Vec<f64> = r.iter().zip(&w0).map(|(a, b)| (*a - *b) as f64).collect();
+        let norm = d.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 5.0).abs() < 1e-3, "norm {norm}");
+        // A dense direction: mean near 0 against its spread (uniform on [-1, 1)).
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let rms = norm / (d.len() as f64).sqrt();
+        assert!(mean.abs() < 0.05 * rms, "mean {mean} rms {rms}");
+        assert_eq!(Control::Sham.weights(&w0, &w), w0);
+        assert_eq!(Control::Matched.weights(&w0, &w), w);
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod compare;
 pub mod runner;
+pub mod split;
 
 use std::collections::BTreeMap;
 

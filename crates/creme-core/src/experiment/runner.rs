@@ -28,15 +28,43 @@ pub enum EvalScope {
     All,
     /// Each evaluated type's edit-worthy tasks (enough for L-RIR and G-RIR).
     EditWorthy,
+    /// The edit-worthy tasks, plus a fixed seeded sample of `sample` clean tasks and of
+    /// `sample` of the edited type's perturbed tasks that pass unedited: the clean deviation and
+    /// the broken count at a fraction of the whole set's cost (issue 37's development scope).
+    Collateral { sample: usize },
 }
 
 impl EvalScope {
-    pub fn name(self) -> &'static str {
+    /// The seed of the collateral sample; the same for every edit, so that every edit and
+    /// control of a run is evaluated on the same tasks.
+    pub const SAMPLE_SEED: u64 = 0x5a3b1e;
+    /// The sample size of `--eval-scope collateral` unless given.
+    pub const DEFAULT_SAMPLE: usize = 24;
+
+    pub fn name(self) -> String {
         match self {
-            EvalScope::All => "all",
-            EvalScope::EditWorthy => "edit-worthy",
+            EvalScope::All => "all".into(),
+            EvalScope::EditWorthy => "edit-worthy".into(),
+            EvalScope::Collateral { sample } => format!("collateral:{sample}"),
         }
     }
+}
+
+/// The first `n` of `tasks` that `keep` allows, in the collateral sample's seeded order.
+fn collateral_sample(
+    problems: &[Problem],
+    n: usize,
+    keep: impl Fn(&str) -> bool,
+) -> HashSet<String> {
+    let ids = problems
+        .iter()
+        .map(|p| p.task_id.as_str())
+        .filter(|t| keep(t));
+    super::split::seeded_order(EvalScope::SAMPLE_SEED, ids)
+        .into_iter()
+        .take(n)
+        .map(str::to_string)
+        .collect()
 }
 
 /// `--shard i/n`: take edit i of every n (None: the whole run, (0, 1)).
@@ -74,6 +102,14 @@ pub struct ExperimentPlan {
     pub given: Option<HashMap<(PerturbationType, String), usize>>,
     /// Greedy generation budget of every evaluation.
     pub spec: GenSpec,
+}
+
+/// The edits of a run: this shard's share, how many there are over all shards, and the pairs a
+/// matched control had no other pair of the same type for (left out).
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    pub total: usize,
+    pub unmatched: Vec<(PerturbationType, String)>,
 }
 
 /// One edit to make: the type and the clean and perturbed problems of an edit-worthy task.
@@ -116,7 +152,7 @@ impl ExperimentPlan {
                 restored_at: restored_at.to_string(),
                 past_divergence: self.past_divergence,
                 control: self.control,
-                eval_scope: self.eval_scope.name().into(),
+                eval_scope: self.eval_scope.name(),
                 eval_types: self
                     .all_sets
                     .iter()
@@ -145,8 +181,8 @@ impl ExperimentPlan {
             .collect()
     }
 
-    /// Edit-worthy tasks, in dataset order, this shard's share; and how many there are in all.
-    pub fn jobs(&self, base: &Outcomes) -> Result<(Vec<Job>, usize), ModelError> {
+    /// Edit-worthy tasks, in dataset order, this shard's share.
+    pub fn jobs(&self, base: &Outcomes) -> Result<JobList, ModelError> {
         let mut jobs = Vec::new();
         for t in &self.types {
             let set = SetName::Perturbed(*t);
@@ -171,9 +207,10 @@ impl ExperimentPlan {
                 });
             }
         }
-        if self.control == Some(Control::Matched) {
-            match_partners(&mut jobs)?;
-        }
+        let unmatched = match self.control {
+            Some(Control::Matched) => match_partners(&mut jobs),
+            _ => Vec::new(),
+        };
         let total = jobs.len();
         let (shard, shards) = self.shard;
         let mine = jobs
@@ -181,38 +218,43 @@ impl ExperimentPlan {
             .enumerate()
             .filter(|(i, _)| i % shards == shard)
             .map(|(_, j)| j);
-        Ok((mine.collect(), total))
+        Ok(JobList {
+            jobs: mine.collect(),
+            total,
+            unmatched,
+        })
     }
 
-    /// The tasks an edit of type `t` is evaluated on: every loaded task, or (edit-worthy scope)
-    /// the edit-worthy tasks of each evaluated type, with their clean prompts those of type `t`.
+    /// The tasks an edit of type `t` is evaluated on: every loaded task, or the edit-worthy
+    /// tasks of each evaluated type (with their clean prompts those of type `t`), plus under
+    /// the collateral scope the clean sample and the sample of `t`'s passing perturbed tasks.
     pub fn eval_sets(
         &self,
         base: &Outcomes,
         t: PerturbationType,
     ) -> BTreeMap<SetName, Vec<Problem>> {
-        match self.eval_scope {
-            EvalScope::All => self.sets.clone(),
-            EvalScope::EditWorthy => self
-                .sets
-                .iter()
-                .map(|(s, ps)| {
-                    let of = if s.is_clean() {
-                        SetName::Perturbed(t)
-                    } else {
-                        *s
-                    };
-                    let worthy: HashSet<String> = edit_worthy(base, of).into_iter().collect();
-                    (
-                        *s,
-                        ps.iter()
-                            .filter(|p| worthy.contains(&p.task_id))
-                            .cloned()
-                            .collect(),
-                    )
-                })
-                .collect(),
+        if self.eval_scope == EvalScope::All {
+            return self.sets.clone();
         }
+        let own = SetName::Perturbed(t);
+        self.sets
+            .iter()
+            .map(|(s, ps)| {
+                let of = if s.is_clean() { own } else { *s };
+                let mut chosen: HashSet<String> = edit_worthy(base, of).into_iter().collect();
+                if let EvalScope::Collateral { sample } = self.eval_scope {
+                    let passes =
+                        |task: &str| base.get(s).and_then(|m| m.get(task)).copied() == Some(true);
+                    match s {
+                        SetName::Clean => chosen.extend(collateral_sample(ps, sample, |_| true)),
+                        _ if *s == own => chosen.extend(collateral_sample(ps, sample, passes)),
+                        _ => {}
+                    }
+                }
+                let kept = ps.iter().filter(|p| chosen.contains(&p.task_id));
+                (*s, kept.cloned().collect())
+            })
+            .collect()
     }
 
     /// The layer to edit for one job, unless the rule traces (logprob, pass).
@@ -253,8 +295,10 @@ impl ExperimentPlan {
     }
 }
 
-/// Give every job the next job of its type (cyclically) as the matched control's pair.
-fn match_partners(jobs: &mut [Job]) -> Result<(), ModelError> {
+/// Give every job the next job of its type (cyclically) as the matched control's pair. A type
+/// with one edit-worthy task has no other pair to match: its job is dropped and returned, so
+/// that the control run says which pairs it lacks instead of failing the whole run.
+fn match_partners(jobs: &mut Vec<Job>) -> Vec<(PerturbationType, String)> {
     let pairs: Vec<(PerturbationType, Problem, Problem)> = jobs
         .iter()
         .map(|j| (j.ptype, j.clean.clone(), j.pert.clone()))
@@ -267,16 +311,19 @@ fn match_partners(jobs: &mut [Job]) -> Result<(), ModelError> {
             .iter()
             .position(|&k| k == i)
             .expect("the job is of its type");
-        if same.len() < 2 {
-            return Err(ModelError::Format(format!(
-                "matched control: type {} has one edit-worthy task ({}), no other to match",
-                job.ptype, job.pert.task_id
-            )));
+        if same.len() >= 2 {
+            let k = same[(at + 1) % same.len()];
+            job.partner = Some((pairs[k].1.clone(), pairs[k].2.clone()));
         }
-        let k = same[(at + 1) % same.len()];
-        job.partner = Some((pairs[k].1.clone(), pairs[k].2.clone()));
     }
-    Ok(())
+    let (matched, alone): (Vec<Job>, Vec<Job>) = std::mem::take(jobs)
+        .into_iter()
+        .partition(|j| j.partner.is_some());
+    *jobs = matched;
+    alone
+        .into_iter()
+        .map(|j| (j.ptype, j.pert.task_id))
+        .collect()
 }
 
 /// Evaluate `sets` greedily with the model as it is now (drafts verified where given); every
@@ -350,6 +397,7 @@ pub async fn run_job<J: Judge>(
     base: &Outcomes,
     drafts: Option<&Drafts>,
     judge: &mut J,
+    shams: &mut ShamCache,
     progress: &mut Progress<'_>,
 ) -> Result<EditRecord, ModelError> {
     let total = Clock::start();
@@ -395,14 +443,58 @@ pub async fn run_job<J: Judge>(
         )
         .await?
     };
-    edit.patch.apply(dev, model)?;
     let eval_clock = Clock::start();
-    let mut after = Vec::new();
     let sets = plan.eval_sets(base, job.ptype);
+    let sham_key = (plan.control == Some(Control::Sham)).then_some((job.ptype, edit.layer));
+    let after = match sham_key.and_then(|k| shams.0.get(&k)) {
+        Some(records) => records.clone(),
+        None => {
+            let after = evaluate_patched(
+                dev,
+                model,
+                &edit.patch,
+                &sets,
+                plan,
+                drafts,
+                judge,
+                progress,
+            )
+            .await?;
+            if let Some(k) = sham_key {
+                shams.0.insert(k, after.clone());
+            }
+            after
+        }
+    };
+    let timing = (eval_clock.lap(), total.lap());
+    record(plan, job, &edit, base, &after, timing, dev).map_err(ModelError::Format)
+}
+
+/// The sham control's evaluations by (type, layer): a sham is W_down unchanged, so it depends
+/// only on the layer (whose f32 path it takes) and on the tasks, which are the same for every
+/// edit of a type; each is evaluated once per run.
+#[derive(Default)]
+pub struct ShamCache(HashMap<(PerturbationType, usize), Vec<SampleRecord>>);
+
+/// Apply `patch`, evaluate `sets`, revert: the model is back to its state before the call
+/// whether the evaluation succeeded or not.
+#[allow(clippy::too_many_arguments)]
+async fn evaluate_patched<J: Judge>(
+    dev: &Device,
+    model: &mut Model,
+    patch: &crate::patch::EditPatch,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    plan: &ExperimentPlan,
+    drafts: Option<&Drafts>,
+    judge: &mut J,
+    progress: &mut Progress<'_>,
+) -> Result<Vec<SampleRecord>, ModelError> {
+    patch.apply(dev, model)?;
+    let mut after = Vec::new();
     let evaluated = evaluate(
         dev,
         model,
-        &sets,
+        sets,
         &plan.spec,
         drafts,
         judge,
@@ -413,10 +505,8 @@ pub async fn run_job<J: Judge>(
         },
     )
     .await;
-    crate::patch::revert(model, &edit.patch);
-    evaluated?;
-    let timing = (eval_clock.lap(), total.lap());
-    record(plan, job, &edit, base, &after, timing, dev).map_err(ModelError::Format)
+    crate::patch::revert(model, patch);
+    evaluated.map(|()| after)
 }
 
 /// The record of one evaluated edit.
@@ -466,7 +556,7 @@ fn record(
             .unwrap_or(false),
         eval: scores,
         clean: score_clean(base, &after)?,
-        eval_scope: plan.eval_scope.name().to_string(),
+        eval_scope: plan.eval_scope.name(),
         tasks_per_set: after.get(&own_set).map(|m| m.len()).unwrap_or(0),
         drafts_whole: after_records
             .iter()
@@ -521,17 +611,88 @@ mod tests {
             job(E1, "y"),
             job(C3, "c"),
         ];
-        match_partners(&mut jobs).unwrap();
+        assert!(match_partners(&mut jobs).is_empty());
         let partner = |i: usize| jobs[i].partner.as_ref().unwrap().1.task_id.clone();
         assert_eq!(
             (0..5).map(partner).collect::<Vec<_>>(),
             vec!["b", "y", "c", "x", "a"]
         );
         let mut alone = vec![job(C3, "a"), job(E1, "x"), job(E1, "y")];
-        let err = match_partners(&mut alone).unwrap_err().to_string();
+        let dropped = match_partners(&mut alone);
+        assert_eq!(dropped, vec![(C3, "a".to_string())]);
+        let kept: Vec<&str> = alone.iter().map(|j| j.pert.task_id.as_str()).collect();
+        assert_eq!(kept, vec!["x", "y"]);
+    }
+
+    /// Ten tasks; clean passes on 0..=7; C3 fails on 0..=2 (edit-worthy) and passes on 3..=7.
+    fn collateral_plan(sample: usize) -> (ExperimentPlan, Outcomes) {
+        use PerturbationType::C3;
+        let tasks: Vec<Problem> = (0..10).map(|i| job(C3, &format!("T/{i}")).pert).collect();
+        let (clean, c3) = (SetName::Clean, SetName::Perturbed(C3));
+        let mut base = Outcomes::new();
+        for p in &tasks {
+            let i: usize = p.task_id[2..].parse().unwrap();
+            base.entry(clean)
+                .or_default()
+                .insert(p.task_id.clone(), i <= 7);
+            base.entry(c3)
+                .or_default()
+                .insert(p.task_id.clone(), (3..=7).contains(&i));
+        }
+        let plan = ExperimentPlan {
+            settings: EditSettings::default(),
+            target_tokens: 8,
+            past_divergence: None,
+            control: None,
+            layer: LayerRule::Logprob,
+            restored_at: None,
+            eval_scope: EvalScope::Collateral { sample },
+            shard: (0, 1),
+            types: vec![C3],
+            all_sets: vec![clean, c3],
+            sets: [(clean, tasks.clone()), (c3, tasks)].into(),
+            modes: None,
+            given: None,
+            spec: GenSpec::default(),
+        };
+        (plan, base)
+    }
+
+    #[test]
+    fn the_collateral_scope_adds_a_fixed_sample_of_clean_and_passing_perturbed_tasks() {
+        let ids = |sets: &BTreeMap<SetName, Vec<Problem>>, s: SetName| -> Vec<String> {
+            sets[&s].iter().map(|p| p.task_id.clone()).collect()
+        };
+        let c3 = SetName::Perturbed(PerturbationType::C3);
+        let (plan, base) = collateral_plan(3);
+        let sets = plan.eval_sets(&base, PerturbationType::C3);
+        let (clean, pert) = (ids(&sets, SetName::Clean), ids(&sets, c3));
+        for t in ["T/0", "T/1", "T/2"] {
+            assert!(
+                clean.contains(&t.to_string()) && pert.contains(&t.to_string()),
+                "{t}"
+            );
+        }
+        // Three more of each at most (a sampled task may be edit-worthy already); the
+        // perturbed sample only from tasks that pass unedited (T/3..=T/7).
         assert!(
-            err.contains("C3") && err.contains("one edit-worthy task"),
-            "{err}"
+            (3..=6).contains(&clean.len()) && pert.len() == 6,
+            "{clean:?} {pert:?}"
         );
+        assert!(pert.iter().all(
+            |t| ["T/0", "T/1", "T/2", "T/3", "T/4", "T/5", "T/6", "T/7"].contains(&t.as_str())
+        ));
+        // The same sample for every edit and a larger sample contains the smaller one.
+        let again = plan.eval_sets(&base, PerturbationType::C3);
+        assert_eq!(
+            (ids(&again, SetName::Clean), ids(&again, c3)),
+            (clean.clone(), pert.clone())
+        );
+        let (big, base) = collateral_plan(5);
+        let bigger = big.eval_sets(&base, PerturbationType::C3);
+        assert!(clean
+            .iter()
+            .all(|t| ids(&bigger, SetName::Clean).contains(t)));
+        assert_eq!(EvalScope::Collateral { sample: 3 }.name(), "collateral:3");
     }
 }
