@@ -231,7 +231,7 @@ pub fn problem_set(dir: &Path, set: SetName) -> Res<(Vec<Problem>, bool)> {
     if file.exists() {
         return Ok((read_problems(&file)?, false));
     }
-    Ok((creme_core::perturb::perturb_problems(&clean, t)?, true))
+    Ok((creme_core::perturb::perturb_problems(&clean, t, 0)?, true))
 }
 
 /// The named sets of a dataset directory, each cut to the task ids in `tasks` (comma list) and

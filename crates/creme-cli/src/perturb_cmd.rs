@@ -17,7 +17,8 @@ pub struct PerturbArgs {
     /// Perturb this prompt file ('-' for stdin) and print the result
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
-    /// Seed (with --prompt-file; sets use the task number)
+    /// Seed (with --prompt-file: of the prompt; with --out: of the sets, whose seed 0 draws
+    /// each task from its number, as the sets creme writes by default)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Dataset directory (its clean prompts are perturbed; with --validate, its released sets are compared)
@@ -57,7 +58,7 @@ pub fn run(a: PerturbArgs) -> Res {
         std::fs::create_dir_all(&pdir).map_err(|e| format!("creating {}: {e}", pdir.display()))?;
         for t in &types {
             let mut text = String::new();
-            for p in perturb_problems(&clean, *t)? {
+            for p in perturb_problems(&clean, *t, a.seed)? {
                 text.push_str(&serde_json::to_string(&p)?);
                 text.push('\n');
             }

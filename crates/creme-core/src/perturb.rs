@@ -334,17 +334,24 @@ pub fn task_seed(task_id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The `t` set made from the clean problems by creme's perturbator, each task seeded by its
-/// number; the clean prompt is kept as `original_prompt`.
+/// The seed of a task's perturbation in the set drawn with `set_seed`: the task's number for
+/// set seed 0 (the sets creme has always written), another draw of the same task per set seed.
+pub fn set_task_seed(task_id: &str, set_seed: u64) -> u64 {
+    task_seed(task_id) ^ set_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The `t` set made from the clean problems by creme's perturbator, each task seeded by
+/// [`set_task_seed`]; the clean prompt is kept as `original_prompt`.
 pub fn perturb_problems(
     clean: &[crate::dataset::Problem],
     t: crate::sets::PerturbationType,
+    set_seed: u64,
 ) -> Result<Vec<crate::dataset::Problem>, ModelError> {
     clean
         .iter()
         .map(|c| {
             Ok(crate::dataset::Problem {
-                prompt: perturb(&c.prompt, t.name(), task_seed(&c.task_id))?,
+                prompt: perturb(&c.prompt, t.name(), set_task_seed(&c.task_id, set_seed))?,
                 original_prompt: Some(c.prompt.clone()),
                 ..c.clone()
             })
@@ -712,4 +719,47 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
+}
+
+#[cfg(test)]
+mod set_seed_tests {
+    use super::*;
+    use crate::dataset::Problem;
+    use crate::sets::PerturbationType;
+
+    #[test]
+    fn set_seed_zero_is_the_task_number_and_other_seeds_draw_other_typos() {
+        assert_eq!(set_task_seed("HumanEval/12", 0), 12);
+        let clean: Vec<Problem> = (0..8)
+            .map(|i| Problem {
+                task_id: format!("HumanEval/{i}"),
+                prompt: format!(
+                    "def f{i}(numbers):\n    \"\"\"Return the largest element of the given list of numbers, or None when the list is empty.\"\"\"\n"
+                ),
+                entry_point: format!("f{i}"),
+                test: String::new(),
+                original_prompt: None,
+            })
+            .collect();
+        let (a, b) = (
+            perturb_problems(&clean, PerturbationType::C3, 0).unwrap(),
+            perturb_problems(&clean, PerturbationType::C3, 1).unwrap(),
+        );
+        for (p, c) in a.iter().zip(&clean) {
+            assert_eq!(
+                p.prompt,
+                perturb(&c.prompt, "C3", task_seed(&c.task_id)).unwrap()
+            );
+        }
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.prompt != y.prompt)
+            .count();
+        assert!(differ >= 6, "seed 1 redrew {differ} of 8");
+        assert_eq!(
+            b[3].original_prompt.as_deref(),
+            Some(clean[3].prompt.as_str())
+        );
+    }
 }

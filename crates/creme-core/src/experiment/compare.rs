@@ -66,12 +66,15 @@ fn arm(label: &str, rs: &[EditRecord], level: Confidence) -> Result<Arm, String>
     })
 }
 
-type PairKey = (PerturbationType, String);
+/// An edit's pair: its type and task, and its perturbed prompt (runs on sets of other seeds edit
+/// the same (type, task) from other prompts; they pool as separate pairs).
+type PairKey = (PerturbationType, String, Option<String>);
 
 fn by_pair(rs: &[EditRecord]) -> Result<BTreeMap<PairKey, bool>, String> {
     let mut m = BTreeMap::new();
     for r in rs {
-        if m.insert((r.ptype, r.task.clone()), r.edited_task_passes).is_some() {
+        let key = (r.ptype, r.task.clone(), r.prompt_digest.clone());
+        if m.insert(key, r.edited_task_passes).is_some() {
             return Err(format!("two edits of {} {} in one run", r.ptype, r.task));
         }
     }
@@ -119,7 +122,10 @@ pub fn compare(
 
 fn prop(p: &Option<Proportion>) -> String {
     match p {
-        Some(p) => format!("{}/{} = {:.2} [{:.2}, {:.2}]", p.k, p.n, p.estimate, p.lo, p.hi),
+        Some(p) => format!(
+            "{}/{} = {:.2} [{:.2}, {:.2}]",
+            p.k, p.n, p.estimate, p.lo, p.hi
+        ),
         None => "-".into(),
     }
 }
@@ -201,6 +207,7 @@ mod tests {
             eval: BTreeMap::new(),
             clean: CleanScore::default(),
             eval_scope: "edit-worthy".into(),
+            prompt_digest: None,
             tasks_per_set: 10,
             after: Outcomes::new(),
             drafts_whole: 0,
@@ -216,8 +223,15 @@ mod tests {
     #[test]
     fn nine_of_ten_against_a_sham_that_fixes_none() {
         let tasks: Vec<String> = (0..10).map(|i| format!("HumanEval/{i}")).collect();
-        let setting: Vec<EditRecord> = tasks.iter().enumerate().map(|(i, t)| rec(t, i != 3, None)).collect();
-        let sham: Vec<EditRecord> = tasks.iter().map(|t| rec(t, false, Some(Control::Sham))).collect();
+        let setting: Vec<EditRecord> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| rec(t, i != 3, None))
+            .collect();
+        let sham: Vec<EditRecord> = tasks
+            .iter()
+            .map(|t| rec(t, false, Some(Control::Sham)))
+            .collect();
         // The random control fixes task 3 only (the one the setting does not).
         let random: Vec<EditRecord> = tasks
             .iter()
@@ -235,14 +249,46 @@ mod tests {
         // SciPy 1.17.1: binomtest(9, 10).proportion_ci(method='exact') = (0.5550, 0.9975).
         assert!((l.lo - 0.5550).abs() < 1e-3 && (l.hi - 0.9975).abs() < 1e-3);
         let sham_test = &c.controls[0];
-        assert_eq!((sham_test.mcnemar.pairs.b, sham_test.mcnemar.pairs.c), (9, 0));
+        assert_eq!(
+            (sham_test.mcnemar.pairs.b, sham_test.mcnemar.pairs.c),
+            (9, 0)
+        );
         // binomtest(0, 9, 0.5).pvalue = 0.00390625; Holm over two: x2 for the smallest.
         assert!((sham_test.mcnemar.p_value - 0.00390625).abs() < 1e-12);
         assert!((sham_test.p_holm - 0.0078125).abs() < 1e-12);
         let random_test = &c.controls[1];
-        assert_eq!((random_test.mcnemar.pairs.b, random_test.mcnemar.pairs.c), (9, 1));
+        assert_eq!(
+            (random_test.mcnemar.pairs.b, random_test.mcnemar.pairs.c),
+            (9, 1)
+        );
         assert!(markdown(&c).contains("9/10 = 0.90"));
         // A control run that holds real edits is refused.
-        assert!(compare(("s", &setting), &[("sham", &setting)], Confidence::default()).is_err());
+        assert!(compare(
+            ("s", &setting),
+            &[("sham", &setting)],
+            Confidence::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pairs_of_other_seeds_pool_as_separate_pairs_and_a_repeat_is_refused() {
+        let seeded = |seed: &str, passes: bool, control| EditRecord {
+            prompt_digest: Some(seed.into()),
+            ..rec("HumanEval/5", passes, control)
+        };
+        let setting = [seeded("a", true, None), seeded("b", true, None)];
+        let sham = [
+            seeded("a", false, Some(Control::Sham)),
+            seeded("b", false, Some(Control::Sham)),
+        ];
+        let c = compare(("s", &setting), &[("sham", &sham)], Confidence::default()).unwrap();
+        assert_eq!(
+            (c.controls[0].paired, c.controls[0].mcnemar.pairs.b),
+            (2, 2)
+        );
+        let twice = [seeded("a", true, None), seeded("a", false, None)];
+        let err = compare(("s", &twice), &[], Confidence::default()).unwrap_err();
+        assert!(err.contains("two edits"), "{err}");
     }
 }

@@ -61,6 +61,10 @@ pub struct EditRecord {
     /// The task whose pair the edit was made from, when not this one (the matched control).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edited_from: Option<String>,
+    /// FNV-1a (hex) of the perturbed prompt edited for: tells apart runs on perturbed sets of
+    /// other seeds, whose (type, task) pairs are the same (None: written before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_digest: Option<String>,
     #[serde(default)]
     pub trace_scores: Option<Vec<f64>>,
     pub settings: EditSettings,
@@ -451,6 +455,7 @@ mod tests {
                 ..Default::default()
             },
             eval_scope: "all".into(),
+            prompt_digest: None,
             tasks_per_set: 164,
             after: Outcomes::new(),
             drafts_whole: 0,

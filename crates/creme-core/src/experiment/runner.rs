@@ -541,6 +541,7 @@ fn record(
         layer_choice: plan.layer.to_string(),
         control: plan.control,
         edited_from: job.partner.as_ref().map(|(_, p)| p.task_id.clone()),
+        prompt_digest: Some(format!("{:016x}", super::split::fnv1a(&job.pert.prompt))),
         trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
         settings: plan.settings.clone(),
         steps: result.steps,
