@@ -1,5 +1,5 @@
 //! `creme export`: a model with CREME patches applied, written as an HF checkpoint (f32
-//! safetensors, config.json, tokenizer.json) for other tools.
+//! safetensors, config.json, tokenizer.json) or as a GGUF (llama.cpp and other runtimes).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,9 +14,29 @@ pub struct ExportArgs {
     /// Patches to apply (repeatable)
     #[arg(long)]
     pub patch: Vec<PathBuf>,
-    /// Output directory
+    /// Output directory (an HF checkpoint), or with --gguf the GGUF file to write
     #[arg(long)]
     pub out: PathBuf,
+    /// Write a GGUF: the model file with each patched layer's W_down in F32
+    #[arg(long)]
+    pub gguf: bool,
+}
+
+/// The GGUF of `file` with `patches` applied, written whole (a temp file renamed into place).
+fn write_gguf(a: &ExportArgs, file: &[u8], patches: &[creme_core::patch::EditPatch]) -> Res {
+    let t0 = Instant::now();
+    let bytes = creme_core::model::gguf_write::export_gguf(file, patches)?;
+    let tmp = a.out.with_extension("gguf.tmp");
+    std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).map_err(|e| format!("writing {}: {e}", a.out.display()))?;
+    println!(
+        "wrote {} ({:.0} MiB; {} patch(es), their layers' W_down in F32) in {:.1} s",
+        a.out.display(),
+        bytes.len() as f64 / 1048576.0,
+        patches.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 pub fn run(a: ExportArgs) -> Res {
@@ -27,6 +47,9 @@ pub fn run(a: ExportArgs) -> Res {
         .iter()
         .map(|p| common::read_patch(p))
         .collect::<Res<Vec<_>>>()?;
+    if a.gguf {
+        return write_gguf(&a, &file, &patches);
+    }
     let t0 = Instant::now();
     let (st, config, tokenizer) = creme_core::model::safetensors::export_hf(&file, &patches)
         .map_err(|e| format!("{}: {e}", path.display()))?;

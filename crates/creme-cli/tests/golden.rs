@@ -184,6 +184,9 @@ fn protocol(root: &Path) -> Golden {
         creme_core::edit::EditPatch::from_safetensors(&std::fs::read(&patch).unwrap()).unwrap();
     // The pair label held the prompt files' paths before 2026-12 (file names since).
     p.metadata.remove("pair");
+    // Patches name the W_down state they were made on since 2026-12-07 ("file" here): checked
+    // here, left out of the hash recorded before.
+    assert_eq!(p.metadata.remove(creme_core::patch::MADE_ON).as_deref(), Some("file"));
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(bytemuck_bytes(&p.w));

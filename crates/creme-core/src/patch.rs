@@ -4,7 +4,7 @@
 
 use crate::backend::Device;
 use crate::error::ModelError;
-use crate::model::Model;
+use crate::model::{DownState, Model};
 
 /// An edit as a file: the edited W_down (f32) in safetensors under its HF name and shape, with
 /// metadata (GGUF name, base model sha256, layer, solver, settings, loss curve). Any tool that
@@ -93,7 +93,33 @@ impl EditPatch {
         })
     }
 
-    /// Apply to a model (revert with `model.revert_ffn_down(patch.layer)`).
+    /// The W_down state this patch was made on (metadata [`MADE_ON`]; None: a patch written
+    /// before patches said, taken as made on the file's weights).
+    pub fn made_on(&self) -> Option<&str> {
+        self.metadata.get(MADE_ON).map(String::as_str)
+    }
+
+    /// Whether this patch may go onto a layer holding `now`: only onto the state it was made on
+    /// (a patch holds the whole W_down, so onto another edit it would silently drop that edit).
+    pub fn check_onto(&self, now: &DownState) -> Result<(), ModelError> {
+        let now = now.to_string();
+        let made_on = self.made_on().unwrap_or("file");
+        if made_on == now {
+            return Ok(());
+        }
+        let pair = self.metadata.get("pair").map_or("", String::as_str);
+        Err(ModelError::Format(format!(
+            "the patch of layer {} ({pair}) was made on W_down {}, but the layer holds {} now: \
+             a patch holds the whole W_down, so it would silently replace the edit there; apply \
+             the patches of one layer in the order they were made, each made on the one before",
+            self.layer,
+            short(made_on),
+            short(&now)
+        )))
+    }
+
+    /// Apply to a model (revert with [`revert`], which restores the weights before it). Refused
+    /// where the layer holds other weights than the patch was made on (see [`check_onto`]).
     pub fn apply(&self, dev: &Device, model: &mut Model) -> Result<(), ModelError> {
         if (self.rows, self.cols) != (model.cfg.d_model, model.cfg.d_ff) {
             return Err(ModelError::Format(format!(
@@ -101,11 +127,36 @@ impl EditPatch {
                 self.rows, self.cols, model.cfg.d_model, model.cfg.d_ff
             )));
         }
+        let n = model.cfg.n_layers;
+        let now = model
+            .ffn_down_state(self.layer)
+            .ok_or_else(|| ModelError::Format(format!("patch of layer {} of {n}", self.layer)))?;
+        self.check_onto(now)?;
         model.set_ffn_down(dev, self.layer, &self.w)
     }
 }
 
-/// Undo an applied patch (the file's weight comes back).
+/// A state for messages: "file", or the start of an edit's hash.
+fn short(state: &str) -> String {
+    state.chars().take(17).collect()
+}
+
+/// The metadata key naming the W_down state a patch was made on ([`DownState`]'s text).
+pub const MADE_ON: &str = "made_on";
+
+/// Check that `patches`, applied in order to the model file, stack: each onto the state it was
+/// made on. Exports use it, as [`EditPatch::apply`] does on a loaded model.
+pub fn check_stack(patches: &[EditPatch]) -> Result<(), ModelError> {
+    let mut state: std::collections::BTreeMap<usize, DownState> = Default::default();
+    for p in patches {
+        let now = state.entry(p.layer).or_insert(DownState::File);
+        p.check_onto(now)?;
+        *now = DownState::of_edit(&p.w);
+    }
+    Ok(())
+}
+
+/// Undo an applied patch: the layer's weights before it come back.
 pub fn revert(model: &mut Model, patch: &EditPatch) {
     model.revert_ffn_down(patch.layer);
 }

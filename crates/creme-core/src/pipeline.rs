@@ -393,6 +393,8 @@ pub async fn locate_and_edit_with<L: Locator>(
         relative_change: crate::diagnose::relative_change(&w0, &result.w),
     };
     let mut meta = metadata;
+    let made_on = model.ffn_down_state(layer).map(|s| s.to_string());
+    meta.insert(crate::patch::MADE_ON.into(), made_on.unwrap_or_default());
     meta.insert(
         "settings".into(),
         serde_json::to_string(&settings.edit).map_err(|e| ModelError::Format(e.to_string()))?,

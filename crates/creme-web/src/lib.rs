@@ -354,9 +354,7 @@ impl Session {
     /// Undo every edit and patch: the model is the file's again.
     pub fn revert(&mut self) {
         if let Some(m) = self.model.as_mut() {
-            for l in m.edited_layers() {
-                m.revert_ffn_down(l);
-            }
+            m.revert_all_edits();
         }
         self.patch = None;
     }

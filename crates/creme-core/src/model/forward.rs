@@ -11,10 +11,43 @@ use crate::backend::{AttnStep, Backend, BlockShape, DType, Device, LayerWeights,
 use crate::error::ModelError;
 use crate::hooks::{Captured, Hooks, Site};
 
+/// What a layer's W_down holds: the model file's weight, or an edit's f32 weights (by their
+/// SHA-256). A patch names the state it was made on, so that patches stack only in the order
+/// they were made (a patch holds the whole W_down: applied onto another edit, it would silently
+/// drop that edit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownState {
+    File,
+    Edited { sha256: String },
+}
+
+impl std::fmt::Display for DownState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DownState::File => write!(f, "file"),
+            DownState::Edited { sha256 } => write!(f, "f32:{sha256}"),
+        }
+    }
+}
+
+impl DownState {
+    /// The state after applying `w` (the f32 weights of an edit).
+    pub fn of_edit(w: &[f32]) -> DownState {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(bytemuck::cast_slice::<f32, u8>(w));
+        DownState::Edited {
+            sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
 pub(crate) struct Layer {
     pub(crate) w: LayerWeights,
-    /// The file's W_down while an edited one is applied (so the edit can be reverted).
-    pub(crate) down_original: Option<Weight>,
+    /// The W_down each applied edit replaced, oldest first, with what it was (so that an edit
+    /// reverts to the weights before it, and the file's come back when all are reverted).
+    pub(crate) down_replaced: Vec<(Weight, DownState)>,
+    /// What W_down holds now: the file's weight or an applied edit.
+    pub(crate) down_state: DownState,
 }
 
 /// A loaded model: config, tokenizer, and weights on one backend.

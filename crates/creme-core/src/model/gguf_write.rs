@@ -145,3 +145,58 @@ pub fn requantize_layers(
     ));
     Ok(write_gguf(&meta, &tensors))
 }
+
+/// The model file with `patches` applied, as a GGUF that other runtimes (llama.cpp) load: every
+/// tensor and metadata entry as in `file`, except each patched layer's `ffn_down.weight`, written
+/// as F32 (the patch's exact weights; re-quantizing would move the edit). The patches must stack
+/// ([`crate::patch::check_stack`]); the last patch of a layer holds that layer's weights.
+/// `general.file_type` is dropped (the file mixes types) and `creme.patches` lists the patches.
+pub fn export_gguf(
+    file: &[u8],
+    patches: &[crate::patch::EditPatch],
+) -> Result<Vec<u8>, ModelError> {
+    crate::patch::check_stack(patches)?;
+    let h = GgufHeader::parse(file)?;
+    h.check_len(file.len() as u64)?;
+    let mut tensors = Vec::with_capacity(h.tensors.len());
+    for t in &h.tensors {
+        let patch = patches
+            .iter()
+            .rev()
+            .find(|p| t.name == format!("blk.{}.ffn_down.weight", p.layer));
+        let (dtype, data) = match patch {
+            Some(p) => {
+                let (rows, cols) = t.rows_cols();
+                if (p.rows, p.cols) != (rows as usize, cols as usize) {
+                    return Err(ModelError::Format(format!(
+                        "patch for layer {} is {}x{}, the model's W_down is {rows}x{cols}",
+                        p.layer, p.rows, p.cols
+                    )));
+                }
+                (GgmlType::F32, bytemuck::cast_slice::<f32, u8>(&p.w).to_vec())
+            }
+            None => (t.dtype, h.tensor_bytes(file, t)?.to_vec()),
+        };
+        tensors.push(TensorOut {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            dtype,
+            data,
+        });
+    }
+    let mut meta: Vec<(String, Value)> = h
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.file_type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let listed: Vec<String> = patches
+        .iter()
+        .map(|p| {
+            let pair = p.metadata.get("pair").map_or("", String::as_str);
+            format!("layer {}: {pair}", p.layer)
+        })
+        .collect();
+    meta.push(("creme.patches".into(), Value::Str(listed.join("; "))));
+    Ok(write_gguf(&meta, &tensors))
+}

@@ -230,7 +230,8 @@ impl ModelLoader {
             };
             layers.push(Layer {
                 w,
-                down_original: None,
+                down_replaced: Vec::new(),
+                down_state: super::forward::DownState::File,
             });
         }
         let head = self.weight("output.weight")?;

@@ -15,7 +15,7 @@ mod weight_edit;
 pub use crate::backend::Embedding;
 pub use crate::quant::{self, GgmlType};
 pub use config::{ModelConfig, RopeStyle};
-pub use forward::{ForwardOut, Input, Logits, Model};
+pub use forward::{DownState, ForwardOut, Input, Logits, Model};
 pub use gguf::{GgufHeader, TensorInfo};
 pub use kv_cache::KvCache;
 pub use loader::{check_tensor_table, ModelLoader};

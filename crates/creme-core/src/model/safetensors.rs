@@ -68,6 +68,7 @@ pub fn export_hf(
     patches: &[crate::patch::EditPatch],
 ) -> Result<(Vec<u8>, String, String), ModelError> {
     use super::gguf::GgufHeader;
+    crate::patch::check_stack(patches)?;
     let h = GgufHeader::parse(file)?;
     h.check_len(file.len() as u64)?;
     let cfg = ModelConfig::from_gguf(&h)?;

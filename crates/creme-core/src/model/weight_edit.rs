@@ -1,6 +1,6 @@
 //! Replacing and restoring one layer's W_down (a CREME edit applied to a loaded model).
 
-use super::forward::Model;
+use super::forward::{DownState, Model};
 use crate::backend::{Backend, Device};
 use crate::error::ModelError;
 use crate::quant::GgmlType;
@@ -39,19 +39,34 @@ impl Model {
             bytemuck::cast_slice(w),
         )?;
         let old = std::mem::replace(&mut layer.w.down, new);
-        if layer.down_original.is_none() {
-            layer.down_original = Some(old);
-        }
+        let was = std::mem::replace(&mut layer.down_state, DownState::of_edit(w));
+        layer.down_replaced.push((old, was));
         Ok(())
     }
 
-    /// Undo [`Model::set_ffn_down`] on layer `l` (no-op when it is not edited).
+    /// Undo the last [`Model::set_ffn_down`] on layer `l`: the weights before it come back (no-op
+    /// when it is not edited).
     pub fn revert_ffn_down(&mut self, l: usize) {
         if let Some(layer) = self.layers.get_mut(l) {
-            if let Some(orig) = layer.down_original.take() {
-                layer.w.down = orig;
+            if let Some((w, state)) = layer.down_replaced.pop() {
+                layer.w.down = w;
+                layer.down_state = state;
             }
         }
+    }
+
+    /// Undo every edit of every layer: the model file's weights again.
+    pub fn revert_all_edits(&mut self) {
+        for l in 0..self.layers.len() {
+            while !self.layers[l].down_replaced.is_empty() {
+                self.revert_ffn_down(l);
+            }
+        }
+    }
+
+    /// What W_down of layer `l` holds now (None: no such layer).
+    pub fn ffn_down_state(&self, l: usize) -> Option<&DownState> {
+        self.layers.get(l).map(|layer| &layer.down_state)
     }
 
     /// Layers whose W_down is currently edited.
@@ -59,7 +74,7 @@ impl Model {
         self.layers
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.down_original.is_some())
+            .filter(|(_, l)| l.down_state != DownState::File)
             .map(|(i, _)| i)
             .collect()
     }
