@@ -113,14 +113,29 @@ function applyDefaults() {
   $('steps').value = d.edit.max_steps;
   $('keep').value = d.edit.keep;
   $('target').value = d.target_tokens;
-  $('lambda').textContent = d.edit.lambda;
-  $('solver').textContent = typeof d.edit.solver === 'string' ? d.edit.solver : Object.keys(d.edit.solver)[0];
+  showSetting();
   judge = new Judge({ timeoutSeconds: Number(q.get('judgeTimeout')) || d.judge_timeout_s });
   state.judgeTimeoutSeconds = judge.timeoutSeconds;
 }
 
+/// The chosen setting (core's, from defaults()), with the paper's Adam knobs from the controls.
+function chosenSetting() {
+  const s = structuredClone(state.defaults.settings[$('setting').value]);
+  if ($('setting').value === 'paper') Object.assign(s.edit, { lr: Number($('lr').value), max_steps: Number($('steps').value), keep: $('keep').value });
+  return s;
+}
+
+function showSetting() {
+  const e = state.defaults.settings[$('setting').value].edit;
+  $('lambda').textContent = e.lambda;
+  $('solver').textContent = typeof e.solver === 'string' ? e.solver : `${Object.keys(e.solver)[0]} (${JSON.stringify(Object.values(e.solver)[0])})`;
+  for (const k of ['lr', 'steps', 'keep']) $(k).disabled = $('setting').value !== 'paper';
+}
+
 function initControls() {
   applyDefaults();
+  $('setting').onchange = showSetting;
+  if (q.get('setting')) { $('setting').value = q.get('setting'); showSetting(); }
   $('url').value = q.get('model') || $('preset').value;
   if ([...$('preset').options].some((o) => o.value === $('url').value)) $('preset').value = $('url').value;
   $('preset').onchange = () => { $('url').value = $('preset').value; droppedFile = null; };
@@ -222,11 +237,11 @@ async function grid(session) {
 async function edit(session) {
   setStatus('editing…');
   const t0 = performance.now();
-  const settings = { lr: Number($('lr').value), max_steps: Number($('steps').value), keep: $('keep').value };
-  const r = JSON.parse(await session.edit($('clean').value, $('pert').value, Number($('layer').value), JSON.stringify(settings), Number($('target').value)));
+  const r = JSON.parse(await session.edit($('clean').value, $('pert').value, Number($('layer').value), JSON.stringify(chosenSetting()), Number($('target').value)));
   state.edit = r;
   state.editSeconds = (performance.now() - t0) / 1000;
-  if (r.trace) $('curve').innerHTML = creme.Session.layerCurveSvg(JSON.stringify(r.trace), 'restoration by layer (every prompt position patched)');
+  const traced = $('setting').value === 'paper' ? 'every prompt position patched' : 'the rows after the typo patched';
+  if (r.trace) $('curve').innerHTML = creme.Session.layerCurveSvg(JSON.stringify(r.trace), `restoration by layer (${traced})`);
   $('losssvg').innerHTML = r.loss_svg;
   const last = r.edit.losses[r.edit.losses.length - 1];
   $('editinfo').innerHTML = `layer <b>${r.layer}</b> · ${r.edit.steps} evaluations · loss ${r.edit.losses[0].total.toExponential(3)} → ${last.total.toExponential(3)} `

@@ -114,6 +114,24 @@ impl Default for CremeSettings {
     }
 }
 
+impl CremeSettings {
+    /// The best setting of the development runs (docs/efficacy-dev.md): the prompt rows after
+    /// the perturbation moved to the clean prompt's states by a ridge fit (ridge 100), the target
+    /// 8 tokens past the decision, the layer from the aligned trace. Not the default, so that
+    /// the paper's setting stays what a plain run reproduces; the demo and the web app use this.
+    pub fn recommended() -> CremeSettings {
+        CremeSettings {
+            past_divergence: Some(8),
+            edit: EditSettings {
+                solver: crate::edit::Solver::Ridge { ridge: 100.0 },
+                rows: crate::edit::EditRows::Prompt,
+                ..EditSettings::default()
+            },
+            ..CremeSettings::default()
+        }
+    }
+}
+
 /// How the key layer is found from a prepared trace.
 #[allow(async_fn_in_trait)]
 pub trait Locator {

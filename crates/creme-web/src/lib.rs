@@ -11,7 +11,7 @@ use creme_core::eval::GenSpec;
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::patch::EditPatch;
-use creme_core::pipeline::{locate_and_edit, CremeSettings, LogprobLocator, DEFAULT_TARGET_TOKENS};
+use creme_core::pipeline::{locate_and_edit, CremeSettings, TraceLocator, DEFAULT_TARGET_TOKENS};
 use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
 use creme_core::{cpu, Device, Gpu, GpuOptions, ModelError};
 use serde_json::json;
@@ -266,10 +266,12 @@ impl Session {
     }
 
     /// CREME edit of one layer's W_down from the clean/perturbed pair; `layer` < 0 traces first
-    /// (logprob metric, every prompt position) and edits the key layer. `settings` is JSON with
-    /// any of {solver, lambda, lr, max_steps, patience, keep} (defaults: the paper's). The edit
-    /// is applied to the model and kept as this session's patch. Returns JSON {layer, trace,
-    /// edit: {losses, steps, best_loss, kept_step, ...}, seconds}.
+    /// (the trace that fits the rows: every prompt position for the paper's rows, the aligned
+    /// trace for the prompt rows) and edits the key layer. `settings` is JSON {edit (any of
+    /// `EditSettings`' fields; defaults: the paper's), past_divergence (tokens past the first
+    /// clean/perturbed divergence, or null)}; `defaults()` holds the recommended and the paper's.
+    /// The edit is applied to the model and kept as this session's patch. Returns JSON {layer,
+    /// trace, edit: {losses, steps, best_loss, kept_step, ...}, settings, seconds}.
     pub async fn edit(
         &mut self,
         clean: String,
@@ -278,11 +280,18 @@ impl Session {
         settings: String,
         target_tokens: usize,
     ) -> Result<String, JsError> {
-        let s: EditSettings = if settings.trim().is_empty() {
-            EditSettings::default()
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct PageSettings {
+            edit: EditSettings,
+            past_divergence: Option<usize>,
+        }
+        let given: PageSettings = if settings.trim().is_empty() {
+            PageSettings::default()
         } else {
             serde_json::from_str(&settings).map_err(|e| js_err(format!("edit settings: {e}")))?
         };
+        let s = given.edit;
         self.revert();
         let model = self
             .model
@@ -294,8 +303,8 @@ impl Session {
         );
         let creme = CremeSettings {
             target_tokens,
-            past_divergence: None,
-        control: None,
+            past_divergence: given.past_divergence,
+            control: None,
             layer: (layer >= 0).then_some(layer as usize),
             edit: s.clone(),
         };
@@ -308,7 +317,7 @@ impl Session {
             &c,
             &p,
             &creme,
-            &mut LogprobLocator::default(),
+            &mut TraceLocator::for_rows(s.rows, None),
             meta,
         )
         .await
@@ -377,6 +386,11 @@ pub fn defaults() -> String {
     json!({
         "target_tokens": DEFAULT_TARGET_TOKENS,
         "edit": EditSettings::default(),
+        // The page's setting choices, recommended first: {edit, past_divergence} each.
+        "settings": {
+            "recommended": page_setting(&CremeSettings::recommended()),
+            "paper": page_setting(&CremeSettings::default()),
+        },
         "generation": {
             "max_tokens": gen.max_tokens,
             "temperature": gen.temperature,
@@ -387,6 +401,11 @@ pub fn defaults() -> String {
         "judge_timeout_s": creme_core::eval::DEFAULT_TIMEOUT_S,
     })
     .to_string()
+}
+
+/// A setting as the page's `edit` takes it.
+fn page_setting(s: &CremeSettings) -> serde_json::Value {
+    json!({"edit": s.edit, "past_divergence": s.past_divergence})
 }
 
 /// Perturb a prompt's docstring with creme's perturbator (types A1..S2, see the README).
