@@ -257,88 +257,62 @@ pub fn load_sets(
     Ok(out)
 }
 
-/// An append-only JSONL log that survives being killed: each record is one write of one line,
-/// flushed; on reopening, a torn last line (no newline) is dropped and the finished records are
-/// returned so the run resumes after them.
+/// An append-only JSONL log that survives being killed (`creme_core::jsonl` reads it): each
+/// record is one write of one line, synced; on reopening, a torn last line is cut off and the
+/// finished records are returned so the run resumes after them.
 pub struct JsonlLog {
     file: std::fs::File,
 }
 
 impl JsonlLog {
+    /// The log at `path` (made if missing) and its finished records, untyped.
     pub fn open(path: &Path) -> Res<(JsonlLog, Vec<serde_json::Value>)> {
-        use std::io::Write;
-        let mut records = Vec::new();
-        let mut keep = 0usize;
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for line in text.split_inclusive('\n') {
-                if !line.ends_with('\n') {
-                    break; // torn by a crash mid-write
-                }
-                match serde_json::from_str(line.trim_end()) {
-                    Ok(v) => records.push(v),
-                    Err(e) => return Err(format!("{}: a finished line does not parse ({e}); move the file away to start over", path.display()).into()),
-                }
-                keep += line.len();
-            }
-            if keep < text.len() {
-                eprintln!(
-                    "{}: dropping a torn last line ({} bytes)",
-                    path.display(),
-                    text.len() - keep
-                );
-            }
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        file.set_len(keep as u64)?;
-        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
-        file.flush()?;
-        Ok((JsonlLog { file }, records))
+        JsonlLog::open_with(path, |l| serde_json::from_str(l))
     }
 
-    pub fn append(&mut self, record: &serde_json::Value) -> Res {
+    /// The log at `path` (made if missing) and its finished records, each read by `parse`.
+    pub fn open_with<T, E: std::fmt::Display>(
+        path: &Path,
+        parse: impl FnMut(&str) -> Result<T, E>,
+    ) -> Res<(JsonlLog, Vec<T>)> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("reading {}: {e}", path.display()).into()),
+        };
+        let log = creme_core::jsonl::parse_log(&text, parse)
+            .map_err(|e| format!("{}: {e}; move the file away to start over", path.display()))?;
+        if log.torn > 0 {
+            eprintln!(
+                "{}: dropping a torn last line ({} bytes)",
+                path.display(),
+                log.torn
+            );
+        }
+        let opening = |o: &mut std::fs::OpenOptions| {
+            o.open(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))
+        };
+        opening(std::fs::OpenOptions::new().create(true).write(true))?.set_len(log.keep as u64)?;
+        let file = opening(std::fs::OpenOptions::new().append(true))?;
+        Ok((JsonlLog { file }, log.records))
+    }
+
+    pub fn append(&mut self, record: &impl serde::Serialize) -> Res {
         use std::io::Write;
-        let mut line = serde_json::to_string(record)?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes())?;
+        self.file
+            .write_all(creme_core::jsonl::line(record)?.as_bytes())?;
         self.file.sync_data()?;
         Ok(())
     }
 }
 
-/// A file's name (never its directory: manifests carry no machine paths), size and SHA-256,
-/// read in pieces.
+/// A file's digest (`FileDigest::read`): its name, size and SHA-256.
 pub fn file_digest(path: &Path) -> Res<FileDigest> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(FileDigest {
-        name,
-        bytes,
-        sha256: format!("{:x}", h.finalize()),
-    })
+    let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    Ok(FileDigest::read(&name.unwrap_or_default(), f)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?)
 }
 
 #[cfg(test)]
@@ -346,20 +320,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_torn_last_line_is_dropped_and_appends_continue_after_the_finished_ones() {
+    fn reopening_a_log_cuts_its_torn_line_and_appends_after_the_finished_ones() {
         let p = std::env::temp_dir().join(format!("creme-jsonl-{}.jsonl", std::process::id()));
         std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
         let (mut log, recs) = JsonlLog::open(&p).unwrap();
         assert_eq!(recs.len(), 2);
         log.append(&serde_json::json!({"a": 3})).unwrap();
         drop(log);
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
-        );
-        // A corrupt finished line is an error, not silently dropped.
+        let whole = "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n";
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), whole);
+        // A corrupt finished line is an error naming the file, and the file is left as it was.
         std::fs::write(&p, "{\"a\":1}\nnot json\n").unwrap();
-        assert!(JsonlLog::open(&p).is_err());
+        let e = JsonlLog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("creme-jsonl-") && e.contains("line 2"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap().len(), 17);
         let _ = std::fs::remove_file(&p);
     }
 

@@ -20,6 +20,7 @@ pub mod experiment;
 pub mod generate;
 pub mod gpu;
 pub mod hooks;
+pub mod jsonl;
 pub mod manifest;
 pub mod metrics;
 pub mod pass_trace;
