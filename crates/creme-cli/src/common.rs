@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use creme_core::command_line::Places;
-use creme_core::dataset::{self, Problem};
+use creme_core::dataset::Problem;
+use creme_core::dataset_files::DatasetFiles;
 use creme_core::edit::EditPatch;
 use creme_core::eval::GenSpec;
 use creme_core::manifest::FileDigest;
@@ -128,27 +129,28 @@ pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {
     Err("no dataset found: pass --dataset DIR (holding HumanEval.jsonl and perturbed/<TYPE>.jsonl) or set CREME_DATA_DIR".into())
 }
 
-pub fn read_problems(path: &Path) -> Res<Vec<Problem>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Ok(dataset::parse_jsonl(&text, &path.display().to_string())?)
+/// A dataset directory's files for core's `DatasetFiles` (None where a file is missing).
+pub fn dataset(
+    dir: &Path,
+) -> DatasetFiles<impl FnMut(&str) -> Result<Option<String>, String> + '_> {
+    DatasetFiles::new(dir.display().to_string(), |name: &str| {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        }
+    })
 }
 
 /// The clean and perturbed problem of a task.
 pub fn task_pair(dir: &Path, task: &str, ptype: PerturbationType) -> Res<(Problem, Problem)> {
-    let (clean, _) = problem_set(dir, SetName::Clean)?;
-    let c = dataset::find(&clean, task)
-        .ok_or_else(|| format!("task '{task}' is not in {}", dir.display()))?;
-    let (pert, ours) = problem_set(dir, SetName::Perturbed(ptype))?;
-    if ours {
-        eprintln!(
-            "{} has no perturbed/{ptype}.jsonl: {ptype} applied by creme's perturbator",
-            dir.display()
-        );
-    }
-    let p = dataset::find(&pert, task)
-        .ok_or_else(|| format!("task '{task}' is not in the {ptype} set"))?;
-    Ok((c.clone(), p.clone()))
+    let mut files = dataset(dir);
+    let mut made = Vec::new();
+    let pair = files.pair(task, ptype, &mut |s| made.push(s))?;
+    made.iter()
+        .for_each(|&s| eprintln!("{}", files.made_note(s)));
+    Ok(pair)
 }
 
 pub fn write(path: &Path, text: &str) -> Res {
@@ -163,12 +165,9 @@ pub fn write(path: &Path, text: &str) -> Res {
 /// repeat a run. Paths are written as `Places::word` writes them, so the line names no place
 /// of this machine.
 pub fn record_command(dir: &Path) -> Res {
-    let places = places_for_run(dir);
-    let args: Vec<String> = std::env::args().skip(1).map(|a| places.word(&a)).collect();
-    write(
-        &dir.join("command.txt"),
-        &format!("creme {}\n", args.join(" ")),
-    )
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let line = places_for_run(dir).command(&args);
+    write(&dir.join("command.txt"), &format!("{line}\n"))
 }
 
 /// The places of a run whose output directory is `dir`: `$RUNS` is its parent.
@@ -210,30 +209,6 @@ pub fn apply_patches(dev: &Device, model: &mut Model, patches: &[PathBuf]) -> Re
     Ok(())
 }
 
-/// The clean problem file of a dataset directory: HumanEval.jsonl, else MBPP.jsonl / mbpp.jsonl.
-pub fn clean_file(dir: &Path) -> Res<PathBuf> {
-    ["HumanEval.jsonl", "MBPP.jsonl", "mbpp.jsonl"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("{} holds no HumanEval.jsonl or MBPP.jsonl", dir.display()).into())
-}
-
-/// The problems of one set: the clean file, or perturbed/<TYPE>.jsonl; where the directory lacks
-/// it, the clean prompts perturbed by creme's own perturbator, seeded by task number. The bool
-/// says whether creme's perturbator made the set.
-pub fn problem_set(dir: &Path, set: SetName) -> Res<(Vec<Problem>, bool)> {
-    let clean = read_problems(&clean_file(dir)?)?;
-    let Some(t) = set.perturbation() else {
-        return Ok((clean, false));
-    };
-    let file = dir.join("perturbed").join(format!("{t}.jsonl"));
-    if file.exists() {
-        return Ok((read_problems(&file)?, false));
-    }
-    Ok((creme_core::perturb::perturb_problems(&clean, t)?, true))
-}
-
 /// The named sets of a dataset directory, each cut to the task ids in `tasks` (comma list) and
 /// to its first `limit` tasks.
 pub fn load_sets(
@@ -242,19 +217,12 @@ pub fn load_sets(
     tasks: Option<&str>,
     limit: Option<usize>,
 ) -> Res<BTreeMap<SetName, Vec<Problem>>> {
-    let mut out = BTreeMap::new();
-    for &set in sets {
-        let (problems, ours) = problem_set(dir, set)?;
-        if ours {
-            eprintln!(
-                "{} has no perturbed/{set}.jsonl: {set} made by creme's perturbator",
-                dir.display()
-            );
-        }
-        let problems = dataset::select(problems, tasks, limit);
-        out.insert(set, problems);
-    }
-    Ok(out)
+    let mut files = dataset(dir);
+    let mut made = Vec::new();
+    let loaded = files.sets(sets, tasks, limit, &mut |s| made.push(s))?;
+    made.iter()
+        .for_each(|&s| eprintln!("{}", files.made_note(s)));
+    Ok(loaded)
 }
 
 /// An append-only JSONL log that survives being killed (`creme_core::jsonl` reads it): each

@@ -11,6 +11,7 @@ pub mod calibration;
 pub mod command_line;
 pub mod cpu;
 pub mod dataset;
+pub mod dataset_files;
 pub mod diagnose;
 pub mod draft;
 pub mod edit;
