@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use creme_core::bench::{self, BenchPlan, BenchReport};
-use creme_core::sets::{PerturbationType, SetName};
+use creme_core::sets::PerturbationType;
 use creme_core::{Backend, Device, GpuOptions};
 
 use crate::common::{self, Res};
@@ -61,18 +61,6 @@ pub struct KernelArgs {
     /// weights stream from memory as in a whole model instead of staying in a cache
     #[arg(long, default_value_t = 1)]
     pub copies: usize,
-}
-
-/// A comma list of lengths (empty items skipped).
-fn list(s: &str) -> Res<Vec<usize>> {
-    s.split(',')
-        .filter(|x| !x.trim().is_empty())
-        .map(|x| {
-            x.trim()
-                .parse::<usize>()
-                .map_err(|e| format!("'{x}': {e}").into())
-        })
-        .collect()
 }
 
 /// A table row, printed (and flushed) as soon as it is measured: a CPU adapter takes minutes
@@ -133,12 +121,10 @@ fn plan(a: &BenchArgs, dev: &Device) -> Res<BenchPlan> {
     let cpu_adapter = dev.gpu().is_some_and(|g| g.report.device_type == "Cpu");
     let dir = common::dataset_dir(a.dataset.as_deref()).ok();
     let clean = match &dir {
-        Some(d) => common::problem_set(d, SetName::Clean)?.0,
+        Some(d) => common::dataset(d).clean()?,
         None => Vec::new(),
     };
-    let prompt = clean.first().map(|p| p.prompt.clone()).unwrap_or_else(|| {
-        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n".into()
-    });
+    let prompt = clean.first().map_or(bench::FALLBACK_PROMPT, |p| &p.prompt);
     let trace_pair = match &dir {
         Some(d) if a.trace.unwrap_or(!cpu_adapter) => {
             let (c, p) = common::task_pair(d, "HumanEval/0", PerturbationType::C3)?;
@@ -148,11 +134,11 @@ fn plan(a: &BenchArgs, dev: &Device) -> Res<BenchPlan> {
     };
     let n_he = a.humaneval.unwrap_or(if cpu_adapter { 0 } else { 164 });
     Ok(BenchPlan {
-        prompt,
-        prefill: list(&a.prefill)?,
+        prompt: prompt.to_string(),
+        prefill: bench::parse_lengths(&a.prefill)?,
         prefill_batch: a.prefill_batch,
-        decode: list(&a.decode)?,
-        tg: list(&a.tg)?,
+        decode: bench::parse_lengths(&a.decode)?,
+        tg: bench::parse_lengths(&a.tg)?,
         repetitions: a.repetitions,
         trace_pair,
         humaneval: clean.iter().take(n_he).map(|p| p.prompt.clone()).collect(),

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use creme_core::command_line::Places;
-use creme_core::dataset::{self, Problem};
+use creme_core::dataset::Problem;
+use creme_core::dataset_files::DatasetFiles;
 use creme_core::edit::EditPatch;
 use creme_core::eval::GenSpec;
 use creme_core::manifest::FileDigest;
@@ -128,27 +129,28 @@ pub fn dataset_dir(flag: Option<&Path>) -> Res<PathBuf> {
     Err("no dataset found: pass --dataset DIR (holding HumanEval.jsonl and perturbed/<TYPE>.jsonl) or set CREME_DATA_DIR".into())
 }
 
-pub fn read_problems(path: &Path) -> Res<Vec<Problem>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    Ok(dataset::parse_jsonl(&text, &path.display().to_string())?)
+/// A dataset directory's files for core's `DatasetFiles` (None where a file is missing).
+pub fn dataset(
+    dir: &Path,
+) -> DatasetFiles<impl FnMut(&str) -> Result<Option<String>, String> + '_> {
+    DatasetFiles::new(dir.display().to_string(), |name: &str| {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        }
+    })
 }
 
 /// The clean and perturbed problem of a task.
 pub fn task_pair(dir: &Path, task: &str, ptype: PerturbationType) -> Res<(Problem, Problem)> {
-    let (clean, _) = problem_set(dir, SetName::Clean)?;
-    let c = dataset::find(&clean, task)
-        .ok_or_else(|| format!("task '{task}' is not in {}", dir.display()))?;
-    let (pert, ours) = problem_set(dir, SetName::Perturbed(ptype))?;
-    if ours {
-        eprintln!(
-            "{} has no perturbed/{ptype}.jsonl: {ptype} applied by creme's perturbator",
-            dir.display()
-        );
-    }
-    let p = dataset::find(&pert, task)
-        .ok_or_else(|| format!("task '{task}' is not in the {ptype} set"))?;
-    Ok((c.clone(), p.clone()))
+    let mut files = dataset(dir);
+    let mut made = Vec::new();
+    let pair = files.pair(task, ptype, &mut |s| made.push(s))?;
+    made.iter()
+        .for_each(|&s| eprintln!("{}", files.made_note(s)));
+    Ok(pair)
 }
 
 pub fn write(path: &Path, text: &str) -> Res {
@@ -163,12 +165,9 @@ pub fn write(path: &Path, text: &str) -> Res {
 /// repeat a run. Paths are written as `Places::word` writes them, so the line names no place
 /// of this machine.
 pub fn record_command(dir: &Path) -> Res {
-    let places = places_for_run(dir);
-    let args: Vec<String> = std::env::args().skip(1).map(|a| places.word(&a)).collect();
-    write(
-        &dir.join("command.txt"),
-        &format!("creme {}\n", args.join(" ")),
-    )
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let line = places_for_run(dir).command(&args);
+    write(&dir.join("command.txt"), &format!("{line}\n"))
 }
 
 /// The places of a run whose output directory is `dir`: `$RUNS` is its parent.
@@ -210,30 +209,6 @@ pub fn apply_patches(dev: &Device, model: &mut Model, patches: &[PathBuf]) -> Re
     Ok(())
 }
 
-/// The clean problem file of a dataset directory: HumanEval.jsonl, else MBPP.jsonl / mbpp.jsonl.
-pub fn clean_file(dir: &Path) -> Res<PathBuf> {
-    ["HumanEval.jsonl", "MBPP.jsonl", "mbpp.jsonl"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
-        .ok_or_else(|| format!("{} holds no HumanEval.jsonl or MBPP.jsonl", dir.display()).into())
-}
-
-/// The problems of one set: the clean file, or perturbed/<TYPE>.jsonl; where the directory lacks
-/// it, the clean prompts perturbed by creme's own perturbator, seeded by task number. The bool
-/// says whether creme's perturbator made the set.
-pub fn problem_set(dir: &Path, set: SetName) -> Res<(Vec<Problem>, bool)> {
-    let clean = read_problems(&clean_file(dir)?)?;
-    let Some(t) = set.perturbation() else {
-        return Ok((clean, false));
-    };
-    let file = dir.join("perturbed").join(format!("{t}.jsonl"));
-    if file.exists() {
-        return Ok((read_problems(&file)?, false));
-    }
-    Ok((creme_core::perturb::perturb_problems(&clean, t, 0)?, true))
-}
-
 /// The named sets of a dataset directory, each cut to the task ids in `tasks` (comma list) and
 /// to its first `limit` tasks.
 pub fn load_sets(
@@ -242,103 +217,70 @@ pub fn load_sets(
     tasks: Option<&str>,
     limit: Option<usize>,
 ) -> Res<BTreeMap<SetName, Vec<Problem>>> {
-    let mut out = BTreeMap::new();
-    for &set in sets {
-        let (problems, ours) = problem_set(dir, set)?;
-        if ours {
-            eprintln!(
-                "{} has no perturbed/{set}.jsonl: {set} made by creme's perturbator",
-                dir.display()
-            );
-        }
-        let problems = dataset::select(problems, tasks, limit);
-        out.insert(set, problems);
-    }
-    Ok(out)
+    let mut files = dataset(dir);
+    let mut made = Vec::new();
+    let loaded = files.sets(sets, tasks, limit, &mut |s| made.push(s))?;
+    made.iter()
+        .for_each(|&s| eprintln!("{}", files.made_note(s)));
+    Ok(loaded)
 }
 
-/// An append-only JSONL log that survives being killed: each record is one write of one line,
-/// flushed; on reopening, a torn last line (no newline) is dropped and the finished records are
-/// returned so the run resumes after them.
+/// An append-only JSONL log that survives being killed (`creme_core::jsonl` reads it): each
+/// record is one write of one line, synced; on reopening, a torn last line is cut off and the
+/// finished records are returned so the run resumes after them.
 pub struct JsonlLog {
     file: std::fs::File,
 }
 
 impl JsonlLog {
+    /// The log at `path` (made if missing) and its finished records, untyped.
     pub fn open(path: &Path) -> Res<(JsonlLog, Vec<serde_json::Value>)> {
-        use std::io::Write;
-        let mut records = Vec::new();
-        let mut keep = 0usize;
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for line in text.split_inclusive('\n') {
-                if !line.ends_with('\n') {
-                    break; // torn by a crash mid-write
-                }
-                match serde_json::from_str(line.trim_end()) {
-                    Ok(v) => records.push(v),
-                    Err(e) => return Err(format!("{}: a finished line does not parse ({e}); move the file away to start over", path.display()).into()),
-                }
-                keep += line.len();
-            }
-            if keep < text.len() {
-                eprintln!(
-                    "{}: dropping a torn last line ({} bytes)",
-                    path.display(),
-                    text.len() - keep
-                );
-            }
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        file.set_len(keep as u64)?;
-        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
-        file.flush()?;
-        Ok((JsonlLog { file }, records))
+        JsonlLog::open_with(path, |l| serde_json::from_str(l))
     }
 
-    pub fn append(&mut self, record: &serde_json::Value) -> Res {
+    /// The log at `path` (made if missing) and its finished records, each read by `parse`.
+    pub fn open_with<T, E: std::fmt::Display>(
+        path: &Path,
+        parse: impl FnMut(&str) -> Result<T, E>,
+    ) -> Res<(JsonlLog, Vec<T>)> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("reading {}: {e}", path.display()).into()),
+        };
+        let log = creme_core::jsonl::parse_log(&text, parse)
+            .map_err(|e| format!("{}: {e}; move the file away to start over", path.display()))?;
+        if log.torn > 0 {
+            eprintln!(
+                "{}: dropping a torn last line ({} bytes)",
+                path.display(),
+                log.torn
+            );
+        }
+        let opening = |o: &mut std::fs::OpenOptions| {
+            o.open(path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))
+        };
+        opening(std::fs::OpenOptions::new().create(true).write(true))?.set_len(log.keep as u64)?;
+        let file = opening(std::fs::OpenOptions::new().append(true))?;
+        Ok((JsonlLog { file }, log.records))
+    }
+
+    pub fn append(&mut self, record: &impl serde::Serialize) -> Res {
         use std::io::Write;
-        let mut line = serde_json::to_string(record)?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes())?;
+        self.file
+            .write_all(creme_core::jsonl::line(record)?.as_bytes())?;
         self.file.sync_data()?;
         Ok(())
     }
 }
 
-/// A file's name (never its directory: manifests carry no machine paths), size and SHA-256,
-/// read in pieces.
+/// A file's digest (`FileDigest::read`): its name, size and SHA-256.
 pub fn file_digest(path: &Path) -> Res<FileDigest> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(FileDigest {
-        name,
-        bytes,
-        sha256: format!("{:x}", h.finalize()),
-    })
+    let f = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    Ok(FileDigest::read(&name.unwrap_or_default(), f)
+        .map_err(|e| format!("reading {}: {e}", path.display()))?)
 }
 
 #[cfg(test)]
@@ -346,20 +288,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_torn_last_line_is_dropped_and_appends_continue_after_the_finished_ones() {
+    fn reopening_a_log_cuts_its_torn_line_and_appends_after_the_finished_ones() {
         let p = std::env::temp_dir().join(format!("creme-jsonl-{}.jsonl", std::process::id()));
         std::fs::write(&p, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
         let (mut log, recs) = JsonlLog::open(&p).unwrap();
         assert_eq!(recs.len(), 2);
         log.append(&serde_json::json!({"a": 3})).unwrap();
         drop(log);
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
-        );
-        // A corrupt finished line is an error, not silently dropped.
+        let whole = "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n";
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), whole);
+        // A corrupt finished line is an error naming the file, and the file is left as it was.
         std::fs::write(&p, "{\"a\":1}\nnot json\n").unwrap();
-        assert!(JsonlLog::open(&p).is_err());
+        let e = JsonlLog::open(&p).err().unwrap().to_string();
+        assert!(e.contains("creme-jsonl-") && e.contains("line 2"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap().len(), 17);
         let _ = std::fs::remove_file(&p);
     }
 

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use creme_core::dataset::Problem;
-use creme_core::diagnose::{decision_margin, first_divergence};
 use creme_core::edit::{EditRows, EditSettings, Keep, Solver};
-use creme_core::eval::pair::{pair_outcome, PairOutcome};
+use creme_core::eval::pair::{outcome_after_edit, pair_outcome_if};
 use creme_core::model::Model;
 use creme_core::pipeline::{
     locate_and_edit_with, patch_metadata, CremeEdit, CremeSettings, TraceLocator,
@@ -20,20 +19,24 @@ use crate::common::{self, Res};
 use crate::judge::SandboxJudge;
 use crate::sandbox::Limits;
 
+/// Flags of `creme edit`.
+#[derive(clap::Args, Clone)]
 pub struct EditArgs {
+    #[command(flatten)]
     pub pair: crate::trace_cmd::PairArgs,
+    /// Edit this layer without tracing (the paper's lightweight variant)
+    #[arg(long)]
     pub layer: Option<usize>,
-    pub settings: EditSettings,
-    pub target_tokens: usize,
-    /// Extend the target this many tokens past the clean/perturbed divergence.
-    pub past_divergence: Option<usize>,
-    /// Write a control edit instead of the solved one.
-    pub control: Option<creme_core::edit::Control>,
-    /// Saturating key-layer rule for the logprob trace (see `EditFlags::restored_at`).
-    pub restored_at: Option<f64>,
+    #[command(flatten)]
+    pub edit: EditFlags,
+    /// Where to write the patch (safetensors)
+    #[arg(long)]
     pub out: PathBuf,
+    /// Also write an HTML report (trace curve, loss curve, completions) into this directory
+    #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Skip generating and testing before/after (just trace/edit and write the patch).
+    /// Do not generate and test before/after the edit
+    #[arg(long)]
     pub no_eval: bool,
 }
 
@@ -45,26 +48,19 @@ struct PairInput {
     problems: Option<(Problem, Problem)>,
 }
 
-/// Both completions of the pair with their verdicts (empty with --no-eval).
-fn both(dev: &Device, m: &Model, a: &EditArgs, p: &PairInput) -> Res<PairOutcome> {
-    if a.no_eval {
-        return Ok(PairOutcome::default());
+impl PairInput {
+    fn prompts(&self) -> (&str, &str) {
+        (&self.clean_text, &self.pert_text)
     }
-    let mut judge = SandboxJudge {
-        limits: Limits::default(),
-        workers: 1,
-    };
-    let prompts = (p.clean_text.as_str(), p.pert_text.as_str());
-    let outcome = pair_outcome(dev, m, prompts, p.problems.as_ref(), &mut judge);
-    Ok(pollster::block_on(outcome)?)
 }
 
 pub fn run(dev: &Device, a: EditArgs) -> Res {
-    if a.control == Some(creme_core::edit::Control::Matched) {
+    if a.edit.control == Some(ControlFlag::Matched) {
         return Err(
             "--control matched needs other edit-worthy pairs: it is for `creme experiment`".into(),
         );
     }
+    let settings = a.edit.creme_settings(a.layer)?;
     let (clean_text, pert_text, label) = a.pair.prompts()?;
     let p = PairInput {
         clean_text,
@@ -75,51 +71,47 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     let model_path = common::model_path(a.pair.model.as_deref());
     let mut model = a.pair.load_model(dev)?;
     let t_all = Instant::now();
-    let before = both(dev, &model, &a, &p)?;
+    // Without a judge (--no-eval) nothing is generated or tested before or after.
+    let mut judge = (!a.no_eval).then_some(SandboxJudge {
+        limits: Limits::default(),
+        workers: 1,
+    });
+    let problems = p.problems.as_ref();
+    let before = pair_outcome_if(dev, &model, p.prompts(), problems, judge.as_mut());
+    let before = pollster::block_on(before)?;
     println!("== {}", p.label);
     if !a.no_eval {
         print!("{}", report::edit::before_lines(&before));
     }
     let meta = patch_metadata(&common::file_digest(&model_path)?, &p.label);
-    let done = locate_and_edit(dev, &model, &a, &p, meta)?;
-    print!("{}", report::edit::edit_lines(&a.settings, &done));
+    let done = locate_and_edit(dev, &model, &settings, a.edit.restored_at()?, &p, meta)?;
+    print!("{}", report::edit::edit_lines(&settings.edit, &done));
     write_patch(&a.out, &done.patch.to_safetensors()?)?;
-    let pert = model.tokenizer.encode(&p.pert_text)?;
-    let divergence = first_divergence(&before.tokens.0, &before.tokens.1);
-    let margin = |m: &Model| -> Res<Option<f64>> {
-        let Some(div) = &divergence else {
-            return Ok(None);
-        };
-        let shared = &before.tokens.0[..div.index];
-        Ok(Some(pollster::block_on(decision_margin(
-            dev, m, &pert, shared, div,
-        ))?))
-    };
-    let margin_before = margin(&model)?;
-    done.patch.apply(dev, &mut model)?;
-    let margin_after = margin(&model);
-    let after = both(dev, &model, &a, &p);
-    creme_core::patch::revert(&mut model, &done.patch);
-    let after = after?;
-    if let (Some(div), Some(b), Ok(Some(a))) = (&divergence, margin_before, &margin_after) {
+    let (after, margin) = pollster::block_on(outcome_after_edit(
+        dev,
+        &mut model,
+        &done.patch,
+        p.prompts(),
+        problems,
+        &before,
+        judge.as_mut(),
+    ))?;
+    if let Some(m) = margin {
         println!(
-            "-- decision margin at completion token {} (log p clean - log p perturbed token, perturbed prompt): {b:.3} before, {a:.3} after",
-            div.index
+            "-- decision margin at completion token {} (log p clean - log p perturbed token, perturbed prompt): {:.3} before, {:.3} after",
+            m.index, m.before, m.after
         );
     }
     if !a.no_eval {
         print!("{}", report::edit::after_lines(&after));
     }
-    println!(
-        "== total {:.1} s on {}",
-        t_all.elapsed().as_secs_f64(),
-        dev.describe()
-    );
+    let total_s = t_all.elapsed().as_secs_f64();
+    println!("== total {total_s:.1} s on {}", dev.describe());
     if let Some(dir) = &a.report {
         let run = EditRun {
             label: &p.label,
-            prompts: (&p.clean_text, &p.pert_text),
-            settings: &a.settings,
+            prompts: p.prompts(),
+            settings: &settings.edit,
             done: &done,
             before: &before,
             after: &after,
@@ -133,7 +125,8 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
 fn locate_and_edit(
     dev: &Device,
     model: &Model,
-    a: &EditArgs,
+    settings: &CremeSettings,
+    restored_at: Option<f64>,
     p: &PairInput,
     meta: BTreeMap<String, String>,
 ) -> Res<CremeEdit> {
@@ -141,20 +134,13 @@ fn locate_and_edit(
         model.tokenizer.encode(&p.clean_text)?,
         model.tokenizer.encode(&p.pert_text)?,
     );
-    let settings = CremeSettings {
-        target_tokens: a.target_tokens,
-        past_divergence: a.past_divergence,
-        control: a.control,
-        layer: a.layer,
-        edit: a.settings.clone(),
-    };
-    let mut locator = TraceLocator::for_rows(a.settings.rows, a.restored_at);
+    let mut locator = TraceLocator::for_rows(settings.edit.rows, restored_at);
     let mut bar = crate::progress::Reporter::new(&p.label);
     let done = pollster::block_on(locate_and_edit_with(
         dev,
         model,
         (&clean, &pert),
-        &settings,
+        settings,
         &mut locator,
         meta,
         &mut |s| bar.step(s),
@@ -313,6 +299,17 @@ impl EditFlags {
             max_steps: self.steps,
             patience: self.patience,
             keep,
+        })
+    }
+
+    /// The pipeline's settings: these flags, and `layer` to edit without tracing.
+    pub fn creme_settings(&self, layer: Option<usize>) -> Res<CremeSettings> {
+        Ok(CremeSettings {
+            target_tokens: self.target_tokens,
+            past_divergence: self.past_divergence,
+            control: self.control(),
+            layer,
+            edit: self.settings()?,
         })
     }
 

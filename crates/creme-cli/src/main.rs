@@ -25,8 +25,6 @@ mod serve_cmd;
 mod split_cmd;
 mod trace_cmd;
 
-use std::path::PathBuf;
-
 use creme_core::{Device, GpuOptions};
 
 #[derive(Parser)]
@@ -125,21 +123,7 @@ enum Cmd {
         #[command(flatten)]
         gpu: GpuFlags,
         #[command(flatten)]
-        pair: trace_cmd::PairArgs,
-        /// Edit this layer without tracing (the paper's lightweight variant)
-        #[arg(long)]
-        layer: Option<usize>,
-        #[command(flatten)]
-        edit: edit_cmd::EditFlags,
-        /// Where to write the patch (safetensors)
-        #[arg(long)]
-        out: PathBuf,
-        /// Also write an HTML report (trace curve, loss curve, completions) into this directory
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Do not generate and test before/after the edit
-        #[arg(long)]
-        no_eval: bool,
+        args: edit_cmd::EditArgs,
     },
     /// Fit the saturating logprob key-layer rule to the pass metric's layers (leave-one-out)
     CalibrateLayer {
@@ -242,33 +226,7 @@ fn run(cli: Cli) -> common::Res {
         }
         Cmd::Bench { gpu, args } => bench_cmd::run(&gpu.options(), args),
         Cmd::BenchKernels { gpu, args } => bench_cmd::kernels(&gpu.options(), args),
-        Cmd::Edit {
-            gpu,
-            pair,
-            layer,
-            edit,
-            out,
-            report,
-            no_eval,
-        } => {
-            let settings = edit.settings()?;
-            let dev = Device::open(&gpu.options())?;
-            edit_cmd::run(
-                &dev,
-                edit_cmd::EditArgs {
-                    pair,
-                    layer,
-                    settings,
-                    target_tokens: edit.target_tokens,
-                    past_divergence: edit.past_divergence,
-                    control: edit.control(),
-                    restored_at: edit.restored_at()?,
-                    out,
-                    report,
-                    no_eval,
-                },
-            )
-        }
+        Cmd::Edit { gpu, args } => edit_cmd::run(&Device::open(&gpu.options())?, args),
         Cmd::Trace { gpu, args } => trace_cmd::run(&Device::open(&gpu.options())?, args),
         Cmd::Generate { gpu, args } => generate_cmd::run(&gpu.options(), args),
     }

@@ -52,7 +52,8 @@ pub fn run(a: PerturbArgs) -> Res {
         return Ok(());
     }
     let dir = common::dataset_dir(a.dataset.as_deref())?;
-    let clean = common::read_problems(&common::clean_file(&dir)?)?;
+    let mut files = common::dataset(&dir);
+    let clean = files.clean()?;
     if let Some(out) = &a.out {
         let pdir = out.join("perturbed");
         std::fs::create_dir_all(&pdir).map_err(|e| format!("creating {}: {e}", pdir.display()))?;
@@ -74,16 +75,8 @@ pub fn run(a: PerturbArgs) -> Res {
     if a.validate {
         let released = types
             .iter()
-            .map(|t| {
-                let file = dir.join("perturbed").join(format!("{t}.jsonl"));
-                Ok((
-                    *t,
-                    file.exists()
-                        .then(|| common::read_problems(&file))
-                        .transpose()?,
-                ))
-            })
-            .collect::<Res<Vec<_>>>()?;
+            .map(|&t| Ok((t, files.released(t)?)))
+            .collect::<Result<Vec<_>, String>>()?;
         print!("{}", validation_table(&clean, &released)?);
     }
     Ok(())

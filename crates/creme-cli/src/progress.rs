@@ -123,3 +123,21 @@ impl Drop for Reporter {
         self.finish();
     }
 }
+
+/// Progress of an operation in named parts run one after another (a trace's logprob and pass
+/// traces): one [`Reporter`] per part, the previous one finished when the next part starts.
+#[derive(Default)]
+pub struct Parts {
+    current: Option<(String, Reporter)>,
+}
+
+impl Parts {
+    pub fn step(&mut self, part: &str, s: Step<'_>) {
+        if self.current.as_ref().is_none_or(|(p, _)| p != part) {
+            self.current = Some((part.to_string(), Reporter::new(part)));
+        }
+        if let Some((_, bar)) = &mut self.current {
+            bar.step(s);
+        }
+    }
+}

@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::model::GgmlType;
-use creme_core::quant_check::check_prompt;
-use creme_core::sets::SetName;
+use creme_core::quant_check::{check_prompt, target_type, CheckTotals};
 use creme_core::Device;
 
 use crate::common::{self, Res};
@@ -38,13 +36,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
-    let target = match a.qtype.to_lowercase().as_str() {
-        "q8_0" => GgmlType::Q8_0,
-        "q4_0" => GgmlType::Q4_0,
-        "f16" => GgmlType::F16,
-        "f32" => GgmlType::F32,
-        t => return Err(format!("--type {t}: q8_0, q4_0, f16 or f32").into()),
-    };
+    let target = target_type(&a.qtype)?;
     let src = std::fs::read(&a.input).map_err(|e| format!("reading {}: {e}", a.input.display()))?;
     let t0 = Instant::now();
     let out = creme_core::model::gguf_write::requantize_layers(&src, target, a.keep_layers)
@@ -70,32 +62,22 @@ fn check(gpu_opts: &creme_core::GpuOptions, a: &QuantizeArgs) -> Res {
     let dev = Device::open(gpu_opts)?;
     let source = common::load_model(&dev, Some(&a.input), 0)?;
     let quant = common::load_model(&dev, Some(&a.out), 0)?;
-    let (problems, _) =
-        common::problem_set(&common::dataset_dir(a.dataset.as_deref())?, SetName::Clean)?;
+    let problems = common::dataset(&common::dataset_dir(a.dataset.as_deref())?).clean()?;
     println!("| prompt | greedy tokens agreeing (before the first difference) | mean logprob source | quantized |\n|---|---:|---:|---:|");
-    let (mut agree_total, mut n_total, mut lp_s, mut lp_q) = (0usize, 0usize, 0.0, 0.0);
+    let mut totals = CheckTotals::default();
     for p in problems.iter().take(a.check) {
-        let c = pollster::block_on(check_prompt(
-            &dev,
-            &source,
-            &quant,
-            &p.prompt,
-            a.check_tokens,
-        ))?;
+        let check = check_prompt(&dev, &source, &quant, &p.prompt, a.check_tokens);
+        let c = pollster::block_on(check)?;
         println!(
             "| {} | {} / {} | {:.4} | {:.4} |",
             p.task_id, c.agree, c.tokens, c.lp_source, c.lp_quant
         );
-        agree_total += c.agree;
-        n_total += c.tokens;
-        lp_s += c.lp_source;
-        lp_q += c.lp_quant;
+        totals.add(&c);
     }
-    let k = a.check.min(problems.len()).max(1) as f64;
+    let (source_ppl, quant_ppl) = totals.perplexities();
     println!(
-        "greedy agreement {agree_total}/{n_total} tokens; perplexity of the source's continuations: source {:.3}, quantized {:.3}",
-        (-lp_s / k).exp(),
-        (-lp_q / k).exp()
+        "greedy agreement {}/{} tokens; perplexity of the source's continuations: source {source_ppl:.3}, quantized {quant_ppl:.3}",
+        totals.agree, totals.tokens
     );
     Ok(())
 }

@@ -148,21 +148,15 @@ fn efficacy(a: &ReportArgs) -> Res<String> {
 /// The `creme report` line that repeats the document, paths as record_command writes them:
 /// under $RUNS (the runs' parent), relative, or $HOME.
 fn report_command(a: &ReportArgs, baseline: &Path) -> String {
-    let places = common::places_for_run(baseline);
-    let path = |p: &Path| places.word(&p.display().to_string());
-    let labels: Vec<String> = a
-        .settings
-        .iter()
-        .map(|(l, d)| format!("--setting {}", places.word(&format!("{l}={}", d.display()))))
-        .collect();
-    format!(
-        "creme report {} --baseline {}{} --doc {}",
-        labels.join(" "),
-        path(baseline),
-        a.calibration
-            .as_ref()
-            .map(|c| format!(" --calibration {}", path(c)))
-            .unwrap_or_default(),
-        path(&a.doc)
-    )
+    let mut args = vec!["report".to_string()];
+    for (label, dir) in &a.settings {
+        args.extend(["--setting".into(), format!("{label}={}", dir.display())]);
+    }
+    let mut flag = |name: &str, p: &Path| args.extend([name.into(), p.display().to_string()]);
+    flag("--baseline", baseline);
+    if let Some(c) = &a.calibration {
+        flag("--calibration", c);
+    }
+    flag("--doc", &a.doc);
+    common::places_for_run(baseline).command(&args)
 }

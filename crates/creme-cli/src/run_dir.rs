@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use creme_core::eval::{parse_sample_line, SampleRecord};
+use creme_core::jsonl;
 use creme_core::manifest::{self, BuildId, RunManifest};
 
 use crate::common::{self, Res};
@@ -120,46 +122,25 @@ pub fn check_baseline(dir: &Path, m: &RunManifest) -> Res {
     .into())
 }
 
-/// Every finished record of a `samples.jsonl` file, typed (versions this build does not know are
-/// refused by name).
-pub fn parse_samples(
-    values: Vec<serde_json::Value>,
-    path: &Path,
-) -> Res<Vec<creme_core::eval::SampleRecord>> {
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            creme_core::eval::parse_sample_line(&v.to_string())
-                .map_err(|e| format!("{}: record {}: {e}", path.display(), i + 1).into())
-        })
-        .collect()
-}
-
-/// `samples.jsonl`, typed: every finished record on opening, then one fsynced line per record.
+/// `samples.jsonl`, typed: every finished record on opening (versions this build does not know
+/// are refused by name), then one synced line per record.
 pub struct SampleLog(common::JsonlLog);
 
 impl SampleLog {
-    pub fn open(path: &Path) -> Res<(SampleLog, Vec<creme_core::eval::SampleRecord>)> {
-        let (log, values) = common::JsonlLog::open(path)?;
-        Ok((SampleLog(log), parse_samples(values, path)?))
+    pub fn open(path: &Path) -> Res<(SampleLog, Vec<SampleRecord>)> {
+        let (log, records) = common::JsonlLog::open_with(path, parse_sample_line)?;
+        Ok((SampleLog(log), records))
     }
 
-    pub fn append(&mut self, r: &creme_core::eval::SampleRecord) -> Res {
-        self.0.append(&serde_json::to_value(r)?)
+    pub fn append(&mut self, r: &SampleRecord) -> Res {
+        self.0.append(r)
     }
 }
 
 /// The finished records of a `samples.jsonl` file (read only).
-pub fn read_samples(path: &Path) -> Res<Vec<creme_core::eval::SampleRecord>> {
+pub fn read_samples(path: &Path) -> Res<Vec<SampleRecord>> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    text.split_inclusive('\n')
-        .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            creme_core::eval::parse_sample_line(l.trim_end())
-                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1).into())
-        })
-        .collect()
+    let log = jsonl::parse_log(&text, parse_sample_line);
+    Ok(log.map_err(|e| format!("{}: {e}", path.display()))?.records)
 }

@@ -4,16 +4,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use creme_core::model::Model;
+use creme_core::progress::Step;
 use creme_core::report;
 use creme_core::report::trace::TraceRun;
 use creme_core::sets::PerturbationType;
-use creme_core::trace::{
-    self, GridTrace, LayerTrace, PatchPositions, RestorationByLogprob, TraceSetup,
-};
+use creme_core::trace::{self, GridTrace, RestorationByLogprob, TraceSetup};
 use creme_core::{Backend, Device};
 
 use crate::common::{self, Res};
-use creme_core::pass_trace::pass_trace;
+use creme_core::pass_trace::{pair_traces, PairTraces, PassInputs};
 
 /// The model and the clean/perturbed prompt pair, shared by `trace` and `edit`.
 #[derive(clap::Args, Clone)]
@@ -128,15 +127,6 @@ pub struct TraceArgs {
     pub out: PathBuf,
 }
 
-/// The layer traces of a run: every prompt position patched (or the pass metric's), only the
-/// differing positions, the pass metric's account, and the layer trace's seconds.
-struct Traces {
-    all: LayerTrace,
-    diff: LayerTrace,
-    pass: serde_json::Value,
-    seconds: f64,
-}
-
 pub fn run(dev: &Device, a: TraceArgs) -> Res {
     if a.metric == TraceMetric::Pass && a.pair.task.is_none() {
         return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
@@ -175,7 +165,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
         all: &tr.all,
         diff: &tr.diff,
         grid: grid.as_ref().map(|g| &g.0),
-        pass: tr.pass,
+        pass: serde_json::to_value(&tr.pass)?,
         timings: (t_prelude, tr.seconds),
         adapter: &dev_name,
     };
@@ -196,64 +186,42 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
 }
 
 /// The logprob traces (all prompt positions, differing positions), and with `--metric pass` the
-/// pass metric's trace in place of the first.
+/// pass metric's trace in place of the first (core's `pair_traces`), with progress.
 fn layer_traces(
     dev: &Device,
     model: &Model,
     setup: &TraceSetup,
     a: &TraceArgs,
     (clean_text, pert_text): (&str, &str),
-) -> Res<Traces> {
-    let t0 = Instant::now();
-    let trace_of = |positions, what: &str| {
-        let mut bar = crate::progress::Reporter::new(what);
-        pollster::block_on(trace::trace_layers_with(
-            dev,
-            model,
-            setup,
-            positions,
-            &mut RestorationByLogprob,
-            &mut |s| bar.step(s),
-        ))
+) -> Res<PairTraces> {
+    let problems = match a.metric {
+        TraceMetric::Pass => Some(
+            a.pair
+                .problems()?
+                .ok_or("--metric pass needs --task/--type")?,
+        ),
+        TraceMetric::Logprob => None,
     };
-    let all = trace_of(PatchPositions::AllPrompt, "all prompt positions")?;
-    let seconds = t0.elapsed().as_secs_f64();
-    let diff = trace_of(PatchPositions::Differing, "differing positions")?;
-    let mut tr = Traces {
-        all,
-        diff,
-        pass: serde_json::Value::Null,
-        seconds,
-    };
-    if a.metric == TraceMetric::Pass {
-        let (clean_p, pert_p) = a
-            .pair
-            .problems()?
-            .ok_or("--metric pass needs --task/--type")?;
-        let t4 = Instant::now();
-        let mut bar = crate::progress::Reporter::new("pass metric");
-        let (pass_trace, account) = pollster::block_on(pass_trace(
-            dev,
-            model,
-            setup,
-            (clean_text, &clean_p),
-            (pert_text, &pert_p),
-            a.samples,
-            &mut crate::judge::SandboxJudge::for_pass_trace(),
-            &mut |s| bar.step(s),
-        ))?;
-        bar.finish();
-        tr.seconds = t4.elapsed().as_secs_f64();
+    let mut judge = crate::judge::SandboxJudge::for_pass_trace();
+    let pass = problems.as_ref().map(|(c, p)| PassInputs {
+        clean: (clean_text, c),
+        pert: (pert_text, p),
+        samples: a.samples,
+        judge: &mut judge,
+    });
+    let mut bars = crate::progress::Parts::default();
+    let mut on_step = |part: &str, s: Step<'_>| bars.step(part, s);
+    let tr = pollster::block_on(pair_traces(dev, model, setup, pass, &mut on_step))?;
+    drop(bars);
+    if let Some(account) = &tr.pass {
         eprintln!(
             "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
             account.acc_orig,
             account.acc_pert,
             account.patched_runs_passing,
-            pass_trace.scores.len(),
-            pass_trace.key_layer
+            tr.all.scores.len(),
+            tr.all.key_layer
         );
-        tr.pass = serde_json::to_value(&account)?;
-        tr.all = pass_trace;
     }
     Ok(tr)
 }

@@ -186,6 +186,19 @@ pub struct BenchPlan {
     pub humaneval: Vec<String>,
 }
 
+/// The prompt of the prefill and decode rows where there is no dataset.
+pub const FALLBACK_PROMPT: &str =
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n";
+
+/// A comma list of lengths, as the bench flags give them (empty items skipped).
+pub fn parse_lengths(s: &str) -> Result<Vec<usize>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse::<usize>().map_err(|e| format!("'{x}': {e}")))
+        .collect()
+}
+
 /// A table row: (what, figure).
 pub type Row = (String, String);
 
@@ -760,6 +773,13 @@ pub async fn quantized_kernels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn length_lists_skip_empty_items_and_name_a_bad_one() {
+        assert_eq!(parse_lengths("150, 512,,").unwrap(), [150, 512]);
+        assert!(parse_lengths("").unwrap().is_empty());
+        assert!(parse_lengths("128,x").unwrap_err().starts_with("'x': "));
+    }
 
     fn report() -> BenchReport {
         BenchReport {

@@ -44,6 +44,12 @@ impl Places {
         }
     }
 
+    /// The `creme` command line of `args`, each written as [`Places::word`] writes it.
+    pub fn command(&self, args: &[String]) -> String {
+        let words: Vec<String> = args.iter().map(|a| self.word(a)).collect();
+        format!("creme {}", words.join(" "))
+    }
+
     /// `path` as (variable, rest after it) or (None, a relative or unchanged path).
     fn relative(&self, path: &Path) -> (Option<&'static str>, String) {
         let under = |root: &Option<PathBuf>| {
@@ -170,6 +176,22 @@ mod tests {
         for (arg, want) in cases {
             assert_eq!(m.word(arg), want, "{arg}");
         }
+    }
+
+    #[test]
+    fn a_command_line_is_its_arguments_as_words() {
+        let args = [
+            "report",
+            "--setting",
+            "a b=/data/runs/x",
+            "--doc",
+            "/data/creme/d.md",
+        ];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            machine().command(&args),
+            "creme report --setting \"a b=$RUNS/x\" --doc d.md"
+        );
     }
 
     #[test]

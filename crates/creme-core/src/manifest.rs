@@ -59,6 +59,28 @@ impl FileDigest {
             sha256: sha256_hex(bytes),
         }
     }
+
+    /// The digest of everything `reader` gives, read in pieces (a model file need not fit in
+    /// memory twice); `name` is the file's name, never its directory (manifests carry no machine
+    /// paths).
+    pub fn read(name: &str, mut reader: impl std::io::Read) -> std::io::Result<FileDigest> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        Ok(FileDigest {
+            name: name.to_string(),
+            bytes,
+            sha256: format!("{:x}", h.finalize()),
+        })
+    }
 }
 
 /// How samples were generated (greedy: temperature 0, top-p 1).
@@ -373,6 +395,31 @@ fn short(hex: &str) -> String {
 mod tests {
     use super::*;
     use crate::sets::PerturbationType;
+
+    /// A reader that gives at most 3 bytes a call, as a pipe or a slow file may.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(3);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_digest_read_in_pieces_equals_the_digest_of_the_bytes() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let read = FileDigest::read("m.gguf", Trickle(&bytes)).unwrap();
+        assert_eq!(read, FileDigest::of("m.gguf", &bytes));
+        assert_eq!(read.bytes, 1000);
+        let empty = FileDigest::read("e", std::io::empty()).unwrap();
+        assert_eq!(
+            empty.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     fn problem(id: &str, prompt: &str) -> Problem {
         Problem {

@@ -10,8 +10,8 @@ use crate::error::ModelError;
 use crate::eval::{Judge, Verdict};
 use crate::generate::{generate, humaneval_stops, GenerateOptions};
 use crate::model::Model;
-use crate::pipeline::Locator;
-use crate::progress::Progress;
+use crate::pipeline::{Clock, Locator};
+use crate::progress::{Progress, Step};
 use crate::trace::{
     self, generate_from_probes, LayerTrace, PatchPositions, Probe, RestorationMetric, TraceSetup,
 };
@@ -230,6 +230,70 @@ impl<J: Judge> Locator for PassLocator<'_, J> {
         Ok(trace)
     }
 }
+
+/// What the pass metric needs besides the trace setup: both prompts with their tasks (tests),
+/// the samples per patched run (1 = greedy; more sample at T=0.2, top-p 0.95) and the judge.
+pub struct PassInputs<'a, J: Judge> {
+    pub clean: (&'a str, &'a Problem),
+    pub pert: (&'a str, &'a Problem),
+    pub samples: usize,
+    pub judge: &'a mut J,
+}
+
+/// The layer traces of a pair, as `creme trace` reports them.
+#[derive(Clone, Debug)]
+pub struct PairTraces {
+    /// The key-layer trace: the logprob trace over every prompt position, or with the pass
+    /// metric the pass metric's.
+    pub all: LayerTrace,
+    /// The logprob trace over the differing positions only.
+    pub diff: LayerTrace,
+    /// The pass metric's account (None with the logprob metric).
+    pub pass: Option<PassAccount>,
+    /// Seconds of the key-layer trace (zero in the browser, which has no clock here).
+    pub seconds: f64,
+}
+
+/// Both logprob traces of a pair ([`trace::logprob_traces`]) and, with `pass`, the pass
+/// metric's trace in place of the first. `progress` gets each trace's name with its steps.
+pub async fn pair_traces<J: Judge>(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    pass: Option<PassInputs<'_, J>>,
+    progress: &mut dyn FnMut(&str, Step<'_>),
+) -> Result<PairTraces, ModelError> {
+    let (all, diff, seconds) = trace::logprob_traces(dev, model, setup, progress).await?;
+    let mut traces = PairTraces {
+        all,
+        diff,
+        pass: None,
+        seconds,
+    };
+    let Some(p) = pass else {
+        return Ok(traces);
+    };
+    let clock = Clock::start();
+    let mut on_step = |s: Step<'_>| progress(PASS_METRIC, s);
+    let traced = pass_trace(
+        dev,
+        model,
+        setup,
+        p.clean,
+        p.pert,
+        p.samples,
+        p.judge,
+        &mut on_step,
+    );
+    let (all, account) = traced.await?;
+    traces.seconds = clock.lap();
+    traces.all = all;
+    traces.pass = Some(account);
+    Ok(traces)
+}
+
+/// The name [`pair_traces`] reports the pass metric's progress under.
+pub const PASS_METRIC: &str = "pass metric";
 
 #[cfg(test)]
 mod tests {

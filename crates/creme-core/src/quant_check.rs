@@ -79,3 +79,73 @@ pub async fn mean_logprob(
         .await?;
     Ok(lp.iter().map(|&x| x as f64).sum::<f64>() / cont.len() as f64)
 }
+
+/// The checks of several prompts together.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CheckTotals {
+    /// Greedy tokens agreeing before each prompt's first difference, and tokens compared.
+    pub agree: usize,
+    pub tokens: usize,
+    pub prompts: usize,
+    lp_source: f64,
+    lp_quant: f64,
+}
+
+impl CheckTotals {
+    pub fn add(&mut self, c: &PromptCheck) {
+        self.agree += c.agree;
+        self.tokens += c.tokens;
+        self.prompts += 1;
+        self.lp_source += c.lp_source;
+        self.lp_quant += c.lp_quant;
+    }
+
+    /// The perplexity of the source's continuations under the source and the quantized model
+    /// (exp of minus the mean over prompts of each prompt's mean log-probability).
+    pub fn perplexities(&self) -> (f64, f64) {
+        let k = self.prompts.max(1) as f64;
+        ((-self.lp_source / k).exp(), (-self.lp_quant / k).exp())
+    }
+}
+
+/// The re-quantization target named by `name` (`creme quantize --type`).
+pub fn target_type(name: &str) -> Result<crate::model::GgmlType, String> {
+    use crate::model::GgmlType;
+    match name.to_lowercase().as_str() {
+        "q8_0" => Ok(GgmlType::Q8_0),
+        "q4_0" => Ok(GgmlType::Q4_0),
+        "f16" => Ok(GgmlType::F16),
+        "f32" => Ok(GgmlType::F32),
+        t => Err(format!("--type {t}: q8_0, q4_0, f16 or f32")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_the_prompts_and_average_their_log_probabilities() {
+        let mut t = CheckTotals::default();
+        assert_eq!(t.perplexities(), (1.0, 1.0));
+        for (agree, lp_source, lp_quant) in [(3, -1.0, -2.0), (5, -3.0, -2.0)] {
+            let c = PromptCheck {
+                agree,
+                tokens: 8,
+                lp_source,
+                lp_quant,
+            };
+            t.add(&c);
+        }
+        assert_eq!((t.agree, t.tokens, t.prompts), (8, 16, 2));
+        let (s, q) = t.perplexities();
+        assert!((s - 2f64.exp()).abs() < 1e-12 && (q - 2f64.exp()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn target_types_are_named_in_any_case() {
+        assert_eq!(target_type("Q8_0"), Ok(crate::model::GgmlType::Q8_0));
+        assert_eq!(target_type("f16"), Ok(crate::model::GgmlType::F16));
+        assert!(target_type("q5_k").unwrap_err().contains("q8_0, q4_0"));
+    }
+}

@@ -523,6 +523,31 @@ pub fn choose_layer_saturating(scores: &[f64], distances: &[f64], threshold: f64
     }
 }
 
+/// The names [`logprob_traces`] reports its two traces' progress under.
+pub const ALL_PROMPT_POSITIONS: &str = "all prompt positions";
+pub const DIFFERING_POSITIONS: &str = "differing positions";
+
+/// The logprob layer traces of a pair: every prompt position patched, then only the differing
+/// ones, and the first trace's seconds (zero in the browser). `progress` gets each trace's name
+/// with its steps.
+pub async fn logprob_traces(
+    dev: &Device,
+    model: &Model,
+    setup: &TraceSetup,
+    progress: &mut dyn FnMut(&str, Step<'_>),
+) -> Result<(LayerTrace, LayerTrace, f64), ModelError> {
+    let clock = crate::pipeline::Clock::start();
+    let mut trace_of = async |which, name: &str| {
+        let mut on_step = |s: Step<'_>| progress(name, s);
+        let mut metric = RestorationByLogprob;
+        trace_layers_with(dev, model, setup, which, &mut metric, &mut on_step).await
+    };
+    let all = trace_of(PatchPositions::AllPrompt, ALL_PROMPT_POSITIONS).await?;
+    let seconds = clock.lap();
+    let diff = trace_of(PatchPositions::Differing, DIFFERING_POSITIONS).await?;
+    Ok((all, diff, seconds))
+}
+
 /// Trace every layer with one probe each and pick the key layer.
 pub async fn trace_layers<M: RestorationMetric>(
     dev: &Device,

@@ -12,7 +12,7 @@ use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::{GgufHeader, Model, ModelLoader};
 use creme_core::patch::EditPatch;
 use creme_core::pipeline::{locate_and_edit, CremeSettings, TraceLocator, DEFAULT_TARGET_TOKENS};
-use creme_core::trace::{self, PatchPositions, RestorationByLogprob};
+use creme_core::trace::{self, RestorationByLogprob};
 use creme_core::{cpu, Device, Gpu, GpuOptions, ModelError};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -197,24 +197,9 @@ impl Session {
         let (target, setup) = trace::prepare_pair(&self.dev, model, &clean, &pert, target_tokens)
             .await
             .map_err(js_err)?;
-        let all = trace::trace_layers(
-            &self.dev,
-            model,
-            &setup,
-            PatchPositions::AllPrompt,
-            &mut RestorationByLogprob,
-        )
-        .await
-        .map_err(js_err)?;
-        let diff = trace::trace_layers(
-            &self.dev,
-            model,
-            &setup,
-            PatchPositions::Differing,
-            &mut RestorationByLogprob,
-        )
-        .await
-        .map_err(js_err)?;
+        let (all, diff, _) = trace::logprob_traces(&self.dev, model, &setup, &mut |_, _| {})
+            .await
+            .map_err(js_err)?;
         let doc = json!({"target": model.tokenizer.decode(&target).map_err(js_err)?, "lp_clean": setup.lp_clean, "lp_pert": setup.lp_pert,
                          "all_positions": all, "differing_positions": diff});
         Ok(doc.to_string())

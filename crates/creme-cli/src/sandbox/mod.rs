@@ -144,6 +144,17 @@ enum Mode {
     RlimitsOnly,
 }
 
+impl Mode {
+    /// The isolation as run results name it.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Root => "root",
+            Mode::UserNamespace => "userns",
+            Mode::RlimitsOnly => "rlimits",
+        }
+    }
+}
+
 fn mode() -> Res<Mode> {
     let root = unsafe { libc::geteuid() } == 0;
     match std::env::var("CREME_SANDBOX").as_deref() {
@@ -249,36 +260,7 @@ impl Run {
     fn execute(self, program: &TestProgram, limits: &Limits) -> Res<RunResult> {
         let (report_r, report_w) = pipe()?;
         let (input_r, input_w) = pipe()?;
-        let runtime = match self.mode {
-            Mode::RlimitsOnly => None,
-            _ => Some(root::runtime(&python3())?),
-        };
-        let mut cmd = match &runtime {
-            Some(r) => Command::new(&r.executable),
-            None => Command::new(python3()),
-        };
-        cmd.arg("-I")
-            .arg("-c")
-            .arg(RUNNER)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let (rep, inp) = (report_w.as_raw_fd(), input_r.as_raw_fd());
-        match &runtime {
-            None => {
-                let (processes, address_space) = self.process_limits(limits);
-                let rlimits = rlimits(limits, processes, address_space);
-                cmd.env("HOME", "/nonexistent");
-                unsafe { cmd.pre_exec(move || rlimits_only(&rlimits, rep, inp)) };
-            }
-            Some(r) => {
-                cmd.env("HOME", "/tmp");
-                let plan = self.plan(limits, r, rep, inp)?;
-                unsafe { cmd.pre_exec(move || plan.apply()) };
-            }
-        }
+        let mut cmd = self.command(limits, report_w.as_raw_fd(), input_r.as_raw_fd())?;
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting python3 in the sandbox: {e}"))?;
@@ -321,13 +303,45 @@ impl Run {
             stdout_tail: tail(&stdout, 2000),
             stderr_tail: tail(&stderr, 2000),
             network_isolated: mode != Mode::RlimitsOnly,
-            isolation: match mode {
-                Mode::Root => "root",
-                Mode::UserNamespace => "userns",
-                Mode::RlimitsOnly => "rlimits",
-            },
+            isolation: mode.name(),
             memory_cgroup,
         })
+    }
+
+    /// The runner's command (python3 -I -c RUNNER, no environment but PATH and HOME), isolated
+    /// as the mode says; `rep` (the report pipe's write end) and `inp` (the program's input
+    /// pipe's read end) are the descriptors the child keeps.
+    fn command(&self, limits: &Limits, rep: i32, inp: i32) -> Res<Command> {
+        let runtime = match self.mode {
+            Mode::RlimitsOnly => None,
+            _ => Some(root::runtime(&python3())?),
+        };
+        let mut cmd = match &runtime {
+            Some(r) => Command::new(&r.executable),
+            None => Command::new(python3()),
+        };
+        cmd.arg("-I")
+            .arg("-c")
+            .arg(RUNNER)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match &runtime {
+            None => {
+                let (processes, address_space) = self.process_limits(limits);
+                let rlimits = rlimits(limits, processes, address_space);
+                cmd.env("HOME", "/nonexistent");
+                unsafe { cmd.pre_exec(move || rlimits_only(&rlimits, rep, inp)) };
+            }
+            Some(r) => {
+                cmd.env("HOME", "/tmp");
+                let plan = self.plan(limits, r, rep, inp)?;
+                unsafe { cmd.pre_exec(move || plan.apply()) };
+            }
+        }
+        Ok(cmd)
     }
 }
 
@@ -471,12 +485,7 @@ fn rlimits_only(
 /// What judges here, as far as verdicts depend on it: the interpreter (path) and the isolation
 /// mode (root, user namespace, rlimits only). Run manifests record it.
 pub fn judge_identity() -> String {
-    let mode = match mode() {
-        Ok(Mode::Root) => "root",
-        Ok(Mode::UserNamespace) => "userns",
-        Ok(Mode::RlimitsOnly) => "rlimits",
-        Err(_) => "refused",
-    };
+    let mode = mode().map_or("refused", Mode::name);
     format!("{} in the {mode} sandbox", python3().to_string_lossy())
 }
 

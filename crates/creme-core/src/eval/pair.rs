@@ -1,8 +1,10 @@
 //! One prompt pair's greedy completions and their verdicts, as `creme edit` shows them before
-//! and after an edit.
+//! and after an edit, and the decision margin the edit moved.
 
 use crate::backend::Device;
 use crate::dataset::Problem;
+use crate::diagnose::{decision_margin, first_divergence, Divergence};
+use crate::edit::EditPatch;
 use crate::error::ModelError;
 use crate::generate::{generate, humaneval_stops, GenerateOptions};
 use crate::model::Model;
@@ -85,4 +87,74 @@ pub async fn pair_outcome(
         pert: p,
         tokens: (tc, tp),
     })
+}
+
+/// [`pair_outcome`] with a judge; without one (nothing is to be evaluated) the empty outcome.
+pub async fn pair_outcome_if(
+    dev: &Device,
+    model: &Model,
+    prompts: (&str, &str),
+    problems: Option<&(Problem, Problem)>,
+    judge: Option<&mut impl Judge>,
+) -> Result<PairOutcome, ModelError> {
+    match judge {
+        Some(judge) => pair_outcome(dev, model, prompts, problems, judge).await,
+        None => Ok(PairOutcome::default()),
+    }
+}
+
+/// The decision margin (log p clean - log p perturbed token, perturbed prompt) at the first
+/// completion token where the unedited pair's greedy completions part, before and after an edit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MarginChange {
+    /// Completion tokens both completions share before they part.
+    pub index: usize,
+    pub before: f64,
+    pub after: f64,
+}
+
+/// What an edit changes on its pair: with `patch` applied, both completions and verdicts (none
+/// without a judge) and the decision margin at `before`'s divergence, beside the unedited
+/// model's (None where `before`'s completions do not part). The model is reverted before this
+/// returns, whatever failed after the patch was applied.
+pub async fn outcome_after_edit(
+    dev: &Device,
+    model: &mut Model,
+    patch: &EditPatch,
+    prompts: (&str, &str),
+    problems: Option<&(Problem, Problem)>,
+    before: &PairOutcome,
+    judge: Option<&mut impl Judge>,
+) -> Result<(PairOutcome, Option<MarginChange>), ModelError> {
+    let pert = model.tokenizer.encode(prompts.1)?;
+    let div = first_divergence(&before.tokens.0, &before.tokens.1);
+    let margin_before = margin_at(dev, model, &pert, before, div.as_ref()).await?;
+    patch.apply(dev, model)?;
+    let margin_after = margin_at(dev, model, &pert, before, div.as_ref()).await;
+    let after = pair_outcome_if(dev, model, prompts, problems, judge).await;
+    crate::patch::revert(model, patch);
+    let change = match (div, margin_before, margin_after?) {
+        (Some(d), Some(before), Some(after)) => Some(MarginChange {
+            index: d.index,
+            before,
+            after,
+        }),
+        _ => None,
+    };
+    Ok((after?, change))
+}
+
+/// The margin at `div` after `pert` and the completions' shared part, with the model as it is.
+async fn margin_at(
+    dev: &Device,
+    model: &Model,
+    pert: &[u32],
+    before: &PairOutcome,
+    div: Option<&Divergence>,
+) -> Result<Option<f64>, ModelError> {
+    let Some(div) = div else {
+        return Ok(None);
+    };
+    let shared = &before.tokens.0[..div.index];
+    Ok(Some(decision_margin(dev, model, pert, shared, div).await?))
 }
