@@ -39,59 +39,10 @@ case "$backend" in
   *) echo "bench-peers: --backend must be cpu or vulkan" >&2; exit 2 ;;
 esac
 
-LLAMA_VERSION=0.3.36
-ldir="$CREME_CACHE_DIR/llama.cpp/$LLAMA_VERSION"
-lbench="$ldir/build-$flavour/bin/llama-bench"
-# This CPU's SIMD features, spelled out instead of -march=native: AMX stays off, because virtual
-# machines (these ones among them) advertise AMX yet trap its tile instructions (SIGILL).
-cpu_flags() {
-  local have f out=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
-  have=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
-  for f in sse4_2:SSE42 avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512vbmi:AVX512_VBMI \
-           avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
-    case "$have" in *" ${f%%:*} "*) out+=("-DGGML_${f#*:}=ON") ;; *) out+=("-DGGML_${f#*:}=OFF") ;; esac
-  done
-  case "$have" in *" avx512f "*" avx512bw "*) out+=(-DGGML_AVX512=ON) ;; *) out+=(-DGGML_AVX512=OFF) ;; esac
-  echo "${out[@]}"
-}
-# Debian 12's Vulkan headers (1.3.239) lack vk::LayerSettingEXT, which llama.cpp uses only to
-# configure the validation layer at instance creation; create the instance without that list.
-patch_vulkan_layer_settings() {
-  python3 - "$1" <<'PY'
-import re, sys
-path = sys.argv[1]
-src = open(path).read()
-if "vk::LayerSettingsCreateInfoEXT layer_setting_info" not in src:
-    sys.exit(0)
-src = re.sub(r"\n    VkBool32 enable_best_practice = layer_settings;.*?vk::LayerSettingsCreateInfoEXT layer_setting_info\(settings\);",
-             "", src, count=1, flags=re.S)
-src = src.replace("layers, extensions, &layer_setting_info);", "layers, extensions);", 1)
-open(path, "w").write(src)
-PY
-}
-if [ ! -x "$lbench" ]; then
-  echo "building llama-bench $LLAMA_VERSION (once, several minutes)" >&2
-  mkdir -p "$ldir"
-  python3 -m pip show scikit-build-core >/dev/null 2>&1 || python3 -m pip install -q scikit-build-core
-  command -v cmake >/dev/null || python3 -m pip install -q cmake
-  src="$ldir/llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
-  if [ ! -d "$src" ]; then
-    python3 -m pip download -q --no-deps --no-binary=:all: --no-build-isolation "llama-cpp-python==$LLAMA_VERSION" -d "$ldir"
-    tar xzf "$ldir/llama_cpp_python-$LLAMA_VERSION.tar.gz" -C "$ldir"
-  fi
-  extra=()
-  if [ "$flavour" = vulkan ]; then
-    command -v glslc >/dev/null && [ -f /usr/include/vulkan/vulkan.hpp ] && [ -d /usr/include/spirv ] || apt-get install -y -q glslc libvulkan-dev spirv-headers >&2
-    patch_vulkan_layer_settings "$src/ggml/src/ggml-vulkan/ggml-vulkan.cpp"
-    extra=(-DGGML_VULKAN=ON)
-  fi
-  log="$ldir/build-$flavour.log"
-  # shellcheck disable=SC2046
-  cmake -S "$src" -B "$ldir/build-$flavour" -DCMAKE_BUILD_TYPE=Release $(cpu_flags) "${extra[@]}" -DLLAMA_CURL=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_APP=OFF > "$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
-  cmake --build "$ldir/build-$flavour" --target llama-bench -j"$(nproc)" >> "$log" 2>&1 || { tail -20 "$log" >&2; exit 1; }
-fi
+# llama-bench, built once per flavour (scripts/lib/llama-cpp.sh).
+. scripts/lib/llama-cpp.sh
+llama_build "$flavour" llama-bench
+lbench="$LLAMA_BIN"
 
 cargo build --release -q -p creme-cli
 creme="$CARGO_TARGET_DIR/release/creme"
