@@ -12,7 +12,8 @@
 #   4. RUNS_DIR/compare.md and compare.json: `creme compare` of the setting against the controls.
 # Environment: CREME (the binary; pin it for measured runs), SCOPE (edit-worthy | collateral;
 # default collateral), SAMPLE (the collateral sample), CONTROLS (default "sham random matched";
-# empty: the setting alone), SHARED (default ../shared).
+# empty: the setting alone), SHARED (default ../shared), DATASET (a dataset directory, e.g. one
+# with perturbed sets of another seed from `creme perturb --seed S`; default: creme's lookup).
 set -euo pipefail
 half=$1 runs=$2
 creme=${CREME:-creme}
@@ -30,6 +31,8 @@ for t in ${types//,/ }; do
   case ",$half_types," in *",$t,"*) ;; *) echo "$t is not a $half type ($half_types)" >&2; exit 2 ;; esac
 done
 tasks=$("$creme" split "$half" --part tasks)
+data=()
+[ -n "${DATASET:-}" ] && data=(--dataset "$DATASET")
 mkdir -p "$runs"
 
 oracle=$shared/oracle/qwen2.5-coder-0.5b-instruct-q4km
@@ -38,10 +41,10 @@ for f in hf_greedy_clean_completions.json hf_greedy_perturbed_completions.json; 
   [ -f "$oracle/$f" ] && drafts+=(--baseline "$oracle/$f")
 done
 echo "== baseline: clean,$types on the $half half's tasks"
-"$creme" eval -q --types "clean,$types" --tasks "$tasks" "${drafts[@]}" --out "$runs/baseline"
+"$creme" eval -q "${data[@]}" --types "clean,$types" --tasks "$tasks" "${drafts[@]}" --out "$runs/baseline"
 
 experiment() {
-  "$creme" experiment --types "$types" --tasks "$tasks" --baseline "$runs/baseline" \
+  "$creme" experiment "${data[@]}" --types "$types" --tasks "$tasks" --baseline "$runs/baseline" \
     --eval-scope "$scope" --sample "$sample" "${SETTING[@]}" "$@"
 }
 echo "== setting: ${SETTING[*]} ($scope)"
