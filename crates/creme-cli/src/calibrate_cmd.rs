@@ -113,7 +113,7 @@ fn trace_task(
         model,
         (&c, &p),
         a.target_tokens,
-        &mut crate::judge::SandboxJudge::for_pass_trace(),
+        &mut crate::sandbox::SandboxJudge::for_pass_trace(),
         &mut progress,
     ))?;
     eprintln!(

@@ -16,8 +16,8 @@ use creme_core::report::{self, edit::EditRun};
 use creme_core::{Backend, Device};
 
 use crate::common::{self, Res};
-use crate::judge::SandboxJudge;
 use crate::sandbox::Limits;
+use crate::sandbox::SandboxJudge;
 
 /// Flags of `creme edit`.
 #[derive(clap::Args, Clone)]

@@ -23,8 +23,8 @@ use creme_core::sets::SetName;
 use creme_core::{Device, ModelError};
 
 use crate::common::{self, Res};
-use crate::judge::SandboxJudge;
 use crate::run_dir::{self, SampleLog};
+use crate::sandbox::SandboxJudge;
 
 #[derive(clap::Args, Clone)]
 pub struct EvalArgs {

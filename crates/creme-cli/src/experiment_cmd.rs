@@ -19,8 +19,8 @@ use creme_core::Device;
 
 use crate::common::{self, JsonlLog, Res};
 use crate::eval_cmd;
-use crate::judge::SandboxJudge;
 use crate::run_dir::{self, SampleLog};
+use crate::sandbox::SandboxJudge;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum EvalScope {

@@ -202,7 +202,7 @@ fn layer_traces(
         ),
         TraceMetric::Logprob => None,
     };
-    let mut judge = crate::judge::SandboxJudge::for_pass_trace();
+    let mut judge = crate::sandbox::SandboxJudge::for_pass_trace();
     let pass = problems.as_ref().map(|(c, p)| PassInputs {
         clean: (clean_text, c),
         pert: (pert_text, p),
