@@ -103,24 +103,27 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         None
     };
     let manifest = eval_manifest(&a, gpu_opts, &sets, loaded.as_ref().map(|(d, _)| d))?;
-    run_dir::claim(&a.out, &manifest, &["samples"], unjudged(&a.out)?)?;
+    let samples = a.out.join("samples.jsonl");
+    run_dir::claim(
+        &a.out,
+        &manifest,
+        &["samples"],
+        run_dir::unjudged(&samples)?,
+    )?;
     common::record_command(&a.out)?;
-    let (log, previous) = SampleLog::open(&a.out.join("samples.jsonl"))?;
+    let (log, previous) = SampleLog::open(&samples)?;
     let mut judge = SandboxJudge::new(a.timeout, a.workers);
     let mut rec = Recorder {
         log,
         records: Vec::new(),
-        progress: None,
+        set: None,
         failure: None,
     };
     retry_judge_errors(previous, &sets, &mut judge, &mut rec)?;
     let done: HashSet<SampleKey> = rec.records.iter().map(SampleRecord::key).collect();
     if !done.is_empty() {
-        eprintln!(
-            "resuming: {} samples already in {}",
-            done.len(),
-            a.out.join("samples.jsonl").display()
-        );
+        let n = done.len();
+        eprintln!("resuming: {n} samples already in {}", samples.display());
     }
     let result = match (&a.completions, loaded) {
         (Some(path), _) => {
@@ -144,19 +147,17 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         }
         (None, None) => unreachable!("a model is loaded when there are no completions"),
     };
-    if let Some(e) = rec.failure {
-        return Err(e);
-    }
-    result?;
+    run_dir::unless_failed(rec.failure, result)?;
     finish(&a, &rec.records, &types)
 }
 
-/// Records as they are judged: appended to samples.jsonl and kept, progress per set. A failure
-/// to write stops the evaluation and is kept to be returned as it is.
+/// Records as they are judged: appended to samples.jsonl and kept, progress per set (the
+/// reporter shows the ETA). A failure to write stops the evaluation and is kept to be returned
+/// as it is.
 struct Recorder {
     log: SampleLog,
     records: Vec<SampleRecord>,
-    progress: Option<Progress>,
+    set: Option<(SetName, crate::progress::Reporter, SampleTally)>,
     failure: Option<Box<dyn std::error::Error>>,
 }
 
@@ -167,34 +168,23 @@ impl Recorder {
         total: usize,
         recs: Vec<SampleRecord>,
     ) -> Result<(), ModelError> {
-        if self.progress.as_ref().is_none_or(|p| p.set != set) {
-            self.progress = Some(Progress::new(set, total));
+        if self.set.as_ref().is_none_or(|(s, _, _)| *s != set) {
+            let bar = crate::progress::Reporter::new(&format!("[{set}]"));
+            self.set = Some((set, bar, SampleTally::new(total)));
         }
         let (n, passed) = (recs.len(), recs.iter().filter(|r| r.passed).count());
         for r in recs {
-            if let Err(e) = self.log.append(&r) {
-                let msg = e.to_string();
-                self.failure = Some(e);
-                return Err(ModelError::Format(msg));
-            }
+            run_dir::keep_failure(self.log.append(&r), &mut self.failure)?;
             self.records.push(r);
         }
-        if let Some(p) = &mut self.progress {
-            p.tick(n, passed);
+        if let Some((_, bar, tally)) = &mut self.set {
+            bar.step(tally.tick(n, passed));
+            if tally.finished() {
+                bar.finish();
+            }
         }
         Ok(())
     }
-}
-
-/// Whether no verdict is recorded in `out` yet (no records, or only judge errors).
-fn unjudged(out: &Path) -> Res<bool> {
-    let path = out.join("samples.jsonl");
-    if !path.exists() {
-        return Ok(true);
-    }
-    Ok(run_dir::read_samples(&path)?
-        .iter()
-        .all(SampleRecord::is_judge_error))
 }
 
 /// What this run's records depend on.
@@ -241,12 +231,8 @@ fn retry_judge_errors(
     judge: &mut SandboxJudge,
     rec: &mut Recorder,
 ) -> Res {
-    let (done, retry) = resume::split_judge_errors(previous);
+    let (done, retry) = resume::split_judge_errors(previous, sets);
     rec.records = done;
-    let retry: Vec<SampleRecord> = retry
-        .into_iter()
-        .filter(|r| resume::find_problem(sets, r.set, &r.task_id).is_some())
-        .collect();
     if retry.is_empty() {
         return Ok(());
     }
@@ -346,27 +332,6 @@ fn finish(a: &EvalArgs, records: &[SampleRecord], types: &[SetName]) -> Res {
         return Err(format!("{} samples could not be run by the sandbox (not failures; see their stderr_tail in samples.jsonl); run the same command again to retry them", summary.sandbox_errors).into());
     }
     Ok(())
-}
-
-/// Progress of one set: samples done, passes so far (the reporter shows the ETA).
-struct Progress {
-    set: SetName,
-    bar: crate::progress::Reporter,
-    tally: SampleTally,
-}
-
-impl Progress {
-    fn new(set: SetName, total: usize) -> Progress {
-        let bar = crate::progress::Reporter::new(&format!("[{set}]"));
-        let tally = SampleTally::new(total);
-        Progress { set, bar, tally }
-    }
-    fn tick(&mut self, n: usize, passed: usize) {
-        self.bar.step(self.tally.tick(n, passed));
-        if self.tally.finished() {
-            self.bar.finish();
-        }
-    }
 }
 
 /// Completions given on the command line (see `creme_core::eval::given`).

@@ -205,13 +205,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         (i, n) => format!("edits-shard-{i}-of-{n}.jsonl"),
     };
     let log_path = a.out.join(&log_name);
-    let (mut log, previous) = JsonlLog::open(&log_path)?;
-    let mut done = HashSet::new();
-    for r in previous {
-        let r = EditRecord::parse_line(&r.to_string())
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        done.insert((r.ptype, r.task));
-    }
+    let (mut log, previous) = JsonlLog::open_with(&log_path, EditRecord::parse_line)?;
+    let done: HashSet<_> = previous.into_iter().map(|r| (r.ptype, r.task)).collect();
     eprintln!(
         "{total} edit-worthy tasks over {} types; this shard: {}, already done: {}",
         plan.types.len(),
@@ -264,7 +259,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
 }
 
 /// Greedy outcomes and records of the unedited model on every set: from `--baseline DIR` (which
-/// must fit this run and hold every task), else computed into OUT/baseline (resumable).
+/// must fit this run and hold every task), else computed into OUT/baseline (resumable: core's
+/// `complete_baseline`).
 fn baseline(
     a: &ExperimentArgs,
     plan: &ExperimentPlan,
@@ -277,57 +273,28 @@ fn baseline(
         run_dir::check_baseline(dir, m)?;
         let records = run_dir::read_samples(&dir.join("samples.jsonl"))?;
         let base = eval::outcomes_of(&records);
-        if let Some((s, ps)) = plan
-            .missing_tasks(&base)
-            .into_iter()
-            .find(|(_, ps)| !ps.is_empty())
-        {
-            return Err(format!("the baseline {} has no verdict for {} tasks of {s} (e.g. {}); finish it with `creme eval` first", dir.display(), ps.len(), ps[0].task_id).into());
-        }
+        plan.require_complete(&base, &dir.display().to_string())?;
         return Ok((base, records));
     }
     let dir = a.out.join("baseline");
     let samples = dir.join("samples.jsonl");
-    let unjudged = !samples.exists()
-        || run_dir::read_samples(&samples)?
-            .iter()
-            .all(SampleRecord::is_judge_error);
-    run_dir::claim(&dir, m, &["samples"], unjudged)?;
-    let (mut log, mut records) = SampleLog::open(&samples)?;
-    records.retain(|r| !r.is_judge_error());
+    run_dir::claim(&dir, m, &["samples"], run_dir::unjudged(&samples)?)?;
+    let (mut log, records) = SampleLog::open(&samples)?;
     let t0 = std::time::Instant::now();
-    for (s, missing) in plan.missing_tasks(&eval::outcomes_of(&records)) {
-        if missing.is_empty() {
-            continue;
-        }
-        eprintln!("baseline: {} {s} tasks", missing.len());
-        let mut bar = crate::progress::Reporter::new("baseline");
-        let mut failure: Option<Box<dyn std::error::Error>> = None;
-        let mut sink = |rec: SampleRecord| {
-            let r = log.append(&rec);
-            records.push(rec);
-            r.map_err(|e| {
-                let msg = e.to_string();
-                failure = Some(e);
-                creme_core::ModelError::Format(msg)
-            })
-        };
-        let sets = [(s, missing)].into();
-        let r = pollster::block_on(runner::evaluate(
-            dev,
-            model,
-            &sets,
-            &plan.spec,
-            None,
-            judge,
-            &mut |st| bar.step(st),
-            &mut sink,
-        ));
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        r?;
-    }
+    let mut bar = crate::progress::Reporter::new("baseline");
+    let mut failure = None;
+    let mut sink = |rec: SampleRecord| run_dir::keep_failure(log.append(&rec), &mut failure);
+    let records = pollster::block_on(runner::complete_baseline(
+        dev,
+        model,
+        plan,
+        records,
+        judge,
+        &mut |s, n| eprintln!("baseline: {n} {s} tasks"),
+        &mut |st| bar.step(st),
+        &mut sink,
+    ));
+    let records = run_dir::unless_failed(failure, records)?;
     eprintln!("baseline ready ({:.0} s)", t0.elapsed().as_secs_f64());
     Ok((eval::outcomes_of(&records), records))
 }

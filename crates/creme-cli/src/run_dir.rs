@@ -7,6 +7,7 @@ use std::path::Path;
 use creme_core::eval::{parse_sample_line, SampleRecord};
 use creme_core::jsonl;
 use creme_core::manifest::{self, BuildId, RunManifest};
+use creme_core::ModelError;
 
 use crate::common::{self, Res};
 
@@ -134,6 +135,40 @@ impl SampleLog {
 
     pub fn append(&mut self, r: &SampleRecord) -> Res {
         self.0.append(r)
+    }
+}
+
+/// Whether no verdict is recorded in `samples` yet (no file, or only judge errors): then a
+/// changed judge may replace the recorded one (see [`claim`]).
+pub fn unjudged(samples: &Path) -> Res<bool> {
+    Ok(!samples.exists()
+        || read_samples(samples)?
+            .iter()
+            .all(SampleRecord::is_judge_error))
+}
+
+/// A write failure inside core's sink: kept in `slot`, to be returned as it is, and reported to
+/// core as an error so that the evaluation stops.
+pub fn keep_failure(
+    r: Res,
+    slot: &mut Option<Box<dyn std::error::Error>>,
+) -> Result<(), ModelError> {
+    r.map_err(|e| {
+        let msg = e.to_string();
+        *slot = Some(e);
+        ModelError::Format(msg)
+    })
+}
+
+/// The result of a run whose sink may have failed: the kept write failure first (core's error
+/// is then only its echo).
+pub fn unless_failed<T>(
+    failure: Option<Box<dyn std::error::Error>>,
+    r: Result<T, ModelError>,
+) -> Res<T> {
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(r?),
     }
 }
 

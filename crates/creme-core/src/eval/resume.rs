@@ -9,12 +9,20 @@ use crate::dataset::Problem;
 use crate::sets::SetName;
 
 /// Earlier records split into the settled ones and the judge errors to judge again (one per
-/// sample, none whose sample is settled), in (set, task, sample) order.
-pub fn split_judge_errors(previous: Vec<SampleRecord>) -> (Vec<SampleRecord>, Vec<SampleRecord>) {
+/// sample, none whose sample is settled, none whose task is not among `sets`: this run does not
+/// ask for it), in (set, task, sample) order.
+pub fn split_judge_errors(
+    previous: Vec<SampleRecord>,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+) -> (Vec<SampleRecord>, Vec<SampleRecord>) {
     let (errors, done): (Vec<_>, Vec<_>) = previous.into_iter().partition(|r| r.is_judge_error());
     let settled: HashSet<SampleKey> = done.iter().map(SampleRecord::key).collect();
     let mut retry: BTreeMap<SampleKey, SampleRecord> = BTreeMap::new();
-    for r in errors.into_iter().filter(|r| !settled.contains(&r.key())) {
+    let asked = |r: &SampleRecord| find_problem(sets, r.set, &r.task_id).is_some();
+    for r in errors
+        .into_iter()
+        .filter(|r| !settled.contains(&r.key()) && asked(r))
+    {
         retry.insert(r.key(), r);
     }
     (done, retry.into_values().collect())
@@ -56,4 +64,49 @@ pub async fn rejudge(
             rec
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::{Judgement, Verdict};
+    use crate::sets::PerturbationType;
+
+    fn record(set: SetName, task: &str, verdict: Verdict) -> SampleRecord {
+        let j = Judgement {
+            verdict,
+            error_kind: String::new(),
+            exit_code: None,
+            seconds: 0.0,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        };
+        SampleRecord::judged(set, task, 0, "", "stop", &j)
+    }
+
+    #[test]
+    fn judge_errors_are_retried_once_unless_settled_or_not_asked_for() {
+        let problem = |task: &str| Problem {
+            task_id: task.into(),
+            prompt: String::new(),
+            entry_point: "f".into(),
+            test: String::new(),
+            original_prompt: None,
+        };
+        let clean = SetName::Clean;
+        let sets = [(clean, vec![problem("a"), problem("b")])].into();
+        let c3 = SetName::Perturbed(PerturbationType::C3);
+        let previous = vec![
+            record(clean, "a", Verdict::Error),
+            record(clean, "a", Verdict::Pass),
+            record(clean, "b", Verdict::Error),
+            record(clean, "b", Verdict::Error),
+            record(clean, "z", Verdict::Error),
+            record(c3, "a", Verdict::Error),
+        ];
+        let (done, retry) = split_judge_errors(previous, &sets);
+        assert_eq!(done.len(), 1);
+        let retried: Vec<&str> = retry.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(retried, vec!["b"]);
+    }
 }

@@ -181,6 +181,25 @@ impl ExperimentPlan {
             .collect()
     }
 
+    /// An error naming a set of `base` (a baseline given whole, not computed here) that lacks
+    /// an outcome for some loaded task: such a baseline must be finished first.
+    pub fn require_complete(&self, base: &Outcomes, name: &str) -> Result<(), String> {
+        match self.missing_tasks(base).into_iter().find(|(_, ps)| !ps.is_empty()) {
+            None => Ok(()),
+            Some((s, ps)) => Err(format!("the baseline {name} has no verdict for {} tasks of {s} (e.g. {}); finish it with `creme eval` first", ps.len(), ps[0].task_id)),
+        }
+    }
+
+    /// What a resumed baseline still has to evaluate: judge errors are dropped from `records`
+    /// (evaluated again, as the sandbox could not run them), then per set the tasks with no
+    /// record, sets with none left out.
+    pub fn baseline_todo(&self, records: &mut Vec<SampleRecord>) -> Vec<(SetName, Vec<Problem>)> {
+        records.retain(|r| !r.is_judge_error());
+        let mut todo = self.missing_tasks(&eval::outcomes_of(records));
+        todo.retain(|(_, ps)| !ps.is_empty());
+        todo
+    }
+
     /// Edit-worthy tasks, in dataset order, this shard's share.
     pub fn jobs(&self, base: &Outcomes) -> Result<JobList, ModelError> {
         let mut jobs = Vec::new();
@@ -363,6 +382,37 @@ pub async fn evaluate<J: Judge>(
         eval::run_set(dev, model, *set, &items, spec, drafts, judge, &mut checked).await?;
     }
     Ok(())
+}
+
+/// The baseline, resumed: the unedited model's greedy records of every task, from the finished
+/// `records` (a killed run's) and the tasks they lack (see [`ExperimentPlan::baseline_todo`]),
+/// evaluated set by set; each new record goes to `sink` (which appends it) before it is kept.
+/// `on_set` hears each set begun with the number of its tasks to evaluate.
+#[allow(clippy::too_many_arguments)]
+pub async fn complete_baseline<J: Judge>(
+    dev: &Device,
+    model: &Model,
+    plan: &ExperimentPlan,
+    mut records: Vec<SampleRecord>,
+    judge: &mut J,
+    on_set: &mut dyn FnMut(SetName, usize),
+    progress: &mut Progress<'_>,
+    sink: &mut eval::Sink<'_>,
+) -> Result<Vec<SampleRecord>, ModelError> {
+    for (s, missing) in plan.baseline_todo(&mut records) {
+        on_set(s, missing.len());
+        let sets = [(s, missing)].into();
+        let mut keep = |rec: SampleRecord| {
+            sink(rec.clone())?;
+            records.push(rec);
+            Ok(())
+        };
+        evaluate(
+            dev, model, &sets, &plan.spec, None, judge, progress, &mut keep,
+        )
+        .await?;
+    }
+    Ok(records)
 }
 
 /// The experiment's traced layer choices.
@@ -657,6 +707,44 @@ mod tests {
             spec: GenSpec::default(),
         };
         (plan, base)
+    }
+
+    fn record(set: SetName, task: &str, verdict: eval::Verdict) -> SampleRecord {
+        let j = eval::Judgement {
+            verdict,
+            error_kind: String::new(),
+            exit_code: None,
+            seconds: 0.0,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        };
+        SampleRecord::judged(set, task, 0, "", "stop", &j)
+    }
+
+    #[test]
+    fn a_resumed_baseline_evaluates_the_tasks_lacking_a_verdict_judge_errors_included() {
+        use eval::Verdict::{Error, Fail, Pass};
+        let (plan, _) = collateral_plan(3);
+        let c3 = SetName::Perturbed(PerturbationType::C3);
+        let mut records: Vec<SampleRecord> = (0..10)
+            .map(|i| record(SetName::Clean, &format!("T/{i}"), Pass))
+            .collect();
+        records.push(record(c3, "T/0", Fail));
+        records.push(record(c3, "T/1", Error));
+        let todo = plan.baseline_todo(&mut records);
+        // Clean is complete, so only C3 is left, without T/0 (a verdict) but with T/1.
+        assert_eq!(todo.len(), 1);
+        assert_eq!(todo[0].0, c3);
+        let ids: Vec<&str> = todo[0].1.iter().map(|p| p.task_id.as_str()).collect();
+        assert_eq!(ids, (1..10).map(|i| format!("T/{i}")).collect::<Vec<_>>());
+        assert_eq!(records.len(), 11);
+        let e = plan.require_complete(&eval::outcomes_of(&records), "B");
+        assert!(e.unwrap_err().contains("9 tasks of C3 (e.g. T/1)"));
+        records.extend((1..10).map(|i| record(c3, &format!("T/{i}"), Pass)));
+        assert!(plan.baseline_todo(&mut records).is_empty());
+        assert!(plan
+            .require_complete(&eval::outcomes_of(&records), "B")
+            .is_ok());
     }
 
     #[test]
