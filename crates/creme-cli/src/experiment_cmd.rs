@@ -5,16 +5,17 @@
 //! edit is evaluated: a killed run resumes after its last finished record; `--shard i/n` takes
 //! every n-th edit so shards run on separate machines; `creme report` merges them.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use creme_core::eval::{self, GenSpec, Outcomes, SampleRecord};
 use creme_core::experiment::runner::{self, ExperimentPlan};
-use creme_core::experiment::{layer_modes, EditRecord};
+use creme_core::experiment::{layer_modes, layers_given, EditRecord};
 use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
 use creme_core::pipeline::LayerRule;
-use creme_core::sets::{PerturbationType, SetName};
+use creme_core::sets::PerturbationType;
 use creme_core::Device;
 
 use crate::common::{self, JsonlLog, Res};
@@ -88,43 +89,24 @@ pub fn read_edits(path: &Path) -> Res<Vec<EditRecord>> {
     Ok(EditRecord::parse_lines(&text, &path.display().to_string())?)
 }
 
-/// Per task, the layer an earlier run chose: an `edits.jsonl` (each record's layer, by type and
-/// task) or a `creme calibrate-layer` calibration.json (each row's pass-metric layer).
+/// Per task, the layer an earlier run chose (core's `layers_given`): an `edits.jsonl` or a
+/// `creme calibrate-layer` calibration.json.
 fn layers_from(path: &Path) -> Res<HashMap<(PerturbationType, String), usize>> {
-    if path.extension().is_some_and(|e| e == "jsonl") {
-        return Ok(read_edits(path)?
-            .into_iter()
-            .map(|r| ((r.ptype, r.task), r.layer))
-            .collect());
-    }
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let c = creme_core::calibration::Calibration::parse(&text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(c.rows
-        .into_iter()
-        .map(|row| ((c.ptype, row.task), row.pass_layer))
-        .collect())
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    Ok(layers_given(&text, jsonl, &path.display().to_string())?)
 }
 
 /// The plan of the flags, with the sets and layer files read.
 fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
-    let types: Vec<PerturbationType> = eval_cmd::parse_types(&a.types)?
-        .into_iter()
-        .filter_map(SetName::perturbation)
-        .collect();
-    if types.is_empty() {
-        return Err("--types names no perturbation type to edit for".into());
-    }
-    let mut all_sets = vec![SetName::Clean];
-    all_sets.extend(types.iter().map(|t| SetName::Perturbed(*t)));
-    if let Some(t) = &a.eval_types {
-        let extra = eval_cmd::parse_types(t)?
-            .into_iter()
-            .filter(|s| !s.is_clean() && !all_sets.contains(s));
-        all_sets.extend(extra.collect::<Vec<_>>());
-    }
+    let eval_types = a
+        .eval_types
+        .as_deref()
+        .map(eval_cmd::parse_types)
+        .transpose()?;
+    let (types, all_sets) = runner::experiment_sets(eval_cmd::parse_types(&a.types)?, eval_types)?;
     Ok(ExperimentPlan {
         settings: a.edit.settings()?,
         target_tokens: a.edit.target_tokens,
@@ -213,48 +195,32 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         jobs.len(),
         done.len()
     );
-    let mut shams = runner::ShamCache::default();
-    for (k, job) in jobs.iter().enumerate() {
-        if done.contains(&(job.ptype, job.pert.task_id.clone())) {
-            continue;
-        }
-        let label = format!(
-            "[{}/{}] {} {}",
-            k + 1,
-            jobs.len(),
-            job.ptype,
-            job.pert.task_id
-        );
-        let mut bar = crate::progress::Reporter::new(&label);
-        let mut progress = |s: creme_core::progress::Step| bar.step(s);
-        let job_run = runner::run_job(
-            &dev,
-            &mut model,
-            &plan,
-            job,
-            &base,
-            Some(&drafts),
-            &mut judge,
-            &mut shams,
-            &mut progress,
-        );
-        let rec = pollster::block_on(job_run)?;
-        bar.finish();
-        log.append(&serde_json::to_value(&rec)?)?;
-        eprintln!("{}", rec.summary_line(&label));
-    }
-    let r = crate::report_cmd::report(&[a.out.clone()])?;
-    common::write(&a.out.join("report.md"), &r.markdown)?;
-    common::write(
-        &a.out.join("report.json"),
-        &serde_json::to_string_pretty(&r.json)?,
-    )?;
-    print!("{}", r.markdown);
-    println!(
-        "records: {}\nreport: {}",
-        log_path.display(),
-        a.out.join("report.md").display()
-    );
+    // One bar per job, finished before the job's summary line.
+    let bars = RefCell::new(crate::progress::Parts::default());
+    let mut failure = None;
+    let mut sink = |label: &str, rec: EditRecord| {
+        bars.borrow_mut().finish();
+        // As a JSON value: the record's keys sorted, as edits.jsonl files always were.
+        let line = serde_json::to_value(&rec).map_err(Into::into);
+        run_dir::keep_failure(line.and_then(|v| log.append(&v)), &mut failure)?;
+        eprintln!("{}", rec.summary_line(label));
+        Ok(())
+    };
+    let result = pollster::block_on(runner::run_jobs(
+        &dev,
+        &mut model,
+        &plan,
+        (&jobs, &done),
+        &base,
+        Some(&drafts),
+        &mut judge,
+        &mut |label, s| bars.borrow_mut().step(label, s),
+        &mut sink,
+    ));
+    run_dir::unless_failed(failure, result)?;
+    let report = crate::report_cmd::write_report(&[a.out.clone()], &a.out)?;
+    let records = log_path.display();
+    println!("records: {records}\nreport: {}", report.display());
     Ok(())
 }
 

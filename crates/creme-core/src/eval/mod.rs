@@ -21,7 +21,7 @@ use crate::sets::SetName;
 pub use drafts::Drafts;
 pub use record::{
     outcomes_of, parse_sample_line, DraftUse, Judgement, Outcomes, SampleRecord, Verdict,
-    SAMPLE_RECORD_VERSION,
+    JUDGE_ERROR_KIND, SAMPLE_RECORD_VERSION,
 };
 
 /// Wall and CPU seconds a judge gives each test program unless told otherwise (eval, the

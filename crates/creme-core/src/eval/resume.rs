@@ -75,7 +75,11 @@ mod tests {
     fn record(set: SetName, task: &str, verdict: Verdict) -> SampleRecord {
         let j = Judgement {
             verdict,
-            error_kind: String::new(),
+            // An error of the judge, not of the program (which a retry may settle).
+            error_kind: match verdict {
+                crate::eval::Verdict::Error => crate::eval::JUDGE_ERROR_KIND.to_string(),
+                _ => String::new(),
+            },
             exit_code: None,
             seconds: 0.0,
             stdout_tail: String::new(),

@@ -79,6 +79,27 @@ pub fn parse_shard(s: Option<&str>) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+/// The sets of an experiment: the perturbation types among `sets` (those edited for), and every
+/// set evaluated: clean, those types, then the perturbed sets of `eval_sets` not yet among them
+/// (the cross-type matrix).
+pub fn experiment_sets(
+    sets: Vec<SetName>,
+    eval_sets: Option<Vec<SetName>>,
+) -> Result<(Vec<PerturbationType>, Vec<SetName>), String> {
+    let types: Vec<PerturbationType> = sets.into_iter().filter_map(SetName::perturbation).collect();
+    if types.is_empty() {
+        return Err("--types names no perturbation type to edit for".into());
+    }
+    let mut all_sets = vec![SetName::Clean];
+    all_sets.extend(types.iter().map(|t| SetName::Perturbed(*t)));
+    for s in eval_sets.unwrap_or_default() {
+        if !s.is_clean() && !all_sets.contains(&s) {
+            all_sets.push(s);
+        }
+    }
+    Ok((types, all_sets))
+}
+
 /// Everything an experiment is decided by, as the caller loaded it.
 pub struct ExperimentPlan {
     pub settings: EditSettings,
@@ -415,6 +436,46 @@ pub async fn complete_baseline<J: Judge>(
     Ok(records)
 }
 
+/// The jobs still to run, with their labels (`[k/n] type task`, k of all `jobs`): those whose
+/// type and task no record of `done` (a killed run's) has, in order.
+pub fn pending<'a>(
+    jobs: &'a [Job],
+    done: &HashSet<(PerturbationType, String)>,
+) -> Vec<(String, &'a Job)> {
+    let n = jobs.len();
+    let label = |k: usize, j: &Job| format!("[{}/{n}] {} {}", k + 1, j.ptype, j.pert.task_id);
+    jobs.iter()
+        .enumerate()
+        .filter(|(_, j)| !done.contains(&(j.ptype, j.pert.task_id.clone())))
+        .map(|(k, j)| (label(k, j), j))
+        .collect()
+}
+
+/// The experiment's edits, resumed: each [`pending`] job, in order, by [`run_job`] (the model is
+/// edited and reverted in place); its progress steps and its record go to `progress` and `sink`
+/// (which appends it) with the job's label.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_jobs<J: Judge>(
+    dev: &Device,
+    model: &mut Model,
+    plan: &ExperimentPlan,
+    (jobs, done): (&[Job], &HashSet<(PerturbationType, String)>),
+    base: &Outcomes,
+    drafts: Option<&Drafts>,
+    judge: &mut J,
+    progress: &mut dyn FnMut(&str, Step<'_>),
+    sink: &mut dyn FnMut(&str, EditRecord) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let mut shams = ShamCache::default();
+    for (label, job) in pending(jobs, done) {
+        let mut step = |s: Step<'_>| progress(&label, s);
+        let shams = &mut shams;
+        let rec = run_job(dev, model, plan, job, base, drafts, judge, shams, &mut step).await?;
+        sink(&label, rec)?;
+    }
+    Ok(())
+}
+
 /// The experiment's traced layer choices.
 enum JobLocator<'a, J: Judge> {
     Logprob(TraceLocator),
@@ -653,6 +714,15 @@ mod tests {
     }
 
     #[test]
+    fn pending_jobs_keep_their_place_in_the_labels_and_skip_finished_ones() {
+        use PerturbationType::{C3, E1};
+        let jobs = vec![job(C3, "a"), job(E1, "a"), job(C3, "b")];
+        let done = [(C3, "a".to_string())].into();
+        let labels: Vec<String> = pending(&jobs, &done).into_iter().map(|(l, _)| l).collect();
+        assert_eq!(labels, vec!["[2/3] E1 a", "[3/3] C3 b"]);
+    }
+
+    #[test]
     fn matched_partners_are_the_next_task_of_the_same_type_cyclically() {
         use PerturbationType::{C3, E1};
         let mut jobs = vec![
@@ -712,7 +782,11 @@ mod tests {
     fn record(set: SetName, task: &str, verdict: eval::Verdict) -> SampleRecord {
         let j = eval::Judgement {
             verdict,
-            error_kind: String::new(),
+            // An error of the judge, not of the program (which a retry may settle).
+            error_kind: match verdict {
+                eval::Verdict::Error => eval::JUDGE_ERROR_KIND.to_string(),
+                _ => String::new(),
+            },
             exit_code: None,
             seconds: 0.0,
             stdout_tail: String::new(),
@@ -745,6 +819,24 @@ mod tests {
         assert!(plan
             .require_complete(&eval::outcomes_of(&records), "B")
             .is_ok());
+    }
+
+    #[test]
+    fn an_experiment_evaluates_clean_its_types_and_the_other_sets_once() {
+        use PerturbationType::{C3, E1, S2};
+        let (c3, e1, s2) = (
+            SetName::Perturbed(C3),
+            SetName::Perturbed(E1),
+            SetName::Perturbed(S2),
+        );
+        let (types, all) = experiment_sets(
+            vec![SetName::Clean, c3],
+            Some(vec![SetName::Clean, e1, c3, s2]),
+        )
+        .unwrap();
+        assert_eq!(types, vec![C3]);
+        assert_eq!(all, vec![SetName::Clean, c3, e1, s2]);
+        assert!(experiment_sets(vec![SetName::Clean], None).is_err());
     }
 
     #[test]
