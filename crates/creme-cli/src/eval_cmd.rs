@@ -196,14 +196,7 @@ fn eval_manifest(
 ) -> Res<RunManifest> {
     let model = common::model_path(a.input.model.as_deref());
     let model = dev.map(|_| run_dir::file_digest(&model)).transpose()?;
-    let spec = match dev {
-        Some(_) => a.spec(),
-        None => GenSpec {
-            n: 1,
-            ..GenSpec::default()
-        }
-        .greedy(),
-    };
+    let spec = dev.map_or_else(GenSpec::given, |_| a.spec());
     let digests = |ps: &[PathBuf]| {
         ps.iter()
             .map(|p| run_dir::file_digest(p))
@@ -262,18 +255,10 @@ fn read_drafts(
     let mut drafts = Drafts::default();
     for path in paths {
         let more = if path.is_dir() {
-            // Drafts never change results (verification is exact), but a baseline of another
-            // model is a mistake worth naming; one from before manifests is taken as it is.
-            match run_dir::read_manifest(path) {
-                Ok(base) if base.model != m.model => {
-                    return Err(format!(
-                        "--baseline {}: drafts of another model ({:?})",
-                        path.display(),
-                        base.model.map(|f| f.name)
-                    )
-                    .into());
-                }
-                Ok(_) => {}
+            // A baseline from before manifests is taken as it is.
+            match run_dir::read_manifest(path).map(|base| m.drafts_misfit(&base)) {
+                Ok(Some(e)) => return Err(format!("--baseline {}: {e}", path.display()).into()),
+                Ok(None) => {}
                 Err(e) => eprintln!(
                     "note: --baseline {}: {e}; its drafts are used unchecked (verification keeps results exact)",
                     path.display()
