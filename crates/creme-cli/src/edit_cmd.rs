@@ -327,12 +327,7 @@ impl EditFlags {
 
     /// --restored-at as a threshold (None: the best restoration wins).
     pub fn restored_at(&self) -> Res<Option<f64>> {
-        match self.restored_at.as_str() {
-            "none" => Ok(None),
-            t => t
-                .parse::<f64>()
-                .map(Some)
-                .map_err(|_| format!("--restored-at '{t}': a number or none").into()),
-        }
+        let t = creme_core::pipeline::parse_restored_at(&self.restored_at);
+        Ok(t.map_err(|e| format!("--restored-at {e}"))?)
     }
 }
