@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::dataset::Problem;
 use creme_core::edit::{EditRows, EditSettings, Keep, Solver};
 use creme_core::eval::pair::{outcome_after_edit, pair_outcome_if};
 use creme_core::model::Model;
@@ -18,6 +17,7 @@ use creme_core::{Backend, Device};
 use crate::common::{self, Res};
 use crate::sandbox::Limits;
 use crate::sandbox::SandboxJudge;
+use crate::trace_cmd::PairInput;
 
 /// Flags of `creme edit`.
 #[derive(clap::Args, Clone)]
@@ -40,20 +40,6 @@ pub struct EditArgs {
     pub no_eval: bool,
 }
 
-/// The edit's pair: prompts, label and (with --task/--type) problems.
-struct PairInput {
-    clean_text: String,
-    pert_text: String,
-    label: String,
-    problems: Option<(Problem, Problem)>,
-}
-
-impl PairInput {
-    fn prompts(&self) -> (&str, &str) {
-        (&self.clean_text, &self.pert_text)
-    }
-}
-
 pub fn run(dev: &Device, a: EditArgs) -> Res {
     if a.edit.control == Some(ControlFlag::Matched) {
         return Err(
@@ -61,13 +47,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         );
     }
     let settings = a.edit.creme_settings(a.layer)?;
-    let (clean_text, pert_text, label) = a.pair.prompts()?;
-    let p = PairInput {
-        clean_text,
-        pert_text,
-        label,
-        problems: a.pair.problems()?,
-    };
+    let p = a.pair.pair()?;
     let model_path = common::model_path(a.pair.model.as_deref());
     let mut model = a.pair.load_model(dev)?;
     let t_all = Instant::now();
@@ -131,8 +111,8 @@ fn locate_and_edit(
     meta: BTreeMap<String, String>,
 ) -> Res<CremeEdit> {
     let (clean, pert) = (
-        model.tokenizer.encode(&p.clean_text)?,
-        model.tokenizer.encode(&p.pert_text)?,
+        model.tokenizer.encode(&p.texts.0)?,
+        model.tokenizer.encode(&p.texts.1)?,
     );
     let mut locator = TraceLocator::for_rows(settings.edit.rows, restored_at);
     let mut bar = crate::progress::Reporter::new(&p.label);
@@ -154,9 +134,7 @@ fn write_patch(out: &std::path::Path, bytes: &[u8]) -> Res {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, out).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    common::write(out, bytes)?;
     println!(
         "-- patch written: {} ({} KiB)",
         out.display(),
