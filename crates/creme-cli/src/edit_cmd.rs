@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use creme_core::edit::{EditRows, EditSettings, Keep, Solver};
 use creme_core::eval::pair::{outcome_after_edit, pair_outcome_if};
+use creme_core::eval::DEFAULT_TIMEOUT_S;
 use creme_core::model::Model;
 use creme_core::pipeline::{
     locate_and_edit_with, patch_metadata, CremeEdit, CremeSettings, TraceLocator,
@@ -15,7 +16,6 @@ use creme_core::report::{self, edit::EditRun};
 use creme_core::{Backend, Device};
 
 use crate::common::{self, Res};
-use crate::sandbox::Limits;
 use crate::sandbox::SandboxJudge;
 use crate::trace_cmd::PairInput;
 
@@ -52,10 +52,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
     let mut model = a.pair.load_model(dev)?;
     let t_all = Instant::now();
     // Without a judge (--no-eval) nothing is generated or tested before or after.
-    let mut judge = (!a.no_eval).then_some(SandboxJudge {
-        limits: Limits::default(),
-        workers: 1,
-    });
+    let mut judge = (!a.no_eval).then(|| SandboxJudge::new(DEFAULT_TIMEOUT_S, Some(1)));
     let problems = p.problems.as_ref();
     let before = pair_outcome_if(dev, &model, p.prompts(), problems, judge.as_mut());
     let before = pollster::block_on(before)?;
@@ -77,10 +74,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         judge.as_mut(),
     ))?;
     if let Some(m) = margin {
-        println!(
-            "-- decision margin at completion token {} (log p clean - log p perturbed token, perturbed prompt): {:.3} before, {:.3} after",
-            m.index, m.before, m.after
-        );
+        print!("{}", report::edit::margin_line(&m));
     }
     if !a.no_eval {
         print!("{}", report::edit::after_lines(&after));

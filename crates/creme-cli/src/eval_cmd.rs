@@ -15,14 +15,14 @@ use creme_core::dataset::Problem;
 use creme_core::eval::given::{
     judge_given, parse_completions, sets_without_completions, Given, SampleKey,
 };
-use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord};
+use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord, DEFAULT_TIMEOUT_S};
 use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
 use creme_core::progress::SampleTally;
 use creme_core::sets::SetName;
 use creme_core::{Device, ModelError};
 
-use crate::common::{self, Res};
+use crate::common::{self, load_sets, Res};
 use crate::run_dir::{self, SampleLog};
 use crate::sandbox::SandboxJudge;
 
@@ -69,14 +69,10 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
-pub use creme_core::eval::DEFAULT_TIMEOUT_S;
-
 /// The sets named by --types.
 pub fn parse_types(spec: &str) -> Res<Vec<SetName>> {
     SetName::parse_list(spec).map_err(|e| format!("--types: {e}").into())
 }
-
-pub use crate::common::load_sets;
 
 impl EvalArgs {
     fn spec(&self) -> GenSpec {
@@ -104,12 +100,8 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
     };
     let manifest = eval_manifest(&a, gpu_opts, &sets, loaded.as_ref().map(|(d, _)| d))?;
     let samples = a.out.join("samples.jsonl");
-    run_dir::claim(
-        &a.out,
-        &manifest,
-        &["samples"],
-        run_dir::unjudged(&samples)?,
-    )?;
+    let unjudged = run_dir::unjudged(&samples)?;
+    run_dir::claim(&a.out, &manifest, &["samples"], unjudged)?;
     common::record_command(&a.out)?;
     let (log, previous) = SampleLog::open(&samples)?;
     let mut judge = SandboxJudge::new(a.timeout, a.workers);
@@ -119,7 +111,14 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         set: None,
         failure: None,
     };
-    retry_judge_errors(previous, &sets, &mut judge, &mut rec)?;
+    // Judge errors recorded before are judged again now (their completions are in the records).
+    let mut retrying = |n| eprintln!("retrying {n} samples the sandbox could not run before");
+    let settle = resume::settle(previous, &sets, &mut judge, &mut retrying);
+    let (records, first_new) = pollster::block_on(settle);
+    records[first_new..]
+        .iter()
+        .try_for_each(|r| rec.log.append(r))?;
+    rec.records = records;
     let done: HashSet<SampleKey> = rec.records.iter().map(SampleRecord::key).collect();
     if !done.is_empty() {
         let n = done.len();
@@ -214,30 +213,6 @@ fn eval_manifest(
             .transpose()?,
         ..RunManifest::eval(run_dir::build_id()?, sets, &spec, a.timeout)
     })
-}
-
-/// Earlier records into `rec`; judge errors among them are judged again now (their completions
-/// are in the records) and appended.
-fn retry_judge_errors(
-    previous: Vec<SampleRecord>,
-    sets: &BTreeMap<SetName, Vec<Problem>>,
-    judge: &mut SandboxJudge,
-    rec: &mut Recorder,
-) -> Res {
-    let (done, retry) = resume::split_judge_errors(previous, sets);
-    rec.records = done;
-    if retry.is_empty() {
-        return Ok(());
-    }
-    eprintln!(
-        "retrying {} samples the sandbox could not run before",
-        retry.len()
-    );
-    for r in pollster::block_on(resume::rejudge(&retry, sets, judge)) {
-        rec.log.append(&r)?;
-        rec.records.push(r);
-    }
-    Ok(())
 }
 
 /// Drafts from --baseline: earlier eval directories (checked to fit this run) or completion

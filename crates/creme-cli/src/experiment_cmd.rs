@@ -116,7 +116,7 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
         restored_at: a.edit.restored_at()?,
         eval_scope: a.eval_scope.with_sample(a.sample),
         shard: runner::parse_shard(a.shard.as_deref())?,
-        sets: eval_cmd::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
+        sets: common::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
         modes: match &a.layer {
             LayerRule::ModeOf(f) => Some(layer_modes(&read_edits(Path::new(f))?)),
             _ => None,
@@ -152,7 +152,7 @@ fn manifests(
             run_dir::build_id()?,
             &plan.sets,
             &plan.spec,
-            eval_cmd::DEFAULT_TIMEOUT_S,
+            eval::DEFAULT_TIMEOUT_S,
         )
     };
     let layer_source = plan.layer.source_file().map(Path::new);
@@ -169,7 +169,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let (manifest, base_manifest) = manifests(&a, &plan, &dev, gpu_opts)?;
     run_dir::claim(&a.out, &manifest, &["edits"], false)?;
     common::record_command(&a.out)?;
-    let mut judge = SandboxJudge::new(eval_cmd::DEFAULT_TIMEOUT_S, a.workers);
+    let mut judge = SandboxJudge::new(eval::DEFAULT_TIMEOUT_S, a.workers);
     let (base, base_records) = baseline(&a, &plan, &dev, &model, &mut judge, &base_manifest)?;
     // The edited model's completions are verified against the baseline's (exact on the CPU
     // backend: see creme_core::draft).

@@ -28,6 +28,25 @@ pub fn split_judge_errors(
     (done, retry.into_values().collect())
 }
 
+/// Earlier records resumed: the settled ones, then the judge errors among them that `sets` asks
+/// for judged again now (see [`split_judge_errors`], [`rejudge`]); returns the records and the
+/// index of the first new one (the caller appends those). `retrying` hears how many are judged
+/// again, when there are any.
+pub async fn settle(
+    previous: Vec<SampleRecord>,
+    sets: &BTreeMap<SetName, Vec<Problem>>,
+    judge: &mut impl Judge,
+    retrying: &mut dyn FnMut(usize),
+) -> (Vec<SampleRecord>, usize) {
+    let (mut records, retry) = split_judge_errors(previous, sets);
+    let first_new = records.len();
+    if !retry.is_empty() {
+        retrying(retry.len());
+        records.extend(rejudge(&retry, sets, judge).await);
+    }
+    (records, first_new)
+}
+
 /// The problem of (set, task) among `sets`.
 pub fn find_problem<'a>(
     sets: &'a BTreeMap<SetName, Vec<Problem>>,
@@ -112,5 +131,57 @@ mod tests {
         assert_eq!(done.len(), 1);
         let retried: Vec<&str> = retry.iter().map(|r| r.task_id.as_str()).collect();
         assert_eq!(retried, vec!["b"]);
+    }
+
+    /// Passes every program.
+    struct PassAll;
+
+    impl Judge for PassAll {
+        async fn judge(&mut self, programs: &[crate::dataset::TestProgram]) -> Vec<Judgement> {
+            let j = record(SetName::Clean, "", Verdict::Pass);
+            let pass = Judgement {
+                verdict: j.verdict,
+                error_kind: j.error_kind,
+                exit_code: None,
+                seconds: 0.0,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+            };
+            vec![pass; programs.len()]
+        }
+    }
+
+    #[test]
+    fn settling_judges_the_errors_again_and_puts_the_new_records_last() {
+        let problem = |task: &str| Problem {
+            task_id: task.into(),
+            prompt: String::new(),
+            entry_point: "f".into(),
+            test: String::new(),
+            original_prompt: None,
+        };
+        let clean = SetName::Clean;
+        let sets = [(clean, vec![problem("a"), problem("b")])].into();
+        let previous = vec![
+            record(clean, "b", Verdict::Error),
+            record(clean, "a", Verdict::Fail),
+        ];
+        let mut heard = Vec::new();
+        let (records, first_new) =
+            pollster::block_on(settle(previous, &sets, &mut PassAll, &mut |n| {
+                heard.push(n)
+            }));
+        assert_eq!((first_new, heard), (1, vec![1]));
+        assert_eq!(
+            (records[1].task_id.as_str(), records[1].passed),
+            ("b", true)
+        );
+        let (again, first_new) = pollster::block_on(super::settle(
+            records.clone(),
+            &sets,
+            &mut PassAll,
+            &mut |_| panic!("nothing to retry"),
+        ));
+        assert_eq!((again, first_new), (records, 2));
     }
 }
