@@ -15,6 +15,7 @@ use creme_core::experiment::{layer_modes, layers_given, EditRecord};
 use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
 use creme_core::pipeline::LayerRule;
+use creme_core::report::tables::edit_log_name;
 use creme_core::sets::PerturbationType;
 use creme_core::Device;
 
@@ -182,11 +183,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     for (t, task) in &unmatched {
         eprintln!("matched control: {task} is the only edit-worthy task of {t}; left out");
     }
-    let log_name = match plan.shard {
-        (_, 1) => "edits.jsonl".to_string(),
-        (i, n) => format!("edits-shard-{i}-of-{n}.jsonl"),
-    };
-    let log_path = a.out.join(&log_name);
+    let log_path = a.out.join(edit_log_name(plan.shard));
     let (mut log, previous) = JsonlLog::open_with(&log_path, EditRecord::parse_line)?;
     let done: HashSet<_> = previous.into_iter().map(|r| (r.ptype, r.task)).collect();
     eprintln!(

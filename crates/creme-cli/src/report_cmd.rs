@@ -68,7 +68,7 @@ pub fn read_records(dirs: &[PathBuf]) -> Res<Vec<EditRecord>> {
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("edits") && n.ends_with(".jsonl"))
+                    .is_some_and(tables::is_edit_log)
             })
             .collect();
         paths.sort();
