@@ -151,11 +151,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     let (target, setup) = pollster::block_on(prelude)?;
     let t_prelude = t0.elapsed().as_secs_f64();
     let tr = layer_traces(dev, &model, &setup, &a, &pair)?;
-    eprintln!(
-        "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \
-         target and capture {:.2} s, layer trace {:.2} s",
-        setup.lp_clean, setup.lp_pert, tr.all.key_layer, tr.diff.key_layer, t_prelude, tr.seconds
-    );
+    eprintln!("{}", tr.summary(label, &setup, t_prelude));
     std::fs::write(
         a.out.join("trace.svg"),
         report::trace::trace_svg(&tr.all, label),
@@ -226,15 +222,8 @@ fn layer_traces(
     let mut on_step = |part: &str, s: Step<'_>| bars.step(part, s);
     let tr = pollster::block_on(pair_traces(dev, model, setup, pass, &mut on_step))?;
     drop(bars);
-    if let Some(account) = &tr.pass {
-        eprintln!(
-            "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
-            account.acc_orig,
-            account.acc_pert,
-            account.patched_runs_passing,
-            tr.all.scores.len(),
-            tr.all.key_layer
-        );
+    if let Some(line) = tr.pass_summary() {
+        eprintln!("{line}");
     }
     Ok(tr)
 }
@@ -256,13 +245,7 @@ fn grid(
         &positions,
         &mut RestorationByLogprob,
     ))?;
-    eprintln!(
-        "grid: {} layers x {} positions in {:.2} s, key layer {}",
-        grid.scores.len(),
-        positions.len(),
-        t3.elapsed().as_secs_f64(),
-        grid.key_layer
-    );
+    eprintln!("{}", grid.summary(t3.elapsed().as_secs_f64()));
     let labels = setup.position_labels(&positions, &model.tokenizer);
     let svg = report::trace::grid_svg(&grid, &labels, label);
     std::fs::write(a.out.join("grid.svg"), &svg)?;
