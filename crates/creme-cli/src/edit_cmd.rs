@@ -41,12 +41,7 @@ pub struct EditArgs {
 }
 
 pub fn run(dev: &Device, a: EditArgs) -> Res {
-    if a.edit.control == Some(ControlFlag::Matched) {
-        return Err(
-            "--control matched needs other edit-worthy pairs: it is for `creme experiment`".into(),
-        );
-    }
-    let settings = a.edit.creme_settings(a.layer)?;
+    let settings = a.edit.creme_settings(a.layer)?.for_one_pair()?;
     let p = a.pair.pair()?;
     let model_path = common::model_path(a.pair.model.as_deref());
     let mut model = a.pair.load_model(dev)?;

@@ -127,6 +127,18 @@ impl Default for CremeSettings {
 }
 
 impl CremeSettings {
+    /// These settings for an edit of one pair alone, refused where the control needs more: a
+    /// matched control is made from the next edit-worthy pair, which only an experiment has.
+    pub fn for_one_pair(self) -> Result<CremeSettings, String> {
+        match self.control {
+            Some(crate::edit::Control::Matched) => Err(
+                "--control matched needs other edit-worthy pairs: it is for `creme experiment`"
+                    .into(),
+            ),
+            _ => Ok(self),
+        }
+    }
+
     /// The best setting of the development runs (docs/efficacy-dev.md): the prompt rows after
     /// the perturbation moved to the clean prompt's states by a ridge fit (ridge 100), the target
     /// 8 tokens past the decision, the layer from the aligned trace. Not the default, so that
@@ -494,7 +506,19 @@ impl Clock {
 
 #[cfg(test)]
 mod layer_rule_tests {
-    use super::{parse_restored_at, LayerRule};
+    use super::{parse_restored_at, CremeSettings, LayerRule};
+    use crate::edit::Control;
+
+    #[test]
+    fn a_matched_control_needs_an_experiment() {
+        let with = |control| CremeSettings {
+            control,
+            ..CremeSettings::default()
+        };
+        assert!(with(Some(Control::Matched)).for_one_pair().is_err());
+        assert!(with(Some(Control::Sham)).for_one_pair().is_ok());
+        assert!(with(None).for_one_pair().is_ok());
+    }
 
     #[test]
     fn layer_rules_parse_and_print_back() {
