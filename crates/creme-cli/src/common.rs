@@ -158,7 +158,7 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Res {
 pub fn record_command(dir: &Path) -> Res {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let line = places_for_run(dir).command(&args);
-    write(&dir.join("command.txt"), &format!("{line}\n"))
+    write(&dir.join("command.txt"), format!("{line}\n"))
 }
 
 /// The places of a run whose output directory is `dir`: `$RUNS` is its parent.

@@ -148,7 +148,7 @@ fn write_report(
     common::write(&dir.join("edit.json"), &json_text)?;
     common::write(
         &dir.join("report.html"),
-        &report::html_page(&format!("CREME edit — {}", r.label), &sections, &json_text),
+        report::html_page(&format!("CREME edit — {}", r.label), &sections, &json_text),
     )?;
     println!("-- report: {}", dir.join("report.html").display());
     Ok(())

@@ -215,7 +215,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
         &mut sink,
     ));
     run_dir::unless_failed(failure, result)?;
-    let report = crate::report_cmd::write_report(&[a.out.clone()], &a.out)?;
+    let report = crate::report_cmd::write_report(std::slice::from_ref(&a.out), &a.out)?;
     let records = log_path.display();
     println!("records: {records}\nreport: {}", report.display());
     Ok(())

@@ -182,7 +182,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     common::write(&a.out.join("trace.json"), &json_text)?;
     common::write(
         &a.out.join("report.html"),
-        &report::html_page(&format!("CREME trace — {label}"), &sections, &json_text),
+        report::html_page(&format!("CREME trace — {label}"), &sections, &json_text),
     )?;
     println!(
         "key layer {} (differing positions: {}); report: {}",
