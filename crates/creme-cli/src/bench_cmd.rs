@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use creme_core::bench::{self, BenchPlan, BenchReport};
 use creme_core::sets::PerturbationType;
-use creme_core::{Backend, Device, GpuOptions};
+use creme_core::{Device, GpuOptions};
 
 use crate::common::{self, Res};
 
@@ -89,25 +89,12 @@ pub fn run(gpu_opts: &GpuOptions, a: BenchArgs) -> Res {
         }
     };
     if !a.json {
-        let features = dev
-            .gpu()
-            .map(|g| {
-                format!(
-                    "; shader-f16 {}, subgroups {}, KV cache {}",
-                    g.report.shader_f16, g.report.subgroups, report.kv_cache
-                )
-            })
-            .unwrap_or_default();
-        println!("creme bench on {}{features}", dev.describe());
-        println!("| what | figure |\n|---|---|");
+        println!("{}\n| what | figure |\n|---|---|", report.title());
     }
     on_row(("model load".into(), format!("{:.2} s", report.load_s)));
     pollster::block_on(bench::run(&dev, &model, &plan, &mut report, &mut on_row))?;
     let weights: u64 = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    on_row((
-        "weights".into(),
-        format!("{:.0} MiB in the file", weights as f64 / 1048576.0),
-    ));
+    on_row(bench::weights_row(weights));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
@@ -125,14 +112,14 @@ fn plan(a: &BenchArgs, dev: &Device) -> Res<BenchPlan> {
         None => Vec::new(),
     };
     let prompt = clean.first().map_or(bench::FALLBACK_PROMPT, |p| &p.prompt);
+    let (trace, n_he) = bench::default_rows(cpu_adapter, a.trace, a.humaneval);
     let trace_pair = match &dir {
-        Some(d) if a.trace.unwrap_or(!cpu_adapter) => {
+        Some(d) if trace => {
             let (c, p) = common::task_pair(d, "HumanEval/0", PerturbationType::C3)?;
             Some((c.prompt, p.prompt, "HumanEval/0 C3".to_string()))
         }
         _ => None,
     };
-    let n_he = a.humaneval.unwrap_or(if cpu_adapter { 0 } else { 164 });
     Ok(BenchPlan {
         prompt: prompt.to_string(),
         prefill: bench::parse_lengths(&a.prefill)?,

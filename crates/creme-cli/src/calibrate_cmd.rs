@@ -43,22 +43,15 @@ pub fn run(dev: &Device, a: CalibrateArgs) -> Res {
     common::record_command(&a.out)?;
     let model = common::load_model(dev, a.input.model.as_deref(), 0)?;
     let (mut log, previous) = JsonlLog::open(&a.out.join("traces.jsonl"))?;
-    let mut traces: Vec<TaskTraces> = previous
+    // Lines that are not a task's traces are left out (traced again).
+    let previous = previous
         .into_iter()
-        .filter_map(|v| serde_json::from_value(v).ok())
-        .collect();
-    for task in &tasks {
-        if traces.iter().any(|t| &t.task == task) {
-            continue;
-        }
+        .filter_map(|v| serde_json::from_value(v).ok());
+    let traces = calibration::resume_traces(&tasks, previous.collect(), |task| {
         let t = trace_task(dev, &model, &dir, task, &a)?;
-        log.append(&serde_json::to_value(&t)?)?;
-        traces.push(t);
-    }
-    let traces: Vec<TaskTraces> = tasks
-        .iter()
-        .filter_map(|id| traces.iter().find(|t| &t.task == id).cloned())
-        .collect();
+        log.append(&t)?;
+        Ok::<_, Box<dyn std::error::Error>>(t)
+    })?;
     let cal = calibrate(a.ptype, &traces, &reference_layers(a.reference.as_deref())?);
     common::write(
         &a.out.join("calibration.json"),
@@ -113,7 +106,7 @@ fn trace_task(
         model,
         (&c, &p),
         a.target_tokens,
-        &mut crate::judge::SandboxJudge::for_pass_trace(),
+        &mut crate::sandbox::SandboxJudge::for_pass_trace(),
         &mut progress,
     ))?;
     eprintln!(

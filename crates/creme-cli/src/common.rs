@@ -49,18 +49,8 @@ pub fn load_model(dev: &Device, flag: Option<&Path>, max_positions: usize) -> Re
     };
     let model =
         Model::from_gguf_bytes(dev, &bytes, max).map_err(|e| format!("{}: {e}", path.display()))?;
-    eprintln!(
-        "loaded {} ({}, {} layers) on {} in {:.2} s",
-        if model.cfg.name.is_empty() {
-            "model"
-        } else {
-            &model.cfg.name
-        },
-        model.cfg.arch,
-        model.cfg.n_layers,
-        dev.describe(),
-        t0.elapsed().as_secs_f64()
-    );
+    let (what, secs) = (model.cfg.summary(), t0.elapsed().as_secs_f64());
+    eprintln!("loaded {what} on {} in {secs:.2} s", dev.describe());
     Ok(model)
 }
 
@@ -153,11 +143,12 @@ pub fn task_pair(dir: &Path, task: &str, ptype: PerturbationType) -> Res<(Proble
     Ok(pair)
 }
 
-pub fn write(path: &Path, text: &str) -> Res {
-    // Atomic: a reader never sees half a report.
+/// Write `bytes` (a report, a patch, a model) to `path` whole: a temp file renamed into place,
+/// so a reader never sees half of it.
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> Res {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path)?;
+    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -167,7 +158,7 @@ pub fn write(path: &Path, text: &str) -> Res {
 pub fn record_command(dir: &Path) -> Res {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let line = places_for_run(dir).command(&args);
-    write(&dir.join("command.txt"), &format!("{line}\n"))
+    write(&dir.join("command.txt"), format!("{line}\n"))
 }
 
 /// The places of a run whose output directory is `dir`: `$RUNS` is its parent.

@@ -32,7 +32,10 @@ fn parse_control(s: &str) -> Result<(String, Vec<PathBuf>), String> {
     let (label, dirs) = s
         .split_once('=')
         .ok_or_else(|| format!("--control '{s}': LABEL=DIR[,DIR...]"))?;
-    Ok((label.to_string(), dirs.split(',').map(PathBuf::from).collect()))
+    Ok((
+        label.to_string(),
+        dirs.split(',').map(PathBuf::from).collect(),
+    ))
 }
 
 pub fn run(a: CompareArgs) -> Res {

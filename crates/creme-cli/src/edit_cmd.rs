@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use creme_core::dataset::Problem;
 use creme_core::edit::{EditRows, EditSettings, Keep, Solver};
 use creme_core::eval::pair::{outcome_after_edit, pair_outcome_if};
+use creme_core::eval::DEFAULT_TIMEOUT_S;
 use creme_core::model::Model;
 use creme_core::pipeline::{
     locate_and_edit_with, patch_metadata, CremeEdit, CremeSettings, TraceLocator,
@@ -16,8 +16,8 @@ use creme_core::report::{self, edit::EditRun};
 use creme_core::{Backend, Device};
 
 use crate::common::{self, Res};
-use crate::judge::SandboxJudge;
-use crate::sandbox::Limits;
+use crate::sandbox::SandboxJudge;
+use crate::trace_cmd::PairInput;
 
 /// Flags of `creme edit`.
 #[derive(clap::Args, Clone)]
@@ -40,42 +40,14 @@ pub struct EditArgs {
     pub no_eval: bool,
 }
 
-/// The edit's pair: prompts, label and (with --task/--type) problems.
-struct PairInput {
-    clean_text: String,
-    pert_text: String,
-    label: String,
-    problems: Option<(Problem, Problem)>,
-}
-
-impl PairInput {
-    fn prompts(&self) -> (&str, &str) {
-        (&self.clean_text, &self.pert_text)
-    }
-}
-
 pub fn run(dev: &Device, a: EditArgs) -> Res {
-    if a.edit.control == Some(ControlFlag::Matched) {
-        return Err(
-            "--control matched needs other edit-worthy pairs: it is for `creme experiment`".into(),
-        );
-    }
-    let settings = a.edit.creme_settings(a.layer)?;
-    let (clean_text, pert_text, label) = a.pair.prompts()?;
-    let p = PairInput {
-        clean_text,
-        pert_text,
-        label,
-        problems: a.pair.problems()?,
-    };
+    let settings = a.edit.creme_settings(a.layer)?.for_one_pair()?;
+    let p = a.pair.pair()?;
     let model_path = common::model_path(a.pair.model.as_deref());
     let mut model = a.pair.load_model(dev)?;
     let t_all = Instant::now();
     // Without a judge (--no-eval) nothing is generated or tested before or after.
-    let mut judge = (!a.no_eval).then_some(SandboxJudge {
-        limits: Limits::default(),
-        workers: 1,
-    });
+    let mut judge = (!a.no_eval).then(|| SandboxJudge::new(DEFAULT_TIMEOUT_S, Some(1)));
     let problems = p.problems.as_ref();
     let before = pair_outcome_if(dev, &model, p.prompts(), problems, judge.as_mut());
     let before = pollster::block_on(before)?;
@@ -97,10 +69,7 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         judge.as_mut(),
     ))?;
     if let Some(m) = margin {
-        println!(
-            "-- decision margin at completion token {} (log p clean - log p perturbed token, perturbed prompt): {:.3} before, {:.3} after",
-            m.index, m.before, m.after
-        );
+        print!("{}", report::edit::margin_line(&m));
     }
     if !a.no_eval {
         print!("{}", report::edit::after_lines(&after));
@@ -131,8 +100,8 @@ fn locate_and_edit(
     meta: BTreeMap<String, String>,
 ) -> Res<CremeEdit> {
     let (clean, pert) = (
-        model.tokenizer.encode(&p.clean_text)?,
-        model.tokenizer.encode(&p.pert_text)?,
+        model.tokenizer.encode(&p.texts.0)?,
+        model.tokenizer.encode(&p.texts.1)?,
     );
     let mut locator = TraceLocator::for_rows(settings.edit.rows, restored_at);
     let mut bar = crate::progress::Reporter::new(&p.label);
@@ -154,9 +123,7 @@ fn write_patch(out: &std::path::Path, bytes: &[u8]) -> Res {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let tmp = out.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, out).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    common::write(out, bytes)?;
     println!(
         "-- patch written: {} ({} KiB)",
         out.display(),
@@ -181,7 +148,7 @@ fn write_report(
     common::write(&dir.join("edit.json"), &json_text)?;
     common::write(
         &dir.join("report.html"),
-        &report::html_page(&format!("CREME edit — {}", r.label), &sections, &json_text),
+        report::html_page(&format!("CREME edit — {}", r.label), &sections, &json_text),
     )?;
     println!("-- report: {}", dir.join("report.html").display());
     Ok(())
@@ -327,12 +294,7 @@ impl EditFlags {
 
     /// --restored-at as a threshold (None: the best restoration wins).
     pub fn restored_at(&self) -> Res<Option<f64>> {
-        match self.restored_at.as_str() {
-            "none" => Ok(None),
-            t => t
-                .parse::<f64>()
-                .map(Some)
-                .map_err(|_| format!("--restored-at '{t}': a number or none").into()),
-        }
+        let t = creme_core::pipeline::parse_restored_at(&self.restored_at);
+        Ok(t.map_err(|e| format!("--restored-at {e}"))?)
     }
 }

@@ -15,16 +15,16 @@ use creme_core::dataset::Problem;
 use creme_core::eval::given::{
     judge_given, parse_completions, sets_without_completions, Given, SampleKey,
 };
-use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord};
+use creme_core::eval::{self, resume, summary, Drafts, GenSpec, SampleRecord, DEFAULT_TIMEOUT_S};
 use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
 use creme_core::progress::SampleTally;
 use creme_core::sets::SetName;
 use creme_core::{Device, ModelError};
 
-use crate::common::{self, Res};
-use crate::judge::SandboxJudge;
+use crate::common::{self, load_sets, Res};
 use crate::run_dir::{self, SampleLog};
+use crate::sandbox::SandboxJudge;
 
 #[derive(clap::Args, Clone)]
 pub struct EvalArgs {
@@ -69,14 +69,10 @@ pub struct EvalArgs {
     pub out: PathBuf,
 }
 
-pub use creme_core::eval::DEFAULT_TIMEOUT_S;
-
 /// The sets named by --types.
 pub fn parse_types(spec: &str) -> Res<Vec<SetName>> {
     SetName::parse_list(spec).map_err(|e| format!("--types: {e}").into())
 }
-
-pub use crate::common::load_sets;
 
 impl EvalArgs {
     fn spec(&self) -> GenSpec {
@@ -103,24 +99,30 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         None
     };
     let manifest = eval_manifest(&a, gpu_opts, &sets, loaded.as_ref().map(|(d, _)| d))?;
-    run_dir::claim(&a.out, &manifest, &["samples"], unjudged(&a.out)?)?;
+    let samples = a.out.join("samples.jsonl");
+    let unjudged = run_dir::unjudged(&samples)?;
+    run_dir::claim(&a.out, &manifest, &["samples"], unjudged)?;
     common::record_command(&a.out)?;
-    let (log, previous) = SampleLog::open(&a.out.join("samples.jsonl"))?;
+    let (log, previous) = SampleLog::open(&samples)?;
     let mut judge = SandboxJudge::new(a.timeout, a.workers);
     let mut rec = Recorder {
         log,
         records: Vec::new(),
-        progress: None,
+        set: None,
         failure: None,
     };
-    retry_judge_errors(previous, &sets, &mut judge, &mut rec)?;
+    // Judge errors recorded before are judged again now (their completions are in the records).
+    let mut retrying = |n| eprintln!("retrying {n} samples the sandbox could not run before");
+    let settle = resume::settle(previous, &sets, &mut judge, &mut retrying);
+    let (records, first_new) = pollster::block_on(settle);
+    records[first_new..]
+        .iter()
+        .try_for_each(|r| rec.log.append(r))?;
+    rec.records = records;
     let done: HashSet<SampleKey> = rec.records.iter().map(SampleRecord::key).collect();
     if !done.is_empty() {
-        eprintln!(
-            "resuming: {} samples already in {}",
-            done.len(),
-            a.out.join("samples.jsonl").display()
-        );
+        let n = done.len();
+        eprintln!("resuming: {n} samples already in {}", samples.display());
     }
     let result = match (&a.completions, loaded) {
         (Some(path), _) => {
@@ -144,19 +146,17 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
         }
         (None, None) => unreachable!("a model is loaded when there are no completions"),
     };
-    if let Some(e) = rec.failure {
-        return Err(e);
-    }
-    result?;
+    run_dir::unless_failed(rec.failure, result)?;
     finish(&a, &rec.records, &types)
 }
 
-/// Records as they are judged: appended to samples.jsonl and kept, progress per set. A failure
-/// to write stops the evaluation and is kept to be returned as it is.
+/// Records as they are judged: appended to samples.jsonl and kept, progress per set (the
+/// reporter shows the ETA). A failure to write stops the evaluation and is kept to be returned
+/// as it is.
 struct Recorder {
     log: SampleLog,
     records: Vec<SampleRecord>,
-    progress: Option<Progress>,
+    set: Option<(SetName, crate::progress::Reporter, SampleTally)>,
     failure: Option<Box<dyn std::error::Error>>,
 }
 
@@ -167,34 +167,23 @@ impl Recorder {
         total: usize,
         recs: Vec<SampleRecord>,
     ) -> Result<(), ModelError> {
-        if self.progress.as_ref().is_none_or(|p| p.set != set) {
-            self.progress = Some(Progress::new(set, total));
+        if self.set.as_ref().is_none_or(|(s, _, _)| *s != set) {
+            let bar = crate::progress::Reporter::new(&format!("[{set}]"));
+            self.set = Some((set, bar, SampleTally::new(total)));
         }
         let (n, passed) = (recs.len(), recs.iter().filter(|r| r.passed).count());
         for r in recs {
-            if let Err(e) = self.log.append(&r) {
-                let msg = e.to_string();
-                self.failure = Some(e);
-                return Err(ModelError::Format(msg));
-            }
+            run_dir::keep_failure(self.log.append(&r), &mut self.failure)?;
             self.records.push(r);
         }
-        if let Some(p) = &mut self.progress {
-            p.tick(n, passed);
+        if let Some((_, bar, tally)) = &mut self.set {
+            bar.step(tally.tick(n, passed));
+            if tally.finished() {
+                bar.finish();
+            }
         }
         Ok(())
     }
-}
-
-/// Whether no verdict is recorded in `out` yet (no records, or only judge errors).
-fn unjudged(out: &Path) -> Res<bool> {
-    let path = out.join("samples.jsonl");
-    if !path.exists() {
-        return Ok(true);
-    }
-    Ok(run_dir::read_samples(&path)?
-        .iter()
-        .all(SampleRecord::is_judge_error))
 }
 
 /// What this run's records depend on.
@@ -206,14 +195,7 @@ fn eval_manifest(
 ) -> Res<RunManifest> {
     let model = common::model_path(a.input.model.as_deref());
     let model = dev.map(|_| run_dir::file_digest(&model)).transpose()?;
-    let spec = match dev {
-        Some(_) => a.spec(),
-        None => GenSpec {
-            n: 1,
-            ..GenSpec::default()
-        }
-        .greedy(),
-    };
+    let spec = dev.map_or_else(GenSpec::given, |_| a.spec());
     let digests = |ps: &[PathBuf]| {
         ps.iter()
             .map(|p| run_dir::file_digest(p))
@@ -233,34 +215,6 @@ fn eval_manifest(
     })
 }
 
-/// Earlier records into `rec`; judge errors among them are judged again now (their completions
-/// are in the records) and appended.
-fn retry_judge_errors(
-    previous: Vec<SampleRecord>,
-    sets: &BTreeMap<SetName, Vec<Problem>>,
-    judge: &mut SandboxJudge,
-    rec: &mut Recorder,
-) -> Res {
-    let (done, retry) = resume::split_judge_errors(previous);
-    rec.records = done;
-    let retry: Vec<SampleRecord> = retry
-        .into_iter()
-        .filter(|r| resume::find_problem(sets, r.set, &r.task_id).is_some())
-        .collect();
-    if retry.is_empty() {
-        return Ok(());
-    }
-    eprintln!(
-        "retrying {} samples the sandbox could not run before",
-        retry.len()
-    );
-    for r in pollster::block_on(resume::rejudge(&retry, sets, judge)) {
-        rec.log.append(&r)?;
-        rec.records.push(r);
-    }
-    Ok(())
-}
-
 /// Drafts from --baseline: earlier eval directories (checked to fit this run) or completion
 /// files.
 fn read_drafts(
@@ -276,18 +230,10 @@ fn read_drafts(
     let mut drafts = Drafts::default();
     for path in paths {
         let more = if path.is_dir() {
-            // Drafts never change results (verification is exact), but a baseline of another
-            // model is a mistake worth naming; one from before manifests is taken as it is.
-            match run_dir::read_manifest(path) {
-                Ok(base) if base.model != m.model => {
-                    return Err(format!(
-                        "--baseline {}: drafts of another model ({:?})",
-                        path.display(),
-                        base.model.map(|f| f.name)
-                    )
-                    .into());
-                }
-                Ok(_) => {}
+            // A baseline from before manifests is taken as it is.
+            match run_dir::read_manifest(path).map(|base| m.drafts_misfit(&base)) {
+                Ok(Some(e)) => return Err(format!("--baseline {}: {e}", path.display()).into()),
+                Ok(None) => {}
                 Err(e) => eprintln!(
                     "note: --baseline {}: {e}; its drafts are used unchecked (verification keeps results exact)",
                     path.display()
@@ -346,27 +292,6 @@ fn finish(a: &EvalArgs, records: &[SampleRecord], types: &[SetName]) -> Res {
         return Err(format!("{} samples could not be run by the sandbox (not failures; see their stderr_tail in samples.jsonl); run the same command again to retry them", summary.sandbox_errors).into());
     }
     Ok(())
-}
-
-/// Progress of one set: samples done, passes so far (the reporter shows the ETA).
-struct Progress {
-    set: SetName,
-    bar: crate::progress::Reporter,
-    tally: SampleTally,
-}
-
-impl Progress {
-    fn new(set: SetName, total: usize) -> Progress {
-        let bar = crate::progress::Reporter::new(&format!("[{set}]"));
-        let tally = SampleTally::new(total);
-        Progress { set, bar, tally }
-    }
-    fn tick(&mut self, n: usize, passed: usize) {
-        self.bar.step(self.tally.tick(n, passed));
-        if self.tally.finished() {
-            self.bar.finish();
-        }
-    }
 }
 
 /// Completions given on the command line (see `creme_core::eval::given`).

@@ -5,22 +5,24 @@
 //! edit is evaluated: a killed run resumes after its last finished record; `--shard i/n` takes
 //! every n-th edit so shards run on separate machines; `creme report` merges them.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use creme_core::eval::{self, GenSpec, Outcomes, SampleRecord};
 use creme_core::experiment::runner::{self, ExperimentPlan};
-use creme_core::experiment::{layer_modes, EditRecord};
+use creme_core::experiment::{layer_modes, layers_given, EditRecord};
 use creme_core::manifest::RunManifest;
 use creme_core::model::Model;
 use creme_core::pipeline::LayerRule;
-use creme_core::sets::{PerturbationType, SetName};
+use creme_core::report::tables::edit_log_name;
+use creme_core::sets::PerturbationType;
 use creme_core::Device;
 
 use crate::common::{self, JsonlLog, Res};
 use crate::eval_cmd;
-use crate::judge::SandboxJudge;
 use crate::run_dir::{self, SampleLog};
+use crate::sandbox::SandboxJudge;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum EvalScope {
@@ -88,43 +90,24 @@ pub fn read_edits(path: &Path) -> Res<Vec<EditRecord>> {
     Ok(EditRecord::parse_lines(&text, &path.display().to_string())?)
 }
 
-/// Per task, the layer an earlier run chose: an `edits.jsonl` (each record's layer, by type and
-/// task) or a `creme calibrate-layer` calibration.json (each row's pass-metric layer).
+/// Per task, the layer an earlier run chose (core's `layers_given`): an `edits.jsonl` or a
+/// `creme calibrate-layer` calibration.json.
 fn layers_from(path: &Path) -> Res<HashMap<(PerturbationType, String), usize>> {
-    if path.extension().is_some_and(|e| e == "jsonl") {
-        return Ok(read_edits(path)?
-            .into_iter()
-            .map(|r| ((r.ptype, r.task), r.layer))
-            .collect());
-    }
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let c = creme_core::calibration::Calibration::parse(&text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(c.rows
-        .into_iter()
-        .map(|row| ((c.ptype, row.task), row.pass_layer))
-        .collect())
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    Ok(layers_given(&text, jsonl, &path.display().to_string())?)
 }
 
 /// The plan of the flags, with the sets and layer files read.
 fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
     let dir = common::dataset_dir(a.input.dataset.as_deref())?;
-    let types: Vec<PerturbationType> = eval_cmd::parse_types(&a.types)?
-        .into_iter()
-        .filter_map(SetName::perturbation)
-        .collect();
-    if types.is_empty() {
-        return Err("--types names no perturbation type to edit for".into());
-    }
-    let mut all_sets = vec![SetName::Clean];
-    all_sets.extend(types.iter().map(|t| SetName::Perturbed(*t)));
-    if let Some(t) = &a.eval_types {
-        let extra = eval_cmd::parse_types(t)?
-            .into_iter()
-            .filter(|s| !s.is_clean() && !all_sets.contains(s));
-        all_sets.extend(extra.collect::<Vec<_>>());
-    }
+    let eval_types = a
+        .eval_types
+        .as_deref()
+        .map(eval_cmd::parse_types)
+        .transpose()?;
+    let (types, all_sets) = runner::experiment_sets(eval_cmd::parse_types(&a.types)?, eval_types)?;
     Ok(ExperimentPlan {
         settings: a.edit.settings()?,
         target_tokens: a.edit.target_tokens,
@@ -134,7 +117,7 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
         restored_at: a.edit.restored_at()?,
         eval_scope: a.eval_scope.with_sample(a.sample),
         shard: runner::parse_shard(a.shard.as_deref())?,
-        sets: eval_cmd::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
+        sets: common::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,
         modes: match &a.layer {
             LayerRule::ModeOf(f) => Some(layer_modes(&read_edits(Path::new(f))?)),
             _ => None,
@@ -170,7 +153,7 @@ fn manifests(
             run_dir::build_id()?,
             &plan.sets,
             &plan.spec,
-            eval_cmd::DEFAULT_TIMEOUT_S,
+            eval::DEFAULT_TIMEOUT_S,
         )
     };
     let layer_source = plan.layer.source_file().map(Path::new);
@@ -187,7 +170,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     let (manifest, base_manifest) = manifests(&a, &plan, &dev, gpu_opts)?;
     run_dir::claim(&a.out, &manifest, &["edits"], false)?;
     common::record_command(&a.out)?;
-    let mut judge = SandboxJudge::new(eval_cmd::DEFAULT_TIMEOUT_S, a.workers);
+    let mut judge = SandboxJudge::new(eval::DEFAULT_TIMEOUT_S, a.workers);
     let (base, base_records) = baseline(&a, &plan, &dev, &model, &mut judge, &base_manifest)?;
     // The edited model's completions are verified against the baseline's (exact on the CPU
     // backend: see creme_core::draft).
@@ -200,71 +183,47 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
     for (t, task) in &unmatched {
         eprintln!("matched control: {task} is the only edit-worthy task of {t}; left out");
     }
-    let log_name = match plan.shard {
-        (_, 1) => "edits.jsonl".to_string(),
-        (i, n) => format!("edits-shard-{i}-of-{n}.jsonl"),
-    };
-    let log_path = a.out.join(&log_name);
-    let (mut log, previous) = JsonlLog::open(&log_path)?;
-    let mut done = HashSet::new();
-    for r in previous {
-        let r = EditRecord::parse_line(&r.to_string())
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        done.insert((r.ptype, r.task));
-    }
+    let log_path = a.out.join(edit_log_name(plan.shard));
+    let (mut log, previous) = JsonlLog::open_with(&log_path, EditRecord::parse_line)?;
+    let done: HashSet<_> = previous.into_iter().map(|r| (r.ptype, r.task)).collect();
     eprintln!(
         "{total} edit-worthy tasks over {} types; this shard: {}, already done: {}",
         plan.types.len(),
         jobs.len(),
         done.len()
     );
-    let mut shams = runner::ShamCache::default();
-    for (k, job) in jobs.iter().enumerate() {
-        if done.contains(&(job.ptype, job.pert.task_id.clone())) {
-            continue;
-        }
-        let label = format!(
-            "[{}/{}] {} {}",
-            k + 1,
-            jobs.len(),
-            job.ptype,
-            job.pert.task_id
-        );
-        let mut bar = crate::progress::Reporter::new(&label);
-        let mut progress = |s: creme_core::progress::Step| bar.step(s);
-        let job_run = runner::run_job(
-            &dev,
-            &mut model,
-            &plan,
-            job,
-            &base,
-            Some(&drafts),
-            &mut judge,
-            &mut shams,
-            &mut progress,
-        );
-        let rec = pollster::block_on(job_run)?;
-        bar.finish();
-        log.append(&serde_json::to_value(&rec)?)?;
-        eprintln!("{}", rec.summary_line(&label));
-    }
-    let r = crate::report_cmd::report(&[a.out.clone()])?;
-    common::write(&a.out.join("report.md"), &r.markdown)?;
-    common::write(
-        &a.out.join("report.json"),
-        &serde_json::to_string_pretty(&r.json)?,
-    )?;
-    print!("{}", r.markdown);
-    println!(
-        "records: {}\nreport: {}",
-        log_path.display(),
-        a.out.join("report.md").display()
-    );
+    // One bar per job, finished before the job's summary line.
+    let bars = RefCell::new(crate::progress::Parts::default());
+    let mut failure = None;
+    let mut sink = |label: &str, rec: EditRecord| {
+        bars.borrow_mut().finish();
+        // As a JSON value: the record's keys sorted, as edits.jsonl files always were.
+        let line = serde_json::to_value(&rec).map_err(Into::into);
+        run_dir::keep_failure(line.and_then(|v| log.append(&v)), &mut failure)?;
+        eprintln!("{}", rec.summary_line(label));
+        Ok(())
+    };
+    let result = pollster::block_on(runner::run_jobs(
+        &dev,
+        &mut model,
+        &plan,
+        (&jobs, &done),
+        &base,
+        Some(&drafts),
+        &mut judge,
+        &mut |label, s| bars.borrow_mut().step(label, s),
+        &mut sink,
+    ));
+    run_dir::unless_failed(failure, result)?;
+    let report = crate::report_cmd::write_report(std::slice::from_ref(&a.out), &a.out)?;
+    let records = log_path.display();
+    println!("records: {records}\nreport: {}", report.display());
     Ok(())
 }
 
 /// Greedy outcomes and records of the unedited model on every set: from `--baseline DIR` (which
-/// must fit this run and hold every task), else computed into OUT/baseline (resumable).
+/// must fit this run and hold every task), else computed into OUT/baseline (resumable: core's
+/// `complete_baseline`).
 fn baseline(
     a: &ExperimentArgs,
     plan: &ExperimentPlan,
@@ -277,57 +236,28 @@ fn baseline(
         run_dir::check_baseline(dir, m)?;
         let records = run_dir::read_samples(&dir.join("samples.jsonl"))?;
         let base = eval::outcomes_of(&records);
-        if let Some((s, ps)) = plan
-            .missing_tasks(&base)
-            .into_iter()
-            .find(|(_, ps)| !ps.is_empty())
-        {
-            return Err(format!("the baseline {} has no verdict for {} tasks of {s} (e.g. {}); finish it with `creme eval` first", dir.display(), ps.len(), ps[0].task_id).into());
-        }
+        plan.require_complete(&base, &dir.display().to_string())?;
         return Ok((base, records));
     }
     let dir = a.out.join("baseline");
     let samples = dir.join("samples.jsonl");
-    let unjudged = !samples.exists()
-        || run_dir::read_samples(&samples)?
-            .iter()
-            .all(SampleRecord::is_judge_error);
-    run_dir::claim(&dir, m, &["samples"], unjudged)?;
-    let (mut log, mut records) = SampleLog::open(&samples)?;
-    records.retain(|r| !r.is_judge_error());
+    run_dir::claim(&dir, m, &["samples"], run_dir::unjudged(&samples)?)?;
+    let (mut log, records) = SampleLog::open(&samples)?;
     let t0 = std::time::Instant::now();
-    for (s, missing) in plan.missing_tasks(&eval::outcomes_of(&records)) {
-        if missing.is_empty() {
-            continue;
-        }
-        eprintln!("baseline: {} {s} tasks", missing.len());
-        let mut bar = crate::progress::Reporter::new("baseline");
-        let mut failure: Option<Box<dyn std::error::Error>> = None;
-        let mut sink = |rec: SampleRecord| {
-            let r = log.append(&rec);
-            records.push(rec);
-            r.map_err(|e| {
-                let msg = e.to_string();
-                failure = Some(e);
-                creme_core::ModelError::Format(msg)
-            })
-        };
-        let sets = [(s, missing)].into();
-        let r = pollster::block_on(runner::evaluate(
-            dev,
-            model,
-            &sets,
-            &plan.spec,
-            None,
-            judge,
-            &mut |st| bar.step(st),
-            &mut sink,
-        ));
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        r?;
-    }
+    let mut bar = crate::progress::Reporter::new("baseline");
+    let mut failure = None;
+    let mut sink = |rec: SampleRecord| run_dir::keep_failure(log.append(&rec), &mut failure);
+    let records = pollster::block_on(runner::complete_baseline(
+        dev,
+        model,
+        plan,
+        records,
+        judge,
+        &mut |s, n| eprintln!("baseline: {n} {s} tasks"),
+        &mut |st| bar.step(st),
+        &mut sink,
+    ));
+    let records = run_dir::unless_failed(failure, records)?;
     eprintln!("baseline ready ({:.0} s)", t0.elapsed().as_secs_f64());
     Ok((eval::outcomes_of(&records), records))
 }

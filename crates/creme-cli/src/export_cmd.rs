@@ -26,9 +26,7 @@ pub struct ExportArgs {
 fn write_gguf(a: &ExportArgs, file: &[u8], patches: &[creme_core::patch::EditPatch]) -> Res {
     let t0 = Instant::now();
     let bytes = creme_core::model::gguf_write::export_gguf(file, patches)?;
-    let tmp = a.out.with_extension("gguf.tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).map_err(|e| format!("writing {}: {e}", a.out.display()))?;
+    common::write(&a.out, &bytes)?;
     println!(
         "wrote {} ({:.0} MiB; {} patch(es), their layers' W_down in F32) in {:.1} s",
         a.out.display(),
@@ -57,9 +55,7 @@ pub fn run(a: ExportArgs) -> Res {
     std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     common::write(&out.join("config.json"), &config)?;
     common::write(&out.join("tokenizer.json"), &tokenizer)?;
-    let tmp = out.join("model.safetensors.tmp");
-    std::fs::write(&tmp, &st).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    common::write(&out.join("model.safetensors"), &st)?;
     println!(
         "wrote {} (model.safetensors {:.0} MiB, config.json, tokenizer.json; {} patch(es)) in {:.1} s",
         out.display(),

@@ -63,7 +63,7 @@ pub fn run(gpu: &GpuOptions, a: GenerateArgs) -> Res {
         top_p: a.top_p,
         seed: a.seed,
         stop,
-        ignore_eos: false,
+        ..Default::default()
     };
     let dev = Device::open(gpu)?;
     let mut model = common::load_model(&dev, a.model.as_deref(), 0)?;
@@ -88,14 +88,8 @@ pub fn run(gpu: &GpuOptions, a: GenerateArgs) -> Res {
     ))?;
     let c = &out[0];
     if a.stream {
-        let s = t0.elapsed().as_secs_f64();
-        eprintln!(
-            "\n[{} prompt tokens, {} new tokens in {s:.2} s, {:.1} tok/s, finish {:?}]",
-            ids.len(),
-            c.tokens.len(),
-            c.tokens.len() as f64 / s,
-            c.finish
-        );
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("\n{}", c.stream_summary(ids.len(), secs));
     }
     if a.json {
         println!("{}", serde_json::to_string(c)?);

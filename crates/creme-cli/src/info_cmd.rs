@@ -31,15 +31,7 @@ pub fn info(opts: &GpuOptions, a: InfoArgs) -> Res {
         );
     }
     let dev = Device::open(opts)?;
-    let doc = match &dev {
-        Device::Wgpu(g) => serde_json::json!({"backend": "wgpu", "adapter": g.report}),
-        Device::Cpu(_) => serde_json::json!({"backend": "cpu", "device": dev.describe()}),
-    };
-    match (&dev, a.json) {
-        (_, true) => println!("{}", serde_json::to_string_pretty(&doc)?),
-        (Device::Wgpu(g), false) => println!("backend: wgpu\n{}", g.report.to_text()),
-        (Device::Cpu(_), false) => println!("backend: {}", dev.describe()),
-    }
+    println!("{}", dev.info(a.json)?);
     Ok(())
 }
 

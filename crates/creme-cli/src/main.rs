@@ -14,7 +14,6 @@ mod experiment_cmd;
 mod export_cmd;
 mod generate_cmd;
 mod info_cmd;
-mod judge;
 mod perturb_cmd;
 mod progress;
 mod quantize_cmd;

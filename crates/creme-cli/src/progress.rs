@@ -85,24 +85,8 @@ impl Reporter {
             Mode::Lines => {
                 let due = self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY);
                 if new_stage || s.done >= s.total || due {
-                    let note = if s.note.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  {}", s.note)
-                    };
                     let secs = self.stage_start.elapsed().as_secs_f64();
-                    let eta = if s.done > 0 && s.done < s.total {
-                        format!(
-                            ", eta {:.0} s",
-                            secs / s.done as f64 * (s.total - s.done) as f64
-                        )
-                    } else {
-                        String::new()
-                    };
-                    eprintln!(
-                        "{} {}: {}/{}{note} ({secs:.0} s{eta})",
-                        self.label, s.stage, s.done, s.total
-                    );
+                    eprintln!("{}", s.line(&self.label, secs));
                     self.last_line = Some(Instant::now());
                 }
             }
@@ -132,6 +116,13 @@ pub struct Parts {
 }
 
 impl Parts {
+    /// End the current part's bar (before printing below it).
+    pub fn finish(&mut self) {
+        if let Some((_, bar)) = &mut self.current {
+            bar.finish();
+        }
+    }
+
     pub fn step(&mut self, part: &str, s: Step<'_>) {
         if self.current.as_ref().is_none_or(|(p, _)| p != part) {
             self.current = Some((part.to_string(), Reporter::new(part)));

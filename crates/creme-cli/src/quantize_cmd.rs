@@ -41,9 +41,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: QuantizeArgs) -> Res {
     let t0 = Instant::now();
     let out = creme_core::model::gguf_write::requantize_layers(&src, target, a.keep_layers)
         .map_err(|e| format!("{}: {e}", a.input.display()))?;
-    let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &out).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out)?;
+    common::write(&a.out, &out)?;
     println!(
         "wrote {} ({:.1} MiB, from {:.1} MiB) in {:.1} s",
         a.out.display(),

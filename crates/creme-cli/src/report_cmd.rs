@@ -68,7 +68,7 @@ pub fn read_records(dirs: &[PathBuf]) -> Res<Vec<EditRecord>> {
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("edits") && n.ends_with(".jsonl"))
+                    .is_some_and(tables::is_edit_log)
             })
             .collect();
         paths.sort();
@@ -88,17 +88,22 @@ fn run(dirs: &[PathBuf], out: Option<PathBuf>) -> Res {
     if dirs.is_empty() {
         return Err("give one or more experiment directories (or --setting LABEL=DIR for the efficacy document)".into());
     }
-    let r = report(dirs)?;
     let out = out.unwrap_or_else(|| dirs[0].clone());
     std::fs::create_dir_all(&out)?;
-    common::write(&out.join("report.md"), &r.markdown)?;
-    common::write(
-        &out.join("report.json"),
-        &serde_json::to_string_pretty(&r.json)?,
-    )?;
-    print!("{}", r.markdown);
-    println!("report: {}", out.join("report.md").display());
+    let report = write_report(dirs, &out)?;
+    println!("report: {}", report.display());
     Ok(())
+}
+
+/// The tables of the runs in `dirs` as report.md and report.json in `out`, the markdown printed;
+/// returns report.md's path.
+pub fn write_report(dirs: &[PathBuf], out: &Path) -> Res<PathBuf> {
+    let r = report(dirs)?;
+    common::write(&out.join("report.md"), &r.markdown)?;
+    let json = serde_json::to_string_pretty(&r.json)?;
+    common::write(&out.join("report.json"), &json)?;
+    print!("{}", r.markdown);
+    Ok(out.join("report.md"))
 }
 
 fn command_of(dir: &Path) -> String {

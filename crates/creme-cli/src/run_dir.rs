@@ -6,7 +6,8 @@ use std::path::Path;
 
 use creme_core::eval::{parse_sample_line, SampleRecord};
 use creme_core::jsonl;
-use creme_core::manifest::{self, BuildId, RunManifest};
+use creme_core::manifest::{self, BuildId, Claim, RunManifest};
+use creme_core::ModelError;
 
 use crate::common::{self, Res};
 
@@ -29,8 +30,7 @@ pub use creme_core::manifest::results_device;
 /// Take `dir` for a run described by `m`: a new directory gets the manifest; one holding a
 /// manifest must hold an equal one; one holding records (`<prefix>*.jsonl` of `records`) but no
 /// manifest (written before manifests) is refused. Nothing recorded is overwritten, except that
-/// with `unjudged` (every record so far is a judge error: no verdict exists yet) a changed judge
-/// replaces the recorded one, so a run whose interpreter was missing can be redone with one.
+/// with `unjudged` a changed judge replaces the recorded one (core's `RunManifest::claim`).
 pub fn claim(dir: &Path, m: &RunManifest, records: &[&str], unjudged: bool) -> Res {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(MANIFEST_FILE);
@@ -48,19 +48,18 @@ pub fn claim(dir: &Path, m: &RunManifest, records: &[&str], unjudged: bool) -> R
         }
         // Another process made it meanwhile: it must describe the same run.
     }
-    let old = read_manifest(dir)?;
-    let d = m.differences(&old);
-    if d.is_empty() {
-        return Ok(());
-    }
-    if unjudged && d.iter().all(|l| l.starts_with("judge:")) {
-        eprintln!(
-            "note: {} had no verdict yet; its judge is now {:?}",
-            dir.display(),
-            m.judge
-        );
-        return common::write(&path, &serde_json::to_string_pretty(m)?);
-    }
+    let d = match m.claim(&read_manifest(dir)?, unjudged) {
+        Claim::Continue => return Ok(()),
+        Claim::ReplaceJudge => {
+            eprintln!(
+                "note: {} had no verdict yet; its judge is now {:?}",
+                dir.display(),
+                m.judge
+            );
+            return common::write(&path, &serde_json::to_string_pretty(m)?);
+        }
+        Claim::Refuse(d) => d,
+    };
     Err(format!(
         "{} holds a run with other inputs, so its results cannot be continued:\n  {}\nuse another --out (or the inputs it was made with)",
         dir.display(),
@@ -134,6 +133,40 @@ impl SampleLog {
 
     pub fn append(&mut self, r: &SampleRecord) -> Res {
         self.0.append(r)
+    }
+}
+
+/// Whether no verdict is recorded in `samples` yet (no file, or only judge errors): then a
+/// changed judge may replace the recorded one (see [`claim`]).
+pub fn unjudged(samples: &Path) -> Res<bool> {
+    Ok(!samples.exists()
+        || read_samples(samples)?
+            .iter()
+            .all(SampleRecord::is_judge_error))
+}
+
+/// A write failure inside core's sink: kept in `slot`, to be returned as it is, and reported to
+/// core as an error so that the evaluation stops.
+pub fn keep_failure(
+    r: Res,
+    slot: &mut Option<Box<dyn std::error::Error>>,
+) -> Result<(), ModelError> {
+    r.map_err(|e| {
+        let msg = e.to_string();
+        *slot = Some(e);
+        ModelError::Format(msg)
+    })
+}
+
+/// The result of a run whose sink may have failed: the kept write failure first (core's error
+/// is then only its echo).
+pub fn unless_failed<T>(
+    failure: Option<Box<dyn std::error::Error>>,
+    r: Result<T, ModelError>,
+) -> Res<T> {
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(r?),
     }
 }
 

@@ -31,13 +31,8 @@ pub struct SplitArgs {
 
 fn list(h: &Half, part: Part) -> String {
     match part {
-        Part::Types => h
-            .types
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(","),
-        Part::Tasks => h.tasks.join(","),
+        Part::Types => h.type_list(),
+        Part::Tasks => h.task_list(),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use creme_core::dataset::Problem;
 use creme_core::model::Model;
 use creme_core::progress::Step;
 use creme_core::report;
@@ -65,39 +66,48 @@ impl PairArgs {
     }
 }
 
+/// A pair as given: the clean and perturbed prompt texts, a label and (with --task/--type) the
+/// problems with tests.
+pub struct PairInput {
+    pub texts: (String, String),
+    pub label: String,
+    pub problems: Option<(Problem, Problem)>,
+}
+
+impl PairInput {
+    pub fn prompts(&self) -> (&str, &str) {
+        (&self.texts.0, &self.texts.1)
+    }
+}
+
 impl PairArgs {
-    /// The clean and perturbed prompt texts and a label, from a task or from two files.
-    pub fn prompts(&self) -> Res<(String, String, String)> {
+    /// The pair, from a task or from two files.
+    pub fn pair(&self) -> Res<PairInput> {
+        let read = |f: &std::path::Path| {
+            std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))
+        };
         match (&self.task, &self.ptype, &self.clean_file, &self.pert_file) {
             (Some(t), Some(ty), None, None) => {
-                let (c, p) =
-                    common::task_pair(&common::dataset_dir(self.dataset.as_deref())?, t, *ty)?;
-                Ok((c.prompt, p.prompt, format!("{t} {ty}")))
+                let dir = common::dataset_dir(self.dataset.as_deref())?;
+                let (c, p) = common::task_pair(&dir, t, *ty)?;
+                let texts = (c.prompt.clone(), p.prompt.clone());
+                let (label, problems) = (format!("{t} {ty}"), Some((c, p)));
+                Ok(PairInput {
+                    texts,
+                    label,
+                    problems,
+                })
             }
             // The label goes into patches and reports: file names only, no machine paths.
-            (None, None, Some(c), Some(p)) => Ok((
-                std::fs::read_to_string(c).map_err(|e| format!("reading {}: {e}", c.display()))?,
-                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?,
-                format!("{} vs {}", file_name(c), file_name(p)),
-            )),
+            (None, None, Some(c), Some(p)) => Ok(PairInput {
+                texts: (read(c)?, read(p)?),
+                label: format!("{} vs {}", file_name(c), file_name(p)),
+                problems: None,
+            }),
             _ => Err(
                 "give --task ID --type T (with --dataset DIR) or --clean-file F --pert-file F"
                     .into(),
             ),
-        }
-    }
-
-    /// The clean and perturbed problems (with tests) when the pair is a task.
-    pub fn problems(
-        &self,
-    ) -> Res<Option<(creme_core::dataset::Problem, creme_core::dataset::Problem)>> {
-        match (&self.task, &self.ptype) {
-            (Some(t), Some(ty)) => Ok(Some(common::task_pair(
-                &common::dataset_dir(self.dataset.as_deref())?,
-                t,
-                *ty,
-            )?)),
-            _ => Ok(None),
         }
     }
 }
@@ -131,35 +141,33 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     if a.metric == TraceMetric::Pass && a.pair.task.is_none() {
         return Err("--metric pass needs --task/--type (the task's tests decide pass/fail)".into());
     }
-    let (clean_text, pert_text, label) = a.pair.prompts()?;
+    let pair = a.pair.pair()?;
+    let label = &pair.label;
     let model = a.pair.load_model(dev)?;
     std::fs::create_dir_all(&a.out)?;
     let t0 = Instant::now();
-    let prelude = trace::prepare_pair(dev, &model, &clean_text, &pert_text, a.target_tokens);
+    let (clean_text, pert_text) = pair.prompts();
+    let prelude = trace::prepare_pair(dev, &model, clean_text, pert_text, a.target_tokens);
     let (target, setup) = pollster::block_on(prelude)?;
     let t_prelude = t0.elapsed().as_secs_f64();
-    let tr = layer_traces(dev, &model, &setup, &a, (&clean_text, &pert_text))?;
-    eprintln!(
-        "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {} (all prompt positions), {} (differing positions only); \
-         target and capture {:.2} s, layer trace {:.2} s",
-        setup.lp_clean, setup.lp_pert, tr.all.key_layer, tr.diff.key_layer, t_prelude, tr.seconds
-    );
+    let tr = layer_traces(dev, &model, &setup, &a, &pair)?;
+    eprintln!("{}", tr.summary(label, &setup, t_prelude));
     std::fs::write(
         a.out.join("trace.svg"),
-        report::trace::trace_svg(&tr.all, &label),
+        report::trace::trace_svg(&tr.all, label),
     )?;
     let grid = match a.grid {
-        true => Some(grid(dev, &model, &setup, &a, &label)?),
+        true => Some(grid(dev, &model, &setup, &a, label)?),
         false => None,
     };
     let target_text = model.tokenizer.decode(&target)?;
     let (dev_name, metric) = (dev.describe(), format!("{:?}", a.metric).to_lowercase());
     let run = TraceRun {
         model: &model.cfg.name,
-        label: &label,
+        label,
         metric: &metric,
         target_tokens: a.target_tokens,
-        prompts: (&clean_text, &pert_text),
+        prompts: (clean_text, pert_text),
         setup: &setup,
         target: (&target_text, target.len()),
         all: &tr.all,
@@ -174,7 +182,7 @@ pub fn run(dev: &Device, a: TraceArgs) -> Res {
     common::write(&a.out.join("trace.json"), &json_text)?;
     common::write(
         &a.out.join("report.html"),
-        &report::html_page(&format!("CREME trace — {label}"), &sections, &json_text),
+        report::html_page(&format!("CREME trace — {label}"), &sections, &json_text),
     )?;
     println!(
         "key layer {} (differing positions: {}); report: {}",
@@ -192,18 +200,19 @@ fn layer_traces(
     model: &Model,
     setup: &TraceSetup,
     a: &TraceArgs,
-    (clean_text, pert_text): (&str, &str),
+    pair: &PairInput,
 ) -> Res<PairTraces> {
     let problems = match a.metric {
         TraceMetric::Pass => Some(
-            a.pair
-                .problems()?
+            pair.problems
+                .as_ref()
                 .ok_or("--metric pass needs --task/--type")?,
         ),
         TraceMetric::Logprob => None,
     };
-    let mut judge = crate::judge::SandboxJudge::for_pass_trace();
-    let pass = problems.as_ref().map(|(c, p)| PassInputs {
+    let (clean_text, pert_text) = pair.prompts();
+    let mut judge = crate::sandbox::SandboxJudge::for_pass_trace();
+    let pass = problems.map(|(c, p)| PassInputs {
         clean: (clean_text, c),
         pert: (pert_text, p),
         samples: a.samples,
@@ -213,15 +222,8 @@ fn layer_traces(
     let mut on_step = |part: &str, s: Step<'_>| bars.step(part, s);
     let tr = pollster::block_on(pair_traces(dev, model, setup, pass, &mut on_step))?;
     drop(bars);
-    if let Some(account) = &tr.pass {
-        eprintln!(
-            "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
-            account.acc_orig,
-            account.acc_pert,
-            account.patched_runs_passing,
-            tr.all.scores.len(),
-            tr.all.key_layer
-        );
+    if let Some(line) = tr.pass_summary() {
+        eprintln!("{line}");
     }
     Ok(tr)
 }
@@ -243,13 +245,7 @@ fn grid(
         &positions,
         &mut RestorationByLogprob,
     ))?;
-    eprintln!(
-        "grid: {} layers x {} positions in {:.2} s, key layer {}",
-        grid.scores.len(),
-        positions.len(),
-        t3.elapsed().as_secs_f64(),
-        grid.key_layer
-    );
+    eprintln!("{}", grid.summary(t3.elapsed().as_secs_f64()));
     let labels = setup.position_labels(&positions, &model.tokenizer);
     let svg = report::trace::grid_svg(&grid, &labels, label);
     std::fs::write(a.out.join("grid.svg"), &svg)?;

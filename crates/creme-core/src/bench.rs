@@ -160,6 +160,23 @@ impl BenchReport {
         }
     }
 
+    /// The table's title: the device and, on a GPU, its shader-f16 and subgroup use and the KV
+    /// cache's type.
+    pub fn title(&self) -> String {
+        let features = self.adapter.as_ref().map(|a| {
+            let (f16, sub) = (a.shader_f16, a.subgroups);
+            format!(
+                "; shader-f16 {f16}, subgroups {sub}, KV cache {}",
+                self.kv_cache
+            )
+        });
+        format!(
+            "creme bench on {}{}",
+            self.device,
+            features.unwrap_or_default()
+        )
+    }
+
     /// Parse `creme bench --json` output, refusing versions this build does not know.
     pub fn parse(text: &str) -> Result<BenchReport, String> {
         crate::versioned::parse(text, 0, BENCH_REPORT_VERSION, "a bench report")
@@ -201,6 +218,23 @@ pub fn parse_lengths(s: &str) -> Result<Vec<usize>, String> {
 
 /// A table row: (what, figure).
 pub type Row = (String, String);
+
+/// The row of the model file's size.
+pub fn weights_row(bytes: u64) -> Row {
+    let mib = bytes as f64 / 1048576.0;
+    ("weights".into(), format!("{mib:.0} MiB in the file"))
+}
+
+/// What a plan measures unless told (the trace and edit row, HumanEval tasks generated): all on
+/// a GPU, the long rows skipped on a CPU adapter (a slow emulation of a GPU).
+pub fn default_rows(
+    cpu_adapter: bool,
+    trace: Option<bool>,
+    humaneval: Option<usize>,
+) -> (bool, usize) {
+    let tasks = humaneval.unwrap_or(if cpu_adapter { 0 } else { 164 });
+    (trace.unwrap_or(!cpu_adapter), tasks)
+}
 
 /// Measure `plan` on `model`, filling `report` and passing each table row to `on_row` as soon
 /// as it is measured (a CPU adapter takes minutes per row).
@@ -779,6 +813,15 @@ mod tests {
         assert_eq!(parse_lengths("150, 512,,").unwrap(), [150, 512]);
         assert!(parse_lengths("").unwrap().is_empty());
         assert!(parse_lengths("128,x").unwrap_err().starts_with("'x': "));
+    }
+
+    #[test]
+    fn the_title_names_gpu_features_only_on_a_gpu_and_cpu_adapters_skip_long_rows() {
+        assert_eq!(report().title(), "creme bench on cpu: 2 threads");
+        assert_eq!(weights_row(3 << 20).1, "3 MiB in the file");
+        assert_eq!(default_rows(false, None, None), (true, 164));
+        assert_eq!(default_rows(true, None, None), (false, 0));
+        assert_eq!(default_rows(true, Some(true), Some(5)), (true, 5));
     }
 
     fn report() -> BenchReport {

@@ -304,6 +304,25 @@ impl Calibration {
     }
 }
 
+/// Calibration resumed: the earlier traces `done` (a killed run's) and, made by `trace` in the
+/// order of `tasks`, those of the tasks they lack; returned in the order of `tasks`, traces of
+/// other tasks left out.
+pub fn resume_traces<E>(
+    tasks: &[String],
+    mut done: Vec<TaskTraces>,
+    mut trace: impl FnMut(&str) -> Result<TaskTraces, E>,
+) -> Result<Vec<TaskTraces>, E> {
+    for task in tasks {
+        if !done.iter().any(|t| &t.task == task) {
+            done.push(trace(task)?);
+        }
+    }
+    Ok(tasks
+        .iter()
+        .filter_map(|id| done.iter().find(|t| &t.task == id).cloned())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -364,5 +383,29 @@ mod tests {
         assert!(Calibration::parse(&later)
             .unwrap_err()
             .contains("version 5"));
+    }
+
+    #[test]
+    fn resumed_traces_trace_only_the_missing_tasks_and_keep_the_task_order() {
+        let traces = |task: &str| TaskTraces {
+            task: task.to_string(),
+            logprob: Vec::new(),
+            distances: Vec::new(),
+            pass_key: 0,
+            pass_scores: Vec::new(),
+            seconds: 0.0,
+        };
+        let tasks: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut traced = Vec::new();
+        let done = vec![traces("c"), traces("z"), traces("a")];
+        let r = resume_traces(&tasks, done, |t| {
+            traced.push(t.to_string());
+            Ok::<_, ()>(traces(t))
+        })
+        .unwrap();
+        assert_eq!(traced, vec!["b"]);
+        let order: Vec<&str> = r.iter().map(|t| t.task.as_str()).collect();
+        assert_eq!(order, vec!["a", "b", "c"]);
+        assert_eq!(resume_traces(&tasks, Vec::new(), |_| Err("x")), Err("x"));
     }
 }

@@ -68,6 +68,16 @@ pub struct Completion {
     pub finish: Finish,
 }
 
+impl Completion {
+    /// The closing line of a streamed generation: prompt and new tokens, `secs` seconds, the
+    /// rate of new tokens and why it ended.
+    pub fn stream_summary(&self, prompt_tokens: usize, secs: f64) -> String {
+        let n = self.tokens.len();
+        let rate = n as f64 / secs;
+        format!("[{prompt_tokens} prompt tokens, {n} new tokens in {secs:.2} s, {rate:.1} tok/s, finish {:?}]", self.finish)
+    }
+}
+
 /// Left-pad prompts (each followed by `suffix`) to one length, aligned at the end: the batch,
 /// each sequence's pad length, and the common length.
 pub fn left_pad(
@@ -344,4 +354,22 @@ fn finish(
         };
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_ends_with_its_rate_and_reason() {
+        let c = Completion {
+            tokens: vec![1, 2, 3, 4],
+            text: String::new(),
+            finish: Finish::Stop,
+        };
+        assert_eq!(
+            c.stream_summary(7, 2.0),
+            "[7 prompt tokens, 4 new tokens in 2.00 s, 2.0 tok/s, finish Stop]"
+        );
+    }
 }

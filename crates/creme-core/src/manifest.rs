@@ -235,6 +235,14 @@ pub fn parse_manifest(text: &str) -> Result<RunManifest, String> {
     crate::versioned::parse(text, MANIFEST_VERSION, MANIFEST_VERSION, "a run manifest")
 }
 
+/// What [`RunManifest::claim`] decides.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    Continue,
+    ReplaceJudge,
+    Refuse(Vec<String>),
+}
+
 impl RunManifest {
     /// What differs between this manifest and `other`, one line each; empty when a run of one
     /// may continue the other's records.
@@ -273,6 +281,28 @@ impl RunManifest {
         );
         d.extend(dataset_differences(&self.dataset, &other.dataset, true));
         d
+    }
+
+    /// What taking a run directory whose manifest is `old` does for this run: continue it,
+    /// replace its judge (only the judge differs and `unjudged`: every record so far is a judge
+    /// error, so no verdict exists yet and a run whose interpreter was missing can be redone with
+    /// one), or refuse it, naming what differs.
+    pub fn claim(&self, old: &RunManifest, unjudged: bool) -> Claim {
+        let d = self.differences(old);
+        if d.is_empty() {
+            Claim::Continue
+        } else if unjudged && d.iter().all(|l| l.starts_with("judge:")) {
+            Claim::ReplaceJudge
+        } else {
+            Claim::Refuse(d)
+        }
+    }
+
+    /// Why drafts from the eval run `base` do not fit this run: they are another model's.
+    /// Drafts never change results (verification is exact), but that is a mistake worth naming.
+    pub fn drafts_misfit(&self, base: &RunManifest) -> Option<String> {
+        let name = base.model.as_ref().map(|f| &f.name);
+        (base.model != self.model).then(|| format!("drafts of another model ({name:?})"))
     }
 
     /// Why this run may not take `baseline`'s greedy outcomes and drafts: the baseline must come
@@ -502,5 +532,20 @@ mod tests {
         v["version"] = 9.into();
         let e = parse_manifest(&v.to_string()).unwrap_err();
         assert!(e.contains("version 9"), "{e}");
+    }
+
+    #[test]
+    fn a_claim_replaces_only_the_judge_of_a_run_without_verdicts() {
+        let a = manifest("def g():");
+        assert_eq!(a.claim(&a.clone(), false), Claim::Continue);
+        let mut b = a.clone();
+        b.judge = Some("python3 with rlimits".into());
+        assert_eq!(b.claim(&a, true), Claim::ReplaceJudge);
+        assert!(matches!(b.claim(&a, false), Claim::Refuse(d) if d.len() == 1));
+        b.timeout_s = 20;
+        assert!(matches!(b.claim(&a, true), Claim::Refuse(d) if d.len() == 2));
+        assert_eq!(a.drafts_misfit(&b), None);
+        b.model = Some(FileDigest::of("m.gguf", b"other bytes"));
+        assert!(a.drafts_misfit(&b).unwrap().contains("another model"));
     }
 }

@@ -254,6 +254,32 @@ pub struct PairTraces {
     pub seconds: f64,
 }
 
+impl PairTraces {
+    /// `creme trace`'s line on the pair: both prompts' logprobs (from `setup`), both key layers,
+    /// and the seconds of the prelude (`prelude_s`: target and capture) and of the trace.
+    pub fn summary(&self, label: &str, setup: &TraceSetup, prelude_s: f64) -> String {
+        let (all, diff) = (self.all.key_layer, self.diff.key_layer);
+        format!(
+            "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {all} (all prompt positions), {diff} (differing positions only); \
+             target and capture {prelude_s:.2} s, layer trace {:.2} s",
+            setup.lp_clean, setup.lp_pert, self.seconds
+        )
+    }
+
+    /// The pass metric's line (None with the logprob metric).
+    pub fn pass_summary(&self) -> Option<String> {
+        let a = self.pass.as_ref()?;
+        Some(format!(
+            "pass metric: acc_orig {:.2}, acc_pert {:.2}, {} of {} patched runs pass, key layer {}",
+            a.acc_orig,
+            a.acc_pert,
+            a.patched_runs_passing,
+            self.all.scores.len(),
+            self.all.key_layer
+        ))
+    }
+}
+
 /// Both logprob traces of a pair ([`trace::logprob_traces`]) and, with `pass`, the pass
 /// metric's trace in place of the first. `progress` gets each trace's name with its steps.
 pub async fn pair_traces<J: Judge>(
@@ -297,7 +323,54 @@ pub const PASS_METRIC: &str = "pass metric";
 
 #[cfg(test)]
 mod tests {
-    use super::improvement;
+    use super::*;
+
+    fn layer_trace(key_layer: usize) -> LayerTrace {
+        LayerTrace {
+            metric: "pass".into(),
+            positions: PatchPositions::AllPrompt,
+            patched_positions: vec![],
+            scores: vec![0.0; 4],
+            distances: vec![0.0; 4],
+            key_layer,
+        }
+    }
+
+    #[test]
+    fn the_grid_line_gives_its_size_and_key_layer() {
+        let g = crate::trace::GridTrace {
+            metric: "logprob".into(),
+            positions: vec![3, 5, 8],
+            scores: vec![vec![0.0; 3]; 24],
+            key_layer: 7,
+        };
+        let line = "grid: 24 layers x 3 positions in 1.25 s, key layer 7";
+        assert_eq!(g.summary(1.25), line);
+    }
+
+    #[test]
+    fn the_pass_line_counts_the_passing_patched_runs_of_every_layer() {
+        let mut t = PairTraces {
+            all: layer_trace(2),
+            diff: layer_trace(1),
+            pass: None,
+            seconds: 1.5,
+        };
+        assert_eq!(t.pass_summary(), None);
+        t.pass = Some(PassAccount {
+            acc_orig: 1.0,
+            acc_pert: 0.0,
+            pass_ratio: vec![],
+            improvement: vec![],
+            patched_runs_passing: 3,
+            key_layer: 2,
+            samples: 1,
+        });
+        assert_eq!(
+            t.pass_summary().unwrap(),
+            "pass metric: acc_orig 1.00, acc_pert 0.00, 3 of 4 patched runs pass, key layer 2"
+        );
+    }
 
     #[test]
     fn improvement_is_the_restored_share_and_zero_without_a_gap() {

@@ -20,6 +20,18 @@ use crate::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, Trace
 /// read it from here.
 pub const DEFAULT_TARGET_TOKENS: usize = 32;
 
+/// A restoration threshold as given (`--restored-at`): a number, or "none" (None: the best
+/// restoration wins, see [`TraceLocator::for_rows`]).
+pub fn parse_restored_at(s: &str) -> Result<Option<f64>, String> {
+    match s {
+        "none" => Ok(None),
+        t => t
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| format!("'{t}': a number or none")),
+    }
+}
+
 /// How an experiment picks the layer to edit for a pair.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum LayerRule {
@@ -115,6 +127,18 @@ impl Default for CremeSettings {
 }
 
 impl CremeSettings {
+    /// These settings for an edit of one pair alone, refused where the control needs more: a
+    /// matched control is made from the next edit-worthy pair, which only an experiment has.
+    pub fn for_one_pair(self) -> Result<CremeSettings, String> {
+        match self.control {
+            Some(crate::edit::Control::Matched) => Err(
+                "--control matched needs other edit-worthy pairs: it is for `creme experiment`"
+                    .into(),
+            ),
+            _ => Ok(self),
+        }
+    }
+
     /// The best setting of the development runs (docs/efficacy-dev.md): the prompt rows after
     /// the perturbation moved to the clean prompt's states by a ridge fit (ridge 100), the target
     /// 8 tokens past the decision, the layer from the aligned trace. Not the default, so that
@@ -280,8 +304,12 @@ pub async fn edit_target(
         return trace::greedy_target(dev, model, clean, settings.target_tokens).await;
     };
     // Search as far as the context allows (the target itself must still fit).
-    let room = model.max_positions.saturating_sub(clean.len().max(pert.len()));
-    let n = DIVERGENCE_SEARCH_TOKENS.min(room).max(settings.target_tokens);
+    let room = model
+        .max_positions
+        .saturating_sub(clean.len().max(pert.len()));
+    let n = DIVERGENCE_SEARCH_TOKENS
+        .min(room)
+        .max(settings.target_tokens);
     let both = trace::greedy_targets(dev, model, &[clean, pert], n).await?;
     let want = crate::diagnose::first_divergence(&both[0], &both[1])
         .map_or(settings.target_tokens, |d| {
@@ -478,7 +506,19 @@ impl Clock {
 
 #[cfg(test)]
 mod layer_rule_tests {
-    use super::LayerRule;
+    use super::{parse_restored_at, CremeSettings, LayerRule};
+    use crate::edit::Control;
+
+    #[test]
+    fn a_matched_control_needs_an_experiment() {
+        let with = |control| CremeSettings {
+            control,
+            ..CremeSettings::default()
+        };
+        assert!(with(Some(Control::Matched)).for_one_pair().is_err());
+        assert!(with(Some(Control::Sham)).for_one_pair().is_ok());
+        assert!(with(None).for_one_pair().is_ok());
+    }
 
     #[test]
     fn layer_rules_parse_and_print_back() {
@@ -496,6 +536,13 @@ mod layer_rule_tests {
         assert_eq!("7".parse::<LayerRule>().unwrap(), LayerRule::Fixed(7));
         assert!("seven".parse::<LayerRule>().unwrap_err().contains("seven"));
         assert!(LayerRule::Pass.traces() && !LayerRule::Random.traces());
+    }
+
+    #[test]
+    fn a_restoration_threshold_is_a_number_or_none() {
+        assert_eq!(parse_restored_at("none"), Ok(None));
+        assert_eq!(parse_restored_at("0.9"), Ok(Some(0.9)));
+        assert_eq!(parse_restored_at("x").unwrap_err(), "'x': a number or none");
     }
 }
 

@@ -11,6 +11,27 @@ pub struct Step<'a> {
     pub note: String,
 }
 
+impl Step<'_> {
+    /// The step as a plain line after `secs` seconds of its stage: `label stage: done/total  note
+    /// (secs s, eta E s)`, the ETA (time so far per unit, times the units left) while some are
+    /// done and some left.
+    pub fn line(&self, label: &str, secs: f64) -> String {
+        let (done, total) = (self.done, self.total);
+        let note = match self.note.is_empty() {
+            true => String::new(),
+            false => format!("  {}", self.note),
+        };
+        let eta = match done > 0 && done < total {
+            true => format!(", eta {:.0} s", secs / done as f64 * (total - done) as f64),
+            false => String::new(),
+        };
+        format!(
+            "{label} {}: {done}/{total}{note} ({secs:.0} s{eta})",
+            self.stage
+        )
+    }
+}
+
 /// Where reports go: any `FnMut(Step)`; `&mut |_| {}` ignores them.
 pub type Progress<'a> = dyn FnMut(Step<'_>) + 'a;
 
@@ -45,5 +66,26 @@ impl SampleTally {
 
     pub fn finished(&self) -> bool {
         self.done == self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_line_has_the_eta_while_units_are_left() {
+        let step = |done, note: &str| Step {
+            stage: "samples",
+            done,
+            total: 4,
+            note: note.to_string(),
+        };
+        assert_eq!(
+            step(1, "1 passed").line("[clean]", 10.0),
+            "[clean] samples: 1/4  1 passed (10 s, eta 30 s)"
+        );
+        assert_eq!(step(0, "").line("x", 2.0), "x samples: 0/4 (2 s)");
+        assert_eq!(step(4, "").line("x", 8.0), "x samples: 4/4 (8 s)");
     }
 }

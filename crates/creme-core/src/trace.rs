@@ -622,6 +622,17 @@ pub struct GridTrace {
     pub key_layer: usize,
 }
 
+impl GridTrace {
+    /// `creme trace --grid`'s line: its size, `secs` seconds, the key layer.
+    pub fn summary(&self, secs: f64) -> String {
+        let (layers, positions) = (self.scores.len(), self.positions.len());
+        format!(
+            "grid: {layers} layers x {positions} positions in {secs:.2} s, key layer {}",
+            self.key_layer
+        )
+    }
+}
+
 pub async fn trace_grid<M: RestorationMetric>(
     dev: &Device,
     model: &Model,

@@ -20,6 +20,7 @@
 
 mod cgroup;
 mod isolate;
+mod judge;
 mod root;
 mod uids;
 
@@ -32,6 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use creme_core::dataset::TestProgram;
+pub use judge::SandboxJudge;
 use serde::Serialize;
 
 const RUNNER: &str = include_str!("runner.py");
@@ -66,14 +68,9 @@ impl Default for Limits {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    Timeout,
-    /// The sandbox could not run the program: not a verdict on it (retried on resume).
-    Error,
-}
+/// The sandbox's verdicts are core's: `Error` is a run the sandbox could not make, not a verdict
+/// on the program (retried on resume).
+pub use creme_core::eval::Verdict;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RunResult {

@@ -446,6 +446,21 @@ impl Device {
         }
     }
 
+    /// What `creme info` shows: the backend and, on wgpu, the adapter's report (else the
+    /// device's description); as JSON, or as text.
+    pub fn info(&self, json: bool) -> Result<String, serde_json::Error> {
+        match (self.gpu(), json) {
+            (Some(g), true) => serde_json::to_string_pretty(
+                &serde_json::json!({"backend": "wgpu", "adapter": g.report}),
+            ),
+            (Some(g), false) => Ok(format!("backend: wgpu\n{}", g.report.to_text())),
+            (None, true) => serde_json::to_string_pretty(
+                &serde_json::json!({"backend": "cpu", "device": self.describe()}),
+            ),
+            (None, false) => Ok(format!("backend: {}", self.describe())),
+        }
+    }
+
     /// The wgpu context, where this device is one (GPU-only tools: kernel checks, adapter report).
     pub fn gpu(&self) -> Option<&Gpu> {
         match self {
@@ -574,4 +589,19 @@ pub(crate) fn check_draws(logits: &Tensor, u: &[f32]) -> Result<(), ModelError> 
         )));
     }
     Ok(())
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod info_tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_backend_shows_its_description() {
+        let dev = Device::Cpu(cpu::CpuBackend::new());
+        let text = dev.info(false).unwrap();
+        assert_eq!(text, format!("backend: {}", dev.describe()));
+        let doc: serde_json::Value = serde_json::from_str(&dev.info(true).unwrap()).unwrap();
+        assert_eq!(doc["backend"], "cpu");
+        assert_eq!(doc["device"], dev.describe());
+    }
 }

@@ -21,7 +21,7 @@ use crate::sets::SetName;
 pub use drafts::Drafts;
 pub use record::{
     outcomes_of, parse_sample_line, DraftUse, Judgement, Outcomes, SampleRecord, Verdict,
-    SAMPLE_RECORD_VERSION,
+    JUDGE_ERROR_KIND, SAMPLE_RECORD_VERSION,
 };
 
 /// Wall and CPU seconds a judge gives each test program unless told otherwise (eval, the
@@ -62,6 +62,12 @@ impl Default for GenSpec {
 }
 
 impl GenSpec {
+    /// The spec an evaluation of completions given (not generated) records: one greedy sample
+    /// per task, the default budget (nothing is generated, so it only names the scoring).
+    pub fn given() -> GenSpec {
+        GenSpec::default().greedy()
+    }
+
     /// Greedy decoding with this spec's budget and batch.
     pub fn greedy(self) -> GenSpec {
         GenSpec {
@@ -266,4 +272,16 @@ pub async fn run_sets(
         run_set(dev, model, *set, &todo, spec, drafts, judge, &mut to_sink).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_completions_are_scored_as_one_greedy_sample() {
+        let g = GenSpec::given();
+        assert_eq!((g.n, g.temperature, g.top_p), (1, 0.0, 1.0));
+        assert_eq!(g.max_tokens, GenSpec::default().max_tokens);
+    }
 }

@@ -7,7 +7,7 @@ pub mod compare;
 pub mod runner;
 pub mod split;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +142,28 @@ impl EditRecord {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// Per task, the layer an earlier run chose, from the text of the file `name`: an `edits.jsonl`
+/// (`jsonl`: each record's layer, by type and task) or a `creme calibrate-layer`
+/// calibration.json (each row's pass-metric layer): the layers of a `from:FILE` rule.
+pub fn layers_given(
+    text: &str,
+    jsonl: bool,
+    name: &str,
+) -> Result<HashMap<(PerturbationType, String), usize>, String> {
+    if jsonl {
+        let records = EditRecord::parse_lines(text, name)?;
+        return Ok(records
+            .into_iter()
+            .map(|r| ((r.ptype, r.task), r.layer))
+            .collect());
+    }
+    let c = crate::calibration::Calibration::parse(text).map_err(|e| format!("{name}: {e}"))?;
+    Ok(c.rows
+        .into_iter()
+        .map(|row| ((c.ptype, row.task), row.pass_layer))
+        .collect())
 }
 
 /// Per type, the most frequent key layer among earlier records (ties: the lower layer): the
@@ -478,5 +500,35 @@ mod tests {
         assert_eq!(s.layers, vec![(11, 2), (2, 1)]);
         assert_eq!(s.clean_dev_worst, Some(-0.03));
         assert!((s.l_rir.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn given_layers_come_from_a_calibration_or_name_the_bad_line_of_an_edits_file() {
+        use crate::calibration::{Calibration, CalibrationRow};
+        let row = |task: &str, pass_layer| CalibrationRow {
+            task: task.into(),
+            pass_layer,
+            threshold_fit_on_others: 0.5,
+            predicted: 0,
+            argmax_layer: 0,
+            reference_layer: None,
+        };
+        let c = Calibration {
+            version: 0,
+            ptype: PerturbationType::C3,
+            threshold: 0.5,
+            fit: Default::default(),
+            loo: Default::default(),
+            argmax_same: 0,
+            reference: Default::default(),
+            rows: vec![row("a", 7), row("b", 12)],
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        let layers = layers_given(&text, false, "calibration.json").unwrap();
+        assert_eq!(layers[&(PerturbationType::C3, "b".to_string())], 12);
+        assert_eq!(layers.len(), 2);
+        assert!(layers_given("", true, "e.jsonl").unwrap().is_empty());
+        let e = layers_given("\nnot a record\n", true, "e.jsonl").unwrap_err();
+        assert!(e.starts_with("e.jsonl:2:"), "{e}");
     }
 }

@@ -79,6 +79,27 @@ pub fn parse_shard(s: Option<&str>) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+/// The sets of an experiment: the perturbation types among `sets` (those edited for), and every
+/// set evaluated: clean, those types, then the perturbed sets of `eval_sets` not yet among them
+/// (the cross-type matrix).
+pub fn experiment_sets(
+    sets: Vec<SetName>,
+    eval_sets: Option<Vec<SetName>>,
+) -> Result<(Vec<PerturbationType>, Vec<SetName>), String> {
+    let types: Vec<PerturbationType> = sets.into_iter().filter_map(SetName::perturbation).collect();
+    if types.is_empty() {
+        return Err("--types names no perturbation type to edit for".into());
+    }
+    let mut all_sets = vec![SetName::Clean];
+    all_sets.extend(types.iter().map(|t| SetName::Perturbed(*t)));
+    for s in eval_sets.unwrap_or_default() {
+        if !s.is_clean() && !all_sets.contains(&s) {
+            all_sets.push(s);
+        }
+    }
+    Ok((types, all_sets))
+}
+
 /// Everything an experiment is decided by, as the caller loaded it.
 pub struct ExperimentPlan {
     pub settings: EditSettings,
@@ -179,6 +200,25 @@ impl ExperimentPlan {
                 (*s, missing)
             })
             .collect()
+    }
+
+    /// An error naming a set of `base` (a baseline given whole, not computed here) that lacks
+    /// an outcome for some loaded task: such a baseline must be finished first.
+    pub fn require_complete(&self, base: &Outcomes, name: &str) -> Result<(), String> {
+        match self.missing_tasks(base).into_iter().find(|(_, ps)| !ps.is_empty()) {
+            None => Ok(()),
+            Some((s, ps)) => Err(format!("the baseline {name} has no verdict for {} tasks of {s} (e.g. {}); finish it with `creme eval` first", ps.len(), ps[0].task_id)),
+        }
+    }
+
+    /// What a resumed baseline still has to evaluate: judge errors are dropped from `records`
+    /// (evaluated again, as the sandbox could not run them), then per set the tasks with no
+    /// record, sets with none left out.
+    pub fn baseline_todo(&self, records: &mut Vec<SampleRecord>) -> Vec<(SetName, Vec<Problem>)> {
+        records.retain(|r| !r.is_judge_error());
+        let mut todo = self.missing_tasks(&eval::outcomes_of(records));
+        todo.retain(|(_, ps)| !ps.is_empty());
+        todo
     }
 
     /// Edit-worthy tasks, in dataset order, this shard's share.
@@ -361,6 +401,77 @@ pub async fn evaluate<J: Judge>(
             sink(rec)
         };
         eval::run_set(dev, model, *set, &items, spec, drafts, judge, &mut checked).await?;
+    }
+    Ok(())
+}
+
+/// The baseline, resumed: the unedited model's greedy records of every task, from the finished
+/// `records` (a killed run's) and the tasks they lack (see [`ExperimentPlan::baseline_todo`]),
+/// evaluated set by set; each new record goes to `sink` (which appends it) before it is kept.
+/// `on_set` hears each set begun with the number of its tasks to evaluate.
+#[allow(clippy::too_many_arguments)]
+pub async fn complete_baseline<J: Judge>(
+    dev: &Device,
+    model: &Model,
+    plan: &ExperimentPlan,
+    mut records: Vec<SampleRecord>,
+    judge: &mut J,
+    on_set: &mut dyn FnMut(SetName, usize),
+    progress: &mut Progress<'_>,
+    sink: &mut eval::Sink<'_>,
+) -> Result<Vec<SampleRecord>, ModelError> {
+    for (s, missing) in plan.baseline_todo(&mut records) {
+        on_set(s, missing.len());
+        let sets = [(s, missing)].into();
+        let mut keep = |rec: SampleRecord| {
+            sink(rec.clone())?;
+            records.push(rec);
+            Ok(())
+        };
+        evaluate(
+            dev, model, &sets, &plan.spec, None, judge, progress, &mut keep,
+        )
+        .await?;
+    }
+    Ok(records)
+}
+
+/// The jobs still to run, with their labels (`[k/n] type task`, k of all `jobs`): those whose
+/// type and task no record of `done` (a killed run's) has, in order.
+pub fn pending<'a>(
+    jobs: &'a [Job],
+    done: &HashSet<(PerturbationType, String)>,
+) -> Vec<(String, &'a Job)> {
+    let n = jobs.len();
+    let label = |k: usize, j: &Job| format!("[{}/{n}] {} {}", k + 1, j.ptype, j.pert.task_id);
+    jobs.iter()
+        .enumerate()
+        .filter(|(_, j)| !done.contains(&(j.ptype, j.pert.task_id.clone())))
+        .map(|(k, j)| (label(k, j), j))
+        .collect()
+}
+
+/// The experiment's edits, resumed: each [`pending`] job, in order, by [`run_job`] (the model is
+/// edited and reverted in place); its progress steps and its record go to `progress` and `sink`
+/// (which appends it) with the job's label.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_jobs<J: Judge>(
+    dev: &Device,
+    model: &mut Model,
+    plan: &ExperimentPlan,
+    (jobs, done): (&[Job], &HashSet<(PerturbationType, String)>),
+    base: &Outcomes,
+    drafts: Option<&Drafts>,
+    judge: &mut J,
+    progress: &mut dyn FnMut(&str, Step<'_>),
+    sink: &mut dyn FnMut(&str, EditRecord) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let mut shams = ShamCache::default();
+    for (label, job) in pending(jobs, done) {
+        let mut step = |s: Step<'_>| progress(&label, s);
+        let shams = &mut shams;
+        let rec = run_job(dev, model, plan, job, base, drafts, judge, shams, &mut step).await?;
+        sink(&label, rec)?;
     }
     Ok(())
 }
@@ -603,6 +714,15 @@ mod tests {
     }
 
     #[test]
+    fn pending_jobs_keep_their_place_in_the_labels_and_skip_finished_ones() {
+        use PerturbationType::{C3, E1};
+        let jobs = vec![job(C3, "a"), job(E1, "a"), job(C3, "b")];
+        let done = [(C3, "a".to_string())].into();
+        let labels: Vec<String> = pending(&jobs, &done).into_iter().map(|(l, _)| l).collect();
+        assert_eq!(labels, vec!["[2/3] E1 a", "[3/3] C3 b"]);
+    }
+
+    #[test]
     fn matched_partners_are_the_next_task_of_the_same_type_cyclically() {
         use PerturbationType::{C3, E1};
         let mut jobs = vec![
@@ -657,6 +777,66 @@ mod tests {
             spec: GenSpec::default(),
         };
         (plan, base)
+    }
+
+    fn record(set: SetName, task: &str, verdict: eval::Verdict) -> SampleRecord {
+        let j = eval::Judgement {
+            verdict,
+            // An error of the judge, not of the program (which a retry may settle).
+            error_kind: match verdict {
+                eval::Verdict::Error => eval::JUDGE_ERROR_KIND.to_string(),
+                _ => String::new(),
+            },
+            exit_code: None,
+            seconds: 0.0,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        };
+        SampleRecord::judged(set, task, 0, "", "stop", &j)
+    }
+
+    #[test]
+    fn a_resumed_baseline_evaluates_the_tasks_lacking_a_verdict_judge_errors_included() {
+        use eval::Verdict::{Error, Fail, Pass};
+        let (plan, _) = collateral_plan(3);
+        let c3 = SetName::Perturbed(PerturbationType::C3);
+        let mut records: Vec<SampleRecord> = (0..10)
+            .map(|i| record(SetName::Clean, &format!("T/{i}"), Pass))
+            .collect();
+        records.push(record(c3, "T/0", Fail));
+        records.push(record(c3, "T/1", Error));
+        let todo = plan.baseline_todo(&mut records);
+        // Clean is complete, so only C3 is left, without T/0 (a verdict) but with T/1.
+        assert_eq!(todo.len(), 1);
+        assert_eq!(todo[0].0, c3);
+        let ids: Vec<&str> = todo[0].1.iter().map(|p| p.task_id.as_str()).collect();
+        assert_eq!(ids, (1..10).map(|i| format!("T/{i}")).collect::<Vec<_>>());
+        assert_eq!(records.len(), 11);
+        let e = plan.require_complete(&eval::outcomes_of(&records), "B");
+        assert!(e.unwrap_err().contains("9 tasks of C3 (e.g. T/1)"));
+        records.extend((1..10).map(|i| record(c3, &format!("T/{i}"), Pass)));
+        assert!(plan.baseline_todo(&mut records).is_empty());
+        assert!(plan
+            .require_complete(&eval::outcomes_of(&records), "B")
+            .is_ok());
+    }
+
+    #[test]
+    fn an_experiment_evaluates_clean_its_types_and_the_other_sets_once() {
+        use PerturbationType::{C3, E1, S2};
+        let (c3, e1, s2) = (
+            SetName::Perturbed(C3),
+            SetName::Perturbed(E1),
+            SetName::Perturbed(S2),
+        );
+        let (types, all) = experiment_sets(
+            vec![SetName::Clean, c3],
+            Some(vec![SetName::Clean, e1, c3, s2]),
+        )
+        .unwrap();
+        assert_eq!(types, vec![C3]);
+        assert_eq!(all, vec![SetName::Clean, c3, e1, s2]);
+        assert!(experiment_sets(vec![SetName::Clean], None).is_err());
     }
 
     #[test]

@@ -43,6 +43,19 @@ pub struct Half {
     pub tasks: Vec<String>,
 }
 
+impl Half {
+    /// The types as a comma list (a `--types` value).
+    pub fn type_list(&self) -> String {
+        let names: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
+        names.join(",")
+    }
+
+    /// The task ids as a comma list (a `--tasks` value).
+    pub fn task_list(&self) -> String {
+        self.tasks.join(",")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Split {
     pub seed: u64,
@@ -229,5 +242,15 @@ mod tests {
         let sub = seeded_order(5, ["g", "c", "a"]);
         let expect: Vec<&str> = full.into_iter().filter(|x| sub.contains(x)).collect();
         assert_eq!(sub, expect);
+    }
+
+    #[test]
+    fn a_half_lists_its_types_and_tasks_as_flag_values() {
+        let h = Half {
+            types: vec![PerturbationType::C3, PerturbationType::E1],
+            tasks: vec!["HumanEval/1".into(), "HumanEval/7".into()],
+        };
+        assert_eq!(h.type_list(), "C3,E1");
+        assert_eq!(h.task_list(), "HumanEval/1,HumanEval/7");
     }
 }

@@ -37,6 +37,17 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The model in a few words, as a load reports it: its name ("model" where the file names
+    /// none), architecture and layer count.
+    pub fn summary(&self) -> String {
+        let name = if self.name.is_empty() {
+            "model"
+        } else {
+            &self.name
+        };
+        format!("{name} ({}, {} layers)", self.arch, self.n_layers)
+    }
+
     pub fn from_gguf(h: &GgufHeader) -> Result<ModelConfig, ModelError> {
         let arch = h
             .get("general.architecture")
@@ -121,4 +132,34 @@ pub fn find_token(h: &GgufHeader, text: &str) -> Option<u32> {
         .iter()
         .position(|t| t.as_str() == Some(text))
         .map(|i| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_names_an_unnamed_model_model() {
+        let mut c = ModelConfig {
+            arch: "qwen2".into(),
+            name: String::new(),
+            n_layers: 24,
+            d_model: 896,
+            d_ff: 4864,
+            n_heads: 14,
+            n_kv_heads: 2,
+            head_dim: 64,
+            vocab: 151936,
+            context_len: 32768,
+            rope_base: 1e6,
+            rope_style: RopeStyle::NeoX,
+            rms_eps: 1e-6,
+            qkv_bias: true,
+            eos_ids: vec![],
+            pad_id: 0,
+        };
+        assert_eq!(c.summary(), "model (qwen2, 24 layers)");
+        c.name = "Qwen2.5 Coder".into();
+        assert_eq!(c.summary(), "Qwen2.5 Coder (qwen2, 24 layers)");
+    }
 }

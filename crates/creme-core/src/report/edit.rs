@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::edit::EditSettings;
-use crate::eval::pair::{verdict_label, Outcome, PairOutcome};
+use crate::eval::pair::{verdict_label, MarginChange, Outcome, PairOutcome};
 use crate::eval::Verdict;
 use crate::pipeline::CremeEdit;
 
@@ -59,6 +59,14 @@ pub fn before_lines(p: &PairOutcome) -> String {
         p.clean.completion,
         verdict_label(p.pert.verdict),
         p.pert.completion
+    )
+}
+
+/// The decision margin's change, as `creme edit` prints it.
+pub fn margin_line(m: &MarginChange) -> String {
+    format!(
+        "-- decision margin at completion token {} (log p clean - log p perturbed token, perturbed prompt): {:.3} before, {:.3} after\n",
+        m.index, m.before, m.after
     )
 }
 
@@ -127,4 +135,21 @@ pub fn edit_sections(r: &EditRun) -> Vec<(String, String)> {
         ),
     ));
     sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_line_shows_both_margins() {
+        let m = MarginChange {
+            index: 3,
+            before: -1.25,
+            after: 0.5,
+        };
+        let line = margin_line(&m);
+        assert!(line.starts_with("-- decision margin at completion token 3 "));
+        assert!(line.ends_with(": -1.250 before, 0.500 after\n"), "{line}");
+    }
 }

@@ -29,6 +29,19 @@ struct Totals {
     types: BTreeMap<PerturbationType, Summary>,
 }
 
+/// The edit log of a shard (`i` of `n`) of an experiment: edits.jsonl for a whole run.
+pub fn edit_log_name((i, n): (usize, usize)) -> String {
+    match n {
+        1 => "edits.jsonl".to_string(),
+        n => format!("edits-shard-{i}-of-{n}.jsonl"),
+    }
+}
+
+/// Whether a file name is an experiment's edit log (see [`edit_log_name`]).
+pub fn is_edit_log(name: &str) -> bool {
+    name.starts_with("edits") && name.ends_with(".jsonl")
+}
+
 /// The edit records of several files (edits.jsonl, edits-shard-*.jsonl, of one or more runs),
 /// each given as (name, text) in reading order: finished lines only (a torn last line is a run
 /// still writing), one record per (type, task) — a record repeated across shards or reruns
@@ -183,4 +196,17 @@ fn cross_type_matrix(
         matrix.insert(t.to_string(), row);
     }
     matrix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_write_their_own_edit_logs_and_the_report_reads_them_all() {
+        assert_eq!(edit_log_name((0, 1)), "edits.jsonl");
+        assert_eq!(edit_log_name((1, 4)), "edits-shard-1-of-4.jsonl");
+        assert!(is_edit_log(&edit_log_name((3, 4))) && is_edit_log("edits.jsonl"));
+        assert!(!is_edit_log("samples.jsonl") && !is_edit_log("edits.jsonl.tmp"));
+    }
 }

@@ -1,10 +1,10 @@
-//! The native judge: core's [`Judge`] over creme's sandbox (`sandbox/`), running a batch of
+//! The native judge: core's [`Judge`] over creme's sandbox, running a batch of
 //! programs on `workers` threads.
 
 use creme_core::dataset::TestProgram;
-use creme_core::eval::{Judge, Judgement, Verdict};
+use creme_core::eval::{Judge, Judgement};
 
-use crate::sandbox::{self, Limits, RunResult};
+use super::{run_many, Limits, RunResult};
 
 pub struct SandboxJudge {
     pub limits: Limits,
@@ -38,7 +38,7 @@ impl SandboxJudge {
 
     /// Judge now, blocking (the sandbox is synchronous).
     pub fn judge_now(&self, programs: &[TestProgram]) -> Vec<Judgement> {
-        sandbox::run_many(programs, &self.limits, self.workers)
+        run_many(programs, &self.limits, self.workers)
             .into_iter()
             .map(judgement)
             .collect()
@@ -53,12 +53,7 @@ impl Judge for SandboxJudge {
 
 fn judgement(r: RunResult) -> Judgement {
     Judgement {
-        verdict: match r.verdict {
-            sandbox::Verdict::Pass => Verdict::Pass,
-            sandbox::Verdict::Fail => Verdict::Fail,
-            sandbox::Verdict::Timeout => Verdict::Timeout,
-            sandbox::Verdict::Error => Verdict::Error,
-        },
+        verdict: r.verdict,
         error_kind: r.error_kind,
         exit_code: r.exit_code,
         seconds: r.seconds,
