@@ -11,7 +11,7 @@ use crate::dataset::Problem;
 use crate::eval::Judge;
 use crate::model::Model;
 use crate::pass_trace::pass_trace;
-use crate::pipeline::Clock;
+use crate::progress::Clock;
 use crate::progress::Step;
 use crate::sets::PerturbationType;
 use crate::trace::{

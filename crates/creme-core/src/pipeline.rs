@@ -20,6 +20,8 @@ use crate::trace::{self, LayerTrace, PatchPositions, RestorationByLogprob, Trace
 /// read it from here.
 pub const DEFAULT_TARGET_TOKENS: usize = 32;
 
+pub use crate::progress::Clock;
+
 /// A restoration threshold as given (`--restored-at`): a number, or "none" (None: the best
 /// restoration wins, see [`TraceLocator::for_rows`]).
 pub fn parse_restored_at(s: &str) -> Result<Option<f64>, String> {
@@ -475,33 +477,6 @@ pub async fn locate_and_edit_with<L: Locator>(
         },
         fit,
     })
-}
-
-/// Stage timer: wall clock natively; the browser has no std clock, so its laps read 0.
-pub struct Clock {
-    #[cfg(not(target_arch = "wasm32"))]
-    last: std::cell::Cell<std::time::Instant>,
-}
-
-impl Clock {
-    pub fn start() -> Clock {
-        Clock {
-            #[cfg(not(target_arch = "wasm32"))]
-            last: std::cell::Cell::new(std::time::Instant::now()),
-        }
-    }
-    /// Seconds since the start or the previous lap.
-    pub fn lap(&self) -> f64 {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            let now = std::time::Instant::now();
-            let s = (now - self.last.get()).as_secs_f64();
-            self.last.set(now);
-            s
-        }
-        #[cfg(target_arch = "wasm32")]
-        0.0
-    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,33 @@ impl SampleTally {
     }
 }
 
+/// Stage timer: wall clock natively; the browser has no std clock, so its laps read 0.
+pub struct Clock {
+    #[cfg(not(target_arch = "wasm32"))]
+    last: std::cell::Cell<std::time::Instant>,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            #[cfg(not(target_arch = "wasm32"))]
+            last: std::cell::Cell::new(std::time::Instant::now()),
+        }
+    }
+    /// Seconds since the start or the previous lap.
+    pub fn lap(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let now = std::time::Instant::now();
+            let s = (now - self.last.get()).as_secs_f64();
+            self.last.set(now);
+            s
+        }
+        #[cfg(target_arch = "wasm32")]
+        0.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

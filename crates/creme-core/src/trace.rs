@@ -536,7 +536,7 @@ pub async fn logprob_traces(
     setup: &TraceSetup,
     progress: &mut dyn FnMut(&str, Step<'_>),
 ) -> Result<(LayerTrace, LayerTrace, f64), ModelError> {
-    let clock = crate::pipeline::Clock::start();
+    let clock = crate::progress::Clock::start();
     let mut trace_of = async |which, name: &str| {
         let mut on_step = |s: Step<'_>| progress(name, s);
         let mut metric = RestorationByLogprob;
