@@ -107,15 +107,18 @@ mod tests {
         SampleRecord::judged(set, task, 0, "", "stop", &j)
     }
 
-    #[test]
-    fn judge_errors_are_retried_once_unless_settled_or_not_asked_for() {
-        let problem = |task: &str| Problem {
+    fn problem(task: &str) -> Problem {
+        Problem {
             task_id: task.into(),
             prompt: String::new(),
             entry_point: "f".into(),
             test: String::new(),
             original_prompt: None,
-        };
+        }
+    }
+
+    #[test]
+    fn judge_errors_are_retried_once_unless_settled_or_not_asked_for() {
         let clean = SetName::Clean;
         let sets = [(clean, vec![problem("a"), problem("b")])].into();
         let c3 = SetName::Perturbed(PerturbationType::C3);
@@ -153,13 +156,6 @@ mod tests {
 
     #[test]
     fn settling_judges_the_errors_again_and_puts_the_new_records_last() {
-        let problem = |task: &str| Problem {
-            task_id: task.into(),
-            prompt: String::new(),
-            entry_point: "f".into(),
-            test: String::new(),
-            original_prompt: None,
-        };
         let clean = SetName::Clean;
         let sets = [(clean, vec![problem("a"), problem("b")])].into();
         let previous = vec![

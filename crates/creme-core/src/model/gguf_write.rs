@@ -55,6 +55,16 @@ pub fn requantize(file: &[u8], target: GgmlType) -> Result<Vec<u8>, ModelError> 
     requantize_layers(file, target, None)
 }
 
+/// A file's metadata for a rewritten file, less `general.file_type`: the rewritten file mixes
+/// tensor types, so the one type it names no longer holds.
+fn metadata_but_file_type(h: &GgufHeader) -> Vec<(String, Value)> {
+    h.metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.file_type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The layer index of a per-block tensor name (`blk.<i>.…`).
 fn block_index(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
@@ -126,12 +136,7 @@ pub fn requantize_layers(
             data,
         });
     }
-    let mut meta: Vec<(String, Value)> = h
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "general.file_type")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut meta = metadata_but_file_type(&h);
     if let Some(k) = keep_layers {
         for (key, v) in meta.iter_mut() {
             if *key == block_key {
@@ -173,7 +178,10 @@ pub fn export_gguf(
                         p.layer, p.rows, p.cols
                     )));
                 }
-                (GgmlType::F32, bytemuck::cast_slice::<f32, u8>(&p.w).to_vec())
+                (
+                    GgmlType::F32,
+                    bytemuck::cast_slice::<f32, u8>(&p.w).to_vec(),
+                )
             }
             None => (t.dtype, h.tensor_bytes(file, t)?.to_vec()),
         };
@@ -184,12 +192,7 @@ pub fn export_gguf(
             data,
         });
     }
-    let mut meta: Vec<(String, Value)> = h
-        .metadata
-        .iter()
-        .filter(|(k, _)| k.as_str() != "general.file_type")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut meta = metadata_but_file_type(&h);
     let listed: Vec<String> = patches
         .iter()
         .map(|p| {
