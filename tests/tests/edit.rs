@@ -387,9 +387,14 @@ fn exact_prompt_rows_fit_reproduces_the_aligned_probe_on(backend: &str) {
             clean_token: target[i],
             pert_token: Some(other),
         };
-        let direct =
-            pollster::block_on(creme_core::diagnose::decision_margin(&dev, &m, &pert, &target[..i], &div))
-                .unwrap();
+        let direct = pollster::block_on(creme_core::diagnose::decision_margin(
+            &dev,
+            &m,
+            &pert,
+            &target[..i],
+            &div,
+        ))
+        .unwrap();
         assert!((traced.unwrap()[0] - direct).abs() < 1e-3, "{direct}");
     }
 }
@@ -398,5 +403,119 @@ fn exact_prompt_rows_fit_reproduces_the_aligned_probe_on(backend: &str) {
 fn exact_prompt_rows_fit_reproduces_the_aligned_probe() {
     for backend in BACKENDS {
         exact_prompt_rows_fit_reproduces_the_aligned_probe_on(backend);
+    }
+}
+
+/// The activation Gram matrices equal Σ a aᵀ of the captured activations (f64 on the CPU), and
+/// the covariance solver's change satisfies its normal equations: the gradient of
+/// |errors|² + μ Σ_j δ_jᵀ C_s δ_j vanishes at its solution, while it does not at the ridge's.
+fn covariance_solver_solves_its_objective_on(backend: &str) {
+    use creme_core::covariance::{layer_grams, Factor, SHRINK};
+    use creme_core::hooks::Site;
+    let (dev, m, clean, pert, target) = setup(backend);
+    let layer = 1;
+    let prompts = vec![clean.clone(), pert.clone(), target.clone()];
+    let grams = pollster::block_on(layer_grams(&dev, &m, &prompts, &mut |_| {})).unwrap();
+    let f = m.cfg.d_ff;
+    let mut naive = vec![0f64; f * f];
+    for p in &prompts {
+        let mut cache = m.new_cache(&dev, vec![0], p.len()).unwrap();
+        let hooks = Hooks::capture([Site::MlpAct(layer)]);
+        let out = m
+            .forward(&dev, &mut cache, &[p.clone()], &hooks, Logits::None)
+            .unwrap();
+        let (buf, rows, _) = out.captured.get(Site::MlpAct(layer)).unwrap();
+        let a = pollster::block_on(dev.read(buf, rows * f)).unwrap();
+        for r in a.chunks_exact(f) {
+            for i in 0..f {
+                for j in 0..f {
+                    naive[i * f + j] += r[i] as f64 * r[j] as f64;
+                }
+            }
+        }
+    }
+    let gram = &grams[layer];
+    assert_eq!(gram.rows, prompts.iter().map(Vec::len).sum::<usize>());
+    for (g, n) in gram.sum.iter().zip(&naive) {
+        assert!(
+            (*g as f64 - n).abs() <= 1e-4 * n.abs().max(1.0),
+            "gram {g} vs {n}"
+        );
+    }
+
+    let data = pollster::block_on(capture_rows(
+        &dev,
+        &m,
+        (&clean, &pert),
+        &target,
+        layer,
+        EditRows::Prompt,
+    ))
+    .unwrap();
+    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+    let (ridge, lambda) = (3.0, 0.1);
+    let factor = Factor::from_gram(layer, gram);
+    let settings = |solver| EditSettings {
+        solver,
+        rows: EditRows::Prompt,
+        lambda,
+        ..Default::default()
+    };
+    let solve_as = |solver, metric| {
+        let s = settings(solver);
+        pollster::block_on(creme_core::edit::solve_with(
+            &dev,
+            &data,
+            &w0,
+            &s,
+            metric,
+            &mut |_| {},
+        ))
+    };
+    assert!(
+        solve_as(Solver::Covariance { ridge }, None).is_err(),
+        "the covariance solver without a factor must refuse"
+    );
+    let cov = solve_as(Solver::Covariance { ridge }, Some(&factor))
+        .unwrap()
+        .w;
+    let plain = solve_as(Solver::Ridge { ridge }, None).unwrap().w;
+    let d = m.cfg.d_model;
+    let trace: f64 = (0..f).map(|i| gram.sum[i * f + i] as f64).sum();
+    let c = |i: usize, j: usize| {
+        gram.sum[i * f + j] as f64 * (1.0 - SHRINK) * f as f64 / trace
+            + if i == j { SHRINK } else { 0.0 }
+    };
+    let mu = ridge * data.moved.n as f64 / f as f64;
+    let objective_gradient = |w: &[f32]| -> f64 {
+        let g = grad_cpu(&data, w, lambda);
+        let mut worst = 0f64;
+        for j in 0..d {
+            for k in 0..f {
+                let penalty: f64 = (0..f)
+                    .map(|l| (w[j * f + l] - w0[j * f + l]) as f64 * c(l, k))
+                    .sum();
+                let total = (data.moved.n * d) as f64 * g[j * f + k] as f64 + 2.0 * mu * penalty;
+                worst = worst.max(total.abs());
+            }
+        }
+        worst
+    };
+    let start = objective_gradient(&w0);
+    let (at_cov, at_plain) = (objective_gradient(&cov), objective_gradient(&plain));
+    assert!(
+        at_cov < 1e-3 * start,
+        "{backend}: gradient {at_cov} at the solution, {start} at W0"
+    );
+    assert!(
+        at_plain > 1e-2 * start,
+        "{backend}: the ridge solution solves another objective"
+    );
+}
+
+#[test]
+fn covariance_solver_solves_its_objective() {
+    for backend in BACKENDS {
+        covariance_solver_solves_its_objective_on(backend);
     }
 }

@@ -6,8 +6,8 @@
 use creme_core::cpu::SplitMix64;
 use creme_core::edit::EditPatch;
 use creme_core::hooks::Hooks;
-use creme_core::model::safetensors::export_hf;
 use creme_core::model::gguf_write::export_gguf;
+use creme_core::model::safetensors::export_hf;
 use creme_core::model::{DownState, Logits, Model};
 use creme_core::patch::{check_stack, MADE_ON};
 use creme_core::Backend;
@@ -147,9 +147,16 @@ fn an_exported_gguf_computes_what_the_patched_model_computes() {
             "{arch}"
         );
         let plain = Model::from_gguf_bytes(&dev, &file, 64).unwrap();
-        assert_ne!(last_logits(&plain, &dev, &ids), last_logits(&loaded, &dev, &ids));
+        assert_ne!(
+            last_logits(&plain, &dev, &ids),
+            last_logits(&loaded, &dev, &ids)
+        );
         let h = creme_core::model::GgufHeader::parse(&exported).unwrap();
-        let down = h.tensors.iter().find(|t| t.name == "blk.1.ffn_down.weight").unwrap();
+        let down = h
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.1.ffn_down.weight")
+            .unwrap();
         assert_eq!(down.dtype, creme_core::model::GgmlType::F32);
         assert!(h.metadata.contains_key("creme.patches"));
     }

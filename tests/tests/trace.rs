@@ -186,9 +186,7 @@ fn generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_promp
     };
     let plain =
         pollster::block_on(generate(&dev, &m, &[pert.clone()], &opts, &mut |_, _| {})).unwrap();
-    let probes: Vec<Probe> = (0..LAYERS)
-        .map(|layer| Probe::at(layer, vec![]))
-        .collect();
+    let probes: Vec<Probe> = (0..LAYERS).map(|layer| Probe::at(layer, vec![])).collect();
     let from_probes =
         pollster::block_on(generate_from_probes(&dev, &m, &setup, &probes, &opts)).unwrap();
     for (l, c) in from_probes.iter().enumerate() {

@@ -189,6 +189,25 @@ pub fn read_patch(p: &Path) -> Res<EditPatch> {
     Ok(EditPatch::from_safetensors(&bytes).map_err(|e| format!("{}: {e}", p.display()))?)
 }
 
+/// The covariance solver's prompts and cache: the development half's clean prompts of the
+/// dataset in `dir`, tokenized by `model` (whose file is `model_path`); Gram matrices cached
+/// under the cache root's `covariance/`.
+pub fn covariance_store(
+    dir: &Path,
+    model: &Model,
+    model_path: &Path,
+) -> Res<creme_core::covariance::Store> {
+    let clean = dataset(dir).clean()?;
+    let prompts = creme_core::covariance::preserve_prompts(&clean);
+    let tokens = prompts
+        .iter()
+        .map(|p| model.tokenizer.encode(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = file_digest(model_path)?.sha256;
+    let dir = Some(cache_dir().join("covariance"));
+    Ok(creme_core::covariance::Store::new(&id, tokens, dir))
+}
+
 /// Apply CREME patches to a loaded model, in order.
 pub fn apply_patches(dev: &Device, model: &mut Model, patches: &[PathBuf]) -> Res {
     for p in patches {

@@ -56,7 +56,15 @@ pub fn run(dev: &Device, a: EditArgs) -> Res {
         print!("{}", report::edit::before_lines(&before));
     }
     let meta = patch_metadata(&common::file_digest(&model_path)?, &p.label);
-    let done = locate_and_edit(dev, &model, &settings, a.edit.restored_at()?, &p, meta)?;
+    let preserve = match settings.edit.solver.needs_covariance() {
+        true => {
+            let dir = common::dataset_dir(a.pair.dataset.as_deref())?;
+            Some(common::covariance_store(&dir, &model, &model_path)?)
+        }
+        false => None,
+    };
+    let located = (a.edit.restored_at()?, preserve.as_ref());
+    let done = locate_and_edit(dev, &model, &settings, located, &p, meta)?;
     print!("{}", report::edit::edit_lines(&settings.edit, &done));
     write_patch(&a.out, &done.patch.to_safetensors()?)?;
     let (after, margin) = pollster::block_on(outcome_after_edit(
@@ -95,7 +103,7 @@ fn locate_and_edit(
     dev: &Device,
     model: &Model,
     settings: &CremeSettings,
-    restored_at: Option<f64>,
+    (restored_at, preserve): (Option<f64>, Option<&creme_core::covariance::Store>),
     p: &PairInput,
     meta: BTreeMap<String, String>,
 ) -> Res<CremeEdit> {
@@ -110,7 +118,7 @@ fn locate_and_edit(
         model,
         (&clean, &pert),
         settings,
-        &mut locator,
+        (&mut locator, preserve),
         meta,
         &mut |s| bar.step(s),
     ))?;
@@ -161,6 +169,9 @@ pub enum SolverFlag {
     Adam,
     /// The closed form, with --ridge
     Ridge,
+    /// The closed form with the change measured by the layer's activation covariance over the
+    /// development half's clean prompts (MEMIT-style), with --ridge
+    Covariance,
 }
 
 /// Which weights an Adam edit keeps, as a flag.
@@ -249,6 +260,7 @@ impl EditFlags {
         let solver = match self.solver {
             SolverFlag::Adam => Solver::Adam,
             SolverFlag::Ridge => Solver::Ridge { ridge: self.ridge },
+            SolverFlag::Covariance => Solver::Covariance { ridge: self.ridge },
         };
         let keep = match self.keep {
             KeepFlag::Final => Keep::Final,

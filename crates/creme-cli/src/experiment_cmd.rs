@@ -134,6 +134,7 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
             ..GenSpec::default()
         }
         .greedy(),
+        preserve: None,
     })
 }
 
@@ -163,10 +164,14 @@ fn manifests(
 }
 
 pub fn run(gpu_opts: &creme_core::GpuOptions, a: ExperimentArgs) -> Res {
-    let plan = plan(&a)?;
+    let mut plan = plan(&a)?;
     let dev = Device::open(gpu_opts)?;
-    let mut model =
-        common::load_model(&dev, Some(&common::model_path(a.input.model.as_deref())), 0)?;
+    let model_path = common::model_path(a.input.model.as_deref());
+    let mut model = common::load_model(&dev, Some(&model_path), 0)?;
+    if plan.settings.solver.needs_covariance() {
+        let dir = common::dataset_dir(a.input.dataset.as_deref())?;
+        plan.preserve = Some(common::covariance_store(&dir, &model, &model_path)?);
+    }
     let (manifest, base_manifest) = manifests(&a, &plan, &dev, gpu_opts)?;
     run_dir::claim(&a.out, &manifest, &["edits"], false)?;
     common::record_command(&a.out)?;

@@ -37,7 +37,15 @@ fn setup(name: &str, n: usize) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(dir.join("data/HumanEval.jsonl"), text).unwrap();
     std::fs::write(dir.join("tiny.gguf"), creme_tests::tiny::tiny_gguf()).unwrap();
     let st = creme()
-        .args(["eval", "--types", "clean,C3,E1", "--max-tokens", "4", "--workers", "2"])
+        .args([
+            "eval",
+            "--types",
+            "clean,C3,E1",
+            "--max-tokens",
+            "4",
+            "--workers",
+            "2",
+        ])
         .arg("--dataset")
         .arg(dir.join("data"))
         .arg("--model")
@@ -92,7 +100,9 @@ fn experiment(data: &Path, model: &Path, root: &Path, out: &Path, extra: &[&str]
 
 /// Make Tiny/0's C3 prompt pass in the baseline of `setup` (so it is not edit-worthy).
 fn c3_passes_for_tiny_0(root: &Path) {
-    set_baseline(root, |set, task| set == "clean" || (set == "C3" && task == "Tiny/0"));
+    set_baseline(root, |set, task| {
+        set == "clean" || (set == "C3" && task == "Tiny/0")
+    });
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -320,7 +330,10 @@ fn edit_worthy_scope_layers_from_a_calibration_and_the_efficacy_document() {
     .unwrap();
     let o = creme().arg("report").arg(&out).output().unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("an edit record of version 2"), "{e}");
+    assert!(
+        !o.status.success() && e.contains("an edit record of version 2"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -433,7 +446,9 @@ fn control_runs_pair_with_the_setting_in_compare() {
     let run = |name: &str, control: &[&str]| {
         let out = root.join(name);
         let args: Vec<&str> = setting.iter().chain(control).copied().collect();
-        let o = experiment(&data, &model, &root, &out, &args).output().unwrap();
+        let o = experiment(&data, &model, &root, &out, &args)
+            .output()
+            .unwrap();
         let tail = String::from_utf8_lossy(&o.stderr);
         let tail: Vec<&str> = tail.lines().filter(|l| !l.contains("\r")).collect();
         assert!(o.status.success(), "{name}: {}", tail.join("\n"));
@@ -454,7 +469,9 @@ fn control_runs_pair_with_the_setting_in_compare() {
     assert!(records(&sham).iter().all(|r| r["control"] == "sham"));
     // Each matched edit is made from the next edit-worthy task of its type, cyclically.
     for r in records(&matched) {
-        let i: usize = r["task"].as_str().unwrap()["Tiny/".len()..].parse().unwrap();
+        let i: usize = r["task"].as_str().unwrap()["Tiny/".len()..]
+            .parse()
+            .unwrap();
         assert_eq!(r["edited_from"], format!("Tiny/{}", (i + 1) % 3), "{r}");
     }
     let json = root.join("compare.json");

@@ -186,7 +186,10 @@ fn protocol(root: &Path) -> Golden {
     p.metadata.remove("pair");
     // Patches name the W_down state they were made on since 2026-12-07 ("file" here): checked
     // here, left out of the hash recorded before.
-    assert_eq!(p.metadata.remove(creme_core::patch::MADE_ON).as_deref(), Some("file"));
+    assert_eq!(
+        p.metadata.remove(creme_core::patch::MADE_ON).as_deref(),
+        Some("file")
+    );
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     h.update(bytemuck_bytes(&p.w));

@@ -49,7 +49,12 @@ impl Alignment {
 
     /// (perturbed index, clean index) of every suffix token, in order.
     pub fn suffix_pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.suffix).map(|k| (self.pert_len - self.suffix + k, self.clean_len - self.suffix + k))
+        (0..self.suffix).map(|k| {
+            (
+                self.pert_len - self.suffix + k,
+                self.clean_len - self.suffix + k,
+            )
+        })
     }
 
     /// The clean twin of perturbed token `j`: itself in the prefix, its end-aligned partner in

@@ -69,7 +69,10 @@ pub fn remaining_gap(data: &EditData, w: &[f32]) -> f64 {
                         let wr = &w[j * data.f..(j + 1) * data.f];
                         let ar = &rows.a[i * data.f..(i + 1) * data.f];
                         rows.r[i * data.d + j] as f64
-                            + wr.iter().zip(ar).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>()
+                            + wr.iter()
+                                .zip(ar)
+                                .map(|(x, y)| *x as f64 * *y as f64)
+                                .sum::<f64>()
                     }
                     None => rows.out[i * data.d + j] as f64,
                 };
@@ -87,7 +90,11 @@ pub fn remaining_gap(data: &EditData, w: &[f32]) -> f64 {
 
 /// ||W - W0||_F / ||W0||_F.
 pub fn relative_change(w0: &[f32], w: &[f32]) -> f64 {
-    let d: f64 = w0.iter().zip(w).map(|(a, b)| ((b - a) as f64).powi(2)).sum();
+    let d: f64 = w0
+        .iter()
+        .zip(w)
+        .map(|(a, b)| ((b - a) as f64).powi(2))
+        .sum();
     let n: f64 = w0.iter().map(|a| (*a as f64).powi(2)).sum();
     (d / n.max(f64::MIN_POSITIVE)).sqrt()
 }

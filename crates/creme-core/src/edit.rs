@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::align::Alignment;
 use crate::backend::{AdamStep, Backend, Device};
+use crate::covariance::Factor;
 use crate::error::ModelError;
 use crate::generate::left_pad;
 use crate::hooks::{Hooks, Site};
@@ -77,17 +78,28 @@ struct Pick {
 
 /// The moved and kept rows of one edit in the left-padded frame of clean + target (sequence 0)
 /// and pert + target (sequence 1), `len` rows each.
-fn pick_rows(rows: EditRows, clean: &[u32], pert: &[u32], n_target: usize) -> (Vec<Pick>, Vec<Pick>) {
+fn pick_rows(
+    rows: EditRows,
+    clean: &[u32],
+    pert: &[u32],
+    n_target: usize,
+) -> (Vec<Pick>, Vec<Pick>) {
     let frame = clean.len().max(pert.len());
     let len = frame + n_target;
     let (pad_c, pad_p) = (frame - clean.len(), frame - pert.len());
-    let own = |seq: usize, row: usize| Pick { from: (seq, row), to: (seq, row) };
+    let own = |seq: usize, row: usize| Pick {
+        from: (seq, row),
+        to: (seq, row),
+    };
     let continuation = frame..len;
     let mut moved: Vec<Pick> = Vec::new();
     let mut kept: Vec<Pick> = Vec::new();
     match rows {
         EditRows::Continuation => {
-            moved.extend(continuation.clone().map(|r| Pick { from: (1, r), to: (0, r) }));
+            moved.extend(continuation.clone().map(|r| Pick {
+                from: (1, r),
+                to: (0, r),
+            }));
             kept.extend(continuation.map(|r| own(0, r)));
         }
         EditRows::Prompt => {
@@ -96,7 +108,10 @@ fn pick_rows(rows: EditRows, clean: &[u32], pert: &[u32], n_target: usize) -> (V
                 from: (1, pad_p + jp),
                 to: (0, pad_c + jc),
             }));
-            moved.extend(continuation.map(|r| Pick { from: (1, r), to: (0, r) }));
+            moved.extend(continuation.map(|r| Pick {
+                from: (1, r),
+                to: (0, r),
+            }));
             kept.extend((pad_c..len).map(|r| own(0, r)));
             kept.extend(al.pert_span().map(|j| own(1, pad_p + j)));
         }
@@ -114,7 +129,15 @@ pub async fn capture(
     target: &[u32],
     layer: usize,
 ) -> Result<EditData, ModelError> {
-    capture_rows(dev, model, (clean, pert), target, layer, EditRows::Continuation).await
+    capture_rows(
+        dev,
+        model,
+        (clean, pert),
+        target,
+        layer,
+        EditRows::Continuation,
+    )
+    .await
 }
 
 /// Capture r, a, the targets and the current outputs at `layer` of the rows `rows` picks.
@@ -140,8 +163,18 @@ pub async fn capture_rows(
     }
     let (batch, pads, len) = left_pad(cfg.pad_id, &[clean, pert], target);
     let mut cache = model.new_cache(dev, pads, len)?;
-    let sites = [Site::ResidMid(layer), Site::MlpAct(layer), Site::ResidOut(layer)];
-    let out = model.forward(dev, &mut cache, &batch, &Hooks::capture(sites), Logits::None)?;
+    let sites = [
+        Site::ResidMid(layer),
+        Site::MlpAct(layer),
+        Site::ResidOut(layer),
+    ];
+    let out = model.forward(
+        dev,
+        &mut cache,
+        &batch,
+        &Hooks::capture(sites),
+        Logits::None,
+    )?;
     let (d, f) = (cfg.d_model, cfg.d_ff);
     let mut full = Vec::new();
     for (site, width) in sites.into_iter().zip([d, f, d]) {
@@ -186,6 +219,18 @@ pub enum Solver {
     Ridge {
         ridge: f64,
     },
+    /// Closed form with the change measured by the layer's activation covariance (MEMIT-style):
+    /// min L(W0 + D) + ridge * Σ_j δ_jᵀ C_s δ_j / (d f), C_s from clean prompts
+    /// ([`crate::covariance`]). Typical prompts' outputs move least.
+    Covariance {
+        ridge: f64,
+    },
+}
+
+impl Solver {
+    pub fn needs_covariance(&self) -> bool {
+        matches!(self, Solver::Covariance { .. })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -246,7 +291,10 @@ impl Control {
                 // Entries uniform on [-1, 1): a dense direction with no preferred row or column.
                 let dir: Vec<f64> = (0..w0.len()).map(|_| rng.next_f32() as f64).collect();
                 let scale = target / norm(&mut dir.iter().copied()).max(f64::MIN_POSITIVE);
-                w0.iter().zip(&dir).map(|(a, r)| (*a as f64 + r * scale) as f32).collect()
+                w0.iter()
+                    .zip(&dir)
+                    .map(|(a, r)| (*a as f64 + r * scale) as f32)
+                    .collect()
             }
         }
     }
@@ -291,7 +339,10 @@ impl EditData {
         let wr = &w[j * f..(j + 1) * f];
         let ar = Rows::row(&rows.a, i, f);
         rows.r[i * d + j] as f64
-            + wr.iter().zip(ar).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>()
+            + wr.iter()
+                .zip(ar)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum::<f64>()
             - rows.t[i * d + j] as f64
     }
 }
@@ -339,35 +390,50 @@ pub async fn solve(
     w0: &[f32],
     s: &EditSettings,
 ) -> Result<EditResult, ModelError> {
-    solve_with(dev, data, w0, s, &mut |_| {}).await
+    solve_with(dev, data, w0, s, None, &mut |_| {}).await
 }
 
-/// [`solve`], reporting each loss evaluation.
+/// [`solve`], reporting each loss evaluation; `metric` is the covariance solver's factor (of
+/// `data`'s layer), required by it and ignored by the others.
 pub async fn solve_with(
     dev: &Device,
     data: &EditData,
     w0: &[f32],
     s: &EditSettings,
+    metric: Option<&Factor>,
     progress: &mut Progress<'_>,
 ) -> Result<EditResult, ModelError> {
+    let closed = |ridge: f64, metric: Option<&Factor>| -> EditResult {
+        let t0 = now();
+        let w = metric_solve(data, w0, s.lambda, ridge, metric);
+        let l0 = loss_cpu(data, w0, s.lambda);
+        let l1 = loss_cpu(data, &w, s.lambda);
+        let best = l1.total.min(l0.total);
+        EditResult {
+            w,
+            best_loss: best,
+            best_step: 1,
+            kept_step: 1,
+            steps: 2,
+            losses: vec![l0, l1],
+            seconds: elapsed(t0),
+        }
+    };
     match s.solver {
         Solver::Adam => adam(dev, data, w0, s, progress).await,
-        Solver::Ridge { ridge } => {
-            let t0 = now();
-            let w = ridge_solve(data, w0, s.lambda, ridge);
-            let l0 = loss_cpu(data, w0, s.lambda);
-            let l1 = loss_cpu(data, &w, s.lambda);
-            let best = l1.total.min(l0.total);
-            Ok(EditResult {
-                w,
-                best_loss: best,
-                best_step: 1,
-                kept_step: 1,
-                steps: 2,
-                losses: vec![l0, l1],
-                seconds: elapsed(t0),
-            })
-        }
+        Solver::Ridge { ridge } => Ok(closed(ridge, None)),
+        Solver::Covariance { ridge } => match metric {
+            Some(m) if m.layer == data.layer && m.f == data.f => Ok(closed(ridge, Some(m))),
+            Some(m) => Err(ModelError::Format(format!(
+                "covariance solver: the factor is of layer {} (f {}), the edit of layer {} (f {})",
+                m.layer, m.f, data.layer, data.f
+            ))),
+            None => Err(ModelError::Format(
+                "the covariance solver needs the layer's activation covariance \
+                 (a covariance::Store of clean prompts)"
+                    .into(),
+            )),
+        },
     }
 }
 
@@ -503,10 +569,22 @@ async fn adam(
 }
 
 /// Closed form. Per output row j with e_j = r + A w0_j - t (one value per row, kept rows weighted
-/// by lambda): min |D^½(e_j + A δ)|² + μ|δ|² gives δ = -Bᵀ (B Bᵀ + μ I)⁻¹ D^½ e_j with B = D^½ A;
-/// the rows x rows system replaces the f x f one. μ = ridge * n_moved (MSE scale: the loss
+/// by lambda): min |D^½(e_j + A δ)|² + μ δᵀ M δ gives δ = -M⁻¹Bᵀ (B M⁻¹Bᵀ + μ I)⁻¹ D^½ e_j with
+/// B = D^½ A; the rows x rows system replaces the f x f one. M is the identity (ridge) or the
+/// layer's shrunk activation covariance (`metric`). μ = ridge * n_moved / f (MSE scale: the loss
 /// divides by n_moved d, the penalty by d f).
 pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<f32> {
+    metric_solve(data, w0, lambda, ridge, None)
+}
+
+/// [`ridge_solve`] with the metric M = `metric`'s C_s (None: the identity).
+pub fn metric_solve(
+    data: &EditData,
+    w0: &[f32],
+    lambda: f64,
+    ridge: f64,
+    metric: Option<&Factor>,
+) -> Vec<f32> {
     let (d, f) = (data.d, data.f);
     let (nk, nm) = (data.kept.n, data.moved.n);
     let rows = nk + nm;
@@ -523,14 +601,23 @@ pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<
         let (g, k) = group(i);
         Rows::row(&g.a, k, f)
     };
-    // K = B Bᵀ + μ I
+    // g_i = M⁻¹ a_i: the direction row i's coefficient moves W_down's rows in.
+    let g_all: Option<Vec<f32>> = metric.map(|m| {
+        let a: Vec<f32> = data.kept.a.iter().chain(&data.moved.a).copied().collect();
+        m.solve_rows(&a)
+    });
+    let g_row = |i: usize| match &g_all {
+        Some(g) => Rows::row(g, i, f),
+        None => a_row(i),
+    };
+    // K = B M⁻¹ Bᵀ + μ I
     let mu = ridge * nm as f64 / f as f64;
     let mut k = vec![0f64; rows * rows];
     for i in 0..rows {
         for j in 0..=i {
             let dot: f64 = a_row(i)
                 .iter()
-                .zip(a_row(j))
+                .zip(g_row(j))
                 .map(|(x, y)| *x as f64 * *y as f64)
                 .sum();
             let v = weight(i) * weight(j) * dot;
@@ -548,17 +635,19 @@ pub fn ridge_solve(data: &EditData, w0: &[f32], lambda: f64, ridge: f64) -> Vec<
             *ci = weight(i) * data.error(g, w0, gi, j);
         }
         let z = chol_solve(&chol, rows, &c);
-        // δ = -Bᵀ z = -Σ_i weight(i) z_i a_i
+        // δ = -M⁻¹Bᵀ z = -Σ_i weight(i) z_i g_i
         for i in 0..rows {
             let coef = (weight(i) * z[i]) as f32;
-            for (wk, ak) in w[j * f..(j + 1) * f].iter_mut().zip(a_row(i)) {
-                *wk -= coef * ak;
+            for (wk, gk) in w[j * f..(j + 1) * f].iter_mut().zip(g_row(i)) {
+                *wk -= coef * gk;
             }
         }
     }
     w
 }
 
+/// The rows x rows system's factor. Serial sums, unlike [`crate::covariance::cholesky`] (f x f):
+/// the ridge solves of pinned runs stay bit-identical.
 fn cholesky(a: &[f64], n: usize) -> Vec<f64> {
     let mut l = vec![0f64; n * n];
     for i in 0..n {

@@ -120,6 +120,9 @@ pub struct ExperimentPlan {
     pub past_divergence: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<crate::edit::Control>,
+    /// The covariance solver's prompt set and model ([`crate::covariance::Store::key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covariance: Option<String>,
     pub eval_scope: String,
     /// The types edited for, and the further types every edit is evaluated on.
     pub types: Vec<SetName>,

@@ -373,20 +373,21 @@ pub async fn locate_and_edit<L: Locator>(
         model,
         (clean, pert),
         settings,
-        locator,
+        (locator, None),
         metadata,
         &mut |_| {},
     )
     .await
 }
 
-/// [`locate_and_edit`], reporting its stages (target, trace, capture, edit) as it goes.
+/// [`locate_and_edit`], reporting its stages (target, trace, capture, edit) as it goes; the
+/// covariance solver takes its layer's factor from `preserve`.
 pub async fn locate_and_edit_with<L: Locator>(
     dev: &Device,
     model: &Model,
     (clean, pert): (&[u32], &[u32]),
     settings: &CremeSettings,
-    locator: &mut L,
+    (locator, preserve): (&mut L, Option<&crate::covariance::Store>),
     metadata: BTreeMap<String, String>,
     progress: &mut Progress<'_>,
 ) -> Result<CremeEdit, ModelError> {
@@ -427,9 +428,14 @@ pub async fn locate_and_edit_with<L: Locator>(
     )
     .await?;
     let w0 = model.ffn_down_f32(dev, layer).await?;
+    let metric = match preserve.filter(|_| settings.edit.solver.needs_covariance()) {
+        Some(store) => Some(store.factor(dev, model, layer, progress).await?),
+        None => None,
+    };
     progress(stage("capture", 1));
     let capture_s = clock.lap();
-    let mut result = edit::solve_with(dev, &data, &w0, &settings.edit, progress).await?;
+    let metric = metric.as_deref();
+    let mut result = edit::solve_with(dev, &data, &w0, &settings.edit, metric, progress).await?;
     if let Some(control) = settings.control {
         result.w = control.weights(&w0, &result.w);
     }
@@ -455,6 +461,12 @@ pub async fn locate_and_edit_with<L: Locator>(
     meta.insert("target_tokens".into(), target.len().to_string());
     if let Some(control) = settings.control {
         meta.insert("control".into(), format!("{control:?}"));
+    }
+    if let Some(m) = metric.and(preserve) {
+        meta.insert(
+            "covariance".into(),
+            format!("{} ({} prompts)", m.key(), m.prompts()),
+        );
     }
     let patch = EditPatch {
         layer,

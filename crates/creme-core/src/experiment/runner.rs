@@ -123,6 +123,8 @@ pub struct ExperimentPlan {
     pub given: Option<HashMap<(PerturbationType, String), usize>>,
     /// Greedy generation budget of every evaluation.
     pub spec: GenSpec,
+    /// The clean prompts the covariance solver's metric is measured on (that solver only).
+    pub preserve: Option<crate::covariance::Store>,
 }
 
 /// The edits of a run: this shard's share, how many there are over all shards, and the pairs a
@@ -173,6 +175,7 @@ impl ExperimentPlan {
                 restored_at: restored_at.to_string(),
                 past_divergence: self.past_divergence,
                 control: self.control,
+                covariance: self.preserve.as_ref().map(|s| s.key().to_string()),
                 eval_scope: self.eval_scope.name(),
                 eval_types: self
                     .all_sets
@@ -548,7 +551,7 @@ pub async fn run_job<J: Judge>(
             model,
             (&clean, &pert),
             &creme,
-            &mut locator,
+            (&mut locator, plan.preserve.as_ref()),
             meta,
             progress,
         )
@@ -775,6 +778,7 @@ mod tests {
             modes: None,
             given: None,
             spec: GenSpec::default(),
+            preserve: None,
         };
         (plan, base)
     }

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use super::config::{ModelConfig, RopeStyle};
 use super::forward::{Layer, Model};
-use crate::backend::Embedding;
 use super::gguf::{GgufHeader, TensorInfo};
 use super::tokenizer::Tokenizer;
+use crate::backend::Embedding;
 use crate::backend::{Backend, BackendKind, BlockShape, Device, LayerWeights, Tensor, Weight};
 use crate::error::ModelError;
 use crate::gpu::layers::MAX_ATTENTION_HEAD_DIM;
