@@ -1,10 +1,10 @@
 //! `creme compare`: an experiment run (the setting) beside control runs of the same pairs
-//! (`experiment --control sham|random|matched`), with intervals and paired tests
-//! (creme_core::experiment::compare).
+//! (`experiment --control sham|random|matched`) and other settings' runs (`--versus`, e.g. the
+//! paper's), with intervals and paired tests (creme_core::experiment::compare).
 
 use std::path::PathBuf;
 
-use creme_core::experiment::compare::{compare, markdown};
+use creme_core::experiment::compare::{compare, markdown, Role};
 use creme_core::stats::Confidence;
 
 use crate::common::{self, Res};
@@ -17,6 +17,10 @@ pub struct CompareArgs {
     /// A control run: LABEL=DIR[,DIR...] (repeatable)
     #[arg(long = "control", value_parser = parse_control)]
     pub controls: Vec<(String, Vec<PathBuf>)>,
+    /// Another setting's run of the same pairs (e.g. the paper's): LABEL=DIR[,DIR...]
+    /// (repeatable); tested like a control, in the same Holm family
+    #[arg(long = "versus", value_parser = parse_control)]
+    pub versus: Vec<(String, Vec<PathBuf>)>,
     /// The setting's label in the table
     #[arg(long, default_value = "setting")]
     pub label: String,
@@ -41,12 +45,16 @@ fn parse_control(s: &str) -> Result<(String, Vec<PathBuf>), String> {
 pub fn run(a: CompareArgs) -> Res {
     let level = Confidence::new(a.confidence).map_err(|e| e.to_string())?;
     let setting = crate::report_cmd::read_records(&a.setting)?;
-    let mut controls = Vec::new();
-    for (label, dirs) in &a.controls {
-        controls.push((label.as_str(), crate::report_cmd::read_records(dirs)?));
+    let mut others = Vec::new();
+    let roles = (a.versus.iter().map(|v| (Role::Setting, v)))
+        .chain(a.controls.iter().map(|c| (Role::Control, c)));
+    for (role, (label, dirs)) in roles {
+        others.push((role, label.as_str(), crate::report_cmd::read_records(dirs)?));
     }
-    let refs: Vec<(&str, &[creme_core::experiment::EditRecord])> =
-        controls.iter().map(|(l, r)| (*l, r.as_slice())).collect();
+    let refs: Vec<(Role, &str, &[creme_core::experiment::EditRecord])> = others
+        .iter()
+        .map(|(k, l, r)| (*k, *l, r.as_slice()))
+        .collect();
     let c = compare((&a.label, &setting), &refs, level)?;
     print!("{}", markdown(&c));
     if let Some(path) = &a.json {

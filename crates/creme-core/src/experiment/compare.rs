@@ -30,9 +30,20 @@ pub struct Arm {
     pub clean_fixed: usize,
 }
 
-/// The setting against one control, on the pairs both edited.
+/// What a run compared with the setting is: a control run (every record a control) or another
+/// setting, such as the paper's (every record a real edit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Control,
+    Setting,
+}
+
+/// The setting against one control (or another setting), on the pairs both edited.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Versus {
+    #[serde(default = "control_role")]
+    pub role: Role,
     pub control: Arm,
     pub paired: usize,
     pub mcnemar: McNemar,
@@ -44,6 +55,10 @@ pub struct Versus {
 pub struct Comparison {
     pub setting: Arm,
     pub controls: Vec<Versus>,
+}
+
+fn control_role() -> Role {
+    Role::Control
 }
 
 fn arm(label: &str, rs: &[EditRecord], level: Confidence) -> Result<Arm, String> {
@@ -81,36 +96,53 @@ fn by_pair(rs: &[EditRecord]) -> Result<BTreeMap<PairKey, bool>, String> {
     Ok(m)
 }
 
-/// The setting's records beside each control's (label, records).
+/// A run's records as it is checked against its role: a control run holds controls only, a
+/// setting real edits only.
+fn check_role(role: Role, label: &str, rs: &[EditRecord]) -> Result<(), String> {
+    let wrong = rs
+        .iter()
+        .find(|r| r.control.is_none() == (role == Role::Control));
+    match (wrong, role) {
+        (None, _) => Ok(()),
+        (Some(r), Role::Control) => Err(format!(
+            "control run '{label}' holds a real edit ({} {}): made without --control",
+            r.ptype, r.task
+        )),
+        (Some(r), Role::Setting) => Err(format!(
+            "setting '{label}' holds a control ({} {}): compare it as a control",
+            r.ptype, r.task
+        )),
+    }
+}
+
+/// The setting's records beside each other run's (role, label, records); the McNemar tests are
+/// Holm-adjusted over all the runs compared.
 pub fn compare(
     setting: (&str, &[EditRecord]),
-    controls: &[(&str, &[EditRecord])],
+    others: &[(Role, &str, &[EditRecord])],
     level: Confidence,
 ) -> Result<Comparison, String> {
+    check_role(Role::Setting, setting.0, setting.1)?;
     let mine = by_pair(setting.1)?;
     let mut tests = Vec::new();
-    for (label, rs) in controls {
-        if let Some(r) = rs.iter().find(|r| r.control.is_none()) {
-            return Err(format!(
-                "control run '{label}' holds a real edit ({} {}): made without --control",
-                r.ptype, r.task
-            ));
-        }
+    for (role, label, rs) in others {
+        check_role(*role, label, rs)?;
         let theirs = by_pair(rs)?;
         let keys: Vec<&PairKey> = mine.keys().filter(|k| theirs.contains_key(*k)).collect();
         let a: Vec<bool> = keys.iter().map(|k| mine[*k]).collect();
         let b: Vec<bool> = keys.iter().map(|k| theirs[*k]).collect();
         let mcnemar = stats::mcnemar_paired(&a, &b).map_err(|e| e.to_string())?;
-        tests.push((arm(label, rs, level)?, keys.len(), mcnemar));
+        tests.push((*role, arm(label, rs, level)?, keys.len(), mcnemar));
     }
-    let ps: Vec<f64> = tests.iter().map(|t| t.2.p_value).collect();
+    let ps: Vec<f64> = tests.iter().map(|t| t.3.p_value).collect();
     let holm = stats::holm(&ps).map_err(|e| e.to_string())?;
     Ok(Comparison {
         setting: arm(setting.0, setting.1, level)?,
         controls: tests
             .into_iter()
             .zip(holm)
-            .map(|((control, paired, mcnemar), p_holm)| Versus {
+            .map(|((role, control, paired, mcnemar), p_holm)| Versus {
+                role,
                 control,
                 paired,
                 mcnemar,
@@ -240,7 +272,10 @@ mod tests {
             .collect();
         let c = compare(
             ("prompt rows", &setting),
-            &[("sham", &sham), ("random", &random)],
+            &[
+                (Role::Control, "sham", &sham),
+                (Role::Control, "random", &random),
+            ],
             Confidence::default(),
         )
         .unwrap();
@@ -265,7 +300,31 @@ mod tests {
         // A control run that holds real edits is refused.
         assert!(compare(
             ("s", &setting),
-            &[("sham", &setting)],
+            &[(Role::Control, "sham", &setting)],
+            Confidence::default()
+        )
+        .is_err());
+        // Another setting is compared the same way, and must hold real edits.
+        let paper: Vec<EditRecord> = tasks
+            .iter()
+            .map(|t| rec(t, *t == "HumanEval/1", None))
+            .collect();
+        let c = compare(
+            ("s", &setting),
+            &[
+                (Role::Setting, "paper", &paper),
+                (Role::Control, "sham", &sham),
+            ],
+            Confidence::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.controls[0].role, c.controls[0].mcnemar.pairs.b),
+            (Role::Setting, 8)
+        );
+        assert!(compare(
+            ("s", &setting),
+            &[(Role::Setting, "x", &sham)],
             Confidence::default()
         )
         .is_err());
@@ -282,7 +341,12 @@ mod tests {
             seeded("a", false, Some(Control::Sham)),
             seeded("b", false, Some(Control::Sham)),
         ];
-        let c = compare(("s", &setting), &[("sham", &sham)], Confidence::default()).unwrap();
+        let c = compare(
+            ("s", &setting),
+            &[(Role::Control, "sham", &sham)],
+            Confidence::default(),
+        )
+        .unwrap();
         assert_eq!(
             (c.controls[0].paired, c.controls[0].mcnemar.pairs.b),
             (2, 2)
