@@ -13,7 +13,9 @@
 # Environment: CREME (the binary; pin it for measured runs), SCOPE (edit-worthy | collateral;
 # default collateral), SAMPLE (the collateral sample), CONTROLS (default "sham random matched";
 # empty: the setting alone), SHARED (default ../shared), DATASET (a dataset directory, e.g. one
-# with perturbed sets of another seed from `creme perturb --seed S`; default: creme's lookup).
+# with perturbed sets of another seed from `creme perturb --seed S`; default: creme's lookup),
+# DRAFTS (further baseline drafts: earlier `creme eval` directories, space-separated; a new
+# build's baseline then only verifies them).
 set -euo pipefail
 half=$1 runs=$2
 creme=${CREME:-creme}
@@ -40,6 +42,7 @@ drafts=()
 for f in hf_greedy_clean_completions.json hf_greedy_perturbed_completions.json; do
   [ -f "$oracle/$f" ] && drafts+=(--baseline "$oracle/$f")
 done
+for d in ${DRAFTS:-}; do drafts+=(--baseline "$d"); done
 echo "== baseline: clean,$types on the $half half's tasks"
 "$creme" eval -q "${data[@]}" --types "clean,$types" --tasks "$tasks" "${drafts[@]}" --out "$runs/baseline"
 
