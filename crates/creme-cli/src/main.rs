@@ -8,6 +8,7 @@ mod bench_cmd;
 mod calibrate_cmd;
 mod common;
 mod compare_cmd;
+mod diverge_cmd;
 mod edit_cmd;
 mod eval_cmd;
 mod experiment_cmd;
@@ -151,6 +152,14 @@ enum Cmd {
         #[command(flatten)]
         args: compare_cmd::CompareArgs,
     },
+    /// Where two runs' completions of the same prompts part (e.g. creme's and llama.cpp's), and
+    /// the model's margin there (near-ties)
+    Diverge {
+        #[command(flatten)]
+        gpu: GpuFlags,
+        #[command(flatten)]
+        args: diverge_cmd::DivergeArgs,
+    },
     /// Merge experiment runs (or shards) into the tables: L-RIR, G-RIR, fixed/broken, clean
     /// deviation; with --setting, write the efficacy document comparing several runs
     Report {
@@ -214,6 +223,7 @@ fn run(cli: Cli) -> common::Res {
         Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
         Cmd::Report { args } => report_cmd::main(args),
         Cmd::Compare { args } => compare_cmd::run(args),
+        Cmd::Diverge { gpu, args } => diverge_cmd::run(&Device::open(&gpu.options())?, args),
         Cmd::Split { args } => split_cmd::run(args),
         Cmd::Serve { args } => serve_cmd::main(args),
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),

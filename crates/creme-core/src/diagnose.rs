@@ -56,6 +56,42 @@ pub async fn decision_margin(
     Ok(lp - lo)
 }
 
+/// Where two completions of one prompt part: the first token index they differ at, each one's
+/// token there (None: that completion ended), and the model's margin log p(a's token) - log p(b's
+/// token) after the prompt and the shared tokens (an ended completion scores the end-of-sequence
+/// token). Near zero: a near-tie, which any change of summation order may flip.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Parting {
+    pub index: usize,
+    pub a_token: Option<u32>,
+    pub b_token: Option<u32>,
+    pub margin: f64,
+}
+
+/// The [`Parting`] of completions `a` and `b` of `prompt` (None: the same tokens).
+pub async fn parting(
+    dev: &Device,
+    model: &Model,
+    prompt: &[u32],
+    a: &[u32],
+    b: &[u32],
+) -> Result<Option<Parting>, ModelError> {
+    // Scored from the side that has a token there (the other may have ended).
+    let (div, sign) = match (first_divergence(a, b), first_divergence(b, a)) {
+        (Some(d), _) => (d, 1.0),
+        (None, Some(d)) => (d, -1.0),
+        (None, None) => return Ok(None),
+    };
+    let shared = &a[..div.index];
+    let margin = sign * decision_margin(dev, model, prompt, shared, &div).await?;
+    Ok(Some(Parting {
+        index: div.index,
+        a_token: a.get(div.index).copied(),
+        b_token: b.get(div.index).copied(),
+        margin,
+    }))
+}
+
 /// What is left of the gap on the moved rows after an edit: |r + W a - t| / |r + W0 a - t| over
 /// all moved rows (0: an exact fit; 1: nothing moved).
 pub fn remaining_gap(data: &EditData, w: &[f32]) -> f64 {
