@@ -562,22 +562,36 @@ fn in_user_namespace_mode_the_host_files_are_not_visible_either() {
     }
     chown(dir.join("home"), Some(65534), Some(65534)).unwrap();
     chown(&secret, Some(65534), Some(65534)).unwrap();
-    let out = Command::new(&bin)
-        .args([
-            "--ignored",
-            "--exact",
-            "sandbox::tests::user_namespace_mode_inner",
-            "--nocapture",
-        ])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", dir.join("home"))
-        .env("CREME_SANDBOX_CANARY", &secret)
-        .uid(65534)
-        .gid(65534)
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let run = || {
+        Command::new(&bin)
+            .args([
+                "--ignored",
+                "--exact",
+                "sandbox::tests::user_namespace_mode_inner",
+                "--nocapture",
+            ])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", dir.join("home"))
+            .env("CREME_SANDBOX_CANARY", &secret)
+            .uid(65534)
+            .gid(65534)
+            .current_dir(&dir)
+            .output()
+    };
+    // The copy was open for writing while other tests forked: a child forked in that window holds
+    // the write descriptor until it execs, and exec of the copy fails with ETXTBSY meanwhile.
+    let mut out = run();
+    for _ in 0..50 {
+        match &out {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                out = run();
+            }
+            _ => break,
+        }
+    }
+    let out = out.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let text = format!(
         "{}{}",
