@@ -23,9 +23,12 @@ shared=${SHARED:-../shared}
 scope=${SCOPE:-collateral}
 sample=${SAMPLE:-24}
 controls=${CONTROLS-sham random matched}
-# The best development setting (docs/efficacy-dev.md): prompt rows, the aligned trace, the
-# target 8 tokens past the divergence, ridge 100.
-SETTING=(--rows prompt --solver ridge --ridge 100 --past-divergence 8)
+# The confirmation setting, chosen on the development half by the rule in docs/efficacy-dev.md
+# (before any confirmation run): prompt rows, the aligned trace, the target 8 tokens past the
+# divergence, the covariance-preserving solver at ridge 1000. SETTING_FLAGS (space-separated)
+# replaces it for development runs of other settings.
+SETTING=(--rows prompt --solver covariance --ridge 1000 --past-divergence 8)
+[ -n "${SETTING_FLAGS:-}" ] && read -r -a SETTING <<<"$SETTING_FLAGS"
 
 half_types=$("$creme" split "$half" --part types)
 types=${3:-$half_types}
