@@ -27,6 +27,19 @@ fn setup(backend: &str) -> (creme_core::Device, Model, Vec<u32>, Vec<u32>, Vec<u
     (dev, m, clean, pert, target)
 }
 
+/// The prompt rows of an edit at `layer` and the layer's W_down (f32).
+fn prompt_rows_edit(
+    dev: &creme_core::Device,
+    m: &Model,
+    (clean, pert, target): (&[u32], &[u32], &[u32]),
+    layer: usize,
+) -> (creme_core::edit::EditData, Vec<f32>) {
+    let rows = EditRows::Prompt;
+    let data = pollster::block_on(capture_rows(dev, m, (clean, pert), target, layer, rows));
+    let w0 = pollster::block_on(m.ffn_down_f32(dev, layer)).unwrap();
+    (data.unwrap(), w0)
+}
+
 /// Check `checks` seeded entries of the CPU gradient against central differences of the loss;
 /// returns the gradient.
 fn gradient_matches_finite_differences(
@@ -358,16 +371,7 @@ fn exact_prompt_rows_fit_reproduces_the_aligned_probe_on(backend: &str) {
     for layer in 0..m.cfg.n_layers {
         let probe = setup.aligned_probe(layer, true);
         let lp_probe = pollster::block_on(probe_logprobs(&dev, &m, &setup, &[probe])).unwrap()[0];
-        let data = pollster::block_on(capture_rows(
-            &dev,
-            &m,
-            (&clean, &pert),
-            &target,
-            layer,
-            EditRows::Prompt,
-        ))
-        .unwrap();
-        let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+        let (data, w0) = prompt_rows_edit(&dev, &m, (&clean, &pert, &target), layer);
         let w = ridge_solve(&data, &w0, 1.0, 1e-9);
         assert!(creme_core::diagnose::remaining_gap(&data, &w) < 1e-3);
         m.set_ffn_down(&dev, layer, &w).unwrap();
@@ -443,16 +447,7 @@ fn covariance_solver_solves_its_objective_on(backend: &str) {
         );
     }
 
-    let data = pollster::block_on(capture_rows(
-        &dev,
-        &m,
-        (&clean, &pert),
-        &target,
-        layer,
-        EditRows::Prompt,
-    ))
-    .unwrap();
-    let w0 = pollster::block_on(m.ffn_down_f32(&dev, layer)).unwrap();
+    let (data, w0) = prompt_rows_edit(&dev, &m, (&clean, &pert, &target), layer);
     let (ridge, lambda) = (3.0, 0.1);
     let factor = Factor::from_gram(layer, gram);
     let settings = |solver| EditSettings {
