@@ -426,7 +426,13 @@ fn covariance_solver_solves_its_objective_on(backend: &str) {
         let mut cache = m.new_cache(&dev, vec![0], p.len()).unwrap();
         let hooks = Hooks::capture([Site::MlpAct(layer)]);
         let out = m
-            .forward(&dev, &mut cache, &[p.clone()], &hooks, Logits::None)
+            .forward(
+                &dev,
+                &mut cache,
+                std::slice::from_ref(p),
+                &hooks,
+                Logits::None,
+            )
             .unwrap();
         let (buf, rows, _) = out.captured.get(Site::MlpAct(layer)).unwrap();
         let a = pollster::block_on(dev.read(buf, rows * f)).unwrap();

@@ -57,7 +57,13 @@ pub async fn layer_grams(
     for (i, prompt) in prompts.iter().enumerate() {
         let mut cache = model.new_cache(dev, vec![0], prompt.len())?;
         let hooks = Hooks::capture(sites.iter().copied());
-        let out = model.forward(dev, &mut cache, &[prompt.clone()], &hooks, Logits::None)?;
+        let out = model.forward(
+            dev,
+            &mut cache,
+            std::slice::from_ref(prompt),
+            &hooks,
+            Logits::None,
+        )?;
         for (l, site) in sites.iter().enumerate() {
             let (buf, rows, _) = out.captured.get(*site).expect("captured");
             pending[l].extend(dev.read(buf, rows * f).await?);
