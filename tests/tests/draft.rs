@@ -3,7 +3,7 @@
 //! models and on real prompts with a real model.
 
 use creme_core::cpu::SplitMix64;
-use creme_core::draft::{generate_from_drafts, Draft};
+use creme_core::draft::{generate_from_drafts, Draft, Resume};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
 use creme_core::Device;
@@ -56,6 +56,7 @@ fn check_equal(
                 .iter()
                 .map(|&t| if rng.below(5) == 0 { (t + 1) % 200 } else { t })
                 .collect(),
+            resume: None,
         })
         .collect();
     let mut whole = (0, 0, prompts.len());
@@ -83,6 +84,7 @@ fn check_equal(
                 "its own completions are accepted whole"
             );
         }
+        check_resumed(dev, edit, prompts, drafts, opts, (&truth, name));
         let n_whole = got.iter().filter(|g| g.whole).count();
         match name {
             "unedited" => whole.0 = n_whole,
@@ -91,6 +93,66 @@ fn check_equal(
         }
     }
     whole
+}
+
+/// Verification resumed at the edited layer (`EDITED_LAYER` of the model `edited` made) equals
+/// plain generation: a first pass captures the states entering that layer (and must say so), a
+/// second resumes from them.
+fn check_resumed(
+    dev: &Device,
+    edit: &Model,
+    prompts: &[Vec<u32>],
+    drafts: &[Draft],
+    opts: &GenerateOptions,
+    (truth, name): (&[creme_core::generate::Completion], &str),
+) {
+    let layer = *edit.edited_layers().first().expect("an edited layer");
+    let with = |states: &dyn Fn(usize) -> Option<std::sync::Arc<Vec<f32>>>| -> Vec<Draft> {
+        let resume = |i| {
+            Some(Resume {
+                layer,
+                states: states(i),
+            })
+        };
+        (drafts.iter().enumerate())
+            .map(|(i, d)| Draft {
+                resume: resume(i),
+                ..d.clone()
+            })
+            .collect()
+    };
+    let verify = |ds: &[Draft]| {
+        pollster::block_on(generate_from_drafts(dev, edit, prompts, ds, opts)).unwrap()
+    };
+    let first = verify(&with(&|_| None));
+    let kept: Vec<_> = first.iter().map(|v| v.states.clone()).collect();
+    if opts.max_new_tokens > 0 {
+        assert!(
+            kept.iter()
+                .all(|s| s.as_ref().is_some_and(|(l, _)| *l == layer)),
+            "{name}: states captured"
+        );
+    }
+    let second = verify(&with(&|i| kept[i].as_ref().map(|(_, x)| x.clone())));
+    for (pass, got) in [("capturing", &first), ("resumed", &second)] {
+        for (i, (g, t)) in got.iter().zip(truth).enumerate() {
+            assert_eq!(
+                (
+                    &g.completion.tokens,
+                    g.completion.finish,
+                    &g.completion.text
+                ),
+                (&t.tokens, t.finish, &t.text),
+                "prompt {i}, drafts from {name}, {pass} pass at layer {layer}"
+            );
+        }
+    }
+    if name == "itself" {
+        assert!(
+            second.iter().all(|g| g.whole && g.states.is_none()),
+            "resumed whole"
+        );
+    }
 }
 
 #[test]

@@ -12,24 +12,43 @@
 //! This equals plain greedy generation only where a row's result does not depend on the batch or
 //! position it is computed in (`Device::batch_invariant`: the CPU backend); elsewhere
 //! [`generate_from_drafts`] refuses, and callers generate plainly.
+//!
+//! Resuming at the edited layer: an edit of layer L leaves layers 0..L unchanged, so the residual
+//! stream entering layer L over prompt + draft is the same for every edit at L. A draft may carry
+//! it ([`Resume`]): verification then runs layers L.. only. Where the draft is not accepted to
+//! its end, decoding on needs every layer's keys and values, so that prompt is verified again
+//! in full (the outcome is the same either way). A draft asked to resume without states has them
+//! captured by its full verification, for the caller to keep ([`Verified::states`]).
 
 use crate::backend::{Backend, Device};
 use crate::error::ModelError;
 use crate::generate::{decode_after, Completion, Finish, GenerateOptions};
-use crate::hooks::Hooks;
-use crate::model::{KvCache, Logits, Model};
+use crate::hooks::{Hooks, Site};
+use crate::model::{Input, KvCache, Logits, Model};
 
 /// Proposed completion tokens for a prompt (usually the unedited model's greedy completion; how
 /// it ended does not matter: plain decoding's end rules are replayed).
 #[derive(Clone, Debug, Default)]
 pub struct Draft {
     pub tokens: Vec<u32>,
+    /// Verify from layer `Resume::layer` on (see the module's notes).
+    pub resume: Option<Resume>,
+}
+
+/// Where a draft's verification may start, and the residual stream entering that layer over
+/// prompt + draft tokens ([rows, d_model]; None: capture it). Valid only while the model's layers
+/// below `layer` are those the states were computed with.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub layer: usize,
+    pub states: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl From<&Completion> for Draft {
     fn from(c: &Completion) -> Draft {
         Draft {
             tokens: c.tokens.clone(),
+            resume: None,
         }
     }
 }
@@ -42,6 +61,9 @@ pub struct Verified {
     pub accepted: usize,
     /// The completion is the draft itself (no decoding was needed).
     pub whole: bool,
+    /// The residual stream entering the draft's resume layer over prompt + draft, where this
+    /// verification captured it (the draft asked to resume and had none).
+    pub states: Option<(usize, std::sync::Arc<Vec<f32>>)>,
 }
 
 /// Greedy completions of `prompts` by `model`, each checked against its draft; equal to
@@ -104,37 +126,75 @@ async fn verify_one(
             },
             accepted: 0,
             whole: draft.tokens.is_empty(),
+            states: None,
         });
     }
     let tokens = &draft.tokens[..draft.tokens.len().min(opts.max_new_tokens)];
-    let (picks, cache) = greedy_picks(dev, model, prompt, tokens, opts.max_new_tokens).await?;
-    let accepted = tokens
-        .iter()
-        .zip(&picks)
-        .take_while(|(d, p)| d == p)
-        .count();
-    let whole = |n: usize| n == draft.tokens.len();
-    // Plain decoding would have produced exactly these tokens: does it end among them?
-    if let Some((n, finish)) = plain_end_within(model, &tokens[..accepted], opts)? {
-        return Ok(Verified {
-            completion: finish_completion(model, tokens[..n].to_vec(), finish, opts)?,
-            accepted: n,
-            whole: whole(n),
-        });
+    let resume = draft.resume.as_ref().filter(|r| r.layer > 0);
+    if let Some(Resume {
+        layer,
+        states: Some(x),
+    }) = resume
+    {
+        let rows = prompt.len() + tokens.len();
+        if x.len() == rows * model.cfg.d_model {
+            let picks = resumed_picks(dev, model, (prompt, tokens), *layer, x).await?;
+            if let Some(v) = settled(model, draft, tokens, &picks, opts)? {
+                return Ok(v);
+            }
+        }
     }
-    if accepted == tokens.len() && model.cfg.eos_ids.contains(&picks[accepted]) {
-        return Ok(Verified {
-            completion: finish_completion(model, tokens.to_vec(), Finish::Eos, opts)?,
-            accepted,
-            whole: whole(accepted),
-        });
+    let capture = resume.filter(|r| r.states.is_none()).map(|r| r.layer);
+    let (picks, cache, captured) =
+        greedy_picks(dev, model, (prompt, tokens), opts.max_new_tokens, capture).await?;
+    let states = capture
+        .zip(captured)
+        .map(|(l, x)| (l, std::sync::Arc::new(x)));
+    if let Some(v) = settled(model, draft, tokens, &picks, opts)? {
+        return Ok(Verified { states, ..v });
     }
+    let accepted = accepted_count(tokens, &picks);
     let completion = continue_from(dev, model, cache, prompt, &tokens[..accepted], opts).await?;
     Ok(Verified {
         completion,
         accepted,
         whole: false,
+        states,
     })
+}
+
+/// Draft tokens equal to the model's picks, from the start.
+fn accepted_count(tokens: &[u32], picks: &[u32]) -> usize {
+    tokens.iter().zip(picks).take_while(|(d, p)| d == p).count()
+}
+
+/// The outcome, where the picks settle it without decoding on: plain decoding ends among the
+/// accepted tokens, or the whole draft is accepted and the model ends the sequence after it.
+fn settled(
+    model: &Model,
+    draft: &Draft,
+    tokens: &[u32],
+    picks: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Option<Verified>, ModelError> {
+    let accepted = accepted_count(tokens, picks);
+    let whole = |n: usize| n == draft.tokens.len();
+    let done = |tokens: Vec<u32>, finish, n: usize| -> Result<Option<Verified>, ModelError> {
+        Ok(Some(Verified {
+            completion: finish_completion(model, tokens, finish, opts)?,
+            accepted: n,
+            whole: whole(n),
+            states: None,
+        }))
+    };
+    // Plain decoding would have produced exactly these tokens: does it end among them?
+    if let Some((n, finish)) = plain_end_within(model, &tokens[..accepted], opts)? {
+        return done(tokens[..n].to_vec(), finish, n);
+    }
+    if accepted == tokens.len() && model.cfg.eos_ids.contains(&picks[accepted]) {
+        return done(tokens.to_vec(), Finish::Eos, accepted);
+    }
+    Ok(None)
 }
 
 /// Where plain decoding, producing `tokens` one by one, would stop among them: (tokens kept,
@@ -159,30 +219,58 @@ fn plain_end_within(
     Ok(None)
 }
 
-/// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1], and
-/// the cache that forward filled (room for `max_new` tokens after the prompt).
+/// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1], the
+/// cache that forward filled (room for `max_new` tokens after the prompt) and, with `capture`
+/// = Some(L), the residual stream entering layer L over all rows.
 async fn greedy_picks(
     dev: &Device,
     model: &Model,
-    prompt: &[u32],
-    draft: &[u32],
+    (prompt, draft): (&[u32], &[u32]),
     max_new: usize,
-) -> Result<(Vec<u32>, KvCache), ModelError> {
+    capture: Option<usize>,
+) -> Result<(Vec<u32>, KvCache, Option<Vec<f32>>), ModelError> {
     let seq: Vec<u32> = prompt.iter().chain(draft).copied().collect();
     let mut cache = model.new_cache(dev, vec![0], prompt.len() + max_new)?;
     let rows: Vec<usize> = (prompt.len() - 1..seq.len()).collect();
-    let fwd = model.forward(
+    // Layer L's input is layer L - 1's output.
+    let site = capture.map(|l| Site::ResidOut(l - 1));
+    let hooks = Hooks::capture(site);
+    let n = seq.len();
+    let fwd = model.forward(dev, &mut cache, &[seq], &hooks, Logits::Rows(rows))?;
+    let states = match site.and_then(|s| fwd.captured.get(s)) {
+        Some((buf, _, _)) => Some(dev.read(buf, n * model.cfg.d_model).await?),
+        None => None,
+    };
+    let logits = fwd.logits.as_ref().expect("asked for logits");
+    Ok((dev.argmax(logits).await?, cache, states))
+}
+
+/// [`greedy_picks`] from layer `layer` on, given the residual stream `x` entering it.
+async fn resumed_picks(
+    dev: &Device,
+    model: &Model,
+    (prompt, draft): (&[u32], &[u32]),
+    layer: usize,
+    x: &[f32],
+) -> Result<Vec<u32>, ModelError> {
+    let n = prompt.len() + draft.len();
+    let mut cache = model.new_cache(dev, vec![0], n)?;
+    let x = dev.upload("resume states", n, model.cfg.d_model, x)?;
+    let input = Input::Resume {
+        x: &x,
+        start: &[layer],
+        t: n,
+    };
+    let rows: Vec<usize> = (prompt.len() - 1..n).collect();
+    let fwd = model.forward_ex(
         dev,
         &mut cache,
-        &[seq],
+        input,
         &Hooks::default(),
         Logits::Rows(rows),
     )?;
-    Ok((
-        dev.argmax(fwd.logits.as_ref().expect("asked for logits"))
-            .await?,
-        cache,
-    ))
+    dev.argmax(fwd.logits.as_ref().expect("asked for logits"))
+        .await
 }
 
 fn finish_completion(

@@ -226,6 +226,11 @@ async fn generate_batch(
                 .map(|(p, _)| drafts.get(batch.set, &p.task_id))
                 .collect();
             let verified = generate_from_drafts(dev, model, &prompts, &ds, &opts).await?;
+            for ((p, _), v) in fitting.iter().zip(&verified) {
+                if let Some((layer, states)) = &v.states {
+                    drafts.keep_states(batch.set, &p.task_id, *layer, states.clone());
+                }
+            }
             Ok(verified
                 .into_iter()
                 .map(|v| {

@@ -604,6 +604,12 @@ async fn evaluate_patched<J: Judge>(
     progress: &mut Progress<'_>,
 ) -> Result<Vec<SampleRecord>, ModelError> {
     patch.apply(dev, model)?;
+    // Verification resumes at the edited layer where the patch is the model's only edit: the
+    // layers below it are the file's for every edit of the run.
+    let resume = drafts.filter(|_| model.edited_layers() == [patch.layer]);
+    if let Some(d) = resume {
+        d.resume_at(Some(patch.layer));
+    }
     let mut after = Vec::new();
     let evaluated = evaluate(
         dev,
@@ -620,6 +626,9 @@ async fn evaluate_patched<J: Judge>(
     )
     .await;
     crate::patch::revert(model, patch);
+    if let Some(d) = resume {
+        d.resume_at(None);
+    }
     evaluated.map(|()| after)
 }
 
