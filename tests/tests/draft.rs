@@ -32,6 +32,22 @@ fn plain(
     pollster::block_on(generate(dev, m, prompts, opts, &mut |_, _| {})).unwrap()
 }
 
+/// Each verified completion equals plain generation's: tokens, finish and text.
+fn assert_completions(
+    got: &[creme_core::draft::Verified],
+    truth: &[creme_core::generate::Completion],
+    what: &str,
+) {
+    for (i, (g, t)) in got.iter().zip(truth).enumerate() {
+        let c = &g.completion;
+        assert_eq!(
+            (&c.tokens, c.finish, &c.text),
+            (&t.tokens, t.finish, &t.text),
+            "prompt {i}, {what}"
+        );
+    }
+}
+
 /// Checks all three kinds of drafts; returns (drafts of the unedited model accepted whole, noisy
 /// drafts accepted whole, prompts).
 fn check_equal(
@@ -67,17 +83,7 @@ fn check_equal(
     ] {
         let got =
             pollster::block_on(generate_from_drafts(dev, edit, prompts, drafts, opts)).unwrap();
-        for (i, (g, t)) in got.iter().zip(&truth).enumerate() {
-            assert_eq!(
-                (
-                    &g.completion.tokens,
-                    g.completion.finish,
-                    &g.completion.text
-                ),
-                (&t.tokens, t.finish, &t.text),
-                "prompt {i}, drafts from {name}"
-            );
-        }
+        assert_completions(&got, &truth, &format!("drafts from {name}"));
         if name == "itself" {
             assert!(
                 got.iter().all(|g| g.whole),
@@ -135,17 +141,8 @@ fn check_resumed(
     }
     let second = verify(&with(&|i| kept[i].as_ref().map(|(_, x)| x.clone())));
     for (pass, got) in [("capturing", &first), ("resumed", &second)] {
-        for (i, (g, t)) in got.iter().zip(truth).enumerate() {
-            assert_eq!(
-                (
-                    &g.completion.tokens,
-                    g.completion.finish,
-                    &g.completion.text
-                ),
-                (&t.tokens, t.finish, &t.text),
-                "prompt {i}, drafts from {name}, {pass} pass at layer {layer}"
-            );
-        }
+        let what = format!("drafts from {name}, {pass} pass at layer {layer}");
+        assert_completions(got, truth, &what);
     }
     if name == "itself" {
         assert!(
