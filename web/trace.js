@@ -23,7 +23,11 @@ if (q.get('n')) $('ntarget').value = q.get('n');
 function chart(all, diff) {
   const W = 760, H = 280, ml = 48, mr = 16, mt = 16, mb = 36;
   const n = all.scores.length, pw = (W - ml - mr) / n;
-  const vals = all.scores.concat(diff.scores, [0, 1]);
+  // Dashed lines: no and full restoration (0, 1), or, for a pair too close to normalise (core's
+  // too_close), the perturbed and clean runs' log-probabilities, which the scores then are.
+  const close = all.too_close;
+  const refs = close ? [close.lp_pert, close.lp_clean] : [0, 1];
+  const vals = all.scores.concat(diff.scores, refs);
   const lo = Math.min(...vals), hi = Math.max(...vals);
   const y = (v) => mt + (H - mt - mb) * (1 - (v - lo) / (hi - lo || 1));
   const dmax = Math.max(...all.distances, 1e-9);
@@ -32,7 +36,7 @@ function chart(all, diff) {
     const bh = (H - mt - mb) * d / dmax;
     s += `<rect x="${ml + l * pw + 1}" y="${H - mb - bh}" width="${pw - 2}" height="${bh}" fill="${l === all.key_layer ? '#f6c667' : '#e3e9f5'}"><title>layer ${l}: |h_clean − h_pert| = ${d.toFixed(2)}</title></rect>`;
   });
-  s += `<line x1="${ml}" x2="${W - mr}" y1="${y(0)}" y2="${y(0)}" stroke="#aaa" stroke-dasharray="3 3"/>`;
+  for (const v of refs) s += `<line x1="${ml}" x2="${W - mr}" y1="${y(v)}" y2="${y(v)}" stroke="#aaa" stroke-dasharray="3 3"/>`;
   for (const [t, color] of [[all, '#2456c8'], [diff, '#d9480f']]) {
     s += `<polyline fill="none" stroke="${color}" stroke-width="2" points="${t.scores.map((v, l) => `${ml + (l + 0.5) * pw},${y(v)}`).join(' ')}"/>`;
     t.scores.forEach((v, l) => { s += `<circle cx="${ml + (l + 0.5) * pw}" cy="${y(v)}" r="3" fill="${color}"><title>layer ${l}: ${v.toFixed(3)}</title></circle>`; });
@@ -58,7 +62,9 @@ async function trace(session) {
   state.trace = r;
   $('tstatus').textContent = `${state.seconds.toFixed(1)} s`;
   $('chart').innerHTML = chart(r.all_positions, r.differing_positions);
-  $('summary').innerHTML = `Clean continuation: <code>${escapeHtml(r.target)}</code> — log-probability ${r.lp_clean.toFixed(2)} after the clean prompt, ${r.lp_pert.toFixed(2)} after the perturbed one.
+  const close = r.all_positions.too_close;
+  const note = close ? `<p class="note" id="too-close"><b>Not a restoration ratio.</b> The continuation's log-probability after the clean prompt (${close.lp_clean.toFixed(2)}) is not clearly above that after the perturbed one (${close.lp_pert.toFixed(2)}): the ratio (patched − perturbed) / (clean − perturbed) would divide by noise, or turn upside down. The chart shows the patched runs' log-probabilities (nats) instead, and the key layer is where they are highest.</p>` : '';
+  $('summary').innerHTML = note + `Clean continuation: <code>${escapeHtml(r.target)}</code> — log-probability ${r.lp_clean.toFixed(2)} after the clean prompt, ${r.lp_pert.toFixed(2)} after the perturbed one.
     Key layer: <b>${r.all_positions.key_layer}</b> when every prompt position is patched, <b>${r.differing_positions.key_layer}</b> when only the differing positions are.`;
 }
 

@@ -200,3 +200,56 @@ fn generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_promp
         generating_from_an_unpatched_probe_equals_generating_from_the_perturbed_prompt_on(backend);
     }
 }
+
+/// A pair whose target is not at least `MIN_NORMALISABLE_GAP` more likely after the clean prompt
+/// is flagged: its logprob trace scores the patched log-probabilities themselves, its key layer is
+/// where they are highest, and a ratio threshold does not move it. Of a pair and its swap (whose
+/// gap is the negative), at least one is too close.
+fn a_pair_too_close_to_normalise_is_traced_in_log_probabilities_on(backend: &str) {
+    use creme_core::pipeline::{Locator, LogprobLocator};
+    use creme_core::trace::MIN_NORMALISABLE_GAP;
+    let dev = device_on(backend);
+    let m = model(&dev);
+    let a = m.tokenizer.encode("Return the sum of a list.").unwrap();
+    let b = m.tokenizer.encode("Retrun teh sum of a lits.").unwrap();
+    let target = m.tokenizer.encode("    return sum(xs)").unwrap();
+    let mut flagged = 0;
+    for (clean, pert) in [(&a, &b), (&b, &a)] {
+        let setup = pollster::block_on(prepare(&dev, &m, clean, pert, &target)).unwrap();
+        let close = setup.lp_clean - setup.lp_pert < MIN_NORMALISABLE_GAP;
+        assert_eq!(setup.too_close().is_some(), close);
+        let probes: Vec<Probe> = (0..LAYERS)
+            .map(|l| Probe::at(l, (0..setup.frame).collect()))
+            .collect();
+        let raw = pollster::block_on(probe_logprobs(&dev, &m, &setup, &probes)).unwrap();
+        let mut locator = LogprobLocator {
+            restored_at: Some(-1e9),
+        };
+        let t = pollster::block_on(locator.locate(&dev, &m, &setup, &mut |_| {})).unwrap();
+        let gap = setup.lp_clean - setup.lp_pert;
+        for (l, (&s, &lp)) in t.scores.iter().zip(&raw).enumerate() {
+            let want = if close {
+                lp
+            } else {
+                (lp - setup.lp_pert) / gap
+            };
+            assert!((s - want).abs() < 1e-9, "layer {l}: {s} vs {want}");
+        }
+        assert_eq!(t.too_close, setup.too_close());
+        if close {
+            flagged += 1;
+            // Every layer passes a threshold of -1e9; flagged, the best layer stands.
+            assert_eq!(t.key_layer, choose_layer(&t.scores, &t.distances));
+            let svg = creme_core::report::layer_curve_svg(&t, "pair");
+            assert!(svg.contains("too close to normalise"), "{svg}");
+        }
+    }
+    assert!(flagged >= 1);
+}
+
+#[test]
+fn a_pair_too_close_to_normalise_is_traced_in_log_probabilities() {
+    for backend in BACKENDS {
+        a_pair_too_close_to_normalise_is_traced_in_log_probabilities_on(backend);
+    }
+}

@@ -86,6 +86,10 @@ try {
     const diff = tr ? Math.max(...nt[v].scores.map((x, l) => Math.abs(x - tr[v].scores[l]))) : Infinity;
     check(diff < 1e-3, `trace page ${v}: per-layer restoration equals the native trace (max difference ${diff.toExponential(2)}), key layer ${tr && tr[v].key_layer} vs ${nt[v].key_layer}`);
   }
+  // A pair too close to normalise is flagged alike in the page and natively, and the page says so.
+  const flagged = !!(tr && tr.all_positions.too_close), shown = await tp.evaluate(() => !!document.getElementById('too-close'));
+  check(flagged === !!nt.all_positions.too_close && shown === flagged,
+    `trace page: too close to normalise ${flagged} (native ${!!nt.all_positions.too_close}), note shown ${shown}`);
 
   // 4. The app: generate, edit a fixed layer, generate after, download the patch; compare natively.
   // The paper's setting (Adam, a fixed number of steps) is the one whose loss curve the native run

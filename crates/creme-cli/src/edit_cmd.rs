@@ -116,7 +116,7 @@ fn locate_and_edit(
     let done = pollster::block_on(locate_and_edit_with(
         dev,
         model,
-        (&clean, &pert),
+        &[(&clean, &pert)],
         settings,
         (&mut locator, preserve),
         meta,

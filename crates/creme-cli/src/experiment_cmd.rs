@@ -67,6 +67,11 @@ pub struct ExperimentArgs {
     pub sample: usize,
     #[command(flatten)]
     pub edit: crate::edit_cmd::EditFlags,
+    /// Fit each edit on this many edit-worthy pairs of its type in one solve: its own and the
+    /// next ones in dataset order, cyclically (a type-level edit). The other pairs are left out
+    /// of the edit's scores of the type (its G-RIR, fixed and broken)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub pairs: u16,
     /// Take edit i of every n (0-based "i/n"), for separate machines
     #[arg(long)]
     pub shard: Option<String>,
@@ -115,6 +120,7 @@ fn plan(a: &ExperimentArgs) -> Res<ExperimentPlan> {
         control: a.edit.control(),
         layer: a.layer.clone(),
         restored_at: a.edit.restored_at()?,
+        pairs: a.pairs as usize,
         eval_scope: a.eval_scope.with_sample(a.sample),
         shard: runner::parse_shard(a.shard.as_deref())?,
         sets: common::load_sets(&dir, &all_sets, a.input.tasks.as_deref(), a.input.limit)?,

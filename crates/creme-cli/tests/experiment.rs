@@ -504,3 +504,56 @@ fn control_runs_pair_with_the_setting_in_compare() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("without --control"));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_multi_pair_edit_stacks_the_next_pairs_and_leaves_them_out_of_its_scores() {
+    let (data, model, root) = setup("pairs", 3);
+    let setting = [
+        "--rows",
+        "prompt",
+        "--solver",
+        "ridge",
+        "--ridge",
+        "0.001",
+        "--past-divergence",
+        "2",
+        "--eval-scope",
+        "edit-worthy",
+    ];
+    let out = root.join("pairs2");
+    let args: Vec<&str> = setting.iter().chain(&["--pairs", "2"]).copied().collect();
+    let o = experiment(&data, &model, &root, &out, &args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<Value> = lines(&out.join("edits.jsonl"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6, "3 edit-worthy tasks of C3 and of E1");
+    for r in &records {
+        let i: usize = r["task"].as_str().unwrap()["Tiny/".len()..]
+            .parse()
+            .unwrap();
+        let (next, other) = (
+            format!("Tiny/{}", (i + 1) % 3),
+            format!("Tiny/{}", (i + 2) % 3),
+        );
+        assert_eq!(r["stacked_with"], json!([next]), "{r}");
+        // G-RIR is over the type's other edit-worthy tasks less the stacked one: `other` alone.
+        let fixed = r["after"][r["type"].as_str().unwrap()][&other]
+            .as_bool()
+            .unwrap();
+        assert_eq!(r["g_rir"].as_f64(), Some(fixed as u8 as f64), "{r}");
+    }
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["experiment"]["pairs"], 2);
+    // The same directory with one pair per edit is another experiment: refused.
+    let o = experiment(&data, &model, &root, &out, &setting)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("pairs"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -34,6 +34,15 @@ impl Rows {
     fn row<'a>(v: &'a [f32], i: usize, width: usize) -> &'a [f32] {
         &v[i * width..(i + 1) * width]
     }
+
+    /// `other`'s rows after these.
+    fn append(&mut self, other: Rows) {
+        self.n += other.n;
+        self.r.extend(other.r);
+        self.a.extend(other.a);
+        self.t.extend(other.t);
+        self.out.extend(other.out);
+    }
 }
 
 /// What the edit fits: the rows it moves (the perturbed run's, towards their clean twins) and
@@ -45,6 +54,21 @@ pub struct EditData {
     pub f: usize,
     pub moved: Rows,
     pub kept: Rows,
+}
+
+impl EditData {
+    /// Another pair's rows at the same layer, fitted in the same solve (a multi-pair edit).
+    pub fn stack(&mut self, other: EditData) -> Result<(), ModelError> {
+        if (other.layer, other.d, other.f) != (self.layer, self.d, self.f) {
+            return Err(ModelError::Format(format!(
+                "stacking rows of layer {} ({}x{}) onto layer {} ({}x{})",
+                other.layer, other.d, other.f, self.layer, self.d, self.f
+            )));
+        }
+        self.moved.append(other.moved);
+        self.kept.append(other.kept);
+        Ok(())
+    }
 }
 
 /// Which rows of the two runs an edit is fitted on.

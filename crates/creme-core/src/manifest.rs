@@ -123,10 +123,21 @@ pub struct ExperimentPlan {
     /// The covariance solver's prompt set and model ([`crate::covariance::Store::key`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covariance: Option<String>,
+    /// Pairs fitted in one solve per edit (absent in manifests of one-pair edits).
+    #[serde(default = "one_pair", skip_serializing_if = "is_one_pair")]
+    pub pairs: usize,
     pub eval_scope: String,
     /// The types edited for, and the further types every edit is evaluated on.
     pub types: Vec<SetName>,
     pub eval_types: Vec<SetName>,
+}
+
+fn one_pair() -> usize {
+    1
+}
+
+fn is_one_pair(k: &usize) -> bool {
+    *k == 1
 }
 
 /// Per set, per task id: a hash of the task's content (prompt, tests, entry point).

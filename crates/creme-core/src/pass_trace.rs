@@ -195,6 +195,7 @@ pub async fn pass_trace<J: Judge>(
         metric: "pass".into(),
         scores: improvements,
         key_layer: key,
+        too_close: None,
         ..raw
     };
     Ok((trace, account))
@@ -259,9 +260,13 @@ impl PairTraces {
     /// and the seconds of the prelude (`prelude_s`: target and capture) and of the trace.
     pub fn summary(&self, label: &str, setup: &TraceSetup, prelude_s: f64) -> String {
         let (all, diff) = (self.all.key_layer, self.diff.key_layer);
+        let note = match self.all.too_close.or(self.diff.too_close) {
+            Some(c) => format!("\nnote: {c}"),
+            None => String::new(),
+        };
         format!(
             "{label}: lp(clean) {:.3}, lp(pert) {:.3}; key layer {all} (all prompt positions), {diff} (differing positions only); \
-             target and capture {prelude_s:.2} s, layer trace {:.2} s",
+             target and capture {prelude_s:.2} s, layer trace {:.2} s{note}",
             setup.lp_clean, setup.lp_pert, self.seconds
         )
     }
@@ -333,6 +338,7 @@ mod tests {
             scores: vec![0.0; 4],
             distances: vec![0.0; 4],
             key_layer,
+            too_close: None,
         }
     }
 
@@ -343,6 +349,7 @@ mod tests {
             positions: vec![3, 5, 8],
             scores: vec![vec![0.0; 3]; 24],
             key_layer: 7,
+            too_close: None,
         };
         let line = "grid: 24 layers x 3 positions in 1.25 s, key layer 7";
         assert_eq!(g.summary(1.25), line);

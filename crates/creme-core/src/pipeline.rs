@@ -195,7 +195,9 @@ impl Locator for LogprobLocator {
             progress,
         )
         .await?;
-        if let Some(th) = self.restored_at {
+        // A ratio threshold says nothing about log-probabilities: a pair too close to normalise
+        // keeps the best layer.
+        if let (Some(th), None) = (self.restored_at, t.too_close) {
             t.key_layer = trace::choose_layer_saturating(&t.scores, &t.distances, th);
         }
         Ok(t)
@@ -247,6 +249,11 @@ impl Locator for AlignedLocator {
                 let t = trace::trace_layers_with(dev, model, setup, aligned, m, progress).await?;
                 (t, self.restored_at)
             }
+        };
+        let at = if t.too_close.is_some() {
+            f64::INFINITY
+        } else {
+            at
         };
         if let Some(l) = t.scores.iter().position(|&s| s >= at) {
             t.key_layer = l;
@@ -371,7 +378,7 @@ pub async fn locate_and_edit<L: Locator>(
     locate_and_edit_with(
         dev,
         model,
-        (clean, pert),
+        &[(clean, pert)],
         settings,
         (locator, None),
         metadata,
@@ -381,16 +388,21 @@ pub async fn locate_and_edit<L: Locator>(
 }
 
 /// [`locate_and_edit`], reporting its stages (target, trace, capture, edit) as it goes; the
-/// covariance solver takes its layer's factor from `preserve`.
+/// covariance solver takes its layer's factor from `preserve`. `pairs` (clean, perturbed) are
+/// fitted in one solve: the first decides the layer and the patch's target; the others' rows,
+/// each at its own target, are stacked at that layer (a multi-pair edit).
 pub async fn locate_and_edit_with<L: Locator>(
     dev: &Device,
     model: &Model,
-    (clean, pert): (&[u32], &[u32]),
+    pairs: &[(&[u32], &[u32])],
     settings: &CremeSettings,
     (locator, preserve): (&mut L, Option<&crate::covariance::Store>),
     metadata: BTreeMap<String, String>,
     progress: &mut Progress<'_>,
 ) -> Result<CremeEdit, ModelError> {
+    let Some(&(clean, pert)) = pairs.first() else {
+        return Err(ModelError::Format("an edit needs at least one pair".into()));
+    };
     let clock = Clock::start();
     let stage = |stage: &'static str, done: usize| Step {
         stage,
@@ -418,15 +430,12 @@ pub async fn locate_and_edit_with<L: Locator>(
     };
     let trace_s = clock.lap();
     progress(stage("capture", 0));
-    let data = edit::capture_rows(
-        dev,
-        model,
-        (clean, pert),
-        &target,
-        layer,
-        settings.edit.rows,
-    )
-    .await?;
+    let rows = settings.edit.rows;
+    let mut data = edit::capture_rows(dev, model, (clean, pert), &target, layer, rows).await?;
+    for &other in &pairs[1..] {
+        let target = edit_target(dev, model, other, settings).await?;
+        data.stack(edit::capture_rows(dev, model, other, &target, layer, rows).await?)?;
+    }
     let w0 = model.ffn_down_f32(dev, layer).await?;
     let metric = match preserve.filter(|_| settings.edit.solver.needs_covariance()) {
         Some(store) => Some(store.factor(dev, model, layer, progress).await?),

@@ -59,6 +59,33 @@ pub enum PatchPositions {
     Aligned,
 }
 
+/// The smallest lp_clean - lp_pert, in nats, at which the logprob restoration is read as a ratio,
+/// (lp_patched - lp_pert) / (lp_clean - lp_pert). Below it the clean continuation is about as
+/// likely after the perturbed prompt as after the clean one, or more: the denominator is noise,
+/// a small gap blows the ratio up, and a negative one turns it upside down (its best layer is the
+/// one that restores least). With a gap of 1 nat, a patched log-probability that moves by 0.1
+/// moves the ratio by at most 0.1.
+pub const MIN_NORMALISABLE_GAP: f64 = 1.0;
+
+/// A pair whose clean and perturbed log-probabilities of the target are too close to normalise
+/// ([`MIN_NORMALISABLE_GAP`]): its logprob trace scores the patched runs' log-probabilities
+/// themselves (nats), and it is left out of layer choices made from several pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct TooClose {
+    pub lp_clean: f64,
+    pub lp_pert: f64,
+}
+
+impl std::fmt::Display for TooClose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the target's log-probability after the clean prompt ({:.2}) is not {MIN_NORMALISABLE_GAP} nat above that after the perturbed one ({:.2}): too close to normalise, so the trace shows the patched runs' log-probabilities (nats) and its key layer is where they are highest",
+            self.lp_clean, self.lp_pert
+        )
+    }
+}
+
 /// The clean/perturbed pair in one aligned frame, with the states captured once.
 pub struct TraceSetup {
     pub clean: Vec<u32>,
@@ -84,6 +111,13 @@ pub struct TraceSetup {
 impl TraceSetup {
     pub fn seq_len(&self) -> usize {
         self.frame + self.target.len()
+    }
+    /// Some when the logprob restoration cannot be read as a ratio for this pair.
+    pub fn too_close(&self) -> Option<TooClose> {
+        (self.lp_clean - self.lp_pert < MIN_NORMALISABLE_GAP).then_some(TooClose {
+            lp_clean: self.lp_clean,
+            lp_pert: self.lp_pert,
+        })
     }
     pub fn pad_clean(&self) -> usize {
         self.frame - self.clean.len()
@@ -410,6 +444,11 @@ pub trait RestorationMetric {
     fn batch_hint(&self) -> usize {
         usize::MAX
     }
+    /// Whether the scores are a ratio normalised by lp_clean - lp_pert, which pairs that are
+    /// [`TraceSetup::too_close`] cannot have.
+    fn normalises(&self) -> bool {
+        false
+    }
     async fn restoration(
         &mut self,
         dev: &Device,
@@ -419,7 +458,8 @@ pub trait RestorationMetric {
     ) -> Result<Vec<f64>, ModelError>;
 }
 
-/// (lp_patched - lp_pert) / (lp_clean - lp_pert) of the clean greedy continuation.
+/// (lp_patched - lp_pert) / (lp_clean - lp_pert) of the clean greedy continuation; lp_patched
+/// itself (nats) for a pair that is [`TraceSetup::too_close`].
 pub struct RestorationByLogprob;
 
 impl RestorationMetric for RestorationByLogprob {
@@ -429,6 +469,9 @@ impl RestorationMetric for RestorationByLogprob {
     fn batch_hint(&self) -> usize {
         4
     }
+    fn normalises(&self) -> bool {
+        true
+    }
     async fn restoration(
         &mut self,
         dev: &Device,
@@ -437,17 +480,11 @@ impl RestorationMetric for RestorationByLogprob {
         probes: &[Probe],
     ) -> Result<Vec<f64>, ModelError> {
         let lps = probe_logprobs(dev, model, setup, probes).await?;
+        if setup.too_close().is_some() {
+            return Ok(lps);
+        }
         let gap = setup.lp_clean - setup.lp_pert;
-        Ok(lps
-            .iter()
-            .map(|lp| {
-                if gap.abs() < 1e-9 {
-                    0.0
-                } else {
-                    (lp - setup.lp_pert) / gap
-                }
-            })
-            .collect())
+        Ok(lps.iter().map(|lp| (lp - setup.lp_pert) / gap).collect())
     }
 }
 
@@ -491,6 +528,10 @@ pub struct LayerTrace {
     pub scores: Vec<f64>,
     pub distances: Vec<f64>,
     pub key_layer: usize,
+    /// Set when the metric normalises and the pair is too close to: the scores are then
+    /// log-probabilities (nats), and thresholds on the ratio do not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_close: Option<TooClose>,
 }
 
 /// Best score wins; ties (within 1e-9) go to the largest distance (the authors' tie-break).
@@ -608,6 +649,7 @@ pub async fn trace_layers_with<M: RestorationMetric>(
         scores,
         distances: setup.distances.clone(),
         key_layer,
+        too_close: setup.too_close().filter(|_| metric.normalises()),
     })
 }
 
@@ -620,6 +662,9 @@ pub struct GridTrace {
     pub scores: Vec<Vec<f64>>,
     /// The layer whose best cell is highest.
     pub key_layer: usize,
+    /// As [`LayerTrace::too_close`]: the cells are log-probabilities (nats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub too_close: Option<TooClose>,
 }
 
 impl GridTrace {
@@ -658,6 +703,7 @@ pub async fn trace_grid<M: RestorationMetric>(
         positions: positions.to_vec(),
         key_layer: choose_layer(&best, &setup.distances),
         scores,
+        too_close: setup.too_close().filter(|_| metric.normalises()),
     })
 }
 

@@ -61,12 +61,20 @@ pub struct EditRecord {
     /// The task whose pair the edit was made from, when not this one (the matched control).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edited_from: Option<String>,
+    /// The other pairs of the type fitted in the same solve (`--pairs`), left out of this
+    /// record's scores of the type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacked_with: Vec<String>,
     /// FNV-1a (hex) of the perturbed prompt edited for: tells apart runs on perturbed sets of
     /// other seeds, whose (type, task) pairs are the same (None: written before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_digest: Option<String>,
     #[serde(default)]
     pub trace_scores: Option<Vec<f64>>,
+    /// The pair's logprob trace could not be normalised (its scores are log-probabilities), so
+    /// this record's layer is left out of a `mode:FILE` rule's vote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_too_close: Option<crate::trace::TooClose>,
     pub settings: EditSettings,
     /// Loss evaluations made, the loss before the first update, the best and the last.
     pub steps: usize,
@@ -167,10 +175,10 @@ pub fn layers_given(
 }
 
 /// Per type, the most frequent key layer among earlier records (ties: the lower layer): the
-/// layers of a `mode:FILE` rule.
+/// layers of a `mode:FILE` rule. Records whose trace was too close to normalise do not vote.
 pub fn layer_modes(records: &[EditRecord]) -> BTreeMap<PerturbationType, usize> {
     let mut counts: BTreeMap<PerturbationType, BTreeMap<usize, usize>> = BTreeMap::new();
-    for r in records {
+    for r in records.iter().filter(|r| r.trace_too_close.is_none()) {
         *counts
             .entry(r.ptype)
             .or_default()
@@ -199,13 +207,15 @@ pub fn edit_worthy(base: &Outcomes, set: SetName) -> Vec<String> {
         .collect()
 }
 
-/// Scores of an edit on one perturbed set, over the tasks evaluated after it. A task missing
-/// from `base` or `after` is an error of the caller (the evaluation recorded every task).
+/// Scores of an edit on one perturbed set, over the tasks evaluated after it but those of
+/// `left_out` (the other pairs a multi-pair edit was fitted on: they are its training data). A
+/// task missing from `base` or `after` is an error of the caller (the evaluation recorded every
+/// task).
 pub fn score_set(
     base: &Outcomes,
     after: &Outcomes,
     set: SetName,
-    edited: Option<&str>,
+    (edited, left_out): (Option<&str>, &[String]),
 ) -> Result<(SetScore, Option<f64>), String> {
     let get = |o: &Outcomes, s: SetName, t: &str| {
         o.get(&s)
@@ -215,7 +225,7 @@ pub fn score_set(
     };
     let tasks: Vec<&String> = after
         .get(&set)
-        .map(|m| m.keys().collect())
+        .map(|m| m.keys().filter(|t| !left_out.contains(t)).collect())
         .unwrap_or_default();
     let mut outcomes = Vec::with_capacity(tasks.len());
     for t in tasks {
@@ -419,7 +429,7 @@ mod tests {
                 ],
             ),
         ]);
-        let (s, l) = score_set(&base, &after, C3, Some("a")).unwrap();
+        let (s, l) = score_set(&base, &after, C3, (Some("a"), &[])).unwrap();
         assert_eq!(l, Some(1.0));
         assert_eq!(
             s.g_rir,
@@ -436,17 +446,21 @@ mod tests {
             (1, 1, 4, 4)
         );
         assert_eq!(c.dev, 0.0);
+        // A multi-pair edit's other pairs are left out: b's fix no longer counts.
+        let (s, l) = score_set(&base, &after, C3, (Some("a"), &["b".to_string()])).unwrap();
+        assert_eq!((l, s.g_rir, s.fixed, s.broke), (Some(1.0), Some(0.0), 1, 1));
         // A set evaluated without the edited task has no local score.
-        let (_, l) = score_set(&base, &after, C3, None).unwrap();
+        let (_, l) = score_set(&base, &after, C3, (None, &[])).unwrap();
         assert_eq!(l, None);
         // A task the baseline lacks is an error, not a silent zero.
         let short = outcomes(&[("clean", &[("a", true)]), ("C3", &[("a", false)])]);
-        assert!(score_set(&short, &after, C3, Some("a")).is_err());
+        assert!(score_set(&short, &after, C3, (Some("a"), &[])).is_err());
     }
 
-    #[test]
-    fn summaries_count_over_edits_and_keep_the_worst_clean_deviation() {
-        let rec = |task: &str, layer, l: f64, dev: f64, fixed, broke| EditRecord {
+    /// A C3 record of `task` edited at `layer`: its own outcome `l`, clean deviation `dev`, and
+    /// the C3 prompts it fixed and broke.
+    fn rec(task: &str, layer: usize, l: f64, dev: f64, fixed: usize, broke: usize) -> EditRecord {
+        EditRecord {
             version: EDIT_RECORD_VERSION,
             ptype: PerturbationType::C3,
             task: task.into(),
@@ -454,7 +468,9 @@ mod tests {
             layer_choice: "logprob".into(),
             control: None,
             edited_from: None,
+            stacked_with: Vec::new(),
             trace_scores: None,
+            trace_too_close: None,
             settings: EditSettings::default(),
             steps: 4,
             loss_before: Some(1.0),
@@ -487,7 +503,11 @@ mod tests {
             t_eval: 1.0,
             t_total: 3.0,
             adapter: "cpu".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn summaries_count_over_edits_and_keep_the_worst_clean_deviation() {
         let s = &summarize(&[
             rec("a", 11, 1.0, 0.01, 2, 1),
             rec("b", 11, 0.0, -0.03, 0, 3),
@@ -500,6 +520,20 @@ mod tests {
         assert_eq!(s.layers, vec![(11, 2), (2, 1)]);
         assert_eq!(s.clean_dev_worst, Some(-0.03));
         assert!((s.l_rir.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn traces_too_close_to_normalise_do_not_vote_for_a_mode_layer() {
+        let mut close = [rec("a", 3, 0.0, 0.0, 0, 0), rec("b", 3, 0.0, 0.0, 0, 0)];
+        for r in &mut close {
+            r.trace_too_close = Some(crate::trace::TooClose {
+                lp_clean: -2.16,
+                lp_pert: -1.92,
+            });
+        }
+        let records = [close.to_vec(), vec![rec("c", 9, 0.0, 0.0, 0, 0)]].concat();
+        assert_eq!(layer_modes(&records)[&PerturbationType::C3], 9);
+        assert!(layer_modes(&close).is_empty(), "no vote: no mode layer");
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct ExperimentPlan {
     pub layer: LayerRule,
     /// Saturating key-layer rule of the logprob trace (None: the best restoration).
     pub restored_at: Option<f64>,
+    /// Pairs of the same type fitted in one solve per edit (1: the paper's one pair); see
+    /// [`Job::stacked`].
+    pub pairs: usize,
     pub eval_scope: EvalScope,
     /// (i, n): take edit i of every n.
     pub shard: (usize, usize),
@@ -143,6 +146,10 @@ pub struct Job {
     /// The matched control's pair (clean, perturbed): the next edit-worthy task of the same
     /// type in dataset order, cyclically. None unless the plan's control is `Matched`.
     pub partner: Option<(Problem, Problem)>,
+    /// With `pairs` = k > 1: the next k - 1 edit-worthy pairs of the type after the one the edit
+    /// is made from, cyclically, never this job's own (fewer where the type has fewer). Fitted in
+    /// the same solve and left out of this edit's scores of the type.
+    pub stacked: Vec<(Problem, Problem)>,
 }
 
 impl ExperimentPlan {
@@ -176,6 +183,7 @@ impl ExperimentPlan {
                 past_divergence: self.past_divergence,
                 control: self.control,
                 covariance: self.preserve.as_ref().map(|s| s.key().to_string()),
+                pairs: self.pairs,
                 eval_scope: self.eval_scope.name(),
                 eval_types: self
                     .all_sets
@@ -247,6 +255,7 @@ impl ExperimentPlan {
                     clean: c.clone(),
                     pert: p.clone(),
                     partner: None,
+                    stacked: Vec::new(),
                 });
             }
         }
@@ -254,6 +263,7 @@ impl ExperimentPlan {
             Some(Control::Matched) => match_partners(&mut jobs),
             _ => Vec::new(),
         };
+        stack_pairs(&mut jobs, self.pairs);
         let total = jobs.len();
         let (shard, shards) = self.shard;
         let mine = jobs
@@ -367,6 +377,28 @@ fn match_partners(jobs: &mut Vec<Job>) -> Vec<(PerturbationType, String)> {
         .into_iter()
         .map(|j| (j.ptype, j.pert.task_id))
         .collect()
+}
+
+/// Give every job its [`Job::stacked`] pairs: the `k - 1` jobs of its type that follow the pair
+/// its edit is made from (its partner's place for a matched control), cyclically, stopping
+/// before its own.
+fn stack_pairs(jobs: &mut [Job], k: usize) {
+    let pairs: Vec<(PerturbationType, Problem, Problem)> = jobs
+        .iter()
+        .map(|j| (j.ptype, j.clean.clone(), j.pert.clone()))
+        .collect();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        let same: Vec<usize> = (0..pairs.len())
+            .filter(|&n| pairs[n].0 == job.ptype)
+            .collect();
+        let at = same.iter().position(|&n| n == i).expect("of its type");
+        let from = at + job.partner.is_some() as usize;
+        job.stacked = (1..k)
+            .map(|o| same[(from + o) % same.len()])
+            .take_while(|&n| n != i)
+            .map(|n| (pairs[n].1.clone(), pairs[n].2.clone()))
+            .collect();
+    }
 }
 
 /// Evaluate `sets` greedily with the model as it is now (drafts verified where given); every
@@ -520,10 +552,14 @@ pub async fn run_job<J: Judge>(
         Some((c, p)) => (c, p),
         None => (&job.clean, &job.pert),
     };
-    let (clean, pert) = (
-        model.tokenizer.encode(&from_clean.prompt)?,
-        model.tokenizer.encode(&from_pert.prompt)?,
-    );
+    let sources =
+        std::iter::once((from_clean, from_pert)).chain(job.stacked.iter().map(|(c, p)| (c, p)));
+    let mut tokens = Vec::with_capacity(1 + job.stacked.len());
+    for (c, p) in sources {
+        let enc = |t: &str| model.tokenizer.encode(t);
+        tokens.push((enc(&c.prompt)?, enc(&p.prompt)?));
+    }
+    let pairs: Vec<(&[u32], &[u32])> = tokens.iter().map(|(c, p)| (&c[..], &p[..])).collect();
     let creme = CremeSettings {
         target_tokens: plan.target_tokens,
         past_divergence: plan.past_divergence,
@@ -549,7 +585,7 @@ pub async fn run_job<J: Judge>(
         locate_and_edit_with(
             dev,
             model,
-            (&clean, &pert),
+            &pairs,
             &creme,
             (&mut locator, plan.preserve.as_ref()),
             meta,
@@ -646,10 +682,13 @@ fn record(
     let after = eval::outcomes_of(after_records);
     let own_set = SetName::Perturbed(job.ptype);
     let task = job.pert.task_id.as_str();
+    let stacked: Vec<String> = job.stacked.iter().map(|(_, p)| p.task_id.clone()).collect();
     let mut scores = BTreeMap::new();
     let mut local = None;
     for s in plan.all_sets.iter().filter(|s| !s.is_clean()) {
-        let (score, l) = score_set(base, &after, *s, (*s == own_set).then_some(task))?;
+        let own = *s == own_set;
+        let left_out = if own { &stacked[..] } else { &[] };
+        let (score, l) = score_set(base, &after, *s, (own.then_some(task), left_out))?;
         if *s == own_set {
             local = l;
         }
@@ -664,8 +703,10 @@ fn record(
         layer_choice: plan.layer.to_string(),
         control: plan.control,
         edited_from: job.partner.as_ref().map(|(_, p)| p.task_id.clone()),
+        stacked_with: stacked,
         prompt_digest: Some(format!("{:016x}", super::split::fnv1a(&job.pert.prompt))),
         trace_scores: edit.trace.as_ref().map(|tr| tr.scores.clone()),
+        trace_too_close: edit.trace.as_ref().and_then(|tr| tr.too_close),
         settings: plan.settings.clone(),
         steps: result.steps,
         loss_before: result.losses.first().map(|l| l.total),
@@ -722,6 +763,7 @@ mod tests {
             clean: p.clone(),
             pert: p,
             partner: None,
+            stacked: Vec::new(),
         }
     }
 
@@ -757,6 +799,50 @@ mod tests {
         assert_eq!(kept, vec!["x", "y"]);
     }
 
+    #[test]
+    fn stacked_pairs_follow_the_source_pair_in_its_type_and_never_hold_the_job_itself() {
+        use PerturbationType::{C3, E1};
+        let fresh = || {
+            vec![
+                job(C3, "a"),
+                job(E1, "x"),
+                job(C3, "b"),
+                job(C3, "c"),
+                job(E1, "y"),
+            ]
+        };
+        let stacked = |jobs: &[Job]| -> Vec<Vec<String>> {
+            jobs.iter()
+                .map(|j| j.stacked.iter().map(|(_, p)| p.task_id.clone()).collect())
+                .collect()
+        };
+        let mut jobs = fresh();
+        stack_pairs(&mut jobs, 1);
+        assert!(stacked(&jobs).iter().all(|s| s.is_empty()), "k = 1: none");
+        stack_pairs(&mut jobs, 3);
+        let want = [
+            vec!["b", "c"],
+            vec!["y"],
+            vec!["c", "a"],
+            vec!["a", "b"],
+            vec!["x"],
+        ];
+        assert_eq!(
+            stacked(&jobs),
+            want.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        );
+        // A matched control's edit starts at its partner: the next pairs follow the partner.
+        let mut matched = fresh();
+        match_partners(&mut matched);
+        stack_pairs(&mut matched, 2);
+        // x's partner is y, and the pair after y is x itself: nothing to stack.
+        let want: [&[&str]; 5] = [&["c"], &[], &["a"], &["b"], &[]];
+        assert_eq!(
+            stacked(&matched),
+            want.map(|v| v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        );
+    }
+
     /// Ten tasks; clean passes on 0..=7; C3 fails on 0..=2 (edit-worthy) and passes on 3..=7.
     fn collateral_plan(sample: usize) -> (ExperimentPlan, Outcomes) {
         use PerturbationType::C3;
@@ -779,6 +865,7 @@ mod tests {
             control: None,
             layer: LayerRule::Logprob,
             restored_at: None,
+            pairs: 1,
             eval_scope: EvalScope::Collateral { sample },
             shard: (0, 1),
             types: vec![C3],

@@ -28,11 +28,18 @@ pub fn edit_lines(settings: &EditSettings, done: &CremeEdit) -> String {
     let mut out = String::new();
     if let Some(t) = &done.trace {
         let row: Vec<String> = t.scores.iter().map(|s| format!("{s:.2}")).collect();
+        let unit = match t.too_close {
+            Some(_) => "patched log-probability".to_string(),
+            None => format!("{} restoration", t.metric),
+        };
         out += &format!(
-            "-- causal trace (logprob restoration per layer, {:.1} s): [{}]\n   key layer {layer}\n",
+            "-- causal trace ({unit} per layer, {:.1} s): [{}]\n   key layer {layer}\n",
             done.timings.trace_s,
             row.join(" ")
         );
+        if let Some(c) = t.too_close {
+            out += &format!("   note: {c}\n");
+        }
     }
     let curve: Vec<String> = result
         .losses

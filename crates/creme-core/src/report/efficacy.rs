@@ -177,7 +177,7 @@ fn per_edit_section(md: &mut String, label: &str, rs: &[EditRecord]) {
             "| {} | {} | {} | {} | {} → {:.5} ({}) | {} | {} | {} | {} | {:+.3} | {}/{} | {:.0} | {:.1} | {:.0} |",
             r.ptype,
             r.task,
-            r.layer,
+            layer_cell(r),
             r.steps,
             loss(r.loss_before),
             r.best_loss,
@@ -194,7 +194,19 @@ fn per_edit_section(md: &mut String, label: &str, rs: &[EditRecord]) {
             r.t_eval
         );
     }
+    let flagged = rs.iter().filter(|r| r.trace_too_close.is_some()).count();
+    if flagged > 0 {
+        let _ = writeln!(md, "\n† {flagged} of {} pairs: the target's log-probabilities after the clean and the perturbed prompt were less than {} nat apart, too close to normalise; the trace scored the patched log-probabilities, and the layer is where they are highest.", rs.len(), crate::trace::MIN_NORMALISABLE_GAP);
+    }
     md.push('\n');
+}
+
+/// The edited layer, marked † where the pair's trace was too close to normalise.
+fn layer_cell(r: &EditRecord) -> String {
+    match r.trace_too_close {
+        Some(_) => format!("{}†", r.layer),
+        None => r.layer.to_string(),
+    }
 }
 
 /// Per task: the pass metric's layer (creme's calibrate-layer run), the reference run's, the

@@ -44,12 +44,22 @@ pub fn diff_marked(a: &str, b: &str) -> (String, String) {
 }
 
 /// Per-layer restoration (line) over the clean-vs-perturbed distance (bars), key layer marked.
+/// The dashed lines are no restoration and full restoration (0 and 1), or, for a pair too close
+/// to normalise, the perturbed and the clean run's log-probabilities, with a note saying so.
 pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 300.0, 56.0, 56.0, 34.0, 40.0);
     let n = t.scores.len().max(1);
     let pw = (w - ml - mr) / n as f64;
-    let smin = t.scores.iter().cloned().fold(0.0f64, f64::min);
-    let smax = t.scores.iter().cloned().fold(1.0f64, f64::max);
+    let (none, full, unit) = match t.too_close {
+        Some(c) => (
+            c.lp_pert,
+            c.lp_clean,
+            "patched log-probability (nats)".to_string(),
+        ),
+        None => (0.0, 1.0, format!("restoration ({})", t.metric)),
+    };
+    let smin = t.scores.iter().cloned().fold(none.min(full), f64::min);
+    let smax = t.scores.iter().cloned().fold(none.max(full), f64::max);
     let dmax = t.distances.iter().cloned().fold(1e-12f64, f64::max);
     let y_of = |v: f64| mt + (h - mt - mb) * (1.0 - (v - smin) / (smax - smin).max(1e-12));
     let mut s = format!(
@@ -67,8 +77,19 @@ pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
         };
         s += &format!("<rect x='{:.1}' y='{:.1}' width='{:.1}' height='{:.1}' fill='{fill}'><title>layer {l}: |h_clean - h_pert| = {d:.2}</title></rect>", x + 1.0, h - mb - bh, pw - 2.0, bh);
     }
-    let zero = y_of(0.0);
-    s += &format!("<line x1='{ml}' x2='{}' y1='{zero:.1}' y2='{zero:.1}' stroke='#999' stroke-dasharray='3 3'/>", w - mr);
+    for (v, what) in [(none, "perturbed run"), (full, "clean run")] {
+        let y = y_of(v);
+        s += &format!("<line x1='{ml}' x2='{}' y1='{y:.1}' y2='{y:.1}' stroke='#999' stroke-dasharray='3 3'><title>{what}: {v:.3}</title></line>", w - mr);
+    }
+    if let Some(c) = &t.too_close {
+        s += &format!(
+            "<text x='{ml}' y='30' font-size='10' fill='#b45309'>{}</text>",
+            escape(&format!(
+                "Not a ratio: log p(target) clean {:.2} vs perturbed {:.2}, too close to normalise",
+                c.lp_clean, c.lp_pert
+            ))
+        );
+    }
     let pts: Vec<String> = t
         .scores
         .iter()
@@ -80,7 +101,7 @@ pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
         pts.join(" ")
     );
     for (l, v) in t.scores.iter().enumerate() {
-        s += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='#2456c8'><title>layer {l}: restoration {v:.3}</title></circle>", ml + (l as f64 + 0.5) * pw, y_of(*v));
+        s += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='#2456c8'><title>layer {l}: {unit} {v:.3}</title></circle>", ml + (l as f64 + 0.5) * pw, y_of(*v));
         if l % 2 == 0 || n <= 16 {
             s += &format!(
                 "<text x='{:.1}' y='{}' text-anchor='middle'>{l}</text>",
@@ -91,7 +112,7 @@ pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
     }
     s += &format!(
         "<text x='{:.1}' y='{}' text-anchor='middle'>layer (key layer {} highlighted)</text>\
-         <text x='12' y='{:.1}' transform='rotate(-90 12 {:.1})' text-anchor='middle' fill='#2456c8'>restoration ({})</text>\
+         <text x='12' y='{:.1}' transform='rotate(-90 12 {:.1})' text-anchor='middle' fill='#2456c8'>{}</text>\
          <text x='{:.1}' y='{:.1}' transform='rotate(90 {:.1} {:.1})' text-anchor='middle' fill='#8a9bb8'>L2 distance clean vs perturbed</text>\
          <text x='{}' y='{:.1}' text-anchor='end'>{smax:.2}</text><text x='{}' y='{:.1}' text-anchor='end'>{smin:.2}</text></svg>",
         ml + (w - ml - mr) / 2.0,
@@ -99,7 +120,7 @@ pub fn layer_curve_svg(t: &LayerTrace, title: &str) -> String {
         t.key_layer,
         h / 2.0,
         h / 2.0,
-        t.metric,
+        unit,
         w - 14.0,
         h / 2.0,
         w - 14.0,
@@ -119,8 +140,16 @@ pub fn grid_heatmap_svg(g: &GridTrace, labels: &[String], title: &str) -> String
     let (cw, ch, ml, mt) = (18.0f64, 14.0f64, 44.0f64, 34.0f64);
     let w = ml + cw * cols as f64 + 20.0;
     let h = mt + ch * rows as f64 + 90.0;
-    let vmax = g.scores.iter().flatten().cloned().fold(1e-9f64, f64::max);
-    let vmin = g.scores.iter().flatten().cloned().fold(0.0f64, f64::min);
+    // The colour scale spans no restoration to the best cell; for a pair too close to normalise
+    // the cells are log-probabilities, spanning the perturbed run's to the best.
+    let floor = g.too_close.map_or(0.0, |c| c.lp_pert.min(c.lp_clean));
+    let vmax = g
+        .scores
+        .iter()
+        .flatten()
+        .cloned()
+        .fold(floor + 1e-9, f64::max);
+    let vmin = g.scores.iter().flatten().cloned().fold(floor, f64::min);
     let mut s = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {w} {h}' width='{w}' height='{h}' font-family='sans-serif' font-size='10'>\
          <rect width='100%' height='100%' fill='#fff'/><text x='{ml}' y='18' font-size='13' font-weight='bold'>{}</text>",

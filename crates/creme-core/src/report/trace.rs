@@ -50,6 +50,15 @@ pub fn trace_sections(r: &TraceRun, grid_svg: Option<String>) -> Vec<(String, St
         ("Layer trace: every prompt position patched".to_string(), layer_curve_svg(r.all, &format!("{label}: restoration by layer (all prompt positions)"))),
         ("Layer trace: only differing positions patched".to_string(), layer_curve_svg(r.diff, &format!("{label}: restoration by layer (differing positions)"))),
     ];
+    if let Some(c) = r.all.too_close {
+        sections.insert(
+            1,
+            (
+                "Not normalised".to_string(),
+                format!("<p>{}.</p>", escape(&c.to_string())),
+            ),
+        );
+    }
     if let Some(svg) = grid_svg {
         sections.push(("Layer x position grid".to_string(), svg));
     }
