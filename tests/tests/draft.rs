@@ -102,8 +102,9 @@ fn check_equal(
 }
 
 /// Verification resumed at the edited layer (`EDITED_LAYER` of the model `edited` made) equals
-/// plain generation: a first pass captures the states entering that layer (and must say so), a
-/// second resumes from them.
+/// plain generation: a first pass captures the states entering that layer and the keys and values
+/// below it (and must say so), a second resumes from them, decoding on from there where the draft
+/// differs.
 fn check_resumed(
     dev: &Device,
     edit: &Model,
@@ -113,7 +114,8 @@ fn check_resumed(
     (truth, name): (&[creme_core::generate::Completion], &str),
 ) {
     let layer = *edit.edited_layers().first().expect("an edited layer");
-    let with = |states: &dyn Fn(usize) -> Option<std::sync::Arc<Vec<f32>>>| -> Vec<Draft> {
+    type Kept = Option<std::sync::Arc<creme_core::draft::ResumeStates>>;
+    let with = |states: &dyn Fn(usize) -> Kept| -> Vec<Draft> {
         let resume = |i| {
             Some(Resume {
                 layer,
@@ -143,6 +145,14 @@ fn check_resumed(
     for (pass, got) in [("capturing", &first), ("resumed", &second)] {
         let what = format!("drafts from {name}, {pass} pass at layer {layer}");
         assert_completions(got, truth, &what);
+    }
+    // Every prompt of the second pass ran from the layer on, drafts not accepted whole included:
+    // they decoded on from the kept keys and values, with no full pass.
+    if opts.max_new_tokens > 0 {
+        assert!(
+            second.iter().all(|g| g.resumed),
+            "{name}: a resumed verification fell back to a full pass"
+        );
     }
     if name == "itself" {
         assert!(

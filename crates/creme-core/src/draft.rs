@@ -14,17 +14,19 @@
 //! [`generate_from_drafts`] refuses, and callers generate plainly.
 //!
 //! Resuming at the edited layer: an edit of layer L leaves layers 0..L unchanged, so the residual
-//! stream entering layer L over prompt + draft is the same for every edit at L. A draft may carry
-//! it ([`Resume`]): verification then runs layers L.. only. Where the draft is not accepted to
-//! its end, decoding on needs every layer's keys and values, so that prompt is verified again
-//! in full (the outcome is the same either way). A draft asked to resume without states has them
-//! captured by its full verification, for the caller to keep ([`Verified::states`]).
+//! stream entering layer L over prompt + draft, and the keys and values of layers 0..L there, are
+//! the same for every edit at L. A draft may carry them ([`Resume`]): verification then runs
+//! layers L.. only, and where the draft is not accepted to its end, decoding goes on from that
+//! cache: its layers below L hold the kept keys and values, the rest the resumed pass's. Without
+//! kept keys and values (an f16 cache), such a prompt is verified again in full (the outcome is
+//! the same either way). A draft asked to resume without states has them captured by its full
+//! verification, for the caller to keep ([`Verified::states`]).
 
 use crate::backend::{Backend, Device};
 use crate::error::ModelError;
 use crate::generate::{decode_after, Completion, Finish, GenerateOptions};
 use crate::hooks::{Hooks, Site};
-use crate::model::{Input, KvCache, Logits, Model};
+use crate::model::{Input, KvCache, KvPrefix, Logits, Model};
 
 /// Proposed completion tokens for a prompt (usually the unedited model's greedy completion; how
 /// it ended does not matter: plain decoding's end rules are replayed).
@@ -35,13 +37,28 @@ pub struct Draft {
     pub resume: Option<Resume>,
 }
 
-/// Where a draft's verification may start, and the residual stream entering that layer over
-/// prompt + draft tokens ([rows, d_model]; None: capture it). Valid only while the model's layers
-/// below `layer` are those the states were computed with.
+/// Where a draft's verification may start, and what it starts from (None: capture it). Valid
+/// only while the model's layers below `layer` are those the states were computed with.
 #[derive(Clone, Debug)]
 pub struct Resume {
     pub layer: usize,
-    pub states: Option<std::sync::Arc<Vec<f32>>>,
+    pub states: Option<std::sync::Arc<ResumeStates>>,
+}
+
+/// What layers below a resume layer computed over prompt + draft tokens.
+#[derive(Debug)]
+pub struct ResumeStates {
+    /// The residual stream entering the layer, [rows, d_model].
+    pub x: Vec<f32>,
+    /// The keys and values of the layers below (None: not kept; see the module's notes).
+    pub kv: Option<KvPrefix>,
+}
+
+impl ResumeStates {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.x.len() * std::mem::size_of::<f32>() + self.kv.as_ref().map_or(0, |p| p.bytes())
+    }
 }
 
 impl From<&Completion> for Draft {
@@ -61,9 +78,11 @@ pub struct Verified {
     pub accepted: usize,
     /// The completion is the draft itself (no decoding was needed).
     pub whole: bool,
-    /// The residual stream entering the draft's resume layer over prompt + draft, where this
-    /// verification captured it (the draft asked to resume and had none).
-    pub states: Option<(usize, std::sync::Arc<Vec<f32>>)>,
+    /// What the draft's resume layer starts from, where this verification captured it (the
+    /// draft asked to resume and had none).
+    pub states: Option<(usize, std::sync::Arc<ResumeStates>)>,
+    /// The verification ran from the resume layer only: no full pass.
+    pub resumed: bool,
 }
 
 /// Greedy completions of `prompts` by `model`, each checked against its draft; equal to
@@ -127,29 +146,44 @@ async fn verify_one(
             accepted: 0,
             whole: draft.tokens.is_empty(),
             states: None,
+            resumed: false,
         });
     }
     let tokens = &draft.tokens[..draft.tokens.len().min(opts.max_new_tokens)];
     let resume = draft.resume.as_ref().filter(|r| r.layer > 0);
     if let Some(Resume {
         layer,
-        states: Some(x),
+        states: Some(kept),
     }) = resume
     {
         let rows = prompt.len() + tokens.len();
-        if x.len() == rows * model.cfg.d_model {
-            let picks = resumed_picks(dev, model, (prompt, tokens), *layer, x).await?;
+        if kept.x.len() == rows * model.cfg.d_model {
+            let seq = (prompt, tokens);
+            let (picks, cache) =
+                resumed_picks(dev, model, seq, (*layer, kept), opts.max_new_tokens).await?;
             if let Some(v) = settled(model, draft, tokens, &picks, opts)? {
-                return Ok(v);
+                return Ok(Verified { resumed: true, ..v });
+            }
+            if let Some(cache) = cache {
+                let accepted = accepted_count(tokens, &picks);
+                let done = &tokens[..accepted];
+                let completion = continue_from(dev, model, cache, prompt, done, opts).await?;
+                return Ok(Verified {
+                    completion,
+                    accepted,
+                    whole: false,
+                    states: None,
+                    resumed: true,
+                });
             }
         }
     }
     let capture = resume.filter(|r| r.states.is_none()).map(|r| r.layer);
-    let (picks, cache, captured) =
+    let (picks, cache, states) =
         greedy_picks(dev, model, (prompt, tokens), opts.max_new_tokens, capture).await?;
     let states = capture
-        .zip(captured)
-        .map(|(l, x)| (l, std::sync::Arc::new(x)));
+        .zip(states)
+        .map(|(l, s)| (l, std::sync::Arc::new(s)));
     if let Some(v) = settled(model, draft, tokens, &picks, opts)? {
         return Ok(Verified { states, ..v });
     }
@@ -160,6 +194,7 @@ async fn verify_one(
         accepted,
         whole: false,
         states,
+        resumed: false,
     })
 }
 
@@ -185,6 +220,7 @@ fn settled(
             accepted: n,
             whole: whole(n),
             states: None,
+            resumed: false,
         }))
     };
     // Plain decoding would have produced exactly these tokens: does it end among them?
@@ -221,14 +257,14 @@ fn plain_end_within(
 
 /// The model's greedy pick after the prompt and after each draft token: [draft.len() + 1], the
 /// cache that forward filled (room for `max_new` tokens after the prompt) and, with `capture`
-/// = Some(L), the residual stream entering layer L over all rows.
+/// = Some(L), what layers below L computed over all rows.
 async fn greedy_picks(
     dev: &Device,
     model: &Model,
     (prompt, draft): (&[u32], &[u32]),
     max_new: usize,
     capture: Option<usize>,
-) -> Result<(Vec<u32>, KvCache, Option<Vec<f32>>), ModelError> {
+) -> Result<(Vec<u32>, KvCache, Option<ResumeStates>), ModelError> {
     let seq: Vec<u32> = prompt.iter().chain(draft).copied().collect();
     let mut cache = model.new_cache(dev, vec![0], prompt.len() + max_new)?;
     let rows: Vec<usize> = (prompt.len() - 1..seq.len()).collect();
@@ -237,25 +273,42 @@ async fn greedy_picks(
     let hooks = Hooks::capture(site);
     let n = seq.len();
     let fwd = model.forward(dev, &mut cache, &[seq], &hooks, Logits::Rows(rows))?;
-    let states = match site.and_then(|s| fwd.captured.get(s)) {
-        Some((buf, _, _)) => Some(dev.read(buf, n * model.cfg.d_model).await?),
-        None => None,
+    let states = match (capture, site.and_then(|s| fwd.captured.get(s))) {
+        (Some(l), Some((buf, _, _))) => Some(ResumeStates {
+            x: dev.read(buf, n * model.cfg.d_model).await?,
+            kv: cache.read_prefix(dev, l, n).await?,
+        }),
+        _ => None,
     };
     let logits = fwd.logits.as_ref().expect("asked for logits");
     Ok((dev.argmax(logits).await?, cache, states))
 }
 
-/// [`greedy_picks`] from layer `layer` on, given the residual stream `x` entering it.
+/// [`greedy_picks`] from layer `layer` on, given what the layers below computed; the cache is
+/// returned where it holds every layer's keys and values (the kept ones below `layer`).
 async fn resumed_picks(
     dev: &Device,
     model: &Model,
     (prompt, draft): (&[u32], &[u32]),
-    layer: usize,
-    x: &[f32],
-) -> Result<Vec<u32>, ModelError> {
+    (layer, kept): (usize, &ResumeStates),
+    max_new: usize,
+) -> Result<(Vec<u32>, Option<KvCache>), ModelError> {
     let n = prompt.len() + draft.len();
-    let mut cache = model.new_cache(dev, vec![0], n)?;
-    let x = dev.upload("resume states", n, model.cfg.d_model, x)?;
+    let kv = kept
+        .kv
+        .as_ref()
+        .filter(|p| p.rows == n && p.layers.len() == layer);
+    // Room to decode on only where decoding on can use this cache.
+    let capacity = if kv.is_some() {
+        prompt.len() + max_new
+    } else {
+        n
+    };
+    let mut cache = model.new_cache(dev, vec![0], capacity.max(n))?;
+    if let Some(p) = kv {
+        cache.write_prefix(dev, p)?;
+    }
+    let x = dev.upload("resume states", n, model.cfg.d_model, &kept.x)?;
     let input = Input::Resume {
         x: &x,
         start: &[layer],
@@ -269,8 +322,10 @@ async fn resumed_picks(
         &Hooks::default(),
         Logits::Rows(rows),
     )?;
-    dev.argmax(fwd.logits.as_ref().expect("asked for logits"))
-        .await
+    let picks = dev
+        .argmax(fwd.logits.as_ref().expect("asked for logits"))
+        .await?;
+    Ok((picks, kv.map(|_| cache)))
 }
 
 fn finish_completion(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::record::SampleRecord;
-use crate::draft::{Draft, Resume};
+use crate::draft::{Draft, Resume, ResumeStates};
 use crate::error::ModelError;
 use crate::model::Model;
 use crate::sets::SetName;
@@ -14,16 +14,19 @@ use crate::sets::SetName;
 #[derive(Default)]
 pub struct Drafts(HashMap<(SetName, String), Draft>, Mutex<Resumes>);
 
-/// Layers kept in [`Resumes`] at once (a layer's states for 60 prompts of 400 rows take about
-/// 86 MB at d_model 896); the oldest layer goes first.
-const RESUME_LAYERS_KEPT: usize = 4;
+/// Bytes of [`Resumes`] kept at once; past it the oldest layers go first (never the newest).
+/// A row of prompt + draft holds the residual stream (d_model floats) and the keys and values
+/// of every layer below the resume layer (2 * n_kv_heads * head_dim floats each): at layer 23
+/// of Qwen2.5-Coder-0.5B about 27 KB, so a layer's 60 prompts of 400 rows take about 650 MB.
+const RESUME_BYTES_KEPT: usize = 2 << 30;
 
 /// The layer verification resumes at now (None: it does not), and the states kept per layer.
 #[derive(Default)]
 struct Resumes {
     at: Option<usize>,
-    states: HashMap<(usize, SetName, String), Arc<Vec<f32>>>,
-    layers: Vec<usize>,
+    states: HashMap<(usize, SetName, String), Arc<ResumeStates>>,
+    /// Layers kept, oldest first, with the bytes each holds.
+    layers: Vec<(usize, usize)>,
 }
 
 impl Drafts {
@@ -102,15 +105,23 @@ impl Drafts {
     }
 
     /// Keep the states a verification captured for (set, task) at `layer`.
-    pub fn keep_states(&self, set: SetName, task: &str, layer: usize, states: Arc<Vec<f32>>) {
+    pub fn keep_states(&self, set: SetName, task: &str, layer: usize, states: Arc<ResumeStates>) {
         let mut r = self.1.lock().expect("resume states");
-        if !r.layers.contains(&layer) {
-            if r.layers.len() >= RESUME_LAYERS_KEPT {
-                let oldest = r.layers.remove(0);
-                r.states.retain(|k, _| k.0 != oldest);
-            }
-            r.layers.push(layer);
+        let bytes = states.bytes();
+        match r.layers.iter_mut().find(|(l, _)| *l == layer) {
+            Some((_, held)) => *held += bytes,
+            None => r.layers.push((layer, bytes)),
         }
-        r.states.insert((layer, set, task.to_string()), states);
+        let replaced = r.states.insert((layer, set, task.to_string()), states);
+        if let Some(old) = replaced {
+            let entry = r.layers.iter_mut().find(|(l, _)| *l == layer);
+            entry.expect("kept above").1 -= old.bytes();
+        }
+        while r.layers.len() > 1
+            && r.layers.iter().map(|(_, b)| b).sum::<usize>() > RESUME_BYTES_KEPT
+        {
+            let (oldest, _) = r.layers.remove(0);
+            r.states.retain(|k, _| k.0 != oldest);
+        }
     }
 }

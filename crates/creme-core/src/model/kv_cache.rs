@@ -1,7 +1,7 @@
 //! Keys and values of every layer for a batch of sequences, left-padded to a common length.
 
 use super::config::ModelConfig;
-use crate::backend::{Backend, Device, KvLayer, Tensor};
+use crate::backend::{Backend, DType, Device, KvLayer, Tensor};
 use crate::error::{GpuError, ModelError};
 
 pub struct KvCache {
@@ -81,5 +81,73 @@ impl KvCache {
             pad,
             len: 0,
         })
+    }
+}
+
+/// Keys and values of the first `layers.len()` layers over positions `0..rows` of a cache's first
+/// sequence, on the host: what a forward resumed at a deeper layer leaves uncomputed
+/// ([`KvCache::write_prefix`]). `width` floats per row (n_kv_heads * head_dim).
+#[derive(Debug)]
+pub struct KvPrefix {
+    pub rows: usize,
+    pub width: usize,
+    /// Per layer, (keys, values), [rows, width] each.
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl KvPrefix {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.layers.len() * 2 * self.rows * self.width * std::mem::size_of::<f32>()
+    }
+}
+
+impl KvCache {
+    /// The keys and values of layers `0..layers`, positions `0..rows`, of sequence 0. None where
+    /// the cache does not hold them in f32 (an f16 cache would round them on the way back).
+    pub async fn read_prefix(
+        &self,
+        dev: &Device,
+        layers: usize,
+        rows: usize,
+    ) -> Result<Option<KvPrefix>, ModelError> {
+        let Some(first) = self.layers.first() else {
+            return Ok(None);
+        };
+        if dev.kv_dtype() != DType::F32 || rows > self.capacity || layers > self.layers.len() {
+            return Ok(None);
+        }
+        let width = first.k.width;
+        let mut out = Vec::with_capacity(layers);
+        for l in &self.layers[..layers] {
+            let k = dev.read(&l.k, rows * width).await?;
+            let v = dev.read(&l.v, rows * width).await?;
+            out.push((k, v));
+        }
+        Ok(Some(KvPrefix {
+            rows,
+            width,
+            layers: out,
+        }))
+    }
+
+    /// Put `p` back at positions `0..p.rows` of sequence 0 (the cache's `len` is the caller's).
+    pub fn write_prefix(&mut self, dev: &Device, p: &KvPrefix) -> Result<(), ModelError> {
+        if p.rows > self.capacity || p.layers.len() > self.layers.len() {
+            return Err(ModelError::Format(format!(
+                "a key/value prefix of {} layers x {} positions does not fit a cache of {} x {}",
+                p.layers.len(),
+                p.rows,
+                self.layers.len(),
+                self.capacity
+            )));
+        }
+        for ((k, v), layer) in p.layers.iter().zip(&mut self.layers) {
+            let k = dev.upload("k prefix", p.rows, p.width, k)?;
+            let v = dev.upload("v prefix", p.rows, p.width, v)?;
+            dev.copy_rows(&k, 0, &mut layer.k, 0, p.rows)?;
+            dev.copy_rows(&v, 0, &mut layer.v, 0, p.rows)?;
+        }
+        Ok(())
     }
 }

@@ -17,7 +17,7 @@ pub use crate::quant::{self, GgmlType};
 pub use config::{ModelConfig, RopeStyle};
 pub use forward::{DownState, ForwardOut, Input, Logits, Model};
 pub use gguf::{GgufHeader, TensorInfo};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPrefix};
 pub use loader::{check_tensor_table, ModelLoader};
 pub use tokenizer::Tokenizer;
 
