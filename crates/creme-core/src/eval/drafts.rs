@@ -14,7 +14,8 @@ use crate::sets::SetName;
 #[derive(Default)]
 pub struct Drafts(HashMap<(SetName, String), Draft>, Mutex<Resumes>);
 
-/// Bytes of [`Resumes`] kept at once; past it the oldest layers go first (never the newest).
+/// Bytes of [`Resumes`] kept at once; past it the least recently kept layers go first (never
+/// the one being kept).
 /// A row of prompt + draft holds the residual stream (d_model floats) and the keys and values
 /// of every layer below the resume layer (2 * n_kv_heads * head_dim floats each): at layer 23
 /// of Qwen2.5-Coder-0.5B about 27 KB, so a layer's 60 prompts of 400 rows take about 650 MB.
@@ -25,7 +26,7 @@ const RESUME_BYTES_KEPT: usize = 2 << 30;
 struct Resumes {
     at: Option<usize>,
     states: HashMap<(usize, SetName, String), Arc<ResumeStates>>,
-    /// Layers kept, oldest first, with the bytes each holds.
+    /// Layers kept, least recently kept first, with the bytes each holds.
     layers: Vec<(usize, usize)>,
 }
 
@@ -107,21 +108,57 @@ impl Drafts {
     /// Keep the states a verification captured for (set, task) at `layer`.
     pub fn keep_states(&self, set: SetName, task: &str, layer: usize, states: Arc<ResumeStates>) {
         let mut r = self.1.lock().expect("resume states");
-        let bytes = states.bytes();
-        match r.layers.iter_mut().find(|(l, _)| *l == layer) {
-            Some((_, held)) => *held += bytes,
-            None => r.layers.push((layer, bytes)),
+        r.keep((layer, set, task.to_string()), states, RESUME_BYTES_KEPT);
+    }
+}
+
+impl Resumes {
+    /// Keep `states` under `key`, then drop the least recently kept layers while more than
+    /// `budget` bytes are held (the layer of `key`, now the most recent, stays).
+    fn keep(&mut self, key: (usize, SetName, String), states: Arc<ResumeStates>, budget: usize) {
+        let layer = key.0;
+        let mut held = match self.layers.iter().position(|(l, _)| *l == layer) {
+            Some(i) => self.layers.remove(i).1,
+            None => 0,
+        };
+        held += states.bytes();
+        if let Some(old) = self.states.insert(key, states) {
+            held -= old.bytes();
         }
-        let replaced = r.states.insert((layer, set, task.to_string()), states);
-        if let Some(old) = replaced {
-            let entry = r.layers.iter_mut().find(|(l, _)| *l == layer);
-            entry.expect("kept above").1 -= old.bytes();
+        self.layers.push((layer, held));
+        while self.layers.len() > 1 && self.layers.iter().map(|(_, b)| b).sum::<usize>() > budget {
+            let (oldest, _) = self.layers.remove(0);
+            self.states.retain(|k, _| k.0 != oldest);
         }
-        while r.layers.len() > 1
-            && r.layers.iter().map(|(_, b)| b).sum::<usize>() > RESUME_BYTES_KEPT
-        {
-            let (oldest, _) = r.layers.remove(0);
-            r.states.retain(|k, _| k.0 != oldest);
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_recently_kept_layer_goes_first_and_the_one_being_kept_stays() {
+        let states = |floats: usize| {
+            Arc::new(ResumeStates {
+                x: vec![0.0; floats],
+                kv: None,
+            })
+        };
+        let key = |layer, task: &str| (layer, SetName::Clean, task.to_string());
+        let mut r = Resumes::default();
+        let budget = 3 * 4 * 10; // three states of 10 floats
+        r.keep(key(23, "a"), states(10), budget);
+        r.keep(key(11, "a"), states(10), budget);
+        r.keep(key(23, "b"), states(10), budget);
+        assert_eq!(r.layers, vec![(11, 40), (23, 80)]);
+        // A fourth state is over budget: layer 11, kept least recently, goes.
+        r.keep(key(23, "c"), states(10), budget);
+        assert_eq!(r.layers, vec![(23, 120)]);
+        assert!(r.states.keys().all(|k| k.0 == 23));
+        // Replacing a state counts its bytes once; a layer alone over budget stays.
+        r.keep(key(23, "c"), states(30), budget);
+        assert_eq!(r.layers, vec![(23, 200)]);
+        assert_eq!(r.states.len(), 3);
     }
 }
