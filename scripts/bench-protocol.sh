@@ -13,6 +13,10 @@
 # ratio of evaluation seconds to the first build's; then the verdicts that differ between builds
 # on the edits both made. Each build's directory is resumable (rerun the same command).
 set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: scripts/bench-protocol.sh OUT_DIR NAME=BINARY [NAME=BINARY ...]" >&2
+  exit 2
+fi
 out=$1
 shift
 shared=${SHARED:-../shared}
@@ -49,14 +53,16 @@ out, names = pathlib.Path(sys.argv[1]), sys.argv[2:]
 runs = {}
 for n in names:
     recs = {}
+    # By (layer group, task): a sample task edit-worthy on a build's baseline is edited in
+    # every group, at each group's layer.
     for f in sorted((out / n).glob("L*/edits.jsonl")):
         for line in f.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                recs[r["task"]] = r
+                recs[(f.parent.name, r["task"])] = r
     runs[n] = recs
 first = names[0]
-base_eval = sum(r["t_eval"] for r in runs[first].values()) / max(len(runs[first]), 1)
+base_eval = sum(r["t_eval"] for r in runs[first].values()) / max(len(runs[first]), 1) or float("nan")
 print("| build | edits | trace + edit s / edit | evaluation s / edit | edits per hour | evaluation vs " + first + " |")
 print("|---|---:|---:|---:|---:|---:|")
 for n in names:
@@ -74,5 +80,5 @@ for n in names[1:]:
         a, b = runs[first][t]["after"], runs[n][t]["after"]
         moved += sum(a[s][task] != b.get(s, {}).get(task) for s in a for task in a[s])
     print(f"\n{n} against {first}: {len(common)} edits made by both, verdicts that differ among their "
-          f"evaluations: {moved}; edited by one build only: {', '.join(only) or 'none'}")
+          f"evaluations: {moved}; edited by one build only: {', '.join(f'{t} ({g})' for g, t in only) or 'none'}")
 EOF

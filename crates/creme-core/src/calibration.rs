@@ -32,6 +32,21 @@ pub struct TaskTraces {
     pub pass_key: usize,
     pub pass_scores: Vec<f64>,
     pub seconds: f64,
+    /// The pair is too close to normalise: `logprob` holds log-probabilities, no threshold
+    /// applies to it, and it gives no threshold candidates (its key layer is the best one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_close: Option<crate::trace::TooClose>,
+}
+
+impl TaskTraces {
+    /// The saturating rule's key layer at `threshold`; the best layer for a pair too close to
+    /// normalise.
+    fn key_layer(&self, threshold: f64) -> usize {
+        match self.too_close {
+            Some(_) => choose_layer(&self.logprob, &self.distances),
+            None => choose_layer_saturating(&self.logprob, &self.distances, threshold),
+        }
+    }
 }
 
 /// (same layer, within 2 layers) counts.
@@ -130,6 +145,7 @@ pub async fn trace_task(
     .await?;
     Ok(TaskTraces {
         task: clean.task_id.clone(),
+        too_close: lp.too_close,
         logprob: lp.scores,
         distances: setup.distances.clone(),
         pass_key: pass.key_layer,
@@ -141,7 +157,7 @@ pub async fn trace_task(
 /// How the rule with `threshold` agrees with the pass metric on `traces`.
 fn agreement(traces: &[&TaskTraces], threshold: f64) -> Agreement {
     traces.iter().fold(Agreement::default(), |a, t| {
-        let l = choose_layer_saturating(&t.logprob, &t.distances, threshold);
+        let l = t.key_layer(threshold);
         Agreement {
             same: a.same + (l == t.pass_key) as usize,
             within_2: a.within_2 + (l.abs_diff(t.pass_key) <= 2) as usize,
@@ -154,6 +170,7 @@ fn agreement(traces: &[&TaskTraces], threshold: f64) -> Agreement {
 fn fit(traces: &[&TaskTraces]) -> f64 {
     let mut candidates: Vec<f64> = traces
         .iter()
+        .filter(|t| t.too_close.is_none())
         .flat_map(|t| t.logprob.iter().cloned())
         .filter(|v| v.is_finite())
         .collect();
@@ -195,7 +212,7 @@ fn held_out_rows(
                 task: t.task.clone(),
                 pass_layer: t.pass_key,
                 threshold_fit_on_others: th,
-                predicted: choose_layer_saturating(&t.logprob, &t.distances, th),
+                predicted: t.key_layer(th),
                 argmax_layer: choose_layer(&t.logprob, &t.distances),
                 reference_layer: reference.get(&t.task).copied(),
             }
@@ -241,10 +258,7 @@ pub fn calibrate(
     let threshold = fit(&all);
     let on_ref: Vec<(usize, usize)> = traces
         .iter()
-        .filter_map(|t| {
-            let l = choose_layer_saturating(&t.logprob, &t.distances, threshold);
-            Some((*reference.get(&t.task)?, l))
-        })
+        .filter_map(|t| Some((*reference.get(&t.task)?, t.key_layer(threshold))))
         .collect();
     Calibration {
         version: CALIBRATION_VERSION,
@@ -345,6 +359,7 @@ mod tests {
             pass_key,
             pass_scores: vec![],
             seconds: 0.0,
+            too_close: None,
         }
     }
 
@@ -373,6 +388,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_too_close_to_normalise_gives_no_threshold_and_keeps_its_best_layer() {
+        let d: Vec<f64> = (0..6).map(|l| l as f64).collect();
+        let mut flagged = task("f", vec![-9.0, -8.0, -7.5, -7.0, -8.5, -9.5], d.clone(), 3);
+        flagged.too_close = Some(crate::trace::TooClose {
+            lp_clean: -7.2,
+            lp_pert: -7.0,
+        });
+        let ts = vec![
+            task("a", vec![1.5, 1.2, 0.95, 0.3, 0.1, 0.0], d.clone(), 2),
+            task("b", vec![1.1, 0.97, 0.92, 0.91, 0.2, 0.0], d.clone(), 3),
+            flagged,
+        ];
+        let cal = calibrate(PerturbationType::C3, &ts, &BTreeMap::new());
+        assert!(
+            cal.threshold > 0.0,
+            "log-probabilities are no candidates: {}",
+            cal.threshold
+        );
+        let f = cal.rows.iter().find(|r| r.task == "f").unwrap();
+        assert_eq!(f.predicted, 3, "the highest patched log-probability");
+    }
+
+    #[test]
     fn an_unversioned_calibration_loads_and_a_later_one_is_refused() {
         let legacy = r#"{"threshold":0.9,"fit":{"same":1,"within_2":1},"loo":{"same":0,"within_2":1,"tasks":1},"argmax_same":0,
             "reference":{"tasks":0,"same":0,"within_2":0,"pass_metric_same":0},
@@ -394,6 +432,7 @@ mod tests {
             pass_key: 0,
             pass_scores: Vec::new(),
             seconds: 0.0,
+            too_close: None,
         };
         let tasks: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let mut traced = Vec::new();

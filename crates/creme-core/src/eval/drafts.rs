@@ -14,8 +14,8 @@ use crate::sets::SetName;
 #[derive(Default)]
 pub struct Drafts(HashMap<(SetName, String), Draft>, Mutex<Resumes>);
 
-/// Bytes of [`Resumes`] kept at once; past it the least recently kept layers go first (never
-/// the one being kept).
+/// Bytes of [`Resumes`] kept at once; past it the least recently kept layers go first, and a
+/// layer that alone would exceed it keeps no more.
 /// A row of prompt + draft holds the residual stream (d_model floats) and the keys and values
 /// of every layer below the resume layer (2 * n_kv_heads * head_dim floats each): at layer 23
 /// of Qwen2.5-Coder-0.5B about 27 KB, so a layer's 60 prompts of 400 rows take about 650 MB.
@@ -113,23 +113,29 @@ impl Drafts {
 }
 
 impl Resumes {
-    /// Keep `states` under `key`, then drop the least recently kept layers while more than
-    /// `budget` bytes are held (the layer of `key`, now the most recent, stays).
+    /// Keep `states` under `key`: drop the least recently kept other layers while more than
+    /// `budget` bytes would be held, then keep it unless its layer alone would still be over
+    /// (that prompt then verifies in full at every edit, as without resuming).
     fn keep(&mut self, key: (usize, SetName, String), states: Arc<ResumeStates>, budget: usize) {
         let layer = key.0;
         let mut held = match self.layers.iter().position(|(l, _)| *l == layer) {
             Some(i) => self.layers.remove(i).1,
             None => 0,
         };
-        held += states.bytes();
-        if let Some(old) = self.states.insert(key, states) {
-            held -= old.bytes();
-        }
-        self.layers.push((layer, held));
-        while self.layers.len() > 1 && self.layers.iter().map(|(_, b)| b).sum::<usize>() > budget {
+        let old = self.states.get(&key).map_or(0, |s| s.bytes());
+        let after = held - old + states.bytes();
+        while !self.layers.is_empty()
+            && self.layers.iter().map(|(_, b)| b).sum::<usize>() + after > budget
+        {
             let (oldest, _) = self.layers.remove(0);
             self.states.retain(|k, _| k.0 != oldest);
         }
+        if after <= budget {
+            self.states.insert(key, states);
+            held = after;
+        }
+        // This layer is now the most recently kept (last), so it is the last to go.
+        self.layers.push((layer, held));
     }
 }
 
@@ -156,9 +162,12 @@ mod tests {
         r.keep(key(23, "c"), states(10), budget);
         assert_eq!(r.layers, vec![(23, 120)]);
         assert!(r.states.keys().all(|k| k.0 == 23));
-        // Replacing a state counts its bytes once; a layer alone over budget stays.
-        r.keep(key(23, "c"), states(30), budget);
-        assert_eq!(r.layers, vec![(23, 200)]);
+        // Replacing a state counts its bytes once.
+        r.keep(key(23, "c"), states(5), budget);
+        assert_eq!(r.layers, vec![(23, 100)]);
+        // A state that would take its layer alone over budget is not kept; the rest stay.
+        r.keep(key(23, "d"), states(10), budget);
+        assert_eq!(r.layers, vec![(23, 100)]);
         assert_eq!(r.states.len(), 3);
     }
 }

@@ -683,11 +683,15 @@ fn record(
     let own_set = SetName::Perturbed(job.ptype);
     let task = job.pert.task_id.as_str();
     let stacked: Vec<String> = job.stacked.iter().map(|(_, p)| p.task_id.clone()).collect();
+    // Every pair the edit was fitted on but this one's own is its training data, left out of
+    // its scores of the type: a matched control's partner, and the stacked pairs.
+    let partner = job.partner.as_ref().map(|(_, p)| p.task_id.clone());
+    let fitted_on: Vec<String> = partner.into_iter().chain(stacked.iter().cloned()).collect();
     let mut scores = BTreeMap::new();
     let mut local = None;
     for s in plan.all_sets.iter().filter(|s| !s.is_clean()) {
         let own = *s == own_set;
-        let left_out = if own { &stacked[..] } else { &[] };
+        let left_out = if own { &fitted_on[..] } else { &[] };
         let (score, l) = score_set(base, &after, *s, (own.then_some(task), left_out))?;
         if *s == own_set {
             local = l;
