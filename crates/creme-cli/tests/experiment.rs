@@ -425,24 +425,28 @@ fn calibrate_layer_takes_the_edit_worthy_tasks_and_the_given_ones() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Prompt rows, the aligned trace, the target past the divergence, a near-exact ridge fit, each
+/// edit evaluated on the edit-worthy tasks.
+const PROMPT_ROWS_SETTING: [&str; 10] = [
+    "--rows",
+    "prompt",
+    "--solver",
+    "ridge",
+    "--ridge",
+    "0.001",
+    "--past-divergence",
+    "2",
+    "--eval-scope",
+    "edit-worthy",
+];
+
 /// The controls: the setting (prompt rows, the aligned trace, the target past the divergence),
 /// then the same pairs with --control sham / matched; `creme compare` pairs them by task and
 /// refuses a "control" run that holds real edits.
 #[test]
 fn control_runs_pair_with_the_setting_in_compare() {
     let (data, model, root) = setup("controls", 3);
-    let setting = [
-        "--rows",
-        "prompt",
-        "--solver",
-        "ridge",
-        "--ridge",
-        "0.001",
-        "--past-divergence",
-        "2",
-        "--eval-scope",
-        "edit-worthy",
-    ];
+    let setting = PROMPT_ROWS_SETTING;
     let run = |name: &str, control: &[&str]| {
         let out = root.join(name);
         let args: Vec<&str> = setting.iter().chain(control).copied().collect();
@@ -508,18 +512,7 @@ fn control_runs_pair_with_the_setting_in_compare() {
 #[test]
 fn a_multi_pair_edit_stacks_the_next_pairs_and_leaves_them_out_of_its_scores() {
     let (data, model, root) = setup("pairs", 3);
-    let setting = [
-        "--rows",
-        "prompt",
-        "--solver",
-        "ridge",
-        "--ridge",
-        "0.001",
-        "--past-divergence",
-        "2",
-        "--eval-scope",
-        "edit-worthy",
-    ];
+    let setting = PROMPT_ROWS_SETTING;
     let out = root.join("pairs2");
     let args: Vec<&str> = setting.iter().chain(&["--pairs", "2"]).copied().collect();
     let o = experiment(&data, &model, &root, &out, &args)

@@ -348,25 +348,33 @@ impl ExperimentPlan {
     }
 }
 
+/// Each job's (clean, perturbed) pair, and per job the indices of the jobs of its type in order
+/// with its own place among them: the ring matched partners and stacked pairs are taken from.
+fn type_rings(jobs: &[Job]) -> (Vec<(Problem, Problem)>, Vec<(Vec<usize>, usize)>) {
+    let pairs = jobs
+        .iter()
+        .map(|j| (j.clean.clone(), j.pert.clone()))
+        .collect();
+    let rings = (jobs.iter().enumerate())
+        .map(|(i, job)| {
+            let same: Vec<usize> = (0..jobs.len())
+                .filter(|&k| jobs[k].ptype == job.ptype)
+                .collect();
+            let at = same.iter().position(|&k| k == i).expect("of its type");
+            (same, at)
+        })
+        .collect();
+    (pairs, rings)
+}
+
 /// Give every job the next job of its type (cyclically) as the matched control's pair. A type
 /// with one edit-worthy task has no other pair to match: its job is dropped and returned, so
 /// that the control run says which pairs it lacks instead of failing the whole run.
 fn match_partners(jobs: &mut Vec<Job>) -> Vec<(PerturbationType, String)> {
-    let pairs: Vec<(PerturbationType, Problem, Problem)> = jobs
-        .iter()
-        .map(|j| (j.ptype, j.clean.clone(), j.pert.clone()))
-        .collect();
-    for (i, job) in jobs.iter_mut().enumerate() {
-        let same: Vec<usize> = (0..pairs.len())
-            .filter(|&k| pairs[k].0 == job.ptype)
-            .collect();
-        let at = same
-            .iter()
-            .position(|&k| k == i)
-            .expect("the job is of its type");
+    let (pairs, rings) = type_rings(jobs);
+    for (job, (same, at)) in jobs.iter_mut().zip(rings) {
         if same.len() >= 2 {
-            let k = same[(at + 1) % same.len()];
-            job.partner = Some((pairs[k].1.clone(), pairs[k].2.clone()));
+            job.partner = Some(pairs[same[(at + 1) % same.len()]].clone());
         }
     }
     let (matched, alone): (Vec<Job>, Vec<Job>) = std::mem::take(jobs)
@@ -383,20 +391,14 @@ fn match_partners(jobs: &mut Vec<Job>) -> Vec<(PerturbationType, String)> {
 /// its edit is made from (its partner's place for a matched control), cyclically, stopping
 /// before its own.
 fn stack_pairs(jobs: &mut [Job], k: usize) {
-    let pairs: Vec<(PerturbationType, Problem, Problem)> = jobs
-        .iter()
-        .map(|j| (j.ptype, j.clean.clone(), j.pert.clone()))
-        .collect();
-    for (i, job) in jobs.iter_mut().enumerate() {
-        let same: Vec<usize> = (0..pairs.len())
-            .filter(|&n| pairs[n].0 == job.ptype)
-            .collect();
-        let at = same.iter().position(|&n| n == i).expect("of its type");
+    let (pairs, rings) = type_rings(jobs);
+    for (job, (same, at)) in jobs.iter_mut().zip(rings) {
+        let own = same[at];
         let from = at + job.partner.is_some() as usize;
         job.stacked = (1..k)
             .map(|o| same[(from + o) % same.len()])
-            .take_while(|&n| n != i)
-            .map(|n| (pairs[n].1.clone(), pairs[n].2.clone()))
+            .take_while(|&n| n != own)
+            .map(|n| pairs[n].clone())
             .collect();
     }
 }
