@@ -9,7 +9,11 @@
 #      and 512;
 #   3. the 164 clean HumanEval prompts greedily on it, tests executed in the sandbox, against the
 #      HF transformers oracle in ../shared/oracle: share of identical completions (>= 90%) and the
-#      pass count (71 +- 2). A --limit run checks only the identical share.
+#      pass count (71 +- 2). A --limit run checks only the identical share. Evaluation runs the
+#      batch-invariant kernels (eval's default);
+#   4. drafts on the GPU: an edited model (a closed-form edit made there) evaluated on the first 32
+#      clean prompts plainly (batch 32) and draft-verified against step 3's completions; the
+#      completions must be identical, and both wall times are printed.
 #   scripts/gpu-check.sh [--creme BIN] [--model M.gguf] [--dataset DIR] [--oracle DIR]
 #                        [--backend vulkan] [--limit N] [--out DIR] [--llama-bench BIN]
 # Output goes to stdout and to --out (default: $OUT where the device tool sets it, else gpu-check/).
@@ -69,7 +73,7 @@ for k, name in (("pp", "pp512"), ("tg", "tg128")):
 EOF
 fi
 
-step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass; an f16 KV cache; weight rows in groups of 8"
+step "the other kernel choices: prompts with a thread per weight row; decode without subgroups; decode attention in one pass; an f16 KV cache; weight rows in groups of 8; the batch-invariant kernels (eval's)"
 variant() { # label, env: pp512 and tg128, one line each
   env $2 "$creme" bench --backend "$backend" --model "$model" --prefill 512 --prefill-batch 0 \
     --decode "" --tg 128 --trace false --humaneval 0 --repetitions 3 --json > "$out/bench-$1.json"
@@ -80,6 +84,7 @@ variant no-subgroups CREME_NO_SUBGROUPS=1
 variant one-pass-attention CREME_SPLIT_ATTENTION=0
 variant kv-f16 CREME_KV_F16=1
 variant row-group-8 CREME_WEIGHT_ROW_GROUP=8
+variant batch-invariant CREME_BATCH_INVARIANT=1
 
 step "matmul kernels alone: m = 1 (chosen, a workgroup per row), m = 512 (chosen, a thread per row)"
 for run in 1:auto 1:wg 512:auto 512:rows; do
@@ -91,7 +96,7 @@ step "clean HumanEval, greedy, against the oracle"
 lim=(); [ -n "$limit" ] && lim=(--limit "$limit")
 "$creme" eval --backend "$backend" --model "$model" --dataset "$dataset" --types clean "${lim[@]}" \
   --batch 32 --out "$out/eval" | tee "$out/eval.txt"
-python3 - "$out/eval/samples.jsonl" "$oracle" "${limit:-164}" <<'EOF' | tee "$out/oracle.txt"
+if python3 - "$out/eval/samples.jsonl" "$oracle" "${limit:-164}" <<'EOF' | tee "$out/oracle.txt"
 import json, sys
 samples, oracle, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ref = json.load(open(f"{oracle}/hf_greedy_clean_completions.json"))["clean"]
@@ -104,6 +109,33 @@ oracle_passes = oracle_passes if isinstance(oracle_passes, int) else sum(map(boo
 share = same / max(len(ours), 1)
 print(f"identical completions: {same}/{len(ours)} ({share:.1%}); passes: {passes} (oracle {oracle_passes} on 164)")
 ok = len(ours) == limit and share >= 0.90 and (limit < 164 or abs(passes - oracle_passes) <= 2)
-print("gpu-check:", "PASS" if ok else "FAIL")
+print("oracle check:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 EOF
+then oracle_ok=1; else oracle_ok=0; fi
+
+step "drafts on the GPU: an edited model, plainly and draft-verified against the clean completions"
+"$creme" edit --backend "$backend" --model "$model" --dataset "$dataset" --task HumanEval/16 \
+  --type C3 --layer 11 --solver ridge --rows prompt --no-eval --out "$out/edit.patch" 2>&1 \
+  | grep -v XDG_RUNTIME_DIR | tee "$out/drafts.txt"
+n_drafted=32; [ -n "$limit" ] && [ "$limit" -lt 32 ] && n_drafted=$limit
+for way in plain drafted; do
+  extra=(); [ "$way" = drafted ] && extra=(--baseline "$out/eval")
+  start=$(date +%s%N)
+  "$creme" eval --backend "$backend" --model "$model" --dataset "$dataset" --types clean \
+    --limit "$n_drafted" --batch 32 --patch "$out/edit.patch" "${extra[@]}" --out "$out/edited-$way" \
+    2>&1 | grep -v XDG_RUNTIME_DIR | tail -3
+  echo "$way: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+done 2>&1 | tee -a "$out/drafts.txt"
+python3 - "$out/edited-plain/samples.jsonl" "$out/edited-drafted/samples.jsonl" <<'EOF' | tee -a "$out/drafts.txt"
+import json, sys
+plain, drafted = ({(r["task_id"], r.get("sample", 0)): r["completion"]
+                   for r in map(json.loads, filter(str.strip, open(p)))} for p in sys.argv[1:3])
+same = sum(plain[k] == drafted.get(k) for k in plain)
+ok = bool(plain) and same == len(plain)
+print(f"draft-verified completions identical to plain generation: {same}/{len(plain)}")
+print("drafts check:", "PASS" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+EOF
+[ "$oracle_ok" = 1 ] || { echo "gpu-check: FAIL (the oracle check)"; exit 1; }
+echo "gpu-check: PASS"

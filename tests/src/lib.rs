@@ -125,6 +125,15 @@ pub fn device_on(backend: &str) -> Device {
             o.weight_row_group = Some(rg["vulkan-rg".len()..].parse().unwrap());
             Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
         }
+        // wgpu on Vulkan with batch-invariant kernels: the adapter's own choice, or the GPUs'
+        // tile kernel (`vulkan-invariant-gemm`).
+        inv if inv.starts_with("vulkan-invariant") => {
+            let mut o = creme_core::GpuOptions::from_env();
+            o.backends = Some("vulkan".into());
+            o.batch_invariant = Some(true);
+            o.qmm = inv.strip_prefix("vulkan-invariant-").map(String::from);
+            Device::Wgpu(creme_core::Gpu::new_blocking(&o).unwrap())
+        }
         wgpu => {
             Device::Wgpu(gpu_on(Some(wgpu)).unwrap_or_else(|e| panic!("no {wgpu} adapter: {e}")))
         }

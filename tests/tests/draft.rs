@@ -1,4 +1,5 @@
-//! Draft-verified generation equals plain greedy generation, token for token, on the CPU backend:
+//! Draft-verified generation equals plain greedy generation, token for token, on the CPU backend
+//! and on wgpu's batch-invariant kernels (lavapipe):
 //! drafts from the unedited model, from the edited model itself, and arbitrary tokens, on the tiny
 //! models and on real prompts with a real model.
 
@@ -6,7 +7,7 @@ use creme_core::cpu::SplitMix64;
 use creme_core::draft::{generate_from_drafts, Draft, Resume};
 use creme_core::generate::{generate, humaneval_stops, GenerateOptions};
 use creme_core::model::Model;
-use creme_core::Device;
+use creme_core::{Backend, Device};
 use creme_tests::{device_on, model_path, require_shared, tiny};
 
 /// The model with layer `l`'s W_down moved by noise of relative size `scale` (a stand-in edit).
@@ -162,13 +163,24 @@ fn check_resumed(
     }
 }
 
+/// The CPU backend, and wgpu's batch-invariant kernels on lavapipe: the adapter's own (the
+/// row-per-thread kernel) and the GPUs' tile kernel.
+const INVARIANT_DEVICES: [&str; 3] = ["cpu", "vulkan-invariant", "vulkan-invariant-gemm"];
+
 #[test]
 fn draft_verified_generation_equals_plain_generation_on_the_tiny_models() {
-    let dev = device_on("cpu");
+    for name in INVARIANT_DEVICES {
+        let dev = device_on(name);
+        assert!(dev.batch_invariant(), "{name}");
+        check_tiny_models(&dev);
+    }
+}
+
+fn check_tiny_models(dev: &Device) {
     for arch in ["qwen2", "llama"] {
         let file = tiny::tiny_gguf_arch(arch);
-        let base = Model::from_gguf_bytes(&dev, &file, 512).unwrap();
-        let edit = edited(&dev, &file, 1, 0.05, 3);
+        let base = Model::from_gguf_bytes(dev, &file, 512).unwrap();
+        let edit = edited(dev, &file, 1, 0.05, 3);
         let mut rng = SplitMix64(5);
         let prompts: Vec<Vec<u32>> = (0..6)
             .map(|k| {
@@ -185,7 +197,7 @@ fn draft_verified_generation_equals_plain_generation_on_the_tiny_models() {
                     stop: stop.clone(),
                     ..Default::default()
                 };
-                let (base_whole, noisy_whole, n) = check_equal(&dev, &base, &edit, &prompts, &opts);
+                let (base_whole, noisy_whole, n) = check_equal(dev, &base, &edit, &prompts, &opts);
                 diverged += (n - base_whole) + (n - noisy_whole);
             }
         }
@@ -203,24 +215,34 @@ fn draft_verified_generation_equals_plain_generation_on_real_prompts() {
     let Some(shared) = require_shared(&[HUMANEVAL]) else {
         return;
     };
-    let dev = device_on("cpu");
+    // The CPU backend, and lavapipe's batch-invariant kernels on fewer and shorter completions
+    // (it is some 10x slower; the prompts still span several of attention's key blocks).
+    for (name, n, tokens) in [("cpu", 4, 48), ("vulkan-invariant", 2, 24)] {
+        check_real_prompts(&device_on(name), &shared.join(HUMANEVAL), n, tokens);
+    }
+}
+
+fn check_real_prompts(dev: &Device, humaneval: &std::path::Path, n: usize, tokens: usize) {
     let file = std::fs::read(model_path("smollm2")).unwrap();
-    let base = Model::from_gguf_bytes(&dev, &file, 512).unwrap();
-    let edit = edited(&dev, &file, 12, 0.02, 11);
-    let text = std::fs::read_to_string(shared.join(HUMANEVAL)).unwrap();
+    let base = Model::from_gguf_bytes(dev, &file, 512).unwrap();
+    let edit = edited(dev, &file, 12, 0.02, 11);
+    let text = std::fs::read_to_string(humaneval).unwrap();
     let problems = creme_core::dataset::parse_jsonl(&text, "HumanEval.jsonl").unwrap();
     let prompts: Vec<Vec<u32>> = problems
         .iter()
-        .take(4)
+        .take(n)
         .map(|p| base.tokenizer.encode(&p.prompt).unwrap())
         .collect();
     let opts = GenerateOptions {
-        max_new_tokens: 48,
+        max_new_tokens: tokens,
         stop: humaneval_stops(),
         ..Default::default()
     };
-    let (whole, noisy_whole, n) = check_equal(&dev, &base, &edit, &prompts, &opts);
-    eprintln!("drafts accepted whole: of the unedited model {whole}/{n}, noisy {noisy_whole}/{n}");
+    let (whole, noisy_whole, n) = check_equal(dev, &base, &edit, &prompts, &opts);
+    eprintln!(
+        "{}: drafts accepted whole: of the unedited model {whole}/{n}, noisy {noisy_whole}/{n}",
+        dev.describe()
+    );
     assert!(noisy_whole < n);
 }
 

@@ -111,6 +111,64 @@ fn gpu_quant_matmul_equals_cpu_for_every_format() {
     }
 }
 
+#[test]
+fn batch_invariant_kernels_give_a_row_the_same_bits_whatever_rows_are_beside_it() {
+    // The default kernel choice and each kernel batch-invariant mode may take for every m: a
+    // row's result from a product of 37 rows, of a few, and of that row alone, bit for bit.
+    for flavour in [
+        None,
+        Some("rows"),
+        Some("rows_sg"),
+        Some("wg"),
+        Some("tiled"),
+        Some("gemm"),
+    ] {
+        let mut o = creme_core::GpuOptions::from_env();
+        o.qmm = flavour.map(String::from);
+        o.batch_invariant = Some(true);
+        let gpu = creme_core::Gpu::new_blocking(&o).unwrap();
+        assert!(
+            !gpu.split_attention,
+            "decode attention split in batch-invariant mode"
+        );
+        let kernel = gpu.qmm_kernel(1, 512);
+        for m in [2, 5, 16, 37] {
+            assert_eq!(
+                gpu.qmm_kernel(m, 512),
+                kernel,
+                "{flavour:?}: the kernel moved with m"
+            );
+        }
+        let mut rng = SplitMix64(7);
+        for t in ALL_TYPES {
+            let (rows, k, m) = (70usize, 512usize, 37usize);
+            let raw = random_blocks(t, rows * k / t.block_elems(), &mut rng);
+            let w = gpu.upload_weight("w", t, rows, k, &raw).unwrap();
+            let x = rng.vec_f32(m * k);
+            let all = pollster::block_on(gpu.matmul_quant(&x, &w, None, m)).unwrap();
+            for (start, len) in [(0, 1), (36, 1), (3, 1), (3, 4), (20, 17), (1, 16)] {
+                let part = &x[start * k..(start + len) * k];
+                let got = pollster::block_on(gpu.matmul_quant(part, &w, None, len)).unwrap();
+                let want = &all[start * rows..(start + len) * rows];
+                let same = got
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{} kernel {kernel}: rows {start}..+{len} differ alone",
+                    t.name()
+                );
+            }
+        }
+    }
+    // The matvec kernel serves decode only: refused in batch-invariant mode.
+    let mut o = creme_core::GpuOptions::from_env();
+    o.qmm = Some("mv".into());
+    o.batch_invariant = Some(true);
+    assert!(creme_core::Gpu::new_blocking(&o).is_err());
+}
+
 fn check_formats(gpu: &creme_core::Gpu, flavour: Option<&str>) {
     let mut rng = SplitMix64(99);
     for t in ALL_TYPES {

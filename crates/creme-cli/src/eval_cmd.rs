@@ -48,8 +48,8 @@ pub struct EvalArgs {
     pub patch: Vec<PathBuf>,
     /// Drafts: an earlier greedy `eval` (its OUT dir) of the unedited model, or a completions file
     /// as for --completions; each is verified in one forward, decoding only past the first token
-    /// where this model's greedy choice differs (exact on the CPU backend, which is
-    /// batch-invariant; elsewhere ignored)
+    /// where this model's greedy choice differs (exact on batch-invariant kernels: the CPU
+    /// backend's, and wgpu's, which eval runs unless CREME_BATCH_INVARIANT=0)
     /// (repeatable)
     #[arg(long)]
     pub baseline: Vec<PathBuf>,
@@ -134,7 +134,7 @@ pub fn run(gpu_opts: &creme_core::GpuOptions, a: EvalArgs) -> Res {
             let drafts = read_drafts(&a.baseline, &dir, &types, &model, &manifest)?;
             if drafts.is_some() && !dev.batch_invariant() {
                 eprintln!(
-                    "note: --baseline drafts are verified only on the CPU backend (batch-invariant); generating plainly on {}",
+                    "note: --baseline drafts are verified only on a batch-invariant backend (CREME_BATCH_INVARIANT=0 turned it off); generating plainly on {}",
                     creme_core::Backend::describe(&dev)
                 );
             }

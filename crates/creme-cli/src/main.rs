@@ -220,7 +220,9 @@ fn run(cli: Cli) -> common::Res {
     match cli.cmd {
         Cmd::Info { gpu, args } => info_cmd::info(&gpu.options(), args),
         Cmd::CheckMatmul { gpu, args } => info_cmd::check_matmul(&gpu.options(), args),
-        Cmd::Experiment { gpu, args } => experiment_cmd::run(&gpu.options(), args),
+        Cmd::Experiment { gpu, args } => {
+            experiment_cmd::run(&gpu.options().invariant_by_default(), args)
+        }
         Cmd::Report { args } => report_cmd::main(args),
         Cmd::Compare { args } => compare_cmd::run(args),
         Cmd::Diverge { gpu, args } => diverge_cmd::run(&Device::open(&gpu.options())?, args),
@@ -229,7 +231,7 @@ fn run(cli: Cli) -> common::Res {
         Cmd::Quantize { gpu, args } => quantize_cmd::run(&gpu.options(), args),
         Cmd::Export { args } => export_cmd::run(args),
         Cmd::Perturb { args } => perturb_cmd::run(args),
-        Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options(), args),
+        Cmd::Eval { gpu, args } => eval_cmd::run(&gpu.options().invariant_by_default(), args),
         Cmd::CalibrateLayer { gpu, args } => {
             calibrate_cmd::run(&Device::open(&gpu.options())?, args)
         }

@@ -10,7 +10,8 @@
 //! tokenized again); a better draft is only faster. One prefill replaces hundreds of decode steps.
 //!
 //! This equals plain greedy generation only where a row's result does not depend on the batch or
-//! position it is computed in (`Device::batch_invariant`: the CPU backend); elsewhere
+//! position it is computed in (`Device::batch_invariant`: the CPU backend, and wgpu with its
+//! batch-invariant kernels, `GpuOptions::batch_invariant`); elsewhere
 //! [`generate_from_drafts`] refuses, and callers generate plainly.
 //!
 //! Resuming at the edited layer: an edit of layer L leaves layers 0..L unchanged, so the residual
@@ -95,7 +96,7 @@ pub async fn generate_from_drafts(
     opts: &GenerateOptions,
 ) -> Result<Vec<Verified>, ModelError> {
     if !dev.batch_invariant() {
-        return Err(ModelError::Format(format!("draft verification is exact only on a batch-invariant backend (the CPU backend), not {}", dev.describe())));
+        return Err(ModelError::Format(format!("draft verification is exact only on a batch-invariant backend (the CPU backend, or wgpu with CREME_BATCH_INVARIANT=1), not {}", dev.describe())));
     }
     if opts.temperature > 0.0 {
         return Err(ModelError::Format(

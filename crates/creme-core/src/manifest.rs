@@ -217,7 +217,7 @@ fn task_digest(p: &Problem) -> String {
 /// The backend as far as results depend on it. The CPU backend gives the same bits whatever its
 /// thread count or SIMD ISA (tested), so only cpu / cpu-exact count. On wgpu the adapter counts
 /// with every option that moves its numbers (f16 KV cache, f32-only, subgroups, kernel choice,
-/// split attention, weight row groups) and the batch size, since wgpu is not batch-invariant.
+/// split attention, weight row groups) and the batch size unless its kernels are batch-invariant.
 pub fn results_device(dev: &Device, opts: &GpuOptions, batch: usize) -> String {
     use crate::Backend;
     let d = dev.describe();
@@ -229,8 +229,12 @@ pub fn results_device(dev: &Device, opts: &GpuOptions, batch: usize) -> String {
         }
         .into();
     }
+    let batch = match dev.batch_invariant() {
+        true => "batch-invariant".to_string(),
+        false => format!("batch {batch}"),
+    };
     format!(
-        "{d}; kv_f16 {}, force_f32 {}, no_subgroups {}, qmm {}, split_attention {}, weight_row_group {}, batch {batch}",
+        "{d}; kv_f16 {}, force_f32 {}, no_subgroups {}, qmm {}, split_attention {}, weight_row_group {}, {batch}",
         opts.kv_f16,
         opts.force_f32,
         opts.no_subgroups,

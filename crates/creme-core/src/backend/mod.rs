@@ -436,11 +436,12 @@ impl Backend for Device {
 
 impl Device {
     /// Whether a row's result is bit-identical whatever batch, padding or chunk it is computed in
-    /// (the CPU backend's guarantee; GPU reductions depend on the batch shape). Draft-verified
-    /// generation equals plain generation only on such a device.
+    /// (the CPU backend's guarantee; on wgpu only with batch-invariant kernels, since the
+    /// default kernels depend on the batch shape). Draft-verified generation equals plain
+    /// generation only on such a device.
     pub fn batch_invariant(&self) -> bool {
         match self {
-            Device::Wgpu(_) => false,
+            Device::Wgpu(g) => g.batch_invariant,
             #[cfg(not(target_arch = "wasm32"))]
             Device::Cpu(_) => true,
         }

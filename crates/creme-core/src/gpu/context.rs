@@ -34,6 +34,12 @@ pub struct GpuOptions {
     /// [`crate::quant::to_gpu_layout`]); default 8 on CPU adapters (the SIMD width of their
     /// lanes), 1 on GPUs.
     pub weight_row_group: Option<usize>,
+    /// Kernels whose result for a row does not depend on the batch, the chunk or the number of
+    /// rows it is computed with (`CREME_BATCH_INVARIANT=0|1`; default off, and on for `creme
+    /// eval` and `creme experiment`): one quantized matmul kernel for every m and unsplit decode
+    /// attention. Then draft-verified generation equals plain generation on wgpu too
+    /// (`crate::draft`), at the cost of slower decode.
+    pub batch_invariant: Option<bool>,
 }
 
 impl GpuOptions {
@@ -66,7 +72,15 @@ impl GpuOptions {
             split_attention: var("CREME_SPLIT_ATTENTION").map(|v| v != "0" && v != "false"),
             kv_f16: flag("CREME_KV_F16"),
             weight_row_group: var("CREME_WEIGHT_ROW_GROUP").map(|v| v.parse().unwrap_or(0)),
+            batch_invariant: var("CREME_BATCH_INVARIANT").map(|v| v != "0" && v != "false"),
         }
+    }
+
+    /// These options with batch-invariant kernels unless they were turned off explicitly (what
+    /// the commands that evaluate use: their drafts are exact only then).
+    pub fn invariant_by_default(mut self) -> Self {
+        self.batch_invariant.get_or_insert(true);
+        self
     }
 }
 
@@ -172,6 +186,8 @@ pub struct Gpu {
     pub cpu_adapter: bool,
     /// Decode attention runs split over the context (see `GpuOptions::split_attention`).
     pub split_attention: bool,
+    /// A row's results do not depend on the batch (see `GpuOptions::batch_invariant`).
+    pub batch_invariant: bool,
     /// The KV cache holds f16s (`GpuOptions::kv_f16` on an adapter with shader-f16).
     pub kv_f16: bool,
     /// Weight rows per interleaved group of the weights' layout (`GpuOptions::weight_row_group`).
@@ -195,6 +211,29 @@ pub struct Gpu {
     pub(crate) staging: std::sync::Mutex<Vec<wgpu::Buffer>>,
     /// Per-kernel timestamps while `creme bench` profiles (see `profile.rs`).
     pub(crate) profiler: std::sync::Mutex<Option<super::profile::Profiler>>,
+}
+
+/// Whether decode attention runs split, and whether the kernels are batch-invariant: a split
+/// attention and the matvec kernel (decode only) are not, so they conflict with asking for it.
+fn attention_and_invariance(
+    opts: &GpuOptions,
+    qmm: QmmPolicy,
+    cpu_adapter: bool,
+) -> Result<(bool, bool), GpuError> {
+    let invariant = opts.batch_invariant.unwrap_or(false);
+    if invariant && opts.split_attention == Some(true) {
+        return Err(GpuError::Device(
+            "split decode attention is not batch-invariant: CREME_SPLIT_ATTENTION=1 conflicts with CREME_BATCH_INVARIANT".into(),
+        ));
+    }
+    if invariant && qmm == QmmPolicy::Matvec {
+        return Err(GpuError::Device(
+            "CREME_QMM=mv serves decode only; batch-invariant kernels need one kernel for every m"
+                .into(),
+        ));
+    }
+    let split = !invariant && opts.split_attention.unwrap_or(!cpu_adapter);
+    Ok((split, invariant))
 }
 
 fn backends_from(opts: &GpuOptions) -> wgpu::Backends {
@@ -341,6 +380,7 @@ impl Gpu {
             None if cpu_adapter => 8,
             None => 1,
         };
+        let (split_attention, batch_invariant) = attention_and_invariance(opts, qmm, cpu_adapter)?;
         Ok(Gpu {
             device,
             queue,
@@ -349,7 +389,8 @@ impl Gpu {
             features,
             kernels,
             qmm,
-            split_attention: opts.split_attention.unwrap_or(!cpu_adapter),
+            split_attention,
+            batch_invariant,
             kv_f16,
             weight_row_group,
             cpu_adapter,

@@ -165,6 +165,9 @@ impl Gpu {
 
     /// The quantized matmul kernel for m rows of x of length k ([`Gpu::qmm_kernel`]).
     pub(crate) fn qmm(&self, m: u32, k: u32) -> Qmm {
+        if self.batch_invariant {
+            return self.invariant_qmm();
+        }
         let prompt = m >= QMM_TILED_MIN_ROWS;
         let decode = m <= QMM_MV_MAX_ROWS;
         match self.qmm {
@@ -184,6 +187,34 @@ impl Gpu {
 }
 
 impl Gpu {
+    /// The kernel of batch-invariant mode: one kernel and shape for every m, so that a row's
+    /// dot products run the same code in the same order whatever the rows beside it (each
+    /// kernel sums a product along k in a fixed order of its own; only the choice between
+    /// kernels and shapes moved results with m). `CREME_QMM` picks among the kernels that take
+    /// any m; by default CPU adapters run the row-per-thread kernel in its prompt shape, GPUs
+    /// the tile kernel (the shapes prompts, and so draft verification, run anyway).
+    fn invariant_qmm(&self) -> Qmm {
+        let rows_sg = || match self.fixed_subgroup_lanes() {
+            Some(lanes @ (4 | 8 | 16 | 32)) if cfg!(not(target_arch = "wasm32")) => Qmm::RowsSg {
+                lanes,
+                shape: RowsSgShape::WIDE,
+                x_len: None,
+            },
+            _ => Qmm::Rows,
+        };
+        match self.qmm {
+            QmmPolicy::Rows => Qmm::Rows,
+            QmmPolicy::Workgroup => Qmm::Workgroup,
+            QmmPolicy::Tiled => Qmm::Tiled,
+            QmmPolicy::Gemm => Qmm::Gemm,
+            QmmPolicy::RowsSubgroup => rows_sg(),
+            // Refused when the Gpu is made (it serves decode only).
+            QmmPolicy::Matvec => unreachable!("the matvec kernel is not batch-invariant"),
+            QmmPolicy::Auto if self.cpu_adapter => rows_sg(),
+            QmmPolicy::Auto => Qmm::Gemm,
+        }
+    }
+
     /// The matvec kernel: with its reduction in subgroup operations where the adapter's subgroups
     /// have 4 to 32 lanes (then a weight row's 32 lanes hold whole subgroups), else through
     /// workgroup memory. Native only: browsers want an `enable subgroups;` that this naga rejects.
