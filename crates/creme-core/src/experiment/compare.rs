@@ -213,12 +213,12 @@ pub fn markdown(c: &Comparison) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::edit::{Control, EditSettings};
     use crate::experiment::{CleanScore, Outcomes, EDIT_RECORD_VERSION};
 
-    fn rec(task: &str, passes: bool, control: Option<Control>) -> EditRecord {
+    pub(crate) fn rec(task: &str, passes: bool, control: Option<Control>) -> EditRecord {
         EditRecord {
             version: EDIT_RECORD_VERSION,
             ptype: PerturbationType::C3,

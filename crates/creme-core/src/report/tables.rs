@@ -44,8 +44,9 @@ pub fn is_edit_log(name: &str) -> bool {
 
 /// The edit records of several files (edits.jsonl, edits-shard-*.jsonl, of one or more runs),
 /// each given as (name, text) in reading order: finished lines only (a torn last line is a run
-/// still writing), one record per (type, task) — a record repeated across shards or reruns
-/// counts once. Names appear in errors.
+/// still writing), one record per pair (type, task and perturbed prompt) — a record repeated
+/// across shards or reruns counts once, while runs on sets of other perturbator seeds, which
+/// edit the same (type, task) from other prompts, pool as separate pairs. Names appear in errors.
 pub fn merge_edit_records(files: &[(String, String)]) -> Result<Vec<EditRecord>, String> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -55,7 +56,7 @@ pub fn merge_edit_records(files: &[(String, String)]) -> Result<Vec<EditRecord>,
             .filter(|l| l.ends_with('\n') && !l.trim().is_empty())
         {
             let r = EditRecord::parse_line(line.trim_end()).map_err(|e| format!("{name}: {e}"))?;
-            if seen.insert((r.ptype, r.task.clone())) {
+            if seen.insert((r.ptype, r.task.clone(), r.prompt_digest.clone())) {
                 out.push(r);
             }
         }
@@ -208,5 +209,34 @@ mod tests {
         assert_eq!(edit_log_name((1, 4)), "edits-shard-1-of-4.jsonl");
         assert!(is_edit_log(&edit_log_name((3, 4))) && is_edit_log("edits.jsonl"));
         assert!(!is_edit_log("samples.jsonl") && !is_edit_log("edits.jsonl.tmp"));
+    }
+
+    #[test]
+    fn merged_logs_keep_one_record_per_pair_and_the_pairs_of_other_seeds_apart() {
+        use crate::experiment::compare::tests::rec;
+        let seeded = |seed: &str| EditRecord {
+            prompt_digest: Some(seed.into()),
+            ..rec("HumanEval/5", true, None)
+        };
+        let line = |r: &EditRecord| serde_json::to_string(r).unwrap() + "\n";
+        let released = line(&seeded("a")) + &line(&rec("HumanEval/6", true, None));
+        let files = [
+            ("released/edits.jsonl".to_string(), released.clone()),
+            ("rerun/edits.jsonl".to_string(), released),
+            ("seed1/edits.jsonl".to_string(), line(&seeded("b"))),
+        ];
+        let merged = merge_edit_records(&files).unwrap();
+        let pairs: Vec<_> = merged
+            .iter()
+            .map(|r| (r.task.as_str(), r.prompt_digest.as_deref()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("HumanEval/5", Some("a")),
+                ("HumanEval/6", None),
+                ("HumanEval/5", Some("b"))
+            ]
+        );
     }
 }
