@@ -15,11 +15,11 @@ pub struct CompareArgs {
     #[arg(required = true)]
     pub setting: Vec<PathBuf>,
     /// A control run: LABEL=DIR[,DIR...] (repeatable)
-    #[arg(long = "control", value_parser = parse_control)]
+    #[arg(long = "control", value_parser = crate::report_cmd::parse_runs)]
     pub controls: Vec<(String, Vec<PathBuf>)>,
     /// Another setting's run of the same pairs (e.g. the paper's): LABEL=DIR[,DIR...]
     /// (repeatable); tested like a control, in the same Holm family
-    #[arg(long = "versus", value_parser = parse_control)]
+    #[arg(long = "versus", value_parser = crate::report_cmd::parse_runs)]
     pub versus: Vec<(String, Vec<PathBuf>)>,
     /// The setting's label in the table
     #[arg(long, default_value = "setting")]
@@ -30,16 +30,6 @@ pub struct CompareArgs {
     /// Also write the comparison as JSON here
     #[arg(long)]
     pub json: Option<PathBuf>,
-}
-
-fn parse_control(s: &str) -> Result<(String, Vec<PathBuf>), String> {
-    let (label, dirs) = s
-        .split_once('=')
-        .ok_or_else(|| format!("--control '{s}': LABEL=DIR[,DIR...]"))?;
-    Ok((
-        label.to_string(),
-        dirs.split(',').map(PathBuf::from).collect(),
-    ))
 }
 
 pub fn run(a: CompareArgs) -> Res {

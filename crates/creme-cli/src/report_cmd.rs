@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use creme_core::calibration::Calibration;
 use creme_core::eval;
 use creme_core::experiment::EditRecord;
-use creme_core::report::efficacy::{self, EfficacyInputs};
+use creme_core::report::efficacy::{self, Baseline, EfficacyInputs};
 use creme_core::report::tables::{self, Report};
+use creme_core::sets::SetName;
+use creme_core::stats::Confidence;
 
 use crate::common::{self, Res};
 
@@ -20,25 +22,62 @@ pub struct ReportArgs {
     /// Where to write report.md / report.json (default: the first directory)
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// A setting of the efficacy document: LABEL=EXPERIMENT_DIR (repeatable; the first is the main one)
-    #[arg(long = "setting", value_parser = parse_setting)]
-    pub settings: Vec<(String, PathBuf)>,
-    /// The baseline eval directory the settings' experiments used (for --setting)
-    #[arg(long, requires = "settings")]
-    pub baseline: Option<PathBuf>,
+    /// A setting of the efficacy document: LABEL=EXPERIMENT_DIR[,DIR...] (its runs on several
+    /// datasets, or its shards, pooled; repeatable; the first is the main one, the others are
+    /// tested against it like the controls)
+    #[arg(long = "setting", value_parser = parse_runs)]
+    pub settings: Vec<(String, Vec<PathBuf>)>,
+    /// A control run of the main setting's pairs (`experiment --control`), for the efficacy
+    /// document: LABEL=DIR[,DIR...] (repeatable)
+    #[arg(long = "control", value_parser = parse_runs, requires = "settings")]
+    pub controls: Vec<(String, Vec<PathBuf>)>,
+    /// A baseline eval directory the runs took their pairs from, [LABEL=]DIR (repeatable: one per
+    /// dataset, e.g. the released prompts and other perturbator seeds; for --setting)
+    #[arg(long = "baseline", value_parser = parse_baseline, requires = "settings")]
+    pub baselines: Vec<(String, PathBuf)>,
     /// A calibrate-layer output directory, for the key-layer table (for --setting)
     #[arg(long, requires = "settings")]
     pub calibration: Option<PathBuf>,
+    /// Findings written by hand (a markdown file) for the document's top (for --setting)
+    #[arg(long, requires = "settings")]
+    pub notes: Option<PathBuf>,
+    /// Confidence level of the document's intervals
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
     /// Where to write the efficacy document (for --setting)
     #[arg(long, default_value = "docs/efficacy.md")]
     pub doc: PathBuf,
 }
 
-pub fn parse_setting(s: &str) -> Result<(String, PathBuf), String> {
-    let (label, dir) = s
+/// LABEL=DIR[,DIR...].
+pub fn parse_runs(s: &str) -> Result<(String, Vec<PathBuf>), String> {
+    let (label, dirs) = s
         .split_once('=')
-        .ok_or_else(|| format!("--setting '{s}': LABEL=DIR"))?;
-    Ok((label.trim().to_string(), PathBuf::from(dir)))
+        .ok_or_else(|| format!("'{s}': LABEL=DIR[,DIR...]"))?;
+    let dirs: Vec<PathBuf> = dirs
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if label.trim().is_empty() || dirs.is_empty() {
+        return Err(format!("'{s}': LABEL=DIR[,DIR...]"));
+    }
+    Ok((label.trim().to_string(), dirs))
+}
+
+/// [LABEL=]DIR; the label defaults to the directory's parent's name (a run directory holds its
+/// baseline as `baseline/`).
+fn parse_baseline(s: &str) -> Result<(String, PathBuf), String> {
+    if let Some((label, dir)) = s.split_once('=') {
+        return Ok((label.trim().to_string(), PathBuf::from(dir)));
+    }
+    let dir = PathBuf::from(s);
+    let name = |p: Option<&Path>| {
+        p.and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().to_string())
+    };
+    let label = name(dir.parent().filter(|_| dir.ends_with("baseline"))).or(name(Some(&dir)));
+    Ok((label.unwrap_or_else(|| s.to_string()), dir))
 }
 
 pub fn main(a: ReportArgs) -> Res {
@@ -114,14 +153,15 @@ fn command_of(dir: &Path) -> String {
 
 /// The efficacy document of the runs named in `a`.
 fn efficacy(a: &ReportArgs) -> Res<String> {
-    let baseline = a.baseline.as_ref().ok_or(
-        "--setting needs --baseline DIR (the eval run the experiments took their baseline from)",
-    )?;
-    let runs = a
-        .settings
-        .iter()
-        .map(|(l, d)| Ok((l.clone(), read_records(std::slice::from_ref(d))?)))
-        .collect::<Res<_>>()?;
+    if a.baselines.is_empty() {
+        return Err("--setting needs --baseline DIR (the eval run the experiments took their pairs from; one per dataset)".into());
+    }
+    let confidence = Confidence::new(a.confidence).map_err(|e| e.to_string())?;
+    let read = |runs: &[(String, Vec<PathBuf>)]| -> Res<Vec<(String, Vec<EditRecord>)>> {
+        runs.iter()
+            .map(|(l, dirs)| Ok((l.clone(), read_records(dirs)?)))
+            .collect()
+    };
     let calibration = match &a.calibration {
         Some(dir) => {
             let path = dir.join("calibration.json");
@@ -131,37 +171,110 @@ fn efficacy(a: &ReportArgs) -> Res<String> {
         }
         None => None,
     };
-    let mut commands = vec![command_of(baseline)];
-    commands.extend(a.calibration.as_deref().map(command_of));
-    commands.extend(a.settings.iter().map(|(_, d)| command_of(d)));
-    let oracle =
-        common::shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km/hf_greedy_pass.json");
+    let notes = match &a.notes {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    // Each run's command names its directories under its own $RUNS: say which that is.
+    let places = places();
+    let with_runs = |d: &Path| {
+        let runs = d
+            .parent()
+            .map_or(".".into(), |p| places.word(&p.display().to_string()));
+        format!("RUNS={runs}\n{}", command_of(d))
+    };
+    let run_dirs = a.settings.iter().chain(&a.controls).flat_map(|(_, d)| d);
+    let mut commands: Vec<String> = a.baselines.iter().map(|(_, d)| with_runs(d)).collect();
+    commands.extend(a.calibration.as_deref().map(with_runs));
+    commands.extend(run_dirs.map(|d| with_runs(d)));
     Ok(efficacy::efficacy(&EfficacyInputs {
-        baseline: eval::outcomes_of(&crate::run_dir::read_samples(
-            &baseline.join("samples.jsonl"),
-        )?),
-        oracle: std::fs::read_to_string(oracle)
-            .ok()
-            .and_then(|t| efficacy::parse_oracle_pass(&t)),
-        runs,
+        baselines: a
+            .baselines
+            .iter()
+            .map(|(l, d)| baseline(l, d))
+            .collect::<Res<_>>()?,
+        runs: read(&a.settings)?,
+        controls: read(&a.controls)?,
+        confidence,
         calibration,
+        notes,
         commands,
-        report_command: report_command(a, baseline),
+        report_command: report_command(a),
     }))
 }
 
-/// The `creme report` line that repeats the document, paths as record_command writes them:
-/// under $RUNS (the runs' parent), relative, or $HOME.
-fn report_command(a: &ReportArgs, baseline: &Path) -> String {
-    let mut args = vec!["report".to_string()];
-    for (label, dir) in &a.settings {
-        args.extend(["--setting".into(), format!("{label}={}", dir.display())]);
+/// A baseline eval's verdicts, with the oracle's on the sets whose prompts are the released
+/// ones the oracle ran (checked by the manifest's prompt digests).
+fn baseline(label: &str, dir: &Path) -> Res<Baseline> {
+    let outcomes = eval::outcomes_of(&crate::run_dir::read_samples(&dir.join("samples.jsonl"))?);
+    let oracle_dir = common::shared_dir().join("oracle/qwen2.5-coder-0.5b-instruct-q4km");
+    let oracle = std::fs::read_to_string(oracle_dir.join("hf_greedy_pass.json"))
+        .ok()
+        .and_then(|t| efficacy::parse_oracle_pass(&t));
+    let released = common::shared_dir().join("datasets/humaneval-nlpert");
+    let manifest = crate::run_dir::read_manifest(dir)?;
+    let sets: Vec<SetName> = manifest.dataset.keys().copied().collect();
+    // The released prompts of these sets, as digested in manifests (None: not at hand).
+    let theirs = common::load_sets(&released, &sets, None, None)
+        .ok()
+        .map(|s| creme_core::manifest::dataset_digests(&s));
+    let same_prompts = |s: &SetName| {
+        let (Some(theirs), Some(mine)) = (&theirs, manifest.dataset.get(s)) else {
+            return false;
+        };
+        theirs
+            .get(s)
+            .is_some_and(|t| mine.iter().all(|(task, d)| t.get(task) == Some(d)))
+    };
+    let oracle = oracle.map(|o| o.into_iter().filter(|(s, _)| same_prompts(s)).collect());
+    Ok(Baseline {
+        label: label.to_string(),
+        outcomes,
+        oracle,
+    })
+}
+
+/// The `creme report` line that repeats the document, its paths relative (or under $HOME).
+fn report_command(a: &ReportArgs) -> String {
+    let places = places();
+    let list = |label: &str, dirs: &[PathBuf]| {
+        let mut words = dirs.iter().map(|d| places.word(&d.display().to_string()));
+        let first = places.word(&format!("{label}={}", dirs[0].display()));
+        std::iter::once(first)
+            .chain(words.by_ref().skip(1))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut words = vec!["creme report".to_string()];
+    for (flag, runs) in [("--setting", &a.settings), ("--control", &a.controls)] {
+        for (label, dirs) in runs {
+            words.extend([flag.to_string(), list(label, dirs)]);
+        }
     }
-    let mut flag = |name: &str, p: &Path| args.extend([name.into(), p.display().to_string()]);
-    flag("--baseline", baseline);
+    for (label, dir) in &a.baselines {
+        words.extend([
+            "--baseline".into(),
+            places.word(&format!("{label}={}", dir.display())),
+        ]);
+    }
+    let mut flag =
+        |name: &str, p: &Path| words.extend([name.into(), places.word(&p.display().to_string())]);
     if let Some(c) = &a.calibration {
         flag("--calibration", c);
     }
+    if let Some(n) = &a.notes {
+        flag("--notes", n);
+    }
     flag("--doc", &a.doc);
-    common::places_for_run(baseline).command(&args)
+    words.join(" ")
+}
+
+/// Where the document's commands put their paths: relative to the current directory (or under
+/// $HOME); each run's own command names its directories under $RUNS, set before it.
+fn places() -> creme_core::command_line::Places {
+    let cwd = std::env::current_dir().ok();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    creme_core::command_line::Places::new(None, cwd, home)
 }

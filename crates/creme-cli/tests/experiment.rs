@@ -506,6 +506,36 @@ fn control_runs_pair_with_the_setting_in_compare() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("without --control"));
+    // The efficacy document puts the same comparison beside the setting's tables.
+    let doc = root.join("efficacy.md");
+    let o = creme()
+        .arg("report")
+        .arg("--setting")
+        .arg(format!("setting={}", main.display()))
+        .arg("--control")
+        .arg(format!("sham={}", sham.display()))
+        .arg("--control")
+        .arg(format!("matched={}", matched.display()))
+        .arg("--baseline")
+        .arg(root.join("baseline"))
+        .arg("--doc")
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(&doc).unwrap();
+    for want in [
+        "## Against the controls",
+        "| sham | 6 |",
+        "| matched | 6 |",
+        "on 6 pairs",
+    ] {
+        assert!(md.contains(want), "missing {want:?} in:\n{md}");
+    }
+    assert!(
+        !md.contains("## Edits: sham"),
+        "controls get no per-edit table"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -9,25 +9,41 @@ use std::fmt::Write as _;
 use super::tables::{fmt, summary_cells, summary_head};
 use crate::calibration::Calibration;
 use crate::eval::Outcomes;
+use crate::experiment::compare::{compare, markdown, Role};
 use crate::experiment::{self, EditRecord};
 use crate::sets::{PerturbationType, SetName};
+use crate::stats::Confidence;
 
 /// What the document is made from.
 pub struct EfficacyInputs {
-    /// The baseline eval's verdicts (the experiments' baseline).
-    pub baseline: Outcomes,
-    /// The oracle's greedy verdicts, where known.
-    pub oracle: Option<Outcomes>,
+    /// The baseline evals the runs took their pairs from, one per dataset (the released prompts,
+    /// other perturbator seeds), in the order the document shows them.
+    pub baselines: Vec<Baseline>,
     /// (label, edit records) per setting, in the order the tables show them; the first is the
-    /// main setting.
+    /// main setting, the others are tested against it like the controls (e.g. the paper's).
     pub runs: Vec<(String, Vec<EditRecord>)>,
+    /// Control runs of the main setting's pairs (`experiment --control`): (label, records).
+    pub controls: Vec<(String, Vec<EditRecord>)>,
+    /// Confidence level of the intervals.
+    pub confidence: Confidence,
     /// A `creme calibrate-layer` result, for the key-layer table.
     pub calibration: Option<Calibration>,
-    /// The commands that made the baseline, the calibration (where given) and each setting's
-    /// run, in that order.
+    /// Findings written by hand (markdown), placed after the introduction: what the tables
+    /// cannot say themselves.
+    pub notes: Option<String>,
+    /// The commands that made the baselines, the calibration (where given) and each run, in
+    /// that order.
     pub commands: Vec<String>,
     /// The `creme report` command that writes this document.
     pub report_command: String,
+}
+
+/// A baseline eval: its label (the dataset), its verdicts, and the oracle's greedy verdicts on
+/// the sets whose prompts are the ones the oracle ran (the released sets), where known.
+pub struct Baseline {
+    pub label: String,
+    pub outcomes: Outcomes,
+    pub oracle: Option<Outcomes>,
 }
 
 /// The oracle's greedy verdicts (`hf_greedy_pass.json`: per set, a list in HumanEval order);
@@ -51,13 +67,12 @@ pub fn parse_oracle_pass(text: &str) -> Option<Outcomes> {
 
 /// The efficacy document (markdown).
 pub fn efficacy(inp: &EfficacyInputs) -> String {
-    let types: BTreeSet<PerturbationType> = inp
-        .runs
+    let all_runs: Vec<&(String, Vec<EditRecord>)> = inp.runs.iter().chain(&inp.controls).collect();
+    let types: BTreeSet<PerturbationType> = all_runs
         .iter()
         .flat_map(|(_, rs)| rs.iter().map(|r| r.ptype))
         .collect();
-    let adapter = inp
-        .runs
+    let adapter = all_runs
         .iter()
         .flat_map(|(_, rs)| rs.first())
         .map(|r| r.adapter.clone())
@@ -65,12 +80,19 @@ pub fn efficacy(inp: &EfficacyInputs) -> String {
         .unwrap_or_default();
     let mut md = String::from("# CREME on Qwen2.5-Coder-0.5B-Instruct: efficacy\n\n");
     let _ = writeln!(md, "Written by `creme report --setting ...` from the runs listed under \"How to repeat\"; every verdict is an executed test in creme's sandbox (a PASS means `check` returned). Greedy decoding (n = 1), so pass@1 is pass/fail and RIR per task is 0 or 1. Device: {adapter}.\n");
-    baseline_section(&mut md, &inp.baseline, inp.oracle.as_ref(), &types);
+    if let Some(notes) = &inp.notes {
+        let _ = writeln!(md, "{}\n", notes.trim_end());
+    }
+    for b in &inp.baselines {
+        baseline_section(&mut md, b, &types, inp.baselines.len() > 1);
+    }
+    damage_section(&mut md, &inp.baselines);
+    controls_section(&mut md, inp, &types);
     let _ = writeln!(md, "## Settings side by side\n");
     let _ = writeln!(md, "Fixed / broken: perturbed tasks that flip fail→pass / pass→fail after an edit, summed over the edits; net = fixed − broken. Clean dev: (clean passes after − before) / tasks evaluated. \"edit-worthy\" settings were evaluated on the type's edit-worthy tasks only (enough for L-RIR and G-RIR; their fixed/broken and clean columns cover those tasks, not all 164).\n");
     for t in &types {
         let _ = write!(md, "### {t}\n\n{}", summary_head("setting"));
-        for (label, rs) in &inp.runs {
+        for (label, rs) in &all_runs {
             let own: Vec<EditRecord> = rs.iter().filter(|r| r.ptype == *t).cloned().collect();
             if let Some(s) = experiment::summarize(&own).get(t) {
                 let _ = writeln!(md, "| {label} {}", summary_cells(s));
@@ -91,19 +113,113 @@ pub fn efficacy(inp: &EfficacyInputs) -> String {
     }
     let _ = writeln!(
         md,
-        "{}\n```\n\n`RUNS` is the directory that holds the run directories.",
+        "{}\n```\n\nEach run's command names its directories under `RUNS`, set on the line before it.",
         inp.report_command
     );
     md
 }
 
+/// The main setting beside the other settings and the controls, pooled over every pair the runs
+/// share (`experiment::compare`: intervals, exact McNemar tests, Holm), then L-RIR per type.
+fn controls_section(md: &mut String, inp: &EfficacyInputs, types: &BTreeSet<PerturbationType>) {
+    let Some((main, mine)) = inp.runs.first() else {
+        return;
+    };
+    let others: Vec<(Role, &str, &[EditRecord])> = (inp.runs[1..].iter())
+        .map(|(l, rs)| (Role::Setting, l.as_str(), rs.as_slice()))
+        .chain((inp.controls.iter()).map(|(l, rs)| (Role::Control, l.as_str(), rs.as_slice())))
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "## Against the controls\n\nEvery pair of every baseline above, pooled. L-RIR: the edited pair's own perturbed prompt passes after the edit, with a Clopper-Pearson interval. The paired test compares each run with {main} on the pairs both edited: b = pairs only {main} repairs, c = pairs only the other run repairs (exact McNemar, Holm-adjusted over the runs listed). G-RIR: the mean over edits of the other edit-worthy tasks of the type repaired. Fixed / broken: perturbed prompts of the evaluated tasks that flip, summed over edits. Clean dev: the mean over edits of the change in clean pass rate on the evaluated tasks, with a t interval.\n");
+    match compare((main, mine), &others, inp.confidence) {
+        Ok(c) => md.push_str(&markdown(&c)),
+        Err(e) => {
+            let _ = writeln!(md, "(not compared: {e})");
+        }
+    }
+    let arms: Vec<(&str, &[EditRecord])> = std::iter::once((main.as_str(), mine.as_slice()))
+        .chain(others.iter().map(|(_, l, rs)| (*l, *rs)))
+        .collect();
+    let _ = writeln!(
+        md,
+        "\nL-RIR per type (edited pairs repaired / edits):\n\n| type | {} |\n|---|{}",
+        arms.iter().map(|(l, _)| *l).collect::<Vec<_>>().join(" | "),
+        "---:|".repeat(arms.len())
+    );
+    for t in types {
+        let cells: Vec<String> = arms
+            .iter()
+            .map(|(_, rs)| {
+                let own: Vec<&EditRecord> = rs.iter().filter(|r| r.ptype == *t).collect();
+                let k = own.iter().filter(|r| r.edited_task_passes).count();
+                format!("{k}/{}", own.len())
+            })
+            .collect();
+        let _ = writeln!(md, "| {t} | {} |", cells.join(" | "));
+    }
+    let hours = |rs: &[EditRecord]| {
+        rs.iter()
+            .map(|r| r.t_trace + r.t_edit + r.t_eval)
+            .sum::<f64>()
+            / 3600.0
+    };
+    let total: f64 = arms.iter().map(|(_, rs)| hours(rs)).sum();
+    let edits: usize = arms.iter().map(|(_, rs)| rs.len()).sum();
+    let _ = writeln!(md, "\nCompute: {edits} edits (trace, edit and evaluation) took {total:.1} hours on the device above; {main}: {:.0} s per edit.\n", hours(mine) * 3600.0 / mine.len().max(1) as f64);
+}
+
+/// Per baseline: how the perturbation changes verdicts, type by type (the tasks both sets hold).
+fn damage_section(md: &mut String, baselines: &[Baseline]) {
+    let _ = writeln!(md, "## What the perturbations do to the unedited model\n\nPer type: passes of the clean and the perturbed prompts over the tasks of both; edit-worthy = clean passes and perturbed fails (the pairs edited); reverse = clean fails and perturbed passes (a flip the other way, as likely a near-tie as damage).\n\n| baseline | type | tasks | clean passes | perturbed passes | edit-worthy | reverse |\n|---|---|---:|---:|---:|---:|---:|");
+    for b in baselines {
+        let Some(clean) = b.outcomes.get(&SetName::Clean) else {
+            continue;
+        };
+        for (set, pert) in b.outcomes.iter().filter(|(s, _)| !s.is_clean()) {
+            let both: Vec<(bool, bool)> = (pert.iter())
+                .filter_map(|(t, &p)| clean.get(t).map(|&c| (c, p)))
+                .collect();
+            let count = |f: fn(&(bool, bool)) -> bool| both.iter().filter(|x| f(x)).count();
+            let _ = writeln!(
+                md,
+                "| {} | {set} | {} | {} | {} | {} | {} |",
+                b.label,
+                both.len(),
+                count(|x| x.0),
+                count(|x| x.1),
+                count(|x| x.0 && !x.1),
+                count(|x| !x.0 && x.1)
+            );
+        }
+    }
+    md.push('\n');
+}
+
 fn baseline_section(
     md: &mut String,
-    base: &Outcomes,
-    oracle: Option<&Outcomes>,
+    b: &Baseline,
     types: &BTreeSet<PerturbationType>,
+    labelled: bool,
 ) {
-    let _ = writeln!(md, "## Baseline (unedited model)\n\n| set | passes | tasks | edit-worthy | oracle passes | same verdict as the oracle |\n|---|---:|---:|---|---:|---:|");
+    let base = &b.outcomes;
+    // The oracle on this baseline's tasks only (a run may take a subset, e.g. a split's half).
+    let oracle: Option<Outcomes> = b.oracle.as_ref().map(|o| {
+        (o.iter())
+            .filter_map(|(s, verdicts)| {
+                let mine = base.get(s)?;
+                let kept = verdicts.iter().filter(|(t, _)| mine.contains_key(*t));
+                Some((*s, kept.map(|(t, p)| (t.clone(), *p)).collect()))
+            })
+            .collect()
+    });
+    let oracle = oracle.as_ref();
+    let title = match labelled {
+        true => format!("Baseline (unedited model): {}", b.label),
+        false => "Baseline (unedited model)".to_string(),
+    };
+    let _ = writeln!(md, "## {title}\n\n| set | passes | tasks | edit-worthy | oracle passes | same verdict as the oracle |\n|---|---:|---:|---|---:|---:|");
     let sets: Vec<SetName> = std::iter::once(SetName::Clean)
         .chain(types.iter().map(|t| SetName::Perturbed(*t)))
         .collect();
@@ -142,7 +258,10 @@ fn baseline_section(
                 .is_some_and(|oc| m.keys().all(|t| oc.contains_key(t)))
         })
     }) {
-        for t in types {
+        for t in types
+            .iter()
+            .filter(|t| o.contains_key(&SetName::Perturbed(**t)))
+        {
             let set = SetName::Perturbed(*t);
             let ours: BTreeSet<String> = experiment::edit_worthy(base, set).into_iter().collect();
             let theirs: BTreeSet<String> = experiment::edit_worthy(o, set).into_iter().collect();
@@ -165,7 +284,7 @@ fn or_none(s: String) -> String {
 
 const PAPER: &str = "### Beside the paper\n\nThe paper (arXiv 2507.16407) reports, averaged over its perturbation types, for 7B models with n = 10 samples: \
     L-RIR 0.23 (CodeLlama-7B) and 0.27 (Qwen2.5-Coder-7B), G-RIR 0.235 and 0.238, and clean pass@1 within 1% of the unedited model. \
-    The rows above are one 0.5B model, one type, greedy decoding, so they show the method's behaviour on this model rather than a replication of those numbers.\n\n";
+    The rows above are one 0.5B model with greedy decoding, so they show the method's behaviour on this model rather than a replication of those numbers.\n\n";
 
 fn per_edit_section(md: &mut String, label: &str, rs: &[EditRecord]) {
     let _ = writeln!(md, "## Edits: {label}\n\n| type | task | layer | steps | loss before → best (final) | edited task after | fixed | broken | G-RIR | clean dev | drafts whole | trace s | edit s | eval s |\n|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -261,14 +380,97 @@ mod tests {
     fn a_document_without_runs_still_has_its_sections() {
         let base = Outcomes::from([(SetName::Clean, BTreeMap::from([("T/0".to_string(), true)]))]);
         let md = efficacy(&EfficacyInputs {
-            baseline: base,
-            oracle: None,
+            baselines: vec![Baseline {
+                label: "released".into(),
+                outcomes: base,
+                oracle: None,
+            }],
             runs: Vec::new(),
+            controls: Vec::new(),
+            confidence: Confidence::default(),
+            notes: None,
             calibration: None,
             commands: vec!["creme eval --out base".into()],
             report_command: "creme report --baseline base".into(),
         });
         assert!(md.contains("| clean | 1 | 1 | - | - | - |"), "{md}");
+        assert!(
+            !md.contains("## Against the controls"),
+            "no controls, no comparison"
+        );
         assert!(md.contains("```sh\ncreme eval --out base\ncreme report --baseline base\n```"));
+    }
+
+    #[test]
+    fn pooled_pairs_of_two_baselines_against_a_control_and_the_oracle_on_the_released_tasks_only() {
+        use crate::edit::Control;
+        use crate::experiment::compare::tests::rec;
+        let verdicts = |v: &[(&str, bool)]| -> BTreeMap<String, bool> {
+            v.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+        };
+        let c3 = SetName::Perturbed(PerturbationType::C3);
+        let tasks = [("HumanEval/0", true), ("HumanEval/1", true)];
+        let outcomes = |pert: &[(&str, bool)]| {
+            Outcomes::from([(SetName::Clean, verdicts(&tasks)), (c3, verdicts(pert))])
+        };
+        // The oracle knows 3 tasks, one of them outside the baseline's.
+        let oracle = Outcomes::from([(
+            SetName::Clean,
+            verdicts(&[
+                ("HumanEval/0", true),
+                ("HumanEval/1", false),
+                ("HumanEval/2", true),
+            ]),
+        )]);
+        let seeded = |task: &str, seed: &str, passes, control| EditRecord {
+            prompt_digest: Some(seed.into()),
+            ..rec(task, passes, control)
+        };
+        let setting = vec![
+            seeded("HumanEval/0", "a", true, None),
+            seeded("HumanEval/0", "b", true, None),
+            seeded("HumanEval/1", "b", false, None),
+        ];
+        let sham: Vec<EditRecord> = (setting.iter())
+            .map(|r| EditRecord {
+                control: Some(Control::Sham),
+                edited_task_passes: false,
+                ..r.clone()
+            })
+            .collect();
+        let md = efficacy(&EfficacyInputs {
+            baselines: vec![
+                Baseline {
+                    label: "released".into(),
+                    outcomes: outcomes(&[("HumanEval/0", false), ("HumanEval/1", true)]),
+                    oracle: Some(oracle),
+                },
+                Baseline {
+                    label: "seed1".into(),
+                    outcomes: outcomes(&[("HumanEval/0", false), ("HumanEval/1", false)]),
+                    oracle: None,
+                },
+            ],
+            runs: vec![("setting".into(), setting)],
+            controls: vec![("sham".into(), sham)],
+            confidence: Confidence::default(),
+            notes: Some("Findings by hand.".into()),
+            calibration: None,
+            commands: Vec::new(),
+            report_command: "creme report".into(),
+        });
+        assert!(
+            md.contains("## Baseline (unedited model): released")
+                && md.contains("Findings by hand.")
+        );
+        // The oracle's clean passes count over the baseline's 2 tasks: 1, not 2.
+        assert!(md.contains("| clean | 2 | 2 | - | 1 | 1/2 |"), "{md}");
+        assert!(md.contains("| seed1 | C3 | 2 | 2 | 0 | 2 | 0 |"), "{md}");
+        assert!(md.contains("| setting | 3 | 2/3 = 0.67"), "{md}");
+        assert!(
+            md.contains("| sham | 3 | 0/3 = 0.00") && md.contains("2 / 0 on 3 pairs"),
+            "{md}"
+        );
+        assert!(md.contains("| C3 | 2/3 | 0/3 |"), "{md}");
     }
 }
