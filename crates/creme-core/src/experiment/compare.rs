@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::EditRecord;
+use crate::edit::Control;
 use crate::sets::PerturbationType;
 use crate::stats::{self, Confidence, McNemar, MeanInterval, Proportion};
 
@@ -115,6 +116,31 @@ fn check_role(role: Role, label: &str, rs: &[EditRecord]) -> Result<(), String> 
     }
 }
 
+/// A control is the setting's edit with one thing changed, so on every pair both made it must
+/// sit at the setting's layer (a matched one at its partner's) with the setting's edit settings; a control run made with other
+/// flags (another layer rule, rows or solver) is refused, not silently paired.
+fn check_control_matches(
+    label: &str,
+    mine: &[EditRecord],
+    theirs: &[EditRecord],
+) -> Result<(), String> {
+    let key = |r: &EditRecord| (r.ptype, r.task.clone(), r.prompt_digest.clone());
+    let setting: BTreeMap<PairKey, &EditRecord> = mine.iter().map(|r| (key(r), r)).collect();
+    for c in theirs {
+        let Some(s) = setting.get(&key(c)) else {
+            continue;
+        };
+        // A matched edit is another pair's edit, made at that pair's layer.
+        if c.layer != s.layer && c.control != Some(Control::Matched) {
+            return Err(format!("control run '{label}' edited {} {} at layer {}, the setting at {}: make controls at the setting's layers (--layer from:SETTING/edits.jsonl)", c.ptype, c.task, c.layer, s.layer));
+        }
+        if c.settings != s.settings || c.stacked_with.len() != s.stacked_with.len() {
+            return Err(format!("control run '{label}' edited {} {} with other edit settings than the setting ({:?} against {:?}): give the control the setting's flags", c.ptype, c.task, c.settings, s.settings));
+        }
+    }
+    Ok(())
+}
+
 /// The setting's records beside each other run's (role, label, records); the McNemar tests are
 /// Holm-adjusted over all the runs compared.
 pub fn compare(
@@ -127,6 +153,9 @@ pub fn compare(
     let mut tests = Vec::new();
     for (role, label, rs) in others {
         check_role(*role, label, rs)?;
+        if *role == Role::Control {
+            check_control_matches(label, setting.1, rs)?;
+        }
         let theirs = by_pair(rs)?;
         let keys: Vec<&PairKey> = mine.keys().filter(|k| theirs.contains_key(*k)).collect();
         let a: Vec<bool> = keys.iter().map(|k| mine[*k]).collect();
@@ -215,7 +244,7 @@ pub fn markdown(c: &Comparison) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::edit::{Control, EditSettings};
+    use crate::edit::EditSettings;
     use crate::experiment::{CleanScore, Outcomes, EDIT_RECORD_VERSION};
 
     pub(crate) fn rec(task: &str, passes: bool, control: Option<Control>) -> EditRecord {
@@ -330,6 +359,49 @@ pub(crate) mod tests {
             Confidence::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_control_at_another_layer_or_with_other_settings_is_refused() {
+        let setting = [rec("HumanEval/5", true, None)];
+        let sham = |r: EditRecord| {
+            [EditRecord {
+                control: Some(Control::Sham),
+                ..r
+            }]
+        };
+        let ok = sham(rec("HumanEval/5", false, None));
+        let cmp = |c: &[EditRecord]| {
+            compare(
+                ("s", &setting),
+                &[(Role::Control, "sham", c)],
+                Confidence::default(),
+            )
+        };
+        assert!(cmp(&ok).is_ok());
+        let moved = sham(EditRecord {
+            layer: 4,
+            ..rec("HumanEval/5", false, None)
+        });
+        assert!(cmp(&moved)
+            .unwrap_err()
+            .contains("at layer 4, the setting at 3"));
+        let mut other = rec("HumanEval/5", false, None);
+        other.settings.lambda = 0.0;
+        assert!(cmp(&sham(other))
+            .unwrap_err()
+            .contains("other edit settings"));
+        // Another setting (e.g. the paper's) may choose its own layers.
+        let paper = [EditRecord {
+            layer: 9,
+            ..rec("HumanEval/5", false, None)
+        }];
+        let versus = compare(
+            ("s", &setting),
+            &[(Role::Setting, "paper", &paper)],
+            Confidence::default(),
+        );
+        assert!(versus.is_ok());
     }
 
     #[test]
