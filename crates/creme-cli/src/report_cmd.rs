@@ -31,6 +31,11 @@ pub struct ReportArgs {
     /// document: LABEL=DIR[,DIR...] (repeatable)
     #[arg(long = "control", value_parser = parse_runs, requires = "settings")]
     pub controls: Vec<(String, Vec<PathBuf>)>,
+    /// The other-seed check (`scripts/other-seed.sh`) of the main setting, then of its controls:
+    /// LABEL=TSV[,TSV...] (repeatable; the first is the setting's; each run lists its files in
+    /// the same order, one per direction)
+    #[arg(long = "other-seed", value_parser = parse_runs, requires = "settings")]
+    pub other_seed: Vec<(String, Vec<PathBuf>)>,
     /// A baseline eval directory the runs took their pairs from, [LABEL=]DIR (repeatable: one per
     /// dataset, e.g. the released prompts and other perturbator seeds; for --setting)
     #[arg(long = "baseline", value_parser = parse_baseline, requires = "settings")]
@@ -197,12 +202,32 @@ fn efficacy(a: &ReportArgs) -> Res<String> {
             .collect::<Res<_>>()?,
         runs: read(&a.settings)?,
         controls: read(&a.controls)?,
+        other_seed: a
+            .other_seed
+            .iter()
+            .map(|(l, files)| Ok((l.clone(), other_seed_rows(files)?)))
+            .collect::<Res<_>>()?,
         confidence,
         calibration,
         notes,
         commands,
         report_command: report_command(a),
     }))
+}
+
+/// The rows of other-seed.tsv files, each file its own source.
+fn other_seed_rows(files: &[PathBuf]) -> Res<Vec<efficacy::OtherSeedRow>> {
+    let mut rows = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("reading {}: {e}", f.display()))?;
+        rows.extend(efficacy::parse_other_seed(
+            &text,
+            &f.display().to_string(),
+            i,
+        )?);
+    }
+    Ok(rows)
 }
 
 /// A baseline eval's verdicts, with the oracle's on the sets whose prompts are the released
@@ -248,7 +273,11 @@ fn report_command(a: &ReportArgs) -> String {
             .join(",")
     };
     let mut words = vec!["creme report".to_string()];
-    for (flag, runs) in [("--setting", &a.settings), ("--control", &a.controls)] {
+    for (flag, runs) in [
+        ("--setting", &a.settings),
+        ("--control", &a.controls),
+        ("--other-seed", &a.other_seed),
+    ] {
         for (label, dirs) in runs {
             words.extend([flag.to_string(), list(label, dirs)]);
         }

@@ -508,10 +508,20 @@ fn control_runs_pair_with_the_setting_in_compare() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("without --control"));
     // The efficacy document puts the same comparison beside the setting's tables.
     let doc = root.join("efficacy.md");
+    let tsv = |name: &str, after: &str| {
+        let p = root.join(name);
+        std::fs::write(&p, format!("C3\tTiny/1\t1\t0.1\t0.1\tFAIL\t{after}\n")).unwrap();
+        p
+    };
+    let (os_setting, os_sham) = (tsv("os-setting.tsv", "PASS"), tsv("os-sham.tsv", "FAIL"));
     let o = creme()
         .arg("report")
         .arg("--setting")
         .arg(format!("setting={}", main.display()))
+        .arg("--other-seed")
+        .arg(format!("setting={}", os_setting.display()))
+        .arg("--other-seed")
+        .arg(format!("sham={}", os_sham.display()))
         .arg("--control")
         .arg(format!("sham={}", sham.display()))
         .arg("--control")
@@ -529,6 +539,8 @@ fn control_runs_pair_with_the_setting_in_compare() {
         "| sham | 6 |",
         "| matched | 6 |",
         "on 6 pairs",
+        "| setting | 1 | 1/1 = 1.00",
+        "| sham | 1 | 0/1 = 0.00",
     ] {
         assert!(md.contains(want), "missing {want:?} in:\n{md}");
     }

@@ -24,6 +24,9 @@ pub struct EfficacyInputs {
     pub runs: Vec<(String, Vec<EditRecord>)>,
     /// Control runs of the main setting's pairs (`experiment --control`): (label, records).
     pub controls: Vec<(String, Vec<EditRecord>)>,
+    /// The other-seed check (`scripts/other-seed.sh`) of the main setting's edits, then of its
+    /// controls made the same way: (label, rows).
+    pub other_seed: Vec<(String, Vec<OtherSeedRow>)>,
     /// Confidence level of the intervals.
     pub confidence: Confidence,
     /// A `creme calibrate-layer` result, for the key-layer table.
@@ -36,6 +39,51 @@ pub struct EfficacyInputs {
     pub commands: Vec<String>,
     /// The `creme report` command that writes this document.
     pub report_command: String,
+}
+
+/// One edit's other-seed check: another seed's perturbed prompt of the edited pair's task and
+/// type, its verdict unedited and under the edit. `source` tells the check's files apart (one
+/// per direction, e.g. the released edits on seed 1's prompts and back): rows pair across runs
+/// by (source, type, task).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtherSeedRow {
+    pub source: usize,
+    pub ptype: PerturbationType,
+    pub task: String,
+    pub before: bool,
+    pub after: bool,
+}
+
+/// The rows of an `other-seed.tsv` (type, task, layer, recorded loss, loss again, verdict
+/// before, verdict after; PASS or FAIL); `name` appears in errors.
+pub fn parse_other_seed(
+    text: &str,
+    name: &str,
+    source: usize,
+) -> Result<Vec<OtherSeedRow>, String> {
+    let verdict = |v: &str, line: usize| match v {
+        "PASS" => Ok(true),
+        "FAIL" => Ok(false),
+        other => Err(format!(
+            "{name}:{line}: verdict '{other}', expected PASS or FAIL"
+        )),
+    };
+    (text.lines().enumerate())
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 7 {
+                return Err(format!("{name}:{}: {} fields, expected 7", i + 1, f.len()));
+            }
+            Ok(OtherSeedRow {
+                source,
+                ptype: f[0].parse().map_err(|e| format!("{name}:{}: {e}", i + 1))?,
+                task: f[1].to_string(),
+                before: verdict(f[5], i + 1)?,
+                after: verdict(f[6], i + 1)?,
+            })
+        })
+        .collect()
 }
 
 /// A baseline eval: its label (the dataset), its verdicts, and the oracle's greedy verdicts on
@@ -88,6 +136,7 @@ pub fn efficacy(inp: &EfficacyInputs) -> String {
     }
     damage_section(&mut md, &inp.baselines);
     controls_section(&mut md, inp, &types);
+    other_seed_section(&mut md, &inp.other_seed, inp.confidence);
     let _ = writeln!(md, "## Settings side by side\n");
     let _ = writeln!(md, "Fixed / broken: perturbed tasks that flip fail→pass / pass→fail after an edit, summed over the edits; net = fixed − broken. Clean dev: (clean passes after − before) / tasks evaluated. \"edit-worthy\" settings were evaluated on the type's edit-worthy tasks only (enough for L-RIR and G-RIR; their fixed/broken and clean columns cover those tasks, not all 164).\n");
     for t in &types {
@@ -168,6 +217,57 @@ fn controls_section(md: &mut String, inp: &EfficacyInputs, types: &BTreeSet<Pert
     let total: f64 = arms.iter().map(|(_, rs)| hours(rs)).sum();
     let edits: usize = arms.iter().map(|(_, rs)| rs.len()).sum();
     let _ = writeln!(md, "\nCompute: {edits} edits (trace, edit and evaluation) took {total:.1} hours on the device above; {main}: {:.0} s per edit.\n", hours(mine) * 3600.0 / mine.len().max(1) as f64);
+}
+
+/// The generalisation check a lookup cannot pass: of the other seed's prompts that fail
+/// unedited, how many pass under the edit, beside the controls made the same way (paired on
+/// the prompts failing for both).
+fn other_seed_section(md: &mut String, runs: &[(String, Vec<OtherSeedRow>)], level: Confidence) {
+    let Some((main, mine)) = runs.first() else {
+        return;
+    };
+    let _ = writeln!(md, "## Another typo of the same prompt\n\nEach edit of {main} made again and tested on another perturbator seed's prompt of its task and type (`scripts/other-seed.sh`); the controls the same way. Repaired: the other prompt fails unedited and passes under the edit. Broken: it passes unedited and fails under the edit. The paired test (exact McNemar) compares with {main} on the prompts failing unedited in both.\n\n| run | other prompts failing unedited | repaired [{}% CI] | vs {main}: b / c, p | broken |\n|---|---:|---|---|---:|", (f64::from(level) * 100.0).round());
+    let key = |r: &OtherSeedRow| (r.source, r.ptype, r.task.clone());
+    let failing = |rs: &[OtherSeedRow]| -> BTreeMap<_, bool> {
+        rs.iter()
+            .filter(|r| !r.before)
+            .map(|r| (key(r), r.after))
+            .collect()
+    };
+    let base = failing(mine);
+    for (label, rs) in runs {
+        let fail = failing(rs);
+        let repaired = fail.values().filter(|&&a| a).count() as u64;
+        let broken = rs.iter().filter(|r| r.before && !r.after).count();
+        let interval = crate::stats::clopper_pearson(repaired, fail.len() as u64, level);
+        let shown = match interval {
+            Ok(Some(p)) => format!(
+                "{}/{} = {:.2} [{:.2}, {:.2}]",
+                p.k, p.n, p.estimate, p.lo, p.hi
+            ),
+            _ => "-".into(),
+        };
+        let paired: Vec<(bool, bool)> = (base.iter())
+            .filter_map(|(k, &a)| fail.get(k).map(|&b| (a, b)))
+            .collect();
+        let (a, b): (Vec<bool>, Vec<bool>) = paired.into_iter().unzip();
+        let test = match crate::stats::mcnemar_paired(&a, &b) {
+            Ok(t) if label != main => format!(
+                "{} / {} on {}, p = {:.4}",
+                t.pairs.b,
+                t.pairs.c,
+                a.len(),
+                t.p_value
+            ),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {shown} | {test} | {broken} |",
+            fail.len()
+        );
+    }
+    md.push('\n');
 }
 
 /// Per baseline: how the perturbation changes verdicts, type by type (the tasks both sets hold).
@@ -387,6 +487,7 @@ mod tests {
             }],
             runs: Vec::new(),
             controls: Vec::new(),
+            other_seed: Vec::new(),
             confidence: Confidence::default(),
             notes: None,
             calibration: None,
@@ -438,6 +539,17 @@ mod tests {
                 ..r.clone()
             })
             .collect();
+        let other = |v: &[(bool, bool)]| -> Vec<OtherSeedRow> {
+            (v.iter().enumerate())
+                .map(|(i, &(before, after))| OtherSeedRow {
+                    source: 0,
+                    ptype: PerturbationType::C3,
+                    task: format!("HumanEval/{i}"),
+                    before,
+                    after,
+                })
+                .collect()
+        };
         let md = efficacy(&EfficacyInputs {
             baselines: vec![
                 Baseline {
@@ -453,6 +565,16 @@ mod tests {
             ],
             runs: vec![("setting".into(), setting)],
             controls: vec![("sham".into(), sham)],
+            other_seed: vec![
+                (
+                    "setting".into(),
+                    other(&[(false, true), (false, true), (true, false)]),
+                ),
+                (
+                    "sham".into(),
+                    other(&[(false, false), (false, true), (true, true)]),
+                ),
+            ],
             confidence: Confidence::default(),
             notes: Some("Findings by hand.".into()),
             calibration: None,
@@ -472,5 +594,36 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| C3 | 2/3 | 0/3 |"), "{md}");
+        assert!(
+            md.contains("| setting | 2 | 2/2 = 1.00 [0.16, 1.00] | - | 1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| sham | 2 | 1/2 = 0.50 [0.01, 0.99] | 1 / 0 on 2, p = 1.0000 | 0 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn other_seed_rows_read_from_the_script_and_a_missing_verdict_is_refused() {
+        let rows = parse_other_seed(
+            "A2\tHumanEval/149\t15\t5.7e-05\t0.000058\tFAIL\tPASS\n",
+            "t.tsv",
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0],
+            OtherSeedRow {
+                source: 1,
+                ptype: PerturbationType::A2,
+                task: "HumanEval/149".into(),
+                before: false,
+                after: true
+            }
+        );
+        let err = parse_other_seed("A2\tHumanEval/149\t15\t5.7e-05\t?\t-\tPASS\n", "t.tsv", 0)
+            .unwrap_err();
+        assert!(err.contains("t.tsv:1"), "{err}");
     }
 }
