@@ -110,11 +110,125 @@ pub async fn generate_from_drafts(
             drafts.len()
         )));
     }
-    let mut out = Vec::with_capacity(prompts.len());
-    for (prompt, draft) in prompts.iter().zip(drafts) {
-        out.push(verify_one(dev, model, prompt, draft, opts).await?);
+    let mut out: Vec<Option<Verified>> = vec![None; prompts.len()];
+    let mut pending = Vec::new();
+    for (i, (prompt, draft)) in prompts.iter().zip(drafts).enumerate() {
+        match verify_one(dev, model, prompt, draft, opts).await? {
+            Step::Done(v) => out[i] = Some(v),
+            Step::Continue(p) => pending.push((i, p)),
+        }
+        if pending.len() == CONTINUED_TOGETHER {
+            continue_together(dev, model, std::mem::take(&mut pending), opts, &mut out).await?;
+        }
     }
-    Ok(out)
+    continue_together(dev, model, pending, opts, &mut out).await?;
+    Ok(out
+        .into_iter()
+        .map(|v| v.expect("every prompt verified"))
+        .collect())
+}
+
+/// Drafts not settled by their verification decode on together, this many at a time: decoding
+/// reads the weights once per step for the whole batch, so a batch of continuations costs about
+/// one continuation's time on the CPU backend, and a GPU is kept busy.
+const CONTINUED_TOGETHER: usize = 8;
+
+/// What one prompt's verification leaves: its outcome, or a draft to decode on from.
+enum Step {
+    Done(Verified),
+    Continue(Pending),
+}
+
+/// A draft accepted up to a difference: the verifying forward's cache (every layer's keys and
+/// values over the prompt and the accepted tokens), and the verification's facts.
+struct Pending {
+    cache: KvCache,
+    prompt_len: usize,
+    /// The prompt's last token or the last accepted one: fed again for its logits.
+    last: u32,
+    accepted: Vec<u32>,
+    states: Option<(usize, std::sync::Arc<ResumeStates>)>,
+    resumed: bool,
+}
+
+/// Decode on from each pending draft's first difference, all in one left-padded batch: each
+/// sequence's keys and values are copied from its own cache, ends aligned, and plain decoding
+/// runs from there (equal to decoding each alone on a batch-invariant device). Where the
+/// aligned batch would be longer than the model's context, each decodes alone.
+async fn continue_together(
+    dev: &Device,
+    model: &Model,
+    pending: Vec<(usize, Pending)>,
+    opts: &GenerateOptions,
+    out: &mut [Option<Verified>],
+) -> Result<(), ModelError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // Rows each sequence has filled before its last token is fed again.
+    let filled: Vec<usize> = (pending.iter())
+        .map(|(_, p)| p.prompt_len + p.accepted.len() - 1)
+        .collect();
+    let len = *filled.iter().max().expect("not empty");
+    let left = pending
+        .iter()
+        .map(|(_, p)| opts.max_new_tokens - p.accepted.len());
+    let capacity = len + 1 + left.max().expect("not empty");
+    let groups: Vec<Vec<(usize, Pending)>> = if capacity > model.max_positions {
+        pending.into_iter().map(|p| vec![p]).collect()
+    } else {
+        vec![pending]
+    };
+    for group in groups {
+        let completions = decode_group(dev, model, &group, opts).await?;
+        for ((i, p), completion) in group.into_iter().zip(completions) {
+            out[i] = Some(Verified {
+                completion,
+                accepted: p.accepted.len(),
+                whole: false,
+                states: p.states,
+                resumed: p.resumed,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Plain greedy decoding of a group of pending drafts as one batch (see [`continue_together`]).
+async fn decode_group(
+    dev: &Device,
+    model: &Model,
+    group: &[(usize, Pending)],
+    opts: &GenerateOptions,
+) -> Result<Vec<Completion>, ModelError> {
+    let filled: Vec<usize> = (group.iter())
+        .map(|(_, p)| p.prompt_len + p.accepted.len() - 1)
+        .collect();
+    let len = *filled.iter().max().expect("not empty");
+    let left = group
+        .iter()
+        .map(|(_, p)| opts.max_new_tokens - p.accepted.len());
+    let capacity = len + 1 + left.max().expect("not empty");
+    let pads: Vec<u32> = filled.iter().map(|&f| (len - f) as u32).collect();
+    let mut cache = model.new_cache(dev, pads.clone(), capacity)?;
+    for (slot, ((_, p), &f)) in group.iter().zip(&filled).enumerate() {
+        cache.copy_shifted(dev, &p.cache, slot, 0..f, pads[slot] as usize)?;
+    }
+    cache.len = len;
+    let lasts: Vec<Vec<u32>> = group.iter().map(|(_, p)| vec![p.last]).collect();
+    let fwd = model.forward(dev, &mut cache, &lasts, &Hooks::default(), Logits::Last)?;
+    let logits = fwd.logits.expect("asked for logits");
+    let accepted: Vec<Vec<u32>> = group.iter().map(|(_, p)| p.accepted.clone()).collect();
+    decode_after(
+        dev,
+        model,
+        &mut cache,
+        logits,
+        &accepted,
+        opts,
+        &mut |_, _| {},
+    )
+    .await
 }
 
 /// One prompt: verify its draft in one forward, replay plain decoding's end rules over the
@@ -125,7 +239,7 @@ async fn verify_one(
     prompt: &[u32],
     draft: &Draft,
     opts: &GenerateOptions,
-) -> Result<Verified, ModelError> {
+) -> Result<Step, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::Format("empty prompt".into()));
     }
@@ -138,7 +252,7 @@ async fn verify_one(
         )));
     }
     if opts.max_new_tokens == 0 {
-        return Ok(Verified {
+        return Ok(Step::Done(Verified {
             completion: Completion {
                 tokens: Vec::new(),
                 text: String::new(),
@@ -148,7 +262,7 @@ async fn verify_one(
             whole: draft.tokens.is_empty(),
             states: None,
             resumed: false,
-        });
+        }));
     }
     let tokens = &draft.tokens[..draft.tokens.len().min(opts.max_new_tokens)];
     let resume = draft.resume.as_ref().filter(|r| r.layer > 0);
@@ -163,19 +277,11 @@ async fn verify_one(
             let (picks, cache) =
                 resumed_picks(dev, model, seq, (*layer, kept), opts.max_new_tokens).await?;
             if let Some(v) = settled(model, draft, tokens, &picks, opts)? {
-                return Ok(Verified { resumed: true, ..v });
+                return Ok(Step::Done(Verified { resumed: true, ..v }));
             }
             if let Some(cache) = cache {
-                let accepted = accepted_count(tokens, &picks);
-                let done = &tokens[..accepted];
-                let completion = continue_from(dev, model, cache, prompt, done, opts).await?;
-                return Ok(Verified {
-                    completion,
-                    accepted,
-                    whole: false,
-                    states: None,
-                    resumed: true,
-                });
+                let done = &tokens[..accepted_count(tokens, &picks)];
+                return Ok(Step::Continue(pending(cache, prompt, done, None, true)));
             }
         }
     }
@@ -186,17 +292,32 @@ async fn verify_one(
         .zip(states)
         .map(|(l, s)| (l, std::sync::Arc::new(s)));
     if let Some(v) = settled(model, draft, tokens, &picks, opts)? {
-        return Ok(Verified { states, ..v });
+        return Ok(Step::Done(Verified { states, ..v }));
     }
-    let accepted = accepted_count(tokens, &picks);
-    let completion = continue_from(dev, model, cache, prompt, &tokens[..accepted], opts).await?;
-    Ok(Verified {
-        completion,
-        accepted,
-        whole: false,
+    let done = &tokens[..accepted_count(tokens, &picks)];
+    Ok(Step::Continue(pending(cache, prompt, done, states, false)))
+}
+
+/// A draft to decode on from: its cache holds prompt + `accepted`, whose last token is fed again.
+fn pending(
+    cache: KvCache,
+    prompt: &[u32],
+    accepted: &[u32],
+    states: Option<(usize, std::sync::Arc<ResumeStates>)>,
+    resumed: bool,
+) -> Pending {
+    let last = *accepted
+        .last()
+        .or(prompt.last())
+        .expect("prompt is not empty");
+    Pending {
+        cache,
+        prompt_len: prompt.len(),
+        last,
+        accepted: accepted.to_vec(),
         states,
-        resumed: false,
-    })
+        resumed,
+    }
 }
 
 /// Draft tokens equal to the model's picks, from the start.
@@ -345,41 +466,4 @@ fn finish_completion(
         text,
         finish,
     })
-}
-
-/// Plain greedy decoding after prompt + the accepted tokens, reusing the verifying forward's
-/// cache: its rows up to the last accepted token are what plain decoding computes (batch
-/// invariance), so only that last token is fed again, for its logits.
-async fn continue_from(
-    dev: &Device,
-    model: &Model,
-    mut cache: KvCache,
-    prompt: &[u32],
-    accepted: &[u32],
-    opts: &GenerateOptions,
-) -> Result<Completion, ModelError> {
-    let last = *accepted
-        .last()
-        .or(prompt.last())
-        .expect("prompt is not empty");
-    cache.len = prompt.len() + accepted.len() - 1;
-    let fwd = model.forward(
-        dev,
-        &mut cache,
-        &[vec![last]],
-        &Hooks::default(),
-        Logits::Last,
-    )?;
-    let logits = fwd.logits.expect("asked for logits");
-    let mut out = decode_after(
-        dev,
-        model,
-        &mut cache,
-        logits,
-        &[accepted.to_vec()],
-        opts,
-        &mut |_, _| {},
-    )
-    .await?;
-    Ok(out.remove(0))
 }

@@ -41,6 +41,37 @@ impl KvCache {
 }
 
 impl KvCache {
+    /// Copy every layer's keys and values at positions `positions` of `src`'s first sequence
+    /// into this cache's sequence `dst_slot`, `shift` positions later (a sequence moved into a
+    /// left-padded batch: its pad grows by `shift`, its positions stay).
+    pub fn copy_shifted(
+        &mut self,
+        dev: &Device,
+        src: &KvCache,
+        dst_slot: usize,
+        positions: std::ops::Range<usize>,
+        shift: usize,
+    ) -> Result<(), ModelError> {
+        let n = positions.len();
+        let (s0, d0) = (
+            positions.start,
+            dst_slot * self.capacity + positions.start + shift,
+        );
+        if positions.end > src.capacity || positions.end + shift > self.capacity {
+            return Err(ModelError::Format(format!(
+                "positions {positions:?} shifted by {shift} do not fit caches of {} and {}",
+                src.capacity, self.capacity
+            )));
+        }
+        for (s, d) in src.layers.iter().zip(&mut self.layers) {
+            dev.copy_rows(&s.k, s0, &mut d.k, d0, n)?;
+            dev.copy_rows(&s.v, s0, &mut d.v, d0, n)?;
+        }
+        Ok(())
+    }
+}
+
+impl KvCache {
     /// An empty cache for `pad.len()` sequences of up to `capacity` positions of a model with
     /// `cfg`, whose positions end at `max_positions` ([`super::Model::new_cache`]).
     pub(crate) fn new(
