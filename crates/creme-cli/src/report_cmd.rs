@@ -240,17 +240,25 @@ fn baseline(label: &str, dir: &Path) -> Res<Baseline> {
         .and_then(|t| efficacy::parse_oracle_pass(&t));
     let released = common::shared_dir().join("datasets/humaneval-nlpert");
     let manifest = crate::run_dir::read_manifest(dir)?;
-    let sets: Vec<SetName> = manifest.dataset.keys().copied().collect();
-    // The released prompts of these sets, as digested in manifests (None: not at hand).
-    let theirs = common::load_sets(&released, &sets, None, None)
-        .ok()
-        .map(|s| creme_core::manifest::dataset_digests(&s));
+    // A set's prompts are the ones the oracle ran where the released directory has its file
+    // (not a set creme's perturbator would make in its place) and its digests match.
+    let released_file = |s: &SetName| match s {
+        SetName::Perturbed(t) => released.join(creme_core::dataset_files::perturbed_file(*t)),
+        _ => released.join("HumanEval.jsonl"),
+    };
     let same_prompts = |s: &SetName| {
-        let (Some(theirs), Some(mine)) = (&theirs, manifest.dataset.get(s)) else {
+        let Some(mine) = manifest
+            .dataset
+            .get(s)
+            .filter(|_| released_file(s).is_file())
+        else {
             return false;
         };
+        let theirs = common::load_sets(&released, &[*s], None, None)
+            .map(|sets| creme_core::manifest::dataset_digests(&sets));
         theirs
-            .get(s)
+            .ok()
+            .and_then(|mut t| t.remove(s))
             .is_some_and(|t| mine.iter().all(|(task, d)| t.get(task) == Some(d)))
     };
     let oracle = oracle.map(|o| o.into_iter().filter(|(s, _)| same_prompts(s)).collect());
@@ -297,6 +305,9 @@ fn report_command(a: &ReportArgs) -> String {
         flag("--notes", n);
     }
     flag("--doc", &a.doc);
+    if a.confidence != f64::from(Confidence::default()) {
+        words.extend(["--confidence".into(), a.confidence.to_string()]);
+    }
     words.join(" ")
 }
 

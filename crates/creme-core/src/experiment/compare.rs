@@ -158,6 +158,9 @@ pub fn compare(
         }
         let theirs = by_pair(rs)?;
         let keys: Vec<&PairKey> = mine.keys().filter(|k| theirs.contains_key(*k)).collect();
+        if keys.is_empty() && !rs.is_empty() {
+            return Err(format!("'{label}' shares no pair with the setting: runs of other pairs, or records made before a pair carried its prompt's digest, mixed with newer ones"));
+        }
         let a: Vec<bool> = keys.iter().map(|k| mine[*k]).collect();
         let b: Vec<bool> = keys.iter().map(|k| theirs[*k]).collect();
         let mcnemar = stats::mcnemar_paired(&a, &b).map_err(|e| e.to_string())?;
@@ -425,6 +428,15 @@ pub(crate) mod tests {
             (c.controls[0].paired, c.controls[0].mcnemar.pairs.b),
             (2, 2)
         );
+        // A control of other pairs (here: records without a digest) pairs with none: refused.
+        let unpaired = [rec("HumanEval/5", false, Some(Control::Sham))];
+        let err = compare(
+            ("s", &setting),
+            &[(Role::Control, "sham", &unpaired)],
+            Confidence::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("shares no pair"), "{err}");
         let twice = [seeded("a", true, None), seeded("a", false, None)];
         let err = compare(("s", &twice), &[], Confidence::default()).unwrap_err();
         assert!(err.contains("two edits"), "{err}");

@@ -209,7 +209,10 @@ fn controls_section(md: &mut String, inp: &EfficacyInputs, types: &BTreeSet<Pert
         let cells: Vec<String> = arms
             .iter()
             .map(|(_, rs)| {
-                let own: Vec<&EditRecord> = rs.iter().filter(|r| r.ptype == *t).collect();
+                // As L-RIR counts them: the edits whose own pair was evaluated.
+                let own: Vec<&EditRecord> = (rs.iter())
+                    .filter(|r| r.ptype == *t && r.l_rir.is_some())
+                    .collect();
                 let k = own.iter().filter(|r| r.edited_task_passes).count();
                 format!("{k}/{}", own.len())
             })
@@ -236,17 +239,18 @@ fn other_seed_section(md: &mut String, runs: &[(String, Vec<OtherSeedRow>)], lev
     };
     let _ = writeln!(md, "## Another typo of the same prompt\n\nEach edit of {main} made again and tested on another perturbator seed's prompt of its task and type (`scripts/other-seed.sh`); the controls the same way. Repaired: the other prompt fails unedited and passes under the edit. Broken: it passes unedited and fails under the edit. The paired test (exact McNemar) compares with {main} on the prompts failing unedited in both.\n\n| run | other prompts failing unedited | repaired [{}% CI] | vs {main}: b / c, p | broken |\n|---|---:|---|---|---:|", (f64::from(level) * 100.0).round());
     let key = |r: &OtherSeedRow| (r.source, r.ptype, r.task.clone());
-    let failing = |rs: &[OtherSeedRow]| -> BTreeMap<_, bool> {
-        rs.iter()
-            .filter(|r| !r.before)
+    // Verdicts after, by prompt, of the prompts failing (or passing) unedited.
+    let after = |rs: &[OtherSeedRow], failing: bool| -> BTreeMap<_, bool> {
+        (rs.iter())
+            .filter(|r| r.before != failing)
             .map(|r| (key(r), r.after))
             .collect()
     };
-    let base = failing(mine);
+    let base = after(mine, true);
     for (label, rs) in runs {
-        let fail = failing(rs);
+        let fail = after(rs, true);
         let repaired = fail.values().filter(|&&a| a).count() as u64;
-        let broken = rs.iter().filter(|r| r.before && !r.after).count();
+        let broken = after(rs, false).values().filter(|&&a| !a).count();
         let interval = crate::stats::clopper_pearson(repaired, fail.len() as u64, level);
         let shown = match interval {
             Ok(Some(p)) => format!(
@@ -449,10 +453,16 @@ fn key_layer_section(md: &mut String, c: &Calibration, runs: &[(String, Vec<Edit
         let used: Vec<String> = runs
             .iter()
             .map(|(_, rs)| {
-                rs.iter()
-                    .find(|r| r.ptype == c.ptype && r.task == row.task)
+                // Runs pooled over datasets edit a task once per prompt: every layer, in order.
+                let layers: Vec<String> = (rs.iter())
+                    .filter(|r| r.ptype == c.ptype && r.task == row.task)
                     .map(|r| r.layer.to_string())
-                    .unwrap_or_else(|| "-".into())
+                    .collect();
+                if layers.is_empty() {
+                    "-".into()
+                } else {
+                    layers.join(" / ")
+                }
             })
             .collect();
         let reference = row

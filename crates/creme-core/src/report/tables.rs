@@ -61,6 +61,15 @@ pub fn merge_edit_records(files: &[(String, String)]) -> Result<Vec<EditRecord>,
             }
         }
     }
+    // A pair's key holds its prompt's digest, which records made before the field existed lack:
+    // mixed, the same pair would count twice.
+    let mut digests: BTreeMap<(PerturbationType, &str), bool> = BTreeMap::new();
+    for r in &out {
+        let has = r.prompt_digest.is_some();
+        if *digests.entry((r.ptype, r.task.as_str())).or_insert(has) != has {
+            return Err(format!("{} {}: records with and without the prompt's digest (made by builds before and after it was recorded) are mixed; rerun the older run", r.ptype, r.task));
+        }
+    }
     Ok(out)
 }
 
@@ -230,6 +239,18 @@ mod tests {
             .iter()
             .map(|r| (r.task.as_str(), r.prompt_digest.as_deref()))
             .collect();
+        let mixed = [
+            ("new/edits.jsonl".to_string(), line(&seeded("a"))),
+            (
+                "old/edits.jsonl".to_string(),
+                line(&rec("HumanEval/5", true, None)),
+            ),
+        ];
+        let err = merge_edit_records(&mixed).unwrap_err();
+        assert!(
+            err.contains("with and without the prompt's digest"),
+            "{err}"
+        );
         assert_eq!(
             pairs,
             [
