@@ -247,6 +247,37 @@ fn check_real_prompts(dev: &Device, humaneval: &std::path::Path, n: usize, token
 }
 
 #[test]
+fn more_diverging_drafts_than_decode_together_in_one_batch_still_equal_plain_generation() {
+    // 19 prompts with noisy drafts: the continuations go in batches of 8, 8 and 3, flushed both
+    // inside the verification loop and after it.
+    let dev = device_on("cpu");
+    let file = tiny::tiny_gguf_arch("qwen2");
+    let edit = edited(&dev, &file, 1, 0.05, 3);
+    let mut rng = SplitMix64(21);
+    let prompts: Vec<Vec<u32>> = (0..19)
+        .map(|k| (0..2 + k).map(|_| (rng.next_u64() % 250) as u32).collect())
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 16,
+        ..Default::default()
+    };
+    let truth = plain(&dev, &edit, &prompts, &opts);
+    let drafts: Vec<Draft> = (truth.iter())
+        .map(|c| Draft {
+            tokens: c.tokens.iter().map(|&t| (t + 1) % 200).collect(),
+            resume: None,
+        })
+        .collect();
+    let got =
+        pollster::block_on(generate_from_drafts(&dev, &edit, &prompts, &drafts, &opts)).unwrap();
+    assert_completions(&got, &truth, "drafts wrong from the first token");
+    assert!(
+        got.iter().filter(|g| !g.whole).count() > 16,
+        "most drafts diverge"
+    );
+}
+
+#[test]
 fn draft_verification_refuses_sampling() {
     let dev = device_on("cpu");
     let m = Model::from_gguf_bytes(&dev, &tiny::tiny_gguf(), 64).unwrap();
