@@ -165,20 +165,12 @@ async fn continue_together(
     if pending.is_empty() {
         return Ok(());
     }
-    // Rows each sequence has filled before its last token is fed again.
-    let filled: Vec<usize> = (pending.iter())
-        .map(|(_, p)| p.prompt_len + p.accepted.len() - 1)
-        .collect();
-    let len = *filled.iter().max().expect("not empty");
-    let left = pending
-        .iter()
-        .map(|(_, p)| opts.max_new_tokens - p.accepted.len());
-    let capacity = len + 1 + left.max().expect("not empty");
-    let groups: Vec<Vec<(usize, Pending)>> = if capacity > model.max_positions {
-        pending.into_iter().map(|p| vec![p]).collect()
-    } else {
-        vec![pending]
-    };
+    let groups: Vec<Vec<(usize, Pending)>> =
+        if Shape::of(&pending, opts).capacity > model.max_positions {
+            pending.into_iter().map(|p| vec![p]).collect()
+        } else {
+            vec![pending]
+        };
     for group in groups {
         let completions = decode_group(dev, model, &group, opts).await?;
         for ((i, p), completion) in group.into_iter().zip(completions) {
@@ -194,6 +186,34 @@ async fn continue_together(
     Ok(())
 }
 
+/// The left-padded batch a group of pending drafts decodes on in.
+struct Shape {
+    /// Rows each sequence has filled before its last token is fed again.
+    filled: Vec<usize>,
+    /// The longest of them: the batch cache's length, ends aligned.
+    len: usize,
+    /// Room for that and the longest continuation still allowed.
+    capacity: usize,
+}
+
+impl Shape {
+    fn of(group: &[(usize, Pending)], opts: &GenerateOptions) -> Shape {
+        let filled: Vec<usize> = (group.iter())
+            .map(|(_, p)| p.prompt_len + p.accepted.len() - 1)
+            .collect();
+        let len = *filled.iter().max().expect("not empty");
+        let left = group
+            .iter()
+            .map(|(_, p)| opts.max_new_tokens - p.accepted.len());
+        let capacity = len + 1 + left.max().expect("not empty");
+        Shape {
+            filled,
+            len,
+            capacity,
+        }
+    }
+}
+
 /// Plain greedy decoding of a group of pending drafts as one batch (see [`continue_together`]).
 async fn decode_group(
     dev: &Device,
@@ -201,14 +221,11 @@ async fn decode_group(
     group: &[(usize, Pending)],
     opts: &GenerateOptions,
 ) -> Result<Vec<Completion>, ModelError> {
-    let filled: Vec<usize> = (group.iter())
-        .map(|(_, p)| p.prompt_len + p.accepted.len() - 1)
-        .collect();
-    let len = *filled.iter().max().expect("not empty");
-    let left = group
-        .iter()
-        .map(|(_, p)| opts.max_new_tokens - p.accepted.len());
-    let capacity = len + 1 + left.max().expect("not empty");
+    let Shape {
+        filled,
+        len,
+        capacity,
+    } = Shape::of(group, opts);
     let pads: Vec<u32> = filled.iter().map(|&f| (len - f) as u32).collect();
     let mut cache = model.new_cache(dev, pads.clone(), capacity)?;
     for (slot, ((_, p), &f)) in group.iter().zip(&filled).enumerate() {
